@@ -1,0 +1,3 @@
+from poi_cli.cli import app
+
+app(prog_name="poi")
