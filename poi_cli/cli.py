@@ -47,7 +47,7 @@ def main(
 def info(
     arch: str = typer.Option("resnet18", help="Backbone: resnet18, resnet34 or resnet50."),
     classes: int = typer.Option(7, "--classes", help="Number of expression classes (7 or 8)."),
-    size: int = typer.Option(224, help="Input size in pixels (a multiple of 32 from 64 to 448)."),
+    size: int = typer.Option(224, help="Input size in pixels (a multiple of 16 from 64 to 448)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Parameter counts and GFLOPs (multiply-accumulates) of the training model and the deployed TRN."""

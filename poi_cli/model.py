@@ -52,8 +52,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
-        if self.input_size % 32 or not 64 <= self.input_size <= 448:
-            raise ValueError(f"input size must be a multiple of 32 from 64 to 448, got {self.input_size}")
+        # Multiples of 16 keep the shared map's side L = input / 16 whole (112 and 176
+        # work as well as the multiples of 32 the paper's family of sizes uses).
+        if self.input_size % 16 or not 64 <= self.input_size <= 448:
+            raise ValueError(f"input size must be a multiple of 16 from 64 to 448, got {self.input_size}")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
         if self.temperature <= 0:

@@ -1,0 +1,45 @@
+"""`poi --version`, `poi --help` and `poi info`."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from poi_cli import __version__
+from poi_cli.cli import app
+
+runner = CliRunner()
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert __version__ in result.output
+
+
+def test_info_json_has_the_documented_keys_and_field_convention():
+    result = runner.invoke(app, ["info", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert {"arch", "num_classes", "input_size", "trn_params", "full_params", "trn_gflops", "full_gflops"} <= set(info)
+    assert info["arch"] == "resnet18" and info["num_classes"] == 7 and info["input_size"] == 224
+    # ResNet-18 at 224 px is 1.82 G multiply-accumulates with a 1000-class head; ours has 7.
+    assert info["trn_gflops"] == pytest.approx(1.82, abs=0.02)
+    assert info["full_params"] > info["trn_params"] > 11_000_000
+    assert info["full_gflops"] > info["trn_gflops"]
+
+
+def test_info_scales_with_input_size():
+    small = json.loads(runner.invoke(app, ["info", "--json", "--size", "224"]).output)
+    large = json.loads(runner.invoke(app, ["info", "--json", "--size", "448"]).output)
+    assert small["trn_params"] == large["trn_params"]
+    # Every feature map doubles in side: four times the convolution cost (the FC is noise).
+    assert large["trn_gflops"] == pytest.approx(4 * small["trn_gflops"], rel=0.01)
+
+
+@pytest.mark.parametrize("args,needle", [(["--size", "100"], "multiple of 16"), (["--arch", "vgg16"], "arch must be one of")])
+def test_info_bad_options_give_one_line_errors(args, needle):
+    result = runner.invoke(app, ["info", *args])
+    assert result.exit_code != 0
+    assert needle in result.output
+    assert "Traceback" not in result.output
