@@ -1,0 +1,15 @@
+# poi on a CPU base image; the same install step as a fresh machine (scripts/setup.sh).
+#   docker build -t poi .            docker run --rm -v "$PWD:/data" poi info
+# For a CUDA base, e.g.: docker build --build-arg BASE=nvidia/cuda:12.8.1-runtime-ubuntu24.04 -t poi:cuda .
+# and run with --gpus all (the PyPI torch wheels carry their own CUDA libraries).
+ARG BASE=python:3.11-slim
+FROM ${BASE}
+RUN command -v python3 >/dev/null && python3 -m venv --help >/dev/null 2>&1 \
+    || (apt-get update && apt-get install -y --no-install-recommends python3 python3-venv && rm -rf /var/lib/apt/lists/*)
+WORKDIR /opt/poi
+COPY . .
+RUN VENV=/opt/venv bash scripts/setup.sh && rm -rf /root/.cache/pip
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /data
+ENTRYPOINT ["poi"]
+CMD ["--help"]
