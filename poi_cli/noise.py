@@ -6,7 +6,13 @@ classes, once. The same (labels, num_classes, rate, seed) always gives the same 
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+import pandas as pd
 
 
 def flip_labels(labels: np.ndarray, num_classes: int, rate: float, seed: int = 0) -> np.ndarray:
@@ -21,3 +27,54 @@ def flip_labels(labels: np.ndarray, num_classes: int, rate: float, seed: int = 0
     # An offset in 1..C-1 added modulo C is a uniform draw among the other classes.
     offsets = rng.integers(1, num_classes, size=labels.shape)
     return np.where(flip, (labels + offsets) % num_classes, labels)
+
+
+# ------------------------------------------------------------------ `poi noise` label files
+
+def noise_file_stem(split: str, rate: float, seed: int) -> str:
+    """E.g. train_noise20_seed0 (the rate in percent, without trailing zeros)."""
+    return f"{split}_noise{rate * 100:.6g}_seed{seed}"
+
+
+def write_noisy_labels(
+    prepared_dir: str | Path, rate: float, seed: int = 0, split: str = "train", out: str | Path | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Flip the labels of a prepared split and write a label file for `poi train --labels`.
+
+    Writes OUT (default PREPARED_DIR/labels/<split>_noise<pct>_seed<seed>.csv; columns
+    id,label,label_name,clean_label, manifest order) and a summary beside it (.json:
+    realised rate and per-class flip counts). The prepared manifest is not touched.
+    Nothing in either file depends on time or paths, so the same seed gives
+    byte-identical files. Returns (csv path, summary).
+    """
+    from poi_cli.store import PreparedDataset
+
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"--rate must lie in [0, 1], got {rate}")
+    data = PreparedDataset(prepared_dir)
+    split_data = data.split(split)
+    names = data.classes
+    noisy = flip_labels(split_data.labels, data.num_classes, rate, seed)
+    clean = split_data.labels
+    flipped = noisy != clean
+    summary: dict[str, Any] = {
+        "dataset": data.meta.get("dataset"), "split": split, "rate": rate, "seed": seed,
+        "images": int(len(clean)), "flipped": int(flipped.sum()),
+        "realised_rate": round(float(flipped.mean()) if len(clean) else 0.0, 6),
+        "per_class": {
+            name: {"images": int((clean == c).sum()), "flipped": int(flipped[clean == c].sum()),
+                   "noisy_labels": int((noisy == c).sum())}
+            for c, name in enumerate(names)
+        },
+    }
+    path = Path(out) if out is not None else data.root / "labels" / f"{noise_file_stem(split, rate, seed)}.csv"
+    if path.resolve().parent == data.root.resolve() and path.name in ("manifest.csv", "prepared.json", "faces.npy"):
+        raise ValueError(f"--out {path} would overwrite the prepared dataset's own {path.name}")
+    summary["labels_file"] = path.name
+    table = pd.DataFrame({"id": split_data.ids, "label": noisy, "label_name": [names[k] for k in noisy], "clean_label": clean})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    table.to_csv(temporary, index=False, lineterminator="\n")
+    os.replace(temporary, path)
+    path.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+    return path, summary

@@ -1,0 +1,82 @@
+"""CK+: the official cohn-kanade-images + Emotion layout, or the CK+48 class folders."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from poi_cli.datasets.common import (
+    Item, LayoutError, ParsedDataset, class_lookup, dataset_manifest, five_from_68, list_images, relative,
+)
+from poi_cli.datasets.folders import parse_ck48
+
+
+def read_68(path: Path) -> np.ndarray | None:
+    try:
+        points = np.loadtxt(path, dtype=np.float32, ndmin=2)
+    except (OSError, ValueError):
+        return None
+    return points if points.shape == (68, 2) else None
+
+
+def parse_official(raw_dir: Path) -> ParsedDataset:
+    facts = dataset_manifest("ckplus")
+    layout = facts["layouts"]["official"]
+    images_root, emotion_root = raw_dir / layout["images"], raw_dir / layout["emotions"]
+    if not emotion_root.is_dir():
+        raise LayoutError(f"{raw_dir} does not look like CK+: {layout['emotions']}/ is missing (it holds the labels)")
+    landmark_root = raw_dir / layout["landmarks"]
+    lookup = class_lookup(layout["class_map"])
+    neutral = lookup["0"]
+    subject = re.compile(facts["subject_pattern"])
+    items: list[Item] = []
+    skipped_codes: dict[str, int] = {}
+    for emotion_file in sorted(emotion_root.glob("S*/*/*_emotion.txt")):
+        sequence = emotion_file.parent.relative_to(emotion_root)
+        try:
+            code = str(int(float(emotion_file.read_text().split()[0])))
+        except (OSError, ValueError, IndexError):
+            raise LayoutError(f"{relative(emotion_file, raw_dir)} does not hold an emotion code") from None
+        if code not in lookup:
+            raise LayoutError(f"{relative(emotion_file, raw_dir)}: unknown emotion code {code}")
+        if lookup[code] is None:
+            skipped_codes[code] = skipped_codes.get(code, 0) + 1
+            continue
+        frames = list_images(images_root / sequence) if (images_root / sequence).is_dir() else []
+        if not frames:
+            raise LayoutError(f"{raw_dir} does not look like CK+: {layout['images']}/{sequence.as_posix()}/ has no frames")
+        peak = frames[-layout["peak_frames"]:]
+        first = [f for f in frames[: layout["neutral_frames"]] if f not in peak]
+        for path, label in [(p, neutral) for p in first] + [(p, lookup[code]) for p in peak]:
+            source = relative(path, raw_dir)
+            match = subject.match(path.name)
+            item = Item(id=source, source=source, split="train", label=label,
+                        extra={"subject": match.group(1) if match else sequence.parts[0]})
+            points = read_68(landmark_root / sequence / f"{path.stem}_landmarks.txt")
+            if points is not None:
+                item.landmarks = five_from_68(points, facts["landmarks_68_to_5"])
+            items.append(item)
+    if not items:
+        raise LayoutError(f"{raw_dir} does not look like CK+: no S*/<sequence>/*_emotion.txt under {layout['emotions']}/")
+    notes = [layout["note"]]
+    if skipped_codes:
+        notes.append(f"{sum(skipped_codes.values())} contempt sequences left out (7-class protocol)")
+    with_landmarks = sum(item.landmarks is not None for item in items)
+    detect = layout["detect"] and with_landmarks < len(items)
+    return ParsedDataset("ckplus", "official", items, layout["num_classes"], facts["grayscale"], detect,
+                         notes, {}, ["subject"])
+
+
+def parse(raw_dir: Path) -> ParsedDataset:
+    layouts = dataset_manifest("ckplus")["layouts"]
+    official = layouts["official"]
+    if (raw_dir / official["images"]).is_dir() or (raw_dir / official["emotions"]).is_dir():
+        return parse_official(raw_dir)
+    if not any(p.is_dir() for p in raw_dir.iterdir()):
+        raise LayoutError(
+            f"{raw_dir} does not look like CK+: neither {official['images']}/ with {official['emotions']}/ (official layout) "
+            f"nor {layouts['ck+48']['folder']}/ class folders were found"
+        )
+    return parse_ck48(raw_dir)

@@ -1,0 +1,101 @@
+"""What every dataset parser returns, and the small helpers they share.
+
+A parser reads the official layout under RAW_DIR (never writing to it) and returns a
+ParsedDataset: one Item per input image with its split, canonical label, and, where the
+dataset ships them, five landmarks. Facts about a dataset (class names, split folders,
+sizes) come from data_manifests/datasets/<name>.json, read by dataset_manifest().
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from poi_cli.manifests import CLASSES, read_manifest
+
+# Item statuses a parser can set; prepare.py adds the image-level ones.
+PENDING = "pending"  # to be loaded and stored
+EXCLUDED = "excluded"  # the dataset's label rule drops it (no majority, unknown, None...)
+MISSING = "missing"  # listed by the labels but not on disk
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+
+
+class LayoutError(ValueError):
+    """RAW_DIR does not have the layout the parser expects; the message names what is missing."""
+
+
+@dataclass
+class Item:
+    """One input image as the labels describe it."""
+
+    id: str  # stable: the official image name (with its split folder where the dataset has one)
+    source: str  # path relative to RAW_DIR, POSIX separators
+    split: str  # train / val / test
+    label: int  # canonical class index; -1 when excluded
+    status: str = PENDING
+    reason: str = ""
+    landmarks: np.ndarray | None = None  # (5, 2) float32 shipped by the dataset, image pixels
+    extra: dict[str, Any] = field(default_factory=dict)  # extra manifest columns (votes, subject)
+
+
+@dataclass
+class ParsedDataset:
+    name: str  # the DATASET argument
+    layout: str  # which of the dataset's layouts was found
+    items: list[Item]
+    num_classes: int
+    grayscale: bool | None  # None: decide from the images
+    detect: bool  # default for --detect/--no-detect
+    notes: list[str] = field(default_factory=list)  # info lines (absent splits...)
+    expected: dict[str, int] = field(default_factory=dict)  # split -> labelled images the official release has
+    extra_columns: list[str] = field(default_factory=list)
+
+
+def dataset_manifest(name: str) -> dict[str, Any]:
+    """The facts file data_manifests/datasets/<name>.json."""
+    return read_manifest(f"datasets/{name}.json")
+
+
+def canonical_index(name: str) -> int:
+    return CLASSES.index(name)
+
+
+def class_lookup(class_map: dict[str, str | None]) -> dict[str, int | None]:
+    """Dataset class name -> canonical index (None: excluded by the label rule)."""
+    return {key: (None if value is None else canonical_index(value)) for key, value in class_map.items()}
+
+
+def require(path: Path, what: str, raw_dir: Path) -> Path:
+    """Return `path` if it exists, else raise a LayoutError naming what is missing."""
+    if not path.exists():
+        raise LayoutError(f"{raw_dir} does not look like {what}: {path.relative_to(raw_dir).as_posix()} is missing")
+    return path
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in `folder`, sorted by name (hidden files skipped)."""
+    return sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def relative(path: Path, raw_dir: Path) -> str:
+    return path.relative_to(raw_dir).as_posix()
+
+
+def expected_counts(manifest: dict[str, Any]) -> dict[str, int]:
+    return {split: info["labelled"] for split, info in manifest.get("splits", {}).items() if info.get("labelled")}
+
+
+def five_from_68(points: np.ndarray, groups: dict[str, list[int]]) -> np.ndarray:
+    """Reduce 68 iBUG landmarks to MTCNN's five (eye centres, nose tip, mouth corners).
+
+    `groups` (from the dataset manifest) lists the 68-point indices averaged for each.
+    """
+    order = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+    return np.stack([points[groups[name]].mean(axis=0) for name in order]).astype(np.float32)

@@ -1,0 +1,77 @@
+"""FERPlus: FER2013Train/Valid/Test folders, each with the official label.csv."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from poi_cli.datasets.common import (
+    EXCLUDED, MISSING, Item, LayoutError, ParsedDataset, canonical_index, dataset_manifest, expected_counts,
+)
+
+
+def majority_label(votes: np.ndarray, vote_names: list[str], class_map: dict[str, str | None]) -> tuple[str | None, str]:
+    """The FERPlus paper's majority rule: (winning class name or None, why when None).
+
+    Single votes are dropped as outliers; the winner needs more than half of what is
+    left, unknown and NF included; a winner that is unknown or NF is excluded.
+    """
+    kept = np.where(votes > 1, votes, 0)
+    total = kept.sum()
+    if total == 0 or kept.max() * 2 <= total:
+        return None, "no majority after dropping single votes"
+    winner = vote_names[int(kept.argmax())]
+    if class_map[winner] is None:
+        return None, f"majority vote is {winner}"
+    return class_map[winner], ""
+
+
+def parse(raw_dir: Path) -> ParsedDataset:
+    facts = dataset_manifest("ferplus")
+    vote_names: list[str] = facts["vote_columns"]
+    class_map: dict[str, str | None] = facts["class_map"]
+    vote_columns = [f"vote_{class_map[name] or name}" for name in vote_names]
+    items: list[Item] = []
+    notes: list[str] = []
+    for split, info in facts["splits"].items():
+        folder = raw_dir / info["folder"]
+        label_file = folder / "label.csv"
+        if not folder.is_dir():
+            notes.append(f"split {split}: {info['folder']}/ is absent, skipped")
+            continue
+        if not label_file.is_file():
+            raise LayoutError(f"{raw_dir} does not look like FERPlus: {info['folder']}/label.csv is missing")
+        with open(label_file, newline="", encoding="utf-8") as handle:
+            for line_number, row in enumerate(csv.reader(handle), start=1):
+                if not row or not row[0].strip():
+                    continue
+                if len(row) != 2 + len(vote_names):
+                    raise LayoutError(
+                        f"{label_file}: line {line_number} has {len(row)} fields, expected {2 + len(vote_names)} (name, box, {len(vote_names)} votes)"
+                    )
+                name = row[0].strip()
+                try:
+                    votes = np.array([int(float(v)) for v in row[2:]])
+                except ValueError:
+                    raise LayoutError(f"{label_file}: line {line_number} has a vote that is not a number") from None
+                winner, why = majority_label(votes, vote_names, class_map)
+                item = Item(
+                    id=f"{info['folder']}/{name}", source=f"{info['folder']}/{name}", split=split,
+                    label=-1 if winner is None else canonical_index(winner),
+                    extra=dict(zip(vote_columns, votes.tolist())),
+                )
+                if winner is None:
+                    item.status, item.reason = EXCLUDED, why
+                elif not (folder / name).is_file():
+                    item.status, item.reason = MISSING, "listed in label.csv but not on disk"
+                items.append(item)
+    if not items:
+        folders = ", ".join(f"{info['folder']}/" for info in facts["splits"].values())
+        raise LayoutError(f"{raw_dir} does not look like FERPlus: none of {folders} with a label.csv was found")
+    return ParsedDataset(
+        name="ferplus", layout="official", items=items, num_classes=facts["num_classes"],
+        grayscale=facts["grayscale"], detect=facts["detect"], notes=notes,
+        expected=expected_counts(facts), extra_columns=vote_columns,
+    )

@@ -1,0 +1,88 @@
+"""Datasets laid out as one folder per class: SFEW 2.0, CK+48 and `folder` (your own)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from poi_cli.datasets.common import (
+    Item, LayoutError, ParsedDataset, class_lookup, dataset_manifest, expected_counts, list_images, relative,
+)
+from poi_cli.manifests import CLASSES
+
+
+def class_folder_items(
+    raw_dir: Path, split_dir: Path, split: str, lookup: dict[str, int | None], what: str, id_root: Path | None = None
+) -> list[Item]:
+    """Items of every class folder under split_dir; an unknown folder name is an error.
+
+    Ids are paths relative to id_root (default RAW_DIR), sources relative to RAW_DIR.
+    """
+    # Hidden folders and archive debris (__MACOSX) are not classes.
+    folders = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    if not folders:
+        raise LayoutError(f"{raw_dir} does not look like {what}: {relative(split_dir, raw_dir) or '.'} has no class folders")
+    items = []
+    for folder in folders:
+        key = folder.name if folder.name in lookup else folder.name.lower()
+        if key not in lookup:
+            names = ", ".join(sorted(lookup))
+            raise LayoutError(f"{relative(folder, raw_dir)}/: unknown class folder for {what} (expected one of: {names})")
+        label = lookup[key]
+        if label is None:
+            continue
+        for path in list_images(folder):
+            items.append(Item(id=relative(path, id_root or raw_dir), source=relative(path, raw_dir), split=split, label=label))
+    return items
+
+
+def parse_sfew(raw_dir: Path) -> ParsedDataset:
+    facts = dataset_manifest("sfew")
+    lookup = class_lookup(facts["class_map"])
+    items: list[Item] = []
+    notes: list[str] = []
+    for split, info in facts["splits"].items():
+        split_dir = raw_dir / info["folder"]
+        if not split_dir.is_dir():
+            notes.append(f"split {split}: {info['folder']}/ is absent, skipped")
+            continue
+        items += class_folder_items(raw_dir, split_dir, split, lookup, "SFEW 2.0")
+    if not items:
+        raise LayoutError(f"{raw_dir} does not look like SFEW 2.0: Train/ and Val/ with class folders are missing")
+    return ParsedDataset("sfew", "aligned", items, facts["num_classes"], facts["grayscale"], facts["detect"],
+                         notes, expected_counts(facts))
+
+
+def parse_ck48(raw_dir: Path) -> ParsedDataset:
+    """CK+48: RAW_DIR is the CK+48 folder or holds it."""
+    facts = dataset_manifest("ckplus")
+    layout = facts["layouts"]["ck+48"]
+    root = raw_dir / layout["folder"] if (raw_dir / layout["folder"]).is_dir() else raw_dir
+    # Ids relative to the CK+48 folder itself, whichever of the two RAW_DIRs was given.
+    items = class_folder_items(raw_dir, root, "train", class_lookup(layout["class_map"]), "CK+48", id_root=root)
+    subject = re.compile(facts["subject_pattern"])
+    for item in items:
+        match = subject.match(Path(item.source).name)
+        item.extra["subject"] = match.group(1) if match else ""
+    return ParsedDataset("ckplus", "ck+48", items, layout["num_classes"], facts["grayscale"], layout["detect"],
+                         [layout["note"]], expected_counts(facts), ["subject"])
+
+
+def parse_folder(raw_dir: Path) -> ParsedDataset:
+    """RAW_DIR/<class>/ or RAW_DIR/<split>/<class>/."""
+    facts = dataset_manifest("folder")
+    lookup = class_lookup(facts["class_map"])
+    split_names: dict[str, str] = facts["split_names"]
+    top = sorted(p for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    if not top:
+        raise LayoutError(f"{raw_dir} has no sub-folders: `folder` expects one sub-folder per class (e.g. happy/, sad/)")
+    if all(p.name.lower() in split_names for p in top):
+        items = []
+        for split_dir in top:
+            items += class_folder_items(raw_dir, split_dir, split_names[split_dir.name.lower()], lookup, "a class-folder tree")
+    else:
+        items = class_folder_items(raw_dir, raw_dir, "train", lookup, "a class-folder tree")
+    if not items:
+        raise LayoutError(f"{raw_dir}: the class folders hold no images")
+    has_contempt = any(item.label == CLASSES.index("contempt") for item in items)
+    return ParsedDataset("folder", "class folders", items, 8 if has_contempt else 7, facts["grayscale"], facts["detect"])

@@ -1,0 +1,66 @@
+"""RAF-DB basic: EmoLabel/list_patition_label.txt with Image/aligned or Image/original."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from poi_cli.datasets.common import (
+    MISSING, Item, LayoutError, ParsedDataset, class_lookup, dataset_manifest, expected_counts, require,
+)
+
+
+def read_landmarks(path: Path) -> np.ndarray | None:
+    """The five 'x y' lines that open a *_manu_attri.txt file; None if unusable."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").split("\n")[:5]
+        points = np.array([[float(v) for v in line.split()[:2]] for line in lines], dtype=np.float32)
+    except (OSError, ValueError):
+        return None
+    return points if points.shape == (5, 2) else None
+
+
+def parse(raw_dir: Path) -> ParsedDataset:
+    facts = dataset_manifest("raf-db")
+    label_file = require(raw_dir / facts["label_file"], "RAF-DB basic", raw_dir)
+    layouts = facts["layouts"]
+    if (raw_dir / layouts["aligned"]["images"]).is_dir():
+        layout_name = "aligned"
+    elif (raw_dir / layouts["original"]["images"]).is_dir():
+        layout_name = "original"
+    else:
+        raise LayoutError(
+            f"{raw_dir} does not look like RAF-DB basic: neither {layouts['aligned']['images']}/ nor {layouts['original']['images']}/ exists"
+        )
+    layout = layouts[layout_name]
+    images = raw_dir / layout["images"]
+    landmark_dir = raw_dir / layout["landmarks"] if "landmarks" in layout else None
+    lookup = class_lookup(facts["class_map"])
+    prefixes = {info["prefix"]: split for split, info in facts["splits"].items()}
+    items: list[Item] = []
+    for line_number, line in enumerate(label_file.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or fields[1] not in lookup:
+            raise LayoutError(f"{label_file}: line {line_number} is not '<image> <label 1..7>': {line.strip()!r}")
+        name = fields[0]
+        split = next((s for prefix, s in prefixes.items() if name.startswith(prefix)), None)
+        if split is None:
+            raise LayoutError(f"{label_file}: line {line_number}: image name {name!r} starts with neither train_ nor test_")
+        stem, suffix = Path(name).stem, Path(name).suffix
+        path = images / f"{stem}{layout.get('suffix', '')}{suffix}"
+        item = Item(id=name, source=path.relative_to(raw_dir).as_posix(), split=split, label=lookup[fields[1]])
+        if not path.is_file():
+            item.status, item.reason = MISSING, "listed in the label file but not on disk"
+        elif landmark_dir is not None:
+            item.landmarks = read_landmarks(landmark_dir / f"{stem}{layout['landmark_suffix']}")
+        items.append(item)
+    notes = []
+    if layout_name == "original" and landmark_dir is not None:
+        without = sum(1 for item in items if item.status != MISSING and item.landmarks is None)
+        if without:
+            notes.append(f"{without} original images have no landmark file in {layout['landmarks']}/: they will be detected")
+    return ParsedDataset("raf-db", layout_name, items, facts["num_classes"], facts["grayscale"], layout["detect"],
+                         notes, expected_counts(facts))

@@ -1,0 +1,425 @@
+"""`poi prepare`: a dataset's official layout -> a prepared store (see poi_cli.store).
+
+    parse labels (poi_cli.datasets) -> load images in a thread pool -> [MTCNN, batched]
+    -> align on five landmarks, or resize a pre-cropped face -> a row of faces.npy
+
+faces.npy is preallocated as a memory-mapped .npy and every face is written into its
+row in place, so a 290k-face AffectNet never has to fit in RAM. Resuming: progress.json
+holds the run's settings and progress.jsonl gets one line per finished image at each
+checkpoint (after the face rows are flushed to disk), so an interrupted run loses at
+most the last couple of seconds. manifest.csv and then prepared.json are written last;
+once prepared.json exists a re-run with the same settings does nothing.
+
+RAW_DIR is only read. A bad image gets a status and a reason in the manifest and the
+run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from poi_cli import __version__
+from poi_cli.datasets import PENDING, Item, LayoutError, ParsedDataset, parse_dataset
+from poi_cli.faces import ImageLoadError, align_face, is_grayscale, largest_face, load_image, resize_face
+from poi_cli.manifests import class_names
+from poi_cli.store import FACES_FILE, MANIFEST_COLUMNS, MANIFEST_FILE, META_FILE, STATUS_OK, STORE_FORMAT
+
+PROGRESS_FILE = "progress.json"  # settings of an unfinished run
+JOURNAL_FILE = "progress.jsonl"  # one JSON line per finished image
+CHECKPOINT_SECONDS = 2.0
+
+# Image-level statuses (the parsers set excluded / missing; see docs/datasets.md).
+STATUS_BAD_IMAGE = "bad_image"  # unreadable, empty, truncated, too small or too large
+STATUS_NO_FACE = "no_face"  # MTCNN found no face
+STATUS_ERROR = "error"  # anything else that went wrong with this one image
+
+
+class PrepareError(ValueError):
+    """Bad arguments or OUT_DIR state; the message is one line."""
+
+
+@dataclass
+class PrepareResult:
+    out_dir: Path
+    counts: dict[str, dict[str, int]]  # split -> status -> images
+    notes: list[str]
+    already_done: bool = False  # a finished run with the same settings was found: nothing done
+    resumed: int = 0  # images an earlier, interrupted run had finished
+    processed: int = 0  # images loaded by this run
+    seconds: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Loaded:
+    """What a loader thread hands back for one image."""
+
+    image: Any = None  # PIL image, kept only when it still has to go through detection
+    face: np.ndarray | None = None
+    gray: bool | None = None
+    status: str = STATUS_OK
+    reason: str = ""
+
+
+# ------------------------------------------------------------------------ entry point
+
+def prepare(
+    dataset: str,
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    size: int = 224,
+    detect: bool | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+    splits: list[str] | None = None,
+    workers: int = 2,
+    show_progress: bool = True,
+    detector: Any = None,
+) -> PrepareResult:
+    """Prepare `dataset` from its official layout in `raw_dir` into `out_dir`.
+
+    detect None: the dataset's default (off for sets that ship cropped or aligned
+    faces). `detector` (anything with .detect(list of images)) replaces MTCNN, for tests.
+    """
+    if not 32 <= size <= 1024:
+        raise PrepareError(f"--size must lie in 32..1024, got {size}")
+    if batch_size < 1:
+        raise PrepareError(f"--batch-size must be at least 1, got {batch_size}")
+    raw = Path(raw_dir).resolve()
+    out = Path(out_dir).resolve()
+    if out == raw or raw in out.parents:
+        raise PrepareError(f"--out {out} lies inside RAW_DIR {raw}: RAW_DIR is never written to, choose another folder")
+    if out.exists() and not out.is_dir():
+        raise PrepareError(f"--out {out} exists and is not a folder")
+    parsed = parse_dataset(dataset, raw)
+    items = _select_splits(parsed, splits)
+    detect = parsed.detect if detect is None else detect
+    settings = _settings(parsed, items, size, detect)
+
+    state = _out_dir_state(out, settings)
+    if state == "done":
+        meta = json.loads((out / META_FILE).read_text())
+        return PrepareResult(out, meta.get("counts", {}), meta.get("notes", []), already_done=True, meta=meta)
+
+    rows = {index: row for row, index in enumerate(i for i, item in enumerate(items) if item.status == PENDING)}
+    out.mkdir(parents=True, exist_ok=True)
+    if state == "fresh":
+        _write_atomic(out / PROGRESS_FILE, json.dumps({"settings": settings}, indent=1))
+        (out / JOURNAL_FILE).write_text("")
+    faces = _open_faces(out / FACES_FILE, len(rows), size, fresh=state == "fresh")
+    records = _read_journal(out / JOURNAL_FILE)
+    todo = [i for i in rows if i not in records]
+
+    start = time.perf_counter()
+    worker = _Worker(raw, items, size, detect, want_gray=parsed.grayscale is None, device=device, detector=detector)
+    resumed = len(records)
+    processed = _run(worker, todo, rows, faces, records, out / JOURNAL_FILE, batch_size, workers, show_progress)
+    seconds = time.perf_counter() - start
+
+    meta = _finish(out, parsed, items, rows, records, settings, size, detect, raw)
+    return PrepareResult(out, meta["counts"], meta["notes"], resumed=resumed, processed=processed,
+                         seconds=seconds, meta=meta)
+
+
+def _select_splits(parsed: ParsedDataset, splits: list[str] | None) -> list[Item]:
+    if not splits:
+        return parsed.items
+    available = sorted({item.split for item in parsed.items})
+    unknown = [s for s in splits if s not in available]
+    if unknown:
+        raise PrepareError(f"split(s) {', '.join(unknown)} not found in RAW_DIR (available: {', '.join(available)})")
+    return [item for item in parsed.items if item.split in splits]
+
+
+def _settings(parsed: ParsedDataset, items: list[Item], size: int, detect: bool) -> dict[str, Any]:
+    """What decides the output: a resume or a no-op re-run needs all of it unchanged."""
+    digest = hashlib.sha1()
+    for item in items:
+        digest.update(f"{item.id}\t{item.source}\t{item.split}\t{item.label}\t{item.status}\n".encode())
+    return {"format": STORE_FORMAT, "dataset": parsed.name, "layout": parsed.layout, "size": size,
+            "detect": bool(detect), "images": len(items), "items_sha1": digest.hexdigest()}
+
+
+def _out_dir_state(out: Path, settings: dict[str, Any]) -> str:
+    """'fresh', 'resume' or 'done'; raises when OUT_DIR holds something else."""
+    if (out / META_FILE).is_file():
+        old = json.loads((out / META_FILE).read_text()).get("settings")
+        if old == settings:
+            return "done"
+        raise PrepareError(f"{out} already holds a prepared dataset made with other settings ({_difference(old, settings)}); choose another --out or remove it")
+    if (out / PROGRESS_FILE).is_file():
+        old = json.loads((out / PROGRESS_FILE).read_text()).get("settings")
+        if old == settings:
+            return "resume"
+        raise PrepareError(f"{out} holds an unfinished preparation with other settings ({_difference(old, settings)}); re-run it with those, or choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        raise PrepareError(f"{out} is not empty and holds no preparation; choose an empty or new folder for --out")
+    return "fresh"
+
+
+def _difference(old: dict | None, new: dict[str, Any]) -> str:
+    if not isinstance(old, dict):
+        return "unreadable settings"
+    changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v and k != "items_sha1"]
+    return ", ".join(changed) or "the input images or labels changed"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _open_faces(path: Path, rows: int, size: int, fresh: bool) -> np.ndarray:
+    shape = (rows, size, size, 3)
+    if rows == 0:
+        np.save(path, np.zeros(shape, np.uint8))  # an empty file cannot be memory-mapped
+        return np.zeros(shape, np.uint8)
+    if fresh or not path.is_file():
+        return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    faces = np.load(path, mmap_mode="r+")
+    if faces.shape != shape or faces.dtype != np.uint8:
+        raise PrepareError(f"{path} has shape {faces.shape}, expected {shape}: remove the folder and prepare again")
+    return faces
+
+
+def _read_journal(path: Path) -> dict[int, dict[str, Any]]:
+    """Finished images of an earlier run; a torn last line (killed mid-write) is ignored."""
+    records: dict[int, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+                records[int(record["i"])] = record
+            except (ValueError, KeyError, TypeError):
+                continue
+    return records
+
+
+# ---------------------------------------------------------------- per-image processing
+
+class _Worker:
+    """Turns items into faces: the loader threads call load(); detection runs in batches."""
+
+    def __init__(self, raw: Path, items: list[Item], size: int, detect: bool, want_gray: bool,
+                 device: str, detector: Any) -> None:
+        self.raw, self.items, self.size, self.detect = raw, items, size, detect
+        self.want_gray, self.device, self._detector = want_gray, device, detector
+
+    @property
+    def detector(self) -> Any:
+        if self._detector is None:  # built on first use: MTCNN takes a moment to load
+            from poi_cli.faces import FaceDetector
+
+            self._detector = FaceDetector(device=self.device)
+        return self._detector
+
+    def load(self, index: int) -> _Loaded:
+        item = self.items[index]
+        try:
+            image = load_image(self.raw / item.source)
+        except ImageLoadError as error:
+            return _Loaded(status=STATUS_BAD_IMAGE, reason=str(error))
+        except Exception as error:  # never let one file stop the run
+            return _Loaded(status=STATUS_ERROR, reason=_one_line(error))
+        try:
+            gray = is_grayscale(image) if self.want_gray else None
+            if self.detect:
+                return _Loaded(image=image, gray=gray)
+            if item.landmarks is not None:
+                return _Loaded(face=align_face(image, item.landmarks, self.size), gray=gray)
+            return _Loaded(face=resize_face(image, self.size), gray=gray)
+        except Exception as error:
+            return _Loaded(status=STATUS_ERROR, reason=_one_line(error))
+
+    def detect_batch(self, loaded: list[_Loaded]) -> list[dict[str, Any]]:
+        """Detect the faces of loaded images in one batch; align the largest of each."""
+        try:
+            found = self.detector.detect([entry.image for entry in loaded])
+        except Exception:
+            found = [self._detect_one(entry.image) for entry in loaded]  # isolate the culprit
+        results = []
+        for entry, faces in zip(loaded, found):
+            if isinstance(faces, Exception):
+                results.append({"status": STATUS_ERROR, "reason": f"detection failed: {_one_line(faces)}"})
+                continue
+            face = largest_face(faces)
+            if face is None:
+                results.append({"status": STATUS_NO_FACE, "reason": "no face detected", "n": 0})
+                continue
+            try:
+                pixels = align_face(entry.image, face.landmarks, self.size)
+            except Exception as error:
+                results.append({"status": STATUS_ERROR, "reason": f"alignment failed: {_one_line(error)}", "n": len(faces)})
+                continue
+            reason = f"{len(faces)} faces, kept the largest" if len(faces) > 1 else ""
+            results.append({"status": STATUS_OK, "reason": reason, "n": len(faces), "score": float(face.score),
+                            "box": np.asarray(face.box, float).round(2).tolist(),
+                            "lm": np.asarray(face.landmarks, float).reshape(-1).round(2).tolist(), "face": pixels})
+        return results
+
+    def _detect_one(self, image: Any) -> Any:
+        try:
+            return self.detector.detect([image])[0]
+        except Exception as error:
+            return error
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _run(worker: _Worker, todo: list[int], rows: dict[int, int], faces: np.ndarray,
+         records: dict[int, dict[str, Any]], journal: Path, batch_size: int, workers: int,
+         show_progress: bool) -> int:
+    """Process `todo` in chunks; checkpoint (flush faces, then journal) every few seconds."""
+    pending_lines: list[str] = []
+    last_checkpoint = time.monotonic()
+
+    def checkpoint() -> None:
+        nonlocal last_checkpoint
+        if pending_lines:
+            if isinstance(faces, np.memmap):
+                faces.flush()  # the face rows reach the disk before the journal says they are done
+            with open(journal, "a") as handle:
+                handle.write("".join(pending_lines))
+                handle.flush()
+                os.fsync(handle.fileno())
+            pending_lines.clear()
+        last_checkpoint = time.monotonic()
+
+    def finish(index: int, result: dict[str, Any]) -> None:
+        face = result.pop("face", None)
+        if face is not None:
+            faces[rows[index]] = face
+        result["i"] = index
+        records[index] = result
+        pending_lines.append(json.dumps(result) + "\n")
+
+    chunks = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
+    processed = 0
+    with _progress(show_progress) as progress, ThreadPoolExecutor(max(1, workers)) as pool:
+        task = progress.add_task("preparing", total=len(todo))
+        submit: Callable[[list[int]], list[Future]] = lambda chunk: [pool.submit(worker.load, i) for i in chunk]
+        upcoming = submit(chunks[0]) if chunks else []
+        try:
+            for c, chunk in enumerate(chunks):
+                loaded = [future.result() for future in upcoming]
+                # Start loading the next chunk while this one is detected and stored.
+                upcoming = submit(chunks[c + 1]) if c + 1 < len(chunks) else []
+                to_detect = []
+                for index, entry in zip(chunk, loaded):
+                    if entry.status != STATUS_OK:
+                        finish(index, {"status": entry.status, "reason": entry.reason})
+                    elif entry.face is not None:
+                        finish(index, {"status": STATUS_OK, "reason": "", "face": entry.face, "gray": entry.gray})
+                    else:
+                        to_detect.append((index, entry))
+                if to_detect:
+                    for (index, entry), result in zip(to_detect, worker.detect_batch([e for _, e in to_detect])):
+                        result["gray"] = entry.gray
+                        finish(index, result)
+                processed += len(chunk)
+                progress.update(task, advance=len(chunk))
+                if time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS:
+                    checkpoint()
+        finally:
+            for future in upcoming:
+                future.cancel()
+            checkpoint()  # also on Ctrl-C: whatever is finished stays finished
+    return processed
+
+
+def _progress(show: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class Speed(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.0f} images/s" if speed else "- images/s")
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Speed(),
+                    TimeRemainingColumn(), disable=not show)
+
+
+# ----------------------------------------------------------------------------- output
+
+def _finish(out: Path, parsed: ParsedDataset, items: list[Item], rows: dict[int, int],
+            records: dict[int, dict[str, Any]], settings: dict[str, Any], size: int, detect: bool,
+            raw: Path) -> dict[str, Any]:
+    """Write manifest.csv, then prepared.json (the 'finished' mark), then drop the journal."""
+    names = class_names(parsed.num_classes)
+    columns: dict[str, list[Any]] = {name: [] for name in (*MANIFEST_COLUMNS, *parsed.extra_columns)}
+    box_columns = ("box_x1", "box_y1", "box_x2", "box_y2")
+    landmark_columns = [f"lm_{axis}{i}" for i in range(5) for axis in "xy"]  # x0, y0, x1, ...
+    for index, item in enumerate(items):  # column lists, not row dicts: AffectNet has 400k rows
+        record = records.get(index, {})
+        status = record.get("status", item.status)
+        landmarks = record.get("lm")
+        if landmarks is None and status == STATUS_OK and item.landmarks is not None and not detect:
+            landmarks = np.asarray(item.landmarks, float).reshape(-1).round(2).tolist()
+        values = {
+            "id": item.id, "source": item.source, "split": item.split, "label": item.label,
+            "label_name": names[item.label] if item.label >= 0 else "",
+            "status": status, "reason": record.get("reason", item.reason),
+            "det_score": record.get("score", np.nan),
+            **dict(zip(box_columns, record.get("box") or [np.nan] * 4)),
+            **dict(zip(landmark_columns, landmarks or [np.nan] * 10)),
+            "n_faces": record.get("n", 1 if status == STATUS_OK else 0),
+            "store_index": rows[index] if status == STATUS_OK else -1,
+            **item.extra,
+        }
+        for name, column in columns.items():
+            column.append(values.get(name))
+    manifest = pd.DataFrame(columns)
+    temporary = out / (MANIFEST_FILE + ".tmp")
+    manifest.to_csv(temporary, index=False)
+    os.replace(temporary, out / MANIFEST_FILE)
+
+    counts = {split: {str(k): int(v) for k, v in group["status"].value_counts().sort_index().items()}
+              for split, group in manifest.groupby("split")}
+    ok_records = [r for r in records.values() if r.get("status") == STATUS_OK]
+    grayscale = parsed.grayscale if parsed.grayscale is not None else bool(ok_records) and all(r.get("gray") for r in ok_records)
+    meta = {
+        "format": STORE_FORMAT, "dataset": parsed.name, "layout": parsed.layout, "size": size,
+        "num_classes": parsed.num_classes, "classes": list(names), "grayscale": bool(grayscale),
+        "splits": sorted(manifest.loc[manifest["status"] == STATUS_OK, "split"].unique().tolist()),
+        "detect": bool(detect), "counts": counts, "notes": parsed.notes + _count_notes(manifest, parsed),
+        "source_dir": str(raw), "poi_version": __version__, "settings": settings,
+    }
+    _write_atomic(out / META_FILE, json.dumps(meta, indent=1))
+    for name in (JOURNAL_FILE, PROGRESS_FILE):
+        (out / name).unlink(missing_ok=True)
+    return meta
+
+
+def _count_notes(manifest: pd.DataFrame, parsed: ParsedDataset) -> list[str]:
+    """Compare each split's labelled images with the official release's count."""
+    notes = []
+    for split, expected in parsed.expected.items():
+        labelled = int(((manifest["split"] == split) & (manifest["status"] != "excluded")).sum())
+        if labelled and labelled != expected:
+            notes.append(f"split {split}: {labelled} labelled images, the official release has {expected}")
+    several = int(manifest["reason"].fillna("").str.contains("kept the largest").sum())
+    if several:
+        notes.append(f"{several} images had several faces: the largest was kept (see reason)")
+    return notes
+
+
+__all__ = ["PrepareError", "PrepareResult", "LayoutError", "prepare"]

@@ -1,0 +1,366 @@
+"""`poi prepare`: each official layout built in tmp_path, bad inputs, resume, no-op re-runs.
+
+Images are tiny generated PNG/JPEGs; detection is replaced by a fake detector (the real
+MTCNN is exercised in test_faces.py), so these tests run in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from poi_cli import prepare as prepare_module
+from poi_cli.cli import app
+from poi_cli.datasets import DATASET_NAMES, LayoutError, dataset_manifest
+from poi_cli.faces import Face
+from poi_cli.manifests import CLASSES
+from poi_cli.prepare import JOURNAL_FILE, PrepareError, prepare
+from poi_cli.store import PreparedDataset
+
+SIZE = 32
+
+
+def save(path: Path, value: int = 128, size: tuple[int, int] = (48, 48), mode: str = "L") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value if mode == "L" else (value, value // 2, 255 - value)).save(path)
+    return path
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file: RAW_DIR must not change."""
+    return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+# FERPlus label.csv rows: name, box, votes (neutral, happiness, surprise, sadness, anger,
+# disgust, fear, contempt, unknown, NF).
+FERPLUS_ROWS = {
+    "fer0000000.png": [0, 8, 1, 1, 0, 0, 0, 0, 0, 0],  # happiness
+    "fer0000001.png": [4, 0, 0, 1, 3, 2, 0, 0, 0, 0],  # 4 of 9 after dropping the 1: no majority
+    "fer0000002.png": [2, 0, 0, 0, 0, 0, 0, 0, 8, 0],  # unknown wins: excluded
+    "fer0000003.png": [0, 0, 0, 0, 0, 0, 0, 0, 0, 10],  # NF wins: excluded
+    "fer0000004.png": [3, 0, 0, 0, 0, 0, 0, 6, 1, 0],  # contempt 6 of 9
+    "fer0000005.png": [6, 0, 0, 0, 0, 0, 0, 0, 0, 0],  # neutral; file missing on disk
+}
+
+
+def make_ferplus(root: Path) -> Path:
+    for folder in ("FER2013Train", "FER2013Valid"):
+        lines = []
+        for k, (name, votes) in enumerate(FERPLUS_ROWS.items()):
+            if name != "fer0000005.png":
+                save(root / folder / name, value=40 * k)
+            lines.append(f'{name},"(0, 0, 48, 48)",' + ",".join(map(str, votes)))
+        (root / folder / "label.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_ferplus_majority_votes_and_store(tmp_path: Path) -> None:
+    raw = make_ferplus(tmp_path / "ferplus")
+    before = snapshot(raw)
+    result = prepare("ferplus", raw, tmp_path / "out", size=SIZE, show_progress=False)
+    assert snapshot(raw) == before
+    assert result.counts["train"] == {"ok": 2, "excluded": 3, "missing": 1}
+    assert result.counts["val"] == {"ok": 2, "excluded": 3, "missing": 1}
+    assert any("FER2013Test" in note and "absent" in note for note in result.notes)
+
+    data = PreparedDataset(tmp_path / "out")
+    assert data.num_classes == 8 and data.grayscale and data.size == SIZE
+    manifest = data.manifest.set_index("id")
+    assert manifest.loc["FER2013Train/fer0000000.png", "label_name"] == "happiness"
+    assert manifest.loc["FER2013Train/fer0000004.png", "label"] == CLASSES.index("contempt")
+    assert manifest.loc["FER2013Train/fer0000002.png", "reason"] == "majority vote is unknown"
+    assert manifest.loc["FER2013Train/fer0000001.png", "status"] == "excluded"
+    assert manifest.loc["FER2013Train/fer0000000.png", "vote_happiness"] == 8
+    assert manifest.loc["FER2013Train/fer0000003.png", "vote_NF"] == 10
+    assert manifest.loc["FER2013Train/fer0000005.png", "store_index"] == -1
+
+    train = data.split("train")
+    faces = data.faces[train.store_rows]
+    assert faces.shape == (2, SIZE, SIZE, 3)
+    # Grey sources stay grey (three equal channels); each face keeps its own pixel value.
+    assert np.array_equal(faces[..., 0], faces[..., 2])
+    assert sorted(int(f.mean()) for f in faces) == [0, 160]
+
+
+def test_rerun_is_noop_and_other_settings_refused(tmp_path: Path) -> None:
+    raw = make_ferplus(tmp_path / "ferplus")
+    out = tmp_path / "out"
+    prepare("ferplus", raw, out, size=SIZE, show_progress=False)
+    stamp = (out / "faces.npy").stat().st_mtime_ns
+    again = prepare("ferplus", raw, out, size=SIZE, show_progress=False)
+    assert again.already_done and again.processed == 0
+    assert (out / "faces.npy").stat().st_mtime_ns == stamp
+    with pytest.raises(PrepareError, match="size 32 -> 64"):
+        prepare("ferplus", raw, out, size=64, show_progress=False)
+
+
+class InterruptingDetector:
+    """Fake detector: one face per image; raises KeyboardInterrupt on call `stop_at`."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.calls, self.stop_at = 0, stop_at
+
+    def detect(self, images: list[Image.Image]) -> list[list[Face]]:
+        self.calls += 1
+        if self.calls == self.stop_at:
+            raise KeyboardInterrupt
+        return [[fake_face(image, 0)] for image in images]
+
+
+def fake_face(image: Image.Image, shift: float, scale: float = 1.0, score: float = 0.99) -> Face:
+    w, h = image.size
+    box = np.array([shift, shift, shift + scale * w / 2, shift + scale * h / 2], np.float32)
+    eyes = [[0.35 * w, 0.4 * h], [0.65 * w, 0.4 * h], [0.5 * w, 0.55 * h], [0.38 * w, 0.75 * h], [0.62 * w, 0.75 * h]]
+    return Face(box=box, landmarks=np.array(eyes, np.float32), score=score)
+
+
+def make_folder_tree(root: Path, per_class: int = 5) -> Path:
+    rng = np.random.default_rng(0)
+    for name in ("happy", "sad", "angry"):
+        (root / name).mkdir(parents=True)
+        for k in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / name / f"{k}.png")
+    return root
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prepare_module, "CHECKPOINT_SECONDS", 0.0)
+    raw = make_folder_tree(tmp_path / "raw")
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    with pytest.raises(KeyboardInterrupt):
+        prepare("folder", raw, out, size=SIZE, batch_size=4, show_progress=False, detector=InterruptingDetector(stop_at=3))
+    assert not (out / "prepared.json").exists()
+    done = (out / JOURNAL_FILE).read_text().splitlines()
+    assert len(done) == 8  # two batches of 4 finished before the interrupt
+    with open(out / JOURNAL_FILE, "a") as handle:
+        handle.write('{"i": 14, "sta')  # a line torn by a crash is ignored
+    result = prepare("folder", raw, out, size=SIZE, batch_size=4, show_progress=False, detector=InterruptingDetector())
+    assert (result.resumed, result.processed) == (8, 7)
+    assert not (out / JOURNAL_FILE).exists()
+    prepare("folder", raw, fresh, size=SIZE, batch_size=4, show_progress=False, detector=InterruptingDetector())
+    assert (out / "faces.npy").read_bytes() == (fresh / "faces.npy").read_bytes()
+    assert (out / "manifest.csv").read_bytes() == (fresh / "manifest.csv").read_bytes()
+
+
+class ScriptedDetector:
+    """Fake detector keyed on the image's mean red value: 0 -> no face, 255 -> two faces."""
+
+    def detect(self, images: list[Image.Image]) -> list[list[Face]]:
+        results = []
+        for image in images:
+            red = int(np.asarray(image)[..., 0].mean())
+            if red == 0:
+                results.append([])
+            elif red == 255:
+                results.append([fake_face(image, 0, 0.5, 0.99), fake_face(image, 2, 1.0, 0.9)])
+            else:
+                results.append([fake_face(image, 0)])
+        return results
+
+
+def test_bad_images_get_a_status_and_the_run_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("poi_cli.faces.MAX_PIXELS", 200 * 200)
+    raw = tmp_path / "raw"
+    happy, sad = raw / "happy", raw / "sad"
+    save(happy / "good.png", mode="RGB", value=100)
+    (happy / "empty.jpg").parent.mkdir(parents=True, exist_ok=True)
+    (happy / "empty.jpg").write_bytes(b"")
+    good_jpeg = (save(happy / "whole.jpg", mode="RGB", value=90)).read_bytes()
+    (happy / "truncated.jpg").write_bytes(good_jpeg[: len(good_jpeg) // 2])
+    (happy / "text.png").write_text("not an image")
+    save(happy / "tiny.png", size=(8, 8), mode="RGB")
+    save(happy / "huge.png", size=(300, 300), mode="RGB")
+    sad.mkdir()
+    Image.new("CMYK", (48, 48), (0, 255, 0, 0)).save(sad / "cmyk.jpg")
+    Image.fromarray(np.full((48, 48), 40000, np.uint16)).save(sad / "sixteen.png")
+    Image.new("RGBA", (48, 48), (10, 200, 10, 128)).save(sad / "rgba.png")
+    # EXIF orientation 6: stored landscape (60x30), shown portrait: top half dark after rotation.
+    stored = np.zeros((30, 60, 3), np.uint8)
+    stored[:, 30:] = 200  # right half bright -> after a 90 degree clockwise turn, bottom half bright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(sad / "rotated.jpg", exif=exif.tobytes())
+    Image.new("RGB", (48, 48), (0, 0, 0)).save(sad / "noface.png")
+    Image.new("RGB", (48, 48), (255, 0, 0)).save(sad / "twofaces.png")
+    (sad / "notes.txt").write_text("ignored: not an image suffix")
+    before = snapshot(raw)
+
+    result = prepare("folder", raw, tmp_path / "out", size=SIZE, detect=True, show_progress=False,
+                     detector=ScriptedDetector())
+    assert snapshot(raw) == before
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv").set_index("id")
+    status = manifest["status"].to_dict()
+    for name in ("empty.jpg", "truncated.jpg", "text.png", "tiny.png", "huge.png"):
+        assert status[f"happy/{name}"] == "bad_image", name
+        assert isinstance(manifest.loc[f"happy/{name}", "reason"], str)
+    assert "too small" in manifest.loc["happy/tiny.png", "reason"]
+    assert "too large" in manifest.loc["happy/huge.png", "reason"]
+    for name in ("cmyk.jpg", "sixteen.png", "rgba.png", "rotated.jpg", "twofaces.png"):
+        assert status[f"sad/{name}"] == "ok", name
+    assert status["sad/noface.png"] == "no_face"
+    assert status["happy/good.png"] == status["happy/whole.jpg"] == "ok"
+    assert "sad/notes.txt" not in status
+    two = manifest.loc["sad/twofaces.png"]
+    assert two["n_faces"] == 2 and "largest" in two["reason"]
+    assert two["box_x2"] == pytest.approx(2 + 48 / 2) and two["det_score"] == pytest.approx(0.9)
+    assert result.counts["train"] == {"bad_image": 5, "no_face": 1, "ok": 7}
+    assert any("several faces" in note for note in result.notes)
+
+    # The rotated image was turned upright before the crop: its top is dark, its bottom bright.
+    data = PreparedDataset(tmp_path / "out")
+    face = data.faces[int(manifest.loc["sad/rotated.jpg", "store_index"])].astype(int)
+    assert face[: SIZE // 4].mean() + 100 < face[-SIZE // 4:].mean()
+
+
+def test_wrong_layouts_name_what_is_missing(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LayoutError, match="FER2013Train/"):
+        prepare("ferplus", empty, tmp_path / "o1", show_progress=False)
+    with pytest.raises(LayoutError, match="EmoLabel/list_patition_label.txt"):
+        prepare("raf-db", empty, tmp_path / "o2", show_progress=False)
+    with pytest.raises(LayoutError, match="cohn-kanade-images/ with Emotion/"):
+        prepare("ckplus", empty, tmp_path / "o3", show_progress=False)
+    with pytest.raises(LayoutError, match="image folder"):
+        prepare("affectnet", empty, tmp_path / "o4", show_progress=False)
+    with pytest.raises(LayoutError, match="unknown dataset"):
+        prepare("mnist", empty, tmp_path / "o5", show_progress=False)
+    save(empty / "Train" / "Joyful" / "a.png")
+    with pytest.raises(LayoutError, match="Train/Joyful/: unknown class folder"):
+        prepare("sfew", empty, tmp_path / "o6", show_progress=False)
+    raw = make_ferplus(tmp_path / "fp")
+    with pytest.raises(PrepareError, match="inside RAW_DIR"):
+        prepare("ferplus", raw, raw / "out", show_progress=False)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "thesis.tex").write_text("x")
+    with pytest.raises(PrepareError, match="not empty"):
+        prepare("ferplus", raw, busy, show_progress=False)
+    with pytest.raises(PrepareError, match="split\\(s\\) test not found"):
+        prepare("ferplus", raw, tmp_path / "o7", splits=["test"], show_progress=False)
+
+
+def test_rafdb_aligned_and_original_layouts(tmp_path: Path) -> None:
+    labels = "train_00001.jpg 1\ntrain_00002.jpg 7\ntest_0001.jpg 4\n"
+    aligned = tmp_path / "aligned"
+    (aligned / "EmoLabel").mkdir(parents=True)
+    (aligned / "EmoLabel" / "list_patition_label.txt").write_text(labels)
+    for name in ("train_00001", "train_00002", "test_0001"):
+        save(aligned / "Image" / "aligned" / f"{name}_aligned.jpg", mode="RGB", size=(100, 100))
+    result = prepare("raf-db", aligned, tmp_path / "out_a", size=SIZE, show_progress=False)
+    assert result.counts == {"test": {"ok": 1}, "train": {"ok": 2}}
+    manifest = pd.read_csv(tmp_path / "out_a" / "manifest.csv").set_index("id")
+    assert manifest.loc["train_00001.jpg", "label_name"] == "surprise"
+    assert manifest.loc["train_00002.jpg", "label_name"] == "neutral"
+    assert manifest.loc["test_0001.jpg", "source"] == "Image/aligned/test_0001_aligned.jpg"
+
+    original = tmp_path / "original"
+    (original / "EmoLabel").mkdir(parents=True)
+    (original / "EmoLabel" / "list_patition_label.txt").write_text(labels)
+    for name in ("train_00001", "train_00002", "test_0001"):
+        save(original / "Image" / "original" / f"{name}.jpg", mode="RGB", size=(120, 90))
+    landmarks = "40.0 40.0\n80.0 40.0\n60.0 55.0\n45.0 70.0\n75.0 70.0\n0\n0\n1\n"
+    for name in ("train_00001", "train_00002"):
+        (original / "Annotation" / "manual").mkdir(parents=True, exist_ok=True)
+        (original / "Annotation" / "manual" / f"{name}_manu_attri.txt").write_text(landmarks)
+    # test_0001 has no landmark file: with detection forced off it is resized whole.
+    result = prepare("raf-db", original, tmp_path / "out_o", size=SIZE, show_progress=False)
+    assert result.meta["layout"] == "original" and not result.meta["detect"]
+    manifest = pd.read_csv(tmp_path / "out_o" / "manifest.csv").set_index("id")
+    assert manifest.loc["train_00001.jpg", ["lm_x0", "lm_y4"]].tolist() == [40.0, 70.0]
+    assert np.isnan(manifest.loc["test_0001.jpg", "lm_x0"])
+    assert any("no landmark file" in note for note in result.notes)
+
+
+def test_affectnet_csv_with_landmarks_and_excluded_codes(tmp_path: Path) -> None:
+    raw = tmp_path / "affectnet"
+    points = np.zeros((68, 2))
+    points[36:42], points[42:48], points[30], points[48], points[54] = [30, 40], [70, 40], [50, 55], [35, 70], [65, 70]
+    text = ";".join(f"{v:.1f}" for v in points.reshape(-1))
+    header = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal\n"
+    rows = [("1/a.jpg", 1), ("1/b.jpg", 7), ("2/c.jpg", 9), ("2/d.jpg", 10)]
+    (raw / "Manually_Annotated_file_lists").mkdir(parents=True)
+    (raw / "Manually_Annotated_file_lists" / "training.csv").write_text(
+        header + "".join(f'{name},0,0,100,100,"{text}",{code},0,0\n' for name, code in rows))
+    for name, _ in rows:
+        save(raw / "Manually_Annotated_Images" / name, mode="RGB", size=(100, 100))
+    result = prepare("affectnet", raw, tmp_path / "out", size=SIZE, show_progress=False)
+    assert result.counts == {"train": {"excluded": 2, "ok": 2}}
+    assert any("validation.csv is absent" in note for note in result.notes)
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv").set_index("id")
+    assert manifest.loc["1/b.jpg", "label_name"] == "contempt"
+    assert manifest.loc["1/a.jpg", ["lm_x0", "lm_y0", "lm_x2", "lm_x4"]].tolist() == [30.0, 40.0, 50.0, 65.0]
+    assert PreparedDataset(tmp_path / "out").num_classes == 8
+
+
+def test_ckplus_official_sequences_and_ck48(tmp_path: Path) -> None:
+    raw = tmp_path / "ck"
+    for sequence, code in (("S005/001", "3.0000000e+00"), ("S005/002", "2.0000000e+00"), ("S010/001", None)):
+        for frame in range(1, 7):
+            subject, number = sequence.split("/")
+            save(raw / "cohn-kanade-images" / sequence / f"{subject}_{number}_{frame:08d}.png", value=frame * 30)
+        if code:
+            (raw / "Emotion" / sequence).mkdir(parents=True)
+            (raw / "Emotion" / sequence / f"{subject}_{number}_00000006_emotion.txt").write_text(f"   {code}\n")
+    result = prepare("ckplus", raw, tmp_path / "out", size=SIZE, show_progress=False, detector=InterruptingDetector())
+    assert result.meta["detect"]  # no Landmarks/: faces are detected
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
+    # S005/001 (disgust): frame 1 neutral, frames 4-6 disgust; contempt (code 2) and unlabelled S010 left out.
+    assert dict(zip(manifest["id"].str[-12:], manifest["label_name"])) == {
+        "00000001.png": "neutral", "00000004.png": "disgust", "00000005.png": "disgust", "00000006.png": "disgust"}
+    assert set(manifest["subject"]) == {"S005"}
+    assert PreparedDataset(tmp_path / "out").num_classes == 7
+
+    ck48 = tmp_path / "ck48" / "CK+48"
+    save(ck48 / "happy" / "S011_002_00000014.png")
+    save(ck48 / "contempt" / "S012_001_00000010.png")
+    result = prepare("ckplus", ck48.parent, tmp_path / "out48", size=SIZE, show_progress=False)
+    manifest = pd.read_csv(tmp_path / "out48" / "manifest.csv").set_index("id")
+    assert manifest.loc["contempt/S012_001_00000010.png", "label"] == CLASSES.index("contempt")
+    assert manifest.loc["happy/S011_002_00000014.png", "subject"] == "S011"
+    assert not result.meta["detect"] and result.meta["num_classes"] == 8
+
+
+def test_sfew_and_folder_splits(tmp_path: Path) -> None:
+    raw = tmp_path / "sfew"
+    save(raw / "Train" / "Happy" / "a.png", mode="RGB", size=(143, 181))
+    save(raw / "Val" / "Sad" / "b.png", mode="RGB", size=(143, 181))
+    result = prepare("sfew", raw, tmp_path / "out", size=SIZE, show_progress=False)
+    assert result.counts == {"train": {"ok": 1}, "val": {"ok": 1}}
+    assert not result.meta["grayscale"]
+
+    tree = tmp_path / "mine"
+    save(tree / "train" / "Happy" / "a.png")
+    save(tree / "valid" / "contempt" / "b.png")
+    result = prepare("folder", tree, tmp_path / "out2", size=SIZE, detect=False, show_progress=False)
+    assert result.counts == {"train": {"ok": 1}, "val": {"ok": 1}}
+    assert result.meta["num_classes"] == 8 and result.meta["grayscale"]
+
+
+def test_dataset_manifests_map_onto_canonical_classes() -> None:
+    for name in DATASET_NAMES:
+        facts = dataset_manifest(name)
+        maps = [facts["class_map"]] if "class_map" in facts else [l["class_map"] for l in facts["layouts"].values()]
+        for class_map in maps:
+            assert set(v for v in class_map.values() if v is not None) <= set(CLASSES), name
+        for key in ("source", "terms", "layout", "label_rule"):
+            assert facts[key], (name, key)
+
+
+def test_cli_prepare_summary_and_one_line_errors(tmp_path: Path) -> None:
+    raw = make_ferplus(tmp_path / "ferplus")
+    runner = CliRunner()
+    result = runner.invoke(app, ["prepare", "ferplus", str(raw), "--out", str(tmp_path / "out"), "--size", "32"])
+    assert result.exit_code == 0, result.output
+    assert "excluded" in result.output and "FER2013Test/ is absent" in result.output
+    again = runner.invoke(app, ["prepare", "ferplus", str(raw), "--out", str(tmp_path / "out"), "--size", "32"])
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    bad = runner.invoke(app, ["prepare", "ferplus", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    assert bad.exit_code == 1 and "is not a directory" in bad.output and "Traceback" not in bad.output
+    assert not os.path.exists(tmp_path / "o")
