@@ -40,8 +40,9 @@ class ImageLoadError(Exception):
 def load_image(path: str | Path) -> Image.Image:
     """Read an image file as an 8-bit RGB PIL image, upright per its EXIF orientation.
 
-    Conversions: CMYK -> RGB; 16-bit grey (I;16*, I) scaled by 255/65535 (not clipped);
-    alpha (RGBA, LA, P with transparency) composited on white; grey -> RGB by repetition.
+    Conversions: CMYK -> RGB; 16-bit grey (I;16) scaled by 255/65535 (not clipped; I and
+    F modes: see docs/faces.md); alpha (RGBA, LA, P with transparency) composited on
+    white; grey -> RGB by repetition.
     Raises ImageLoadError (missing, empty, not an image, truncated, too small, too
     large). The file is only opened for reading.
     """
@@ -117,7 +118,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     """Scale high-bit-depth grey to 0..255 by its nominal range (no clipping)."""
-    values = values.astype(np.float64)
+    values = np.nan_to_num(values.astype(np.float64))
     if mode.startswith("I;16"):
         top = 65535.0
     elif mode == "F":
