@@ -17,7 +17,7 @@ test: setup
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 bench: setup
-	$(VENV)/bin/python benchmarks/train_step.py
+	$(VENV)/bin/python benchmarks/train_throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

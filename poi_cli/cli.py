@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -67,3 +69,347 @@ def info(
     table.add_row("deployed TRN (inference)", f"{result['trn_params'] / 1e6:.2f}", f"{result['trn_gflops']:.2f}")
     table.add_row("full model (training: TRN + PIN)", f"{result['full_params'] / 1e6:.2f}", f"{result['full_gflops']:.2f}")
     console.print(table)
+
+
+@app.command()
+def prepare(
+    dataset: str = typer.Argument(..., help="raf-db, ferplus, affectnet, ckplus, sfew or folder (one sub-folder per class)."),
+    raw_dir: str = typer.Argument(..., help="The dataset as downloaded (official layout); only read."),
+    out: str = typer.Option(..., "--out", help="Folder for manifest.csv, faces.npy and prepared.json."),
+    size: int = typer.Option(224, help="Side of the stored square faces, in pixels."),
+    detect: Optional[bool] = typer.Option(None, "--detect/--no-detect", help="Run MTCNN (default: per dataset; off where faces ship cropped)."),
+    device: str = typer.Option("cpu", help="Torch device for face detection."),
+    batch_size: int = typer.Option(32, help="Images per detection batch."),
+    splits: Optional[str] = typer.Option(None, help="Comma-separated splits to prepare (default: all found)."),
+) -> None:
+    """Detect, align and store a dataset's faces for training (resumable; see docs/datasets.md)."""
+    from poi_cli.datasets import LayoutError
+    from poi_cli.prepare import PrepareError, prepare as run_prepare
+
+    chosen = [s.strip() for s in splits.split(",") if s.strip()] if splits else None
+    try:
+        result = run_prepare(dataset, raw_dir, out, size=size, detect=detect, device=device,
+                             batch_size=batch_size, splits=chosen)
+    except (LayoutError, PrepareError) as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        fail(f"interrupted: finished images are saved in {out}; run the same command again to resume", 130)
+    except Exception as error:  # e.g. the detector cannot start: still one line, never a traceback
+        fail(f"{type(error).__name__}: {error}")
+    if result.already_done:
+        console.print(f"{result.out_dir} is already prepared with these settings: nothing to do.")
+    statuses = sorted({s for counts in result.counts.values() for s in counts}, key=lambda s: (s != "ok", s))
+    console.print(f"{dataset} -> {result.out_dir}", highlight=False, soft_wrap=True)
+    table = Table()
+    table.add_column("split")
+    for status in statuses:
+        table.add_column(status, justify="right")
+    for split, counts in sorted(result.counts.items()):
+        table.add_row(split, *(str(counts.get(s, 0)) for s in statuses))
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    if not result.already_done:
+        resumed = f", {result.resumed} done by an earlier run" if result.resumed else ""
+        speed = result.images_per_second
+        speed_text = f"{speed:.0f}" if speed >= 10 else f"{speed:.2f}"
+        console.print(f"{result.processed} images in {result.seconds:.1f} s ({speed_text} images/s){resumed}", highlight=False)
+
+
+@app.command()
+def noise(
+    prepared_dir: str = typer.Argument(..., help="A folder written by `poi prepare`."),
+    rate: float = typer.Option(..., help="Probability of flipping each label (0..1), e.g. 0.2."),
+    seed: int = typer.Option(0, help="Random seed: the same seed gives byte-identical files."),
+    split: str = typer.Option("train", help="Split whose labels are flipped."),
+    out: Optional[str] = typer.Option(None, help="Label file to write (default PREPARED_DIR/labels/<split>_noise<pct>_seed<seed>.csv)."),
+) -> None:
+    """Symmetric label noise: write a label file for `poi train --labels` (the manifest is not changed)."""
+    from poi_cli.noise import write_noisy_labels
+    from poi_cli.store import StoreError
+
+    try:
+        path, summary = write_noisy_labels(prepared_dir, rate, seed=seed, split=split, out=out)
+    except (StoreError, ValueError, OSError) as error:
+        fail(str(error))
+    table = Table(title=f"{summary['split']}: {summary['flipped']} of {summary['images']} labels flipped "
+                        f"(realised rate {summary['realised_rate']:.4f}, asked {rate:g}, seed {seed})")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    table.add_column("flipped", justify="right")
+    table.add_column("noisy labels", justify="right")
+    for name, row in summary["per_class"].items():
+        table.add_row(name, str(row["images"]), str(row["flipped"]), str(row["noisy_labels"]))
+    console.print(table)
+    console.print(f"wrote {path} and {path.with_suffix('.json').name}; train with --labels {path}", highlight=False, soft_wrap=True)
+
+
+from poi_cli.config import TrainConfig as _TrainConfig  # plain dataclass, no torch: the defaults of `poi train`
+
+_TD = _TrainConfig()
+
+
+@app.command()
+def train(
+    prepared_dir: Optional[str] = typer.Argument(None, help="A folder written by `poi prepare` (not needed with --resume)."),
+    arch: str = typer.Option(_TD.arch, help="Backbone: resnet18, resnet34 or resnet50."),
+    size: int = typer.Option(_TD.input_size, "--size", help="Input side in pixels (faces are resized on the device when the store differs)."),
+    epochs: int = typer.Option(_TD.epochs, help="Epochs."),
+    batch: int = typer.Option(_TD.batch, help="Global batch size (split over processes under torchrun)."),
+    lr: float = typer.Option(_TD.lr, help="Initial learning rate (SGD)."),
+    schedule: str = typer.Option(_TD.schedule, help="step (lr x gamma at --lr-steps) or cosine."),
+    lr_steps: str = typer.Option(",".join(map(str, _TD.lr_steps)), help="Epochs where the step schedule multiplies lr by --lr-gamma."),
+    lr_gamma: float = typer.Option(_TD.lr_gamma, help="Factor of the step schedule."),
+    warmup_epochs: float = typer.Option(_TD.warmup_epochs, help="Linear warm-up length in epochs."),
+    momentum: float = typer.Option(_TD.momentum, help="SGD momentum."),
+    weight_decay: float = typer.Option(_TD.weight_decay, help="SGD weight decay."),
+    lambda_au: float = typer.Option(_TD.lambda_au, help="lambda_1 of Eq. 12 (AU loss)."),
+    lambda_ce_au: float = typer.Option(_TD.lambda_ce_au, help="lambda_2 of Eq. 12 (region cross-entropy)."),
+    lambda_ce_tar: float = typer.Option(_TD.lambda_ce_tar, help="lambda_3 of Eq. 12 (TRN cross-entropy)."),
+    temperature: float = typer.Option(_TD.temperature, "--temperature", "-T", help="Temperature T of Eq. 6 and 11."),
+    au_eps: float = typer.Option(_TD.au_eps, help="eps of the AU pseudo-labels."),
+    l_sub: Optional[int] = typer.Option(_TD.l_sub, help="Subregion side on the feature map (default round(9 L / 14))."),
+    baseline: bool = typer.Option(False, "--baseline", help="Train the baseline: TRN with cross-entropy only (no PIN)."),
+    no_prior: bool = typer.Option(False, "--no-prior", help="Ablation: no AU nets / AU loss (no PB)."),
+    no_oim: bool = typer.Option(False, "--no-oim", help="Ablation: no gate, no intermediate prediction (w/o inpre)."),
+    no_uem: bool = typer.Option(False, "--no-uem", help="Ablation: beta = 1 for every image."),
+    augment: bool = typer.Option(_TD.augment, "--augment/--no-augment", help="Training augmentation on the device."),
+    translate: float = typer.Option(_TD.translate, help="Max random shift, fraction of the side."),
+    color_jitter: float = typer.Option(_TD.color_jitter, help="Brightness/contrast/saturation range (off for grayscale data)."),
+    pretrained: Optional[str] = typer.Option(None, help="Backbone weights file (torchvision or resnet18_msceleb layout)."),
+    fine_tune: Optional[str] = typer.Option(None, help="Start from a poi checkpoint or run folder (classes mapped by name)."),
+    noise: float = typer.Option(_TD.noise, help="Flip this fraction of the training labels on the fly (recorded)."),
+    noise_seed: int = typer.Option(_TD.noise_seed, help="Seed of --noise."),
+    labels: Optional[str] = typer.Option(None, help="Label file for the training split (from `poi noise`)."),
+    train_split: str = typer.Option(_TD.train_split, help="Split to train on."),
+    val_split: Optional[str] = typer.Option(None, help="Split for model selection (default valid, else val; 'none' for none; never test)."),
+    val_fraction: float = typer.Option(_TD.val_fraction, help="Without a valid/val split: hold out this stratified fraction of train."),
+    seed: int = typer.Option(_TD.seed, help="Random seed (initialisation, batches, augmentation)."),
+    device: str = typer.Option(_TD.device, help="auto, cpu, cuda or mps."),
+    amp: str = typer.Option(_TD.amp, help="bf16 autocast: auto (CUDA, or CPUs with AVX512-BF16/AMX), bf16 or off."),
+    channels_last: str = typer.Option(_TD.channels_last, help="auto (on for CUDA), on or off."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="SyncBatchNorm under torchrun (CUDA)."),
+    project: str = typer.Option(_TD.project, help="Folder of the run folders."),
+    name: str = typer.Option(_TD.name, help="Run folder name (numbered when taken: exp2, exp3, ...)."),
+    resume: Optional[str] = typer.Option(None, help="Continue an interrupted run folder (its own config; other options ignored but --device)."),
+) -> None:
+    """Train POI (or the baseline / an ablation) on a prepared dataset; see docs/training.md."""
+    from poi_cli.checkpoint import CheckpointError
+    from poi_cli.engine import TrainError
+    from poi_cli.pretrained import PretrainedError
+    from poi_cli.store import StoreError
+
+    if prepared_dir is None and resume is None:
+        fail("give a prepared folder (PREPARED_DIR) or --resume RUN_DIR")
+    try:
+        steps = [int(s) for s in lr_steps.split(",") if s.strip()]
+    except ValueError:
+        fail(f"--lr-steps must be comma-separated epochs, got {lr_steps!r}")
+    config = _TrainConfig(
+        data=prepared_dir or "", arch=arch, input_size=size, epochs=epochs, batch=batch, lr=lr, schedule=schedule,
+        lr_steps=steps, lr_gamma=lr_gamma, warmup_epochs=warmup_epochs, momentum=momentum, weight_decay=weight_decay,
+        lambda_au=lambda_au, lambda_ce_au=lambda_ce_au, lambda_ce_tar=lambda_ce_tar, temperature=temperature,
+        au_eps=au_eps, l_sub=l_sub, use_pin=not baseline, prior_supervision=not no_prior, use_oim=not no_oim,
+        use_uem=not no_uem, augment=augment, translate=translate, color_jitter=color_jitter, pretrained=pretrained,
+        fine_tune=fine_tune, noise=noise, noise_seed=noise_seed, labels=labels, train_split=train_split,
+        val_split=val_split, val_fraction=val_fraction, seed=seed, device=device, amp=amp, channels_last=channels_last, compile=compile,
+        sync_bn=sync_bn, project=project, name=name, resume=resume,
+    )
+    from poi_cli.engine import train as run_train
+
+    try:
+        run_dir = run_train(config, console=console)
+    except (TrainError, StoreError, CheckpointError, PretrainedError, ValueError) as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        fail("interrupted: finished epochs are saved; continue with --resume RUN_DIR", 130)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        console.print(f"done: {run_dir} (results.csv, best.pt, last.pt); evaluate with `poi evaluate {run_dir} PREPARED_DIR`",
+                      highlight=False, soft_wrap=True)
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Argument(..., help="A run folder (its best.pt) or a checkpoint file."),
+    prepared_dir: str = typer.Argument(..., help="A folder written by `poi prepare`."),
+    split: str = typer.Option("test", help="Split to evaluate."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    out: Optional[str] = typer.Option(None, help="Folder for metrics.json, confusion_matrix.csv and .png (default runs/evaluate/exp, numbered)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+    batch: int = typer.Option(256, help="Images per batch."),
+    amp: str = typer.Option("auto", help="bf16 autocast: auto, bf16 or off."),
+) -> None:
+    """Accuracy, per-class recall, confusion matrix, confidence strata and PIN accuracies of a model."""
+    from poi_cli.checkpoint import CheckpointError, next_run_dir
+    from poi_cli.engine import TrainError
+    from poi_cli.evaluate import evaluate as run_evaluate, write_reports
+    from poi_cli.store import StoreError
+
+    try:
+        result = run_evaluate(model, prepared_dir, split=split, device=device, batch=batch, amp=amp)
+        out_dir = next_run_dir("runs/evaluate", "exp") if out is None else out
+        files = write_reports(result, out_dir)
+    except (CheckpointError, StoreError, TrainError, ValueError, OSError) as error:
+        fail(str(error))
+    if as_json:
+        print(json.dumps(result))
+        return
+    for note in result["notes"]:
+        console.print(f"note: {note}", highlight=False)
+    table = Table(title=f"{result['checkpoint']} on {result['split']} ({result['n_images']} images)")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    table.add_column("recall", justify="right")
+    for name, row in result["per_class"].items():
+        table.add_row(name, str(row["n"]), "-" if row["recall"] is None else f"{row['recall']:.2%}")
+    console.print(table)
+    lines = [f"accuracy (TRN) {result['accuracy']:.2%}, mean class recall {result['mean_class_recall']:.2%}"]
+    if result["pin_average_accuracy"] is not None:
+        pin = result["pin_intermediate_accuracy"]
+        lines.append(f"PIN intermediate p~* {'-' if pin is None else f'{pin:.2%}'}, region average {result['pin_average_accuracy']:.2%}")
+    for s in result["confidence_strata"] or []:
+        lines.append(f"{s['fraction']:.0%} most / least confident: {s['most_confident_accuracy']:.2%} / {s['least_confident_accuracy']:.2%}")
+    lines.append(f"wrote {', '.join(str(f) for f in files)}")
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def predict(
+    inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns."),
+    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint or run folder (default: $POI_MODEL, then the bundled model)."),
+    show_au: bool = typer.Option(False, "--show-au", help="Add AU probabilities per region and the regions' own expression distributions."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of per-face records to stdout."),
+    csv_file: Optional[str] = typer.Option(None, "--csv", help="Write one row per face (flat columns) to this CSV file."),
+    save_vis: Optional[str] = typer.Option(None, "--save-vis", help="Folder for annotated PNGs (boxes, expression, confidence, AU bars)."),
+    device: str = typer.Option("cpu", help="cpu or cuda (detection and model)."),
+    batch: int = typer.Option(32, help="Faces per model batch."),
+) -> None:
+    """Expression, confidence (UEM w) and action units of every face in images; see docs/predict.md."""
+    from poi_cli.faces import FaceDetectorError
+    from poi_cli.predict import PredictError, Predictor, STATUS_ERROR, status_counts, write_predictions_csv
+
+    if as_json and csv_file:
+        fail("--json and --csv exclude each other: choose one output")
+    if csv_file and any(Path(csv_file).resolve() == Path(i).resolve() for i in inputs):
+        fail(f"--csv {csv_file} is one of the inputs; choose another file")
+    try:
+        predictor = Predictor(model, device=device, batch_size=batch)
+    except (PredictError, ValueError) as error:
+        fail(str(error))
+    for note in predictor.notes:
+        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    writer = None
+    if save_vis:
+        from poi_cli.visualize import VisWriter
+
+        writer = VisWriter(save_vis, show_au)
+    records: list[dict] = []
+    images = 0
+    try:
+        for prediction in predictor.iter_predictions(inputs, show_au, progress=True):
+            images += 1
+            records.extend(prediction.records)
+            if writer is not None:
+                writer.write(prediction)
+    except FaceDetectorError as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        if csv_file and records:
+            write_predictions_csv(records, predictor.classes, csv_file, show_au)
+            fail(f"interrupted: the {images} images finished are in {csv_file}", 130)
+        fail("interrupted", 130)
+    counts = status_counts(records)
+    if images == 1 and records[0]["status"] == STATUS_ERROR:
+        fail(f"{records[0]['image']}: {records[0]['reason']}")
+    if as_json:
+        print(json.dumps(records))
+    elif csv_file:
+        write_predictions_csv(records, predictor.classes, csv_file, show_au)
+    else:
+        table = Table(title=f"{predictor.checkpoint_path} ({len(predictor.classes)} classes)")
+        for column in ("image", "face", "expression", "probability", "confidence", *(("AUs > 0.5",) if show_au else ()), "status"):
+            table.add_column(column, justify="right" if column in ("face", "probability", "confidence") else "left")
+        for r in records:
+            ok = r["status"] == "ok"
+            cells = [r["image"], "" if r["face"] is None else str(r["face"]), r["expression"] or "-",
+                     f"{r['probabilities'][r['expression']]:.1%}" if ok else "-",
+                     f"{r['confidence']:.3f}" if ok and r["confidence"] is not None else "-"]
+            if show_au:
+                active = [f"{au}({','.join(reg.split('_')[0][0].upper() for reg, p in regions.items() if p >= 0.5)})"
+                          for au, regions in (r.get("aus") or {}).items() if any(p is not None and p >= 0.5 for p in regions.values())]
+                cells.append(" ".join(active) or "-")
+            cells.append(r["status"] if ok else f"{r['status']}: {r['reason']}")
+            table.add_row(*cells)
+        console.print(table)
+    def count(n: int, noun: str) -> str:
+        return f"{n} {noun}{'' if n == 1 else 's'}"
+
+    summary = (f"{count(images, 'image')}: {count(counts['ok'], 'face')} predicted, {count(counts['no_face'], 'image')} without a face, "
+               f"{count(counts['error'], 'error')}" + (f"; wrote {csv_file}" if csv_file else "") + (f"; pictures in {save_vis}" if save_vis else ""))
+    (err_console if as_json else console).print(summary, highlight=False, soft_wrap=True)
+    if images and counts["error"] == images:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    checkpoint: str = typer.Argument(..., help="A checkpoint file or a run folder (its best.pt)."),
+    format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
+    full: bool = typer.Option(False, "--full", help="The full model (probabilities, confidence, AUs) instead of the deployed TRN alone."),
+    out: Optional[str] = typer.Option(None, "--out", help="File to write (default beside the checkpoint: best.trn.onnx, best.full.torchscript.pt, ...)."),
+    tolerance: float = typer.Option(1e-3, help="Largest accepted difference from PyTorch on random input."),
+    opset: int = typer.Option(17, help="ONNX opset."),
+) -> None:
+    """Export to ONNX or TorchScript and check the result against PyTorch; see docs/predict.md."""
+    from poi_cli.export import ExportError, export_model
+
+    try:
+        result = export_model(checkpoint, format=format, full=full, out=out, tolerance=tolerance, opset=opset)
+    except (ExportError, OSError) as error:
+        fail(str(error))
+    except Exception as error:  # an exporter failure: one line, never a traceback
+        fail(f"export failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    what = "full model (TRN + PIN)" if result.full else "deployed TRN"
+    console.print(f"wrote {result.path}: {what}, outputs {', '.join(result.output_names)}", highlight=False, soft_wrap=True)
+    details = ", ".join(f"{name} {diff:.2e}" for name, diff in result.per_output_diff.items())
+    console.print(f"largest difference from PyTorch on random input {tuple(result.input_shape)}: {result.max_abs_diff:.2e} "
+                  f"({details}; tolerance {result.tolerance:g})", highlight=False, soft_wrap=True)
+    if not result.passed:
+        fail(f"the exported model differs from PyTorch by {result.max_abs_diff:.2e} > {result.tolerance:g}")
+
+
+@app.command()
+def report(
+    run_dirs: Optional[list[str]] = typer.Argument(None, help="Run folders, or folders of runs (default: runs/train)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder for report.md, CSVs and PNGs (default runs/report/exp, numbered)."),
+    data: Optional[str] = typer.Option(None, "--data", help="A prepared folder: predict it with each run's best.pt for confusion matrices and confidence plots."),
+    split: str = typer.Option("test", help="Split of --data to predict."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps (with --data)."),
+) -> None:
+    """Tables (final / best accuracy, noise, ablations, confidence strata) and plots of training runs; see docs/predict.md."""
+    from poi_cli.checkpoint import next_run_dir
+    from poi_cli.report import ReportError, build_report
+
+    try:
+        out_dir = out or next_run_dir("runs/report", "exp")
+        result = build_report(run_dirs or [], out_dir, data=data, split=split, device=device)
+    except (ReportError, ValueError, OSError) as error:
+        fail(str(error))
+    for reason in result.skipped:
+        err_console.print(f"skipped {reason}", highlight=False, soft_wrap=True)
+    table = Table(title=f"{len(result.runs)} runs (accuracy %)")
+    for column in ("run", "method", "noise", "epochs", "final val", "best val (epoch)", "test"):
+        table.add_column(column, justify="left" if column in ("run", "method") else "right")
+
+    def pct(value) -> str:
+        return "-" if value is None or value != value else f"{100 * value:.2f}"
+
+    for _, row in result.summary.iterrows():
+        planned = "?" if row["epochs_planned"] is None or row["epochs_planned"] != row["epochs_planned"] else int(row["epochs_planned"])
+        best = "-" if row["best_epoch"] is None or row["best_epoch"] != row["best_epoch"] else f"{pct(row['best_val_acc'])} ({int(row['best_epoch'])})"
+        table.add_row(row["run"], row["method"], pct(row["noise"]), f"{row['epochs_done']}/{planned}", pct(row["final_val_acc"]), best, pct(row["test_acc"]))
+    console.print(table)
+    console.print(f"wrote {len(result.files)} files in {result.out_dir} (report.md, runs.csv, by_noise.csv, strata.csv, PNGs)",
+                  highlight=False, soft_wrap=True)

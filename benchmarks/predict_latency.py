@@ -1,0 +1,149 @@
+"""Latency of `poi predict` on one photo, split into stages, and throughput of the deployed TRN.
+
+    python benchmarks/predict_latency.py                      # astronaut photo, CPU
+    python benchmarks/predict_latency.py --image face.jpg --model runs/train/exp
+    python benchmarks/predict_latency.py --device cuda --skip-photo   # TRN throughput on a GPU
+
+1. One photo through poi_cli.predict.Predictor (load, MTCNN detection, alignment, model
+   with the PIN for confidence and AUs), median over --repeats after a warm-up.
+2. The deployed TRN alone (what the paper's 0.94 ms per image measures) on random
+   224 px batches: images/s and ms per image, float32 and (CUDA) bf16 autocast.
+
+Speed does not depend on the weights, so without --model a randomly initialised
+ResNet-18 checkpoint is written to a temporary folder. Prints one line per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from poi_cli.checkpoint import save_checkpoint  # noqa: E402
+from poi_cli.manifests import class_names  # noqa: E402
+from poi_cli.model import ModelConfig, POIModel  # noqa: E402
+
+
+def random_checkpoint(folder: Path, size: int, arch: str) -> Path:
+    torch.manual_seed(0)
+    config = ModelConfig(arch=arch, input_size=size)
+    path = folder / "random.pt"
+    save_checkpoint(path, {"epoch": 0, "model": POIModel(config).state_dict(), "model_config": config.to_dict(),
+                           "classes": list(class_names(config.num_classes)), "config": {}})
+    return path
+
+
+def photo_latency(model_path: Path, image_path: str | None, repeats: int, device: str, folder: Path) -> dict:
+    from PIL import Image
+
+    from poi_cli.predict import Predictor
+
+    if image_path is None:  # a PNG file, so that loading is timed as for a user's photo
+        from skimage import data
+
+        source, name = folder / "astronaut.png", "skimage astronaut (512x512 PNG)"
+        Image.fromarray(data.astronaut()).save(source)
+    else:
+        source, name = image_path, image_path
+    predictor = Predictor(model_path, device=device)
+    predictor.predict_records([source], show_au=True)  # warm-up: builds MTCNN, first-call allocations
+    stages = {k: [] for k in ("load", "detection", "alignment", "model", "total")}
+    faces = 0
+    for _ in range(repeats):
+        before = dict(predictor.timings)
+        started = time.perf_counter()
+        records = predictor.predict_records([source], show_au=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        stages["total"].append(time.perf_counter() - started)
+        for key in ("load", "detection", "alignment", "model"):
+            stages[key].append(predictor.timings[key] - before[key])
+        faces = sum(r["status"] == "ok" for r in records)
+    return {"image": name, "faces": faces, **{f"{k}_ms": 1000 * statistics.median(v) for k, v in stages.items()}}
+
+
+def trn_throughput(size: int, arch: str, batch: int, device: str, bf16: bool, seconds: float) -> dict:
+    torch_device = torch.device(device)
+    model = POIModel(ModelConfig(arch=arch, input_size=size)).deploy().to(torch_device).eval()
+    x = torch.randn(batch, 3, size, size, device=torch_device)
+    if torch_device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    context = torch.autocast(torch_device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    def sync() -> None:
+        if torch_device.type == "cuda":
+            torch.cuda.synchronize()
+
+    with torch.inference_mode(), context:
+        for _ in range(3):
+            model(x)
+        sync()
+        iterations, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds or iterations < 3:
+            model(x)
+            iterations += 1
+        sync()
+        elapsed = time.perf_counter() - started
+    images = iterations * batch
+    return {"device": device, "precision": "bf16" if bf16 else "fp32", "batch": batch, "size": size,
+            "images_per_s": images / elapsed, "ms_per_image": 1000 * elapsed / images}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image", help="a photo (default: skimage's astronaut)")
+    parser.add_argument("--model", help="checkpoint or run folder (default: random ResNet-18)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--size", type=int, default=224, help="input size of the random model and of the TRN benchmark")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=None, help="TRN batch (default 32 on CPU, 256 on CUDA)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="timed duration of each throughput run")
+    parser.add_argument("--skip-photo", action="store_true", help="only the TRN throughput")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    args = parser.parse_args()
+
+    cpu = platform.processor() or platform.machine()
+    header = {"torch": torch.__version__, "cpu": cpu, "cpu_threads": torch.get_num_threads(), "os_cpus": os.cpu_count()}
+    if args.device == "cuda":
+        header["gpu"] = torch.cuda.get_device_name()
+    results: dict = {"setup": header}
+    with tempfile.TemporaryDirectory() as folder:
+        model_path = Path(args.model) if args.model else random_checkpoint(Path(folder), args.size, args.arch)
+        if not args.skip_photo:
+            results["photo"] = photo_latency(model_path, args.image, args.repeats, args.device, Path(folder))
+    batch = args.batch or (256 if args.device == "cuda" else 32)
+    results["trn"] = [trn_throughput(args.size, args.arch, batch, args.device, False, args.seconds)]
+    if args.device == "cuda":
+        results["trn"].append(trn_throughput(args.size, args.arch, batch, args.device, True, args.seconds))
+        results["trn"].append(trn_throughput(args.size, args.arch, 1, args.device, False, args.seconds))
+
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"torch {header['torch']}, {header['cpu_threads']} threads of {header['os_cpus']} CPUs"
+          + (f", GPU {header['gpu']}" if "gpu" in header else ""))
+    if "photo" in results:
+        p = results["photo"]
+        print(f"poi predict, one photo ({p['image']}, {p['faces']} face, median of {args.repeats}, {args.device}):")
+        print(f"  load {p['load_ms']:.1f} ms, detection {p['detection_ms']:.1f} ms, alignment {p['alignment_ms']:.1f} ms, "
+              f"model (TRN + PIN) {p['model_ms']:.1f} ms; total {p['total_ms']:.1f} ms")
+    for t in results["trn"]:
+        print(f"deployed TRN {args.arch} {t['size']} px, batch {t['batch']}, {t['device']} {t['precision']}: "
+              f"{t['images_per_s']:.1f} images/s = {t['ms_per_image']:.3f} ms per image")
+
+
+if __name__ == "__main__":
+    main()

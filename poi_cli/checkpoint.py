@@ -1,0 +1,130 @@
+"""Checkpoints and run-folder files, written atomically (temp file + os.replace).
+
+A checkpoint is a dict of plain Python values and tensors, so it loads with
+torch.load(weights_only=True):
+    format, epoch (finished epochs), model (state dict), optimizer (state dict),
+    config (TrainConfig dict), model_config (ModelConfig dict), classes (names),
+    best_val_acc, best_epoch, history (results.csv rows), rng (torch RNG states).
+A killed process leaves either the previous file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+CHECKPOINT_FORMAT = 1
+LAST, BEST = "last.pt", "best.pt"
+CONFIG_FILE, RESULTS_FILE = "config.json", "results.csv"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or run folder that cannot be used; one-line message."""
+
+
+def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write a file through `write(handle)` into a temp file beside it, then os.replace."""
+    path = Path(path)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_json(path: str | Path, values: Any) -> None:
+    atomic_write_text(path, json.dumps(values, indent=2) + "\n")
+
+
+def write_csv(path: str | Path, columns: list[str], rows: list[dict]) -> None:
+    """The whole table at once (a kill never leaves a torn or duplicate row)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
+    atomic_write_text(path, buffer.getvalue())
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> None:
+    atomic_write(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **payload}, f))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint safely (weights_only=True) on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a bad file
+        raise CheckpointError(f"cannot read {path} as a poi checkpoint: {str(error).splitlines()[0]}") from None
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_config" not in checkpoint:
+        raise CheckpointError(f"{path} is not a poi checkpoint (it lacks model weights and model_config)")
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: unsupported checkpoint format {checkpoint.get('format')!r}")
+    return checkpoint
+
+
+def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
+    """A run folder -> its best.pt (else last.pt); a file -> itself."""
+    path = Path(run_or_checkpoint)
+    if path.is_dir():
+        for name in (BEST, LAST):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path} holds no {BEST} or {LAST} (not a finished epoch of a poi run)")
+    if not path.exists():
+        raise CheckpointError(f"no such run folder or checkpoint: {path}")
+    return path
+
+
+def load_model(run_or_checkpoint: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Build the POIModel a checkpoint describes, with its weights, in eval mode."""
+    from poi_cli.model import ModelConfig, POIModel
+
+    checkpoint = load_checkpoint(resolve_checkpoint(run_or_checkpoint))
+    model = POIModel(ModelConfig.from_dict(checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval(), checkpoint
+
+
+def next_run_dir(project: str | Path, name: str, exist_ok: bool = False) -> Path:
+    """project/name, or name2, name3, ... when taken (like Ultralytics); created."""
+    project = Path(project)
+    candidate, number = project / name, 2
+    while candidate.exists() and not exist_ok:
+        candidate, number = project / f"{name}{number}", number + 1
+    candidate.mkdir(parents=True, exist_ok=True)
+    return candidate
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Optional[dict]) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,181 @@
+"""`poi evaluate`: a trained model on a prepared split.
+
+Reports the TRN's accuracy and per-class recall, the confusion matrix (CSV and PNG, as
+the paper's Fig. 11), the accuracy of the most and least confident 30/50/70% of the
+images by the UEM consistency w (Table IV), and the accuracy of the PIN's intermediate
+prediction p~* and of the plain region average (Fig. 13).
+
+Classes are matched by name: a model trained on 8 classes evaluated on 7-class data
+predicts among the 7 shared classes; on the reverse, images of a class the model does
+not know are left out. The result says so in `class_mapping`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import Progress
+
+from poi_cli.augment import BatchLoader, to_model_input
+from poi_cli.checkpoint import load_model, resolve_checkpoint, write_csv, write_json
+from poi_cli.engine import autocast, select_device, use_bf16
+from poi_cli.store import PreparedDataset
+
+STRATA = (0.3, 0.5, 0.7)
+
+
+def class_mapping(model_classes: list[str], data_classes: list[str]) -> tuple[list[str], list[int], np.ndarray, Optional[str]]:
+    """(shared class names in data order, their model columns, data label -> shared index or -1, note)."""
+    shared = [name for name in data_classes if name in model_classes]
+    columns = [model_classes.index(name) for name in shared]
+    label_map = np.array([shared.index(n) if n in shared else -1 for n in data_classes], dtype=np.int64)
+    note = None
+    if list(model_classes) != list(data_classes):
+        parts = [f"model has {len(model_classes)} classes, data {len(data_classes)}: mapped by name"]
+        only_model = [n for n in model_classes if n not in data_classes]
+        only_data = [n for n in data_classes if n not in model_classes]
+        if only_model:
+            parts.append(f"predictions restricted to the {len(shared)} shared classes (never {', '.join(only_model)})")
+        if only_data:
+            parts.append(f"images of {', '.join(only_data)} left out (the model cannot predict them)")
+        note = "; ".join(parts)
+    return shared, columns, label_map, note
+
+
+def confidence_strata(w: np.ndarray, correct: np.ndarray, fractions: tuple[float, ...] = STRATA) -> list[dict]:
+    """Accuracy of the most and least confident `fraction` of the images, ranked by w (high = confident).
+
+    Ties keep the images' order (stable sort), so the answer is deterministic.
+    """
+    order = np.argsort(-w, kind="stable")  # most confident first
+    ranked = correct[order].astype(np.float64)
+    strata = []
+    for fraction in fractions:
+        k = max(1, int(round(fraction * len(ranked))))
+        strata.append({
+            "fraction": fraction, "n": k,
+            "most_confident_accuracy": float(ranked[:k].mean()),
+            "least_confident_accuracy": float(ranked[-k:].mean()),
+        })
+    return strata
+
+
+@torch.no_grad()
+def predict_split(model: torch.nn.Module, faces: np.ndarray, store_rows: np.ndarray, size: int, batch: int,
+                  device: torch.device, amp: bool) -> dict[str, Optional[np.ndarray]]:
+    """Per-image TRN probabilities, PIN intermediate p~*, region average and w (None where absent)."""
+    collected: dict[str, list] = {"trn": [], "intermediate": [], "region_average": [], "w": []}
+    loader = BatchLoader(faces, store_rows, np.zeros(len(store_rows), np.int64), batch, shuffle=False, device=device)
+    with Progress(console=Console(stderr=True), transient=True) as progress:  # stdout stays clean for --json
+        task = progress.add_task("evaluating", total=len(loader))
+        for images, _, _, _ in loader:
+            with autocast(device, amp):
+                out = model(to_model_input(images, size))
+            collected["trn"].append(out.trn_logits.float().softmax(-1).cpu())
+            if out.region_logits is not None:
+                out.region_logits = out.region_logits.float()
+                collected["region_average"].append(out.region_probs.mean(1).cpu())
+                collected["w"].append(out.uncertainty_w.cpu())
+                if out.gate_weights is not None:
+                    out.gate_weights = out.gate_weights.float()
+                    collected["intermediate"].append(out.intermediate_probs.cpu())
+            progress.advance(task)
+    return {k: (torch.cat(v).numpy() if v else None) for k, v in collected.items()}
+
+
+def _accuracy(probs: Optional[np.ndarray], columns: list[int], targets: np.ndarray) -> Optional[float]:
+    if probs is None:
+        return None
+    return float((probs[:, columns].argmax(1) == targets).mean())
+
+
+def evaluate(model_path: str | Path, prepared_dir: str | Path, split: str = "test", device: str = "auto",
+             batch: int = 256, amp: str = "auto") -> dict:
+    """Evaluate a run folder (its best.pt) or a checkpoint on a split of a prepared folder."""
+    checkpoint_path = resolve_checkpoint(model_path)
+    torch_device = select_device(device)
+    model, checkpoint = load_model(checkpoint_path, torch_device)
+    dataset = PreparedDataset(prepared_dir)
+    data = dataset.split(split)
+    model_classes = list(checkpoint["classes"])
+    shared, columns, label_map, mapping_note = class_mapping(model_classes, dataset.classes)
+    if not shared:
+        raise ValueError(f"the model's classes ({', '.join(model_classes)}) share none with the data's")
+    keep = label_map[data.labels] >= 0
+    targets = label_map[data.labels][keep]
+    if not keep.any():
+        raise ValueError(f"no image of split {split!r} has a class the model knows")
+    size = int(checkpoint["model_config"]["input_size"])
+    outputs = predict_split(model, dataset.faces, data.store_rows[keep], size, batch, torch_device, use_bf16(amp, torch_device))
+
+    predicted = outputs["trn"][:, columns].argmax(1)
+    correct = predicted == targets
+    n = len(shared)
+    confusion = np.zeros((n, n), dtype=np.int64)
+    np.add.at(confusion, (targets, predicted), 1)
+    per_class = {
+        name: {"n": int(confusion[i].sum()), "recall": float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None}
+        for i, name in enumerate(shared)
+    }
+    notes = [mapping_note] if mapping_note else []
+    if outputs["w"] is None:
+        notes.append("baseline model (no PIN): no confidence strata and no PIN accuracies")
+    elif outputs["intermediate"] is None:
+        notes.append("model trained without OIM: no intermediate prediction p~*")
+    return {
+        "checkpoint": str(checkpoint_path), "epoch": checkpoint.get("epoch"), "data": str(dataset.root),
+        "split": split, "n_images": int(keep.sum()), "n_left_out": int((~keep).sum()),
+        "classes": shared, "accuracy": float(correct.mean()),
+        "mean_class_recall": float(np.mean([v["recall"] for v in per_class.values() if v["recall"] is not None])),
+        "per_class": per_class, "confusion_matrix": confusion.tolist(),
+        "confidence_strata": None if outputs["w"] is None else confidence_strata(outputs["w"], correct),
+        "pin_intermediate_accuracy": _accuracy(outputs["intermediate"], columns, targets),
+        "pin_average_accuracy": _accuracy(outputs["region_average"], columns, targets),
+        "trn_accuracy": float(correct.mean()),
+        "class_mapping": mapping_note, "notes": notes,
+    }
+
+
+def write_reports(result: dict, out_dir: str | Path) -> list[Path]:
+    """metrics.json, confusion_matrix.csv (counts, rows = true class) and confusion_matrix.png."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = result["classes"]
+    write_json(out / "metrics.json", result)
+    rows = [{"true_class": name, **dict(zip(classes, counts))} for name, counts in zip(classes, result["confusion_matrix"])]
+    write_csv(out / "confusion_matrix.csv", ["true_class", *classes], rows)
+    plot_confusion(np.array(result["confusion_matrix"]), classes, out / "confusion_matrix.png",
+                   title=f"{result['split']}: accuracy {result['accuracy']:.2%} ({result['n_images']} images)")
+    return [out / "metrics.json", out / "confusion_matrix.csv", out / "confusion_matrix.png"]
+
+
+def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, title: str = "") -> None:
+    """Row-normalised confusion matrix in percent (like the paper's Fig. 11)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    totals = confusion.sum(1, keepdims=True)
+    percent = np.divide(confusion * 100.0, totals, out=np.zeros(confusion.shape), where=totals > 0)
+    figure, axes = plt.subplots(figsize=(1.0 + 0.8 * len(classes), 0.8 + 0.7 * len(classes)))
+    axes.imshow(percent, cmap="Blues", vmin=0, vmax=100)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            axes.text(j, i, f"{percent[i, j]:.1f}", ha="center", va="center", fontsize=8,
+                      color="white" if percent[i, j] > 50 else "black")
+    axes.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    axes.set_yticks(range(len(classes)), classes)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title, fontsize=9)
+    figure.tight_layout()
+    temp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temp, dpi=120)
+    plt.close(figure)
+    temp.replace(path)
+

@@ -1,0 +1,203 @@
+"""`poi export`: a trained model as ONNX or TorchScript, checked against PyTorch.
+
+By default the deployed TRN alone (the paper drops the PIN at inference): input a
+normalised face batch (N, 3, S, S), output the logits (N, C). With full=True the whole
+model, returning what `poi predict` reports:
+
+    probabilities          (N, C)     q = softmax(z)
+    confidence             (N,)       the UEM consistency w of Eq. 10, in [0.25, 1]
+    aus                    (N, 2, 13) AU occurrence probabilities; [:, 0] image-left,
+                                      [:, 1] image-right regions; the 6 eye AUs (from
+                                      the eye regions) then the 7 mouth AUs (from the
+                                      mouth regions), in poi_cli.manifests order
+    region_probabilities   (N, 4, C)  p~_n of left_eye, right_eye, left_mouth, right_mouth
+
+Input preprocessing (what the exported file expects): a face aligned by
+poi_cli.faces.align_face at the model's input size, RGB, scaled to [0, 1], then
+normalised with ImageNet's mean and std (poi_cli.augment). Both formats carry this as
+metadata (ONNX metadata_props, TorchScript extra file `poi.json`), with the class names.
+
+After writing, the file is loaded back (onnxruntime / torch.jit) and run on a random
+batch of a different size than the one traced; the largest absolute difference from
+PyTorch is returned. onnx and onnxruntime are optional: pip install 'poi-fer[export]'.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from poi_cli.augment import IMAGENET_MEAN, IMAGENET_STD
+from poi_cli.checkpoint import CheckpointError, atomic_write, load_model, resolve_checkpoint
+from poi_cli.manifests import EYE_AUS, MOUTH_AUS
+from poi_cli.model import REGION_NAMES, POIModel
+
+FORMATS = ("onnx", "torchscript")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+INSTALL_HINT = "pip install 'poi-fer[export]'"
+TRACE_BATCH, CHECK_BATCH = 2, 3  # checking on another batch size proves the batch axis is free
+
+
+class ExportError(ValueError):
+    """An export that cannot be done; one-line message."""
+
+
+class FullModel(nn.Module):
+    """The whole POI model with plain tensor outputs (see the module docstring)."""
+
+    def __init__(self, model: POIModel) -> None:
+        super().__init__()
+        self.model = model
+        self.with_aus = model.config.prior_supervision
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(images)
+        outputs = [out.trn_probs, out.uncertainty_w]
+        if self.with_aus:
+            outputs.append(torch.cat([out.eye_au_probs, out.mouth_au_probs], dim=-1))
+        outputs.append(out.region_probs)
+        return tuple(outputs)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    full: bool
+    input_shape: tuple[int, ...]  # of the parity check
+    output_names: list[str]
+    max_abs_diff: float
+    per_output_diff: dict[str, float]
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+
+def default_output_path(checkpoint_path: Path, format: str, full: bool) -> Path:
+    """best.pt -> best.trn.onnx / best.full.torchscript.pt beside it."""
+    return checkpoint_path.with_name(f"{checkpoint_path.stem}.{'full' if full else 'trn'}{SUFFIXES[format]}")
+
+
+def _metadata(checkpoint: dict, model: POIModel, output_names: list[str], full: bool) -> dict:
+    size = model.config.input_size
+    meta = {
+        "classes": list(checkpoint["classes"]), "input_size": size, "input": f"float32 (N, 3, {size}, {size})",
+        "preprocessing": "face aligned by poi_cli.faces.align_face, RGB, /255, then (x - mean) / std",
+        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "outputs": output_names,
+        "model": "full POI (TRN + PIN)" if full else "deployed TRN (logits)",
+    }
+    if full:
+        meta.update(aus=[*EYE_AUS, *MOUTH_AUS], au_sides=["image-left", "image-right"], regions=list(REGION_NAMES))
+    return meta
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as error:
+        raise ExportError(f"ONNX export needs onnx and onnxruntime ({error.name} is missing): {INSTALL_HINT}") from None
+
+
+def _write_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: list[str], meta: dict, opset: int) -> None:
+    import onnx
+
+    buffer = io.BytesIO()
+    dynamic = {"input": {0: "batch"}, **{name: {0: "batch"} for name in output_names}}
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter: the torch.export one needs onnxscript as well.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), buffer, dynamo=False, input_names=["input"], output_names=output_names,
+                          dynamic_axes=dynamic, opset_version=opset)
+    proto = onnx.load_from_string(buffer.getvalue())
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    atomic_write(path, lambda f: f.write(proto.SerializeToString()))
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> list[torch.Tensor]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [torch.from_numpy(y) for y in session.run(None, {"input": x.numpy()})]
+
+
+def _write_torchscript(module: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, still the portable format
+        traced = torch.jit.trace(module, example, check_trace=False)
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files={"poi.json": json.dumps(meta)})
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def _run_torchscript(path: Path, x: torch.Tensor) -> list[torch.Tensor]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        outputs = loaded(x)
+    return list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
+
+
+def export_model(
+    checkpoint: str | Path,
+    format: str = "onnx",
+    full: bool = False,
+    out: Optional[str | Path] = None,
+    tolerance: float = 1e-3,
+    opset: int = 17,
+    seed: int = 0,
+) -> ExportResult:
+    """Write the model in `format` and check it against PyTorch on random input."""
+    if format not in FORMATS:
+        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if format == "onnx":
+        _require_onnx()
+    try:
+        checkpoint_path = resolve_checkpoint(checkpoint)
+        model, checkpoint_dict = load_model(checkpoint_path, "cpu")
+    except CheckpointError as error:
+        raise ExportError(str(error)) from None
+    if full and model.pin is None:
+        raise ExportError(f"{checkpoint_path} is a baseline model (no PIN): it has no confidence or AUs; export it without --full")
+    module = (FullModel(model) if full else model.deploy()).eval()
+    if full:
+        output_names = ["probabilities", "confidence", *(["aus"] if module.with_aus else []), "region_probabilities"]
+    else:
+        output_names = ["logits"]
+    path = Path(out) if out else default_output_path(checkpoint_path, format, full)
+    if path.resolve() == checkpoint_path.resolve():
+        raise ExportError(f"--out {path} would overwrite the checkpoint itself")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = model.config.input_size
+    generator = torch.Generator().manual_seed(seed)
+    example = torch.randn(TRACE_BATCH, 3, size, size, generator=generator)
+    check = torch.randn(CHECK_BATCH, 3, size, size, generator=generator)
+    meta = _metadata(checkpoint_dict, model, output_names, full)
+    if format == "onnx":
+        _write_onnx(module, example, path, output_names, meta, opset)
+        exported = _run_onnx(path, check)
+    else:
+        _write_torchscript(module, example, path, meta)
+        exported = _run_torchscript(path, check)
+    module.eval()
+    with torch.no_grad():
+        reference = module(check)
+    reference = list(reference) if isinstance(reference, tuple) else [reference]
+    shapes = [tuple(t.shape) for t in exported], [tuple(t.shape) for t in reference]
+    if shapes[0] != shapes[1]:
+        raise ExportError(f"{path}: the exported outputs have shapes {shapes[0]}, PyTorch gives {shapes[1]}")
+    diffs = {name: float((a.float() - b.float()).abs().max()) for name, a, b in zip(output_names, exported, reference)}
+    return ExportResult(path=path, format=format, full=full, input_shape=tuple(check.shape), output_names=output_names,
+                        max_abs_diff=max(diffs.values()), per_output_diff=diffs, tolerance=tolerance)

@@ -1,0 +1,434 @@
+"""`poi predict`: every face in every image -> expression, confidence and action units.
+
+    predictor = Predictor("runs/train/exp")              # a run folder or a checkpoint
+    frame = predictor.predict(["photo.jpg", "album/"])    # pandas DataFrame, a row per face
+    records = predictor.predict_records(["photo.jpg"], show_au=True)   # the JSON form
+
+Per image: load (faces.load_image), detect every face (batched MTCNN), align each face
+with faces.align_face (the function `poi prepare` uses), normalise with
+augment.to_model_input (the one training uses) and run the model in batches.
+
+Per face the record holds the expression, the TRN's probabilities q (sum to 1) and
+`confidence`, the UEM consistency w of Eq. 10: how much the four facial regions of the
+PIN agree, in [0.25, 1] (1 = all regions see the same expression). It is not a
+calibrated probability of being right. With show_au, each AU's occurrence probability
+in each region that carries it (eye AUs: left_eye, right_eye; mouth AUs: left_mouth,
+right_mouth; "left" is image-left) and the four regions' own expression distributions
+p~_n = softmax(t_n / T), the distributions w is computed from.
+
+An image without a face gives one record with status `no_face`; an unreadable input one
+with status `error` and a reason. Nothing is ever made up for them: their values are
+None in the records (NaN in the DataFrame and CSV).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from poi_cli.augment import to_model_input
+from poi_cli.checkpoint import CheckpointError, atomic_write_text, load_model, resolve_checkpoint
+from poi_cli.faces import Face, FaceDetector, ImageLoadError, align_face, load_image, to_rgb
+from poi_cli.manifests import EYE_AUS, MOUTH_AUS
+from poi_cli.model import REGION_NAMES
+
+STATUS_OK, STATUS_NO_FACE, STATUS_ERROR = "ok", "no_face", "error"
+STATUSES = (STATUS_OK, STATUS_NO_FACE, STATUS_ERROR)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")  # image-left first
+# Which regions carry which AUs (POI_SPEC section 2): eye AUs come from the two upper
+# regions, mouth AUs from the two lower ones; "left" is image-left.
+AU_REGIONS: dict[str, tuple[str, str]] = {
+    **{au: ("left_eye", "right_eye") for au in EYE_AUS},
+    **{au: ("left_mouth", "right_mouth") for au in MOUTH_AUS},
+}
+MODEL_ENV = "POI_MODEL"
+BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
+NO_MODEL_MESSAGE = (
+    "no model: pass --model CKPT (a checkpoint or run folder from `poi train`) or set POI_MODEL=CKPT; "
+    "this installation bundles no model (see docs/predict.md, 'Getting a model')"
+)
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray]
+
+
+class PredictError(ValueError):
+    """Prediction cannot start (no model, bad checkpoint, bad device); one-line message."""
+
+
+# ---------------------------------------------------------------------- model choice
+
+
+def bundled_model() -> Optional[Path]:
+    """The model shipped inside the package (poi_cli/weights/*.pt, first by name), if any."""
+    if not BUNDLED_DIR.is_dir():
+        return None
+    found = sorted(p for p in BUNDLED_DIR.glob("*.pt") if p.is_file())
+    return found[0] if found else None
+
+
+def resolve_model(model: Optional[str | Path] = None) -> Path:
+    """--model, else $POI_MODEL, else the bundled model, else PredictError saying how to get one."""
+    for value, origin in ((model, "--model"), (os.environ.get(MODEL_ENV) or None, MODEL_ENV)):
+        if value:
+            try:
+                return resolve_checkpoint(value)
+            except CheckpointError as error:
+                raise PredictError(f"{origin}: {error}") from None
+    bundled = bundled_model()
+    if bundled is None:
+        raise PredictError(NO_MODEL_MESSAGE)
+    return bundled
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class InputItem:
+    """One image to predict: a file (source = its path) or an in-memory image."""
+
+    source: str
+    path: Optional[Path] = None
+    image: Optional[Image.Image] = None
+    error: Optional[str] = None  # the input itself is unusable (nothing matched, not found)
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def expand_inputs(inputs: Iterable[ImageInput]) -> list[InputItem]:
+    """Files (whatever their suffix), folders (recursively, image suffixes) and globs, in order.
+
+    An input that matches nothing becomes an item with an error, so a batch reports it
+    and goes on. A file reached twice is predicted once.
+    """
+    items: list[InputItem] = []
+    seen: set[Path] = set()
+
+    def add_file(path: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            items.append(InputItem(str(path), path=path))
+
+    for number, value in enumerate(inputs):
+        if isinstance(value, np.ndarray):
+            value = Image.fromarray(value)
+        if isinstance(value, Image.Image):
+            items.append(InputItem(f"<image {number}>", image=value))
+            continue
+        text = str(value)
+        path = Path(text)
+        if path.is_dir():
+            found = _folder_images(path)
+            if not found:
+                items.append(InputItem(text, error="folder holds no image files"))
+            for file in found:
+                add_file(file)
+        elif path.exists():
+            add_file(path)
+        elif glob.has_magic(text):
+            matches = sorted(glob.glob(text, recursive=True))
+            files = [f for m in matches for f in (_folder_images(Path(m)) if Path(m).is_dir() else [Path(m)])]
+            if not files:
+                items.append(InputItem(text, error="pattern matched no image files"))
+            for file in files:
+                add_file(file)
+        else:
+            items.append(InputItem(text, error="file not found"))
+    return items
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _num(value: Any, digits: int = 6) -> Optional[float]:
+    return None if value is None else round(float(value), digits)
+
+
+def empty_record(source: str, status: str, reason: str, show_au: bool = False) -> dict:
+    """The record of an image without a prediction (no_face or error): every value None."""
+    record = {
+        "image": source, "face": None, "status": status, "reason": reason, "box": None, "landmarks": None,
+        "detection_score": None, "expression": None, "probabilities": None, "confidence": None,
+    }
+    if show_au:
+        record.update(aus=None, regions=None)
+    return record
+
+
+def face_record(
+    source: str,
+    index: int,
+    face: Face,
+    classes: Sequence[str],
+    probabilities: np.ndarray,
+    confidence: Optional[float],
+    eye_aus: Optional[np.ndarray] = None,
+    mouth_aus: Optional[np.ndarray] = None,
+    region_probs: Optional[np.ndarray] = None,
+    show_au: bool = False,
+) -> dict:
+    """The record of one face. eye_aus (2, 6) and mouth_aus (2, 7): [left, right] regions;
+    region_probs (4, C) in REGION_NAMES order. AU and region values are None when the
+    model has no AU nets / no PIN."""
+    record = {
+        "image": source, "face": index, "status": STATUS_OK, "reason": None,
+        "box": [_num(v, 2) for v in face.box],
+        "landmarks": [[_num(x, 2), _num(y, 2)] for x, y in face.landmarks],
+        "detection_score": _num(face.score),
+        "expression": classes[int(np.argmax(probabilities))],
+        "probabilities": {name: _num(p) for name, p in zip(classes, probabilities)},
+        "confidence": _num(confidence),
+    }
+    if show_au:
+        aus: dict[str, dict[str, Optional[float]]] = {}
+        for group, values in ((EYE_AUS, eye_aus), (MOUTH_AUS, mouth_aus)):
+            for column, au in enumerate(group):
+                aus[au] = {region: None if values is None else _num(values[side, column])
+                           for side, region in enumerate(AU_REGIONS[au])}
+        record["aus"] = aus
+        record["regions"] = {
+            region: {name: None if region_probs is None else _num(region_probs[n, c]) for c, name in enumerate(classes)}
+            for n, region in enumerate(REGION_NAMES)
+        }
+    return record
+
+
+def flat_columns(classes: Sequence[str], show_au: bool = False) -> list[str]:
+    """The CSV / DataFrame columns, OpenFace / py-feat style (one scalar per column)."""
+    columns = ["image", "face", "status", "reason", "box_x1", "box_y1", "box_x2", "box_y2"]
+    columns += [f"landmark_{name}_{axis}" for name in LANDMARK_NAMES for axis in "xy"]
+    columns += ["detection_score", "expression", *classes, "confidence"]
+    if show_au:
+        columns += [f"{au}_{region}" for au, regions in AU_REGIONS.items() for region in regions]
+        columns += [f"region_{region}_{name}" for region in REGION_NAMES for name in classes]
+    return columns
+
+
+def flatten_record(record: dict, classes: Sequence[str], show_au: bool = False) -> dict:
+    """A nested record -> {column: scalar or None} with the columns of flat_columns."""
+    row: dict[str, Any] = {k: record[k] for k in ("image", "face", "status", "reason", "detection_score", "expression", "confidence")}
+    box = record["box"] or [None] * 4
+    row.update(zip(("box_x1", "box_y1", "box_x2", "box_y2"), box))
+    points = record["landmarks"] or [[None, None]] * len(LANDMARK_NAMES)
+    for name, (x, y) in zip(LANDMARK_NAMES, points):
+        row[f"landmark_{name}_x"], row[f"landmark_{name}_y"] = x, y
+    probabilities = record["probabilities"] or {}
+    row.update({name: probabilities.get(name) for name in classes})
+    if show_au:
+        aus, regions = record.get("aus") or {}, record.get("regions") or {}
+        for au, au_regions in AU_REGIONS.items():
+            for region in au_regions:
+                row[f"{au}_{region}"] = (aus.get(au) or {}).get(region)
+        for region in REGION_NAMES:
+            for name in classes:
+                row[f"region_{region}_{name}"] = (regions.get(region) or {}).get(name)
+    return row
+
+
+def records_to_frame(records: Sequence[dict], classes: Sequence[str], show_au: bool = False) -> pd.DataFrame:
+    """Records -> DataFrame (missing values NaN; `face` a nullable integer)."""
+    columns = flat_columns(classes, show_au)
+    frame = pd.DataFrame([flatten_record(r, classes, show_au) for r in records], columns=columns)
+    numeric = [c for c in columns if c not in ("image", "status", "reason", "expression", "face")]
+    frame[numeric] = frame[numeric].astype(float)
+    frame["face"] = frame["face"].astype("Int64")
+    return frame
+
+
+def write_predictions_csv(records: Sequence[dict], classes: Sequence[str], path: str | Path, show_au: bool = False) -> Path:
+    """One row per record (atomically: an interrupted write leaves no half file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, records_to_frame(records, classes, show_au).to_csv(index=False))
+    return path
+
+
+def status_counts(records: Iterable[dict]) -> dict[str, int]:
+    """How many records of each status (faces for ok, images for no_face / error)."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for record in records:
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    return counts
+
+
+# ------------------------------------------------------------------------- predictor
+
+
+@dataclass
+class ImagePrediction:
+    """The records of one input image (one per face, or one no_face / error record)."""
+
+    source: str
+    image: Optional[Image.Image]  # None when it could not be read
+    records: list[dict] = field(default_factory=list)
+
+
+class Predictor:
+    """A trained POI model plus a face detector: images in, one record per face out.
+
+    checkpoint: a checkpoint file or run folder; None resolves --model's fallbacks
+    ($POI_MODEL, then the bundled model). detector: a faces.FaceDetector to share (made on
+    first use otherwise). `timings` sums the seconds spent in each stage.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Optional[str | Path] = None,
+        device: str = "cpu",
+        detector: Optional[FaceDetector] = None,
+        batch_size: int = 32,
+        images_per_batch: int = 8,
+    ) -> None:
+        if batch_size < 1 or images_per_batch < 1:
+            raise PredictError("batch sizes must be at least 1")
+        self.checkpoint_path = resolve_model(checkpoint)
+        try:
+            self.device = torch.device(device)
+            if self.device.type == "cuda" and not torch.cuda.is_available():
+                raise PredictError("--device cuda: no CUDA GPU is visible to PyTorch")
+            self.model, checkpoint_dict = load_model(self.checkpoint_path, self.device)
+        except (CheckpointError, RuntimeError) as error:
+            raise PredictError(str(error).splitlines()[0]) from None
+        config = self.model.config
+        self.classes: list[str] = list(checkpoint_dict.get("classes") or [])
+        if len(self.classes) != config.num_classes:
+            raise PredictError(f"{self.checkpoint_path}: {len(self.classes)} class names for a {config.num_classes}-class model")
+        self.input_size = config.input_size
+        resolved = checkpoint_dict.get("resolved") or {}
+        # Faces are cut at the side the training store had and then resized by
+        # to_model_input, exactly the path training images took.
+        self.face_size = int(resolved.get("store_size") or config.input_size)
+        # A model trained on grey faces (FERPlus, CK+) sees grey faces here too.
+        self.grayscale = bool(resolved.get("grayscale", False))
+        self.has_pin = self.model.pin is not None
+        self.has_aus = self.has_pin and config.prior_supervision
+        self.notes: list[str] = []
+        if not self.has_pin:
+            self.notes.append("baseline model (no PIN): confidence, AUs and region distributions are not available (null/NaN)")
+        elif not self.has_aus:
+            self.notes.append("model trained without prior supervision (no AU nets): AU probabilities are null/NaN")
+        self.batch_size, self.images_per_batch = batch_size, images_per_batch
+        self._detector = detector
+        self.timings = dict.fromkeys(("load", "detection", "alignment", "model"), 0.0)
+
+    @property
+    def detector(self) -> FaceDetector:
+        if self._detector is None:
+            self._detector = FaceDetector(device=str(self.device))
+        return self._detector
+
+    # -- public API
+
+    def predict(self, inputs: ImageInput | Sequence[ImageInput], show_au: bool = False, progress: bool = False) -> pd.DataFrame:
+        """A DataFrame with a row per face (and per no_face / error image); see flat_columns."""
+        return records_to_frame(self.predict_records(inputs, show_au, progress), self.classes, show_au)
+
+    def predict_records(self, inputs: ImageInput | Sequence[ImageInput], show_au: bool = False,
+                        progress: bool = False) -> list[dict]:
+        """The nested records (the JSON form of `poi predict --json`)."""
+        return [r for p in self.iter_predictions(inputs, show_au, progress) for r in p.records]
+
+    def iter_predictions(self, inputs: ImageInput | Sequence[ImageInput], show_au: bool = False,
+                         progress: bool = False) -> Iterator[ImagePrediction]:
+        """ImagePredictions in input order, a chunk of images at a time (memory stays bounded)."""
+        if isinstance(inputs, (str, Path, Image.Image, np.ndarray)):
+            inputs = [inputs]
+        items = expand_inputs(inputs)
+        from rich.console import Console
+        from rich.progress import Progress
+
+        console = Console(stderr=True)  # stdout stays clean for --json
+        with Progress(console=console, transient=True, disable=not (progress and console.is_terminal)) as bar:
+            task = bar.add_task("predicting", total=len(items))
+            for start in range(0, len(items), self.images_per_batch):
+                chunk = items[start:start + self.images_per_batch]
+                yield from self._predict_chunk(chunk, show_au)
+                bar.advance(task, len(chunk))
+
+    # -- the pipeline
+
+    def _load(self, item: InputItem) -> tuple[Optional[Image.Image], Optional[str]]:
+        if item.error:
+            return None, item.error
+        if item.image is not None:
+            return to_rgb(item.image), None
+        try:
+            return load_image(item.path), None
+        except ImageLoadError as error:
+            return None, str(error)
+
+    def _predict_chunk(self, items: list[InputItem], show_au: bool) -> list[ImagePrediction]:
+        clock = time.perf_counter()
+        loaded = [self._load(item) for item in items]
+        self.timings["load"] += time.perf_counter() - clock
+        readable = [i for i, (image, _) in enumerate(loaded) if image is not None]
+
+        clock = time.perf_counter()
+        found = self.detector.detect([loaded[i][0] for i in readable]) if readable else []
+        faces_of = dict(zip(readable, found))
+        self.timings["detection"] += time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        crops, owners = [], []
+        for i in readable:
+            for k, face in enumerate(faces_of[i]):
+                crops.append(self._align(loaded[i][0], face))
+                owners.append((i, k))
+        self.timings["alignment"] += time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        outputs = self._run_model(crops)
+        self.timings["model"] += time.perf_counter() - clock
+
+        results = [ImagePrediction(item.source, image) for item, (image, _) in zip(items, loaded)]
+        for i, (image, reason) in enumerate(loaded):
+            if image is None:
+                results[i].records.append(empty_record(items[i].source, STATUS_ERROR, reason, show_au))
+            elif not faces_of[i]:
+                results[i].records.append(empty_record(items[i].source, STATUS_NO_FACE, "no face detected", show_au))
+        for row, (i, k) in enumerate(owners):
+            results[i].records.append(face_record(
+                items[i].source, k, faces_of[i][k], self.classes, outputs["probs"][row],
+                None if outputs["w"] is None else outputs["w"][row],
+                None if outputs["eye"] is None else outputs["eye"][row],
+                None if outputs["mouth"] is None else outputs["mouth"][row],
+                None if outputs["regions"] is None else outputs["regions"][row],
+                show_au=show_au,
+            ))
+        return results
+
+    def _align(self, image: Image.Image, face: Face) -> np.ndarray:
+        crop = align_face(image, face.landmarks, self.face_size)
+        if self.grayscale:
+            crop = np.repeat(np.asarray(Image.fromarray(crop).convert("L"))[..., None], 3, axis=2)
+        return crop
+
+    @torch.no_grad()
+    def _run_model(self, crops: list[np.ndarray]) -> dict[str, Optional[np.ndarray]]:
+        """Aligned uint8 faces -> q, w, AU probabilities and region distributions (numpy)."""
+        keys = ("probs", "w", "eye", "mouth", "regions")
+        collected: dict[str, list] = {k: [] for k in keys}
+        for start in range(0, len(crops), self.batch_size):
+            batch = torch.from_numpy(np.stack(crops[start:start + self.batch_size])).to(self.device)
+            out = self.model(to_model_input(batch, self.input_size), with_pin=self.has_pin)
+            collected["probs"].append(out.trn_probs)
+            if self.has_pin:
+                collected["w"].append(out.uncertainty_w)
+                collected["regions"].append(out.region_probs)
+            if self.has_aus:
+                collected["eye"].append(out.eye_au_probs)
+                collected["mouth"].append(out.mouth_au_probs)
+        return {k: torch.cat(v).float().cpu().numpy() if v else None for k, v in collected.items()}

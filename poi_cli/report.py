@@ -1,0 +1,416 @@
+"""`poi report`: training runs -> the paper's tables and figures, as Markdown, CSV and PNG.
+
+    report = build_report(["runs/train"], out_dir="runs/report/exp")       # or run folders
+    report = build_report(runs, out_dir, data="prepared/rafdb", split="test")
+
+From each run folder (config.json + results.csv, as `poi train` writes them):
+* runs.csv / the first table of report.md: final and best-on-validation accuracy per run
+  with its noise rate and ablation switches (the shape of Tables II, III and X), and
+  by_noise.csv: best validation accuracy, method x noise rate (mean over runs that share
+  both), the shape of Table II;
+* curves_<run>.png: losses and accuracies per epoch (missing epochs are gaps).
+
+Per-image results (confusion matrix, UEM confidence) need predictions. Two sources:
+* `--data PREPARED_DIR [--split test]`: the report runs each run's best.pt (else
+  last.pt) on that split and writes confusion_<run>.png, confidence_<run>.png (the
+  histogram of w for right and wrong predictions, Fig. 15) and strata.csv (accuracy of
+  the most and least confident 30/50/70%, Table IV);
+* otherwise a run's own `eval/metrics.json`, written by `poi evaluate RUN DATA --out
+  RUN/eval`, gives the confusion matrix and the strata (not the histogram: it keeps no
+  per-image w).
+A folder that is not a run is named in `skipped` and left out; nothing in a run folder
+is modified.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from poi_cli.checkpoint import CONFIG_FILE, RESULTS_FILE, atomic_write_text
+
+DEFAULT_RUNS = "runs/train"
+EVAL_DIR = "eval"  # RUN/eval/metrics.json from `poi evaluate --out RUN/eval`
+SWITCHES = ("use_pin", "prior_supervision", "use_oim", "use_uem")
+SUMMARY_COLUMNS = [
+    "run", "method", "arch", "input_size", "noise", "noise_realised", *SWITCHES, "epochs_done", "epochs_planned",
+    "missing_epochs", "final_val_acc", "best_val_acc", "best_epoch", "final_train_acc", "test_acc", "test_split",
+    "path",
+]
+
+
+class ReportError(ValueError):
+    """A report that cannot be made (nothing to report, unreadable data); one-line message."""
+
+
+@dataclass
+class Run:
+    path: Path
+    name: str  # unique within the report (used in file names)
+    config: dict
+    results: pd.DataFrame  # results.csv, one row per finished epoch, sorted by epoch
+    evaluation: Optional[dict] = None  # metrics.json of `poi evaluate`, if any
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    out_dir: Path
+    runs: list[Run]
+    skipped: list[str]  # "PATH: why" for each folder left out
+    summary: pd.DataFrame
+    by_noise: pd.DataFrame
+    strata: pd.DataFrame
+    files: list[Path]
+
+
+# ----------------------------------------------------------------------- collecting
+
+
+def is_run(path: Path) -> bool:
+    return path.is_dir() and ((path / CONFIG_FILE).is_file() or (path / RESULTS_FILE).is_file())
+
+
+def find_runs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """Run folders among `paths` (a folder of runs counts as its runs), and the skipped ones."""
+    runs: list[Path] = []
+    skipped: list[str] = []
+    for value in paths or [DEFAULT_RUNS]:
+        path = Path(value)
+        if is_run(path):
+            runs.append(path)
+        elif not path.exists():
+            skipped.append(f"{path}: no such folder")
+        elif path.is_dir() and any(is_run(child) for child in path.iterdir()):
+            for child in sorted(path.iterdir()):
+                if is_run(child):
+                    runs.append(child)
+                elif child.is_dir():
+                    skipped.append(f"{child}: not a run folder (no {CONFIG_FILE} or {RESULTS_FILE})")
+        else:
+            skipped.append(f"{path}: not a run folder (no {CONFIG_FILE} or {RESULTS_FILE})")
+    unique, seen = [], set()
+    for run in runs:
+        if run.resolve() not in seen:
+            seen.add(run.resolve())
+            unique.append(run)
+    return unique, skipped
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "run"
+
+
+def load_run(path: Path, name: str) -> Run:
+    """Read a run folder; raises ReportError when its files cannot be parsed."""
+    config: dict = {}
+    notes: list[str] = []
+    if (path / CONFIG_FILE).is_file():
+        try:
+            config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ReportError(f"{path / CONFIG_FILE}: not readable JSON ({error})") from None
+        if not isinstance(config, dict):
+            raise ReportError(f"{path / CONFIG_FILE}: not a poi run config")
+    else:
+        notes.append(f"no {CONFIG_FILE}: noise rate and switches unknown")
+    results = pd.DataFrame(columns=["epoch"])
+    if (path / RESULTS_FILE).is_file():
+        try:
+            results = pd.read_csv(path / RESULTS_FILE)
+        except pd.errors.EmptyDataError:
+            pass
+        except (OSError, ValueError) as error:
+            raise ReportError(f"{path / RESULTS_FILE}: not a readable CSV ({error})") from None
+        if len(results) and "epoch" not in results.columns:
+            raise ReportError(f"{path / RESULTS_FILE}: has no epoch column")
+    if not len(results):
+        notes.append("no finished epoch")
+    results = results.apply(pd.to_numeric, errors="coerce")
+    results = results.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
+    evaluation = None
+    metrics = path / EVAL_DIR / "metrics.json"
+    if metrics.is_file():
+        try:
+            evaluation = json.loads(metrics.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            notes.append(f"{metrics} is not readable JSON: ignored")
+    return Run(path=path, name=name, config=config, results=results, evaluation=evaluation, notes=notes)
+
+
+# -------------------------------------------------------------------------- tables
+
+
+def method_name(config: dict) -> str:
+    """'baseline', 'POI', or 'POI w/o PB, OIM, UEM' (the ablation rows of Tables III and X)."""
+    if not config:
+        return "unknown"
+    if not config.get("use_pin", True):
+        return "baseline"
+    missing = [label for key, label in (("prior_supervision", "PB"), ("use_oim", "OIM"), ("use_uem", "UEM")) if not config.get(key, True)]
+    return "POI" + (f" w/o {', '.join(missing)}" if missing else "")
+
+
+def noise_of(config: dict) -> tuple[Optional[float], Optional[float]]:
+    """(requested rate, realised rate): --noise, or the summary beside a --labels file."""
+    if not config:
+        return None, None
+    realised = (config.get("resolved") or {}).get("noise_realised_rate")
+    if config.get("noise"):
+        return float(config["noise"]), realised
+    if config.get("labels"):
+        summary = Path(config["labels"]).with_suffix(".json")
+        try:
+            values = json.loads(summary.read_text(encoding="utf-8"))
+            return float(values["rate"]), float(values["realised_rate"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, None  # the label file is elsewhere now: unknown rather than wrong
+    return 0.0, 0.0
+
+
+def _missing_epochs(epochs: Sequence[int]) -> str:
+    present = sorted(int(e) for e in epochs)
+    if not present:
+        return ""
+    gaps = sorted(set(range(1, present[-1] + 1)) - set(present))
+    return " ".join(map(str, gaps))
+
+
+def _column(results: pd.DataFrame, name: str) -> pd.Series:
+    return results[name] if name in results.columns else pd.Series(np.nan, index=results.index, dtype=float)
+
+
+def summarise(run: Run) -> dict:
+    """One row of runs.csv."""
+    c, r = run.config, run.results
+    noise, realised = noise_of(c)
+    val, train = _column(r, "val_acc"), _column(r, "train_acc")
+    best = int(val.idxmax()) if val.notna().any() else None
+    evaluation = run.evaluation or {}
+    return {
+        "run": run.name, "method": method_name(c), "arch": c.get("arch"), "input_size": c.get("input_size"),
+        "noise": noise, "noise_realised": realised, **{k: c.get(k) for k in SWITCHES},
+        "epochs_done": len(r), "epochs_planned": c.get("epochs"), "missing_epochs": _missing_epochs(r["epoch"]),
+        "final_val_acc": val.iloc[-1] if len(r) else None,
+        "best_val_acc": None if best is None else val.iloc[best],
+        "best_epoch": None if best is None else int(r["epoch"].iloc[best]),
+        "final_train_acc": train.iloc[-1] if len(r) else None,
+        "test_acc": evaluation.get("accuracy"), "test_split": evaluation.get("split"), "path": str(run.path),
+    }
+
+
+def by_noise_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Best validation accuracy, rows = method, columns = noise rate (Table II's shape)."""
+    known = summary.dropna(subset=["noise", "best_val_acc"])
+    if known.empty:
+        return pd.DataFrame()
+    table = known.pivot_table(index="method", columns="noise", values="best_val_acc", aggfunc="mean")
+    table.columns = [f"noise {rate:.0%}" for rate in table.columns]
+    return table.reset_index()
+
+
+def _markdown(frame: pd.DataFrame, percent: Sequence[str] = ()) -> str:
+    if frame.empty:
+        return "(none)\n"
+    def cell(column: str, value) -> str:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return "-"
+        if column in percent or column.startswith("noise ") or column.endswith("_acc") or "confident" in column:
+            return f"{100 * float(value):.2f}"
+        return str(value)
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    for _, row in frame.iterrows():
+        lines.append("| " + " | ".join(cell(c, row[c]) for c in frame.columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# -------------------------------------------------------------------- predictions
+
+
+def predict_run(run: Run, data: str | Path, split: str, device: str = "auto", batch: int = 256) -> dict:
+    """best.pt (else last.pt) of a run on a prepared split: confusion matrix, w per image, correctness."""
+    from poi_cli.checkpoint import load_model, resolve_checkpoint
+    from poi_cli.engine import select_device, use_bf16
+    from poi_cli.evaluate import class_mapping, predict_split
+    from poi_cli.store import PreparedDataset
+
+    checkpoint_path = resolve_checkpoint(run.path)
+    torch_device = select_device(device)
+    model, checkpoint = load_model(checkpoint_path, torch_device)
+    dataset = PreparedDataset(data)
+    split_data = dataset.split(split)
+    shared, columns, label_map, _ = class_mapping(list(checkpoint["classes"]), dataset.classes)
+    keep = label_map[split_data.labels] >= 0
+    if not keep.any():
+        raise ReportError(f"{run.path}: no image of split {split!r} has a class the model knows")
+    targets = label_map[split_data.labels][keep]
+    size = int(checkpoint["model_config"]["input_size"])
+    outputs = predict_split(model, dataset.faces, split_data.store_rows[keep], size, batch, torch_device, use_bf16("auto", torch_device))
+    predicted = outputs["trn"][:, columns].argmax(1)
+    confusion = np.zeros((len(shared), len(shared)), dtype=np.int64)
+    np.add.at(confusion, (targets, predicted), 1)
+    return {"checkpoint": str(checkpoint_path), "classes": shared, "confusion": confusion, "correct": predicted == targets,
+            "w": outputs["w"], "split": split, "accuracy": float((predicted == targets).mean())}
+
+
+def strata_rows(run_name: str, strata: Optional[list[dict]]) -> list[dict]:
+    rows = []
+    for s in strata or []:
+        rows.append({"run": run_name, "fraction": s["fraction"], "n": s["n"],
+                     "most_confident_acc": s["most_confident_accuracy"], "least_confident_acc": s["least_confident_accuracy"]})
+    return rows
+
+
+# -------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path: Path) -> Path:
+    plt = _pyplot()
+    temp = path.with_name(f".{path.name}.tmp.png")
+    figure.tight_layout()
+    figure.savefig(temp, dpi=110)
+    plt.close(figure)
+    temp.replace(path)
+    return path
+
+
+def plot_curves(run: Run, path: Path) -> Optional[Path]:
+    """Loss terms and accuracies per epoch; markers so that missing epochs show as gaps."""
+    r = run.results
+    if not len(r):
+        return None
+    plt = _pyplot()
+    epochs = r["epoch"].to_numpy()
+    full = pd.Index(np.arange(1, int(epochs.max()) + 1), name="epoch")
+    r = r.set_index("epoch").reindex(full)  # NaN rows for missing epochs break the lines there
+    figure, (loss_axes, acc_axes) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for column in [c for c in r.columns if c.startswith("loss_")]:
+        if r[column].notna().any():
+            loss_axes.plot(r.index, r[column], marker=".", label=column[5:])
+    loss_axes.set_xlabel("epoch")
+    loss_axes.set_ylabel("loss")
+    loss_axes.legend(fontsize=7)
+    for column, label in (("train_acc", "train (noisy labels)"), ("train_acc_clean", "train vs clean labels"), ("val_acc", "validation")):
+        if column in r.columns and r[column].notna().any():
+            acc_axes.plot(r.index, 100 * r[column], marker=".", label=label)
+    acc_axes.set_xlabel("epoch")
+    acc_axes.set_ylabel("accuracy (%)")
+    acc_axes.legend(fontsize=7)
+    figure.suptitle(f"{run.name}: {method_name(run.config)}", fontsize=10)
+    return _save(figure, path)
+
+
+def plot_confidence(run_name: str, w: np.ndarray, correct: np.ndarray, path: Path) -> Path:
+    """Histogram of the UEM confidence w, right and wrong predictions apart (Fig. 15)."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(5.5, 3.6))
+    bins = np.linspace(0.25, 1.0, 31)
+    axes.hist([w[correct], w[~correct]], bins=bins, stacked=True, label=["correct", "wrong"], color=["tab:green", "tab:red"])
+    axes.set_xlabel("confidence w (UEM consistency, Eq. 10)")
+    axes.set_ylabel("images")
+    axes.set_title(f"{run_name}: {len(w)} images, accuracy {correct.mean():.2%}", fontsize=9)
+    axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
+# -------------------------------------------------------------------------- report
+
+
+def build_report(
+    paths: Sequence[str | Path] = (),
+    out_dir: str | Path = "runs/report/exp",
+    data: Optional[str | Path] = None,
+    split: str = "test",
+    device: str = "auto",
+) -> Report:
+    """Collect runs, write report.md, runs.csv, by_noise.csv, strata.csv and the PNGs into out_dir."""
+    from poi_cli.evaluate import confidence_strata, plot_confusion
+
+    run_paths, skipped = find_runs(paths)
+    runs: list[Run] = []
+    used: set[str] = set()
+    for path in run_paths:
+        name, number = _safe_name(path.name), 2
+        while name in used:
+            name, number = f"{_safe_name(path.name)}_{number}", number + 1
+        try:
+            runs.append(load_run(path, name))
+            used.add(name)
+        except ReportError as error:
+            skipped.append(str(error))
+    if not runs:
+        raise ReportError("no run folders to report" + (f" ({'; '.join(skipped)})" if skipped else ""))
+    out = Path(out_dir)
+    if any(out.resolve() == run.path.resolve() for run in runs):
+        raise ReportError(f"--out {out} is a run folder; choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    strata: list[dict] = []
+    sections: list[str] = []
+    for run in runs:
+        curves = plot_curves(run, out / f"curves_{run.name}.png")
+        if curves:
+            files.append(curves)
+        if data is not None:
+            try:
+                result = predict_run(run, data, split, device)
+            except (ReportError, ValueError, OSError) as error:  # CheckpointError, StoreError are ValueErrors
+                run.notes.append(f"no predictions: {error}")
+                continue
+            run.evaluation = {"accuracy": result["accuracy"], "split": split, "checkpoint": result["checkpoint"]}
+            files.append(_confusion(plot_confusion, result["confusion"], result["classes"], out / f"confusion_{run.name}.png",
+                                    f"{run.name} on {split}: accuracy {result['accuracy']:.2%}"))
+            if result["w"] is not None:
+                files.append(plot_confidence(run.name, result["w"], result["correct"], out / f"confidence_{run.name}.png"))
+                strata += strata_rows(run.name, confidence_strata(result["w"], result["correct"]))
+            else:
+                run.notes.append("baseline (no PIN): no confidence histogram or strata")
+        elif run.evaluation and "confusion_matrix" in run.evaluation:
+            e = run.evaluation
+            files.append(_confusion(plot_confusion, np.array(e["confusion_matrix"]), e["classes"], out / f"confusion_{run.name}.png",
+                                    f"{run.name} on {e.get('split')}: accuracy {e.get('accuracy', float('nan')):.2%}"))
+            strata += strata_rows(run.name, e.get("confidence_strata"))
+    summary = pd.DataFrame([summarise(run) for run in runs], columns=SUMMARY_COLUMNS)
+    by_noise = by_noise_table(summary)
+    strata_frame = pd.DataFrame(strata, columns=["run", "fraction", "n", "most_confident_acc", "least_confident_acc"])
+    for name, frame in (("runs.csv", summary), ("by_noise.csv", by_noise), ("strata.csv", strata_frame)):
+        atomic_write_text(out / name, frame.to_csv(index=False))
+        files.append(out / name)
+
+    shown = summary[["run", "method", "noise", "epochs_done", "epochs_planned", "missing_epochs", "final_val_acc",
+                     "best_val_acc", "best_epoch", "test_acc"]]
+    sections.append("# poi report\n\nAccuracies in %. final = last finished epoch, best = best validation epoch "
+                    "(best.pt); test = best.pt on the test split (`--data`, or the run's eval/metrics.json).\n")
+    sections.append("## Runs (Tables II, III, X)\n\n" + _markdown(shown, percent=("noise",)))
+    sections.append("## Best validation accuracy by method and noise rate (Table II)\n\n" + _markdown(by_noise))
+    if not strata_frame.empty:
+        sections.append("## Accuracy by confidence stratum (Table IV)\n\n" + _markdown(strata_frame, percent=("fraction",)))
+    pictures = [f"![{p.stem}]({p.name})" for p in files if p.suffix == ".png"]
+    if pictures:
+        sections.append("## Figures\n\n" + "\n".join(pictures) + "\n")
+    notes = [f"* {run.name}: {note}" for run in runs for note in run.notes] + [f"* skipped {s}" for s in skipped]
+    if notes:
+        sections.append("## Notes\n\n" + "\n".join(notes) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(sections))
+    files.insert(0, out / "report.md")
+    return Report(out_dir=out, runs=runs, skipped=skipped, summary=summary, by_noise=by_noise, strata=strata_frame, files=files)
+
+
+def _confusion(plot, confusion: np.ndarray, classes: list[str], path: Path, title: str) -> Path:
+    plot(confusion, list(classes), path, title=title)
+    return path

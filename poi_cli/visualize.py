@@ -1,0 +1,138 @@
+"""`poi predict --save-vis DIR`: the photo with each face's box, expression and confidence,
+and (with --show-au) a panel of AU bars per facial region, like the paper's Fig. 9/10.
+
+Pure PIL: no figure machinery, so drawing stays cheap next to detection.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from PIL import Image, ImageDraw, ImageFont
+
+from poi_cli.predict import AU_REGIONS, STATUS_OK, ImagePrediction
+from poi_cli.model import REGION_NAMES
+
+MAX_SIDE = 1024  # the photo is shown at most this large
+PANEL_FACES = 4  # AU panels drawn per image (the highest-scoring faces)
+REGION_WIDTH, ROW, BAR = 210, 13, 90  # panel geometry in pixels
+BOX_COLOUR, TEXT_COLOUR, BAR_COLOUR, BACKGROUND = (40, 220, 90), (255, 255, 255), (70, 140, 230), (24, 24, 24)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)  # scalable when Pillow has FreeType
+    except TypeError:  # older Pillow: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _label(record: dict) -> str:
+    probability = record["probabilities"][record["expression"]]
+    confidence = record["confidence"]
+    text = f"{record['face']}: {record['expression']} {probability:.0%}"
+    return text + (f"  w={confidence:.2f}" if confidence is not None else "")
+
+
+def _text_box(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font) -> None:
+    left, top, right, bottom = draw.textbbox(xy, text, font=font)
+    draw.rectangle((left - 2, top - 2, right + 2, bottom + 2), fill=(0, 0, 0))
+    draw.text(xy, text, fill=TEXT_COLOUR, font=font)
+
+
+def draw_faces(image: Image.Image, records: list[dict]) -> Image.Image:
+    """A copy of the image (at most MAX_SIDE) with boxes, landmarks and labels."""
+    scale = min(1.0, MAX_SIDE / max(image.size))
+    canvas = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale))) if scale < 1 else image.convert("RGB").copy()
+    draw = ImageDraw.Draw(canvas)
+    font = _font(max(12, canvas.width // 60))
+    line = max(2, canvas.width // 300)
+    for record in records:
+        if record["status"] != STATUS_OK:
+            _text_box(draw, (5, 5), record["status"].replace("_", " "), font)
+            continue
+        x1, y1, x2, y2 = (v * scale for v in record["box"])
+        draw.rectangle((x1, y1, x2, y2), outline=BOX_COLOUR, width=line)
+        for x, y in record["landmarks"]:
+            draw.ellipse((x * scale - line, y * scale - line, x * scale + line, y * scale + line), fill=BOX_COLOUR)
+        height = draw.textbbox((0, 0), "Ag", font=font)[3]
+        _text_box(draw, (x1, max(0, y1 - height - 6)), _label(record), font)
+    return canvas
+
+
+def draw_au_panel(record: dict) -> Image.Image:
+    """One face's AU probabilities per region (eye regions above, mouth regions below,
+    image-left on the left) with each region's own most likely expression."""
+    font = _font(11)
+    rows_eye = sum(1 for regions in AU_REGIONS.values() if "left_eye" in regions)
+    rows_mouth = len(AU_REGIONS) - rows_eye
+    height = ROW * (3 + rows_eye + rows_mouth + 2) + 10
+    panel = Image.new("RGB", (2 * REGION_WIDTH, height), BACKGROUND)
+    draw = ImageDraw.Draw(panel)
+    draw.text((6, 4), _label(record), fill=TEXT_COLOUR, font=font)
+    aus, regions = record.get("aus") or {}, record.get("regions") or {}
+    for n, region in enumerate(REGION_NAMES):
+        column, block = n % 2, n // 2  # left/right, eye/mouth
+        x = 6 + column * REGION_WIDTH
+        y = 4 + ROW * (1.5 + block * (rows_eye + 1.5))
+        distribution = regions.get(region) or {}
+        known = {k: v for k, v in distribution.items() if v is not None}
+        top = f" ({max(known, key=known.get)} {max(known.values()):.0%})" if known else ""
+        draw.text((x, y), f"{region}{top}", fill=(200, 200, 200), font=font)
+        y += ROW
+        for au, au_regions in AU_REGIONS.items():
+            if region not in au_regions:
+                continue
+            value: Optional[float] = (aus.get(au) or {}).get(region)
+            draw.text((x, y), au, fill=TEXT_COLOUR, font=font)
+            draw.rectangle((x + 40, y + 2, x + 40 + BAR, y + ROW - 3), outline=(90, 90, 90))
+            if value is not None:
+                draw.rectangle((x + 40, y + 2, x + 40 + BAR * value, y + ROW - 3), fill=BAR_COLOUR)
+            draw.text((x + 46 + BAR, y), "n/a" if value is None else f"{value:.2f}", fill=TEXT_COLOUR, font=font)
+            y += ROW
+    return panel
+
+
+def render(prediction: ImagePrediction, show_au: bool = False) -> Optional[Image.Image]:
+    """The picture for one image (None when the image could not be read)."""
+    if prediction.image is None:
+        return None
+    picture = draw_faces(prediction.image, prediction.records)
+    faces = [r for r in prediction.records if r["status"] == STATUS_OK and "aus" in r][:PANEL_FACES]
+    if not (show_au and faces):
+        return picture
+    panels = [draw_au_panel(r) for r in faces]
+    panel_height = sum(p.height for p in panels)
+    out = Image.new("RGB", (picture.width + panels[0].width, max(picture.height, panel_height)), BACKGROUND)
+    out.paste(picture, (0, 0))
+    y = 0
+    for panel in panels:
+        out.paste(panel, (picture.width, y))
+        y += panel.height
+    return out
+
+
+class VisWriter:
+    """Writes DIR/<image stem>_poi.png, numbering repeats; never over an input file."""
+
+    def __init__(self, out_dir: str | Path, show_au: bool = False) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.show_au = show_au
+        self.used: set[str] = set()
+
+    def write(self, prediction: ImagePrediction) -> Optional[Path]:
+        picture = render(prediction, self.show_au)
+        if picture is None:
+            return None
+        stem = Path(prediction.source).stem if not prediction.source.startswith("<") else "image"
+        source = Path(prediction.source).resolve() if not prediction.source.startswith("<") else None
+        name, number = f"{stem}_poi.png", 2
+        while name in self.used or (self.out_dir / name).resolve() == source:
+            name, number = f"{stem}_poi{number}.png", number + 1
+        self.used.add(name)
+        path = self.out_dir / name
+        temp = path.with_name(f".{name}.tmp.png")
+        picture.save(temp)
+        temp.replace(path)
+        return path

@@ -1,0 +1,120 @@
+"""`poi evaluate` on models whose answers are known by construction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import make_prepared
+from poi_cli.checkpoint import resolve_checkpoint, save_checkpoint
+from poi_cli.cli import app
+from poi_cli.evaluate import confidence_strata, evaluate
+from poi_cli.manifests import class_names
+from poi_cli.model import ModelConfig, POIModel
+from poi_cli.store import MANIFEST_FILE
+
+
+def constant_model(path, num_classes=7, trn_order=(3,), region_classes=(0, 0, 1, 1), gate_region=2, use_pin=True):
+    """A checkpoint whose outputs ignore the image: the TRN ranks `trn_order` first, region n
+    predicts region_classes[n] (regions 0-1 strongly, 2-3 weakly), the gate trusts `gate_region`."""
+    config = ModelConfig(num_classes=num_classes, input_size=64, use_pin=use_pin)
+    model = POIModel(config)
+    with torch.no_grad():
+        model.trn.fc.weight.zero_()
+        model.trn.fc.bias.zero_()
+        for rank, cls in enumerate(trn_order):
+            model.trn.fc.bias[cls] = 10.0 - rank
+        if use_pin:
+            for n, head in enumerate(model.pin.region_classifiers.heads):
+                head.weight.zero_()
+                head.bias.zero_()
+                head.bias[region_classes[n]] = 20.0 if n < 2 else 5.0
+            model.pin.gate.fc.weight.zero_()
+            model.pin.gate.fc.bias.zero_()
+            model.pin.gate.fc.bias[gate_region] = 20.0
+    save_checkpoint(path, {"epoch": 1, "model": model.state_dict(), "model_config": config.to_dict(),
+                           "classes": list(class_names(num_classes)), "config": {}})
+    return path
+
+
+def unbalanced_prepared(root, num_classes=7):
+    """Test split with c + 1 images of class c (the others marked as failed faces)."""
+    data = make_prepared(root, num_classes=num_classes, splits={"test": num_classes})
+    manifest = pd.read_csv(data / MANIFEST_FILE)
+    index = manifest.groupby("label").cumcount()
+    manifest.loc[index > manifest["label"], "status"] = "no_face"
+    manifest.to_csv(data / MANIFEST_FILE, index=False)
+    return data
+
+
+def test_evaluate_known_answer_cli_json_and_files(tmp_path):
+    data = unbalanced_prepared(tmp_path / "data")  # 1 + 2 + ... + 7 = 28 images
+    checkpoint = constant_model(tmp_path / "model.pt")
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["evaluate", str(checkpoint), str(data), "--json", "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["n_images"] == 28
+    assert report["accuracy"] == pytest.approx(4 / 28)  # always happiness (class 3, 4 images)
+    assert report["per_class"]["happiness"] == {"n": 4, "recall": 1.0}
+    assert report["per_class"]["neutral"] == {"n": 7, "recall": 0.0}
+    confusion = np.array(report["confusion_matrix"])
+    assert confusion[:, 3].tolist() == [1, 2, 3, 4, 5, 6, 7] and confusion.sum() == 28
+    assert report["pin_intermediate_accuracy"] == pytest.approx(2 / 28)  # gate trusts region 2 -> fear
+    assert report["pin_average_accuracy"] == pytest.approx(1 / 28)  # two strong regions -> surprise
+    assert [s["n"] for s in report["confidence_strata"]] == [8, 14, 20]
+    assert report["class_mapping"] is None
+
+    table = pd.read_csv(out / "confusion_matrix.csv")
+    assert table.columns.tolist() == ["true_class", *class_names(7)]
+    assert table.set_index("true_class").loc["neutral", "happiness"] == 7
+    assert (out / "confusion_matrix.png").stat().st_size > 1000
+    assert json.loads((out / "metrics.json").read_text())["accuracy"] == report["accuracy"]
+
+
+def test_eight_class_model_on_seven_class_data_maps_by_name(tmp_path):
+    data = unbalanced_prepared(tmp_path / "data")
+    # contempt first, happiness second: on 7-class data contempt is not a choice
+    checkpoint = constant_model(tmp_path / "model8.pt", num_classes=8, trn_order=(7, 3))
+    report = evaluate(checkpoint, data, device="cpu")
+    assert report["accuracy"] == pytest.approx(4 / 28)
+    assert "contempt" in report["class_mapping"] and report["n_left_out"] == 0
+
+
+def test_seven_class_baseline_on_eight_class_data(tmp_path):
+    data = make_prepared(tmp_path / "data", num_classes=8, splits={"test": 2})
+    checkpoint = constant_model(tmp_path / "base.pt", use_pin=False, trn_order=(6,))
+    report = evaluate(checkpoint, data, device="cpu")
+    assert report["n_images"] == 14 and report["n_left_out"] == 2  # the contempt images
+    assert report["accuracy"] == pytest.approx(2 / 14)
+    assert report["confidence_strata"] is None and report["pin_intermediate_accuracy"] is None
+    assert report["pin_average_accuracy"] is None and any("baseline" in n for n in report["notes"])
+
+
+def test_confidence_strata_ranks_by_w():
+    w = np.array([0.9, 0.3, 0.8, 0.4, 0.7, 0.5, 0.6, 0.35, 0.95, 0.45])
+    correct = w > 0.55  # confident images are right, unsure ones wrong
+    strata = {s["fraction"]: s for s in confidence_strata(w, correct)}
+    assert strata[0.3]["n"] == 3 and strata[0.3]["most_confident_accuracy"] == 1.0
+    assert strata[0.3]["least_confident_accuracy"] == 0.0
+    assert strata[0.7]["most_confident_accuracy"] == pytest.approx(5 / 7)
+    assert strata[0.5]["least_confident_accuracy"] == 0.0
+
+
+def test_run_folder_resolves_to_best_and_errors_are_one_line(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"x")
+    assert resolve_checkpoint(run) == run / "last.pt"
+    (run / "best.pt").write_bytes(b"x")
+    assert resolve_checkpoint(run) == run / "best.pt"
+    data = make_prepared(tmp_path / "data", splits={"test": 1})
+    result = CliRunner().invoke(app, ["evaluate", str(run), str(data), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "cannot read" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "nothing"), str(data)])
+    assert result.exit_code == 1 and "no such run folder" in result.output

@@ -1,0 +1,88 @@
+"""`poi export`: the written model agrees with PyTorch (TorchScript always; ONNX when
+onnxruntime is installed, the `export` extra)."""
+
+from __future__ import annotations
+
+import builtins
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from poi_cli.checkpoint import save_checkpoint
+from poi_cli.cli import app
+from poi_cli.export import ExportError, export_model
+from poi_cli.manifests import class_names
+from poi_cli.model import ModelConfig, POIModel
+
+runner = CliRunner()
+# torch.jit is deprecated in favour of torch.export; loading the TorchScript file is the point here.
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")
+
+
+def make_checkpoint(path: Path, num_classes: int = 7, use_pin: bool = True) -> Path:
+    """A randomly initialised 64 px checkpoint in the training format."""
+    torch.manual_seed(0)
+    config = ModelConfig(input_size=64, num_classes=num_classes, use_pin=use_pin)
+    save_checkpoint(path, {"epoch": 1, "model": POIModel(config).state_dict(), "model_config": config.to_dict(),
+                           "classes": list(class_names(num_classes)), "config": {}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("export") / "best.pt")
+
+
+def test_torchscript_trn_and_full_match_pytorch(checkpoint):
+    trn = export_model(checkpoint, "torchscript")
+    assert trn.path == checkpoint.with_name("best.trn.torchscript.pt") and trn.path.is_file()
+    assert trn.output_names == ["logits"] and trn.passed and trn.max_abs_diff < 1e-4
+    loaded = torch.jit.load(str(trn.path))
+    assert loaded(torch.randn(5, 3, 64, 64)).shape == (5, 7)  # any batch size
+
+    full = export_model(checkpoint, "torchscript", full=True, out=checkpoint.parent / "full.pt")
+    assert full.output_names == ["probabilities", "confidence", "aus", "region_probabilities"] and full.passed
+    extra = {"poi.json": ""}
+    probabilities, confidence, aus, regions = torch.jit.load(str(full.path), _extra_files=extra)(torch.randn(4, 3, 64, 64))
+    assert json.loads(extra["poi.json"])["classes"] == list(class_names(7))
+    assert torch.allclose(probabilities.sum(1), torch.ones(4), atol=1e-5)
+    assert ((confidence >= 0.25 - 1e-6) & (confidence <= 1 + 1e-6)).all()
+    assert aus.shape == (4, 2, 13) and regions.shape == (4, 4, 7)
+
+
+def test_onnx_parity_via_cli(checkpoint):
+    pytest.importorskip("onnxruntime", reason="onnx export is the optional 'export' extra")
+    out = checkpoint.parent / "model.onnx"
+    result = runner.invoke(app, ["export", str(checkpoint), "--format", "onnx", "--full", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert out.is_file() and "largest difference from PyTorch" in result.stdout
+    import onnx
+
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
+    assert meta["input_size"] == 64 and meta["aus"][0] == "AU01" and len(meta["aus"]) == 13
+    trn = export_model(checkpoint, "onnx")
+    assert trn.passed and trn.max_abs_diff < 1e-4
+
+
+def test_export_errors_are_one_line(checkpoint, tmp_path, monkeypatch):
+    baseline = make_checkpoint(tmp_path / "baseline.pt", use_pin=False)
+    result = runner.invoke(app, ["export", str(baseline), "--full", "--format", "torchscript"])
+    assert result.exit_code == 1 and "no PIN" in result.stderr and result.stderr.count("\n") == 1
+    result = runner.invoke(app, ["export", str(checkpoint), "--format", "tflite"])
+    assert result.exit_code == 1 and "onnx, torchscript" in result.stderr
+    result = runner.invoke(app, ["export", str(tmp_path / "missing.pt")])
+    assert result.exit_code == 1 and "missing.pt" in result.stderr
+
+    real_import = builtins.__import__
+
+    def without_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("no onnxruntime", name="onnxruntime")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_onnxruntime)
+    with pytest.raises(ExportError, match=r"pip install 'poi-fer\[export\]'"):
+        export_model(checkpoint, "onnx")

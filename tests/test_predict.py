@@ -1,0 +1,199 @@
+"""`poi predict` and poi_cli.predict.Predictor on generated images and skimage's astronaut.
+
+The checkpoints are small randomly initialised models (64 px) written in tmp_path, so
+the predictions mean nothing; what is tested is the pipeline's contract: one record per
+face, probabilities that sum to 1, w in [0.25, 1], the 13 AUs, the statuses, the
+output formats and the exit codes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skimage_data
+from typer.testing import CliRunner
+
+from poi_cli import predict as predict_module
+from poi_cli.checkpoint import save_checkpoint
+from poi_cli.cli import app
+from poi_cli.faces import FaceDetector
+from poi_cli.manifests import EYE_AUS, MOUTH_AUS, class_names
+from poi_cli.model import REGION_NAMES, ModelConfig, POIModel
+from poi_cli.predict import Predictor, PredictError, expand_inputs, resolve_model
+
+runner = CliRunner()
+
+
+def make_checkpoint(path: Path, num_classes: int = 7, use_pin: bool = True, seed: int = 0) -> Path:
+    """A randomly initialised 64 px POI (or baseline) checkpoint in the training format."""
+    torch.manual_seed(seed)
+    config = ModelConfig(input_size=64, num_classes=num_classes, use_pin=use_pin)
+    model = POIModel(config)
+    save_checkpoint(path, {"epoch": 1, "model": model.state_dict(), "model_config": config.to_dict(),
+                           "classes": list(class_names(num_classes)), "config": {}})
+    return path
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("predict")
+    photos = root / "photos"
+    (photos / "nested").mkdir(parents=True)
+    Image.fromarray(skimage_data.astronaut()).save(root / "astronaut.png")
+    # The folder holds a half-size copy: detection time grows with the pixels.
+    Image.fromarray(skimage_data.astronaut()).resize((256, 256)).save(photos / "astronaut.png")
+    gradient = np.tile(np.linspace(0, 255, 160, dtype=np.uint8), (120, 1))
+    Image.fromarray(gradient).convert("RGB").save(photos / "nested" / "gradient.png")
+    (photos / "nested" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    return {
+        "root": root, "photos": photos, "astronaut": root / "astronaut.png", "small": photos / "astronaut.png",
+        "gradient": photos / "nested" / "gradient.png", "corrupt": photos / "nested" / "corrupt.jpg",
+        "ck7": make_checkpoint(root / "poi7.pt"), "ck8": make_checkpoint(root / "poi8.pt", num_classes=8),
+        "baseline": make_checkpoint(root / "baseline.pt", use_pin=False),
+    }
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector()
+
+
+def check_face_record(record: dict, classes: tuple[str, ...], show_au: bool) -> None:
+    assert record["status"] == "ok" and record["reason"] is None and record["face"] == 0
+    assert list(record["probabilities"]) == list(classes)
+    assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert record["expression"] == max(record["probabilities"], key=record["probabilities"].get)
+    assert 0.25 <= record["confidence"] <= 1.0
+    x1, y1, x2, y2 = record["box"]
+    assert len(record["landmarks"]) == 5
+    assert all(x1 <= x <= x2 and y1 <= y <= y2 for x, y in record["landmarks"])
+    assert 0.9 < record["detection_score"] <= 1.0
+    if show_au:
+        assert list(record["aus"]) == [*EYE_AUS, *MOUTH_AUS] and len(record["aus"]) == 13
+        for au in EYE_AUS:
+            assert set(record["aus"][au]) == {"left_eye", "right_eye"}
+        for au in MOUTH_AUS:
+            assert set(record["aus"][au]) == {"left_mouth", "right_mouth"}
+        assert all(0.0 <= p <= 1.0 for regions in record["aus"].values() for p in regions.values())
+        assert list(record["regions"]) == list(REGION_NAMES)
+        for distribution in record["regions"].values():
+            assert sum(distribution.values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_astronaut_gives_one_face_with_probabilities_confidence_and_13_aus(files, detector):
+    predictor = Predictor(files["ck7"], detector=detector)
+    records = predictor.predict_records(files["astronaut"], show_au=True)
+    assert len(records) == 1
+    check_face_record(records[0], class_names(7), show_au=True)
+    assert records[0]["image"] == str(files["astronaut"])
+    # Same face, same numbers from an in-memory array (an 8-class model: contempt included).
+    eight = Predictor(files["ck8"], detector=detector).predict_records([skimage_data.astronaut()])
+    assert len(eight) == 1 and eight[0]["image"] == "<image 0>"
+    check_face_record(eight[0], class_names(8), show_au=False)
+    assert "aus" not in eight[0]
+    assert predictor.timings["detection"] > 0 and predictor.timings["model"] > 0
+
+
+def test_no_face_and_corrupt_file_in_a_folder_are_reported_and_the_rest_predicted(files, detector):
+    before = snapshot(files["photos"])
+    predictor = Predictor(files["ck7"], detector=detector)
+    frame = predictor.predict(files["photos"], show_au=True)
+    by_image = {Path(image).name: group for image, group in frame.groupby("image")}
+    assert set(by_image) == {"astronaut.png", "gradient.png", "corrupt.jpg"}
+    assert list(by_image["astronaut.png"]["status"]) == ["ok"]
+    no_face = by_image["gradient.png"].iloc[0]
+    error = by_image["corrupt.jpg"].iloc[0]
+    assert no_face["status"] == "no_face" and error["status"] == "error" and "image" in error["reason"]
+    for row in (no_face, error):  # nothing made up: every value missing
+        assert pd.isna(row["face"]) and pd.isna(row["expression"]) and pd.isna(row["confidence"])
+        assert row[["box_x1", *class_names(7), "AU06_left_eye", "region_left_eye_happiness"]].isna().all()
+    assert snapshot(files["photos"]) == before  # the inputs are only read
+
+
+def test_baseline_checkpoint_has_no_confidence_and_says_why(files, detector):
+    predictor = Predictor(files["baseline"], detector=detector)
+    assert any("no PIN" in note for note in predictor.notes)
+    record = predictor.predict_records(files["small"], show_au=True)[0]
+    assert record["status"] == "ok" and record["confidence"] is None
+    assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert all(p is None for regions in record["aus"].values() for p in regions.values())
+
+
+def test_cli_json_and_csv_round_trip_through_pandas(files, tmp_path):
+    result = runner.invoke(app, ["predict", str(files["photos"]), "--model", str(files["ck7"]), "--json", "--show-au"])
+    assert result.exit_code == 0, result.stderr
+    records = json.loads(result.stdout)
+    frame = pd.read_json(io.StringIO(result.stdout))
+    assert {"image", "face", "box", "landmarks", "detection_score", "expression", "probabilities",
+            "confidence", "status", "aus"} <= set(frame.columns)
+    assert sorted(frame["status"]) == ["error", "no_face", "ok"]
+    assert "3 images: 1 face predicted, 1 image without a face, 1 error" in result.stderr
+
+    csv_path = tmp_path / "out" / "faces.csv"
+    result = runner.invoke(app, ["predict", str(files["photos"]), "--model", str(files["ck7"]), "--csv", str(csv_path), "--show-au"])
+    assert result.exit_code == 0, result.stderr
+    table = pd.read_csv(csv_path)
+    assert {"AU06_left_eye", "AU06_right_eye", "AU12_left_mouth", "AU26_right_mouth", "happiness", "confidence"} <= set(table.columns)
+    assert "AU06_left_mouth" not in table.columns  # AUs only for the regions that carry them
+    # The CSV row of the face holds the numbers of the JSON record.
+    face = records[[r["status"] for r in records].index("ok")]
+    row = table[table["status"] == "ok"].iloc[0]
+    assert row["confidence"] == pytest.approx(face["confidence"])
+    assert row["AU12_right_mouth"] == pytest.approx(face["aus"]["AU12"]["right_mouth"])
+    assert row[list(class_names(7))].tolist() == pytest.approx(list(face["probabilities"].values()))
+    assert table[table["status"] != "ok"]["confidence"].isna().all()
+
+
+def test_cli_single_bad_input_fails_with_one_line_and_save_vis_writes_pngs(files, tmp_path):
+    result = runner.invoke(app, ["predict", str(files["corrupt"]), "--model", str(files["ck7"])])
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and "corrupt.jpg" in result.stderr and "Traceback" not in result.stderr
+
+    vis = tmp_path / "vis"
+    result = runner.invoke(app, ["predict", str(files["small"]), "--model", str(files["ck7"]), "--save-vis", str(vis), "--show-au"])
+    assert result.exit_code == 0, result.stderr
+    (png,) = vis.glob("*.png")
+    picture = Image.open(png)
+    assert picture.width > 256 + 400 and picture.height >= 256  # the photo plus the AU panel
+
+
+def test_cli_batch_where_everything_failed_exits_non_zero(files, tmp_path):
+    result = runner.invoke(app, ["predict", str(files["corrupt"]), str(tmp_path / "missing.jpg"), "--model", str(files["ck7"]), "--json"])
+    assert result.exit_code == 1
+    assert [r["reason"] for r in json.loads(result.stdout)][1] == "file not found"
+
+
+def test_model_resolution_order(files, tmp_path, monkeypatch):
+    monkeypatch.delenv(predict_module.MODEL_ENV, raising=False)
+    monkeypatch.setattr(predict_module, "BUNDLED_DIR", tmp_path / "weights")
+    with pytest.raises(PredictError, match="no model: pass --model"):
+        resolve_model(None)
+    result = runner.invoke(app, ["predict", str(files["small"])])
+    assert result.exit_code == 1 and "no model" in result.stderr and result.stderr.count("\n") == 1
+    (tmp_path / "weights").mkdir()
+    bundled = make_checkpoint(tmp_path / "weights" / "poi.pt")
+    assert resolve_model(None) == bundled
+    monkeypatch.setenv(predict_module.MODEL_ENV, str(files["ck8"]))
+    assert resolve_model(None) == files["ck8"]
+    assert resolve_model(files["ck7"]) == files["ck7"]
+    monkeypatch.setenv(predict_module.MODEL_ENV, str(tmp_path / "nope.pt"))
+    with pytest.raises(PredictError, match="POI_MODEL"):
+        resolve_model(None)
+
+
+def test_expand_inputs_folders_globs_and_missing(files):
+    items = expand_inputs([files["photos"], str(files["photos"] / "*.png"), "no/such/file.png", str(files["root"] / "*.gif")])
+    sources = [Path(i.source).name for i in items]
+    assert sources == ["astronaut.png", "corrupt.jpg", "gradient.png", "file.png", "*.gif"]  # astronaut once
+    assert [i.error for i in items][-2:] == ["file not found", "pattern matched no image files"]

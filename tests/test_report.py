@@ -1,0 +1,110 @@
+"""`poi report` on small run folders written in the training format (config.json from
+TrainConfig, results.csv with the engine's columns, best.pt a random 64 px model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from poi_cli.checkpoint import save_checkpoint
+from poi_cli.cli import app
+from poi_cli.config import TrainConfig
+from poi_cli.engine import RESULT_COLUMNS
+from poi_cli.manifests import class_names
+from poi_cli.model import ModelConfig, POIModel
+from poi_cli.report import build_report
+
+runner = CliRunner()
+
+
+def make_run(folder: Path, epochs: dict[int, float], noise: float = 0.0, use_pin: bool = True, planned: int = 4) -> Path:
+    """A run folder: config.json, results.csv with val_acc per listed epoch, best.pt."""
+    folder.mkdir(parents=True)
+    config = TrainConfig(input_size=64, epochs=planned, noise=noise, use_pin=use_pin).to_dict()
+    config["resolved"] = {"classes": list(class_names(7)), "noise_realised_rate": noise * 0.95}
+    (folder / "config.json").write_text(json.dumps(config))
+    rows = [{column: None for column in RESULT_COLUMNS} | {"epoch": e, "loss_total": 2.0 / e, "loss_ce_tar": 1.5 / e,
+             "train_acc": 0.2 * e, "val_acc": acc, "lr": 0.1} for e, acc in epochs.items()]
+    pd.DataFrame(rows, columns=RESULT_COLUMNS).to_csv(folder / "results.csv", index=False)
+    torch.manual_seed(0)
+    model_config = ModelConfig(input_size=64, use_pin=use_pin)
+    save_checkpoint(folder / "best.pt", {"epoch": max(epochs), "model": POIModel(model_config).state_dict(),
+                                         "model_config": model_config.to_dict(), "classes": list(class_names(7)), "config": config})
+    return folder
+
+
+@pytest.fixture
+def runs(tmp_path) -> Path:
+    root = tmp_path / "runs" / "train"
+    make_run(root / "poi20", {1: 0.30, 2: 0.55, 4: 0.50}, noise=0.2)  # epoch 3 missing
+    make_run(root / "base20", {1: 0.25, 2: 0.40}, noise=0.2, use_pin=False, planned=2)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not a run")
+    return root
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_report_on_two_runs_writes_tables_and_curves(runs, tmp_path):
+    before = snapshot(runs)
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["report", str(runs), str(tmp_path / "notes"), "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert "notes" in result.stderr and "not a run folder" in result.stderr
+    for name in ("report.md", "runs.csv", "by_noise.csv", "strata.csv", "curves_poi20.png", "curves_base20.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    summary = pd.read_csv(out / "runs.csv", dtype={"missing_epochs": str}).set_index("run")
+    poi, base = summary.loc["poi20"], summary.loc["base20"]
+    assert poi["method"] == "POI" and base["method"] == "baseline"
+    assert poi["best_val_acc"] == pytest.approx(0.55) and poi["best_epoch"] == 2
+    assert poi["final_val_acc"] == pytest.approx(0.50) and poi["epochs_done"] == 3
+    assert str(poi["missing_epochs"]) == "3" and poi["noise"] == pytest.approx(0.2)
+    assert base["best_val_acc"] == pytest.approx(0.40) and pd.isna(base["missing_epochs"])
+    by_noise = pd.read_csv(out / "by_noise.csv").set_index("method")
+    assert by_noise.loc["POI", "noise 20%"] == pytest.approx(0.55)
+    assert by_noise.loc["baseline", "noise 20%"] == pytest.approx(0.40)
+    markdown = (out / "report.md").read_text()
+    assert "| poi20 | POI | 20.00 |" in markdown and "55.00" in markdown and "skipped" in markdown
+    assert snapshot(runs) == before  # run folders are only read
+
+
+def test_report_with_data_adds_confusion_confidence_and_strata(runs, prepared, tmp_path):
+    report = build_report([runs / "poi20", runs / "base20"], tmp_path / "out", data=prepared, split="test", device="cpu")
+    names = {p.name for p in report.files}
+    assert {"confusion_poi20.png", "confusion_base20.png", "confidence_poi20.png"} <= names
+    assert "confidence_base20.png" not in names  # the baseline has no w
+    assert any("no PIN" in note for note in report.runs[1].notes)
+    strata = report.strata
+    assert list(strata["run"]) == ["poi20"] * 3 and list(strata["n"]) == [4, 7, 10]  # 30/50/70% of 14 test images
+    assert strata[["most_confident_acc", "least_confident_acc"]].stack().between(0, 1).all()
+    assert report.summary["test_acc"].between(0, 1).all()
+
+
+def test_single_run_with_eval_metrics_and_a_run_without_epochs(runs, tmp_path):
+    run = runs / "poi20"
+    (run / "eval").mkdir()
+    metrics = {"split": "test", "accuracy": 0.6, "classes": ["fear", "happiness"], "confusion_matrix": [[3, 1], [1, 3]],
+               "confidence_strata": [{"fraction": 0.5, "n": 4, "most_confident_accuracy": 1.0, "least_confident_accuracy": 0.5}]}
+    (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    empty = tmp_path / "fresh"
+    empty.mkdir()
+    (empty / "config.json").write_text(json.dumps(TrainConfig(epochs=3).to_dict()))
+    report = build_report([run, empty], tmp_path / "out")
+    assert (tmp_path / "out" / "confusion_poi20.png").is_file()
+    assert report.strata.iloc[0]["most_confident_acc"] == 1.0
+    summary = report.summary.set_index("run")
+    assert summary.loc["poi20", "test_acc"] == pytest.approx(0.6)
+    assert summary.loc["fresh", "epochs_done"] == 0 and pd.isna(summary.loc["fresh", "best_val_acc"])
+    assert "no finished epoch" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_report_without_runs_is_a_one_line_error(tmp_path):
+    result = runner.invoke(app, ["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "no run folders" in result.stderr and result.stderr.count("\n") == 1

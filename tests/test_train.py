@@ -1,0 +1,257 @@
+"""Training engine: run folder, loss, best checkpoint, resume after SIGKILL, schedule, input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import make_prepared
+from poi_cli.augment import BatchAugment, BatchLoader, normalize, to_model_input
+from poi_cli.checkpoint import load_checkpoint, load_model, next_run_dir
+from poi_cli.cli import app
+from poi_cli.config import TrainConfig
+from poi_cli.engine import RESULT_COLUMNS, STALL_ENV, evaluate_accuracy, learning_rate, remap_class_rows, train
+from poi_cli.store import PreparedDataset
+
+SMALL_SPLITS = {"train": 2, "valid": 1}  # 14 training images, 7 validation images
+
+
+def tiny_config(data: Path, project: Path, **overrides) -> TrainConfig:
+    values = dict(data=str(data), input_size=64, epochs=2, batch=7, lr=0.01, project=str(project), amp="off", seed=0)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_run_folder_loss_and_best_checkpoint(tmp_path):
+    data = make_prepared(tmp_path / "data", splits=SMALL_SPLITS)
+    # one full batch per epoch, no augmentation: each step descends on the same images
+    run = train(tiny_config(data, tmp_path / "runs", epochs=4, batch=14, augment=False))
+    assert run == tmp_path / "runs" / "exp"
+    assert {p.name for p in run.iterdir()} == {"config.json", "results.csv", "last.pt", "best.pt"}
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["epochs"] == 4 and config["lr_steps"] == [20, 40] and config["data"] == str(data.resolve())
+    assert config["resolved"]["val_split"] == "valid" and config["resolved"]["n_train"] == 14
+
+    results = pd.read_csv(run / "results.csv")
+    assert list(results.columns) == RESULT_COLUMNS
+    assert results["epoch"].tolist() == [1, 2, 3, 4]
+    for column in ("loss_total", "loss_ce_tar", "loss_ce_au", "loss_au", "loss_kl_au", "loss_kl_tar", "w_mean",
+                   "lr", "train_acc", "val_acc", "epoch_time_s", "images_per_s"):
+        assert results[column].notna().all(), column
+    assert results["train_acc_clean"].isna().all()  # no noise: clean labels unknown
+    assert results["loss_total"].diff().iloc[1:].lt(0).all()  # falls every epoch
+
+    last = load_checkpoint(run / "last.pt")  # weights_only=True inside
+    assert last["epoch"] == 4 and last["classes"] == PreparedDataset(data).classes
+    assert set(last) >= {"model", "optimizer", "config", "model_config", "best_val_acc", "best_epoch", "history"}
+
+    # best.pt: the first epoch with the highest validation accuracy, and it really scores that
+    best_epoch = int(results["epoch"][results["val_acc"].idxmax()])
+    best = load_checkpoint(run / "best.pt")
+    assert best["epoch"] == best_epoch == last["best_epoch"]
+    model, _ = load_model(run / "best.pt")
+    dataset = PreparedDataset(data)
+    valid = dataset.split("valid")
+    correct, total = evaluate_accuracy(model, dataset.faces, valid.store_rows, valid.labels, 64, 7, torch.device("cpu"), False)
+    assert correct / total == pytest.approx(results["val_acc"].max(), abs=1e-6)
+
+
+def test_baseline_with_noise_records_clean_accuracy(tmp_path):
+    data = make_prepared(tmp_path / "data", splits={"train": 3, "test": 1})  # like RAF-DB: no validation split
+    run = train(tiny_config(data, tmp_path / "runs", epochs=1, use_pin=False, noise=0.5, noise_seed=3, val_fraction=0.3))
+    results = pd.read_csv(run / "results.csv")
+    assert results["train_acc_clean"].notna().all()
+    for ablated in ("loss_ce_au", "loss_au", "loss_kl_au", "loss_kl_tar", "w_mean"):
+        assert results[ablated].isna().all(), ablated  # the baseline has CE only
+    assert results["loss_total"].iloc[0] == pytest.approx(results["loss_ce_tar"].iloc[0])
+    resolved = json.loads((run / "config.json").read_text())["resolved"]
+    assert 0.25 < resolved["noise_realised_rate"] < 0.75
+    # validation held out of train (one image per class), never the test split
+    assert resolved["val_split"] == "train[held out 0.3]" and (resolved["n_train"], resolved["n_val"]) == (14, 7)
+    assert results["val_acc"].notna().all()
+    # a second run with the same name gets a numbered folder
+    assert train(tiny_config(data, tmp_path / "runs", epochs=1, use_pin=False, val_split="none")).name == "exp2"
+
+
+def test_fine_tune_from_a_seven_class_run_onto_eight_class_data(tmp_path, capsys):
+    seven = make_prepared(tmp_path / "seven", splits={"train": 1, "valid": 1})
+    source = train(tiny_config(seven, tmp_path / "runs", epochs=1, use_pin=False))
+    eight = make_prepared(tmp_path / "eight", num_classes=8, splits={"train": 1, "valid": 1})
+    run = train(tiny_config(eight, tmp_path / "runs", epochs=1, use_pin=False, fine_tune=str(source), name="ft"))
+    assert "classes mapped by name: 7 shared of 8" in capsys.readouterr().out
+    assert load_checkpoint(run / "last.pt")["classes"][-1] == "contempt"
+
+
+def test_resume_after_kill_mid_epoch_matches_uninterrupted(tmp_path):
+    data = make_prepared(tmp_path / "data", splits=SMALL_SPLITS)
+    project = tmp_path / "runs"
+    command = [sys.executable, "-m", "poi_cli", "train", str(data), "--size", "64", "--epochs", "2", "--batch", "7",
+               "--lr", "0.01", "--amp", "off", "--project", str(project), "--name", "killed"]
+    env = {**os.environ, STALL_ENV: "2:2", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(300, process.kill)  # never hang the suite
+    watchdog.start()
+    try:
+        for line in process.stderr:  # wait until the run hangs in epoch 2, step 2
+            if "POI_DEBUG stalled at epoch 2 step 2" in line:
+                break
+        else:
+            pytest.fail(f"training exited ({process.wait()}) before reaching epoch 2")
+        process.send_signal(signal.SIGKILL)
+    finally:
+        watchdog.cancel()
+        process.kill()
+        process.wait()
+    run = project / "killed"
+    assert pd.read_csv(run / "results.csv")["epoch"].tolist() == [1]
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+
+    result = CliRunner().invoke(app, ["train", "--resume", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "resuming at epoch 2/2" in result.output
+    results = pd.read_csv(run / "results.csv")
+    assert results["epoch"].tolist() == [1, 2]  # no duplicate, no torn row
+
+    reference = train(tiny_config(data, project, name="reference"))
+    resumed_state = load_checkpoint(run / "last.pt")["model"]
+    reference_state = load_checkpoint(reference / "last.pt")["model"]
+    for key, value in reference_state.items():
+        torch.testing.assert_close(resumed_state[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    again = CliRunner().invoke(app, ["train", "--resume", str(run)])
+    assert again.exit_code == 1 and "already finished" in again.output
+
+
+def test_bad_input_is_one_line_error(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(tmp_path / "missing")])
+    assert result.exit_code == 1 and "not a prepared dataset folder" in result.output
+    assert "Traceback" not in result.output
+    data = make_prepared(tmp_path / "data", splits={"train": 1})
+    result = runner.invoke(app, ["train", str(data), "--noise", "0.2", "--labels", "x.csv"])
+    assert result.exit_code == 1 and "exclude each other" in result.output
+    result = runner.invoke(app, ["train", str(data), "--val-split", "nope", "--project", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "nope" in result.output
+    result = runner.invoke(app, ["train", str(data), "--val-split", "test"])
+    assert result.exit_code == 1 and "never selected on the test split" in result.output
+
+
+def test_learning_rate_schedules():
+    step = TrainConfig()  # lr 0.1, / 10 at epochs 20 and 40
+    assert [learning_rate(step, e, 0, 100) for e in (0, 19, 20, 39, 40, 59)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    warm = TrainConfig(warmup_epochs=2)
+    assert learning_rate(warm, 0, 0, 10) == pytest.approx(0.1 / 20)
+    assert learning_rate(warm, 1, 9, 10) == pytest.approx(0.1)
+    cosine = TrainConfig(schedule="cosine", epochs=10)
+    assert learning_rate(cosine, 0, 0, 10) == pytest.approx(0.1)
+    assert learning_rate(cosine, 5, 0, 10) == pytest.approx(0.05)
+    assert learning_rate(cosine, 9, 9, 10) < 0.001
+
+
+def test_augment_flip_and_shift_are_exact_pixel_moves():
+    x = torch.randint(1, 256, (64, 16, 16, 3), dtype=torch.uint8)  # uint8 store rows (B, H, W, 3)
+    flipped = BatchAugment(flip=True, translate=0.0).flip_and_shift(x, torch.Generator().manual_seed(0))
+    same = (flipped == x).flatten(1).all(1)
+    mirrored = (flipped == x.flip(2)).flatten(1).all(1)
+    assert (same | mirrored).all() and same.any() and mirrored.any()
+
+    shifted = BatchAugment(flip=False, translate=0.25).flip_and_shift(x, torch.Generator().manual_seed(1))
+    moves = set()
+    for image, original in zip(shifted, x):  # every output is the input moved by whole pixels, zero-filled
+        found = None
+        for dy in range(-4, 5):
+            for dx in range(-4, 5):
+                moved = torch.zeros_like(original)
+                ys, xs = slice(max(dy, 0), 16 + min(dy, 0)), slice(max(dx, 0), 16 + min(dx, 0))
+                yo, xo = slice(max(-dy, 0), 16 + min(-dy, 0)), slice(max(-dx, 0), 16 + min(-dx, 0))
+                moved[ys, xs] = original[yo, xo]
+                if torch.equal(moved, image):
+                    found = (dy, dx)
+        assert found is not None
+        moves.add(found)
+    assert len(moves) > 10  # the shifts vary
+
+
+def test_augment_output_is_the_normalised_model_input():
+    x = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    plain = BatchAugment(flip=False, translate=0.0, color_jitter=0.0)
+    torch.testing.assert_close(plain(x, 32), to_model_input(x, 32))
+    torch.testing.assert_close(plain(x, 64), to_model_input(x, 64))  # resized on the device alike
+    gray = BatchAugment(flip=False, translate=0.0, color_jitter=0.4, grayscale=True)
+    torch.testing.assert_close(gray(x, 32, torch.Generator().manual_seed(0)), to_model_input(x, 32))
+    jittered = BatchAugment(flip=False, translate=0.0, color_jitter=0.4)(x, 32, torch.Generator().manual_seed(0))
+    assert not torch.allclose(jittered, to_model_input(x, 32))
+    low, high = to_model_input(torch.zeros_like(x), 32), to_model_input(torch.full_like(x, 255), 32)
+    assert (jittered >= low - 1e-5).all() and (jittered <= high + 1e-5).all()  # clamped to real colours
+
+
+def test_fused_colour_jitter_equals_brightness_then_contrast_then_saturation():
+    x = torch.rand(6, 3, 8, 8) * 0.4 + 0.3  # mid-range: no clamping in between
+    out = BatchAugment(flip=False, translate=0.0, color_jitter=0.3).colour_and_normalise(x * 255, torch.Generator().manual_seed(4))
+    same_draws = torch.Generator().manual_seed(4)  # the factors BatchAugment drew, in its order
+    b, c, s = (torch.rand(6, generator=same_draws).view(-1, 1, 1, 1) * 0.6 + 0.7 for _ in range(3))
+    gray = lambda t: (t * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)  # noqa: E731
+    step = x * b
+    step = (step - gray(step).mean((2, 3), keepdim=True)) * c + gray(step).mean((2, 3), keepdim=True)
+    step = (step - gray(step)) * s + gray(step)
+    torch.testing.assert_close(out, normalize(step.clamp(0, 1)), atol=1e-5, rtol=1e-5)
+
+
+def test_loader_is_seeded_per_epoch_and_shards_ranks():
+    faces = np.arange(20, dtype=np.uint8)[:, None, None, None].repeat(2, 1).repeat(2, 2).repeat(3, 3)
+    rows, labels = np.arange(20), np.arange(20) % 7
+
+    def epoch_rows(rank=0, world=1, epoch=0):
+        loader = BatchLoader(faces, rows, labels, 8, shuffle=True, seed=5, rank=rank, world_size=world)
+        loader.set_epoch(epoch)
+        return [images[:, 0, 0, 0].tolist() for images, _, _, _ in loader]
+
+    first = epoch_rows()
+    assert len(first) == 2 and all(len(b) == 8 for b in first)  # 20 // 8 steps, last partial batch dropped
+    assert len(set(sum(first, []))) == 16
+    assert epoch_rows() == first and epoch_rows(epoch=1) != first
+    shards = [epoch_rows(rank, 2) for rank in (0, 1)]
+    for step in range(2):  # two processes split each global batch of 8 into disjoint halves
+        assert sorted(shards[0][step] + shards[1][step]) == sorted(first[step])
+    evaluation = BatchLoader(faces, rows, labels, 8, shuffle=False)
+    assert sum((b[1].tolist() for b in evaluation), []) == labels.tolist()
+
+
+def test_fine_tune_maps_class_rows_by_name():
+    source_classes = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral", "contempt"]
+    target_classes = source_classes[:7]
+    state = {"trn.fc.weight": torch.arange(8.0)[:, None].repeat(1, 3), "trn.fc.bias": torch.arange(8.0),
+             "trunk.w": torch.ones(2)}
+    target = {"trn.fc.weight": torch.zeros(7, 3), "trn.fc.bias": torch.zeros(7), "trunk.w": torch.zeros(2)}
+    mapped = remap_class_rows(state, source_classes, target, target_classes)
+    assert mapped["trn.fc.bias"].tolist() == list(range(7))
+    assert torch.equal(mapped["trunk.w"], torch.ones(2))
+    back = remap_class_rows(mapped, target_classes, {k: torch.zeros_like(v) for k, v in state.items()}, source_classes)
+    assert back["trn.fc.bias"].tolist() == [0, 1, 2, 3, 4, 5, 6, 0]  # contempt keeps its initialisation
+
+
+def test_next_run_dir_numbers_taken_names(tmp_path):
+    assert [next_run_dir(tmp_path, "exp").name for _ in range(3)] == ["exp", "exp2", "exp3"]
+    assert next_run_dir(tmp_path, "exp", exist_ok=True).name == "exp"
+
+
+def test_resume_of_a_run_killed_in_its_first_epoch_starts_it_again(tmp_path):
+    data = make_prepared(tmp_path / "data", splits={"train": 1, "valid": 1})
+    finished = train(tiny_config(data, tmp_path / "runs", epochs=1, use_pin=False))
+    killed = tmp_path / "runs" / "killed"  # what a kill in epoch 1 leaves: config.json alone
+    killed.mkdir()
+    (killed / "config.json").write_text((finished / "config.json").read_text())
+    assert train(TrainConfig(resume=str(killed))) == killed
+    assert pd.read_csv(killed / "results.csv")["epoch"].tolist() == [1]
+    assert load_checkpoint(killed / "last.pt")["config"]["use_pin"] is False
