@@ -285,6 +285,7 @@ def predict(
     save_vis: Optional[str] = typer.Option(None, "--save-vis", help="Folder for annotated PNGs (boxes, expression, confidence, AU bars)."),
     device: str = typer.Option("cpu", help="cpu or cuda (detection and model)."),
     batch: int = typer.Option(32, help="Faces per model batch."),
+    min_score: float = typer.Option(0.95, "--min-score", help="Drop detections scored below this (MTCNN's false positives score about 0.8-0.92)."),
 ) -> None:
     """Expression, confidence (UEM w) and action units of every face in images; see docs/predict.md."""
     from poi_cli.faces import FaceDetectorError
@@ -295,7 +296,7 @@ def predict(
     if csv_file and any(Path(csv_file).resolve() == Path(i).resolve() for i in inputs):
         fail(f"--csv {csv_file} is one of the inputs; choose another file")
     try:
-        predictor = Predictor(model, device=device, batch_size=batch)
+        predictor = Predictor(model, device=device, batch_size=batch, min_face_score=min_score)
     except (PredictError, ValueError) as error:
         fail(str(error))
     for note in predictor.notes:
@@ -330,7 +331,8 @@ def predict(
     else:
         table = Table(title=f"{predictor.checkpoint_path} ({len(predictor.classes)} classes)")
         for column in ("image", "face", "expression", "probability", "confidence", *(("AUs > 0.5",) if show_au else ()), "status"):
-            table.add_column(column, justify="right" if column in ("face", "probability", "confidence") else "left")
+            table.add_column(column, justify="right" if column in ("face", "probability", "confidence") else "left",
+                             overflow="fold")
         for r in records:
             ok = r["status"] == "ok"
             cells = [r["image"], "" if r["face"] is None else str(r["face"]), r["expression"] or "-",

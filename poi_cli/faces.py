@@ -183,6 +183,7 @@ class FaceDetector:
         min_face_size: int = 20,
         thresholds: Sequence[float] = (0.6, 0.7, 0.7),
         max_side: int = 1024,
+        min_score: float = 0.0,
     ) -> None:
         try:
             from facenet_pytorch import MTCNN
@@ -197,6 +198,11 @@ class FaceDetector:
         self.device = torch.device(device)
         self.min_face_size = int(min_face_size)
         self.max_side = int(max_side)
+        # Faces scored below min_score are dropped after detection. MTCNN scores real
+        # faces above 0.99 on photos; its false positives (hair, chair backs) often score
+        # 0.8-0.92, so prediction asks for 0.95 while prepare keeps everything and
+        # picks the largest face.
+        self.min_score = float(min_score)
         self.mtcnn = MTCNN(
             keep_all=True, select_largest=False, min_face_size=self.min_face_size,
             thresholds=list(thresholds), device=self.device,
@@ -253,7 +259,7 @@ class FaceDetector:
                 ):
                     # A face centred in the padding is not in this image.
                     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-                    if 0 <= cx < array.shape[1] and 0 <= cy < array.shape[0]:
+                    if 0 <= cx < array.shape[1] and 0 <= cy < array.shape[0] and prob >= self.min_score:
                         faces.append(Face(box=box.copy(), landmarks=point.reshape(5, 2).copy(), score=float(prob)))
             faces.sort(key=lambda f: -f.score)
             results.append(faces)

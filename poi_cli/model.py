@@ -98,19 +98,21 @@ class POIOutput:
     @property
     def trn_probs(self) -> torch.Tensor:
         """q = softmax(z)."""
-        return self.trn_logits.softmax(dim=-1)
+        return self.trn_logits.float().softmax(dim=-1)
 
     @property
     def region_probs(self) -> torch.Tensor:
         """p~_n = softmax(t_n / T) (Eq. 6), (B, 4, C)."""
-        return (self.region_logits / self.temperature).softmax(dim=-1)
+        return (self.region_logits.float() / self.temperature).softmax(dim=-1)
 
     @property
     def intermediate_probs(self) -> Optional[torch.Tensor]:
         """p~* = sum_n w_n p~_n (Eq. 7), the PIN's objective inference, (B, C)."""
+        from poi_cli.losses import intermediate_log_probs
+
         if self.gate_weights is None:
             return None
-        return torch.einsum("bn,bnc->bc", self.gate_weights, self.region_probs)
+        return intermediate_log_probs(self.region_logits, self.gate_weights, self.temperature).exp()
 
     @property
     def uncertainty_w(self) -> torch.Tensor:

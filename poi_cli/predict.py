@@ -291,6 +291,7 @@ class Predictor:
         detector: Optional[FaceDetector] = None,
         batch_size: int = 32,
         images_per_batch: int = 8,
+        min_face_score: float = 0.95,
     ) -> None:
         if batch_size < 1 or images_per_batch < 1:
             raise PredictError("batch sizes must be at least 1")
@@ -321,13 +322,14 @@ class Predictor:
         elif not self.has_aus:
             self.notes.append("model trained without prior supervision (no AU nets): AU probabilities are null/NaN")
         self.batch_size, self.images_per_batch = batch_size, images_per_batch
+        self.min_face_score = min_face_score
         self._detector = detector
         self.timings = dict.fromkeys(("load", "detection", "alignment", "model"), 0.0)
 
     @property
     def detector(self) -> FaceDetector:
         if self._detector is None:
-            self._detector = FaceDetector(device=str(self.device))
+            self._detector = FaceDetector(device=str(self.device), min_score=self.min_face_score)
         return self._detector
 
     # -- public API

@@ -318,3 +318,9 @@ def test_high_bit_depth_modes_keep_their_range():
     assert tuple(np.asarray(faces.to_rgb(small_ints))[0, :, 0]) == (0, 100, 255)
     floats = Image.fromarray(np.array([[0.0, 0.5, 1.0]] * 3, dtype=np.float32), "F")
     assert tuple(np.asarray(faces.to_rgb(floats))[0, :, 0]) == (0, 128, 255)
+
+
+def test_min_score_drops_low_scored_detections(detector, astronaut):
+    score = detector.detect([astronaut])[0][0].score
+    assert len(FaceDetector(min_score=score - 1e-3).detect([astronaut])[0]) == 1
+    assert FaceDetector(min_score=score + 1e-6).detect([astronaut])[0] == []
