@@ -66,15 +66,21 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     atomic_write(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **payload}, f))
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint safely (weights_only=True) on the CPU."""
+def safe_torch_load(path: str | Path, what: str, error_type: type[Exception]) -> Any:
+    """torch.load with weights_only=True on the CPU; a missing or unreadable file raises
+    error_type with a one-line message naming `what` the file should have been."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise error_type(f"{what} not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file
-        raise CheckpointError(f"cannot read {path} as a poi checkpoint: {str(error).splitlines()[0]}") from None
+        raise error_type(f"cannot read {path} as a {what}: {str(error).splitlines()[0]}") from None
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint safely (weights_only=True) on the CPU."""
+    checkpoint = safe_torch_load(path, "poi checkpoint", CheckpointError)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_config" not in checkpoint:
         raise CheckpointError(f"{path} is not a poi checkpoint (it lacks model weights and model_config)")
     if checkpoint.get("format") != CHECKPOINT_FORMAT:

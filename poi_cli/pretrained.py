@@ -32,13 +32,9 @@ class PretrainedError(ValueError):
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a state dict from a file safely (weights_only) and unwrap common containers."""
-    path = Path(path)
-    if not path.is_file():
-        raise PretrainedError(f"pretrained weights file not found: {path}")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a bad file
-        raise PretrainedError(f"cannot read {path} as PyTorch weights: {str(error).splitlines()[0]}") from None
+    from poi_cli.checkpoint import safe_torch_load
+
+    loaded = safe_torch_load(path, "pretrained weights file", PretrainedError)
     while isinstance(loaded, dict) and not _looks_like_state_dict(loaded):
         inner = next((loaded[k] for k in _CONTAINER_KEYS if isinstance(loaded.get(k), dict)), None)
         if inner is None:
