@@ -415,3 +415,51 @@ def report(
     console.print(table)
     console.print(f"wrote {len(result.files)} files in {result.out_dir} (report.md, runs.csv, by_noise.csv, strata.csv, PNGs)",
                   highlight=False, soft_wrap=True)
+
+
+@app.command()
+def audit(
+    model: str = typer.Argument(..., help="A POI run folder (its best.pt) or checkpoint; the PIN's objective inference scores the labels."),
+    prepared_dir: str = typer.Argument(..., help="A folder written by `poi prepare`."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Label file to audit (default: the labels the run trained on, else the manifest's)."),
+    split: str = typer.Option("train", help="Split to audit (the training split, or a held-out one)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="A baseline run: adds its per-image loss (small-loss trick) as a reference score."),
+    out: Optional[str] = typer.Option(None, help="Folder for audit.csv, audit_summary.json, contact_sheet.png (default runs/audit/exp, numbered)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+    batch: int = typer.Option(256, help="Images per batch."),
+) -> None:
+    """Rank every labelled image by how strongly the PIN's objective inference disagrees with its label; see docs/audit.md."""
+    from poi_cli.audit import SUSPICION_THRESHOLDS, AuditError, audit as run_audit, write_audit
+    from poi_cli.checkpoint import CheckpointError, next_run_dir
+    from poi_cli.engine import TrainError
+    from poi_cli.store import StoreError
+
+    try:
+        result = run_audit(model, prepared_dir, labels_file=labels, split=split, baseline=baseline, device=device, batch=batch)
+        files = write_audit(result, next_run_dir("runs/audit", "exp") if out is None else out)
+    except (AuditError, CheckpointError, StoreError, TrainError, ValueError, OSError) as error:
+        fail(str(error))
+    summary = result.summary
+    console.print(f"audited {summary['n_images']} images of split {summary['split']}: {summary['mode']}; {summary['labels']}", highlight=False)
+    table = Table(title="suspect labels (suspicion = w * (1 - p~*[given label]))")
+    table.add_column("class")
+    for threshold in SUSPICION_THRESHOLDS:
+        table.add_column(f">= {threshold}", justify="right")
+    for name, counts in summary["suspects_per_class"].items():
+        table.add_row(name, *(str(counts[str(t)]) for t in SUSPICION_THRESHOLDS))
+    table.add_row("all", *(str(summary["suspects"][str(t)]) for t in SUSPICION_THRESHOLDS), style="bold")
+    console.print(table)
+    if summary["detection"] is None:
+        console.print(f"note: {summary['detection_note']}", highlight=False)
+    else:
+        detection = Table(title=f"finding the {summary['flipped']} flipped labels ({summary['realised_noise_rate']:.2%})")
+        for column in ("score", "ROC AUC", "precision @ noise count", "recall @ top 10%", "@ 20%", "@ 30%"):
+            detection.add_column(column, justify="left" if column == "score" else "right")
+        for name, m in summary["detection"].items():
+            cells = [m["roc_auc"], m["precision_at_noise_count"], m["recall_at_top_10pct"], m["recall_at_top_20pct"], m["recall_at_top_30pct"]]
+            detection.add_row(name, *("-" if v is None else f"{v:.3f}" for v in cells))
+        console.print(detection)
+        recovered = summary["suggested_recovers_clean_label"]
+        if recovered is not None:
+            console.print(f"the suggested label (argmax p~*) is the clean label for {recovered:.2%} of the flipped images", highlight=False)
+    console.print(f"wrote {', '.join(str(f) for f in files)}", highlight=False)

@@ -1,0 +1,220 @@
+"""`poi audit`: rank labelled images by how strongly the PIN's objective inference
+disagrees with their annotation (the paper's Fig. 7, made into a curation tool).
+
+For every image of a split: the given label y, the TRN prediction, the PIN's intermediate
+prediction p~* (Eq. 7), the UEM consistency w (Eq. 10) and
+
+    suspicion = w * (1 - p~*_y)
+
+the probability mass the objective inference puts away from the given label, trusted in
+proportion to how much the four facial regions agree. The suggested label is argmax p~*.
+When the clean labels are known (labels from `poi noise`, or a run trained with
+`--noise`), it also measures how well each score finds the flipped labels, against two
+references: 1 - q_y of the same model's TRN, and (with `--baseline RUN`) the baseline
+model's own cross-entropy on each image (the small-loss trick).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from poi_cli.checkpoint import load_model, resolve_checkpoint, write_json
+from poi_cli.engine import select_device, use_bf16
+from poi_cli.evaluate import predict_split
+from poi_cli.noise import flip_labels
+from poi_cli.store import PreparedDataset, SplitData
+
+SUSPICION_THRESHOLDS = (0.5, 0.7, 0.9)
+TOP_FRACTIONS = (0.1, 0.2, 0.3)
+AUDIT_COLUMNS = (
+    "rank", "id", "source", "given_label", "given_name", "suggested_label", "suggested_name",
+    "pin_prob_given", "trn_label", "trn_name", "trn_prob_given", "confidence_w", "suspicion",
+)
+
+
+class AuditError(ValueError):
+    """An audit that cannot run; the message says why in one line."""
+
+
+@dataclass
+class AuditResult:
+    table: pd.DataFrame  # one row per image, most suspect first (AUDIT_COLUMNS, + clean_label, flipped)
+    summary: dict  # counts, per-class suspects, detection metrics when clean labels are known
+    faces: np.ndarray = field(repr=False, default=None)  # the store's faces (memory-mapped)
+    store_rows: np.ndarray = field(repr=False, default=None)  # table row -> faces row
+
+
+def suspicion_score(intermediate_probs: np.ndarray, w: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """w * (1 - p~*_y): high when the confident objective inference rejects the given label."""
+    return w * (1.0 - intermediate_probs[np.arange(len(labels)), labels])
+
+
+def roc_auc(scores: np.ndarray, positives: np.ndarray) -> Optional[float]:
+    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); None if one class is empty."""
+    positives = positives.astype(bool)
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def detection_metrics(scores: np.ndarray, flipped: np.ndarray) -> dict:
+    """How well `scores` (high = suspect) find the flipped labels."""
+    order = np.argsort(-scores, kind="stable")
+    ranked = flipped[order].astype(bool)
+    n_flipped = int(flipped.sum())
+    metrics = {
+        "roc_auc": roc_auc(scores, flipped),
+        "precision_at_noise_count": float(ranked[:n_flipped].mean()) if n_flipped else None,
+    }
+    for fraction in TOP_FRACTIONS:
+        k = max(1, int(round(fraction * len(ranked))))
+        metrics[f"recall_at_top_{round(fraction * 100)}pct"] = float(ranked[:k].sum() / n_flipped) if n_flipped else None
+    return metrics
+
+
+def _trained_on(checkpoint: dict, dataset: PreparedDataset, split: str) -> bool:
+    """Whether the checkpoint's run trained on this split of this prepared folder."""
+    config = checkpoint.get("config") or {}
+    same_data = bool(config.get("data")) and Path(config["data"]).resolve() == dataset.root.resolve()
+    return same_data and split == config.get("train_split", "train")
+
+
+def _audited_labels(data: SplitData, checkpoint: dict, dataset: PreparedDataset, trained_on: bool,
+                    labels_file: Optional[str | Path]) -> tuple[SplitData, str]:
+    """The labels to audit: a label file, else the (noisy) labels the run itself trained on."""
+    config = checkpoint.get("config") or {}
+    if labels_file is not None:
+        return data, f"labels from {labels_file}"
+    if trained_on and config.get("labels"):
+        return dataset.split(config.get("train_split", "train"), config["labels"]), f"the labels the run trained on ({config['labels']})"
+    if trained_on and config.get("noise"):
+        seed = config.get("noise_seed", 0)
+        noisy = flip_labels(data.labels, dataset.num_classes, config["noise"], seed)
+        return SplitData(data.store_rows, noisy, data.ids, data.labels), f"the labels the run trained on (--noise {config['noise']} --noise-seed {seed})"
+    return data, "the prepared manifest's labels"
+
+
+def _predict(model_path: str | Path, dataset: PreparedDataset, data: SplitData, device: str, batch: int, amp: str) -> tuple[dict, dict]:
+    torch_device = select_device(device)
+    model, checkpoint = load_model(resolve_checkpoint(model_path), torch_device)
+    if list(checkpoint["classes"]) != dataset.classes:
+        raise AuditError(
+            f"the model's classes ({', '.join(checkpoint['classes'])}) differ from the data's ({', '.join(dataset.classes)}); "
+            "audit needs a model trained on the same label space"
+        )
+    size = int(checkpoint["model_config"]["input_size"])
+    outputs = predict_split(model, dataset.faces, data.store_rows, size, batch, torch_device, use_bf16(amp, torch_device))
+    return outputs, checkpoint
+
+
+def audit(
+    model_path: str | Path,
+    prepared_dir: str | Path,
+    labels_file: Optional[str | Path] = None,
+    split: str = "train",
+    baseline: Optional[str | Path] = None,
+    device: str = "auto",
+    batch: int = 256,
+    amp: str = "auto",
+) -> AuditResult:
+    """Score every image of `split` for label suspicion with a POI model (see module doc)."""
+    dataset = PreparedDataset(prepared_dir)
+    checkpoint_path = resolve_checkpoint(model_path)
+    outputs, checkpoint = _predict(checkpoint_path, dataset, dataset.split(split), device, batch, amp)
+    if outputs["intermediate"] is None:
+        raise AuditError(f"{checkpoint_path} has no objective inference p~* (a baseline or no-OIM model): audit needs a full POI model")
+    trained_on = _trained_on(checkpoint, dataset, split)
+    data, label_source = _audited_labels(dataset.split(split, labels_file), checkpoint, dataset, trained_on, labels_file)
+    labels, names = data.labels, dataset.classes
+    index = np.arange(len(labels))
+    intermediate, trn = outputs["intermediate"], outputs["trn"]
+    scores = {
+        "pin_suspicion": suspicion_score(intermediate, outputs["w"], labels),
+        "trn_one_minus_q": 1.0 - trn[index, labels],
+    }
+    if baseline is not None:
+        baseline_outputs, _ = _predict(baseline, dataset, data, device, batch, amp)
+        scores["baseline_loss"] = -np.log(np.clip(baseline_outputs["trn"][index, labels], 1e-12, None))
+    suggested, trn_label = intermediate.argmax(1), trn.argmax(1)
+    sources = dataset.manifest.set_index("id").loc[data.ids, "source"].to_numpy()
+    table = pd.DataFrame({
+        "id": data.ids, "source": sources,
+        "given_label": labels, "given_name": [names[k] for k in labels],
+        "suggested_label": suggested, "suggested_name": [names[k] for k in suggested],
+        "pin_prob_given": intermediate[index, labels], "trn_label": trn_label,
+        "trn_name": [names[k] for k in trn_label], "trn_prob_given": trn[index, labels],
+        "confidence_w": outputs["w"], "suspicion": scores["pin_suspicion"],
+    })
+    clean_known = data.clean_labels is not None
+    if clean_known:
+        table["clean_label"] = data.clean_labels
+        table["flipped"] = data.clean_labels != labels
+    if "baseline_loss" in scores:
+        table["baseline_loss"] = scores["baseline_loss"]
+    order = np.argsort(-table["suspicion"].to_numpy(), kind="stable")
+    table = table.iloc[order].reset_index(drop=True)
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
+
+    summary: dict = {
+        "checkpoint": str(checkpoint_path), "data": str(dataset.root), "split": split, "n_images": int(len(table)),
+        "labels": label_source,
+        "mode": "the model's own training set" if trained_on else "a held-out split (the model never trained on it)",
+        "suspects": {str(t): int((table["suspicion"] >= t).sum()) for t in SUSPICION_THRESHOLDS},
+        "suspects_per_class": {
+            name: {str(t): int(((table["given_label"] == c) & (table["suspicion"] >= t)).sum()) for t in SUSPICION_THRESHOLDS}
+            for c, name in enumerate(names)
+        },
+    }
+    if clean_known:
+        flipped = data.clean_labels != labels
+        summary["flipped"] = int(flipped.sum())
+        summary["realised_noise_rate"] = float(flipped.mean())
+        summary["detection"] = {name: detection_metrics(score, flipped) for name, score in scores.items()}
+        summary["suggested_recovers_clean_label"] = float((suggested[flipped] == data.clean_labels[flipped]).mean()) if flipped.any() else None
+    else:
+        summary["detection"] = None
+        summary["detection_note"] = "clean labels unknown (no label file with clean_label, no --noise run): detection metrics skipped"
+    return AuditResult(table=table, summary=summary, faces=dataset.faces, store_rows=data.store_rows[order])
+
+
+def contact_sheet(result: AuditResult, path: str | Path, count: int = 48, columns: int = 8, tile: int = 96) -> Path:
+    """PNG grid of the `count` most suspect faces, captioned given -> suggested and the score."""
+    from PIL import Image, ImageDraw
+
+    count = min(count, len(result.table))
+    rows = max(1, -(-count // columns))
+    caption = 26
+    sheet = Image.new("RGB", (columns * tile, rows * (tile + caption)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k in range(count):
+        row = result.table.iloc[k]
+        face = Image.fromarray(np.asarray(result.faces[result.store_rows[k]])).resize((tile, tile), Image.BILINEAR)
+        x, y = (k % columns) * tile, (k // columns) * (tile + caption)
+        sheet.paste(face, (x, y))
+        draw.text((x + 2, y + tile + 1), f"{row['given_name'][:8]}>{row['suggested_name'][:8]}", fill="black")
+        draw.text((x + 2, y + tile + 13), f"#{row['rank']} s={row['suspicion']:.2f}", fill="firebrick")
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.tmp.png")
+    sheet.save(temp)
+    temp.replace(path)
+    return path
+
+
+def write_audit(result: AuditResult, out_dir: str | Path, sheet_count: int = 48) -> list[Path]:
+    """audit.csv (most suspect first), audit_summary.json and contact_sheet.png in out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "audit.csv"
+    temp = out / ".audit.csv.tmp"
+    result.table.to_csv(temp, index=False, float_format="%.6g")
+    temp.replace(csv_path)
+    write_json(out / "audit_summary.json", result.summary)
+    return [csv_path, out / "audit_summary.json", contact_sheet(result, out / "contact_sheet.png", sheet_count)]
