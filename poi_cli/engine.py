@@ -261,6 +261,7 @@ class Trainer:
 
             clean = labels
             labels = flip_labels(labels, dataset.num_classes, c.noise, c.noise_seed)
+        if clean is not None and len(labels):  # --noise, or a --labels file whose clean labels are known
             self.noise_realised = float((labels != clean).mean())
         for name, values in (("label", labels), ("clean label", clean)):
             if values is not None and len(values) and (values.min() < 0 or values.max() >= dataset.num_classes):
@@ -429,7 +430,8 @@ class Trainer:
         )
         self.log(self.val_note)
         if self.noise_realised is not None:
-            self.log(f"label noise: {c.noise:.0%} requested (seed {c.noise_seed}), {self.noise_realised:.2%} of the training labels flipped")
+            asked = f"{c.noise:.0%} requested (seed {c.noise_seed})" if c.noise else f"labels from {c.labels}"
+            self.log(f"label noise: {asked}, {self.noise_realised:.2%} of the training labels differ from the clean ones")
         if self.start_epoch:
             self.log(f"resuming at epoch {self.start_epoch + 1}/{c.epochs}")
 
