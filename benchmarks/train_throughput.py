@@ -136,6 +136,8 @@ def main() -> None:
             del trainer
         for name in args.models.split(","):
             print(f"input / {name} training : {results['input'] / results[name]:6.1f}x")
+        if "poi" in results and "baseline" in results:  # the PIN's training-only cost
+            print(f"POI / baseline speed : {results['poi'] / results['baseline']:6.2f}")
 
 
 if __name__ == "__main__":
