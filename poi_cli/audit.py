@@ -1,13 +1,17 @@
 """`poi audit`: rank labelled images by how strongly the PIN's objective inference
 disagrees with their annotation (the paper's Fig. 7, made into a curation tool).
 
-For every image of a split: the given label y, the TRN prediction, the PIN's intermediate
-prediction p~* (Eq. 7), the UEM consistency w (Eq. 10) and
+For every image of a split: the given label y, the TRN prediction, the PIN's objective
+inference p* = sum_n w_n softmax(t_n) (the OIM-gated mixture of Eq. 7, taken at T = 1),
+the UEM consistency w (Eq. 10) and
 
-    suspicion = w * (1 - p~*_y)
+    suspicion = w * (1 - p*_y)
 
 the probability mass the objective inference puts away from the given label, trusted in
-proportion to how much the four facial regions agree. The suggested label is argmax p~*.
+proportion to how much the four facial regions agree. The suggested label is argmax p*.
+Why T = 1: Eq. 7's p~* is softened by T = 3 for distillation, so its largest class rarely
+passes 0.3 and every image would look suspect at any useful threshold; at T = 1 the
+mixture is on the scale of the TRN's own probabilities (same regions, same gate).
 When the clean labels are known (labels from `poi noise`, or a run trained with
 `--noise`), it also measures how well each score finds the flipped labels, against two
 references: 1 - q_y of the same model's TRN, and (with `--baseline RUN`) the baseline
@@ -50,9 +54,9 @@ class AuditResult:
     store_rows: np.ndarray = field(repr=False, default=None)  # table row -> faces row
 
 
-def suspicion_score(intermediate_probs: np.ndarray, w: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """w * (1 - p~*_y): high when the confident objective inference rejects the given label."""
-    return w * (1.0 - intermediate_probs[np.arange(len(labels)), labels])
+def suspicion_score(objective_probs: np.ndarray, w: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """w * (1 - p*_y): high when the confident objective inference rejects the given label."""
+    return w * (1.0 - objective_probs[np.arange(len(labels)), labels])
 
 
 def roc_auc(scores: np.ndarray, positives: np.ndarray) -> Optional[float]:
@@ -129,27 +133,27 @@ def audit(
     dataset = PreparedDataset(prepared_dir)
     checkpoint_path = resolve_checkpoint(model_path)
     outputs, checkpoint = _predict(checkpoint_path, dataset, dataset.split(split), device, batch, amp)
-    if outputs["intermediate"] is None:
-        raise AuditError(f"{checkpoint_path} has no objective inference p~* (a baseline or no-OIM model): audit needs a full POI model")
+    if outputs["objective"] is None:
+        raise AuditError(f"{checkpoint_path} has no objective inference (a baseline or no-OIM model): audit needs a full POI model")
     trained_on = _trained_on(checkpoint, dataset, split)
     data, label_source = _audited_labels(dataset.split(split, labels_file), checkpoint, dataset, trained_on, labels_file)
     labels, names = data.labels, dataset.classes
     index = np.arange(len(labels))
-    intermediate, trn = outputs["intermediate"], outputs["trn"]
+    objective, trn = outputs["objective"], outputs["trn"]
     scores = {
-        "pin_suspicion": suspicion_score(intermediate, outputs["w"], labels),
+        "pin_suspicion": suspicion_score(objective, outputs["w"], labels),
         "trn_one_minus_q": 1.0 - trn[index, labels],
     }
     if baseline is not None:
         baseline_outputs, _ = _predict(baseline, dataset, data, device, batch, amp)
         scores["baseline_loss"] = -np.log(np.clip(baseline_outputs["trn"][index, labels], 1e-12, None))
-    suggested, trn_label = intermediate.argmax(1), trn.argmax(1)
+    suggested, trn_label = objective.argmax(1), trn.argmax(1)
     sources = dataset.manifest.set_index("id").loc[data.ids, "source"].to_numpy()
     table = pd.DataFrame({
         "id": data.ids, "source": sources,
         "given_label": labels, "given_name": [names[k] for k in labels],
         "suggested_label": suggested, "suggested_name": [names[k] for k in suggested],
-        "pin_prob_given": intermediate[index, labels], "trn_label": trn_label,
+        "pin_prob_given": objective[index, labels], "trn_label": trn_label,
         "trn_name": [names[k] for k in trn_label], "trn_prob_given": trn[index, labels],
         "confidence_w": outputs["w"], "suspicion": scores["pin_suspicion"],
     })

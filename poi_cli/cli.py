@@ -441,7 +441,7 @@ def audit(
         fail(str(error))
     summary = result.summary
     console.print(f"audited {summary['n_images']} images of split {summary['split']}: {summary['mode']}; {summary['labels']}", highlight=False)
-    table = Table(title="suspect labels (suspicion = w * (1 - p~*[given label]))")
+    table = Table(title="suspect labels (suspicion = w * (1 - p*[given label]))")
     table.add_column("class")
     for threshold in SUSPICION_THRESHOLDS:
         table.add_column(f">= {threshold}", justify="right")
@@ -461,5 +461,5 @@ def audit(
         console.print(detection)
         recovered = summary["suggested_recovers_clean_label"]
         if recovered is not None:
-            console.print(f"the suggested label (argmax p~*) is the clean label for {recovered:.2%} of the flipped images", highlight=False)
+            console.print(f"the suggested label (argmax p*) is the clean label for {recovered:.2%} of the flipped images", highlight=False)
     console.print(f"wrote {', '.join(str(f) for f in files)}", highlight=False)

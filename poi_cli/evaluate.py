@@ -23,6 +23,7 @@ from rich.progress import Progress
 from poi_cli.augment import BatchLoader, to_model_input
 from poi_cli.checkpoint import load_model, resolve_checkpoint, write_csv, write_json
 from poi_cli.engine import autocast, select_device, use_bf16
+from poi_cli.losses import intermediate_log_probs
 from poi_cli.store import PreparedDataset
 
 STRATA = (0.3, 0.5, 0.7)
@@ -67,8 +68,10 @@ def confidence_strata(w: np.ndarray, correct: np.ndarray, fractions: tuple[float
 @torch.no_grad()
 def predict_split(model: torch.nn.Module, faces: np.ndarray, store_rows: np.ndarray, size: int, batch: int,
                   device: torch.device, amp: bool) -> dict[str, Optional[np.ndarray]]:
-    """Per-image TRN probabilities, PIN intermediate p~*, region average and w (None where absent)."""
-    collected: dict[str, list] = {"trn": [], "intermediate": [], "region_average": [], "w": []}
+    """Per-image TRN probabilities, PIN intermediate p~* (Eq. 7, at the model's T), the same
+    gated mixture at T = 1 ("objective", on the TRN's probability scale), region average
+    and w (None where absent)."""
+    collected: dict[str, list] = {"trn": [], "intermediate": [], "objective": [], "region_average": [], "w": []}
     loader = BatchLoader(faces, store_rows, np.zeros(len(store_rows), np.int64), batch, shuffle=False, device=device)
     with Progress(console=Console(stderr=True), transient=True) as progress:  # stdout stays clean for --json
         task = progress.add_task("evaluating", total=len(loader))
@@ -83,6 +86,7 @@ def predict_split(model: torch.nn.Module, faces: np.ndarray, store_rows: np.ndar
                 if out.gate_weights is not None:
                     out.gate_weights = out.gate_weights.float()
                     collected["intermediate"].append(out.intermediate_probs.cpu())
+                    collected["objective"].append(intermediate_log_probs(out.region_logits, out.gate_weights, 1.0).exp().cpu())
             progress.advance(task)
     return {k: (torch.cat(v).numpy() if v else None) for k, v in collected.items()}
 
