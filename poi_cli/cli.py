@@ -402,7 +402,7 @@ def report(
     for reason in result.skipped:
         err_console.print(f"skipped {reason}", highlight=False, soft_wrap=True)
     table = Table(title=f"{len(result.runs)} runs (accuracy %)")
-    for column in ("run", "method", "noise", "epochs", "final val", "best val (epoch)", "test"):
+    for column in ("run", "method", "noise", "epochs", "final val", "best val (epoch)", "best.pt evaluated"):
         table.add_column(column, justify="left" if column in ("run", "method") else "right")
 
     def pct(value) -> str:
@@ -411,7 +411,7 @@ def report(
     for _, row in result.summary.iterrows():
         planned = "?" if row["epochs_planned"] is None or row["epochs_planned"] != row["epochs_planned"] else int(row["epochs_planned"])
         best = "-" if row["best_epoch"] is None or row["best_epoch"] != row["best_epoch"] else f"{pct(row['best_val_acc'])} ({int(row['best_epoch'])})"
-        table.add_row(row["run"], row["method"], pct(row["noise"]), f"{row['epochs_done']}/{planned}", pct(row["final_val_acc"]), best, pct(row["test_acc"]))
+        table.add_row(row["run"], row["method"], pct(row["noise"]), f"{row['epochs_done']}/{planned}", pct(row["final_val_acc"]), best, pct(row["eval_acc"]) + (f" ({row['eval_split']})" if isinstance(row["eval_split"], str) else ""))
     console.print(table)
     console.print(f"wrote {len(result.files)} files in {result.out_dir} (report.md, runs.csv, by_noise.csv, strata.csv, PNGs)",
                   highlight=False, soft_wrap=True)

@@ -40,7 +40,7 @@ EVAL_DIR = "eval"  # RUN/eval/metrics.json from `poi evaluate --out RUN/eval`
 SWITCHES = ("use_pin", "prior_supervision", "use_oim", "use_uem")
 SUMMARY_COLUMNS = [
     "run", "method", "arch", "input_size", "noise", "noise_realised", *SWITCHES, "epochs_done", "epochs_planned",
-    "missing_epochs", "final_val_acc", "best_val_acc", "best_epoch", "final_train_acc", "test_acc", "test_split",
+    "missing_epochs", "final_val_acc", "best_val_acc", "best_epoch", "final_train_acc", "eval_acc", "eval_split",
     "path",
 ]
 
@@ -201,7 +201,7 @@ def summarise(run: Run) -> dict:
         "best_val_acc": None if best is None else val.iloc[best],
         "best_epoch": None if best is None else int(r["epoch"].iloc[best]),
         "final_train_acc": train.iloc[-1] if len(r) else None,
-        "test_acc": evaluation.get("accuracy"), "test_split": evaluation.get("split"), "path": str(run.path),
+        "eval_acc": evaluation.get("accuracy"), "eval_split": evaluation.get("split"), "path": str(run.path),
     }
 
 
@@ -393,9 +393,9 @@ def build_report(
         files.append(out / name)
 
     shown = summary[["run", "method", "noise", "epochs_done", "epochs_planned", "missing_epochs", "final_val_acc",
-                     "best_val_acc", "best_epoch", "test_acc"]]
+                     "best_val_acc", "best_epoch", "eval_acc", "eval_split"]]
     sections.append("# poi report\n\nAccuracies in %. final = last finished epoch, best = best validation epoch "
-                    "(best.pt); test = best.pt on the test split (`--data`, or the run's eval/metrics.json).\n")
+                    "(best.pt); eval = best.pt on eval_split (the `--data` split, or the run's eval/metrics.json).\n")
     sections.append("## Runs (Tables II, III, X)\n\n" + _markdown(shown, percent=("noise",)))
     sections.append("## Best validation accuracy by method and noise rate (Table II)\n\n" + _markdown(by_noise))
     if not strata_frame.empty:

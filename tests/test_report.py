@@ -84,7 +84,7 @@ def test_report_with_data_adds_confusion_confidence_and_strata(runs, prepared, t
     strata = report.strata
     assert list(strata["run"]) == ["poi20"] * 3 and list(strata["n"]) == [4, 7, 10]  # 30/50/70% of 14 test images
     assert strata[["most_confident_acc", "least_confident_acc"]].stack().between(0, 1).all()
-    assert report.summary["test_acc"].between(0, 1).all()
+    assert report.summary["eval_acc"].between(0, 1).all()
 
 
 def test_single_run_with_eval_metrics_and_a_run_without_epochs(runs, tmp_path):
@@ -100,7 +100,7 @@ def test_single_run_with_eval_metrics_and_a_run_without_epochs(runs, tmp_path):
     assert (tmp_path / "out" / "confusion_poi20.png").is_file()
     assert report.strata.iloc[0]["most_confident_acc"] == 1.0
     summary = report.summary.set_index("run")
-    assert summary.loc["poi20", "test_acc"] == pytest.approx(0.6)
+    assert summary.loc["poi20", "eval_acc"] == pytest.approx(0.6)
     assert summary.loc["fresh", "epochs_done"] == 0 and pd.isna(summary.loc["fresh", "best_val_acc"])
     assert "no finished epoch" in (tmp_path / "out" / "report.md").read_text()
 
