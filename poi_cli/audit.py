@@ -26,9 +26,8 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
-import torch
-
-from poi_cli.checkpoint import load_model, resolve_checkpoint, write_json
+from poi_cli.atomic import atomic_write_text, save_image, write_json
+from poi_cli.checkpoint import load_model, resolve_checkpoint
 from poi_cli.engine import select_device, use_bf16
 from poi_cli.evaluate import predict_split
 from poi_cli.noise import flip_labels
@@ -205,11 +204,7 @@ def contact_sheet(result: AuditResult, path: str | Path, count: int = 48, column
         sheet.paste(face, (x, y))
         draw.text((x + 2, y + tile + 1), f"{row['given_name'][:8]}>{row['suggested_name'][:8]}", fill="black")
         draw.text((x + 2, y + tile + 13), f"#{row['rank']} s={row['suspicion']:.2f}", fill="firebrick")
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.tmp.png")
-    sheet.save(temp)
-    temp.replace(path)
-    return path
+    return save_image(sheet, path)
 
 
 def write_audit(result: AuditResult, out_dir: str | Path, sheet_count: int = 48) -> list[Path]:
@@ -217,8 +212,6 @@ def write_audit(result: AuditResult, out_dir: str | Path, sheet_count: int = 48)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "audit.csv"
-    temp = out / ".audit.csv.tmp"
-    result.table.to_csv(temp, index=False, float_format="%.6g")
-    temp.replace(csv_path)
+    atomic_write_text(csv_path, result.table.to_csv(index=False, float_format="%.6g"))
     write_json(out / "audit_summary.json", result.summary)
     return [csv_path, out / "audit_summary.json", contact_sheet(result, out / "contact_sheet.png", sheet_count)]

@@ -10,15 +10,12 @@ A killed process leaves either the previous file or the new one, never a torn on
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
+
+from poi_cli.atomic import atomic_write
 
 CHECKPOINT_FORMAT = 1
 LAST, BEST = "last.pt", "best.pt"
@@ -27,39 +24,6 @@ CONFIG_FILE, RESULTS_FILE = "config.json", "results.csv"
 
 class CheckpointError(ValueError):
     """A checkpoint or run folder that cannot be used; one-line message."""
-
-
-def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write a file through `write(handle)` into a temp file beside it, then os.replace."""
-    path = Path(path)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def write_json(path: str | Path, values: Any) -> None:
-    atomic_write_text(path, json.dumps(values, indent=2) + "\n")
-
-
-def write_csv(path: str | Path, columns: list[str], rows: list[dict]) -> None:
-    """The whole table at once (a kill never leaves a torn or duplicate row)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
-    atomic_write_text(path, buffer.getvalue())
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:

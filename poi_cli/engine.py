@@ -41,8 +41,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from poi_cli.augment import BatchAugment, BatchLoader, to_model_input
 from poi_cli.checkpoint import (
     BEST, CONFIG_FILE, LAST, RESULTS_FILE, load_checkpoint, next_run_dir, resolve_checkpoint,
-    rng_state, save_checkpoint, set_rng_state, write_csv, write_json,
+    rng_state, save_checkpoint, set_rng_state,
 )
+from poi_cli.atomic import write_csv, write_json
 from poi_cli.config import TrainConfig
 from poi_cli.losses import LossConfig, total_loss
 from poi_cli.model import ModelConfig, POIModel, POIOutput

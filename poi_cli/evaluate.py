@@ -21,7 +21,8 @@ from rich.console import Console
 from rich.progress import Progress
 
 from poi_cli.augment import BatchLoader, to_model_input
-from poi_cli.checkpoint import load_model, resolve_checkpoint, write_csv, write_json
+from poi_cli.atomic import save_figure, write_csv, write_json
+from poi_cli.checkpoint import load_model, resolve_checkpoint
 from poi_cli.engine import autocast, select_device, use_bf16
 from poi_cli.losses import intermediate_log_probs
 from poi_cli.store import PreparedDataset
@@ -178,8 +179,5 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, title:
     axes.set_ylabel("true")
     axes.set_title(title, fontsize=9)
     figure.tight_layout()
-    temp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temp, dpi=120)
-    plt.close(figure)
-    temp.replace(path)
+    save_figure(figure, path, dpi=120)
 

@@ -35,7 +35,8 @@ import torch
 import torch.nn as nn
 
 from poi_cli.augment import IMAGENET_MEAN, IMAGENET_STD
-from poi_cli.checkpoint import CheckpointError, atomic_write, load_model, resolve_checkpoint
+from poi_cli.atomic import atomic_write
+from poi_cli.checkpoint import CheckpointError, load_model, resolve_checkpoint
 from poi_cli.manifests import EYE_AUS, MOUTH_AUS
 from poi_cli.model import REGION_NAMES, POIModel
 

@@ -6,7 +6,6 @@ class indices. Every KL here is KL(p || q) = sum_c p_c log(p_c / q_c) >= 0.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -144,6 +143,3 @@ def total_loss(output: POIOutput, labels: torch.Tensor, config: LossConfig) -> t
     terms["total"] = total
     return total, {name: value.detach() for name, value in terms.items()}
 
-
-# The largest beta (4 disagreeing regions, w = 0.25): e^0.75 - 1.
-MAX_BETA = math.exp(0.75) - 1.0

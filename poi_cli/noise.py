@@ -7,12 +7,13 @@ classes, once. The same (labels, num_classes, rate, seed) always gives the same 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from poi_cli.atomic import atomic_write_text
 
 
 def flip_labels(labels: np.ndarray, num_classes: int, rate: float, seed: int = 0) -> np.ndarray:
@@ -73,8 +74,6 @@ def write_noisy_labels(
     summary["labels_file"] = path.name
     table = pd.DataFrame({"id": split_data.ids, "label": noisy, "label_name": [names[k] for k in noisy], "clean_label": clean})
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    table.to_csv(temporary, index=False, lineterminator="\n")
-    os.replace(temporary, path)
-    path.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(path, table.to_csv(index=False, lineterminator="\n"))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")
     return path, summary

@@ -36,7 +36,8 @@ import torch
 from PIL import Image
 
 from poi_cli.augment import to_model_input
-from poi_cli.checkpoint import CheckpointError, atomic_write_text, load_model, resolve_checkpoint
+from poi_cli.atomic import atomic_write_text
+from poi_cli.checkpoint import CheckpointError, load_model, resolve_checkpoint
 from poi_cli.faces import Face, FaceDetector, ImageLoadError, align_face, load_image, to_rgb
 from poi_cli.manifests import EYE_AUS, MOUTH_AUS
 from poi_cli.model import REGION_NAMES

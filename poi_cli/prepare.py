@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from poi_cli import __version__
+from poi_cli.atomic import atomic_write_text
 from poi_cli.datasets import PENDING, Item, LayoutError, ParsedDataset, parse_dataset
 from poi_cli.faces import ImageLoadError, align_face, is_grayscale, largest_face, load_image, resize_face
 from poi_cli.manifests import class_names
@@ -118,7 +119,7 @@ def prepare(
     rows = {index: row for row, index in enumerate(i for i, item in enumerate(items) if item.status == PENDING)}
     out.mkdir(parents=True, exist_ok=True)
     if state == "fresh":
-        _write_atomic(out / PROGRESS_FILE, json.dumps({"settings": settings}, indent=1))
+        atomic_write_text(out / PROGRESS_FILE, json.dumps({"settings": settings}, indent=1))
         (out / JOURNAL_FILE).write_text("")
     faces = _open_faces(out / FACES_FILE, len(rows), size, fresh=state == "fresh")
     records = _read_journal(out / JOURNAL_FILE)
@@ -176,12 +177,6 @@ def _difference(old: dict | None, new: dict[str, Any]) -> str:
         return "unreadable settings"
     changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v and k != "items_sha1"]
     return ", ".join(changed) or "the input images or labels changed"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def _open_faces(path: Path, rows: int, size: int, fresh: bool) -> np.ndarray:
@@ -388,9 +383,7 @@ def _finish(out: Path, parsed: ParsedDataset, items: list[Item], rows: dict[int,
         for name, column in columns.items():
             column.append(values.get(name))
     manifest = pd.DataFrame(columns)
-    temporary = out / (MANIFEST_FILE + ".tmp")
-    manifest.to_csv(temporary, index=False)
-    os.replace(temporary, out / MANIFEST_FILE)
+    atomic_write_text(out / MANIFEST_FILE, manifest.to_csv(index=False))
 
     counts = {split: {str(k): int(v) for k, v in group["status"].value_counts().sort_index().items()}
               for split, group in manifest.groupby("split")}
@@ -403,7 +396,7 @@ def _finish(out: Path, parsed: ParsedDataset, items: list[Item], rows: dict[int,
         "detect": bool(detect), "counts": counts, "notes": parsed.notes + _count_notes(manifest, parsed),
         "source_dir": str(raw), "poi_version": __version__, "settings": settings,
     }
-    _write_atomic(out / META_FILE, json.dumps(meta, indent=1))
+    atomic_write_text(out / META_FILE, json.dumps(meta, indent=1))
     for name in (JOURNAL_FILE, PROGRESS_FILE):
         (out / name).unlink(missing_ok=True)
     return meta

@@ -33,7 +33,8 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from poi_cli.checkpoint import CONFIG_FILE, RESULTS_FILE, atomic_write_text
+from poi_cli.atomic import atomic_write_text, save_figure
+from poi_cli.checkpoint import CONFIG_FILE, RESULTS_FILE
 
 DEFAULT_RUNS = "runs/train"
 EVAL_DIR = "eval"  # RUN/eval/metrics.json from `poi evaluate --out RUN/eval`
@@ -280,13 +281,8 @@ def _pyplot():
 
 
 def _save(figure, path: Path) -> Path:
-    plt = _pyplot()
-    temp = path.with_name(f".{path.name}.tmp.png")
     figure.tight_layout()
-    figure.savefig(temp, dpi=110)
-    plt.close(figure)
-    temp.replace(path)
-    return path
+    return save_figure(figure, path, dpi=110)
 
 
 def plot_curves(run: Run, path: Path) -> Optional[Path]:

@@ -11,6 +11,7 @@ from typing import Optional
 
 from PIL import Image, ImageDraw, ImageFont
 
+from poi_cli.atomic import save_image
 from poi_cli.predict import AU_REGIONS, STATUS_OK, ImagePrediction
 from poi_cli.model import REGION_NAMES
 
@@ -132,7 +133,4 @@ class VisWriter:
             name, number = f"{stem}_poi{number}.png", number + 1
         self.used.add(name)
         path = self.out_dir / name
-        temp = path.with_name(f".{name}.tmp.png")
-        picture.save(temp)
-        temp.replace(path)
-        return path
+        return save_image(picture, path)
