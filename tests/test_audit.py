@@ -42,7 +42,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("audit")
     data = brightness_prepared(root / "prepared")
     config = TrainConfig(
-        data=str(data), input_size=64, epochs=10, batch=8, lr=0.05, schedule="cosine", amp="off",
+        data=str(data), input_size=64, epochs=20, batch=8, lr=0.05, schedule="cosine", amp="off",
         augment=False, project=str(root / "runs"), name="clean", device="cpu",
     )
     run_dir = train(config, console=Console(file=io.StringIO()))
