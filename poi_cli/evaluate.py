@@ -80,12 +80,10 @@ def predict_split(model: torch.nn.Module, faces: np.ndarray, store_rows: np.ndar
             with autocast(device, amp):
                 out = model(to_model_input(images, size))
             collected["trn"].append(out.trn_logits.float().softmax(-1).cpu())
-            if out.region_logits is not None:
-                out.region_logits = out.region_logits.float()
+            if out.region_logits is not None:  # POIOutput's probabilities are float32 already
                 collected["region_average"].append(out.region_probs.mean(1).cpu())
                 collected["w"].append(out.uncertainty_w.cpu())
                 if out.gate_weights is not None:
-                    out.gate_weights = out.gate_weights.float()
                     collected["intermediate"].append(out.intermediate_probs.cpu())
                     collected["objective"].append(intermediate_log_probs(out.region_logits, out.gate_weights, 1.0).exp().cpu())
             progress.advance(task)

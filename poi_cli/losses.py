@@ -65,11 +65,7 @@ def region_ce_loss(region_logits: torch.Tensor, labels: torch.Tensor) -> torch.T
 def intermediate_log_probs(region_logits: torch.Tensor, gate_weights: torch.Tensor, temperature: float) -> torch.Tensor:
     """Eq. 6-7 in log space: log p~* = log sum_n w_n softmax(t_n / T), (B, C)."""
     region_log_probs = F.log_softmax(region_logits.float() / temperature, dim=-1)
-    # Renormalise the gate in float32: under bf16 autocast its softmax sums to 1 only
-    # within ~1e-3, and an unnormalised p~* would let the KL of Eq. 8 go negative.
-    gate = gate_weights.float()
-    gate_log = gate.clamp_min(1e-12).log() - gate.sum(dim=-1, keepdim=True).log()
-    return torch.logsumexp(gate_log[..., None] + region_log_probs, dim=1)
+    return torch.logsumexp(gate_weights.float().clamp_min(1e-12).log()[..., None] + region_log_probs, dim=1)
 
 
 def region_kl_loss(region_logits: torch.Tensor, gate_weights: torch.Tensor, temperature: float) -> torch.Tensor:

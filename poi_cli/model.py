@@ -272,7 +272,9 @@ class ObjectiveInferenceGate(nn.Module):
         self.fc = nn.Linear(in_features, NUM_REGIONS)
 
     def forward(self, region_features: list[torch.Tensor]) -> torch.Tensor:
-        return self.fc(torch.cat(region_features, dim=1)).softmax(dim=-1)
+        # Softmax in float32: under bf16 autocast the weights would sum to 1 only within
+        # ~1e-3, and an unnormalised p~* (Eq. 7) lets the KL of Eq. 8 go negative.
+        return self.fc(torch.cat(region_features, dim=1)).float().softmax(dim=-1)
 
 
 class PriorInferenceNetwork(nn.Module):
