@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/poi info
+	$(VENV)/bin/poi predict examples/astronaut.jpg --show-au
 
 test: setup
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

@@ -47,7 +47,7 @@ def main(
 
 @app.command()
 def info(
-    arch: str = typer.Option("resnet18", help="Backbone: resnet18, resnet34 or resnet50."),
+    arch: str = typer.Option("resnet18", help="Backbone: resnet18, resnet34, resnet50, or resnet10 (one block per stage; the bundled model)."),
     classes: int = typer.Option(7, "--classes", help="Number of expression classes (7 or 8)."),
     size: int = typer.Option(224, help="Input size in pixels (a multiple of 16 from 64 to 448)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -152,7 +152,7 @@ _TD = _TrainConfig()
 @app.command()
 def train(
     prepared_dir: Optional[str] = typer.Argument(None, help="A folder written by `poi prepare` (not needed with --resume)."),
-    arch: str = typer.Option(_TD.arch, help="Backbone: resnet18, resnet34 or resnet50."),
+    arch: str = typer.Option(_TD.arch, help="Backbone: resnet18, resnet34, resnet50, or resnet10 (one block per stage; the bundled model)."),
     size: int = typer.Option(_TD.input_size, "--size", help="Input side in pixels (faces are resized on the device when the store differs)."),
     epochs: int = typer.Option(_TD.epochs, help="Epochs."),
     batch: int = typer.Option(_TD.batch, help="Global batch size (split over processes under torchrun)."),
@@ -268,6 +268,9 @@ def evaluate(
     if result["pin_average_accuracy"] is not None:
         pin = result["pin_intermediate_accuracy"]
         lines.append(f"PIN intermediate p~* {'-' if pin is None else f'{pin:.2%}'}, region average {result['pin_average_accuracy']:.2%}")
+    if result.get("confidence_quantiles"):
+        q = result["confidence_quantiles"]
+        lines.append(f"confidence w: min {q['min']:.4f}, 5% {q['q05']:.4f}, median {q['median']:.4f}, max {q['max']:.4f}")
     for s in result["confidence_strata"] or []:
         lines.append(f"{s['fraction']:.0%} most / least confident: {s['most_confident_accuracy']:.2%} / {s['least_confident_accuracy']:.2%}")
     lines.append(f"wrote {', '.join(str(f) for f in files)}")
@@ -358,13 +361,13 @@ def predict(
 @app.command()
 def export(
     checkpoint: str = typer.Argument(..., help="A checkpoint file or a run folder (its best.pt)."),
-    format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
+    format: str = typer.Option("onnx", "--format", help="onnx, torchscript, or weights (packed fp16 TRN + PIN weights, a checkpoint poi predict reads)."),
     full: bool = typer.Option(False, "--full", help="The full model (probabilities, confidence, AUs) instead of the deployed TRN alone."),
-    out: Optional[str] = typer.Option(None, "--out", help="File to write (default beside the checkpoint: best.trn.onnx, best.full.torchscript.pt, ...)."),
-    tolerance: float = typer.Option(1e-3, help="Largest accepted difference from PyTorch on random input."),
+    out: Optional[str] = typer.Option(None, "--out", help="File to write (default beside the checkpoint: best.trn.onnx, best.full.torchscript.pt, best.fp16.pt, ...)."),
+    tolerance: Optional[float] = typer.Option(None, help="Largest accepted difference from PyTorch on random input (default 1e-3; 1e-2 for weights)."),
     opset: int = typer.Option(17, help="ONNX opset."),
 ) -> None:
-    """Export to ONNX or TorchScript and check the result against PyTorch; see docs/predict.md."""
+    """Export to ONNX, TorchScript or packed fp16 weights and check the result against PyTorch; see docs/predict.md."""
     from poi_cli.export import ExportError, export_model
 
     try:
@@ -374,6 +377,7 @@ def export(
     except Exception as error:  # an exporter failure: one line, never a traceback
         fail(f"export failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
     what = "full model (TRN + PIN)" if result.full else "deployed TRN"
+    what = f"fp16 weights of the {what}" if result.format == "weights" else what
     console.print(f"wrote {result.path}: {what}, outputs {', '.join(result.output_names)}", highlight=False, soft_wrap=True)
     details = ", ".join(f"{name} {diff:.2e}" for name, diff in result.per_output_diff.items())
     console.print(f"largest difference from PyTorch on random input {tuple(result.input_shape)}: {result.max_abs_diff:.2e} "

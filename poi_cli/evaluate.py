@@ -136,11 +136,19 @@ def evaluate(model_path: str | Path, prepared_dir: str | Path, split: str = "tes
         "mean_class_recall": float(np.mean([v["recall"] for v in per_class.values() if v["recall"] is not None])),
         "per_class": per_class, "confusion_matrix": confusion.tolist(),
         "confidence_strata": None if outputs["w"] is None else confidence_strata(outputs["w"], correct),
+        "confidence_quantiles": None if outputs["w"] is None else confidence_quantiles(outputs["w"]),
         "pin_intermediate_accuracy": _accuracy(outputs["intermediate"], columns, targets),
         "pin_average_accuracy": _accuracy(outputs["region_average"], columns, targets),
         "trn_accuracy": float(correct.mean()),
         "class_mapping": mapping_note, "notes": notes,
     }
+
+
+def confidence_quantiles(w: np.ndarray) -> dict[str, float]:
+    """Where the UEM w of the images lies: min, 5 %, 25 %, 50 %, 75 % quantiles, max.
+    (Its scale depends on the model: a w packed near 1 ranks images but says little alone.)"""
+    points = {"min": 0.0, "q05": 0.05, "q25": 0.25, "median": 0.5, "q75": 0.75, "max": 1.0}
+    return {name: float(np.quantile(w, q)) for name, q in points.items()}
 
 
 def write_reports(result: dict, out_dir: str | Path) -> list[Path]:

@@ -25,7 +25,7 @@ import torchvision
 
 from poi_cli.manifests import EYE_AUS, MOUTH_AUS
 
-ARCHS = ("resnet18", "resnet34", "resnet50")
+ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50")
 NUM_REGIONS = 4
 # Region order n = 0..3 (POI_SPEC section 2). Eye (upper) regions first, mouth after.
 REGION_NAMES = ("left_eye", "right_eye", "left_mouth", "right_mouth")
@@ -132,6 +132,10 @@ class POIOutput:
 
 def _torchvision_resnet(arch: str) -> torchvision.models.ResNet:
     # weights=None: nothing is downloaded; pretrained weights come from a file (pretrained.py).
+    if arch == "resnet10":
+        # One BasicBlock per stage: ResNet-18's layout at half the depth and ~45% of its
+        # weights. Not in the paper; the bundled model uses it (fp16 TRN+PIN under 25 MB).
+        return torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1])
     return getattr(torchvision.models, arch)(weights=None)
 
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from conftest import make_prepared
 from poi_cli.checkpoint import resolve_checkpoint, save_checkpoint
 from poi_cli.cli import app
-from poi_cli.evaluate import confidence_strata, evaluate
+from poi_cli.evaluate import confidence_quantiles, confidence_strata, evaluate
 from poi_cli.manifests import class_names
 from poi_cli.model import ModelConfig, POIModel
 from poi_cli.store import MANIFEST_FILE
@@ -68,6 +68,8 @@ def test_evaluate_known_answer_cli_json_and_files(tmp_path):
     assert report["pin_intermediate_accuracy"] == pytest.approx(2 / 28)  # gate trusts region 2 -> fear
     assert report["pin_average_accuracy"] == pytest.approx(1 / 28)  # two strong regions -> surprise
     assert [s["n"] for s in report["confidence_strata"]] == [8, 14, 20]
+    w = report["confidence_quantiles"]
+    assert 0.25 <= w["min"] <= w["q05"] <= w["median"] <= w["max"] <= 1
     assert report["class_mapping"] is None
 
     table = pd.read_csv(out / "confusion_matrix.csv")
@@ -75,6 +77,8 @@ def test_evaluate_known_answer_cli_json_and_files(tmp_path):
     assert table.set_index("true_class").loc["neutral", "happiness"] == 7
     assert (out / "confusion_matrix.png").stat().st_size > 1000
     assert json.loads((out / "metrics.json").read_text())["accuracy"] == report["accuracy"]
+    table_mode = CliRunner().invoke(app, ["evaluate", str(checkpoint), str(data), "--out", str(out), "--device", "cpu"])
+    assert table_mode.exit_code == 0 and f"confidence w: min {w['min']:.4f}" in table_mode.stdout
 
 
 def test_eight_class_model_on_seven_class_data_maps_by_name(tmp_path):
@@ -93,7 +97,7 @@ def test_seven_class_baseline_on_eight_class_data(tmp_path):
     assert report["n_images"] == 14 and report["n_left_out"] == 2  # the contempt images
     assert report["accuracy"] == pytest.approx(2 / 14)
     assert report["confidence_strata"] is None and report["pin_intermediate_accuracy"] is None
-    assert report["pin_average_accuracy"] is None and any("baseline" in n for n in report["notes"])
+    assert report["confidence_quantiles"] is None and report["pin_average_accuracy"] is None and any("baseline" in n for n in report["notes"])
 
 
 def test_confidence_strata_ranks_by_w():
@@ -104,6 +108,14 @@ def test_confidence_strata_ranks_by_w():
     assert strata[0.3]["least_confident_accuracy"] == 0.0
     assert strata[0.7]["most_confident_accuracy"] == pytest.approx(5 / 7)
     assert strata[0.5]["least_confident_accuracy"] == 0.0
+
+
+def test_confidence_quantiles_summarise_w():
+    w = np.linspace(0.3, 0.9, 101)
+    quantiles = confidence_quantiles(w)
+    assert quantiles["min"] == pytest.approx(0.3) and quantiles["max"] == pytest.approx(0.9)
+    assert quantiles["median"] == pytest.approx(0.6) and quantiles["q05"] == pytest.approx(0.33)
+    assert quantiles["q25"] == pytest.approx(0.45) and quantiles["q75"] == pytest.approx(0.75)
 
 
 def test_run_folder_resolves_to_best_and_errors_are_one_line(tmp_path):

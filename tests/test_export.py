@@ -67,12 +67,38 @@ def test_onnx_parity_via_cli(checkpoint):
     assert trn.passed and trn.max_abs_diff < 1e-4
 
 
+def test_weights_pack_to_fp16_and_stay_a_poi_checkpoint(checkpoint, tmp_path):
+    source_bytes = checkpoint.read_bytes()
+    packed = export_model(checkpoint, "weights")
+    assert packed.path == checkpoint.with_name("best.fp16.pt") and packed.passed and packed.full
+    assert checkpoint.read_bytes() == source_bytes  # the source checkpoint is untouched
+    assert packed.path.stat().st_size < 0.6 * len(source_bytes)
+    loaded = torch.load(packed.path, weights_only=True)
+    weights = loaded["model"]
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
+    assert any(name.startswith("pin.") for name in weights) and "optimizer" not in loaded
+    assert loaded["classes"] == list(class_names(7)) and loaded["packed"]["source"] == "best.pt"
+
+    # The packed file predicts like the source model (cast back to float32 on load).
+    from poi_cli.checkpoint import load_model
+
+    original, _ = load_model(checkpoint)
+    reloaded, _ = load_model(packed.path)
+    assert next(reloaded.parameters()).dtype == torch.float32
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(original(x).trn_probs, reloaded(x).trn_probs, atol=1e-2)
+
+    baseline = export_model(make_checkpoint(tmp_path / "baseline.pt", use_pin=False), "weights")
+    assert not baseline.full and baseline.output_names == ["logits"] and baseline.passed
+
+
 def test_export_errors_are_one_line(checkpoint, tmp_path, monkeypatch):
     baseline = make_checkpoint(tmp_path / "baseline.pt", use_pin=False)
     result = runner.invoke(app, ["export", str(baseline), "--full", "--format", "torchscript"])
     assert result.exit_code == 1 and "no PIN" in result.stderr and result.stderr.count("\n") == 1
     result = runner.invoke(app, ["export", str(checkpoint), "--format", "tflite"])
-    assert result.exit_code == 1 and "onnx, torchscript" in result.stderr
+    assert result.exit_code == 1 and "onnx, torchscript, weights" in result.stderr
     result = runner.invoke(app, ["export", str(tmp_path / "missing.pt")])
     assert result.exit_code == 1 and "missing.pt" in result.stderr
 

@@ -14,7 +14,8 @@ def make_model(**overrides) -> POIModel:
 
 @pytest.mark.parametrize(
     "arch,size,channels",
-    [("resnet18", 64, 256), ("resnet18", 112, 256), ("resnet18", 224, 256), ("resnet34", 64, 256), ("resnet50", 128, 1024)],
+    [("resnet18", 64, 256), ("resnet18", 112, 256), ("resnet18", 224, 256), ("resnet34", 64, 256), ("resnet50", 128, 1024),
+     ("resnet10", 96, 256)],
 )
 def test_output_shapes_for_every_backbone_and_size(arch, size, channels):
     model = make_model(arch=arch, input_size=size, num_classes=8).eval()

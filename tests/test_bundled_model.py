@@ -1,0 +1,57 @@
+"""The model shipped inside the package (issue 6): what `poi predict` uses after install,
+run on the public-domain photo committed in examples/ (scikit-image's astronaut)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from poi_cli.cli import app
+from poi_cli.manifests import EYE_AUS, MOUTH_AUS, class_names
+from poi_cli.model import ModelConfig
+from poi_cli.predict import bundled_model
+
+ASTRONAUT = Path(__file__).resolve().parents[1] / "examples" / "astronaut.jpg"
+MAX_BYTES = 25 * 10**6  # the issue's limit, "under 25 MB"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def bundled() -> Path:
+    path = bundled_model()
+    assert path is not None, "no model in poi_cli/weights/"
+    return path
+
+
+def test_bundled_model_is_fp16_trn_and_pin_under_25_mb(bundled):
+    assert bundled.stat().st_size < MAX_BYTES
+    checkpoint = torch.load(bundled, map_location="cpu", weights_only=True)
+    weights = checkpoint["model"]
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
+    config = ModelConfig.from_dict(checkpoint["model_config"])
+    assert config.use_pin and config.prior_supervision and config.use_oim and config.num_classes == 8
+    assert any(name.startswith("trn.") for name in weights) and any(name.startswith("pin.eye_au_nets") for name in weights)
+    assert checkpoint["classes"] == list(class_names(8))
+    assert checkpoint["resolved"]["grayscale"] is True  # FERPlus faces are grey; predict converts to match
+
+
+def test_predict_on_the_committed_photo_uses_the_bundled_model(bundled, monkeypatch):
+    monkeypatch.delenv("POI_MODEL", raising=False)
+    result = runner.invoke(app, ["predict", str(ASTRONAUT), "--show-au", "--json"])
+    assert result.exit_code == 0, result.stderr
+    (record,) = json.loads(result.stdout)  # one face in the photo
+    assert record["status"] == "ok" and record["detection_score"] > 0.99
+    probabilities = record["probabilities"]
+    assert list(probabilities) == list(class_names(8)) and sum(probabilities.values()) == pytest.approx(1, abs=1e-4)
+    # She smiles: happiness, with the smile's AUs (AU6 cheek raiser, AU12 lip corner puller)
+    # above their opposites (AU4 brow lowerer, AU15 lip corner depressor) on both sides.
+    assert record["expression"] == "happiness" and probabilities["happiness"] > 0.5
+    aus = record["aus"]
+    assert set(aus) == {*EYE_AUS, *MOUTH_AUS}
+    for smile, opposite in (("AU06", "AU04"), ("AU12", "AU15")):
+        assert all(aus[smile][region] > aus[opposite][region] for region in aus[smile]), (smile, opposite)
+    assert 0.25 <= record["confidence"] <= 1
