@@ -7,7 +7,8 @@ From each run folder (config.json + results.csv, as `poi train` writes them):
 * runs.csv / the first table of report.md: final and best-on-validation accuracy per run
   with its noise rate and ablation switches (the shape of Tables II, III and X), and
   by_noise.csv: best validation accuracy, method x noise rate (mean over runs that share
-  both), the shape of Table II;
+  both), the shape of Table II; by_noise_seeds.csv: final and best validation accuracy
+  per method and noise, mean, min and max over those runs (seeds) and which seeds;
 * curves_<run>.png: losses and accuracies per epoch (missing epochs are gaps).
 
 Per-image results (confusion matrix, UEM confidence) need predictions. Two sources:
@@ -40,7 +41,7 @@ DEFAULT_RUNS = "runs/train"
 EVAL_DIR = "eval"  # RUN/eval/metrics.json from `poi evaluate --out RUN/eval`
 SWITCHES = ("use_pin", "prior_supervision", "use_oim", "use_uem")
 SUMMARY_COLUMNS = [
-    "run", "method", "arch", "input_size", "noise", "noise_realised", *SWITCHES, "epochs_done", "epochs_planned",
+    "run", "method", "arch", "input_size", "noise", "noise_realised", *SWITCHES, "seed", "epochs_done", "epochs_planned",
     "missing_epochs", "final_val_acc", "best_val_acc", "best_epoch", "final_train_acc", "eval_acc", "eval_split",
     "path",
 ]
@@ -196,7 +197,7 @@ def summarise(run: Run) -> dict:
     evaluation = run.evaluation or {}
     return {
         "run": run.name, "method": method_name(c), "arch": c.get("arch"), "input_size": c.get("input_size"),
-        "noise": noise, "noise_realised": realised, **{k: c.get(k) for k in SWITCHES},
+        "noise": noise, "noise_realised": realised, **{k: c.get(k) for k in SWITCHES}, "seed": c.get("seed"),
         "epochs_done": len(r), "epochs_planned": c.get("epochs"), "missing_epochs": _missing_epochs(r["epoch"]),
         "final_val_acc": val.iloc[-1] if len(r) else None,
         "best_val_acc": None if best is None else val.iloc[best],
@@ -214,6 +215,23 @@ def by_noise_table(summary: pd.DataFrame) -> pd.DataFrame:
     table = known.pivot_table(index="method", columns="noise", values="best_val_acc", aggfunc="mean")
     table.columns = [f"noise {rate:.0%}" for rate in table.columns]
     return table.reset_index()
+
+
+def seeds_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Final and best validation accuracy per (method, noise): mean, min and max over the
+    runs that share both (seeds, usually), with the seeds listed."""
+    known = summary.dropna(subset=["noise", "final_val_acc"])
+    if known.empty:
+        return pd.DataFrame()
+    rows = []
+    for (method, noise), group in known.groupby(["method", "noise"], sort=True):
+        row = {"method": method, "noise": noise, "runs": len(group),
+               "seeds": " ".join(str(s) for s in sorted(group["seed"].dropna().astype(int)))}
+        for column, name in (("final_val_acc", "final"), ("best_val_acc", "best")):
+            values = group[column].astype(float)
+            row.update({f"{name}_mean_acc": values.mean(), f"{name}_min_acc": values.min(), f"{name}_max_acc": values.max()})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _markdown(frame: pd.DataFrame, percent: Sequence[str] = ()) -> str:
@@ -383,8 +401,10 @@ def build_report(
             strata += strata_rows(run.name, e.get("confidence_strata"))
     summary = pd.DataFrame([summarise(run) for run in runs], columns=SUMMARY_COLUMNS)
     by_noise = by_noise_table(summary)
+    seeds = seeds_table(summary)
     strata_frame = pd.DataFrame(strata, columns=["run", "fraction", "n", "most_confident_acc", "least_confident_acc"])
-    for name, frame in (("runs.csv", summary), ("by_noise.csv", by_noise), ("strata.csv", strata_frame)):
+    for name, frame in (("runs.csv", summary), ("by_noise.csv", by_noise), ("by_noise_seeds.csv", seeds),
+                        ("strata.csv", strata_frame)):
         atomic_write_text(out / name, frame.to_csv(index=False))
         files.append(out / name)
 
@@ -394,6 +414,9 @@ def build_report(
                     "(best.pt); eval = best.pt on eval_split (the `--data` split, or the run's eval/metrics.json).\n")
     sections.append("## Runs (Tables II, III, X)\n\n" + _markdown(shown, percent=("noise",)))
     sections.append("## Best validation accuracy by method and noise rate (Table II)\n\n" + _markdown(by_noise))
+    if not seeds.empty and (seeds["runs"] > 1).any():
+        sections.append("## Mean and range over runs sharing method and noise (seeds)\n\n"
+                        + _markdown(seeds, percent=("noise",)))
     if not strata_frame.empty:
         sections.append("## Accuracy by confidence stratum (Table IV)\n\n" + _markdown(strata_frame, percent=("fraction",)))
     pictures = [f"![{p.stem}]({p.name})" for p in files if p.suffix == ".png"]

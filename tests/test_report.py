@@ -22,10 +22,11 @@ from poi_cli.report import build_report
 runner = CliRunner()
 
 
-def make_run(folder: Path, epochs: dict[int, float], noise: float = 0.0, use_pin: bool = True, planned: int = 4) -> Path:
+def make_run(folder: Path, epochs: dict[int, float], noise: float = 0.0, use_pin: bool = True, planned: int = 4,
+             seed: int = 0) -> Path:
     """A run folder: config.json, results.csv with val_acc per listed epoch, best.pt."""
     folder.mkdir(parents=True)
-    config = TrainConfig(input_size=64, epochs=planned, noise=noise, use_pin=use_pin).to_dict()
+    config = TrainConfig(input_size=64, epochs=planned, noise=noise, use_pin=use_pin, seed=seed).to_dict()
     config["resolved"] = {"classes": list(class_names(7)), "noise_realised_rate": noise * 0.95}
     (folder / "config.json").write_text(json.dumps(config))
     rows = [{column: None for column in RESULT_COLUMNS} | {"epoch": e, "loss_total": 2.0 / e, "loss_ce_tar": 1.5 / e,
@@ -72,7 +73,21 @@ def test_report_on_two_runs_writes_tables_and_curves(runs, tmp_path):
     assert by_noise.loc["baseline", "noise 20%"] == pytest.approx(0.40)
     markdown = (out / "report.md").read_text()
     assert "| poi20 | POI | 20.00 |" in markdown and "55.00" in markdown and "skipped" in markdown
+    assert "(seeds)" not in markdown  # one run per method and noise: no spread to show
     assert snapshot(runs) == before  # run folders are only read
+
+
+def test_runs_of_several_seeds_get_mean_and_range(runs, tmp_path):
+    make_run(runs / "poi20_seed1", {1: 0.35, 2: 0.45, 3: 0.60, 4: 0.58}, noise=0.2, seed=1)
+    report = build_report([runs], tmp_path / "report")
+    seeds = pd.read_csv(tmp_path / "report" / "by_noise_seeds.csv", dtype={"seeds": str}).set_index("method")
+    poi, base = seeds.loc["POI"], seeds.loc["baseline"]
+    assert poi["runs"] == 2 and poi["seeds"] == "0 1" and base["runs"] == 1
+    assert poi["final_mean_acc"] == pytest.approx((0.50 + 0.58) / 2)
+    assert (poi["final_min_acc"], poi["final_max_acc"]) == pytest.approx((0.50, 0.58))
+    assert (poi["best_min_acc"], poi["best_max_acc"]) == pytest.approx((0.55, 0.60))
+    assert report.summary.set_index("run").loc["poi20_seed1", "seed"] == 1
+    assert "(seeds)" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_report_with_data_adds_confusion_confidence_and_strata(runs, prepared, tmp_path):
