@@ -16,7 +16,9 @@ RUN="${RUN:-runs/bundle/poi_${ARCH}_${SIZE}}"
 POI="${POI:-.venv/bin/poi}"
 
 "$POI" prepare ferplus "$RAW" --out "$DATA" --size "$SIZE"
-if [ -f "$RUN/last.pt" ]; then
+if [ -f "$RUN/results.csv" ] && [ "$(($(wc -l < "$RUN/results.csv") - 1))" -ge "$EPOCHS" ]; then
+  echo "== $RUN: finished earlier"
+elif [ -f "$RUN/last.pt" ]; then
   "$POI" train --resume "$RUN"
 else
   rm -rf "${RUN:?}"
