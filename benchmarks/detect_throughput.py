@@ -3,7 +3,7 @@
 Images come from a folder (default ../shared/photos when it exists, searched recursively)
 or, with --astronaut N or when no folder is found, N copies of skimage's astronaut.
 Timings follow a warm-up call; each mode runs --repeats times and the best run counts.
-Batched mode groups images by canvas size (see poi_cli.faces.FaceDetector), so a
+Batched mode groups images by canvas size (see poi_cli.data.faces.FaceDetector), so a
 folder of differently sized photos gains less than one of equally sized images.
 
     python benchmarks/detect_throughput.py
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from poi_cli.faces import FaceDetector, ImageLoadError, load_image
+from poi_cli.data.faces import FaceDetector, ImageLoadError, load_image
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[1].parent / "shared" / "photos"
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}

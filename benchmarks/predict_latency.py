@@ -4,7 +4,7 @@
     python benchmarks/predict_latency.py --image face.jpg --model runs/train/exp
     python benchmarks/predict_latency.py --device cuda --skip-photo   # TRN throughput on a GPU
 
-1. One photo through poi_cli.predict.Predictor (load, MTCNN detection, alignment, model
+1. One photo through poi_cli.inference.predict.Predictor (load, MTCNN detection, alignment, model
    with the PIN for confidence and AUs), median over --repeats after a warm-up.
 2. The deployed TRN alone (what the paper's 0.94 ms per image measures) on random
    224 px batches: images/s and ms per image, float32 and (CUDA) bf16 autocast.
@@ -30,9 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from poi_cli.checkpoint import save_checkpoint  # noqa: E402
-from poi_cli.manifests import class_names  # noqa: E402
-from poi_cli.model import ModelConfig, POIModel  # noqa: E402
+from poi_cli.model.checkpoint import save_checkpoint  # noqa: E402
+from poi_cli.core.manifests import class_names  # noqa: E402
+from poi_cli.model.network import ModelConfig, POIModel  # noqa: E402
 
 
 def random_checkpoint(folder: Path, size: int, arch: str) -> Path:
@@ -47,7 +47,7 @@ def random_checkpoint(folder: Path, size: int, arch: str) -> Path:
 def photo_latency(model_path: Path, image_path: str | None, repeats: int, device: str, folder: Path) -> dict:
     from PIL import Image
 
-    from poi_cli.predict import Predictor
+    from poi_cli.inference.predict import Predictor
 
     if image_path is None:  # a PNG file, so that loading is timed as for a user's photo
         from skimage import data

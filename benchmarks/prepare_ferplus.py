@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from poi_cli.prepare import prepare
+from poi_cli.data.prepare import prepare
 
 
 def main() -> None:

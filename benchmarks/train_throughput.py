@@ -28,10 +28,10 @@ import pandas as pd
 import torch
 from rich.console import Console
 
-from poi_cli.config import TrainConfig
-from poi_cli.engine import Trainer
-from poi_cli.manifests import class_names
-from poi_cli.store import FACES_FILE, MANIFEST_COLUMNS, MANIFEST_FILE, META_FILE, STATUS_OK, STORE_FORMAT
+from poi_cli.train.config import TrainConfig
+from poi_cli.train.engine import Trainer
+from poi_cli.core.manifests import class_names
+from poi_cli.data.store import FACES_FILE, MANIFEST_COLUMNS, MANIFEST_FILE, META_FILE, STATUS_OK, STORE_FORMAT
 
 
 def synthetic_store(root: Path, size: int, n: int, num_classes: int = 7) -> Path:

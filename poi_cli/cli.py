@@ -53,7 +53,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Parameter counts and GFLOPs (multiply-accumulates) of the training model and the deployed TRN."""
-    from poi_cli.info import model_info
+    from poi_cli.model.info import model_info
 
     try:
         result = model_info(arch=arch, num_classes=classes, input_size=size)
@@ -83,8 +83,8 @@ def prepare(
     splits: Optional[str] = typer.Option(None, help="Comma-separated splits to prepare (default: all found)."),
 ) -> None:
     """Detect, align and store a dataset's faces for training (resumable; see docs/datasets.md)."""
-    from poi_cli.datasets import LayoutError
-    from poi_cli.prepare import PrepareError, prepare as run_prepare
+    from poi_cli.data.datasets import LayoutError
+    from poi_cli.data.prepare import PrepareError, prepare as run_prepare
 
     chosen = [s.strip() for s in splits.split(",") if s.strip()] if splits else None
     try:
@@ -125,8 +125,8 @@ def noise(
     out: Optional[str] = typer.Option(None, help="Label file to write (default PREPARED_DIR/labels/<split>_noise<pct>_seed<seed>.csv)."),
 ) -> None:
     """Symmetric label noise: write a label file for `poi train --labels` (the manifest is not changed)."""
-    from poi_cli.noise import write_noisy_labels
-    from poi_cli.store import StoreError
+    from poi_cli.data.noise import write_noisy_labels
+    from poi_cli.data.store import StoreError
 
     try:
         path, summary = write_noisy_labels(prepared_dir, rate, seed=seed, split=split, out=out)
@@ -144,7 +144,7 @@ def noise(
     console.print(f"wrote {path} and {path.with_suffix('.json').name}; train with --labels {path}", highlight=False, soft_wrap=True)
 
 
-from poi_cli.config import TrainConfig as _TrainConfig  # plain dataclass, no torch: the defaults of `poi train`
+from poi_cli.train.config import TrainConfig as _TrainConfig  # plain dataclass, no torch: the defaults of `poi train`
 
 _TD = _TrainConfig()
 
@@ -195,10 +195,10 @@ def train(
     resume: Optional[str] = typer.Option(None, help="Continue an interrupted run folder (its own config; other options ignored but --device)."),
 ) -> None:
     """Train POI (or the baseline / an ablation) on a prepared dataset; see docs/training.md."""
-    from poi_cli.checkpoint import CheckpointError
-    from poi_cli.engine import TrainError
-    from poi_cli.pretrained import PretrainedError
-    from poi_cli.store import StoreError
+    from poi_cli.model.checkpoint import CheckpointError
+    from poi_cli.train.engine import TrainError
+    from poi_cli.model.pretrained import PretrainedError
+    from poi_cli.data.store import StoreError
 
     if prepared_dir is None and resume is None:
         fail("give a prepared folder (PREPARED_DIR) or --resume RUN_DIR")
@@ -216,7 +216,7 @@ def train(
         val_split=val_split, val_fraction=val_fraction, seed=seed, device=device, amp=amp, channels_last=channels_last, compile=compile,
         sync_bn=sync_bn, project=project, name=name, resume=resume,
     )
-    from poi_cli.engine import train as run_train
+    from poi_cli.train.engine import train as run_train
 
     try:
         run_dir = run_train(config, console=console)
@@ -241,10 +241,11 @@ def evaluate(
     amp: str = typer.Option("auto", help="bf16 autocast: auto, bf16 or off."),
 ) -> None:
     """Accuracy, per-class recall, confusion matrix, confidence strata and PIN accuracies of a model."""
-    from poi_cli.checkpoint import CheckpointError, next_run_dir
-    from poi_cli.engine import TrainError
-    from poi_cli.evaluate import evaluate as run_evaluate, write_reports
-    from poi_cli.store import StoreError
+    from poi_cli.core.atomic import next_run_dir
+    from poi_cli.model.checkpoint import CheckpointError
+    from poi_cli.train.engine import TrainError
+    from poi_cli.inference.evaluate import evaluate as run_evaluate, write_reports
+    from poi_cli.data.store import StoreError
 
     try:
         result = run_evaluate(model, prepared_dir, split=split, device=device, batch=batch, amp=amp)
@@ -291,8 +292,8 @@ def predict(
     min_score: float = typer.Option(0.95, "--min-score", help="Drop detections scored below this (MTCNN's false positives score about 0.8-0.92)."),
 ) -> None:
     """Expression, confidence (UEM w) and action units of every face in images; see docs/predict.md."""
-    from poi_cli.faces import FaceDetectorError
-    from poi_cli.predict import PredictError, Predictor, STATUS_ERROR, status_counts, write_predictions_csv
+    from poi_cli.data.faces import FaceDetectorError
+    from poi_cli.inference.predict import PredictError, Predictor, STATUS_ERROR, status_counts, write_predictions_csv
 
     if as_json and csv_file:
         fail("--json and --csv exclude each other: choose one output")
@@ -306,7 +307,7 @@ def predict(
         err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
     writer = None
     if save_vis:
-        from poi_cli.visualize import VisWriter
+        from poi_cli.inference.visualize import VisWriter
 
         writer = VisWriter(save_vis, show_au)
     records: list[dict] = []
@@ -368,7 +369,7 @@ def export(
     opset: int = typer.Option(17, help="ONNX opset."),
 ) -> None:
     """Export to ONNX, TorchScript or packed fp16 weights and check the result against PyTorch; see docs/predict.md."""
-    from poi_cli.export import ExportError, export_model
+    from poi_cli.inference.export import ExportError, export_model
 
     try:
         result = export_model(checkpoint, format=format, full=full, out=out, tolerance=tolerance, opset=opset)
@@ -395,8 +396,8 @@ def report(
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps (with --data)."),
 ) -> None:
     """Tables (final / best accuracy, noise, ablations, confidence strata) and plots of training runs; see docs/predict.md."""
-    from poi_cli.checkpoint import next_run_dir
-    from poi_cli.report import ReportError, build_report
+    from poi_cli.core.atomic import next_run_dir
+    from poi_cli.inference.report import ReportError, build_report
 
     try:
         out_dir = out or next_run_dir("runs/report", "exp")
@@ -433,10 +434,11 @@ def audit(
     batch: int = typer.Option(256, help="Images per batch."),
 ) -> None:
     """Rank every labelled image by how strongly the PIN's objective inference disagrees with its label; see docs/audit.md."""
-    from poi_cli.audit import SUSPICION_THRESHOLDS, AuditError, audit as run_audit, write_audit
-    from poi_cli.checkpoint import CheckpointError, next_run_dir
-    from poi_cli.engine import TrainError
-    from poi_cli.store import StoreError
+    from poi_cli.inference.audit import SUSPICION_THRESHOLDS, AuditError, audit as run_audit, write_audit
+    from poi_cli.core.atomic import next_run_dir
+    from poi_cli.model.checkpoint import CheckpointError
+    from poi_cli.train.engine import TrainError
+    from poi_cli.data.store import StoreError
 
     try:
         result = run_audit(model, prepared_dir, labels_file=labels, split=split, baseline=baseline, device=device, batch=batch)

@@ -1,7 +1,7 @@
 """Shared fixtures: a tiny prepared dataset written directly in the store format.
 
 `make_prepared(root, ...)` writes prepared.json, manifest.csv and faces.npy (see
-poi_cli.store) with class-dependent patterns a ResNet learns in a few steps: class c
+poi_cli.data.store) with class-dependent patterns a ResNet learns in a few steps: class c
 is horizontal stripes of frequency c + 1 (invariant to the flips and small shifts of
 training augmentation), plus per-image noise, phase and tint.
 """
@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from poi_cli.manifests import class_names
-from poi_cli.store import FACES_FILE, MANIFEST_COLUMNS, MANIFEST_FILE, META_FILE, STATUS_OK, STORE_FORMAT
+from poi_cli.core.manifests import class_names
+from poi_cli.data.store import FACES_FILE, MANIFEST_COLUMNS, MANIFEST_FILE, META_FILE, STATUS_OK, STORE_FORMAT
 
 DEFAULT_SPLITS = {"train": 6, "valid": 2, "test": 2}  # images per class
 

@@ -12,12 +12,12 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from conftest import make_prepared
-from poi_cli.audit import AUDIT_COLUMNS, audit, detection_metrics, roc_auc, suspicion_score, write_audit
+from poi_cli.inference.audit import AUDIT_COLUMNS, audit, detection_metrics, roc_auc, suspicion_score, write_audit
 from poi_cli.cli import app
-from poi_cli.config import TrainConfig
-from poi_cli.engine import train
-from poi_cli.noise import flip_labels
-from poi_cli.store import FACES_FILE, MANIFEST_FILE, PreparedDataset
+from poi_cli.train.config import TrainConfig
+from poi_cli.train.engine import train
+from poi_cli.data.noise import flip_labels
+from poi_cli.data.store import FACES_FILE, MANIFEST_FILE, PreparedDataset
 
 runner = CliRunner()
 

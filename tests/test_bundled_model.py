@@ -11,9 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from poi_cli.cli import app
-from poi_cli.manifests import EYE_AUS, MOUTH_AUS, class_names
-from poi_cli.model import ModelConfig
-from poi_cli.predict import bundled_model
+from poi_cli.core.manifests import EYE_AUS, MOUTH_AUS, class_names
+from poi_cli.model.network import ModelConfig
+from poi_cli.inference.predict import bundled_model
 
 ASTRONAUT = Path(__file__).resolve().parents[1] / "examples" / "astronaut.jpg"
 MAX_BYTES = 25 * 10**6  # the limit, "under 25 MB"

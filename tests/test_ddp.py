@@ -15,8 +15,8 @@ WORKER = textwrap.dedent('''
     import os, sys
     import torch
     from rich.console import Console
-    from poi_cli.config import TrainConfig
-    from poi_cli.engine import Trainer
+    from poi_cli.train.config import TrainConfig
+    from poi_cli.train.engine import Trainer
 
     data, project, out = sys.argv[1:4]
     config = TrainConfig(data=data, project=project, input_size=64, epochs=1, batch=6, lr=0.01, amp="off", device="cpu")
@@ -50,7 +50,7 @@ def test_two_gloo_processes_hold_identical_weights(tmp_path):
 
 
 def _fresh_state() -> dict:
-    from poi_cli.model import ModelConfig, POIModel
+    from poi_cli.model.network import ModelConfig, POIModel
 
     torch.manual_seed(0)
     return POIModel(ModelConfig(input_size=64)).state_dict()

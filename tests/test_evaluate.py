@@ -11,12 +11,12 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import make_prepared
-from poi_cli.checkpoint import resolve_checkpoint, save_checkpoint
+from poi_cli.model.checkpoint import resolve_checkpoint, save_checkpoint
 from poi_cli.cli import app
-from poi_cli.evaluate import confidence_quantiles, confidence_strata, evaluate
-from poi_cli.manifests import class_names
-from poi_cli.model import ModelConfig, POIModel
-from poi_cli.store import MANIFEST_FILE
+from poi_cli.inference.evaluate import confidence_quantiles, confidence_strata, evaluate
+from poi_cli.core.manifests import class_names
+from poi_cli.model.network import ModelConfig, POIModel
+from poi_cli.data.store import MANIFEST_FILE
 
 
 def constant_model(path, num_classes=7, trn_order=(3,), region_classes=(0, 0, 1, 1), gate_region=2, use_pin=True):
@@ -34,9 +34,9 @@ def constant_model(path, num_classes=7, trn_order=(3,), region_classes=(0, 0, 1,
                 head.weight.zero_()
                 head.bias.zero_()
                 head.bias[region_classes[n]] = 20.0 if n < 2 else 5.0
-            model.pin.gate.fc.weight.zero_()
-            model.pin.gate.fc.bias.zero_()
-            model.pin.gate.fc.bias[gate_region] = 20.0
+            model.pin.oim.fc.weight.zero_()
+            model.pin.oim.fc.bias.zero_()
+            model.pin.oim.fc.bias[gate_region] = 20.0
     save_checkpoint(path, {"epoch": 1, "model": model.state_dict(), "model_config": config.to_dict(),
                            "classes": list(class_names(num_classes)), "config": {}})
     return path

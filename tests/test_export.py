@@ -11,11 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from poi_cli.checkpoint import save_checkpoint
+from poi_cli.model.checkpoint import save_checkpoint
 from poi_cli.cli import app
-from poi_cli.export import ExportError, export_model
-from poi_cli.manifests import class_names
-from poi_cli.model import ModelConfig, POIModel
+from poi_cli.inference.export import ExportError, export_model
+from poi_cli.core.manifests import class_names
+from poi_cli.model.network import ModelConfig, POIModel
 
 runner = CliRunner()
 # torch.jit is deprecated in favour of torch.export; loading the TorchScript file is the point here.
@@ -80,7 +80,7 @@ def test_weights_pack_to_fp16_and_stay_a_poi_checkpoint(checkpoint, tmp_path):
     assert loaded["classes"] == list(class_names(7)) and loaded["packed"]["source"] == "best.pt"
 
     # The packed file predicts like the source model (cast back to float32 on load).
-    from poi_cli.checkpoint import load_model
+    from poi_cli.model.checkpoint import load_model
 
     original, _ = load_model(checkpoint)
     reloaded, _ = load_model(packed.path)

@@ -1,4 +1,4 @@
-"""poi_cli.faces: image loading, MTCNN detection (batched) and 5-point alignment.
+"""poi_cli.data.faces: image loading, MTCNN detection (batched) and 5-point alignment.
 
 Everything is generated in tmp_path or taken from skimage.data (the astronaut photo is
 public domain); nothing here needs ../shared.
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from poi_cli import faces
-from poi_cli.faces import (
+from poi_cli.data import faces
+from poi_cli.data.faces import (
     Face, FaceDetector, FaceDetectorError, ImageLoadError, align_face, is_grayscale, largest_face,
     load_image, resize_face, similarity_transform, template,
 )

@@ -5,9 +5,11 @@ import math
 import pytest
 import torch
 
-from poi_cli import losses
-from poi_cli.manifests import CLASSES, EYE_AUS, MOUTH_AUS
-from poi_cli.model import ModelConfig, POIModel, POIOutput
+from poi_cli.model import losses
+from poi_cli.core.manifests import CLASSES, EYE_AUS, MOUTH_AUS
+from poi_cli.model.network import (
+    ModelConfig, POIModel, POIOutput, intermediate_log_probs, region_consistency, tempered_log_probs, uncertainty_beta,
+)
 
 # Table I of the paper, transcribed independently of data_manifests/au_prior.json so
 # that a typo in the shipped table fails this test.
@@ -34,45 +36,139 @@ def test_au_targets_match_table_i(class_name):
             assert target == pytest.approx(1 - eps if au in expected else eps), (class_name, au)
 
 
-def test_kl_is_zero_for_equal_distributions_and_positive_otherwise():
-    p = torch.tensor([0.7, 0.2, 0.1]).log()
-    q = torch.tensor([0.1, 0.3, 0.6]).log()
-    assert losses.kl_divergence(p, p).item() == pytest.approx(0.0, abs=1e-7)
-    assert losses.kl_divergence(p, q).item() > 0.1
+LN2, LN3 = math.log(2.0), math.log(3.0)
 
 
-def test_region_kl_is_zero_when_regions_agree_and_positive_otherwise():
+def _kl(p: list[float], q: list[float]) -> float:
+    """KL(p || q), written out for the hand-computed expectations below."""
+    return sum(a * math.log(a / b) for a, b in zip(p, q))
+
+
+def _bce(target: float, prob: float) -> float:
+    return -(target * math.log(prob) + (1 - target) * math.log(1 - prob))
+
+
+# One image, N = 4 regions, C = 2 classes, T = 3. Region logits chosen so that
+# p~_n = softmax(t_n / 3) is [1/4, 3/4] for regions 0, 1 and [3/4, 1/4] for regions 2, 3.
+T = 3.0
+REGION_LOGITS = torch.tensor([[[0.0, 3 * LN3], [0.0, 3 * LN3], [3 * LN3, 0.0], [3 * LN3, 0.0]]])
+TEMPERED = [[0.25, 0.75], [0.25, 0.75], [0.75, 0.25], [0.75, 0.25]]
+GATE = torch.tensor([[0.5, 0.25, 0.125, 0.125]])
+P_STAR = [0.375, 0.625]  # 0.75 [1/4, 3/4] + 0.25 [3/4, 1/4]
+TRN_LOGITS = torch.tensor([[0.0, 3 * LN2]])  # q = [1/9, 8/9]; q~ = softmax(z / 3) = [1/3, 2/3]
+LABEL = torch.tensor([1])
+
+
+def test_kl_is_zero_for_equal_distributions_and_matches_its_definition():
+    p, q = [0.7, 0.2, 0.1], [0.1, 0.3, 0.6]
+    assert losses.kl_divergence(torch.tensor(p).log(), torch.tensor(p).log()).item() == pytest.approx(0.0, abs=1e-7)
+    assert losses.kl_divergence(torch.tensor(p).log(), torch.tensor(q).log()).item() == pytest.approx(_kl(p, q), rel=1e-6)
+
+
+def test_eq4_au_loss_known_value():
+    """label happiness; eye AU06 at p = 0.9 (its target 0.9), every other AU at p = 0.5."""
+    labels = torch.tensor([CLASSES.index("happiness")])
+    eye_logits = torch.zeros(1, 2, len(EYE_AUS))
+    eye_logits[..., EYE_AUS.index("AU06")] = math.log(9.0)
+    mouth_logits = torch.zeros(1, 2, len(MOUTH_AUS))
+    # 2 regions x (6 + 7) AUs = 26 terms: 2 at (y 0.9, p 0.9), 24 at p = 0.5 (BCE = ln 2 for any y)
+    expected = (2 * _bce(0.9, 0.9) + 24 * LN2) / 26
+    assert losses.loss_au(eye_logits, mouth_logits, labels, 0.1).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_eq5_region_cross_entropy_known_value_without_temperature():
+    # softmax(t_n) with no T: [1/28, 27/28] and [27/28, 1/28]; label 1
+    expected = (2 * math.log(28 / 27) + 2 * math.log(28)) / 4
+    assert losses.loss_ce_au(REGION_LOGITS, LABEL).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_eq6_7_intermediate_prediction_known_value():
+    assert torch.allclose(tempered_log_probs(REGION_LOGITS, T).exp()[0], torch.tensor(TEMPERED), atol=1e-6)
+    log_p_star = intermediate_log_probs(REGION_LOGITS, GATE, T)
+    assert torch.allclose(log_p_star.exp()[0], torch.tensor(P_STAR), atol=1e-6)
+
+
+def test_eq8_region_kl_known_value_and_direction():
+    expected = (2 * _kl(P_STAR, TEMPERED[0]) + 2 * _kl(P_STAR, TEMPERED[2])) / 4  # KL(p~* || p~_n)
+    reversed_direction = (2 * _kl(TEMPERED[0], P_STAR) + 2 * _kl(TEMPERED[2], P_STAR)) / 4
+    assert abs(expected - reversed_direction) > 1e-3  # the example tells the two apart
+    log_p_star = intermediate_log_probs(REGION_LOGITS, GATE, T)
+    assert losses.loss_kl_au(log_p_star, REGION_LOGITS, T).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_eq8_region_kl_is_zero_when_regions_agree():
     agreeing = torch.tensor([[1.0, 2.0, 0.5]]).repeat(4, 1)[None]
-    gate = torch.full((1, 4), 0.25)
-    assert losses.region_kl_loss(agreeing, gate, 3.0).item() == pytest.approx(0.0, abs=1e-6)
-    disagreeing = torch.eye(3)[[0, 1, 2, 0]][None] * 10
-    assert losses.region_kl_loss(disagreeing, gate, 3.0).item() > 0.01
+    log_p_star = intermediate_log_probs(agreeing, torch.full((1, 4), 0.25), T)
+    assert losses.loss_kl_au(log_p_star, agreeing, T).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_distillation_is_zero_when_student_matches_and_weighted_by_beta():
-    logits = torch.tensor([[2.0, 0.0, -1.0]])
-    regions = logits[:, None].repeat(1, 4, 1)
-    assert losses.distillation_loss(regions, logits, torch.ones(1), 3.0).item() == pytest.approx(0.0, abs=1e-6)
-    other = torch.tensor([[-1.0, 0.0, 2.0]])
-    unweighted = losses.distillation_loss(regions, other, torch.ones(1), 3.0)
-    assert unweighted.item() > 0
-    assert losses.distillation_loss(regions, other, torch.full((1,), 0.5), 3.0).item() == pytest.approx(0.5 * unweighted.item())
+def test_eq9_target_cross_entropy_known_value_without_temperature():
+    assert losses.loss_ce_tar(TRN_LOGITS, LABEL).item() == pytest.approx(-math.log(8 / 9), rel=1e-6)
 
 
-def test_uncertainty_weight_range_and_beta():
-    agreeing = torch.softmax(torch.randn(1, 1, 7), -1).repeat(1, 4, 1)
-    w_agree = losses.uncertainty_weight(agreeing)
-    assert w_agree.item() == pytest.approx(1.0, abs=1e-6)
-    assert losses.uncertainty_beta(w_agree).item() == pytest.approx(0.0, abs=1e-6)
-    # Four regions each certain of a different class: the most uncertain case.
-    disagreeing = torch.eye(7)[:4][None]
-    w_min = losses.uncertainty_weight(disagreeing)
-    assert w_min.item() == pytest.approx(0.25, abs=1e-6)
-    assert losses.uncertainty_beta(w_min).item() == pytest.approx(math.exp(0.75) - 1)
-    random = torch.softmax(torch.randn(500, 4, 8) * 4, -1)
-    w = losses.uncertainty_weight(random)
-    assert (w >= 0.25 - 1e-6).all() and (w <= 1 + 1e-6).all()
-    assert w.std() > 0.01  # carries signal
+def test_eq11_distillation_known_value_direction_and_beta():
+    q_tilde = [1 / 3, 2 / 3]
+    expected = 0.5 * (2 * _kl(TEMPERED[0], q_tilde) + 2 * _kl(TEMPERED[2], q_tilde)) / 4  # beta KL(p~_n || q~)
+    reversed_direction = 0.5 * (2 * _kl(q_tilde, TEMPERED[0]) + 2 * _kl(q_tilde, TEMPERED[2])) / 4
+    assert abs(expected - reversed_direction) > 1e-3
+    value = losses.loss_kl_tar(REGION_LOGITS, TRN_LOGITS, torch.tensor([0.5]), T)
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_eq10_consistency_known_value_and_extremes():
+    # T = 1: p_n = softmax(t_n) on logits [0, ln 3] / [ln 3, 0] -> [1/4, 3/4] twice, [3/4, 1/4] twice;
+    # var_c = 1/16 for both classes, sum 1/8; unit scale: w = 1 - 4/3 * 1/8 = 5/6.
+    logits = REGION_LOGITS / 3
+    assert region_consistency(logits, 1.0, "unit").item() == pytest.approx(5 / 6, rel=1e-6)
+    assert region_consistency(logits, 1.0, "paper").item() == pytest.approx(7 / 8, rel=1e-6)
+    # The first reading: the same probabilities reached at T = 3 from 3x the logits.
+    assert region_consistency(REGION_LOGITS, 3.0, "paper").item() == pytest.approx(7 / 8, rel=1e-6)
+    agreeing = torch.randn(1, 1, 7).repeat(1, 4, 1)
+    assert region_consistency(agreeing).item() == pytest.approx(1.0, abs=1e-6)
+    four_classes = torch.eye(7)[:4][None] * 100  # one-hot on four different classes
+    assert region_consistency(four_classes).item() == pytest.approx(0.0, abs=1e-5)
+    assert region_consistency(four_classes, 1.0, "paper").item() == pytest.approx(0.25, abs=1e-5)
+
+
+def test_eq10_consistency_falls_as_regions_disagree():
+    agree, split = torch.zeros(1, 4, 7), torch.eye(7)[:4][None] * 8
+    ws = [region_consistency(agree + alpha * split).item() for alpha in (0.0, 0.25, 0.5, 1.0, 2.0)]
+    assert all(a > b for a, b in zip(ws, ws[1:])), ws
+
+
+def test_beta_known_values():
+    w = torch.tensor([1.0, 5 / 6, 0.0])
+    expected = [0.0, math.exp(1 / 6) - 1, math.e - 1]
+    assert uncertainty_beta(w).tolist() == pytest.approx(expected, rel=1e-6, abs=1e-7)
+
+
+def test_eq12_total_known_value():
+    """Every term from the hand-computed examples above, weighted as Eq. 12 says."""
+    output = POIOutput(
+        trn_logits=TRN_LOGITS, region_logits=REGION_LOGITS, gate_weights=GATE,
+        intermediate_log_probs=intermediate_log_probs(REGION_LOGITS, GATE, T),
+        consistency=torch.tensor([1 - math.log(1.5)]),  # beta = exp(ln 1.5) - 1 = 0.5
+        eye_au_logits=torch.zeros(1, 2, len(EYE_AUS)), mouth_au_logits=torch.zeros(1, 2, len(MOUTH_AUS)),
+        temperature=T,
+    )
+    l_au = LN2  # every AU at p = 0.5
+    l_ce_au = (2 * math.log(28 / 27) + 2 * math.log(28)) / 4
+    l_ce_tar = -math.log(8 / 9)
+    l_kl_au = (2 * _kl(P_STAR, TEMPERED[0]) + 2 * _kl(P_STAR, TEMPERED[2])) / 4
+    l_kl_tar = 0.5 * (2 * _kl(TEMPERED[0], [1 / 3, 2 / 3]) + 2 * _kl(TEMPERED[2], [1 / 3, 2 / 3])) / 4
+    config = losses.LossConfig(lambda_au=0.3, lambda_ce_au=0.7, lambda_ce_tar=2.0)
+    total, terms = losses.total_loss(output, LABEL, config)
+    expected = 0.3 * l_au + 0.7 * l_ce_au + 2.0 * l_ce_tar + T * T * (l_kl_au + l_kl_tar)
+    assert total.item() == pytest.approx(expected, rel=1e-5)
+    for name, value in (("au", l_au), ("ce_au", l_ce_au), ("ce_tar", l_ce_tar), ("kl_au", l_kl_au), ("kl_tar", l_kl_tar)):
+        assert terms[name].item() == pytest.approx(value, rel=1e-5), name
+
+
+def test_defaults_of_eq12_and_the_spec():
+    config = losses.LossConfig()
+    assert (config.lambda_au, config.lambda_ce_au, config.lambda_ce_tar, config.au_eps) == (0.5, 0.5, 1.0, 0.1)
+    model = ModelConfig()
+    assert (model.temperature, model.uem_temperature, model.uem_scale) == (3.0, 1.0, "unit")
 
 
 def test_au_loss_is_smallest_at_the_targets():
@@ -80,8 +176,8 @@ def test_au_loss_is_smallest_at_the_targets():
     eps = 0.1
     eye_target = losses.au_targets(labels, "eye", eps)[:, None].repeat(1, 2, 1)
     mouth_target = losses.au_targets(labels, "mouth", eps)[:, None].repeat(1, 2, 1)
-    at_target = losses.au_loss(torch.logit(eye_target), torch.logit(mouth_target), labels, eps)
-    off_target = losses.au_loss(torch.logit(1 - eye_target), torch.logit(1 - mouth_target), labels, eps)
+    at_target = losses.loss_au(torch.logit(eye_target), torch.logit(mouth_target), labels, eps)
+    off_target = losses.loss_au(torch.logit(1 - eye_target), torch.logit(1 - mouth_target), labels, eps)
     assert at_target < off_target
 
 
@@ -104,14 +200,14 @@ def test_total_loss_reaches_trunk_pin_and_trn():
     total.backward()
     assert _grad_norm(model.trunk) > 0
     assert _grad_norm(model.trn) > 0
-    for part in (model.pin.upper_branch, model.pin.eye_au_nets, model.pin.mouth_au_nets, model.pin.region_classifiers, model.pin.gate):
+    for part in (model.pin.upper_branch, model.pin.eye_au_nets, model.pin.mouth_au_nets, model.pin.region_classifiers, model.pin.oim):
         assert _grad_norm(part) > 0
 
 
 def test_distillation_sends_no_gradient_to_the_pin():
     model, output, labels = _forward(ModelConfig(input_size=64))
-    beta = losses.uncertainty_beta(output.uncertainty_w)
-    losses.distillation_loss(output.region_logits, output.trn_logits, beta, output.temperature).backward()
+    beta = uncertainty_beta(output.consistency)
+    losses.loss_kl_tar(output.region_logits, output.trn_logits, beta, output.temperature).backward()
     assert _grad_norm(model.pin) == 0
     assert _grad_norm(model.trn) > 0
 
@@ -138,19 +234,29 @@ def test_without_uem_beta_is_one():
     _, output, labels = _forward(ModelConfig(input_size=64))
     with_uem = losses.total_loss(output, labels, losses.LossConfig(use_uem=True))[1]["kl_tar"]
     without_uem = losses.total_loss(output, labels, losses.LossConfig(use_uem=False))[1]["kl_tar"]
-    unweighted = losses.distillation_loss(output.region_logits, output.trn_logits, torch.ones(len(labels)), output.temperature)
+    unweighted = losses.loss_kl_tar(output.region_logits, output.trn_logits, torch.ones(len(labels)), output.temperature)
     assert without_uem.item() == pytest.approx(unweighted.item(), rel=1e-6)
-    beta = losses.uncertainty_beta(output.uncertainty_w)
-    weighted = losses.distillation_loss(output.region_logits, output.trn_logits, beta, output.temperature)
+    beta = uncertainty_beta(output.consistency)
+    weighted = losses.loss_kl_tar(output.region_logits, output.trn_logits, beta, output.temperature)
     assert with_uem.item() == pytest.approx(weighted.item(), rel=1e-6)
     assert not torch.allclose(beta, torch.ones_like(beta))
 
 
-def test_intermediate_prediction_is_the_gated_mixture():
-    region_logits = torch.randn(2, 4, 5)
-    gate = torch.softmax(torch.randn(2, 4), -1)
-    output = POIOutput(trn_logits=torch.randn(2, 5), region_logits=region_logits, gate_weights=gate, temperature=3.0)
-    expected = (gate[..., None] * torch.softmax(region_logits / 3.0, -1)).sum(1)
-    assert torch.allclose(output.intermediate_probs, expected, atol=1e-6)
-    log_probs = losses.intermediate_log_probs(region_logits, gate, 3.0)
-    assert torch.allclose(log_probs.exp(), expected, atol=1e-6)
+def test_model_output_carries_p_star_and_w_from_its_oim_and_uem():
+    _, output, _ = _forward(ModelConfig(input_size=64))
+    expected = intermediate_log_probs(output.region_logits, output.gate_weights, output.temperature)
+    assert torch.allclose(output.intermediate_log_probs, expected, atol=1e-6)
+    assert torch.allclose(output.consistency, region_consistency(output.region_logits), atol=1e-6)
+    assert not output.consistency.requires_grad
+    _, old, _ = _forward(ModelConfig(input_size=64, uem_temperature=3.0, uem_scale="paper"))
+    assert torch.allclose(old.consistency, region_consistency(old.region_logits, 3.0, "paper"), atol=1e-6)
+
+
+def test_state_dicts_that_name_the_oim_gate_still_load():
+    torch.manual_seed(0)
+    model = POIModel(ModelConfig(input_size=64))
+    state = {k.replace("pin.oim.", "pin.gate."): v for k, v in model.state_dict().items()}
+    assert any(k.startswith("pin.gate.") for k in state)
+    fresh = POIModel(ModelConfig(input_size=64))
+    fresh.load_state_dict(state)  # strict: every key found
+    assert torch.equal(fresh.pin.oim.fc.weight, model.pin.oim.fc.weight)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from poi_cli.manifests import EYE_AUS, MOUTH_AUS
-from poi_cli.model import ModelConfig, POIModel, SubregionCrops, count_parameters
+from poi_cli.core.manifests import EYE_AUS, MOUTH_AUS
+from poi_cli.model.network import ModelConfig, POIModel, SubregionCrops, count_parameters
 
 
 def make_model(**overrides) -> POIModel:
@@ -32,7 +32,7 @@ def test_output_shapes_for_every_backbone_and_size(arch, size, channels):
     assert output.eye_au_logits.shape == (batch, 2, len(EYE_AUS))
     assert output.mouth_au_logits.shape == (batch, 2, len(MOUTH_AUS))
     assert output.intermediate_probs.shape == (batch, 8)
-    assert output.uncertainty_w.shape == (batch,)
+    assert output.consistency.shape == (batch,)
 
 
 @pytest.mark.parametrize("size,expected", [(224, 9), (64, 3), (128, 5), (448, 18), (96, 4)])
@@ -95,7 +95,7 @@ def test_no_prior_supervision_removes_the_au_nets():
 def test_no_oim_removes_the_gate():
     model = make_model(use_oim=False)
     output = model(torch.randn(2, 3, 64, 64))
-    assert model.pin.gate is None
+    assert model.pin.oim is None
     assert output.gate_weights is None and output.intermediate_probs is None
     assert output.eye_au_logits is not None
 

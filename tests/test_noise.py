@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from poi_cli.cli import app
-from poi_cli.manifests import class_names
-from poi_cli.noise import write_noisy_labels
-from poi_cli.store import FACES_FILE, MANIFEST_COLUMNS, MANIFEST_FILE, META_FILE, STORE_FORMAT, PreparedDataset
+from poi_cli.core.manifests import class_names
+from poi_cli.data.noise import write_noisy_labels
+from poi_cli.data.store import FACES_FILE, MANIFEST_COLUMNS, MANIFEST_FILE, META_FILE, STORE_FORMAT, PreparedDataset
 
 
 def make_store(root: Path, images: int = 3000, num_classes: int = 8) -> Path:

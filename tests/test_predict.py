@@ -1,4 +1,4 @@
-"""`poi predict` and poi_cli.predict.Predictor on generated images and skimage's astronaut.
+"""`poi predict` and poi_cli.inference.predict.Predictor on generated images and skimage's astronaut.
 
 The checkpoints are small randomly initialised models (64 px) written in tmp_path, so
 the predictions mean nothing; what is tested is the pipeline's contract: one record per
@@ -20,13 +20,13 @@ from PIL import Image
 from skimage import data as skimage_data
 from typer.testing import CliRunner
 
-from poi_cli import predict as predict_module
-from poi_cli.checkpoint import save_checkpoint
+from poi_cli.inference import predict as predict_module
+from poi_cli.model.checkpoint import save_checkpoint
 from poi_cli.cli import app
-from poi_cli.faces import FaceDetector
-from poi_cli.manifests import EYE_AUS, MOUTH_AUS, class_names
-from poi_cli.model import REGION_NAMES, ModelConfig, POIModel
-from poi_cli.predict import Predictor, PredictError, expand_inputs, resolve_model
+from poi_cli.data.faces import FaceDetector
+from poi_cli.core.manifests import EYE_AUS, MOUTH_AUS, class_names
+from poi_cli.model.network import REGION_NAMES, ModelConfig, POIModel
+from poi_cli.inference.predict import Predictor, PredictError, expand_inputs, resolve_model
 
 runner = CliRunner()
 

@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from poi_cli import prepare as prepare_module
+from poi_cli.data import prepare as prepare_module
 from poi_cli.cli import app
-from poi_cli.datasets import DATASET_NAMES, LayoutError, dataset_manifest
-from poi_cli.faces import Face
-from poi_cli.manifests import CLASSES
-from poi_cli.prepare import JOURNAL_FILE, PrepareError, prepare
-from poi_cli.store import PreparedDataset
+from poi_cli.data.datasets import DATASET_NAMES, LayoutError, dataset_manifest
+from poi_cli.data.faces import Face
+from poi_cli.core.manifests import CLASSES
+from poi_cli.data.prepare import JOURNAL_FILE, PrepareError, prepare
+from poi_cli.data.store import PreparedDataset
 
 SIZE = 32
 
@@ -165,7 +165,7 @@ class ScriptedDetector:
 
 
 def test_bad_images_get_a_status_and_the_run_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("poi_cli.faces.MAX_PIXELS", 200 * 200)
+    monkeypatch.setattr("poi_cli.data.faces.MAX_PIXELS", 200 * 200)
     raw = tmp_path / "raw"
     happy, sad = raw / "happy", raw / "sad"
     save(happy / "good.png", mode="RGB", value=100)

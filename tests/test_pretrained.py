@@ -4,8 +4,8 @@ import pytest
 import torch
 import torchvision
 
-from poi_cli.model import ModelConfig, POIModel
-from poi_cli.pretrained import PretrainedError, load_backbone
+from poi_cli.model.network import ModelConfig, POIModel
+from poi_cli.model.pretrained import PretrainedError, load_backbone
 
 
 def fresh_model(arch: str = "resnet18") -> POIModel:

@@ -11,13 +11,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from poi_cli.checkpoint import save_checkpoint
+from poi_cli.model.checkpoint import save_checkpoint
 from poi_cli.cli import app
-from poi_cli.config import TrainConfig
-from poi_cli.engine import RESULT_COLUMNS
-from poi_cli.manifests import class_names
-from poi_cli.model import ModelConfig, POIModel
-from poi_cli.report import build_report
+from poi_cli.train.config import TrainConfig
+from poi_cli.train.engine import RESULT_COLUMNS
+from poi_cli.core.manifests import class_names
+from poi_cli.model.network import ModelConfig, POIModel
+from poi_cli.inference.report import build_report
 
 runner = CliRunner()
 

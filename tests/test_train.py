@@ -17,12 +17,15 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import make_prepared
-from poi_cli.augment import BatchAugment, BatchLoader, normalize, to_model_input
-from poi_cli.checkpoint import load_checkpoint, load_model, next_run_dir
+from poi_cli.data.loader import BatchLoader
+from poi_cli.data.preprocess import normalize, to_model_input
+from poi_cli.train.augment import BatchAugment
+from poi_cli.core.atomic import next_run_dir
+from poi_cli.model.checkpoint import load_checkpoint, load_model
 from poi_cli.cli import app
-from poi_cli.config import TrainConfig
-from poi_cli.engine import RESULT_COLUMNS, STALL_ENV, evaluate_accuracy, learning_rate, remap_class_rows, train
-from poi_cli.store import PreparedDataset
+from poi_cli.train.config import TrainConfig
+from poi_cli.train.engine import RESULT_COLUMNS, STALL_ENV, evaluate_accuracy, learning_rate, remap_class_rows, train
+from poi_cli.data.store import PreparedDataset
 
 SMALL_SPLITS = {"train": 2, "valid": 1}  # 14 training images, 7 validation images
 

@@ -114,7 +114,7 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def model_dict(self, num_classes: int) -> dict:
-        """The ModelConfig fields (poi_cli.model), as plain values."""
+        """The ModelConfig fields (poi_cli.model.network), as plain values."""
         return {
             "arch": self.arch, "num_classes": num_classes, "input_size": self.input_size,
             "l_sub": self.l_sub, "temperature": self.temperature, "use_pin": self.use_pin,
@@ -122,7 +122,7 @@ class TrainConfig:
         }
 
     def loss_dict(self) -> dict:
-        """The LossConfig fields (poi_cli.losses), as plain values."""
+        """The LossConfig fields (poi_cli.model.losses), as plain values."""
         return {
             "lambda_au": self.lambda_au, "lambda_ce_au": self.lambda_ce_au,
             "lambda_ce_tar": self.lambda_ce_tar, "au_eps": self.au_eps, "use_uem": self.use_uem,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from poi_cli.model import ModelConfig, POIModel, count_parameters
+from poi_cli.model.network import ModelConfig, POIModel, count_parameters
 
 
 def count_gmacs(module: torch.nn.Module, input_size: int) -> float:

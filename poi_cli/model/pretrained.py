@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from poi_cli.model import POIModel
+from poi_cli.model.network import POIModel
 
 # Wrappers a checkpoint may nest its weights in, and key prefixes to strip.
 _CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "net")
@@ -32,7 +32,7 @@ class PretrainedError(ValueError):
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a state dict from a file safely (weights_only) and unwrap common containers."""
-    from poi_cli.checkpoint import safe_torch_load
+    from poi_cli.model.checkpoint import safe_torch_load
 
     loaded = safe_torch_load(path, "pretrained weights file", PretrainedError)
     while isinstance(loaded, dict) and not _looks_like_state_dict(loaded):

@@ -20,12 +20,13 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from poi_cli.augment import BatchLoader, to_model_input
-from poi_cli.atomic import save_figure, write_csv, write_json
-from poi_cli.checkpoint import load_model, resolve_checkpoint
-from poi_cli.engine import autocast, select_device, use_bf16
-from poi_cli.losses import intermediate_log_probs
-from poi_cli.store import PreparedDataset
+from poi_cli.data.loader import BatchLoader
+from poi_cli.data.preprocess import to_model_input
+from poi_cli.core.atomic import save_figure, write_csv, write_json
+from poi_cli.model.checkpoint import load_model, resolve_checkpoint
+from poi_cli.core.runtime import autocast, select_device, use_bf16
+from poi_cli.model.network import intermediate_log_probs
+from poi_cli.data.store import PreparedDataset
 
 STRATA = (0.3, 0.5, 0.7)
 
@@ -82,7 +83,7 @@ def predict_split(model: torch.nn.Module, faces: np.ndarray, store_rows: np.ndar
             collected["trn"].append(out.trn_logits.float().softmax(-1).cpu())
             if out.region_logits is not None:  # POIOutput's probabilities are float32 already
                 collected["region_average"].append(out.region_probs.mean(1).cpu())
-                collected["w"].append(out.uncertainty_w.cpu())
+                collected["w"].append(out.consistency.cpu())
                 if out.gate_weights is not None:
                     collected["intermediate"].append(out.intermediate_probs.cpu())
                     collected["objective"].append(intermediate_log_probs(out.region_logits, out.gate_weights, 1.0).exp().cpu())

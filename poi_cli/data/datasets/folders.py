@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from poi_cli.datasets.common import (
+from poi_cli.data.datasets.common import (
     Item, LayoutError, ParsedDataset, class_lookup, dataset_manifest, expected_counts, list_images, relative,
 )
-from poi_cli.manifests import CLASSES
+from poi_cli.core.manifests import CLASSES
 
 
 def class_folder_items(

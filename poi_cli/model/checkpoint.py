@@ -1,4 +1,4 @@
-"""Checkpoints and run-folder files, written atomically (temp file + os.replace).
+"""Checkpoints: written atomically, read safely (temp file + os.replace).
 
 A checkpoint is a dict of plain Python values and tensors, so it loads with
 torch.load(weights_only=True):
@@ -15,11 +15,10 @@ from typing import Any, Optional
 
 import torch
 
-from poi_cli.atomic import atomic_write
+from poi_cli.core.atomic import atomic_write
 
 CHECKPOINT_FORMAT = 1
 LAST, BEST = "last.pt", "best.pt"
-CONFIG_FILE, RESULTS_FILE = "config.json", "results.csv"
 
 
 class CheckpointError(ValueError):
@@ -67,34 +66,9 @@ def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
 
 def load_model(run_or_checkpoint: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
     """Build the POIModel a checkpoint describes, with its weights, in eval mode."""
-    from poi_cli.model import ModelConfig, POIModel
+    from poi_cli.model.network import ModelConfig, POIModel
 
     checkpoint = load_checkpoint(resolve_checkpoint(run_or_checkpoint))
     model = POIModel(ModelConfig.from_dict(checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), checkpoint
-
-
-def next_run_dir(project: str | Path, name: str, exist_ok: bool = False) -> Path:
-    """project/name, or name2, name3, ... when taken (like Ultralytics); created."""
-    project = Path(project)
-    candidate, number = project / name, 2
-    while candidate.exists() and not exist_ok:
-        candidate, number = project / f"{name}{number}", number + 1
-    candidate.mkdir(parents=True, exist_ok=True)
-    return candidate
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Optional[dict]) -> None:
-    if not state:
-        return
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -17,12 +17,12 @@ model, returning what `poi predict` reports:
     aus                    (N, 2, 13) AU occurrence probabilities; [:, 0] image-left,
                                       [:, 1] image-right regions; the 6 eye AUs (from
                                       the eye regions) then the 7 mouth AUs (from the
-                                      mouth regions), in poi_cli.manifests order
+                                      mouth regions), in poi_cli.core.manifests order
     region_probabilities   (N, 4, C)  p~_n of left_eye, right_eye, left_mouth, right_mouth
 
 Input preprocessing (what the exported file expects): a face aligned by
-poi_cli.faces.align_face at the model's input size, RGB, scaled to [0, 1], then
-normalised with ImageNet's mean and std (poi_cli.augment). Both formats carry this as
+poi_cli.data.faces.align_face at the model's input size, RGB, scaled to [0, 1], then
+normalised with ImageNet's mean and std (poi_cli.data.preprocess). Both formats carry this as
 metadata (ONNX metadata_props, TorchScript extra file `poi.json`), with the class names.
 
 After writing, the file is loaded back (onnxruntime / torch.jit) and run on a random
@@ -42,11 +42,11 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from poi_cli.augment import IMAGENET_MEAN, IMAGENET_STD
-from poi_cli.atomic import atomic_write
-from poi_cli.checkpoint import CheckpointError, load_model, resolve_checkpoint
-from poi_cli.manifests import EYE_AUS, MOUTH_AUS
-from poi_cli.model import REGION_NAMES, POIModel
+from poi_cli.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from poi_cli.core.atomic import atomic_write
+from poi_cli.model.checkpoint import CheckpointError, load_model, resolve_checkpoint
+from poi_cli.core.manifests import EYE_AUS, MOUTH_AUS
+from poi_cli.model.network import REGION_NAMES, POIModel
 
 FORMATS = ("onnx", "torchscript", "weights")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "weights": ".fp16.pt"}
@@ -72,7 +72,7 @@ class FullModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(images)
-        outputs = [out.trn_probs, out.uncertainty_w]
+        outputs = [out.trn_probs, out.consistency]
         if self.with_aus:
             outputs.append(torch.cat([out.eye_au_probs, out.mouth_au_probs], dim=-1))
         outputs.append(out.region_probs)
@@ -115,7 +115,7 @@ def _metadata(checkpoint: dict, model: POIModel, output_names: list[str], full: 
     size = model.config.input_size
     meta = {
         "classes": list(checkpoint["classes"]), "input_size": size, "input": f"float32 (N, 3, {size}, {size})",
-        "preprocessing": "face aligned by poi_cli.faces.align_face, RGB, /255, then (x - mean) / std",
+        "preprocessing": "face aligned by poi_cli.data.faces.align_face, RGB, /255, then (x - mean) / std",
         "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "outputs": output_names,
         "model": "full POI (TRN + PIN)" if full else "deployed TRN (logits)",
     }

@@ -26,12 +26,12 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
-from poi_cli.atomic import atomic_write_text, save_image, write_json
-from poi_cli.checkpoint import load_model, resolve_checkpoint
-from poi_cli.engine import select_device, use_bf16
-from poi_cli.evaluate import predict_split
-from poi_cli.noise import flip_labels
-from poi_cli.store import PreparedDataset, SplitData
+from poi_cli.core.atomic import atomic_write_text, save_image, write_json
+from poi_cli.model.checkpoint import load_model, resolve_checkpoint
+from poi_cli.core.runtime import select_device, use_bf16
+from poi_cli.inference.evaluate import predict_split
+from poi_cli.data.noise import flip_labels
+from poi_cli.data.store import PreparedDataset, SplitData
 
 SUSPICION_THRESHOLDS = (0.5, 0.7, 0.9)
 TOP_FRACTIONS = (0.1, 0.2, 0.3)

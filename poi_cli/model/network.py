@@ -6,10 +6,13 @@
            -> PriorBranch  B_upper / B_lower (conv, BN, ReLU, GAP) -> F (512) per region
            -> AUNets       6 eye / 7 mouth AU nets (Eq. 3)        -> AU logits, I_AU
            -> RegionClassifiers (one FC per region)               -> region logits t_n
-           -> ObjectiveInferenceGate (FC over the 4 I_AU, softmax) -> gate weights w_n
+           -> ObjectiveInference (OIM: gate over the 4 I_AU, Eq. 6-7) -> w_n, p~*
+           -> UncertaintyEstimation (UEM, Eq. 10)                 -> consistency w
 
 POIModel.forward returns a POIOutput with everything training and prediction need;
 POIModel.deploy() gives the TRN alone (trunk + TRN), which is all inference needs.
+The equations of the PIN's outputs (Eq. 6, 7, 10 and beta) are the functions beside the
+modules that use them; the losses (model/losses.py) import them from here.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from poi_cli.manifests import EYE_AUS, MOUTH_AUS
+from poi_cli.core.manifests import EYE_AUS, MOUTH_AUS
 
 ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50")
 NUM_REGIONS = 4
@@ -34,6 +37,9 @@ AU_HIDDEN = 128  # dim of I in an AU net
 AU_LATENT = 64  # dim of the AU latent a
 PAPER_L = 14  # feature-map side at 224 px
 PAPER_L_SUB = 9  # Table XI
+# Eq. 10's two readings (POI_SPEC section 4): "unit" rescales w to [0, 1] (the decision);
+# "paper" is the first reading, w = 1 - sum_c var_c in [1/N, 1], kept for comparison.
+UEM_SCALES = ("unit", "paper")
 
 
 @dataclass
@@ -44,7 +50,9 @@ class ModelConfig:
     num_classes: int = 7
     input_size: int = 224
     l_sub: Optional[int] = None  # subregion side on the shared map; None: round(9 L / 14)
-    temperature: float = 3.0  # T of Eq. 6 and 11; also fixes w at prediction time
+    temperature: float = 3.0  # T of Eq. 6, 8 and 11
+    uem_temperature: float = 1.0  # the regions' distributions of Eq. 10 are softmax(t_n / this)
+    uem_scale: str = "unit"  # see UEM_SCALES
     use_pin: bool = True  # False: the baseline "TB only" (TRN and cross-entropy alone)
     prior_supervision: bool = True  # False: "no PB", AU nets removed, regions classify F
     use_oim: bool = True  # False: "w/o inpre", no gate and no intermediate prediction
@@ -58,8 +66,10 @@ class ModelConfig:
             raise ValueError(f"input size must be a multiple of 16 from 64 to 448, got {self.input_size}")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.temperature <= 0 or self.uem_temperature <= 0:
+            raise ValueError(f"temperatures must be positive, got {self.temperature} and {self.uem_temperature}")
+        if self.uem_scale not in UEM_SCALES:
+            raise ValueError(f"uem_scale must be one of {', '.join(UEM_SCALES)}, got {self.uem_scale!r}")
         if self.l_sub is not None and not 1 <= self.l_sub <= self.feature_size:
             raise ValueError(f"l_sub must lie in 1..{self.feature_size} at input {self.input_size}, got {self.l_sub}")
 
@@ -91,6 +101,8 @@ class POIOutput:
     trn_logits: torch.Tensor  # z, (B, C)
     region_logits: Optional[torch.Tensor] = None  # t_n, (B, 4, C)
     gate_weights: Optional[torch.Tensor] = None  # w_n of the OIM, (B, 4); None without OIM
+    intermediate_log_probs: Optional[torch.Tensor] = None  # log p~* (Eq. 7), (B, C); None without OIM
+    consistency: Optional[torch.Tensor] = None  # the UEM's w (Eq. 10), detached, (B,)
     eye_au_logits: Optional[torch.Tensor] = None  # (B, 2, 6): left and right eye regions
     mouth_au_logits: Optional[torch.Tensor] = None  # (B, 2, 7): left and right mouth regions
     temperature: float = 3.0
@@ -103,23 +115,12 @@ class POIOutput:
     @property
     def region_probs(self) -> torch.Tensor:
         """p~_n = softmax(t_n / T) (Eq. 6), (B, 4, C)."""
-        return (self.region_logits.float() / self.temperature).softmax(dim=-1)
+        return tempered_log_probs(self.region_logits, self.temperature).exp()
 
     @property
     def intermediate_probs(self) -> Optional[torch.Tensor]:
         """p~* = sum_n w_n p~_n (Eq. 7), the PIN's objective inference, (B, C)."""
-        from poi_cli.losses import intermediate_log_probs
-
-        if self.gate_weights is None:
-            return None
-        return intermediate_log_probs(self.region_logits, self.gate_weights, self.temperature).exp()
-
-    @property
-    def uncertainty_w(self) -> torch.Tensor:
-        """UEM consistency w in [0.25, 1] (Eq. 10), on detached probabilities, (B,)."""
-        from poi_cli.losses import uncertainty_weight
-
-        return uncertainty_weight(self.region_probs.detach())
+        return None if self.intermediate_log_probs is None else self.intermediate_log_probs.exp()
 
     @property
     def eye_au_probs(self) -> Optional[torch.Tensor]:
@@ -128,6 +129,41 @@ class POIOutput:
     @property
     def mouth_au_probs(self) -> Optional[torch.Tensor]:
         return None if self.mouth_au_logits is None else self.mouth_au_logits.sigmoid()
+
+
+# ------------------------------------------------------------ equations of the PIN's outputs
+
+
+def tempered_log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Eq. 6 in log space: log p~ = log softmax(t / T), over the last dim, in float32."""
+    return F.log_softmax(logits.float() / temperature, dim=-1)
+
+
+def intermediate_log_probs(region_logits: torch.Tensor, gate_weights: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Eq. 7 in log space: log p~* = log sum_n w_n p~_n, from t_n (B, N, C) and w_n (B, N) -> (B, C)."""
+    region_log_probs = tempered_log_probs(region_logits, temperature)
+    return torch.logsumexp(gate_weights.float().clamp_min(1e-12).log()[..., None] + region_log_probs, dim=1)
+
+
+def region_consistency(region_logits: torch.Tensor, temperature: float = 1.0, scale: str = "unit") -> torch.Tensor:
+    """Eq. 10, the UEM's w per image, from the region logits t_n (B, N, C) -> (B,), detached.
+
+    p_n = softmax(t_n / temperature); var_c = mean_n p_n,c^2 - (mean_n p_n,c)^2.
+    scale "unit" (POI_SPEC's decision, temperature 1): w = 1 - N / (N - 1) * sum_c var_c,
+    1 when the N regions agree, 0 when they are one-hot on N different classes.
+    scale "paper" (the first reading, with temperature T = 3): w = 1 - sum_c var_c, in [1/N, 1].
+    """
+    probs = tempered_log_probs(region_logits.detach(), temperature).exp()
+    variance = (probs.square().mean(dim=1) - probs.mean(dim=1).square()).sum(dim=-1)
+    num_regions = probs.shape[1]
+    factor = num_regions / (num_regions - 1) if scale == "unit" else 1.0
+    return 1.0 - factor * variance
+
+
+def uncertainty_beta(w: torch.Tensor) -> torch.Tensor:
+    """beta = exp(1 - w) - 1 (the UEM's weight of Eq. 11): 0 when the regions agree,
+    e - 1 at w = 0 (scale "unit"), e^0.75 - 1 at w = 1/4 (scale "paper")."""
+    return torch.exp(1.0 - w) - 1.0
 
 
 def _torchvision_resnet(arch: str) -> torchvision.models.ResNet:
@@ -268,17 +304,34 @@ class RegionClassifiers(nn.Module):
         return torch.stack([head(x) for head, x in zip(self.heads, region_features)], dim=1)
 
 
-class ObjectiveInferenceGate(nn.Module):
-    """OIM gate: concatenated I_AU of the four regions -> FC -> softmax -> w_n (B, 4)."""
+class ObjectiveInference(nn.Module):
+    """OIM: the gate over the four regions and the intermediate prediction (Eq. 6-7).
 
-    def __init__(self, in_features: int) -> None:
+    Concatenated I_AU of the four regions -> FC -> softmax -> w_n (B, 4); then
+    log p~* = log sum_n w_n softmax(t_n / T), the PIN's objective inference.
+    """
+
+    def __init__(self, in_features: int, temperature: float) -> None:
         super().__init__()
         self.fc = nn.Linear(in_features, NUM_REGIONS)
+        self.temperature = temperature
 
-    def forward(self, region_features: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, region_features: list[torch.Tensor], region_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Softmax in float32: under bf16 autocast the weights would sum to 1 only within
         # ~1e-3, and an unnormalised p~* (Eq. 7) lets the KL of Eq. 8 go negative.
-        return self.fc(torch.cat(region_features, dim=1)).float().softmax(dim=-1)
+        gate_weights = self.fc(torch.cat(region_features, dim=1)).float().softmax(dim=-1)
+        return gate_weights, intermediate_log_probs(region_logits, gate_weights, self.temperature)
+
+
+class UncertaintyEstimation(nn.Module):
+    """UEM: how much the four regions agree, w of Eq. 10 (no weights; on detached logits)."""
+
+    def __init__(self, temperature: float = 1.0, scale: str = "unit") -> None:
+        super().__init__()
+        self.temperature, self.scale = temperature, scale
+
+    def forward(self, region_logits: torch.Tensor) -> torch.Tensor:
+        return region_consistency(region_logits, self.temperature, self.scale)
 
 
 class PriorInferenceNetwork(nn.Module):
@@ -299,7 +352,15 @@ class PriorInferenceNetwork(nn.Module):
             eye_dim = mouth_dim = BRANCH_WIDTH
         region_dims = (eye_dim, eye_dim, mouth_dim, mouth_dim)
         self.region_classifiers = RegionClassifiers(region_dims, config.num_classes)
-        self.gate = ObjectiveInferenceGate(sum(region_dims)) if config.use_oim else None
+        self.oim = ObjectiveInference(sum(region_dims), config.temperature) if config.use_oim else None
+        self.uem = UncertaintyEstimation(config.uem_temperature, config.uem_scale)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # Checkpoints written before the OIM became a module (the bundled model among
+        # them) name its FC "gate.fc"; it is the same layer.
+        for key in [k for k in state_dict if k.startswith(prefix + "gate.")]:
+            state_dict[prefix + "oim." + key[len(prefix + "gate."):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, shared_features: torch.Tensor) -> dict[str, Optional[torch.Tensor]]:
         crops = self.crops(shared_features)
@@ -310,9 +371,15 @@ class PriorInferenceNetwork(nn.Module):
             eye_au_logits, upper_features = self.eye_au_nets(upper_features)
             mouth_au_logits, lower_features = self.mouth_au_nets(lower_features)
         region_features = [*upper_features.unbind(1), *lower_features.unbind(1)]
+        region_logits = self.region_classifiers(region_features)
+        gate_weights = log_p_star = None
+        if self.oim is not None:
+            gate_weights, log_p_star = self.oim(region_features, region_logits)
         return {
-            "region_logits": self.region_classifiers(region_features),
-            "gate_weights": self.gate(region_features) if self.gate is not None else None,
+            "region_logits": region_logits,
+            "gate_weights": gate_weights,
+            "intermediate_log_probs": log_p_star,
+            "consistency": self.uem(region_logits),
             "eye_au_logits": eye_au_logits,
             "mouth_au_logits": mouth_au_logits,
         }

@@ -1,6 +1,6 @@
 """Dataset parsers, one per official layout: `parse_dataset(name, raw_dir)`.
 
-Each returns a ParsedDataset (see common.py); poi_cli.prepare turns it into a store.
+Each returns a ParsedDataset (see common.py); poi_cli.data.prepare turns it into a store.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from poi_cli.datasets import affectnet, ckplus, ferplus, folders, rafdb
-from poi_cli.datasets.common import EXCLUDED, MISSING, PENDING, Item, LayoutError, ParsedDataset, dataset_manifest
+from poi_cli.data.datasets import affectnet, ckplus, ferplus, folders, rafdb
+from poi_cli.data.datasets.common import EXCLUDED, MISSING, PENDING, Item, LayoutError, ParsedDataset, dataset_manifest
 
 PARSERS: dict[str, Callable[[Path], ParsedDataset]] = {
     "raf-db": rafdb.parse,

@@ -11,9 +11,9 @@ from typing import Optional
 
 from PIL import Image, ImageDraw, ImageFont
 
-from poi_cli.atomic import save_image
-from poi_cli.predict import AU_REGIONS, STATUS_OK, ImagePrediction
-from poi_cli.model import REGION_NAMES
+from poi_cli.core.atomic import save_image
+from poi_cli.inference.predict import AU_REGIONS, STATUS_OK, ImagePrediction
+from poi_cli.model.network import REGION_NAMES
 
 MAX_SIDE = 1024  # the photo is shown at most this large
 PANEL_FACES = 4  # AU panels drawn per image (the highest-scoring faces)

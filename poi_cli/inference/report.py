@@ -34,8 +34,8 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from poi_cli.atomic import atomic_write_text, save_figure
-from poi_cli.checkpoint import CONFIG_FILE, RESULTS_FILE
+from poi_cli.core.atomic import atomic_write_text, save_figure
+from poi_cli.train.run_folder import CONFIG_FILE, RESULTS_FILE
 
 DEFAULT_RUNS = "runs/train"
 EVAL_DIR = "eval"  # RUN/eval/metrics.json from `poi evaluate --out RUN/eval`
@@ -254,10 +254,10 @@ def _markdown(frame: pd.DataFrame, percent: Sequence[str] = ()) -> str:
 
 def predict_run(run: Run, data: str | Path, split: str, device: str = "auto", batch: int = 256) -> dict:
     """best.pt (else last.pt) of a run on a prepared split: confusion matrix, w per image, correctness."""
-    from poi_cli.checkpoint import load_model, resolve_checkpoint
-    from poi_cli.engine import select_device, use_bf16
-    from poi_cli.evaluate import class_mapping, predict_split
-    from poi_cli.store import PreparedDataset
+    from poi_cli.model.checkpoint import load_model, resolve_checkpoint
+    from poi_cli.core.runtime import select_device, use_bf16
+    from poi_cli.inference.evaluate import class_mapping, predict_split
+    from poi_cli.data.store import PreparedDataset
 
     checkpoint_path = resolve_checkpoint(run.path)
     torch_device = select_device(device)
@@ -353,7 +353,7 @@ def build_report(
     device: str = "auto",
 ) -> Report:
     """Collect runs, write report.md, runs.csv, by_noise.csv, strata.csv and the PNGs into out_dir."""
-    from poi_cli.evaluate import confidence_strata, plot_confusion
+    from poi_cli.inference.evaluate import confidence_strata, plot_confusion
 
     run_paths, skipped = find_runs(paths)
     runs: list[Run] = []

@@ -1,6 +1,6 @@
-"""`poi prepare`: a dataset's official layout -> a prepared store (see poi_cli.store).
+"""`poi prepare`: a dataset's official layout -> a prepared store (see poi_cli.data.store).
 
-    parse labels (poi_cli.datasets) -> load images in a thread pool -> [MTCNN, batched]
+    parse labels (poi_cli.data.datasets) -> load images in a thread pool -> [MTCNN, batched]
     -> align on five landmarks, or resize a pre-cropped face -> a row of faces.npy
 
 faces.npy is preallocated as a memory-mapped .npy and every face is written into its
@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 
 from poi_cli import __version__
-from poi_cli.atomic import atomic_write_text
-from poi_cli.datasets import PENDING, Item, LayoutError, ParsedDataset, parse_dataset
-from poi_cli.faces import ImageLoadError, align_face, is_grayscale, largest_face, load_image, resize_face
-from poi_cli.manifests import class_names
-from poi_cli.store import FACES_FILE, MANIFEST_COLUMNS, MANIFEST_FILE, META_FILE, STATUS_OK, STORE_FORMAT
+from poi_cli.core.atomic import atomic_write_text
+from poi_cli.data.datasets import PENDING, Item, LayoutError, ParsedDataset, parse_dataset
+from poi_cli.data.faces import ImageLoadError, align_face, is_grayscale, largest_face, load_image, resize_face
+from poi_cli.core.manifests import class_names
+from poi_cli.data.store import FACES_FILE, MANIFEST_COLUMNS, MANIFEST_FILE, META_FILE, STATUS_OK, STORE_FORMAT
 
 PROGRESS_FILE = "progress.json"  # settings of an unfinished run
 JOURNAL_FILE = "progress.jsonl"  # one JSON line per finished image
@@ -218,7 +218,7 @@ class _Worker:
     @property
     def detector(self) -> Any:
         if self._detector is None:  # built on first use: MTCNN takes a moment to load
-            from poi_cli.faces import FaceDetector
+            from poi_cli.data.faces import FaceDetector
 
             self._detector = FaceDetector(device=self.device)
         return self._detector

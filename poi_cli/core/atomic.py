@@ -63,3 +63,13 @@ def save_image(image: Any, path: str | Path) -> Path:
     """Save a PIL image as PNG atomically."""
     atomic_write(path, lambda f: image.save(f, format="PNG"))
     return Path(path)
+
+
+def next_run_dir(project: str | Path, name: str, exist_ok: bool = False) -> Path:
+    """project/name, or name2, name3, ... when taken (like Ultralytics); created."""
+    project = Path(project)
+    candidate, number = project / name, 2
+    while candidate.exists() and not exist_ok:
+        candidate, number = project / f"{name}{number}", number + 1
+    candidate.mkdir(parents=True, exist_ok=True)
+    return candidate

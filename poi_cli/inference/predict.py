@@ -35,12 +35,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from poi_cli.augment import to_model_input
-from poi_cli.atomic import atomic_write_text
-from poi_cli.checkpoint import CheckpointError, load_model, resolve_checkpoint
-from poi_cli.faces import Face, FaceDetector, ImageLoadError, align_face, load_image, to_rgb
-from poi_cli.manifests import EYE_AUS, MOUTH_AUS
-from poi_cli.model import REGION_NAMES
+from poi_cli.data.preprocess import to_model_input
+from poi_cli.core.atomic import atomic_write_text
+from poi_cli.model.checkpoint import CheckpointError, load_model, resolve_checkpoint
+from poi_cli.data.faces import Face, FaceDetector, ImageLoadError, align_face, load_image, to_rgb
+from poi_cli.core.manifests import EYE_AUS, MOUTH_AUS
+from poi_cli.model.network import REGION_NAMES
 
 STATUS_OK, STATUS_NO_FACE, STATUS_ERROR = "ok", "no_face", "error"
 STATUSES = (STATUS_OK, STATUS_NO_FACE, STATUS_ERROR)
@@ -53,7 +53,7 @@ AU_REGIONS: dict[str, tuple[str, str]] = {
     **{au: ("left_mouth", "right_mouth") for au in MOUTH_AUS},
 }
 MODEL_ENV = "POI_MODEL"
-BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "weights"
 NO_MODEL_MESSAGE = (
     "no model: pass --model CKPT (a checkpoint or run folder from `poi train`) or set POI_MODEL=CKPT; "
     "this installation bundles no model (see docs/predict.md, 'Getting a model')"
@@ -429,7 +429,7 @@ class Predictor:
             out = self.model(to_model_input(batch, self.input_size), with_pin=self.has_pin)
             collected["probs"].append(out.trn_probs)
             if self.has_pin:
-                collected["w"].append(out.uncertainty_w)
+                collected["w"].append(out.consistency)
                 collected["regions"].append(out.region_probs)
             if self.has_aus:
                 collected["eye"].append(out.eye_au_probs)

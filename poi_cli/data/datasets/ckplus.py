@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from poi_cli.datasets.common import (
+from poi_cli.data.datasets.common import (
     Item, LayoutError, ParsedDataset, class_lookup, dataset_manifest, five_from_68, list_images, relative,
 )
-from poi_cli.datasets.folders import parse_ck48
+from poi_cli.data.datasets.folders import parse_ck48
 
 
 def read_68(path: Path) -> np.ndarray | None:

@@ -1,7 +1,10 @@
 """POI losses, one function per equation (paper Eq. 4-12, typos fixed per POI_SPEC section 4).
 
+Each function is named after its term: the names of results.csv's columns (loss_au,
+loss_ce_au, loss_kl_au, loss_ce_tar, loss_kl_tar) and of the lambdas of Eq. 12.
 Shapes: B images, N = 4 regions, C classes. `labels` are the annotated (possibly noisy)
-class indices. Every KL here is KL(p || q) = sum_c p_c log(p_c / q_c) >= 0.
+class indices. Every KL here is KL(p || q) = sum_c p_c log(p_c / q_c) >= 0. The PIN's
+outputs (p~_n of Eq. 6, p~* of Eq. 7, w of Eq. 10, beta) come from model/network.py.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from poi_cli.manifests import au_prior_matrix
-from poi_cli.model import POIOutput
+from poi_cli.core.manifests import au_prior_matrix
+from poi_cli.model.network import POIOutput, tempered_log_probs, uncertainty_beta
 
 
 @dataclass
@@ -43,7 +46,7 @@ def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
 
 
-def au_loss(eye_au_logits: torch.Tensor, mouth_au_logits: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+def loss_au(eye_au_logits: torch.Tensor, mouth_au_logits: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
     """Eq. 4, L_AU: BCE between p_hat and y_hat, mean over images, regions and AUs.
 
     (The paper's "log(1 - log p)" is a typo for log(1 - p).) Eye and mouth AUs are
@@ -56,59 +59,35 @@ def au_loss(eye_au_logits: torch.Tensor, mouth_au_logits: torch.Tensor, labels: 
     return torch.cat(terms, dim=1).mean()
 
 
-def region_ce_loss(region_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Eq. 5, L_CE_au: cross-entropy of softmax(t_n) against y, mean over images and regions."""
+def loss_ce_au(region_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 5, L_CE_au: cross-entropy of softmax(t_n) (no T) against y, mean over images and regions."""
     num_regions = region_logits.shape[1]
     return F.cross_entropy(region_logits.float().flatten(0, 1), labels.repeat_interleave(num_regions))
 
 
-def intermediate_log_probs(region_logits: torch.Tensor, gate_weights: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Eq. 6-7 in log space: log p~* = log sum_n w_n softmax(t_n / T), (B, C)."""
-    region_log_probs = F.log_softmax(region_logits.float() / temperature, dim=-1)
-    return torch.logsumexp(gate_weights.float().clamp_min(1e-12).log()[..., None] + region_log_probs, dim=1)
-
-
-def region_kl_loss(region_logits: torch.Tensor, gate_weights: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Eq. 8, L_KL_au: mean over images and regions of KL(p~* || p~_n).
+def loss_kl_au(intermediate_log_probs: torch.Tensor, region_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Eq. 8, L_KL_au: mean over images and regions of KL(p~* || p~_n), p~_n = softmax(t_n / T).
 
     No stop-gradient (Decision: deep mutual learning, regions and gate both learn).
     The leading minus of the paper's Eq. 8 is a typo.
     """
-    region_log_probs = F.log_softmax(region_logits.float() / temperature, dim=-1)
-    target_log_probs = intermediate_log_probs(region_logits, gate_weights, temperature)
-    return kl_divergence(target_log_probs[:, None, :], region_log_probs).mean()
+    region_log_probs = tempered_log_probs(region_logits, temperature)
+    return kl_divergence(intermediate_log_probs[:, None, :], region_log_probs).mean()
 
 
-def target_ce_loss(trn_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Eq. 9, L_CE_tar: cross-entropy of q = softmax(z) against y."""
+def loss_ce_tar(trn_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 9, L_CE_tar: cross-entropy of q = softmax(z) (no T) against y."""
     return F.cross_entropy(trn_logits.float(), labels)
 
 
-def uncertainty_weight(region_probs: torch.Tensor) -> torch.Tensor:
-    """Eq. 10, the UEM consistency w per image, from p~_n of shape (B, N, C).
-
-    var_c = mean_n p~_n,c^2 - (mean_n p~_n,c)^2;  w = 1 - sum_c var_c.
-    Decision: the sum (trace) over classes, so w lies in [1/N, 1] = [0.25, 1]; w = 1
-    exactly when all regions agree. Callers pass detached probabilities.
-    """
-    probs = region_probs.float()
-    variance = (probs.square().mean(dim=1) - probs.mean(dim=1).square()).sum(dim=-1)
-    return 1.0 - variance
-
-
-def uncertainty_beta(w: torch.Tensor) -> torch.Tensor:
-    """beta = exp(1 - w) - 1, in [0, e^0.75 - 1]: 0 when the regions agree."""
-    return torch.exp(1.0 - w) - 1.0
-
-
-def distillation_loss(region_logits: torch.Tensor, trn_logits: torch.Tensor, beta: torch.Tensor, temperature: float) -> torch.Tensor:
+def loss_kl_tar(region_logits: torch.Tensor, trn_logits: torch.Tensor, beta: torch.Tensor, temperature: float) -> torch.Tensor:
     """Eq. 11, L_KL_tar: mean over images and regions of beta * KL(p~_n || q~), q~ = softmax(z / T).
 
     Decision: p~_n is detached, so the PIN teaches the TRN and never the reverse.
     The leading minus of the paper's Eq. 11 is a typo.
     """
-    teacher_log_probs = F.log_softmax(region_logits.detach().float() / temperature, dim=-1)
-    student_log_probs = F.log_softmax(trn_logits.float() / temperature, dim=-1)
+    teacher_log_probs = tempered_log_probs(region_logits.detach(), temperature)
+    student_log_probs = tempered_log_probs(trn_logits, temperature)
     per_region = kl_divergence(teacher_log_probs, student_log_probs[:, None, :])
     return (beta[:, None] * per_region).mean()
 
@@ -117,25 +96,24 @@ def total_loss(output: POIOutput, labels: torch.Tensor, config: LossConfig) -> t
     """Eq. 12: lambda_1 L_AU + lambda_2 L_CE_au + lambda_3 L_CE_tar + T^2 (L_KL_au + L_KL_tar).
 
     Terms that an ablation removes are absent from the dict (and from the sum). Returns
-    the total and the detached terms, for logging.
+    the total and the detached terms, for logging (w_mean: the mean UEM w of the batch).
     """
-    terms: dict[str, torch.Tensor] = {"ce_tar": target_ce_loss(output.trn_logits, labels)}
+    terms: dict[str, torch.Tensor] = {"ce_tar": loss_ce_tar(output.trn_logits, labels)}
     total = config.lambda_ce_tar * terms["ce_tar"]
     if output.region_logits is not None:  # not the baseline
         t = output.temperature
-        terms["ce_au"] = region_ce_loss(output.region_logits, labels)
+        terms["ce_au"] = loss_ce_au(output.region_logits, labels)
         total = total + config.lambda_ce_au * terms["ce_au"]
         if output.eye_au_logits is not None:  # prior supervision on
-            terms["au"] = au_loss(output.eye_au_logits, output.mouth_au_logits, labels, config.au_eps)
+            terms["au"] = loss_au(output.eye_au_logits, output.mouth_au_logits, labels, config.au_eps)
             total = total + config.lambda_au * terms["au"]
-        if output.gate_weights is not None:  # OIM on
-            terms["kl_au"] = region_kl_loss(output.region_logits, output.gate_weights, t)
+        if output.intermediate_log_probs is not None:  # OIM on
+            terms["kl_au"] = loss_kl_au(output.intermediate_log_probs, output.region_logits, t)
             total = total + t * t * terms["kl_au"]
-        w = output.uncertainty_w
+        w = output.consistency
         beta = uncertainty_beta(w) if config.use_uem else torch.ones_like(w)
-        terms["kl_tar"] = distillation_loss(output.region_logits, output.trn_logits, beta, t)
+        terms["kl_tar"] = loss_kl_tar(output.region_logits, output.trn_logits, beta, t)
         total = total + t * t * terms["kl_tar"]
         terms["w_mean"] = w.mean()
     terms["total"] = total
     return total, {name: value.detach() for name, value in terms.items()}
-

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from poi_cli.datasets.common import (
+from poi_cli.data.datasets.common import (
     EXCLUDED, MISSING, Item, LayoutError, ParsedDataset, class_lookup, dataset_manifest, expected_counts, five_from_68,
 )
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from poi_cli.atomic import atomic_write_text
+from poi_cli.core.atomic import atomic_write_text
 
 
 def flip_labels(labels: np.ndarray, num_classes: int, rate: float, seed: int = 0) -> np.ndarray:
@@ -48,7 +48,7 @@ def write_noisy_labels(
     Nothing in either file depends on time or paths, so the same seed gives
     byte-identical files. Returns (csv path, summary).
     """
-    from poi_cli.store import PreparedDataset
+    from poi_cli.data.store import PreparedDataset
 
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"--rate must lie in [0, 1], got {rate}")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from poi_cli.manifests import CLASSES, read_manifest
+from poi_cli.core.manifests import CLASSES, read_manifest
 
 # Item statuses a parser can set; prepare.py adds the image-level ones.
 PENDING = "pending"  # to be loaded and stored

@@ -3,7 +3,7 @@
     runs/train/NAME/        (NAME, NAME2, ... like Ultralytics)
       config.json           the full resolved config, written first
       results.csv           one row per finished epoch (rewritten whole, atomically)
-      last.pt, best.pt      checkpoints (poi_cli.checkpoint); best = best validation accuracy
+      last.pt, best.pt      checkpoints (poi_cli.model.checkpoint); best = best validation accuracy
 
 Per epoch: a permutation drawn from (seed, epoch), batches gathered from the uint8 store
 by a background thread, augmentation on the device, bf16 autocast where it pays,
@@ -38,16 +38,17 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from poi_cli.augment import BatchAugment, BatchLoader, to_model_input
-from poi_cli.checkpoint import (
-    BEST, CONFIG_FILE, LAST, RESULTS_FILE, load_checkpoint, next_run_dir, resolve_checkpoint,
-    rng_state, save_checkpoint, set_rng_state,
-)
-from poi_cli.atomic import write_csv, write_json
-from poi_cli.config import TrainConfig
-from poi_cli.losses import LossConfig, total_loss
-from poi_cli.model import ModelConfig, POIModel, POIOutput
-from poi_cli.store import PreparedDataset, SplitData
+from poi_cli.core.atomic import next_run_dir, write_csv, write_json
+from poi_cli.core.runtime import DistContext, autocast, init_distributed, use_bf16
+from poi_cli.data.loader import BatchLoader
+from poi_cli.data.preprocess import to_model_input
+from poi_cli.data.store import PreparedDataset, SplitData
+from poi_cli.model.checkpoint import BEST, LAST, load_checkpoint, resolve_checkpoint, save_checkpoint
+from poi_cli.model.losses import LossConfig, total_loss
+from poi_cli.model.network import ModelConfig, POIModel, POIOutput
+from poi_cli.train.augment import BatchAugment
+from poi_cli.train.config import TrainConfig
+from poi_cli.train.run_folder import CONFIG_FILE, RESULTS_FILE, rng_state, set_rng_state
 
 LOSS_TERMS = ("total", "ce_tar", "ce_au", "au", "kl_au", "kl_tar", "w_mean")
 RESULT_COLUMNS = [
@@ -62,77 +63,6 @@ STALL_ENV = "POI_DEBUG_STALL_AT"
 
 class TrainError(ValueError):
     """A training run that cannot start or go on; one-line message."""
-
-
-# ---------------------------------------------------------------------------- devices
-
-
-@dataclass
-class DistContext:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    owns_group: bool  # we initialised the process group (and destroy it)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def select_device(choice: str, local_rank: int = 0) -> torch.device:
-    """auto: CUDA, else MPS, else CPU. An unavailable explicit choice is an error."""
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if choice == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainError("--device cuda: no CUDA GPU is visible to PyTorch")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if choice == "mps" and not torch.backends.mps.is_available():
-        raise TrainError("--device mps: MPS is not available on this machine")
-    return torch.device(choice)
-
-
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX: the CPUs where bf16 autocast is faster than float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def use_bf16(amp: str, device: torch.device) -> bool:
-    if amp == "off":
-        return False
-    if amp == "bf16":
-        return True
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has_bf16()
-
-
-def autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else nullcontext()
-
-
-def init_distributed(device_choice: str) -> DistContext:
-    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); one process otherwise."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistContext(0, 1, 0, select_device(device_choice), False)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = select_device(device_choice, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    owns = not dist.is_initialized()
-    if owns:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistContext(rank, world_size, local_rank, device, owns)
 
 
 # ----------------------------------------------------------------------- schedule
@@ -258,7 +188,7 @@ class Trainer:
         labels, clean = train.labels, train.clean_labels
         self.noise_realised = None
         if c.noise > 0:
-            from poi_cli.noise import flip_labels
+            from poi_cli.data.noise import flip_labels
 
             clean = labels
             labels = flip_labels(labels, dataset.num_classes, c.noise, c.noise_seed)
@@ -326,7 +256,7 @@ class Trainer:
             raise TrainError(str(error)) from None
         model = POIModel(self.model_config)
         if c.pretrained and not self.resume_checkpoint:
-            from poi_cli.pretrained import load_backbone
+            from poi_cli.model.pretrained import load_backbone
 
             load_backbone(model, c.pretrained)
             self.log(f"backbone weights from {c.pretrained}")

@@ -1,0 +1,5 @@
+"""Layer 3, inference: what runs trained models. May import core, data and model, never train.
+
+predict (`poi predict`: faces in images), evaluate (`poi evaluate`), audit (`poi audit`),
+report (`poi report`), export (`poi export`), visualize (pictures of predictions).
+"""
