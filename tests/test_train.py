@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -76,7 +77,8 @@ def test_baseline_with_noise_records_clean_accuracy(tmp_path):
     run = train(tiny_config(data, tmp_path / "runs", epochs=1, use_pin=False, noise=0.5, noise_seed=3, val_fraction=0.3))
     results = pd.read_csv(run / "results.csv")
     assert results["train_acc_clean"].notna().all()
-    for ablated in ("loss_ce_au", "loss_au", "loss_kl_au", "loss_kl_tar", "w_mean"):
+    assert 0.0 <= results["train_acc_flipped"].iloc[0] <= 1.0
+    for ablated in ("loss_ce_au", "loss_au", "loss_kl_au", "loss_kl_tar", "w_mean", "beta_mean", "beta_auc_flipped"):
         assert results[ablated].isna().all(), ablated  # the baseline has CE only
     assert results["loss_total"].iloc[0] == pytest.approx(results["loss_ce_tar"].iloc[0])
     resolved = json.loads((run / "config.json").read_text())["resolved"]
@@ -86,6 +88,19 @@ def test_baseline_with_noise_records_clean_accuracy(tmp_path):
     assert results["val_acc"].notna().all()
     # a second run with the same name gets a numbered folder
     assert train(tiny_config(data, tmp_path / "runs", epochs=1, use_pin=False, val_split="none")).name == "exp2"
+
+
+def test_poi_with_noise_records_beta_per_epoch_and_the_uem_reading(tmp_path):
+    data = make_prepared(tmp_path / "data", splits=SMALL_SPLITS)
+    run = train(tiny_config(data, tmp_path / "runs", epochs=1, noise=0.5, noise_seed=1,
+                            uem_temperature=3.0, uem_scale="paper"))
+    row = pd.read_csv(run / "results.csv").iloc[0]
+    # the first reading of Eq. 10: w in [1/4, 1], so beta in [0, e^0.75 - 1]
+    assert 0.25 <= row["w_mean"] <= 1.0 and 0.0 <= row["beta_mean"] <= math.exp(0.75) - 1
+    assert 0.0 <= row["beta_over_0.1"] <= 1.0 and 0.0 <= row["beta_auc_flipped"] <= 1.0
+    assert 0.0 <= row["train_acc_flipped"] <= 1.0
+    model_config = load_checkpoint(run / "last.pt")["model_config"]
+    assert (model_config["uem_temperature"], model_config["uem_scale"]) == (3.0, "paper")
 
 
 def test_fine_tune_from_a_seven_class_run_onto_eight_class_data(tmp_path, capsys):

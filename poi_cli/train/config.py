@@ -26,7 +26,9 @@ class TrainConfig:
     arch: str = "resnet18"
     input_size: int = 224
     l_sub: Optional[int] = None  # None: round(9 L / 14)
-    temperature: float = 3.0
+    temperature: float = 3.0  # T of Eq. 6, 8 and 11
+    uem_temperature: float = 1.0  # Eq. 10 on softmax(t_n / this); 3 with uem_scale "paper": the first reading
+    uem_scale: str = "unit"  # "unit": w in [0, 1] (POI_SPEC's decision); "paper": w = 1 - sum var, in [0.25, 1]
     use_pin: bool = True  # False: the baseline (TRN + cross-entropy only)
     prior_supervision: bool = True  # False: "no PB"
     use_oim: bool = True  # False: "w/o inpre"
@@ -117,7 +119,8 @@ class TrainConfig:
         """The ModelConfig fields (poi_cli.model.network), as plain values."""
         return {
             "arch": self.arch, "num_classes": num_classes, "input_size": self.input_size,
-            "l_sub": self.l_sub, "temperature": self.temperature, "use_pin": self.use_pin,
+            "l_sub": self.l_sub, "temperature": self.temperature, "uem_temperature": self.uem_temperature,
+            "uem_scale": self.uem_scale, "use_pin": self.use_pin,
             "prior_supervision": self.prior_supervision, "use_oim": self.use_oim,
         }
 

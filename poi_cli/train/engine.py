@@ -39,21 +39,28 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from poi_cli.core.atomic import next_run_dir, write_csv, write_json
+from poi_cli.core.metrics import roc_auc
 from poi_cli.core.runtime import DistContext, autocast, init_distributed, use_bf16
 from poi_cli.data.loader import BatchLoader
 from poi_cli.data.preprocess import to_model_input
 from poi_cli.data.store import PreparedDataset, SplitData
 from poi_cli.model.checkpoint import BEST, LAST, load_checkpoint, resolve_checkpoint, save_checkpoint
 from poi_cli.model.losses import LossConfig, total_loss
-from poi_cli.model.network import ModelConfig, POIModel, POIOutput
+from poi_cli.model.network import ModelConfig, POIModel, POIOutput, uncertainty_beta
 from poi_cli.train.augment import BatchAugment
 from poi_cli.train.config import TrainConfig
 from poi_cli.train.run_folder import CONFIG_FILE, RESULTS_FILE, rng_state, set_rng_state
 
 LOSS_TERMS = ("total", "ce_tar", "ce_au", "au", "kl_au", "kl_tar", "w_mean")
+# What label noise does to training, per epoch (issue 13): train_acc_flipped is the
+# accuracy against the given (wrong) label on the flipped images, i.e. how much of the
+# noise the TRN has memorised; beta_* describe the UEM's weight of Eq. 11 over the epoch:
+# its mean, the share of images above 0.1, and its ROC AUC for telling flipped images
+# from clean ones (1: beta is higher on every flipped image).
+NOISE_COLUMNS = ("train_acc_flipped", "beta_mean", "beta_over_0.1", "beta_auc_flipped")
 RESULT_COLUMNS = [
     "epoch", *(f"loss_{t}" if t != "w_mean" else t for t in LOSS_TERMS), "lr",
-    "train_acc", "train_acc_clean", "val_acc", "epoch_time_s", "images_per_s",
+    "train_acc", "train_acc_clean", *NOISE_COLUMNS, "val_acc", "epoch_time_s", "images_per_s",
 ]
 VAL_SPLIT_ORDER = ("valid", "val")
 # Test hook: "EPOCH:STEP" (1-based) makes the loop announce itself on stderr and hang
@@ -376,6 +383,9 @@ class Trainer:
         # sums over the epoch: loss terms x images, images, correct, correct vs clean
         sums = torch.zeros(len(LOSS_TERMS) + 3, device=device, dtype=torch.float64)
         present: set[str] = set()
+        betas: list[torch.Tensor] = []
+        flipped: list[torch.Tensor] = []
+        flipped_correct = torch.zeros((), device=device, dtype=torch.float64)
         stall = _stall_point()
         lr = c.lr
         with self._progress() as progress:
@@ -403,6 +413,11 @@ class Trainer:
                 sums[-2] += (predicted == labels).sum()
                 if clean is not None:
                     sums[-1] += (predicted == clean).sum()
+                    is_flipped = labels != clean
+                    flipped.append(is_flipped)
+                    flipped_correct += ((predicted == labels) & is_flipped).sum()
+                if output.consistency is not None:
+                    betas.append(uncertainty_beta(output.consistency))
                 if step % 10 == 0 or step + 1 == len(loader):
                     mean_loss = (sums[0] / sums[-3]).item()
                     if not math.isfinite(mean_loss):
@@ -413,6 +428,7 @@ class Trainer:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - started
+        noise_row = self._noise_metrics(betas, flipped, flipped_correct)
         if ctx.distributed:
             dist.all_reduce(sums)
             self._average_buffers()
@@ -424,7 +440,27 @@ class Trainer:
             row[column] = round(sums[index] / images, 6) if term in present else None
         row["train_acc"] = round(sums[-2] / images, 6)
         row["train_acc_clean"] = round(sums[-1] / images, 6) if self.clean_labels is not None else None
+        row.update(noise_row)
         return row, seconds
+
+    def _noise_metrics(self, betas: list[torch.Tensor], flipped: list[torch.Tensor], flipped_correct: torch.Tensor) -> dict:
+        """The NOISE_COLUMNS of an epoch, over all processes (None where they do not apply)."""
+        row: dict = dict.fromkeys(NOISE_COLUMNS)
+        beta = torch.cat(betas).float() if betas else None
+        is_flipped = torch.cat(flipped) if flipped else None
+        if self.ctx.distributed:  # every process saw the same number of images per step
+            beta = _all_gather(beta) if beta is not None else None
+            is_flipped = _all_gather(is_flipped) if is_flipped is not None else None
+            dist.all_reduce(flipped_correct)
+        if is_flipped is not None and is_flipped.any():
+            row["train_acc_flipped"] = round(flipped_correct.item() / is_flipped.sum().item(), 6)
+        if beta is not None:
+            row["beta_mean"] = round(beta.mean().item(), 6)
+            row["beta_over_0.1"] = round((beta > 0.1).float().mean().item(), 6)
+            if is_flipped is not None:
+                auc = roc_auc(beta.cpu().numpy(), is_flipped.cpu().numpy())
+                row["beta_auc_flipped"] = None if auc is None else round(auc, 6)
+        return row
 
     def _average_buffers(self) -> None:
         """BN running statistics: each process ends the epoch with its own last-batch update;
@@ -506,6 +542,12 @@ def evaluate_accuracy(
             total += int(targets.shape[0])
     model.train(was_training)
     return correct, total
+
+
+def _all_gather(values: torch.Tensor) -> torch.Tensor:
+    parts = [torch.empty_like(values) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, values)
+    return torch.cat(parts)
 
 
 def _summary(row: dict, epochs: int, best: bool) -> str:
