@@ -30,8 +30,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from poi_cli.model.checkpoint import save_checkpoint  # noqa: E402
 from poi_cli.core.manifests import class_names  # noqa: E402
+from poi_cli.core.schema import STATUS_OK  # noqa: E402
+from poi_cli.data.preprocess import Preprocessing  # noqa: E402
+from poi_cli.model.checkpoint import build_checkpoint, save_checkpoint  # noqa: E402
 from poi_cli.model.network import ModelConfig, POIModel  # noqa: E402
 
 
@@ -39,8 +41,8 @@ def random_checkpoint(folder: Path, size: int, arch: str) -> Path:
     torch.manual_seed(0)
     config = ModelConfig(arch=arch, input_size=size)
     path = folder / "random.pt"
-    save_checkpoint(path, {"epoch": 0, "model": POIModel(config).state_dict(), "model_config": config.to_dict(),
-                           "classes": list(class_names(config.num_classes)), "config": {}})
+    save_checkpoint(path, build_checkpoint(model=POIModel(config), model_config=config, classes=class_names(config.num_classes),
+                                           preprocessing=Preprocessing(face_size=size, input_size=size)))
     return path
 
 
@@ -69,7 +71,7 @@ def photo_latency(model_path: Path, image_path: str | None, repeats: int, device
         stages["total"].append(time.perf_counter() - started)
         for key in ("load", "detection", "alignment", "model"):
             stages[key].append(predictor.timings[key] - before[key])
-        faces = sum(r["status"] == "ok" for r in records)
+        faces = sum(r["status"] == STATUS_OK for r in records)
     return {"image": name, "faces": faces, **{f"{k}_ms": 1000 * statistics.median(v) for k, v in stages.items()}}
 
 

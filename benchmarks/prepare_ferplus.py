@@ -14,7 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from poi_cli.core.schema import STATUS_OK
 from poi_cli.data.prepare import prepare
+from poi_cli.data.store import FACES_FILE
 
 
 def main() -> None:
@@ -30,8 +32,8 @@ def main() -> None:
         start = time.perf_counter()
         result = prepare("ferplus", args.raw_dir, out, size=size, workers=args.workers, show_progress=False)
         wall = time.perf_counter() - start
-        ok = sum(counts.get("ok", 0) for counts in result.counts.values())
-        store_gb = (out / "faces.npy").stat().st_size / 1e9
+        ok = sum(counts.get(STATUS_OK, 0) for counts in result.counts.values())
+        store_gb = (out / FACES_FILE).stat().st_size / 1e9
         start = time.perf_counter()
         again = prepare("ferplus", args.raw_dir, out, size=size, show_progress=False)
         rerun = time.perf_counter() - start

@@ -16,7 +16,6 @@ torch.cuda.max_memory_allocated on CUDA, the process's peak RSS on CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import tempfile
@@ -24,31 +23,32 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from rich.console import Console
 
 from poi_cli.train.config import TrainConfig
 from poi_cli.train.engine import Trainer
 from poi_cli.core.manifests import class_names
-from poi_cli.data.store import FACES_FILE, MANIFEST_COLUMNS, MANIFEST_FILE, META_FILE, STATUS_OK, STORE_FORMAT
+from poi_cli.core.schema import STATUS_OK
+from poi_cli.data.preprocess import Preprocessing
+from poi_cli.data.store import StoreWriter, store_meta
 
 
 def synthetic_store(root: Path, size: int, n: int, num_classes: int = 7) -> Path:
     """A prepared folder of n random faces (train split) + a tiny valid split."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, num_classes, n + num_classes)
-    faces = np.lib.format.open_memmap(root / FACES_FILE, mode="w+", dtype=np.uint8, shape=(len(labels), size, size, 3))
+    writer = StoreWriter(root)
+    faces = writer.open_faces(len(labels), size)
     for start in range(0, len(labels), 256):
         faces[start:start + 256] = rng.integers(0, 256, (min(256, len(labels) - start), size, size, 3), dtype=np.uint8)
     faces.flush()
     names = class_names(num_classes)
     rows = [{"id": str(i), "source": f"{i}.png", "split": "train" if i < n else "valid", "label": int(label),
              "label_name": names[label], "status": STATUS_OK, "store_index": i} for i, label in enumerate(labels)]
-    pd.DataFrame(rows).reindex(columns=list(MANIFEST_COLUMNS)).to_csv(root / MANIFEST_FILE, index=False)
-    meta = {"format": STORE_FORMAT, "dataset": "synthetic", "size": size, "num_classes": num_classes,
-            "classes": list(names), "grayscale": False, "splits": ["train", "valid"]}
-    (root / META_FILE).write_text(json.dumps(meta))
+    writer.write_manifest(rows)
+    writer.write_meta(store_meta(dataset="synthetic", classes=names, preprocessing=Preprocessing(size, size),
+                                 splits=["train", "valid"]))
     return root
 
 

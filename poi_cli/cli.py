@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional, get_type_hints
 
 import typer
 from rich.console import Console
@@ -144,80 +146,64 @@ def noise(
     console.print(f"wrote {path} and {path.with_suffix('.json').name}; train with --labels {path}", highlight=False, soft_wrap=True)
 
 
-from poi_cli.train.config import TrainConfig as _TrainConfig  # plain dataclass, no torch: the defaults of `poi train`
+from poi_cli.train import config as _train_config  # plain dataclass, no torch: the options of `poi train`
 
-_TD = _TrainConfig()
+
+def _config_parameter(f: dataclasses.Field, annotation: Any) -> inspect.Parameter:
+    """The Typer parameter of a TrainConfig field, from its metadata (help, section, flags)."""
+    meta, default = f.metadata, _train_config.field_default(f)
+    panel = meta["section"].capitalize()
+    if meta["argument"]:
+        info = typer.Argument(None, help=meta["help"], show_default=False)
+        return inspect.Parameter(meta["argument"], inspect.Parameter.KEYWORD_ONLY, default=info, annotation=Optional[str])
+    flags = meta["flags"] or (f"--{f.name.replace('_', '-')}",)
+    if meta["invert"]:  # --baseline, --no-prior, ...: the flag turns the field off
+        default = False
+    elif isinstance(default, list):  # comma-separated on the command line
+        default, annotation = ",".join(map(str, default)), str
+    elif annotation is bool and not meta["flags"] and default:
+        flags = (f"{flags[0]}/--no-{flags[0][2:]}",)
+    info = typer.Option(default, *flags, help=meta["help"], rich_help_panel=panel)
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
+
+
+def _config_cli_fields() -> list[dataclasses.Field]:
+    """The TrainConfig fields that are `poi train` options (or its argument)."""
+    return [f for f in dataclasses.fields(_train_config.TrainConfig) if f.metadata["cli"]]
+
+
+def _with_config_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command(**options)` one CLI parameter per TrainConfig field (the signature Typer reads)."""
+    hints = get_type_hints(_train_config.TrainConfig)
+    command.__signature__ = inspect.Signature([_config_parameter(f, hints[f.name]) for f in _config_cli_fields()])
+    return command
+
+
+def _config_from_options(options: dict[str, Any]) -> "_train_config.TrainConfig":
+    """The TrainConfig of parsed `poi train` options (None: the field's default)."""
+    values = {}
+    for f in _config_cli_fields():
+        value = options[f.metadata["argument"] or f.name]
+        if value is not None:
+            values[f.name] = not value if f.metadata["invert"] else value
+    return _train_config.TrainConfig(**values)
 
 
 @app.command()
-def train(
-    prepared_dir: Optional[str] = typer.Argument(None, help="A folder written by `poi prepare` (not needed with --resume)."),
-    arch: str = typer.Option(_TD.arch, help="Backbone: resnet18, resnet34, resnet50, or resnet10 (one block per stage; the bundled model)."),
-    size: int = typer.Option(_TD.input_size, "--size", help="Input side in pixels (faces are resized on the device when the store differs)."),
-    epochs: int = typer.Option(_TD.epochs, help="Epochs."),
-    batch: int = typer.Option(_TD.batch, help="Global batch size (split over processes under torchrun)."),
-    lr: float = typer.Option(_TD.lr, help="Initial learning rate (SGD)."),
-    schedule: str = typer.Option(_TD.schedule, help="step (lr x gamma at --lr-steps) or cosine."),
-    lr_steps: str = typer.Option(",".join(map(str, _TD.lr_steps)), help="Epochs where the step schedule multiplies lr by --lr-gamma."),
-    lr_gamma: float = typer.Option(_TD.lr_gamma, help="Factor of the step schedule."),
-    warmup_epochs: float = typer.Option(_TD.warmup_epochs, help="Linear warm-up length in epochs."),
-    momentum: float = typer.Option(_TD.momentum, help="SGD momentum."),
-    weight_decay: float = typer.Option(_TD.weight_decay, help="SGD weight decay."),
-    lambda_au: float = typer.Option(_TD.lambda_au, help="lambda_1 of Eq. 12 (AU loss)."),
-    lambda_ce_au: float = typer.Option(_TD.lambda_ce_au, help="lambda_2 of Eq. 12 (region cross-entropy)."),
-    lambda_ce_tar: float = typer.Option(_TD.lambda_ce_tar, help="lambda_3 of Eq. 12 (TRN cross-entropy)."),
-    temperature: float = typer.Option(_TD.temperature, "--temperature", "-T", help="Temperature T of Eq. 6 and 11."),
-    uem_temperature: float = typer.Option(_TD.uem_temperature, help="Temperature of the region distributions in the UEM's w (Eq. 10)."),
-    uem_scale: str = typer.Option(_TD.uem_scale, help="unit: w = 1 - N/(N-1) sum var, in [0, 1] (the spec); paper: w = 1 - sum var (the first reading, with --uem-temperature 3)."),
-    au_eps: float = typer.Option(_TD.au_eps, help="eps of the AU pseudo-labels."),
-    l_sub: Optional[int] = typer.Option(_TD.l_sub, help="Subregion side on the feature map (default round(9 L / 14))."),
-    baseline: bool = typer.Option(False, "--baseline", help="Train the baseline: TRN with cross-entropy only (no PIN)."),
-    no_prior: bool = typer.Option(False, "--no-prior", help="Ablation: no AU nets / AU loss (no PB)."),
-    no_oim: bool = typer.Option(False, "--no-oim", help="Ablation: no gate, no intermediate prediction (w/o inpre)."),
-    no_uem: bool = typer.Option(False, "--no-uem", help="Ablation: beta = 1 for every image."),
-    augment: bool = typer.Option(_TD.augment, "--augment/--no-augment", help="Training augmentation on the device."),
-    translate: float = typer.Option(_TD.translate, help="Max random shift, fraction of the side."),
-    color_jitter: float = typer.Option(_TD.color_jitter, help="Brightness/contrast/saturation range (off for grayscale data)."),
-    pretrained: Optional[str] = typer.Option(None, help="Backbone weights file (torchvision or resnet18_msceleb layout)."),
-    fine_tune: Optional[str] = typer.Option(None, help="Start from a poi checkpoint or run folder (classes mapped by name)."),
-    noise: float = typer.Option(_TD.noise, help="Flip this fraction of the training labels on the fly (recorded)."),
-    noise_seed: int = typer.Option(_TD.noise_seed, help="Seed of --noise."),
-    labels: Optional[str] = typer.Option(None, help="Label file for the training split (from `poi noise`)."),
-    train_split: str = typer.Option(_TD.train_split, help="Split to train on."),
-    val_split: Optional[str] = typer.Option(None, help="Split for model selection (default valid, else val; 'none' for none; never test)."),
-    val_fraction: float = typer.Option(_TD.val_fraction, help="Without a valid/val split: hold out this stratified fraction of train."),
-    seed: int = typer.Option(_TD.seed, help="Random seed (initialisation, batches, augmentation)."),
-    device: str = typer.Option(_TD.device, help="auto, cpu, cuda or mps."),
-    amp: str = typer.Option(_TD.amp, help="bf16 autocast: auto (CUDA, or CPUs with AVX512-BF16/AMX), bf16 or off."),
-    channels_last: str = typer.Option(_TD.channels_last, help="auto (on for CUDA), on or off."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    sync_bn: bool = typer.Option(False, "--sync-bn", help="SyncBatchNorm under torchrun (CUDA)."),
-    project: str = typer.Option(_TD.project, help="Folder of the run folders."),
-    name: str = typer.Option(_TD.name, help="Run folder name (numbered when taken: exp2, exp3, ...)."),
-    resume: Optional[str] = typer.Option(None, help="Continue an interrupted run folder (its own config; other options ignored but --device)."),
-) -> None:
+@_with_config_options
+def train(**options: Any) -> None:
     """Train POI (or the baseline / an ablation) on a prepared dataset; see docs/training.md."""
     from poi_cli.model.checkpoint import CheckpointError
     from poi_cli.train.engine import TrainError
     from poi_cli.model.pretrained import PretrainedError
     from poi_cli.data.store import StoreError
 
-    if prepared_dir is None and resume is None:
-        fail("give a prepared folder (PREPARED_DIR) or --resume RUN_DIR")
     try:
-        steps = [int(s) for s in lr_steps.split(",") if s.strip()]
-    except ValueError:
-        fail(f"--lr-steps must be comma-separated epochs, got {lr_steps!r}")
-    config = _TrainConfig(
-        data=prepared_dir or "", arch=arch, input_size=size, epochs=epochs, batch=batch, lr=lr, schedule=schedule,
-        lr_steps=steps, lr_gamma=lr_gamma, warmup_epochs=warmup_epochs, momentum=momentum, weight_decay=weight_decay,
-        lambda_au=lambda_au, lambda_ce_au=lambda_ce_au, lambda_ce_tar=lambda_ce_tar, temperature=temperature,
-        uem_temperature=uem_temperature, uem_scale=uem_scale, au_eps=au_eps, l_sub=l_sub, use_pin=not baseline, prior_supervision=not no_prior, use_oim=not no_oim,
-        use_uem=not no_uem, augment=augment, translate=translate, color_jitter=color_jitter, pretrained=pretrained,
-        fine_tune=fine_tune, noise=noise, noise_seed=noise_seed, labels=labels, train_split=train_split,
-        val_split=val_split, val_fraction=val_fraction, seed=seed, device=device, amp=amp, channels_last=channels_last, compile=compile,
-        sync_bn=sync_bn, project=project, name=name, resume=resume,
-    )
+        config = _config_from_options(options)
+    except ValueError as error:
+        fail(str(error))
+    if not config.data and config.resume is None:
+        fail("give a prepared folder (PREPARED_DIR) or --resume RUN_DIR")
     from poi_cli.train.engine import train as run_train
 
     try:
@@ -245,7 +231,6 @@ def evaluate(
     """Accuracy, per-class recall, confusion matrix, confidence strata and PIN accuracies of a model."""
     from poi_cli.core.atomic import next_run_dir
     from poi_cli.model.checkpoint import CheckpointError
-    from poi_cli.train.engine import TrainError
     from poi_cli.inference.evaluate import evaluate as run_evaluate, write_reports
     from poi_cli.data.store import StoreError
 
@@ -253,7 +238,7 @@ def evaluate(
         result = run_evaluate(model, prepared_dir, split=split, device=device, batch=batch, amp=amp)
         out_dir = next_run_dir("runs/evaluate", "exp") if out is None else out
         files = write_reports(result, out_dir)
-    except (CheckpointError, StoreError, TrainError, ValueError, OSError) as error:
+    except (CheckpointError, StoreError, ValueError, OSError) as error:  # DeviceError is a ValueError
         fail(str(error))
     if as_json:
         print(json.dumps(result))
@@ -439,13 +424,12 @@ def audit(
     from poi_cli.inference.audit import SUSPICION_THRESHOLDS, AuditError, audit as run_audit, write_audit
     from poi_cli.core.atomic import next_run_dir
     from poi_cli.model.checkpoint import CheckpointError
-    from poi_cli.train.engine import TrainError
     from poi_cli.data.store import StoreError
 
     try:
         result = run_audit(model, prepared_dir, labels_file=labels, split=split, baseline=baseline, device=device, batch=batch)
         files = write_audit(result, next_run_dir("runs/audit", "exp") if out is None else out)
-    except (AuditError, CheckpointError, StoreError, TrainError, ValueError, OSError) as error:
+    except (AuditError, CheckpointError, StoreError, ValueError, OSError) as error:  # DeviceError is a ValueError
         fail(str(error))
     summary = result.summary
     console.print(f"audited {summary['n_images']} images of split {summary['split']}: {summary['mode']}; {summary['labels']}", highlight=False)
@@ -471,3 +455,63 @@ def audit(
         if recovered is not None:
             console.print(f"the suggested label (argmax p*) is the clean label for {recovered:.2%} of the flipped images", highlight=False)
     console.print(f"wrote {', '.join(str(f) for f in files)}", highlight=False)
+
+
+@app.command()
+def clean(
+    audit_or_run: str = typer.Argument(..., help="An audit.csv from `poi audit`, or a POI run folder / checkpoint (audited first)."),
+    prepared_dir: str = typer.Argument(..., help="The prepared folder the audit is of (only read)."),
+    out: str = typer.Option(..., "--out", help="The label file to write (.csv; its summary goes beside it as .json)."),
+    relabel: bool = typer.Option(True, "--relabel/--drop", help="Relabel the suspects to the PIN's suggested label, or leave them out of training."),
+    threshold: Optional[float] = typer.Option(None, help="Select images with suspicion >= this."),
+    fraction: Optional[float] = typer.Option(None, help="Select this fraction of the images, most suspect first."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="With a run: the label file to audit (default: the labels it trained on)."),
+    split: str = typer.Option("train", help="The split the audit covers."),
+    device: str = typer.Option("auto", help="With a run: auto, cpu, cuda or mps."),
+) -> None:
+    """Turn an audit into a label file for `poi train --labels`: relabel or drop the most suspect images."""
+    from poi_cli.core.errors import PoiError
+    from poi_cli.inference.clean import clean as run_clean, write_clean
+
+    try:
+        result = run_clean(audit_or_run, prepared_dir, "relabel" if relabel else "drop", threshold, fraction,
+                           labels_file=labels, split=split, device=device)
+        files = write_clean(result, out)
+    except (PoiError, OSError) as error:
+        fail(str(error))
+    s = result.summary
+    action = "relabelled" if relabel else "dropped"
+    console.print(f"{s['n_selected']} of {s['n_images']} images selected, {s['n_changed']} {action}", highlight=False)
+    if "changed_wrong_before" in s:
+        line = f"of the {s['n_changed']} {action}: {s['changed_wrong_before']} had a wrong label"
+        if relabel:
+            line += f", {s['changed_right_after']} now have the right one"
+        after = "-" if s["noise_rate_after"] is None else f"{s['noise_rate_after']:.2%}"
+        console.print(f"{line}; label noise {s['noise_rate_before']:.2%} -> {after}", highlight=False)
+    console.print(f"wrote {', '.join(str(f) for f in files)}; train with `poi train {prepared_dir} --labels {files[0]}`",
+                  highlight=False, soft_wrap=True)
+
+
+@app.command()
+def calibrate(
+    model: str = typer.Argument(..., help="A run folder (its best.pt) or a checkpoint."),
+    prepared_dir: str = typer.Argument(..., help="A prepared folder with the model's classes."),
+    split: Optional[str] = typer.Option(None, help="Split to fit on (default valid, else val; never the test split)."),
+    out: Optional[str] = typer.Option(None, help="Where to write the calibrated copy (default <checkpoint>.calibrated.pt beside it)."),
+    in_place: bool = typer.Option(False, "--in-place", help="Rewrite the checkpoint itself (atomically) instead of a copy."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+    batch: int = typer.Option(256, help="Images per batch."),
+) -> None:
+    """Fit the temperature T_cal that makes `confidence` a calibrated probability, and store it in the checkpoint."""
+    from poi_cli.core.errors import PoiError
+    from poi_cli.inference.calibrate import calibrate as run_calibrate
+
+    try:
+        result = run_calibrate(model, prepared_dir, split=split, out=out, in_place=in_place, device=device, batch=batch)
+    except (PoiError, OSError) as error:
+        fail(str(error))
+    c = result.calibration
+    before = "uncalibrated (T_cal = 1)" if result.previous is None else f"T_cal {result.previous.temperature:.4f}"
+    console.print(f"T_cal = {c.temperature:.4f} fitted on {c.n_images} images of split {c.split} (was {before}); "
+                  f"NLL {c.nll_before:.4f} -> {c.nll_after:.4f}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {result.written}", highlight=False, soft_wrap=True)

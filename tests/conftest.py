@@ -1,22 +1,21 @@
-"""Shared fixtures: a tiny prepared dataset written directly in the store format.
+"""Shared fixtures: a tiny prepared dataset written with the store's writer.
 
-`make_prepared(root, ...)` writes prepared.json, manifest.csv and faces.npy (see
-poi_cli.data.store) with class-dependent patterns a ResNet learns in a few steps: class c
+`make_prepared(root, ...)` writes prepared.json, manifest.csv and faces.npy
+(poi_cli.data.store.write_store) with class-dependent patterns a ResNet learns in a few steps: class c
 is horizontal stripes of frequency c + 1 (invariant to the flips and small shifts of
 training augmentation), plus per-image noise, phase and tint.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from poi_cli.core.manifests import class_names
-from poi_cli.data.store import FACES_FILE, MANIFEST_COLUMNS, MANIFEST_FILE, META_FILE, STATUS_OK, STORE_FORMAT
+from poi_cli.core.schema import STATUS_NO_FACE, STATUS_OK
+from poi_cli.data.store import write_store
 
 DEFAULT_SPLITS = {"train": 6, "valid": 2, "test": 2}  # images per class
 
@@ -42,8 +41,6 @@ def make_prepared(
 ) -> Path:
     """Write a prepared folder under `root`; `failed` extra manifest rows per split have no face."""
     splits = splits or DEFAULT_SPLITS
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     names = class_names(num_classes)
     faces, rows = [], []
@@ -59,17 +56,10 @@ def make_prepared(
         for index in range(failed):
             rows.append({
                 "id": f"{split}/noface_{index:03d}", "source": f"{split}/noface_{index:03d}.png", "split": split,
-                "label": 0, "label_name": names[0], "status": "no_face", "reason": "no face detected",
+                "label": 0, "label_name": names[0], "status": STATUS_NO_FACE, "reason": "no face detected",
                 "n_faces": 0, "store_index": -1,
             })
-    np.save(root / FACES_FILE, np.stack(faces))
-    pd.DataFrame(rows).reindex(columns=list(MANIFEST_COLUMNS)).to_csv(root / MANIFEST_FILE, index=False)
-    meta = {
-        "format": STORE_FORMAT, "dataset": "synthetic-stripes", "size": size, "num_classes": num_classes,
-        "classes": list(names), "grayscale": grayscale, "splits": list(splits),
-    }
-    (root / META_FILE).write_text(json.dumps(meta, indent=2))
-    return root
+    return write_store(root, np.stack(faces), rows, dataset="synthetic-stripes", classes=names, grayscale=grayscale)
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from conftest import make_prepared
-from poi_cli.inference.audit import AUDIT_COLUMNS, audit, detection_metrics, roc_auc, suspicion_score, write_audit
+from poi_cli.inference.audit import AUDIT_COLUMNS, audit, detection_metrics, suspicion_score, write_audit
 from poi_cli.cli import app
+from poi_cli.core.metrics import roc_auc
 from poi_cli.train.config import TrainConfig
 from poi_cli.train.engine import train
 from poi_cli.data.noise import flip_labels
@@ -99,6 +100,8 @@ def test_cli_writes_files_and_reports_detection(trained, tmp_path):
     assert "baseline_loss" in pd.read_csv(out / "audit.csv").columns
     bad = runner.invoke(app, ["audit", str(tmp_path / "absent"), str(data)])
     assert bad.exit_code == 1 and "Traceback" not in bad.output and len(bad.output.strip().splitlines()) == 1
+    no_device = runner.invoke(app, ["audit", str(run_dir), str(data), "--device", "mps"])  # never on Linux
+    assert no_device.exit_code == 1 and "MPS is not available" in no_device.output and "Traceback" not in no_device.output
 
 
 def test_suspicion_and_metrics_by_hand():

@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from poi_cli.cli import app
 from poi_cli.core.manifests import EYE_AUS, MOUTH_AUS, class_names
+from poi_cli.data.preprocess import Preprocessing
+from poi_cli.model.checkpoint import read_checkpoint_info
 from poi_cli.model.network import ModelConfig
 from poi_cli.inference.predict import bundled_model
 
@@ -37,6 +39,14 @@ def test_bundled_model_is_fp16_trn_and_pin_under_25_mb(bundled):
     assert any(name.startswith("trn.") for name in weights) and any(name.startswith("pin.eye_au_nets") for name in weights)
     assert checkpoint["classes"] == list(class_names(8))
     assert checkpoint["resolved"]["grayscale"] is True  # FERPlus faces are grey; predict converts to match
+
+
+def test_bundled_model_without_a_preprocessing_key_reads_as_grey_96_px(bundled):
+    """The file predates Preprocessing: it is derived from resolved and model_config."""
+    assert "preprocessing" not in torch.load(bundled, map_location="cpu", weights_only=True)
+    info = read_checkpoint_info(bundled)
+    assert info.preprocessing == Preprocessing(face_size=96, input_size=96, grayscale=True)
+    assert info.packed == {"dtype": "float16", "source": "best.pt"} and info.classes == class_names(8)
 
 
 def test_predict_on_the_committed_photo_uses_the_bundled_model(bundled, monkeypatch):

@@ -43,3 +43,39 @@ def test_info_bad_options_give_one_line_errors(args, needle):
     assert result.exit_code != 0
     assert needle in result.output
     assert "Traceback" not in result.output
+
+
+def test_train_help_lists_every_config_option_in_its_section():
+    from dataclasses import fields
+
+    from poi_cli.train.config import TrainConfig
+
+    result = runner.invoke(app, ["train", "--help"], terminal_width=250)
+    assert result.exit_code == 0, result.output
+    for f in fields(TrainConfig):
+        if f.metadata["cli"] and not f.metadata["argument"]:
+            flag = (f.metadata["flags"] or (f"--{f.name.replace('_', '-')}",))[0].split("/")[0]
+            assert flag in result.output, f.name
+    for panel in ("Model", "Loss", "Optimiser", "Augmentation", "Data", "Run"):
+        assert f"─ {panel} ─" in result.output
+    assert "--flip" not in result.output and "--eval-batch" not in result.output  # library-only fields
+
+
+def test_train_options_fill_the_config_by_field(monkeypatch):
+    import poi_cli.train.engine as engine
+    from poi_cli.train.config import TrainConfig
+
+    seen = []
+    monkeypatch.setattr(engine, "train", lambda config, console=None: seen.append(config) or "runs/train/exp")
+    args = ["train", "data", "--size", "112", "-T", "2", "--baseline", "--no-uem", "--no-augment", "--lr-steps", "5,9",
+            "--uem-temperature", "3", "--uem-scale", "paper", "--compile", "--val-split", "none"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    expected = TrainConfig(data="data", input_size=112, temperature=2.0, use_pin=False, use_uem=False, augment=False,
+                           lr_steps=[5, 9], uem_temperature=3.0, uem_scale="paper", compile=True, val_split="none")
+    assert seen == [expected]
+    assert runner.invoke(app, ["train", "data"]).exit_code == 0 and seen[-1] == TrainConfig(data="data")
+    bad = runner.invoke(app, ["train", "data", "--lr-steps", "5,x"])
+    assert bad.exit_code == 1 and "--lr-steps must be comma-separated epochs" in bad.output
+    missing = runner.invoke(app, ["train"])
+    assert missing.exit_code == 1 and "give a prepared folder" in missing.output

@@ -19,7 +19,8 @@ from poi_cli.model.network import ModelConfig, POIModel
 from poi_cli.data.store import MANIFEST_FILE
 
 
-def constant_model(path, num_classes=7, trn_order=(3,), region_classes=(0, 0, 1, 1), gate_region=2, use_pin=True):
+def constant_model(path, num_classes=7, trn_order=(3,), region_classes=(0, 0, 1, 1), gate_region=2, use_pin=True,
+                   classes=None):
     """A checkpoint whose outputs ignore the image: the TRN ranks `trn_order` first, region n
     predicts region_classes[n] (regions 0-1 strongly, 2-3 weakly), the gate trusts `gate_region`."""
     config = ModelConfig(num_classes=num_classes, input_size=64, use_pin=use_pin)
@@ -38,7 +39,7 @@ def constant_model(path, num_classes=7, trn_order=(3,), region_classes=(0, 0, 1,
             model.pin.oim.fc.bias.zero_()
             model.pin.oim.fc.bias[gate_region] = 20.0
     save_checkpoint(path, {"epoch": 1, "model": model.state_dict(), "model_config": config.to_dict(),
-                           "classes": list(class_names(num_classes)), "config": {}})
+                           "classes": list(classes or class_names(num_classes)), "config": {}})
     return path
 
 
@@ -130,3 +131,13 @@ def test_run_folder_resolves_to_best_and_errors_are_one_line(tmp_path):
     assert result.exit_code == 1 and "cannot read" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "nothing"), str(data)])
     assert result.exit_code == 1 and "no such run folder" in result.output
+
+
+def test_unusable_model_or_device_is_a_one_line_error(tmp_path):
+    data = make_prepared(tmp_path / "data", splits={"test": 1})
+    foreign = constant_model(tmp_path / "foreign.pt", classes=[f"other{k}" for k in range(7)])
+    result = CliRunner().invoke(app, ["evaluate", str(foreign), str(data), "--device", "cpu", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "share none with the data's" in result.output and "Traceback" not in result.output
+    checkpoint = constant_model(tmp_path / "model.pt")
+    result = CliRunner().invoke(app, ["evaluate", str(checkpoint), str(data), "--device", "mps", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "MPS is not available" in result.output and "Traceback" not in result.output

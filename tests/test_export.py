@@ -11,11 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from poi_cli.model.checkpoint import save_checkpoint
+from poi_cli.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from poi_cli.model.checkpoint import CheckpointInfo, build_checkpoint, load_checkpoint, save_checkpoint
 from poi_cli.cli import app
 from poi_cli.inference.export import ExportError, export_model
 from poi_cli.core.manifests import class_names
-from poi_cli.model.network import ModelConfig, POIModel
+from poi_cli.model.network import REGION_NAMES, ModelConfig, POIModel
 
 runner = CliRunner()
 # torch.jit is deprecated in favour of torch.export; loading the TorchScript file is the point here.
@@ -26,8 +27,8 @@ def make_checkpoint(path: Path, num_classes: int = 7, use_pin: bool = True) -> P
     """A randomly initialised 64 px checkpoint in the training format."""
     torch.manual_seed(0)
     config = ModelConfig(input_size=64, num_classes=num_classes, use_pin=use_pin)
-    save_checkpoint(path, {"epoch": 1, "model": POIModel(config).state_dict(), "model_config": config.to_dict(),
-                           "classes": list(class_names(num_classes)), "config": {}})
+    save_checkpoint(path, build_checkpoint(model=POIModel(config), model_config=config, classes=class_names(num_classes),
+                                           preprocessing=Preprocessing(face_size=64, input_size=64), epoch=1))
     return path
 
 
@@ -47,7 +48,12 @@ def test_torchscript_trn_and_full_match_pytorch(checkpoint):
     assert full.output_names == ["probabilities", "confidence", "aus", "region_probabilities"] and full.passed
     extra = {"poi.json": ""}
     probabilities, confidence, aus, regions = torch.jit.load(str(full.path), _extra_files=extra)(torch.randn(4, 3, 64, 64))
-    assert json.loads(extra["poi.json"])["classes"] == list(class_names(7))
+    meta = json.loads(extra["poi.json"])
+    assert meta["classes"] == list(class_names(7))
+    # The checkpoint's Preprocessing and the regions table, as metadata.
+    assert (meta["face_size"], meta["input_size"], meta["grayscale"]) == (64, 64, False)
+    assert meta["mean"] == list(IMAGENET_MEAN) and meta["std"] == list(IMAGENET_STD)
+    assert meta["regions"] == list(REGION_NAMES) and meta["au_sides"] == ["image-left", "image-right"]
     assert torch.allclose(probabilities.sum(1), torch.ones(4), atol=1e-5)
     assert ((confidence >= 0.25 - 1e-6) & (confidence <= 1 + 1e-6)).all()
     assert aus.shape == (4, 2, 13) and regions.shape == (4, 4, 7)
@@ -91,6 +97,22 @@ def test_weights_pack_to_fp16_and_stay_a_poi_checkpoint(checkpoint, tmp_path):
 
     baseline = export_model(make_checkpoint(tmp_path / "baseline.pt", use_pin=False), "weights")
     assert not baseline.full and baseline.output_names == ["logits"] and baseline.passed
+
+
+def test_packing_keeps_preprocessing_and_gives_an_old_checkpoint_its_derived_one(checkpoint, tmp_path):
+    packed = export_model(checkpoint, "weights", out=tmp_path / "new.fp16.pt")
+    assert CheckpointInfo.of(load_checkpoint(packed.path)).preprocessing == Preprocessing(face_size=64, input_size=64)
+    # A training checkpoint from before the `preprocessing` key: grey 96 px store, 64 px model.
+    config = ModelConfig(input_size=64, num_classes=7)
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, {"epoch": 3, "model": POIModel(config).state_dict(), "model_config": config.to_dict(),
+                          "classes": list(class_names(7)), "optimizer": {}, "history": [{"epoch": 1}],
+                          "resolved": {"store_size": 96, "grayscale": True}})
+    packed = export_model(old, "weights")
+    loaded = load_checkpoint(packed.path)
+    assert loaded["preprocessing"] == Preprocessing(face_size=96, input_size=64, grayscale=True).to_dict()
+    assert "optimizer" not in loaded and "history" not in loaded and loaded["epoch"] == 3
+    assert loaded["packed"] == {"dtype": "float16", "source": "old.pt"}
 
 
 def test_export_errors_are_one_line(checkpoint, tmp_path, monkeypatch):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
@@ -13,13 +12,13 @@ from typer.testing import CliRunner
 
 from poi_cli.cli import app
 from poi_cli.core.manifests import class_names
+from poi_cli.core.schema import STATUS_BAD_IMAGE, STATUS_OK
 from poi_cli.data.noise import write_noisy_labels
-from poi_cli.data.store import FACES_FILE, MANIFEST_COLUMNS, MANIFEST_FILE, META_FILE, STORE_FORMAT, PreparedDataset
+from poi_cli.data.store import MANIFEST_FILE, PreparedDataset, write_store
 
 
 def make_store(root: Path, images: int = 3000, num_classes: int = 8) -> Path:
     """A prepared folder with `images` train rows, a few val rows and one bad image (1x1 faces)."""
-    root.mkdir()
     rng = np.random.default_rng(1)
     splits = ["train"] * images + ["val"] * 10 + ["train"]
     labels = rng.integers(0, num_classes, len(splits))
@@ -27,16 +26,10 @@ def make_store(root: Path, images: int = 3000, num_classes: int = 8) -> Path:
     rows = []
     for k, (split, label) in enumerate(zip(splits, labels)):
         ok = k < len(splits) - 1
-        row = {c: np.nan for c in MANIFEST_COLUMNS}
-        row.update(id=f"{split}/img{k:05d}.png", source=f"{split}/img{k:05d}.png", split=split, label=int(label),
-                   label_name=names[label], status="ok" if ok else "bad_image", reason="" if ok else "empty file",
-                   n_faces=1, store_index=k if ok else -1)
-        rows.append(row)
-    pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(root / MANIFEST_FILE, index=False)
-    np.save(root / FACES_FILE, np.zeros((len(splits), 1, 1, 3), np.uint8))
-    meta = {"format": STORE_FORMAT, "dataset": "test", "size": 1, "num_classes": num_classes, "classes": list(names)}
-    (root / META_FILE).write_text(json.dumps(meta))
-    return root
+        rows.append(dict(id=f"{split}/img{k:05d}.png", source=f"{split}/img{k:05d}.png", split=split, label=int(label),
+                         label_name=names[label], status=STATUS_OK if ok else STATUS_BAD_IMAGE,
+                         reason="" if ok else "empty file", n_faces=1, store_index=k if ok else -1))
+    return write_store(root, np.zeros((len(splits), 1, 1, 3), np.uint8), rows, dataset="test", classes=names)
 
 
 def test_same_seed_gives_byte_identical_files_and_manifest_is_untouched(tmp_path: Path) -> None:
@@ -59,7 +52,7 @@ def test_realised_rate_per_class_counts_and_clean_labels(tmp_path: Path) -> None
     path, summary = write_noisy_labels(store, 0.3, seed=0)
     table = pd.read_csv(path)
     manifest = pd.read_csv(store / MANIFEST_FILE)
-    train = manifest[(manifest["split"] == "train") & (manifest["status"] == "ok")]
+    train = manifest[(manifest["split"] == "train") & (manifest["status"] == STATUS_OK)]
     assert table["id"].tolist() == train["id"].tolist()  # every usable train image, in manifest order
     assert table["clean_label"].tolist() == train["label"].tolist()
     flipped = table["label"] != table["clean_label"]

@@ -21,12 +21,13 @@ from skimage import data as skimage_data
 from typer.testing import CliRunner
 
 from poi_cli.inference import predict as predict_module
-from poi_cli.model.checkpoint import save_checkpoint
+from poi_cli.data.preprocess import Preprocessing
+from poi_cli.model.checkpoint import build_checkpoint, save_checkpoint
 from poi_cli.cli import app
 from poi_cli.data.faces import FaceDetector
-from poi_cli.core.manifests import EYE_AUS, MOUTH_AUS, class_names
+from poi_cli.core.manifests import EYE_AUS, MOUTH_AUS, REGIONS, class_names
 from poi_cli.model.network import REGION_NAMES, ModelConfig, POIModel
-from poi_cli.inference.predict import Predictor, PredictError, expand_inputs, resolve_model
+from poi_cli.inference.predict import Predictor, PredictError, expand_inputs, flat_columns, resolve_model
 
 runner = CliRunner()
 
@@ -35,9 +36,8 @@ def make_checkpoint(path: Path, num_classes: int = 7, use_pin: bool = True, seed
     """A randomly initialised 64 px POI (or baseline) checkpoint in the training format."""
     torch.manual_seed(seed)
     config = ModelConfig(input_size=64, num_classes=num_classes, use_pin=use_pin)
-    model = POIModel(config)
-    save_checkpoint(path, {"epoch": 1, "model": model.state_dict(), "model_config": config.to_dict(),
-                           "classes": list(class_names(num_classes)), "config": {}})
+    save_checkpoint(path, build_checkpoint(model=POIModel(config), model_config=config, classes=class_names(num_classes),
+                                           preprocessing=Preprocessing(face_size=64, input_size=64), epoch=1))
     return path
 
 
@@ -119,6 +119,36 @@ def test_no_face_and_corrupt_file_in_a_folder_are_reported_and_the_rest_predicte
         assert pd.isna(row["face"]) and pd.isna(row["expression"]) and pd.isna(row["confidence"])
         assert row[["box_x1", *class_names(7), "AU06_left_eye", "region_left_eye_happiness"]].isna().all()
     assert snapshot(files["photos"]) == before  # the inputs are only read
+
+
+def test_old_checkpoint_without_preprocessing_loads_and_predicts(files, detector, tmp_path):
+    """A checkpoint written before the `preprocessing` key: derived from resolved and model_config."""
+    torch.manual_seed(0)
+    config = ModelConfig(input_size=64, num_classes=7)
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, {"epoch": 1, "model": POIModel(config).state_dict(), "model_config": config.to_dict(),
+                          "classes": list(class_names(7)), "config": {},
+                          "resolved": {"store_size": 80, "grayscale": True}})
+    assert "preprocessing" not in torch.load(old, weights_only=True)
+    predictor = Predictor(old, detector=detector)
+    assert predictor.preprocessing == Preprocessing(face_size=80, input_size=64, grayscale=True)
+    assert (predictor.face_size, predictor.input_size, predictor.grayscale) == (80, 64, True)
+    (record,) = predictor.predict_records(files["small"], show_au=True)
+    check_face_record(record, class_names(7), show_au=True)
+    crop = predictor.preprocessing.face(Image.open(files["small"]).convert("RGB"), np.array(record["landmarks"]))
+    assert crop.shape == (80, 80, 3) and (crop[..., 0] == crop[..., 2]).all()  # grey, at the store's size
+
+
+def test_regions_table_drives_the_au_columns():
+    columns = flat_columns(class_names(7), show_au=True)
+    assert {"AU06_left_eye", "AU06_right_eye", "AU12_left_mouth", "AU12_right_mouth"} <= set(columns)
+    au_columns = [c for c in columns if c.startswith("AU")]
+    assert len(au_columns) == 2 * (len(EYE_AUS) + len(MOUTH_AUS))
+    mouth_regions = [r.name for r in REGIONS if r.au_group == "mouth"]
+    assert mouth_regions == ["left_mouth", "right_mouth"]
+    assert not [c for c in au_columns if c.split("_", 1)[0] in EYE_AUS and c.split("_", 1)[1] in mouth_regions]
+    assert not [c for c in au_columns if c.split("_", 1)[0] in MOUTH_AUS and c.split("_", 1)[1] not in mouth_regions]
+    assert [f"region_{name}_happiness" for name in REGION_NAMES] == [c for c in columns if c.endswith("_happiness") and c.startswith("region_")]
 
 
 def test_baseline_checkpoint_has_no_confidence_and_says_why(files, detector):

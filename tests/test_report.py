@@ -102,6 +102,16 @@ def test_report_with_data_adds_confusion_confidence_and_strata(runs, prepared, t
     assert report.summary["eval_acc"].between(0, 1).all()
 
 
+def test_run_whose_model_knows_no_class_of_the_data_gets_a_note(runs, prepared, tmp_path):
+    best = runs / "poi20" / "best.pt"
+    checkpoint = torch.load(best, weights_only=True)
+    save_checkpoint(best, {**checkpoint, "classes": [f"other{k}" for k in range(7)]})
+    report = build_report([runs / "poi20"], tmp_path / "out", data=prepared, split="test", device="cpu")
+    note = report.runs[0].notes[0]
+    assert note.startswith(f"no predictions: {runs / 'poi20'}: ") and "share none" in note
+    assert not any(p.name.startswith("confusion_") for p in report.files)
+
+
 def test_single_run_with_eval_metrics_and_a_run_without_epochs(runs, tmp_path):
     run = runs / "poi20"
     (run / "eval").mkdir()

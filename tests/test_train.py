@@ -25,7 +25,9 @@ from poi_cli.core.atomic import next_run_dir
 from poi_cli.model.checkpoint import load_checkpoint, load_model
 from poi_cli.cli import app
 from poi_cli.train.config import TrainConfig
-from poi_cli.train.engine import RESULT_COLUMNS, STALL_ENV, evaluate_accuracy, learning_rate, remap_class_rows, train
+from poi_cli.train.engine import evaluate_accuracy, learning_rate, train
+from poi_cli.train.finetune import remap_class_rows
+from poi_cli.train.run_folder import RESULT_COLUMNS
 from poi_cli.data.store import PreparedDataset
 
 SMALL_SPLITS = {"train": 2, "valid": 1}  # 14 training images, 7 validation images
@@ -70,6 +72,12 @@ def test_run_folder_loss_and_best_checkpoint(tmp_path):
     valid = dataset.split("valid")
     correct, total = evaluate_accuracy(model, dataset.faces, valid.store_rows, valid.labels, 64, 7, torch.device("cpu"), False)
     assert correct / total == pytest.approx(results["val_acc"].max(), abs=1e-6)
+    # each checkpoint carries T_cal fitted on its own epoch's validation logits (issue 12)
+    for checkpoint, epoch in ((best, best_epoch), (last, 4)):
+        record = checkpoint["calibration"]
+        assert record["split"] == "valid" and record["n_images"] == total
+        assert record["temperature"] == pytest.approx(results.loc[results["epoch"] == epoch, "calibration_t"].item(), abs=1e-6)
+        assert record["nll_after"] <= record["nll_before"] + 1e-9
 
 
 def test_baseline_with_noise_records_clean_accuracy(tmp_path):
@@ -112,18 +120,37 @@ def test_fine_tune_from_a_seven_class_run_onto_eight_class_data(tmp_path, capsys
     assert load_checkpoint(run / "last.pt")["classes"][-1] == "contempt"
 
 
+# Trains tiny_config(name="killed") with a callback that announces itself on stderr and
+# hangs before step 2 of epoch 2, so that the test can SIGKILL the run mid-epoch.
+STALLING_RUN = """
+import sys, time
+from poi_cli.train.config import TrainConfig
+from poi_cli.train.engine import Callback, train
+
+class Stall(Callback):
+    def on_step(self, epoch, step):
+        if (epoch, step) == (1, 1):
+            print("stalled at epoch 2 step 2", file=sys.stderr, flush=True)
+            while True:
+                time.sleep(3600)
+
+data, project = sys.argv[1:3]
+config = TrainConfig(data=data, input_size=64, epochs=2, batch=7, lr=0.01, project=project, amp="off", seed=0, name="killed")
+train(config, callbacks=[Stall()])
+"""
+
+
 def test_resume_after_kill_mid_epoch_matches_uninterrupted(tmp_path):
     data = make_prepared(tmp_path / "data", splits=SMALL_SPLITS)
     project = tmp_path / "runs"
-    command = [sys.executable, "-m", "poi_cli", "train", str(data), "--size", "64", "--epochs", "2", "--batch", "7",
-               "--lr", "0.01", "--amp", "off", "--project", str(project), "--name", "killed"]
-    env = {**os.environ, STALL_ENV: "2:2", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    command = [sys.executable, "-c", STALLING_RUN, str(data), str(project)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(300, process.kill)  # never hang the suite
     watchdog.start()
     try:
         for line in process.stderr:  # wait until the run hangs in epoch 2, step 2
-            if "POI_DEBUG stalled at epoch 2 step 2" in line:
+            if "stalled at epoch 2 step 2" in line:
                 break
         else:
             pytest.fail(f"training exited ({process.wait()}) before reaching epoch 2")

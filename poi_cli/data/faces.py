@@ -24,6 +24,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from poi_cli.core.schema import NUM_LANDMARKS
+
 # Images smaller than this on either side carry too little face to recognise anything.
 MIN_SIDE = 16
 # Decompression-bomb guard: refuse images above this many pixels before decoding them.
@@ -154,7 +156,7 @@ class Face:
     """One detected face, in the original image's pixel coordinates."""
 
     box: np.ndarray  # float32 (4,): x1, y1, x2, y2
-    landmarks: np.ndarray  # float32 (5, 2): left eye, right eye, nose, left mouth, right mouth (image-left first)
+    landmarks: np.ndarray  # float32 (5, 2) in schema.LANDMARK_NAMES order (image-left first)
     score: float  # MTCNN's detection probability
 
 
@@ -260,7 +262,7 @@ class FaceDetector:
                     # A face centred in the padding is not in this image.
                     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
                     if 0 <= cx < array.shape[1] and 0 <= cy < array.shape[0] and prob >= self.min_score:
-                        faces.append(Face(box=box.copy(), landmarks=point.reshape(5, 2).copy(), score=float(prob)))
+                        faces.append(Face(box=box.copy(), landmarks=point.reshape(NUM_LANDMARKS, 2).copy(), score=float(prob)))
             faces.sort(key=lambda f: -f.score)
             results.append(faces)
         return results
@@ -286,8 +288,9 @@ def largest_face(faces: list[Face]) -> Face | None:
 # --------------------------------------------------------------------------- alignment
 
 # The ArcFace/insightface 5-point template for a 112x112 crop: left eye, right eye, nose
-# tip, left mouth corner, right mouth corner (image-left first), in pixel-index
-# coordinates (pixel (i, j) has its centre at x = i, y = j).
+# tip, left mouth corner, right mouth corner (core.schema.LANDMARK_NAMES order), in
+# pixel-index coordinates (pixel (i, j) has its centre at x = i, y = j).
+ALIGNMENT_TEMPLATE = "arcface_5point_112"  # its name in Preprocessing (store, checkpoint)
 TEMPLATE_112 = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
     dtype=np.float32,
@@ -331,7 +334,7 @@ def align_face(image: Image.Image, landmarks: np.ndarray, size: int = 224) -> np
     first shrunk by an integer box filter so that bilinear sampling does not alias.
     """
     image = to_rgb(image)
-    landmarks = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
+    landmarks = np.asarray(landmarks, dtype=np.float64).reshape(NUM_LANDMARKS, 2)
     if not np.all(np.isfinite(landmarks)):
         raise ValueError("landmarks must be finite numbers")
     matrix = similarity_transform(landmarks, template(size))

@@ -33,16 +33,16 @@ from poi_cli.core.atomic import atomic_write_text
 from poi_cli.data.datasets import PENDING, Item, LayoutError, ParsedDataset, parse_dataset
 from poi_cli.data.faces import ImageLoadError, align_face, is_grayscale, largest_face, load_image, resize_face
 from poi_cli.core.manifests import class_names
-from poi_cli.data.store import FACES_FILE, MANIFEST_COLUMNS, MANIFEST_FILE, META_FILE, STATUS_OK, STORE_FORMAT
+from poi_cli.core.schema import LANDMARK_NAMES, STATUS_BAD_IMAGE, STATUS_ERROR, STATUS_EXCLUDED, STATUS_NO_FACE, STATUS_OK
+from poi_cli.data.preprocess import Preprocessing
+from poi_cli.data.store import MANIFEST_COLUMNS, META_FILE, STORE_FORMAT, StoreError, StoreWriter, store_meta
 
 PROGRESS_FILE = "progress.json"  # settings of an unfinished run
 JOURNAL_FILE = "progress.jsonl"  # one JSON line per finished image
 CHECKPOINT_SECONDS = 2.0
 
-# Image-level statuses (the parsers set excluded / missing; see docs/datasets.md).
-STATUS_BAD_IMAGE = "bad_image"  # unreadable, empty, truncated, too small or too large
-STATUS_NO_FACE = "no_face"  # MTCNN found no face
-STATUS_ERROR = "error"  # anything else that went wrong with this one image
+# Image-level statuses: core.schema (ok, bad_image, no_face, error; the parsers set
+# excluded / missing; see docs/datasets.md).
 
 
 class PrepareError(ValueError):
@@ -121,7 +121,10 @@ def prepare(
     if state == "fresh":
         atomic_write_text(out / PROGRESS_FILE, json.dumps({"settings": settings}, indent=1))
         (out / JOURNAL_FILE).write_text("")
-    faces = _open_faces(out / FACES_FILE, len(rows), size, fresh=state == "fresh")
+    try:
+        faces = StoreWriter(out).open_faces(len(rows), size, resume=state == "resume")
+    except StoreError as error:
+        raise PrepareError(str(error)) from None
     records = _read_journal(out / JOURNAL_FILE)
     todo = [i for i in rows if i not in records]
 
@@ -177,19 +180,6 @@ def _difference(old: dict | None, new: dict[str, Any]) -> str:
         return "unreadable settings"
     changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v and k != "items_sha1"]
     return ", ".join(changed) or "the input images or labels changed"
-
-
-def _open_faces(path: Path, rows: int, size: int, fresh: bool) -> np.ndarray:
-    shape = (rows, size, size, 3)
-    if rows == 0:
-        np.save(path, np.zeros(shape, np.uint8))  # an empty file cannot be memory-mapped
-        return np.zeros(shape, np.uint8)
-    if fresh or not path.is_file():
-        return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
-    faces = np.load(path, mmap_mode="r+")
-    if faces.shape != shape or faces.dtype != np.uint8:
-        raise PrepareError(f"{path} has shape {faces.shape}, expected {shape}: remove the folder and prepare again")
-    return faces
 
 
 def _read_journal(path: Path) -> dict[int, dict[str, Any]]:
@@ -362,7 +352,7 @@ def _finish(out: Path, parsed: ParsedDataset, items: list[Item], rows: dict[int,
     names = class_names(parsed.num_classes)
     columns: dict[str, list[Any]] = {name: [] for name in (*MANIFEST_COLUMNS, *parsed.extra_columns)}
     box_columns = ("box_x1", "box_y1", "box_x2", "box_y2")
-    landmark_columns = [f"lm_{axis}{i}" for i in range(5) for axis in "xy"]  # x0, y0, x1, ...
+    landmark_columns = [f"lm_{axis}{i}" for i in range(len(LANDMARK_NAMES)) for axis in "xy"]  # x0, y0, x1, ...
     for index, item in enumerate(items):  # column lists, not row dicts: AffectNet has 400k rows
         record = records.get(index, {})
         status = record.get("status", item.status)
@@ -382,21 +372,20 @@ def _finish(out: Path, parsed: ParsedDataset, items: list[Item], rows: dict[int,
         }
         for name, column in columns.items():
             column.append(values.get(name))
-    manifest = pd.DataFrame(columns)
-    atomic_write_text(out / MANIFEST_FILE, manifest.to_csv(index=False))
+    writer = StoreWriter(out)
+    manifest = writer.write_manifest(pd.DataFrame(columns), parsed.extra_columns)
 
     counts = {split: {str(k): int(v) for k, v in group["status"].value_counts().sort_index().items()}
               for split, group in manifest.groupby("split")}
     ok_records = [r for r in records.values() if r.get("status") == STATUS_OK]
     grayscale = parsed.grayscale if parsed.grayscale is not None else bool(ok_records) and all(r.get("gray") for r in ok_records)
-    meta = {
-        "format": STORE_FORMAT, "dataset": parsed.name, "layout": parsed.layout, "size": size,
-        "num_classes": parsed.num_classes, "classes": list(names), "grayscale": bool(grayscale),
-        "splits": sorted(manifest.loc[manifest["status"] == STATUS_OK, "split"].unique().tolist()),
-        "detect": bool(detect), "counts": counts, "notes": parsed.notes + _count_notes(manifest, parsed),
-        "source_dir": str(raw), "poi_version": __version__, "settings": settings,
-    }
-    atomic_write_text(out / META_FILE, json.dumps(meta, indent=1))
+    meta = writer.write_meta(store_meta(
+        dataset=parsed.name, layout=parsed.layout, classes=names,
+        preprocessing=Preprocessing(face_size=size, input_size=size, grayscale=bool(grayscale)),
+        splits=sorted(manifest.loc[manifest["status"] == STATUS_OK, "split"].unique().tolist()),
+        detect=bool(detect), counts=counts, notes=parsed.notes + _count_notes(manifest, parsed),
+        source_dir=str(raw), poi_version=__version__, settings=settings,
+    ))
     for name in (JOURNAL_FILE, PROGRESS_FILE):
         (out / name).unlink(missing_ok=True)
     return meta
@@ -406,7 +395,7 @@ def _count_notes(manifest: pd.DataFrame, parsed: ParsedDataset) -> list[str]:
     """Compare each split's labelled images with the official release's count."""
     notes = []
     for split, expected in parsed.expected.items():
-        labelled = int(((manifest["split"] == split) & (manifest["status"] != "excluded")).sum())
+        labelled = int(((manifest["split"] == split) & (manifest["status"] != STATUS_EXCLUDED)).sum())
         if labelled and labelled != expected:
             notes.append(f"split {split}: {labelled} labelled images, the official release has {expected}")
     several = int(manifest["reason"].fillna("").str.contains("kept the largest").sum())

@@ -1,7 +1,10 @@
-"""The prepared-dataset store that `poi prepare` writes and training reads.
+"""The prepared-dataset store that `poi prepare` writes and training reads: its reader
+(PreparedDataset) and its writer (StoreWriter, write_store), side by side.
 
 OUT_DIR/
-  prepared.json  metadata: format, dataset, size, num_classes, classes, grayscale, splits
+  prepared.json  metadata: format, dataset, size, num_classes, classes, grayscale, splits,
+                 preprocessing (Preprocessing.to_dict(); stores written before it existed
+                 lack it and derive it from size and grayscale)
   manifest.csv   one row per input image (see MANIFEST_COLUMNS); extra columns allowed
                  (FERPlus: vote_<class> columns)
   faces.npy      uint8 array (rows, size, size, 3) in .npy format, memory-mapped on read;
@@ -17,9 +20,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+
+from poi_cli.core.atomic import atomic_write_text
+from poi_cli.core.schema import LANDMARK_NAMES, STATUS_OK
+from poi_cli.data.preprocess import Preprocessing
 
 META_FILE = "prepared.json"
 MANIFEST_FILE = "manifest.csv"
@@ -28,11 +36,11 @@ STORE_FORMAT = 1
 MANIFEST_COLUMNS = (
     "id", "source", "split", "label", "label_name", "status", "reason", "det_score",
     "box_x1", "box_y1", "box_x2", "box_y2",
-    *(f"lm_{axis}{i}" for i in range(5) for axis in "xy"),
+    *(f"lm_{axis}{i}" for i in range(len(LANDMARK_NAMES)) for axis in "xy"),  # lm_x<i>: LANDMARK_NAMES[i]
     "n_faces", "store_index",
 )
 LABEL_COLUMNS = ("id", "label", "label_name", "clean_label")
-STATUS_OK = "ok"
+DROPPED_LABEL = -1  # in a label file: leave this image out of training (poi clean --drop)
 
 
 class StoreError(ValueError):
@@ -72,12 +80,20 @@ class PreparedDataset:
         return len(self.meta["classes"])
 
     @property
+    def preprocessing(self) -> Preprocessing:
+        """How the faces were made (face_size = input_size = the store's size)."""
+        if "preprocessing" in self.meta:
+            return Preprocessing.from_dict(self.meta["preprocessing"])
+        size = int(self.meta["size"])  # a store written before Preprocessing existed
+        return Preprocessing(face_size=size, input_size=size, grayscale=bool(self.meta.get("grayscale", False)))
+
+    @property
     def size(self) -> int:
-        return int(self.meta["size"])
+        return self.preprocessing.face_size
 
     @property
     def grayscale(self) -> bool:
-        return bool(self.meta.get("grayscale", False))
+        return self.preprocessing.grayscale
 
     def splits(self) -> list[str]:
         usable = self.manifest[self.manifest["status"] == STATUS_OK]
@@ -113,12 +129,92 @@ def apply_label_file(data: SplitData, path: str | Path) -> SplitData:
     """Replace the labels of `data` by those of a label file, matched on id.
 
     The manifest's own labels become the clean labels unless the file carries
-    clean_label. Every image of the split must be in the file.
+    clean_label. Every image of the split must be in the file; those labelled
+    DROPPED_LABEL (-1) are left out of the returned split.
     """
     table = read_label_file(path).set_index("id")
     missing = [i for i in data.ids if i not in table.index]
     if missing:
         raise StoreError(f"{path} lacks labels for {len(missing)} images of the split (first: {missing[0]})")
     chosen = table.loc[data.ids]
+    labels = chosen["label"].to_numpy(np.int64)
     clean = chosen["clean_label"].to_numpy(np.int64) if "clean_label" in chosen else data.labels
-    return SplitData(data.store_rows, chosen["label"].to_numpy(np.int64), data.ids, clean)
+    keep = labels != DROPPED_LABEL
+    return SplitData(data.store_rows[keep], labels[keep], data.ids[keep], clean[keep])
+
+
+# ------------------------------------------------------------------------------ writer
+
+
+def store_meta(*, dataset: str, classes: Sequence[str], preprocessing: Preprocessing, splits: Sequence[str],
+               layout: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The prepared.json of a store; `extra` keys (detect, counts, notes, settings...) follow.
+
+    size and grayscale repeat preprocessing's face_size and grayscale for older readers."""
+    meta: dict[str, Any] = {"format": STORE_FORMAT, "dataset": dataset}
+    if layout is not None:
+        meta["layout"] = layout
+    meta.update({
+        "size": preprocessing.face_size, "num_classes": len(classes), "classes": list(classes),
+        "grayscale": preprocessing.grayscale, "splits": list(splits), "preprocessing": preprocessing.to_dict(),
+    })
+    return {**meta, **extra}
+
+
+class StoreWriter:
+    """Writes a prepared folder in the order that keeps it safe to interrupt: faces.npy
+    (preallocated, memory-mapped, filled row by row), then manifest.csv, then
+    prepared.json, whose presence marks the folder finished."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def open_faces(self, rows: int, size: int, resume: bool = False) -> np.ndarray:
+        """faces.npy as a writable uint8 (rows, size, size, 3) array: created, or (resume)
+        reopened in place when it exists; StoreError when an existing file has another shape."""
+        path, shape = self.root / FACES_FILE, (rows, size, size, 3)
+        if rows == 0:
+            np.save(path, np.zeros(shape, np.uint8))  # an empty file cannot be memory-mapped
+            return np.zeros(shape, np.uint8)
+        if not (resume and path.is_file()):
+            return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+        faces = np.load(path, mmap_mode="r+")
+        if faces.shape != shape or faces.dtype != np.uint8:
+            raise StoreError(f"{path} has shape {faces.shape}, expected {shape}: remove the folder and prepare again")
+        return faces
+
+    def write_faces(self, faces: np.ndarray) -> None:
+        """faces.npy from an in-memory uint8 (rows, size, size, 3) array, at once."""
+        faces = np.asarray(faces)
+        if faces.dtype != np.uint8 or faces.ndim != 4 or faces.shape[-1] != 3 or faces.shape[1] != faces.shape[2]:
+            raise StoreError(f"faces must be uint8 (rows, size, size, 3), got {faces.dtype} {faces.shape}")
+        target = self.open_faces(len(faces), faces.shape[1])
+        target[:] = faces
+        if isinstance(target, np.memmap):
+            target.flush()
+
+    def write_manifest(self, rows: pd.DataFrame | Sequence[dict], extra_columns: Sequence[str] = ()) -> pd.DataFrame:
+        """manifest.csv: MANIFEST_COLUMNS then extra_columns (other keys dropped, missing ones empty)."""
+        manifest = pd.DataFrame(rows).reindex(columns=[*MANIFEST_COLUMNS, *extra_columns])
+        atomic_write_text(self.root / MANIFEST_FILE, manifest.to_csv(index=False))
+        return manifest
+
+    def write_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """prepared.json (build it with store_meta), the last file: the store is then finished."""
+        atomic_write_text(self.root / META_FILE, json.dumps(meta, indent=1))
+        return meta
+
+
+def write_store(root: str | Path, faces: np.ndarray, manifest: pd.DataFrame | Sequence[dict], *, dataset: str,
+                classes: Sequence[str], grayscale: bool = False, **extra: Any) -> Path:
+    """A whole store at once (tests, benchmarks): uint8 faces (rows, S, S, 3) and manifest
+    rows (dicts with MANIFEST_COLUMNS keys; store_index points into faces)."""
+    writer = StoreWriter(root)
+    writer.write_faces(faces)
+    table = writer.write_manifest(manifest)
+    size = int(np.asarray(faces).shape[1])
+    splits = sorted(table.loc[table["status"] == STATUS_OK, "split"].unique().tolist())
+    preprocessing = Preprocessing(face_size=size, input_size=size, grayscale=grayscale)
+    writer.write_meta(store_meta(dataset=dataset, classes=classes, preprocessing=preprocessing, splits=splits, **extra))
+    return writer.root

@@ -27,11 +27,12 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 from poi_cli.core.atomic import atomic_write_text, save_image, write_json
-from poi_cli.model.checkpoint import load_model, resolve_checkpoint
+from poi_cli.core.metrics import roc_auc
 from poi_cli.core.runtime import select_device, use_bf16
-from poi_cli.inference.evaluate import predict_split
 from poi_cli.data.noise import flip_labels
 from poi_cli.data.store import PreparedDataset, SplitData
+from poi_cli.model.checkpoint import load_model, resolve_checkpoint
+from poi_cli.model.predictions import SplitPredictions, predict_split
 
 SUSPICION_THRESHOLDS = (0.5, 0.7, 0.9)
 TOP_FRACTIONS = (0.1, 0.2, 0.3)
@@ -56,16 +57,6 @@ class AuditResult:
 def suspicion_score(objective_probs: np.ndarray, w: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """w * (1 - p*_y): high when the confident objective inference rejects the given label."""
     return w * (1.0 - objective_probs[np.arange(len(labels)), labels])
-
-
-def roc_auc(scores: np.ndarray, positives: np.ndarray) -> Optional[float]:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); None if one class is empty."""
-    positives = positives.astype(bool)
-    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = pd.Series(scores).rank(method="average").to_numpy()
-    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def detection_metrics(scores: np.ndarray, flipped: np.ndarray) -> dict:
@@ -105,7 +96,9 @@ def _audited_labels(data: SplitData, checkpoint: dict, dataset: PreparedDataset,
     return data, "the prepared manifest's labels"
 
 
-def _predict(model_path: str | Path, dataset: PreparedDataset, data: SplitData, device: str, batch: int, amp: str) -> tuple[dict, dict]:
+def _predict(model_path: str | Path, dataset: PreparedDataset, data: SplitData, device: str, batch: int,
+             amp: str) -> tuple[SplitPredictions, dict]:
+    """A checkpoint of the data's label space on the split: (its predictions, the checkpoint)."""
     torch_device = select_device(device)
     model, checkpoint = load_model(resolve_checkpoint(model_path), torch_device)
     if list(checkpoint["classes"]) != dataset.classes:
@@ -114,8 +107,9 @@ def _predict(model_path: str | Path, dataset: PreparedDataset, data: SplitData, 
             "audit needs a model trained on the same label space"
         )
     size = int(checkpoint["model_config"]["input_size"])
-    outputs = predict_split(model, dataset.faces, data.store_rows, size, batch, torch_device, use_bf16(amp, torch_device))
-    return outputs, checkpoint
+    predictions = predict_split(model, dataset.faces, data.store_rows, data.labels, size, batch, torch_device,
+                                use_bf16(amp, torch_device), progress=True)
+    return predictions, checkpoint
 
 
 def audit(
@@ -131,21 +125,23 @@ def audit(
     """Score every image of `split` for label suspicion with a POI model (see module doc)."""
     dataset = PreparedDataset(prepared_dir)
     checkpoint_path = resolve_checkpoint(model_path)
-    outputs, checkpoint = _predict(checkpoint_path, dataset, dataset.split(split), device, batch, amp)
-    if outputs["objective"] is None:
+    predictions, checkpoint = _predict(checkpoint_path, dataset, dataset.split(split), device, batch, amp)
+    # The objective inference at T = 1, on the TRN's probability scale (see the module doc).
+    objective = predictions.intermediate_probs(1.0)
+    if objective is None:
         raise AuditError(f"{checkpoint_path} has no objective inference (a baseline or no-OIM model): audit needs a full POI model")
     trained_on = _trained_on(checkpoint, dataset, split)
     data, label_source = _audited_labels(dataset.split(split, labels_file), checkpoint, dataset, trained_on, labels_file)
     labels, names = data.labels, dataset.classes
     index = np.arange(len(labels))
-    objective, trn = outputs["objective"], outputs["trn"]
+    trn, w = predictions.trn_probs, predictions.consistency
     scores = {
-        "pin_suspicion": suspicion_score(objective, outputs["w"], labels),
+        "pin_suspicion": suspicion_score(objective, w, labels),
         "trn_one_minus_q": 1.0 - trn[index, labels],
     }
     if baseline is not None:
-        baseline_outputs, _ = _predict(baseline, dataset, data, device, batch, amp)
-        scores["baseline_loss"] = -np.log(np.clip(baseline_outputs["trn"][index, labels], 1e-12, None))
+        baseline_predictions, _ = _predict(baseline, dataset, data, device, batch, amp)
+        scores["baseline_loss"] = -np.log(np.clip(baseline_predictions.trn_probs[index, labels], 1e-12, None))
     suggested, trn_label = objective.argmax(1), trn.argmax(1)
     sources = dataset.manifest.set_index("id").loc[data.ids, "source"].to_numpy()
     table = pd.DataFrame({
@@ -154,7 +150,7 @@ def audit(
         "suggested_label": suggested, "suggested_name": [names[k] for k in suggested],
         "pin_prob_given": objective[index, labels], "trn_label": trn_label,
         "trn_name": [names[k] for k in trn_label], "trn_prob_given": trn[index, labels],
-        "confidence_w": outputs["w"], "suspicion": scores["pin_suspicion"],
+        "confidence_w": w, "suspicion": scores["pin_suspicion"],
     })
     clean_known = data.clean_labels is not None
     if clean_known:

@@ -12,23 +12,26 @@ not know are left out. The result says so in `class_mapping`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
-from rich.console import Console
-from rich.progress import Progress
 
-from poi_cli.data.loader import BatchLoader
-from poi_cli.data.preprocess import to_model_input
 from poi_cli.core.atomic import save_figure, write_csv, write_json
-from poi_cli.model.checkpoint import load_model, resolve_checkpoint
-from poi_cli.core.runtime import autocast, select_device, use_bf16
-from poi_cli.model.network import intermediate_log_probs
+from poi_cli.core.errors import PoiError
+from poi_cli.core.metrics import confusion_matrix, per_class_recall
+from poi_cli.core.runtime import select_device, use_bf16
 from poi_cli.data.store import PreparedDataset
+from poi_cli.model.checkpoint import load_model, resolve_checkpoint
+from poi_cli.model.predictions import SplitPredictions, predict_split
 
 STRATA = (0.3, 0.5, 0.7)
+
+
+class EvaluateError(PoiError):
+    """A model and a split that cannot be evaluated together; one-line message."""
 
 
 def class_mapping(model_classes: list[str], data_classes: list[str]) -> tuple[list[str], list[int], np.ndarray, Optional[str]]:
@@ -67,39 +70,51 @@ def confidence_strata(w: np.ndarray, correct: np.ndarray, fractions: tuple[float
     return strata
 
 
-@torch.no_grad()
-def predict_split(model: torch.nn.Module, faces: np.ndarray, store_rows: np.ndarray, size: int, batch: int,
-                  device: torch.device, amp: bool) -> dict[str, Optional[np.ndarray]]:
-    """Per-image TRN probabilities, PIN intermediate p~* (Eq. 7, at the model's T), the same
-    gated mixture at T = 1 ("objective", on the TRN's probability scale), region average
-    and w (None where absent)."""
-    collected: dict[str, list] = {"trn": [], "intermediate": [], "objective": [], "region_average": [], "w": []}
-    loader = BatchLoader(faces, store_rows, np.zeros(len(store_rows), np.int64), batch, shuffle=False, device=device)
-    with Progress(console=Console(stderr=True), transient=True) as progress:  # stdout stays clean for --json
-        task = progress.add_task("evaluating", total=len(loader))
-        for images, _, _, _ in loader:
-            with autocast(device, amp):
-                out = model(to_model_input(images, size))
-            collected["trn"].append(out.trn_logits.float().softmax(-1).cpu())
-            if out.region_logits is not None:  # POIOutput's probabilities are float32 already
-                collected["region_average"].append(out.region_probs.mean(1).cpu())
-                collected["w"].append(out.consistency.cpu())
-                if out.gate_weights is not None:
-                    collected["intermediate"].append(out.intermediate_probs.cpu())
-                    collected["objective"].append(intermediate_log_probs(out.region_logits, out.gate_weights, 1.0).exp().cpu())
-            progress.advance(task)
-    return {k: (torch.cat(v).numpy() if v else None) for k, v in collected.items()}
+@dataclass
+class MappedPredictions:
+    """A checkpoint's predictions on the images of a split whose class it knows, with the
+    classes matched by name (class_mapping): what `poi evaluate` and `poi report` share."""
+
+    checkpoint_path: Path
+    checkpoint: dict
+    dataset: PreparedDataset
+    classes: list[str]  # the shared classes, in the data's order
+    columns: list[int]  # the model's column of each shared class
+    mapping_note: Optional[str]
+    keep: np.ndarray  # (split size,) bool: images whose class the model knows
+    targets: np.ndarray  # (n,) the shared class index of each kept image
+    predictions: SplitPredictions  # over the kept images, labels in the model's columns
+
+    @cached_property
+    def predicted(self) -> np.ndarray:
+        """The TRN's class among the shared ones (shared index), (n,)."""
+        return self.restricted_argmax(self.predictions.trn_probs)
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.predicted == self.targets
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean())
+
+    @cached_property
+    def confusion(self) -> np.ndarray:
+        """Counts (classes x classes), row = true class."""
+        return confusion_matrix(self.targets, self.predicted, len(self.classes))
+
+    def restricted_argmax(self, probs: np.ndarray) -> np.ndarray:
+        """argmax over the shared classes' columns of per-image probabilities (n, C)."""
+        return probs[:, self.columns].argmax(1)
+
+    def accuracy_of(self, probs: Optional[np.ndarray]) -> Optional[float]:
+        """Accuracy of other per-image probabilities (a PIN output) among the shared classes."""
+        return None if probs is None else float((self.restricted_argmax(probs) == self.targets).mean())
 
 
-def _accuracy(probs: Optional[np.ndarray], columns: list[int], targets: np.ndarray) -> Optional[float]:
-    if probs is None:
-        return None
-    return float((probs[:, columns].argmax(1) == targets).mean())
-
-
-def evaluate(model_path: str | Path, prepared_dir: str | Path, split: str = "test", device: str = "auto",
-             batch: int = 256, amp: str = "auto") -> dict:
-    """Evaluate a run folder (its best.pt) or a checkpoint on a split of a prepared folder."""
+def predict_mapped(model_path: str | Path, prepared_dir: str | Path, split: str = "test", device: str = "auto",
+                   batch: int = 256, amp: str = "auto") -> MappedPredictions:
+    """A run folder (its best.pt) or a checkpoint on the images of `split` whose class it knows."""
     checkpoint_path = resolve_checkpoint(model_path)
     torch_device = select_device(device)
     model, checkpoint = load_model(checkpoint_path, torch_device)
@@ -108,40 +123,45 @@ def evaluate(model_path: str | Path, prepared_dir: str | Path, split: str = "tes
     model_classes = list(checkpoint["classes"])
     shared, columns, label_map, mapping_note = class_mapping(model_classes, dataset.classes)
     if not shared:
-        raise ValueError(f"the model's classes ({', '.join(model_classes)}) share none with the data's")
+        raise EvaluateError(f"the model's classes ({', '.join(model_classes)}) share none with the data's")
     keep = label_map[data.labels] >= 0
     targets = label_map[data.labels][keep]
     if not keep.any():
-        raise ValueError(f"no image of split {split!r} has a class the model knows")
+        raise EvaluateError(f"no image of split {split!r} has a class the model knows")
     size = int(checkpoint["model_config"]["input_size"])
-    outputs = predict_split(model, dataset.faces, data.store_rows[keep], size, batch, torch_device, use_bf16(amp, torch_device))
+    predictions = predict_split(model, dataset.faces, data.store_rows[keep], np.asarray(columns)[targets], size, batch,
+                                torch_device, use_bf16(amp, torch_device), progress=True)
+    return MappedPredictions(checkpoint_path, checkpoint, dataset, shared, columns, mapping_note, keep, targets, predictions)
 
-    predicted = outputs["trn"][:, columns].argmax(1)
-    correct = predicted == targets
-    n = len(shared)
-    confusion = np.zeros((n, n), dtype=np.int64)
-    np.add.at(confusion, (targets, predicted), 1)
+
+def evaluate(model_path: str | Path, prepared_dir: str | Path, split: str = "test", device: str = "auto",
+             batch: int = 256, amp: str = "auto") -> dict:
+    """Evaluate a run folder (its best.pt) or a checkpoint on a split of a prepared folder."""
+    mapped = predict_mapped(model_path, prepared_dir, split, device, batch, amp)
+    predictions, shared = mapped.predictions, mapped.classes
+    confusion = mapped.confusion
     per_class = {
-        name: {"n": int(confusion[i].sum()), "recall": float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None}
-        for i, name in enumerate(shared)
+        name: {"n": int(confusion[i].sum()), "recall": recall}
+        for i, (name, recall) in enumerate(zip(shared, per_class_recall(confusion)))
     }
-    notes = [mapping_note] if mapping_note else []
-    if outputs["w"] is None:
+    w = predictions.consistency
+    notes = [mapped.mapping_note] if mapped.mapping_note else []
+    if w is None:
         notes.append("baseline model (no PIN): no confidence strata and no PIN accuracies")
-    elif outputs["intermediate"] is None:
+    elif predictions.gate_weights is None:
         notes.append("model trained without OIM: no intermediate prediction p~*")
     return {
-        "checkpoint": str(checkpoint_path), "epoch": checkpoint.get("epoch"), "data": str(dataset.root),
-        "split": split, "n_images": int(keep.sum()), "n_left_out": int((~keep).sum()),
-        "classes": shared, "accuracy": float(correct.mean()),
+        "checkpoint": str(mapped.checkpoint_path), "epoch": mapped.checkpoint.get("epoch"), "data": str(mapped.dataset.root),
+        "split": split, "n_images": int(mapped.keep.sum()), "n_left_out": int((~mapped.keep).sum()),
+        "classes": shared, "accuracy": mapped.accuracy,
         "mean_class_recall": float(np.mean([v["recall"] for v in per_class.values() if v["recall"] is not None])),
         "per_class": per_class, "confusion_matrix": confusion.tolist(),
-        "confidence_strata": None if outputs["w"] is None else confidence_strata(outputs["w"], correct),
-        "confidence_quantiles": None if outputs["w"] is None else confidence_quantiles(outputs["w"]),
-        "pin_intermediate_accuracy": _accuracy(outputs["intermediate"], columns, targets),
-        "pin_average_accuracy": _accuracy(outputs["region_average"], columns, targets),
-        "trn_accuracy": float(correct.mean()),
-        "class_mapping": mapping_note, "notes": notes,
+        "confidence_strata": None if w is None else confidence_strata(w, mapped.correct),
+        "confidence_quantiles": None if w is None else confidence_quantiles(w),
+        "pin_intermediate_accuracy": mapped.accuracy_of(predictions.intermediate_probs()),
+        "pin_average_accuracy": mapped.accuracy_of(predictions.region_average()),
+        "trn_accuracy": mapped.accuracy,
+        "class_mapping": mapped.mapping_note, "notes": notes,
     }
 
 

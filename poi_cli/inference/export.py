@@ -20,10 +20,12 @@ model, returning what `poi predict` reports:
                                       mouth regions), in poi_cli.core.manifests order
     region_probabilities   (N, 4, C)  p~_n of left_eye, right_eye, left_mouth, right_mouth
 
-Input preprocessing (what the exported file expects): a face aligned by
-poi_cli.data.faces.align_face at the model's input size, RGB, scaled to [0, 1], then
-normalised with ImageNet's mean and std (poi_cli.data.preprocess). Both formats carry this as
-metadata (ONNX metadata_props, TorchScript extra file `poi.json`), with the class names.
+Input preprocessing (what the exported file expects), the checkpoint's Preprocessing
+(poi_cli.data.preprocess): a face aligned by poi_cli.data.faces.align_face at face_size
+(grey when grayscale, as RGB), resized to the model's input size, scaled to [0, 1],
+then normalised with mean and std (ImageNet's). Both formats carry this as metadata
+(ONNX metadata_props, TorchScript extra file `poi.json`), with the class names:
+input_size, mean, std, face_size, grayscale, alignment.
 
 After writing, the file is loaded back (onnxruntime / torch.jit) and run on a random
 batch of a different size than the one traced; the largest absolute difference from
@@ -42,18 +44,15 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from poi_cli.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from poi_cli.core.atomic import atomic_write
-from poi_cli.model.checkpoint import CheckpointError, load_model, resolve_checkpoint
-from poi_cli.core.manifests import EYE_AUS, MOUTH_AUS
-from poi_cli.model.network import REGION_NAMES, POIModel
+from poi_cli.core.manifests import ALL_AUS, REGIONS
+from poi_cli.model.checkpoint import CheckpointError, CheckpointInfo, build_checkpoint, load_model, resolve_checkpoint
+from poi_cli.model.network import POIModel
 
 FORMATS = ("onnx", "torchscript", "weights")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "weights": ".fp16.pt"}
 # fp16 weights carry ~3 significant digits; their outputs differ from float32 by ~1e-3.
 DEFAULT_TOLERANCE = {"onnx": 1e-3, "torchscript": 1e-3, "weights": 1e-2}
-# What a packed checkpoint keeps of a training checkpoint (checkpoint.py lists them all).
-PACKED_KEYS = ("format", "epoch", "model_config", "classes", "best_val_acc", "best_epoch", "val_acc", "resolved", "config")
 INSTALL_HINT = "pip install 'poi-fer[export]'"
 TRACE_BATCH, CHECK_BATCH = 2, 3  # checking on another batch size proves the batch axis is free
 
@@ -103,24 +102,30 @@ def default_output_path(checkpoint_path: Path, format: str, full: bool) -> Path:
 
 
 def packed_checkpoint(checkpoint: dict, source: Optional[Path] = None) -> dict:
-    """A training checkpoint reduced to what prediction needs, floating weights in fp16."""
-    packed = {key: checkpoint[key] for key in PACKED_KEYS if key in checkpoint}
-    packed["model"] = {name: tensor.half() if tensor.is_floating_point() else tensor
-                       for name, tensor in checkpoint["model"].items()}
-    packed["packed"] = {"dtype": "float16", "source": source.name if source else None}
-    return packed
+    """A training checkpoint reduced to what prediction needs (no optimizer, history or
+    RNG state), floating weights in fp16; an old checkpoint gains its derived preprocessing."""
+    info = CheckpointInfo.of(checkpoint)
+    weights = {name: tensor.half() if tensor.is_floating_point() else tensor for name, tensor in checkpoint["model"].items()}
+    return build_checkpoint(
+        model=weights, model_config=info.model_config, classes=info.classes, preprocessing=info.preprocessing,
+        epoch=info.epoch or 0, config=info.config, best_val_acc=info.best_val_acc, best_epoch=info.best_epoch,
+        val_acc=info.val_acc, resolved=info.resolved, packed={"dtype": "float16", "source": source.name if source else None},
+    )
 
 
-def _metadata(checkpoint: dict, model: POIModel, output_names: list[str], full: bool) -> dict:
-    size = model.config.input_size
+def _metadata(info: CheckpointInfo, output_names: list[str], full: bool) -> dict:
+    pre, size = info.preprocessing, info.input_size
     meta = {
-        "classes": list(checkpoint["classes"]), "input_size": size, "input": f"float32 (N, 3, {size}, {size})",
+        "classes": list(info.classes), "input_size": size, "input": f"float32 (N, 3, {size}, {size})",
         "preprocessing": "face aligned by poi_cli.data.faces.align_face, RGB, /255, then (x - mean) / std",
-        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "outputs": output_names,
+        "mean": list(pre.mean), "std": list(pre.std), "outputs": output_names,
         "model": "full POI (TRN + PIN)" if full else "deployed TRN (logits)",
+        "face_size": pre.face_size, "grayscale": pre.grayscale, "alignment": pre.alignment,
     }
     if full:
-        meta.update(aus=[*EYE_AUS, *MOUTH_AUS], au_sides=["image-left", "image-right"], regions=list(REGION_NAMES))
+        sides = [r for r in REGIONS if r.au_group == REGIONS[0].au_group]  # the two regions of one AU group
+        meta.update(aus=list(ALL_AUS), au_sides=["image-right" if r.flipped else "image-left" for r in sides],
+                    regions=[r.name for r in REGIONS])
     return meta
 
 
@@ -213,7 +218,7 @@ def export_model(
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn(TRACE_BATCH, 3, size, size, generator=generator)
     check = torch.randn(CHECK_BATCH, 3, size, size, generator=generator)
-    meta = _metadata(checkpoint_dict, model, output_names, full)
+    meta = _metadata(CheckpointInfo.of(checkpoint_dict), output_names, full)
     if format == "onnx":
         _write_onnx(module, example, path, output_names, meta, opset)
         exported = _run_onnx(path, check)

@@ -5,16 +5,18 @@
     records = predictor.predict_records(["photo.jpg"], show_au=True)   # the JSON form
 
 Per image: load (faces.load_image), detect every face (batched MTCNN), align each face
-with faces.align_face (the function `poi prepare` uses), normalise with
-augment.to_model_input (the one training uses) and run the model in batches.
+with faces.align_face (the function `poi prepare` uses) at the checkpoint's
+Preprocessing.face_size (grey when its store was), normalise with
+preprocess.to_model_input (the one training uses) and run the model in batches.
 
 Per face the record holds the expression, the TRN's probabilities q (sum to 1) and
 `confidence`, the UEM consistency w of Eq. 10: how much the four facial regions of the
 PIN agree, in [0.25, 1] (1 = all regions see the same expression). It is not a
 calibrated probability of being right. With show_au, each AU's occurrence probability
 in each region that carries it (eye AUs: left_eye, right_eye; mouth AUs: left_mouth,
-right_mouth; "left" is image-left) and the four regions' own expression distributions
-p~_n = softmax(t_n / T), the distributions w is computed from.
+right_mouth; "left" is image-left; the table is data_manifests/regions.json) and the
+four regions' own expression distributions p~_n = softmax(t_n / T), the distributions w
+is computed from.
 
 An image without a face gives one record with status `no_face`; an unreadable input one
 with status `error` and a reason. Nothing is ever made up for them: their values are
@@ -35,23 +37,19 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from poi_cli.data.preprocess import to_model_input
 from poi_cli.core.atomic import atomic_write_text
-from poi_cli.model.checkpoint import CheckpointError, load_model, resolve_checkpoint
-from poi_cli.data.faces import Face, FaceDetector, ImageLoadError, align_face, load_image, to_rgb
-from poi_cli.core.manifests import EYE_AUS, MOUTH_AUS
-from poi_cli.model.network import REGION_NAMES
+from poi_cli.core import manifests
+from poi_cli.core.manifests import REGION_NAMES, REGIONS, au_columns
+from poi_cli.core.schema import LANDMARK_NAMES, PREDICT_STATUSES, STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
+from poi_cli.data.faces import Face, FaceDetector, ImageLoadError, load_image, to_rgb
+from poi_cli.data.preprocess import Preprocessing
+from poi_cli.model.checkpoint import CheckpointError, CheckpointInfo, load_model, resolve_checkpoint
 
-STATUS_OK, STATUS_NO_FACE, STATUS_ERROR = "ok", "no_face", "error"
-STATUSES = (STATUS_OK, STATUS_NO_FACE, STATUS_ERROR)
+STATUSES = PREDICT_STATUSES  # ok, no_face, error (core.schema)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
-LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")  # image-left first
-# Which regions carry which AUs (POI_SPEC section 2): eye AUs come from the two upper
-# regions, mouth AUs from the two lower ones; "left" is image-left.
-AU_REGIONS: dict[str, tuple[str, str]] = {
-    **{au: ("left_eye", "right_eye") for au in EYE_AUS},
-    **{au: ("left_mouth", "right_mouth") for au in MOUTH_AUS},
-}
+# Which regions carry which AUs, by name (data_manifests/regions.json): eye AUs come from
+# the two upper regions, mouth AUs from the two lower ones; "left" is image-left.
+AU_REGIONS: dict[str, tuple[str, ...]] = {au: tuple(r.name for r in regions) for au, regions in manifests.AU_REGIONS.items()}
 MODEL_ENV = "POI_MODEL"
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "weights"
 NO_MODEL_MESSAGE = (
@@ -181,9 +179,9 @@ def face_record(
     region_probs: Optional[np.ndarray] = None,
     show_au: bool = False,
 ) -> dict:
-    """The record of one face. eye_aus (2, 6) and mouth_aus (2, 7): [left, right] regions;
-    region_probs (4, C) in REGION_NAMES order. AU and region values are None when the
-    model has no AU nets / no PIN."""
+    """The record of one face. eye_aus (2, 6) and mouth_aus (2, 7): [left, right] regions
+    (Region.side); region_probs (4, C) in REGION_NAMES order. AU and region values are
+    None when the model has no AU nets / no PIN."""
     record = {
         "image": source, "face": index, "status": STATUS_OK, "reason": None,
         "box": [_num(v, 2) for v in face.box],
@@ -194,15 +192,18 @@ def face_record(
         "confidence": _num(confidence),
     }
     if show_au:
+        values_of = {"eye": eye_aus, "mouth": mouth_aus}
         aus: dict[str, dict[str, Optional[float]]] = {}
-        for group, values in ((EYE_AUS, eye_aus), (MOUTH_AUS, mouth_aus)):
-            for column, au in enumerate(group):
-                aus[au] = {region: None if values is None else _num(values[side, column])
-                           for side, region in enumerate(AU_REGIONS[au])}
+        for au, regions in manifests.AU_REGIONS.items():
+            aus[au] = {}
+            for region in regions:
+                values = values_of[region.au_group]
+                aus[au][region.name] = None if values is None else _num(values[region.side, region.aus.index(au)])
         record["aus"] = aus
         record["regions"] = {
-            region: {name: None if region_probs is None else _num(region_probs[n, c]) for c, name in enumerate(classes)}
-            for n, region in enumerate(REGION_NAMES)
+            region.name: {name: None if region_probs is None else _num(region_probs[region.index, c])
+                          for c, name in enumerate(classes)}
+            for region in REGIONS
         }
     return record
 
@@ -213,7 +214,7 @@ def flat_columns(classes: Sequence[str], show_au: bool = False) -> list[str]:
     columns += [f"landmark_{name}_{axis}" for name in LANDMARK_NAMES for axis in "xy"]
     columns += ["detection_score", "expression", *classes, "confidence"]
     if show_au:
-        columns += [f"{au}_{region}" for au, regions in AU_REGIONS.items() for region in regions]
+        columns += au_columns()
         columns += [f"region_{region}_{name}" for region in REGION_NAMES for name in classes]
     return columns
 
@@ -302,19 +303,16 @@ class Predictor:
             if self.device.type == "cuda" and not torch.cuda.is_available():
                 raise PredictError("--device cuda: no CUDA GPU is visible to PyTorch")
             self.model, checkpoint_dict = load_model(self.checkpoint_path, self.device)
-        except (CheckpointError, RuntimeError) as error:
+            info = CheckpointInfo.of(checkpoint_dict)
+        except (CheckpointError, RuntimeError, ValueError) as error:
             raise PredictError(str(error).splitlines()[0]) from None
         config = self.model.config
-        self.classes: list[str] = list(checkpoint_dict.get("classes") or [])
+        self.classes: list[str] = list(info.classes)
         if len(self.classes) != config.num_classes:
             raise PredictError(f"{self.checkpoint_path}: {len(self.classes)} class names for a {config.num_classes}-class model")
-        self.input_size = config.input_size
-        resolved = checkpoint_dict.get("resolved") or {}
-        # Faces are cut at the side the training store had and then resized by
-        # to_model_input, exactly the path training images took.
-        self.face_size = int(resolved.get("store_size") or config.input_size)
-        # A model trained on grey faces (FERPlus, CK+) sees grey faces here too.
-        self.grayscale = bool(resolved.get("grayscale", False))
+        # Faces are cut at the side the training store had (grey when it was: FERPlus,
+        # CK+) and then resized by to_model_input, exactly the path training images took.
+        self.preprocessing: Preprocessing = info.preprocessing
         self.has_pin = self.model.pin is not None
         self.has_aus = self.has_pin and config.prior_supervision
         self.notes: list[str] = []
@@ -326,6 +324,18 @@ class Predictor:
         self.min_face_score = min_face_score
         self._detector = detector
         self.timings = dict.fromkeys(("load", "detection", "alignment", "model"), 0.0)
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.input_size
+
+    @property
+    def face_size(self) -> int:
+        return self.preprocessing.face_size
+
+    @property
+    def grayscale(self) -> bool:
+        return self.preprocessing.grayscale
 
     @property
     def detector(self) -> FaceDetector:
@@ -414,10 +424,7 @@ class Predictor:
         return results
 
     def _align(self, image: Image.Image, face: Face) -> np.ndarray:
-        crop = align_face(image, face.landmarks, self.face_size)
-        if self.grayscale:
-            crop = np.repeat(np.asarray(Image.fromarray(crop).convert("L"))[..., None], 3, axis=2)
-        return crop
+        return self.preprocessing.face(image, face.landmarks)
 
     @torch.no_grad()
     def _run_model(self, crops: list[np.ndarray]) -> dict[str, Optional[np.ndarray]]:
@@ -426,7 +433,7 @@ class Predictor:
         collected: dict[str, list] = {k: [] for k in keys}
         for start in range(0, len(crops), self.batch_size):
             batch = torch.from_numpy(np.stack(crops[start:start + self.batch_size])).to(self.device)
-            out = self.model(to_model_input(batch, self.input_size), with_pin=self.has_pin)
+            out = self.model(self.preprocessing.model_input(batch), with_pin=self.has_pin)
             collected["probs"].append(out.trn_probs)
             if self.has_pin:
                 collected["w"].append(out.consistency)

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from poi_cli.core.atomic import atomic_write_text, save_figure
-from poi_cli.train.run_folder import CONFIG_FILE, RESULTS_FILE
+from poi_cli.model.checkpoint import CONFIG_FILE, RESULTS_FILE
 
 DEFAULT_RUNS = "runs/train"
 EVAL_DIR = "eval"  # RUN/eval/metrics.json from `poi evaluate --out RUN/eval`
@@ -254,28 +254,14 @@ def _markdown(frame: pd.DataFrame, percent: Sequence[str] = ()) -> str:
 
 def predict_run(run: Run, data: str | Path, split: str, device: str = "auto", batch: int = 256) -> dict:
     """best.pt (else last.pt) of a run on a prepared split: confusion matrix, w per image, correctness."""
-    from poi_cli.model.checkpoint import load_model, resolve_checkpoint
-    from poi_cli.core.runtime import select_device, use_bf16
-    from poi_cli.inference.evaluate import class_mapping, predict_split
-    from poi_cli.data.store import PreparedDataset
+    from poi_cli.inference.evaluate import EvaluateError, predict_mapped
 
-    checkpoint_path = resolve_checkpoint(run.path)
-    torch_device = select_device(device)
-    model, checkpoint = load_model(checkpoint_path, torch_device)
-    dataset = PreparedDataset(data)
-    split_data = dataset.split(split)
-    shared, columns, label_map, _ = class_mapping(list(checkpoint["classes"]), dataset.classes)
-    keep = label_map[split_data.labels] >= 0
-    if not keep.any():
-        raise ReportError(f"{run.path}: no image of split {split!r} has a class the model knows")
-    targets = label_map[split_data.labels][keep]
-    size = int(checkpoint["model_config"]["input_size"])
-    outputs = predict_split(model, dataset.faces, split_data.store_rows[keep], size, batch, torch_device, use_bf16("auto", torch_device))
-    predicted = outputs["trn"][:, columns].argmax(1)
-    confusion = np.zeros((len(shared), len(shared)), dtype=np.int64)
-    np.add.at(confusion, (targets, predicted), 1)
-    return {"checkpoint": str(checkpoint_path), "classes": shared, "confusion": confusion, "correct": predicted == targets,
-            "w": outputs["w"], "split": split, "accuracy": float((predicted == targets).mean())}
+    try:
+        mapped = predict_mapped(run.path, data, split, device, batch, amp="auto")
+    except EvaluateError as error:  # the other errors name their file already
+        raise ReportError(f"{run.path}: {error}") from None
+    return {"checkpoint": str(mapped.checkpoint_path), "classes": mapped.classes, "confusion": mapped.confusion,
+            "correct": mapped.correct, "w": mapped.predictions.consistency, "split": split, "accuracy": mapped.accuracy}
 
 
 def strata_rows(run_name: str, strata: Optional[list[dict]]) -> list[dict]:

@@ -12,8 +12,9 @@ from typing import Optional
 from PIL import Image, ImageDraw, ImageFont
 
 from poi_cli.core.atomic import save_image
-from poi_cli.inference.predict import AU_REGIONS, STATUS_OK, ImagePrediction
-from poi_cli.model.network import REGION_NAMES
+from poi_cli.core.manifests import AU_GROUPS, REGIONS
+from poi_cli.core.schema import STATUS_OK
+from poi_cli.inference.predict import ImagePrediction
 
 MAX_SIDE = 1024  # the photo is shown at most this large
 PANEL_FACES = 4  # AU panels drawn per image (the highest-scoring faces)
@@ -62,29 +63,27 @@ def draw_faces(image: Image.Image, records: list[dict]) -> Image.Image:
 
 
 def draw_au_panel(record: dict) -> Image.Image:
-    """One face's AU probabilities per region (eye regions above, mouth regions below,
-    image-left on the left) with each region's own most likely expression."""
+    """One face's AU probabilities per region (a block per AU group: eye regions above,
+    mouth regions below; image-left on the left) with each region's own most likely
+    expression. The layout follows data_manifests/regions.json."""
     font = _font(11)
-    rows_eye = sum(1 for regions in AU_REGIONS.values() if "left_eye" in regions)
-    rows_mouth = len(AU_REGIONS) - rows_eye
-    height = ROW * (3 + rows_eye + rows_mouth + 2) + 10
+    groups = list(AU_GROUPS)
+    height = ROW * (3 + sum(len(aus) for aus in AU_GROUPS.values()) + 2) + 10
     panel = Image.new("RGB", (2 * REGION_WIDTH, height), BACKGROUND)
     draw = ImageDraw.Draw(panel)
     draw.text((6, 4), _label(record), fill=TEXT_COLOUR, font=font)
     aus, regions = record.get("aus") or {}, record.get("regions") or {}
-    for n, region in enumerate(REGION_NAMES):
-        column, block = n % 2, n // 2  # left/right, eye/mouth
-        x = 6 + column * REGION_WIDTH
-        y = 4 + ROW * (1.5 + block * (rows_eye + 1.5))
-        distribution = regions.get(region) or {}
+    for region in REGIONS:
+        block = groups.index(region.au_group)
+        x = 6 + region.side * REGION_WIDTH
+        y = 4 + ROW * (1.5 + sum(len(AU_GROUPS[g]) + 1.5 for g in groups[:block]))
+        distribution = regions.get(region.name) or {}
         known = {k: v for k, v in distribution.items() if v is not None}
         top = f" ({max(known, key=known.get)} {max(known.values()):.0%})" if known else ""
-        draw.text((x, y), f"{region}{top}", fill=(200, 200, 200), font=font)
+        draw.text((x, y), f"{region.name}{top}", fill=(200, 200, 200), font=font)
         y += ROW
-        for au, au_regions in AU_REGIONS.items():
-            if region not in au_regions:
-                continue
-            value: Optional[float] = (aus.get(au) or {}).get(region)
+        for au in region.aus:
+            value: Optional[float] = (aus.get(au) or {}).get(region.name)
             draw.text((x, y), au, fill=TEXT_COLOUR, font=font)
             draw.rectangle((x + 40, y + 2, x + 40 + BAR, y + ROW - 3), outline=(90, 90, 90))
             if value is not None:

@@ -1,31 +1,78 @@
-"""Checkpoints: written atomically, read safely (temp file + os.replace).
+"""Checkpoints: built by build_checkpoint, written atomically (temp file + os.replace),
+read safely and typed by CheckpointInfo.
 
 A checkpoint is a dict of plain Python values and tensors, so it loads with
 torch.load(weights_only=True):
-    format, epoch (finished epochs), model (state dict), optimizer (state dict),
-    config (TrainConfig dict), model_config (ModelConfig dict), classes (names),
-    best_val_acc, best_epoch, history (results.csv rows), rng (torch RNG states).
+    format, epoch (finished epochs), model (state dict), model_config (ModelConfig dict),
+    classes (names), preprocessing (Preprocessing dict), config (TrainConfig dict),
+    best_val_acc, best_epoch, val_acc, resolved (the run's resolved settings);
+    training checkpoints add optimizer (state dict), history (results.csv rows) and
+    rng (torch RNG states); packed ones (`poi export --format weights`) add packed.
+Checkpoints written before `preprocessing` existed still load: CheckpointInfo derives it
+from resolved.store_size, resolved.grayscale and model_config.input_size.
 A killed process leaves either the previous file or the new one, never a torn one.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
 from poi_cli.core.atomic import atomic_write
+from poi_cli.data.preprocess import Preprocessing
+from poi_cli.model.calibration import Calibration
+from poi_cli.model.network import ModelConfig, POIModel
 
 CHECKPOINT_FORMAT = 1
 LAST, BEST = "last.pt", "best.pt"
+CONFIG_FILE, RESULTS_FILE = "config.json", "results.csv"  # the other files of a run folder
 
 
 class CheckpointError(ValueError):
     """A checkpoint or run folder that cannot be used; one-line message."""
 
 
+def build_checkpoint(
+    *,
+    model: torch.nn.Module | Mapping[str, torch.Tensor],
+    model_config: ModelConfig | Mapping[str, Any],
+    classes: Sequence[str],
+    preprocessing: Preprocessing,
+    epoch: int = 0,
+    config: Optional[Mapping[str, Any]] = None,
+    best_val_acc: Optional[float] = None,
+    best_epoch: Optional[int] = None,
+    val_acc: Optional[float] = None,
+    resolved: Optional[Mapping[str, Any]] = None,
+    optimizer: Optional[Mapping[str, Any]] = None,
+    history: Optional[Sequence[Mapping[str, Any]]] = None,
+    rng: Any = None,
+    packed: Optional[Mapping[str, Any]] = None,
+    calibration: Optional[Calibration] = None,
+) -> dict[str, Any]:
+    """The dict save_checkpoint writes (see the module docstring for its keys).
+
+    model: the module or its state dict. optimizer, history, rng (training) and packed
+    (export) are left out when None; the other keys are always there."""
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else dict(model)
+    model_dict = model_config.to_dict() if isinstance(model_config, ModelConfig) else dict(model_config)
+    checkpoint: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT, "epoch": int(epoch), "model": state, "model_config": model_dict,
+        "classes": list(classes), "preprocessing": preprocessing.to_dict(), "config": dict(config or {}),
+        "best_val_acc": best_val_acc, "best_epoch": best_epoch, "val_acc": val_acc, "resolved": dict(resolved or {}),
+    }
+    optional = {"optimizer": optimizer, "history": None if history is None else list(history), "rng": rng,
+                "packed": None if packed is None else dict(packed),
+                "calibration": None if calibration is None else calibration.to_dict()}
+    checkpoint.update({key: value for key, value in optional.items() if value is not None})
+    return checkpoint
+
+
 def save_checkpoint(path: str | Path, payload: dict) -> None:
+    """Write a checkpoint (from build_checkpoint; a hand-built dict gets the format key)."""
     atomic_write(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **payload}, f))
 
 
@@ -65,10 +112,65 @@ def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
 
 
 def load_model(run_or_checkpoint: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Build the POIModel a checkpoint describes, with its weights, in eval mode."""
-    from poi_cli.model.network import ModelConfig, POIModel
-
+    """Build the POIModel a checkpoint describes, with its weights, in eval mode; also
+    the checkpoint dict (CheckpointInfo.of(it) types it)."""
     checkpoint = load_checkpoint(resolve_checkpoint(run_or_checkpoint))
     model = POIModel(ModelConfig.from_dict(checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), checkpoint
+
+
+def legacy_preprocessing(checkpoint: Mapping[str, Any]) -> Preprocessing:
+    """The Preprocessing of a checkpoint written before the key existed: faces cut at the
+    training store's size (resolved.store_size, else the input size), grey when the
+    store was (resolved.grayscale), ImageNet-normalised."""
+    input_size = ModelConfig.from_dict(checkpoint["model_config"]).input_size
+    resolved = checkpoint.get("resolved") or {}
+    return Preprocessing(face_size=int(resolved.get("store_size") or input_size), input_size=input_size,
+                         grayscale=bool(resolved.get("grayscale", False)))
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint says about its model, typed (everything but the weights):
+    what prediction, export and evaluation read of it."""
+
+    model_config: ModelConfig
+    classes: tuple[str, ...]
+    preprocessing: Preprocessing
+    epoch: Optional[int] = None
+    best_val_acc: Optional[float] = None
+    best_epoch: Optional[int] = None
+    val_acc: Optional[float] = None
+    config: dict = field(default_factory=dict)  # TrainConfig dict ({} when unknown)
+    resolved: dict = field(default_factory=dict)  # the run's resolved settings ({} when unknown)
+    packed: Optional[dict] = None  # set in fp16 packed checkpoints
+    calibration: Optional[Calibration] = None  # T_cal; None: uncalibrated (probabilities use T_cal = 1)
+
+    @classmethod
+    def of(cls, checkpoint: Mapping[str, Any]) -> "CheckpointInfo":
+        """Type a checkpoint dict (from load_checkpoint / load_model / build_checkpoint)."""
+        preprocessing = (Preprocessing.from_dict(checkpoint["preprocessing"]) if checkpoint.get("preprocessing")
+                         else legacy_preprocessing(checkpoint))
+        return cls(
+            model_config=ModelConfig.from_dict(checkpoint["model_config"]),
+            classes=tuple(checkpoint.get("classes") or ()), preprocessing=preprocessing,
+            epoch=checkpoint.get("epoch"), best_val_acc=checkpoint.get("best_val_acc"),
+            best_epoch=checkpoint.get("best_epoch"), val_acc=checkpoint.get("val_acc"),
+            config=dict(checkpoint.get("config") or {}), resolved=dict(checkpoint.get("resolved") or {}),
+            packed=checkpoint.get("packed"), calibration=Calibration.from_dict(checkpoint.get("calibration")),
+        )
+
+    @property
+    def calibration_temperature(self) -> float:
+        """T_cal of the reported probabilities: 1 for a checkpoint that was never calibrated."""
+        return 1.0 if self.calibration is None else self.calibration.temperature
+
+    @property
+    def input_size(self) -> int:
+        return self.model_config.input_size
+
+
+def read_checkpoint_info(run_or_checkpoint: str | Path) -> CheckpointInfo:
+    """The CheckpointInfo of a checkpoint file or run folder (its best.pt, else last.pt)."""
+    return CheckpointInfo.of(load_checkpoint(resolve_checkpoint(run_or_checkpoint)))

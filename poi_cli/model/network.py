@@ -26,12 +26,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from poi_cli.core.manifests import EYE_AUS, MOUTH_AUS
+from poi_cli.core.manifests import EYE_AUS, MOUTH_AUS, REGIONS
 
 ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50")
 NUM_REGIONS = 4
 # Region order n = 0..3 (POI_SPEC section 2). Eye (upper) regions first, mouth after.
-REGION_NAMES = ("left_eye", "right_eye", "left_mouth", "right_mouth")
+REGION_NAMES = tuple(region.name for region in REGIONS)  # data_manifests/regions.json
 BRANCH_WIDTH = 512  # channels of the prior-branch conv, = dim of F
 AU_HIDDEN = 128  # dim of I in an AU net
 AU_LATENT = 64  # dim of the AU latent a

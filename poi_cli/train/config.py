@@ -1,86 +1,127 @@
-"""TrainConfig: every option of `poi train`, with the defaults of the paper's protocol.
+"""TrainConfig: every option of `poi train`, defined once, with the defaults of the paper's protocol.
+
+Each field carries its own help text, its section (model, loss, optimiser, augmentation,
+data, run) and, where it differs from `--field-name`, its CLI flag, in `field(metadata=...)`;
+the CLI generates the `poi train` options from them (poi_cli/cli.py) and the engine derives
+ModelConfig and LossConfig from the fields of the same name (`TrainConfig.values_for`).
 
 POI_SPEC section 6: SGD, momentum 0.9, weight decay 1e-4, batch 256, lr 0.1 divided by
 10 every 20 epochs, 60 epochs, input 224, flip + translation + brightness/contrast/
-saturation (colour changes off for grayscale data). The config is saved as config.json
-first thing in a run folder and inside every checkpoint, so it holds plain Python
-values only (no torch here: the CLI imports this module to show its defaults).
+saturation (colour changes off for grayscale data). The config is saved, as one flat
+dict, as config.json first thing in a run folder and inside every checkpoint, so it holds
+plain Python values only. Imports nothing of poi and no torch: the CLI imports this module
+to show its defaults.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Optional
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from poi_cli.core.errors import PoiError
 
 SCHEDULES = ("step", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 AMP_MODES = ("auto", "bf16", "off")
 SWITCHES = ("auto", "on", "off")
+SECTIONS = ("model", "loss", "optimiser", "augmentation", "data", "run")
+MODEL, LOSS, OPTIMISER, AUGMENTATION, DATA, RUN = SECTIONS
+
+
+class TrainError(PoiError):
+    """A training run that cannot start or go on; one-line message."""
+
+
+def option(default: Any, section: str, help: str, *flags: str, invert: bool = False, cli: bool = True,
+           argument: Optional[str] = None, path: bool = False) -> Any:
+    """A TrainConfig field with its metadata: help text, section and CLI form.
+
+    flags: the CLI names when not `--field-name` (a bool's `--x/--no-x` pair included);
+    invert: the flag sets the field to False (`--baseline` for use_pin); cli: False for a
+    library-only field; argument: the field is the command's positional argument, of this
+    name; path: a path made absolute when a run starts (so that --resume works from anywhere).
+    """
+    assert section in SECTIONS, section
+    metadata = {"help": help, "section": section, "flags": flags, "invert": invert, "cli": cli,
+                "argument": argument, "path": path}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class TrainConfig:
-    data: str = ""  # a prepared folder (poi prepare)
+    """The options of one training run (all of `poi train`), as plain values."""
+
+    data: str = option("", DATA, "A folder written by `poi prepare` (not needed with --resume).",
+                       argument="prepared_dir", path=True)
 
     # model (POI_SPEC sections 2 and 5)
-    arch: str = "resnet18"
-    input_size: int = 224
-    l_sub: Optional[int] = None  # None: round(9 L / 14)
-    temperature: float = 3.0  # T of Eq. 6, 8 and 11
-    uem_temperature: float = 1.0  # Eq. 10 on softmax(t_n / this); 3 with uem_scale "paper": the first reading
-    uem_scale: str = "unit"  # "unit": w in [0, 1] (POI_SPEC's decision); "paper": w = 1 - sum var, in [0.25, 1]
-    use_pin: bool = True  # False: the baseline (TRN + cross-entropy only)
-    prior_supervision: bool = True  # False: "no PB"
-    use_oim: bool = True  # False: "w/o inpre"
-    use_uem: bool = True  # False: beta = 1
-    pretrained: Optional[str] = None  # backbone weights file (pretrained.load_backbone)
-    fine_tune: Optional[str] = None  # a poi checkpoint to start from (CK+ / SFEW protocol)
+    arch: str = option("resnet18", MODEL, "Backbone: resnet18, resnet34, resnet50, or resnet10 (one block per stage; the bundled model).")
+    input_size: int = option(224, MODEL, "Input side in pixels (faces are resized on the device when the store differs).", "--size")
+    l_sub: Optional[int] = option(None, MODEL, "Subregion side on the feature map (default round(9 L / 14)).")
+    temperature: float = option(3.0, MODEL, "Temperature T of Eq. 6 and 11.", "--temperature", "-T")
+    uem_temperature: float = option(1.0, MODEL, "Temperature of the region distributions in the UEM's w (Eq. 10).")
+    uem_scale: str = option("unit", MODEL, "unit: w = 1 - N/(N-1) sum var, in [0, 1] (the spec); paper: w = 1 - sum var "
+                                           "(the first reading, with --uem-temperature 3).")
+    use_pin: bool = option(True, MODEL, "Train the baseline: TRN with cross-entropy only (no PIN).", "--baseline", invert=True)
+    prior_supervision: bool = option(True, MODEL, "Ablation: no AU nets / AU loss (no PB).", "--no-prior", invert=True)
+    use_oim: bool = option(True, MODEL, "Ablation: no gate, no intermediate prediction (w/o inpre).", "--no-oim", invert=True)
+    pretrained: Optional[str] = option(None, MODEL, "Backbone weights file (torchvision or resnet18_msceleb layout).", path=True)
+    fine_tune: Optional[str] = option(None, MODEL, "Start from a poi checkpoint or run folder (classes mapped by name).", path=True)
 
     # losses (Eq. 12)
-    lambda_au: float = 0.5
-    lambda_ce_au: float = 0.5
-    lambda_ce_tar: float = 1.0
-    au_eps: float = 0.1
+    lambda_au: float = option(0.5, LOSS, "lambda_1 of Eq. 12 (AU loss).")
+    lambda_ce_au: float = option(0.5, LOSS, "lambda_2 of Eq. 12 (region cross-entropy).")
+    lambda_ce_tar: float = option(1.0, LOSS, "lambda_3 of Eq. 12 (TRN cross-entropy).")
+    au_eps: float = option(0.1, LOSS, "eps of the AU pseudo-labels.")
+    use_uem: bool = option(True, LOSS, "Ablation: beta = 1 for every image.", "--no-uem", invert=True)
 
     # optimisation (Sec. IV-B)
-    epochs: int = 60
-    batch: int = 256  # global batch: split over the processes under torchrun
-    lr: float = 0.1
-    schedule: str = "step"
-    lr_steps: list[int] = field(default_factory=lambda: [20, 40])  # epochs where lr *= lr_gamma
-    lr_gamma: float = 0.1
-    warmup_epochs: float = 0.0  # linear warm-up from 0, per step
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    epochs: int = option(60, OPTIMISER, "Epochs.")
+    batch: int = option(256, OPTIMISER, "Global batch size (split over processes under torchrun).")
+    lr: float = option(0.1, OPTIMISER, "Initial learning rate (SGD).")
+    schedule: str = option("step", OPTIMISER, "step (lr x gamma at --lr-steps) or cosine.")
+    lr_steps: list[int] = option([20, 40], OPTIMISER, "Epochs where the step schedule multiplies lr by --lr-gamma.")
+    lr_gamma: float = option(0.1, OPTIMISER, "Factor of the step schedule.")
+    warmup_epochs: float = option(0.0, OPTIMISER, "Linear warm-up length in epochs.")
+    momentum: float = option(0.9, OPTIMISER, "SGD momentum.")
+    weight_decay: float = option(1e-4, OPTIMISER, "SGD weight decay.")
 
     # augmentation (on the training device, whole batches)
-    augment: bool = True
-    flip: bool = True
-    translate: float = 0.1  # max shift, fraction of the side
-    color_jitter: float = 0.4  # brightness / contrast / saturation factors in [1-j, 1+j]
+    augment: bool = option(True, AUGMENTATION, "Training augmentation on the device.")
+    flip: bool = option(True, AUGMENTATION, "Random horizontal flips (with --augment).", cli=False)
+    translate: float = option(0.1, AUGMENTATION, "Max random shift, fraction of the side.")
+    color_jitter: float = option(0.4, AUGMENTATION, "Brightness/contrast/saturation range (off for grayscale data).")
 
     # data
-    train_split: str = "train"
-    val_split: Optional[str] = None  # None: valid, else val, else a held-out part of train; "none": no validation
-    val_fraction: float = 0.1  # held out of the training split when the store has no valid/val split
-    labels: Optional[str] = None  # label file (poi noise) for the training split
-    noise: float = 0.0  # flip this fraction of the training labels on the fly
-    noise_seed: int = 0
+    train_split: str = option("train", DATA, "Split to train on.")
+    val_split: Optional[str] = option(None, DATA, "Split for model selection (default valid, else val; 'none' for none; never test).")
+    val_fraction: float = option(0.1, DATA, "Without a valid/val split: hold out this stratified fraction of train.")
+    labels: Optional[str] = option(None, DATA, "Label file for the training split (from `poi noise`).", path=True)
+    noise: float = option(0.0, DATA, "Flip this fraction of the training labels on the fly (recorded).")
+    noise_seed: int = option(0, DATA, "Seed of --noise.")
 
     # run
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"  # bf16 autocast: auto = on CUDA, and on CPUs with AVX512-BF16 / AMX
-    channels_last: str = "auto"  # auto = on CUDA
-    compile: bool = False
-    sync_bn: bool = False  # SyncBatchNorm under torchrun on CUDA
-    eval_batch: Optional[int] = None  # None: same as batch
-    project: str = "runs/train"
-    name: str = "exp"
-    exist_ok: bool = False
-    resume: Optional[str] = None  # a run folder to continue
+    seed: int = option(0, RUN, "Random seed (initialisation, batches, augmentation).")
+    device: str = option("auto", RUN, "auto, cpu, cuda or mps.")
+    amp: str = option("auto", RUN, "bf16 autocast: auto (CUDA, or CPUs with AVX512-BF16/AMX), bf16 or off.")
+    channels_last: str = option("auto", RUN, "auto (on for CUDA), on or off.")
+    compile: bool = option(False, RUN, "torch.compile the model.")
+    sync_bn: bool = option(False, RUN, "SyncBatchNorm under torchrun (CUDA).")
+    eval_batch: Optional[int] = option(None, RUN, "Validation batch size (default: --batch).", cli=False)
+    project: str = option("runs/train", RUN, "Folder of the run folders.", path=True)
+    name: str = option("exp", RUN, "Run folder name (numbered when taken: exp2, exp3, ...).")
+    exist_ok: bool = option(False, RUN, "Reuse the run folder NAME when it exists instead of numbering a new one.", cli=False)
+    resume: Optional[str] = option(None, RUN, "Continue an interrupted run folder (its own config; other options ignored but --device).")
 
     def __post_init__(self) -> None:
+        if isinstance(self.lr_steps, str):  # the CLI's form: "20,40"
+            try:
+                self.lr_steps = [int(s) for s in self.lr_steps.split(",") if s.strip()]
+            except ValueError:
+                raise ValueError(f"--lr-steps must be comma-separated epochs, got {self.lr_steps!r}") from None
         self.lr_steps = [int(x) for x in self.lr_steps]
 
     def validate(self) -> None:
@@ -107,26 +148,31 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
 
+    def resolve_paths(self) -> None:
+        """Make the path fields absolute (a run resumes from any working directory)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("path") and value:
+                setattr(self, f.name, str(Path(value).resolve()))
+
     def to_dict(self) -> dict:
+        """The flat dict of config.json and of a checkpoint's "config"."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        """From config.json or a checkpoint's "config" (keys this version does not know are dropped)."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
-    def model_dict(self, num_classes: int) -> dict:
-        """The ModelConfig fields (poi_cli.model.network), as plain values."""
-        return {
-            "arch": self.arch, "num_classes": num_classes, "input_size": self.input_size,
-            "l_sub": self.l_sub, "temperature": self.temperature, "uem_temperature": self.uem_temperature,
-            "uem_scale": self.uem_scale, "use_pin": self.use_pin,
-            "prior_supervision": self.prior_supervision, "use_oim": self.use_oim,
-        }
+    def values_for(self, target: type) -> dict:
+        """This config's values of the fields of dataclass `target` (ModelConfig, LossConfig) it shares by name."""
+        return {f.name: getattr(self, f.name) for f in fields(target) if f.name in _FIELD_NAMES}
 
-    def loss_dict(self) -> dict:
-        """The LossConfig fields (poi_cli.model.losses), as plain values."""
-        return {
-            "lambda_au": self.lambda_au, "lambda_ce_au": self.lambda_ce_au,
-            "lambda_ce_tar": self.lambda_ce_tar, "au_eps": self.au_eps, "use_uem": self.use_uem,
-        }
+
+_FIELD_NAMES = frozenset(f.name for f in fields(TrainConfig))
+
+
+def field_default(f: Field) -> Any:
+    """A field's default value."""
+    return f.default_factory() if f.default is MISSING else f.default

@@ -1,9 +1,4 @@
-"""The training engine behind `poi train`: `train(TrainConfig) -> run folder`.
-
-    runs/train/NAME/        (NAME, NAME2, ... like Ultralytics)
-      config.json           the full resolved config, written first
-      results.csv           one row per finished epoch (rewritten whole, atomically)
-      last.pt, best.pt      checkpoints (poi_cli.model.checkpoint); best = best validation accuracy
+"""The training loop behind `poi train`: `train(TrainConfig) -> run folder`.
 
 Per epoch: a permutation drawn from (seed, epoch), batches gathered from the uint8 store
 by a background thread, augmentation on the device, bf16 autocast where it pays,
@@ -11,26 +6,29 @@ SGD with the spec's schedule set per step. Everything an epoch changes is saved 
 ends, so a killed run resumes (`--resume`) at its first unfinished epoch and, the
 batches and augmentation being functions of (seed, epoch), continues as if never stopped.
 
+The Trainer is the loop; the rest lives beside it: data (training labels, label noise,
+validation split or hold-out), run_folder (the folder, its files, resume and repair),
+finetune (starting from another checkpoint), meters (per-epoch metrics by name).
+Callbacks (`Trainer(config, callbacks=[...])`) are called at every step: a test uses one
+to stop a run in the middle of an epoch.
+
 Multi-GPU / multi-node: run the same command under `torchrun --nproc-per-node N`.
 Each process takes its share of every global batch (`--batch` is the global batch),
 gradients are averaged by DistributedDataParallel, metrics are summed over processes,
 and only rank 0 prints and writes files. BatchNorm normalises with each process's own
 batch statistics (--sync-bn: across processes, CUDA only); the running statistics are
 averaged over processes at the end of every epoch so that all hold the same model.
+
+May import poi_cli.core, poi_cli.data, poi_cli.model and the other train modules.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import sys
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
@@ -38,38 +36,23 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from poi_cli.core.atomic import next_run_dir, write_csv, write_json
-from poi_cli.core.metrics import roc_auc
-from poi_cli.core.runtime import DistContext, autocast, init_distributed, use_bf16
+from poi_cli.core.runtime import autocast, init_distributed, use_bf16
 from poi_cli.data.loader import BatchLoader
 from poi_cli.data.preprocess import to_model_input
 from poi_cli.data.store import PreparedDataset, SplitData
-from poi_cli.model.checkpoint import BEST, LAST, load_checkpoint, resolve_checkpoint, save_checkpoint
+from poi_cli.model.calibration import Calibration, calibration_of
+from poi_cli.model.checkpoint import build_checkpoint
 from poi_cli.model.losses import LossConfig, total_loss
 from poi_cli.model.network import ModelConfig, POIModel, POIOutput, uncertainty_beta
+from poi_cli.model.predictions import predict_split
 from poi_cli.train.augment import BatchAugment
-from poi_cli.train.config import TrainConfig
-from poi_cli.train.run_folder import CONFIG_FILE, RESULTS_FILE, rng_state, set_rng_state
+from poi_cli.train.config import TrainConfig, TrainError
+from poi_cli.train.data import TrainingData, select_data
+from poi_cli.train.finetune import load_fine_tune
+from poi_cli.train.meters import EpochMeters
+from poi_cli.train.run_folder import RESULT_COLUMNS, RunFolder, resume_config, rng_state, set_rng_state
 
-LOSS_TERMS = ("total", "ce_tar", "ce_au", "au", "kl_au", "kl_tar", "w_mean")
-# What label noise does to training, per epoch (issue 13): train_acc_flipped is the
-# accuracy against the given (wrong) label on the flipped images, i.e. how much of the
-# noise the TRN has memorised; beta_* describe the UEM's weight of Eq. 11 over the epoch:
-# its mean, the share of images above 0.1, and its ROC AUC for telling flipped images
-# from clean ones (1: beta is higher on every flipped image).
-NOISE_COLUMNS = ("train_acc_flipped", "beta_mean", "beta_over_0.1", "beta_auc_flipped")
-RESULT_COLUMNS = [
-    "epoch", *(f"loss_{t}" if t != "w_mean" else t for t in LOSS_TERMS), "lr",
-    "train_acc", "train_acc_clean", *NOISE_COLUMNS, "val_acc", "epoch_time_s", "images_per_s",
-]
-VAL_SPLIT_ORDER = ("valid", "val")
-# Test hook: "EPOCH:STEP" (1-based) makes the loop announce itself on stderr and hang
-# there, so that a test can SIGKILL a run in the middle of an epoch.
-STALL_ENV = "POI_DEBUG_STALL_AT"
-
-
-class TrainError(ValueError):
-    """A training run that cannot start or go on; one-line message."""
+__all__ = ["Callback", "RESULT_COLUMNS", "TrainError", "Trainer", "evaluate_accuracy", "learning_rate", "train"]
 
 
 # ----------------------------------------------------------------------- schedule
@@ -86,58 +69,17 @@ def learning_rate(config: TrainConfig, epoch: int, step: int, steps_per_epoch: i
     return config.lr * config.lr_gamma ** sum(epoch >= milestone for milestone in config.lr_steps)
 
 
-# --------------------------------------------------------------------------- data
-
-
-def choose_val_split(dataset: PreparedDataset, requested: Optional[str], train_split: str) -> Optional[str]:
-    """The store's validation split: the one asked for, else valid, else val; None when there is none."""
-    available = dataset.splits()
-    if requested is not None:
-        if requested not in available:
-            raise TrainError(f"validation split {requested!r} has no usable faces in {dataset.root} (splits: {', '.join(available)})")
-        return requested
-    return next((name for name in VAL_SPLIT_ORDER if name in available and name != train_split), None)
-
-
-def hold_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of a stratified, seeded `fraction` of the positions (at least one per class of 2+)."""
-    mask = np.zeros(len(labels), dtype=bool)
-    rng = np.random.default_rng([seed, 7919])
-    for label in np.unique(labels):
-        positions = np.flatnonzero(labels == label)
-        count = int(math.floor(fraction * len(positions) + 0.5))
-        if len(positions) >= 2:
-            count = min(max(count, 1), len(positions) - 1)
-        mask[rng.permutation(positions)[:count]] = True
-    return mask
-
-
 def float_output(output: POIOutput) -> POIOutput:
     """The network's outputs in float32 (under bf16 autocast they come out in bf16)."""
     values = {f.name: getattr(output, f.name) for f in dataclasses.fields(output)}
     return POIOutput(**{k: v.float() if isinstance(v, torch.Tensor) else v for k, v in values.items()})
 
 
-def remap_class_rows(state: dict, source_classes: list[str], target: dict, target_classes: list[str]) -> dict:
-    """Copy class-indexed rows (TRN and region heads) by class name; new classes keep their init."""
-    out = {}
-    for key, value in state.items():
-        if key not in target:
-            continue
-        want = target[key]
-        if value.shape == want.shape and source_classes == target_classes:
-            out[key] = value
-        elif key.startswith(("trn.fc.", "pin.region_classifiers.")) and value.shape[0] == len(source_classes):
-            rows = want.clone()
-            for index, name in enumerate(target_classes):
-                if name in source_classes:
-                    rows[index] = value[source_classes.index(name)]
-            out[key] = rows
-        elif value.shape == want.shape:
-            out[key] = value
-        else:
-            raise TrainError(f"fine-tune checkpoint weight {key} has shape {tuple(value.shape)}, this model needs {tuple(want.shape)}")
-    return out
+class Callback:
+    """Hooks into the training loop; subclass and override what you need (every process calls them)."""
+
+    def on_step(self, epoch: int, step: int) -> None:
+        """Before training step `step` (0-based) of epoch `epoch` (0-based)."""
 
 
 # ------------------------------------------------------------------------ trainer
@@ -146,119 +88,64 @@ def remap_class_rows(state: dict, source_classes: list[str], target: dict, targe
 class Trainer:
     """One training run. `Trainer(config).fit()` returns the run folder."""
 
-    def __init__(self, config: TrainConfig, console: Optional[Console] = None) -> None:
+    def __init__(self, config: TrainConfig, console: Optional[Console] = None, callbacks: Iterable[Callback] = ()) -> None:
         config.validate()
         self.ctx = init_distributed(config.device)
         self.console = console or Console()
         self.log = self._print if self.ctx.is_main else (lambda *a, **k: None)
-        resume_checkpoint = None
+        self.callbacks = list(callbacks)
+        self.resume_checkpoint: Optional[dict] = None
         if config.resume:
-            config, resume_checkpoint = self._resume_config(config)
+            config, self.resume_checkpoint = resume_config(config)
         self.config = config
-        self.resume_checkpoint = resume_checkpoint
-        self._load_data()
-        self.run_dir = self._make_run_dir()
-        self._write_config()
+        self.data: TrainingData = select_data(config)
+        self.run = RunFolder.create(config, self.ctx)
+        config.resolve_paths()  # absolute: resume works from anywhere
+        self.amp = use_bf16(config.amp, self.ctx.device)
+        self.channels_last = config.channels_last == "on" or (config.channels_last == "auto" and self.ctx.device.type == "cuda")
+        self.resolved = self._resolved()
+        self.preprocessing = self.dataset.preprocessing.for_model(config.input_size)
+        self.run.write_config(config, self.resolved)
         self._build_model()
 
     def _print(self, message: str) -> None:
         self.console.print(message, soft_wrap=True, highlight=False)  # one log line stays one line
 
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
+
+    @property
+    def dataset(self) -> PreparedDataset:
+        return self.data.dataset
+
+    @property
+    def classes(self) -> list[str]:
+        return self.data.classes
+
+    @property
+    def val_data(self) -> Optional[SplitData]:
+        return self.data.val
+
     # -- setup
 
-    def _resume_config(self, config: TrainConfig) -> tuple[TrainConfig, Optional[dict]]:
-        run_dir = Path(config.resume)
-        if not run_dir.is_dir():
-            raise TrainError(f"--resume: no such run folder: {run_dir}")
-        checkpoint = None
-        if (run_dir / LAST).is_file():
-            checkpoint = load_checkpoint(run_dir / LAST)
-            saved = TrainConfig.from_dict(checkpoint["config"])
-        elif (run_dir / CONFIG_FILE).is_file():  # killed during its first epoch: start it again
-            saved = TrainConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
-        else:
-            raise TrainError(f"--resume: {run_dir} is not a poi run folder (no {LAST} or {CONFIG_FILE})")
-        saved.device, saved.resume = config.device, str(run_dir)
-        if checkpoint is not None and checkpoint["epoch"] >= saved.epochs:
-            raise TrainError(f"--resume: {run_dir} already finished its {saved.epochs} epochs")
-        return saved, checkpoint
-
-    def _load_data(self) -> None:
-        c = self.config
-        try:
-            dataset = PreparedDataset(c.data)
-        except ValueError as error:
-            raise TrainError(str(error)) from None
-        self.dataset = dataset
-        self.classes = dataset.classes
-        train = dataset.split(c.train_split, labels_file=c.labels)
-        labels, clean = train.labels, train.clean_labels
-        self.noise_realised = None
-        if c.noise > 0:
-            from poi_cli.data.noise import flip_labels
-
-            clean = labels
-            labels = flip_labels(labels, dataset.num_classes, c.noise, c.noise_seed)
-        if clean is not None and len(labels):  # --noise, or a --labels file whose clean labels are known
-            self.noise_realised = float((labels != clean).mean())
-        for name, values in (("label", labels), ("clean label", clean)):
-            if values is not None and len(values) and (values.min() < 0 or values.max() >= dataset.num_classes):
-                raise TrainError(f"a training {name} lies outside 0..{dataset.num_classes - 1}")
-        self.val_data = None
-        if c.val_split is not None and c.val_split.lower() == "none":
-            self.val_split, self.val_note = None, "no validation (--val-split none): best.pt is the last epoch"
-        elif (name := choose_val_split(dataset, c.val_split, c.train_split)) is not None:
-            self.val_split, self.val_note = name, f"validation split: {name}"
-            self.val_data = dataset.split(name)
-        elif c.val_fraction > 0:
-            # No validation split in the store (RAF-DB: train/test only): hold out part of
-            # train, with the labels training sees, rather than ever select on test.
-            held = hold_out(labels, c.val_fraction, c.seed)
-            self.val_data = SplitData(train.store_rows[held], labels[held], train.ids[held])
-            keep = ~held
-            train = SplitData(train.store_rows[keep], train.labels[keep], train.ids[keep])
-            labels, clean = labels[keep], None if clean is None else clean[keep]
-            self.val_split = f"{c.train_split}[held out {c.val_fraction:g}]"
-            self.val_note = (f"validation: {held.sum()} images held out of {c.train_split} "
-                             f"(--val-fraction {c.val_fraction:g}, seed {c.seed}; the store has no valid/val split)")
-        else:
-            self.val_split, self.val_note = None, "no validation (--val-fraction 0): best.pt is the last epoch"
-        self.train_data, self.train_labels, self.clean_labels = train, labels, clean
-
-    def _make_run_dir(self) -> Path:
-        c = self.config
-        if c.resume:
-            return Path(c.resume)
-        run_dir = [next_run_dir(c.project, c.name, c.exist_ok) if self.ctx.is_main else None]
-        if self.ctx.distributed:
-            dist.broadcast_object_list(run_dir, src=0)
-        return Path(run_dir[0])
-
-    def _write_config(self) -> None:
-        c = self.config
-        for key in ("data", "labels", "pretrained", "fine_tune", "project"):  # absolute: resume works from anywhere
-            value = getattr(c, key)
-            if value:
-                setattr(c, key, str(Path(value).resolve()))
-        self.amp = use_bf16(c.amp, self.ctx.device)
-        self.channels_last = c.channels_last == "on" or (c.channels_last == "auto" and self.ctx.device.type == "cuda")
-        resolved = {
+    def _resolved(self) -> dict:
+        """What the options resolved to on this machine and store (config.json's "resolved")."""
+        data, ctx = self.data, self.ctx
+        return {
             "classes": self.classes, "num_classes": len(self.classes), "store_size": self.dataset.size,
-            "grayscale": self.dataset.grayscale, "n_train": len(self.train_labels),
-            "val_split": self.val_split, "n_val": 0 if self.val_data is None else len(self.val_data.labels),
-            "noise_realised_rate": self.noise_realised, "device": str(self.ctx.device), "bf16": self.amp,
-            "channels_last": self.channels_last, "world_size": self.ctx.world_size,
+            "grayscale": self.dataset.grayscale, "n_train": len(data.labels),
+            "val_split": data.val_split, "n_val": 0 if data.val is None else len(data.val.labels),
+            "noise_realised_rate": data.noise_realised, "device": str(ctx.device), "bf16": self.amp,
+            "channels_last": self.channels_last, "world_size": ctx.world_size,
             "torch": str(torch.__version__),
         }
-        self.resolved = resolved
-        if self.ctx.is_main and not (c.resume and (self.run_dir / CONFIG_FILE).is_file()):
-            write_json(self.run_dir / CONFIG_FILE, {**c.to_dict(), "resolved": resolved})
 
     def _build_model(self) -> None:
         c, device = self.config, self.ctx.device
         torch.manual_seed(c.seed)
         try:
-            self.model_config = ModelConfig.from_dict(c.model_dict(len(self.classes)))
+            self.model_config = ModelConfig.from_dict({**c.values_for(ModelConfig), "num_classes": len(self.classes)})
         except ValueError as error:
             raise TrainError(str(error)) from None
         model = POIModel(self.model_config)
@@ -268,7 +155,7 @@ class Trainer:
             load_backbone(model, c.pretrained)
             self.log(f"backbone weights from {c.pretrained}")
         if c.fine_tune and not self.resume_checkpoint:
-            self._load_fine_tune(model, c.fine_tune)
+            self.log(load_fine_tune(model, c.fine_tune, self.classes))
         model.to(device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -276,41 +163,33 @@ class Trainer:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model  # the plain module: saved, evaluated
         self.optimizer = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        self._restore()
+        self.forward = self._wrap(model)  # what the training step calls
+        self.loss_config = LossConfig(**c.values_for(LossConfig))
+
+    def _restore(self) -> None:
+        """Epoch, history, best so far, weights, optimiser and RNG: from the resumed last.pt, or fresh."""
         self.start_epoch, self.history = 0, []
         self.best_val_acc, self.best_epoch = None, None
-        if self.resume_checkpoint:
-            ck = self.resume_checkpoint
-            model.load_state_dict(ck["model"])
+        ck = self.resume_checkpoint
+        if ck:
+            self.model.load_state_dict(ck["model"])
             self.optimizer.load_state_dict(ck["optimizer"])
             self.start_epoch, self.history = int(ck["epoch"]), list(ck["history"])[: int(ck["epoch"])]
             self.best_val_acc, self.best_epoch = ck.get("best_val_acc"), ck.get("best_epoch")
             set_rng_state(ck.get("rng"))
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module the training step calls: DistributedDataParallel under torchrun, compiled on request."""
         forward = model
         if self.ctx.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
+            device = self.ctx.device
             forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if c.compile:
+        if self.config.compile:
             forward = torch.compile(forward)
-        self.forward = forward  # what the training step calls
-        self.loss_config = LossConfig(**c.loss_dict())
-
-    def _load_fine_tune(self, model: POIModel, path: str) -> None:
-        checkpoint = load_checkpoint(resolve_checkpoint(path))
-        source = ModelConfig.from_dict(checkpoint["model_config"])
-        if source.arch != self.model_config.arch:
-            raise TrainError(f"--fine-tune: {path} is a {source.arch}, this run trains a {self.model_config.arch}")
-        source_classes = list(checkpoint["classes"])
-        state = remap_class_rows(checkpoint["model"], source_classes, model.state_dict(), self.classes)
-        missing = [k for k in model.state_dict() if k not in state]
-        model.load_state_dict(state, strict=False)
-        note = f"fine-tuning from {path}"
-        if source_classes != self.classes:
-            shared = [n for n in self.classes if n in source_classes]
-            note += f" (classes mapped by name: {len(shared)} shared of {len(self.classes)})"
-        if missing:
-            note += f"; {len(missing)} weights not in it keep their initialisation"
-        self.log(note)
+        return forward
 
     # -- loop
 
@@ -322,20 +201,21 @@ class Trainer:
         for epoch in range(self.start_epoch, c.epochs):
             started = time.perf_counter()
             row, train_seconds = self.train_epoch(epoch, loader, augment)
-            row["val_acc"] = self._validate() if self.val_data is not None else None
+            row["val_acc"], calibration = self._validate() if self.val_data is not None else (None, None)
+            row["calibration_t"] = None if calibration is None else round(calibration.temperature, 6)
             row["epoch_time_s"] = round(time.perf_counter() - started, 3)
             row["images_per_s"] = round(row.pop("_images") / max(train_seconds, 1e-9), 1)
-            self._end_epoch(epoch, row)
+            self._end_epoch(epoch, row, calibration)
         if ctx.owns_group:
             dist.barrier()
             dist.destroy_process_group()
         return self.run_dir
 
     def make_loader(self) -> BatchLoader:
-        c, ctx = self.config, self.ctx
+        c, ctx, data = self.config, self.ctx, self.data
         return BatchLoader(
-            self.dataset.faces, self.train_data.store_rows, self.train_labels, c.batch, shuffle=True, seed=c.seed,
-            extra=self.clean_labels, rank=ctx.rank, world_size=ctx.world_size, device=ctx.device,
+            self.dataset.faces, data.train.store_rows, data.labels, c.batch, shuffle=True, seed=c.seed,
+            extra=data.clean_labels, rank=ctx.rank, world_size=ctx.world_size, device=ctx.device,
         )
 
     def make_augment(self) -> Optional[BatchAugment]:
@@ -366,101 +246,58 @@ class Trainer:
             f"{' x' + str(self.ctx.world_size) + ' processes' if self.ctx.distributed else ''}, "
             f"bf16 {'on' if self.amp else 'off'}, channels_last {'on' if self.channels_last else 'off'}"
         )
-        self.log(self.val_note)
-        if self.noise_realised is not None:
+        self.log(self.data.val_note)
+        if self.data.noise_realised is not None:
             asked = f"{c.noise:.0%} requested (seed {c.noise_seed})" if c.noise else f"labels from {c.labels}"
-            self.log(f"label noise: {asked}, {self.noise_realised:.2%} of the training labels differ from the clean ones")
+            self.log(f"label noise: {asked}, {self.data.noise_realised:.2%} of the training labels differ from the clean ones")
         if self.start_epoch:
             self.log(f"resuming at epoch {self.start_epoch + 1}/{c.epochs}")
 
     def train_epoch(self, epoch: int, loader: BatchLoader, augment: Optional[BatchAugment]) -> tuple[dict, float]:
         """One pass over the training split; returns the results row (without validation) and the seconds."""
         c, ctx = self.config, self.ctx
-        device = ctx.device
         loader.set_epoch(epoch)
         self.model.train()
         generator = self.epoch_generator(epoch)
-        # sums over the epoch: loss terms x images, images, correct, correct vs clean
-        sums = torch.zeros(len(LOSS_TERMS) + 3, device=device, dtype=torch.float64)
-        present: set[str] = set()
-        betas: list[torch.Tensor] = []
-        flipped: list[torch.Tensor] = []
-        flipped_correct = torch.zeros((), device=device, dtype=torch.float64)
-        stall = _stall_point()
+        meters = EpochMeters(ctx.device, with_clean=self.data.clean_labels is not None)
         lr = c.lr
         with self._progress() as progress:
             task = progress.add_task(f"epoch {epoch + 1}/{c.epochs}", total=len(loader), stats="")
             started = time.perf_counter()
             for step, (images, labels, clean, _) in enumerate(loader):
-                if stall == (epoch + 1, step + 1):
-                    _stall(epoch + 1, step + 1)
+                for callback in self.callbacks:
+                    callback.on_step(epoch, step)
                 lr = learning_rate(c, epoch, step, len(loader))
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                x = self.batch_input(images, augment, generator)
-                with autocast(device, self.amp):
-                    output = self.forward(x)
-                output = float_output(output)
-                loss, terms = total_loss(output, labels, self.loss_config)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                present.update(terms)
-                batch = labels.shape[0]
-                predicted = output.trn_logits.argmax(1)
-                sums[: len(LOSS_TERMS)] += torch.stack([terms.get(t, loss.new_zeros(())) for t in LOSS_TERMS]).double() * batch
-                sums[-3] += batch
-                sums[-2] += (predicted == labels).sum()
-                if clean is not None:
-                    sums[-1] += (predicted == clean).sum()
-                    is_flipped = labels != clean
-                    flipped.append(is_flipped)
-                    flipped_correct += ((predicted == labels) & is_flipped).sum()
-                if output.consistency is not None:
-                    betas.append(uncertainty_beta(output.consistency))
+                output, terms = self.train_step(self.batch_input(images, augment, generator), labels, lr)
+                beta = uncertainty_beta(output.consistency) if output.consistency is not None else None
+                meters.update(terms, output.trn_logits.argmax(1), labels, clean, beta)
                 if step % 10 == 0 or step + 1 == len(loader):
-                    mean_loss = (sums[0] / sums[-3]).item()
+                    mean_loss = meters.mean_loss()
                     if not math.isfinite(mean_loss):
                         raise TrainError(f"the loss became {mean_loss} at epoch {epoch + 1}, step {step + 1} (try a lower --lr)")
-                    rate = sums[-3].item() * ctx.world_size / max(time.perf_counter() - started, 1e-9)
+                    rate = meters.images() * ctx.world_size / max(time.perf_counter() - started, 1e-9)
                     progress.update(task, stats=f"loss {mean_loss:.4f}  lr {lr:.3g}  {rate:,.0f} img/s")
                 progress.advance(task)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
             seconds = time.perf_counter() - started
-        noise_row = self._noise_metrics(betas, flipped, flipped_correct)
+        row = {"epoch": epoch + 1, "lr": lr, **meters.finish(ctx.distributed)}
         if ctx.distributed:
-            dist.all_reduce(sums)
             self._average_buffers()
-        sums = sums.tolist()
-        images = sums[-3]
-        row: dict = {"epoch": epoch + 1, "lr": lr, "_images": images}
-        for index, term in enumerate(LOSS_TERMS):
-            column = "w_mean" if term == "w_mean" else f"loss_{term}"
-            row[column] = round(sums[index] / images, 6) if term in present else None
-        row["train_acc"] = round(sums[-2] / images, 6)
-        row["train_acc_clean"] = round(sums[-1] / images, 6) if self.clean_labels is not None else None
-        row.update(noise_row)
         return row, seconds
 
-    def _noise_metrics(self, betas: list[torch.Tensor], flipped: list[torch.Tensor], flipped_correct: torch.Tensor) -> dict:
-        """The NOISE_COLUMNS of an epoch, over all processes (None where they do not apply)."""
-        row: dict = dict.fromkeys(NOISE_COLUMNS)
-        beta = torch.cat(betas).float() if betas else None
-        is_flipped = torch.cat(flipped) if flipped else None
-        if self.ctx.distributed:  # every process saw the same number of images per step
-            beta = _all_gather(beta) if beta is not None else None
-            is_flipped = _all_gather(is_flipped) if is_flipped is not None else None
-            dist.all_reduce(flipped_correct)
-        if is_flipped is not None and is_flipped.any():
-            row["train_acc_flipped"] = round(flipped_correct.item() / is_flipped.sum().item(), 6)
-        if beta is not None:
-            row["beta_mean"] = round(beta.mean().item(), 6)
-            row["beta_over_0.1"] = round((beta > 0.1).float().mean().item(), 6)
-            if is_flipped is not None:
-                auc = roc_auc(beta.cpu().numpy(), is_flipped.cpu().numpy())
-                row["beta_auc_flipped"] = None if auc is None else round(auc, 6)
-        return row
+    def train_step(self, x: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[POIOutput, dict[str, torch.Tensor]]:
+        """One SGD step at learning rate `lr`; returns the (float32) outputs and the detached loss terms."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(self.ctx.device, self.amp):
+            output = self.forward(x)
+        output = float_output(output)
+        loss, terms = total_loss(output, labels, self.loss_config)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return output, terms
 
     def _average_buffers(self) -> None:
         """BN running statistics: each process ends the epoch with its own last-batch update;
@@ -470,59 +307,53 @@ class Trainer:
                 dist.all_reduce(buffer)
                 buffer.div_(self.ctx.world_size)
 
-    def _progress(self):
+    def _progress(self) -> Progress:
         return Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
             TimeElapsedColumn(), console=self.console, transient=True, disable=not self.ctx.is_main,
         )
 
-    @torch.no_grad()
-    def _validate(self) -> float:
+    def _validate(self) -> tuple[float, Optional[Calibration]]:
+        """The TRN's validation accuracy, and its T_cal fitted on the same pass's logits (issue 12):
+        every checkpoint carries the temperature of its own weights, at no extra pass."""
         c, ctx = self.config, self.ctx
-        correct, total = evaluate_accuracy(
+        predictions = predict_split(
             self.model, self.dataset.faces, self.val_data.store_rows, self.val_data.labels, c.input_size,
-            c.eval_batch or c.batch, ctx.device, self.amp, self.channels_last, ctx.rank, ctx.world_size,
+            c.eval_batch or c.batch, ctx.device, self.amp, self.channels_last, ctx.rank, ctx.world_size, with_pin=False,
         )
-        if ctx.distributed:
-            counts = torch.tensor([correct, total], dtype=torch.float64, device=ctx.device)
-            dist.all_reduce(counts)
-            correct, total = counts.tolist()
-        return round(correct / max(total, 1), 6)
+        logits, labels = predictions.trn_logits, predictions.labels
+        if ctx.distributed:  # shares differ in size: gather them as objects (a validation split is small)
+            shares: list = [None] * ctx.world_size
+            dist.all_gather_object(shares, (logits, labels))
+            logits, labels = np.concatenate([s[0] for s in shares]), np.concatenate([s[1] for s in shares])
+        if len(labels) == 0:
+            return 0.0, None
+        accuracy = round(float((logits.argmax(1) == labels).mean()), 6)
+        calibration = calibration_of(logits, labels, self.data.val_split) if len(labels) >= 2 else None
+        return accuracy, calibration
 
-    def _end_epoch(self, epoch: int, row: dict) -> None:
+    def _end_epoch(self, epoch: int, row: dict, calibration: Optional[Calibration] = None) -> None:
         c = self.config
         improved = self.val_data is None or self.best_val_acc is None or row["val_acc"] > self.best_val_acc
         if improved:
             self.best_val_acc, self.best_epoch = row["val_acc"], epoch + 1
         self.history.append(row)
         if self.ctx.is_main:
-            payload = {
-                "epoch": epoch + 1, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "config": c.to_dict(), "model_config": self.model_config.to_dict(), "classes": list(self.classes),
-                "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch, "history": list(self.history),
-                "val_acc": row["val_acc"], "resolved": self.resolved, "rng": rng_state(),
-            }
-            # Order matters for a kill between writes: last.pt is the truth that resume reads,
-            # results.csv is rewritten from its history, best.pt is repaired from it.
-            save_checkpoint(self.run_dir / LAST, payload)
-            if improved:
-                save_checkpoint(self.run_dir / BEST, payload)
-            write_csv(self.run_dir / RESULTS_FILE, RESULT_COLUMNS, self.history)
+            payload = build_checkpoint(
+                epoch=epoch + 1, model=self.model, optimizer=self.optimizer.state_dict(), config=c.to_dict(),
+                model_config=self.model_config, classes=self.classes, preprocessing=self.preprocessing,
+                best_val_acc=self.best_val_acc, best_epoch=self.best_epoch, history=self.history,
+                val_acc=row["val_acc"], resolved=self.resolved, rng=rng_state(), calibration=calibration,
+            )
+            self.run.save_epoch(payload, improved)  # last.pt, best.pt, results.csv, in that order
             self.log(_summary(row, c.epochs, improved and self.val_data is not None))
         if self.ctx.distributed:
             dist.barrier()
 
     def repair_after_kill(self) -> None:
         """On resume: results.csv and best.pt agree with last.pt (a kill may have hit between writes)."""
-        if not (self.ctx.is_main and self.resume_checkpoint):
-            return
-        write_csv(self.run_dir / RESULTS_FILE, RESULT_COLUMNS, self.history)
-        best_path = self.run_dir / BEST
-        ck = self.resume_checkpoint
-        if ck.get("best_epoch") == ck["epoch"]:
-            stale = not best_path.is_file() or load_checkpoint(best_path).get("epoch") != ck["epoch"]
-            if stale:
-                save_checkpoint(best_path, ck)
+        if self.resume_checkpoint:
+            self.run.repair(self.resume_checkpoint, self.history)
 
 
 def evaluate_accuracy(
@@ -530,24 +361,9 @@ def evaluate_accuracy(
     device: torch.device, amp: bool, channels_last: bool = False, rank: int = 0, world_size: int = 1,
 ) -> tuple[int, int]:
     """TRN accuracy counts (correct, total) over this process's share of a split."""
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    loader = BatchLoader(faces, store_rows, labels, batch, shuffle=False, rank=rank, world_size=world_size, device=device)
-    with torch.no_grad():
-        for images, targets, _, _ in loader:
-            with autocast(device, amp):
-                logits = model(to_model_input(images, size, channels_last), with_pin=False).trn_logits
-            correct += int((logits.argmax(1) == targets).sum())
-            total += int(targets.shape[0])
-    model.train(was_training)
-    return correct, total
-
-
-def _all_gather(values: torch.Tensor) -> torch.Tensor:
-    parts = [torch.empty_like(values) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, values)
-    return torch.cat(parts)
+    predictions = predict_split(model, faces, store_rows, labels, size, batch, device, amp, channels_last, rank,
+                                world_size, with_pin=False)
+    return int(predictions.correct.sum()), len(predictions)
 
 
 def _summary(row: dict, epochs: int, best: bool) -> str:
@@ -560,22 +376,8 @@ def _summary(row: dict, epochs: int, best: bool) -> str:
     return "  ".join(parts)
 
 
-def _stall_point() -> Optional[tuple[int, int]]:
-    value = os.environ.get(STALL_ENV)
-    if not value:
-        return None
-    epoch, step = value.split(":")
-    return int(epoch), int(step)
-
-
-def _stall(epoch: int, step: int) -> None:
-    print(f"POI_DEBUG stalled at epoch {epoch} step {step}", file=sys.stderr, flush=True)
-    while True:
-        time.sleep(3600)
-
-
-def train(config: TrainConfig, console: Optional[Console] = None) -> Path:
+def train(config: TrainConfig, console: Optional[Console] = None, callbacks: Iterable[Callback] = ()) -> Path:
     """Train POI (or an ablation / the baseline) as `config` says; returns the run folder."""
-    trainer = Trainer(config, console)
+    trainer = Trainer(config, console, callbacks)
     trainer.repair_after_kill()
     return trainer.fit()

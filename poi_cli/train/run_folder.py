@@ -1,15 +1,106 @@
-"""The files of a training run folder besides its checkpoints, and the RNG state it resumes with."""
+"""A training run folder: making and numbering it, its files, resuming from it, repairing it after a kill.
+
+    runs/train/NAME/        (NAME, NAME2, ... like Ultralytics)
+      config.json           the full resolved config (a flat dict + "resolved"), written first
+      results.csv           one row per finished epoch (rewritten whole, atomically)
+      last.pt, best.pt      checkpoints (poi_cli.model.checkpoint); best = best validation accuracy
+
+Only rank 0 writes (`RunFolder.writer`). Also the RNG state a checkpoint resumes with.
+May import torch, poi_cli.core, poi_cli.model and the train modules config and meters.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 
-CONFIG_FILE, RESULTS_FILE = "config.json", "results.csv"
+from poi_cli.core.atomic import next_run_dir, write_csv, write_json
+from poi_cli.core.runtime import DistContext
+from poi_cli.model.checkpoint import BEST, CONFIG_FILE, LAST, RESULTS_FILE, load_checkpoint, save_checkpoint
+from poi_cli.train.config import TrainConfig, TrainError
+from poi_cli.train.meters import LOSS_TERMS, NOISE_COLUMNS, loss_column
+
+RESULT_COLUMNS = [
+    "epoch", *(loss_column(t) for t in LOSS_TERMS), "lr",
+    "train_acc", "train_acc_clean", *NOISE_COLUMNS, "val_acc", "calibration_t", "epoch_time_s", "images_per_s",
+]
+
+
+class RunFolder:
+    """The folder of one run; `writer` is False on the processes that must not write (rank > 0)."""
+
+    def __init__(self, path: Path, writer: bool) -> None:
+        self.path = Path(path)
+        self.writer = writer
+
+    @classmethod
+    def create(cls, config: TrainConfig, ctx: DistContext) -> "RunFolder":
+        """The resumed folder, or a new project/name (numbered when taken), the same on every process."""
+        if config.resume:
+            return cls(Path(config.resume), ctx.is_main)
+        path = [next_run_dir(config.project, config.name, config.exist_ok) if ctx.is_main else None]
+        if ctx.distributed:
+            dist.broadcast_object_list(path, src=0)
+        return cls(Path(path[0]), ctx.is_main)
+
+    def write_config(self, config: TrainConfig, resolved: dict) -> None:
+        """config.json: the config's flat dict plus "resolved"; kept as it is when resuming."""
+        if self.writer and not (config.resume and (self.path / CONFIG_FILE).is_file()):
+            write_json(self.path / CONFIG_FILE, {**config.to_dict(), "resolved": resolved})
+
+    def write_results(self, history: list[dict]) -> None:
+        """results.csv, whole, from the rows of the finished epochs."""
+        if self.writer:
+            write_csv(self.path / RESULTS_FILE, RESULT_COLUMNS, history)
+
+    def save_epoch(self, payload: dict, improved: bool) -> None:
+        """An epoch's checkpoint as last.pt (and best.pt), then results.csv from its history."""
+        if not self.writer:
+            return
+        # Order matters for a kill between writes: last.pt is the truth that resume reads,
+        # results.csv is rewritten from its history, best.pt is repaired from it.
+        save_checkpoint(self.path / LAST, payload)
+        if improved:
+            save_checkpoint(self.path / BEST, payload)
+        self.write_results(payload["history"])
+
+    def repair(self, checkpoint: dict, history: list[dict]) -> None:
+        """On resume: results.csv and best.pt agree with last.pt (a kill may have hit between writes)."""
+        if not self.writer:
+            return
+        self.write_results(history)
+        best_path = self.path / BEST
+        if checkpoint.get("best_epoch") == checkpoint["epoch"]:
+            stale = not best_path.is_file() or load_checkpoint(best_path).get("epoch") != checkpoint["epoch"]
+            if stale:
+                save_checkpoint(best_path, checkpoint)
+
+
+def resume_config(config: TrainConfig) -> tuple[TrainConfig, Optional[dict]]:
+    """The saved config of the run folder `config.resume` (with this --device), and its last.pt if any."""
+    run_dir = Path(config.resume)
+    if not run_dir.is_dir():
+        raise TrainError(f"--resume: no such run folder: {run_dir}")
+    checkpoint = None
+    if (run_dir / LAST).is_file():
+        checkpoint = load_checkpoint(run_dir / LAST)
+        saved = TrainConfig.from_dict(checkpoint["config"])
+    elif (run_dir / CONFIG_FILE).is_file():  # killed during its first epoch: start it again
+        saved = TrainConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
+    else:
+        raise TrainError(f"--resume: {run_dir} is not a poi run folder (no {LAST} or {CONFIG_FILE})")
+    saved.device, saved.resume = config.device, str(run_dir)
+    if checkpoint is not None and checkpoint["epoch"] >= saved.epochs:
+        raise TrainError(f"--resume: {run_dir} already finished its {saved.epochs} epochs")
+    return saved, checkpoint
 
 
 def rng_state() -> dict:
+    """The CPU (and CUDA) RNG state, saved in every checkpoint."""
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -17,6 +108,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: Optional[dict]) -> None:
+    """Restore an rng_state() (the CUDA part only on as many devices)."""
     if not state:
         return
     torch.set_rng_state(state["torch"])

@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 
 from poi_cli.core.manifests import CLASSES, read_manifest
+from poi_cli.core.schema import LANDMARK_NAMES, STATUS_EXCLUDED, STATUS_MISSING, STATUS_PENDING
 
-# Item statuses a parser can set; prepare.py adds the image-level ones.
-PENDING = "pending"  # to be loaded and stored
-EXCLUDED = "excluded"  # the dataset's label rule drops it (no majority, unknown, None...)
-MISSING = "missing"  # listed by the labels but not on disk
+# Item statuses a parser can set (core.schema); prepare.py adds the image-level ones.
+PENDING = STATUS_PENDING  # to be loaded and stored
+EXCLUDED = STATUS_EXCLUDED  # the dataset's label rule drops it (no majority, unknown, None...)
+MISSING = STATUS_MISSING  # listed by the labels but not on disk
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
@@ -95,7 +96,7 @@ def expected_counts(manifest: dict[str, Any]) -> dict[str, int]:
 def five_from_68(points: np.ndarray, groups: dict[str, list[int]]) -> np.ndarray:
     """Reduce 68 iBUG landmarks to MTCNN's five (eye centres, nose tip, mouth corners).
 
-    `groups` (from the dataset manifest) lists the 68-point indices averaged for each.
+    `groups` (from the dataset manifest, keyed by core.schema.LANDMARK_NAMES) lists the
+    68-point indices averaged for each.
     """
-    order = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-    return np.stack([points[groups[name]].mean(axis=0) for name in order]).astype(np.float32)
+    return np.stack([points[groups[name]].mean(axis=0) for name in LANDMARK_NAMES]).astype(np.float32)

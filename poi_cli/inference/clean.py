@@ -1,0 +1,157 @@
+"""`poi clean`: an audit made into a label file that `poi train --labels` takes.
+
+    audit (poi audit: suspicion per image, the PIN's suggested label)
+      -> select the most suspect images: suspicion >= --threshold, or the top --fraction
+      -> relabel them to the suggested label (--relabel), or leave them out (--drop)
+      -> labels.csv (id, label, label_name[, clean_label], given_label, action, suspicion)
+         and labels.json (what changed, and, when the clean labels are known, how many of
+         the changed labels were wrong before and right after)
+
+The prepared folder is only read. A dropped image gets label -1 in the file: training
+leaves it out (store.apply_label_file), so the file still names every image of the split
+and a mismatched file is still caught.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from poi_cli.core.atomic import atomic_write_text, write_json
+from poi_cli.core.errors import PoiError
+from poi_cli.data.store import DROPPED_LABEL, PreparedDataset
+
+CLEAN_MODES = ("relabel", "drop")
+AUDIT_REQUIRED = ("id", "given_label", "suggested_label", "suspicion")
+
+
+class CleanError(PoiError):
+    """A cleaning that cannot run; one-line message."""
+
+
+@dataclass
+class CleanResult:
+    labels: pd.DataFrame  # the label file, one row per audited image, in the audit's order
+    summary: dict
+
+
+def read_audit_csv(path: str | Path) -> pd.DataFrame:
+    """An audit.csv of `poi audit`, checked for the columns cleaning needs."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype={"id": str})
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise CleanError(f"cannot read {path} as an audit CSV: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    missing = [c for c in AUDIT_REQUIRED if c not in table.columns]
+    if missing:
+        raise CleanError(f"{path} is not an audit CSV of `poi audit`: it lacks {', '.join(missing)}")
+    if table.empty:
+        raise CleanError(f"{path} holds no audited images")
+    if table["suspicion"].isna().any() or table["id"].duplicated().any():
+        raise CleanError(f"{path}: every row needs a suspicion and a distinct id")
+    return table
+
+
+def select_suspects(suspicion: np.ndarray, threshold: Optional[float], fraction: Optional[float]) -> np.ndarray:
+    """Boolean mask: suspicion >= threshold, or the ceil(fraction * n) most suspect (ties by order)."""
+    if (threshold is None) == (fraction is None):
+        raise CleanError("give exactly one of --threshold and --fraction")
+    if threshold is not None:
+        return suspicion >= threshold
+    if not 0.0 < fraction <= 1.0:
+        raise CleanError(f"--fraction must lie in (0, 1], got {fraction}")
+    chosen = np.zeros(len(suspicion), dtype=bool)
+    chosen[np.argsort(-suspicion, kind="stable")[: math.ceil(fraction * len(suspicion))]] = True
+    return chosen
+
+
+def clean_labels(audit_table: pd.DataFrame, classes: list[str], mode: str = "relabel",
+                 threshold: Optional[float] = None, fraction: Optional[float] = None) -> CleanResult:
+    """The label file that relabels (or drops) the selected suspects of an audit."""
+    if mode not in CLEAN_MODES:
+        raise CleanError(f"mode must be one of {', '.join(CLEAN_MODES)}, got {mode!r}")
+    given = audit_table["given_label"].to_numpy(np.int64)
+    suggested = audit_table["suggested_label"].to_numpy(np.int64)
+    suspicion = audit_table["suspicion"].to_numpy(np.float64)
+    if given.min() < 0 or max(given.max(), suggested.max()) >= len(classes):
+        raise CleanError(f"the audit's labels lie outside 0..{len(classes) - 1} of the prepared data's classes")
+    selected = select_suspects(suspicion, threshold, fraction)
+    if mode == "relabel":
+        changed = selected & (suggested != given)  # a suggestion equal to the label changes nothing
+        new = np.where(changed, suggested, given)
+    else:
+        changed = selected
+        new = np.where(changed, DROPPED_LABEL, given)
+    labels = pd.DataFrame({
+        "id": audit_table["id"].to_numpy(str), "label": new,
+        "label_name": [classes[k] if k >= 0 else "" for k in new],
+    })
+    clean = audit_table["clean_label"].to_numpy(np.int64) if "clean_label" in audit_table else None
+    if clean is not None:
+        labels["clean_label"] = clean
+    labels["given_label"] = given
+    labels["action"] = np.where(changed, mode, "")
+    labels["suspicion"] = suspicion
+    return CleanResult(labels, _summary(given, new, clean, selected, changed, mode, threshold, fraction))
+
+
+def _summary(given: np.ndarray, new: np.ndarray, clean: Optional[np.ndarray], selected: np.ndarray,
+             changed: np.ndarray, mode: str, threshold: Optional[float], fraction: Optional[float]) -> dict:
+    summary: dict = {
+        "mode": mode, "threshold": threshold, "fraction": fraction, "n_images": int(len(given)),
+        "n_selected": int(selected.sum()), "n_changed": int(changed.sum()),
+    }
+    if clean is None:
+        summary["clean_labels"] = "unknown: no clean_label in the audit (a run trained with --noise or a poi noise label file has them)"
+        return summary
+    wrong = given != clean
+    kept = new != DROPPED_LABEL
+    summary.update({
+        "changed_wrong_before": int((changed & wrong).sum()),
+        "noise_rate_before": float(wrong.mean()),
+        "noise_rate_after": float((new[kept] != clean[kept]).mean()) if kept.any() else None,
+    })
+    if mode == "relabel":
+        summary["changed_right_after"] = int((changed & (new == clean)).sum())
+        summary["changed_right_before"] = int((changed & ~wrong).sum())  # clean labels made wrong
+    else:
+        summary["dropped_clean"] = int((changed & ~wrong).sum())
+        summary["n_kept"] = int(kept.sum())
+    return summary
+
+
+def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relabel",
+          threshold: Optional[float] = None, fraction: Optional[float] = None,
+          labels_file: Optional[str | Path] = None, split: str = "train", device: str = "auto") -> CleanResult:
+    """Clean the labels of `split` from an audit.csv, or from a run (audited here first)."""
+    dataset = PreparedDataset(prepared_dir)
+    source = Path(audit_or_run)
+    if source.is_file() and source.suffix.lower() == ".csv":
+        table = read_audit_csv(source)
+    else:
+        from poi_cli.inference.audit import audit
+
+        table = audit(source, prepared_dir, labels_file=labels_file, split=split, device=device).table
+    ids = set(dataset.split(split).ids)
+    unknown = [i for i in table["id"] if i not in ids]
+    if unknown:
+        raise CleanError(f"{len(unknown)} audited images are not in split {split!r} of {dataset.root} (first: {unknown[0]})")
+    result = clean_labels(table, list(dataset.classes), mode, threshold, fraction)
+    result.summary.update({"audit": str(source), "data": str(dataset.root), "split": split})
+    return result
+
+
+def write_clean(result: CleanResult, out: str | Path) -> list[Path]:
+    """The label file (CSV) and its summary beside it (same name, .json)."""
+    out = Path(out)
+    if out.suffix.lower() != ".csv":
+        raise CleanError(f"--out must name a .csv label file, got {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, result.labels.to_csv(index=False, float_format="%.6g"))
+    write_json(out.with_suffix(".json"), result.summary)
+    return [out, out.with_suffix(".json")]

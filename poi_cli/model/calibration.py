@@ -1,0 +1,195 @@
+"""Confidence that means what it says: temperature scaling and the metrics that judge it.
+
+`confidence` (POI_SPEC section 4b) is the TRN's softmax after temperature scaling
+(Guo et al. 2017): one scalar T_cal > 0, fitted by minimising the negative log-likelihood
+of softmax(z / T_cal) on a validation split, stored in the checkpoint and applied to
+every class probability poi reports. Dividing by one positive scalar never changes the
+predicted class, only how sure the probabilities say it is.
+
+The metrics are those of calibration (ECE, NLL, Brier) and of selective prediction
+(the risk-coverage curve, its area AURC, accuracy at a coverage): they judge a score by
+whether its value can be read as a probability (ECE) and whether it ranks right answers
+above wrong ones (AURC, lower is better). May import core only (and torch, numpy).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+ECE_BINS = 15  # equal-width bins over [0, 1], the field's usual choice
+COVERAGES = (0.5, 0.8, 0.9)
+T_RANGE = (0.05, 20.0)  # a fitted temperature outside this says the logits are broken
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a checkpoint stores about its temperature scaling (key "calibration")."""
+
+    temperature: float  # T_cal: reported probabilities are softmax(z / T_cal)
+    split: str  # the split it was fitted on
+    n_images: int
+    nll_before: float
+    nll_after: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Optional[dict]) -> Optional["Calibration"]:
+        return None if not values else cls(**{k: values[k] for k in cls.__dataclass_fields__})
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """softmax(z / T) over the last axis, in float64."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    scaled = scaled - scaled.max(axis=-1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class."""
+    picked = np.asarray(probs, dtype=np.float64)[np.arange(len(labels)), labels]
+    return float(-np.log(np.clip(picked, 1e-12, None)).mean())
+
+
+def brier(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Multi-class Brier score: mean over images of sum_c (p_c - [c = y])^2, in [0, 2]."""
+    probs = np.asarray(probs, dtype=np.float64)
+    onehot = np.zeros_like(probs)
+    onehot[np.arange(len(labels)), labels] = 1.0
+    return float(((probs - onehot) ** 2).sum(axis=1).mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """T_cal minimising the NLL of softmax(logits / T) (a convex problem in 1 / T).
+
+    LBFGS on log T in float64, from T = 1; the result is clipped to T_RANGE.
+    """
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=200, tolerance_grad=1e-10, tolerance_change=1e-12,
+                                  line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(np.clip(math.exp(log_t.item()), *T_RANGE))
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE: sum over equal-width confidence bins of |bin| / n * |accuracy(bin) - mean confidence(bin)|.
+
+    Bin b holds confidences in (b / bins, (b + 1) / bins]; a confidence of exactly 0 goes to bin 0.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            total += members.sum() * abs(correct[members].mean() - confidence[members].mean())
+    return float(total / len(confidence))
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
+    """Per bin: its range, count, mean confidence and accuracy (the reliability diagram's bars)."""
+    confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        members = index == b
+        rows.append({
+            "low": b / bins, "high": (b + 1) / bins, "n": int(members.sum()),
+            "confidence": float(confidence[members].mean()) if members.any() else None,
+            "accuracy": float(correct[members].mean()) if members.any() else None,
+        })
+    return rows
+
+
+def risk_coverage(score: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coverage k / n and risk (error rate of the k highest-scored images) for k = 1..n.
+
+    Ties are broken by image order (a stable sort), so the curve is reproducible.
+    """
+    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")
+    errors = np.cumsum(1.0 - np.asarray(correct, dtype=np.float64)[order])
+    k = np.arange(1, len(order) + 1)
+    return k / len(order), errors / k
+
+
+def aurc(score: np.ndarray, correct: np.ndarray) -> float:
+    """Area under the risk-coverage curve: the mean of the risks at k = 1..n (lower is better)."""
+    return float(risk_coverage(score, correct)[1].mean())
+
+
+def accuracy_at_coverage(score: np.ndarray, correct: np.ndarray, coverage: float) -> float:
+    """Accuracy of the ceil(coverage * n) highest-scored images."""
+    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")
+    keep = max(1, math.ceil(coverage * len(order)))
+    return float(np.asarray(correct, dtype=np.float64)[order[:keep]].mean())
+
+
+def calibration_of(logits: np.ndarray, labels: np.ndarray, split: str) -> Calibration:
+    """T_cal fitted on (logits, labels) of `split` (at least 2 images), with the NLL before and after."""
+    temperature = fit_temperature(logits, labels)
+    return Calibration(temperature=temperature, split=split, n_images=int(len(labels)),
+                       nll_before=nll(softmax(logits), labels), nll_after=nll(softmax(logits, temperature), labels))
+
+
+def halves(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded split of range(n) into a fitting half and a measuring half (sorted indices)."""
+    order = np.random.default_rng([seed, 4099]).permutation(n)
+    return np.sort(order[: n // 2]), np.sort(order[n // 2:])
+
+
+def score_metrics(score: np.ndarray, correct: np.ndarray, probs: Optional[np.ndarray] = None,
+                  labels: Optional[np.ndarray] = None) -> dict:
+    """ECE, AURC and accuracy at COVERAGES of one score; NLL and Brier when it comes with class probabilities."""
+    row = {
+        "ece": expected_calibration_error(score, correct),
+        "aurc": aurc(score, correct),
+        **{f"accuracy_at_{round(c * 100)}": accuracy_at_coverage(score, correct, c) for c in COVERAGES},
+        "nll": None, "brier": None,
+    }
+    if probs is not None and labels is not None:
+        row["nll"], row["brier"] = nll(probs, labels), brier(probs, labels)
+    return row
+
+
+def calibration_study(logits: np.ndarray, labels: np.ndarray, consistency: Optional[np.ndarray] = None,
+                      seed: int = 0) -> dict:
+    """Honest calibration figures: T_cal fitted on one seeded half, every score measured on the other.
+
+    Scores: `max_softmax` (the raw TRN softmax), `confidence` (the same after temperature
+    scaling) and, for models with a PIN, `consistency` (the UEM's w, judged as a score:
+    it has no class probabilities, so no NLL or Brier).
+    """
+    fit, held = halves(len(labels), seed)
+    temperature = fit_temperature(logits[fit], labels[fit])
+    raw, calibrated = softmax(logits[held]), softmax(logits[held], temperature)
+    y = labels[held]
+    correct = raw.argmax(1) == y  # the same for both: a temperature never changes the argmax
+    scores = {
+        "max_softmax": score_metrics(raw.max(1), correct, raw, y),
+        "confidence": score_metrics(calibrated.max(1), correct, calibrated, y),
+    }
+    if consistency is not None:
+        scores["consistency"] = score_metrics(consistency[held], correct)
+    return {
+        "protocol": f"T_cal fitted on a seeded half of the split ({len(fit)} images, seed {seed}), "
+                    f"every figure measured on the other half ({len(held)} images)",
+        "temperature_half": temperature, "n_fit": int(len(fit)), "n_measured": int(len(held)),
+        "accuracy_measured": float(correct.mean()), "scores": scores,
+    }

@@ -1,0 +1,107 @@
+"""What a training run trains and validates on: `select_data(TrainConfig) -> TrainingData`.
+
+The training split with its labels (the manifest's, a --labels file's, or flipped on the
+fly by --noise), the clean labels where known, and the validation split: the one asked
+for, else valid, else val, else a stratified, seeded hold-out of the training split
+(never test). May import poi_cli.core and poi_cli.data (numpy only, no torch here).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from poi_cli.data.store import PreparedDataset, SplitData
+from poi_cli.train.config import TrainConfig, TrainError
+
+VAL_SPLIT_ORDER = ("valid", "val")
+
+
+@dataclass
+class TrainingData:
+    """The images and labels of one run: the store, the training rows and labels, the validation rows."""
+
+    dataset: PreparedDataset
+    train: SplitData  # the rows trained on (a hold-out removed)
+    labels: np.ndarray  # the labels trained on (noisy under --noise)
+    clean_labels: Optional[np.ndarray]  # known under --noise, or from a label file that has them
+    noise_realised: Optional[float]  # share of training labels that differ from the clean ones
+    val: Optional[SplitData]
+    val_split: Optional[str]  # its name, as recorded in config.json
+    val_note: str  # the line the run prints about validation
+
+    @property
+    def classes(self) -> list[str]:
+        return self.dataset.classes
+
+
+def select_data(config: TrainConfig) -> TrainingData:
+    """Open the store and pick the training labels and the validation images as `config` says."""
+    try:
+        dataset = PreparedDataset(config.data)
+    except ValueError as error:
+        raise TrainError(str(error)) from None
+    train = dataset.split(config.train_split, labels_file=config.labels)
+    labels, clean, realised = training_labels(dataset, train, config)
+    if config.val_split is not None and config.val_split.lower() == "none":
+        val, name, note = None, None, "no validation (--val-split none): best.pt is the last epoch"
+    elif (name := choose_val_split(dataset, config.val_split, config.train_split)) is not None:
+        val, note = dataset.split(name), f"validation split: {name}"
+    elif config.val_fraction > 0:
+        # No validation split in the store (RAF-DB: train/test only): hold out part of
+        # train, with the labels training sees, rather than ever select on test.
+        held = hold_out(labels, config.val_fraction, config.seed)
+        val = SplitData(train.store_rows[held], labels[held], train.ids[held])
+        keep = ~held
+        train = SplitData(train.store_rows[keep], train.labels[keep], train.ids[keep])
+        labels, clean = labels[keep], None if clean is None else clean[keep]
+        name = f"{config.train_split}[held out {config.val_fraction:g}]"
+        note = (f"validation: {held.sum()} images held out of {config.train_split} "
+                f"(--val-fraction {config.val_fraction:g}, seed {config.seed}; the store has no valid/val split)")
+    else:
+        val, name, note = None, None, "no validation (--val-fraction 0): best.pt is the last epoch"
+    return TrainingData(dataset, train, labels, clean, realised, val, name, note)
+
+
+def training_labels(dataset: PreparedDataset, train: SplitData, config: TrainConfig
+                    ) -> tuple[np.ndarray, Optional[np.ndarray], Optional[float]]:
+    """(labels trained on, clean labels or None, realised noise rate or None) of the training split."""
+    labels, clean = train.labels, train.clean_labels
+    if config.noise > 0:
+        from poi_cli.data.noise import flip_labels
+
+        clean = labels
+        labels = flip_labels(labels, dataset.num_classes, config.noise, config.noise_seed)
+    realised = None
+    if clean is not None and len(labels):  # --noise, or a --labels file whose clean labels are known
+        realised = float((labels != clean).mean())
+    for name, values in (("label", labels), ("clean label", clean)):
+        if values is not None and len(values) and (values.min() < 0 or values.max() >= dataset.num_classes):
+            raise TrainError(f"a training {name} lies outside 0..{dataset.num_classes - 1}")
+    return labels, clean, realised
+
+
+def choose_val_split(dataset: PreparedDataset, requested: Optional[str], train_split: str) -> Optional[str]:
+    """The store's validation split: the one asked for, else valid, else val; None when there is none."""
+    available = dataset.splits()
+    if requested is not None:
+        if requested not in available:
+            raise TrainError(f"validation split {requested!r} has no usable faces in {dataset.root} (splits: {', '.join(available)})")
+        return requested
+    return next((name for name in VAL_SPLIT_ORDER if name in available and name != train_split), None)
+
+
+def hold_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of a stratified, seeded `fraction` of the positions (at least one per class of 2+)."""
+    mask = np.zeros(len(labels), dtype=bool)
+    rng = np.random.default_rng([seed, 7919])
+    for label in np.unique(labels):
+        positions = np.flatnonzero(labels == label)
+        count = int(math.floor(fraction * len(positions) + 0.5))
+        if len(positions) >= 2:
+            count = min(max(count, 1), len(positions) - 1)
+        mask[rng.permutation(positions)[:count]] = True
+    return mask

@@ -1,0 +1,144 @@
+"""Temperature scaling and the calibration / selective-prediction metrics (issue 12)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from poi_cli.model import calibration as cal
+
+
+def _calibrated_sample(n: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of a perfectly calibrated model: each label is drawn from softmax(logits)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0.0, 2.0, size=(n, classes))
+    probs = cal.softmax(logits)
+    labels = np.array([rng.choice(classes, p=p) for p in probs])
+    return logits, labels
+
+
+def test_temperature_scaling_recovers_a_known_temperature():
+    logits, labels = _calibrated_sample(6000, 5, seed=0)
+    sharpened = logits * 2.5  # an over-confident model: its logits are 2.5x too large
+    assert cal.fit_temperature(sharpened, labels) == pytest.approx(2.5, rel=0.06)
+    assert cal.fit_temperature(logits, labels) == pytest.approx(1.0, rel=0.06)
+
+
+def test_temperature_scaling_lowers_nll_and_keeps_the_argmax():
+    logits, labels = _calibrated_sample(3000, 4, seed=1)
+    sharpened = logits * 3.0
+    t = cal.fit_temperature(sharpened, labels)
+    before, after = cal.softmax(sharpened), cal.softmax(sharpened, t)
+    assert cal.nll(after, labels) < cal.nll(before, labels)
+    assert (before.argmax(1) == after.argmax(1)).all()
+
+
+def test_ece_is_zero_for_a_perfectly_calibrated_set():
+    # 10 images at confidence 0.8, 8 right; 5 at 0.4, 2 right: every bin's accuracy equals its confidence
+    confidence = np.array([0.8] * 10 + [0.4] * 5)
+    correct = np.array([1] * 8 + [0] * 2 + [1] * 2 + [0] * 3)
+    assert cal.expected_calibration_error(confidence, correct) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ece_known_value():
+    # 15 bins; 0.95 and 0.99 share bin 14 (mean 0.97, accuracy 1/2); 0.5 sits alone in bin 7 (accuracy 1)
+    confidence = np.array([0.95, 0.99, 0.5])
+    correct = np.array([1, 0, 1])
+    expected = (2 / 3) * abs(0.5 - 0.97) + (1 / 3) * abs(1.0 - 0.5)
+    assert cal.expected_calibration_error(confidence, correct) == pytest.approx(expected, rel=1e-9)
+
+
+def test_aurc_and_coverage_known_values():
+    score = np.array([0.9, 0.8, 0.7, 0.6])
+    correct = np.array([1, 0, 1, 0])
+    # risks of the top 1..4: 0, 1/2, 1/3, 1/2
+    assert cal.aurc(score, correct) == pytest.approx((0 + 1 / 2 + 1 / 3 + 1 / 2) / 4)
+    assert cal.accuracy_at_coverage(score, correct, 0.5) == pytest.approx(0.5)
+    assert cal.accuracy_at_coverage(score, correct, 0.25) == pytest.approx(1.0)
+    # a perfect ranking has the smallest area: the right answers first
+    assert cal.aurc(np.array([0.9, 0.6, 0.8, 0.7]), correct) < cal.aurc(score, correct)
+
+
+def test_brier_and_nll_known_values():
+    probs = np.array([[0.5, 0.5], [0.9, 0.1]])
+    labels = np.array([0, 1])
+    assert cal.nll(probs, labels) == pytest.approx(-(math.log(0.5) + math.log(0.1)) / 2)
+    assert cal.brier(probs, labels) == pytest.approx(((0.25 + 0.25) + (0.81 + 0.81)) / 2)
+
+
+def test_calibration_study_fits_on_one_half_and_measures_on_the_other():
+    logits, labels = _calibrated_sample(4000, 6, seed=2)
+    consistency = np.random.default_rng(0).uniform(size=len(labels))
+    study = cal.calibration_study(logits * 2.0, labels, consistency, seed=0)
+    fit, held = cal.halves(len(labels), 0)
+    assert not set(fit) & set(held) and len(fit) + len(held) == len(labels)
+    assert study["n_fit"] == len(fit) and study["n_measured"] == len(held)
+    scores = study["scores"]
+    assert scores["confidence"]["ece"] < scores["max_softmax"]["ece"]
+    assert scores["confidence"]["nll"] < scores["max_softmax"]["nll"]
+    assert scores["consistency"]["nll"] is None  # w has no class probabilities
+    # a random score ranks worse than the model's own probability
+    assert scores["consistency"]["aurc"] > scores["confidence"]["aurc"]
+
+
+def test_calibration_record_round_trips():
+    record = cal.Calibration(temperature=1.7, split="valid", n_images=10, nll_before=1.2, nll_after=1.0)
+    assert cal.Calibration.from_dict(record.to_dict()) == record
+    assert cal.Calibration.from_dict(None) is None
+
+
+def _checkpoint(tmp_path, prepared):
+    """An untrained 7-class POI checkpoint matching the `prepared` fixture (64 px)."""
+    import torch
+
+    from poi_cli.core.manifests import class_names
+    from poi_cli.data.preprocess import Preprocessing
+    from poi_cli.model.checkpoint import build_checkpoint, save_checkpoint
+    from poi_cli.model.network import ModelConfig, POIModel
+
+    torch.manual_seed(0)
+    config = ModelConfig(arch="resnet10", num_classes=7, input_size=64)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, build_checkpoint(model=POIModel(config), model_config=config, classes=class_names(7),
+                                           preprocessing=Preprocessing(face_size=64, input_size=64)))
+    return path
+
+
+def test_poi_calibrate_writes_a_copy_unless_asked_and_then_in_place(tmp_path, prepared):
+    import hashlib
+
+    import torch
+    from typer.testing import CliRunner
+
+    from poi_cli.cli import app
+
+    path = _checkpoint(tmp_path, prepared)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    runner = CliRunner()
+    result = runner.invoke(app, ["calibrate", str(path), str(prepared)])
+    assert result.exit_code == 0, result.output
+    assert "fitted on 14 images of split valid" in result.output and "uncalibrated" in result.output
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest  # the checkpoint itself is untouched
+    copy = torch.load(tmp_path / "model.calibrated.pt", weights_only=True)
+    record = cal.Calibration.from_dict(copy["calibration"])
+    assert record.split == "valid" and record.n_images == 14 and record.nll_after <= record.nll_before + 1e-9
+    assert cal.T_RANGE[0] <= record.temperature <= cal.T_RANGE[1]
+    same = runner.invoke(app, ["calibrate", str(path), str(prepared), "--out", str(path)])
+    assert same.exit_code == 1 and "--in-place" in same.output
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    leftovers = set(p.name for p in tmp_path.iterdir())
+    in_place = runner.invoke(app, ["calibrate", str(path), str(prepared), "--in-place"])
+    assert in_place.exit_code == 0, in_place.output
+    assert torch.load(path, weights_only=True)["calibration"]["temperature"] == pytest.approx(record.temperature)
+    assert set(p.name for p in tmp_path.iterdir()) == leftovers  # atomic: no temp file left behind
+
+
+def test_poi_calibrate_needs_a_held_out_split(tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import make_prepared
+    from poi_cli.cli import app
+
+    prepared = make_prepared(tmp_path / "data", splits={"train": 2, "test": 1})
+    result = CliRunner().invoke(app, ["calibrate", str(_checkpoint(tmp_path, prepared)), str(prepared)])
+    assert result.exit_code == 1 and "no valid/val split" in result.output

@@ -1,0 +1,101 @@
+"""`poi clean`: an audit turned into a label file for `poi train --labels` (issue 13)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_prepared
+from poi_cli.cli import app
+from poi_cli.data.store import PreparedDataset
+from poi_cli.inference.clean import CleanError, clean_labels, read_audit_csv
+
+runner = CliRunner()
+SPLITS = {"train": 4, "valid": 1}  # 7 classes: 28 training images
+
+
+def _fixture_audit(prepared: Path, flipped_every: int = 4) -> tuple[pd.DataFrame, np.ndarray]:
+    """An audit of the training split where every 4th label was flipped and the model is right:
+    suspicion is high exactly on the flipped images and the suggestion is their clean class."""
+    train = PreparedDataset(prepared).split("train")
+    clean = train.labels.copy()
+    flipped = np.arange(len(clean)) % flipped_every == 0
+    given = np.where(flipped, (clean + 1) % 7, clean)
+    table = pd.DataFrame({
+        "rank": 0, "id": train.ids, "given_label": given, "suggested_label": clean,
+        "suspicion": np.where(flipped, 0.9, 0.1), "clean_label": clean, "flipped": flipped,
+    })
+    table = table.sort_values("suspicion", ascending=False, kind="stable").reset_index(drop=True)
+    table["rank"] = np.arange(1, len(table) + 1)
+    return table, flipped
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_relabel_restores_the_clean_class_of_flipped_images_and_leaves_the_rest(tmp_path):
+    prepared = make_prepared(tmp_path / "data", splits=SPLITS)
+    table, _ = _fixture_audit(prepared)
+    classes = list(PreparedDataset(prepared).classes)
+    result = clean_labels(table, classes, "relabel", threshold=0.5)
+    labels = result.labels
+    was_flipped = table["given_label"] != table["clean_label"]
+    assert (labels.loc[was_flipped, "label"] == table.loc[was_flipped, "clean_label"]).all()
+    assert (labels.loc[~was_flipped, "label"] == table.loc[~was_flipped, "given_label"]).all()
+    assert (labels.loc[was_flipped, "action"] == "relabel").all() and (labels.loc[~was_flipped, "action"] == "").all()
+    s = result.summary
+    assert s["n_changed"] == s["changed_wrong_before"] == s["changed_right_after"] == int(was_flipped.sum())
+    assert s["noise_rate_before"] == pytest.approx(was_flipped.mean()) and s["noise_rate_after"] == 0.0
+
+
+def test_fraction_selects_the_most_suspect_and_drop_removes_exactly_them(tmp_path):
+    prepared = make_prepared(tmp_path / "data", splits=SPLITS)
+    table, _ = _fixture_audit(prepared)
+    classes = list(PreparedDataset(prepared).classes)
+    result = clean_labels(table, classes, "drop", fraction=0.25)  # 7 of 28: the 7 flipped ones
+    dropped = result.labels["label"] == -1
+    assert dropped.sum() == 7
+    assert set(result.labels.loc[dropped, "id"]) == set(table.loc[table["given_label"] != table["clean_label"], "id"])
+    assert result.summary["dropped_clean"] == 0 and result.summary["n_kept"] == 21
+
+
+def test_label_file_round_trips_through_training_and_the_prepared_folder_is_untouched(tmp_path):
+    prepared = make_prepared(tmp_path / "data", splits=SPLITS)
+    table, flipped = _fixture_audit(prepared)
+    audit_csv = tmp_path / "audit.csv"
+    table.to_csv(audit_csv, index=False)
+    before = _digest(prepared)
+    out = tmp_path / "clean" / "labels.csv"
+    result = runner.invoke(app, ["clean", str(audit_csv), str(prepared), "--out", str(out), "--drop", "--threshold", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert "7 dropped" in result.output and "noise 25.00% -> 0.00%" in result.output
+    assert out.is_file() and out.with_suffix(".json").is_file()
+    assert _digest(prepared) == before  # the prepared data is only read
+    # the store applies it: dropped images leave the split, the rest keep the file's labels
+    data = PreparedDataset(prepared).split("train", labels_file=out)
+    assert len(data.labels) == 21 and (data.labels == data.clean_labels).all()
+    trained = runner.invoke(app, ["train", str(prepared), "--labels", str(out), "--size", "64", "--epochs", "1",
+                                  "--batch", "7", "--amp", "off", "--project", str(tmp_path / "runs"), "--name", "cleaned"])
+    assert trained.exit_code == 0, trained.output
+    assert "0.00% of the training labels differ from the clean ones" in trained.output
+
+
+def test_bad_audit_file_is_a_one_line_error(tmp_path):
+    prepared = make_prepared(tmp_path / "data", splits=SPLITS)
+    bad = tmp_path / "not_an_audit.csv"
+    bad.write_text("id,label\na,1\n")
+    result = runner.invoke(app, ["clean", str(bad), str(prepared), "--out", str(tmp_path / "l.csv"), "--threshold", "0.5"])
+    assert result.exit_code == 1 and "is not an audit CSV" in result.output and "Traceback" not in result.output
+    table, _ = _fixture_audit(prepared)
+    good = tmp_path / "audit.csv"
+    table.to_csv(good, index=False)
+    both = runner.invoke(app, ["clean", str(good), str(prepared), "--out", str(tmp_path / "l.csv"), "--threshold", "0.5", "--fraction", "0.1"])
+    assert both.exit_code == 1 and "exactly one of --threshold and --fraction" in both.output
+    with pytest.raises(CleanError):
+        read_audit_csv(tmp_path / "missing.csv")
