@@ -223,12 +223,12 @@ def evaluate(
     prepared_dir: str = typer.Argument(..., help="A folder written by `poi prepare`."),
     split: str = typer.Option("test", help="Split to evaluate."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    out: Optional[str] = typer.Option(None, help="Folder for metrics.json, confusion_matrix.csv and .png (default runs/evaluate/exp, numbered)."),
+    out: Optional[str] = typer.Option(None, help="Folder for metrics.json, confusion_matrix.csv and .png, reliability.png, risk_coverage.png (default runs/evaluate/exp, numbered)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
     batch: int = typer.Option(256, help="Images per batch."),
     amp: str = typer.Option("auto", help="bf16 autocast: auto, bf16 or off."),
 ) -> None:
-    """Accuracy, per-class recall, confusion matrix, confidence strata and PIN accuracies of a model."""
+    """Accuracy, per-class recall, confusion matrix, calibration of confidence and consistency, strata and PIN accuracies of a model."""
     from poi_cli.core.atomic import next_run_dir
     from poi_cli.model.checkpoint import CheckpointError
     from poi_cli.inference.evaluate import evaluate as run_evaluate, write_reports
@@ -256,14 +256,45 @@ def evaluate(
     if result["pin_average_accuracy"] is not None:
         pin = result["pin_intermediate_accuracy"]
         lines.append(f"PIN intermediate p~* {'-' if pin is None else f'{pin:.2%}'}, region average {result['pin_average_accuracy']:.2%}")
-    if result.get("confidence_quantiles"):
-        q = result["confidence_quantiles"]
-        lines.append(f"confidence w: min {q['min']:.4f}, 5% {q['q05']:.4f}, median {q['median']:.4f}, max {q['max']:.4f}")
-    for s in result["confidence_strata"] or []:
-        lines.append(f"{s['fraction']:.0%} most / least confident: {s['most_confident_accuracy']:.2%} / {s['least_confident_accuracy']:.2%}")
+    if result.get("consistency_quantiles"):
+        q = result["consistency_quantiles"]
+        lines.append(f"consistency w: min {q['min']:.4f}, 5% {q['q05']:.4f}, median {q['median']:.4f}, max {q['max']:.4f}")
+    lines += _strata_lines(result)
+    lines += _calibration_lines(result)
     lines.append(f"wrote {', '.join(str(f) for f in files)}")
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
+
+
+def _strata_lines(result: dict) -> list[str]:
+    """`poi evaluate`'s Table IV lines: accuracy of the most / least confident images by each score."""
+    by_score = {name: result.get(f"{name}_strata") or [] for name in ("confidence", "consistency")}
+    lines = []
+    for index, s in enumerate(by_score["confidence"]):
+        parts = [f"by confidence {s['most_confident_accuracy']:.2%} / {s['least_confident_accuracy']:.2%}"]
+        if index < len(by_score["consistency"]):
+            w = by_score["consistency"][index]
+            parts.append(f"by consistency {w['most_confident_accuracy']:.2%} / {w['least_confident_accuracy']:.2%}")
+        lines.append(f"{s['fraction']:.0%} most / least confident: {'; '.join(parts)}")
+    return lines
+
+
+def _calibration_lines(result: dict) -> list[str]:
+    """`poi evaluate`'s calibration lines: the protocol, then one per score (ECE, NLL, AURC, accuracy at 80 % coverage)."""
+    calibration = result.get("calibration")
+    if not calibration:
+        return []
+    stored = result.get("checkpoint_temperature")
+    lines = [f"calibration study: {calibration['protocol']}; T fitted there {calibration['temperature_half']:.3f} "
+             f"(checkpoint T_cal {'none' if stored is None else f'{stored:.3f}'})"]
+    for name, row in calibration["scores"].items():
+        if row is None:
+            lines.append(f"  {name}: - (baseline model: no UEM w)")
+            continue
+        nll = "-" if row["nll"] is None else f"{row['nll']:.4f}"
+        lines.append(f"  {name}: ECE {row['ece']:.4f}, NLL {nll}, AURC {row['aurc']:.4f}, "
+                     f"accuracy at 80% coverage {row['accuracy_at_80']:.2%}")
+    return lines
 
 
 @app.command()
@@ -273,12 +304,12 @@ def predict(
     show_au: bool = typer.Option(False, "--show-au", help="Add AU probabilities per region and the regions' own expression distributions."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of per-face records to stdout."),
     csv_file: Optional[str] = typer.Option(None, "--csv", help="Write one row per face (flat columns) to this CSV file."),
-    save_vis: Optional[str] = typer.Option(None, "--save-vis", help="Folder for annotated PNGs (boxes, expression, confidence, AU bars)."),
+    save_vis: Optional[str] = typer.Option(None, "--save-vis", help="Folder for annotated PNGs (boxes, expression, probability, consistency, AU bars)."),
     device: str = typer.Option("cpu", help="cpu or cuda (detection and model)."),
     batch: int = typer.Option(32, help="Faces per model batch."),
     min_score: float = typer.Option(0.95, "--min-score", help="Drop detections scored below this (MTCNN's false positives score about 0.8-0.92)."),
 ) -> None:
-    """Expression, confidence (UEM w) and action units of every face in images; see docs/predict.md."""
+    """Expression, confidence (calibrated probability), consistency (UEM w) and action units of every face in images; see docs/predict.md."""
     from poi_cli.data.faces import FaceDetectorError
     from poi_cli.inference.predict import PredictError, Predictor, STATUS_ERROR, status_counts, write_predictions_csv
 
@@ -321,14 +352,14 @@ def predict(
         write_predictions_csv(records, predictor.classes, csv_file, show_au)
     else:
         table = Table(title=f"{predictor.checkpoint_path} ({len(predictor.classes)} classes)")
-        for column in ("image", "face", "expression", "probability", "confidence", *(("AUs > 0.5",) if show_au else ()), "status"):
-            table.add_column(column, justify="right" if column in ("face", "probability", "confidence") else "left",
+        for column in ("image", "face", "expression", "confidence", "consistency", *(("AUs > 0.5",) if show_au else ()), "status"):
+            table.add_column(column, justify="right" if column in ("face", "confidence", "consistency") else "left",
                              overflow="fold")
         for r in records:
             ok = r["status"] == "ok"
             cells = [r["image"], "" if r["face"] is None else str(r["face"]), r["expression"] or "-",
-                     f"{r['probabilities'][r['expression']]:.1%}" if ok else "-",
-                     f"{r['confidence']:.3f}" if ok and r["confidence"] is not None else "-"]
+                     f"{r['confidence']:.1%}" if ok else "-",
+                     f"{r['consistency']:.3f}" if ok and r["consistency"] is not None else "-"]
             if show_au:
                 active = [f"{au}({','.join(reg.split('_')[0][0].upper() for reg, p in regions.items() if p >= 0.5)})"
                           for au, regions in (r.get("aus") or {}).items() if any(p is not None and p >= 0.5 for p in regions.values())]
@@ -350,7 +381,7 @@ def predict(
 def export(
     checkpoint: str = typer.Argument(..., help="A checkpoint file or a run folder (its best.pt)."),
     format: str = typer.Option("onnx", "--format", help="onnx, torchscript, or weights (packed fp16 TRN + PIN weights, a checkpoint poi predict reads)."),
-    full: bool = typer.Option(False, "--full", help="The full model (probabilities, confidence, AUs) instead of the deployed TRN alone."),
+    full: bool = typer.Option(False, "--full", help="The full model (calibrated probabilities, confidence, consistency, AUs) instead of the deployed TRN alone."),
     out: Optional[str] = typer.Option(None, "--out", help="File to write (default beside the checkpoint: best.trn.onnx, best.full.torchscript.pt, best.fp16.pt, ...)."),
     tolerance: Optional[float] = typer.Option(None, help="Largest accepted difference from PyTorch on random input (default 1e-3; 1e-2 for weights)."),
     opset: int = typer.Option(17, help="ONNX opset."),
@@ -378,11 +409,11 @@ def export(
 def report(
     run_dirs: Optional[list[str]] = typer.Argument(None, help="Run folders, or folders of runs (default: runs/train)."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder for report.md, CSVs and PNGs (default runs/report/exp, numbered)."),
-    data: Optional[str] = typer.Option(None, "--data", help="A prepared folder: predict it with each run's best.pt for confusion matrices and confidence plots."),
+    data: Optional[str] = typer.Option(None, "--data", help="A prepared folder: predict it with each run's best.pt for confusion matrices, consistency histograms, strata and calibration figures."),
     split: str = typer.Option("test", help="Split of --data to predict."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps (with --data)."),
 ) -> None:
-    """Tables (final / best accuracy, noise, ablations, confidence strata) and plots of training runs; see docs/predict.md."""
+    """Tables (final / best accuracy, noise, ablations, calibration, confidence and consistency strata) and plots of training runs; see docs/predict.md."""
     from poi_cli.core.atomic import next_run_dir
     from poi_cli.inference.report import ReportError, build_report
 

@@ -11,9 +11,11 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import make_prepared
+from poi_cli.model.calibration import calibration_study, softmax
 from poi_cli.model.checkpoint import resolve_checkpoint, save_checkpoint
 from poi_cli.cli import app
-from poi_cli.inference.evaluate import confidence_quantiles, confidence_strata, evaluate
+from poi_cli.inference.evaluate import (confidence_strata, consistency_quantiles, evaluate, predict_mapped,
+                                        risk_coverage_points, write_reports)
 from poi_cli.core.manifests import class_names
 from poi_cli.model.network import ModelConfig, POIModel
 from poi_cli.data.store import MANIFEST_FILE
@@ -43,6 +45,13 @@ def constant_model(path, num_classes=7, trn_order=(3,), region_classes=(0, 0, 1,
     return path
 
 
+def assert_same_scores(scores: dict, expected: dict) -> None:
+    """Two calibration_study score blocks agree, score by score (pytest.approx takes no nested dicts)."""
+    assert set(scores) == set(expected)
+    for name, row in expected.items():
+        assert scores[name] == pytest.approx(row), name
+
+
 def unbalanced_prepared(root, num_classes=7):
     """Test split with c + 1 images of class c (the others marked as failed faces)."""
     data = make_prepared(root, num_classes=num_classes, splits={"test": num_classes})
@@ -68,18 +77,31 @@ def test_evaluate_known_answer_cli_json_and_files(tmp_path):
     assert confusion[:, 3].tolist() == [1, 2, 3, 4, 5, 6, 7] and confusion.sum() == 28
     assert report["pin_intermediate_accuracy"] == pytest.approx(2 / 28)  # gate trusts region 2 -> fear
     assert report["pin_average_accuracy"] == pytest.approx(1 / 28)  # two strong regions -> surprise
+    assert [s["n"] for s in report["consistency_strata"]] == [8, 14, 20]
     assert [s["n"] for s in report["confidence_strata"]] == [8, 14, 20]
-    w = report["confidence_quantiles"]
+    w = report["consistency_quantiles"]
     assert 0.25 <= w["min"] <= w["q05"] <= w["median"] <= w["max"] <= 1
     assert report["class_mapping"] is None
+    assert report["checkpoint_temperature"] is None and "uncalibrated checkpoint: T_cal = 1" in report["notes"]
+    calibration = report["calibration"]
+    assert set(calibration["scores"]) == {"max_softmax", "confidence", "consistency"}
+    assert calibration["n_fit"] == calibration["n_measured"] == 14 and calibration["seed"] == 0
+    assert "fitted on a seeded half" in calibration["protocol"] and "other half" in calibration["protocol"]
+    assert calibration["scores"]["consistency"]["nll"] is None and calibration["scores"]["confidence"]["nll"] > 0
+    # the model is always 10 logits sure of happiness, right 4 times in 28: temperature scaling must help
+    assert calibration["scores"]["confidence"]["ece"] < calibration["scores"]["max_softmax"]["ece"]
 
     table = pd.read_csv(out / "confusion_matrix.csv")
     assert table.columns.tolist() == ["true_class", *class_names(7)]
     assert table.set_index("true_class").loc["neutral", "happiness"] == 7
-    assert (out / "confusion_matrix.png").stat().st_size > 1000
+    for name in ("confusion_matrix.png", "reliability.png", "risk_coverage.png"):
+        assert (out / name).stat().st_size > 1000, name
     assert json.loads((out / "metrics.json").read_text())["accuracy"] == report["accuracy"]
     table_mode = CliRunner().invoke(app, ["evaluate", str(checkpoint), str(data), "--out", str(out), "--device", "cpu"])
-    assert table_mode.exit_code == 0 and f"confidence w: min {w['min']:.4f}" in table_mode.stdout
+    assert table_mode.exit_code == 0 and f"consistency w: min {w['min']:.4f}" in table_mode.stdout
+    ece = calibration["scores"]["confidence"]["ece"]
+    assert f"confidence: ECE {ece:.4f}, NLL" in table_mode.stdout and "accuracy at 80% coverage" in table_mode.stdout
+    assert "consistency: ECE" in table_mode.stdout and "fitted on a seeded half" in table_mode.stdout
 
 
 def test_eight_class_model_on_seven_class_data_maps_by_name(tmp_path):
@@ -89,6 +111,13 @@ def test_eight_class_model_on_seven_class_data_maps_by_name(tmp_path):
     report = evaluate(checkpoint, data, device="cpu")
     assert report["accuracy"] == pytest.approx(4 / 28)
     assert "contempt" in report["class_mapping"] and report["n_left_out"] == 0
+    # the calibration study sees the 7 shared classes only: happiness leads by 10 logits, not contempt by 1
+    mapped = predict_mapped(checkpoint, data, device="cpu")
+    logits = mapped.predictions.trn_logits[:, [class_names(8).index(name) for name in class_names(7)]]
+    expected = calibration_study(logits, mapped.targets, mapped.predictions.consistency, seed=0)
+    assert_same_scores(report["calibration"]["scores"], expected["scores"])
+    # happiness at probability ~1 among the 7, right 3 times in the 14 measured (contempt's ~0.73 over all 8)
+    assert report["calibration"]["scores"]["max_softmax"]["ece"] > 0.75
 
 
 def test_seven_class_baseline_on_eight_class_data(tmp_path):
@@ -97,8 +126,57 @@ def test_seven_class_baseline_on_eight_class_data(tmp_path):
     report = evaluate(checkpoint, data, device="cpu")
     assert report["n_images"] == 14 and report["n_left_out"] == 2  # the contempt images
     assert report["accuracy"] == pytest.approx(2 / 14)
-    assert report["confidence_strata"] is None and report["pin_intermediate_accuracy"] is None
-    assert report["confidence_quantiles"] is None and report["pin_average_accuracy"] is None and any("baseline" in n for n in report["notes"])
+    assert report["consistency_strata"] is None and report["pin_intermediate_accuracy"] is None
+    assert report["consistency_quantiles"] is None and report["pin_average_accuracy"] is None
+    assert any("baseline" in n and "no consistency" in n for n in report["notes"])
+    assert [s["n"] for s in report["confidence_strata"]] == [4, 7, 10]  # a baseline has a calibrated confidence
+    calibration = report["calibration"]
+    assert calibration["scores"]["consistency"] is None
+    assert calibration["scores"]["confidence"]["aurc"] is not None and calibration["scores"]["max_softmax"]["nll"] > 0
+    assert "consistency" not in calibration["risk_coverage"]
+    files = write_reports(report, tmp_path / "out")
+    assert {f.name for f in files} >= {"reliability.png", "risk_coverage.png"}
+    assert (tmp_path / "out" / "risk_coverage.png").stat().st_size > 1000
+
+
+def random_model(path, temperature=None):
+    """A random-weight 64 px POI checkpoint (w varies from image to image), calibrated when `temperature` is given."""
+    torch.manual_seed(0)
+    config = ModelConfig(num_classes=7, input_size=64)
+    checkpoint = {"epoch": 1, "model": POIModel(config).state_dict(), "model_config": config.to_dict(),
+                  "classes": list(class_names(7)), "config": {}}
+    if temperature is not None:
+        checkpoint["calibration"] = {"temperature": temperature, "split": "valid", "n_images": 14,
+                                     "nll_before": 2.0, "nll_after": 1.9}
+    save_checkpoint(path, checkpoint)
+    return path
+
+
+def test_strata_recomputed_from_the_predictions(tmp_path):
+    data = make_prepared(tmp_path / "data", splits={"test": 4})
+    checkpoint = random_model(tmp_path / "model.pt", temperature=0.25)
+    report = evaluate(checkpoint, data, device="cpu")
+    mapped = predict_mapped(checkpoint, data, device="cpu")
+    w, correct = mapped.predictions.consistency, mapped.predictions.correct
+    assert np.ptp(w) > 0  # a ranking worth the name
+    assert report["consistency_strata"] == confidence_strata(w, correct)
+    assert report["consistency_quantiles"] == consistency_quantiles(w)
+    confidence = softmax(mapped.predictions.trn_logits, 0.25).max(1)
+    np.testing.assert_allclose(mapped.confidence, confidence)  # the checkpoint's T_cal, not T = 1
+    assert report["confidence_strata"] == confidence_strata(confidence, correct)
+    assert report["checkpoint_temperature"] == 0.25 and not any("uncalibrated" in n for n in report["notes"])
+    study = report["calibration"]
+    assert_same_scores(study["scores"], calibration_study(mapped.predictions.trn_logits, mapped.targets, w)["scores"])
+    bins = study["reliability"]["confidence"]
+    assert len(bins) == 15 and sum(b["n"] for b in bins) == study["n_measured"] == 14
+
+
+def test_risk_coverage_points_are_exact_where_kept():
+    correct = np.array([True, False, True, True, False, True])
+    score = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    curves = risk_coverage_points({"s": score}, correct, points=3)
+    assert curves["coverage"] == pytest.approx([1 / 6, 4 / 6, 1.0])  # k = 1, 4, 6 (rounded from 1, 3.5, 6)
+    assert curves["s"] == pytest.approx([0.0, 1 / 4, 2 / 6])
 
 
 def test_confidence_strata_ranks_by_w():
@@ -111,9 +189,9 @@ def test_confidence_strata_ranks_by_w():
     assert strata[0.5]["least_confident_accuracy"] == 0.0
 
 
-def test_confidence_quantiles_summarise_w():
+def test_consistency_quantiles_summarise_w():
     w = np.linspace(0.3, 0.9, 101)
-    quantiles = confidence_quantiles(w)
+    quantiles = consistency_quantiles(w)
     assert quantiles["min"] == pytest.approx(0.3) and quantiles["max"] == pytest.approx(0.9)
     assert quantiles["median"] == pytest.approx(0.6) and quantiles["q05"] == pytest.approx(0.33)
     assert quantiles["q25"] == pytest.approx(0.45) and quantiles["q75"] == pytest.approx(0.75)

@@ -45,9 +45,9 @@ def test_torchscript_trn_and_full_match_pytorch(checkpoint):
     assert loaded(torch.randn(5, 3, 64, 64)).shape == (5, 7)  # any batch size
 
     full = export_model(checkpoint, "torchscript", full=True, out=checkpoint.parent / "full.pt")
-    assert full.output_names == ["probabilities", "confidence", "aus", "region_probabilities"] and full.passed
+    assert full.output_names == ["probabilities", "confidence", "consistency", "aus", "region_probabilities"] and full.passed
     extra = {"poi.json": ""}
-    probabilities, confidence, aus, regions = torch.jit.load(str(full.path), _extra_files=extra)(torch.randn(4, 3, 64, 64))
+    probabilities, confidence, consistency, aus, regions = torch.jit.load(str(full.path), _extra_files=extra)(torch.randn(4, 3, 64, 64))
     meta = json.loads(extra["poi.json"])
     assert meta["classes"] == list(class_names(7))
     # The checkpoint's Preprocessing and the regions table, as metadata.
@@ -55,7 +55,8 @@ def test_torchscript_trn_and_full_match_pytorch(checkpoint):
     assert meta["mean"] == list(IMAGENET_MEAN) and meta["std"] == list(IMAGENET_STD)
     assert meta["regions"] == list(REGION_NAMES) and meta["au_sides"] == ["image-left", "image-right"]
     assert torch.allclose(probabilities.sum(1), torch.ones(4), atol=1e-5)
-    assert ((confidence >= 0.25 - 1e-6) & (confidence <= 1 + 1e-6)).all()
+    assert torch.allclose(confidence, probabilities.amax(1)) and meta["calibration_temperature"] == 1.0
+    assert ((consistency >= -1e-6) & (consistency <= 1 + 1e-6)).all()
     assert aus.shape == (4, 2, 13) and regions.shape == (4, 4, 7)
 
 

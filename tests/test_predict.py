@@ -74,7 +74,9 @@ def check_face_record(record: dict, classes: tuple[str, ...], show_au: bool) -> 
     assert list(record["probabilities"]) == list(classes)
     assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     assert record["expression"] == max(record["probabilities"], key=record["probabilities"].get)
-    assert 0.25 <= record["confidence"] <= 1.0
+    # confidence: the largest calibrated probability; consistency: the UEM's w in [0, 1]
+    assert record["confidence"] == pytest.approx(max(record["probabilities"].values()), abs=1e-6)
+    assert 0.0 <= record["consistency"] <= 1.0
     x1, y1, x2, y2 = record["box"]
     assert len(record["landmarks"]) == 5
     assert all(x1 <= x <= x2 and y1 <= y <= y2 for x, y in record["landmarks"])
@@ -151,11 +153,12 @@ def test_regions_table_drives_the_au_columns():
     assert [f"region_{name}_happiness" for name in REGION_NAMES] == [c for c in columns if c.endswith("_happiness") and c.startswith("region_")]
 
 
-def test_baseline_checkpoint_has_no_confidence_and_says_why(files, detector):
+def test_baseline_checkpoint_has_confidence_but_no_consistency_and_says_why(files, detector):
     predictor = Predictor(files["baseline"], detector=detector)
     assert any("no PIN" in note for note in predictor.notes)
     record = predictor.predict_records(files["small"], show_au=True)[0]
-    assert record["status"] == "ok" and record["confidence"] is None
+    assert record["status"] == "ok" and record["consistency"] is None
+    assert record["confidence"] == pytest.approx(max(record["probabilities"].values()), abs=1e-6)
     assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     assert all(p is None for regions in record["aus"].values() for p in regions.values())
 
@@ -166,7 +169,7 @@ def test_cli_json_and_csv_round_trip_through_pandas(files, tmp_path):
     records = json.loads(result.stdout)
     frame = pd.read_json(io.StringIO(result.stdout))
     assert {"image", "face", "box", "landmarks", "detection_score", "expression", "probabilities",
-            "confidence", "status", "aus"} <= set(frame.columns)
+            "confidence", "consistency", "status", "aus"} <= set(frame.columns)
     assert sorted(frame["status"]) == ["error", "no_face", "ok"]
     assert "3 images: 1 face predicted, 1 image without a face, 1 error" in result.stderr
 
@@ -180,6 +183,7 @@ def test_cli_json_and_csv_round_trip_through_pandas(files, tmp_path):
     face = records[[r["status"] for r in records].index("ok")]
     row = table[table["status"] == "ok"].iloc[0]
     assert row["confidence"] == pytest.approx(face["confidence"])
+    assert row["consistency"] == pytest.approx(face["consistency"])
     assert row["AU12_right_mouth"] == pytest.approx(face["aus"]["AU12"]["right_mouth"])
     assert row[list(class_names(7))].tolist() == pytest.approx(list(face["probabilities"].values()))
     assert table[table["status"] != "ok"]["confidence"].isna().all()
@@ -188,7 +192,8 @@ def test_cli_json_and_csv_round_trip_through_pandas(files, tmp_path):
 def test_cli_single_bad_input_fails_with_one_line_and_save_vis_writes_pngs(files, tmp_path):
     result = runner.invoke(app, ["predict", str(files["corrupt"]), "--model", str(files["ck7"])])
     assert result.exit_code == 1
-    assert result.stderr.count("\n") == 1 and "corrupt.jpg" in result.stderr and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("note:")]
+    assert len(errors) == 1 and "corrupt.jpg" in errors[0] and "Traceback" not in result.stderr
 
     vis = tmp_path / "vis"
     result = runner.invoke(app, ["predict", str(files["small"]), "--model", str(files["ck7"]), "--save-vis", str(vis), "--show-au"])
@@ -227,3 +232,24 @@ def test_expand_inputs_folders_globs_and_missing(files):
     sources = [Path(i.source).name for i in items]
     assert sources == ["astronaut.png", "corrupt.jpg", "gradient.png", "file.png", "*.gif"]  # astronaut once
     assert [i.error for i in items][-2:] == ["file not found", "pattern matched no image files"]
+
+
+def test_probabilities_are_calibrated_by_the_checkpoints_temperature(files, detector, tmp_path):
+    """softmax(z / T_cal): p_cal is proportional to p_raw ** (1 / T_cal); the expression is unchanged."""
+    from poi_cli.model.calibration import Calibration
+    from poi_cli.model.checkpoint import load_checkpoint, save_checkpoint
+
+    raw_predictor = Predictor(files["ck7"], detector=detector)
+    assert any("uncalibrated checkpoint (T_cal = 1)" in note for note in raw_predictor.notes)
+    raw = raw_predictor.predict_records(files["small"])[0]
+    checkpoint = load_checkpoint(files["ck7"])
+    checkpoint["calibration"] = Calibration(temperature=2.0, split="valid", n_images=10, nll_before=1.0, nll_after=0.9).to_dict()
+    calibrated_path = tmp_path / "calibrated.pt"
+    save_checkpoint(calibrated_path, checkpoint)
+    predictor = Predictor(calibrated_path, detector=detector)
+    assert not any("uncalibrated" in note for note in predictor.notes)
+    calibrated = predictor.predict_records(files["small"])[0]
+    powered = np.array(list(raw["probabilities"].values())) ** 0.5
+    assert list(calibrated["probabilities"].values()) == pytest.approx(list(powered / powered.sum()), abs=2e-5)
+    assert calibrated["expression"] == raw["expression"] and calibrated["consistency"] == raw["consistency"]
+    assert calibrated["confidence"] < raw["confidence"]  # T_cal > 1 softens an over-confident model

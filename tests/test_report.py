@@ -17,7 +17,7 @@ from poi_cli.train.config import TrainConfig
 from poi_cli.train.engine import RESULT_COLUMNS
 from poi_cli.core.manifests import class_names
 from poi_cli.model.network import ModelConfig, POIModel
-from poi_cli.inference.report import build_report
+from poi_cli.inference.report import CALIBRATION_COLUMNS, build_report
 
 runner = CliRunner()
 
@@ -68,6 +68,7 @@ def test_report_on_two_runs_writes_tables_and_curves(runs, tmp_path):
     assert poi["final_val_acc"] == pytest.approx(0.50) and poi["epochs_done"] == 3
     assert str(poi["missing_epochs"]) == "3" and poi["noise"] == pytest.approx(0.2)
     assert base["best_val_acc"] == pytest.approx(0.40) and pd.isna(base["missing_epochs"])
+    assert summary[list(CALIBRATION_COLUMNS)].isna().all().all()  # the columns exist; no evaluation to fill them
     by_noise = pd.read_csv(out / "by_noise.csv").set_index("method")
     assert by_noise.loc["POI", "noise 20%"] == pytest.approx(0.55)
     assert by_noise.loc["baseline", "noise 20%"] == pytest.approx(0.40)
@@ -90,16 +91,31 @@ def test_runs_of_several_seeds_get_mean_and_range(runs, tmp_path):
     assert "(seeds)" in (tmp_path / "report" / "report.md").read_text()
 
 
-def test_report_with_data_adds_confusion_confidence_and_strata(runs, prepared, tmp_path):
+def test_report_with_data_adds_confusion_consistency_strata_and_calibration(runs, prepared, tmp_path):
     report = build_report([runs / "poi20", runs / "base20"], tmp_path / "out", data=prepared, split="test", device="cpu")
     names = {p.name for p in report.files}
-    assert {"confusion_poi20.png", "confusion_base20.png", "confidence_poi20.png"} <= names
-    assert "confidence_base20.png" not in names  # the baseline has no w
+    assert {"confusion_poi20.png", "confusion_base20.png", "consistency_poi20.png"} <= names
+    assert "consistency_base20.png" not in names and not any(n.startswith("confidence_") for n in names)
     assert any("no PIN" in note for note in report.runs[1].notes)
     strata = report.strata
-    assert list(strata["run"]) == ["poi20"] * 3 and list(strata["n"]) == [4, 7, 10]  # 30/50/70% of 14 test images
+    assert list(zip(strata["run"], strata["score"])) == ([("poi20", "confidence")] * 3 + [("poi20", "consistency")] * 3
+                                                         + [("base20", "confidence")] * 3)
+    assert list(strata["n"]) == [4, 7, 10] * 3  # 30/50/70% of 14 test images
     assert strata[["most_confident_acc", "least_confident_acc"]].stack().between(0, 1).all()
     assert report.summary["eval_acc"].between(0, 1).all()
+    summary = pd.read_csv(tmp_path / "out" / "runs.csv").set_index("run")
+    poi, base = summary.loc["poi20"], summary.loc["base20"]
+    assert poi[list(CALIBRATION_COLUMNS)].between(0, 1).all()
+    assert pd.isna(base["aurc_consistency"]) and base[["ece_confidence", "aurc_max_softmax"]].between(0, 1).all()
+    # the same figures as `poi evaluate` of the same model on the same split
+    from poi_cli.inference.evaluate import evaluate
+
+    expected = evaluate(runs / "poi20", prepared, device="cpu")["calibration"]["scores"]
+    assert poi["aurc_consistency"] == pytest.approx(expected["consistency"]["aurc"])
+    assert poi["ece_confidence"] == pytest.approx(expected["confidence"]["ece"])
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "most confident (confidence)" in markdown and "least confident (consistency)" in markdown
+    assert "## Calibration" in markdown and "aurc_consistency" in markdown
 
 
 def test_run_whose_model_knows_no_class_of_the_data_gets_a_note(runs, prepared, tmp_path):
@@ -112,22 +128,57 @@ def test_run_whose_model_knows_no_class_of_the_data_gets_a_note(runs, prepared, 
     assert not any(p.name.startswith("confusion_") for p in report.files)
 
 
-def test_single_run_with_eval_metrics_and_a_run_without_epochs(runs, tmp_path):
-    run = runs / "poi20"
+def write_metrics(run: Path, **extra) -> None:
+    """RUN/eval/metrics.json as `poi evaluate --out RUN/eval` writes it (the keys a report reads), plus `extra`."""
     (run / "eval").mkdir()
     metrics = {"split": "test", "accuracy": 0.6, "classes": ["fear", "happiness"], "confusion_matrix": [[3, 1], [1, 3]],
-               "confidence_strata": [{"fraction": 0.5, "n": 4, "most_confident_accuracy": 1.0, "least_confident_accuracy": 0.5}]}
+               **extra}
     (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+
+
+def stratum(most: float, least: float) -> dict:
+    return {"fraction": 0.5, "n": 4, "most_confident_accuracy": most, "least_confident_accuracy": least}
+
+
+def test_single_run_with_old_eval_metrics_and_a_run_without_epochs(runs, tmp_path):
+    run = runs / "poi20"
+    write_metrics(run, confidence_strata=[stratum(1.0, 0.5)])  # before calibration: strata of w, no consistency_strata
     empty = tmp_path / "fresh"
     empty.mkdir()
     (empty / "config.json").write_text(json.dumps(TrainConfig(epochs=3).to_dict()))
     report = build_report([run, empty], tmp_path / "out")
     assert (tmp_path / "out" / "confusion_poi20.png").is_file()
-    assert report.strata.iloc[0]["most_confident_acc"] == 1.0
+    assert report.strata.iloc[0]["most_confident_acc"] == 1.0 and list(report.strata["score"]) == ["consistency"]
     summary = report.summary.set_index("run")
     assert summary.loc["poi20", "eval_acc"] == pytest.approx(0.6)
+    assert summary.loc["poi20", list(CALIBRATION_COLUMNS)].isna().all()
     assert summary.loc["fresh", "epochs_done"] == 0 and pd.isna(summary.loc["fresh", "best_val_acc"])
-    assert "no finished epoch" in (tmp_path / "out" / "report.md").read_text()
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "no finished epoch" in markdown and "predates calibrated confidence" in markdown
+    assert "most confident (consistency)" in markdown and "most confident (confidence)" not in markdown
+
+
+def test_eval_metrics_with_calibration_fill_runs_csv_and_both_strata(runs, tmp_path):
+    scores = {"max_softmax": {"ece": 0.2, "aurc": 0.3}, "confidence": {"ece": 0.05, "aurc": 0.3},
+              "consistency": {"ece": 0.4, "aurc": 0.35}}
+    write_metrics(runs / "poi20", confidence_strata=[stratum(0.9, 0.4)], consistency_strata=[stratum(0.8, 0.5)],
+                  calibration={"scores": scores})
+    write_metrics(runs / "base20", confidence_strata=[stratum(0.7, 0.6)], consistency_strata=None,
+                  calibration={"scores": {**scores, "consistency": None}})
+    build_report([runs], tmp_path / "out")
+    summary = pd.read_csv(tmp_path / "out" / "runs.csv").set_index("run")
+    assert summary.loc["poi20", list(CALIBRATION_COLUMNS)].tolist() == pytest.approx([0.05, 0.2, 0.3, 0.35, 0.3])
+    assert pd.isna(summary.loc["base20", "aurc_consistency"]) and summary.loc["base20", "ece_confidence"] == 0.05
+    strata = pd.read_csv(tmp_path / "out" / "strata.csv")
+    assert strata.columns.tolist() == ["run", "score", "fraction", "n", "most_confident_acc", "least_confident_acc"]
+    rows = {(r.run, r.score): r.most_confident_acc for r in strata.itertuples()}
+    assert rows == {("poi20", "confidence"): 0.9, ("poi20", "consistency"): 0.8, ("base20", "confidence"): 0.7}
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "| poi20 | 50.00 | 4 | 90.00 | 40.00 | 80.00 | 50.00 |" in markdown
+    assert "| base20 | 50.00 | 4 | 70.00 | 60.00 | - | - |" in markdown
+    assert "predates" not in markdown
+    build_report([runs / "base20"], tmp_path / "base")  # no run with a consistency AURC
+    assert "| base20 | 0.05 | 0.2 | 0.3 | - | 0.3 |" in (tmp_path / "base" / "report.md").read_text()
 
 
 def test_report_without_runs_is_a_one_line_error(tmp_path):

@@ -2,8 +2,19 @@
 
 Reports the TRN's accuracy and per-class recall, the confusion matrix (CSV and PNG, as
 the paper's Fig. 11), the accuracy of the most and least confident 30/50/70% of the
-images by the UEM consistency w (Table IV), and the accuracy of the PIN's intermediate
-prediction p~* and of the plain region average (Fig. 13).
+images (Table IV) ranked by each of two scores, and the accuracy of the PIN's
+intermediate prediction p~* and of the plain region average (Fig. 13):
+
+* `confidence`: the calibrated probability that the predicted expression is right,
+  max softmax(z / T_cal) with the checkpoint's T_cal (POI_SPEC 4b; T_cal = 1 when the
+  checkpoint was never calibrated);
+* `consistency`: the UEM's w (Eq. 10), how much the four facial regions agree; a
+  ranking score, not a probability of being right (None for a baseline model).
+
+The `calibration` block judges both, and the raw softmax, with
+model.calibration.calibration_study: T_cal fitted on a seeded half of the images, every
+figure (ECE, NLL, Brier, AURC, accuracy at a coverage) measured on the other half;
+write_reports draws its reliability diagram and risk-coverage curves.
 
 Classes are matched by name: a model trained on 8 classes evaluated on 7-class data
 predicts among the 7 shared classes; on the reverse, images of a class the model does
@@ -24,10 +35,14 @@ from poi_cli.core.errors import PoiError
 from poi_cli.core.metrics import confusion_matrix, per_class_recall
 from poi_cli.core.runtime import select_device, use_bf16
 from poi_cli.data.store import PreparedDataset
-from poi_cli.model.checkpoint import load_model, resolve_checkpoint
+from poi_cli.model.calibration import Calibration, calibration_study, halves, reliability_bins, risk_coverage, softmax
+from poi_cli.model.checkpoint import CheckpointInfo, load_model, resolve_checkpoint
 from poi_cli.model.predictions import SplitPredictions, predict_split
 
 STRATA = (0.3, 0.5, 0.7)
+CALIBRATION_SEED = 0  # the seed of calibration_study's halves
+CURVE_POINTS = 100  # risk-coverage points kept in the result (at most)
+UNCALIBRATED_NOTE = "uncalibrated checkpoint: T_cal = 1"
 
 
 class EvaluateError(PoiError):
@@ -52,12 +67,13 @@ def class_mapping(model_classes: list[str], data_classes: list[str]) -> tuple[li
     return shared, columns, label_map, note
 
 
-def confidence_strata(w: np.ndarray, correct: np.ndarray, fractions: tuple[float, ...] = STRATA) -> list[dict]:
-    """Accuracy of the most and least confident `fraction` of the images, ranked by w (high = confident).
+def confidence_strata(score: np.ndarray, correct: np.ndarray, fractions: tuple[float, ...] = STRATA) -> list[dict]:
+    """Accuracy of the most and least confident `fraction` of the images (Table IV), ranked
+    by a per-image score (high = confident): the calibrated confidence or the consistency w.
 
     Ties keep the images' order (stable sort), so the answer is deterministic.
     """
-    order = np.argsort(-w, kind="stable")  # most confident first
+    order = np.argsort(-np.asarray(score), kind="stable")  # most confident first
     ranked = correct[order].astype(np.float64)
     strata = []
     for fraction in fractions:
@@ -103,6 +119,26 @@ class MappedPredictions:
         """Counts (classes x classes), row = true class."""
         return confusion_matrix(self.targets, self.predicted, len(self.classes))
 
+    @cached_property
+    def logits(self) -> np.ndarray:
+        """The TRN's logits z in the shared classes' columns, (n, shared classes)."""
+        return self.predictions.trn_logits[:, self.columns]
+
+    @cached_property
+    def stored_calibration(self) -> Optional[Calibration]:
+        """The checkpoint's temperature scaling; None for an uncalibrated checkpoint."""
+        return CheckpointInfo.of(self.checkpoint).calibration
+
+    @property
+    def temperature(self) -> float:
+        """T_cal of the checkpoint (1 when uncalibrated)."""
+        return CheckpointInfo.of(self.checkpoint).calibration_temperature
+
+    @cached_property
+    def confidence(self) -> np.ndarray:
+        """The calibrated probability of the TRN's class among the shared ones, max softmax(z / T_cal), (n,)."""
+        return softmax(self.logits, self.temperature).max(1)
+
     def restricted_argmax(self, probs: np.ndarray) -> np.ndarray:
         """argmax over the shared classes' columns of per-image probabilities (n, C)."""
         return probs[:, self.columns].argmax(1)
@@ -137,7 +173,11 @@ def predict_mapped(model_path: str | Path, prepared_dir: str | Path, split: str 
 def evaluate(model_path: str | Path, prepared_dir: str | Path, split: str = "test", device: str = "auto",
              batch: int = 256, amp: str = "auto") -> dict:
     """Evaluate a run folder (its best.pt) or a checkpoint on a split of a prepared folder."""
-    mapped = predict_mapped(model_path, prepared_dir, split, device, batch, amp)
+    return evaluation_of(predict_mapped(model_path, prepared_dir, split, device, batch, amp), split)
+
+
+def evaluation_of(mapped: MappedPredictions, split: str) -> dict:
+    """The JSON-able result of `poi evaluate` (keys: docs/training.md) from a model's predictions on a split."""
     predictions, shared = mapped.predictions, mapped.classes
     confusion = mapped.confusion
     per_class = {
@@ -145,27 +185,79 @@ def evaluate(model_path: str | Path, prepared_dir: str | Path, split: str = "tes
         for i, (name, recall) in enumerate(zip(shared, per_class_recall(confusion)))
     }
     w = predictions.consistency
-    notes = [mapped.mapping_note] if mapped.mapping_note else []
-    if w is None:
-        notes.append("baseline model (no PIN): no confidence strata and no PIN accuracies")
-    elif predictions.gate_weights is None:
-        notes.append("model trained without OIM: no intermediate prediction p~*")
+    stored = mapped.stored_calibration
+    calibration = calibration_block(mapped.logits, mapped.targets, w)
     return {
         "checkpoint": str(mapped.checkpoint_path), "epoch": mapped.checkpoint.get("epoch"), "data": str(mapped.dataset.root),
         "split": split, "n_images": int(mapped.keep.sum()), "n_left_out": int((~mapped.keep).sum()),
         "classes": shared, "accuracy": mapped.accuracy,
         "mean_class_recall": float(np.mean([v["recall"] for v in per_class.values() if v["recall"] is not None])),
         "per_class": per_class, "confusion_matrix": confusion.tolist(),
-        "confidence_strata": None if w is None else confidence_strata(w, mapped.correct),
-        "confidence_quantiles": None if w is None else confidence_quantiles(w),
+        "checkpoint_temperature": None if stored is None else stored.temperature,
+        "confidence_strata": confidence_strata(mapped.confidence, mapped.correct),
+        "consistency_strata": None if w is None else confidence_strata(w, mapped.correct),
+        "consistency_quantiles": None if w is None else consistency_quantiles(w),
+        "calibration": calibration,
         "pin_intermediate_accuracy": mapped.accuracy_of(predictions.intermediate_probs()),
         "pin_average_accuracy": mapped.accuracy_of(predictions.region_average()),
         "trn_accuracy": mapped.accuracy,
-        "class_mapping": mapped.mapping_note, "notes": notes,
+        "class_mapping": mapped.mapping_note, "notes": evaluation_notes(mapped, calibration),
     }
 
 
-def confidence_quantiles(w: np.ndarray) -> dict[str, float]:
+def evaluation_notes(mapped: MappedPredictions, calibration: Optional[dict]) -> list[str]:
+    """What the reader of an evaluation should know: class mapping, uncalibrated checkpoint, missing parts."""
+    predictions = mapped.predictions
+    notes = [mapped.mapping_note] if mapped.mapping_note else []
+    if mapped.stored_calibration is None:
+        notes.append(UNCALIBRATED_NOTE)
+    if predictions.consistency is None:
+        notes.append("baseline model (no PIN): no consistency w (consistency strata, quantiles and score are null) "
+                     "and no PIN accuracies")
+    elif predictions.gate_weights is None:
+        notes.append("model trained without OIM: no intermediate prediction p~*")
+    if calibration is None:
+        notes.append("fewer than 2 images: no calibration study")
+    return notes
+
+
+def calibration_block(logits: np.ndarray, targets: np.ndarray, consistency: Optional[np.ndarray],
+                      seed: int = CALIBRATION_SEED) -> Optional[dict]:
+    """calibration_study on the evaluated images (logits and targets in the shared classes), with the
+    reliability bins and risk-coverage curves of its measured half; None for fewer than 2 images.
+
+    Scores: max_softmax, confidence (T_cal fitted on the study's fitting half) and consistency
+    (None for a baseline model).
+    """
+    if len(targets) < 2:
+        return None
+    study = calibration_study(logits, targets, consistency, seed)
+    study["scores"].setdefault("consistency", None)
+    _, held = halves(len(targets), seed)
+    raw, calibrated = softmax(logits[held]), softmax(logits[held], study["temperature_half"])
+    correct = raw.argmax(1) == targets[held]
+    scores = {"max_softmax": raw.max(1), "confidence": calibrated.max(1)}
+    if consistency is not None:
+        scores["consistency"] = np.asarray(consistency)[held]
+    return {
+        **study, "seed": seed,
+        "reliability": {name: reliability_bins(scores[name], correct) for name in ("max_softmax", "confidence")},
+        "risk_coverage": risk_coverage_points(scores, correct),
+    }
+
+
+def risk_coverage_points(scores: dict[str, np.ndarray], correct: np.ndarray, points: int = CURVE_POINTS) -> dict:
+    """Risk-coverage curves of several scores at up to `points` coverages k / n (exact there):
+    {"coverage": [...], score name: [risk, ...], ...}."""
+    n = len(correct)
+    k = np.unique(np.round(np.linspace(1, n, min(n, points))).astype(int))
+    curves: dict[str, list[float]] = {"coverage": (k / n).tolist()}
+    for name, score in scores.items():
+        curves[name] = risk_coverage(score, correct)[1][k - 1].tolist()
+    return curves
+
+
+def consistency_quantiles(w: np.ndarray) -> dict[str, float]:
     """Where the UEM w of the images lies: min, 5 %, 25 %, 50 %, 75 % quantiles, max.
     (Its scale depends on the model: a w packed near 1 ranks images but says little alone.)"""
     points = {"min": 0.0, "q05": 0.05, "q25": 0.25, "median": 0.5, "q75": 0.75, "max": 1.0}
@@ -173,7 +265,8 @@ def confidence_quantiles(w: np.ndarray) -> dict[str, float]:
 
 
 def write_reports(result: dict, out_dir: str | Path) -> list[Path]:
-    """metrics.json, confusion_matrix.csv (counts, rows = true class) and confusion_matrix.png."""
+    """metrics.json, confusion_matrix.csv (counts, rows = true class) and confusion_matrix.png;
+    with a calibration block also reliability.png and risk_coverage.png."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     classes = result["classes"]
@@ -182,16 +275,69 @@ def write_reports(result: dict, out_dir: str | Path) -> list[Path]:
     write_csv(out / "confusion_matrix.csv", ["true_class", *classes], rows)
     plot_confusion(np.array(result["confusion_matrix"]), classes, out / "confusion_matrix.png",
                    title=f"{result['split']}: accuracy {result['accuracy']:.2%} ({result['n_images']} images)")
-    return [out / "metrics.json", out / "confusion_matrix.csv", out / "confusion_matrix.png"]
+    files = [out / "metrics.json", out / "confusion_matrix.csv", out / "confusion_matrix.png"]
+    calibration = result.get("calibration")
+    if calibration:
+        files.append(plot_reliability(calibration, out / "reliability.png"))
+        files.append(plot_risk_coverage(calibration, out / "risk_coverage.png"))
+    return files
 
 
-def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, title: str = "") -> None:
-    """Row-normalised confusion matrix in percent (like the paper's Fig. 11)."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_reliability(calibration: dict, path: Path) -> Path:
+    """Reliability diagram of the measured half: accuracy against mean confidence per bin,
+    raw softmax and after temperature scaling, with the diagonal and each ECE."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(5.0, 4.6))
+    axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    labels = {"max_softmax": "raw softmax", "confidence": f"temperature-scaled (T = {calibration['temperature_half']:.3g})"}
+    for (name, label), marker in zip(labels.items(), ("o", "s")):
+        filled = [b for b in calibration["reliability"][name] if b["n"]]
+        ece = calibration["scores"][name]["ece"]
+        axes.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], marker=marker,
+                  label=f"{label}, ECE {ece:.3f}")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("mean confidence in bin")
+    axes.set_ylabel("accuracy in bin")
+    axes.set_title(f"measured half: {calibration['n_measured']} images (T fitted on the other {calibration['n_fit']})",
+                   fontsize=9)
+    axes.legend(fontsize=8, loc="upper left")
+    figure.tight_layout()
+    return save_figure(figure, path, dpi=120)
+
+
+def plot_risk_coverage(calibration: dict, path: Path) -> Path:
+    """Risk (error rate of the most confident images) against coverage on the measured half,
+    one curve per score (max_softmax, confidence, consistency when present), AURC in the legend."""
+    plt = _pyplot()
+    curves = calibration["risk_coverage"]
+    figure, axes = plt.subplots(figsize=(5.5, 4.0))
+    for name, style in (("max_softmax", "-"), ("confidence", "--"), ("consistency", ":")):
+        if name in curves and calibration["scores"].get(name):
+            axes.plot(curves["coverage"], curves[name], linestyle=style,
+                      label=f"{name}, AURC {calibration['scores'][name]['aurc']:.4f}")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(bottom=0)
+    axes.set_xlabel("coverage (fraction of images kept, most confident first)")
+    axes.set_ylabel("risk (error rate of those kept)")
+    axes.set_title(f"measured half: {calibration['n_measured']} images", fontsize=9)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return save_figure(figure, path, dpi=120)
+
+
+def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, title: str = "") -> None:
+    """Row-normalised confusion matrix in percent (like the paper's Fig. 11)."""
+    plt = _pyplot()
     totals = confusion.sum(1, keepdims=True)
     percent = np.divide(confusion * 100.0, totals, out=np.zeros(confusion.shape), where=totals > 0)
     figure, axes = plt.subplots(figsize=(1.0 + 0.8 * len(classes), 0.8 + 0.7 * len(classes)))

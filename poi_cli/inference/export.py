@@ -12,13 +12,15 @@ By default the deployed TRN alone (the paper drops the PIN at inference): input 
 normalised face batch (N, 3, S, S), output the logits (N, C). With full=True the whole
 model, returning what `poi predict` reports:
 
-    probabilities          (N, C)     q = softmax(z)
-    confidence             (N,)       the UEM consistency w of Eq. 10, in [0.25, 1]
+    probabilities          (N, C)     softmax(z / T_cal), T_cal the checkpoint's calibration (1 if none)
+    confidence             (N,)       the largest calibrated probability
+    consistency            (N,)       the UEM's w of Eq. 10, in [0, 1]
     aus                    (N, 2, 13) AU occurrence probabilities; [:, 0] image-left,
                                       [:, 1] image-right regions; the 6 eye AUs (from
                                       the eye regions) then the 7 mouth AUs (from the
                                       mouth regions), in poi_cli.core.manifests order
-    region_probabilities   (N, 4, C)  p~_n of left_eye, right_eye, left_mouth, right_mouth
+    region_probabilities   (N, 4, C)  p_n = softmax(t_n / T_uem) of left_eye, right_eye, left_mouth,
+                                      right_mouth (the distributions consistency is computed from)
 
 Input preprocessing (what the exported file expects), the checkpoint's Preprocessing
 (poi_cli.data.preprocess): a face aligned by poi_cli.data.faces.align_face at face_size
@@ -47,7 +49,7 @@ import torch.nn as nn
 from poi_cli.core.atomic import atomic_write
 from poi_cli.core.manifests import ALL_AUS, REGIONS
 from poi_cli.model.checkpoint import CheckpointError, CheckpointInfo, build_checkpoint, load_model, resolve_checkpoint
-from poi_cli.model.network import POIModel
+from poi_cli.model.network import POIModel, tempered_log_probs
 
 FORMATS = ("onnx", "torchscript", "weights")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "weights": ".fp16.pt"}
@@ -64,17 +66,19 @@ class ExportError(ValueError):
 class FullModel(nn.Module):
     """The whole POI model with plain tensor outputs (see the module docstring)."""
 
-    def __init__(self, model: POIModel) -> None:
+    def __init__(self, model: POIModel, calibration_temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
         self.with_aus = model.config.prior_supervision
+        self.calibration_temperature = calibration_temperature
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(images)
-        outputs = [out.trn_probs, out.consistency]
+        probabilities = (out.trn_logits / self.calibration_temperature).softmax(-1)
+        outputs = [probabilities, probabilities.amax(-1), out.consistency]
         if self.with_aus:
             outputs.append(torch.cat([out.eye_au_probs, out.mouth_au_probs], dim=-1))
-        outputs.append(out.region_probs)
+        outputs.append(tempered_log_probs(out.region_logits, self.model.config.uem_temperature).exp())
         return tuple(outputs)
 
 
@@ -110,6 +114,7 @@ def packed_checkpoint(checkpoint: dict, source: Optional[Path] = None) -> dict:
         model=weights, model_config=info.model_config, classes=info.classes, preprocessing=info.preprocessing,
         epoch=info.epoch or 0, config=info.config, best_val_acc=info.best_val_acc, best_epoch=info.best_epoch,
         val_acc=info.val_acc, resolved=info.resolved, packed={"dtype": "float16", "source": source.name if source else None},
+        calibration=info.calibration,
     )
 
 
@@ -121,6 +126,7 @@ def _metadata(info: CheckpointInfo, output_names: list[str], full: bool) -> dict
         "mean": list(pre.mean), "std": list(pre.std), "outputs": output_names,
         "model": "full POI (TRN + PIN)" if full else "deployed TRN (logits)",
         "face_size": pre.face_size, "grayscale": pre.grayscale, "alignment": pre.alignment,
+        "calibration_temperature": info.calibration_temperature,
     }
     if full:
         sides = [r for r in REGIONS if r.au_group == REGIONS[0].au_group]  # the two regions of one AU group
@@ -204,10 +210,12 @@ def export_model(
     if format == "weights":
         full = model.pin is not None
     elif full and model.pin is None:
-        raise ExportError(f"{checkpoint_path} is a baseline model (no PIN): it has no confidence or AUs; export it without --full")
-    module = (FullModel(model) if full else model.deploy()).eval()
+        raise ExportError(f"{checkpoint_path} is a baseline model (no PIN): it has no consistency or AUs; export it without --full")
+    info = CheckpointInfo.of(checkpoint_dict)
+    module = (FullModel(model, info.calibration_temperature) if full else model.deploy()).eval()
     if full:
-        output_names = ["probabilities", "confidence", *(["aus"] if module.with_aus else []), "region_probabilities"]
+        output_names = ["probabilities", "confidence", "consistency", *(["aus"] if module.with_aus else []),
+                        "region_probabilities"]
     else:
         output_names = ["logits"]
     path = Path(out) if out else default_output_path(checkpoint_path, format, full)
@@ -218,7 +226,7 @@ def export_model(
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn(TRACE_BATCH, 3, size, size, generator=generator)
     check = torch.randn(CHECK_BATCH, 3, size, size, generator=generator)
-    meta = _metadata(CheckpointInfo.of(checkpoint_dict), output_names, full)
+    meta = _metadata(info, output_names, full)
     if format == "onnx":
         _write_onnx(module, example, path, output_names, meta, opset)
         exported = _run_onnx(path, check)

@@ -9,14 +9,17 @@ with faces.align_face (the function `poi prepare` uses) at the checkpoint's
 Preprocessing.face_size (grey when its store was), normalise with
 preprocess.to_model_input (the one training uses) and run the model in batches.
 
-Per face the record holds the expression, the TRN's probabilities q (sum to 1) and
-`confidence`, the UEM consistency w of Eq. 10: how much the four facial regions of the
-PIN agree, in [0.25, 1] (1 = all regions see the same expression). It is not a
-calibrated probability of being right. With show_au, each AU's occurrence probability
-in each region that carries it (eye AUs: left_eye, right_eye; mouth AUs: left_mouth,
-right_mouth; "left" is image-left; the table is data_manifests/regions.json) and the
-four regions' own expression distributions p~_n = softmax(t_n / T), the distributions w
-is computed from.
+Per face the record holds the expression and (POI_SPEC section 4b):
+* `probabilities`: the TRN's calibrated class probabilities softmax(z / T_cal), T_cal
+  from the checkpoint (1 for an uncalibrated one, which a note says);
+* `confidence`: the largest of them, a calibrated probability that the expression is right;
+* `consistency`: the UEM's w of Eq. 10, how much the four facial regions of the PIN agree,
+  from 0 (maximally split) to 1 (all see the same expression); None for a baseline model.
+  It flags ambiguous faces; it is not a probability of being right.
+With show_au, each AU's occurrence probability in each region that carries it (eye AUs:
+left_eye, right_eye; mouth AUs: left_mouth, right_mouth; "left" is image-left; the table
+is data_manifests/regions.json) and the four regions' own expression distributions
+p_n = softmax(t_n / T_uem), the distributions w is computed from.
 
 An image without a face gives one record with status `no_face`; an unreadable input one
 with status `error` and a reason. Nothing is ever made up for them: their values are
@@ -44,6 +47,7 @@ from poi_cli.core.schema import LANDMARK_NAMES, PREDICT_STATUSES, STATUS_ERROR, 
 from poi_cli.data.faces import Face, FaceDetector, ImageLoadError, load_image, to_rgb
 from poi_cli.data.preprocess import Preprocessing
 from poi_cli.model.checkpoint import CheckpointError, CheckpointInfo, load_model, resolve_checkpoint
+from poi_cli.model.network import tempered_log_probs
 
 STATUSES = PREDICT_STATUSES  # ok, no_face, error (core.schema)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
@@ -161,6 +165,7 @@ def empty_record(source: str, status: str, reason: str, show_au: bool = False) -
     record = {
         "image": source, "face": None, "status": status, "reason": reason, "box": None, "landmarks": None,
         "detection_score": None, "expression": None, "probabilities": None, "confidence": None,
+        "consistency": None,
     }
     if show_au:
         record.update(aus=None, regions=None)
@@ -173,7 +178,7 @@ def face_record(
     face: Face,
     classes: Sequence[str],
     probabilities: np.ndarray,
-    confidence: Optional[float],
+    consistency: Optional[float],
     eye_aus: Optional[np.ndarray] = None,
     mouth_aus: Optional[np.ndarray] = None,
     region_probs: Optional[np.ndarray] = None,
@@ -189,7 +194,8 @@ def face_record(
         "detection_score": _num(face.score),
         "expression": classes[int(np.argmax(probabilities))],
         "probabilities": {name: _num(p) for name, p in zip(classes, probabilities)},
-        "confidence": _num(confidence),
+        "confidence": _num(np.max(probabilities)),
+        "consistency": _num(consistency),
     }
     if show_au:
         values_of = {"eye": eye_aus, "mouth": mouth_aus}
@@ -212,7 +218,7 @@ def flat_columns(classes: Sequence[str], show_au: bool = False) -> list[str]:
     """The CSV / DataFrame columns, OpenFace / py-feat style (one scalar per column)."""
     columns = ["image", "face", "status", "reason", "box_x1", "box_y1", "box_x2", "box_y2"]
     columns += [f"landmark_{name}_{axis}" for name in LANDMARK_NAMES for axis in "xy"]
-    columns += ["detection_score", "expression", *classes, "confidence"]
+    columns += ["detection_score", "expression", *classes, "confidence", "consistency"]
     if show_au:
         columns += au_columns()
         columns += [f"region_{region}_{name}" for region in REGION_NAMES for name in classes]
@@ -221,7 +227,8 @@ def flat_columns(classes: Sequence[str], show_au: bool = False) -> list[str]:
 
 def flatten_record(record: dict, classes: Sequence[str], show_au: bool = False) -> dict:
     """A nested record -> {column: scalar or None} with the columns of flat_columns."""
-    row: dict[str, Any] = {k: record[k] for k in ("image", "face", "status", "reason", "detection_score", "expression", "confidence")}
+    row: dict[str, Any] = {k: record[k] for k in ("image", "face", "status", "reason", "detection_score", "expression",
+                                                   "confidence", "consistency")}
     box = record["box"] or [None] * 4
     row.update(zip(("box_x1", "box_y1", "box_x2", "box_y2"), box))
     points = record["landmarks"] or [[None, None]] * len(LANDMARK_NAMES)
@@ -317,9 +324,14 @@ class Predictor:
         self.has_aus = self.has_pin and config.prior_supervision
         self.notes: list[str] = []
         if not self.has_pin:
-            self.notes.append("baseline model (no PIN): confidence, AUs and region distributions are not available (null/NaN)")
+            self.notes.append("baseline model (no PIN): consistency, AUs and region distributions are not available (null/NaN)")
         elif not self.has_aus:
             self.notes.append("model trained without prior supervision (no AU nets): AU probabilities are null/NaN")
+        # Reported probabilities are softmax(z / T_cal) (POI_SPEC 4b); argmax unchanged.
+        self.calibration_temperature = info.calibration_temperature
+        if info.calibration is None:
+            self.notes.append("uncalibrated checkpoint (T_cal = 1): confidence is the raw softmax; "
+                              "`poi calibrate` fits T_cal on a validation split")
         self.batch_size, self.images_per_batch = batch_size, images_per_batch
         self.min_face_score = min_face_score
         self._detector = detector
@@ -434,10 +446,11 @@ class Predictor:
         for start in range(0, len(crops), self.batch_size):
             batch = torch.from_numpy(np.stack(crops[start:start + self.batch_size])).to(self.device)
             out = self.model(self.preprocessing.model_input(batch), with_pin=self.has_pin)
-            collected["probs"].append(out.trn_probs)
+            collected["probs"].append((out.trn_logits.float() / self.calibration_temperature).softmax(-1))
             if self.has_pin:
                 collected["w"].append(out.consistency)
-                collected["regions"].append(out.region_probs)
+                # the regions' distributions of Eq. 10, from which consistency is computed
+                collected["regions"].append(tempered_log_probs(out.region_logits, self.model.config.uem_temperature).exp())
             if self.has_aus:
                 collected["eye"].append(out.eye_au_probs)
                 collected["mouth"].append(out.mouth_au_probs)

@@ -11,14 +11,19 @@ From each run folder (config.json + results.csv, as `poi train` writes them):
   per method and noise, mean, min and max over those runs (seeds) and which seeds;
 * curves_<run>.png: losses and accuracies per epoch (missing epochs are gaps).
 
-Per-image results (confusion matrix, UEM confidence) need predictions. Two sources:
+Per-image results (confusion matrix, strata, calibration) need predictions. Two sources:
 * `--data PREPARED_DIR [--split test]`: the report runs each run's best.pt (else
-  last.pt) on that split and writes confusion_<run>.png, confidence_<run>.png (the
-  histogram of w for right and wrong predictions, Fig. 15) and strata.csv (accuracy of
-  the most and least confident 30/50/70%, Table IV);
+  last.pt) on that split (the same figures as `poi evaluate`) and writes
+  confusion_<run>.png and consistency_<run>.png (the histogram of the UEM consistency w
+  for right and wrong predictions, Fig. 15);
 * otherwise a run's own `eval/metrics.json`, written by `poi evaluate RUN DATA --out
-  RUN/eval`, gives the confusion matrix and the strata (not the histogram: it keeps no
-  per-image w).
+  RUN/eval`, gives the confusion matrix, the strata and the calibration figures (not
+  the histogram: it keeps no per-image w). An old metrics.json whose only strata are
+  `confidence_strata` (they were of w then) counts as consistency strata.
+Either way strata.csv holds the accuracy of the most and least confident 30/50/70 %
+(Table IV) by each score (`score`: confidence = calibrated probability, consistency =
+w), and runs.csv each score's ECE and AURC on the measured half of the calibration
+study (evaluate.calibration_block).
 A folder that is not a run is named in `skipped` and left out; nothing in a run folder
 is modified.
 """
@@ -29,7 +34,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,14 +42,24 @@ import pandas as pd
 from poi_cli.core.atomic import atomic_write_text, save_figure
 from poi_cli.model.checkpoint import CONFIG_FILE, RESULTS_FILE
 
+if TYPE_CHECKING:  # evaluate imports torch: only when predicting
+    from poi_cli.inference.evaluate import MappedPredictions
+
 DEFAULT_RUNS = "runs/train"
 EVAL_DIR = "eval"  # RUN/eval/metrics.json from `poi evaluate --out RUN/eval`
 SWITCHES = ("use_pin", "prior_supervision", "use_oim", "use_uem")
 SUMMARY_COLUMNS = [
     "run", "method", "arch", "input_size", "noise", "noise_realised", *SWITCHES, "seed", "epochs_done", "epochs_planned",
     "missing_epochs", "final_val_acc", "best_val_acc", "best_epoch", "final_train_acc", "eval_acc", "eval_split",
-    "path",
+    "ece_confidence", "ece_max_softmax", "aurc_confidence", "aurc_consistency", "aurc_max_softmax", "path",
 ]
+CALIBRATION_COLUMNS = {  # runs.csv column: (metric, score) in an evaluation's calibration block
+    "ece_confidence": ("ece", "confidence"), "ece_max_softmax": ("ece", "max_softmax"),
+    "aurc_confidence": ("aurc", "confidence"), "aurc_consistency": ("aurc", "consistency"),
+    "aurc_max_softmax": ("aurc", "max_softmax"),
+}
+SCORES = ("confidence", "consistency")  # the scores of strata.csv
+STRATA_COLUMNS = ["run", "score", "fraction", "n", "most_confident_acc", "least_confident_acc"]
 
 
 class ReportError(ValueError):
@@ -203,8 +218,15 @@ def summarise(run: Run) -> dict:
         "best_val_acc": None if best is None else val.iloc[best],
         "best_epoch": None if best is None else int(r["epoch"].iloc[best]),
         "final_train_acc": train.iloc[-1] if len(r) else None,
-        "eval_acc": evaluation.get("accuracy"), "eval_split": evaluation.get("split"), "path": str(run.path),
+        "eval_acc": evaluation.get("accuracy"), "eval_split": evaluation.get("split"),
+        **calibration_figures(evaluation), "path": str(run.path),
     }
+
+
+def calibration_figures(evaluation: dict) -> dict[str, Optional[float]]:
+    """The CALIBRATION_COLUMNS of an evaluation (None where it has no calibration block or no such score)."""
+    scores = (evaluation.get("calibration") or {}).get("scores") or {}
+    return {column: (scores.get(score) or {}).get(metric) for column, (metric, score) in CALIBRATION_COLUMNS.items()}
 
 
 def by_noise_table(seeds: pd.DataFrame) -> pd.DataFrame:
@@ -252,24 +274,61 @@ def _markdown(frame: pd.DataFrame, percent: Sequence[str] = ()) -> str:
 # -------------------------------------------------------------------- predictions
 
 
-def predict_run(run: Run, data: str | Path, split: str, device: str = "auto", batch: int = 256) -> dict:
-    """best.pt (else last.pt) of a run on a prepared split: confusion matrix, w per image, correctness."""
-    from poi_cli.inference.evaluate import EvaluateError, predict_mapped
+def predict_run(run: Run, data: str | Path, split: str, device: str = "auto", batch: int = 256) -> tuple[dict, MappedPredictions]:
+    """best.pt (else last.pt) of a run on a prepared split: `poi evaluate`'s result and the predictions behind it."""
+    from poi_cli.inference.evaluate import EvaluateError, evaluation_of, predict_mapped
 
     try:
         mapped = predict_mapped(run.path, data, split, device, batch, amp="auto")
     except EvaluateError as error:  # the other errors name their file already
         raise ReportError(f"{run.path}: {error}") from None
-    return {"checkpoint": str(mapped.checkpoint_path), "classes": mapped.classes, "confusion": mapped.confusion,
-            "correct": mapped.correct, "w": mapped.predictions.consistency, "split": split, "accuracy": mapped.accuracy}
+    return evaluation_of(mapped, split), mapped
 
 
-def strata_rows(run_name: str, strata: Optional[list[dict]]) -> list[dict]:
+def strata_of(evaluation: dict) -> tuple[dict[str, Optional[list[dict]]], Optional[str]]:
+    """Table IV strata of an evaluation by score, and a note for an old metrics.json.
+
+    Before calibrated confidence, `confidence_strata` was ranked by the UEM w and there was
+    no `consistency_strata`: such a file's strata are consistency strata.
+    """
+    if "consistency_strata" in evaluation:
+        return {score: evaluation.get(f"{score}_strata") for score in SCORES}, None
+    if evaluation.get("confidence_strata"):
+        note = "eval/metrics.json predates calibrated confidence: its confidence_strata (of w) shown as consistency"
+        return {"confidence": None, "consistency": evaluation["confidence_strata"]}, note
+    return {score: None for score in SCORES}, None
+
+
+def strata_rows(run_name: str, strata: dict[str, Optional[list[dict]]]) -> list[dict]:
+    """Rows of strata.csv for one run: per score and fraction, the accuracy of the most and least confident images."""
     rows = []
-    for s in strata or []:
-        rows.append({"run": run_name, "fraction": s["fraction"], "n": s["n"],
-                     "most_confident_acc": s["most_confident_accuracy"], "least_confident_acc": s["least_confident_accuracy"]})
+    for score in SCORES:
+        for s in strata.get(score) or []:
+            rows.append({"run": run_name, "score": score, "fraction": s["fraction"], "n": s["n"],
+                         "most_confident_acc": s["most_confident_accuracy"],
+                         "least_confident_acc": s["least_confident_accuracy"]})
     return rows
+
+
+def strata_side_by_side(strata: pd.DataFrame) -> pd.DataFrame:
+    """strata.csv with the two scores side by side (report.md's Table IV): one row per run and fraction."""
+    if strata.empty:
+        return pd.DataFrame()
+    wide = strata.pivot_table(index=["run", "fraction", "n"], columns="score", sort=False,
+                              values=["most_confident_acc", "least_confident_acc"], aggfunc="first")
+    columns = [(kind, score) for score in SCORES for kind in ("most_confident_acc", "least_confident_acc")
+               if (kind, score) in wide.columns]
+    wide = wide[columns]
+    wide.columns = [f"{kind.split('_')[0]} confident ({score})" for kind, score in columns]
+    return wide.reset_index()
+
+
+def calibration_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """report.md's calibration table: runs with calibration figures, rounded to 4 decimals."""
+    columns = list(CALIBRATION_COLUMNS)
+    figures = summary[columns].astype(float).round(4)  # an all-None column is of object dtype
+    known = figures.notna().any(axis=1)
+    return pd.concat([summary[["run"]], figures], axis=1)[known]
 
 
 # -------------------------------------------------------------------------- plots
@@ -315,13 +374,13 @@ def plot_curves(run: Run, path: Path) -> Optional[Path]:
     return _save(figure, path)
 
 
-def plot_confidence(run_name: str, w: np.ndarray, correct: np.ndarray, path: Path) -> Path:
-    """Histogram of the UEM confidence w, right and wrong predictions apart (Fig. 15)."""
+def plot_consistency(run_name: str, w: np.ndarray, correct: np.ndarray, path: Path) -> Path:
+    """Histogram of the UEM consistency w, right and wrong predictions apart (Fig. 15)."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(5.5, 3.6))
     bins = np.linspace(0.25, 1.0, 31)
     axes.hist([w[correct], w[~correct]], bins=bins, stacked=True, label=["correct", "wrong"], color=["tab:green", "tab:red"])
-    axes.set_xlabel("confidence w (UEM consistency, Eq. 10)")
+    axes.set_xlabel("consistency w (UEM, Eq. 10): how much the four regions agree")
     axes.set_ylabel("images")
     axes.set_title(f"{run_name}: {len(w)} images, accuracy {correct.mean():.2%}", fontsize=9)
     axes.legend(fontsize=8)
@@ -339,7 +398,7 @@ def build_report(
     device: str = "auto",
 ) -> Report:
     """Collect runs, write report.md, runs.csv, by_noise.csv, strata.csv and the PNGs into out_dir."""
-    from poi_cli.inference.evaluate import confidence_strata, plot_confusion
+    from poi_cli.inference.evaluate import plot_confusion
 
     run_paths, skipped = find_runs(paths)
     runs: list[Run] = []
@@ -368,27 +427,28 @@ def build_report(
             files.append(curves)
         if data is not None:
             try:
-                result = predict_run(run, data, split, device)
+                evaluation, mapped = predict_run(run, data, split, device)
             except (ReportError, ValueError, OSError) as error:  # CheckpointError, StoreError are ValueErrors
                 run.notes.append(f"no predictions: {error}")
                 continue
-            run.evaluation = {"accuracy": result["accuracy"], "split": split, "checkpoint": result["checkpoint"]}
-            files.append(_confusion(plot_confusion, result["confusion"], result["classes"], out / f"confusion_{run.name}.png",
-                                    f"{run.name} on {split}: accuracy {result['accuracy']:.2%}"))
-            if result["w"] is not None:
-                files.append(plot_confidence(run.name, result["w"], result["correct"], out / f"confidence_{run.name}.png"))
-                strata += strata_rows(run.name, confidence_strata(result["w"], result["correct"]))
+            run.evaluation = evaluation
+            w = mapped.predictions.consistency
+            if w is not None:
+                files.append(plot_consistency(run.name, w, mapped.correct, out / f"consistency_{run.name}.png"))
             else:
-                run.notes.append("baseline (no PIN): no confidence histogram or strata")
-        elif run.evaluation and "confusion_matrix" in run.evaluation:
+                run.notes.append("baseline (no PIN): no consistency histogram, strata or AURC")
+        if run.evaluation and "confusion_matrix" in run.evaluation:
             e = run.evaluation
             files.append(_confusion(plot_confusion, np.array(e["confusion_matrix"]), e["classes"], out / f"confusion_{run.name}.png",
                                     f"{run.name} on {e.get('split')}: accuracy {e.get('accuracy', float('nan')):.2%}"))
-            strata += strata_rows(run.name, e.get("confidence_strata"))
+            by_score, note = strata_of(e)
+            strata += strata_rows(run.name, by_score)
+            if note:
+                run.notes.append(note)
     summary = pd.DataFrame([summarise(run) for run in runs], columns=SUMMARY_COLUMNS)
     seeds = seeds_table(summary)
     by_noise = by_noise_table(seeds)
-    strata_frame = pd.DataFrame(strata, columns=["run", "fraction", "n", "most_confident_acc", "least_confident_acc"])
+    strata_frame = pd.DataFrame(strata, columns=STRATA_COLUMNS)
     for name, frame in (("runs.csv", summary), ("by_noise.csv", by_noise), ("by_noise_seeds.csv", seeds),
                         ("strata.csv", strata_frame)):
         atomic_write_text(out / name, frame.to_csv(index=False))
@@ -403,8 +463,15 @@ def build_report(
     if not seeds.empty and (seeds["runs"] > 1).any():
         sections.append("## Mean and range over runs sharing method and noise (seeds)\n\n"
                         + _markdown(seeds, percent=("noise",)))
+    calibration = calibration_table(summary)
+    if not calibration.empty:
+        sections.append("## Calibration (ECE, AURC; lower is better)\n\nMeasured on one seeded half of the evaluated images, "
+                        "T_cal fitted on the other half. confidence = the TRN's softmax after temperature scaling, "
+                        "max_softmax = before it, consistency = the UEM's w.\n\n" + _markdown(calibration))
     if not strata_frame.empty:
-        sections.append("## Accuracy by confidence stratum (Table IV)\n\n" + _markdown(strata_frame, percent=("fraction",)))
+        sections.append("## Accuracy by confidence stratum (Table IV)\n\nImages ranked by the calibrated confidence and "
+                        "by the consistency w; accuracy of the most and least confident fraction.\n\n"
+                        + _markdown(strata_side_by_side(strata_frame), percent=("fraction",)))
     pictures = [f"![{p.stem}]({p.name})" for p in files if p.suffix == ".png"]
     if pictures:
         sections.append("## Figures\n\n" + "\n".join(pictures) + "\n")

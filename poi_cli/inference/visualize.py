@@ -31,9 +31,9 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 def _label(record: dict) -> str:
     probability = record["probabilities"][record["expression"]]
-    confidence = record["confidence"]
+    consistency = record.get("consistency")
     text = f"{record['face']}: {record['expression']} {probability:.0%}"
-    return text + (f"  w={confidence:.2f}" if confidence is not None else "")
+    return text + (f"  consistency {consistency:.2f}" if consistency is not None else "")
 
 
 def _text_box(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font) -> None:
