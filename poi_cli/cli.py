@@ -1,4 +1,10 @@
-"""The `poi` command line: thin wrappers over the library functions."""
+"""The `poi` command line: thin wrappers over the library functions.
+
+Each command parses its options, calls one library function, turns the library's errors
+into one-line `fail` messages, and prints what poi_cli/render.py (the presentation layer)
+builds from the result. Library modules are imported inside the commands, so `poi --help`
+never loads torch.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,8 @@ from typing import Any, Callable, Optional, get_type_hints
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from poi_cli import __version__
+from poi_cli import __version__, render
 
 app = typer.Typer(
     name="poi",
@@ -30,6 +35,20 @@ def fail(message: str, code: int = 1) -> None:
     """Print a one-line error and exit non-zero (no traceback for bad input)."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def show(*items: render.Item, to: Optional[Console] = None) -> None:
+    """Print render's tables and lines, in order (on stdout unless `to` says otherwise).
+
+    A `render.Line` is printed as a string with its own highlight and soft_wrap; one
+    print per item, so lines never run together.
+    """
+    to = to or console
+    for item in items:
+        if isinstance(item, render.Line):
+            to.print(item.text, highlight=item.highlight, soft_wrap=item.soft_wrap)
+        else:
+            to.print(item)
 
 
 def _version_callback(value: bool) -> None:
@@ -64,13 +83,7 @@ def info(
     if as_json:
         print(json.dumps(result))
         return
-    table = Table(title=f"POI {arch}, {classes} classes, {size}x{size} input (L_sub = {result['subregion_size']})")
-    table.add_column("model")
-    table.add_column("parameters (M)", justify="right")
-    table.add_column("GFLOPs (MACs)", justify="right")
-    table.add_row("deployed TRN (inference)", f"{result['trn_params'] / 1e6:.2f}", f"{result['trn_gflops']:.2f}")
-    table.add_row("full model (training: TRN + PIN)", f"{result['full_params'] / 1e6:.2f}", f"{result['full_gflops']:.2f}")
-    console.print(table)
+    show(render.info_table(result, arch, classes, size))
 
 
 @app.command()
@@ -98,24 +111,7 @@ def prepare(
         fail(f"interrupted: finished images are saved in {out}; run the same command again to resume", 130)
     except Exception as error:  # e.g. the detector cannot start: still one line, never a traceback
         fail(f"{type(error).__name__}: {error}")
-    if result.already_done:
-        console.print(f"{result.out_dir} is already prepared with these settings: nothing to do.")
-    statuses = sorted({s for counts in result.counts.values() for s in counts}, key=lambda s: (s != "ok", s))
-    console.print(f"{dataset} -> {result.out_dir}", highlight=False, soft_wrap=True)
-    table = Table()
-    table.add_column("split")
-    for status in statuses:
-        table.add_column(status, justify="right")
-    for split, counts in sorted(result.counts.items()):
-        table.add_row(split, *(str(counts.get(s, 0)) for s in statuses))
-    console.print(table)
-    for note in result.notes:
-        console.print(f"note: {note}", highlight=False)
-    if not result.already_done:
-        resumed = f", {result.resumed} done by an earlier run" if result.resumed else ""
-        speed = result.images_per_second
-        speed_text = f"{speed:.0f}" if speed >= 10 else f"{speed:.2f}"
-        console.print(f"{result.processed} images in {result.seconds:.1f} s ({speed_text} images/s){resumed}", highlight=False)
+    show(*render.prepare_summary(dataset, result))
 
 
 @app.command()
@@ -134,16 +130,7 @@ def noise(
         path, summary = write_noisy_labels(prepared_dir, rate, seed=seed, split=split, out=out)
     except (StoreError, ValueError, OSError) as error:
         fail(str(error))
-    table = Table(title=f"{summary['split']}: {summary['flipped']} of {summary['images']} labels flipped "
-                        f"(realised rate {summary['realised_rate']:.4f}, asked {rate:g}, seed {seed})")
-    table.add_column("class")
-    table.add_column("images", justify="right")
-    table.add_column("flipped", justify="right")
-    table.add_column("noisy labels", justify="right")
-    for name, row in summary["per_class"].items():
-        table.add_row(name, str(row["images"]), str(row["flipped"]), str(row["noisy_labels"]))
-    console.print(table)
-    console.print(f"wrote {path} and {path.with_suffix('.json').name}; train with --labels {path}", highlight=False, soft_wrap=True)
+    show(*render.noise_summary(path, summary, rate, seed))
 
 
 from poi_cli.train import config as _train_config  # plain dataclass, no torch: the options of `poi train`
@@ -204,17 +191,16 @@ def train(**options: Any) -> None:
         fail(str(error))
     if not config.data and config.resume is None:
         fail("give a prepared folder (PREPARED_DIR) or --resume RUN_DIR")
-    from poi_cli.train.engine import train as run_train
+    from poi_cli.pipeline import train_rounds
 
     try:
-        run_dir = run_train(config, console=console)
-    except (TrainError, StoreError, CheckpointError, PretrainedError, ValueError) as error:
+        run_dir = train_rounds(config, console=console, announce=lambda line: show(render.Line(line)))[-1]
+    except (TrainError, StoreError, CheckpointError, PretrainedError, ValueError, OSError) as error:
         fail(str(error))
     except KeyboardInterrupt:
         fail("interrupted: finished epochs are saved; continue with --resume RUN_DIR", 130)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
-        console.print(f"done: {run_dir} (results.csv, best.pt, last.pt); evaluate with `poi evaluate {run_dir} PREPARED_DIR`",
-                      highlight=False, soft_wrap=True)
+        show(render.train_done(run_dir))
 
 
 @app.command()
@@ -243,58 +229,7 @@ def evaluate(
     if as_json:
         print(json.dumps(result))
         return
-    for note in result["notes"]:
-        console.print(f"note: {note}", highlight=False)
-    table = Table(title=f"{result['checkpoint']} on {result['split']} ({result['n_images']} images)")
-    table.add_column("class")
-    table.add_column("images", justify="right")
-    table.add_column("recall", justify="right")
-    for name, row in result["per_class"].items():
-        table.add_row(name, str(row["n"]), "-" if row["recall"] is None else f"{row['recall']:.2%}")
-    console.print(table)
-    lines = [f"accuracy (TRN) {result['accuracy']:.2%}, mean class recall {result['mean_class_recall']:.2%}"]
-    if result["pin_average_accuracy"] is not None:
-        pin = result["pin_intermediate_accuracy"]
-        lines.append(f"PIN intermediate p~* {'-' if pin is None else f'{pin:.2%}'}, region average {result['pin_average_accuracy']:.2%}")
-    if result.get("consistency_quantiles"):
-        q = result["consistency_quantiles"]
-        lines.append(f"consistency w: min {q['min']:.4f}, 5% {q['q05']:.4f}, median {q['median']:.4f}, max {q['max']:.4f}")
-    lines += _strata_lines(result)
-    lines += _calibration_lines(result)
-    lines.append(f"wrote {', '.join(str(f) for f in files)}")
-    for line in lines:
-        console.print(line, highlight=False, soft_wrap=True)
-
-
-def _strata_lines(result: dict) -> list[str]:
-    """`poi evaluate`'s Table IV lines: accuracy of the most / least confident images by each score."""
-    by_score = {name: result.get(f"{name}_strata") or [] for name in ("confidence", "consistency")}
-    lines = []
-    for index, s in enumerate(by_score["confidence"]):
-        parts = [f"by confidence {s['most_confident_accuracy']:.2%} / {s['least_confident_accuracy']:.2%}"]
-        if index < len(by_score["consistency"]):
-            w = by_score["consistency"][index]
-            parts.append(f"by consistency {w['most_confident_accuracy']:.2%} / {w['least_confident_accuracy']:.2%}")
-        lines.append(f"{s['fraction']:.0%} most / least confident: {'; '.join(parts)}")
-    return lines
-
-
-def _calibration_lines(result: dict) -> list[str]:
-    """`poi evaluate`'s calibration lines: the protocol, then one per score (ECE, NLL, AURC, accuracy at 80 % coverage)."""
-    calibration = result.get("calibration")
-    if not calibration:
-        return []
-    stored = result.get("checkpoint_temperature")
-    lines = [f"calibration study: {calibration['protocol']}; T fitted there {calibration['temperature_half']:.3f} "
-             f"(checkpoint T_cal {'none' if stored is None else f'{stored:.3f}'})"]
-    for name, row in calibration["scores"].items():
-        if row is None:
-            lines.append(f"  {name}: - (baseline model: no UEM w)")
-            continue
-        nll = "-" if row["nll"] is None else f"{row['nll']:.4f}"
-        lines.append(f"  {name}: ECE {row['ece']:.4f}, NLL {nll}, AURC {row['aurc']:.4f}, "
-                     f"accuracy at 80% coverage {row['accuracy_at_80']:.2%}")
-    return lines
+    show(*render.evaluate_summary(result, files))
 
 
 @app.command()
@@ -321,8 +256,7 @@ def predict(
         predictor = Predictor(model, device=device, batch_size=batch, min_face_score=min_score)
     except (PredictError, ValueError) as error:
         fail(str(error))
-    for note in predictor.notes:
-        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    show(*render.note_lines(predictor.notes, soft_wrap=True), to=err_console)
     writer = None
     if save_vis:
         from poi_cli.inference.visualize import VisWriter
@@ -351,28 +285,8 @@ def predict(
     elif csv_file:
         write_predictions_csv(records, predictor.classes, csv_file, show_au)
     else:
-        table = Table(title=f"{predictor.checkpoint_path} ({len(predictor.classes)} classes)")
-        for column in ("image", "face", "expression", "confidence", "consistency", *(("AUs > 0.5",) if show_au else ()), "status"):
-            table.add_column(column, justify="right" if column in ("face", "confidence", "consistency") else "left",
-                             overflow="fold")
-        for r in records:
-            ok = r["status"] == "ok"
-            cells = [r["image"], "" if r["face"] is None else str(r["face"]), r["expression"] or "-",
-                     f"{r['confidence']:.1%}" if ok else "-",
-                     f"{r['consistency']:.3f}" if ok and r["consistency"] is not None else "-"]
-            if show_au:
-                active = [f"{au}({','.join(reg.split('_')[0][0].upper() for reg, p in regions.items() if p >= 0.5)})"
-                          for au, regions in (r.get("aus") or {}).items() if any(p is not None and p >= 0.5 for p in regions.values())]
-                cells.append(" ".join(active) or "-")
-            cells.append(r["status"] if ok else f"{r['status']}: {r['reason']}")
-            table.add_row(*cells)
-        console.print(table)
-    def count(n: int, noun: str) -> str:
-        return f"{n} {noun}{'' if n == 1 else 's'}"
-
-    summary = (f"{count(images, 'image')}: {count(counts['ok'], 'face')} predicted, {count(counts['no_face'], 'image')} without a face, "
-               f"{count(counts['error'], 'error')}" + (f"; wrote {csv_file}" if csv_file else "") + (f"; pictures in {save_vis}" if save_vis else ""))
-    (err_console if as_json else console).print(summary, highlight=False, soft_wrap=True)
+        show(render.predict_table(records, predictor.checkpoint_path, predictor.classes, show_au))
+    show(render.predict_summary(images, counts, csv_file, save_vis), to=err_console if as_json else console)
     if images and counts["error"] == images:
         raise typer.Exit(1)
 
@@ -395,12 +309,7 @@ def export(
         fail(str(error))
     except Exception as error:  # an exporter failure: one line, never a traceback
         fail(f"export failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
-    what = "full model (TRN + PIN)" if result.full else "deployed TRN"
-    what = f"fp16 weights of the {what}" if result.format == "weights" else what
-    console.print(f"wrote {result.path}: {what}, outputs {', '.join(result.output_names)}", highlight=False, soft_wrap=True)
-    details = ", ".join(f"{name} {diff:.2e}" for name, diff in result.per_output_diff.items())
-    console.print(f"largest difference from PyTorch on random input {tuple(result.input_shape)}: {result.max_abs_diff:.2e} "
-                  f"({details}; tolerance {result.tolerance:g})", highlight=False, soft_wrap=True)
+    show(*render.export_summary(result))
     if not result.passed:
         fail(f"the exported model differs from PyTorch by {result.max_abs_diff:.2e} > {result.tolerance:g}")
 
@@ -422,22 +331,8 @@ def report(
         result = build_report(run_dirs or [], out_dir, data=data, split=split, device=device)
     except (ReportError, ValueError, OSError) as error:
         fail(str(error))
-    for reason in result.skipped:
-        err_console.print(f"skipped {reason}", highlight=False, soft_wrap=True)
-    table = Table(title=f"{len(result.runs)} runs (accuracy %)")
-    for column in ("run", "method", "noise", "epochs", "final val", "best val (epoch)", "best.pt evaluated"):
-        table.add_column(column, justify="left" if column in ("run", "method") else "right")
-
-    def pct(value) -> str:
-        return "-" if value is None or value != value else f"{100 * value:.2f}"
-
-    for _, row in result.summary.iterrows():
-        planned = "?" if row["epochs_planned"] is None or row["epochs_planned"] != row["epochs_planned"] else int(row["epochs_planned"])
-        best = "-" if row["best_epoch"] is None or row["best_epoch"] != row["best_epoch"] else f"{pct(row['best_val_acc'])} ({int(row['best_epoch'])})"
-        table.add_row(row["run"], row["method"], pct(row["noise"]), f"{row['epochs_done']}/{planned}", pct(row["final_val_acc"]), best, pct(row["eval_acc"]) + (f" ({row['eval_split']})" if isinstance(row["eval_split"], str) else ""))
-    console.print(table)
-    console.print(f"wrote {len(result.files)} files in {result.out_dir} (report.md, runs.csv, by_noise.csv, strata.csv, PNGs)",
-                  highlight=False, soft_wrap=True)
+    show(*render.report_skipped(result), to=err_console)
+    show(*render.report_summary(result))
 
 
 @app.command()
@@ -462,30 +357,7 @@ def audit(
         files = write_audit(result, next_run_dir("runs/audit", "exp") if out is None else out)
     except (AuditError, CheckpointError, StoreError, ValueError, OSError) as error:  # DeviceError is a ValueError
         fail(str(error))
-    summary = result.summary
-    console.print(f"audited {summary['n_images']} images of split {summary['split']}: {summary['mode']}; {summary['labels']}", highlight=False)
-    table = Table(title="suspect labels (suspicion = w * (1 - p*[given label]))")
-    table.add_column("class")
-    for threshold in SUSPICION_THRESHOLDS:
-        table.add_column(f">= {threshold}", justify="right")
-    for name, counts in summary["suspects_per_class"].items():
-        table.add_row(name, *(str(counts[str(t)]) for t in SUSPICION_THRESHOLDS))
-    table.add_row("all", *(str(summary["suspects"][str(t)]) for t in SUSPICION_THRESHOLDS), style="bold")
-    console.print(table)
-    if summary["detection"] is None:
-        console.print(f"note: {summary['detection_note']}", highlight=False)
-    else:
-        detection = Table(title=f"finding the {summary['flipped']} flipped labels ({summary['realised_noise_rate']:.2%})")
-        for column in ("score", "ROC AUC", "precision @ noise count", "recall @ top 10%", "@ 20%", "@ 30%"):
-            detection.add_column(column, justify="left" if column == "score" else "right")
-        for name, m in summary["detection"].items():
-            cells = [m["roc_auc"], m["precision_at_noise_count"], m["recall_at_top_10pct"], m["recall_at_top_20pct"], m["recall_at_top_30pct"]]
-            detection.add_row(name, *("-" if v is None else f"{v:.3f}" for v in cells))
-        console.print(detection)
-        recovered = summary["suggested_recovers_clean_label"]
-        if recovered is not None:
-            console.print(f"the suggested label (argmax p*) is the clean label for {recovered:.2%} of the flipped images", highlight=False)
-    console.print(f"wrote {', '.join(str(f) for f in files)}", highlight=False)
+    show(*render.audit_summary(result.summary, files, SUSPICION_THRESHOLDS))
 
 
 @app.command()
@@ -510,17 +382,7 @@ def clean(
         files = write_clean(result, out)
     except (PoiError, OSError) as error:
         fail(str(error))
-    s = result.summary
-    action = "relabelled" if relabel else "dropped"
-    console.print(f"{s['n_selected']} of {s['n_images']} images selected, {s['n_changed']} {action}", highlight=False)
-    if "changed_wrong_before" in s:
-        line = f"of the {s['n_changed']} {action}: {s['changed_wrong_before']} had a wrong label"
-        if relabel:
-            line += f", {s['changed_right_after']} now have the right one"
-        after = "-" if s["noise_rate_after"] is None else f"{s['noise_rate_after']:.2%}"
-        console.print(f"{line}; label noise {s['noise_rate_before']:.2%} -> {after}", highlight=False)
-    console.print(f"wrote {', '.join(str(f) for f in files)}; train with `poi train {prepared_dir} --labels {files[0]}`",
-                  highlight=False, soft_wrap=True)
+    show(*render.clean_summary(result.summary, relabel, files, prepared_dir))
 
 
 @app.command()
@@ -541,8 +403,4 @@ def calibrate(
         result = run_calibrate(model, prepared_dir, split=split, out=out, in_place=in_place, device=device, batch=batch)
     except (PoiError, OSError) as error:
         fail(str(error))
-    c = result.calibration
-    before = "uncalibrated (T_cal = 1)" if result.previous is None else f"T_cal {result.previous.temperature:.4f}"
-    console.print(f"T_cal = {c.temperature:.4f} fitted on {c.n_images} images of split {c.split} (was {before}); "
-                  f"NLL {c.nll_before:.4f} -> {c.nll_after:.4f}", highlight=False, soft_wrap=True)
-    console.print(f"wrote {result.written}", highlight=False, soft_wrap=True)
+    show(*render.calibrate_summary(result))

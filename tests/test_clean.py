@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,23 @@ def test_bad_audit_file_is_a_one_line_error(tmp_path):
     assert both.exit_code == 1 and "exactly one of --threshold and --fraction" in both.output
     with pytest.raises(CleanError):
         read_audit_csv(tmp_path / "missing.csv")
+
+
+def test_train_rounds_retrains_on_the_labels_its_own_audit_cleaned(tmp_path):
+    prepared = make_prepared(tmp_path / "data", splits=SPLITS)
+    project = tmp_path / "runs"
+    result = runner.invoke(app, ["train", str(prepared), "--noise", "0.3", "--rounds", "2", "--clean-threshold", "0.3",
+                                 "--size", "64", "--epochs", "1", "--batch", "7", "--amp", "off", "--project", str(project)])
+    assert result.exit_code == 0, result.output
+    first, second = project / "exp", project / "exp_round2"
+    labels = first / "clean" / "labels.csv"
+    assert labels.is_file() and labels.with_suffix(".json").is_file()
+    assert "round 2: labels cleaned by exp" in result.output
+    config = json.loads((second / "config.json").read_text())
+    assert config["labels"] == str(labels.resolve()) and config["noise"] == 0.0
+    # the audit knew the flips of round 1 (--noise): the label file carries the clean labels
+    table = pd.read_csv(labels)
+    assert {"clean_label", "given_label", "action"} <= set(table.columns)
+    assert (table["given_label"] != table["clean_label"]).any()
+    baseline = runner.invoke(app, ["train", str(prepared), "--baseline", "--rounds", "2", "--project", str(project)])
+    assert baseline.exit_code == 1 and "--rounds needs the PIN" in baseline.output

@@ -62,11 +62,11 @@ def test_train_help_lists_every_config_option_in_its_section():
 
 
 def test_train_options_fill_the_config_by_field(monkeypatch):
-    import poi_cli.train.engine as engine
+    import poi_cli.pipeline as pipeline
     from poi_cli.train.config import TrainConfig
 
     seen = []
-    monkeypatch.setattr(engine, "train", lambda config, console=None: seen.append(config) or "runs/train/exp")
+    monkeypatch.setattr(pipeline, "train", lambda config, console=None: seen.append(config) or "runs/train/exp")
     args = ["train", "data", "--size", "112", "-T", "2", "--baseline", "--no-uem", "--no-augment", "--lr-steps", "5,9",
             "--uem-temperature", "3", "--uem-scale", "paper", "--compile", "--val-split", "none"]
     result = runner.invoke(app, args)

@@ -135,3 +135,16 @@ def test_export_errors_are_one_line(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", without_onnxruntime)
     with pytest.raises(ExportError, match=r"pip install 'poi-fer\[export\]'"):
         export_model(checkpoint, "onnx")
+
+
+def test_packing_a_calibrated_checkpoint_keeps_t_cal_and_passes_its_check(checkpoint, tmp_path):
+    from poi_cli.model.calibration import Calibration
+    from poi_cli.model.checkpoint import save_checkpoint
+
+    calibrated = load_checkpoint(checkpoint)
+    calibrated["calibration"] = Calibration(temperature=20.0, split="valid", n_images=7, nll_before=2.0, nll_after=1.9).to_dict()
+    source = tmp_path / "calibrated.pt"
+    save_checkpoint(source, calibrated)
+    packed = export_model(source, "weights")
+    assert packed.passed, packed.per_output_diff
+    assert CheckpointInfo.of(load_checkpoint(packed.path)).calibration_temperature == 20.0

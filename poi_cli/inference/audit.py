@@ -38,7 +38,7 @@ SUSPICION_THRESHOLDS = (0.5, 0.7, 0.9)
 TOP_FRACTIONS = (0.1, 0.2, 0.3)
 AUDIT_COLUMNS = (
     "rank", "id", "source", "given_label", "given_name", "suggested_label", "suggested_name",
-    "pin_prob_given", "trn_label", "trn_name", "trn_prob_given", "confidence_w", "suspicion",
+    "pin_prob_given", "trn_label", "trn_name", "trn_prob_given", "consistency", "suspicion",
 )
 
 
@@ -150,7 +150,7 @@ def audit(
         "suggested_label": suggested, "suggested_name": [names[k] for k in suggested],
         "pin_prob_given": objective[index, labels], "trn_label": trn_label,
         "trn_name": [names[k] for k in trn_label], "trn_prob_given": trn[index, labels],
-        "confidence_w": w, "suspicion": scores["pin_suspicion"],
+        "consistency": w, "suspicion": scores["pin_suspicion"],
     })
     clean_known = data.clean_labels is not None
     if clean_known:

@@ -233,9 +233,10 @@ def export_model(
     elif format == "weights":
         packed = packed_checkpoint(checkpoint_dict, checkpoint_path)
         atomic_write(path, lambda f: torch.save(packed, f))
-        reloaded, _ = load_model(path, "cpu")  # through weights_only=True, as a user loads it
+        reloaded, reloaded_dict = load_model(path, "cpu")  # through weights_only=True, as a user loads it
+        temperature = CheckpointInfo.of(reloaded_dict).calibration_temperature  # the packed file's own T_cal
         with torch.no_grad():
-            exported = (FullModel(reloaded) if full else reloaded.deploy()).eval()(check)
+            exported = (FullModel(reloaded, temperature) if full else reloaded.deploy()).eval()(check)
         exported = list(exported) if isinstance(exported, tuple) else [exported]
     else:
         _write_torchscript(module, example, path, meta)

@@ -2,8 +2,10 @@
 
 network (SharedTrunk, TRN, PIN with its subregions, prior branches, AU nets, region
 classifiers, ObjectiveInference and UncertaintyEstimation), losses (one function per
-equation of Eq. 4-12), checkpoint (save, load, build), pretrained (backbone weights from
-a file), info (parameters and FLOPs). May import core and data.
+equation of Eq. 4-12), calibration (temperature scaling and the metrics that judge a
+confidence), predictions (the one inference path over a prepared split), checkpoint
+(build, save, load, CheckpointInfo), pretrained (backbone weights from a file), info
+(parameters and FLOPs). May import core and data.
 """
 
 from poi_cli.model.network import ModelConfig, POIModel, POIOutput

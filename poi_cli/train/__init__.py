@@ -1,5 +1,7 @@
 """Layer 3, train: `poi train`. May import core, data and model; nothing imports it but the CLI.
 
-config (TrainConfig, every option of `poi train`), engine (the epoch loop), augment
-(batch augmentation on the device), run_folder (config.json, results.csv, RNG state).
+config (TrainConfig: every option of `poi train`, defined once), engine (the epoch loop),
+data (training labels, noise, the validation split or hold-out), run_folder (config.json,
+results.csv, last/best, resume, repair after a kill), finetune (starting from a
+checkpoint), meters (per-epoch sums by name), augment (batch augmentation on the device).
 """

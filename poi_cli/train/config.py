@@ -102,6 +102,9 @@ class TrainConfig:
     labels: Optional[str] = option(None, DATA, "Label file for the training split (from `poi noise`).", path=True)
     noise: float = option(0.0, DATA, "Flip this fraction of the training labels on the fly (recorded).")
     noise_seed: int = option(0, DATA, "Seed of --noise.")
+    rounds: int = option(1, DATA, "Training rounds: after each, audit the run's own training labels, relabel the "
+                                  "suspects to the PIN's suggestion (poi clean) and train again from scratch on them.")
+    clean_threshold: float = option(0.5, DATA, "With --rounds 2 or more: relabel images whose audit suspicion is at least this.")
 
     # run
     seed: int = option(0, RUN, "Random seed (initialisation, batches, augmentation).")
@@ -135,6 +138,8 @@ class TrainConfig:
             (self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
             (self.channels_last in SWITCHES, f"--channels-last must be one of {', '.join(SWITCHES)}, got {self.channels_last!r}"),
             (0.0 <= self.noise <= 1.0, f"--noise must lie in [0, 1], got {self.noise}"),
+            (self.rounds >= 1, f"--rounds must be at least 1, got {self.rounds}"),
+            (0.0 < self.clean_threshold <= 1.0, f"--clean-threshold must lie in (0, 1], got {self.clean_threshold}"),
             (not (self.noise and self.labels), "--noise and --labels exclude each other (a label file already holds its noise)"),
             (0.0 <= self.translate < 0.5, f"--translate must lie in [0, 0.5), got {self.translate}"),
             (0.0 <= self.color_jitter < 1.0, f"--color-jitter must lie in [0, 1), got {self.color_jitter}"),

@@ -1,0 +1,323 @@
+"""What the `poi` commands print: the presentation layer beside cli.py.
+
+cli.py parses options, calls one library function, handles its errors (one-line `fail`)
+and prints what this module builds from the result: one function per command result,
+returning rich renderables (tables) and `Line`s, in the order they are printed. Nothing
+here prints, reads files or decides an exit status.
+
+Imports: rich, and plain types and constants of poi_cli.core only (schema's statuses). The
+results it formats (PrepareResult, AuditResult's summary, Report, ...) arrive as arguments
+and are named for type checkers alone, so importing this module never loads torch, numpy or
+pandas: `poi --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+
+from rich.console import RenderableType
+from rich.table import Table
+
+from poi_cli.core.schema import STATUS_OK
+
+if TYPE_CHECKING:  # the result types, for annotations only (their modules import torch or pandas)
+    from poi_cli.data.prepare import PrepareResult
+    from poi_cli.inference.calibrate import CalibrateResult
+    from poi_cli.inference.export import ExportResult
+    from poi_cli.inference.report import Report
+
+
+@dataclass(frozen=True)
+class Line:
+    """One printed line of text (rich markup and emoji codes apply, as in `console.print`).
+
+    highlight: colour numbers, paths and the like (rich's repr highlighter); off for
+    almost every line. soft_wrap: never cut or wrapped at the console width (paths and
+    commands stay copyable); otherwise wrapped at the width like a table cell.
+    """
+
+    text: str
+    soft_wrap: bool = False
+    highlight: bool = False
+
+
+Item = Union[RenderableType, Line]  # what a command prints: tables and lines, in order
+
+
+def note_lines(notes: Sequence[str], soft_wrap: bool = False) -> list[Line]:
+    """`note: ...`, one line per note of a library result."""
+    return [Line(f"note: {note}", soft_wrap=soft_wrap) for note in notes]
+
+
+def _wrote(files: Sequence[Any]) -> str:
+    return f"wrote {', '.join(str(f) for f in files)}"
+
+
+# ------------------------------------------------------------------------ poi info
+
+
+def info_table(result: dict, arch: str, classes: int, size: int) -> Table:
+    """Parameters and GFLOPs of the deployed TRN and the full training model (`model_info`)."""
+    table = Table(title=f"POI {arch}, {classes} classes, {size}x{size} input (L_sub = {result['subregion_size']})")
+    table.add_column("model")
+    table.add_column("parameters (M)", justify="right")
+    table.add_column("GFLOPs (MACs)", justify="right")
+    table.add_row("deployed TRN (inference)", f"{result['trn_params'] / 1e6:.2f}", f"{result['trn_gflops']:.2f}")
+    table.add_row("full model (training: TRN + PIN)", f"{result['full_params'] / 1e6:.2f}", f"{result['full_gflops']:.2f}")
+    return table
+
+
+# --------------------------------------------------------------------- poi prepare
+
+
+def prepare_summary(dataset: str, result: "PrepareResult") -> list[Item]:
+    """Images per split and status, the dataset's notes, and the speed of this run."""
+    items: list[Item] = []
+    if result.already_done:
+        items.append(Line(f"{result.out_dir} is already prepared with these settings: nothing to do.", highlight=True))
+    statuses = sorted({s for counts in result.counts.values() for s in counts}, key=lambda s: (s != STATUS_OK, s))
+    items.append(Line(f"{dataset} -> {result.out_dir}", soft_wrap=True))
+    table = Table()
+    table.add_column("split")
+    for status in statuses:
+        table.add_column(status, justify="right")
+    for split, counts in sorted(result.counts.items()):
+        table.add_row(split, *(str(counts.get(s, 0)) for s in statuses))
+    items.append(table)
+    items += note_lines(result.notes)
+    if not result.already_done:
+        resumed = f", {result.resumed} done by an earlier run" if result.resumed else ""
+        speed = result.images_per_second
+        speed_text = f"{speed:.0f}" if speed >= 10 else f"{speed:.2f}"
+        items.append(Line(f"{result.processed} images in {result.seconds:.1f} s ({speed_text} images/s){resumed}"))
+    return items
+
+
+# ----------------------------------------------------------------------- poi noise
+
+
+def noise_summary(path: Path, summary: dict, rate: float, seed: int) -> list[Item]:
+    """Flips per class of `write_noisy_labels`, and where the label file went."""
+    table = Table(title=f"{summary['split']}: {summary['flipped']} of {summary['images']} labels flipped "
+                        f"(realised rate {summary['realised_rate']:.4f}, asked {rate:g}, seed {seed})")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    table.add_column("flipped", justify="right")
+    table.add_column("noisy labels", justify="right")
+    for name, row in summary["per_class"].items():
+        table.add_row(name, str(row["images"]), str(row["flipped"]), str(row["noisy_labels"]))
+    return [table, Line(f"wrote {path} and {path.with_suffix('.json').name}; train with --labels {path}", soft_wrap=True)]
+
+
+# ----------------------------------------------------------------------- poi train
+
+
+def train_done(run_dir: Any) -> Line:
+    """The last line of `poi train`: the run folder and what to do with it."""
+    return Line(f"done: {run_dir} (results.csv, best.pt, last.pt); evaluate with `poi evaluate {run_dir} PREPARED_DIR`",
+                soft_wrap=True)
+
+
+# -------------------------------------------------------------------- poi evaluate
+
+
+def evaluate_summary(result: dict, files: Sequence[Any]) -> list[Item]:
+    """Notes, recall per class, then accuracy, PIN, consistency, strata and calibration lines."""
+    table = Table(title=f"{result['checkpoint']} on {result['split']} ({result['n_images']} images)")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    table.add_column("recall", justify="right")
+    for name, row in result["per_class"].items():
+        table.add_row(name, str(row["n"]), "-" if row["recall"] is None else f"{row['recall']:.2%}")
+    lines = [f"accuracy (TRN) {result['accuracy']:.2%}, mean class recall {result['mean_class_recall']:.2%}"]
+    if result["pin_average_accuracy"] is not None:
+        pin = result["pin_intermediate_accuracy"]
+        lines.append(f"PIN intermediate p~* {'-' if pin is None else f'{pin:.2%}'}, region average {result['pin_average_accuracy']:.2%}")
+    if result.get("consistency_quantiles"):
+        q = result["consistency_quantiles"]
+        lines.append(f"consistency w: min {q['min']:.4f}, 5% {q['q05']:.4f}, median {q['median']:.4f}, max {q['max']:.4f}")
+    lines += strata_lines(result)
+    lines += calibration_lines(result)
+    lines.append(_wrote(files))
+    return [*note_lines(result["notes"]), table, *(Line(line, soft_wrap=True) for line in lines)]
+
+
+def strata_lines(result: dict) -> list[str]:
+    """`poi evaluate`'s Table IV lines: accuracy of the most / least confident images by each score."""
+    by_score = {name: result.get(f"{name}_strata") or [] for name in ("confidence", "consistency")}
+    lines = []
+    for index, s in enumerate(by_score["confidence"]):
+        parts = [f"by confidence {s['most_confident_accuracy']:.2%} / {s['least_confident_accuracy']:.2%}"]
+        if index < len(by_score["consistency"]):
+            w = by_score["consistency"][index]
+            parts.append(f"by consistency {w['most_confident_accuracy']:.2%} / {w['least_confident_accuracy']:.2%}")
+        lines.append(f"{s['fraction']:.0%} most / least confident: {'; '.join(parts)}")
+    return lines
+
+
+def calibration_lines(result: dict) -> list[str]:
+    """`poi evaluate`'s calibration lines: the protocol, then one per score (ECE, NLL, AURC, accuracy at 80 % coverage)."""
+    calibration = result.get("calibration")
+    if not calibration:
+        return []
+    stored = result.get("checkpoint_temperature")
+    lines = [f"calibration study: {calibration['protocol']}; T fitted there {calibration['temperature_half']:.3f} "
+             f"(checkpoint T_cal {'none' if stored is None else f'{stored:.3f}'})"]
+    for name, row in calibration["scores"].items():
+        if row is None:
+            lines.append(f"  {name}: - (baseline model: no UEM w)")
+            continue
+        nll = "-" if row["nll"] is None else f"{row['nll']:.4f}"
+        lines.append(f"  {name}: ECE {row['ece']:.4f}, NLL {nll}, AURC {row['aurc']:.4f}, "
+                     f"accuracy at 80% coverage {row['accuracy_at_80']:.2%}")
+    return lines
+
+
+# --------------------------------------------------------------------- poi predict
+
+
+def predict_table(records: Sequence[dict], checkpoint: Any, classes: Sequence[str], show_au: bool) -> Table:
+    """One row per face (or per image without one): expression, confidence, consistency, AUs, status."""
+    table = Table(title=f"{checkpoint} ({len(classes)} classes)")
+    for column in ("image", "face", "expression", "confidence", "consistency", *(("AUs > 0.5",) if show_au else ()), "status"):
+        table.add_column(column, justify="right" if column in ("face", "confidence", "consistency") else "left",
+                         overflow="fold")
+    for r in records:
+        ok = r["status"] == STATUS_OK
+        cells = [r["image"], "" if r["face"] is None else str(r["face"]), r["expression"] or "-",
+                 f"{r['confidence']:.1%}" if ok else "-",
+                 f"{r['consistency']:.3f}" if ok and r["consistency"] is not None else "-"]
+        if show_au:
+            cells.append(active_aus(r.get("aus")))
+        cells.append(r["status"] if ok else f"{r['status']}: {r['reason']}")
+        table.add_row(*cells)
+    return table
+
+
+def active_aus(aus: Optional[dict]) -> str:
+    """`AU06(L,R) AU12(L,R)`: the AUs with probability >= 0.5 in some region, and the regions' initials."""
+    active = [f"{au}({','.join(reg.split('_')[0][0].upper() for reg, p in regions.items() if p >= 0.5)})"
+              for au, regions in (aus or {}).items() if any(p is not None and p >= 0.5 for p in regions.values())]
+    return " ".join(active) or "-"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def predict_summary(images: int, counts: dict, csv_file: Optional[str], save_vis: Optional[str]) -> Line:
+    """`3 images: 1 face predicted, 0 images without a face, 2 errors`, and where the files went."""
+    return Line(f"{_count(images, 'image')}: {_count(counts['ok'], 'face')} predicted, "
+                f"{_count(counts['no_face'], 'image')} without a face, {_count(counts['error'], 'error')}"
+                + (f"; wrote {csv_file}" if csv_file else "") + (f"; pictures in {save_vis}" if save_vis else ""),
+                soft_wrap=True)
+
+
+# ---------------------------------------------------------------------- poi export
+
+
+def export_summary(result: "ExportResult") -> list[Line]:
+    """What was written, and its largest difference from PyTorch (pass or fail is cli's to act on)."""
+    what = "full model (TRN + PIN)" if result.full else "deployed TRN"
+    what = f"fp16 weights of the {what}" if result.format == "weights" else what
+    details = ", ".join(f"{name} {diff:.2e}" for name, diff in result.per_output_diff.items())
+    return [
+        Line(f"wrote {result.path}: {what}, outputs {', '.join(result.output_names)}", soft_wrap=True),
+        Line(f"largest difference from PyTorch on random input {tuple(result.input_shape)}: {result.max_abs_diff:.2e} "
+             f"({details}; tolerance {result.tolerance:g})", soft_wrap=True),
+    ]
+
+
+# ---------------------------------------------------------------------- poi report
+
+
+def report_skipped(result: "Report") -> list[Line]:
+    """`skipped PATH: why`, one line per folder the report left out (for stderr)."""
+    return [Line(f"skipped {reason}", soft_wrap=True) for reason in result.skipped]
+
+
+def _pct(value) -> str:
+    return "-" if value is None or value != value else f"{100 * value:.2f}"
+
+
+def report_summary(result: "Report") -> list[Item]:
+    """The runs table (final / best / evaluated accuracy in %) and where the report went."""
+    table = Table(title=f"{len(result.runs)} runs (accuracy %)")
+    for column in ("run", "method", "noise", "epochs", "final val", "best val (epoch)", "best.pt evaluated"):
+        table.add_column(column, justify="left" if column in ("run", "method") else "right")
+    for _, row in result.summary.iterrows():
+        planned = "?" if row["epochs_planned"] is None or row["epochs_planned"] != row["epochs_planned"] else int(row["epochs_planned"])
+        best = "-" if row["best_epoch"] is None or row["best_epoch"] != row["best_epoch"] else f"{_pct(row['best_val_acc'])} ({int(row['best_epoch'])})"
+        evaluated = _pct(row["eval_acc"]) + (f" ({row['eval_split']})" if isinstance(row["eval_split"], str) else "")
+        table.add_row(row["run"], row["method"], _pct(row["noise"]), f"{row['epochs_done']}/{planned}",
+                      _pct(row["final_val_acc"]), best, evaluated)
+    return [table, Line(f"wrote {len(result.files)} files in {result.out_dir} (report.md, runs.csv, by_noise.csv, strata.csv, PNGs)",
+                        soft_wrap=True)]
+
+
+# ----------------------------------------------------------------------- poi audit
+
+
+def audit_summary(summary: dict, files: Sequence[Any], thresholds: Sequence[float]) -> list[Item]:
+    """What was audited, suspects per class at each threshold, how well each score finds the
+    flipped labels (when the clean labels are known, else a note), and the files written."""
+    items: list[Item] = [
+        Line(f"audited {summary['n_images']} images of split {summary['split']}: {summary['mode']}; {summary['labels']}"),
+    ]
+    table = Table(title="suspect labels (suspicion = w * (1 - p*\\[given label]))")
+    table.add_column("class")
+    for threshold in thresholds:
+        table.add_column(f">= {threshold}", justify="right")
+    for name, counts in summary["suspects_per_class"].items():
+        table.add_row(name, *(str(counts[str(t)]) for t in thresholds))
+    table.add_row("all", *(str(summary["suspects"][str(t)]) for t in thresholds), style="bold")
+    items.append(table)
+    if summary["detection"] is None:
+        items.append(Line(f"note: {summary['detection_note']}"))
+    else:
+        detection = Table(title=f"finding the {summary['flipped']} flipped labels ({summary['realised_noise_rate']:.2%})")
+        for column in ("score", "ROC AUC", "precision @ noise count", "recall @ top 10%", "@ 20%", "@ 30%"):
+            detection.add_column(column, justify="left" if column == "score" else "right")
+        for name, m in summary["detection"].items():
+            cells = [m["roc_auc"], m["precision_at_noise_count"], m["recall_at_top_10pct"], m["recall_at_top_20pct"], m["recall_at_top_30pct"]]
+            detection.add_row(name, *("-" if v is None else f"{v:.3f}" for v in cells))
+        items.append(detection)
+        recovered = summary["suggested_recovers_clean_label"]
+        if recovered is not None:
+            items.append(Line(f"the suggested label (argmax p*) is the clean label for {recovered:.2%} of the flipped images"))
+    items.append(Line(_wrote(files)))
+    return items
+
+
+# ----------------------------------------------------------------------- poi clean
+
+
+def clean_summary(summary: dict, relabel: bool, files: Sequence[Any], prepared_dir: str) -> list[Line]:
+    """Images selected and changed, what that did to the label noise (when known), and the next command."""
+    s = summary
+    action = "relabelled" if relabel else "dropped"
+    lines = [Line(f"{s['n_selected']} of {s['n_images']} images selected, {s['n_changed']} {action}")]
+    if "changed_wrong_before" in s:
+        line = f"of the {s['n_changed']} {action}: {s['changed_wrong_before']} had a wrong label"
+        if relabel:
+            line += f", {s['changed_right_after']} now have the right one"
+        after = "-" if s["noise_rate_after"] is None else f"{s['noise_rate_after']:.2%}"
+        lines.append(Line(f"{line}; label noise {s['noise_rate_before']:.2%} -> {after}"))
+    lines.append(Line(f"{_wrote(files)}; train with `poi train {prepared_dir} --labels {files[0]}`", soft_wrap=True))
+    return lines
+
+
+# ------------------------------------------------------------------- poi calibrate
+
+
+def calibrate_summary(result: "CalibrateResult") -> list[Line]:
+    """The fitted T_cal, the one it replaces, NLL before and after, and the file written."""
+    c = result.calibration
+    before = "uncalibrated (T_cal = 1)" if result.previous is None else f"T_cal {result.previous.temperature:.4f}"
+    return [
+        Line(f"T_cal = {c.temperature:.4f} fitted on {c.n_images} images of split {c.split} (was {before}); "
+             f"NLL {c.nll_before:.4f} -> {c.nll_after:.4f}", soft_wrap=True),
+        Line(f"wrote {result.written}", soft_wrap=True),
+    ]

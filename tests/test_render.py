@@ -1,0 +1,66 @@
+"""poi_cli/render.py: the commands' tables and lines, built from plain results without torch."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from types import SimpleNamespace
+
+from rich.console import Console
+from rich.table import Table
+
+from poi_cli import render
+from poi_cli.cli import show
+
+
+def text_of(*items: render.Item, width: int = 60) -> str:
+    """What `show` prints on a plain console `width` columns wide."""
+    console = Console(file=io.StringIO(), width=width)
+    show(*items, to=console)
+    return console.file.getvalue()
+
+
+def test_importing_render_loads_no_torch_numpy_or_pandas():
+    code = "import sys, poi_cli.render; print(sorted({'torch', 'numpy', 'pandas'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_soft_wrapped_lines_are_never_cut_and_the_others_wrap():
+    long = "wrote " + "/a/very/long/path" * 6
+    soft, wrapped = text_of(render.Line(long, soft_wrap=True)), text_of(render.Line(long))
+    assert soft == long + "\n"
+    assert wrapped.replace("\n", "") == long and wrapped.count("\n") > 1
+    # one print per item: consecutive lines never run together on one line
+    assert text_of(render.Line("a"), render.Line("b")) == "a\nb\n"
+
+
+def test_predict_table_marks_active_aus_by_region_and_failed_images():
+    records = [
+        {"image": "a.jpg", "face": 0, "expression": "happiness", "confidence": 0.967, "consistency": 0.5, "status": "ok",
+         "reason": "", "aus": {"AU06": {"left_eye": 0.9, "right_eye": 0.6}, "AU12": {"mouth": 0.2}, "AU26": {"mouth": None}}},
+        {"image": "b.txt", "face": None, "expression": None, "confidence": None, "consistency": None, "status": "error",
+         "reason": "not an image"},
+    ]
+    table = render.predict_table(records, "model.pt", ["a", "b", "c"], show_au=True)
+    assert isinstance(table, Table) and table.title == "model.pt (3 classes)"
+    out = text_of(table, width=200)
+    assert "AU06(L,R)" in out and "AU12" not in out and "96.7%" in out and "0.500" in out
+    assert "error: not an image" in out
+    assert render.active_aus(None) == "-"
+    assert render.predict_summary(3, {"ok": 1, "no_face": 0, "error": 2}, "p.csv", None).text == (
+        "3 images: 1 face predicted, 0 images without a face, 2 errors; wrote p.csv")
+
+
+def test_clean_and_calibrate_lines():
+    summary = {"n_selected": 3, "n_images": 10, "n_changed": 2, "changed_wrong_before": 2, "changed_right_after": 1,
+               "noise_rate_before": 0.2, "noise_rate_after": 0.1}
+    lines = [line.text for line in render.clean_summary(summary, True, ["l.csv", "l.json"], "prep")]
+    assert lines == ["3 of 10 images selected, 2 relabelled",
+                     "of the 2 relabelled: 2 had a wrong label, 1 now have the right one; label noise 20.00% -> 10.00%",
+                     "wrote l.csv, l.json; train with `poi train prep --labels l.csv`"]
+    calibration = SimpleNamespace(temperature=1.5, n_images=14, split="valid", nll_before=1.0, nll_after=0.9)
+    result = SimpleNamespace(calibration=calibration, previous=None, written="x.pt")
+    assert [line.text for line in render.calibrate_summary(result)] == [
+        "T_cal = 1.5000 fitted on 14 images of split valid (was uncalibrated (T_cal = 1)); NLL 1.0000 -> 0.9000",
+        "wrote x.pt"]
