@@ -2,5 +2,6 @@
 
 atomic (every file poi writes, numbered output folders), errors (PoiError, the base of
 every one-line user error), manifests (the facts in data_manifests/: classes, the AU
-prior table, regions), runtime (devices, bf16 autocast, torchrun processes).
+prior table, regions), schema (statuses, landmark names), runtime (devices, bf16
+autocast, torchrun processes), metrics (confusion matrix, recall, ROC AUC on arrays).
 """
