@@ -25,7 +25,8 @@ from poi_cli.core.atomic import next_run_dir
 from poi_cli.model.checkpoint import load_checkpoint, load_model
 from poi_cli.cli import app
 from poi_cli.train.config import TrainConfig
-from poi_cli.train.engine import evaluate_accuracy, learning_rate, train
+from poi_cli.model.predictions import predict_split
+from poi_cli.train.engine import learning_rate, train
 from poi_cli.train.finetune import remap_class_rows
 from poi_cli.train.run_folder import RESULT_COLUMNS
 from poi_cli.data.store import PreparedDataset
@@ -70,7 +71,8 @@ def test_run_folder_loss_and_best_checkpoint(tmp_path):
     model, _ = load_model(run / "best.pt")
     dataset = PreparedDataset(data)
     valid = dataset.split("valid")
-    correct, total = evaluate_accuracy(model, dataset.faces, valid.store_rows, valid.labels, 64, 7, torch.device("cpu"), False)
+    predictions = predict_split(model, dataset.faces, valid.store_rows, valid.labels, 64, 7, torch.device("cpu"), False, with_pin=False)
+    correct, total = int(predictions.correct.sum()), len(predictions)
     assert correct / total == pytest.approx(results["val_acc"].max(), abs=1e-6)
     # each checkpoint carries T_cal fitted on its own epoch's validation logits (issue 12)
     for checkpoint, epoch in ((best, best_epoch), (last, 4)):

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from poi_cli import __version__
+from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write_text
 from poi_cli.data.datasets import PENDING, Item, LayoutError, ParsedDataset, parse_dataset
 from poi_cli.data.faces import ImageLoadError, align_face, is_grayscale, largest_face, load_image, resize_face
@@ -45,7 +46,7 @@ CHECKPOINT_SECONDS = 2.0
 # excluded / missing; see docs/datasets.md).
 
 
-class PrepareError(ValueError):
+class PrepareError(PoiError):
     """Bad arguments or OUT_DIR state; the message is one line."""
 
 

@@ -20,11 +20,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
+from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write_text
 from poi_cli.core.schema import LANDMARK_NAMES, STATUS_OK
 from poi_cli.data.preprocess import Preprocessing
@@ -40,10 +41,11 @@ MANIFEST_COLUMNS = (
     "n_faces", "store_index",
 )
 LABEL_COLUMNS = ("id", "label", "label_name", "clean_label")
+VALIDATION_SPLITS = ("valid", "val")  # in order of preference; test is never one
 DROPPED_LABEL = -1  # in a label file: leave this image out of training (poi clean --drop)
 
 
-class StoreError(ValueError):
+class StoreError(PoiError):
     """A prepared folder that cannot be read; the message says what is wrong in one line."""
 
 
@@ -98,6 +100,11 @@ class PreparedDataset:
     def splits(self) -> list[str]:
         usable = self.manifest[self.manifest["status"] == STATUS_OK]
         return sorted(usable["split"].unique())
+
+    def validation_split(self, exclude: Optional[str] = None) -> Optional[str]:
+        """The split models are selected and calibrated on: valid, else val (never test); None when neither."""
+        available = self.splits()
+        return next((name for name in VALIDATION_SPLITS if name in available and name != exclude), None)
 
     def split(self, split: str, labels_file: str | Path | None = None) -> SplitData:
         """The faces of `split` with status ok; labels from `labels_file` when given."""

@@ -26,6 +26,7 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
+from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write_text, save_image, write_json
 from poi_cli.core.metrics import roc_auc
 from poi_cli.core.runtime import select_device, use_bf16
@@ -42,7 +43,7 @@ AUDIT_COLUMNS = (
 )
 
 
-class AuditError(ValueError):
+class AuditError(PoiError):
     """An audit that cannot run; the message says why in one line."""
 
 

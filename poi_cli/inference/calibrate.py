@@ -22,8 +22,6 @@ from poi_cli.model.calibration import Calibration, calibration_of
 from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
 from poi_cli.model.predictions import predict_split
 
-VAL_SPLITS = ("valid", "val")
-
 
 class CalibrateError(PoiError):
     """A calibration that cannot run; one-line message."""
@@ -38,9 +36,9 @@ class CalibrateResult:
 
 def default_split(dataset: PreparedDataset) -> str:
     """The store's validation split (valid, else val); calibrating on train or test would be wrong."""
-    for name in VAL_SPLITS:
-        if name in dataset.splits():
-            return name
+    name = dataset.validation_split()
+    if name is not None:
+        return name
     raise CalibrateError(f"{dataset.root} has no valid/val split: name the held-out split to fit on with --split")
 
 

@@ -46,6 +46,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write
 from poi_cli.core.manifests import ALL_AUS, REGIONS
 from poi_cli.model.checkpoint import CheckpointError, CheckpointInfo, build_checkpoint, load_model, resolve_checkpoint
@@ -59,7 +60,7 @@ INSTALL_HINT = "pip install 'poi-fer[export]'"
 TRACE_BATCH, CHECK_BATCH = 2, 3  # checking on another batch size proves the batch axis is free
 
 
-class ExportError(ValueError):
+class ExportError(PoiError):
     """An export that cannot be done; one-line message."""
 
 

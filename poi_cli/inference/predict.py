@@ -40,6 +40,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write_text
 from poi_cli.core import manifests
 from poi_cli.core.manifests import REGION_NAMES, REGIONS, au_columns
@@ -64,7 +65,7 @@ NO_MODEL_MESSAGE = (
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
 
-class PredictError(ValueError):
+class PredictError(PoiError):
     """Prediction cannot start (no model, bad checkpoint, bad device); one-line message."""
 
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write_text, save_figure
 from poi_cli.model.checkpoint import CONFIG_FILE, RESULTS_FILE
 
@@ -62,7 +63,7 @@ SCORES = ("confidence", "consistency")  # the scores of strata.csv
 STRATA_COLUMNS = ["run", "score", "fraction", "n", "most_confident_acc", "least_confident_acc"]
 
 
-class ReportError(ValueError):
+class ReportError(PoiError):
     """A report that cannot be made (nothing to report, unreadable data); one-line message."""
 
 

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write
 from poi_cli.data.preprocess import Preprocessing
 from poi_cli.model.calibration import Calibration
@@ -31,7 +32,7 @@ LAST, BEST = "last.pt", "best.pt"
 CONFIG_FILE, RESULTS_FILE = "config.json", "results.csv"  # the other files of a run folder
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PoiError):
     """A checkpoint or run folder that cannot be used; one-line message."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from poi_cli.core.errors import PoiError
 from poi_cli.model.network import POIModel
 
 # Wrappers a checkpoint may nest its weights in, and key prefixes to strip.
@@ -26,7 +27,7 @@ _HEAD_PREFIXES = ("fc.", "feature.", "classifier.", "head.")
 _BACKBONE_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
 
 
-class PretrainedError(ValueError):
+class PretrainedError(PoiError):
     """A weights file that cannot be used; the message says why in one line."""
 
 

@@ -17,7 +17,6 @@ import numpy as np
 from poi_cli.data.store import PreparedDataset, SplitData
 from poi_cli.train.config import TrainConfig, TrainError
 
-VAL_SPLIT_ORDER = ("valid", "val")
 
 
 @dataclass
@@ -91,7 +90,7 @@ def choose_val_split(dataset: PreparedDataset, requested: Optional[str], train_s
         if requested not in available:
             raise TrainError(f"validation split {requested!r} has no usable faces in {dataset.root} (splits: {', '.join(available)})")
         return requested
-    return next((name for name in VAL_SPLIT_ORDER if name in available and name != train_split), None)
+    return dataset.validation_split(exclude=train_split)
 
 
 def hold_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:

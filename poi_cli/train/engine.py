@@ -52,7 +52,7 @@ from poi_cli.train.finetune import load_fine_tune
 from poi_cli.train.meters import EpochMeters
 from poi_cli.train.run_folder import RESULT_COLUMNS, RunFolder, resume_config, rng_state, set_rng_state
 
-__all__ = ["Callback", "RESULT_COLUMNS", "TrainError", "Trainer", "evaluate_accuracy", "learning_rate", "train"]
+__all__ = ["Callback", "RESULT_COLUMNS", "TrainError", "Trainer", "learning_rate", "train"]
 
 
 # ----------------------------------------------------------------------- schedule
@@ -354,16 +354,6 @@ class Trainer:
         """On resume: results.csv and best.pt agree with last.pt (a kill may have hit between writes)."""
         if self.resume_checkpoint:
             self.run.repair(self.resume_checkpoint, self.history)
-
-
-def evaluate_accuracy(
-    model: POIModel, faces: np.ndarray, store_rows: np.ndarray, labels: np.ndarray, size: int, batch: int,
-    device: torch.device, amp: bool, channels_last: bool = False, rank: int = 0, world_size: int = 1,
-) -> tuple[int, int]:
-    """TRN accuracy counts (correct, total) over this process's share of a split."""
-    predictions = predict_split(model, faces, store_rows, labels, size, batch, device, amp, channels_last, rank,
-                                world_size, with_pin=False)
-    return int(predictions.correct.sum()), len(predictions)
 
 
 def _summary(row: dict, epochs: int, best: bool) -> str:

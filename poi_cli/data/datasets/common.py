@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from poi_cli.core.errors import PoiError
 from poi_cli.core.manifests import CLASSES, read_manifest
 from poi_cli.core.schema import LANDMARK_NAMES, STATUS_EXCLUDED, STATUS_MISSING, STATUS_PENDING
 
@@ -25,7 +26,7 @@ MISSING = STATUS_MISSING  # listed by the labels but not on disk
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 
-class LayoutError(ValueError):
+class LayoutError(PoiError):
     """RAW_DIR does not have the layout the parser expects; the message names what is missing."""
 
 
