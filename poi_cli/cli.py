@@ -96,6 +96,9 @@ def prepare(
     device: str = typer.Option("cpu", help="Torch device for face detection."),
     batch_size: int = typer.Option(32, help="Images per detection batch."),
     splits: Optional[str] = typer.Option(None, help="Comma-separated splits to prepare (default: all found)."),
+    folds: Optional[int] = typer.Option(None, help="Subject-independent folds of train, a fold column for `poi train --fold` (default: 10 for CK+, none elsewhere; 0 for none)."),
+    fold_seed: int = typer.Option(0, help="Seed of --folds and --test-fraction."),
+    test_fraction: float = typer.Option(0.0, help="Move a random, class-stratified share of train to split test instead of folds (0.2: the POI paper's CK+ 8:2, image-level)."),
 ) -> None:
     """Detect, align and store a dataset's faces for training (resumable; see docs/datasets.md)."""
     from poi_cli.data.datasets import LayoutError
@@ -104,7 +107,8 @@ def prepare(
     chosen = [s.strip() for s in splits.split(",") if s.strip()] if splits else None
     try:
         result = run_prepare(dataset, raw_dir, out, size=size, detect=detect, device=device,
-                             batch_size=batch_size, splits=chosen)
+                             batch_size=batch_size, splits=chosen, folds=folds, fold_seed=fold_seed,
+                             test_fraction=test_fraction)
     except (LayoutError, PrepareError) as error:
         fail(str(error))
     except KeyboardInterrupt:
@@ -191,10 +195,15 @@ def train(**options: Any) -> None:
         fail(str(error))
     if not config.data and config.resume is None:
         fail("give a prepared folder (PREPARED_DIR) or --resume RUN_DIR")
-    from poi_cli.pipeline import train_rounds
+    from poi_cli.pipeline import train_folds, train_rounds
 
+    announce = lambda line: show(render.Line(line))  # noqa: E731
     try:
-        run_dir = train_rounds(config, console=console, announce=lambda line: show(render.Line(line)))[-1]
+        if config.fold == _train_config.ALL_FOLDS:
+            summary = train_folds(config, console=console, announce=announce)
+            show(*render.folds_summary(summary))
+            return
+        run_dir = train_rounds(config, console=console, announce=announce)[-1]
     except (TrainError, StoreError, CheckpointError, PretrainedError, ValueError, OSError) as error:
         fail(str(error))
     except KeyboardInterrupt:
@@ -207,7 +216,7 @@ def train(**options: Any) -> None:
 def evaluate(
     model: str = typer.Argument(..., help="A run folder (its best.pt) or a checkpoint file."),
     prepared_dir: str = typer.Argument(..., help="A folder written by `poi prepare`."),
-    split: str = typer.Option("test", help="Split to evaluate."),
+    split: Optional[str] = typer.Option(None, help="Split to evaluate (fold3: fold 3's held-out images). Default: a --fold run's own fold, else test, else valid/val, else the images the run held out of train."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     out: Optional[str] = typer.Option(None, help="Folder for metrics.json, confusion_matrix.csv and .png, reliability.png, risk_coverage.png (default runs/evaluate/exp, numbered)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),

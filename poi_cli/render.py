@@ -120,6 +120,21 @@ def train_done(run_dir: Any) -> Line:
                 soft_wrap=True)
 
 
+def folds_summary(summary: dict) -> list[Item]:
+    """`poi train --fold all`: accuracy per fold on its held-out images, then mean and spread."""
+    table = Table(title=f"{summary['folds']}-fold cross-validation: {summary['folder']}")
+    for name, justify in (("fold", "right"), ("train images", "right"), ("test images", "right"), ("accuracy", "right"),
+                          ("mean class recall", "right")):
+        table.add_column(name, justify=justify)
+    for row in summary["per_fold"]:
+        table.add_row(str(row["fold"]), str(row["n_train"]), str(row["n_test"]), f"{row['accuracy']:.2%}",
+                      f"{row['mean_class_recall']:.2%}")
+    return [table, Line(f"accuracy over {summary['folds']} folds: mean {summary['accuracy_mean']:.2%}, "
+                        f"std {summary['accuracy_std']:.2%} (min {summary['accuracy_min']:.2%}, max {summary['accuracy_max']:.2%}); "
+                        f"pooled over all {summary['n_test']} images {summary['accuracy_pooled']:.2%}; "
+                        f"wrote {summary['folder']}/cv.csv and cv.json", soft_wrap=True)]
+
+
 # -------------------------------------------------------------------- poi evaluate
 
 
@@ -131,7 +146,8 @@ def evaluate_summary(result: dict, files: Sequence[Any]) -> list[Item]:
     table.add_column("recall", justify="right")
     for name, row in result["per_class"].items():
         table.add_row(name, str(row["n"]), "-" if row["recall"] is None else f"{row['recall']:.2%}")
-    lines = [f"accuracy (TRN) {result['accuracy']:.2%}, mean class recall {result['mean_class_recall']:.2%}"]
+    lines = [f"split: {result['split']} ({result['split_reason']})"] if result.get("split_reason") else []
+    lines.append(f"accuracy (TRN) {result['accuracy']:.2%}, mean class recall {result['mean_class_recall']:.2%}")
     if result["pin_average_accuracy"] is not None:
         pin = result["pin_intermediate_accuracy"]
         lines.append(f"PIN intermediate p~* {'-' if pin is None else f'{pin:.2%}'}, region average {result['pin_average_accuracy']:.2%}")

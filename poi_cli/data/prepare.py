@@ -32,10 +32,12 @@ from poi_cli import __version__
 from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write_text
 from poi_cli.data.datasets import PENDING, Item, LayoutError, ParsedDataset, parse_dataset
+from poi_cli.data.datasets.common import dataset_manifest
 from poi_cli.data.faces import ImageLoadError, align_face, is_grayscale, largest_face, load_image, resize_face
 from poi_cli.core.manifests import class_names
 from poi_cli.core.schema import LANDMARK_NAMES, STATUS_BAD_IMAGE, STATUS_ERROR, STATUS_EXCLUDED, STATUS_NO_FACE, STATUS_OK
 from poi_cli.data.preprocess import Preprocessing
+from poi_cli.data.folds import FOLD_COLUMN, NO_FOLD, RANDOM_SPLIT_NOTE, random_test_mask, subject_folds
 from poi_cli.data.store import MANIFEST_COLUMNS, META_FILE, STORE_FORMAT, StoreError, StoreWriter, store_meta
 
 PROGRESS_FILE = "progress.json"  # settings of an unfinished run
@@ -91,11 +93,17 @@ def prepare(
     workers: int = 2,
     show_progress: bool = True,
     detector: Any = None,
+    folds: int | None = None,
+    fold_seed: int = 0,
+    test_fraction: float = 0.0,
 ) -> PrepareResult:
     """Prepare `dataset` from its official layout in `raw_dir` into `out_dir`.
 
     detect None: the dataset's default (off for sets that ship cropped or aligned
     faces). `detector` (anything with .detect(list of images)) replaces MTCNN, for tests.
+    folds None: the dataset's default (10 subject-independent folds for CK+, none elsewhere;
+    0 for none); test_fraction > 0: a random, class-stratified share of train becomes split
+    test instead (the POI paper's CK+ protocol at 0.2). See poi_cli/data/folds.py.
     """
     if not 32 <= size <= 1024:
         raise PrepareError(f"--size must lie in 32..1024, got {size}")
@@ -109,8 +117,11 @@ def prepare(
         raise PrepareError(f"--out {out} exists and is not a folder")
     parsed = parse_dataset(dataset, raw)
     items = _select_splits(parsed, splits)
+    protocol = _apply_protocol(parsed, items, folds, fold_seed, test_fraction)
     detect = parsed.detect if detect is None else detect
     settings = _settings(parsed, items, size, detect)
+    if protocol:  # absent otherwise: stores of other datasets keep their settings (a re-run stays a no-op)
+        settings["protocol"] = protocol
 
     state = _out_dir_state(out, settings)
     if state == "done":
@@ -148,6 +159,52 @@ def _select_splits(parsed: ParsedDataset, splits: list[str] | None) -> list[Item
     if unknown:
         raise PrepareError(f"split(s) {', '.join(unknown)} not found in RAW_DIR (available: {', '.join(available)})")
     return [item for item in parsed.items if item.split in splits]
+
+
+def _apply_protocol(parsed: ParsedDataset, items: list[Item], folds: int | None, fold_seed: int,
+                    test_fraction: float) -> dict[str, Any]:
+    """Write the evaluation protocol into the items (split test, or a fold per train image) and
+    return its description for prepared.json ({} when the dataset gets none)."""
+    if test_fraction:
+        if folds:
+            raise PrepareError("--test-fraction and --folds exclude each other: choose folds or a random test split")
+        if any(item.split == "test" for item in items):
+            raise PrepareError(f"{parsed.name} already has a test split: --test-fraction is for sets without one (CK+)")
+        labelled = [item for item in items if item.split == "train" and item.label >= 0]
+        try:
+            chosen = random_test_mask([item.label for item in labelled], test_fraction, fold_seed)
+        except ValueError as error:
+            raise PrepareError(str(error)) from None
+        for item, to_test in zip(labelled, chosen):
+            if to_test:
+                item.split = "test"
+        parsed.notes.append(RANDOM_SPLIT_NOTE.format(pct=test_fraction))
+        return {"kind": "random", "test_fraction": test_fraction, "seed": fold_seed}
+    k = dataset_manifest(parsed.name).get("default_folds", 0) if folds is None else folds
+    if not k:
+        return {}
+    if "subject" not in parsed.extra_columns:
+        raise PrepareError(f"--folds needs subject ids and {parsed.name} has none: "
+                           "subject-independent folds are for CK+ (use --folds 0 for none)")
+    folded = [item for item in items if item.split == "train"]
+    subjects = len({str(item.extra.get("subject", "")) or item.id for item in folded})
+    if folds is None and subjects < k:  # the default on a small set: as many folds as subjects, none for one
+        parsed.notes.append(f"only {subjects} subject(s): {'no folds' if subjects < 2 else f'{subjects} folds'} instead of the default {k}")
+        k = subjects if subjects >= 2 else 0
+        if not k:
+            return {}
+    try:
+        assigned = subject_folds([str(item.extra.get("subject", "")) for item in folded], k, fold_seed)
+    except ValueError as error:
+        raise PrepareError(str(error)) from None
+    for item in items:
+        item.extra[FOLD_COLUMN] = NO_FOLD
+    for item, fold in zip(folded, assigned):
+        item.extra[FOLD_COLUMN] = int(fold)
+    parsed.extra_columns.append(FOLD_COLUMN)
+    parsed.notes.append(f"{k} subject-independent folds of split train (seed {fold_seed}): "
+                        f"`poi train --fold K` trains on the others and keeps fold K for evaluation")
+    return {"kind": "subject_folds", "folds": k, "seed": fold_seed}
 
 
 def _settings(parsed: ParsedDataset, items: list[Item], size: int, detect: bool) -> dict[str, Any]:
@@ -386,6 +443,7 @@ def _finish(out: Path, parsed: ParsedDataset, items: list[Item], rows: dict[int,
         splits=sorted(manifest.loc[manifest["status"] == STATUS_OK, "split"].unique().tolist()),
         detect=bool(detect), counts=counts, notes=parsed.notes + _count_notes(manifest, parsed),
         source_dir=str(raw), poi_version=__version__, settings=settings,
+        **({"protocol": settings["protocol"]} if "protocol" in settings else {}),
     ))
     for name in (JOURNAL_FILE, PROGRESS_FILE):
         (out / name).unlink(missing_ok=True)

@@ -28,6 +28,7 @@ import pandas as pd
 from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write_text
 from poi_cli.core.schema import LANDMARK_NAMES, STATUS_OK
+from poi_cli.data.folds import FOLD_COLUMN, fold_split_name, parse_fold_split
 from poi_cli.data.preprocess import Preprocessing
 
 META_FILE = "prepared.json"
@@ -106,11 +107,46 @@ class PreparedDataset:
         available = self.splits()
         return next((name for name in VALIDATION_SPLITS if name in available and name != exclude), None)
 
-    def split(self, split: str, labels_file: str | Path | None = None) -> SplitData:
-        """The faces of `split` with status ok; labels from `labels_file` when given."""
-        rows = self.manifest[(self.manifest["split"] == split) & (self.manifest["status"] == STATUS_OK)]
+    @property
+    def protocol(self) -> dict[str, Any]:
+        """How `poi prepare` partitioned a set without a test split ({} when it did not; see data/folds.py)."""
+        return dict(self.meta.get("protocol") or {})
+
+    @property
+    def folds(self) -> int:
+        """Number of subject-independent folds in the manifest's fold column (0 when none)."""
+        return int(self.protocol.get("folds", 0)) if FOLD_COLUMN in self.manifest.columns else 0
+
+    def fold_splits(self) -> list[str]:
+        """The held-out images of each fold as split names: fold0, fold1, ..."""
+        return [fold_split_name(k) for k in range(self.folds)]
+
+    def check_fold(self, fold: int) -> None:
+        if not self.folds:
+            raise StoreError(f"{self.root} has no folds: `poi prepare ckplus` writes them (--folds 10)")
+        if not 0 <= fold < self.folds:
+            raise StoreError(f"fold {fold} is not in 0..{self.folds - 1} ({self.root} has {self.folds} folds)")
+
+    def split(self, split: str, labels_file: str | Path | None = None, exclude_fold: Optional[int] = None,
+              ids: Optional[Sequence[str]] = None) -> SplitData:
+        """The faces of `split` with status ok; labels from `labels_file` when given.
+
+        `split` may name a fold's held-out images (fold3); `exclude_fold` leaves one fold out
+        (what `poi train --fold K` trains on); `ids` keeps only those images (a run's held-out ones)."""
+        usable = self.manifest["status"] == STATUS_OK
+        fold = parse_fold_split(split)
+        if fold is not None:
+            self.check_fold(fold)
+            rows = self.manifest[usable & (self.manifest[FOLD_COLUMN] == fold)]
+        else:
+            rows = self.manifest[usable & (self.manifest["split"] == split)]
+        if exclude_fold is not None:
+            self.check_fold(exclude_fold)
+            rows = rows[rows[FOLD_COLUMN] != exclude_fold]
+        if ids is not None:
+            rows = rows[rows["id"].isin(set(ids))]
         if rows.empty:
-            available = ", ".join(self.splits()) or "none"
+            available = ", ".join(self.splits() + self.fold_splits()) or "none"
             raise StoreError(f"{self.root} has no usable faces in split {split!r} (splits with faces: {available})")
         data = SplitData(
             store_rows=rows["store_index"].to_numpy(np.int64),

@@ -23,12 +23,14 @@ not know are left out. The result says so in `class_mapping`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pandas as pd
 
 from poi_cli.core.atomic import save_figure, write_csv, write_json
 from poi_cli.core.errors import PoiError
@@ -36,7 +38,7 @@ from poi_cli.core.metrics import confusion_matrix, per_class_recall
 from poi_cli.core.runtime import select_device, use_bf16
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import Calibration, calibration_study, halves, reliability_bins, risk_coverage, softmax
-from poi_cli.model.checkpoint import CheckpointInfo, load_model, resolve_checkpoint
+from poi_cli.model.checkpoint import CONFIG_FILE, HELDOUT_FILE, CheckpointInfo, load_model, resolve_checkpoint
 from poi_cli.model.predictions import SplitPredictions, predict_split
 
 STRATA = (0.3, 0.5, 0.7)
@@ -86,6 +88,19 @@ def confidence_strata(score: np.ndarray, correct: np.ndarray, fractions: tuple[f
     return strata
 
 
+@dataclass(frozen=True)
+class SplitChoice:
+    """The images `poi evaluate` scores: a split name, optionally narrowed to ids, and why it was chosen."""
+
+    split: str
+    ids: Optional[tuple[str, ...]] = None  # the run's held-out images (heldout_ids.csv)
+    reason: str = "asked for (--split)"
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}[held out by the run]" if self.ids is not None else self.split
+
+
 @dataclass
 class MappedPredictions:
     """A checkpoint's predictions on the images of a split whose class it knows, with the
@@ -100,6 +115,7 @@ class MappedPredictions:
     keep: np.ndarray  # (split size,) bool: images whose class the model knows
     targets: np.ndarray  # (n,) the shared class index of each kept image
     predictions: SplitPredictions  # over the kept images, labels in the model's columns
+    choice: SplitChoice  # which images, and why
 
     @cached_property
     def predicted(self) -> np.ndarray:
@@ -148,14 +164,55 @@ class MappedPredictions:
         return None if probs is None else float((self.restricted_argmax(probs) == self.targets).mean())
 
 
-def predict_mapped(model_path: str | Path, prepared_dir: str | Path, split: str = "test", device: str = "auto",
+def choose_split(model_path: str | Path, dataset: PreparedDataset, split: Optional[str] = None) -> SplitChoice:
+    """The split to evaluate on: the one asked for; else, for a run folder trained on this store
+    with --fold K, fold K (the run's test set); else test; else valid / val; else the
+    run's own held-out validation images. EvaluateError when none applies."""
+    if split is not None:
+        return SplitChoice(split)
+    run = Path(model_path)
+    config = _run_config(run, dataset)
+    test_split = (config.get("resolved") or {}).get("test_split")
+    if test_split:
+        return SplitChoice(test_split, reason=f"the run's held-out fold (--fold {config.get('fold')})")
+    available = dataset.splits()
+    if "test" in available:
+        return SplitChoice("test", reason="the store's test split")
+    if (validation := dataset.validation_split()) is not None:
+        return SplitChoice(validation, reason="the store has no test split: its validation split")
+    if config and (run / HELDOUT_FILE).is_file():
+        ids = pd.read_csv(run / HELDOUT_FILE, dtype={"id": str})["id"].tolist()
+        train_split = config.get("train_split", "train")
+        return SplitChoice(train_split, tuple(ids),
+                           f"the store has no test or validation split: the {len(ids)} images the run held out of "
+                           f"{train_split} for validation ({HELDOUT_FILE}); they selected best.pt, so this is optimistic")
+    folds = f" or a fold ({', '.join(dataset.fold_splits()[:3])}, ...)" if dataset.folds else ""
+    raise EvaluateError(f"{dataset.root} has no test or validation split: name one with --split "
+                        f"(splits: {', '.join(available)}){folds}")
+
+
+def _run_config(run: Path, dataset: PreparedDataset) -> dict:
+    """config.json of a run folder trained on this very store; {} otherwise."""
+    if not (run.is_dir() and (run / CONFIG_FILE).is_file()):
+        return {}
+    try:
+        config = json.loads((run / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    data = config.get("data")
+    return config if data and Path(data).resolve() == dataset.root.resolve() else {}
+
+
+def predict_mapped(model_path: str | Path, prepared_dir: str | Path, split: Optional[str] = None, device: str = "auto",
                    batch: int = 256, amp: str = "auto") -> MappedPredictions:
-    """A run folder (its best.pt) or a checkpoint on the images of `split` whose class it knows."""
+    """A run folder (its best.pt) or a checkpoint on the images of `split` (choose_split when
+    None) whose class it knows."""
     checkpoint_path = resolve_checkpoint(model_path)
+    dataset = PreparedDataset(prepared_dir)
+    choice = choose_split(model_path, dataset, split)
     torch_device = select_device(device)
     model, checkpoint = load_model(checkpoint_path, torch_device)
-    dataset = PreparedDataset(prepared_dir)
-    data = dataset.split(split)
+    data = dataset.split(choice.split, ids=choice.ids)
     model_classes = list(checkpoint["classes"])
     shared, columns, label_map, mapping_note = class_mapping(model_classes, dataset.classes)
     if not shared:
@@ -167,16 +224,18 @@ def predict_mapped(model_path: str | Path, prepared_dir: str | Path, split: str 
     size = int(checkpoint["model_config"]["input_size"])
     predictions = predict_split(model, dataset.faces, data.store_rows[keep], np.asarray(columns)[targets], size, batch,
                                 torch_device, use_bf16(amp, torch_device), progress=True)
-    return MappedPredictions(checkpoint_path, checkpoint, dataset, shared, columns, mapping_note, keep, targets, predictions)
+    return MappedPredictions(checkpoint_path, checkpoint, dataset, shared, columns, mapping_note, keep, targets,
+                             predictions, choice)
 
 
-def evaluate(model_path: str | Path, prepared_dir: str | Path, split: str = "test", device: str = "auto",
+def evaluate(model_path: str | Path, prepared_dir: str | Path, split: Optional[str] = None, device: str = "auto",
              batch: int = 256, amp: str = "auto") -> dict:
-    """Evaluate a run folder (its best.pt) or a checkpoint on a split of a prepared folder."""
-    return evaluation_of(predict_mapped(model_path, prepared_dir, split, device, batch, amp), split)
+    """Evaluate a run folder (its best.pt) or a checkpoint on a split of a prepared folder
+    (choose_split's rule when `split` is None; the result's split and split_reason say which)."""
+    return evaluation_of(predict_mapped(model_path, prepared_dir, split, device, batch, amp))
 
 
-def evaluation_of(mapped: MappedPredictions, split: str) -> dict:
+def evaluation_of(mapped: MappedPredictions) -> dict:
     """The JSON-able result of `poi evaluate` (keys: docs/training.md) from a model's predictions on a split."""
     predictions, shared = mapped.predictions, mapped.classes
     confusion = mapped.confusion
@@ -189,7 +248,7 @@ def evaluation_of(mapped: MappedPredictions, split: str) -> dict:
     calibration = calibration_block(mapped.logits, mapped.targets, w)
     return {
         "checkpoint": str(mapped.checkpoint_path), "epoch": mapped.checkpoint.get("epoch"), "data": str(mapped.dataset.root),
-        "split": split, "n_images": int(mapped.keep.sum()), "n_left_out": int((~mapped.keep).sum()),
+        "split": mapped.choice.name, "split_reason": mapped.choice.reason, "n_images": int(mapped.keep.sum()), "n_left_out": int((~mapped.keep).sum()),
         "classes": shared, "accuracy": mapped.accuracy,
         "mean_class_recall": float(np.mean([v["recall"] for v in per_class.values() if v["recall"] is not None])),
         "per_class": per_class, "confusion_matrix": confusion.tolist(),

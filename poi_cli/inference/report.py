@@ -283,7 +283,7 @@ def predict_run(run: Run, data: str | Path, split: str, device: str = "auto", ba
         mapped = predict_mapped(run.path, data, split, device, batch, amp="auto")
     except EvaluateError as error:  # the other errors name their file already
         raise ReportError(f"{run.path}: {error}") from None
-    return evaluation_of(mapped, split), mapped
+    return evaluation_of(mapped), mapped
 
 
 def strata_of(evaluation: dict) -> tuple[dict[str, Optional[list[dict]]], Optional[str]]:

@@ -30,6 +30,7 @@ from poi_cli.model.network import ModelConfig, POIModel
 CHECKPOINT_FORMAT = 1
 LAST, BEST = "last.pt", "best.pt"
 CONFIG_FILE, RESULTS_FILE = "config.json", "results.csv"  # the other files of a run folder
+HELDOUT_FILE = "heldout_ids.csv"  # ids of the training images held out for validation, when the store had no val split
 
 
 class CheckpointError(PoiError):

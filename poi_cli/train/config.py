@@ -23,6 +23,7 @@ from poi_cli.core.errors import PoiError
 
 SCHEDULES = ("step", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+ALL_FOLDS = "all"  # --fold all: every fold in turn (poi_cli/pipeline.py)
 AMP_MODES = ("auto", "bf16", "off")
 SWITCHES = ("auto", "on", "off")
 SECTIONS = ("model", "loss", "optimiser", "augmentation", "data", "run")
@@ -105,6 +106,9 @@ class TrainConfig:
     rounds: int = option(1, DATA, "Training rounds: after each, audit the run's own training labels, relabel the "
                                   "suspects to the PIN's suggestion (poi clean) and train again from scratch on them.")
     clean_threshold: float = option(0.5, DATA, "With --rounds 2 or more: relabel images whose audit suspicion is at least this.")
+    fold: Optional[str] = option(None, DATA, "Cross-validation on a store with folds (CK+): train on every fold but K and keep "
+                                             "fold K for evaluation; 'all' trains each fold in turn into NAME/fold<K> and "
+                                             "reports mean and spread.")
 
     # run
     seed: int = option(0, RUN, "Random seed (initialisation, batches, augmentation).")
@@ -139,6 +143,9 @@ class TrainConfig:
             (self.channels_last in SWITCHES, f"--channels-last must be one of {', '.join(SWITCHES)}, got {self.channels_last!r}"),
             (0.0 <= self.noise <= 1.0, f"--noise must lie in [0, 1], got {self.noise}"),
             (self.rounds >= 1, f"--rounds must be at least 1, got {self.rounds}"),
+            (self.fold is None or self.fold == ALL_FOLDS or (self.fold.isdigit()),
+             f"--fold must be a fold number or '{ALL_FOLDS}', got {self.fold!r}"),
+            (not (self.fold == ALL_FOLDS and self.rounds > 1), "--fold all and --rounds exclude each other: run the rounds per fold"),
             (0.0 < self.clean_threshold <= 1.0, f"--clean-threshold must lie in (0, 1], got {self.clean_threshold}"),
             (not (self.noise and self.labels), "--noise and --labels exclude each other (a label file already holds its noise)"),
             (0.0 <= self.translate < 0.5, f"--translate must lie in [0, 0.5), got {self.translate}"),
@@ -152,6 +159,11 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    @property
+    def fold_index(self) -> Optional[int]:
+        """The held-out fold K of --fold K; None without --fold (or with --fold all, which the pipeline expands)."""
+        return int(self.fold) if self.fold is not None and self.fold.isdigit() else None
 
     def resolve_paths(self) -> None:
         """Make the path fields absolute (a run resumes from any working directory)."""

@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 
+from poi_cli.data.folds import fold_split_name
 from poi_cli.data.store import PreparedDataset, SplitData
 from poi_cli.train.config import TrainConfig, TrainError
 
@@ -31,6 +32,8 @@ class TrainingData:
     val: Optional[SplitData]
     val_split: Optional[str]  # its name, as recorded in config.json
     val_note: str  # the line the run prints about validation
+    held_out: bool = False  # val was held out of the training split (its ids go into the run folder)
+    test_split: Optional[str] = None  # the images the run must never see, kept for evaluation (fold3 under --fold 3)
 
     @property
     def classes(self) -> list[str]:
@@ -43,8 +46,12 @@ def select_data(config: TrainConfig) -> TrainingData:
         dataset = PreparedDataset(config.data)
     except ValueError as error:
         raise TrainError(str(error)) from None
-    train = dataset.split(config.train_split, labels_file=config.labels)
+    if config.fold is not None and config.fold_index is None:
+        raise TrainError("--fold all trains several runs: call poi_cli.pipeline.train_folds (the CLI does)")
+    train = dataset.split(config.train_split, labels_file=config.labels, exclude_fold=config.fold_index)
+    test_split = None if config.fold_index is None else fold_split_name(config.fold_index)
     labels, clean, realised = training_labels(dataset, train, config)
+    held_out = False
     if config.val_split is not None and config.val_split.lower() == "none":
         val, name, note = None, None, "no validation (--val-split none): best.pt is the last epoch"
     elif (name := choose_val_split(dataset, config.val_split, config.train_split)) is not None:
@@ -52,7 +59,7 @@ def select_data(config: TrainConfig) -> TrainingData:
     elif config.val_fraction > 0:
         # No validation split in the store (RAF-DB: train/test only): hold out part of
         # train, with the labels training sees, rather than ever select on test.
-        held = hold_out(labels, config.val_fraction, config.seed)
+        held, held_out = hold_out(labels, config.val_fraction, config.seed), True
         val = SplitData(train.store_rows[held], labels[held], train.ids[held])
         keep = ~held
         train = SplitData(train.store_rows[keep], train.labels[keep], train.ids[keep])
@@ -62,7 +69,9 @@ def select_data(config: TrainConfig) -> TrainingData:
                 f"(--val-fraction {config.val_fraction:g}, seed {config.seed}; the store has no valid/val split)")
     else:
         val, name, note = None, None, "no validation (--val-fraction 0): best.pt is the last epoch"
-    return TrainingData(dataset, train, labels, clean, realised, val, name, note)
+    if test_split is not None:
+        note += f"; {test_split} ({len(dataset.split(test_split).ids)} images) is kept for evaluation"
+    return TrainingData(dataset, train, labels, clean, realised, val, name, note, held_out, test_split)
 
 
 def training_labels(dataset: PreparedDataset, train: SplitData, config: TrainConfig

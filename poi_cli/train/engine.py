@@ -106,6 +106,8 @@ class Trainer:
         self.resolved = self._resolved()
         self.preprocessing = self.dataset.preprocessing.for_model(config.input_size)
         self.run.write_config(config, self.resolved)
+        if self.data.held_out:
+            self.run.write_heldout(self.data.val.ids)
         self._build_model()
 
     def _print(self, message: str) -> None:
@@ -136,6 +138,7 @@ class Trainer:
             "classes": self.classes, "num_classes": len(self.classes), "store_size": self.dataset.size,
             "grayscale": self.dataset.grayscale, "n_train": len(data.labels),
             "val_split": data.val_split, "n_val": 0 if data.val is None else len(data.val.labels),
+            "test_split": data.test_split,
             "noise_realised_rate": data.noise_realised, "device": str(ctx.device), "bf16": self.amp,
             "channels_last": self.channels_last, "world_size": ctx.world_size,
             "torch": str(torch.__version__),

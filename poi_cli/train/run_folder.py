@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from poi_cli.core.atomic import next_run_dir, write_csv, write_json
 from poi_cli.core.runtime import DistContext
-from poi_cli.model.checkpoint import BEST, CONFIG_FILE, LAST, RESULTS_FILE, load_checkpoint, save_checkpoint
+from poi_cli.model.checkpoint import BEST, CONFIG_FILE, HELDOUT_FILE, LAST, RESULTS_FILE, load_checkpoint, save_checkpoint
 from poi_cli.train.config import TrainConfig, TrainError
 from poi_cli.train.meters import LOSS_TERMS, NOISE_COLUMNS, loss_column
 
@@ -51,6 +51,12 @@ class RunFolder:
         """config.json: the config's flat dict plus "resolved"; kept as it is when resuming."""
         if self.writer and not (config.resume and (self.path / CONFIG_FILE).is_file()):
             write_json(self.path / CONFIG_FILE, {**config.to_dict(), "resolved": resolved})
+
+    def write_heldout(self, ids) -> None:
+        """heldout_ids.csv: the training images held out for validation, which `poi evaluate`
+        falls back to when the store has no test or validation split."""
+        if self.writer and not (self.path / HELDOUT_FILE).is_file():
+            write_csv(self.path / HELDOUT_FILE, ["id"], [{"id": i} for i in ids])
 
     def write_results(self, history: list[dict]) -> None:
         """results.csv, whole, from the rows of the finished epochs."""
