@@ -352,6 +352,7 @@ def audit(
     split: str = typer.Option("train", help="Split to audit (the training split, or a held-out one)."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="A baseline run: adds its per-image loss (small-loss trick) as a reference score."),
     out: Optional[str] = typer.Option(None, help="Folder for audit.csv, audit_summary.json, contact_sheet.png (default runs/audit/exp, numbered)."),
+    cross_fit: int = typer.Option(0, "--cross-fit", help="Score out of fold: train K models with the run's recipe, each leaving a K-th of its training split out (under OUT/crossfit/, resumable). 0: the run itself scores its own training set."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
     batch: int = typer.Option(256, help="Images per batch."),
 ) -> None:
@@ -360,12 +361,23 @@ def audit(
     from poi_cli.core.atomic import next_run_dir
     from poi_cli.model.checkpoint import CheckpointError
     from poi_cli.data.store import StoreError
+    from poi_cli.train.config import TrainError
 
+    if cross_fit and (labels or baseline or split != "train"):
+        fail("--cross-fit audits the labels the run trained on, on its training split: drop --labels, --baseline and --split")
     try:
-        result = run_audit(model, prepared_dir, labels_file=labels, split=split, baseline=baseline, device=device, batch=batch)
-        files = write_audit(result, next_run_dir("runs/audit", "exp") if out is None else out)
-    except (AuditError, CheckpointError, StoreError, ValueError, OSError) as error:  # DeviceError is a ValueError
+        out_dir = next_run_dir("runs/audit", "exp") if out is None else Path(out)
+        if cross_fit:
+            from poi_cli.pipeline import cross_fit_audit
+
+            result = cross_fit_audit(model, prepared_dir, cross_fit, out_dir, device, batch, console)
+        else:
+            result = run_audit(model, prepared_dir, labels_file=labels, split=split, baseline=baseline, device=device, batch=batch)
+        files = write_audit(result, out_dir)
+    except (AuditError, CheckpointError, StoreError, TrainError, ValueError, OSError) as error:  # DeviceError is a ValueError
         fail(str(error))
+    except KeyboardInterrupt:
+        fail("interrupted: finished fold models are kept; run the same command again to resume", 130)
     show(*render.audit_summary(result.summary, files, SUSPICION_THRESHOLDS))
 
 

@@ -6,6 +6,12 @@ suggestion (poi clean), and a new run trained from scratch on the cleaned labels
 round is an ordinary run folder (NAME, NAME_round2, ...); the cleaned label file and its
 summary sit in the previous round's folder, under clean/.
 
+`cross_fit_audit` (`poi audit RUN PREPARED --cross-fit K`, `poi train --rounds 2
+--clean-cross-fit K`): the audit scored out of sample, as confident learning (cleanlab)
+does: the run's training split dealt into K stratified parts, K models trained with the
+run's own recipe, each with one part left out (label -1 in its label file), and each image
+scored by the model that never saw it. K extra trainings on (K-1)/K of the data each.
+
 `train_folds` (`poi train --fold all`): k-fold cross-validation on a store with folds
 (CK+): fold K trained into NAME/fold<K> on the other folds, evaluated on fold K's held-out
 images, then cv.csv (one row per fold) and cv.json (mean, spread, pooled accuracy) in
@@ -24,17 +30,24 @@ from typing import Callable, Optional
 from rich.console import Console
 
 import numpy as np
+import pandas as pd
 
 from poi_cli.core.atomic import write_csv, write_json
-from poi_cli.data.folds import fold_split_name
-from poi_cli.data.store import PreparedDataset
-from poi_cli.inference.clean import clean, write_clean
+from poi_cli.core.atomic import atomic_write_text
+from poi_cli.core.runtime import select_device, use_bf16
+from poi_cli.data.folds import fold_split_name, stratified_folds
+from poi_cli.data.store import DROPPED_LABEL, PreparedDataset
+from poi_cli.inference.audit import AuditError, AuditResult, audit_of, audited_labels, objective_inference
+from poi_cli.inference.clean import clean, clean_labels, write_clean
 from poi_cli.inference.evaluate import evaluate, write_reports
-from poi_cli.model.checkpoint import CONFIG_FILE, LAST, load_checkpoint
+from poi_cli.model.checkpoint import CONFIG_FILE, LAST, load_checkpoint, load_model, resolve_checkpoint
+from poi_cli.model.predictions import predict_split
 from poi_cli.train.config import TrainConfig, TrainError
 from poi_cli.train.engine import train
 
 CLEAN_DIR = "clean"
+CROSS_FIT_DIR = "crossfit"  # in the audit's output folder: the K label files and run folders
+CROSS_FIT_SEED = 0
 CV_CONFIG, CV_CSV, CV_JSON = "cv_config.json", "cv.csv", "cv.json"
 CV_COLUMNS = ["fold", "n_train", "n_test", "accuracy", "mean_class_recall", "best_epoch", "run"]
 # Options that may differ when the same cross-validation is run again (it then resumes).
@@ -44,8 +57,14 @@ RERUN_FREE = ("device", "resume", "fold")
 def cleaned_labels(run_dir: Path, config: TrainConfig, device: str = "auto") -> Path:
     """Audit a finished POI run on the labels it trained on and relabel its suspects; returns the label file."""
     out = run_dir / CLEAN_DIR / "labels.csv"
-    result = clean(run_dir, config.data, "relabel", threshold=config.clean_threshold, split=config.train_split,
-                   device=device)
+    if config.clean_cross_fit:
+        audited = cross_fit_audit(run_dir, config.data, config.clean_cross_fit, run_dir / CLEAN_DIR, device)
+        result = clean_labels(audited.table, PreparedDataset(config.data).classes, "relabel", config.clean_threshold)
+        result.summary.update({"audit": f"cross-fitted, {config.clean_cross_fit} folds", "data": str(config.data),
+                               "split": config.train_split})
+    else:
+        result = clean(run_dir, config.data, "relabel", threshold=config.clean_threshold, split=config.train_split,
+                       device=device)
     write_clean(result, out)
     return out
 
@@ -136,3 +155,52 @@ def check_same_cv(folder: Path, config: TrainConfig) -> None:
     else:
         folder.mkdir(parents=True, exist_ok=True)
         write_json(path, config.to_dict())
+
+
+def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, out_dir: str | Path,
+                    device: str = "auto", batch: int = 256, console: Optional[Console] = None) -> AuditResult:
+    """Audit a POI run's training labels out of fold (see the module doc); the fold models are
+    trained under out_dir/crossfit/ and a rerun resumes them."""
+    run_dir, out = Path(run_dir), Path(out_dir) / CROSS_FIT_DIR
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise AuditError(f"--cross-fit needs a poi run folder (its config.json holds the recipe to repeat): {run_dir}")
+    config = TrainConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
+    if not config.use_pin or not config.use_oim:
+        raise AuditError(f"{run_dir} is not a full POI run: the audit needs the PIN's objective inference")
+    dataset = PreparedDataset(prepared_dir)
+    if Path(config.data).resolve() != dataset.root.resolve():
+        raise AuditError(f"{run_dir} was trained on {config.data}, not {dataset.root}: cross-fitting repeats its training")
+    data, label_source = audited_labels(dataset, config.train_split, config.to_dict(), True)
+    if folds < 2 or folds > len(data.labels):
+        raise AuditError(f"--cross-fit needs 2 to {len(data.labels)} folds, got {folds}")
+    fold_of = stratified_folds(data.labels, folds, CROSS_FIT_SEED)
+    names = dataset.classes
+    objective = np.zeros((len(data.labels), len(names)))
+    trn, w = np.zeros_like(objective), np.zeros(len(data.labels))
+    torch_device = select_device(device)
+    for fold in range(folds):
+        held = fold_of == fold
+        labels_file = out / f"fold{fold}_labels.csv"
+        if not labels_file.is_file():
+            given = np.where(held, DROPPED_LABEL, data.labels)
+            table = {"id": data.ids, "label": given, "label_name": [names[k] if k >= 0 else "" for k in given]}
+            if data.clean_labels is not None:
+                table["clean_label"] = data.clean_labels
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(labels_file, pd.DataFrame(table).to_csv(index=False))
+        fold_dir = out / fold_split_name(fold)
+        if not fold_finished(fold_dir, config.epochs):
+            fold_config = (replace(config, resume=str(fold_dir), device=device) if (fold_dir / CONFIG_FILE).is_file() else
+                           replace(config, labels=str(labels_file), noise=0.0, rounds=1, fold=None, resume=None,
+                                   project=str(out), name=fold_dir.name, exist_ok=True, device=device))
+            train(fold_config, console)
+        model, checkpoint = load_model(resolve_checkpoint(fold_dir), torch_device)
+        size = int(checkpoint["model_config"]["input_size"])
+        predictions = predict_split(model, dataset.faces, data.store_rows[held], data.labels[held], size, batch,
+                                    torch_device, use_bf16(config.amp, torch_device), progress=True)
+        objective[held] = objective_inference(predictions, fold_dir)
+        trn[held], w[held] = predictions.trn_probs, predictions.consistency
+    return audit_of(dataset, data, objective, trn, w, label_source=label_source,
+                    mode=f"out of fold: {folds} models with {run_dir.name}'s recipe, each scoring the images it never trained on",
+                    checkpoint=f"{run_dir} (cross-fitted, {folds} folds under {out})", split=config.train_split,
+                    extra_columns={"fold": fold_of})

@@ -67,3 +67,19 @@ def random_test_mask(labels: Sequence[int], fraction: float, seed: int) -> np.nd
         positions = np.flatnonzero(labels == label)
         mask[rng.permutation(positions)[: int(round(fraction * len(positions)))]] = True
     return mask
+
+
+def stratified_folds(labels: Sequence[int], k: int, seed: int) -> np.ndarray:
+    """A fold in 0..k-1 per image, each class dealt round-robin over the folds in a seeded
+    order (cross-fitting an audit: every image scored by a model that never saw it)."""
+    if k < 2:
+        raise ValueError(f"need at least 2 folds, got {k}")
+    labels = np.asarray(labels)
+    folds = np.empty(len(labels), dtype=np.int64)
+    rng = np.random.default_rng([seed, 104729])
+    start = 0
+    for label in np.unique(labels):
+        positions = rng.permutation(np.flatnonzero(labels == label))
+        folds[positions] = (start + np.arange(len(positions))) % k
+        start += len(positions)  # the next class continues the deal: fold sizes differ by at most one
+    return folds

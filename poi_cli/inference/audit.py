@@ -82,10 +82,9 @@ def _trained_on(checkpoint: dict, dataset: PreparedDataset, split: str) -> bool:
     return same_data and split == config.get("train_split", "train")
 
 
-def _audited_labels(data: SplitData, checkpoint: dict, dataset: PreparedDataset, trained_on: bool,
+def _audited_labels(data: SplitData, config: dict, dataset: PreparedDataset, trained_on: bool,
                     labels_file: Optional[str | Path]) -> tuple[SplitData, str]:
     """The labels to audit: a label file, else the (noisy) labels the run itself trained on."""
-    config = checkpoint.get("config") or {}
     if labels_file is not None:
         return data, f"labels from {labels_file}"
     if trained_on and config.get("labels"):
@@ -127,22 +126,45 @@ def audit(
     dataset = PreparedDataset(prepared_dir)
     checkpoint_path = resolve_checkpoint(model_path)
     predictions, checkpoint = _predict(checkpoint_path, dataset, dataset.split(split), device, batch, amp)
-    # The objective inference at T = 1, on the TRN's probability scale (see the module doc).
+    trained_on = _trained_on(checkpoint, dataset, split)
+    data, label_source = audited_labels(dataset, split, checkpoint.get("config") or {}, trained_on, labels_file)
+    baseline_probs = None
+    if baseline is not None:
+        baseline_probs = _predict(baseline, dataset, data, device, batch, amp)[0].trn_probs
+    mode = "the model's own training set" if trained_on else "a held-out split (the model never trained on it)"
+    return audit_of(dataset, data, objective_inference(predictions, checkpoint_path), predictions.trn_probs,
+                    predictions.consistency, label_source=label_source, mode=mode, checkpoint=str(checkpoint_path),
+                    split=split, baseline_probs=baseline_probs)
+
+
+def objective_inference(predictions: SplitPredictions, checkpoint_path: str | Path) -> np.ndarray:
+    """p* at T = 1, on the TRN's probability scale (see the module doc); AuditError for a model without it."""
     objective = predictions.intermediate_probs(1.0)
     if objective is None:
         raise AuditError(f"{checkpoint_path} has no objective inference (a baseline or no-OIM model): audit needs a full POI model")
-    trained_on = _trained_on(checkpoint, dataset, split)
-    data, label_source = _audited_labels(dataset.split(split, labels_file), checkpoint, dataset, trained_on, labels_file)
+    return objective
+
+
+def audited_labels(dataset: PreparedDataset, split: str, config: dict, trained_on: bool,
+                   labels_file: Optional[str | Path] = None) -> tuple[SplitData, str]:
+    """The split with the labels to audit, and where they come from: a label file, else the
+    (noisy) labels the run itself trained on (config: its config.json), else the manifest's."""
+    return _audited_labels(dataset.split(split, labels_file), config, dataset, trained_on, labels_file)
+
+
+def audit_of(dataset: PreparedDataset, data: SplitData, objective: np.ndarray, trn: np.ndarray, w: np.ndarray, *,
+             label_source: str, mode: str, checkpoint: str, split: str, baseline_probs: Optional[np.ndarray] = None,
+             extra_columns: Optional[dict[str, np.ndarray]] = None) -> AuditResult:
+    """The audit table and summary from per-image p* (n, C), TRN probabilities (n, C) and w (n,),
+    in `data`'s order, whichever model(s) produced them (one model, or K cross-fitted ones)."""
     labels, names = data.labels, dataset.classes
     index = np.arange(len(labels))
-    trn, w = predictions.trn_probs, predictions.consistency
     scores = {
         "pin_suspicion": suspicion_score(objective, w, labels),
         "trn_one_minus_q": 1.0 - trn[index, labels],
     }
-    if baseline is not None:
-        baseline_predictions, _ = _predict(baseline, dataset, data, device, batch, amp)
-        scores["baseline_loss"] = -np.log(np.clip(baseline_predictions.trn_probs[index, labels], 1e-12, None))
+    if baseline_probs is not None:
+        scores["baseline_loss"] = -np.log(np.clip(baseline_probs[index, labels], 1e-12, None))
     suggested, trn_label = objective.argmax(1), trn.argmax(1)
     sources = dataset.manifest.set_index("id").loc[data.ids, "source"].to_numpy()
     table = pd.DataFrame({
@@ -159,14 +181,15 @@ def audit(
         table["flipped"] = data.clean_labels != labels
     if "baseline_loss" in scores:
         table["baseline_loss"] = scores["baseline_loss"]
+    for name, values in (extra_columns or {}).items():
+        table[name] = values
     order = np.argsort(-table["suspicion"].to_numpy(), kind="stable")
     table = table.iloc[order].reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
 
     summary: dict = {
-        "checkpoint": str(checkpoint_path), "data": str(dataset.root), "split": split, "n_images": int(len(table)),
-        "labels": label_source,
-        "mode": "the model's own training set" if trained_on else "a held-out split (the model never trained on it)",
+        "checkpoint": checkpoint, "data": str(dataset.root), "split": split, "n_images": int(len(table)),
+        "labels": label_source, "mode": mode,
         "suspects": {str(t): int((table["suspicion"] >= t).sum()) for t in SUSPICION_THRESHOLDS},
         "suspects_per_class": {
             name: {str(t): int(((table["given_label"] == c) & (table["suspicion"] >= t)).sum()) for t in SUSPICION_THRESHOLDS}

@@ -106,6 +106,8 @@ class TrainConfig:
     rounds: int = option(1, DATA, "Training rounds: after each, audit the run's own training labels, relabel the "
                                   "suspects to the PIN's suggestion (poi clean) and train again from scratch on them.")
     clean_threshold: float = option(0.5, DATA, "With --rounds 2 or more: relabel images whose audit suspicion is at least this.")
+    clean_cross_fit: int = option(0, DATA, "With --rounds 2 or more: score the audit out of fold with this many cross-fitted "
+                                           "models (K extra trainings, as confident learning does); 0: the run's own in-sample audit.")
     fold: Optional[str] = option(None, DATA, "Cross-validation on a store with folds (CK+): train on every fold but K and keep "
                                              "fold K for evaluation; 'all' trains each fold in turn into NAME/fold<K> and "
                                              "reports mean and spread.")
@@ -143,6 +145,7 @@ class TrainConfig:
             (self.channels_last in SWITCHES, f"--channels-last must be one of {', '.join(SWITCHES)}, got {self.channels_last!r}"),
             (0.0 <= self.noise <= 1.0, f"--noise must lie in [0, 1], got {self.noise}"),
             (self.rounds >= 1, f"--rounds must be at least 1, got {self.rounds}"),
+            (self.clean_cross_fit == 0 or self.clean_cross_fit >= 2, f"--clean-cross-fit must be 0 or at least 2, got {self.clean_cross_fit}"),
             (self.fold is None or self.fold == ALL_FOLDS or (self.fold.isdigit()),
              f"--fold must be a fold number or '{ALL_FOLDS}', got {self.fold!r}"),
             (not (self.fold == ALL_FOLDS and self.rounds > 1), "--fold all and --rounds exclude each other: run the rounds per fold"),

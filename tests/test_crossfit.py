@@ -1,0 +1,89 @@
+"""Cross-fitted (out-of-fold) audit, issue 13: every training image scored by a model that
+never trained on it, with the run's own recipe and labels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import torch
+from typer.testing import CliRunner
+
+from conftest import make_prepared
+from poi_cli.cli import app
+from poi_cli.data.folds import stratified_folds
+from poi_cli.data.store import PreparedDataset
+from poi_cli.model.checkpoint import load_model
+from poi_cli.model.predictions import predict_split
+from poi_cli.pipeline import cross_fit_audit
+from poi_cli.train.config import TrainConfig
+from poi_cli.train.engine import train
+
+RECIPE_FIELDS = ("arch", "input_size", "epochs", "batch", "lr", "seed", "use_pin", "temperature", "val_split")
+
+
+def test_stratified_folds_deal_each_class_over_the_folds():
+    labels = np.repeat([0, 1, 2], [5, 4, 3])
+    folds = stratified_folds(labels, 3, seed=0)
+    for c in range(3):
+        counts = np.bincount(folds[labels == c], minlength=3)
+        assert counts.max() - counts.min() <= 1
+    assert sorted(np.bincount(folds, minlength=3)) == [4, 4, 4]
+    assert np.array_equal(folds, stratified_folds(labels, 3, seed=0))
+
+
+def test_cross_fit_audit_scores_every_image_out_of_fold(tmp_path):
+    data = make_prepared(tmp_path / "data", splits={"train": 4, "valid": 1})
+    run = train(TrainConfig(data=str(data), input_size=64, epochs=1, batch=14, lr=0.01, amp="off", seed=0,
+                            project=str(tmp_path / "runs"), noise=0.3, noise_seed=2))
+    out = tmp_path / "audit"
+    result = cross_fit_audit(run, data, 2, out, device="cpu")
+    table = result.table
+    assert sorted(table["id"]) == sorted(pd.read_csv(data / "manifest.csv").query("split == 'train'")["id"])
+    assert set(table["fold"]) == {0, 1}
+    # the image is left out (-1) of the label file of the model that scored it, and kept in the other
+    files = {k: pd.read_csv(out / "crossfit" / f"fold{k}_labels.csv", dtype={"id": str}).set_index("id") for k in (0, 1)}
+    for row in table.itertuples():
+        assert files[row.fold].loc[row.id, "label"] == -1
+        assert files[1 - row.fold].loc[row.id, "label"] == row.given_label
+    # the audited labels are the run's own noisy ones, and the fold models repeat its recipe
+    run_config = json.loads((run / "config.json").read_text())
+    assert result.summary["flipped"] == round(run_config["resolved"]["noise_realised_rate"] * 28)
+    assert int(table["flipped"].sum()) == result.summary["flipped"] > 0
+    for k in (0, 1):
+        fold_config = json.loads((out / "crossfit" / f"fold{k}" / "config.json").read_text())
+        assert {f: fold_config[f] for f in RECIPE_FIELDS} == {f: run_config[f] for f in RECIPE_FIELDS}
+        assert fold_config["noise"] == 0.0 and fold_config["labels"].endswith(f"fold{k}_labels.csv")
+        assert fold_config["resolved"]["n_train"] == 14  # half the 28 training images
+    # each image's probabilities are those of its own fold's model, not the other's
+    dataset = PreparedDataset(data)
+    for k in (0, 1):
+        rows = table[table["fold"] == k]
+        index = dataset.manifest.set_index("id").loc[rows["id"], "store_index"].to_numpy()
+        own = {}
+        for m in (0, 1):
+            model, _ = load_model(out / "crossfit" / f"fold{m}" / "best.pt")
+            predicted = predict_split(model, dataset.faces, index, rows["given_label"].to_numpy(), 64, 8,
+                                      torch.device("cpu"), False)
+            own[m] = predicted.trn_probs[np.arange(len(rows)), rows["given_label"].to_numpy()]
+        assert np.allclose(rows["trn_prob_given"], own[k], atol=1e-5)
+        assert not np.allclose(rows["trn_prob_given"], own[1 - k], atol=1e-5)
+    assert "out of fold" in result.summary["mode"]
+    assert set(result.summary["detection"]) == {"pin_suspicion", "trn_one_minus_q"}
+
+    stamp = (out / "crossfit" / "fold0" / "last.pt").stat().st_mtime_ns
+    runner = CliRunner()
+    done = runner.invoke(app, ["audit", str(run), str(data), "--cross-fit", "2", "--out", str(out), "--device", "cpu"])
+    assert done.exit_code == 0, done.output
+    assert (out / "crossfit" / "fold0" / "last.pt").stat().st_mtime_ns == stamp  # finished fold models are reused
+    cleaned = runner.invoke(app, ["clean", str(out / "audit.csv"), str(data), "--out", str(tmp_path / "labels.csv"),
+                                  "--threshold", "0.5"])
+    assert cleaned.exit_code == 0, cleaned.output
+    assert len(pd.read_csv(tmp_path / "labels.csv")) == 28
+
+    refused = runner.invoke(app, ["audit", str(run), str(data), "--cross-fit", "2", "--split", "valid"])
+    assert refused.exit_code != 0 and "--cross-fit audits the labels the run trained on" in refused.output
+    not_a_run = runner.invoke(app, ["audit", str(run / "best.pt"), str(data), "--cross-fit", "2", "--out", str(tmp_path / "x")])
+    assert not_a_run.exit_code != 0 and "needs a poi run folder" in not_a_run.output
+    assert "Traceback" not in not_a_run.output

@@ -1,0 +1,158 @@
+"""CK+ protocols (issue 16): subject-independent folds and the paper's random 8:2 split at
+prepare time, `poi train --fold K / all`, and the split `poi evaluate` picks by itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import make_prepared, stripe_image
+from poi_cli.cli import app
+from poi_cli.core.manifests import CLASSES
+from poi_cli.data.folds import random_test_mask, subject_folds
+from poi_cli.data.prepare import PrepareError, prepare
+from poi_cli.data.store import PreparedDataset
+from poi_cli.inference.evaluate import EvaluateError, choose_split
+from poi_cli.pipeline import train_folds
+from poi_cli.train.config import TrainConfig
+from poi_cli.train.engine import train
+
+CK48_CLASSES = {"anger": "anger", "happy": "happiness", "surprise": "surprise"}
+
+
+def write_ck48(root: Path, subjects: int = 12, frames: int = 3) -> Path:
+    """A CK+48 tree: subject s has one sequence in class s % 3, `frames` frames (48 px gray PNGs)."""
+    rng = np.random.default_rng(0)
+    folders = list(CK48_CLASSES)
+    for s in range(subjects):
+        folder = folders[s % len(folders)]
+        label = CLASSES.index(CK48_CLASSES[folder])
+        for frame in range(frames):
+            path = root / "CK+48" / folder / f"S{100 + s:03d}_001_{frame + 10:08d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(stripe_image(label, 48, rng, grayscale=True)[..., 0]).save(path)
+    return root
+
+
+def test_subject_folds_are_disjoint_cover_everything_and_follow_the_seed():
+    subjects = [f"S{i % 23}" for i in range(200)] + ["", ""]  # two images without a subject
+    folds = subject_folds(subjects, 5, seed=3)
+    assert folds.shape == (202,) and set(folds) == set(range(5))
+    by_subject = pd.DataFrame({"subject": subjects[:200], "fold": folds[:200]}).groupby("subject")["fold"].nunique()
+    assert (by_subject == 1).all()  # no subject in two folds
+    sizes = np.bincount(folds, minlength=5)
+    assert sizes.max() - sizes.min() <= 9  # balanced within one subject's size (at most 9 images here)
+    assert np.array_equal(folds, subject_folds(subjects, 5, seed=3))
+    assert not np.array_equal(folds, subject_folds(subjects, 5, seed=4))
+    with pytest.raises(ValueError, match="fewer than folds"):
+        subject_folds(["a", "a", "b"], 3, seed=0)
+
+
+def test_random_test_mask_takes_the_fraction_of_each_class():
+    labels = np.repeat([0, 1, 2], [10, 20, 5])
+    mask = random_test_mask(labels, 0.2, seed=0)
+    assert [int(mask[labels == c].sum()) for c in range(3)] == [2, 4, 1]
+    assert np.array_equal(mask, random_test_mask(labels, 0.2, seed=0))
+
+
+def test_prepare_ckplus_writes_subject_folds_and_the_random_split(tmp_path):
+    raw = write_ck48(tmp_path / "raw")
+    result = prepare("ckplus", raw, tmp_path / "ck", size=48, show_progress=False, folds=4, fold_seed=1)
+    assert result.meta["protocol"] == {"kind": "subject_folds", "folds": 4, "seed": 1}
+    manifest = pd.read_csv(tmp_path / "ck" / "manifest.csv")
+    assert manifest["fold"].between(0, 3).all()
+    assert (manifest.groupby("subject")["fold"].nunique() == 1).all()  # subject-disjoint
+    assert sorted(manifest.groupby("fold").size()) == [9, 9, 9, 9]  # 12 subjects x 3 frames in 4 folds
+
+    dataset = PreparedDataset(tmp_path / "ck")
+    assert dataset.folds == 4 and dataset.fold_splits() == ["fold0", "fold1", "fold2", "fold3"]
+    held = dataset.split("fold2")
+    rest = dataset.split("train", exclude_fold=2)
+    assert set(held.ids) == set(manifest.loc[manifest["fold"] == 2, "id"])
+    assert set(rest.ids) == set(manifest.loc[manifest["fold"] != 2, "id"]) and not set(held.ids) & set(rest.ids)
+    with pytest.raises(Exception, match="not in 0..3"):
+        dataset.split("fold4")
+
+    paper = prepare("ckplus", raw, tmp_path / "ck82", size=48, show_progress=False, test_fraction=0.25)
+    assert paper.meta["protocol"]["kind"] == "random" and "fold" not in pd.read_csv(tmp_path / "ck82" / "manifest.csv")
+    assert paper.counts == {"test": {"ok": 9}, "train": {"ok": 27}}  # 12 images per class, a quarter of each
+    assert any("image level" in note for note in paper.meta["notes"])
+
+    # the default: 10 folds for CK+ (12 subjects here), none for a set without subjects
+    assert PreparedDataset(prepare("ckplus", raw, tmp_path / "ck10", size=48, show_progress=False).out_dir).folds == 10
+    with pytest.raises(PrepareError, match="subject ids"):
+        prepare("folder", raw / "CK+48", tmp_path / "f", size=48, detect=False, show_progress=False, folds=3)
+
+
+def test_train_one_fold_then_evaluate_picks_the_fold(tmp_path):
+    raw = write_ck48(tmp_path / "raw")
+    data = prepare("ckplus", raw, tmp_path / "ck", size=64, show_progress=False, folds=3).out_dir
+    config = TrainConfig(data=str(data), input_size=64, epochs=1, batch=8, lr=0.01, project=str(tmp_path / "runs"),
+                         amp="off", use_pin=False, fold="1", val_fraction=0.2)
+    run = train(config)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["fold"] == "1" and saved["resolved"]["test_split"] == "fold1"
+    dataset = PreparedDataset(data)
+    fold_ids = set(dataset.split("fold1").ids)
+    held = set(pd.read_csv(run / "heldout_ids.csv", dtype={"id": str})["id"])
+    assert held and not held & fold_ids  # validation comes from the training folds, never the held-out one
+    assert saved["resolved"]["n_train"] + saved["resolved"]["n_val"] == 36 - len(fold_ids)
+
+    choice = choose_split(run, dataset)
+    assert (choice.split, choice.ids) == ("fold1", None) and "--fold 1" in choice.reason
+    result = CliRunner().invoke(app, ["evaluate", str(run), str(data), "--json", "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    assert metrics["split"] == "fold1" and metrics["n_images"] == len(fold_ids)
+
+
+def test_evaluate_split_rule_test_then_validation_then_the_runs_held_out_images(tmp_path):
+    with_test = PreparedDataset(make_prepared(tmp_path / "a", splits={"train": 1, "valid": 1, "test": 1}))
+    assert choose_split(tmp_path, with_test).split == "test"
+    assert choose_split(tmp_path, with_test, "valid").split == "valid"
+    with_val = PreparedDataset(make_prepared(tmp_path / "b", splits={"train": 1, "val": 1}))
+    assert choose_split(tmp_path, with_val).split == "val"
+
+    train_only = make_prepared(tmp_path / "c", splits={"train": 3})
+    run = train(TrainConfig(data=str(train_only), input_size=64, epochs=1, batch=7, lr=0.01, amp="off", use_pin=False,
+                            project=str(tmp_path / "runs"), val_fraction=0.34))
+    choice = choose_split(run, PreparedDataset(train_only))
+    held = pd.read_csv(run / "heldout_ids.csv", dtype={"id": str})["id"].tolist()
+    assert choice.split == "train" and sorted(choice.ids) == sorted(held) and len(held) == 7
+    assert choice.name == "train[held out by the run]" and "optimistic" in choice.reason
+    result = CliRunner().invoke(app, ["evaluate", str(run), str(train_only), "--json", "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["n_images"] == 7
+    # a checkpoint file (no run folder) on a store without test or validation: a one-line error
+    with pytest.raises(EvaluateError, match="name one with --split"):
+        choose_split(run / "best.pt", PreparedDataset(train_only))
+
+
+def test_fold_all_trains_every_fold_writes_cv_and_resumes(tmp_path):
+    raw = write_ck48(tmp_path / "raw", subjects=6, frames=2)
+    data = prepare("ckplus", raw, tmp_path / "ck", size=64, show_progress=False, folds=2).out_dir
+    config = TrainConfig(data=str(data), input_size=64, epochs=1, batch=8, lr=0.01, amp="off", use_pin=False,
+                         project=str(tmp_path / "runs"), name="cv", fold="all", val_fraction=0.0)
+    summary = train_folds(config)
+    folder = tmp_path / "runs" / "cv"
+    table = pd.read_csv(folder / "cv.csv")
+    assert table["fold"].tolist() == [0, 1] and table["n_test"].sum() == 12
+    accuracy = table["accuracy"].to_numpy()
+    assert summary["accuracy_mean"] == pytest.approx(accuracy.mean())
+    assert summary["accuracy_std"] == pytest.approx(accuracy.std(ddof=1))
+    assert json.loads((folder / "cv.json").read_text())["folds"] == 2
+    for fold in (0, 1):
+        assert json.loads((folder / f"fold{fold}" / "eval" / "metrics.json").read_text())["split"] == f"fold{fold}"
+
+    stamp = (folder / "fold0" / "last.pt").stat().st_mtime_ns
+    train_folds(config)  # finished folds are kept, not trained again
+    assert (folder / "fold0" / "last.pt").stat().st_mtime_ns == stamp
+    from poi_cli.train.config import TrainError
+    with pytest.raises(TrainError, match="other options"):
+        train_folds(TrainConfig(**{**config.to_dict(), "lr": 0.02}))
