@@ -218,6 +218,10 @@ def test_total_loss_is_the_weighted_sum_of_eq_12():
     total, t = losses.total_loss(output, labels, config)
     expected = 0.3 * t["au"] + 0.7 * t["ce_au"] + 2.0 * t["ce_tar"] + 9.0 * (t["kl_au"] + t["kl_tar"])
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+    # a distillation warm-up (distill = 0) leaves out Eq. 11 only, still logging it
+    warm, w = losses.total_loss(output, labels, config, distill=0.0)
+    assert w["kl_tar"].item() == pytest.approx(t["kl_tar"].item()) and t["kl_tar"].item() > 0
+    assert warm.item() == pytest.approx((expected - 9.0 * t["kl_tar"]).item(), rel=1e-5)
 
 
 def test_ablation_switches_remove_their_terms():

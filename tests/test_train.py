@@ -113,6 +113,19 @@ def test_poi_with_noise_records_beta_per_epoch_and_the_uem_reading(tmp_path):
     assert (model_config["uem_temperature"], model_config["uem_scale"]) == (3.0, "paper")
 
 
+def test_distill_warmup_leaves_eq_11_out_of_the_first_epochs(tmp_path):
+    data = make_prepared(tmp_path / "data", splits={"train": 1, "valid": 1})
+    run = train(tiny_config(data, tmp_path / "runs", epochs=2, batch=7, distill_warmup=1, use_uem=False))  # beta = 1: a visible term
+    results = pd.read_csv(run / "results.csv")
+    config = json.loads((run / "config.json").read_text())
+    t2 = config["temperature"] ** 2
+    rest = (config["lambda_au"] * results["loss_au"] + config["lambda_ce_au"] * results["loss_ce_au"]
+            + config["lambda_ce_tar"] * results["loss_ce_tar"] + t2 * results["loss_kl_au"])
+    assert (t2 * results["loss_kl_tar"] > 1e-3 * results["loss_total"]).all()  # logged throughout, and not negligible
+    assert results["loss_total"][0] == pytest.approx(rest[0], rel=1e-4)  # epoch 1: no distillation
+    assert results["loss_total"][1] == pytest.approx(rest[1] + t2 * results["loss_kl_tar"][1], rel=1e-4)
+
+
 def test_fine_tune_from_a_seven_class_run_onto_eight_class_data(tmp_path, capsys):
     seven = make_prepared(tmp_path / "seven", splits={"train": 1, "valid": 1})
     source = train(tiny_config(seven, tmp_path / "runs", epochs=1, use_pin=False))

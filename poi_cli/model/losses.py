@@ -92,11 +92,15 @@ def loss_kl_tar(region_logits: torch.Tensor, trn_logits: torch.Tensor, beta: tor
     return (beta[:, None] * per_region).mean()
 
 
-def total_loss(output: POIOutput, labels: torch.Tensor, config: LossConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Eq. 12: lambda_1 L_AU + lambda_2 L_CE_au + lambda_3 L_CE_tar + T^2 (L_KL_au + L_KL_tar).
+def total_loss(output: POIOutput, labels: torch.Tensor, config: LossConfig,
+               distill: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Eq. 12: lambda_1 L_AU + lambda_2 L_CE_au + lambda_3 L_CE_tar + T^2 (L_KL_au + distill L_KL_tar).
 
-    Terms that an ablation removes are absent from the dict (and from the sum). Returns
-    the total and the detached terms, for logging (w_mean: the mean UEM w of the batch).
+    Terms that an ablation removes are absent from the dict (and from the sum). `distill`
+    scales the PIN -> TRN distillation (Eq. 11) only: 0 during a distillation warm-up
+    (--distill-warmup; the paper's Eq. 12 is distill = 1), while the PIN still learns and
+    L_KL_tar is still logged. Returns the total and the detached terms, for logging
+    (w_mean: the mean UEM w of the batch).
     """
     terms: dict[str, torch.Tensor] = {"ce_tar": loss_ce_tar(output.trn_logits, labels)}
     total = config.lambda_ce_tar * terms["ce_tar"]
@@ -113,7 +117,7 @@ def total_loss(output: POIOutput, labels: torch.Tensor, config: LossConfig) -> t
         w = output.consistency
         beta = uncertainty_beta(w) if config.use_uem else torch.ones_like(w)
         terms["kl_tar"] = loss_kl_tar(output.region_logits, output.trn_logits, beta, t)
-        total = total + t * t * terms["kl_tar"]
+        total = total + distill * t * t * terms["kl_tar"]
         terms["w_mean"] = w.mean()
     terms["total"] = total
     return total, {name: value.detach() for name, value in terms.items()}

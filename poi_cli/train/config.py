@@ -78,6 +78,8 @@ class TrainConfig:
     lambda_ce_tar: float = option(1.0, LOSS, "lambda_3 of Eq. 12 (TRN cross-entropy).")
     au_eps: float = option(0.1, LOSS, "eps of the AU pseudo-labels.")
     use_uem: bool = option(True, LOSS, "Ablation: beta = 1 for every image.", "--no-uem", invert=True)
+    distill_warmup: int = option(0, LOSS, "Epochs before the PIN starts teaching the TRN: L_KL_tar (Eq. 11) left out of "
+                                          "Eq. 12 until then (a lever the paper allows; 0: the paper's Eq. 12 throughout).")
 
     # optimisation (Sec. IV-B)
     epochs: int = option(60, OPTIMISER, "Epochs.")
@@ -155,6 +157,7 @@ class TrainConfig:
             (0.0 <= self.color_jitter < 1.0, f"--color-jitter must lie in [0, 1), got {self.color_jitter}"),
             (0.0 <= self.val_fraction < 1.0, f"--val-fraction must lie in [0, 1), got {self.val_fraction}"),
             (self.val_split != "test", "--val-split test: models are never selected on the test split (use valid/val or --val-fraction)"),
+            (self.distill_warmup >= 0, f"--distill-warmup must be >= 0, got {self.distill_warmup}"),
             (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
             (all(s > 0 for s in self.lr_steps), f"--lr-steps must be positive epochs, got {self.lr_steps}"),
             (not (self.pretrained and self.fine_tune), "--pretrained and --fine-tune exclude each other"),

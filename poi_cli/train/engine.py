@@ -271,7 +271,8 @@ class Trainer:
                 for callback in self.callbacks:
                     callback.on_step(epoch, step)
                 lr = learning_rate(c, epoch, step, len(loader))
-                output, terms = self.train_step(self.batch_input(images, augment, generator), labels, lr)
+                output, terms = self.train_step(self.batch_input(images, augment, generator), labels, lr,
+                                                distill=0.0 if epoch < c.distill_warmup else 1.0)
                 beta = uncertainty_beta(output.consistency) if output.consistency is not None else None
                 meters.update(terms, output.trn_logits.argmax(1), labels, clean, beta)
                 if step % 10 == 0 or step + 1 == len(loader):
@@ -289,14 +290,16 @@ class Trainer:
             self._average_buffers()
         return row, seconds
 
-    def train_step(self, x: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[POIOutput, dict[str, torch.Tensor]]:
-        """One SGD step at learning rate `lr`; returns the (float32) outputs and the detached loss terms."""
+    def train_step(self, x: torch.Tensor, labels: torch.Tensor, lr: float,
+                   distill: float = 1.0) -> tuple[POIOutput, dict[str, torch.Tensor]]:
+        """One SGD step at learning rate `lr` (`distill`: total_loss's weight of Eq. 11); returns the
+        (float32) outputs and the detached loss terms."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with autocast(self.ctx.device, self.amp):
             output = self.forward(x)
         output = float_output(output)
-        loss, terms = total_loss(output, labels, self.loss_config)
+        loss, terms = total_loss(output, labels, self.loss_config, distill)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
