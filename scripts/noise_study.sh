@@ -3,7 +3,10 @@
 # POI under one recipe where cross-entropy memorises wrong labels, at 0 % and 30 % noise
 # (the shipped seed-0 noise files), with both readings of the UEM (Eq. 10), and POI
 # with one cleaning round (train, audit its own training labels, relabel the suspects
-# to the PIN's suggestion with `poi clean`, train again from scratch).
+# to the PIN's suggestion with `poi clean`, train again from scratch; *_clean_oof: the
+# same with the out-of-fold audit, `poi audit --cross-fit $CROSS_FIT`), then the levers
+# the paper allows at 30 % (lambda_2 0.1, --distill-warmup 5, T = 1) and the Table X
+# ablations at 30 %.
 #
 #   bash scripts/noise_study.sh [RUN ...]      # default: every run below, in this order
 #
@@ -12,6 +15,8 @@
 # Recipe (chosen on clean-label cross-entropy validation accuracy): ResNet-18 from
 # scratch, 64 px, 20 epochs, batch 128, SGD lr 0.1 divided by 10 at epochs 10 and 15,
 # momentum 0.9, weight decay 1e-4 (the paper's), flip + translation, bf16 where the CPU has it.
+# ARCH, SIZE, EPOCHS, LR_STEPS and BATCH override it (a GPU: ARCH=resnet18 SIZE=224
+# EPOCHS=60 LR_STEPS=20,40 BATCH=256 with DATA prepared at 224 px is the paper's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RAW="${RAW:-../shared/datasets/ferplus}"
@@ -21,12 +26,12 @@ POI="${POI:-.venv/bin/poi}"
 CLEAN_THRESHOLD="${CLEAN_THRESHOLD:-0.5}"  # suspicion >= 0.5: p* puts over half its mass elsewhere, regions agreeing
 SEED="${SEED:-0}"
 NOISE_DIR=data_manifests/noise
-RECIPE=(--arch resnet18 --size 64 --epochs 20 --batch 128 --lr 0.1 --schedule step --lr-steps 10,15
-        --weight-decay 1e-4 --seed "$SEED")
+RECIPE=(--arch "${ARCH:-resnet18}" --size "${SIZE:-64}" --epochs "${EPOCHS:-20}" --batch "${BATCH:-128}" --lr 0.1
+        --schedule step --lr-steps "${LR_STEPS:-10,15}" --weight-decay 1e-4 --seed "$SEED")
 N30=(--labels "$NOISE_DIR/ferplus_train_noise30_seed0.csv")
 PAPER_UEM=(--uem-temperature 3 --uem-scale paper)
 
-cleaned() { echo "--labels $PROJECT/${1}_seed$SEED/clean/labels.csv"; }
+cleaned() { echo "--labels $PROJECT/${1}_seed$SEED/clean${2:-}/labels.csv"; }  # _oof: the cross-fitted audit's
 declare -A RUNS=(
   [ce_n0]="--baseline"
   [ce_n30]="--baseline ${N30[*]}"
@@ -36,23 +41,35 @@ declare -A RUNS=(
   [poi_n0_paper_uem]="${PAPER_UEM[*]}"
   [poi_n30_clean]="$(cleaned poi_n30)"
   [poi_n0_clean]="$(cleaned poi_n0)"
+  [poi_n30_clean_oof]="$(cleaned poi_n30 _oof)"
+  # the paper's levers on the 30 % runs (issue 13, section 2), each chosen on valid
+  [poi_n30_lambda2_0.1]="${N30[*]} --lambda-ce-au 0.1"
+  [poi_n30_distill_warmup5]="${N30[*]} --distill-warmup 5"
+  [poi_n30_T1]="${N30[*]} --temperature 1"
+  # the Table X ablations at 30 %
+  [poi_n30_no_prior]="${N30[*]} --no-prior"
+  [poi_n30_no_oim]="${N30[*]} --no-oim"
+  [poi_n30_no_uem]="${N30[*]} --no-uem"
 )
 # a *_clean run first audits and cleans the labels of the run it names
-declare -A CLEANS=([poi_n30_clean]=poi_n30 [poi_n0_clean]=poi_n0)
-ORDER=(ce_n0 ce_n30 poi_n30 poi_n30_clean poi_n0 poi_n0_clean poi_n30_paper_uem poi_n0_paper_uem)
+declare -A CLEANS=([poi_n30_clean]=poi_n30 [poi_n0_clean]=poi_n0 [poi_n30_clean_oof]=poi_n30)
+ORDER=(ce_n0 ce_n30 poi_n30 poi_n30_clean poi_n0 poi_n0_clean poi_n30_paper_uem poi_n0_paper_uem
+       poi_n30_clean_oof poi_n30_lambda2_0.1 poi_n30_distill_warmup5 poi_n30_T1 poi_n30_no_prior poi_n30_no_oim poi_n30_no_uem)
+CROSS_FIT="${CROSS_FIT:-5}"  # folds of the out-of-fold audit behind *_clean_oof
 
-[ -f "$DATA/prepared.json" ] || "$POI" prepare ferplus "$RAW" --out "$DATA" --size 64
+[ -f "$DATA/prepared.json" ] || "$POI" prepare ferplus "$RAW" --out "$DATA" --size "${SIZE:-64}"
 
-clean_labels() {  # audit a finished run on the labels it trained on, relabel its suspects
-  local dir="$PROJECT/${1}_seed$SEED"
-  [ -f "$dir/audit/audit.csv" ] || "$POI" audit "$dir" "$DATA" --out "$dir/audit" > "$dir/audit.log"
-  [ -f "$dir/clean/labels.csv" ] || "$POI" clean "$dir/audit/audit.csv" "$DATA" --relabel \
-    --threshold "$CLEAN_THRESHOLD" --out "$dir/clean/labels.csv"
+clean_labels() {  # audit a finished run on the labels it trained on (in sample, or out of fold), relabel its suspects
+  local dir="$PROJECT/${1}_seed$SEED" kind="${2:-}" cross=()
+  [ "$kind" = _oof ] && cross=(--cross-fit "$CROSS_FIT")
+  [ -f "$dir/audit$kind/audit.csv" ] || "$POI" audit "$dir" "$DATA" "${cross[@]}" --out "$dir/audit$kind" > "$dir/audit$kind.log"
+  [ -f "$dir/clean$kind/labels.csv" ] || "$POI" clean "$dir/audit$kind/audit.csv" "$DATA" --relabel \
+    --threshold "$CLEAN_THRESHOLD" --out "$dir/clean$kind/labels.csv"
 }
 
 run() {  # train unless finished (resume when killed), then evaluate on valid
   local name="$1" dir="$PROJECT/${1}_seed$SEED"
-  if [ -n "${CLEANS[$name]:-}" ]; then clean_labels "${CLEANS[$name]}"; fi
+  if [ -n "${CLEANS[$name]:-}" ]; then clean_labels "${CLEANS[$name]}" "$([[ $name == *_oof ]] && echo _oof)"; fi
   if [ -f "$dir/last.pt" ]; then
     "$POI" train --resume "$dir" || true  # "already finished" is fine
   else
