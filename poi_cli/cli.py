@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 
 from poi_cli import __version__, render
+from poi_cli.core.errors import one_line
 
 app = typer.Typer(
     name="poi",
@@ -245,23 +246,42 @@ def predict(
     min_score: float = typer.Option(0.95, "--min-score", help="Drop detections scored below this (MTCNN's false positives score about 0.8-0.92)."),
 ) -> None:
     """Expression, confidence (calibrated probability), consistency (UEM w) and action units of every face in images; see docs/predict.md."""
-    from poi_cli.data.faces import FaceDetectorError
-    from poi_cli.inference.predict import PredictError, Predictor, STATUS_ERROR, status_counts, write_predictions_csv
+    from poi_cli.inference.predict import Predictor
 
     if as_json and csv_file:
         fail("--json and --csv exclude each other: choose one output")
-    if csv_file and any(Path(csv_file).resolve() == Path(i).resolve() for i in inputs):
-        fail(f"--csv {csv_file} is one of the inputs; choose another file")
-    try:
-        predictor = Predictor(model, device=device, batch_size=batch, min_face_score=min_score)
-    except (PredictError, ValueError) as error:
-        fail(str(error))
+    from contextlib import ExitStack
+
+    from poi_cli.core.atomic import refuse_input_as_output
+    from poi_cli.core.errors import PoiError
+    from poi_cli.core.locks import claim
+    from poi_cli.inference.predict import expand_inputs
+
+    # Every file read, after glob and folder expansion: no output may land on one of them.
+    input_files = [item.path for item in expand_inputs(inputs) if item.path is not None]
+    with ExitStack() as held:
+        try:
+            if csv_file:
+                refuse_input_as_output(csv_file, input_files, "--csv")
+                held.enter_context(claim(csv_file, "--csv"))  # one writer per CSV
+            predictor = Predictor(model, device=device, batch_size=batch, min_face_score=min_score)
+        except (PoiError, ValueError) as error:
+            fail(str(error))
+        _predict_and_write(predictor, inputs, input_files, show_au, as_json, csv_file, save_vis)
+
+
+def _predict_and_write(predictor: Any, inputs: list[str], input_files: list[Path], show_au: bool, as_json: bool,
+                       csv_file: Optional[str], save_vis: Optional[str]) -> None:
+    """The body of `poi predict` once the model is loaded (and the CSV claimed)."""
+    from poi_cli.data.faces import FaceDetectorError
+    from poi_cli.inference.predict import status_counts, write_predictions_csv
+
     show(*render.note_lines(predictor.notes, soft_wrap=True), to=err_console)
     writer = None
     if save_vis:
         from poi_cli.inference.visualize import VisWriter
 
-        writer = VisWriter(save_vis, show_au)
+        writer = VisWriter(save_vis, show_au, protected=input_files)
     records: list[dict] = []
     images = 0
     try:
@@ -278,17 +298,19 @@ def predict(
             fail(f"interrupted: the {images} images finished are in {csv_file}", 130)
         fail("interrupted", 130)
     counts = status_counts(records)
-    if images == 1 and records[0]["status"] == STATUS_ERROR:
-        fail(f"{records[0]['image']}: {records[0]['reason']}")
+    # One rule for one bad input and many: the records (error ones included) are always
+    # written, and the exit status is 1 when no image could be read.
     if as_json:
         print(json.dumps(records))
     elif csv_file:
         write_predictions_csv(records, predictor.classes, csv_file, show_au)
     else:
         show(render.predict_table(records, predictor.checkpoint_path, predictor.classes, show_au))
-    show(render.predict_summary(images, counts, csv_file, save_vis), to=err_console if as_json else console)
     if images and counts["error"] == images:
-        raise typer.Exit(1)
+        if images == 1:
+            fail(f"{records[0]['image']}: {records[0]['reason']}")
+        fail(f"none of the {images} inputs could be read")
+    show(render.predict_summary(images, counts, csv_file, save_vis), to=err_console if as_json else console)
 
 
 @app.command()
@@ -308,7 +330,7 @@ def export(
     except (ExportError, OSError) as error:
         fail(str(error))
     except Exception as error:  # an exporter failure: one line, never a traceback
-        fail(f"export failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        fail(f"export failed: {type(error).__name__}: {one_line(error)}")
     show(*render.export_summary(result))
     if not result.passed:
         fail(f"the exported model differs from PyTorch by {result.max_abs_diff:.2e} > {result.tolerance:g}")

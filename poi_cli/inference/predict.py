@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from poi_cli.core.errors import PoiError
+from poi_cli.core.errors import PoiError, one_line
 from poi_cli.core.atomic import atomic_write_text
 from poi_cli.core import manifests
 from poi_cli.core.manifests import REGION_NAMES, REGIONS, au_columns
@@ -313,7 +313,7 @@ class Predictor:
             self.model, checkpoint_dict = load_model(self.checkpoint_path, self.device)
             info = CheckpointInfo.of(checkpoint_dict)
         except (CheckpointError, RuntimeError, ValueError) as error:
-            raise PredictError(str(error).splitlines()[0]) from None
+            raise PredictError(one_line(error)) from None
         config = self.model.config
         self.classes: list[str] = list(info.classes)
         if len(self.classes) != config.num_classes:
