@@ -20,6 +20,7 @@ from rich.console import Console
 
 from poi_cli import __version__, render
 from poi_cli.core.errors import one_line
+from poi_cli.core.threads import THREADS_HELP
 
 app = typer.Typer(
     name="poi",
@@ -36,6 +37,22 @@ def fail(message: str, code: int = 1) -> None:
     """Print a one-line error and exit non-zero (no traceback for bad input)."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def threads_option() -> Any:
+    """The --threads option of every compute command (one definition)."""
+    return typer.Option(None, "--threads", min=1, help=THREADS_HELP, rich_help_panel="Performance")
+
+
+def use_threads(threads: Optional[int]) -> int:
+    """Apply --threads / $POI_THREADS before any tensor work (poi_cli.core.threads)."""
+    from poi_cli.core.threads import ThreadsError, configure_threads
+
+    try:
+        return configure_threads(threads)
+    except ThreadsError as error:
+        fail(str(error))
+        raise  # unreachable: fail exits
 
 
 def show(*items: render.Item, to: Optional[Console] = None) -> None:
@@ -97,8 +114,10 @@ def prepare(
     device: str = typer.Option("cpu", help="Torch device for face detection."),
     batch_size: int = typer.Option(32, help="Images per detection batch."),
     splits: Optional[str] = typer.Option(None, help="Comma-separated splits to prepare (default: all found)."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Detect, align and store a dataset's faces for training (resumable; see docs/datasets.md)."""
+    use_threads(threads)
     from poi_cli.data.datasets import LayoutError
     from poi_cli.data.prepare import PrepareError, prepare as run_prepare
 
@@ -163,7 +182,10 @@ def _config_cli_fields() -> list[dataclasses.Field]:
 def _with_config_options(command: Callable[..., None]) -> Callable[..., None]:
     """Give `command(**options)` one CLI parameter per TrainConfig field (the signature Typer reads)."""
     hints = get_type_hints(_train_config.TrainConfig)
-    command.__signature__ = inspect.Signature([_config_parameter(f, hints[f.name]) for f in _config_cli_fields()])
+    parameters = [_config_parameter(f, hints[f.name]) for f in _config_cli_fields()]
+    parameters.append(inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=threads_option(),
+                                        annotation=Optional[int]))
+    command.__signature__ = inspect.Signature(parameters)
     return command
 
 
@@ -186,6 +208,7 @@ def train(**options: Any) -> None:
     from poi_cli.model.pretrained import PretrainedError
     from poi_cli.data.store import StoreError
 
+    use_threads(options.pop("threads", None))
     try:
         config = _config_from_options(options)
     except ValueError as error:
@@ -214,8 +237,10 @@ def evaluate(
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
     batch: int = typer.Option(256, help="Images per batch."),
     amp: str = typer.Option("auto", help="bf16 autocast: auto, bf16 or off."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Accuracy, per-class recall, confusion matrix, calibration of confidence and consistency, strata and PIN accuracies of a model."""
+    use_threads(threads)
     from poi_cli.core.atomic import next_run_dir
     from poi_cli.model.checkpoint import CheckpointError
     from poi_cli.inference.evaluate import evaluate as run_evaluate, write_reports
@@ -244,8 +269,10 @@ def predict(
     device: str = typer.Option("cpu", help="cpu or cuda (detection and model)."),
     batch: int = typer.Option(32, help="Faces per model batch."),
     min_score: float = typer.Option(0.95, "--min-score", help="Drop detections scored below this (MTCNN's false positives score about 0.8-0.92)."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Expression, confidence (calibrated probability), consistency (UEM w) and action units of every face in images; see docs/predict.md."""
+    use_threads(threads)
     from poi_cli.inference.predict import Predictor
 
     if as_json and csv_file:
@@ -321,8 +348,10 @@ def export(
     out: Optional[str] = typer.Option(None, "--out", help="File to write (default beside the checkpoint: best.trn.onnx, best.full.torchscript.pt, best.fp16.pt, ...)."),
     tolerance: Optional[float] = typer.Option(None, help="Largest accepted difference from PyTorch on random input (default 1e-3; 1e-2 for weights)."),
     opset: int = typer.Option(17, help="ONNX opset."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Export to ONNX, TorchScript or packed fp16 weights and check the result against PyTorch; see docs/predict.md."""
+    use_threads(threads)
     from poi_cli.inference.export import ExportError, export_model
 
     try:
@@ -343,8 +372,10 @@ def report(
     data: Optional[str] = typer.Option(None, "--data", help="A prepared folder: predict it with each run's best.pt for confusion matrices, consistency histograms, strata and calibration figures."),
     split: str = typer.Option("test", help="Split of --data to predict."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps (with --data)."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Tables (final / best accuracy, noise, ablations, calibration, confidence and consistency strata) and plots of training runs; see docs/predict.md."""
+    use_threads(threads)
     from poi_cli.core.atomic import next_run_dir
     from poi_cli.inference.report import ReportError, build_report
 
@@ -367,8 +398,10 @@ def audit(
     out: Optional[str] = typer.Option(None, help="Folder for audit.csv, audit_summary.json, contact_sheet.png (default runs/audit/exp, numbered)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
     batch: int = typer.Option(256, help="Images per batch."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Rank every labelled image by how strongly the PIN's objective inference disagrees with its label; see docs/audit.md."""
+    use_threads(threads)
     from poi_cli.inference.audit import SUSPICION_THRESHOLDS, AuditError, audit as run_audit, write_audit
     from poi_cli.core.atomic import next_run_dir
     from poi_cli.model.checkpoint import CheckpointError
@@ -393,8 +426,10 @@ def clean(
     labels: Optional[str] = typer.Option(None, "--labels", help="With a run: the label file to audit (default: the labels it trained on)."),
     split: str = typer.Option("train", help="The split the audit covers."),
     device: str = typer.Option("auto", help="With a run: auto, cpu, cuda or mps."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Turn an audit into a label file for `poi train --labels`: relabel or drop the most suspect images."""
+    use_threads(threads)
     from poi_cli.core.errors import PoiError
     from poi_cli.inference.clean import clean as run_clean, write_clean
 
@@ -416,8 +451,10 @@ def calibrate(
     in_place: bool = typer.Option(False, "--in-place", help="Rewrite the checkpoint itself (atomically) instead of a copy."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
     batch: int = typer.Option(256, help="Images per batch."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Fit the temperature T_cal that makes `confidence` a calibrated probability, and store it in the checkpoint."""
+    use_threads(threads)
     from poi_cli.core.errors import PoiError
     from poi_cli.inference.calibrate import calibrate as run_calibrate
 
