@@ -341,6 +341,40 @@ def _predict_and_write(predictor: Any, inputs: list[str], input_files: list[Path
 
 
 @app.command()
+def serve(
+    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint or run folder (default: $POI_MODEL, then the bundled model)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface, e.g. in Docker)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    device: str = typer.Option("cpu", help="cpu or cuda (detection and model)."),
+    min_score: float = typer.Option(0.95, "--min-score", help="Drop detections scored below this (as in poi predict)."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest request body, in MiB (413 above)."),
+    max_pixels: float = typer.Option(40.0, "--max-megapixels", help="Largest image, in megapixels (413 above)."),
+    max_files: int = typer.Option(16, "--max-files", help="Images per request (400 above)."),
+    max_in_flight: int = typer.Option(64, "--max-in-flight", help="Requests served at once (429 above)."),
+    threads: Optional[int] = threads_option(),
+) -> None:
+    """An HTTP JSON API: POST /predict (images as multipart field `files`), GET /health, /model, /docs; see docs/serve.md."""
+    use_threads(threads)
+    from poi_cli.core.errors import PoiError
+    from poi_cli.inference.predict import Predictor
+    from poi_cli.inference.serve import ServeLimits, serve as run_serve
+
+    try:
+        limits = ServeLimits(max_request_bytes=int(max_upload_mb * 1024 * 1024), max_files=max_files,
+                             max_pixels=int(max_pixels * 1e6), max_in_flight=max_in_flight)
+        predictor = Predictor(model, device=device, min_face_score=min_score, images_per_batch=limits.batch_images)
+    except (PoiError, ValueError) as error:
+        fail(str(error))
+    show(*render.note_lines(predictor.notes, soft_wrap=True), to=err_console)
+    try:
+        run_serve(predictor, host=host, port=port, limits=limits)
+    except PoiError as error:
+        fail(str(error))
+    except OSError as error:  # the port is taken, the address is not ours
+        fail(f"cannot listen on {host}:{port}: {one_line(error)}")
+
+
+@app.command()
 def export(
     checkpoint: str = typer.Argument(..., help="A checkpoint file or a run folder (its best.pt)."),
     format: str = typer.Option("onnx", "--format", help="onnx, torchscript, or weights (packed fp16 TRN + PIN weights, a checkpoint poi predict reads)."),
