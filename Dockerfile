@@ -1,5 +1,6 @@
 # poi on a CPU base image; the same install step as a fresh machine (scripts/setup.sh).
 #   docker build -t poi .            docker run --rm -v "$PWD:/data" poi info
+#   docker run --rm -p 8000:8000 poi serve --host 0.0.0.0     (the HTTP API, docs/serve.md)
 # For a CUDA base, e.g.: docker build --build-arg BASE=nvidia/cuda:12.8.1-runtime-ubuntu24.04 -t poi:cuda .
 # and run with --gpus all (the PyPI torch wheels carry their own CUDA libraries).
 ARG BASE=python:3.11-slim
@@ -11,5 +12,6 @@ COPY . .
 RUN VENV=/opt/venv bash scripts/setup.sh && rm -rf /root/.cache/pip
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /data
+EXPOSE 8000
 ENTRYPOINT ["poi"]
 CMD ["--help"]

@@ -19,6 +19,8 @@ import typer
 from rich.console import Console
 
 from poi_cli import __version__, render
+from poi_cli.core.errors import one_line
+from poi_cli.core.threads import THREADS_HELP
 
 app = typer.Typer(
     name="poi",
@@ -35,6 +37,22 @@ def fail(message: str, code: int = 1) -> None:
     """Print a one-line error and exit non-zero (no traceback for bad input)."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def threads_option() -> Any:
+    """The --threads option of every compute command (one definition)."""
+    return typer.Option(None, "--threads", min=1, help=THREADS_HELP, rich_help_panel="Performance")
+
+
+def use_threads(threads: Optional[int]) -> int:
+    """Apply --threads / $POI_THREADS before any tensor work (poi_cli.core.threads)."""
+    from poi_cli.core.threads import ThreadsError, configure_threads
+
+    try:
+        return configure_threads(threads)
+    except ThreadsError as error:
+        fail(str(error))
+        raise  # unreachable: fail exits
 
 
 def show(*items: render.Item, to: Optional[Console] = None) -> None:
@@ -99,8 +117,10 @@ def prepare(
     folds: Optional[int] = typer.Option(None, help="Subject-independent folds of train, a fold column for `poi train --fold` (default: 10 for CK+, none elsewhere; 0 for none)."),
     fold_seed: int = typer.Option(0, help="Seed of --folds and --test-fraction."),
     test_fraction: float = typer.Option(0.0, help="Move a random, class-stratified share of train to split test instead of folds (0.2: the POI paper's CK+ 8:2, image-level)."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Detect, align and store a dataset's faces for training (resumable; see docs/datasets.md)."""
+    use_threads(threads)
     from poi_cli.data.datasets import LayoutError
     from poi_cli.data.prepare import PrepareError, prepare as run_prepare
 
@@ -166,7 +186,10 @@ def _config_cli_fields() -> list[dataclasses.Field]:
 def _with_config_options(command: Callable[..., None]) -> Callable[..., None]:
     """Give `command(**options)` one CLI parameter per TrainConfig field (the signature Typer reads)."""
     hints = get_type_hints(_train_config.TrainConfig)
-    command.__signature__ = inspect.Signature([_config_parameter(f, hints[f.name]) for f in _config_cli_fields()])
+    parameters = [_config_parameter(f, hints[f.name]) for f in _config_cli_fields()]
+    parameters.append(inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=threads_option(),
+                                        annotation=Optional[int]))
+    command.__signature__ = inspect.Signature(parameters)
     return command
 
 
@@ -189,6 +212,7 @@ def train(**options: Any) -> None:
     from poi_cli.model.pretrained import PretrainedError
     from poi_cli.data.store import StoreError
 
+    use_threads(options.pop("threads", None))
     try:
         config = _config_from_options(options)
     except ValueError as error:
@@ -222,8 +246,10 @@ def evaluate(
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
     batch: int = typer.Option(256, help="Images per batch."),
     amp: str = typer.Option("auto", help="bf16 autocast: auto, bf16 or off."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Accuracy, per-class recall, confusion matrix, calibration of confidence and consistency, strata and PIN accuracies of a model."""
+    use_threads(threads)
     from poi_cli.core.atomic import next_run_dir
     from poi_cli.model.checkpoint import CheckpointError
     from poi_cli.inference.evaluate import evaluate as run_evaluate, write_reports
@@ -252,25 +278,46 @@ def predict(
     device: str = typer.Option("cpu", help="cpu or cuda (detection and model)."),
     batch: int = typer.Option(32, help="Faces per model batch."),
     min_score: float = typer.Option(0.95, "--min-score", help="Drop detections scored below this (MTCNN's false positives score about 0.8-0.92)."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Expression, confidence (calibrated probability), consistency (UEM w) and action units of every face in images; see docs/predict.md."""
-    from poi_cli.data.faces import FaceDetectorError
-    from poi_cli.inference.predict import PredictError, Predictor, STATUS_ERROR, status_counts, write_predictions_csv
+    use_threads(threads)
+    from poi_cli.inference.predict import Predictor
 
     if as_json and csv_file:
         fail("--json and --csv exclude each other: choose one output")
-    if csv_file and any(Path(csv_file).resolve() == Path(i).resolve() for i in inputs):
-        fail(f"--csv {csv_file} is one of the inputs; choose another file")
-    try:
-        predictor = Predictor(model, device=device, batch_size=batch, min_face_score=min_score)
-    except (PredictError, ValueError) as error:
-        fail(str(error))
+    from contextlib import ExitStack
+
+    from poi_cli.core.atomic import refuse_input_as_output
+    from poi_cli.core.errors import PoiError
+    from poi_cli.core.locks import claim
+    from poi_cli.inference.predict import expand_inputs
+
+    # Every file read, after glob and folder expansion: no output may land on one of them.
+    input_files = [item.path for item in expand_inputs(inputs) if item.path is not None]
+    with ExitStack() as held:
+        try:
+            if csv_file:
+                refuse_input_as_output(csv_file, input_files, "--csv")
+                held.enter_context(claim(csv_file, "--csv"))  # one writer per CSV
+            predictor = Predictor(model, device=device, batch_size=batch, min_face_score=min_score)
+        except (PoiError, ValueError) as error:
+            fail(str(error))
+        _predict_and_write(predictor, inputs, input_files, show_au, as_json, csv_file, save_vis)
+
+
+def _predict_and_write(predictor: Any, inputs: list[str], input_files: list[Path], show_au: bool, as_json: bool,
+                       csv_file: Optional[str], save_vis: Optional[str]) -> None:
+    """The body of `poi predict` once the model is loaded (and the CSV claimed)."""
+    from poi_cli.data.faces import FaceDetectorError
+    from poi_cli.inference.predict import status_counts, write_predictions_csv
+
     show(*render.note_lines(predictor.notes, soft_wrap=True), to=err_console)
     writer = None
     if save_vis:
         from poi_cli.inference.visualize import VisWriter
 
-        writer = VisWriter(save_vis, show_au)
+        writer = VisWriter(save_vis, show_au, protected=input_files)
     records: list[dict] = []
     images = 0
     try:
@@ -287,17 +334,53 @@ def predict(
             fail(f"interrupted: the {images} images finished are in {csv_file}", 130)
         fail("interrupted", 130)
     counts = status_counts(records)
-    if images == 1 and records[0]["status"] == STATUS_ERROR:
-        fail(f"{records[0]['image']}: {records[0]['reason']}")
+    # One rule for one bad input and many: the records (error ones included) are always
+    # written, and the exit status is 1 when no image could be read.
     if as_json:
         print(json.dumps(records))
     elif csv_file:
         write_predictions_csv(records, predictor.classes, csv_file, show_au)
     else:
         show(render.predict_table(records, predictor.checkpoint_path, predictor.classes, show_au))
-    show(render.predict_summary(images, counts, csv_file, save_vis), to=err_console if as_json else console)
     if images and counts["error"] == images:
-        raise typer.Exit(1)
+        if images == 1:
+            fail(f"{records[0]['image']}: {records[0]['reason']}")
+        fail(f"none of the {images} inputs could be read")
+    show(render.predict_summary(images, counts, csv_file, save_vis), to=err_console if as_json else console)
+
+
+@app.command()
+def serve(
+    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint or run folder (default: $POI_MODEL, then the bundled model)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface, e.g. in Docker)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    device: str = typer.Option("cpu", help="cpu or cuda (detection and model)."),
+    min_score: float = typer.Option(0.95, "--min-score", help="Drop detections scored below this (as in poi predict)."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest request body, in MiB (413 above)."),
+    max_pixels: float = typer.Option(40.0, "--max-megapixels", help="Largest image, in megapixels (413 above)."),
+    max_files: int = typer.Option(16, "--max-files", help="Images per request (400 above)."),
+    max_in_flight: int = typer.Option(64, "--max-in-flight", help="Requests served at once (429 above)."),
+    threads: Optional[int] = threads_option(),
+) -> None:
+    """An HTTP JSON API: POST /predict (images as multipart field `files`), GET /health, /model, /docs; see docs/serve.md."""
+    use_threads(threads)
+    from poi_cli.core.errors import PoiError
+    from poi_cli.inference.predict import Predictor
+    from poi_cli.inference.serve import ServeLimits, serve as run_serve
+
+    try:
+        limits = ServeLimits(max_request_bytes=int(max_upload_mb * 1024 * 1024), max_files=max_files,
+                             max_pixels=int(max_pixels * 1e6), max_in_flight=max_in_flight)
+        predictor = Predictor(model, device=device, min_face_score=min_score, images_per_batch=limits.batch_images)
+    except (PoiError, ValueError) as error:
+        fail(str(error))
+    show(*render.note_lines(predictor.notes, soft_wrap=True), to=err_console)
+    try:
+        run_serve(predictor, host=host, port=port, limits=limits)
+    except PoiError as error:
+        fail(str(error))
+    except OSError as error:  # the port is taken, the address is not ours
+        fail(f"cannot listen on {host}:{port}: {one_line(error)}")
 
 
 @app.command()
@@ -308,8 +391,10 @@ def export(
     out: Optional[str] = typer.Option(None, "--out", help="File to write (default beside the checkpoint: best.trn.onnx, best.full.torchscript.pt, best.fp16.pt, ...)."),
     tolerance: Optional[float] = typer.Option(None, help="Largest accepted difference from PyTorch on random input (default 1e-3; 1e-2 for weights)."),
     opset: int = typer.Option(17, help="ONNX opset."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Export to ONNX, TorchScript or packed fp16 weights and check the result against PyTorch; see docs/predict.md."""
+    use_threads(threads)
     from poi_cli.inference.export import ExportError, export_model
 
     try:
@@ -317,7 +402,7 @@ def export(
     except (ExportError, OSError) as error:
         fail(str(error))
     except Exception as error:  # an exporter failure: one line, never a traceback
-        fail(f"export failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        fail(f"export failed: {type(error).__name__}: {one_line(error)}")
     show(*render.export_summary(result))
     if not result.passed:
         fail(f"the exported model differs from PyTorch by {result.max_abs_diff:.2e} > {result.tolerance:g}")
@@ -330,8 +415,10 @@ def report(
     data: Optional[str] = typer.Option(None, "--data", help="A prepared folder: predict it with each run's best.pt for confusion matrices, consistency histograms, strata and calibration figures."),
     split: str = typer.Option("test", help="Split of --data to predict."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps (with --data)."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Tables (final / best accuracy, noise, ablations, calibration, confidence and consistency strata) and plots of training runs; see docs/predict.md."""
+    use_threads(threads)
     from poi_cli.core.atomic import next_run_dir
     from poi_cli.inference.report import ReportError, build_report
 
@@ -355,8 +442,10 @@ def audit(
     cross_fit: int = typer.Option(0, "--cross-fit", help="Score out of fold: train K models with the run's recipe, each leaving a K-th of its training split out (under OUT/crossfit/, resumable). 0: the run itself scores its own training set."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
     batch: int = typer.Option(256, help="Images per batch."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Rank every labelled image by how strongly the PIN's objective inference disagrees with its label; see docs/audit.md."""
+    use_threads(threads)
     from poi_cli.inference.audit import SUSPICION_THRESHOLDS, AuditError, audit as run_audit, write_audit
     from poi_cli.core.atomic import next_run_dir
     from poi_cli.model.checkpoint import CheckpointError
@@ -392,8 +481,10 @@ def clean(
     labels: Optional[str] = typer.Option(None, "--labels", help="With a run: the label file to audit (default: the labels it trained on)."),
     split: str = typer.Option("train", help="The split the audit covers."),
     device: str = typer.Option("auto", help="With a run: auto, cpu, cuda or mps."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Turn an audit into a label file for `poi train --labels`: relabel or drop the most suspect images."""
+    use_threads(threads)
     from poi_cli.core.errors import PoiError
     from poi_cli.inference.clean import clean as run_clean, write_clean
 
@@ -415,8 +506,10 @@ def calibrate(
     in_place: bool = typer.Option(False, "--in-place", help="Rewrite the checkpoint itself (atomically) instead of a copy."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
     batch: int = typer.Option(256, help="Images per batch."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Fit the temperature T_cal that makes `confidence` a calibrated probability, and store it in the checkpoint."""
+    use_threads(threads)
     from poi_cli.core.errors import PoiError
     from poi_cli.inference.calibrate import calibrate as run_calibrate
 

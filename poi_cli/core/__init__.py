@@ -1,6 +1,7 @@
 """Layer 0, core: what every other layer may use. Imports nothing else of poi_cli.
 
-atomic (every file poi writes, numbered output folders), errors (PoiError, the base of
+atomic (every file poi writes, numbered output folders, the output-is-an-input guard), locks
+(one writer per output: O_EXCL claims, stale-aware), errors (PoiError, the base of
 every one-line user error), manifests (the facts in data_manifests/: classes, the AU
 prior table, regions), schema (statuses, landmark names), runtime (devices, bf16
 autocast, torchrun processes), metrics (confusion matrix, recall, ROC AUC on arrays).

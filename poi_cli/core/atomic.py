@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
@@ -73,3 +73,17 @@ def next_run_dir(project: str | Path, name: str, exist_ok: bool = False) -> Path
         candidate, number = project / f"{name}{number}", number + 1
     candidate.mkdir(parents=True, exist_ok=True)
     return candidate
+
+
+def refuse_input_as_output(output: str | Path, inputs: Iterable[str | Path], option: str) -> None:
+    """Raise PoiError when `output` is (after resolving symlinks) one of `inputs`.
+
+    `inputs` are the files a command reads, after glob and folder expansion: nothing the
+    user gave is ever overwritten, however it was named.
+    """
+    from poi_cli.core.errors import PoiError
+
+    target = Path(output).resolve()
+    for value in inputs:
+        if Path(value).resolve() == target:
+            raise PoiError(f"{option} {output} is one of the inputs ({value}); choose another file")

@@ -10,3 +10,13 @@ from __future__ import annotations
 
 class PoiError(ValueError):
     """An error with a one-line message meant for the user."""
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an exception's text, or its type name when it has none.
+
+    Some library errors carry no text at all (torch.load's EOFError on an empty file), so
+    indexing the text's first line would itself fail.
+    """
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -50,7 +50,7 @@ def load_image(path: str | Path) -> Image.Image:
     """
     path = Path(path)
     if not path.exists():
-        raise ImageLoadError("file not found")
+        raise ImageLoadError("broken symlink (its target is missing)" if path.is_symlink() else "file not found")
     if not path.is_file():
         raise ImageLoadError("not a regular file")
     try:

@@ -30,6 +30,7 @@ import pandas as pd
 
 from poi_cli import __version__
 from poi_cli.core.errors import PoiError
+from poi_cli.core.locks import LockError, claim
 from poi_cli.core.atomic import atomic_write_text
 from poi_cli.data.datasets import PENDING, Item, LayoutError, ParsedDataset, parse_dataset
 from poi_cli.data.datasets.common import dataset_manifest
@@ -123,6 +124,19 @@ def prepare(
     if protocol:  # absent otherwise: stores of other datasets keep their settings (a re-run stays a no-op)
         settings["protocol"] = protocol
 
+    # One writer per --out: a second `poi prepare` into the same folder stops at once
+    # instead of redoing (and racing) all the work.
+    try:
+        with claim(out, "prepared folder"):
+            return _prepare_into(out, raw, parsed, items, settings, size, detect, device, batch_size, workers,
+                                 show_progress, detector)
+    except LockError as error:
+        raise PrepareError(str(error)) from None
+
+
+def _prepare_into(out: Path, raw: Path, parsed: ParsedDataset, items: list[Item], settings: dict[str, Any], size: int,
+                  detect: bool, device: str, batch_size: int, workers: int, show_progress: bool,
+                  detector: Any) -> PrepareResult:
     state = _out_dir_state(out, settings)
     if state == "done":
         meta = json.loads((out / META_FILE).read_text())

@@ -164,7 +164,10 @@ def _write_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_nam
 def _run_onnx(path: Path, x: torch.Tensor) -> list[torch.Tensor]:
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from poi_cli.core.threads import onnx_session_options
+
+    session = onnxruntime.InferenceSession(str(path), sess_options=onnx_session_options(),
+                                           providers=["CPUExecutionProvider"])
     return [torch.from_numpy(y) for y in session.run(None, {"input": x.numpy()})]
 
 

@@ -33,14 +33,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 
-from poi_cli.core.errors import PoiError
+from poi_cli.core.errors import PoiError, one_line
 from poi_cli.core.atomic import atomic_write_text
 from poi_cli.core import manifests
 from poi_cli.core.manifests import REGION_NAMES, REGIONS, au_columns
@@ -61,6 +60,9 @@ NO_MODEL_MESSAGE = (
     "no model: pass --model CKPT (a checkpoint or run folder from `poi train`) or set POI_MODEL=CKPT; "
     "this installation bundles no model (see docs/predict.md, 'Getting a model')"
 )
+
+if TYPE_CHECKING:  # pandas is imported where a DataFrame is built: it costs ~0.4 s of start-up
+    import pandas as pd
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
@@ -250,6 +252,8 @@ def flatten_record(record: dict, classes: Sequence[str], show_au: bool = False) 
 
 def records_to_frame(records: Sequence[dict], classes: Sequence[str], show_au: bool = False) -> pd.DataFrame:
     """Records -> DataFrame (missing values NaN; `face` a nullable integer)."""
+    import pandas as pd
+
     columns = flat_columns(classes, show_au)
     frame = pd.DataFrame([flatten_record(r, classes, show_au) for r in records], columns=columns)
     numeric = [c for c in columns if c not in ("image", "status", "reason", "expression", "face")]
@@ -313,7 +317,7 @@ class Predictor:
             self.model, checkpoint_dict = load_model(self.checkpoint_path, self.device)
             info = CheckpointInfo.of(checkpoint_dict)
         except (CheckpointError, RuntimeError, ValueError) as error:
-            raise PredictError(str(error).splitlines()[0]) from None
+            raise PredictError(one_line(error)) from None
         config = self.model.config
         self.classes: list[str] = list(info.classes)
         if len(self.classes) != config.num_classes:

@@ -401,6 +401,14 @@ def build_report(
     """Collect runs, write report.md, runs.csv, by_noise.csv, strata.csv and the PNGs into out_dir."""
     from poi_cli.inference.evaluate import plot_confusion
 
+    if data is not None:
+        # A missing split is the user's mistake, not a per-run note: stop before any work.
+        from poi_cli.data.store import PreparedDataset
+
+        available = PreparedDataset(data).splits()  # StoreError when it is no prepared folder
+        if split not in available:
+            raise ReportError(f"--split {split}: {data} has no usable faces in that split "
+                              f"(splits with faces: {', '.join(available) or 'none'})")
     run_paths, skipped = find_runs(paths)
     runs: list[Run] = []
     used: set[str] = set()

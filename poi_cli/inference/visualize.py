@@ -7,7 +7,7 @@ Pure PIL: no figure machinery, so drawing stays cheap next to detection.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -113,22 +113,31 @@ def render(prediction: ImagePrediction, show_au: bool = False) -> Optional[Image
 
 
 class VisWriter:
-    """Writes DIR/<image stem>_poi.png, numbering repeats; never over an input file."""
+    """Writes DIR/<image stem>_poi.png, numbering repeats; never over an input file.
 
-    def __init__(self, out_dir: str | Path, show_au: bool = False) -> None:
+    protected: every file the run reads (after glob and folder expansion); a name that
+    resolves to one of them (symlinks followed) is skipped for the next number, so
+    `poi predict v/a.jpg v/a_poi.png --save-vis v` keeps v/a_poi.png.
+    """
+
+    def __init__(self, out_dir: str | Path, show_au: bool = False, protected: Iterable[str | Path] = ()) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.show_au = show_au
         self.used: set[str] = set()
+        self.protected = {Path(p).resolve() for p in protected}
 
     def write(self, prediction: ImagePrediction) -> Optional[Path]:
         picture = render(prediction, self.show_au)
         if picture is None:
             return None
-        stem = Path(prediction.source).stem if not prediction.source.startswith("<") else "image"
-        source = Path(prediction.source).resolve() if not prediction.source.startswith("<") else None
+        in_memory = prediction.source.startswith("<")
+        stem = Path(prediction.source).stem if not in_memory else "image"
+        avoid = set(self.protected)
+        if not in_memory:
+            avoid.add(Path(prediction.source).resolve())
         name, number = f"{stem}_poi.png", 2
-        while name in self.used or (self.out_dir / name).resolve() == source:
+        while name in self.used or (self.out_dir / name).resolve() in avoid:
             name, number = f"{stem}_poi{number}.png", number + 1
         self.used.add(name)
         path = self.out_dir / name

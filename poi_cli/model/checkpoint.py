@@ -21,7 +21,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from poi_cli.core.errors import PoiError
+from poi_cli.core.errors import PoiError, one_line
 from poi_cli.core.atomic import atomic_write
 from poi_cli.data.preprocess import Preprocessing
 from poi_cli.model.calibration import Calibration
@@ -85,9 +85,21 @@ def safe_torch_load(path: str | Path, what: str, error_type: type[Exception]) ->
     if not path.is_file():
         raise error_type(f"{what} not found: {path}")
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as error:
+        raise error_type(f"cannot read {path}: {one_line(error)}") from None
+    if not head:
+        raise error_type(f"cannot read {path} as a {what}: the file is empty (0 bytes)")
+    # torch.save writes a zip archive (PK..) or, before torch 1.6, a pickle (protocol byte
+    # 0x80); anything else is not a checkpoint, and torch.load's own errors for it ("101",
+    # "pop from empty list") say nothing useful
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):
+        raise error_type(f"cannot read {path} as a {what}: it is not a file written by torch.save")
+    try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a bad file
-        raise error_type(f"cannot read {path} as a {what}: {str(error).splitlines()[0]}") from None
+    except Exception as error:  # torch raises many types for a bad file (some without text)
+        raise error_type(f"cannot read {path} as a {what}: {type(error).__name__}: {one_line(error)}") from None
 
 
 def load_checkpoint(path: str | Path) -> dict:

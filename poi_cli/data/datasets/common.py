@@ -79,10 +79,15 @@ def require(path: Path, what: str, raw_dir: Path) -> Path:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly in `folder`, sorted by name (hidden files skipped)."""
+    """Image files directly in `folder`, sorted by name (hidden files skipped).
+
+    A broken symlink with an image suffix is listed too: it is an image the user meant to
+    include, so it gets a manifest row with its reason instead of silently vanishing.
+    """
     return sorted(
         p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        if (p.is_file() or (p.is_symlink() and not p.exists()))
+        and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
     )
 
 
