@@ -234,7 +234,7 @@ def evaluate(
 
 @app.command()
 def predict(
-    inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns."),
+    inputs: list[str] = typer.Argument(..., help="Image or video files, folders (searched recursively) or glob patterns."),
     model: Optional[str] = typer.Option(None, "--model", help="Checkpoint or run folder (default: $POI_MODEL, then the bundled model)."),
     show_au: bool = typer.Option(False, "--show-au", help="Add AU probabilities per region and the regions' own expression distributions."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of per-face records to stdout."),
@@ -243,18 +243,28 @@ def predict(
     device: str = typer.Option("cpu", help="cpu or cuda (detection and model)."),
     batch: int = typer.Option(32, help="Faces per model batch."),
     min_score: float = typer.Option(0.95, "--min-score", help="Drop detections scored below this (MTCNN's false positives score about 0.8-0.92)."),
+    no_detect: bool = typer.Option(False, "--no-detect", "--aligned", help="Take each image or frame whole as one face (already-cropped faces, e.g. FER datasets); no detector."),
+    every: Optional[int] = typer.Option(None, "--every", help="Video: analyse every N-th frame.", rich_help_panel="Video"),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Video: analyse F frames per second (default: every frame, at most 10 per second).", rich_help_panel="Video"),
+    start: Optional[float] = typer.Option(None, "--start", help="Video: first second to analyse.", rich_help_panel="Video"),
+    end: Optional[float] = typer.Option(None, "--end", help="Video: second to stop at.", rich_help_panel="Video"),
+    smooth: Optional[float] = typer.Option(None, "--smooth", help="Video: add each track's probabilities smoothed over SECONDS (exponential moving average); raw values stay.", rich_help_panel="Video"),
 ) -> None:
-    """Expression, confidence (calibrated probability), consistency (UEM w) and action units of every face in images; see docs/predict.md."""
+    """Expression, confidence (calibrated probability), consistency (UEM w) and action units of every face in images and videos; see docs/predict.md."""
+    from poi_cli.core.errors import PoiError
     from poi_cli.data.faces import FaceDetectorError
+    from poi_cli.data.video import VideoSampling
     from poi_cli.inference.predict import PredictError, Predictor, STATUS_ERROR, status_counts, write_predictions_csv
+    from poi_cli.inference.video import VideoOptions, video_summary, write_video_summaries
 
     if as_json and csv_file:
         fail("--json and --csv exclude each other: choose one output")
     if csv_file and any(Path(csv_file).resolve() == Path(i).resolve() for i in inputs):
         fail(f"--csv {csv_file} is one of the inputs; choose another file")
     try:
-        predictor = Predictor(model, device=device, batch_size=batch, min_face_score=min_score)
-    except (PredictError, ValueError) as error:
+        video = VideoOptions(VideoSampling(every=every, fps=fps, start=start, end=end), smooth=smooth)
+        predictor = Predictor(model, device=device, batch_size=batch, min_face_score=min_score, detect=not no_detect)
+    except (PoiError, ValueError) as error:
         fail(str(error))
     show(*render.note_lines(predictor.notes, soft_wrap=True), to=err_console)
     writer = None
@@ -263,31 +273,42 @@ def predict(
 
         writer = VisWriter(save_vis, show_au)
     records: list[dict] = []
-    images = 0
+    statuses: dict[str, set] = {}  # per input (a video's frames share one): the statuses of its records
     try:
-        for prediction in predictor.iter_predictions(inputs, show_au, progress=True):
-            images += 1
+        for prediction in predictor.iter_predictions(inputs, show_au, progress=True, video=video):
+            statuses.setdefault(prediction.source, set()).update(r["status"] for r in prediction.records)
             records.extend(prediction.records)
             if writer is not None:
                 writer.write(prediction)
     except FaceDetectorError as error:
         fail(str(error))
     except KeyboardInterrupt:
+        if writer is not None:
+            writer.close()
         if csv_file and records:
             write_predictions_csv(records, predictor.classes, csv_file, show_au)
-            fail(f"interrupted: the {images} images finished are in {csv_file}", 130)
+            fail(f"interrupted: the {len(statuses)} inputs finished are in {csv_file}", 130)
         fail("interrupted", 130)
+    if writer is not None:
+        writer.close()
+    images = len(statuses)
     counts = status_counts(records)
+    summaries = video_summary(records)
     if images == 1 and records[0]["status"] == STATUS_ERROR:
         fail(f"{records[0]['image']}: {records[0]['reason']}")
     if as_json:
         print(json.dumps(records))
     elif csv_file:
         write_predictions_csv(records, predictor.classes, csv_file, show_au)
-    else:
-        show(render.predict_table(records, predictor.checkpoint_path, predictor.classes, show_au))
-    show(render.predict_summary(images, counts, csv_file, save_vis), to=err_console if as_json else console)
-    if images and counts["error"] == images:
+    if not (as_json or csv_file) and len(summaries) < images:  # the per-frame rows of videos: --csv / --json
+        show(render.predict_table([r for r in records if "frame" not in r], predictor.checkpoint_path,
+                                  predictor.classes, show_au))
+    to = err_console if as_json else console
+    show(*render.video_summaries(summaries), to=to)
+    write_video_summaries(summaries, csv_file, save_vis)
+    show(render.predict_summary(images - len(summaries), counts, csv_file, save_vis, videos=len(summaries),
+                                frames=sum(v["frames"] for v in summaries)), to=to)
+    if images and sum(s == {STATUS_ERROR} for s in statuses.values()) == images:
         raise typer.Exit(1)
 
 

@@ -212,3 +212,24 @@ def video_summary(records: Sequence[dict]) -> list[dict]:
             "no_face": not video["faces"], "stopped": video["stopped"],
         })
     return summaries
+
+
+def write_video_summaries(summaries: Sequence[dict], csv_file: Optional[str | Path] = None,
+                          vis_dir: Optional[str | Path] = None) -> list[Path]:
+    """The summaries as JSON: beside the CSV (<csv stem>.summary.json, all videos) and in the
+    --save-vis folder (<video stem>_summary.json each); atomically. Nothing without videos."""
+    from poi_cli.core.atomic import write_json
+
+    written: list[Path] = []
+    if not summaries:
+        return written
+    if csv_file:
+        path = Path(csv_file).with_suffix(".summary.json")
+        write_json(path, list(summaries))
+        written.append(path)
+    if vis_dir:
+        for summary in summaries:
+            path = Path(vis_dir) / f"{Path(summary['video']).stem}_summary.json"
+            write_json(path, summary)
+            written.append(path)
+    return written
