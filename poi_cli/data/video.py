@@ -255,6 +255,8 @@ def write_video(path: str | Path, frames: "Iterator[np.ndarray] | list[np.ndarra
                 stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
                 stream.width, stream.height = array.shape[1], array.shape[0]
                 stream.pix_fmt = "yuv420p"
+                if codec == "libx264":
+                    stream.codec_context.options = {"preset": "veryfast"}
             for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
                 container.mux(packet)
         if stream is not None:

@@ -471,7 +471,14 @@ class Predictor:
         except ImageLoadError as error:
             return None, str(error)
 
-    def _predict_chunk(self, items: list[InputItem], show_au: bool) -> list[ImagePrediction]:
+    def video_detector(self, max_side: int) -> FaceDetector:
+        """The detector for video frames: frames shrunk to max_side for detection (made once)."""
+        if getattr(self, "_video_detector", None) is None or self._video_detector.max_side != max_side:
+            self._video_detector = FaceDetector(device=str(self.device), min_score=self.min_face_score, max_side=max_side)
+        return self._video_detector
+
+    def _predict_chunk(self, items: list[InputItem], show_au: bool,
+                       detector: Optional[FaceDetector] = None) -> list[ImagePrediction]:
         clock = time.perf_counter()
         loaded = [self._load(item) for item in items]
         self.timings["load"] += time.perf_counter() - clock
@@ -481,7 +488,7 @@ class Predictor:
         if not self.detect:  # --no-detect: the whole image is the face
             found = [[whole_image_face(loaded[i][0])] for i in readable]
         else:
-            found = self.detector.detect([loaded[i][0] for i in readable]) if readable else []
+            found = (detector or self.detector).detect([loaded[i][0] for i in readable]) if readable else []
         faces_of = dict(zip(readable, found))
         self.timings["detection"] += time.perf_counter() - clock
 
