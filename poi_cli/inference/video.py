@@ -110,7 +110,7 @@ def iter_video(predictor: Predictor, source: Any, every: Optional[int] = None, f
         with progress_bar(console, enabled=progress and console.is_terminal) as bar:
             yield from iter_video_file(predictor, Path(source), options, show_au, bar)
         return
-    options = VideoOptions(smooth=smooth)
+    options = VideoOptions(smooth=smooth, frames_per_batch=1)  # live: each frame as soon as it comes
     yield from _predict_frames(predictor, "<live>", _frames_of(source, fps, every), options, show_au, None, fps)
 
 
