@@ -269,7 +269,7 @@ def evaluate(
 
 @app.command()
 def predict(
-    inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns."),
+    inputs: list[str] = typer.Argument(..., help="Image or video files, folders (searched recursively) or glob patterns."),
     model: Optional[str] = typer.Option(None, "--model", help="Checkpoint or run folder (default: $POI_MODEL, then the bundled model)."),
     show_au: bool = typer.Option(False, "--show-au", help="Add AU probabilities per region and the regions' own expression distributions."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of per-face records to stdout."),
@@ -278,21 +278,27 @@ def predict(
     device: str = typer.Option("cpu", help="cpu or cuda (detection and model)."),
     batch: int = typer.Option(32, help="Faces per model batch."),
     min_score: float = typer.Option(0.95, "--min-score", help="Drop detections scored below this (MTCNN's false positives score about 0.8-0.92)."),
+    no_detect: bool = typer.Option(False, "--no-detect", "--aligned", help="Take each image or frame whole as one face (already-cropped faces, e.g. FER datasets); no detector."),
+    every: Optional[int] = typer.Option(None, "--every", help="Video: analyse every N-th frame.", rich_help_panel="Video"),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Video: analyse F frames per second (default: every frame, at most 10 per second).", rich_help_panel="Video"),
+    start: Optional[float] = typer.Option(None, "--start", help="Video: first second to analyse.", rich_help_panel="Video"),
+    end: Optional[float] = typer.Option(None, "--end", help="Video: second to stop at.", rich_help_panel="Video"),
+    smooth: Optional[float] = typer.Option(None, "--smooth", help="Video: add each track's probabilities smoothed over SECONDS (exponential moving average); raw values stay.", rich_help_panel="Video"),
     threads: Optional[int] = threads_option(),
 ) -> None:
-    """Expression, confidence (calibrated probability), consistency (UEM w) and action units of every face in images; see docs/predict.md."""
+    """Expression, confidence (calibrated probability), consistency (UEM w) and action units of every face in images and videos; see docs/predict.md."""
     use_threads(threads)
-    from poi_cli.inference.predict import Predictor
-
-    if as_json and csv_file:
-        fail("--json and --csv exclude each other: choose one output")
     from contextlib import ExitStack
 
     from poi_cli.core.atomic import refuse_input_as_output
     from poi_cli.core.errors import PoiError
     from poi_cli.core.locks import claim
-    from poi_cli.inference.predict import expand_inputs
+    from poi_cli.data.video import VideoSampling
+    from poi_cli.inference.predict import Predictor, expand_inputs
+    from poi_cli.inference.video import VideoOptions
 
+    if as_json and csv_file:
+        fail("--json and --csv exclude each other: choose one output")
     # Every file read, after glob and folder expansion: no output may land on one of them.
     input_files = [item.path for item in expand_inputs(inputs) if item.path is not None]
     with ExitStack() as held:
@@ -300,17 +306,19 @@ def predict(
             if csv_file:
                 refuse_input_as_output(csv_file, input_files, "--csv")
                 held.enter_context(claim(csv_file, "--csv"))  # one writer per CSV
-            predictor = Predictor(model, device=device, batch_size=batch, min_face_score=min_score)
+            video = VideoOptions(VideoSampling(every=every, fps=fps, start=start, end=end), smooth=smooth)
+            predictor = Predictor(model, device=device, batch_size=batch, min_face_score=min_score, detect=not no_detect)
         except (PoiError, ValueError) as error:
             fail(str(error))
-        _predict_and_write(predictor, inputs, input_files, show_au, as_json, csv_file, save_vis)
+        _predict_and_write(predictor, inputs, input_files, show_au, as_json, csv_file, save_vis, video)
 
 
 def _predict_and_write(predictor: Any, inputs: list[str], input_files: list[Path], show_au: bool, as_json: bool,
-                       csv_file: Optional[str], save_vis: Optional[str]) -> None:
+                       csv_file: Optional[str], save_vis: Optional[str], video: Any) -> None:
     """The body of `poi predict` once the model is loaded (and the CSV claimed)."""
     from poi_cli.data.faces import FaceDetectorError
-    from poi_cli.inference.predict import status_counts, write_predictions_csv
+    from poi_cli.inference.predict import STATUS_ERROR, status_counts, write_predictions_csv
+    from poi_cli.inference.video import video_summary, write_video_summaries
 
     show(*render.note_lines(predictor.notes, soft_wrap=True), to=err_console)
     writer = None
@@ -319,34 +327,45 @@ def _predict_and_write(predictor: Any, inputs: list[str], input_files: list[Path
 
         writer = VisWriter(save_vis, show_au, protected=input_files)
     records: list[dict] = []
-    images = 0
+    statuses: dict[str, set] = {}  # per input (a video's frames share one): the statuses of its records
     try:
-        for prediction in predictor.iter_predictions(inputs, show_au, progress=True):
-            images += 1
+        for prediction in predictor.iter_predictions(inputs, show_au, progress=True, video=video):
+            statuses.setdefault(prediction.source, set()).update(r["status"] for r in prediction.records)
             records.extend(prediction.records)
             if writer is not None:
                 writer.write(prediction)
     except FaceDetectorError as error:
         fail(str(error))
     except KeyboardInterrupt:
+        if writer is not None:
+            writer.close()
         if csv_file and records:
             write_predictions_csv(records, predictor.classes, csv_file, show_au)
-            fail(f"interrupted: the {images} images finished are in {csv_file}", 130)
+            fail(f"interrupted: the {len(statuses)} inputs finished are in {csv_file}", 130)
         fail("interrupted", 130)
+    if writer is not None:
+        writer.close()
+    images = len(statuses)
     counts = status_counts(records)
+    summaries = video_summary(records)
     # One rule for one bad input and many: the records (error ones included) are always
-    # written, and the exit status is 1 when no image could be read.
+    # written, and the exit status is 1 when no input could be read.
     if as_json:
         print(json.dumps(records))
     elif csv_file:
         write_predictions_csv(records, predictor.classes, csv_file, show_au)
-    else:
-        show(render.predict_table(records, predictor.checkpoint_path, predictor.classes, show_au))
-    if images and counts["error"] == images:
+    elif len(summaries) < images:  # the per-frame rows of videos: --csv / --json
+        show(render.predict_table([r for r in records if "frame" not in r], predictor.checkpoint_path,
+                                  predictor.classes, show_au))
+    if images and sum(s == {STATUS_ERROR} for s in statuses.values()) == images:
         if images == 1:
             fail(f"{records[0]['image']}: {records[0]['reason']}")
         fail(f"none of the {images} inputs could be read")
-    show(render.predict_summary(images, counts, csv_file, save_vis), to=err_console if as_json else console)
+    to = err_console if as_json else console
+    show(*render.video_summaries(summaries), to=to)
+    write_video_summaries(summaries, csv_file, save_vis)
+    show(render.predict_summary(images - len(summaries), counts, csv_file, save_vis, videos=len(summaries),
+                                frames=sum(v["frames"] for v in summaries)), to=to)
 
 
 @app.command()

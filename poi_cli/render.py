@@ -223,12 +223,48 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def predict_summary(images: int, counts: dict, csv_file: Optional[str], save_vis: Optional[str]) -> Line:
-    """`3 images: 1 face predicted, 0 images without a face, 2 errors`, and where the files went."""
-    return Line(f"{_count(images, 'image')}: {_count(counts['ok'], 'face')} predicted, "
-                f"{_count(counts['no_face'], 'image')} without a face, {_count(counts['error'], 'error')}"
+def predict_summary(images: int, counts: dict, csv_file: Optional[str], save_vis: Optional[str],
+                    videos: int = 0, frames: int = 0) -> Line:
+    """`3 images: 1 face predicted, 0 images without a face, 2 errors`, and where the files went
+    (with videos: `1 video (40 frames) and 2 images: ..., 3 frames or images without a face`)."""
+    inputs = _count(images, "image")
+    if videos:
+        inputs = f"{_count(videos, 'video')} ({_count(frames, 'frame')})" + (f" and {inputs}" if images else "")
+    return Line(f"{inputs}: {_count(counts['ok'], 'face')} predicted, "
+                f"{_without_face(counts['no_face'], videos, images)} without a face, "
+                f"{_count(counts['error'], 'error')}"
                 + (f"; wrote {csv_file}" if csv_file else "") + (f"; pictures in {save_vis}" if save_vis else ""),
                 soft_wrap=True)
+
+
+def _without_face(n: int, videos: int, images: int) -> str:
+    if not videos:
+        return _count(n, "image")
+    return _count(n, "frame") if not images else f"{n} {'frame or image' if n == 1 else 'frames or images'}"
+
+
+def video_summaries(summaries: Sequence[dict]) -> list[Item]:
+    """Per video: its frames and, per track, its span, dominant expression and share of time per expression."""
+    items: list[Item] = []
+    for video in summaries:
+        span = "" if video["start"] is None else f", {video['start']:.2f}-{video['end']:.2f} s"
+        head = (f"{video['video']}: {_count(video['frames'], 'frame')} analysed{span}, "
+                f"{video['frames_with_face']} with a face")
+        if video["no_face"]:
+            head += "; no face in any analysed frame"
+        items.append(Line(head, soft_wrap=True))
+        if video["tracks"]:
+            table = Table(title=f"tracks ({video['expressions_from']} expressions)")
+            for column in ("track", "frames", "seconds", "dominant", "share of time"):
+                table.add_column(column, justify="right" if column in ("track", "frames") else "left", overflow="fold")
+            for track in video["tracks"]:
+                shares = " ".join(f"{name} {share:.0%}" for name, share in track["share"].items())
+                table.add_row(str(track["track"]), str(track["frames"]), f"{track['first']:.2f}-{track['last']:.2f}",
+                              track["dominant"], shares)
+            items.append(table)
+        if video["stopped"]:
+            items.append(Line(f"warning: {video['video']}: {video['stopped']}; the frames before are kept", soft_wrap=True))
+    return items
 
 
 # ---------------------------------------------------------------------- poi export

@@ -231,7 +231,7 @@ def test_expand_inputs_folders_globs_and_missing(files):
     items = expand_inputs([files["photos"], str(files["photos"] / "*.png"), "no/such/file.png", str(files["root"] / "*.gif")])
     sources = [Path(i.source).name for i in items]
     assert sources == ["astronaut.png", "corrupt.jpg", "gradient.png", "file.png", "*.gif"]  # astronaut once
-    assert [i.error for i in items][-2:] == ["file not found", "pattern matched no image files"]
+    assert [i.error for i in items][-2:] == ["file not found", "pattern matched no image or video files"]
 
 
 def test_probabilities_are_calibrated_by_the_checkpoints_temperature(files, detector, tmp_path):

@@ -27,3 +27,13 @@ PREDICT_STATUSES: tuple[str, ...] = (STATUS_OK, STATUS_NO_FACE, STATUS_ERROR)
 # `mouth_left`), as in predict's `landmark_left_mouth_x` columns.
 LANDMARK_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
 NUM_LANDMARKS = len(LANDMARK_NAMES)
+
+# Columns a video adds to `poi predict`'s records, right after `image`: the frame's index
+# among all decoded frames (0-based), its time in seconds from the first frame, and the
+# face's track id (one id per face followed from frame to frame; null on no_face rows).
+VIDEO_COLUMNS: tuple[str, ...] = ("frame", "timestamp", "track")
+
+# `detector` of a `poi predict` record: how the face was found. MTCNN, or none: the whole
+# image (or frame) taken as one face (`--no-detect`, for already-cropped faces).
+DETECTOR_MTCNN = "mtcnn"
+DETECTOR_NONE = "none"

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from poi_cli.data.faces import ALIGNMENT_TEMPLATE, align_face
+from poi_cli.data.faces import ALIGNMENT_TEMPLATE, align_face, resize_face
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -103,6 +103,12 @@ class Preprocessing:
     def face(self, image: Image.Image, landmarks: np.ndarray) -> np.ndarray:
         """A photo's face, aligned on its five landmarks as the store's faces were: uint8 (S, S, 3)."""
         crop = align_face(image, landmarks, self.face_size)
+        return to_gray_rgb(crop) if self.grayscale else crop
+
+    def whole_face(self, image: Image.Image) -> np.ndarray:
+        """An image taken whole as one face (`poi predict --no-detect`): resized, not cropped,
+        as `poi prepare` stores datasets that ship cropped faces: uint8 (S, S, 3)."""
+        crop = resize_face(image, self.face_size)
         return to_gray_rgb(crop) if self.grayscale else crop
 
     def model_input(self, faces: torch.Tensor, channels_last: bool = False) -> torch.Tensor:

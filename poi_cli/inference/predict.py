@@ -24,6 +24,11 @@ p_n = softmax(t_n / T_uem), the distributions w is computed from.
 An image without a face gives one record with status `no_face`; an unreadable input one
 with status `error` and a reason. Nothing is ever made up for them: their values are
 None in the records (NaN in the DataFrame and CSV).
+
+Video files (data.video.VIDEO_SUFFIXES) go frame by frame through the same pipeline
+(inference/video.py): their records add `frame`, `timestamp` and `track`
+(core.schema.VIDEO_COLUMNS). With detect=False (`--no-detect`) every image or frame is
+taken whole as one face (Preprocessing.whole_face) and its record says `detector: none`.
 """
 
 from __future__ import annotations
@@ -43,8 +48,10 @@ from poi_cli.core.errors import PoiError, one_line
 from poi_cli.core.atomic import atomic_write_text
 from poi_cli.core import manifests
 from poi_cli.core.manifests import REGION_NAMES, REGIONS, au_columns
-from poi_cli.core.schema import LANDMARK_NAMES, PREDICT_STATUSES, STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
+from poi_cli.core.schema import (DETECTOR_MTCNN, DETECTOR_NONE, LANDMARK_NAMES, PREDICT_STATUSES, STATUS_ERROR,
+                                 STATUS_NO_FACE, STATUS_OK, VIDEO_COLUMNS)
 from poi_cli.data.faces import Face, FaceDetector, ImageLoadError, load_image, to_rgb
+from poi_cli.data.video import VIDEO_SUFFIXES, is_video_path
 from poi_cli.data.preprocess import Preprocessing
 from poi_cli.model.checkpoint import CheckpointError, CheckpointInfo, load_model, resolve_checkpoint
 from poi_cli.model.network import tempered_log_probs
@@ -61,10 +68,11 @@ NO_MODEL_MESSAGE = (
     "this installation bundles no model (see docs/predict.md, 'Getting a model')"
 )
 
+ImageInput = Union[str, Path, Image.Image, np.ndarray]
 if TYPE_CHECKING:  # pandas is imported where a DataFrame is built: it costs ~0.4 s of start-up
     import pandas as pd
 
-ImageInput = Union[str, Path, Image.Image, np.ndarray]
+    from poi_cli.inference.video import VideoOptions
 
 
 class PredictError(PoiError):
@@ -108,13 +116,18 @@ class InputItem:
     image: Optional[Image.Image] = None
     error: Optional[str] = None  # the input itself is unusable (nothing matched, not found)
 
+    @property
+    def is_video(self) -> bool:
+        return self.path is not None and self.error is None and is_video_path(self.path)
+
 
 def _folder_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
 
 
 def expand_inputs(inputs: Iterable[ImageInput]) -> list[InputItem]:
-    """Files (whatever their suffix), folders (recursively, image suffixes) and globs, in order.
+    """Files (whatever their suffix), folders (recursively, image and video suffixes) and globs, in order.
 
     An input that matches nothing becomes an item with an error, so a batch reports it
     and goes on. A file reached twice is predicted once.
@@ -139,7 +152,7 @@ def expand_inputs(inputs: Iterable[ImageInput]) -> list[InputItem]:
         if path.is_dir():
             found = _folder_images(path)
             if not found:
-                items.append(InputItem(text, error="folder holds no image files"))
+                items.append(InputItem(text, error="folder holds no image or video files"))
             for file in found:
                 add_file(file)
         elif path.exists():
@@ -148,7 +161,7 @@ def expand_inputs(inputs: Iterable[ImageInput]) -> list[InputItem]:
             matches = sorted(glob.glob(text, recursive=True))
             files = [f for m in matches for f in (_folder_images(Path(m)) if Path(m).is_dir() else [Path(m)])]
             if not files:
-                items.append(InputItem(text, error="pattern matched no image files"))
+                items.append(InputItem(text, error="pattern matched no image or video files"))
             for file in files:
                 add_file(file)
         else:
@@ -163,12 +176,13 @@ def _num(value: Any, digits: int = 6) -> Optional[float]:
     return None if value is None else round(float(value), digits)
 
 
-def empty_record(source: str, status: str, reason: str, show_au: bool = False) -> dict:
-    """The record of an image without a prediction (no_face or error): every value None."""
+def empty_record(source: str, status: str, reason: str, show_au: bool = False, detector: Optional[str] = None) -> dict:
+    """The record of an image without a prediction (no_face or error): every value None
+    (detector: the one that found nothing, for no_face)."""
     record = {
         "image": source, "face": None, "status": status, "reason": reason, "box": None, "landmarks": None,
-        "detection_score": None, "expression": None, "probabilities": None, "confidence": None,
-        "consistency": None,
+        "detection_score": None, "detector": detector, "expression": None, "probabilities": None,
+        "confidence": None, "consistency": None,
     }
     if show_au:
         record.update(aus=None, regions=None)
@@ -189,12 +203,15 @@ def face_record(
 ) -> dict:
     """The record of one face. eye_aus (2, 6) and mouth_aus (2, 7): [left, right] regions
     (Region.side); region_probs (4, C) in REGION_NAMES order. AU and region values are
-    None when the model has no AU nets / no PIN."""
+    None when the model has no AU nets / no PIN. A face without landmarks is a whole
+    image taken as a face (--no-detect): no landmarks, no score, detector `none`."""
+    detected = face.landmarks is not None
     record = {
         "image": source, "face": index, "status": STATUS_OK, "reason": None,
         "box": [_num(v, 2) for v in face.box],
-        "landmarks": [[_num(x, 2), _num(y, 2)] for x, y in face.landmarks],
-        "detection_score": _num(face.score),
+        "landmarks": [[_num(x, 2), _num(y, 2)] for x, y in face.landmarks] if detected else None,
+        "detection_score": _num(face.score) if detected else None,
+        "detector": DETECTOR_MTCNN if detected else DETECTOR_NONE,
         "expression": classes[int(np.argmax(probabilities))],
         "probabilities": {name: _num(p) for name, p in zip(classes, probabilities)},
         "confidence": _num(np.max(probabilities)),
@@ -217,11 +234,16 @@ def face_record(
     return record
 
 
-def flat_columns(classes: Sequence[str], show_au: bool = False) -> list[str]:
-    """The CSV / DataFrame columns, OpenFace / py-feat style (one scalar per column)."""
-    columns = ["image", "face", "status", "reason", "box_x1", "box_y1", "box_x2", "box_y2"]
+def flat_columns(classes: Sequence[str], show_au: bool = False, video: bool = False, smoothed: bool = False) -> list[str]:
+    """The CSV / DataFrame columns, OpenFace / py-feat style (one scalar per column).
+
+    video: frame, timestamp, track after `image` (empty for images in a mixed batch);
+    smoothed (`--smooth`): smoothed_expression and smoothed_<class> after the raw ones."""
+    columns = ["image", *(VIDEO_COLUMNS if video else ()), "face", "status", "reason", "box_x1", "box_y1", "box_x2", "box_y2"]
     columns += [f"landmark_{name}_{axis}" for name in LANDMARK_NAMES for axis in "xy"]
-    columns += ["detection_score", "expression", *classes, "confidence", "consistency"]
+    columns += ["detection_score", "detector", "expression", *classes, "confidence", "consistency"]
+    if smoothed:
+        columns += ["smoothed_expression", *(f"smoothed_{name}" for name in classes)]
     if show_au:
         columns += au_columns()
         columns += [f"region_{region}_{name}" for region in REGION_NAMES for name in classes]
@@ -232,6 +254,11 @@ def flatten_record(record: dict, classes: Sequence[str], show_au: bool = False) 
     """A nested record -> {column: scalar or None} with the columns of flat_columns."""
     row: dict[str, Any] = {k: record[k] for k in ("image", "face", "status", "reason", "detection_score", "expression",
                                                    "confidence", "consistency")}
+    row["detector"] = record.get("detector")
+    row.update({k: record.get(k) for k in VIDEO_COLUMNS})
+    smoothed = record.get("smoothed") or {}
+    row["smoothed_expression"] = smoothed.get("expression")
+    row.update({f"smoothed_{name}": (smoothed.get("probabilities") or {}).get(name) for name in classes})
     box = record["box"] or [None] * 4
     row.update(zip(("box_x1", "box_y1", "box_x2", "box_y2"), box))
     points = record["landmarks"] or [[None, None]] * len(LANDMARK_NAMES)
@@ -251,14 +278,22 @@ def flatten_record(record: dict, classes: Sequence[str], show_au: bool = False) 
 
 
 def records_to_frame(records: Sequence[dict], classes: Sequence[str], show_au: bool = False) -> pd.DataFrame:
-    """Records -> DataFrame (missing values NaN; `face` a nullable integer)."""
+    """Records -> DataFrame (missing values NaN; `face`, `frame`, `track` nullable integers).
+
+    Video columns appear when a record is of a video frame, smoothed ones when one is smoothed."""
     import pandas as pd
 
-    columns = flat_columns(classes, show_au)
+    video = any("frame" in r for r in records)
+    smoothed = any("smoothed" in r for r in records)
+    columns = flat_columns(classes, show_au, video, smoothed)
     frame = pd.DataFrame([flatten_record(r, classes, show_au) for r in records], columns=columns)
-    numeric = [c for c in columns if c not in ("image", "status", "reason", "expression", "face")]
+    integers = ("face", "frame", "track")
+    numeric = [c for c in columns if c not in ("image", "status", "reason", "expression", "detector",
+                                               "smoothed_expression", *integers)]
     frame[numeric] = frame[numeric].astype(float)
-    frame["face"] = frame["face"].astype("Int64")
+    for column in integers:
+        if column in frame:
+            frame[column] = frame[column].astype("Int64")
     return frame
 
 
@@ -281,6 +316,11 @@ def status_counts(records: Iterable[dict]) -> dict[str, int]:
 # ------------------------------------------------------------------------- predictor
 
 
+def whole_image_face(image: Image.Image) -> Face:
+    """The face of --no-detect: the whole image, without landmarks or a detection score."""
+    return Face(box=np.array([0, 0, image.width, image.height], np.float32), landmarks=None, score=float("nan"))
+
+
 @dataclass
 class ImagePrediction:
     """The records of one input image (one per face, or one no_face / error record)."""
@@ -295,7 +335,8 @@ class Predictor:
 
     checkpoint: a checkpoint file or run folder; None resolves --model's fallbacks
     ($POI_MODEL, then the bundled model). detector: a faces.FaceDetector to share (made on
-    first use otherwise). `timings` sums the seconds spent in each stage.
+    first use otherwise). detect=False: each image is taken whole as one face (already
+    cropped faces; `--no-detect`). `timings` sums the seconds spent in each stage.
     """
 
     def __init__(
@@ -306,6 +347,7 @@ class Predictor:
         batch_size: int = 32,
         images_per_batch: int = 8,
         min_face_score: float = 0.95,
+        detect: bool = True,
     ) -> None:
         if batch_size < 1 or images_per_batch < 1:
             raise PredictError("batch sizes must be at least 1")
@@ -339,6 +381,7 @@ class Predictor:
                               "`poi calibrate` fits T_cal on a validation split")
         self.batch_size, self.images_per_batch = batch_size, images_per_batch
         self.min_face_score = min_face_score
+        self.detect = detect
         self._detector = detector
         self.timings = dict.fromkeys(("load", "detection", "alignment", "model"), 0.0)
 
@@ -372,21 +415,52 @@ class Predictor:
         return [r for p in self.iter_predictions(inputs, show_au, progress) for r in p.records]
 
     def iter_predictions(self, inputs: ImageInput | Sequence[ImageInput], show_au: bool = False,
-                         progress: bool = False) -> Iterator[ImagePrediction]:
-        """ImagePredictions in input order, a chunk of images at a time (memory stays bounded)."""
+                         progress: bool = False, video: "Optional[VideoOptions]" = None) -> Iterator[ImagePrediction]:
+        """ImagePredictions in input order, a chunk of images at a time (memory stays bounded).
+
+        A video file gives one video.FramePrediction per sampled frame (video: how to
+        sample, track and smooth it; VideoOptions() by default)."""
         if isinstance(inputs, (str, Path, Image.Image, np.ndarray)):
             inputs = [inputs]
         items = expand_inputs(inputs)
         from rich.console import Console
-        from rich.progress import Progress
+
+        from poi_cli.inference.video import VideoOptions, iter_video_file, progress_bar
 
         console = Console(stderr=True)  # stdout stays clean for --json
-        with Progress(console=console, transient=True, disable=not (progress and console.is_terminal)) as bar:
-            task = bar.add_task("predicting", total=len(items))
-            for start in range(0, len(items), self.images_per_batch):
-                chunk = items[start:start + self.images_per_batch]
-                yield from self._predict_chunk(chunk, show_au)
-                bar.advance(task, len(chunk))
+        images = [item for item in items if not item.is_video]
+        with progress_bar(console, enabled=progress and console.is_terminal) as bar:
+            task = bar.add_task("images", total=len(images), visible=bool(images))
+            chunk: list[InputItem] = []
+            for number, item in enumerate(items):
+                if not item.is_video:
+                    chunk.append(item)
+                if chunk and (len(chunk) == self.images_per_batch or item.is_video or number == len(items) - 1):
+                    yield from self._predict_chunk(chunk, show_au)
+                    bar.advance(task, len(chunk))
+                    chunk = []
+                if item.is_video:
+                    yield from iter_video_file(self, item.path, video or VideoOptions(), show_au, bar)
+
+    def predict_video(self, path: str | Path, every: Optional[int] = None, fps: Optional[float] = None,
+                      start: Optional[float] = None, end: Optional[float] = None, smooth: Optional[float] = None,
+                      show_au: bool = False, progress: bool = False) -> pd.DataFrame:
+        """A DataFrame with a row per face per sampled frame (frame, timestamp, track; see
+        inference/video.py), a no_face row for a frame without a face."""
+        records = [r for p in self.iter_video(path, every, fps, start, end, smooth, show_au, progress) for r in p.records]
+        return records_to_frame(records, self.classes, show_au)
+
+    def iter_video(self, source: "str | Path | Iterable[ImageInput]", every: Optional[int] = None,
+                   fps: Optional[float] = None, start: Optional[float] = None, end: Optional[float] = None,
+                   smooth: Optional[float] = None, show_au: bool = False, progress: bool = False) -> Iterator[ImagePrediction]:
+        """video.FramePredictions one sampled frame at a time, as they are analysed (live use).
+
+        source: a video file, or any iterable of frames (PIL images or uint8 arrays, e.g.
+        from a camera); for those, `fps` is their rate (timestamps = index / fps; default
+        the sampling cap) and every frame is analysed unless `every` says otherwise."""
+        from poi_cli.inference.video import iter_video
+        return iter_video(self, source, every=every, fps=fps, start=start, end=end, smooth=smooth,
+                          show_au=show_au, progress=progress)
 
     # -- the pipeline
 
@@ -400,14 +474,24 @@ class Predictor:
         except ImageLoadError as error:
             return None, str(error)
 
-    def _predict_chunk(self, items: list[InputItem], show_au: bool) -> list[ImagePrediction]:
+    def video_detector(self, max_side: int) -> FaceDetector:
+        """The detector for video frames: frames shrunk to max_side for detection (made once)."""
+        if getattr(self, "_video_detector", None) is None or self._video_detector.max_side != max_side:
+            self._video_detector = FaceDetector(device=str(self.device), min_score=self.min_face_score, max_side=max_side)
+        return self._video_detector
+
+    def _predict_chunk(self, items: list[InputItem], show_au: bool,
+                       detector: Optional[FaceDetector] = None) -> list[ImagePrediction]:
         clock = time.perf_counter()
         loaded = [self._load(item) for item in items]
         self.timings["load"] += time.perf_counter() - clock
         readable = [i for i, (image, _) in enumerate(loaded) if image is not None]
 
         clock = time.perf_counter()
-        found = self.detector.detect([loaded[i][0] for i in readable]) if readable else []
+        if not self.detect:  # --no-detect: the whole image is the face
+            found = [[whole_image_face(loaded[i][0])] for i in readable]
+        else:
+            found = (detector or self.detector).detect([loaded[i][0] for i in readable]) if readable else []
         faces_of = dict(zip(readable, found))
         self.timings["detection"] += time.perf_counter() - clock
 
@@ -428,7 +512,8 @@ class Predictor:
             if image is None:
                 results[i].records.append(empty_record(items[i].source, STATUS_ERROR, reason, show_au))
             elif not faces_of[i]:
-                results[i].records.append(empty_record(items[i].source, STATUS_NO_FACE, "no face detected", show_au))
+                results[i].records.append(empty_record(items[i].source, STATUS_NO_FACE, "no face detected", show_au,
+                                                       detector=DETECTOR_MTCNN))
         for row, (i, k) in enumerate(owners):
             results[i].records.append(face_record(
                 items[i].source, k, faces_of[i][k], self.classes, outputs["probs"][row],
@@ -441,6 +526,8 @@ class Predictor:
         return results
 
     def _align(self, image: Image.Image, face: Face) -> np.ndarray:
+        if face.landmarks is None:
+            return self.preprocessing.whole_face(image)
         return self.preprocessing.face(image, face.landmarks)
 
     @torch.no_grad()

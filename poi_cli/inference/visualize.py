@@ -1,11 +1,13 @@
 """`poi predict --save-vis DIR`: the photo with each face's box, expression and confidence,
-and (with --show-au) a panel of AU bars per facial region, like the paper's Fig. 9/10.
+and (with --show-au) a panel of AU bars per facial region for every face, like the paper's
+Fig. 9/10. Videos go to video_vis.VideoVisWriter (an annotated video and a timeline).
 
 Pure PIL: no figure machinery, so drawing stays cheap next to detection.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -17,7 +19,6 @@ from poi_cli.core.schema import STATUS_OK
 from poi_cli.inference.predict import ImagePrediction
 
 MAX_SIDE = 1024  # the photo is shown at most this large
-PANEL_FACES = 4  # AU panels drawn per image (the highest-scoring faces)
 REGION_WIDTH, ROW, BAR = 210, 13, 90  # panel geometry in pixels
 BOX_COLOUR, TEXT_COLOUR, BAR_COLOUR, BACKGROUND = (40, 220, 90), (255, 255, 255), (70, 140, 230), (24, 24, 24)
 
@@ -32,7 +33,8 @@ def _font(size: int) -> ImageFont.ImageFont:
 def _label(record: dict) -> str:
     probability = record["probabilities"][record["expression"]]
     consistency = record.get("consistency")
-    text = f"{record['face']}: {record['expression']} {probability:.0%}"
+    name = f"T{record['track']}" if record.get("track") is not None else record["face"]  # a video's faces: track ids
+    text = f"{name}: {record['expression']} {probability:.0%}"
     return text + (f"  consistency {consistency:.2f}" if consistency is not None else "")
 
 
@@ -55,7 +57,7 @@ def draw_faces(image: Image.Image, records: list[dict]) -> Image.Image:
             continue
         x1, y1, x2, y2 = (v * scale for v in record["box"])
         draw.rectangle((x1, y1, x2, y2), outline=BOX_COLOUR, width=line)
-        for x, y in record["landmarks"]:
+        for x, y in record["landmarks"] or ():  # none for --no-detect
             draw.ellipse((x * scale - line, y * scale - line, x * scale + line, y * scale + line), fill=BOX_COLOUR)
         height = draw.textbbox((0, 0), "Ag", font=font)[3]
         _text_box(draw, (x1, max(0, y1 - height - 6)), _label(record), font)
@@ -98,17 +100,23 @@ def render(prediction: ImagePrediction, show_au: bool = False) -> Optional[Image
     if prediction.image is None:
         return None
     picture = draw_faces(prediction.image, prediction.records)
-    faces = [r for r in prediction.records if r["status"] == STATUS_OK and "aus" in r][:PANEL_FACES]
+    faces = [r for r in prediction.records if r["status"] == STATUS_OK and "aus" in r]
     if not (show_au and faces):
         return picture
     panels = [draw_au_panel(r) for r in faces]
-    panel_height = sum(p.height for p in panels)
-    out = Image.new("RGB", (picture.width + panels[0].width, max(picture.height, panel_height)), BACKGROUND)
+    return place_panels(picture, panels)
+
+
+def place_panels(picture: Image.Image, panels: list[Image.Image]) -> Image.Image:
+    """The picture with every panel to its right, in columns as tall as the picture (at least one panel)."""
+    width, height = panels[0].size
+    per_column = max(1, picture.height // height)
+    columns = math.ceil(len(panels) / per_column)
+    out = Image.new("RGB", (picture.width + columns * width, max(picture.height, min(len(panels), per_column) * height)),
+                    BACKGROUND)
     out.paste(picture, (0, 0))
-    y = 0
-    for panel in panels:
-        out.paste(panel, (picture.width, y))
-        y += panel.height
+    for k, panel in enumerate(panels):
+        out.paste(panel, (picture.width + (k // per_column) * width, (k % per_column) * height))
     return out
 
 
@@ -126,19 +134,42 @@ class VisWriter:
         self.show_au = show_au
         self.used: set[str] = set()
         self.protected = {Path(p).resolve() for p in protected}
+        self.video = None  # the video_vis.VideoVisWriter of the video being written
+
+    def name(self, source: str, suffix: str) -> Path:
+        """DIR/<stem><suffix>, numbered when taken in this run; never an input file (the
+        source itself or any protected one)."""
+        in_memory = source.startswith("<")
+        stem = Path(source).stem if not in_memory else "image"
+        avoid = set(self.protected)
+        if not in_memory:
+            avoid.add(Path(source).resolve())
+        head, dot, extension = suffix.rpartition(".")
+        name, number = f"{stem}{suffix}", 2
+        while name in self.used or (self.out_dir / name).resolve() in avoid:
+            name, number = f"{stem}{head}{number}{dot}{extension}", number + 1
+        self.used.add(name)
+        return self.out_dir / name
 
     def write(self, prediction: ImagePrediction) -> Optional[Path]:
+        if getattr(prediction, "frame", None) is not None:  # a video's frame
+            if self.video is not None and self.video.source != prediction.source:
+                self.video.close()
+                self.video = None
+            if self.video is None:
+                from poi_cli.inference.video_vis import VideoVisWriter
+
+                self.video = VideoVisWriter(prediction.source, self.name(prediction.source, "_poi.mp4"),
+                                            self.name(prediction.source, "_timeline.png"))
+            self.video.write(prediction)
+            return None
         picture = render(prediction, self.show_au)
         if picture is None:
             return None
-        in_memory = prediction.source.startswith("<")
-        stem = Path(prediction.source).stem if not in_memory else "image"
-        avoid = set(self.protected)
-        if not in_memory:
-            avoid.add(Path(prediction.source).resolve())
-        name, number = f"{stem}_poi.png", 2
-        while name in self.used or (self.out_dir / name).resolve() in avoid:
-            name, number = f"{stem}_poi{number}.png", number + 1
-        self.used.add(name)
-        path = self.out_dir / name
-        return save_image(picture, path)
+        return save_image(picture, self.name(prediction.source, "_poi.png"))
+
+    def close(self) -> None:
+        """Finish the video being written (its file appears now, whole)."""
+        if self.video is not None:
+            self.video.close()
+            self.video = None

@@ -1,0 +1,241 @@
+"""`poi predict clip.mp4`: a row per face per sampled frame, faces followed as tracks.
+
+    frame = predictor.predict_video("clip.mp4", fps=5, smooth=0.5)   # DataFrame
+    for prediction in predictor.iter_video("clip.mp4"):              # live: frame by frame
+        print(prediction.frame, prediction.timestamp, prediction.records)
+
+Frames come from data.video.VideoReader (streamed: one decoded frame at a time, a batch
+of `frames_per_batch` sampled frames in memory) and go through the Predictor's own face
+pipeline (Predictor._predict_chunk: detection, alignment, model, the per-face records),
+so a frame's rows are exactly the rows the same picture would give as a photo, plus:
+
+* `frame`, `timestamp`: the frame's index among all decoded frames and its time (s);
+* `track`: the face's id from tracking.IoUTracker (null on no_face rows);
+* with smooth=SECONDS, `smoothed`: {expression, probabilities}, an exponential moving
+  average of the track's probabilities (time constant SECONDS); the raw ones stay.
+
+A frame without a face gives a `no_face` row, so the timeline has no holes. A video
+that breaks off (corrupt, truncated) keeps its frames and ends with an `error` row whose
+reason says where it stopped; a file that is no video gives one `error` row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from poi_cli.core.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
+from poi_cli.data.video import VideoError, VideoFrame, VideoReader, VideoSampling
+from poi_cli.inference.predict import ImagePrediction, InputItem, Predictor, empty_record
+from poi_cli.inference.tracking import DEFAULT_MAX_GAP, IoUTracker, TrackSmoother
+
+FRAMES_PER_BATCH = 8  # sampled frames detected and classified together
+# Frames are shrunk to this long side for detection (boxes and landmarks are mapped back,
+# faces are aligned from the full frame): MTCNN's cost grows with the pixels, and a face
+# under 20 px at this scale (40 px in a 1280x720 frame) is too small to read an expression.
+DETECT_SIDE = 640
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """How a video is sampled (data.video.VideoSampling), tracked and smoothed."""
+
+    sampling: VideoSampling = field(default_factory=VideoSampling)
+    smooth: Optional[float] = None  # seconds: the time constant of the smoothing; None: none
+    max_gap: float = DEFAULT_MAX_GAP  # seconds a lost face keeps its track id
+    frames_per_batch: int = FRAMES_PER_BATCH
+    detect_side: int = DETECT_SIDE
+
+    def __post_init__(self) -> None:
+        if self.smooth is not None and not self.smooth > 0:
+            raise VideoError(f"--smooth must be a positive number of seconds, got {self.smooth}")
+        if self.frames_per_batch < 1:
+            raise VideoError("frames_per_batch must be at least 1")
+
+
+@dataclass
+class FramePrediction(ImagePrediction):
+    """The records of one sampled frame (image None for the error row that ends a broken video)."""
+
+    frame: Optional[int] = None
+    timestamp: Optional[float] = None
+    fps: Optional[float] = None  # the sampling rate, for an annotated video
+
+
+def progress_bar(console: Any, enabled: bool) -> Any:
+    """rich Progress with frames (or images) per second and the time left."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=True,
+                    disable=not enabled)
+
+
+def frame_record(record: dict, frame: int, timestamp: Optional[float], track: Optional[int],
+                 smoothed: Optional[dict] = None) -> dict:
+    """A Predictor record with the video columns right after `image` (and `smoothed` last)."""
+    out = {"image": record["image"], "frame": frame, "timestamp": timestamp, "track": track}
+    out.update((k, v) for k, v in record.items() if k != "image")
+    if smoothed is not None:
+        out["smoothed"] = smoothed
+    return out
+
+
+def _frames_of(source: Iterable[Any], fps: Optional[float], every: Optional[int]) -> Iterator[VideoFrame]:
+    """Live frames (PIL images or uint8 arrays) -> VideoFrames timed at index / fps."""
+    rate = fps or VideoSampling().max_fps
+    for index, image in enumerate(source):
+        if every and index % every:
+            continue
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        yield VideoFrame(index, round(index / rate, 6), image)
+
+
+def iter_video(predictor: Predictor, source: Any, every: Optional[int] = None, fps: Optional[float] = None,
+               start: Optional[float] = None, end: Optional[float] = None, smooth: Optional[float] = None,
+               show_au: bool = False, progress: bool = False) -> Iterator[FramePrediction]:
+    """Predictor.iter_video: a file (path) or an iterable of live frames."""
+    if isinstance(source, (str, Path)):
+        options = VideoOptions(VideoSampling(every=every, fps=fps, start=start, end=end), smooth=smooth)
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        with progress_bar(console, enabled=progress and console.is_terminal) as bar:
+            yield from iter_video_file(predictor, Path(source), options, show_au, bar)
+        return
+    options = VideoOptions(smooth=smooth, frames_per_batch=1)  # live: each frame as soon as it comes
+    yield from _predict_frames(predictor, "<live>", _frames_of(source, fps, every), options, show_au, None, fps)
+
+
+def iter_video_file(predictor: Predictor, path: Path, options: VideoOptions, show_au: bool,
+                    bar: Any = None) -> Iterator[ImagePrediction]:
+    """The FramePredictions of one video file (a single error ImagePrediction if it is no video)."""
+    source = str(path)
+    try:
+        reader = VideoReader(path, options.sampling)
+    except VideoError as error:
+        reason = str(error).removeprefix(f"{path}: ")
+        yield ImagePrediction(source, None, [empty_record(source, STATUS_ERROR, reason, show_au)])
+        return
+    task = None
+    if bar is not None:
+        task = bar.add_task(path.name, total=reader.expected_frames(), rate="")
+    rate = options.sampling.rate(reader.info.fps)
+    yield from _predict_frames(predictor, source, iter(reader), options, show_au, (bar, task), rate)
+    if reader.stopped:
+        record = empty_record(source, STATUS_ERROR, reader.stopped, show_au)
+        yield FramePrediction(source, None, [frame_record(record, reader.decoded, None, None)], frame=reader.decoded)
+    if bar is not None:
+        bar.remove_task(task)
+
+
+def _predict_frames(predictor: Predictor, source: str, frames: Iterator[VideoFrame], options: VideoOptions,
+                    show_au: bool, progress: Any, rate: Optional[float]) -> Iterator[FramePrediction]:
+    tracker = IoUTracker(max_gap=options.max_gap)
+    smoother = TrackSmoother(options.smooth) if options.smooth else None
+    classes = predictor.classes
+    clock, done = time.perf_counter(), 0
+    batch: list[VideoFrame] = []
+    finished = False
+    while not finished:
+        frame = next(frames, None)
+        if frame is not None:
+            batch.append(frame)
+        finished = frame is None
+        if batch and (finished or len(batch) == options.frames_per_batch):
+            items = [InputItem(source, image=f.image) for f in batch]
+            detector = predictor.video_detector(options.detect_side) if predictor.detect else None
+            for f, prediction in zip(batch, predictor._predict_chunk(items, show_au, detector)):
+                faces = [r for r in prediction.records if r["status"] == STATUS_OK]
+                tracks = iter(tracker.update([r["box"] for r in faces], f.timestamp))
+                records = []
+                for record in prediction.records:
+                    track = next(tracks) if record["status"] == STATUS_OK else None
+                    smoothed = None
+                    if smoother is not None:
+                        smoothed = {"expression": None, "probabilities": None}
+                        if track is not None:
+                            values = smoother.update(track, f.timestamp, [record["probabilities"][c] for c in classes])
+                            smoothed = {"expression": classes[int(np.argmax(values))],
+                                        "probabilities": {c: round(float(v), 6) for c, v in zip(classes, values)}}
+                    records.append(frame_record(record, f.index, f.timestamp, track, smoothed))
+                yield FramePrediction(source, f.image, records, frame=f.index, timestamp=f.timestamp, fps=rate)
+            done += len(batch)
+            batch = []
+            if progress is not None and progress[0] is not None:
+                bar, task = progress
+                speed = done / max(time.perf_counter() - clock, 1e-9)
+                bar.update(task, completed=done, rate=f"{speed:.1f} frames/s")
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def video_summary(records: Sequence[dict]) -> list[dict]:
+    """Per video (records with a `frame`): frames, frames with a face, and per track its span,
+    dominant expression and the share of its frames per expression (the smoothed
+    expression when the records are smoothed), in order of appearance."""
+    videos: dict[str, dict] = {}
+    for record in records:
+        if "frame" not in record:
+            continue
+        video = videos.setdefault(record["image"], {"frames": set(), "faces": set(), "tracks": {}, "stopped": None,
+                                                    "first": None, "last": None, "smoothed": False})
+        if record["status"] == STATUS_ERROR:
+            video["stopped"] = record["reason"]
+            continue
+        video["frames"].add(record["frame"])
+        timestamp = record["timestamp"]
+        video["first"] = timestamp if video["first"] is None else min(video["first"], timestamp)
+        video["last"] = timestamp if video["last"] is None else max(video["last"], timestamp)
+        if record["status"] != STATUS_OK:
+            continue
+        video["faces"].add(record["frame"])
+        smoothed = (record.get("smoothed") or {}).get("expression")
+        video["smoothed"] |= smoothed is not None
+        track = video["tracks"].setdefault(record["track"], {"expressions": Counter(), "first": timestamp, "last": timestamp})
+        track["expressions"][smoothed or record["expression"]] += 1
+        track["last"] = timestamp
+    summaries = []
+    for source, video in videos.items():
+        tracks = []
+        for track_id, track in video["tracks"].items():
+            total = sum(track["expressions"].values())
+            shares = {name: round(count / total, 4) for name, count in track["expressions"].most_common()}
+            tracks.append({"track": track_id, "frames": total, "first": track["first"], "last": track["last"],
+                           "dominant": next(iter(shares)), "share": shares})
+        summaries.append({
+            "video": source, "frames": len(video["frames"]), "frames_with_face": len(video["faces"]),
+            "start": video["first"], "end": video["last"], "tracks": tracks,
+            "expressions_from": "smoothed" if video["smoothed"] else "raw",
+            "no_face": not video["faces"], "stopped": video["stopped"],
+        })
+    return summaries
+
+
+def write_video_summaries(summaries: Sequence[dict], csv_file: Optional[str | Path] = None,
+                          vis_dir: Optional[str | Path] = None) -> list[Path]:
+    """The summaries as JSON: beside the CSV (<csv stem>.summary.json, all videos) and in the
+    --save-vis folder (<video stem>_summary.json each); atomically. Nothing without videos."""
+    from poi_cli.core.atomic import write_json
+
+    written: list[Path] = []
+    if not summaries:
+        return written
+    if csv_file:
+        path = Path(csv_file).with_suffix(".summary.json")
+        write_json(path, list(summaries))
+        written.append(path)
+    if vis_dir:
+        for summary in summaries:
+            path = Path(vis_dir) / f"{Path(summary['video']).stem}_summary.json"
+            write_json(path, summary)
+            written.append(path)
+    return written

@@ -1,0 +1,206 @@
+"""`poi predict` on videos, --no-detect, and AU panels for every face.
+
+Clips are generated here (160x120, 20 frames at 10 fps, astronaut heads pasted on a
+noisy grey background) and written with PyAV; the checkpoint is a random 64 px model
+(test_predict.make_checkpoint), so what is tested is the contract: frames, timestamps,
+tracks, statuses, sampling, truncation, not the expressions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from skimage import data as skimage_data
+from typer.testing import CliRunner
+
+from poi_cli.cli import app
+from poi_cli.data.faces import FaceDetector
+from poi_cli.data.video import VideoReader, VideoSampling, write_video
+from poi_cli.inference import visualize
+from poi_cli.inference.predict import ImagePrediction, Predictor, whole_image_face
+from poi_cli.inference.tracking import IoUTracker, TrackSmoother
+from test_predict import make_checkpoint
+
+runner = CliRunner()
+FPS, FRAMES = 10, 20
+FIRST_FACE, SECOND_FACE = 3, 10  # frames where the moving face and the second face appear
+
+
+def head(size: int = 50) -> Image.Image:
+    """The astronaut's head (hair to chin), resized: MTCNN finds it from about 40 px."""
+    return Image.fromarray(skimage_data.astronaut()).crop((150, 40, 320, 230)).resize((size, round(size * 190 / 170)))
+
+
+def clip_frames(faces: bool = True) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    face = head()
+    frames = []
+    for i in range(FRAMES):
+        # Per-frame noise keeps the encoded frames large, so a cut file loses whole frames.
+        background = np.clip(90 + rng.normal(0, 12, (120, 160, 3)), 0, 255).astype(np.uint8)
+        canvas = Image.fromarray(background)
+        if faces and i >= FIRST_FACE:
+            canvas.paste(face, (5 + 2 * (i - FIRST_FACE), 30))  # moves right, 2 px a frame
+        if faces and i >= SECOND_FACE:
+            canvas.paste(face, (100, 50))
+        frames.append(np.asarray(canvas))
+    return frames
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("video")
+    clip = write_video(root / "clip.mkv", clip_frames(), FPS)
+    data = clip.read_bytes()
+    (root / "cut.mkv").write_bytes(data[: len(data) // 2])
+    (root / "text.mp4").write_text("this is not a video\n")
+    return {"root": root, "clip": clip, "cut": root / "cut.mkv", "text": root / "text.mp4",
+            "empty": write_video(root / "empty.mp4", clip_frames(faces=False)[:6], FPS),
+            "ck": make_checkpoint(root / "poi7.pt")}
+
+
+@pytest.fixture(scope="module")
+def predictor(files) -> Predictor:
+    return Predictor(files["ck"], detector=FaceDetector(min_score=0.95))
+
+
+def test_two_tracks_frame_indices_timestamps_and_no_face_rows(files, predictor):
+    frame = predictor.predict_video(files["clip"], smooth=0.5)
+    assert sorted(frame["frame"].unique()) == list(range(FRAMES))
+    assert np.allclose(frame["timestamp"], frame["frame"] / FPS)
+    before = frame[frame["frame"] < FIRST_FACE]
+    assert list(before["status"]) == ["no_face"] * FIRST_FACE and before["track"].isna().all()
+    one = frame[(frame["frame"] >= FIRST_FACE) & (frame["frame"] < SECOND_FACE)]
+    assert (one["status"] == "ok").all() and len(one) == SECOND_FACE - FIRST_FACE and set(one["track"]) == {0}
+    two = frame[frame["frame"] >= SECOND_FACE]
+    assert (two["status"] == "ok").all() and len(two) == 2 * (FRAMES - SECOND_FACE)
+    assert (two.groupby("frame")["track"].apply(set) == {0, 1}).all()
+    # track 0 is the moving face (left, drifting right), track 1 the one that appeared
+    moving = frame[frame["track"] == 0].sort_values("frame")
+    assert moving["box_x1"].is_monotonic_increasing and moving["box_x1"].iloc[-1] > moving["box_x1"].iloc[0] + 20
+    assert (frame.loc[frame["track"] == 1, "box_x1"] > 90).all()
+    # smoothing keeps the raw probabilities and adds the smoothed ones, which sum to 1
+    classes = predictor.classes
+    ok = frame[frame["status"] == "ok"]
+    assert np.allclose(ok[classes].sum(axis=1), 1, atol=1e-4)
+    assert np.allclose(ok[[f"smoothed_{c}" for c in classes]].sum(axis=1), 1, atol=1e-4)
+
+
+@pytest.mark.parametrize("sampling, expected", [
+    (VideoSampling(every=3), list(range(0, FRAMES, 3))),
+    (VideoSampling(fps=5), list(range(0, FRAMES, 2))),
+    (VideoSampling(fps=4), [0, 2, 5, 7, 10, 12, 15, 17]),  # the first frame at or after each 0.25 s tick
+    (VideoSampling(start=0.5, end=1.2), list(range(5, 12))),
+    (VideoSampling(every=2, start=0.5), list(range(5, FRAMES, 2))),
+    (VideoSampling(max_fps=5), list(range(0, FRAMES, 2))),  # the default cap, below the video's 10 fps
+])
+def test_every_and_fps_select_the_right_frames(files, sampling, expected):
+    reader = VideoReader(files["clip"], sampling)
+    frames = list(reader)
+    assert [f.index for f in frames] == expected
+    assert [f.timestamp for f in frames] == pytest.approx([i / FPS for i in expected])
+    assert reader.stopped is None
+
+
+def test_cli_every_and_json_rows(files):
+    result = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), "--every", "5", "--json"])
+    assert result.exit_code == 0, result.stderr
+    records = json.loads(result.stdout)
+    assert sorted({r["frame"] for r in records}) == [0, 5, 10, 15]
+    assert [r["track"] for r in records if r["frame"] == 15] and all(r["detector"] == "mtcnn" for r in records)
+    assert "clip.mkv: 4 frames analysed" in result.stderr
+
+
+def test_truncated_video_keeps_the_frames_before_the_cut(files, tmp_path):
+    full = [f.index for f in VideoReader(files["cut"])]
+    assert 0 < len(full) < FRAMES and full == list(range(len(full)))
+    out = tmp_path / "cut.csv"
+    result = runner.invoke(app, ["predict", str(files["cut"]), "--model", str(files["ck"]), "--csv", str(out)])
+    assert result.exit_code == 0, result.stderr  # frames were read: a partial result, not a failed input
+    frame = pd.read_csv(out)
+    errors = frame[frame["status"] == "error"]
+    assert len(errors) == 1 and "stopped after frame" in errors["reason"].iloc[0]
+    assert sorted(frame.loc[frame["status"] != "error", "frame"].unique()) == full
+    assert "warning:" in result.stdout and "truncated" in result.stdout
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    assert summary[0]["frames"] == len(full) and summary[0]["stopped"]
+
+
+def test_not_a_video_is_a_one_line_error_and_a_video_without_faces_says_so(files):
+    result = runner.invoke(app, ["predict", str(files["text"]), "--model", str(files["ck"])])
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("note:")]
+    assert len(errors) == 1 and "not a video" in errors[0] and "Traceback" not in result.stderr
+
+    result = runner.invoke(app, ["predict", str(files["empty"]), "--model", str(files["ck"]), "--json"])
+    assert result.exit_code == 0, result.stderr
+    records = json.loads(result.stdout)
+    assert [r["frame"] for r in records] == list(range(6)) and {r["status"] for r in records} == {"no_face"}
+    assert "no face in any analysed frame" in result.stderr
+
+
+def test_save_vis_writes_an_annotated_video_and_a_timeline(files, tmp_path):
+    vis = tmp_path / "vis"
+    result = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), "--fps", "5",
+                                 "--save-vis", str(vis)])
+    assert result.exit_code == 0, result.stderr
+    annotated = list(VideoReader(vis / "clip_poi.mp4"))
+    assert len(annotated) == FRAMES // 2
+    # the annotated frame differs from the input where the boxes are drawn
+    original = {f.index: f for f in VideoReader(files["clip"])}
+    assert np.abs(np.asarray(annotated[-1].image, float) - np.asarray(original[18].image, float)).max() > 100
+    assert Image.open(vis / "clip_timeline.png").height > 200
+    assert json.loads((vis / "clip_summary.json").read_text())["tracks"][1]["track"] == 1
+
+
+def test_no_detect_predicts_a_face_crop_that_mtcnn_misses(files, predictor, tmp_path):
+    # A tight crop of the face, as face datasets ship them: the face fills the picture.
+    crop = Image.fromarray(skimage_data.astronaut()).crop((195, 90, 260, 165)).resize((48, 48))
+    path = tmp_path / "crop.png"
+    crop.save(path)
+    detected = predictor.predict_records(path)
+    assert [r["status"] for r in detected] == ["no_face"]  # the premise: MTCNN misses it
+    result = runner.invoke(app, ["predict", str(path), "--model", str(files["ck"]), "--no-detect", "--json"])
+    assert result.exit_code == 0, result.stderr
+    (record,) = json.loads(result.stdout)
+    assert record["status"] == "ok" and record["detector"] == "none" and record["landmarks"] is None
+    assert record["box"] == [0, 0, 48, 48]
+    assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    # the face is resized whole, as prepare stores cropped faces, then run through the model
+    aligned = Predictor(files["ck"], detect=False)
+    face = aligned._align(crop, whole_image_face(crop))
+    assert face.shape == (64, 64, 3) and np.array_equal(face, np.asarray(crop.resize((64, 64), Image.BILINEAR)))
+
+
+def test_five_faces_give_five_au_panels(files, predictor, monkeypatch):
+    face = head(60)
+    photo = Image.new("RGB", (5 * 80, 100), (200, 200, 200))
+    for k in range(5):
+        photo.paste(face, (10 + 80 * k, 15))
+    records = predictor.predict_records(photo, show_au=True)
+    assert [r["status"] for r in records] == ["ok"] * 5
+    drawn = []
+    draw = visualize.draw_au_panel
+    monkeypatch.setattr(visualize, "draw_au_panel", lambda record: drawn.append(record["face"]) or draw(record))
+    picture = visualize.render(ImagePrediction("five.png", photo, records), show_au=True)
+    assert sorted(drawn) == [0, 1, 2, 3, 4]
+    panel = draw(records[0])
+    per_column = max(1, 100 // panel.height)
+    assert picture.width == 400 + math.ceil(5 / per_column) * panel.width
+
+
+def test_tracker_keeps_an_id_through_a_short_loss_and_smoothing_follows_its_time_constant():
+    tracker = IoUTracker(max_gap=0.5)
+    assert tracker.update([[0, 0, 10, 10], [50, 50, 60, 60]], 0.0) == [0, 1]
+    assert tracker.update([[51, 50, 61, 60]], 0.1) == [1]  # face 0 lost
+    assert tracker.update([[1, 0, 11, 10], [52, 50, 62, 60]], 0.4) == [0, 1]  # back within 0.5 s: same id
+    assert tracker.update([[1, 0, 11, 10]], 1.2) == [2]  # lost for 0.8 s: a new face
+    smoother = TrackSmoother(1.0)
+    assert np.allclose(smoother.update(0, 0.0, [1.0, 0.0]), [1.0, 0.0])
+    assert np.allclose(smoother.update(0, 1.0, [0.0, 1.0]), [math.exp(-1), 1 - math.exp(-1)])
