@@ -144,9 +144,18 @@ def _require_onnx() -> None:
         raise ExportError(f"ONNX export needs onnx and onnxruntime ({error.name} is missing): {INSTALL_HINT}") from None
 
 
-def _write_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: list[str], meta: dict, opset: int) -> None:
-    import onnx
+def export_module(model: POIModel, calibration_temperature: float, full: bool) -> tuple[nn.Module, list[str]]:
+    """The module `poi export` writes (FullModel, or the deployed TRN) in eval mode, and its output names."""
+    module = (FullModel(model, calibration_temperature) if full else model.deploy()).eval()
+    if full:
+        return module, ["probabilities", "confidence", "consistency", *(["aus"] if module.with_aus else []),
+                        "region_probabilities"]
+    return module, ["logits"]
 
+
+def onnx_bytes(module: nn.Module, example: torch.Tensor, output_names: list[str], opset: int = 17) -> bytes:
+    """The module as an ONNX model (without metadata), its batch axis free; what `poi export` writes
+    and what `poi predict --backend onnx` runs."""
     buffer = io.BytesIO()
     dynamic = {"input": {0: "batch"}, **{name: {0: "batch"} for name in output_names}}
     with warnings.catch_warnings():
@@ -154,7 +163,13 @@ def _write_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_nam
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (example,), buffer, dynamo=False, input_names=["input"], output_names=output_names,
                           dynamic_axes=dynamic, opset_version=opset)
-    proto = onnx.load_from_string(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def _write_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: list[str], meta: dict, opset: int) -> None:
+    import onnx
+
+    proto = onnx.load_from_string(onnx_bytes(module, example, output_names, opset))
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
@@ -216,12 +231,7 @@ def export_model(
     elif full and model.pin is None:
         raise ExportError(f"{checkpoint_path} is a baseline model (no PIN): it has no consistency or AUs; export it without --full")
     info = CheckpointInfo.of(checkpoint_dict)
-    module = (FullModel(model, info.calibration_temperature) if full else model.deploy()).eval()
-    if full:
-        output_names = ["probabilities", "confidence", "consistency", *(["aus"] if module.with_aus else []),
-                        "region_probabilities"]
-    else:
-        output_names = ["logits"]
+    module, output_names = export_module(model, info.calibration_temperature, full)
     path = Path(out) if out else default_output_path(checkpoint_path, format, full)
     if path.resolve() == checkpoint_path.resolve():
         raise ExportError(f"--out {path} would overwrite the checkpoint itself")

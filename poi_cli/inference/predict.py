@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import glob
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,10 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 # the two upper regions, mouth AUs from the two lower ones; "left" is image-left.
 AU_REGIONS: dict[str, tuple[str, ...]] = {au: tuple(r.name for r in regions) for au, regions in manifests.AU_REGIONS.items()}
 MODEL_ENV = "POI_MODEL"
+BACKENDS = ("torch", "onnx")  # what runs the model: PyTorch, or ONNX Runtime (inference/onnx_backend.py)
+# Threads that load, detect and align images ahead of the model (inference/overlap.py);
+# 0 is the sequential path (a chunk of images_per_batch images at a time).
+DEFAULT_WORKERS = 2
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "weights"
 NO_MODEL_MESSAGE = (
     "no model: pass --model CKPT (a checkpoint or run folder from `poi train`) or set POI_MODEL=CKPT; "
@@ -330,13 +335,28 @@ class ImagePrediction:
     records: list[dict] = field(default_factory=list)
 
 
+@dataclass
+class PreparedImage:
+    """One image loaded, its faces detected and aligned, waiting for the model."""
+
+    source: str
+    image: Optional[Image.Image]  # None when it could not be read (reason says why)
+    reason: Optional[str]
+    faces: list[Face]
+    crops: list[np.ndarray]  # the aligned uint8 faces, in faces' order
+
+
 class Predictor:
     """A trained POI model plus a face detector: images in, one record per face out.
 
     checkpoint: a checkpoint file or run folder; None resolves --model's fallbacks
     ($POI_MODEL, then the bundled model). detector: a faces.FaceDetector to share (made on
     first use otherwise). detect=False: each image is taken whole as one face (already
-    cropped faces; `--no-detect`). `timings` sums the seconds spent in each stage.
+    cropped faces; `--no-detect`). backend: "torch", or "onnx" to run the same model with
+    ONNX Runtime on the CPU (inference/onnx_backend.py). workers: threads that load, detect
+    and align images while the model runs on faces from many images (inference/overlap.py);
+    0 takes one chunk of images_per_batch images at a time. `timings` sums the seconds
+    spent in each stage (over all workers).
     """
 
     def __init__(
@@ -348,9 +368,17 @@ class Predictor:
         images_per_batch: int = 8,
         min_face_score: float = 0.95,
         detect: bool = True,
+        backend: str = "torch",
+        workers: int = DEFAULT_WORKERS,
     ) -> None:
         if batch_size < 1 or images_per_batch < 1:
             raise PredictError("batch sizes must be at least 1")
+        if backend not in BACKENDS:
+            raise PredictError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if workers < 0:
+            raise PredictError(f"--workers must be 0 or more, got {workers}")
+        if backend == "onnx" and device != "cpu":
+            raise PredictError("--backend onnx runs on the CPU: use --device cpu (or --backend torch on a GPU)")
         self.checkpoint_path = resolve_model(checkpoint)
         try:
             self.device = torch.device(device)
@@ -384,6 +412,14 @@ class Predictor:
         self.detect = detect
         self._detector = detector
         self.timings = dict.fromkeys(("load", "detection", "alignment", "model"), 0.0)
+        self._timings_lock = threading.Lock()  # the overlapped pipeline's workers add to timings too
+        self.workers = workers
+        self.backend = backend
+        self.onnx = None
+        if backend == "onnx":  # the same model, exported in memory and run by ONNX Runtime
+            from poi_cli.inference.onnx_backend import OnnxModel
+
+            self.onnx = OnnxModel(self.model, self.calibration_temperature)
 
     @property
     def input_size(self) -> int:
@@ -435,9 +471,14 @@ class Predictor:
             for number, item in enumerate(items):
                 if not item.is_video:
                     chunk.append(item)
-                if chunk and (len(chunk) == self.images_per_batch or item.is_video or number == len(items) - 1):
-                    yield from self._predict_chunk(chunk, show_au)
-                    bar.advance(task, len(chunk))
+                if self.workers > 0:  # overlapped: a whole run of images between videos at once
+                    flush = chunk and (item.is_video or number == len(items) - 1)
+                else:
+                    flush = chunk and (len(chunk) == self.images_per_batch or item.is_video or number == len(items) - 1)
+                if flush:
+                    for prediction in self._predict_images(chunk, show_au):
+                        yield prediction
+                        bar.advance(task, 1)
                     chunk = []
                 if item.is_video:
                     yield from iter_video_file(self, item.path, video or VideoOptions(), show_au, bar)
@@ -480,11 +521,39 @@ class Predictor:
             self._video_detector = FaceDetector(device=str(self.device), min_score=self.min_face_score, max_side=max_side)
         return self._video_detector
 
+    def _add_time(self, stage: str, seconds: float) -> None:
+        with self._timings_lock:
+            self.timings[stage] += seconds
+
+    def _predict_images(self, items: list[InputItem], show_au: bool) -> Iterator[ImagePrediction]:
+        """Images (no videos) in input order: overlapped when workers > 0, else one chunk."""
+        if self.workers > 0:
+            from poi_cli.inference.overlap import iter_overlapped
+
+            return iter_overlapped(self, items, show_au, self.workers)
+        return iter(self._predict_chunk(items, show_au))
+
+    def prepare_image(self, item: InputItem, detector: Optional[FaceDetector] = None) -> PreparedImage:
+        """Load, detect and align one image (what each worker of the overlapped pipeline does)."""
+        clock = time.perf_counter()
+        image, reason = self._load(item)
+        self._add_time("load", time.perf_counter() - clock)
+        faces: list[Face] = []
+        if image is not None:
+            clock = time.perf_counter()
+            faces = [whole_image_face(image)] if not self.detect else (detector or self.detector).detect([image])[0]
+            self._add_time("detection", time.perf_counter() - clock)
+        clock = time.perf_counter()
+        crops = [self._align(image, face) for face in faces]
+        self._add_time("alignment", time.perf_counter() - clock)
+        return PreparedImage(item.source, image, reason, faces, crops)
+
     def _predict_chunk(self, items: list[InputItem], show_au: bool,
                        detector: Optional[FaceDetector] = None) -> list[ImagePrediction]:
+        """The sequential path: load a chunk, detect it in one batched MTCNN pass, align, run the model."""
         clock = time.perf_counter()
         loaded = [self._load(item) for item in items]
-        self.timings["load"] += time.perf_counter() - clock
+        self._add_time("load", time.perf_counter() - clock)
         readable = [i for i, (image, _) in enumerate(loaded) if image is not None]
 
         clock = time.perf_counter()
@@ -493,36 +562,38 @@ class Predictor:
         else:
             found = (detector or self.detector).detect([loaded[i][0] for i in readable]) if readable else []
         faces_of = dict(zip(readable, found))
-        self.timings["detection"] += time.perf_counter() - clock
+        self._add_time("detection", time.perf_counter() - clock)
 
         clock = time.perf_counter()
-        crops, owners = [], []
-        for i in readable:
-            for k, face in enumerate(faces_of[i]):
-                crops.append(self._align(loaded[i][0], face))
-                owners.append((i, k))
-        self.timings["alignment"] += time.perf_counter() - clock
+        prepared = []
+        for i, (item, (image, reason)) in enumerate(zip(items, loaded)):
+            faces = faces_of.get(i, [])
+            prepared.append(PreparedImage(item.source, image, reason, faces, [self._align(image, f) for f in faces]))
+        self._add_time("alignment", time.perf_counter() - clock)
+        return self.finish(prepared, show_au)
 
+    def finish(self, prepared: Sequence[PreparedImage], show_au: bool) -> list[ImagePrediction]:
+        """Run the model on every face of these images (in batches) and build their records."""
+        crops = [crop for p in prepared for crop in p.crops]
         clock = time.perf_counter()
         outputs = self._run_model(crops)
-        self.timings["model"] += time.perf_counter() - clock
-
-        results = [ImagePrediction(item.source, image) for item, (image, _) in zip(items, loaded)]
-        for i, (image, reason) in enumerate(loaded):
-            if image is None:
-                results[i].records.append(empty_record(items[i].source, STATUS_ERROR, reason, show_au))
-            elif not faces_of[i]:
-                results[i].records.append(empty_record(items[i].source, STATUS_NO_FACE, "no face detected", show_au,
-                                                       detector=DETECTOR_MTCNN))
-        for row, (i, k) in enumerate(owners):
-            results[i].records.append(face_record(
-                items[i].source, k, faces_of[i][k], self.classes, outputs["probs"][row],
-                None if outputs["w"] is None else outputs["w"][row],
-                None if outputs["eye"] is None else outputs["eye"][row],
-                None if outputs["mouth"] is None else outputs["mouth"][row],
-                None if outputs["regions"] is None else outputs["regions"][row],
-                show_au=show_au,
-            ))
+        self._add_time("model", time.perf_counter() - clock)
+        results, row = [], 0
+        for p in prepared:
+            result = ImagePrediction(p.source, p.image)
+            if p.image is None:
+                result.records.append(empty_record(p.source, STATUS_ERROR, p.reason, show_au))
+            elif not p.faces:
+                result.records.append(empty_record(p.source, STATUS_NO_FACE, "no face detected", show_au,
+                                                   detector=DETECTOR_MTCNN))
+            for k, face in enumerate(p.faces):
+                result.records.append(face_record(
+                    p.source, k, face, self.classes, outputs["probs"][row],
+                    *(None if outputs[key] is None else outputs[key][row] for key in ("w", "eye", "mouth", "regions")),
+                    show_au=show_au,
+                ))
+                row += 1
+            results.append(result)
         return results
 
     def _align(self, image: Image.Image, face: Face) -> np.ndarray:
@@ -537,6 +608,11 @@ class Predictor:
         collected: dict[str, list] = {k: [] for k in keys}
         for start in range(0, len(crops), self.batch_size):
             batch = torch.from_numpy(np.stack(crops[start:start + self.batch_size])).to(self.device)
+            if self.onnx is not None:  # --backend onnx: the same input, the same keys
+                for key, value in self.onnx.run(self.preprocessing.model_input(batch)).items():
+                    if value is not None:
+                        collected[key].append(torch.from_numpy(value))
+                continue
             out = self.model(self.preprocessing.model_input(batch), with_pin=self.has_pin)
             collected["probs"].append((out.trn_logits.float() / self.calibration_temperature).softmax(-1))
             if self.has_pin:
