@@ -20,7 +20,7 @@ from rich.console import Console
 
 from poi_cli import __version__, render
 from poi_cli.core.errors import one_line
-from poi_cli.core.threads import THREADS_HELP
+from poi_cli.core.threads import DEFAULT_WORKERS, THREADS_HELP
 
 app = typer.Typer(
     name="poi",
@@ -35,13 +35,23 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 1) -> None:
     """Print a one-line error and exit non-zero (no traceback for bad input)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: a message may hold brackets (pip install 'poi-fer[export]', a file name) that are not markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 def threads_option() -> Any:
     """The --threads option of every compute command (one definition)."""
     return typer.Option(None, "--threads", min=1, help=THREADS_HELP, rich_help_panel="Performance")
+
+
+def backend_option() -> Any:
+    """--backend of `poi predict` and `poi serve` (one definition)."""
+    return typer.Option("torch", "--backend", help="What runs the model: torch, or onnx (ONNX Runtime on the CPU, "
+                        "the model exported in memory as `poi export --full` writes it; needs onnxruntime).",
+                        rich_help_panel="Performance")
 
 
 def use_threads(threads: Optional[int]) -> int:
@@ -284,6 +294,8 @@ def predict(
     start: Optional[float] = typer.Option(None, "--start", help="Video: first second to analyse.", rich_help_panel="Video"),
     end: Optional[float] = typer.Option(None, "--end", help="Video: second to stop at.", rich_help_panel="Video"),
     smooth: Optional[float] = typer.Option(None, "--smooth", help="Video: add each track's probabilities smoothed over SECONDS (exponential moving average); raw values stay.", rich_help_panel="Video"),
+    backend: str = backend_option(),
+    workers: int = typer.Option(DEFAULT_WORKERS, "--workers", min=0, help="Threads that load, detect and align images ahead of the model, which runs on batches of faces from many images (0: the sequential path, one chunk of 8 images at a time).", rich_help_panel="Performance"),
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Expression, confidence (calibrated probability), consistency (UEM w) and action units of every face in images and videos; see docs/predict.md."""
@@ -307,7 +319,8 @@ def predict(
                 refuse_input_as_output(csv_file, input_files, "--csv")
                 held.enter_context(claim(csv_file, "--csv"))  # one writer per CSV
             video = VideoOptions(VideoSampling(every=every, fps=fps, start=start, end=end), smooth=smooth)
-            predictor = Predictor(model, device=device, batch_size=batch, min_face_score=min_score, detect=not no_detect)
+            predictor = Predictor(model, device=device, batch_size=batch, min_face_score=min_score, detect=not no_detect,
+                                  backend=backend, workers=workers)
         except (PoiError, ValueError) as error:
             fail(str(error))
         _predict_and_write(predictor, inputs, input_files, show_au, as_json, csv_file, save_vis, video)
@@ -379,6 +392,7 @@ def serve(
     max_pixels: float = typer.Option(40.0, "--max-megapixels", help="Largest image, in megapixels (413 above)."),
     max_files: int = typer.Option(16, "--max-files", help="Images per request (400 above)."),
     max_in_flight: int = typer.Option(64, "--max-in-flight", help="Requests served at once (429 above)."),
+    backend: str = backend_option(),
     threads: Optional[int] = threads_option(),
 ) -> None:
     """An HTTP JSON API: POST /predict (images as multipart field `files`), GET /health, /model, /docs; see docs/serve.md."""
@@ -390,7 +404,8 @@ def serve(
     try:
         limits = ServeLimits(max_request_bytes=int(max_upload_mb * 1024 * 1024), max_files=max_files,
                              max_pixels=int(max_pixels * 1e6), max_in_flight=max_in_flight)
-        predictor = Predictor(model, device=device, min_face_score=min_score, images_per_batch=limits.batch_images)
+        predictor = Predictor(model, device=device, min_face_score=min_score, images_per_batch=limits.batch_images,
+                              backend=backend)
     except (PoiError, ValueError) as error:
         fail(str(error))
     show(*render.note_lines(predictor.notes, soft_wrap=True), to=err_console)

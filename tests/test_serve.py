@@ -146,3 +146,22 @@ def test_concurrent_requests_share_model_calls(server, files):
     first = responses[0].json()
     assert all(r.json() == first for r in responses)
     assert app.state.batcher.calls - before < 4  # at least two requests shared one pass
+
+
+def test_no_detect_query_takes_each_image_whole_like_the_cli(server, files, monkeypatch):
+    url, app = server
+    gradient = files["root"] / "gradient.png"  # no face for MTCNN
+    detected = post(url, gradient)
+    assert detected.status_code == 200 and [r["status"] for r in detected.json()] == ["no_face"]
+    whole = post(url, gradient, files["root"] / "astronaut.png", params={"no_detect": "true", "show_au": "true"})
+    assert whole.status_code == 200, whole.text
+    served = whole.json()
+    assert [(r["status"], r["detector"], r["landmarks"]) for r in served] == [("ok", "none", None)] * 2
+    assert served[0]["box"] == [0.0, 0.0, 160.0, 120.0]  # the whole 160 x 120 image
+    monkeypatch.chdir(files["root"])
+    result = CliRunner().invoke(cli_app, ["predict", "gradient.png", "astronaut.png", "--model", str(files["model"]),
+                                          "--json", "--show-au", "--no-detect"])
+    assert result.exit_code == 0, result.output
+    assert_same_records(served, json.loads(result.stdout))
+    # the flag is per request: the shared predictor detects again afterwards
+    assert app.state.batcher.predictor.detect and [r["status"] for r in post(url, gradient).json()] == ["no_face"]

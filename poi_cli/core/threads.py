@@ -24,6 +24,9 @@ from poi_cli.core.errors import PoiError
 
 THREADS_ENV = "POI_THREADS"
 DEFAULT_MAX = 4  # the default: min(usable cores, DEFAULT_MAX); see the module docstring
+# Threads of `poi predict`'s overlapped image pipeline (inference/overlap.py) that load,
+# detect and align images ahead of the model; 0 is the sequential path.
+DEFAULT_WORKERS = 2
 THREADS_HELP = (f"CPU threads for torch / ONNX Runtime (default: ${THREADS_ENV}, else min(cores, {DEFAULT_MAX}); "
                 "more helps only on an idle machine with large batches).")
 

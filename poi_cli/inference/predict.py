@@ -49,6 +49,7 @@ from poi_cli.core.errors import PoiError, one_line
 from poi_cli.core.atomic import atomic_write_text
 from poi_cli.core import manifests
 from poi_cli.core.manifests import REGION_NAMES, REGIONS, au_columns
+from poi_cli.core.threads import DEFAULT_WORKERS
 from poi_cli.core.schema import (DETECTOR_MTCNN, DETECTOR_NONE, LANDMARK_NAMES, PREDICT_STATUSES, STATUS_ERROR,
                                  STATUS_NO_FACE, STATUS_OK, VIDEO_COLUMNS)
 from poi_cli.data.faces import Face, FaceDetector, ImageLoadError, load_image, to_rgb
@@ -64,9 +65,6 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 AU_REGIONS: dict[str, tuple[str, ...]] = {au: tuple(r.name for r in regions) for au, regions in manifests.AU_REGIONS.items()}
 MODEL_ENV = "POI_MODEL"
 BACKENDS = ("torch", "onnx")  # what runs the model: PyTorch, or ONNX Runtime (inference/onnx_backend.py)
-# Threads that load, detect and align images ahead of the model (inference/overlap.py);
-# 0 is the sequential path (a chunk of images_per_batch images at a time).
-DEFAULT_WORKERS = 2
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "weights"
 NO_MODEL_MESSAGE = (
     "no model: pass --model CKPT (a checkpoint or run folder from `poi train`) or set POI_MODEL=CKPT; "

@@ -1,7 +1,7 @@
 """`poi serve`: predictions over HTTP (FastAPI + uvicorn), the model loaded once.
 
     POST /predict   multipart field `files` (repeatable) -> the JSON list of records
-                    `poi predict --json` prints for the same images (query: show_au)
+                    `poi predict --json` prints for the same images (query: show_au, no_detect)
     GET  /health    {"status": "ok", ...}
     GET  /model     classes, input size, preprocessing and a summary of the checkpoint
     GET  /docs      the OpenAPI page (/openapi.json the schema)
@@ -82,25 +82,27 @@ class _Job:
     images: list[Image.Image]
     show_au: bool
     future: concurrent.futures.Future
+    detect: bool = True  # False: `no_detect=true`, each image taken whole as one face
 
 
 class MicroBatcher:
     """One thread owns the Predictor; every queued request joins the next batch.
 
-    `calls` counts the batches run (one per show_au value present in a batch), so a
-    test can see that concurrent requests shared a model call.
+    `calls` counts the batches run (one per (show_au, detect) pair present in a batch),
+    so a test can see that concurrent requests shared a model call.
     """
 
     def __init__(self, predictor: Predictor, limits: ServeLimits) -> None:
         self.predictor, self.limits = predictor, limits
         self.jobs: "queue.Queue[Optional[_Job]]" = queue.Queue()
         self.calls = 0
+        self.default_detect = predictor.detect
         self.thread = threading.Thread(target=self._loop, name="poi-serve-batcher", daemon=True)
         self.thread.start()
 
-    def submit(self, images: list[Image.Image], show_au: bool) -> concurrent.futures.Future:
+    def submit(self, images: list[Image.Image], show_au: bool, detect: bool = True) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self.jobs.put(_Job(images, show_au, future))
+        self.jobs.put(_Job(images, show_au, future, detect))
         return future
 
     def close(self) -> None:
@@ -127,14 +129,17 @@ class MicroBatcher:
                 return
             batch, stop = self._take_batch(first)
             for show_au in (False, True):
-                group = [job for job in batch if job.show_au == show_au]
-                if group:
-                    self._run(group, show_au)
+                for detect in (True, False):
+                    group = [job for job in batch if job.show_au == show_au and job.detect == detect]
+                    if group:
+                        self._run(group, show_au, detect)
             if stop:
                 return
 
-    def _run(self, group: list[_Job], show_au: bool) -> None:
+    def _run(self, group: list[_Job], show_au: bool, detect: bool) -> None:
         images = [image for job in group for image in job.images]
+        # This thread alone uses the predictor, so switching its detect flag per group is safe.
+        self.predictor.detect = detect
         try:
             predictions = list(self.predictor.iter_predictions(images, show_au))
             self.calls += 1
@@ -142,6 +147,8 @@ class MicroBatcher:
             for job in group:
                 job.future.set_exception(error)
             return
+        finally:
+            self.predictor.detect = self.default_detect
         start = 0
         for job in group:
             job.future.set_result([p.records for p in predictions[start:start + len(job.images)]])
@@ -248,13 +255,15 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits()) -> Any
     @app.post("/predict", openapi_extra=upload_schema,
               responses={400: {"description": "no usable image"}, 413: {"description": "too large"},
                          429: {"description": "too many requests in flight"}})
-    async def predict(request: Request, show_au: bool = Query(False, description="add AUs per region and the regions' distributions")):
+    async def predict(request: Request, show_au: bool = Query(False, description="add AUs per region and the regions' distributions"),
+                      no_detect: bool = Query(False, description="take each image whole as one already-cropped face "
+                                                                 "(no detector), as `poi predict --no-detect`")):
         """The records `poi predict --json` prints for the uploaded images, in upload order."""
         if state["in_flight"] >= limits.max_in_flight:
             return reject(429, f"{state['in_flight']} requests in flight (limit {limits.max_in_flight}); retry later")
         state["in_flight"] += 1
         try:
-            return await _predict(request, show_au)
+            return await _predict(request, show_au, not no_detect)
         except RequestError as error:
             return reject(error.status, error.detail)
         except Exception as error:  # never a bare 500 page: a JSON reason, and the server goes on
@@ -293,7 +302,7 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits()) -> Any
         await form.close()
         return uploads
 
-    async def _predict(request: Request, show_au: bool) -> Any:
+    async def _predict(request: Request, show_au: bool, detect: bool) -> Any:
         uploads = await _uploads(request)
         decoded: list[tuple[str, Optional[Image.Image], Optional[str]]] = []
         for name, data in uploads:
@@ -306,7 +315,7 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits()) -> Any
         if not good:
             reasons = "; ".join(f"{name}: {reason}" for name, _, reason in decoded)
             raise RequestError(400, f"no readable image ({reasons})")
-        per_image = await asyncio.wrap_future(batcher.submit(good, show_au))
+        per_image = await asyncio.wrap_future(batcher.submit(good, show_au, detect))
         records, results = [], iter(per_image)
         for name, image, reason in decoded:
             if image is None:
