@@ -45,10 +45,15 @@ step() {
   case "$1" in
     zero_shot)  evaluate "$BUNDLED" "$CK" train "$PROJECT/zero_shot_ck"; evaluate "$BUNDLED" "$SFEW" val "$PROJECT/zero_shot_sfew" ;;
     ck_ft)      "$POI" train "$CK" "${RECIPE[@]}" "${FT[@]}" --fold all --project "$PROJECT" --name ck_ft ;;
+    ck_ft_last) for k in 0 1 2 3 4 5 6 7 8 9; do  # the same runs' last epoch instead of best.pt
+                  evaluate "$PROJECT/ck_ft/fold$k/last.pt" "$CK" "fold$k" "$PROJECT/ck_ft_last/fold$k"; done ;;
+    # second recipe, tried after ck_ft missed 95 %: 10 epochs, every training fold trained on (no hold-out), last epoch
+    ck_ft_e10)  "$POI" train "$CK" "${RECIPE[@]}" "${FT[@]}" --epochs 10 --val-fraction 0 --fold all \
+                  --project "$PROJECT" --name ck_ft_e10 ;;
     sfew_ft)    sfew_run sfew_ft "${FT[@]}" ;;
     sfew_scratch) sfew_run sfew_scratch ;;
     ck_scratch) for k in 0 1 2 3 4 5 6 7 8 9; do ck_scratch_fold "$k"; done ;;
     *) echo "unknown step $1" >&2; exit 2 ;;
   esac
 }
-for s in "${@:-zero_shot ck_ft sfew_ft sfew_scratch ck_scratch}"; do for t in $s; do step "$t"; done; done
+for s in "${@:-zero_shot ck_ft ck_ft_last sfew_ft sfew_scratch ck_scratch ck_ft_e10}"; do for t in $s; do step "$t"; done; done
