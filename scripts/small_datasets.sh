@@ -22,8 +22,10 @@ BUNDLED=poi_cli/weights/poi_ferplus8_resnet10_96.fp16.pt
 RECIPE=(--arch resnet10 --size 96 --epochs 5 --batch 32 --lr 0.01 --schedule cosine --weight-decay 1e-4 --seed 0)
 FT=(--fine-tune "$BUNDLED")
 
-[ -f "$CK/prepared.json" ] || "$POI" prepare ckplus "$CK_RAW" --out "$CK" --size 96
-[ -f "$SFEW/prepared.json" ] || "$POI" prepare sfew "$SFEW_RAW" --out "$SFEW" --size 96
+prepare_data() {
+  [ -f "$CK/prepared.json" ] || "$POI" prepare ckplus "$CK_RAW" --out "$CK" --size 96
+  [ -f "$SFEW/prepared.json" ] || "$POI" prepare sfew "$SFEW_RAW" --out "$SFEW" --size 96
+}
 
 evaluate() {  # evaluate RUN_OR_CKPT DATA SPLIT OUT
   [ -f "$4/metrics.json" ] || "$POI" evaluate "$1" "$2" --split "$3" --out "$4" > /dev/null
@@ -42,6 +44,7 @@ ck_scratch_fold() {  # one fold of the from-scratch CK+ runs (they are slow: run
 }
 
 step() {
+  [ "$1" = summary ] || prepare_data
   case "$1" in
     zero_shot)  evaluate "$BUNDLED" "$CK" train "$PROJECT/zero_shot_ck"; evaluate "$BUNDLED" "$SFEW" val "$PROJECT/zero_shot_sfew" ;;
     ck_ft)      "$POI" train "$CK" "${RECIPE[@]}" "${FT[@]}" --fold all --project "$PROJECT" --name ck_ft ;;
@@ -53,6 +56,24 @@ step() {
     sfew_ft)    sfew_run sfew_ft "${FT[@]}" ;;
     sfew_scratch) sfew_run sfew_scratch ;;
     ck_scratch) for k in 0 1 2 3 4 5 6 7 8 9; do ck_scratch_fold "$k"; done ;;
+    summary)    # accuracy per study: mean and sample std over the folds evaluated so far, SFEW val
+                PROJECT="$PROJECT" "${PYTHON:-.venv/bin/python}" - <<'PY'
+import glob, json, os, statistics
+project = os.environ["PROJECT"]
+def accuracy(path):
+    return 100 * json.load(open(path))["accuracy"]
+for study, pattern in [("ck_ft", "ck_ft/fold*/eval/metrics.json"), ("ck_ft_last", "ck_ft_last/fold*/metrics.json"),
+                       ("ck_ft_e10", "ck_ft_e10/fold*/eval/metrics.json"), ("ck_scratch", "ck_scratch/fold*/eval/metrics.json")]:
+    values = [accuracy(p) for p in sorted(glob.glob(os.path.join(project, pattern)))]
+    if values:
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"{study}: {len(values)} folds, mean {statistics.mean(values):.2f} ± {spread:.2f} (min {min(values):.2f}, max {max(values):.2f})")
+for study, path in [("zero_shot_ck", "zero_shot_ck/metrics.json"), ("zero_shot_sfew", "zero_shot_sfew/metrics.json"),
+                    ("sfew_ft", "sfew_ft/eval/metrics.json"), ("sfew_scratch", "sfew_scratch/eval/metrics.json")]:
+    if os.path.isfile(os.path.join(project, path)):
+        print(f"{study}: {accuracy(os.path.join(project, path)):.2f}")
+PY
+                ;;
     *) echo "unknown step $1" >&2; exit 2 ;;
   esac
 }
