@@ -174,6 +174,8 @@ def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, o
     if folds < 2 or folds > len(data.labels):
         raise AuditError(f"--cross-fit needs 2 to {len(data.labels)} folds, got {folds}")
     fold_of = stratified_folds(data.labels, folds, CROSS_FIT_SEED)
+    all_ids = dataset.split(config.train_split).ids  # the split as the manifest has it
+    position = pd.Series(np.arange(len(all_ids)), index=all_ids)
     names = dataset.classes
     objective = np.zeros((len(data.labels), len(names)))
     trn, w = np.zeros_like(objective), np.zeros(len(data.labels))
@@ -182,12 +184,16 @@ def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, o
         held = fold_of == fold
         labels_file = out / f"fold{fold}_labels.csv"
         if not labels_file.is_file():
-            given = np.where(held, DROPPED_LABEL, data.labels)
-            table = {"id": data.ids, "label": given, "label_name": [names[k] if k >= 0 else "" for k in given]}
+            # Every image of the split has a row (a label file must cover the split): the
+            # fold's images and those the run itself left out (label -1 in its file) get -1.
+            table = pd.DataFrame({"id": all_ids, "label": DROPPED_LABEL})
+            table.loc[position[data.ids[~held]], "label"] = data.labels[~held]
+            table["label_name"] = [names[k] if k >= 0 else "" for k in table["label"]]
             if data.clean_labels is not None:
-                table["clean_label"] = data.clean_labels
+                table.loc[position[data.ids], "clean_label"] = data.clean_labels
+                table["clean_label"] = table["clean_label"].fillna(DROPPED_LABEL).astype(int)
             out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(labels_file, pd.DataFrame(table).to_csv(index=False))
+            atomic_write_text(labels_file, table.to_csv(index=False))
         fold_dir = out / fold_split_name(fold)
         if not fold_finished(fold_dir, config.epochs):
             fold_config = (replace(config, resume=str(fold_dir), device=device) if (fold_dir / CONFIG_FILE).is_file() else

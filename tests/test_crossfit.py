@@ -87,3 +87,20 @@ def test_cross_fit_audit_scores_every_image_out_of_fold(tmp_path):
     not_a_run = runner.invoke(app, ["audit", str(run / "best.pt"), str(data), "--cross-fit", "2", "--out", str(tmp_path / "x")])
     assert not_a_run.exit_code != 0 and "needs a poi run folder" in not_a_run.output
     assert "Traceback" not in not_a_run.output
+
+
+def test_cross_fit_audit_of_a_run_that_left_images_out(tmp_path):
+    """A run trained on a label file with dropped images (poi clean --drop): the fold label
+    files still cover the split, and only the run's own images are audited."""
+    data = make_prepared(tmp_path / "data", splits={"train": 4, "valid": 1})
+    split = PreparedDataset(data).split("train")
+    labels = split.labels.copy()
+    labels[::4] = -1  # 7 of 28 left out
+    label_file = tmp_path / "labels.csv"
+    pd.DataFrame({"id": split.ids, "label": labels}).to_csv(label_file, index=False)
+    run = train(TrainConfig(data=str(data), input_size=64, epochs=1, batch=14, lr=0.01, amp="off", seed=0,
+                            project=str(tmp_path / "runs"), labels=str(label_file)))
+    result = cross_fit_audit(run, data, 2, tmp_path / "audit", device="cpu")
+    assert sorted(result.table["id"]) == sorted(split.ids[labels >= 0])
+    fold0 = pd.read_csv(tmp_path / "audit" / "crossfit" / "fold0_labels.csv", dtype={"id": str}).set_index("id")
+    assert len(fold0) == 28 and (fold0.loc[split.ids[labels < 0], "label"] == -1).all()
