@@ -14,6 +14,7 @@ from conftest import make_prepared
 from poi_cli.cli import app
 from poi_cli.data.folds import stratified_folds
 from poi_cli.data.store import PreparedDataset
+from poi_cli.inference.audit import audit
 from poi_cli.model.checkpoint import load_model
 from poi_cli.model.predictions import predict_split
 from poi_cli.pipeline import cross_fit_audit
@@ -104,3 +105,5 @@ def test_cross_fit_audit_of_a_run_that_left_images_out(tmp_path):
     assert sorted(result.table["id"]) == sorted(split.ids[labels >= 0])
     fold0 = pd.read_csv(tmp_path / "audit" / "crossfit" / "fold0_labels.csv", dtype={"id": str}).set_index("id")
     assert len(fold0) == 28 and (fold0.loc[split.ids[labels < 0], "label"] == -1).all()
+    # the in-sample audit of the same run scores the same 21 images (it once predicted all 28)
+    assert sorted(audit(run, data, device="cpu").table["id"]) == sorted(split.ids[labels >= 0])

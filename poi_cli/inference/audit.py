@@ -32,7 +32,7 @@ from poi_cli.core.metrics import roc_auc
 from poi_cli.core.runtime import select_device, use_bf16
 from poi_cli.data.noise import flip_labels
 from poi_cli.data.store import PreparedDataset, SplitData
-from poi_cli.model.checkpoint import load_model, resolve_checkpoint
+from poi_cli.model.checkpoint import load_checkpoint, load_model, resolve_checkpoint
 from poi_cli.model.predictions import SplitPredictions, predict_split
 
 SUSPICION_THRESHOLDS = (0.5, 0.7, 0.9)
@@ -125,9 +125,11 @@ def audit(
     """Score every image of `split` for label suspicion with a POI model (see module doc)."""
     dataset = PreparedDataset(prepared_dir)
     checkpoint_path = resolve_checkpoint(model_path)
-    predictions, checkpoint = _predict(checkpoint_path, dataset, dataset.split(split), device, batch, amp)
+    checkpoint = load_checkpoint(checkpoint_path)
     trained_on = _trained_on(checkpoint, dataset, split)
+    # The images audited are those with a label: a label file may leave some out (-1).
     data, label_source = audited_labels(dataset, split, checkpoint.get("config") or {}, trained_on, labels_file)
+    predictions, checkpoint = _predict(checkpoint_path, dataset, data, device, batch, amp)
     baseline_probs = None
     if baseline is not None:
         baseline_probs = _predict(baseline, dataset, data, device, batch, amp)[0].trn_probs
