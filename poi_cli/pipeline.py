@@ -103,11 +103,7 @@ def train_folds(config: TrainConfig, console: Optional[Console] = None,
     for fold in range(dataset.folds):
         run_dir = folder / fold_split_name(fold)
         announce(f"fold {fold + 1}/{dataset.folds}: {run_dir}")
-        trained_now = not fold_finished(run_dir, config.epochs)
-        if trained_now:
-            fold_config = (replace(config, resume=str(run_dir)) if (run_dir / CONFIG_FILE).is_file() else
-                           replace(config, fold=str(fold), project=str(folder), name=run_dir.name, exist_ok=True))
-            train(fold_config, console)
+        trained_now = train_or_resume(run_dir, replace(config, fold=str(fold)), console)
         metrics = run_dir / "eval" / "metrics.json"
         if metrics.is_file() and not trained_now:
             result = json.loads(metrics.read_text())
@@ -137,8 +133,16 @@ def folds_summary(rows: list[dict], folder: Path) -> dict:
     }
 
 
-def fold_finished(run_dir: Path, epochs: int) -> bool:
-    return (run_dir / LAST).is_file() and load_checkpoint(run_dir / LAST)["epoch"] >= epochs
+def train_or_resume(run_dir: Path, config: TrainConfig, console: Optional[Console] = None) -> bool:
+    """Train `config` into run_dir, resume it there when killed, or leave it when finished;
+    True when it trained now."""
+    if (run_dir / LAST).is_file() and load_checkpoint(run_dir / LAST)["epoch"] >= config.epochs:
+        return False
+    if (run_dir / CONFIG_FILE).is_file():  # killed: its own config.json says how to go on
+        train(replace(config, resume=str(run_dir)), console)
+    else:
+        train(replace(config, resume=None, project=str(run_dir.parent), name=run_dir.name, exist_ok=True), console)
+    return True
 
 
 def check_same_cv(folder: Path, config: TrainConfig) -> None:
@@ -195,11 +199,8 @@ def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, o
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(labels_file, table.to_csv(index=False))
         fold_dir = out / fold_split_name(fold)
-        if not fold_finished(fold_dir, config.epochs):
-            fold_config = (replace(config, resume=str(fold_dir), device=device) if (fold_dir / CONFIG_FILE).is_file() else
-                           replace(config, labels=str(labels_file), noise=0.0, rounds=1, fold=None, resume=None,
-                                   project=str(out), name=fold_dir.name, exist_ok=True, device=device))
-            train(fold_config, console)
+        train_or_resume(fold_dir, replace(config, labels=str(labels_file), noise=0.0, rounds=1, fold=None,
+                                          device=device), console)
         model, checkpoint = load_model(resolve_checkpoint(fold_dir), torch_device)
         size = int(checkpoint["model_config"]["input_size"])
         predictions = predict_split(model, dataset.faces, data.store_rows[held], data.labels[held], size, batch,

@@ -66,3 +66,26 @@ def make_prepared(
 def prepared(tmp_path: Path) -> Path:
     """A 7-class, 64 px prepared folder: 42 train, 14 valid, 14 test images."""
     return make_prepared(tmp_path / "prepared")
+
+
+def numbers_of(value) -> list[float]:
+    """Every number in a (nested) record, in a fixed order: to compare two records numerically."""
+    if isinstance(value, dict):
+        return [x for k in sorted(value) for x in numbers_of(value[k])]
+    if isinstance(value, list):
+        return [x for v in value for x in numbers_of(v)]
+    return [float(value)] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+def hide_module(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
+    """Make `import module` fail as if it were not installed (for the one-line error tests)."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without(name, *args, **kwargs):
+        if name == module:
+            raise ImportError(f"no {module}", name=module)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without)

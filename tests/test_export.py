@@ -3,7 +3,6 @@ onnxruntime is installed, the `export` extra)."""
 
 from __future__ import annotations
 
-import builtins
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import hide_module
 from poi_cli.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from poi_cli.model.checkpoint import CheckpointInfo, build_checkpoint, load_checkpoint, save_checkpoint
 from poi_cli.cli import app
@@ -125,14 +125,7 @@ def test_export_errors_are_one_line(checkpoint, tmp_path, monkeypatch):
     result = runner.invoke(app, ["export", str(tmp_path / "missing.pt")])
     assert result.exit_code == 1 and "missing.pt" in result.stderr
 
-    real_import = builtins.__import__
-
-    def without_onnxruntime(name, *args, **kwargs):
-        if name == "onnxruntime":
-            raise ImportError("no onnxruntime", name="onnxruntime")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", without_onnxruntime)
+    hide_module(monkeypatch, "onnxruntime")
     with pytest.raises(ExportError, match=r"pip install 'poi-fer\[export\]'"):
         export_model(checkpoint, "onnx")
 

@@ -4,7 +4,6 @@ has the PIN and AU nets, and a baseline model; without onnxruntime, a one-line e
 
 from __future__ import annotations
 
-import builtins
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from PIL import Image, ImageOps
 from skimage import data as skimage_data
 from typer.testing import CliRunner
 
+from conftest import hide_module
 from poi_cli.cli import app
 from poi_cli.core.manifests import class_names
 from poi_cli.data.preprocess import Preprocessing
@@ -86,14 +86,7 @@ def test_onnx_backend_of_a_baseline_model_and_the_cli(photos, tmp_path):
 
 
 def test_onnx_backend_without_onnxruntime_is_a_one_line_error(photos, monkeypatch):
-    real_import = builtins.__import__
-
-    def without_onnxruntime(name, *args, **kwargs):
-        if name == "onnxruntime":
-            raise ImportError("no onnxruntime", name="onnxruntime")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", without_onnxruntime)
+    hide_module(monkeypatch, "onnxruntime")
     result = runner.invoke(app, ["predict", str(photos[0]), "--backend", "onnx"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "onnxruntime" in result.stderr and "poi-fer[export]" in result.stderr

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image, ImageOps
 from skimage import data as skimage_data
 
+from conftest import numbers_of
 from poi_cli.inference.predict import Predictor, bundled_model
 
 TOLERANCE = 1e-5  # batched float arithmetic may differ in the last digits; records round to 6
@@ -36,12 +37,6 @@ def folder(tmp_path_factory) -> Path:
     return root
 
 
-def _numbers(value) -> list[float]:
-    if isinstance(value, dict):
-        return [x for k in sorted(value) for x in _numbers(value[k])]
-    if isinstance(value, list):
-        return [x for v in value for x in _numbers(v)]
-    return [float(value)] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
 
 
 def _skeleton(value):
@@ -67,7 +62,7 @@ def test_overlapped_pipeline_gives_the_sequential_records_in_input_order(folder)
     assert len(sequential) == len(overlapped)
     for a, b in zip(sequential, overlapped):
         assert _skeleton(a) == _skeleton(b)  # keys, statuses, reasons, expressions, which values are null
-        assert np.allclose(_numbers(a), _numbers(b), atol=TOLERANCE, rtol=0)
+        assert np.allclose(numbers_of(a), numbers_of(b), atol=TOLERANCE, rtol=0)
     assert overlapped_predictor.timings["detection"] > 0 and overlapped_predictor.timings["model"] > 0
 
 

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
+from conftest import numbers_of
 from poi_cli.cli import app as cli_app  # noqa: E402
 from poi_cli.core.manifests import class_names  # noqa: E402
 from poi_cli.data.preprocess import Preprocessing  # noqa: E402
@@ -82,15 +83,9 @@ def assert_same_records(served: list, printed: list) -> None:
     for a, b in zip(served, printed):
         assert a.keys() == b.keys()
         assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True) or \
-            np.allclose(_numbers(a), _numbers(b), atol=1e-5)
+            np.allclose(numbers_of(a), numbers_of(b), atol=1e-5)
 
 
-def _numbers(value) -> list[float]:
-    if isinstance(value, dict):
-        return [x for k in sorted(value) for x in _numbers(value[k])]
-    if isinstance(value, list):
-        return [x for v in value for x in _numbers(v)]
-    return [float(value)] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
 
 
 def test_server_answers_with_the_clis_records(server, files, monkeypatch):

@@ -32,7 +32,7 @@ from poi_cli.core.metrics import roc_auc
 from poi_cli.core.runtime import select_device, use_bf16
 from poi_cli.data.noise import flip_labels
 from poi_cli.data.store import PreparedDataset, SplitData
-from poi_cli.model.checkpoint import load_checkpoint, load_model, resolve_checkpoint
+from poi_cli.model.checkpoint import load_model, resolve_checkpoint
 from poi_cli.model.predictions import SplitPredictions, predict_split
 
 SUSPICION_THRESHOLDS = (0.5, 0.7, 0.9)
@@ -97,10 +97,11 @@ def _audited_labels(data: SplitData, config: dict, dataset: PreparedDataset, tra
 
 
 def _predict(model_path: str | Path, dataset: PreparedDataset, data: SplitData, device: str, batch: int,
-             amp: str) -> tuple[SplitPredictions, dict]:
-    """A checkpoint of the data's label space on the split: (its predictions, the checkpoint)."""
+             amp: str, loaded: Optional[tuple] = None) -> tuple[SplitPredictions, dict]:
+    """A checkpoint of the data's label space on the split: (its predictions, the checkpoint);
+    `loaded`: its (model, checkpoint) from load_model on `device`, when already loaded."""
     torch_device = select_device(device)
-    model, checkpoint = load_model(resolve_checkpoint(model_path), torch_device)
+    model, checkpoint = loaded or load_model(resolve_checkpoint(model_path), torch_device)
     if list(checkpoint["classes"]) != dataset.classes:
         raise AuditError(
             f"the model's classes ({', '.join(checkpoint['classes'])}) differ from the data's ({', '.join(dataset.classes)}); "
@@ -125,11 +126,11 @@ def audit(
     """Score every image of `split` for label suspicion with a POI model (see module doc)."""
     dataset = PreparedDataset(prepared_dir)
     checkpoint_path = resolve_checkpoint(model_path)
-    checkpoint = load_checkpoint(checkpoint_path)
-    trained_on = _trained_on(checkpoint, dataset, split)
+    loaded = load_model(checkpoint_path, select_device(device))
+    trained_on = _trained_on(loaded[1], dataset, split)
     # The images audited are those with a label: a label file may leave some out (-1).
-    data, label_source = audited_labels(dataset, split, checkpoint.get("config") or {}, trained_on, labels_file)
-    predictions, checkpoint = _predict(checkpoint_path, dataset, data, device, batch, amp)
+    data, label_source = audited_labels(dataset, split, loaded[1].get("config") or {}, trained_on, labels_file)
+    predictions, checkpoint = _predict(checkpoint_path, dataset, data, device, batch, amp, loaded)
     baseline_probs = None
     if baseline is not None:
         baseline_probs = _predict(baseline, dataset, data, device, batch, amp)[0].trn_probs
