@@ -155,13 +155,17 @@ def noise(
     seed: int = typer.Option(0, help="Random seed: the same seed gives byte-identical files."),
     split: str = typer.Option("train", help="Split whose labels are flipped."),
     out: Optional[str] = typer.Option(None, help="Label file to write (default PREPARED_DIR/labels/<split>_noise<pct>_seed<seed>.csv)."),
+    subset: Optional[int] = typer.Option(None, help="Keep only this many images (a seeded random choice; the others "
+                                                    "are labelled -1, left out of training): a reduced study."),
+    subset_seed: int = typer.Option(0, help="Seed of --subset's choice (independent of --seed)."),
 ) -> None:
     """Symmetric label noise: write a label file for `poi train --labels` (the manifest is not changed)."""
     from poi_cli.data.noise import write_noisy_labels
     from poi_cli.data.store import StoreError
 
     try:
-        path, summary = write_noisy_labels(prepared_dir, rate, seed=seed, split=split, out=out)
+        path, summary = write_noisy_labels(prepared_dir, rate, seed=seed, split=split, out=out,
+                                           subset=subset, subset_seed=subset_seed)
     except (StoreError, ValueError, OSError) as error:
         fail(str(error))
     show(*render.noise_summary(path, summary, rate, seed))

@@ -100,7 +100,9 @@ def prepare_summary(dataset: str, result: "PrepareResult") -> list[Item]:
 
 def noise_summary(path: Path, summary: dict, rate: float, seed: int) -> list[Item]:
     """Flips per class of `write_noisy_labels`, and where the label file went."""
-    table = Table(title=f"{summary['split']}: {summary['flipped']} of {summary['images']} labels flipped "
+    kept = (f" (a subset of {summary['split_images']}, subset seed {summary['subset_seed']}; the rest labelled -1)"
+            if "subset" in summary else "")
+    table = Table(title=f"{summary['split']}: {summary['flipped']} of {summary['images']} labels flipped{kept} "
                         f"(realised rate {summary['realised_rate']:.4f}, asked {rate:g}, seed {seed})")
     table.add_column("class")
     table.add_column("images", justify="right")

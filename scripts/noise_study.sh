@@ -15,8 +15,11 @@
 # Recipe (chosen on clean-label cross-entropy validation accuracy): ResNet-18 from
 # scratch, 64 px, 20 epochs, batch 128, SGD lr 0.1 divided by 10 at epochs 10 and 15,
 # momentum 0.9, weight decay 1e-4 (the paper's), flip + translation, bf16 where the CPU has it.
-# ARCH, SIZE, EPOCHS, LR_STEPS and BATCH override it (a GPU: ARCH=resnet18 SIZE=224
+# ARCH, SIZE, EPOCHS, LR, LR_STEPS and BATCH override it (a GPU: ARCH=resnet18 SIZE=224
 # EPOCHS=60 LR_STEPS=20,40 BATCH=256 with DATA prepared at 224 px is the paper's).
+# SUBSET=N: a reduced study on a seeded random N of the training images (`poi noise
+# --subset`; the same images at 0 % and 30 %, the 30 % flips those of the shipped file).
+# THREADS: torch threads per run (two studies side by side on 2 cores: THREADS=1 each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RAW="${RAW:-../shared/datasets/ferplus}"
@@ -26,19 +29,25 @@ POI="${POI:-.venv/bin/poi}"
 CLEAN_THRESHOLD="${CLEAN_THRESHOLD:-0.5}"  # suspicion >= 0.5: p* puts over half its mass elsewhere, regions agreeing
 SEED="${SEED:-0}"
 NOISE_DIR=data_manifests/noise
-RECIPE=(--arch "${ARCH:-resnet18}" --size "${SIZE:-64}" --epochs "${EPOCHS:-20}" --batch "${BATCH:-128}" --lr 0.1
+RECIPE=(--arch "${ARCH:-resnet18}" --size "${SIZE:-64}" --epochs "${EPOCHS:-20}" --batch "${BATCH:-128}" --lr "${LR:-0.1}"
         --schedule step --lr-steps "${LR_STEPS:-10,15}" --weight-decay 1e-4 --seed "$SEED")
+[ -n "${THREADS:-}" ] && RECIPE+=(--threads "$THREADS")
 N30=(--labels "$NOISE_DIR/ferplus_train_noise30_seed0.csv")
+N0=()
+if [ -n "${SUBSET:-}" ]; then
+  N30=(--labels "$PROJECT/labels/train_noise30_seed0_subset$SUBSET.csv")
+  N0=(--labels "$PROJECT/labels/train_noise0_seed0_subset$SUBSET.csv")
+fi
 PAPER_UEM=(--uem-temperature 3 --uem-scale paper)
 
 cleaned() { echo "--labels $PROJECT/${1}_seed$SEED/clean${2:-}/labels.csv"; }  # _oof: the cross-fitted audit's
 declare -A RUNS=(
-  [ce_n0]="--baseline"
+  [ce_n0]="--baseline ${N0[*]}"
   [ce_n30]="--baseline ${N30[*]}"
   [poi_n30]="${N30[*]}"
   [poi_n30_paper_uem]="${N30[*]} ${PAPER_UEM[*]}"
-  [poi_n0]=""
-  [poi_n0_paper_uem]="${PAPER_UEM[*]}"
+  [poi_n0]="${N0[*]}"
+  [poi_n0_paper_uem]="${N0[*]} ${PAPER_UEM[*]}"
   [poi_n30_clean]="$(cleaned poi_n30)"
   [poi_n0_clean]="$(cleaned poi_n0)"
   [poi_n30_clean_oof]="$(cleaned poi_n30 _oof)"
@@ -58,6 +67,12 @@ ORDER=(ce_n0 ce_n30 poi_n30 poi_n30_clean poi_n0 poi_n0_clean poi_n30_paper_uem 
 CROSS_FIT="${CROSS_FIT:-5}"  # folds of the out-of-fold audit behind *_clean_oof
 
 [ -f "$DATA/prepared.json" ] || "$POI" prepare ferplus "$RAW" --out "$DATA" --size "${SIZE:-64}"
+if [ -n "${SUBSET:-}" ]; then
+  for rate in 0 0.3; do
+    file="$PROJECT/labels/train_noise$(python3 -c "print(f'{$rate * 100:.6g}')")_seed0_subset$SUBSET.csv"
+    [ -f "$file" ] || "$POI" noise "$DATA" --rate "$rate" --subset "$SUBSET" --out "$file" > /dev/null
+  done
+fi
 
 clean_labels() {  # audit a finished run on the labels it trained on (in sample, or out of fold), relabel its suspects
   local dir="$PROJECT/${1}_seed$SEED" kind="${2:-}" cross=()
@@ -71,7 +86,7 @@ run() {  # train unless finished (resume when killed), then evaluate on valid
   local name="$1" dir="$PROJECT/${1}_seed$SEED"
   if [ -n "${CLEANS[$name]:-}" ]; then clean_labels "${CLEANS[$name]}" "$([[ $name == *_oof ]] && echo _oof)"; fi
   if [ -f "$dir/last.pt" ]; then
-    "$POI" train --resume "$dir" || true  # "already finished" is fine
+    "$POI" train --resume "$dir" ${THREADS:+--threads "$THREADS"} || true  # "already finished" is fine
   else
     rm -rf "$dir"  # killed before its first epoch ended: nothing to keep
     # shellcheck disable=SC2086

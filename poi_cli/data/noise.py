@@ -32,13 +32,26 @@ def flip_labels(labels: np.ndarray, num_classes: int, rate: float, seed: int = 0
 
 # ------------------------------------------------------------------ `poi noise` label files
 
-def noise_file_stem(split: str, rate: float, seed: int) -> str:
-    """E.g. train_noise20_seed0 (the rate in percent, without trailing zeros)."""
-    return f"{split}_noise{rate * 100:.6g}_seed{seed}"
+def noise_file_stem(split: str, rate: float, seed: int, subset: int | None = None) -> str:
+    """E.g. train_noise20_seed0 (the rate in percent, without trailing zeros), train_noise30_seed0_subset3000."""
+    return f"{split}_noise{rate * 100:.6g}_seed{seed}" + (f"_subset{subset}" if subset is not None else "")
+
+
+def subset_mask(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """A seeded random choice of `size` of n images (bool mask), for reduced studies.
+
+    Drawn from its own stream, independent of the noise seed, so the 0 % and 30 % files
+    of one subset seed keep the same images."""
+    if not 1 <= size <= n:
+        raise ValueError(f"--subset must lie in 1..{n} (the split's images), got {size}")
+    mask = np.zeros(n, dtype=bool)
+    mask[np.random.Generator(np.random.PCG64([seed, 0x5EB5E7])).choice(n, size, replace=False)] = True
+    return mask
 
 
 def write_noisy_labels(
-    prepared_dir: str | Path, rate: float, seed: int = 0, split: str = "train", out: str | Path | None = None
+    prepared_dir: str | Path, rate: float, seed: int = 0, split: str = "train", out: str | Path | None = None,
+    subset: int | None = None, subset_seed: int = 0,
 ) -> tuple[Path, dict[str, Any]]:
     """Flip the labels of a prepared split and write a label file for `poi train --labels`.
 
@@ -46,20 +59,25 @@ def write_noisy_labels(
     id,label,label_name,clean_label, manifest order) and a summary beside it (.json:
     realised rate and per-class flip counts). The prepared manifest is not touched.
     Nothing in either file depends on time or paths, so the same seed gives
-    byte-identical files. Returns (csv path, summary).
+    byte-identical files. With `subset` (a reduced study), only a seeded random choice of
+    that many images keeps a label; the others get DROPPED_LABEL (-1, left out of
+    training). The flips are drawn over the whole split first, so a subset's flipped
+    images are exactly those of the full file with the same seed. Returns (csv path, summary).
     """
-    from poi_cli.data.store import PreparedDataset
+    from poi_cli.data.store import DROPPED_LABEL, PreparedDataset
 
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"--rate must lie in [0, 1], got {rate}")
     data = PreparedDataset(prepared_dir)
     split_data = data.split(split)
     names = data.classes
-    noisy = flip_labels(split_data.labels, data.num_classes, rate, seed)
-    clean = split_data.labels
+    all_noisy = flip_labels(split_data.labels, data.num_classes, rate, seed)
+    kept = subset_mask(len(all_noisy), subset, subset_seed) if subset is not None else np.ones(len(all_noisy), bool)
+    noisy, clean = all_noisy[kept], split_data.labels[kept]
     flipped = noisy != clean
     summary: dict[str, Any] = {
         "dataset": data.meta.get("dataset"), "split": split, "rate": rate, "seed": seed,
+        **({"subset": subset, "subset_seed": subset_seed, "split_images": int(len(kept))} if subset is not None else {}),
         "images": int(len(clean)), "flipped": int(flipped.sum()),
         "realised_rate": round(float(flipped.mean()) if len(clean) else 0.0, 6),
         "per_class": {
@@ -68,11 +86,13 @@ def write_noisy_labels(
             for c, name in enumerate(names)
         },
     }
-    path = Path(out) if out is not None else data.root / "labels" / f"{noise_file_stem(split, rate, seed)}.csv"
+    path = Path(out) if out is not None else data.root / "labels" / f"{noise_file_stem(split, rate, seed, subset)}.csv"
     if path.resolve().parent == data.root.resolve() and path.name in ("manifest.csv", "prepared.json", "faces.npy"):
         raise ValueError(f"--out {path} would overwrite the prepared dataset's own {path.name}")
     summary["labels_file"] = path.name
-    table = pd.DataFrame({"id": split_data.ids, "label": noisy, "label_name": [names[k] for k in noisy], "clean_label": clean})
+    written = np.where(kept, all_noisy, DROPPED_LABEL)
+    table = pd.DataFrame({"id": split_data.ids, "label": written,
+                          "label_name": [names[k] if k >= 0 else "" for k in written], "clean_label": split_data.labels})
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, table.to_csv(index=False, lineterminator="\n"))
     atomic_write_text(path.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")
