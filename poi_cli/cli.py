@@ -516,6 +516,9 @@ def clean(
     relabel: bool = typer.Option(True, "--relabel/--drop", help="Relabel the suspects to the PIN's suggested label, or leave them out of training."),
     threshold: Optional[float] = typer.Option(None, help="Select images with suspicion >= this."),
     fraction: Optional[float] = typer.Option(None, help="Select this fraction of the images, most suspect first."),
+    auto: bool = typer.Option(False, "--auto", help="Relabel the fraction chosen on the validation split: its labels "
+                                                    "flipped at the noise rate the audit implies, the fraction that leaves "
+                                                    "the fewest wrong (docs/audit.md)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="With a run: the label file to audit (default: the labels it trained on)."),
     split: str = typer.Option("train", help="The split the audit covers."),
     device: str = typer.Option("auto", help="With a run: auto, cpu, cuda or mps."),
@@ -528,7 +531,7 @@ def clean(
 
     try:
         result = run_clean(audit_or_run, prepared_dir, "relabel" if relabel else "drop", threshold, fraction,
-                           labels_file=labels, split=split, device=device)
+                           labels_file=labels, split=split, device=device, auto=auto)
         files = write_clean(result, out)
     except (PoiError, OSError) as error:
         fail(str(error))

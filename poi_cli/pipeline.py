@@ -38,7 +38,7 @@ from poi_cli.core.runtime import select_device, use_bf16
 from poi_cli.data.folds import fold_split_name, stratified_folds
 from poi_cli.data.store import DROPPED_LABEL, PreparedDataset
 from poi_cli.inference.audit import AuditError, AuditResult, audit_of, audited_labels, objective_inference
-from poi_cli.inference.clean import clean, clean_labels, write_clean
+from poi_cli.inference.clean import auto_fraction, clean, clean_labels, write_clean
 from poi_cli.inference.evaluate import evaluate, write_reports
 from poi_cli.model.checkpoint import CONFIG_FILE, LAST, load_checkpoint, load_model, resolve_checkpoint
 from poi_cli.model.predictions import predict_split
@@ -57,14 +57,17 @@ RERUN_FREE = ("device", "resume", "fold")
 def cleaned_labels(run_dir: Path, config: TrainConfig, device: str = "auto") -> Path:
     """Audit a finished POI run on the labels it trained on and relabel its suspects; returns the label file."""
     out = run_dir / CLEAN_DIR / "labels.csv"
+    auto = config.clean_threshold is None  # the default: the fraction chosen on the validation split
     if config.clean_cross_fit:
         audited = cross_fit_audit(run_dir, config.data, config.clean_cross_fit, run_dir / CLEAN_DIR, device)
-        result = clean_labels(audited.table, PreparedDataset(config.data).classes, "relabel", config.clean_threshold)
+        chosen = auto_fraction(run_dir, config.data, audited.table, device) if auto else None
+        result = clean_labels(audited.table, PreparedDataset(config.data).classes, "relabel", config.clean_threshold,
+                              chosen["fraction"] if chosen else None)
         result.summary.update({"audit": f"cross-fitted, {config.clean_cross_fit} folds", "data": str(config.data),
-                               "split": config.train_split})
+                               "split": config.train_split, **({"auto": chosen} if chosen else {})})
     else:
         result = clean(run_dir, config.data, "relabel", threshold=config.clean_threshold, split=config.train_split,
-                       device=device)
+                       device=device, auto=auto)
     write_clean(result, out)
     return out
 

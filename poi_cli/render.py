@@ -352,7 +352,14 @@ def clean_summary(summary: dict, relabel: bool, files: Sequence[Any], prepared_d
     """Images selected and changed, what that did to the label noise (when known), and the next command."""
     s = summary
     action = "relabelled" if relabel else "dropped"
-    lines = [Line(f"{s['n_selected']} of {s['n_images']} images selected, {s['n_changed']} {action}")]
+    lines = []
+    if auto := s.get("auto"):
+        lines.append(Line(f"--auto: noise rate estimated at {auto['estimated_noise_rate']:.1%} (suggestion right on "
+                          f"{auto['suggestion_accuracy_valid']:.1%} of {auto['valid_split']}, agrees with "
+                          f"{auto['suggestion_agreement_train']:.1%} of the given labels); on {auto['valid_split']} flipped "
+                          f"at that rate, relabelling the top {auto['fraction']:.1%} leaves {auto['valid_noise_after']:.1%} "
+                          f"wrong (from {auto['valid_noise_before']:.1%})", soft_wrap=True))
+    lines.append(Line(f"{s['n_selected']} of {s['n_images']} images selected, {s['n_changed']} {action}"))
     if "changed_wrong_before" in s:
         line = f"of the {s['n_changed']} {action}: {s['changed_wrong_before']} had a wrong label"
         if relabel:

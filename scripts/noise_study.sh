@@ -26,7 +26,9 @@ RAW="${RAW:-../shared/datasets/ferplus}"
 DATA="${DATA:-prepared/ferplus64}"
 PROJECT="${PROJECT:-runs/noise_study}"
 POI="${POI:-.venv/bin/poi}"
-CLEAN_THRESHOLD="${CLEAN_THRESHOLD:-0.5}"  # suspicion >= 0.5: p* puts over half its mass elsewhere, regions agreeing
+# cleaning: the fraction `poi clean --auto` chooses on valid (the default of `poi train --rounds`), or CLEAN_THRESHOLD=X
+CLEAN_SELECT=(--auto)
+[ -n "${CLEAN_THRESHOLD:-}" ] && CLEAN_SELECT=(--threshold "$CLEAN_THRESHOLD")
 SEED="${SEED:-0}"
 NOISE_DIR=data_manifests/noise
 RECIPE=(--arch "${ARCH:-resnet18}" --size "${SIZE:-64}" --epochs "${EPOCHS:-20}" --batch "${BATCH:-128}" --lr "${LR:-0.1}"
@@ -77,9 +79,10 @@ fi
 clean_labels() {  # audit a finished run on the labels it trained on (in sample, or out of fold), relabel its suspects
   local dir="$PROJECT/${1}_seed$SEED" kind="${2:-}" cross=()
   [ "$kind" = _oof ] && cross=(--cross-fit "$CROSS_FIT")
-  [ -f "$dir/audit$kind/audit.csv" ] || "$POI" audit "$dir" "$DATA" "${cross[@]}" --out "$dir/audit$kind" > "$dir/audit$kind.log"
+  [ -f "$dir/audit$kind/audit.csv" ] || "$POI" audit "$dir" "$DATA" "${cross[@]}" ${THREADS:+--threads "$THREADS"} \
+    --out "$dir/audit$kind" > "$dir/audit$kind.log"
   [ -f "$dir/clean$kind/labels.csv" ] || "$POI" clean "$dir/audit$kind/audit.csv" "$DATA" --relabel \
-    --threshold "$CLEAN_THRESHOLD" --out "$dir/clean$kind/labels.csv"
+    "${CLEAN_SELECT[@]}" ${THREADS:+--threads "$THREADS"} --out "$dir/clean$kind/labels.csv"
 }
 
 run() {  # train unless finished (resume when killed), then evaluate on valid

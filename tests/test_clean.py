@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 from conftest import make_prepared
 from poi_cli.cli import app
 from poi_cli.data.store import PreparedDataset
-from poi_cli.inference.clean import CleanError, clean_labels, read_audit_csv
+from poi_cli.data.noise import flip_labels
+from poi_cli.inference.clean import (CleanError, choose_fraction, clean_labels, estimate_noise_rate,
+                                     noise_after_selection, read_audit_csv)
 
 runner = CliRunner()
 SPLITS = {"train": 4, "valid": 1}  # 7 classes: 28 training images
@@ -98,20 +100,70 @@ def test_bad_audit_file_is_a_one_line_error(tmp_path):
     table.to_csv(good, index=False)
     both = runner.invoke(app, ["clean", str(good), str(prepared), "--out", str(tmp_path / "l.csv"), "--threshold", "0.5", "--fraction", "0.1"])
     assert both.exit_code == 1 and "exactly one of --threshold and --fraction" in both.output
+    auto_drop = runner.invoke(app, ["clean", str(good), str(prepared), "--out", str(tmp_path / "l.csv"), "--auto", "--drop"])
+    assert auto_drop.exit_code == 1 and "--auto chooses the fraction" in auto_drop.output
+    no_model = runner.invoke(app, ["clean", str(good), str(prepared), "--out", str(tmp_path / "l.csv"), "--auto"])
+    assert no_model.exit_code == 1 and "--auto needs the model the audit used" in no_model.output
+    assert not (tmp_path / "l.csv").exists()
     with pytest.raises(CleanError):
         read_audit_csv(tmp_path / "missing.csv")
+
+
+def test_noise_rate_estimate_inverts_the_agreement_of_a_suggestion():
+    # a = 0.6, g = 0.45, C = 8: chance = 0.4 / 7; rho = 0.15 / (0.6 - 0.4 / 7) = 0.276316
+    assert estimate_noise_rate(0.45, 0.6, 8) == pytest.approx(0.276316, abs=1e-6)
+    # g = a (1 - rho) + rho (1 - a) / (C - 1) with a = 0.8, rho = 0.3, C = 5: g = 0.575
+    assert estimate_noise_rate(0.575, 0.8, 5) == pytest.approx(0.3)
+    assert estimate_noise_rate(0.9, 0.8, 5) == 0.0  # agrees more than it is right: no noise
+    assert estimate_noise_rate(0.1, 0.2, 5) == 0.0  # a suggestion at chance tells nothing
+    assert estimate_noise_rate(0.0, 1.0, 5) == 0.95  # clipped
+
+
+def test_noise_after_relabelling_the_k_most_suspect():
+    given, clean = np.array([0, 1, 2, 0]), np.array([1, 1, 2, 0])
+    suggested, suspicion = np.array([1, 1, 0, 2]), np.array([0.9, 0.8, 0.7, 0.1])
+    # k=1 fixes image 0; image 1's suggestion is its label; k=3, 4 break right labels
+    assert noise_after_selection(suspicion, suggested, given, clean) == pytest.approx([0.25, 0.0, 0.0, 0.25, 0.5])
+
+
+def test_auto_fraction_picks_the_flipped_share_when_the_model_is_right():
+    rng = np.random.default_rng(0)
+    valid_clean = rng.integers(0, 5, 400)
+    objective = np.full((400, 5), 0.02)
+    objective[np.arange(400), valid_clean] = 0.92  # right and confident on every validation image
+    # training audit: suggestion right everywhere (a = 1), agreeing with 70 % of the labels: rho = 0.3
+    train_suggested = rng.integers(0, 5, 1000)
+    train_given = np.where(np.arange(1000) < 700, train_suggested, (train_suggested + 1) % 5)
+    chosen = choose_fraction(train_given, train_suggested, objective, np.ones(400), valid_clean)
+    assert chosen["estimated_noise_rate"] == pytest.approx(0.3)
+    flipped = flip_labels(valid_clean, 5, 0.3, 0) != valid_clean  # the simulation's own flips (seed 0)
+    assert chosen["fraction"] == pytest.approx(flipped.mean())  # exactly the flipped ones, the first minimum
+    assert chosen["valid_noise_before"] == pytest.approx(flipped.mean()) and chosen["valid_noise_after"] == 0.0
 
 
 def test_train_rounds_retrains_on_the_labels_its_own_audit_cleaned(tmp_path):
     prepared = make_prepared(tmp_path / "data", splits=SPLITS)
     project = tmp_path / "runs"
-    result = runner.invoke(app, ["train", str(prepared), "--noise", "0.3", "--rounds", "2", "--clean-threshold", "0.3",
+    result = runner.invoke(app, ["train", str(prepared), "--noise", "0.3", "--rounds", "2",
                                  "--size", "64", "--epochs", "1", "--batch", "7", "--amp", "off", "--project", str(project)])
     assert result.exit_code == 0, result.output
     first, second = project / "exp", project / "exp_round2"
     labels = first / "clean" / "labels.csv"
     assert labels.is_file() and labels.with_suffix(".json").is_file()
     assert "round 2: labels cleaned by exp" in result.output
+    # the default selection: the fraction chosen on the validation split (poi clean --auto)
+    summary = json.loads(labels.with_suffix(".json").read_text())
+    assert summary["auto"]["valid_split"] == "valid" and summary["auto"]["valid_images"] == 7
+    assert summary["fraction"] == summary["auto"]["fraction"] and summary["threshold"] is None
+    # the same from an audit CSV: --auto finds the audit's model in audit_summary.json
+    audited = runner.invoke(app, ["audit", str(first), str(prepared), "--out", str(tmp_path / "audit")])
+    assert audited.exit_code == 0, audited.output
+    again = runner.invoke(app, ["clean", str(tmp_path / "audit" / "audit.csv"), str(prepared), "--auto",
+                                "--out", str(tmp_path / "again.csv")])
+    assert again.exit_code == 0 and "--auto: noise rate estimated at" in again.output, again.output
+    by_id = pd.read_csv(tmp_path / "again.csv").set_index("id")["label"]
+    rounds_labels = pd.read_csv(labels)
+    assert by_id.loc[rounds_labels["id"]].tolist() == rounds_labels["label"].tolist()
     config = json.loads((second / "config.json").read_text())
     assert config["labels"] == str(labels.resolve()) and config["noise"] == 0.0
     # the audit knew the flips of round 1 (--noise): the label file carries the clean labels

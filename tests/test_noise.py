@@ -101,3 +101,24 @@ def test_shipped_ferplus_noise_files(percent: int) -> None:
     assert len(table) == 25045 and table["id"].is_unique
     assert table["id"].str.fullmatch(r"FER2013Train/fer\d{7}\.png").all()
     assert table["label"].between(0, 7).all()
+
+
+def test_subset_keeps_a_seeded_choice_with_the_full_files_flips(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "store")
+    full = pd.read_csv(write_noisy_labels(store, 0.3, seed=0)[0])
+    path, summary = write_noisy_labels(store, 0.3, seed=0, subset=500)
+    assert path.name == "train_noise30_seed0_subset500.csv"
+    table = pd.read_csv(path, keep_default_na=False)
+    kept = table["label"] >= 0
+    assert kept.sum() == 500 == summary["images"] and summary["split_images"] == len(full)
+    assert (table.loc[~kept, "label"] == -1).all() and (table.loc[~kept, "label_name"] == "").all()
+    assert table.loc[kept, "label"].tolist() == full.loc[kept, "label"].tolist()  # the full file's flips
+    assert table["clean_label"].tolist() == full["clean_label"].tolist()
+    assert summary["flipped"] == int((table.loc[kept, "label"] != table.loc[kept, "clean_label"]).sum())
+    clean_subset = pd.read_csv(write_noisy_labels(store, 0.0, seed=0, subset=500)[0])
+    assert ((clean_subset["label"] >= 0) == kept).all()  # the same images at 0 % (subset seed 0)
+    other = pd.read_csv(write_noisy_labels(store, 0.3, seed=0, subset=500, subset_seed=1, out=tmp_path / "o.csv")[0])
+    assert not ((other["label"] >= 0) == kept).all()
+    assert len(PreparedDataset(store).split("train", labels_file=path).labels) == 500  # training sees the subset
+    result = CliRunner().invoke(app, ["noise", str(store), "--rate", "0.3", "--subset", "0"])
+    assert result.exit_code == 1 and "--subset must lie in 1.." in result.output

@@ -1,7 +1,11 @@
 """`poi clean`: an audit made into a label file that `poi train --labels` takes.
 
     audit (poi audit: suspicion per image, the PIN's suggested label)
-      -> select the most suspect images: suspicion >= --threshold, or the top --fraction
+      -> select the most suspect images: suspicion >= --threshold, or the top --fraction,
+         or (--auto, relabel only) the top fraction chosen on the validation split:
+           rho = the noise rate the audit implies (estimate_noise_rate),
+           the validation labels flipped at rho, scored by the same model, and the
+           fraction that leaves the fewest wrong labels there (noise_after_selection)
       -> relabel them to the suggested label (--relabel), or leave them out (--drop)
       -> labels.csv (id, label, label_name[, clean_label], given_label, action, suspicion)
          and labels.json (what changed, and, when the clean labels are known, how many of
@@ -24,7 +28,12 @@ import pandas as pd
 
 from poi_cli.core.atomic import atomic_write_text, write_json
 from poi_cli.core.errors import PoiError
-from poi_cli.data.store import DROPPED_LABEL, PreparedDataset
+from poi_cli.data.noise import flip_labels
+from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, SplitData
+from poi_cli.model.checkpoint import CONFIG_FILE, HELDOUT_FILE
+
+AUTO_SEED = 0  # seed of the simulated flips on the validation split
+MAX_NOISE_RATE = 0.95
 
 CLEAN_MODES = ("relabel", "drop")
 AUDIT_REQUIRED = ("id", "given_label", "suggested_label", "suspicion")
@@ -63,11 +72,90 @@ def select_suspects(suspicion: np.ndarray, threshold: Optional[float], fraction:
         raise CleanError("give exactly one of --threshold and --fraction")
     if threshold is not None:
         return suspicion >= threshold
-    if not 0.0 < fraction <= 1.0:
-        raise CleanError(f"--fraction must lie in (0, 1], got {fraction}")
+    if not 0.0 <= fraction <= 1.0:
+        raise CleanError(f"--fraction must lie in [0, 1], got {fraction}")
     chosen = np.zeros(len(suspicion), dtype=bool)
     chosen[np.argsort(-suspicion, kind="stable")[: math.ceil(fraction * len(suspicion))]] = True
     return chosen
+
+
+def estimate_noise_rate(agreement: float, accuracy: float, num_classes: int) -> float:
+    """The share of wrong labels implied by how often the suggestion agrees with them.
+
+    Under symmetric noise at rate rho, a suggestion that is right with probability a (its
+    accuracy on clean validation labels) agrees with a given label with probability
+    g = a (1 - rho) + rho (1 - a) / (C - 1); solved for rho, clipped to [0, 0.95]."""
+    chance = (1.0 - accuracy) / (num_classes - 1)
+    if accuracy <= chance:  # a suggestion no better than chance tells nothing about the labels
+        return 0.0
+    return float(np.clip((accuracy - agreement) / (accuracy - chance), 0.0, MAX_NOISE_RATE))
+
+
+def noise_after_selection(suspicion: np.ndarray, suggested: np.ndarray, given: np.ndarray,
+                          clean: np.ndarray) -> np.ndarray:
+    """Share of wrong labels after relabelling the k most suspect images to their
+    suggestion, for k = 0..n (entry k; ties by order, as select_suspects)."""
+    order = np.argsort(-suspicion, kind="stable")
+    wrong = (given != clean)[order].astype(np.int64)
+    changes = (suggested != given)[order]
+    # relabelling image i turns its "wrong" into "suggestion wrong"; an equal suggestion changes nothing
+    delta = np.where(changes, (suggested != clean)[order].astype(np.int64) - wrong, 0)
+    return (wrong.sum() + np.concatenate([[0], np.cumsum(delta)])) / max(len(order), 1)
+
+
+def choose_fraction(train_given: np.ndarray, train_suggested: np.ndarray, valid_objective: np.ndarray,
+                    valid_w: np.ndarray, valid_clean: np.ndarray, seed: int = AUTO_SEED) -> dict:
+    """The fraction of the training images to relabel, chosen on the (clean) validation split.
+
+    The noise rate rho of the training labels is estimated from the audit (estimate_noise_rate);
+    the validation labels are flipped at rho (seeded), scored by the same model as the audit
+    scores the training images (suspicion = w (1 - p*_y)), and the fraction of most suspect
+    images whose relabelling leaves the fewest wrong labels there is returned, with the figures."""
+    from poi_cli.inference.audit import suspicion_score
+
+    num_classes = valid_objective.shape[1]
+    suggested = valid_objective.argmax(1)
+    accuracy = float((suggested == valid_clean).mean())
+    agreement = float((train_suggested == train_given).mean())
+    rho = estimate_noise_rate(agreement, accuracy, num_classes)
+    noisy = flip_labels(valid_clean, num_classes, rho, seed)
+    curve = noise_after_selection(suspicion_score(valid_objective, valid_w, noisy), suggested, noisy, valid_clean)
+    best = int(np.argmin(curve))  # the first minimum: the fewest changes among equals
+    return {
+        "fraction": best / len(valid_clean), "estimated_noise_rate": rho, "suggestion_accuracy_valid": accuracy,
+        "suggestion_agreement_train": agreement, "valid_images": int(len(valid_clean)),
+        "valid_noise_before": float(curve[0]), "valid_noise_after": float(curve[best]),
+    }
+
+
+def validation_data(model_path: str | Path, dataset: PreparedDataset) -> tuple[SplitData, str]:
+    """The images --auto chooses on: the store's validation split, else the run's held-out ones."""
+    if (name := dataset.validation_split()) is not None:
+        return dataset.split(name), name
+    run = Path(model_path)
+    if (run / CONFIG_FILE).is_file() and (run / HELDOUT_FILE).is_file():
+        import json
+
+        ids = pd.read_csv(run / HELDOUT_FILE, dtype={"id": str})["id"].tolist()
+        train_split = json.loads((run / CONFIG_FILE).read_text()).get("train_split", "train")
+        return dataset.split(train_split, ids=ids), f"{len(ids)} images of {train_split} the run held out"
+    raise CleanError(f"--auto chooses on validation labels: {dataset.root} has no valid/val split and "
+                     f"{model_path} no held-out images ({HELDOUT_FILE})")
+
+
+def auto_fraction(model_path: str | Path, prepared_dir: str | Path, audit_table: pd.DataFrame,
+                  device: str = "auto") -> dict:
+    """choose_fraction for an audit of `model_path` (the model the audit used, or the run it is of)."""
+    from poi_cli.inference.audit import _predict, objective_inference
+    from poi_cli.model.checkpoint import resolve_checkpoint
+
+    dataset = PreparedDataset(prepared_dir)
+    data, name = validation_data(model_path, dataset)
+    predictions, _ = _predict(model_path, dataset, data, device, batch=256, amp="auto")
+    objective = objective_inference(predictions, resolve_checkpoint(model_path))
+    chosen = choose_fraction(audit_table["given_label"].to_numpy(np.int64), audit_table["suggested_label"].to_numpy(np.int64),
+                             objective, predictions.consistency, data.labels)
+    return {**chosen, "valid_split": name}
 
 
 def clean_labels(audit_table: pd.DataFrame, classes: list[str], mode: str = "relabel",
@@ -127,12 +215,19 @@ def _summary(given: np.ndarray, new: np.ndarray, clean: Optional[np.ndarray], se
 
 def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relabel",
           threshold: Optional[float] = None, fraction: Optional[float] = None,
-          labels_file: Optional[str | Path] = None, split: str = "train", device: str = "auto") -> CleanResult:
-    """Clean the labels of `split` from an audit.csv, or from a run (audited here first)."""
+          labels_file: Optional[str | Path] = None, split: str = "train", device: str = "auto",
+          auto: bool = False) -> CleanResult:
+    """Clean the labels of `split` from an audit.csv, or from a run (audited here first);
+    `auto`: relabel the fraction choose_fraction picks on the validation split."""
     dataset = PreparedDataset(prepared_dir)
     source = Path(audit_or_run)
+    if auto and (mode != "relabel" or threshold is not None or fraction is not None):
+        raise CleanError("--auto chooses the fraction to relabel itself: without --drop, --threshold or --fraction")
+    model_path: str | Path = source
     if source.is_file() and source.suffix.lower() == ".csv":
         table = read_audit_csv(source)
+        if auto:
+            model_path = _audited_checkpoint(source)
     else:
         from poi_cli.inference.audit import audit
 
@@ -141,9 +236,24 @@ def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relab
     unknown = [i for i in table["id"] if i not in ids]
     if unknown:
         raise CleanError(f"{len(unknown)} audited images are not in split {split!r} of {dataset.root} (first: {unknown[0]})")
-    result = clean_labels(table, list(dataset.classes), mode, threshold, fraction)
+    chosen = auto_fraction(model_path, prepared_dir, table, device) if auto else None
+    result = clean_labels(table, list(dataset.classes), mode, threshold, chosen["fraction"] if chosen else fraction)
     result.summary.update({"audit": str(source), "data": str(dataset.root), "split": split})
+    if chosen:
+        result.summary["auto"] = chosen
     return result
+
+
+def _audited_checkpoint(audit_csv: Path) -> str:
+    """The checkpoint an audit.csv was made with (its audit_summary.json), for --auto."""
+    import json
+
+    summary = audit_csv.with_name("audit_summary.json")
+    try:
+        return json.loads(summary.read_text())["checkpoint"]
+    except (OSError, ValueError, KeyError):
+        raise CleanError(f"--auto needs the model the audit used: {summary} is missing or names no checkpoint; "
+                         "give the run folder instead of the audit CSV") from None
 
 
 def write_clean(result: CleanResult, out: str | Path) -> list[Path]:

@@ -107,7 +107,9 @@ class TrainConfig:
     noise_seed: int = option(0, DATA, "Seed of --noise.")
     rounds: int = option(1, DATA, "Training rounds: after each, audit the run's own training labels, relabel the "
                                   "suspects to the PIN's suggestion (poi clean) and train again from scratch on them.")
-    clean_threshold: float = option(0.5, DATA, "With --rounds 2 or more: relabel images whose audit suspicion is at least this.")
+    clean_threshold: Optional[float] = option(None, DATA, "With --rounds 2 or more: relabel images whose audit suspicion is at "
+                                                          "least this (default: the fraction `poi clean --auto` chooses on "
+                                                          "the validation split).")
     clean_cross_fit: int = option(0, DATA, "With --rounds 2 or more: score the audit out of fold with this many cross-fitted "
                                            "models (K extra trainings, as confident learning does); 0: the run's own in-sample audit.")
     fold: Optional[str] = option(None, DATA, "Cross-validation on a store with folds (CK+): train on every fold but K and keep "
@@ -151,7 +153,8 @@ class TrainConfig:
             (self.fold is None or self.fold == ALL_FOLDS or (self.fold.isdigit()),
              f"--fold must be a fold number or '{ALL_FOLDS}', got {self.fold!r}"),
             (not (self.fold == ALL_FOLDS and self.rounds > 1), "--fold all and --rounds exclude each other: run the rounds per fold"),
-            (0.0 < self.clean_threshold <= 1.0, f"--clean-threshold must lie in (0, 1], got {self.clean_threshold}"),
+            (self.clean_threshold is None or 0.0 < self.clean_threshold <= 1.0,
+             f"--clean-threshold must lie in (0, 1], got {self.clean_threshold}"),
             (not (self.noise and self.labels), "--noise and --labels exclude each other (a label file already holds its noise)"),
             (0.0 <= self.translate < 0.5, f"--translate must lie in [0, 0.5), got {self.translate}"),
             (0.0 <= self.color_jitter < 1.0, f"--color-jitter must lie in [0, 1), got {self.color_jitter}"),
