@@ -210,7 +210,9 @@ def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, o
                                     torch_device, use_bf16(config.amp, torch_device), progress=True)
         objective[held] = objective_inference(predictions, fold_dir)
         trn[held], w[held] = predictions.trn_probs, predictions.consistency
-    return audit_of(dataset, data, objective, trn, w, label_source=label_source,
-                    mode=f"out of fold: {folds} models with {run_dir.name}'s recipe, each scoring the images it never trained on",
-                    checkpoint=f"{run_dir} (cross-fitted, {folds} folds under {out})", split=config.train_split,
-                    extra_columns={"fold": fold_of})
+    result = audit_of(dataset, data, objective, trn, w, label_source=label_source,
+                      mode=f"out of fold: {folds} models with {run_dir.name}'s recipe, each scoring the images it never trained on",
+                      checkpoint=f"{run_dir} (cross-fitted, {folds} folds under {out})", split=config.train_split,
+                      extra_columns={"fold": fold_of})
+    result.summary["model"] = str(run_dir)  # the model that represents the audit (poi clean --auto predicts valid with it)
+    return result

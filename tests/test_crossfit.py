@@ -79,9 +79,10 @@ def test_cross_fit_audit_scores_every_image_out_of_fold(tmp_path):
     assert done.exit_code == 0, done.output
     assert (out / "crossfit" / "fold0" / "last.pt").stat().st_mtime_ns == stamp  # finished fold models are reused
     cleaned = runner.invoke(app, ["clean", str(out / "audit.csv"), str(data), "--out", str(tmp_path / "labels.csv"),
-                                  "--threshold", "0.5"])
+                                  "--auto"])  # chosen on valid with the run's own model (audit_summary.json "model")
     assert cleaned.exit_code == 0, cleaned.output
     assert len(pd.read_csv(tmp_path / "labels.csv")) == 28
+    assert json.loads((tmp_path / "labels.json").read_text())["auto"]["valid_images"] == 7
 
     refused = runner.invoke(app, ["audit", str(run), str(data), "--cross-fit", "2", "--split", "valid"])
     assert refused.exit_code != 0 and "--cross-fit audits the labels the run trained on" in refused.output

@@ -245,12 +245,14 @@ def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relab
 
 
 def _audited_checkpoint(audit_csv: Path) -> str:
-    """The checkpoint an audit.csv was made with (its audit_summary.json), for --auto."""
+    """The model an audit.csv was made with (its audit_summary.json: the run of a cross-fitted
+    audit, else the checkpoint), for --auto."""
     import json
 
     summary = audit_csv.with_name("audit_summary.json")
     try:
-        return json.loads(summary.read_text())["checkpoint"]
+        content = json.loads(summary.read_text())
+        return content.get("model") or content["checkpoint"]
     except (OSError, ValueError, KeyError):
         raise CleanError(f"--auto needs the model the audit used: {summary} is missing or names no checkpoint; "
                          "give the run folder instead of the audit CSV") from None
