@@ -38,7 +38,7 @@ from poi_cli.core.runtime import select_device, use_bf16
 from poi_cli.data.folds import fold_split_name, stratified_folds
 from poi_cli.data.store import DROPPED_LABEL, PreparedDataset
 from poi_cli.inference.audit import AuditError, AuditResult, audit_of, audited_labels, objective_inference
-from poi_cli.inference.clean import auto_fraction, clean, clean_labels, write_clean
+from poi_cli.inference.clean import auto_fraction, clean, clean_labels, cover_split, write_clean
 from poi_cli.inference.evaluate import evaluate, write_reports
 from poi_cli.model.checkpoint import CONFIG_FILE, LAST, load_checkpoint, load_model, resolve_checkpoint
 from poi_cli.model.predictions import predict_split
@@ -65,6 +65,7 @@ def cleaned_labels(run_dir: Path, config: TrainConfig, device: str = "auto") -> 
                               chosen["fraction"] if chosen else None)
         result.summary.update({"audit": f"cross-fitted, {config.clean_cross_fit} folds", "data": str(config.data),
                                "split": config.train_split, **({"auto": chosen} if chosen else {})})
+        result = cover_split(result, PreparedDataset(config.data).split(config.train_split))
     else:
         result = clean(run_dir, config.data, "relabel", threshold=config.clean_threshold, split=config.train_split,
                        device=device, auto=auto)

@@ -359,7 +359,9 @@ def clean_summary(summary: dict, relabel: bool, files: Sequence[Any], prepared_d
                           f"{auto['suggestion_agreement_train']:.1%} of the given labels); on {auto['valid_split']} flipped "
                           f"at that rate, relabelling the top {auto['fraction']:.1%} leaves {auto['valid_noise_after']:.1%} "
                           f"wrong (from {auto['valid_noise_before']:.1%})", soft_wrap=True))
-    lines.append(Line(f"{s['n_selected']} of {s['n_images']} images selected, {s['n_changed']} {action}"))
+    lines.append(Line(f"{s['n_selected']} of {s['n_images']} images selected, {s['n_changed']} {action}"
+                      + (f"; {s['n_not_audited']} images of the split not audited stay out of training (label -1)"
+                         if s.get("n_not_audited") else "")))
     if "changed_wrong_before" in s:
         line = f"of the {s['n_changed']} {action}: {s['changed_wrong_before']} had a wrong label"
         if relabel:

@@ -172,3 +172,22 @@ def test_train_rounds_retrains_on_the_labels_its_own_audit_cleaned(tmp_path):
     assert (table["given_label"] != table["clean_label"]).any()
     baseline = runner.invoke(app, ["train", str(prepared), "--baseline", "--rounds", "2", "--project", str(project)])
     assert baseline.exit_code == 1 and "--rounds needs the PIN" in baseline.output
+
+
+def test_rounds_on_a_subset_label_file_keep_the_left_out_images_out(tmp_path):
+    """A run trained on a `poi noise --subset` file audits only its own images; the cleaned
+    file must still name every image of the split (label -1 for the others) to train on."""
+    from poi_cli.data.noise import write_noisy_labels
+
+    prepared = make_prepared(tmp_path / "data", splits=SPLITS)
+    subset, _ = write_noisy_labels(prepared, 0.3, seed=0, subset=21, out=tmp_path / "subset.csv")
+    left_out = set(pd.read_csv(subset).query("label == -1")["id"])
+    project = tmp_path / "runs"
+    result = runner.invoke(app, ["train", str(prepared), "--labels", str(subset), "--rounds", "2", "--size", "64",
+                                 "--epochs", "1", "--batch", "7", "--amp", "off", "--project", str(project)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((project / "exp" / "clean" / "labels.json").read_text())["n_not_audited"] == 7
+    table = pd.read_csv(project / "exp" / "clean" / "labels.csv")
+    assert len(table) == 28 and set(table.query("label == -1")["id"]) == left_out
+    assert (table.query("label == -1")["action"] == "not audited").all()
+    assert json.loads((project / "exp_round2" / "config.json").read_text())["resolved"]["n_train"] == 21

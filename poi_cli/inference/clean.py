@@ -232,7 +232,8 @@ def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relab
         from poi_cli.inference.audit import audit
 
         table = audit(source, prepared_dir, labels_file=labels_file, split=split, device=device).table
-    ids = set(dataset.split(split).ids)
+    split_data = dataset.split(split)
+    ids = set(split_data.ids)
     unknown = [i for i in table["id"] if i not in ids]
     if unknown:
         raise CleanError(f"{len(unknown)} audited images are not in split {split!r} of {dataset.root} (first: {unknown[0]})")
@@ -241,6 +242,24 @@ def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relab
     result.summary.update({"audit": str(source), "data": str(dataset.root), "split": split})
     if chosen:
         result.summary["auto"] = chosen
+    return cover_split(result, split_data)
+
+
+def cover_split(result: CleanResult, data: SplitData) -> CleanResult:
+    """Rows for the split's images the audit did not score (a run whose label file left them
+    out, e.g. a `poi noise --subset` file): label -1, so that the file names every image of
+    the split, as `poi train --labels` requires, and those images stay out of training."""
+    missing = ~np.isin(data.ids, result.labels["id"].to_numpy(str))
+    if not missing.any():
+        return result
+    extra = pd.DataFrame({"id": data.ids[missing], "label": DROPPED_LABEL, "label_name": ""})
+    if "clean_label" in result.labels:
+        extra["clean_label"] = data.labels[missing]  # the manifest's, as for a file without clean_label
+    extra["given_label"] = DROPPED_LABEL
+    extra["action"] = "not audited"
+    extra["suspicion"] = np.nan
+    result.labels = pd.concat([result.labels, extra], ignore_index=True)
+    result.summary["n_not_audited"] = int(missing.sum())
     return result
 
 
