@@ -38,7 +38,7 @@ from poi_cli.core.runtime import select_device, use_bf16
 from poi_cli.data.folds import fold_split_name, stratified_folds
 from poi_cli.data.store import DROPPED_LABEL, PreparedDataset
 from poi_cli.inference.audit import AuditError, AuditResult, audit_of, audited_labels, objective_inference
-from poi_cli.inference.clean import auto_fraction, clean, clean_labels, cover_split, write_clean
+from poi_cli.inference.clean import clean, clean_audit, write_clean
 from poi_cli.inference.evaluate import evaluate, write_reports
 from poi_cli.model.checkpoint import CONFIG_FILE, LAST, load_checkpoint, load_model, resolve_checkpoint
 from poi_cli.model.predictions import predict_split
@@ -60,12 +60,9 @@ def cleaned_labels(run_dir: Path, config: TrainConfig, device: str = "auto") -> 
     auto = config.clean_threshold is None  # the default: the fraction chosen on the validation split
     if config.clean_cross_fit:
         audited = cross_fit_audit(run_dir, config.data, config.clean_cross_fit, run_dir / CLEAN_DIR, device)
-        chosen = auto_fraction(run_dir, config.data, audited.table, device) if auto else None
-        result = clean_labels(audited.table, PreparedDataset(config.data).classes, "relabel", config.clean_threshold,
-                              chosen["fraction"] if chosen else None)
-        result.summary.update({"audit": f"cross-fitted, {config.clean_cross_fit} folds", "data": str(config.data),
-                               "split": config.train_split, **({"auto": chosen} if chosen else {})})
-        result = cover_split(result, PreparedDataset(config.data).split(config.train_split))
+        result = clean_audit(audited.table, PreparedDataset(config.data), config.train_split, run_dir,
+                             f"cross-fitted, {config.clean_cross_fit} folds", "relabel", config.clean_threshold,
+                             auto=auto, device=device)
     else:
         result = clean(run_dir, config.data, "relabel", threshold=config.clean_threshold, split=config.train_split,
                        device=device, auto=auto)

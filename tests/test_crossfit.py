@@ -108,3 +108,18 @@ def test_cross_fit_audit_of_a_run_that_left_images_out(tmp_path):
     assert len(fold0) == 28 and (fold0.loc[split.ids[labels < 0], "label"] == -1).all()
     # the in-sample audit of the same run scores the same 21 images (it once predicted all 28)
     assert sorted(audit(run, data, device="cpu").table["id"]) == sorted(split.ids[labels >= 0])
+
+
+def test_rounds_clean_with_the_cross_fitted_audit_and_the_fraction_chosen_on_valid(tmp_path):
+    data = make_prepared(tmp_path / "data", splits={"train": 4, "valid": 1})
+    project = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["train", str(data), "--noise", "0.3", "--rounds", "2", "--clean-cross-fit", "2",
+                                      "--size", "64", "--epochs", "1", "--batch", "14", "--amp", "off",
+                                      "--project", str(project)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((project / "exp" / "clean" / "labels.json").read_text())
+    assert summary["audit"] == "cross-fitted, 2 folds" and summary["auto"]["valid_images"] == 7
+    assert (project / "exp" / "clean" / "crossfit" / "fold1" / "last.pt").is_file()
+    labels = pd.read_csv(project / "exp" / "clean" / "labels.csv")
+    assert len(labels) == 28 and summary["fraction"] == summary["auto"]["fraction"]
+    assert json.loads((project / "exp_round2" / "config.json").read_text())["labels"].endswith("labels.csv")

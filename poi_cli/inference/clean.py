@@ -18,6 +18,7 @@ and a mismatched file is still caught.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,8 +135,6 @@ def validation_data(model_path: str | Path, dataset: PreparedDataset) -> tuple[S
         return dataset.split(name), name
     run = Path(model_path)
     if (run / CONFIG_FILE).is_file() and (run / HELDOUT_FILE).is_file():
-        import json
-
         ids = pd.read_csv(run / HELDOUT_FILE, dtype={"id": str})["id"].tolist()
         train_split = json.loads((run / CONFIG_FILE).read_text()).get("train_split", "train")
         return dataset.split(train_split, ids=ids), f"{len(ids)} images of {train_split} the run held out"
@@ -232,14 +231,22 @@ def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relab
         from poi_cli.inference.audit import audit
 
         table = audit(source, prepared_dir, labels_file=labels_file, split=split, device=device).table
+    return clean_audit(table, dataset, split, model_path, str(source), mode, threshold, fraction, auto, device)
+
+
+def clean_audit(table: pd.DataFrame, dataset: PreparedDataset, split: str, model_path: str | Path, audit_name: str,
+                mode: str = "relabel", threshold: Optional[float] = None, fraction: Optional[float] = None,
+                auto: bool = False, device: str = "auto") -> CleanResult:
+    """clean_labels for an audit table of `split`, the fraction chosen on valid with `model_path`'s
+    model when `auto`; the label file covers the whole split (cover_split)."""
     split_data = dataset.split(split)
     ids = set(split_data.ids)
     unknown = [i for i in table["id"] if i not in ids]
     if unknown:
         raise CleanError(f"{len(unknown)} audited images are not in split {split!r} of {dataset.root} (first: {unknown[0]})")
-    chosen = auto_fraction(model_path, prepared_dir, table, device) if auto else None
+    chosen = auto_fraction(model_path, dataset.root, table, device) if auto else None
     result = clean_labels(table, list(dataset.classes), mode, threshold, chosen["fraction"] if chosen else fraction)
-    result.summary.update({"audit": str(source), "data": str(dataset.root), "split": split})
+    result.summary.update({"audit": audit_name, "data": str(dataset.root), "split": split})
     if chosen:
         result.summary["auto"] = chosen
     return cover_split(result, split_data)
@@ -266,8 +273,6 @@ def cover_split(result: CleanResult, data: SplitData) -> CleanResult:
 def _audited_checkpoint(audit_csv: Path) -> str:
     """The model an audit.csv was made with (its audit_summary.json: the run of a cross-fitted
     audit, else the checkpoint), for --auto."""
-    import json
-
     summary = audit_csv.with_name("audit_summary.json")
     try:
         content = json.loads(summary.read_text())
