@@ -36,7 +36,7 @@ from poi_cli.core.atomic import write_csv, write_json
 from poi_cli.core.atomic import atomic_write_text
 from poi_cli.core.runtime import select_device, use_bf16
 from poi_cli.data.folds import fold_split_name, stratified_folds
-from poi_cli.data.store import DROPPED_LABEL, PreparedDataset
+from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, label_names
 from poi_cli.inference.audit import AuditError, AuditResult, audit_of, audited_labels, objective_inference
 from poi_cli.inference.clean import clean, clean_audit, write_clean
 from poi_cli.inference.evaluate import evaluate, write_reports
@@ -193,7 +193,7 @@ def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, o
             # fold's images and those the run itself left out (label -1 in its file) get -1.
             table = pd.DataFrame({"id": all_ids, "label": DROPPED_LABEL})
             table.loc[position[data.ids[~held]], "label"] = data.labels[~held]
-            table["label_name"] = [names[k] if k >= 0 else "" for k in table["label"]]
+            table["label_name"] = label_names(table["label"], names)
             if data.clean_labels is not None:
                 table.loc[position[data.ids], "clean_label"] = data.clean_labels
                 table["clean_label"] = table["clean_label"].fillna(DROPPED_LABEL).astype(int)

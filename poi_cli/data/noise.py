@@ -64,7 +64,7 @@ def write_noisy_labels(
     training). The flips are drawn over the whole split first, so a subset's flipped
     images are exactly those of the full file with the same seed. Returns (csv path, summary).
     """
-    from poi_cli.data.store import DROPPED_LABEL, PreparedDataset
+    from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, label_names
 
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"--rate must lie in [0, 1], got {rate}")
@@ -92,7 +92,7 @@ def write_noisy_labels(
     summary["labels_file"] = path.name
     written = np.where(kept, all_noisy, DROPPED_LABEL)
     table = pd.DataFrame({"id": split_data.ids, "label": written,
-                          "label_name": [names[k] if k >= 0 else "" for k in written], "clean_label": split_data.labels})
+                          "label_name": label_names(written, names), "clean_label": split_data.labels})
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, table.to_csv(index=False, lineterminator="\n"))
     atomic_write_text(path.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")

@@ -46,6 +46,11 @@ VALIDATION_SPLITS = ("valid", "val")  # in order of preference; test is never on
 DROPPED_LABEL = -1  # in a label file: leave this image out of training (poi clean --drop)
 
 
+def label_names(labels: Sequence[int], classes: Sequence[str]) -> list[str]:
+    """The label_name column of a label file: the class name, empty for DROPPED_LABEL."""
+    return [classes[k] if k >= 0 else "" for k in labels]
+
+
 class StoreError(PoiError):
     """A prepared folder that cannot be read; the message says what is wrong in one line."""
 

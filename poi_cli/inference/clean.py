@@ -30,8 +30,8 @@ import pandas as pd
 from poi_cli.core.atomic import atomic_write_text, write_json
 from poi_cli.core.errors import PoiError
 from poi_cli.data.noise import flip_labels
-from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, SplitData
-from poi_cli.model.checkpoint import CONFIG_FILE, HELDOUT_FILE
+from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, SplitData, label_names
+from poi_cli.model.checkpoint import CONFIG_FILE, HELDOUT_FILE, read_heldout_ids
 
 AUTO_SEED = 0  # seed of the simulated flips on the validation split
 MAX_NOISE_RATE = 0.95
@@ -135,7 +135,7 @@ def validation_data(model_path: str | Path, dataset: PreparedDataset) -> tuple[S
         return dataset.split(name), name
     run = Path(model_path)
     if (run / CONFIG_FILE).is_file() and (run / HELDOUT_FILE).is_file():
-        ids = pd.read_csv(run / HELDOUT_FILE, dtype={"id": str})["id"].tolist()
+        ids = read_heldout_ids(run)
         train_split = json.loads((run / CONFIG_FILE).read_text()).get("train_split", "train")
         return dataset.split(train_split, ids=ids), f"{len(ids)} images of {train_split} the run held out"
     raise CleanError(f"--auto chooses on validation labels: {dataset.root} has no valid/val split and "
@@ -176,7 +176,7 @@ def clean_labels(audit_table: pd.DataFrame, classes: list[str], mode: str = "rel
         new = np.where(changed, DROPPED_LABEL, given)
     labels = pd.DataFrame({
         "id": audit_table["id"].to_numpy(str), "label": new,
-        "label_name": [classes[k] if k >= 0 else "" for k in new],
+        "label_name": label_names(new, classes),
     })
     clean = audit_table["clean_label"].to_numpy(np.int64) if "clean_label" in audit_table else None
     if clean is not None:

@@ -38,7 +38,7 @@ from poi_cli.core.metrics import confusion_matrix, per_class_recall
 from poi_cli.core.runtime import select_device, use_bf16
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import Calibration, calibration_study, halves, reliability_bins, risk_coverage, softmax
-from poi_cli.model.checkpoint import CONFIG_FILE, HELDOUT_FILE, CheckpointInfo, load_model, resolve_checkpoint
+from poi_cli.model.checkpoint import CONFIG_FILE, HELDOUT_FILE, CheckpointInfo, load_model, read_heldout_ids, resolve_checkpoint
 from poi_cli.model.predictions import SplitPredictions, predict_split
 
 STRATA = (0.3, 0.5, 0.7)
@@ -181,7 +181,7 @@ def choose_split(model_path: str | Path, dataset: PreparedDataset, split: Option
     if (validation := dataset.validation_split()) is not None:
         return SplitChoice(validation, reason="the store has no test split: its validation split")
     if config and (run / HELDOUT_FILE).is_file():
-        ids = pd.read_csv(run / HELDOUT_FILE, dtype={"id": str})["id"].tolist()
+        ids = read_heldout_ids(run)
         train_split = config.get("train_split", "train")
         return SplitChoice(train_split, tuple(ids),
                            f"the store has no test or validation split: the {len(ids)} images the run held out of "

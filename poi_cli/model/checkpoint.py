@@ -112,6 +112,13 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+def read_heldout_ids(run_dir: str | Path) -> list[str]:
+    """The ids a run held out of its training split for validation (its HELDOUT_FILE)."""
+    import pandas as pd
+
+    return pd.read_csv(Path(run_dir) / HELDOUT_FILE, dtype={"id": str})["id"].tolist()
+
+
 def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
     """A run folder -> its best.pt (else last.pt); a file -> itself."""
     path = Path(run_or_checkpoint)
