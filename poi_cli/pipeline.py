@@ -212,5 +212,5 @@ def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, o
                       mode=f"out of fold: {folds} models with {run_dir.name}'s recipe, each scoring the images it never trained on",
                       checkpoint=f"{run_dir} (cross-fitted, {folds} folds under {out})", split=config.train_split,
                       extra_columns={"fold": fold_of})
-    result.summary["model"] = str(run_dir)  # the model that represents the audit (poi clean --auto predicts valid with it)
+    result.summary["model"] = str(Path(run_dir).resolve())  # the model that represents the audit (poi clean --auto predicts valid with it)
     return result

@@ -141,7 +141,7 @@ def test_auto_fraction_picks_the_flipped_share_when_the_model_is_right():
     assert chosen["valid_noise_before"] == pytest.approx(flipped.mean()) and chosen["valid_noise_after"] == 0.0
 
 
-def test_train_rounds_retrains_on_the_labels_its_own_audit_cleaned(tmp_path):
+def test_train_rounds_retrains_on_the_labels_its_own_audit_cleaned(tmp_path, monkeypatch):
     prepared = make_prepared(tmp_path / "data", splits=SPLITS)
     project = tmp_path / "runs"
     result = runner.invoke(app, ["train", str(prepared), "--noise", "0.3", "--rounds", "2",
@@ -155,9 +155,13 @@ def test_train_rounds_retrains_on_the_labels_its_own_audit_cleaned(tmp_path):
     summary = json.loads(labels.with_suffix(".json").read_text())
     assert summary["auto"]["valid_split"] == "valid" and summary["auto"]["valid_images"] == 7
     assert summary["fraction"] == summary["auto"]["fraction"] and summary["threshold"] is None
-    # the same from an audit CSV: --auto finds the audit's model in audit_summary.json
-    audited = runner.invoke(app, ["audit", str(first), str(prepared), "--out", str(tmp_path / "audit")])
+    # the same from an audit CSV: --auto finds the audit's model in audit_summary.json, also
+    # when the audit named the run by a relative path and clean runs from another folder
+    monkeypatch.chdir(tmp_path)
+    audited = runner.invoke(app, ["audit", "runs/exp", str(prepared), "--out", str(tmp_path / "audit")])
     assert audited.exit_code == 0, audited.output
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     again = runner.invoke(app, ["clean", str(tmp_path / "audit" / "audit.csv"), str(prepared), "--auto",
                                 "--out", str(tmp_path / "again.csv")])
     assert again.exit_code == 0 and "--auto: noise rate estimated at" in again.output, again.output

@@ -136,7 +136,9 @@ def audit(
         baseline_probs = _predict(baseline, dataset, data, device, batch, amp)[0].trn_probs
     mode = "the model's own training set" if trained_on else "a held-out split (the model never trained on it)"
     return audit_of(dataset, data, objective_inference(predictions, checkpoint_path), predictions.trn_probs,
-                    predictions.consistency, label_source=label_source, mode=mode, checkpoint=str(checkpoint_path),
+                    predictions.consistency, label_source=label_source, mode=mode,
+                    # absolute: poi clean --auto reloads it from wherever it runs
+                    checkpoint=str(Path(checkpoint_path).resolve()),
                     split=split, baseline_probs=baseline_probs)
 
 
