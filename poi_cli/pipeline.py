@@ -62,7 +62,7 @@ def cleaned_labels(run_dir: Path, config: TrainConfig, device: str = "auto") -> 
         audited = cross_fit_audit(run_dir, config.data, config.clean_cross_fit, run_dir / CLEAN_DIR, device)
         result = clean_audit(audited.table, PreparedDataset(config.data), config.train_split, run_dir,
                              f"cross-fitted, {config.clean_cross_fit} folds", "relabel", config.clean_threshold,
-                             auto=auto, device=device)
+                             auto=auto, device=device, fold_models=audited.summary["fold_models"])
     else:
         result = clean(run_dir, config.data, "relabel", threshold=config.clean_threshold, split=config.train_split,
                        device=device, auto=auto)
@@ -212,5 +212,7 @@ def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, o
                       mode=f"out of fold: {folds} models with {run_dir.name}'s recipe, each scoring the images it never trained on",
                       checkpoint=f"{run_dir} (cross-fitted, {folds} folds under {out})", split=config.train_split,
                       extra_columns={"fold": fold_of})
-    result.summary["model"] = str(Path(run_dir).resolve())  # the model that represents the audit (poi clean --auto predicts valid with it)
+    # poi clean --auto scores valid with the models that made the suggestions (the fold models)
+    result.summary["model"] = str(Path(run_dir).resolve())
+    result.summary["fold_models"] = [str((out / fold_split_name(fold)).resolve()) for fold in range(folds)]
     return result

@@ -354,8 +354,10 @@ def clean_summary(summary: dict, relabel: bool, files: Sequence[Any], prepared_d
     action = "relabelled" if relabel else "dropped"
     lines = []
     if auto := s.get("auto"):
+        folds = auto.get("valid_scored_by", 1)
+        scored_by = f" scored by the {folds} fold models" if folds > 1 else ""
         lines.append(Line(f"--auto: noise rate estimated at {auto['estimated_noise_rate']:.1%} (suggestion right on "
-                          f"{auto['suggestion_accuracy_valid']:.1%} of {auto['valid_split']}, agrees with "
+                          f"{auto['suggestion_accuracy_valid']:.1%} of {auto['valid_split']}{scored_by}, agrees with "
                           f"{auto['suggestion_agreement_train']:.1%} of the given labels); on {auto['valid_split']} flipped "
                           f"at that rate, relabelling the top {auto['fraction']:.1%} leaves {auto['valid_noise_after']:.1%} "
                           f"wrong (from {auto['valid_noise_before']:.1%})", soft_wrap=True))

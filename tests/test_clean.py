@@ -15,7 +15,8 @@ from conftest import make_prepared
 from poi_cli.cli import app
 from poi_cli.data.store import PreparedDataset
 from poi_cli.data.noise import flip_labels
-from poi_cli.inference.clean import (CleanError, choose_fraction, clean_labels, estimate_noise_rate,
+from poi_cli.inference import clean as clean_module
+from poi_cli.inference.clean import (CleanError, auto_fraction, choose_fraction, clean_labels, estimate_noise_rate,
                                      noise_after_selection, read_audit_csv)
 
 runner = CliRunner()
@@ -139,6 +140,30 @@ def test_auto_fraction_picks_the_flipped_share_when_the_model_is_right():
     flipped = flip_labels(valid_clean, 5, 0.3, 0) != valid_clean  # the simulation's own flips (seed 0)
     assert chosen["fraction"] == pytest.approx(flipped.mean())  # exactly the flipped ones, the first minimum
     assert chosen["valid_noise_before"] == pytest.approx(flipped.mean()) and chosen["valid_noise_after"] == 0.0
+
+
+def test_auto_scores_valid_with_the_fold_models_of_a_cross_fitted_audit(tmp_path, monkeypatch):
+    """A cross-fitted audit's suggestions come from K fold models: --auto must measure the
+    suggestion's valid accuracy with them (each scoring a seeded 1/K of valid), not with the
+    run's own model, or rho compares two different models (seen: rho 52 % for 29 % noise)."""
+    prepared = make_prepared(tmp_path / "data", splits={"train": 4, "valid": 6})  # 42 validation images
+    valid = PreparedDataset(prepared).split("valid")
+    calls = []
+
+    def one_hot_objective(model, dataset, data, device):  # "right" predicts the label, "wrong" the next class
+        calls.append((model, len(data.labels)))
+        predicted = data.labels if model == "right" else (data.labels + 1) % 7
+        return np.eye(7)[predicted], np.ones(len(data.labels))
+
+    monkeypatch.setattr(clean_module, "_objective_of", one_hot_objective)
+    table = pd.DataFrame({"given_label": [0, 1, 2, 3], "suggested_label": [0, 1, 2, 3]})
+    alone = auto_fraction("right", prepared, table)
+    assert alone["suggestion_accuracy_valid"] == 1.0 and alone["valid_scored_by"] == 1
+    calls.clear()
+    folds = auto_fraction("right", prepared, table, fold_models=["right", "wrong"])
+    assert folds["valid_scored_by"] == 2 and [c[0] for c in calls] == ["right", "wrong"]
+    assert sum(c[1] for c in calls) == len(valid.labels) == 42 and calls[0][1] == 21  # each image once, halves
+    assert folds["suggestion_accuracy_valid"] == pytest.approx(0.5)  # half the images scored by the wrong model
 
 
 def test_train_rounds_retrains_on_the_labels_its_own_audit_cleaned(tmp_path, monkeypatch):

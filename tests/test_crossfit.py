@@ -83,6 +83,10 @@ def test_cross_fit_audit_scores_every_image_out_of_fold(tmp_path):
     assert cleaned.exit_code == 0, cleaned.output
     assert len(pd.read_csv(tmp_path / "labels.csv")) == 28
     assert json.loads((tmp_path / "labels.json").read_text())["auto"]["valid_images"] == 7
+    # ... valid scored by the fold models that made the suggestions (audit_summary.json "fold_models")
+    assert json.loads((tmp_path / "labels.json").read_text())["auto"]["valid_scored_by"] == 2
+    fold_models = json.loads((out / "audit_summary.json").read_text())["fold_models"]
+    assert fold_models == [str((out / "crossfit" / f"fold{k}").resolve()) for k in range(2)]
 
     refused = runner.invoke(app, ["audit", str(run), str(data), "--cross-fit", "2", "--split", "valid"])
     assert refused.exit_code != 0 and "--cross-fit audits the labels the run trained on" in refused.output
@@ -119,6 +123,7 @@ def test_rounds_clean_with_the_cross_fitted_audit_and_the_fraction_chosen_on_val
     assert result.exit_code == 0, result.output
     summary = json.loads((project / "exp" / "clean" / "labels.json").read_text())
     assert summary["audit"] == "cross-fitted, 2 folds" and summary["auto"]["valid_images"] == 7
+    assert summary["auto"]["valid_scored_by"] == 2  # the fold models, as they scored the training images
     assert (project / "exp" / "clean" / "crossfit" / "fold1" / "last.pt").is_file()
     labels = pd.read_csv(project / "exp" / "clean" / "labels.csv")
     assert len(labels) == 28 and summary["fraction"] == summary["auto"]["fraction"]

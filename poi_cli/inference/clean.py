@@ -22,7 +22,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -142,19 +142,41 @@ def validation_data(model_path: str | Path, dataset: PreparedDataset) -> tuple[S
                      f"{model_path} no held-out images ({HELDOUT_FILE})")
 
 
-def auto_fraction(model_path: str | Path, prepared_dir: str | Path, audit_table: pd.DataFrame,
-                  device: str = "auto") -> dict:
-    """choose_fraction for an audit of `model_path` (the model the audit used, or the run it is of)."""
+def validation_scores(models: Sequence[str | Path], dataset: PreparedDataset, data: SplitData,
+                      device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """p* (n, C) and w (n,) of the validation images, each scored by one of `models`: one model,
+    or the K fold models of a cross-fitted audit, model k scoring a seeded 1/K of the images as
+    it scored 1/K of the training images, so that the suggestion's valid accuracy is that of the
+    models whose suggestions the audit holds (estimate_noise_rate compares the two)."""
+    n = len(data.labels)
+    part = np.random.default_rng(AUTO_SEED).permutation(n) % len(models)
+    objective, w = np.zeros((n, len(dataset.classes))), np.zeros(n)
+    for k, model in enumerate(models):
+        rows = part == k
+        objective[rows], w[rows] = _objective_of(model, dataset, SplitData(data.store_rows[rows], data.labels[rows], data.ids[rows]), device)
+    return objective, w
+
+
+def _objective_of(model_path: str | Path, dataset: PreparedDataset, data: SplitData, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """One model's p* at T = 1 and w on `data`."""
     from poi_cli.inference.audit import _predict, objective_inference
     from poi_cli.model.checkpoint import resolve_checkpoint
 
+    predictions, _ = _predict(model_path, dataset, data, device, batch=256, amp="auto")
+    return objective_inference(predictions, resolve_checkpoint(model_path)), predictions.consistency
+
+
+def auto_fraction(model_path: str | Path, prepared_dir: str | Path, audit_table: pd.DataFrame,
+                  device: str = "auto", fold_models: Optional[Sequence[str | Path]] = None) -> dict:
+    """choose_fraction for an audit of `model_path` (the model the audit used, or the run it is
+    of); a cross-fitted audit's suggestions come from `fold_models`, which then score valid."""
     dataset = PreparedDataset(prepared_dir)
     data, name = validation_data(model_path, dataset)
-    predictions, _ = _predict(model_path, dataset, data, device, batch=256, amp="auto")
-    objective = objective_inference(predictions, resolve_checkpoint(model_path))
+    models = list(fold_models or [model_path])
+    objective, w = validation_scores(models, dataset, data, device)
     chosen = choose_fraction(audit_table["given_label"].to_numpy(np.int64), audit_table["suggested_label"].to_numpy(np.int64),
-                             objective, predictions.consistency, data.labels)
-    return {**chosen, "valid_split": name}
+                             objective, w, data.labels)
+    return {**chosen, "valid_split": name, "valid_scored_by": len(models)}
 
 
 def clean_labels(audit_table: pd.DataFrame, classes: list[str], mode: str = "relabel",
@@ -223,28 +245,30 @@ def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relab
     if auto and (mode != "relabel" or threshold is not None or fraction is not None):
         raise CleanError("--auto chooses the fraction to relabel itself: without --drop, --threshold or --fraction")
     model_path: str | Path = source
+    fold_models = None
     if source.is_file() and source.suffix.lower() == ".csv":
         table = read_audit_csv(source)
         if auto:
-            model_path = _audited_checkpoint(source)
+            model_path, fold_models = _audited_models(source)
     else:
         from poi_cli.inference.audit import audit
 
         table = audit(source, prepared_dir, labels_file=labels_file, split=split, device=device).table
-    return clean_audit(table, dataset, split, model_path, str(source), mode, threshold, fraction, auto, device)
+    return clean_audit(table, dataset, split, model_path, str(source), mode, threshold, fraction, auto, device, fold_models)
 
 
 def clean_audit(table: pd.DataFrame, dataset: PreparedDataset, split: str, model_path: str | Path, audit_name: str,
                 mode: str = "relabel", threshold: Optional[float] = None, fraction: Optional[float] = None,
-                auto: bool = False, device: str = "auto") -> CleanResult:
+                auto: bool = False, device: str = "auto", fold_models: Optional[Sequence[str | Path]] = None) -> CleanResult:
     """clean_labels for an audit table of `split`, the fraction chosen on valid with `model_path`'s
-    model when `auto`; the label file covers the whole split (cover_split)."""
+    model (a cross-fitted audit: its `fold_models`) when `auto`; the label file covers the whole
+    split (cover_split)."""
     split_data = dataset.split(split)
     ids = set(split_data.ids)
     unknown = [i for i in table["id"] if i not in ids]
     if unknown:
         raise CleanError(f"{len(unknown)} audited images are not in split {split!r} of {dataset.root} (first: {unknown[0]})")
-    chosen = auto_fraction(model_path, dataset.root, table, device) if auto else None
+    chosen = auto_fraction(model_path, dataset.root, table, device, fold_models) if auto else None
     result = clean_labels(table, list(dataset.classes), mode, threshold, chosen["fraction"] if chosen else fraction)
     result.summary.update({"audit": audit_name, "data": str(dataset.root), "split": split})
     if chosen:
@@ -270,13 +294,13 @@ def cover_split(result: CleanResult, data: SplitData) -> CleanResult:
     return result
 
 
-def _audited_checkpoint(audit_csv: Path) -> str:
-    """The model an audit.csv was made with (its audit_summary.json: the run of a cross-fitted
-    audit, else the checkpoint), for --auto."""
+def _audited_models(audit_csv: Path) -> tuple[str, Optional[list[str]]]:
+    """The model an audit.csv was made with and, for a cross-fitted audit, its fold models
+    (its audit_summary.json: "model" the run, "fold_models"; else "checkpoint"), for --auto."""
     summary = audit_csv.with_name("audit_summary.json")
     try:
         content = json.loads(summary.read_text())
-        return content.get("model") or content["checkpoint"]
+        return content.get("model") or content["checkpoint"], content.get("fold_models")
     except (OSError, ValueError, KeyError):
         raise CleanError(f"--auto needs the model the audit used: {summary} is missing or names no checkpoint; "
                          "give the run folder instead of the audit CSV") from None
