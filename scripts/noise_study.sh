@@ -4,7 +4,8 @@
 # (the shipped seed-0 noise files), with both readings of the UEM (Eq. 10), and POI
 # with one cleaning round (train, audit its own training labels, relabel the suspects
 # to the PIN's suggestion with `poi clean`, train again from scratch; *_clean_oof: the
-# same with the out-of-fold audit, `poi audit --cross-fit $CROSS_FIT`), then the levers
+# same with the out-of-fold audit, `poi audit --cross-fit $CROSS_FIT`; *_clean_drop: the
+# images the relabelling selected left out instead, `poi clean --drop`), then the levers
 # the paper allows at 30 % (lambda_2 0.1, --distill-warmup 5, T = 1) and the Table X
 # ablations at 30 %.
 #
@@ -53,6 +54,7 @@ declare -A RUNS=(
   [poi_n30_clean]="$(cleaned poi_n30)"
   [poi_n0_clean]="$(cleaned poi_n0)"
   [poi_n30_clean_oof]="$(cleaned poi_n30 _oof)"
+  [poi_n30_clean_drop]="$(cleaned poi_n30 _drop)"
   # the paper's levers on the 30 % runs (issue 13, section 2), each chosen on valid
   [poi_n30_lambda2_0.1]="${N30[*]} --lambda-ce-au 0.1"
   [poi_n30_distill_warmup5]="${N30[*]} --distill-warmup 5"
@@ -63,9 +65,9 @@ declare -A RUNS=(
   [poi_n30_no_uem]="${N30[*]} --no-uem"
 )
 # a *_clean run first audits and cleans the labels of the run it names
-declare -A CLEANS=([poi_n30_clean]=poi_n30 [poi_n0_clean]=poi_n0 [poi_n30_clean_oof]=poi_n30)
+declare -A CLEANS=([poi_n30_clean]=poi_n30 [poi_n0_clean]=poi_n0 [poi_n30_clean_oof]=poi_n30 [poi_n30_clean_drop]=poi_n30)
 ORDER=(ce_n0 ce_n30 poi_n30 poi_n30_clean poi_n0 poi_n0_clean poi_n30_paper_uem poi_n0_paper_uem
-       poi_n30_clean_oof poi_n30_lambda2_0.1 poi_n30_distill_warmup5 poi_n30_T1 poi_n30_no_prior poi_n30_no_oim poi_n30_no_uem)
+       poi_n30_clean_oof poi_n30_clean_drop poi_n30_lambda2_0.1 poi_n30_distill_warmup5 poi_n30_T1 poi_n30_no_prior poi_n30_no_oim poi_n30_no_uem)
 CROSS_FIT="${CROSS_FIT:-5}"  # folds of the out-of-fold audit behind *_clean_oof
 
 [ -f "$DATA/prepared.json" ] || "$POI" prepare ferplus "$RAW" --out "$DATA" --size "${SIZE:-64}"
@@ -77,17 +79,21 @@ if [ -n "${SUBSET:-}" ]; then
 fi
 
 clean_labels() {  # audit a finished run on the labels it trained on (in sample, or out of fold), relabel its suspects
-  local dir="$PROJECT/${1}_seed$SEED" kind="${2:-}" cross=()
+  local dir="$PROJECT/${1}_seed$SEED" kind="${2:-}" audit="audit${2:-}" cross=() select=(--relabel "${CLEAN_SELECT[@]}")
   [ "$kind" = _oof ] && cross=(--cross-fit "$CROSS_FIT")
-  [ -f "$dir/audit$kind/audit.csv" ] || "$POI" audit "$dir" "$DATA" "${cross[@]}" ${THREADS:+--threads "$THREADS"} \
-    --out "$dir/audit$kind" > "$dir/audit$kind.log"
-  [ -f "$dir/clean$kind/labels.csv" ] || "$POI" clean "$dir/audit$kind/audit.csv" "$DATA" --relabel \
-    "${CLEAN_SELECT[@]}" ${THREADS:+--threads "$THREADS"} --out "$dir/clean$kind/labels.csv"
+  if [ "$kind" = _drop ]; then  # the in-sample audit; drop the images the relabelling selected (its fraction)
+    clean_labels "$1"
+    audit=audit select=(--drop --fraction "$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['fraction'])" "$dir/clean/labels.json")")
+  fi
+  [ -f "$dir/$audit/audit.csv" ] || "$POI" audit "$dir" "$DATA" "${cross[@]}" ${THREADS:+--threads "$THREADS"} \
+    --out "$dir/$audit" > "$dir/$audit.log"
+  [ -f "$dir/clean$kind/labels.csv" ] || "$POI" clean "$dir/$audit/audit.csv" "$DATA" "${select[@]}" \
+    ${THREADS:+--threads "$THREADS"} --out "$dir/clean$kind/labels.csv"
 }
 
 run() {  # train unless finished (resume when killed), then evaluate on valid
   local name="$1" dir="$PROJECT/${1}_seed$SEED"
-  if [ -n "${CLEANS[$name]:-}" ]; then clean_labels "${CLEANS[$name]}" "$([[ $name == *_oof ]] && echo _oof)"; fi
+  if [ -n "${CLEANS[$name]:-}" ]; then clean_labels "${CLEANS[$name]}" "$(grep -o '_oof$\|_drop$' <<< "$name" || true)"; fi
   if [ -f "$dir/last.pt" ]; then
     "$POI" train --resume "$dir" ${THREADS:+--threads "$THREADS"} || true  # "already finished" is fine
   else
