@@ -5,7 +5,8 @@
 Per run (NAME_seedS): final and best validation accuracy (results.csv), and the
 memorisation signs issue 13 asks for: training accuracy against the given label on the
 flipped images (first, highest, last epoch) and the fall of validation accuracy from its
-peak to the last epoch. Then the mean over seeds per NAME, and for each cleaned run what
+peak to the last epoch. Then the mean over seeds per NAME, how well each audit found the
+flipped labels (in sample or out of fold: audit_summary.json), and for each cleaned run what
 `poi clean` did (labels.json beside the audited run's labels).
 """
 
@@ -37,6 +38,19 @@ def run_rows(project: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def audit_rows(project: Path) -> pd.DataFrame:
+    rows = []
+    for summary_file in sorted(project.glob("*_seed*/audit*/audit_summary.json")):
+        s = json.loads(summary_file.read_text())
+        pin = (s.get("detection") or {}).get("pin_suspicion") or {}
+        rows.append({
+            "audited_run": summary_file.parent.parent.name, "audit": summary_file.parent.name, "scored": "out of fold" if s["mode"].startswith("out of fold") else "in sample",
+            "roc_auc_pin": pin.get("roc_auc"), "precision_at_noise_count": pin.get("precision_at_noise_count"),
+            "suggestion_right_on_flipped": s.get("suggested_recovers_clean_label"),
+        })
+    return pd.DataFrame(rows)
+
+
 def clean_rows(project: Path) -> pd.DataFrame:
     rows = []
     for summary_file in sorted(project.glob("*_seed*/clean*/labels.json")):
@@ -61,6 +75,9 @@ def main(project: str) -> None:
     mean = runs.groupby("run").agg(seeds=("seed", "count"), final_mean=("final_val", "mean"), final_min=("final_val", "min"),
                                    final_max=("final_val", "max"), best_mean=("best_val", "mean"))
     print(mean.round(2).to_string(), end="\n\n")
+    audits = audit_rows(Path(project))
+    if not audits.empty:
+        print(audits.round(4).to_string(index=False), end="\n\n")
     cleaned = clean_rows(Path(project))
     if not cleaned.empty:
         print(cleaned.round(4).to_string(index=False))
