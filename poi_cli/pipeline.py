@@ -4,7 +4,8 @@
 training labels audited by its PIN (poi audit), the suspects relabelled to the PIN's
 suggestion (poi clean), and a new run trained from scratch on the cleaned labels. Each
 round is an ordinary run folder (NAME, NAME_round2, ...); the cleaned label file and its
-summary sit in the previous round's folder, under clean/.
+summary sit in the previous round's folder, under clean/. A cleaning that changes no
+label ends the rounds (the next would repeat the last run).
 
 `cross_fit_audit` (`poi audit RUN PREPARED --cross-fit K`, `poi train --rounds 2
 --clean-cross-fit K`): the audit scored out of sample, as confident learning (cleanlab)
@@ -54,8 +55,9 @@ CV_COLUMNS = ["fold", "n_train", "n_test", "accuracy", "mean_class_recall", "bes
 RERUN_FREE = ("device", "resume", "fold")
 
 
-def cleaned_labels(run_dir: Path, config: TrainConfig, device: str = "auto") -> Path:
-    """Audit a finished POI run on the labels it trained on and relabel its suspects; returns the label file."""
+def cleaned_labels(run_dir: Path, config: TrainConfig, device: str = "auto") -> tuple[Path, int]:
+    """Audit a finished POI run on the labels it trained on and relabel its suspects; returns
+    the label file and how many labels it changed."""
     out = run_dir / CLEAN_DIR / "labels.csv"
     auto = config.clean_threshold is None  # the default: the fraction chosen on the validation split
     if config.clean_cross_fit:
@@ -67,7 +69,7 @@ def cleaned_labels(run_dir: Path, config: TrainConfig, device: str = "auto") -> 
         result = clean(run_dir, config.data, "relabel", threshold=config.clean_threshold, split=config.train_split,
                        device=device, auto=auto)
     write_clean(result, out)
-    return out
+    return out, int(result.summary["n_changed"])
 
 
 def train_rounds(config: TrainConfig, console: Optional[Console] = None,
@@ -79,7 +81,11 @@ def train_rounds(config: TrainConfig, console: Optional[Console] = None,
         raise TrainError("--rounds runs one process: train each round under torchrun, with poi audit and poi clean between")
     runs = [train(config, console)]
     for number in range(2, config.rounds + 1):
-        labels = cleaned_labels(runs[-1], config, config.device)
+        labels, changed = cleaned_labels(runs[-1], config, config.device)
+        if changed == 0:  # the same labels, seed and options: the round would repeat the last run exactly
+            announce(f"round {number}: the audit of {runs[-1].name} changed no label ({labels}); "
+                     f"stopping: {runs[-1].name} is the last round")
+            break
         announce(f"round {number}: labels cleaned by {runs[-1].name} -> {labels}")
         following = replace(config, labels=str(labels), noise=0.0, name=f"{config.name}_round{number}", resume=None)
         runs.append(train(following, console))

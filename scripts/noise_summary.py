@@ -44,7 +44,8 @@ def audit_rows(project: Path) -> pd.DataFrame:
         s = json.loads(summary_file.read_text())
         pin = (s.get("detection") or {}).get("pin_suspicion") or {}
         rows.append({
-            "audited_run": summary_file.parent.parent.name, "audit": summary_file.parent.name, "scored": "out of fold" if s["mode"].startswith("out of fold") else "in sample",
+            "audited_run": summary_file.parent.parent.name, "audit": summary_file.parent.name,
+            "scored": "out of fold" if s["mode"].startswith("out of fold") else "in sample",
             "roc_auc_pin": pin.get("roc_auc"), "precision_at_noise_count": pin.get("precision_at_noise_count"),
             "suggestion_right_on_flipped": s.get("suggested_recovers_clean_label"),
         })

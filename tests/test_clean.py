@@ -172,14 +172,13 @@ def test_train_rounds_retrains_on_the_labels_its_own_audit_cleaned(tmp_path, mon
     result = runner.invoke(app, ["train", str(prepared), "--noise", "0.3", "--rounds", "2",
                                  "--size", "64", "--epochs", "1", "--batch", "7", "--amp", "off", "--project", str(project)])
     assert result.exit_code == 0, result.output
-    first, second = project / "exp", project / "exp_round2"
-    labels = first / "clean" / "labels.csv"
+    labels = project / "exp" / "clean" / "labels.csv"
     assert labels.is_file() and labels.with_suffix(".json").is_file()
-    assert "round 2: labels cleaned by exp" in result.output
     # the default selection: the fraction chosen on the validation split (poi clean --auto)
     summary = json.loads(labels.with_suffix(".json").read_text())
     assert summary["auto"]["valid_split"] == "valid" and summary["auto"]["valid_images"] == 7
     assert summary["fraction"] == summary["auto"]["fraction"] and summary["threshold"] is None
+    assert (project / "exp_round2").exists() == (summary["n_changed"] > 0)  # no change: no repeated round
     # the same from an audit CSV: --auto finds the audit's model in audit_summary.json, also
     # when the audit named the run by a relative path and clean runs from another folder
     monkeypatch.chdir(tmp_path)
@@ -193,7 +192,15 @@ def test_train_rounds_retrains_on_the_labels_its_own_audit_cleaned(tmp_path, mon
     by_id = pd.read_csv(tmp_path / "again.csv").set_index("id")["label"]
     rounds_labels = pd.read_csv(labels)
     assert by_id.loc[rounds_labels["id"]].tolist() == rounds_labels["label"].tolist()
-    config = json.loads((second / "config.json").read_text())
+    # a threshold that changes labels: round 2 trains from scratch on them
+    forced = runner.invoke(app, ["train", str(prepared), "--noise", "0.3", "--rounds", "2", "--clean-threshold", "0.05",
+                                 "--size", "64", "--epochs", "1", "--batch", "7", "--amp", "off", "--project", str(project),
+                                 "--name", "forced"])
+    assert forced.exit_code == 0, forced.output
+    labels = project / "forced" / "clean" / "labels.csv"
+    assert "round 2: labels cleaned by forced" in forced.output
+    assert json.loads(labels.with_suffix(".json").read_text())["n_changed"] > 0
+    config = json.loads((project / "forced_round2" / "config.json").read_text())
     assert config["labels"] == str(labels.resolve()) and config["noise"] == 0.0
     # the audit knew the flips of round 1 (--noise): the label file carries the clean labels
     table = pd.read_csv(labels)
@@ -201,6 +208,18 @@ def test_train_rounds_retrains_on_the_labels_its_own_audit_cleaned(tmp_path, mon
     assert (table["given_label"] != table["clean_label"]).any()
     baseline = runner.invoke(app, ["train", str(prepared), "--baseline", "--rounds", "2", "--project", str(project)])
     assert baseline.exit_code == 1 and "--rounds needs the PIN" in baseline.output
+
+
+def test_rounds_stop_when_a_cleaning_changes_no_label(tmp_path):
+    """Round N + 1 on unchanged labels would repeat round N (same labels, seed, options)."""
+    prepared = make_prepared(tmp_path / "data", splits=SPLITS)
+    project = tmp_path / "runs"
+    result = runner.invoke(app, ["train", str(prepared), "--noise", "0.3", "--rounds", "3", "--clean-threshold", "1.0",
+                                 "--size", "64", "--epochs", "1", "--batch", "7", "--amp", "off", "--project", str(project)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((project / "exp" / "clean" / "labels.json").read_text())["n_changed"] == 0
+    assert "round 2: the audit of exp changed no label" in result.output and "exp is the last round" in result.output
+    assert not (project / "exp_round2").exists() and not (project / "exp_round3").exists()
 
 
 def test_rounds_on_a_subset_label_file_keep_the_left_out_images_out(tmp_path):
@@ -212,7 +231,8 @@ def test_rounds_on_a_subset_label_file_keep_the_left_out_images_out(tmp_path):
     subset, _ = write_noisy_labels(prepared, 0.3, seed=0, subset=21, out=tmp_path / "subset.csv")
     left_out = set(pd.read_csv(subset).query("label == -1")["id"])
     project = tmp_path / "runs"
-    result = runner.invoke(app, ["train", str(prepared), "--labels", str(subset), "--rounds", "2", "--size", "64",
+    result = runner.invoke(app, ["train", str(prepared), "--labels", str(subset), "--rounds", "2",
+                                 "--clean-threshold", "0.05", "--size", "64",
                                  "--epochs", "1", "--batch", "7", "--amp", "off", "--project", str(project)])
     assert result.exit_code == 0, result.output
     assert json.loads((project / "exp" / "clean" / "labels.json").read_text())["n_not_audited"] == 7
