@@ -96,7 +96,15 @@ clean_labels() {  # audit a finished run on the labels it trained on (in sample,
 
 run() {  # train unless finished (resume when killed), then evaluate on valid
   local name="$1" dir="$PROJECT/${1}_seed$SEED"
-  if [ -n "${CLEANS[$name]:-}" ]; then clean_labels "${CLEANS[$name]}" "$(grep -o '_oof$\|_drop$' <<< "$name" || true)"; fi
+  if [ -n "${CLEANS[$name]:-}" ]; then
+    local kind; kind="$(grep -o '_oof$\|_drop$' <<< "$name" || true)"
+    clean_labels "${CLEANS[$name]}" "$kind"
+    local summary="$PROJECT/${CLEANS[$name]}_seed$SEED/clean$kind/labels.json"
+    if python3 -c "import json, sys; sys.exit(json.load(open(sys.argv[1]))['n_changed'] != 0)" "$summary"; then
+      echo "$name: the cleaning changed no label ($summary): training it would repeat ${CLEANS[$name]}, skipped"
+      return
+    fi
+  fi
   if [ -f "$dir/last.pt" ]; then
     "$POI" train --resume "$dir" ${THREADS:+--threads "$THREADS"} || true  # "already finished" is fine
   else
