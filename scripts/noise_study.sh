@@ -82,12 +82,14 @@ if [ -n "${SUBSET:-}" ]; then
   done
 fi
 
+json_field() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }  # FILE KEY
+
 clean_labels() {  # audit a finished run on the labels it trained on (in sample, or out of fold), relabel its suspects
   local dir="$PROJECT/${1}_seed$SEED" kind="${2:-}" audit="audit${2:-}" cross=() select=(--relabel "${CLEAN_SELECT[@]}")
   [ "$kind" = _oof ] && cross=(--cross-fit "$CROSS_FIT")
   if [ "$kind" = _drop ]; then  # the in-sample audit; drop the images the relabelling selected (its fraction)
     clean_labels "$1"
-    audit=audit select=(--drop --fraction "$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['fraction'])" "$dir/clean/labels.json")")
+    audit=audit select=(--drop --fraction "$(json_field "$dir/clean/labels.json" fraction)")
   fi
   [ -f "$dir/$audit/audit.csv" ] || "$POI" audit "$dir" "$DATA" "${cross[@]}" ${THREADS:+--threads "$THREADS"} \
     --out "$dir/$audit" > "$dir/$audit.log"
@@ -101,7 +103,7 @@ run() {  # train unless finished (resume when killed), then evaluate on valid
     local kind; kind="$(grep -o '_oof$\|_drop$' <<< "$name" || true)"
     clean_labels "${CLEANS[$name]}" "$kind"
     local summary="$PROJECT/${CLEANS[$name]}_seed$SEED/clean$kind/labels.json"
-    if python3 -c "import json, sys; sys.exit(json.load(open(sys.argv[1]))['n_changed'] != 0)" "$summary"; then
+    if [ "$(json_field "$summary" n_changed)" = 0 ]; then
       echo "$name: the cleaning changed no label ($summary): training it would repeat ${CLEANS[$name]}, skipped"
       return
     fi

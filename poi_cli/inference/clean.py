@@ -162,10 +162,9 @@ def _objective_of(model_path: str | Path, dataset: PreparedDataset, data: SplitD
                   device: str) -> tuple[np.ndarray, np.ndarray]:
     """One model's p* at T = 1 and w on `data`."""
     from poi_cli.inference.audit import _predict, objective_inference
-    from poi_cli.model.checkpoint import resolve_checkpoint
 
     predictions, _ = _predict(model_path, dataset, data, device, batch=256, amp="auto")
-    return objective_inference(predictions, resolve_checkpoint(model_path)), predictions.consistency
+    return objective_inference(predictions, model_path), predictions.consistency  # the path names the model in an error
 
 
 def auto_fraction(model_path: str | Path, prepared_dir: str | Path, audit_table: pd.DataFrame,
