@@ -22,6 +22,7 @@
 # SUBSET=N: a reduced study on a seeded random N of the training images (`poi noise
 # --subset`; the same images at 0 % and 30 %, the 30 % flips those of the shipped file).
 # THREADS: torch threads per run (two studies side by side on 2 cores: THREADS=1 each).
+# AUGMENT=0: no training augmentation (no flip, shift or colour jitter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RAW="${RAW:-../shared/datasets/ferplus}"
@@ -36,6 +37,7 @@ NOISE_DIR=data_manifests/noise
 RECIPE=(--arch "${ARCH:-resnet18}" --size "${SIZE:-64}" --epochs "${EPOCHS:-20}" --batch "${BATCH:-128}" --lr "${LR:-0.1}"
         --schedule step --lr-steps "${LR_STEPS:-10,15}" --weight-decay 1e-4 --seed "$SEED")
 [ -n "${THREADS:-}" ] && RECIPE+=(--threads "$THREADS")
+[ "${AUGMENT:-1}" = 0 ] && RECIPE+=(--no-augment)  # the memorisation probe (docs/results/ferplus.md)
 N30=(--labels "$NOISE_DIR/ferplus_train_noise30_seed0.csv")
 N0=()
 if [ -n "${SUBSET:-}" ]; then
