@@ -7,8 +7,8 @@
 # same with the out-of-fold audit, `poi audit --cross-fit $CROSS_FIT`; *_clean_drop: the
 # images the relabelling selected left out instead, `poi clean --drop`; poi_n30_clean_round3:
 # a second cleaning, of poi_n30_clean's own labels, and a third training), then the levers
-# the paper allows at 30 % (lambda_2 0.1, --distill-warmup 5, T = 1) and the Table X
-# ablations at 30 %.
+# the paper allows at 30 % (lambda_2 0.1, --distill-warmup 5, T = 1), the Table X
+# ablations at 30 %, and cross-entropy and POI at 10 % and 20 %.
 #
 #   bash scripts/noise_study.sh [RUN ...]      # default: every run below, in this order
 #
@@ -38,11 +38,15 @@ RECIPE=(--arch "${ARCH:-resnet18}" --size "${SIZE:-64}" --epochs "${EPOCHS:-20}"
         --schedule step --lr-steps "${LR_STEPS:-10,15}" --weight-decay 1e-4 --seed "$SEED")
 [ -n "${THREADS:-}" ] && RECIPE+=(--threads "$THREADS")
 [ "${AUGMENT:-1}" = 0 ] && RECIPE+=(--no-augment)  # the memorisation probe (docs/results/ferplus.md)
-N30=(--labels "$NOISE_DIR/ferplus_train_noise30_seed0.csv")
 N0=()
+N10=(--labels "$NOISE_DIR/ferplus_train_noise10_seed0.csv")
+N20=(--labels "$NOISE_DIR/ferplus_train_noise20_seed0.csv")
+N30=(--labels "$NOISE_DIR/ferplus_train_noise30_seed0.csv")
 if [ -n "${SUBSET:-}" ]; then
-  N30=(--labels "$PROJECT/labels/train_noise30_seed0_subset$SUBSET.csv")
   N0=(--labels "$PROJECT/labels/train_noise0_seed0_subset$SUBSET.csv")
+  N10=(--labels "$PROJECT/labels/train_noise10_seed0_subset$SUBSET.csv")
+  N20=(--labels "$PROJECT/labels/train_noise20_seed0_subset$SUBSET.csv")
+  N30=(--labels "$PROJECT/labels/train_noise30_seed0_subset$SUBSET.csv")
 fi
 PAPER_UEM=(--uem-temperature 3 --uem-scale paper)
 
@@ -53,6 +57,10 @@ declare -A RUNS=(
   [poi_n30]="${N30[*]}"
   [poi_n30_paper_uem]="${N30[*]} ${PAPER_UEM[*]}"
   [poi_n0]="${N0[*]}"
+  [ce_n10]="--baseline ${N10[*]}"
+  [ce_n20]="--baseline ${N20[*]}"
+  [poi_n10]="${N10[*]}"
+  [poi_n20]="${N20[*]}"
   [poi_n0_paper_uem]="${N0[*]} ${PAPER_UEM[*]}"
   [poi_n30_clean]="$(cleaned poi_n30)"
   [poi_n0_clean]="$(cleaned poi_n0)"
@@ -73,12 +81,13 @@ declare -A CLEANS=([poi_n30_clean]=poi_n30 [poi_n0_clean]=poi_n0 [poi_n30_clean_
                    [poi_n30_clean_round3]=poi_n30_clean)
 ORDER=(ce_n0 ce_n30 poi_n30 poi_n30_clean poi_n0 poi_n0_clean poi_n30_paper_uem poi_n0_paper_uem
        poi_n30_clean_oof poi_n30_clean_drop poi_n30_clean_round3
-       poi_n30_lambda2_0.1 poi_n30_distill_warmup5 poi_n30_T1 poi_n30_no_prior poi_n30_no_oim poi_n30_no_uem)
+       poi_n30_lambda2_0.1 poi_n30_distill_warmup5 poi_n30_T1 poi_n30_no_prior poi_n30_no_oim poi_n30_no_uem
+       ce_n10 poi_n10 ce_n20 poi_n20)
 CROSS_FIT="${CROSS_FIT:-5}"  # folds of the out-of-fold audit behind *_clean_oof
 
 [ -f "$DATA/prepared.json" ] || "$POI" prepare ferplus "$RAW" --out "$DATA" --size "${SIZE:-64}"
 if [ -n "${SUBSET:-}" ]; then
-  for rate in 0 0.3; do
+  for rate in 0 0.1 0.2 0.3; do
     file="$PROJECT/labels/train_noise$(python3 -c "print(f'{$rate * 100:.6g}')")_seed0_subset$SUBSET.csv"
     [ -f "$file" ] || "$POI" noise "$DATA" --rate "$rate" --subset "$SUBSET" --out "$file" > /dev/null
   done
