@@ -39,7 +39,7 @@ from poi_cli.core.runtime import select_device, use_bf16
 from poi_cli.data.folds import fold_split_name, stratified_folds
 from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, label_names
 from poi_cli.inference.audit import AuditError, AuditResult, audit_of, audited_labels, objective_inference
-from poi_cli.inference.clean import clean, clean_audit, write_clean
+from poi_cli.inference.clean import FITTED_ADVICE, clean, clean_audit, write_clean
 from poi_cli.inference.evaluate import evaluate, write_reports
 from poi_cli.model.checkpoint import CONFIG_FILE, LAST, load_checkpoint, load_model, resolve_checkpoint
 from poi_cli.model.predictions import predict_split
@@ -55,9 +55,9 @@ CV_COLUMNS = ["fold", "n_train", "n_test", "accuracy", "mean_class_recall", "bes
 RERUN_FREE = ("device", "resume", "fold")
 
 
-def cleaned_labels(run_dir: Path, config: TrainConfig, device: str = "auto") -> tuple[Path, int]:
+def cleaned_labels(run_dir: Path, config: TrainConfig, device: str = "auto") -> tuple[Path, dict]:
     """Audit a finished POI run on the labels it trained on and relabel its suspects; returns
-    the label file and how many labels it changed."""
+    the label file and its summary (labels.json)."""
     out = run_dir / CLEAN_DIR / "labels.csv"
     auto = config.clean_threshold is None  # the default: the fraction chosen on the validation split
     if config.clean_cross_fit:
@@ -69,7 +69,7 @@ def cleaned_labels(run_dir: Path, config: TrainConfig, device: str = "auto") -> 
         result = clean(run_dir, config.data, "relabel", threshold=config.clean_threshold, split=config.train_split,
                        device=device, auto=auto)
     write_clean(result, out)
-    return out, int(result.summary["n_changed"])
+    return out, result.summary
 
 
 def train_rounds(config: TrainConfig, console: Optional[Console] = None,
@@ -81,10 +81,11 @@ def train_rounds(config: TrainConfig, console: Optional[Console] = None,
         raise TrainError("--rounds runs one process: train each round under torchrun, with poi audit and poi clean between")
     runs = [train(config, console)]
     for number in range(2, config.rounds + 1):
-        labels, changed = cleaned_labels(runs[-1], config, config.device)
-        if changed == 0:  # the same labels, seed and options: the round would repeat the last run exactly
+        labels, summary = cleaned_labels(runs[-1], config, config.device)
+        if summary["n_changed"] == 0:  # the same labels, seed and options: the round would repeat the last run exactly
+            why = f"; {FITTED_ADVICE}" if summary.get("auto", {}).get("fitted_training_labels") else ""
             announce(f"round {number}: the audit of {runs[-1].name} changed no label ({labels}); "
-                     f"stopping: {runs[-1].name} is the last round")
+                     f"stopping: {runs[-1].name} is the last round{why}")
             break
         announce(f"round {number}: labels cleaned by {runs[-1].name} -> {labels}")
         following = replace(config, labels=str(labels), noise=0.0, name=f"{config.name}_round{number}", resume=None)

@@ -361,6 +361,11 @@ def clean_summary(summary: dict, relabel: bool, files: Sequence[Any], prepared_d
                           f"{auto['suggestion_agreement_train']:.1%} of the given labels); on {auto['valid_split']} flipped "
                           f"at that rate, relabelling the top {auto['fraction']:.1%} leaves {auto['valid_noise_after']:.1%} "
                           f"wrong (from {auto['valid_noise_before']:.1%})", soft_wrap=True))
+        if auto.get("fitted_training_labels"):
+            from poi_cli.inference.clean import FITTED_ADVICE
+
+            lines.append(Line(f"warning: it agrees with far more of its training labels than it gets right on "
+                              f"{auto['valid_split']}: {FITTED_ADVICE}", soft_wrap=True))
     lines.append(Line(f"{s['n_selected']} of {s['n_images']} images selected, {s['n_changed']} {action}"
                       + (f"; {s['n_not_audited']} images of the split not audited stay out of training (label -1)"
                          if s.get("n_not_audited") else "")))

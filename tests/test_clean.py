@@ -17,7 +17,7 @@ from poi_cli.data.store import PreparedDataset
 from poi_cli.data.noise import flip_labels
 from poi_cli.inference import clean as clean_module
 from poi_cli.inference.clean import (CleanError, auto_fraction, choose_fraction, clean_labels, estimate_noise_rate,
-                                     noise_after_selection, read_audit_csv)
+                                     fitted_training_labels, noise_after_selection, read_audit_csv)
 
 runner = CliRunner()
 SPLITS = {"train": 4, "valid": 1}  # 7 classes: 28 training images
@@ -164,6 +164,53 @@ def test_auto_scores_valid_with_the_fold_models_of_a_cross_fitted_audit(tmp_path
     assert folds["valid_scored_by"] == 2 and [c[0] for c in calls] == ["right", "wrong"]
     assert sum(c[1] for c in calls) == len(valid.labels) == 42 and calls[0][1] == 21  # each image once, halves
     assert folds["suggestion_accuracy_valid"] == pytest.approx(0.5)  # half the images scored by the wrong model
+
+
+def _scripted_objective(model, dataset, data, device):
+    """_objective_of for named fake models: "right" predicts the label, "half" every other one."""
+    predicted = data.labels.copy()
+    if model == "half":
+        predicted[::2] = (predicted[::2] + 1) % 7
+    return np.eye(7)[predicted], np.ones(len(data.labels))
+
+
+def test_auto_warns_when_an_in_sample_audit_comes_from_a_model_that_fitted_its_labels(tmp_path, monkeypatch):
+    """A model that fitted its noisy training labels agrees with them more than it is right
+    on valid; its in-sample audit sees no noise (rho 0: seen at 99.8 % agreement, 41 % valid)."""
+    assert fitted_training_labels(0.998, 0.414) and fitted_training_labels(0.80, 0.69)
+    assert not fitted_training_labels(0.74, 0.69) and not fitted_training_labels(0.78, 0.69)  # margin 0.10
+    prepared = make_prepared(tmp_path / "data", splits={"train": 4, "valid": 6})
+    monkeypatch.setattr(clean_module, "_objective_of", _scripted_objective)
+    table, _ = _fixture_audit(prepared)  # the suggestion agrees with 75 % of the given labels
+    assert not auto_fraction("right", prepared, table)["fitted_training_labels"]  # right on 100 % of valid
+    fitted = auto_fraction("half", prepared, table)  # right on 50 % of valid, agrees with 75 % of its labels
+    assert fitted["fitted_training_labels"] and fitted["estimated_noise_rate"] == 0.0
+    # out of fold no suggestion saw the label it is compared with: no warning
+    assert not auto_fraction("half", prepared, table, fold_models=["half", "half"])["fitted_training_labels"]
+    audit_dir = tmp_path / "audit"
+    audit_dir.mkdir()
+    table.to_csv(audit_dir / "audit.csv", index=False)
+    for model, warned in (("half", True), ("right", False)):
+        (audit_dir / "audit_summary.json").write_text(json.dumps({"checkpoint": model}))
+        result = runner.invoke(app, ["clean", str(audit_dir / "audit.csv"), str(prepared), "--auto",
+                                     "--out", str(tmp_path / f"{model}.csv")])
+        assert result.exit_code == 0, result.output
+        assert ("audit out of fold" in result.output) == warned, result.output
+        saved = json.loads((tmp_path / f"{model}.json").read_text())
+        assert saved["auto"]["fitted_training_labels"] == warned
+
+
+def test_rounds_stopping_on_a_fitted_audit_say_to_audit_out_of_fold(tmp_path, monkeypatch):
+    from poi_cli import pipeline
+
+    prepared = make_prepared(tmp_path / "data", splits=SPLITS)
+    monkeypatch.setattr(pipeline, "cleaned_labels", lambda run_dir, config, device: (
+        run_dir / "clean" / "labels.csv", {"n_changed": 0, "auto": {"fitted_training_labels": True}}))
+    result = runner.invoke(app, ["train", str(prepared), "--noise", "0.3", "--rounds", "2", "--size", "64", "--epochs", "1",
+                                 "--batch", "7", "--amp", "off", "--project", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert "changed no label" in result.output and "--clean-cross-fit 5" in result.output
+    assert not (tmp_path / "runs" / "exp_round2").exists()
 
 
 def test_train_rounds_retrains_on_the_labels_its_own_audit_cleaned(tmp_path, monkeypatch):
