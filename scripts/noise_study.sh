@@ -20,7 +20,7 @@
 # ARCH, SIZE, EPOCHS, LR, LR_STEPS and BATCH override it (a GPU: ARCH=resnet18 SIZE=224
 # EPOCHS=60 LR_STEPS=20,40 BATCH=256 with DATA prepared at 224 px is the paper's).
 # SUBSET=N: a reduced study on a seeded random N of the training images (`poi noise
-# --subset`; the same images at 0 % and 30 %, the 30 % flips those of the shipped file).
+# --subset`; the same images at every rate, flipped as in the shipped file of that rate).
 # THREADS: torch threads per run (two studies side by side on 2 cores: THREADS=1 each).
 # AUGMENT=0: no training augmentation (no flip, shift or colour jitter).
 set -euo pipefail
