@@ -38,43 +38,39 @@ RECIPE=(--arch "${ARCH:-resnet18}" --size "${SIZE:-64}" --epochs "${EPOCHS:-20}"
         --schedule step --lr-steps "${LR_STEPS:-10,15}" --weight-decay 1e-4 --seed "$SEED")
 [ -n "${THREADS:-}" ] && RECIPE+=(--threads "$THREADS")
 [ "${AUGMENT:-1}" = 0 ] && RECIPE+=(--no-augment)  # the memorisation probe (docs/results/ferplus.md)
-N0=()
-N10=(--labels "$NOISE_DIR/ferplus_train_noise10_seed0.csv")
-N20=(--labels "$NOISE_DIR/ferplus_train_noise20_seed0.csv")
-N30=(--labels "$NOISE_DIR/ferplus_train_noise30_seed0.csv")
-if [ -n "${SUBSET:-}" ]; then
-  N0=(--labels "$PROJECT/labels/train_noise0_seed0_subset$SUBSET.csv")
-  N10=(--labels "$PROJECT/labels/train_noise10_seed0_subset$SUBSET.csv")
-  N20=(--labels "$PROJECT/labels/train_noise20_seed0_subset$SUBSET.csv")
-  N30=(--labels "$PROJECT/labels/train_noise30_seed0_subset$SUBSET.csv")
-fi
+NOISE_PERCENTS=(0 10 20 30)  # the shipped seed-0 noise files (0 %: the manifest's labels)
+subset_labels() { echo "$PROJECT/labels/train_noise${1}_seed0_subset$SUBSET.csv"; }  # PERCENT
+noisy() {  # PERCENT: the --labels of the training labels at that noise rate
+  if [ -n "${SUBSET:-}" ]; then echo "--labels $(subset_labels "$1")"
+  elif [ "$1" != 0 ]; then echo "--labels $NOISE_DIR/ferplus_train_noise${1}_seed0.csv"; fi
+}
 PAPER_UEM=(--uem-temperature 3 --uem-scale paper)
 
 cleaned() { echo "--labels $PROJECT/${1}_seed$SEED/clean${2:-}/labels.csv"; }  # _oof: the cross-fitted audit's
 declare -A RUNS=(
-  [ce_n0]="--baseline ${N0[*]}"
-  [ce_n30]="--baseline ${N30[*]}"
-  [poi_n30]="${N30[*]}"
-  [poi_n30_paper_uem]="${N30[*]} ${PAPER_UEM[*]}"
-  [poi_n0]="${N0[*]}"
-  [ce_n10]="--baseline ${N10[*]}"
-  [ce_n20]="--baseline ${N20[*]}"
-  [poi_n10]="${N10[*]}"
-  [poi_n20]="${N20[*]}"
-  [poi_n0_paper_uem]="${N0[*]} ${PAPER_UEM[*]}"
+  [ce_n0]="--baseline $(noisy 0)"
+  [ce_n30]="--baseline $(noisy 30)"
+  [poi_n30]="$(noisy 30)"
+  [poi_n30_paper_uem]="$(noisy 30) ${PAPER_UEM[*]}"
+  [poi_n0]="$(noisy 0)"
+  [ce_n10]="--baseline $(noisy 10)"
+  [ce_n20]="--baseline $(noisy 20)"
+  [poi_n10]="$(noisy 10)"
+  [poi_n20]="$(noisy 20)"
+  [poi_n0_paper_uem]="$(noisy 0) ${PAPER_UEM[*]}"
   [poi_n30_clean]="$(cleaned poi_n30)"
   [poi_n0_clean]="$(cleaned poi_n0)"
   [poi_n30_clean_oof]="$(cleaned poi_n30 _oof)"
   [poi_n30_clean_drop]="$(cleaned poi_n30 _drop)"
   [poi_n30_clean_round3]="$(cleaned poi_n30_clean)"
   # the paper's levers on the 30 % runs (issue 13, section 2), each chosen on valid
-  [poi_n30_lambda2_0.1]="${N30[*]} --lambda-ce-au 0.1"
-  [poi_n30_distill_warmup5]="${N30[*]} --distill-warmup 5"
-  [poi_n30_T1]="${N30[*]} --temperature 1"
+  [poi_n30_lambda2_0.1]="$(noisy 30) --lambda-ce-au 0.1"
+  [poi_n30_distill_warmup5]="$(noisy 30) --distill-warmup 5"
+  [poi_n30_T1]="$(noisy 30) --temperature 1"
   # the Table X ablations at 30 %
-  [poi_n30_no_prior]="${N30[*]} --no-prior"
-  [poi_n30_no_oim]="${N30[*]} --no-oim"
-  [poi_n30_no_uem]="${N30[*]} --no-uem"
+  [poi_n30_no_prior]="$(noisy 30) --no-prior"
+  [poi_n30_no_oim]="$(noisy 30) --no-oim"
+  [poi_n30_no_uem]="$(noisy 30) --no-uem"
 )
 # a *_clean run first audits and cleans the labels of the run it names
 declare -A CLEANS=([poi_n30_clean]=poi_n30 [poi_n0_clean]=poi_n0 [poi_n30_clean_oof]=poi_n30 [poi_n30_clean_drop]=poi_n30
@@ -87,9 +83,10 @@ CROSS_FIT="${CROSS_FIT:-5}"  # folds of the out-of-fold audit behind *_clean_oof
 
 [ -f "$DATA/prepared.json" ] || "$POI" prepare ferplus "$RAW" --out "$DATA" --size "${SIZE:-64}"
 if [ -n "${SUBSET:-}" ]; then
-  for rate in 0 0.1 0.2 0.3; do
-    file="$PROJECT/labels/train_noise$(python3 -c "print(f'{$rate * 100:.6g}')")_seed0_subset$SUBSET.csv"
-    [ -f "$file" ] || "$POI" noise "$DATA" --rate "$rate" --subset "$SUBSET" --out "$file" > /dev/null
+  for percent in "${NOISE_PERCENTS[@]}"; do
+    file="$(subset_labels "$percent")"
+    [ -f "$file" ] || "$POI" noise "$DATA" --rate "$(awk "BEGIN { print $percent / 100 }")" --subset "$SUBSET" \
+      --out "$file" > /dev/null
   done
 fi
 
