@@ -142,6 +142,15 @@ def test_auto_fraction_picks_the_flipped_share_when_the_model_is_right():
     assert chosen["valid_noise_before"] == pytest.approx(flipped.mean()) and chosen["valid_noise_after"] == 0.0
 
 
+def _scripted_objective(model, dataset, data, device):
+    """_objective_of for named fake models: "right" predicts the label, "wrong" the next class,
+    "half" the next class on every other image."""
+    predicted = data.labels.copy()
+    wrong = {"right": slice(0, 0), "wrong": slice(None), "half": slice(None, None, 2)}[model]
+    predicted[wrong] = (predicted[wrong] + 1) % 7
+    return np.eye(7)[predicted], np.ones(len(data.labels))
+
+
 def test_auto_scores_valid_with_the_fold_models_of_a_cross_fitted_audit(tmp_path, monkeypatch):
     """A cross-fitted audit's suggestions come from K fold models: --auto must measure the
     suggestion's valid accuracy with them (each scoring a seeded 1/K of valid), not with the
@@ -150,12 +159,11 @@ def test_auto_scores_valid_with_the_fold_models_of_a_cross_fitted_audit(tmp_path
     valid = PreparedDataset(prepared).split("valid")
     calls = []
 
-    def one_hot_objective(model, dataset, data, device):  # "right" predicts the label, "wrong" the next class
+    def recorded_objective(model, dataset, data, device):
         calls.append((model, len(data.labels)))
-        predicted = data.labels if model == "right" else (data.labels + 1) % 7
-        return np.eye(7)[predicted], np.ones(len(data.labels))
+        return _scripted_objective(model, dataset, data, device)
 
-    monkeypatch.setattr(clean_module, "_objective_of", one_hot_objective)
+    monkeypatch.setattr(clean_module, "_objective_of", recorded_objective)
     table = pd.DataFrame({"given_label": [0, 1, 2, 3], "suggested_label": [0, 1, 2, 3]})
     alone = auto_fraction("right", prepared, table)
     assert alone["suggestion_accuracy_valid"] == 1.0 and alone["valid_scored_by"] == 1
@@ -164,14 +172,6 @@ def test_auto_scores_valid_with_the_fold_models_of_a_cross_fitted_audit(tmp_path
     assert folds["valid_scored_by"] == 2 and [c[0] for c in calls] == ["right", "wrong"]
     assert sum(c[1] for c in calls) == len(valid.labels) == 42 and calls[0][1] == 21  # each image once, halves
     assert folds["suggestion_accuracy_valid"] == pytest.approx(0.5)  # half the images scored by the wrong model
-
-
-def _scripted_objective(model, dataset, data, device):
-    """_objective_of for named fake models: "right" predicts the label, "half" every other one."""
-    predicted = data.labels.copy()
-    if model == "half":
-        predicted[::2] = (predicted[::2] + 1) % 7
-    return np.eye(7)[predicted], np.ones(len(data.labels))
 
 
 def test_auto_warns_when_an_in_sample_audit_comes_from_a_model_that_fitted_its_labels(tmp_path, monkeypatch):
