@@ -115,6 +115,29 @@ def test_eq11_distillation_known_value_direction_and_beta():
     assert value.item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_teacher_distillation_known_value_direction_and_temperature():
+    # teacher p = [3/4, 1/4] at T; student z = [0, 0] -> q~ = [1/2, 1/2]:
+    # KL(p || q~) = 3/4 ln(3/2) + 1/4 ln(1/2) = 0.130812; the reversed KL(q~ || p) is 0.143841.
+    teacher = torch.tensor([[0.75, 0.25]]).log()
+    value = losses.loss_kl_teacher(teacher, torch.zeros(1, 2), T).item()
+    assert value == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5), rel=1e-6)
+    assert abs(value - (0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(2.0))) > 1e-2
+    # z / T = [ln 3, 0] gives q~ = p exactly: zero only if the student is divided by T
+    assert losses.loss_kl_teacher(teacher, torch.tensor([[T * LN3, 0.0]]), T).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_total_loss_adds_the_teacher_term_with_t_squared_and_its_weight():
+    output = POIOutput(trn_logits=torch.zeros(1, 2), temperature=T)  # a baseline: CE + the teacher only
+    labels = torch.tensor([0])
+    teacher = torch.tensor([[0.75, 0.25]]).log()
+    without, terms = losses.total_loss(output, labels, losses.LossConfig(teacher_weight=0.5))
+    assert "kl_teacher" not in terms and without.item() == pytest.approx(LN2, rel=1e-6)
+    total, terms = losses.total_loss(output, labels, losses.LossConfig(teacher_weight=0.5), teacher_log_probs=teacher)
+    kl = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    assert terms["kl_teacher"].item() == pytest.approx(kl, rel=1e-6)
+    assert total.item() == pytest.approx(LN2 + 0.5 * T * T * kl, rel=1e-6)
+
+
 def test_eq10_consistency_known_value_and_extremes():
     # T = 1: p_n = softmax(t_n) on logits [0, ln 3] / [ln 3, 0] -> [1/4, 3/4] twice, [3/4, 1/4] twice;
     # var_c = 1/16 for both classes, sum 1/8; unit scale: w = 1 - 4/3 * 1/8 = 5/6.

@@ -1,7 +1,8 @@
 """POI losses, one function per equation (paper Eq. 4-12, typos fixed per POI_SPEC section 4).
 
 Each function is named after its term: the names of results.csv's columns (loss_au,
-loss_ce_au, loss_kl_au, loss_ce_tar, loss_kl_tar) and of the lambdas of Eq. 12.
+loss_ce_au, loss_kl_au, loss_ce_tar, loss_kl_tar) and of the lambdas of Eq. 12;
+loss_kl_teacher (--teacher) is beyond the paper.
 Shapes: B images, N = 4 regions, C classes. `labels` are the annotated (possibly noisy)
 class indices. Every KL here is KL(p || q) = sum_c p_c log(p_c / q_c) >= 0. The PIN's
 outputs (p~_n of Eq. 6, p~* of Eq. 7, w of Eq. 10, beta) come from model/network.py.
@@ -10,6 +11,7 @@ outputs (p~_n of Eq. 6, p~* of Eq. 7, w of Eq. 10, beta) come from model/network
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,7 @@ class LossConfig:
     lambda_ce_tar: float = 1.0  # lambda_3
     au_eps: float = 0.1  # eps of the AU pseudo-labels
     use_uem: bool = True  # False: "without UEM", beta = 1 for every image
+    teacher_weight: float = 1.0  # weight of L_KL_teacher (--teacher; beyond the paper)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,9 +95,20 @@ def loss_kl_tar(region_logits: torch.Tensor, trn_logits: torch.Tensor, beta: tor
     return (beta[:, None] * per_region).mean()
 
 
-def total_loss(output: POIOutput, labels: torch.Tensor, config: LossConfig,
-               distill: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Eq. 12: lambda_1 L_AU + lambda_2 L_CE_au + lambda_3 L_CE_tar + T^2 (L_KL_au + distill L_KL_tar).
+def loss_kl_teacher(teacher_log_probs: torch.Tensor, trn_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """L_KL_teacher (beyond the paper, --teacher): mean over images of KL(p_teacher || q~), q~ = softmax(z / T).
+
+    Eq. 11's form with a frozen teacher in place of the run's own PIN: a model trained
+    before (the previous cleaning round) teaches the TRN. `teacher_log_probs` are already
+    at T and carry no gradient.
+    """
+    return kl_divergence(teacher_log_probs, tempered_log_probs(trn_logits, temperature)).mean()
+
+
+def total_loss(output: POIOutput, labels: torch.Tensor, config: LossConfig, distill: float = 1.0,
+               teacher_log_probs: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Eq. 12: lambda_1 L_AU + lambda_2 L_CE_au + lambda_3 L_CE_tar + T^2 (L_KL_au + distill L_KL_tar),
+    plus T^2 teacher_weight L_KL_teacher when a teacher's log-probabilities at T are given.
 
     Terms that an ablation removes are absent from the dict (and from the sum). `distill`
     scales the PIN -> TRN distillation (Eq. 11) only: 0 during a distillation warm-up
@@ -119,5 +133,9 @@ def total_loss(output: POIOutput, labels: torch.Tensor, config: LossConfig,
         terms["kl_tar"] = loss_kl_tar(output.region_logits, output.trn_logits, beta, t)
         total = total + distill * t * t * terms["kl_tar"]
         terms["w_mean"] = w.mean()
+    if teacher_log_probs is not None:  # T^2 as in Hinton et al.'s distillation and Eq. 12
+        t = output.temperature
+        terms["kl_teacher"] = loss_kl_teacher(teacher_log_probs, output.trn_logits, t)
+        total = total + config.teacher_weight * t * t * terms["kl_teacher"]
     terms["total"] = total
     return total, {name: value.detach() for name, value in terms.items()}

@@ -80,6 +80,10 @@ class TrainConfig:
     use_uem: bool = option(True, LOSS, "Ablation: beta = 1 for every image.", "--no-uem", invert=True)
     distill_warmup: int = option(0, LOSS, "Epochs before the PIN starts teaching the TRN: L_KL_tar (Eq. 11) left out of "
                                           "Eq. 12 until then (a lever the paper allows; 0: the paper's Eq. 12 throughout).")
+    teacher: Optional[str] = option(None, LOSS, "Also distil from this run folder or checkpoint (beyond the paper: e.g. the "
+                                                "previous cleaning round): its PIN's objective inference p~* at T teaches the "
+                                                "TRN as in Eq. 11, weighted T^2 x --teacher-weight.", path=True)
+    teacher_weight: float = option(1.0, LOSS, "Weight of the --teacher distillation.")
 
     # optimisation (Sec. IV-B)
     epochs: int = option(60, OPTIMISER, "Epochs.")
@@ -161,6 +165,7 @@ class TrainConfig:
             (0.0 <= self.val_fraction < 1.0, f"--val-fraction must lie in [0, 1), got {self.val_fraction}"),
             (self.val_split != "test", "--val-split test: models are never selected on the test split (use valid/val or --val-fraction)"),
             (self.distill_warmup >= 0, f"--distill-warmup must be >= 0, got {self.distill_warmup}"),
+            (self.teacher_weight >= 0, f"--teacher-weight must be >= 0, got {self.teacher_weight}"),
             (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
             (all(s > 0 for s in self.lr_steps), f"--lr-steps must be positive epochs, got {self.lr_steps}"),
             (not (self.pretrained and self.fine_tune), "--pretrained and --fine-tune exclude each other"),

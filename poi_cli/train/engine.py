@@ -8,7 +8,7 @@ batches and augmentation being functions of (seed, epoch), continues as if never
 
 The Trainer is the loop; the rest lives beside it: data (training labels, label noise,
 validation split or hold-out), run_folder (the folder, its files, resume and repair),
-finetune (starting from another checkpoint), meters (per-epoch metrics by name).
+finetune (starting from another checkpoint), teacher (--teacher), meters (per-epoch metrics by name).
 Callbacks (`Trainer(config, callbacks=[...])`) are called at every step: a test uses one
 to stop a run in the middle of an epoch.
 
@@ -50,6 +50,7 @@ from poi_cli.train.config import TrainConfig, TrainError
 from poi_cli.train.data import TrainingData, select_data
 from poi_cli.train.finetune import load_fine_tune
 from poi_cli.train.meters import EpochMeters
+from poi_cli.train.teacher import Teacher
 from poi_cli.train.run_folder import RESULT_COLUMNS, RunFolder, resume_config, rng_state, set_rng_state
 
 __all__ = ["Callback", "RESULT_COLUMNS", "TrainError", "Trainer", "learning_rate", "train"]
@@ -160,6 +161,7 @@ class Trainer:
         if c.fine_tune and not self.resume_checkpoint:
             self.log(load_fine_tune(model, c.fine_tune, self.classes))
         model.to(device)
+        self.teacher = Teacher(c.teacher, self.classes, self.preprocessing, device) if c.teacher else None
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         if c.sync_bn and self.ctx.distributed and device.type == "cuda":
@@ -253,6 +255,8 @@ class Trainer:
         if self.data.noise_realised is not None:
             asked = f"{c.noise:.0%} requested (seed {c.noise_seed})" if c.noise else f"labels from {c.labels}"
             self.log(f"label noise: {asked}, {self.data.noise_realised:.2%} of the training labels differ from the clean ones")
+        if self.teacher is not None:
+            self.log(f"teacher: {c.teacher} (its objective inference teaches the TRN, weight T^2 x {c.teacher_weight})")
         if self.start_epoch:
             self.log(f"resuming at epoch {self.start_epoch + 1}/{c.epochs}")
 
@@ -298,8 +302,9 @@ class Trainer:
             group["lr"] = lr
         with autocast(self.ctx.device, self.amp):
             output = self.forward(x)
+            teacher = None if self.teacher is None else self.teacher.log_probs(x, self.model_config.temperature)
         output = float_output(output)
-        loss, terms = total_loss(output, labels, self.loss_config, distill)
+        loss, terms = total_loss(output, labels, self.loss_config, distill, teacher)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from poi_cli.core.metrics import roc_auc
 
-LOSS_TERMS = ("total", "ce_tar", "ce_au", "au", "kl_au", "kl_tar", "w_mean")
+LOSS_TERMS = ("total", "ce_tar", "ce_au", "au", "kl_au", "kl_tar", "kl_teacher", "w_mean")
 # What label noise does to training, per epoch (issue 13): train_acc_flipped is the
 # accuracy against the given (wrong) label on the flipped images, i.e. how much of the
 # noise the TRN has memorised; beta_* describe the UEM's weight of Eq. 11 over the epoch:

@@ -1,0 +1,50 @@
+"""A frozen teacher for `poi train --teacher RUN` (beyond the paper).
+
+The paper's PIN teaches the TRN of the same network (Eq. 11), but both fit the same noisy
+labels, so on FERPlus they agree and the distillation moves nothing
+(docs/results/ferplus.md). A teacher trained before, e.g. the first round of `--rounds`,
+is a second opinion that did not co-adapt with the student: its objective inference p~*
+(Eq. 7, at the student's T; its TRN's softmax(z / T) for a model without the OIM) on each
+training batch is the target of loss_kl_teacher. May import torch and poi_cli.model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Sequence
+
+import torch
+
+from poi_cli.core.errors import PoiError
+from poi_cli.data.preprocess import Preprocessing
+from poi_cli.model.checkpoint import CheckpointInfo, load_model
+from poi_cli.model.network import intermediate_log_probs, tempered_log_probs
+from poi_cli.train.config import TrainError
+
+
+class Teacher:
+    """The frozen model of a run folder or checkpoint, checked to see the student's input and classes."""
+
+    def __init__(self, path: str, classes: Sequence[str], preprocessing: Preprocessing, device: torch.device) -> None:
+        try:
+            model, checkpoint = load_model(path, device)
+        except PoiError as error:
+            raise TrainError(f"--teacher: {error}") from None
+        info = CheckpointInfo.of(checkpoint)
+        if list(info.classes) != list(classes):
+            raise TrainError(f"--teacher: {path} predicts {', '.join(info.classes)}; this run trains {', '.join(classes)}")
+        if info.preprocessing != preprocessing:
+            theirs, ours = asdict(info.preprocessing), asdict(preprocessing)
+            differ = ", ".join(f"{key} {theirs[key]} (this run: {ours[key]})" for key in ours if theirs.get(key) != ours[key])
+            raise TrainError(f"--teacher: {path} was trained on other input: {differ}")
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        self.model, self.path = model, path
+
+    @torch.no_grad()
+    def log_probs(self, x: torch.Tensor, temperature: float) -> torch.Tensor:
+        """log p~* of the teacher at `temperature` for the batch x, (B, C), float32, no gradient."""
+        output = self.model(x)
+        if output.region_logits is not None and output.gate_weights is not None:
+            return intermediate_log_probs(output.region_logits, output.gate_weights, temperature)
+        return tempered_log_probs(output.trn_logits, temperature)
