@@ -1,0 +1,72 @@
+"""`poi train --teacher RUN`: a frozen earlier model's objective inference teaches the TRN."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import make_prepared
+from poi_cli.cli import app
+from poi_cli.model.checkpoint import CheckpointInfo, load_model
+from poi_cli.model.network import intermediate_log_probs, tempered_log_probs
+from poi_cli.train.config import TrainError
+from poi_cli.train.engine import train
+from poi_cli.train.teacher import Teacher
+from test_train import tiny_config
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_teacher_is_learned_from_and_left_unchanged(tmp_path):
+    data = make_prepared(tmp_path / "data", splits={"train": 2, "valid": 1})
+    first = train(tiny_config(data, tmp_path / "runs", epochs=1, name="first"))
+    before = _digest(first / "best.pt")
+    # the student learns from the teacher alone (lambda_3 = 0, no PIN), on one fixed batch
+    student = train(tiny_config(data, tmp_path / "runs", epochs=6, batch=14, lr=0.05, augment=False, use_pin=False,
+                                lambda_ce_tar=0.0, teacher=str(first), teacher_weight=1.0, name="student"))
+    results = pd.read_csv(student / "results.csv")
+    assert results["loss_kl_teacher"].notna().all()
+    assert results["loss_kl_teacher"].iloc[-1] < 0.5 * results["loss_kl_teacher"].iloc[0]  # it moves onto the teacher
+    assert _digest(first / "best.pt") == before
+    plain = train(tiny_config(data, tmp_path / "runs", epochs=1, name="plain"))
+    assert pd.read_csv(plain / "results.csv")["loss_kl_teacher"].isna().all()
+
+
+@pytest.mark.parametrize("kind", ["poi", "baseline"])
+def test_teacher_targets_are_its_objective_inference_at_t(tmp_path, kind):
+    data = make_prepared(tmp_path / "data", splits={"train": 1, "valid": 1})
+    run = train(tiny_config(data, tmp_path / "runs", epochs=1, use_pin=kind == "poi"))
+    model, checkpoint = load_model(run)
+    info = CheckpointInfo.of(checkpoint)
+    teacher = Teacher(str(run), list(info.classes), info.preprocessing, torch.device("cpu"))
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        output = model(x)
+    expected = (intermediate_log_probs(output.region_logits, output.gate_weights, 2.0) if kind == "poi"
+                else tempered_log_probs(output.trn_logits, 2.0))
+    assert torch.allclose(teacher.log_probs(x, 2.0), expected, atol=1e-6)
+    assert not teacher.log_probs(x, 2.0).requires_grad
+
+
+def test_a_teacher_that_sees_other_input_or_classes_is_refused(tmp_path):
+    data = make_prepared(tmp_path / "data", splits={"train": 1, "valid": 1})
+    run = train(tiny_config(data, tmp_path / "runs", epochs=1, use_pin=False))
+    with pytest.raises(TrainError, match="--teacher: .* trained on other input: input_size 64 \\(this run: 96\\)"):
+        train(tiny_config(data, tmp_path / "runs", epochs=1, input_size=96, teacher=str(run), name="bigger"))
+    eight = make_prepared(tmp_path / "eight", num_classes=8, splits={"train": 1, "valid": 1})
+    with pytest.raises(TrainError, match="--teacher: .* predicts .*; this run trains .*contempt"):
+        train(tiny_config(eight, tmp_path / "runs", epochs=1, teacher=str(run), name="eight"))
+
+
+def test_cli_teacher_that_does_not_exist_is_one_line(tmp_path):
+    data = make_prepared(tmp_path / "data", splits={"train": 1, "valid": 1})
+    result = CliRunner().invoke(app, ["train", str(data), "--size", "64", "--epochs", "1", "--batch", "7",
+                                      "--project", str(tmp_path / "runs"), "--teacher", str(tmp_path / "missing")])
+    assert result.exit_code != 0
+    assert "--teacher" in result.output and "missing" in result.output and "Traceback" not in result.output
