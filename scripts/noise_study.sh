@@ -7,7 +7,9 @@
 # same with the out-of-fold audit, `poi audit --cross-fit $CROSS_FIT`; *_clean_drop: the
 # images the relabelling selected left out instead, `poi clean --drop`; poi_n30_clean_round3:
 # a second cleaning, of poi_n30_clean's own labels, and a third training; poi_n30_clean_teacher:
-# poi_n30_clean's labels with poi_n30 as a frozen teacher, `poi train --teacher`), then the levers
+# poi_n30_clean's labels with poi_n30 as a frozen teacher, `poi train --teacher`; poi_n30_oracle_drop:
+# an analysis with the known flips, the 30 % labels without their flipped images, i.e. what a
+# perfect `poi clean --drop` would train on), then the levers
 # the paper allows at 30 % (lambda_2 0.1, --distill-warmup 5, T = 1), the Table X
 # ablations at 30 %, and cross-entropy and POI at 10 % and 20 %.
 #
@@ -45,6 +47,7 @@ noisy() {  # PERCENT: the --labels of the training labels at that noise rate
   if [ -n "${SUBSET:-}" ]; then echo "--labels $(subset_labels "$1")"
   elif [ "$1" != 0 ]; then echo "--labels $NOISE_DIR/ferplus_train_noise${1}_seed0.csv"; fi
 }
+oracle_drop() { echo "$PROJECT/labels/train_noise${1}_seed0${SUBSET:+_subset$SUBSET}_oracle_drop.csv"; }  # PERCENT
 PAPER_UEM=(--uem-temperature 3 --uem-scale paper)
 
 cleaned() { echo "--labels $PROJECT/${1}_seed$SEED/clean${2:-}/labels.csv"; }  # _oof: the cross-fitted audit's
@@ -65,6 +68,7 @@ declare -A RUNS=(
   [poi_n30_clean_drop]="$(cleaned poi_n30 _drop)"
   [poi_n30_clean_round3]="$(cleaned poi_n30_clean)"
   [poi_n30_clean_teacher]="$(cleaned poi_n30) --teacher $PROJECT/poi_n30_seed$SEED"
+  [poi_n30_oracle_drop]="--labels $(oracle_drop 30)"
   # the paper's levers on the 30 % runs (issue 13, section 2), each chosen on valid
   [poi_n30_lambda2_0.1]="$(noisy 30) --lambda-ce-au 0.1"
   [poi_n30_distill_warmup5]="$(noisy 30) --distill-warmup 5"
@@ -78,7 +82,7 @@ declare -A RUNS=(
 declare -A CLEANS=([poi_n30_clean]=poi_n30 [poi_n0_clean]=poi_n0 [poi_n30_clean_oof]=poi_n30 [poi_n30_clean_drop]=poi_n30
                    [poi_n30_clean_round3]=poi_n30_clean [poi_n30_clean_teacher]=poi_n30)
 ORDER=(ce_n0 ce_n30 poi_n30 poi_n30_clean poi_n0 poi_n0_clean poi_n30_paper_uem poi_n0_paper_uem
-       poi_n30_clean_oof poi_n30_clean_drop poi_n30_clean_round3 poi_n30_clean_teacher
+       poi_n30_clean_oof poi_n30_clean_drop poi_n30_clean_round3 poi_n30_clean_teacher poi_n30_oracle_drop
        poi_n30_lambda2_0.1 poi_n30_distill_warmup5 poi_n30_T1 poi_n30_no_prior poi_n30_no_oim poi_n30_no_uem
        ce_n10 poi_n10 ce_n20 poi_n20)
 CROSS_FIT="${CROSS_FIT:-5}"  # folds of the out-of-fold audit behind *_clean_oof
@@ -91,6 +95,25 @@ if [ -n "${SUBSET:-}" ]; then
       --out "$file" > /dev/null
   done
 fi
+
+mkdir -p "$PROJECT/labels"
+for percent in "${NOISE_PERCENTS[@]:1}"; do  # the oracle_drop label files: the noisy file without its flipped images
+  noisy_file="$(noisy "$percent")"; noisy_file="${noisy_file#--labels }"
+  [ -f "$(oracle_drop "$percent")" ] || python3 - "$noisy_file" "$(oracle_drop "$percent")" "$DATA/manifest.csv" <<'PY'
+import csv, sys
+with open(sys.argv[1], newline="") as f:
+    rows = list(csv.DictReader(f))
+with open(sys.argv[3], newline="") as f:  # the clean labels where the file does not carry them (the shipped files)
+    clean = {row["id"]: row["label"] for row in csv.DictReader(f)}
+for row in rows:
+    if row["label"] != "-1" and row["label"] != row.get("clean_label", clean[row["id"]]):
+        row.update({"label": "-1", **({"label_name": ""} if "label_name" in row else {})})
+with open(sys.argv[2], "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+PY
+done
 
 json_field() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }  # FILE KEY
 
