@@ -5,7 +5,8 @@ training labels audited by its PIN (poi audit), the suspects relabelled to the P
 suggestion (poi clean), and a new run trained from scratch on the cleaned labels. Each
 round is an ordinary run folder (NAME, NAME_round2, ...); the cleaned label file and its
 summary sit in the previous round's folder, under clean/. A cleaning that changes no
-label ends the rounds (the next would repeat the last run).
+label ends the rounds (the next would repeat the last run). With `--rounds-teacher` each
+later round also learns from the round before it (`--teacher`, train/teacher.py).
 
 `cross_fit_audit` (`poi audit RUN PREPARED --cross-fit K`, `poi train --rounds 2
 --clean-cross-fit K`): the audit scored out of sample, as confident learning (cleanlab)
@@ -88,7 +89,8 @@ def train_rounds(config: TrainConfig, console: Optional[Console] = None,
                      f"stopping: {runs[-1].name} is the last round{why}")
             break
         announce(f"round {number}: labels cleaned by {runs[-1].name} -> {labels}")
-        following = replace(config, labels=str(labels), noise=0.0, name=f"{config.name}_round{number}", resume=None)
+        following = replace(config, labels=str(labels), noise=0.0, name=f"{config.name}_round{number}", resume=None,
+                            teacher=str(runs[-1]) if config.rounds_teacher else config.teacher)
         runs.append(train(following, console))
     return runs
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pandas as pd
 import pytest
@@ -70,3 +71,17 @@ def test_cli_teacher_that_does_not_exist_is_one_line(tmp_path):
                                       "--project", str(tmp_path / "runs"), "--teacher", str(tmp_path / "missing")])
     assert result.exit_code != 0
     assert "--teacher" in result.output and "missing" in result.output and "Traceback" not in result.output
+
+
+def test_rounds_teacher_teaches_round_two_with_round_one(tmp_path):
+    data = make_prepared(tmp_path / "data", splits={"train": 2, "valid": 1})
+    project = tmp_path / "runs"
+    common = ["--size", "64", "--epochs", "1", "--batch", "7", "--amp", "off", "--project", str(project)]
+    result = CliRunner().invoke(app, ["train", str(data), "--noise", "0.3", "--rounds", "2", "--rounds-teacher",
+                                      "--clean-threshold", "0.05", *common])
+    assert result.exit_code == 0, result.output
+    first, second = (json.loads((project / name / "config.json").read_text()) for name in ("exp", "exp_round2"))
+    assert first["teacher"] is None and second["teacher"] == str((project / "exp").resolve())
+    assert pd.read_csv(project / "exp_round2" / "results.csv")["loss_kl_teacher"].notna().all()
+    alone = CliRunner().invoke(app, ["train", str(data), "--rounds-teacher", *common])
+    assert alone.exit_code == 1 and "--rounds-teacher needs --rounds 2" in alone.output

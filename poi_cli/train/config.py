@@ -114,6 +114,8 @@ class TrainConfig:
     clean_threshold: Optional[float] = option(None, DATA, "With --rounds 2 or more: relabel images whose audit suspicion is at "
                                                           "least this (default: the fraction `poi clean --auto` chooses on "
                                                           "the validation split).")
+    rounds_teacher: bool = option(False, DATA, "With --rounds 2 or more: each later round also learns from the round "
+                                               "before it, as --teacher (its objective inference teaches the TRN).")
     clean_cross_fit: int = option(0, DATA, "With --rounds 2 or more: score the audit out of fold with this many cross-fitted "
                                            "models (K extra trainings, as confident learning does); 0: the run's own in-sample audit.")
     fold: Optional[str] = option(None, DATA, "Cross-validation on a store with folds (CK+): train on every fold but K and keep "
@@ -153,6 +155,7 @@ class TrainConfig:
             (self.channels_last in SWITCHES, f"--channels-last must be one of {', '.join(SWITCHES)}, got {self.channels_last!r}"),
             (0.0 <= self.noise <= 1.0, f"--noise must lie in [0, 1], got {self.noise}"),
             (self.rounds >= 1, f"--rounds must be at least 1, got {self.rounds}"),
+            (not self.rounds_teacher or self.rounds >= 2, "--rounds-teacher needs --rounds 2 or more"),
             (self.clean_cross_fit == 0 or self.clean_cross_fit >= 2, f"--clean-cross-fit must be 0 or at least 2, got {self.clean_cross_fit}"),
             (self.fold is None or self.fold == ALL_FOLDS or (self.fold.isdigit()),
              f"--fold must be a fold number or '{ALL_FOLDS}', got {self.fold!r}"),
