@@ -84,7 +84,8 @@ declare -A CLEANS=([poi_n30_clean]=poi_n30 [poi_n0_clean]=poi_n0 [poi_n30_clean_
                    [poi_n30_clean_round3]=poi_n30_clean [poi_n30_clean_teacher]=poi_n30
                    [poi_n30_clean_teacher3]=poi_n30)
 ORDER=(ce_n0 ce_n30 poi_n30 poi_n30_clean poi_n0 poi_n0_clean poi_n30_paper_uem poi_n0_paper_uem
-       poi_n30_clean_oof poi_n30_clean_drop poi_n30_clean_round3 poi_n30_clean_teacher poi_n30_clean_teacher3 poi_n30_oracle_drop
+       poi_n30_clean_oof poi_n30_clean_drop poi_n30_clean_round3
+       poi_n30_clean_teacher poi_n30_clean_teacher3 poi_n30_oracle_drop
        poi_n30_lambda2_0.1 poi_n30_distill_warmup5 poi_n30_T1 poi_n30_no_prior poi_n30_no_oim poi_n30_no_uem
        ce_n10 poi_n10 ce_n20 poi_n20)
 CROSS_FIT="${CROSS_FIT:-5}"  # folds of the out-of-fold audit behind *_clean_oof

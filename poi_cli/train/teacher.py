@@ -39,7 +39,7 @@ class Teacher:
             raise TrainError(f"--teacher: {path} was trained on other input: {differ}")
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-        self.model, self.path = model, path
+        self.model = model
 
     @torch.no_grad()
     def log_probs(self, x: torch.Tensor, temperature: float) -> torch.Tensor:
