@@ -32,6 +32,7 @@ RAW="${RAW:-../shared/datasets/ferplus}"
 DATA="${DATA:-prepared/ferplus64}"
 PROJECT="${PROJECT:-runs/noise_study}"
 POI="${POI:-.venv/bin/poi}"
+PYTHON="${PYTHON:-.venv/bin/python}"  # the project's Python (scripts/oracle_drop_labels.py imports poi_cli)
 # cleaning: the fraction `poi clean --auto` chooses on valid (the default of `poi train --rounds`), or CLEAN_THRESHOLD=X
 CLEAN_SELECT=(--auto)
 [ -n "${CLEAN_THRESHOLD:-}" ] && CLEAN_SELECT=(--threshold "$CLEAN_THRESHOLD")
@@ -79,6 +80,8 @@ declare -A RUNS=(
   [poi_n30_no_oim]="$(noisy 30) --no-oim"
   [poi_n30_no_uem]="$(noisy 30) --no-uem"
 )
+# an *_oracle_drop run trains on the noisy labels of that rate without their flipped images
+declare -A ORACLES=([poi_n30_oracle_drop]=30)
 # a *_clean run first audits and cleans the labels of the run it names
 declare -A CLEANS=([poi_n30_clean]=poi_n30 [poi_n0_clean]=poi_n0 [poi_n30_clean_oof]=poi_n30 [poi_n30_clean_drop]=poi_n30
                    [poi_n30_clean_round3]=poi_n30_clean [poi_n30_clean_teacher]=poi_n30
@@ -98,25 +101,6 @@ if [ -n "${SUBSET:-}" ]; then
       --out "$file" > /dev/null
   done
 fi
-
-mkdir -p "$PROJECT/labels"
-for percent in "${NOISE_PERCENTS[@]:1}"; do  # the oracle_drop label files: the noisy file without its flipped images
-  noisy_file="$(noisy "$percent")"; noisy_file="${noisy_file#--labels }"
-  [ -f "$(oracle_drop "$percent")" ] || python3 - "$noisy_file" "$(oracle_drop "$percent")" "$DATA/manifest.csv" <<'PY'
-import csv, sys
-with open(sys.argv[1], newline="") as f:
-    rows = list(csv.DictReader(f))
-with open(sys.argv[3], newline="") as f:  # the clean labels where the file does not carry them (the shipped files)
-    clean = {row["id"]: row["label"] for row in csv.DictReader(f)}
-for row in rows:
-    if row["label"] != "-1" and row["label"] != row.get("clean_label", clean[row["id"]]):
-        row.update({"label": "-1", **({"label_name": ""} if "label_name" in row else {})})
-with open(sys.argv[2], "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-PY
-done
 
 json_field() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }  # FILE KEY
 
@@ -143,6 +127,11 @@ run() {  # train unless finished (resume when killed), then evaluate on valid
       echo "$name: the cleaning changed no label ($summary): training it would repeat ${CLEANS[$name]}, skipped"
       return
     fi
+  fi
+  if [ -n "${ORACLES[$name]:-}" ] && [ ! -f "$(oracle_drop "${ORACLES[$name]}")" ]; then
+    local noisy_file; noisy_file="$(noisy "${ORACLES[$name]}")"
+    mkdir -p "$PROJECT/labels"
+    "$PYTHON" scripts/oracle_drop_labels.py "$DATA" "${noisy_file#--labels }" "$(oracle_drop "${ORACLES[$name]}")"
   fi
   if [ -f "$dir/last.pt" ]; then
     "$POI" train --resume "$dir" ${THREADS:+--threads "$THREADS"} || true  # "already finished" is fine
