@@ -100,16 +100,16 @@ class Trainer:
             config, self.resume_checkpoint = resume_config(config)
         self.config = config
         self.data: TrainingData = select_data(config)
-        self.run = RunFolder.create(config, self.ctx)
         config.resolve_paths()  # absolute: resume works from anywhere
         self.amp = use_bf16(config.amp, self.ctx.device)
         self.channels_last = config.channels_last == "on" or (config.channels_last == "auto" and self.ctx.device.type == "cuda")
-        self.resolved = self._resolved()
         self.preprocessing = self.dataset.preprocessing.for_model(config.input_size)
+        self._build_model()  # before the run folder: a bad --pretrained, --fine-tune or --teacher leaves none behind
+        self.run = RunFolder.create(config, self.ctx)
+        self.resolved = self._resolved()
         self.run.write_config(config, self.resolved)
         if self.data.held_out:
             self.run.write_heldout(self.data.val.ids)
-        self._build_model()
 
     def _print(self, message: str) -> None:
         self.console.print(message, soft_wrap=True, highlight=False)  # one log line stays one line
@@ -164,6 +164,8 @@ class Trainer:
         self.teacher = Teacher(c.teacher, self.classes, self.preprocessing, device) if c.teacher else None
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+            if self.teacher is not None:
+                self.teacher.model.to(memory_format=torch.channels_last)
         if c.sync_bn and self.ctx.distributed and device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model  # the plain module: saved, evaluated
