@@ -4,6 +4,7 @@ TrainConfig, results.csv with the engine's columns, best.pt a random 64 px model
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
@@ -13,21 +14,23 @@ from typer.testing import CliRunner
 
 from poi_cli.model.checkpoint import save_checkpoint
 from poi_cli.cli import app
-from poi_cli.train.config import TrainConfig
+from poi_cli.train.config import AUGMENTATION, LOSS, MODEL, OPTIMISER, TrainConfig
 from poi_cli.train.engine import RESULT_COLUMNS
 from poi_cli.core.manifests import class_names
 from poi_cli.model.network import ModelConfig, POIModel
-from poi_cli.inference.report import CALIBRATION_COLUMNS, build_report
+from poi_cli.inference.report import CALIBRATION_COLUMNS, SWITCHES, build_report, recipe_of
 
 runner = CliRunner()
 
 
 def make_run(folder: Path, epochs: dict[int, float], noise: float = 0.0, use_pin: bool = True, planned: int = 4,
-             seed: int = 0) -> Path:
-    """A run folder: config.json, results.csv with val_acc per listed epoch, best.pt."""
+             seed: int = 0, realised: float | None = None, **options) -> Path:
+    """A run folder: config.json, results.csv with val_acc per listed epoch, best.pt;
+    options: other TrainConfig fields."""
     folder.mkdir(parents=True)
-    config = TrainConfig(input_size=64, epochs=planned, noise=noise, use_pin=use_pin, seed=seed).to_dict()
-    config["resolved"] = {"classes": list(class_names(7)), "noise_realised_rate": noise * 0.95}
+    config = TrainConfig(input_size=64, epochs=planned, noise=noise, use_pin=use_pin, seed=seed, **options).to_dict()
+    config["resolved"] = {"classes": list(class_names(7)),
+                          "noise_realised_rate": noise * 0.95 if realised is None else realised}
     (folder / "config.json").write_text(json.dumps(config))
     rows = [{column: None for column in RESULT_COLUMNS} | {"epoch": e, "loss_total": 2.0 / e, "loss_ce_tar": 1.5 / e,
              "train_acc": 0.2 * e, "val_acc": acc, "lr": 0.1} for e, acc in epochs.items()]
@@ -73,7 +76,7 @@ def test_report_on_two_runs_writes_tables_and_curves(runs, tmp_path):
     assert by_noise.loc["POI", "noise 20%"] == pytest.approx(0.55)
     assert by_noise.loc["baseline", "noise 20%"] == pytest.approx(0.40)
     markdown = (out / "report.md").read_text()
-    assert "| poi20 | POI | 20.00 |" in markdown and "55.00" in markdown and "skipped" in markdown
+    assert "| poi20 | POI |  | 20.00 |" in markdown and "55.00" in markdown and "skipped" in markdown
     assert "(seeds)" not in markdown  # one run per method and noise: no spread to show
     assert snapshot(runs) == before  # run folders are only read
 
@@ -89,6 +92,58 @@ def test_runs_of_several_seeds_get_mean_and_range(runs, tmp_path):
     assert (poi["best_min_acc"], poi["best_max_acc"]) == pytest.approx((0.55, 0.60))
     assert report.summary.set_index("run").loc["poi20_seed1", "seed"] == 1
     assert "(seeds)" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_runs_of_other_recipes_are_not_averaged_with_the_seeds(runs, tmp_path):
+    # Two seeds of one recipe, one run at another temperature, two seeds with a teacher
+    # (each its own teacher run): three groups at 20 %, each averaging only its own runs.
+    make_run(runs / "poi20_seed1", {1: 0.35, 4: 0.60}, noise=0.2, seed=1)
+    make_run(runs / "poi20_T1", {1: 0.30, 4: 0.40}, noise=0.2, temperature=1.0)
+    for seed, acc in ((0, 0.70), (1, 0.66)):
+        make_run(runs / f"poi20_teacher_seed{seed}", {1: 0.5, 4: acc}, noise=0.2, seed=seed,
+                 teacher=str(runs / f"poi20_seed{seed}"))
+    report = build_report([runs], tmp_path / "report")
+    variants = report.summary.set_index("run")["variant"]
+    assert variants["poi20"] == variants["poi20_seed1"] == variants["base20"] == ""
+    assert variants["poi20_T1"] == "temperature=1.0"
+    assert variants["poi20_teacher_seed0"] == variants["poi20_teacher_seed1"] == "teacher=yes, teacher_weight=1.0"
+    seeds = pd.read_csv(tmp_path / "report" / "by_noise_seeds.csv", dtype={"seeds": str}, keep_default_na=False)
+    poi = seeds[seeds["method"] == "POI"].set_index("variant")
+    assert poi.loc["", "runs"] == 2 and poi.loc["", "final_mean_acc"] == pytest.approx((0.50 + 0.60) / 2)
+    assert poi.loc["temperature=1.0", "runs"] == 1 and poi.loc["temperature=1.0", "final_mean_acc"] == pytest.approx(0.40)
+    teacher = poi.loc["teacher=yes, teacher_weight=1.0"]
+    assert teacher["runs"] == 2 and teacher["seeds"] == "0 1" and teacher["final_mean_acc"] == pytest.approx(0.68)
+    by_noise = pd.read_csv(tmp_path / "report" / "by_noise.csv").set_index("method")
+    assert by_noise.loc["POI (temperature=1.0)", "noise 20%"] == pytest.approx(0.40)
+
+
+def test_recipe_is_the_model_loss_optimiser_and_augmentation_options():
+    # report.NOT_RECIPE lists the others by name: a new option of poi train lands on the right side
+    recipe = {f.name for f in fields(TrainConfig) if f.metadata["section"] in (MODEL, LOSS, OPTIMISER, AUGMENTATION)}
+    assert set(recipe_of(TrainConfig().to_dict())) == recipe - set(SWITCHES) | {"labels"}
+
+
+def test_run_on_cleaned_labels_reports_the_noise_it_started_from(runs, tmp_path):
+    # poi20 (20 % noise) audited and cleaned as `poi audit` and `poi clean` write it; a
+    # second run trained on the cleaned file is "POI, cleaned (relabel)" at 20 %, with
+    # the noise left after the cleaning as its realised rate.
+    audit = runs / "poi20" / "audit"
+    audit.mkdir()
+    (audit / "audit_summary.json").write_text(json.dumps({"checkpoint": str(runs / "poi20" / "best.pt")}))
+    clean = runs / "poi20" / "clean"
+    clean.mkdir()
+    (clean / "labels.csv").write_text("id,label,label_name\n")
+    (clean / "labels.json").write_text(json.dumps({"mode": "relabel", "n_changed": 5, "audit": str(audit / "audit.csv")}))
+    make_run(runs / "poi20_clean", {1: 0.4, 4: 0.62}, labels=str(clean / "labels.csv"), realised=0.12)
+    report = build_report([runs], tmp_path / "report")
+    row = report.summary.set_index("run").loc["poi20_clean"]
+    assert row["noise"] == pytest.approx(0.2) and row["noise_realised"] == pytest.approx(0.12)
+    assert row["variant"] == "labels=cleaned (relabel)"
+    # the audited run gone: the noise is unknown rather than that of the cleaned file
+    (audit / "audit_summary.json").unlink()
+    report = build_report([runs], tmp_path / "report2")
+    row = report.summary.set_index("run").loc["poi20_clean"]
+    assert pd.isna(row["noise"]) and row["variant"] == "labels=cleaned (relabel)"
 
 
 def test_report_with_data_adds_confusion_consistency_strata_and_calibration(runs, prepared, tmp_path):

@@ -313,13 +313,18 @@ def cover_split(result: CleanResult, data: SplitData) -> CleanResult:
     return result
 
 
+def audited_model(audit_summary: dict) -> str:
+    """The run (a cross-fitted audit: "model") or checkpoint an audit_summary.json names."""
+    return audit_summary.get("model") or audit_summary["checkpoint"]
+
+
 def _audited_models(audit_csv: Path) -> tuple[str, Optional[list[str]]]:
     """The model an audit.csv was made with and, for a cross-fitted audit, its fold models
     (its audit_summary.json: "model" the run, "fold_models"; else "checkpoint"), for --auto."""
     summary = audit_csv.with_name("audit_summary.json")
     try:
         content = json.loads(summary.read_text())
-        return content.get("model") or content["checkpoint"], content.get("fold_models")
+        return audited_model(content), content.get("fold_models")
     except (OSError, ValueError, KeyError):
         raise CleanError(f"--auto needs the model the audit used: {summary} is missing or names no checkpoint; "
                          "give the run folder instead of the audit CSV") from None

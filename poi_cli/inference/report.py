@@ -5,10 +5,12 @@
 
 From each run folder (config.json + results.csv, as `poi train` writes them):
 * runs.csv / the first table of report.md: final and best-on-validation accuracy per run
-  with its noise rate and ablation switches (the shape of Tables II, III and X), and
-  by_noise.csv: best validation accuracy, method x noise rate (mean over runs that share
-  both), the shape of Table II; by_noise_seeds.csv: final and best validation accuracy
-  per method and noise, mean, min and max over those runs (seeds) and which seeds;
+  with its noise rate, ablation switches and variant (how its recipe differs from the
+  most common one of its method: variant_names) (the shape of Tables II, III and X), and
+  by_noise.csv: best validation accuracy, method (variant) x noise rate (mean over runs
+  that share all three), the shape of Table II; by_noise_seeds.csv: final and best
+  validation accuracy per method, variant and noise, mean, min and max over those runs
+  (seeds) and which seeds;
 * curves_<run>.png: losses and accuracies per epoch (missing epochs are gaps).
 
 Per-image results (confusion matrix, strata, calibration) need predictions. Two sources:
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -41,6 +44,7 @@ import pandas as pd
 
 from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write_text, save_figure
+from poi_cli.inference.clean import audited_model
 from poi_cli.model.checkpoint import CONFIG_FILE, RESULTS_FILE
 
 if TYPE_CHECKING:  # evaluate imports torch: only when predicting
@@ -49,8 +53,19 @@ if TYPE_CHECKING:  # evaluate imports torch: only when predicting
 DEFAULT_RUNS = "runs/train"
 EVAL_DIR = "eval"  # RUN/eval/metrics.json from `poi evaluate --out RUN/eval`
 SWITCHES = ("use_pin", "prior_supervision", "use_oim", "use_uem")
+# What else makes two runs of one method different recipes, so that the tables by noise
+# average only runs that differ by seed: every option in config.json (the model, loss,
+# optimiser and augmentation sections of `poi train`; SWITCHES name the method) but
+# these, of its data and run sections (the labels count as cleaned by `poi clean` or not).
+# tests/test_report.py checks them against TrainConfig's sections (inference never imports train).
+NOT_RECIPE = frozenset({
+    "data", "train_split", "val_split", "val_fraction", "labels", "noise", "noise_seed", "rounds", "clean_threshold",
+    "rounds_teacher", "clean_cross_fit", "fold", "seed", "device", "amp", "channels_last", "compile", "sync_bn",
+    "eval_batch", "project", "name", "exist_ok", "resume", "resolved",
+})
+PATH_OPTIONS = ("pretrained", "fine_tune")  # weights files: the same file wherever it lies
 SUMMARY_COLUMNS = [
-    "run", "method", "arch", "input_size", "noise", "noise_realised", *SWITCHES, "seed", "epochs_done", "epochs_planned",
+    "run", "method", "variant", "arch", "input_size", "noise", "noise_realised", *SWITCHES, "seed", "epochs_done", "epochs_planned",
     "missing_epochs", "final_val_acc", "best_val_acc", "best_epoch", "final_train_acc", "eval_acc", "eval_split",
     "ece_confidence", "ece_max_softmax", "aurc_confidence", "aurc_consistency", "aurc_max_softmax", "path",
 ]
@@ -175,21 +190,89 @@ def method_name(config: dict) -> str:
     return "POI" + (f" w/o {', '.join(missing)}" if missing else "")
 
 
-def noise_of(config: dict) -> tuple[Optional[float], Optional[float]]:
-    """(requested rate, realised rate): --noise, or the summary beside a --labels file."""
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return values if isinstance(values, dict) else None
+
+
+def cleaning_of(labels: str | Path) -> Optional[tuple[str, Optional[dict]]]:
+    """For a label file `poi clean` wrote: how it cleaned ('relabel', 'drop', '... out of
+    fold') and the config of the run whose audit it used (None when that run is gone);
+    None for any other label file. Its summary beside it names the audit, whose summary
+    names the run or checkpoint."""
+    summary = _read_json(Path(labels).with_suffix(".json"))
+    if not summary or "n_changed" not in summary:
+        return None
+    audit = _read_json(Path(summary.get("audit") or "").with_name("audit_summary.json")) or {}
+    how = str(summary.get("mode", "")) + (" out of fold" if audit.get("fold_models") else "")
+    try:
+        model = Path(audited_model(audit))
+    except KeyError:
+        return how, None
+    return how, _read_json((model if model.is_dir() else model.parent) / CONFIG_FILE)
+
+
+def noise_of(config: dict, _depth: int = 0) -> tuple[Optional[float], Optional[float]]:
+    """(requested rate, realised rate): --noise, or the summary beside a --labels file; for
+    labels cleaned by `poi clean`, the rate the audited run started from (and what is left)."""
     if not config:
         return None, None
     realised = (config.get("resolved") or {}).get("noise_realised_rate")
     if config.get("noise"):
         return float(config["noise"]), realised
     if config.get("labels"):
-        summary = Path(config["labels"]).with_suffix(".json")
+        labels = Path(config["labels"])
+        values = _read_json(labels.with_suffix(".json")) or {}
         try:
-            values = json.loads(summary.read_text(encoding="utf-8"))
             return float(values["rate"]), float(values["realised_rate"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None, None  # the label file is elsewhere now: unknown rather than wrong
+        except (KeyError, TypeError, ValueError):
+            pass
+        cleaning = cleaning_of(labels) if _depth < 10 else None  # a later round cleans the round before
+        audited = cleaning[1] if cleaning else None
+        if audited is not None:
+            left = realised if realised is not None else values.get("noise_rate_after")
+            return noise_of(audited, _depth + 1)[0], left
+        return None, None  # the label file is elsewhere now: unknown rather than wrong
     return 0.0, 0.0
+
+
+def recipe_of(config: dict) -> dict[str, str]:
+    """The options of a run's config.json that make its recipe (all but NOT_RECIPE and
+    SWITCHES), as text. A teacher counts as present or not (each seed has its own), its
+    weight only with a teacher, a weights file by its name, the labels as cleaned or not.
+    Options an older config lacks are left out, and so not compared."""
+    recipe: dict[str, str] = {}
+    for key, value in config.items():
+        if key in NOT_RECIPE or key in SWITCHES:
+            continue
+        if key == "teacher":
+            value = "yes" if value else None
+        elif key == "teacher_weight" and not config.get("teacher"):
+            value = None  # no teacher: its weight does nothing
+        elif key in PATH_OPTIONS and value:
+            value = Path(value).name
+        recipe[key] = "" if value is None else str(value)
+    cleaning = cleaning_of(config["labels"]) if config.get("labels") else None
+    recipe["labels"] = f"cleaned ({cleaning[0]})" if cleaning else ""
+    return recipe
+
+
+def variant_names(configs: Sequence[dict]) -> list[str]:
+    """For each run, how its recipe differs from the most common one among the runs of its
+    method ('temperature=1.0, teacher=yes'); '' for a run of that recipe. Ties go to the
+    value of the earliest run."""
+    recipes = [recipe_of(config) if config else {} for config in configs]
+    methods = [method_name(config) for config in configs]
+    common: dict[tuple[str, str], str] = {}
+    for method in dict.fromkeys(methods):
+        mine = [recipe for recipe, m in zip(recipes, methods) if m == method]
+        for key in dict.fromkeys(key for recipe in mine for key in recipe):
+            common[method, key] = Counter(r[key] for r in mine if key in r).most_common(1)[0][0]
+    return [", ".join(f"{key}={value or 'none'}" for key, value in sorted(recipe.items()) if value != common[method, key])
+            for recipe, method in zip(recipes, methods)]
 
 
 def _missing_epochs(epochs: Sequence[int]) -> str:
@@ -204,15 +287,15 @@ def _column(results: pd.DataFrame, name: str) -> pd.Series:
     return results[name] if name in results.columns else pd.Series(np.nan, index=results.index, dtype=float)
 
 
-def summarise(run: Run) -> dict:
-    """One row of runs.csv."""
+def summarise(run: Run, variant: str = "") -> dict:
+    """One row of runs.csv; variant: from variant_names over the report's runs."""
     c, r = run.config, run.results
     noise, realised = noise_of(c)
     val, train = _column(r, "val_acc"), _column(r, "train_acc")
     best = int(val.idxmax()) if val.notna().any() else None
     evaluation = run.evaluation or {}
     return {
-        "run": run.name, "method": method_name(c), "arch": c.get("arch"), "input_size": c.get("input_size"),
+        "run": run.name, "method": method_name(c), "variant": variant, "arch": c.get("arch"), "input_size": c.get("input_size"),
         "noise": noise, "noise_realised": realised, **{k: c.get(k) for k in SWITCHES}, "seed": c.get("seed"),
         "epochs_done": len(r), "epochs_planned": c.get("epochs"), "missing_epochs": _missing_epochs(r["epoch"]),
         "final_val_acc": val.iloc[-1] if len(r) else None,
@@ -231,24 +314,25 @@ def calibration_figures(evaluation: dict) -> dict[str, Optional[float]]:
 
 
 def by_noise_table(seeds: pd.DataFrame) -> pd.DataFrame:
-    """Best validation accuracy (mean over runs), rows = method, columns = noise rate
-    (Table II's shape), from seeds_table."""
+    """Best validation accuracy (mean over runs), rows = method (and variant), columns =
+    noise rate (Table II's shape), from seeds_table."""
     if seeds.empty:
         return pd.DataFrame()
-    table = seeds.pivot(index="method", columns="noise", values="best_mean_acc")
+    named = seeds.assign(method=[m + (f" ({v})" if v else "") for m, v in zip(seeds["method"], seeds["variant"])])
+    table = named.pivot(index="method", columns="noise", values="best_mean_acc")
     table.columns = [f"noise {rate:.0%}" for rate in table.columns]
     return table.reset_index()
 
 
 def seeds_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Final and best validation accuracy per (method, noise): mean, min and max over the
-    runs that share both (seeds, usually), with the seeds listed."""
+    """Final and best validation accuracy per (method, variant, noise): mean, min and max over
+    the runs that share all three (seeds, usually), with the seeds listed."""
     known = summary.dropna(subset=["noise"]).dropna(subset=["final_val_acc", "best_val_acc"], how="all")
     if known.empty:
         return pd.DataFrame()
     rows = []
-    for (method, noise), group in known.groupby(["method", "noise"], sort=True):
-        row = {"method": method, "noise": noise, "runs": len(group),
+    for (method, variant, noise), group in known.fillna({"variant": ""}).groupby(["method", "variant", "noise"], sort=True):
+        row = {"method": method, "variant": variant, "noise": noise, "runs": len(group),
                "seeds": " ".join(str(s) for s in sorted(group["seed"].dropna().astype(int)))}
         for column, name in (("final_val_acc", "final"), ("best_val_acc", "best")):
             values = group[column].astype(float)
@@ -454,7 +538,8 @@ def build_report(
             strata += strata_rows(run.name, by_score)
             if note:
                 run.notes.append(note)
-    summary = pd.DataFrame([summarise(run) for run in runs], columns=SUMMARY_COLUMNS)
+    variants = variant_names([run.config for run in runs])
+    summary = pd.DataFrame([summarise(run, variant) for run, variant in zip(runs, variants)], columns=SUMMARY_COLUMNS)
     seeds = seeds_table(summary)
     by_noise = by_noise_table(seeds)
     strata_frame = pd.DataFrame(strata, columns=STRATA_COLUMNS)
@@ -463,7 +548,7 @@ def build_report(
         atomic_write_text(out / name, frame.to_csv(index=False))
         files.append(out / name)
 
-    shown = summary[["run", "method", "noise", "epochs_done", "epochs_planned", "missing_epochs", "final_val_acc",
+    shown = summary[["run", "method", "variant", "noise", "epochs_done", "epochs_planned", "missing_epochs", "final_val_acc",
                      "best_val_acc", "best_epoch", "eval_acc", "eval_split"]]
     sections.append("# poi report\n\nAccuracies in %. final = last finished epoch, best = best validation epoch "
                     "(best.pt); eval = best.pt on eval_split (the `--data` split, or the run's eval/metrics.json).\n")
