@@ -144,6 +144,11 @@ def test_run_on_cleaned_labels_reports_the_noise_it_started_from(runs, tmp_path)
     report = build_report([runs], tmp_path / "report2")
     row = report.summary.set_index("run").loc["poi20_clean"]
     assert pd.isna(row["noise"]) and row["variant"] == "labels=cleaned (relabel)"
+    # a summary that names no audit at all (written by hand, or by an older poi clean)
+    (clean / "labels.json").write_text(json.dumps({"mode": "drop", "n_changed": 5}))
+    report = build_report([runs], tmp_path / "report3")
+    row = report.summary.set_index("run").loc["poi20_clean"]
+    assert pd.isna(row["noise"]) and row["variant"] == "labels=cleaned (drop)"
 
 
 def test_report_with_data_adds_confusion_consistency_strata_and_calibration(runs, prepared, tmp_path):

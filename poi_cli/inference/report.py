@@ -206,7 +206,8 @@ def cleaning_of(labels: str | Path) -> Optional[tuple[str, Optional[dict]]]:
     summary = _read_json(Path(labels).with_suffix(".json"))
     if not summary or "n_changed" not in summary:
         return None
-    audit = _read_json(Path(summary.get("audit") or "").with_name("audit_summary.json")) or {}
+    audit_csv = summary.get("audit")
+    audit = (_read_json(Path(audit_csv).with_name("audit_summary.json")) if audit_csv else None) or {}
     how = str(summary.get("mode", "")) + (" out of fold" if audit.get("fold_models") else "")
     try:
         model = Path(audited_model(audit))
