@@ -16,32 +16,47 @@ of relabelled suspects would leave (with that number, as a fraction).
 from __future__ import annotations
 
 import argparse
+import copy
+import sys
 
 import numpy as np
 import torch
 
+from poi_cli.core.errors import PoiError
 from poi_cli.data.store import PreparedDataset, SplitData
-from poi_cli.inference.audit import objective_inference, suspicion_score
-from poi_cli.inference.clean import choose_fraction, noise_after_selection
-from poi_cli.model.checkpoint import load_model, resolve_checkpoint
-from poi_cli.model.predictions import predict_split
+from poi_cli.inference.audit import suspicion_score
+from poi_cli.inference.clean import choose_fraction, noise_after_selection, objective_of
 
 
-def objective_and_w(run: str, faces: np.ndarray, data: SplitData) -> tuple[np.ndarray, np.ndarray]:
-    """One model's p* at T = 1 and w on `data`, on the CPU, in `data`'s order."""
-    checkpoint_path = resolve_checkpoint(run)
-    model, checkpoint = load_model(checkpoint_path, torch.device("cpu"))
-    predictions = predict_split(model, faces, data.store_rows, data.labels, int(checkpoint["model_config"]["input_size"]),
-                                256, torch.device("cpu"))
-    return objective_inference(predictions, checkpoint_path), predictions.consistency
+def mirrored(dataset: PreparedDataset) -> PreparedDataset:
+    """The same prepared folder with every face mirrored (read into memory once)."""
+    flipped = copy.copy(dataset)
+    flipped.faces = np.ascontiguousarray(dataset.faces[:, :, ::-1])
+    return flipped
 
 
-def scorer_outputs(scorer: str, dataset: PreparedDataset, data: SplitData) -> tuple[np.ndarray, np.ndarray]:
-    """p* and w of a SCORER (see the module doc), averaged over its runs (and mirror images)."""
+def scorer_outputs(scorer: str, views: list[PreparedDataset], data: SplitData) -> tuple[np.ndarray, np.ndarray]:
+    """p* and w of a SCORER (see the module doc), averaged over its runs and, with '@flip',
+    over `views` (the faces and their mirror images)."""
     runs, _, option = scorer.partition("@")
-    views = [dataset.faces, dataset.faces[:, :, ::-1].copy()] if option == "flip" else [dataset.faces]
-    outputs = [objective_and_w(run, faces, data) for run in runs.split("+") for faces in views]
+    used = views if option == "flip" else views[:1]
+    outputs = [objective_of(run, view, data, "cpu") for run in runs.split("+") for view in used]
     return np.mean([o for o, _ in outputs], axis=0), np.mean([w for _, w in outputs], axis=0)
+
+
+def scorer_row(scorer: str, views: list[PreparedDataset], train: SplitData, valid: SplitData) -> str:
+    """One line of the table (see the module doc)."""
+    given, clean = train.labels, train.clean_labels
+    flipped = given != clean
+    train_objective, train_w = scorer_outputs(scorer, views, train)
+    valid_objective, valid_w = scorer_outputs(scorer, views, valid)
+    suggested = train_objective.argmax(1)
+    curve = noise_after_selection(suspicion_score(train_objective, train_w, given), suggested, given, clean)
+    auto = choose_fraction(given, suggested, valid_objective, valid_w, valid.labels)
+    chosen = int(round(auto["fraction"] * len(given)))
+    return (f"{scorer} | {auto['suggestion_accuracy_valid']:.2%} | {(suggested[flipped] == clean[flipped]).mean():.2%} "
+            f"| {auto['estimated_noise_rate']:.2%} | {curve[chosen]:.2%} "
+            f"| {curve.min():.2%} ({curve.argmin() / len(given):.2%})")
 
 
 def main() -> None:
@@ -52,24 +67,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    dataset = PreparedDataset(args.prepared_dir)
-    train = dataset.split("train", args.noisy_labels)
-    valid = dataset.split(dataset.validation_split())
-    given, clean = train.labels, train.clean_labels
-    flipped = given != clean
-    print(f"{len(given)} images, {flipped.sum()} flipped ({flipped.mean():.2%}); valid: {len(valid.labels)} images")
+    try:
+        dataset = PreparedDataset(args.prepared_dir)
+        train = dataset.split("train", args.noisy_labels)
+        valid = dataset.split(dataset.validation_split())
+    except (PoiError, OSError) as error:
+        sys.exit(f"suggestion_ceiling: {error}")
+    flipped = train.labels != train.clean_labels
+    print(f"{len(flipped)} images, {flipped.sum()} flipped ({flipped.mean():.2%}); valid: {len(valid.labels)} images")
     print("scorer | valid accuracy | suggestion = clean label on flipped | rho^ (--auto) | noise after --auto "
           "| least noise reachable (at fraction)")
-    for scorer in args.scorers:
-        train_objective, train_w = scorer_outputs(scorer, dataset, train)
-        valid_objective, valid_w = scorer_outputs(scorer, dataset, valid)
-        suggested = train_objective.argmax(1)
-        curve = noise_after_selection(suspicion_score(train_objective, train_w, given), suggested, given, clean)
-        auto = choose_fraction(given, suggested, valid_objective, valid_w, valid.labels)
-        chosen = int(round(auto["fraction"] * len(given)))
-        print(f"{scorer} | {auto['suggestion_accuracy_valid']:.2%} | {(suggested[flipped] == clean[flipped]).mean():.2%} "
-              f"| {auto['estimated_noise_rate']:.2%} | {curve[chosen]:.2%} "
-              f"| {curve.min():.2%} ({curve.argmin() / len(given):.2%})", flush=True)
+    views = [dataset] + ([mirrored(dataset)] if any(s.endswith("@flip") for s in args.scorers) else [])
+    failed = 0
+    for scorer in args.scorers:  # a bad scorer is reported and skipped
+        try:
+            print(scorer_row(scorer, views, train, valid), flush=True)
+        except (PoiError, OSError) as error:
+            print(f"{scorer}: skipped: {error}", file=sys.stderr)
+            failed += 1
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ def test_auto_fraction_picks_the_flipped_share_when_the_model_is_right():
 
 
 def _scripted_objective(model, dataset, data, device):
-    """_objective_of for named fake models: "right" predicts the label, "wrong" the next class,
+    """objective_of for named fake models: "right" predicts the label, "wrong" the next class,
     "half" the next class on every other image."""
     predicted = data.labels.copy()
     wrong = {"right": slice(0, 0), "wrong": slice(None), "half": slice(None, None, 2)}[model]
@@ -163,7 +163,7 @@ def test_auto_scores_valid_with_the_fold_models_of_a_cross_fitted_audit(tmp_path
         calls.append((model, len(data.labels)))
         return _scripted_objective(model, dataset, data, device)
 
-    monkeypatch.setattr(clean_module, "_objective_of", recorded_objective)
+    monkeypatch.setattr(clean_module, "objective_of", recorded_objective)
     table = pd.DataFrame({"given_label": [0, 1, 2, 3], "suggested_label": [0, 1, 2, 3]})
     alone = auto_fraction("right", prepared, table)
     assert alone["suggestion_accuracy_valid"] == 1.0 and alone["valid_scored_by"] == 1
@@ -180,7 +180,7 @@ def test_auto_warns_when_an_in_sample_audit_comes_from_a_model_that_fitted_its_l
     assert fitted_training_labels(0.998, 0.414) and fitted_training_labels(0.80, 0.69)
     assert not fitted_training_labels(0.74, 0.69) and not fitted_training_labels(0.78, 0.69)  # margin 0.10
     prepared = make_prepared(tmp_path / "data", splits={"train": 4, "valid": 6})
-    monkeypatch.setattr(clean_module, "_objective_of", _scripted_objective)
+    monkeypatch.setattr(clean_module, "objective_of", _scripted_objective)
     table, _ = _fixture_audit(prepared)  # the suggestion agrees with 75 % of the given labels
     assert not auto_fraction("right", prepared, table)["fitted_training_labels"]  # right on 100 % of valid
     fitted = auto_fraction("half", prepared, table)  # right on 50 % of valid, agrees with 75 % of its labels

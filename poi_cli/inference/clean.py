@@ -169,12 +169,12 @@ def validation_scores(models: Sequence[str | Path], dataset: PreparedDataset, da
     for k, model in enumerate(models):
         rows = part == k
         part_data = SplitData(data.store_rows[rows], data.labels[rows], data.ids[rows])
-        objective[rows], w[rows] = _objective_of(model, dataset, part_data, device)
+        objective[rows], w[rows] = objective_of(model, dataset, part_data, device)
     return objective, w
 
 
-def _objective_of(model_path: str | Path, dataset: PreparedDataset, data: SplitData,
-                  device: str) -> tuple[np.ndarray, np.ndarray]:
+def objective_of(model_path: str | Path, dataset: PreparedDataset, data: SplitData,
+                 device: str) -> tuple[np.ndarray, np.ndarray]:
     """One model's p* at T = 1 and w on `data`."""
     from poi_cli.inference.audit import _predict, objective_inference
 

@@ -211,7 +211,7 @@ def cleaning_of(labels: str | Path) -> Optional[tuple[str, Optional[dict]]]:
     how = str(summary.get("mode", "")) + (" out of fold" if audit.get("fold_models") else "")
     try:
         model = Path(audited_model(audit))
-    except KeyError:
+    except (KeyError, TypeError):  # no audit summary, or one naming no model
         return how, None
     return how, _read_json((model if model.is_dir() else model.parent) / CONFIG_FILE)
 
@@ -288,7 +288,7 @@ def _column(results: pd.DataFrame, name: str) -> pd.Series:
     return results[name] if name in results.columns else pd.Series(np.nan, index=results.index, dtype=float)
 
 
-def summarise(run: Run, variant: str = "") -> dict:
+def summarise(run: Run, variant: str) -> dict:
     """One row of runs.csv; variant: from variant_names over the report's runs."""
     c, r = run.config, run.results
     noise, realised = noise_of(c)
@@ -332,7 +332,7 @@ def seeds_table(summary: pd.DataFrame) -> pd.DataFrame:
     if known.empty:
         return pd.DataFrame()
     rows = []
-    for (method, variant, noise), group in known.fillna({"variant": ""}).groupby(["method", "variant", "noise"], sort=True):
+    for (method, variant, noise), group in known.groupby(["method", "variant", "noise"], sort=True):
         row = {"method": method, "variant": variant, "noise": noise, "runs": len(group),
                "seeds": " ".join(str(s) for s in sorted(group["seed"].dropna().astype(int)))}
         for column, name in (("final_val_acc", "final"), ("best_val_acc", "best")):
