@@ -83,14 +83,14 @@ def run_config(predictor, folder: Path, count: int) -> dict:
     for key in predictor.timings:
         predictor.timings[key] = 0.0
     cpu, start = cpu_seconds(), time.perf_counter()
-    records = predictor.predict_records([folder])
+    records = [r for p in predictor.iter_predictions([folder]) for r in p.records]
     wall = time.perf_counter() - start
     return {"wall": wall, "images_per_s": count / wall, "cpu_per_image": (cpu_seconds() - cpu) / count,
             "stages": dict(predictor.timings), "records": records}
 
 
 def model_only(predictor, crops: list, repeats: int) -> float:
-    """Faces/s of Predictor._run_model alone (its backend) on these aligned faces."""
+    """Faces/s of the pipeline's _run_model alone (its backend) on these aligned faces."""
     predictor._run_model(crops[: predictor.batch_size])  # warm-up
     times = []
     for _ in range(repeats):
@@ -112,7 +112,7 @@ def main() -> None:
     from poi_cli.core.threads import configure_threads
 
     threads = configure_threads(args.threads)
-    from poi_cli.inference.predict import Predictor, status_counts
+    from poi_cli.deploy.records import status_counts
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; threads {threads}; "
           f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
@@ -120,7 +120,7 @@ def main() -> None:
         folder = Path(tmp) / "photos"
         make_folder(folder, args.count)
         warm = sorted(folder.iterdir())[0]
-        predictors = {name: Predictor(args.model, **CONFIGS[name]) for name in args.configs}
+        predictors = {name: make_predictor(args.model, **CONFIGS[name]) for name in args.configs}
         for predictor in predictors.values():
             predictor.predict_records([warm])
         results: dict[str, list[dict]] = {name: [] for name in args.configs}
@@ -146,7 +146,8 @@ def main() -> None:
         crops = [c for item in sorted(folder.iterdir()) for c in any_predictor.prepare_image(_item(item)).crops]
         by_backend = {}
         for backend in ("torch", "onnx"):
-            predictor = next((p for p in predictors.values() if p.backend == backend), None) or Predictor(args.model, backend=backend)
+            predictor = (next((p for p in predictors.values() if p.backend == backend), None)
+                         or make_predictor(args.model, workers=0, backend=backend))
             by_backend[backend] = model_only(predictor, crops, repeats=3)
         print(f"model alone on the folder's {len(crops)} faces (batch {any_predictor.batch_size}, with PIN and AUs): "
               f"torch {by_backend['torch']:.1f} faces/s, ONNX Runtime {by_backend['onnx']:.1f} faces/s "
@@ -154,8 +155,18 @@ def main() -> None:
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
+def make_predictor(model: str | None, workers: int, backend: str):
+    """A Predictor of the model on this backend (poi_cli/backends.py; the torch detector
+    for torch, as `poi predict` ran before the deploy runtime)."""
+    from poi_cli.backends import open_runner
+    from poi_cli.deploy.predict import Predictor
+
+    detector = "mtcnn-torch" if backend == "torch" else "mtcnn"
+    return Predictor(open_runner(model, backend=backend), detector=detector, workers=workers)
+
+
 def _item(path: Path):
-    from poi_cli.inference.predict import InputItem
+    from poi_cli.deploy.pipeline import InputItem
 
     return InputItem(str(path), path=path)
 

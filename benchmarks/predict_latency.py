@@ -4,7 +4,7 @@
     python benchmarks/predict_latency.py --image face.jpg --model runs/train/exp
     python benchmarks/predict_latency.py --device cuda --skip-photo   # TRN throughput on a GPU
 
-1. One photo through poi_cli.inference.predict.Predictor (load, MTCNN detection, alignment, model
+1. One photo through poi_cli.deploy.predict.Predictor (load, MTCNN detection, alignment, model
    with the PIN for confidence and AUs), median over --repeats after a warm-up.
 2. The deployed TRN alone (what the paper's 0.94 ms per image measures) on random
    224 px batches: images/s and ms per image, float32 and (CUDA) bf16 autocast.
@@ -49,7 +49,8 @@ def random_checkpoint(folder: Path, size: int, arch: str) -> Path:
 def photo_latency(model_path: Path, image_path: str | None, repeats: int, device: str, folder: Path) -> dict:
     from PIL import Image
 
-    from poi_cli.inference.predict import Predictor
+    from poi_cli.backends import open_runner
+    from poi_cli.deploy.predict import Predictor
 
     if image_path is None:  # a PNG file, so that loading is timed as for a user's photo
         from skimage import data
@@ -58,7 +59,7 @@ def photo_latency(model_path: Path, image_path: str | None, repeats: int, device
         Image.fromarray(data.astronaut()).save(source)
     else:
         source, name = image_path, image_path
-    predictor = Predictor(model_path, device=device)
+    predictor = Predictor(open_runner(model_path, backend="torch", device=device))
     predictor.predict_records([source], show_au=True)  # warm-up: builds MTCNN, first-call allocations
     stages = {k: [] for k in ("load", "detection", "alignment", "model", "total")}
     faces = 0
@@ -71,7 +72,7 @@ def photo_latency(model_path: Path, image_path: str | None, repeats: int, device
         stages["total"].append(time.perf_counter() - started)
         for key in ("load", "detection", "alignment", "model"):
             stages[key].append(predictor.timings[key] - before[key])
-        faces = sum(r["status"] == STATUS_OK for r in records)
+        faces = sum(r["status"] == STATUS_OK for r in records)  # predict_records: the JSON form
     return {"image": name, "faces": faces, **{f"{k}_ms": 1000 * statistics.median(v) for k, v in stages.items()}}
 
 

@@ -1,15 +1,18 @@
-"""Start-up of `poi predict` on one photo: the whole process, and where its time goes.
+"""Start-up of `poi predict` on one photo in the deploy runtime: the whole process, and
+where its time goes.
 
-    python benchmarks/startup.py                    # astronaut photo, bundled model
-    python benchmarks/startup.py --image face.jpg --repeats 5
+    .venv-deploy/bin/python benchmarks/startup.py                  # astronaut photo, bundled model
+    .venv-deploy/bin/python benchmarks/startup.py --image face.jpg --repeats 5
 
-1. The whole process, `python -m poi_cli predict PHOTO --json` (median of --repeats runs).
+1. The whole process, `python -m poi_cli predict PHOTO --json` (median of --repeats runs),
+   beside `python -c "import onnxruntime, numpy, PIL.Image"` (the floor) in the same run.
 2. A breakdown, measured in a fresh child process stage by stage in the order predict
-   meets them: Python and the CLI (typer, rich), torch, torchvision, the rest of the
-   predict module (pandas, PIL, poi's modules), the model (checkpoint read + build),
-   the detector (facenet-pytorch + MTCNN weights), then the first photo (detection +
-   alignment + model) and a second one (warm).
-Prints one line per figure with the load average (the machine may be shared).
+   meets them: Python and the CLI (typer, rich), the predict module (numpy, PIL,
+   onnxruntime, poi's modules), the model (an ONNX Runtime session on the bundled .onnx),
+   the detector (three MTCNN sessions), then the first photo (detection + alignment +
+   model) and a second one (warm).
+Prints one line per figure with the load average (the machine may be shared). For the
+torch path it replaced, side by side: benchmarks/deploy_vs_torch.py.
 """
 
 from __future__ import annotations
@@ -41,48 +44,44 @@ def child(image: str) -> None:
     mark("cli (typer, rich)")
     from poi_cli.core.threads import configure_threads
 
-    configure_threads(None)
-    import torch  # noqa: F401
-    mark("import torch")
-    import torchvision  # noqa: F401
-    mark("import torchvision")
-    from poi_cli.inference.predict import Predictor
-    mark("import predict (pandas, PIL, poi)")
+    configure_threads(None, import_torch=False)
+    from poi_cli.deploy.predict import Predictor
+    mark("import predict (numpy, PIL, onnxruntime, poi)")
     predictor = Predictor(None)
-    mark("model load")
+    mark("model: ONNX Runtime session")
     _ = predictor.detector
-    mark("detector load (facenet-pytorch, MTCNN)")
+    mark("detector: 3 MTCNN sessions")
     predictor.predict_records([image])
     mark("first photo")
     predictor.predict_records([image])
     mark("second photo (warm)")
+    assert "torch" not in sys.modules
     print(json.dumps(stages))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image", default=str(ROOT.parent / "shared/photos/public-domain/astronaut.png"))
+    parser.add_argument("--image", default=str(ROOT / "examples" / "astronaut.jpg"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", action="store_true")
     args = parser.parse_args()
-    if not Path(args.image).is_file():
-        from PIL import Image
-        from skimage import data
-
-        args.image = "/tmp/poi_startup_astronaut.png"
-        Image.fromarray(data.astronaut()).save(args.image)
     if args.child:
         child(args.image)
         return
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "POI_THREADS", "OMP_WAIT_POLICY")}
-    walls = []
-    for _ in range(args.repeats):
+    walls, floors = [], []
+    for _ in range(args.repeats):  # interleaved: the machine's load drifts
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import onnxruntime, numpy, PIL.Image"], env=env, check=True)
+        floors.append(time.perf_counter() - start)
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "poi_cli", "predict", args.image, "--json"], cwd=ROOT, env=env,
                        check=True, capture_output=True)
         walls.append(time.perf_counter() - start)
     print(f"whole process `poi predict PHOTO --json`: median {statistics.median(walls):.2f} s "
-          f"(runs: {', '.join(f'{w:.2f}' for w in walls)})  load average {os.getloadavg()[0]:.2f}")
+          f"(runs: {', '.join(f'{w:.2f}' for w in walls)}); `import onnxruntime, numpy, PIL.Image` "
+          f"{statistics.median(floors):.2f} s: {statistics.median(walls) / statistics.median(floors):.2f}x; "
+          f"load average {os.getloadavg()[0]:.2f}")
     start = time.perf_counter()
     out = subprocess.run([sys.executable, __file__, "--child", "--image", args.image], cwd=ROOT, env=env,
                          check=True, capture_output=True, text=True)

@@ -37,9 +37,10 @@ def child(setting: str, image: str, repeats: int) -> None:
         configure_threads(int(setting))
     import torch
 
-    from poi_cli.inference.predict import Predictor
+    from poi_cli.backends import open_runner
+    from poi_cli.deploy.predict import Predictor
 
-    predictor = Predictor(None)
+    predictor = Predictor(open_runner(None, backend="torch"), detector="mtcnn-torch")  # the torch path: its threads
     predictor.predict_records([image])  # warm-up: detector weights, first-call allocations
     times = []
     for _ in range(repeats):

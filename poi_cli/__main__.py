@@ -1,3 +1,3 @@
-from poi_cli.cli import app
+from poi_cli.cli import run
 
-app(prog_name="poi")
+run(prog_name="poi")

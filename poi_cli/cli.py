@@ -12,14 +12,15 @@ import dataclasses
 import inspect
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional, get_type_hints
+from typing import Any, Callable, Iterator, Optional, get_type_hints
 
 import typer
 from rich.console import Console
 
 from poi_cli import __version__, render
-from poi_cli.core.errors import one_line
+from poi_cli.core.errors import PoiError, one_line
 from poi_cli.core.threads import DEFAULT_WORKERS, THREADS_HELP
 
 app = typer.Typer(
@@ -42,27 +43,92 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+# What a command needs beyond the deploy runtime (`pip install poi-fer`), by the module
+# that fails to import: the one-line message of run() for a command whose extra is missing.
+EXTRA_HINTS = {
+    **dict.fromkeys(("torch", "torchvision", "pandas", "matplotlib", "onnx"),
+                    "pip install 'poi-fer[train]'"),
+    "facenet_pytorch": "pip install --no-deps facenet-pytorch==2.6.0 (with the train extra)",
+}
+
+
+def run(prog_name: str = "poi") -> None:
+    """The `poi` entry point: the Typer app, and a command whose extra is not installed
+    stopped with one line naming the pip command (never an ImportError traceback)."""
+    try:
+        app(prog_name=prog_name)
+    except ModuleNotFoundError as error:
+        module = (error.name or "").split(".")[0]
+        if module not in EXTRA_HINTS:
+            raise
+        err_console.print(f"[bold red]error:[/] this command needs {module}, which is not installed: "
+                          f"{escape_markup(EXTRA_HINTS[module])}", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
+
+
+def escape_markup(text: str) -> str:
+    """Text printed as is by rich (brackets such as poi-fer[train] are not markup)."""
+    from rich.markup import escape
+
+    return escape(text)
+
+
+@contextmanager
+def user_errors(interrupted: str = "interrupted", unexpected: Optional[str] = None) -> Iterator[None]:
+    """The one place where a command's errors become one line and a non-zero exit.
+
+    PoiError is every error a user can cause (core/errors.py); ValueError covers bad
+    option values (DeviceError is one) and OSError the files (permission, disk full).
+    Ctrl-C exits 130 with `interrupted` (what was kept, where to resume). unexpected: for
+    the commands that run third-party code (an exporter, a detector), any other exception
+    is reported as one line starting with this text instead of a traceback.
+    """
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except (PoiError, ValueError, OSError) as error:
+        fail(one_line(error))
+    except KeyboardInterrupt:
+        fail(interrupted, 130)
+    except Exception as error:
+        if unexpected is None:
+            raise
+        fail(f"{unexpected}: {type(error).__name__}: {one_line(error)}")
+
+
 def threads_option() -> Any:
     """The --threads option of every compute command (one definition)."""
     return typer.Option(None, "--threads", min=1, help=THREADS_HELP, rich_help_panel="Performance")
 
 
 def backend_option() -> Any:
-    """--backend of `poi predict` and `poi serve` (one definition)."""
-    return typer.Option("torch", "--backend", help="What runs the model: torch, or onnx (ONNX Runtime on the CPU, "
-                        "the model exported in memory as `poi export --full` writes it; needs onnxruntime).",
-                        rich_help_panel="Performance")
+    """--backend of `poi predict` and `poi serve` (one definition; poi_cli/backends.py decides)."""
+    return typer.Option("auto", "--backend", help="What runs the model: auto (ONNX Runtime on the CPU for an .onnx "
+                        "model, the bundled one by default; torch for a .pt checkpoint or a GPU), onnx (a .pt is "
+                        "exported in memory first), or torch (needs the train extra).", rich_help_panel="Performance")
 
 
-def use_threads(threads: Optional[int]) -> int:
-    """Apply --threads / $POI_THREADS before any tensor work (poi_cli.core.threads)."""
-    from poi_cli.core.threads import ThreadsError, configure_threads
+def device_option(default: str = "auto") -> Any:
+    """--device of every command that runs a model (one definition; core.runtime.select_device's choices)."""
+    return typer.Option(default, "--device", help="auto, cpu, cuda or mps (auto: CUDA, else MPS, else the CPU; "
+                        "prediction on an .onnx model runs on the CPU).")
 
-    try:
-        return configure_threads(threads)
-    except ThreadsError as error:
-        fail(str(error))
-        raise  # unreachable: fail exits
+
+def detector_option() -> Any:
+    """--detector of `poi predict`, `poi serve` and `poi prepare` (one definition)."""
+    return typer.Option("mtcnn", "--detector", help="mtcnn (MTCNN run by ONNX Runtime, no torch) or mtcnn-torch "
+                        "(the same networks through facenet-pytorch; needs the train extra).")
+
+
+def use_threads(threads: Optional[int], import_torch: bool = True) -> int:
+    """Apply --threads / $POI_THREADS before any tensor work (poi_cli.core.threads);
+    import_torch=False for the deploy commands (predict, serve), which run without torch."""
+    from poi_cli.core.threads import configure_threads
+
+    with user_errors():
+        return configure_threads(threads, import_torch)
+    raise AssertionError("unreachable: user_errors exits")
 
 
 def show(*items: render.Item, to: Optional[Console] = None) -> None:
@@ -104,10 +170,8 @@ def info(
     """Parameter counts and GFLOPs (multiply-accumulates) of the training model and the deployed TRN."""
     from poi_cli.model.info import model_info
 
-    try:
+    with user_errors():
         result = model_info(arch=arch, num_classes=classes, input_size=size)
-    except ValueError as error:
-        fail(str(error))
     if as_json:
         print(json.dumps(result))
         return
@@ -121,7 +185,8 @@ def prepare(
     out: str = typer.Option(..., "--out", help="Folder for manifest.csv, faces.npy and prepared.json."),
     size: int = typer.Option(224, help="Side of the stored square faces, in pixels."),
     detect: Optional[bool] = typer.Option(None, "--detect/--no-detect", help="Run MTCNN (default: per dataset; off where faces ship cropped)."),
-    device: str = typer.Option("cpu", help="Torch device for face detection."),
+    detector: str = detector_option(),
+    device: str = typer.Option("cpu", help="Torch device of --detector mtcnn-torch."),
     batch_size: int = typer.Option(32, help="Images per detection batch."),
     splits: Optional[str] = typer.Option(None, help="Comma-separated splits to prepare (default: all found)."),
     folds: Optional[int] = typer.Option(None, help="Subject-independent folds of train, a fold column for `poi train --fold` (default: 10 for CK+, none elsewhere; 0 for none)."),
@@ -131,20 +196,15 @@ def prepare(
 ) -> None:
     """Detect, align and store a dataset's faces for training (resumable; see docs/datasets.md)."""
     use_threads(threads)
-    from poi_cli.data.datasets import LayoutError
-    from poi_cli.data.prepare import PrepareError, prepare as run_prepare
+    from poi_cli.data.prepare import prepare as run_prepare
 
     chosen = [s.strip() for s in splits.split(",") if s.strip()] if splits else None
-    try:
-        result = run_prepare(dataset, raw_dir, out, size=size, detect=detect, device=device,
+    # unexpected: e.g. the detector cannot start: still one line, never a traceback
+    with user_errors(f"interrupted: finished images are saved in {out}; run the same command again to resume",
+                     unexpected="prepare failed"):
+        result = run_prepare(dataset, raw_dir, out, size=size, detect=detect, device=device, detector=detector,
                              batch_size=batch_size, splits=chosen, folds=folds, fold_seed=fold_seed,
                              test_fraction=test_fraction)
-    except (LayoutError, PrepareError) as error:
-        fail(str(error))
-    except KeyboardInterrupt:
-        fail(f"interrupted: finished images are saved in {out}; run the same command again to resume", 130)
-    except Exception as error:  # e.g. the detector cannot start: still one line, never a traceback
-        fail(f"{type(error).__name__}: {error}")
     show(*render.prepare_summary(dataset, result))
 
 
@@ -161,13 +221,10 @@ def noise(
 ) -> None:
     """Symmetric label noise: write a label file for `poi train --labels` (the manifest is not changed)."""
     from poi_cli.data.noise import write_noisy_labels
-    from poi_cli.data.store import StoreError
 
-    try:
+    with user_errors():
         path, summary = write_noisy_labels(prepared_dir, rate, seed=seed, split=split, out=out,
                                            subset=subset, subset_seed=subset_seed)
-    except (StoreError, ValueError, OSError) as error:
-        fail(str(error))
     show(*render.noise_summary(path, summary, rate, seed))
 
 
@@ -221,31 +278,20 @@ def _config_from_options(options: dict[str, Any]) -> "_train_config.TrainConfig"
 @_with_config_options
 def train(**options: Any) -> None:
     """Train POI (or the baseline / an ablation) on a prepared dataset; see docs/training.md."""
-    from poi_cli.model.checkpoint import CheckpointError
-    from poi_cli.train.engine import TrainError
-    from poi_cli.model.pretrained import PretrainedError
-    from poi_cli.data.store import StoreError
-
     use_threads(options.pop("threads", None))
-    try:
+    with user_errors():
         config = _config_from_options(options)
-    except ValueError as error:
-        fail(str(error))
     if not config.data and config.resume is None:
         fail("give a prepared folder (PREPARED_DIR) or --resume RUN_DIR")
     from poi_cli.pipeline import train_folds, train_rounds
 
     announce = lambda line: show(render.Line(line))  # noqa: E731
-    try:
+    with user_errors("interrupted: finished epochs are saved; continue with --resume RUN_DIR"):
         if config.fold == _train_config.ALL_FOLDS:
             summary = train_folds(config, console=console, announce=announce)
             show(*render.folds_summary(summary))
             return
         run_dir = train_rounds(config, console=console, announce=announce)[-1]
-    except (TrainError, StoreError, CheckpointError, PretrainedError, ValueError, OSError) as error:
-        fail(str(error))
-    except KeyboardInterrupt:
-        fail("interrupted: finished epochs are saved; continue with --resume RUN_DIR", 130)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         show(render.train_done(run_dir))
 
@@ -265,16 +311,12 @@ def evaluate(
     """Accuracy, per-class recall, confusion matrix, calibration of confidence and consistency, strata and PIN accuracies of a model."""
     use_threads(threads)
     from poi_cli.core.atomic import next_run_dir
-    from poi_cli.model.checkpoint import CheckpointError
-    from poi_cli.inference.evaluate import evaluate as run_evaluate, write_reports
-    from poi_cli.data.store import StoreError
+    from poi_cli.study.evaluate import evaluate as run_evaluate, write_reports
 
-    try:
+    with user_errors():
         result = run_evaluate(model, prepared_dir, split=split, device=device, batch=batch, amp=amp)
         out_dir = next_run_dir("runs/evaluate", "exp") if out is None else out
         files = write_reports(result, out_dir)
-    except (CheckpointError, StoreError, ValueError, OSError) as error:  # DeviceError is a ValueError
-        fail(str(error))
     if as_json:
         print(json.dumps(result))
         return
@@ -284,12 +326,13 @@ def evaluate(
 @app.command()
 def predict(
     inputs: list[str] = typer.Argument(..., help="Image or video files, folders (searched recursively) or glob patterns."),
-    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint or run folder (default: $POI_MODEL, then the bundled model)."),
+    model: Optional[str] = typer.Option(None, "--model", help="An .onnx file from `poi export --full`, a checkpoint or a run folder (default: $POI_MODEL, then the bundled model)."),
     show_au: bool = typer.Option(False, "--show-au", help="Add AU probabilities per region and the regions' own expression distributions."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of per-face records to stdout."),
     csv_file: Optional[str] = typer.Option(None, "--csv", help="Write one row per face (flat columns) to this CSV file."),
     save_vis: Optional[str] = typer.Option(None, "--save-vis", help="Folder for annotated PNGs (boxes, expression, probability, consistency, AU bars)."),
-    device: str = typer.Option("cpu", help="cpu or cuda (detection and model)."),
+    device: str = device_option(),
+    detector: str = detector_option(),
     batch: int = typer.Option(32, help="Faces per model batch."),
     min_score: float = typer.Option(0.95, "--min-score", help="Drop detections scored below this (MTCNN's false positives score about 0.8-0.92)."),
     no_detect: bool = typer.Option(False, "--no-detect", "--aligned", help="Take each image or frame whole as one face (already-cropped faces, e.g. FER datasets); no detector."),
@@ -303,122 +346,103 @@ def predict(
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Expression, confidence (calibrated probability), consistency (UEM w) and action units of every face in images and videos; see docs/predict.md."""
-    use_threads(threads)
+    use_threads(threads, import_torch=False)
     from contextlib import ExitStack
 
     from poi_cli.core.atomic import refuse_input_as_output
-    from poi_cli.core.errors import PoiError
     from poi_cli.core.locks import claim
     from poi_cli.data.video import VideoSampling
-    from poi_cli.inference.predict import Predictor, expand_inputs
-    from poi_cli.inference.video import VideoOptions
+    from poi_cli.backends import open_runner
+    from poi_cli.deploy.pipeline import expand_inputs
+    from poi_cli.deploy.predict import Predictor
+    from poi_cli.deploy.video import VideoOptions
 
     if as_json and csv_file:
         fail("--json and --csv exclude each other: choose one output")
-    # Every file read, after glob and folder expansion: no output may land on one of them.
-    input_files = [item.path for item in expand_inputs(inputs) if item.path is not None]
+    # Expanded once: every file read, after glob and folder expansion (no output may land on
+    # one of them), is also what is predicted.
+    items = expand_inputs(inputs)
+    input_files = [item.path for item in items if item.path is not None]
     with ExitStack() as held:
-        try:
+        with user_errors():
             if csv_file:
+                if Path(csv_file).is_dir():
+                    fail(f"--csv {csv_file} is a folder: give the CSV file's name")
                 refuse_input_as_output(csv_file, input_files, "--csv")
                 held.enter_context(claim(csv_file, "--csv"))  # one writer per CSV
             video = VideoOptions(VideoSampling(every=every, fps=fps, start=start, end=end), smooth=smooth)
-            predictor = Predictor(model, device=device, batch_size=batch, min_face_score=min_score, detect=not no_detect,
-                                  backend=backend, workers=workers)
-        except (PoiError, ValueError) as error:
-            fail(str(error))
-        _predict_and_write(predictor, inputs, input_files, show_au, as_json, csv_file, save_vis, video)
+            runner = open_runner(model, backend=backend, device=device, threads=threads, batch_size=batch)
+            predictor = Predictor(runner, detector=detector, batch_size=batch, min_face_score=min_score,
+                                  detect=not no_detect, workers=workers, threads=threads)
+        _predict_and_write(predictor, items, input_files, show_au, as_json, csv_file, save_vis, video)
 
 
-def _predict_and_write(predictor: Any, inputs: list[str], input_files: list[Path], show_au: bool, as_json: bool,
+def _predict_and_write(predictor: Any, items: list[Any], input_files: list[Path], show_au: bool, as_json: bool,
                        csv_file: Optional[str], save_vis: Optional[str], video: Any) -> None:
-    """The body of `poi predict` once the model is loaded (and the CSV claimed)."""
-    from poi_cli.data.faces import FaceDetectorError
-    from poi_cli.inference.predict import STATUS_ERROR, status_counts, write_predictions_csv
-    from poi_cli.inference.video import video_summary, write_video_summaries
+    """The body of `poi predict` once the model is loaded (and the CSV claimed): the
+    library's predict_files, then what it did, printed."""
+    from poi_cli.deploy.predict import predict_files
 
     show(*render.note_lines(predictor.notes, soft_wrap=True), to=err_console)
-    writer = None
-    if save_vis:
-        from poi_cli.inference.visualize import VisWriter
-
-        writer = VisWriter(save_vis, show_au, protected=input_files)
-    records: list[dict] = []
-    statuses: dict[str, set] = {}  # per input (a video's frames share one): the statuses of its records
-    try:
-        for prediction in predictor.iter_predictions(inputs, show_au, progress=True, video=video):
-            statuses.setdefault(prediction.source, set()).update(r["status"] for r in prediction.records)
-            records.extend(prediction.records)
-            if writer is not None:
-                writer.write(prediction)
-    except FaceDetectorError as error:
-        fail(str(error))
-    except KeyboardInterrupt:
-        if writer is not None:
-            writer.close()
-        if csv_file and records:
-            write_predictions_csv(records, predictor.classes, csv_file, show_au)
-            fail(f"interrupted: the {len(statuses)} inputs finished are in {csv_file}", 130)
+    note = lambda text: show(*render.note_lines([text], soft_wrap=True), to=err_console)  # noqa: E731
+    with user_errors():  # the detector cannot start: one line
+        run = predict_files(predictor, items, show_au, csv_file, save_vis, input_files, video, note=note)
+    if run.interrupted:
+        if csv_file and run.records:
+            fail(f"interrupted: the {run.inputs} inputs finished are in {csv_file}", 130)
         fail("interrupted", 130)
-    if writer is not None:
-        writer.close()
-    images = len(statuses)
-    counts = status_counts(records)
-    summaries = video_summary(records)
     # One rule for one bad input and many: the records (error ones included) are always
     # written, and the exit status is 1 when no input could be read.
     if as_json:
-        print(json.dumps(records))
-    elif csv_file:
-        write_predictions_csv(records, predictor.classes, csv_file, show_au)
-    elif len(summaries) < images:  # the per-frame rows of videos: --csv / --json
-        show(render.predict_table([r for r in records if "frame" not in r], predictor.checkpoint_path,
+        print(json.dumps([r.to_dict() for r in run.records]))
+    elif not csv_file and len(run.summaries) < run.inputs:  # the per-frame rows of videos: --csv / --json
+        show(render.predict_table([r for r in run.records if r.video is None], predictor.model_path,
                                   predictor.classes, show_au))
-    if images and sum(s == {STATUS_ERROR} for s in statuses.values()) == images:
-        if images == 1:
-            fail(f"{records[0]['image']}: {records[0]['reason']}")
-        fail(f"none of the {images} inputs could be read")
+    if run.none_readable:
+        if run.inputs == 1:
+            fail(f"{run.records[0].image}: {run.records[0].reason}")
+        fail(f"none of the {run.inputs} inputs could be read")
     to = err_console if as_json else console
-    show(*render.video_summaries(summaries), to=to)
-    write_video_summaries(summaries, csv_file, save_vis)
-    show(render.predict_summary(images - len(summaries), counts, csv_file, save_vis, videos=len(summaries),
-                                frames=sum(v["frames"] for v in summaries)), to=to)
+    show(*render.video_summaries(run.summaries), to=to)
+    show(render.predict_summary(run.inputs - len(run.summaries), run.counts, csv_file, save_vis,
+                                videos=len(run.summaries), frames=sum(v["frames"] for v in run.summaries)), to=to)
 
 
 @app.command()
 def serve(
-    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint or run folder (default: $POI_MODEL, then the bundled model)."),
+    model: Optional[str] = typer.Option(None, "--model", help="An .onnx file from `poi export --full`, a checkpoint or a run folder (default: $POI_MODEL, then the bundled model)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface, e.g. in Docker)."),
     port: int = typer.Option(8000, help="TCP port."),
-    device: str = typer.Option("cpu", help="cpu or cuda (detection and model)."),
+    device: str = device_option(),
+    detector: str = detector_option(),
     min_score: float = typer.Option(0.95, "--min-score", help="Drop detections scored below this (as in poi predict)."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest request body, in MiB (413 above)."),
     max_pixels: float = typer.Option(40.0, "--max-megapixels", help="Largest image, in megapixels (413 above)."),
     max_files: int = typer.Option(16, "--max-files", help="Images per request (400 above)."),
-    max_in_flight: int = typer.Option(64, "--max-in-flight", help="Requests served at once (429 above)."),
+    max_request_pixels: float = typer.Option(160.0, "--max-request-megapixels", help="All images of one request together, in megapixels (413 above)."),
+    max_in_flight: int = typer.Option(64, "--max-in-flight", help="Requests whose body has arrived, served at once (429 above)."),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a request's body may take to arrive after its headers (408 after)."),
     backend: str = backend_option(),
     threads: Optional[int] = threads_option(),
 ) -> None:
     """An HTTP JSON API: POST /predict (images as multipart field `files`), GET /health, /model, /docs; see docs/serve.md."""
-    use_threads(threads)
-    from poi_cli.core.errors import PoiError
-    from poi_cli.inference.predict import Predictor
-    from poi_cli.inference.serve import ServeLimits, serve as run_serve
+    use_threads(threads, import_torch=False)
+    from poi_cli.backends import open_runner
+    from poi_cli.deploy.predict import Predictor
+    from poi_cli.deploy.serve import ServeLimits, serve as run_serve
 
-    try:
+    with user_errors():
         limits = ServeLimits(max_request_bytes=int(max_upload_mb * 1024 * 1024), max_files=max_files,
-                             max_pixels=int(max_pixels * 1e6), max_in_flight=max_in_flight)
-        predictor = Predictor(model, device=device, min_face_score=min_score, images_per_batch=limits.batch_images,
-                              backend=backend)
-    except (PoiError, ValueError) as error:
-        fail(str(error))
+                             max_pixels=int(max_pixels * 1e6), max_request_pixels=int(max_request_pixels * 1e6),
+                             max_in_flight=max_in_flight, body_timeout_s=body_timeout)
+        runner = open_runner(model, backend=backend, device=device, threads=threads)
+        predictor = Predictor(runner, detector=detector, min_face_score=min_score, images_per_batch=limits.batch_images,
+                              threads=threads)
     show(*render.note_lines(predictor.notes, soft_wrap=True), to=err_console)
-    try:
-        run_serve(predictor, host=host, port=port, limits=limits)
-    except PoiError as error:
-        fail(str(error))
-    except OSError as error:  # the port is taken, the address is not ours
-        fail(f"cannot listen on {host}:{port}: {one_line(error)}")
+    warn = lambda text: err_console.print(f"[yellow]warning:[/] {escape_markup(text)}", highlight=False,  # noqa: E731
+                                          soft_wrap=True)
+    with user_errors():  # a bad port, an address in use: ServeError, one line
+        run_serve(predictor, host=host, port=port, limits=limits, warn=warn)
 
 
 @app.command()
@@ -429,18 +453,16 @@ def export(
     out: Optional[str] = typer.Option(None, "--out", help="File to write (default beside the checkpoint: best.trn.onnx, best.full.torchscript.pt, best.fp16.pt, ...)."),
     tolerance: Optional[float] = typer.Option(None, help="Largest accepted difference from PyTorch on random input (default 1e-3; 1e-2 for weights)."),
     opset: int = typer.Option(17, help="ONNX opset."),
+    fp16_weights: bool = typer.Option(False, "--fp16-weights", help="ONNX: store the weights as float16 (half the file), computed in float32; how the bundled .onnx is made from the bundled fp16 checkpoint."),
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Export to ONNX, TorchScript or packed fp16 weights and check the result against PyTorch; see docs/predict.md."""
     use_threads(threads)
-    from poi_cli.inference.export import ExportError, export_model
+    from poi_cli.model.export import export_model
 
-    try:
-        result = export_model(checkpoint, format=format, full=full, out=out, tolerance=tolerance, opset=opset)
-    except (ExportError, OSError) as error:
-        fail(str(error))
-    except Exception as error:  # an exporter failure: one line, never a traceback
-        fail(f"export failed: {type(error).__name__}: {one_line(error)}")
+    with user_errors(unexpected="export failed"):  # an exporter failure: one line, never a traceback
+        result = export_model(checkpoint, format=format, full=full, out=out, tolerance=tolerance, opset=opset,
+                              fp16_weights=fp16_weights)
     show(*render.export_summary(result))
     if not result.passed:
         fail(f"the exported model differs from PyTorch by {result.max_abs_diff:.2e} > {result.tolerance:g}")
@@ -458,13 +480,11 @@ def report(
     """Tables (final / best accuracy, noise, ablations, calibration, confidence and consistency strata) and plots of training runs; see docs/predict.md."""
     use_threads(threads)
     from poi_cli.core.atomic import next_run_dir
-    from poi_cli.inference.report import ReportError, build_report
+    from poi_cli.study.report import build_report
 
-    try:
+    with user_errors():
         out_dir = out or next_run_dir("runs/report", "exp")
         result = build_report(run_dirs or [], out_dir, data=data, split=split, device=device)
-    except (ReportError, ValueError, OSError) as error:
-        fail(str(error))
     show(*render.report_skipped(result), to=err_console)
     show(*render.report_summary(result))
 
@@ -484,15 +504,12 @@ def audit(
 ) -> None:
     """Rank every labelled image by how strongly the PIN's objective inference disagrees with its label; see docs/audit.md."""
     use_threads(threads)
-    from poi_cli.inference.audit import SUSPICION_THRESHOLDS, AuditError, audit as run_audit, write_audit
+    from poi_cli.study.audit import SUSPICION_THRESHOLDS, audit as run_audit, write_audit
     from poi_cli.core.atomic import next_run_dir
-    from poi_cli.model.checkpoint import CheckpointError
-    from poi_cli.data.store import StoreError
-    from poi_cli.train.config import TrainError
 
     if cross_fit and (labels or baseline or split != "train"):
         fail("--cross-fit audits the labels the run trained on, on its training split: drop --labels, --baseline and --split")
-    try:
+    with user_errors("interrupted: finished fold models are kept; run the same command again to resume"):
         out_dir = next_run_dir("runs/audit", "exp") if out is None else Path(out)
         if cross_fit:
             from poi_cli.pipeline import cross_fit_audit
@@ -501,10 +518,6 @@ def audit(
         else:
             result = run_audit(model, prepared_dir, labels_file=labels, split=split, baseline=baseline, device=device, batch=batch)
         files = write_audit(result, out_dir)
-    except (AuditError, CheckpointError, StoreError, TrainError, ValueError, OSError) as error:  # DeviceError is a ValueError
-        fail(str(error))
-    except KeyboardInterrupt:
-        fail("interrupted: finished fold models are kept; run the same command again to resume", 130)
     show(*render.audit_summary(result.summary, files, SUSPICION_THRESHOLDS))
 
 
@@ -526,15 +539,12 @@ def clean(
 ) -> None:
     """Turn an audit into a label file for `poi train --labels`: relabel or drop the most suspect images."""
     use_threads(threads)
-    from poi_cli.core.errors import PoiError
-    from poi_cli.inference.clean import clean as run_clean, write_clean
+    from poi_cli.study.clean import clean as run_clean, write_clean
 
-    try:
+    with user_errors():
         result = run_clean(audit_or_run, prepared_dir, "relabel" if relabel else "drop", threshold, fraction,
                            labels_file=labels, split=split, device=device, auto=auto)
         files = write_clean(result, out)
-    except (PoiError, OSError) as error:
-        fail(str(error))
     show(*render.clean_summary(result.summary, relabel, files, prepared_dir))
 
 
@@ -551,11 +561,8 @@ def calibrate(
 ) -> None:
     """Fit the temperature T_cal that makes `confidence` a calibrated probability, and store it in the checkpoint."""
     use_threads(threads)
-    from poi_cli.core.errors import PoiError
-    from poi_cli.inference.calibrate import calibrate as run_calibrate
+    from poi_cli.study.calibrate import calibrate as run_calibrate
 
-    try:
+    with user_errors():
         result = run_calibrate(model, prepared_dir, split=split, out=out, in_place=in_place, device=device, batch=batch)
-    except (PoiError, OSError) as error:
-        fail(str(error))
     show(*render.calibrate_summary(result))

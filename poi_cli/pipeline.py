@@ -36,14 +36,13 @@ import pandas as pd
 
 from poi_cli.core.atomic import write_csv, write_json
 from poi_cli.core.atomic import atomic_write_text
-from poi_cli.core.runtime import select_device, use_bf16
 from poi_cli.data.folds import fold_split_name, stratified_folds
 from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, label_names
-from poi_cli.inference.audit import AuditError, AuditResult, audit_of, audited_labels, objective_inference
-from poi_cli.inference.clean import FITTED_ADVICE, clean, clean_audit, write_clean
-from poi_cli.inference.evaluate import evaluate, write_reports
-from poi_cli.model.checkpoint import CONFIG_FILE, LAST, load_checkpoint, load_model, resolve_checkpoint
-from poi_cli.model.predictions import predict_split
+from poi_cli.study.audit import AuditError, AuditResult, audit_of, audited_labels, objective_inference
+from poi_cli.study.clean import FITTED_ADVICE, clean, clean_audit, write_clean
+from poi_cli.study.evaluate import evaluate, write_reports
+from poi_cli.model.checkpoint import CONFIG_FILE, LAST, load_checkpoint, read_checkpoint_info, resolve_checkpoint
+from poi_cli.model.predictions import predict_checkpoint_split
 from poi_cli.train.config import TrainConfig, TrainError
 from poi_cli.train.engine import train
 
@@ -146,7 +145,7 @@ def folds_summary(rows: list[dict], folder: Path) -> dict:
 def train_or_resume(run_dir: Path, config: TrainConfig, console: Optional[Console] = None) -> bool:
     """Train `config` into run_dir, resume it there when killed, or leave it when finished;
     True when it trained now."""
-    if (run_dir / LAST).is_file() and load_checkpoint(run_dir / LAST)["epoch"] >= config.epochs:
+    if (run_dir / LAST).is_file() and read_checkpoint_info(run_dir / LAST).epoch >= config.epochs:
         return False
     if (run_dir / CONFIG_FILE).is_file():  # killed: its own config.json says how to go on
         train(replace(config, resume=str(run_dir)), console)
@@ -193,7 +192,6 @@ def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, o
     names = dataset.classes
     objective = np.zeros((len(data.labels), len(names)))
     trn, w = np.zeros_like(objective), np.zeros(len(data.labels))
-    torch_device = select_device(device)
     for fold in range(folds):
         held = fold_of == fold
         labels_file = out / f"fold{fold}_labels.csv"
@@ -211,10 +209,8 @@ def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, o
         fold_dir = out / fold_split_name(fold)
         train_or_resume(fold_dir, replace(config, labels=str(labels_file), noise=0.0, rounds=1, fold=None,
                                           device=device), console)
-        model, checkpoint = load_model(resolve_checkpoint(fold_dir), torch_device)
-        size = int(checkpoint["model_config"]["input_size"])
-        predictions = predict_split(model, dataset.faces, data.store_rows[held], data.labels[held], size, batch,
-                                    torch_device, use_bf16(config.amp, torch_device), progress=True)
+        predictions = predict_checkpoint_split(load_checkpoint(resolve_checkpoint(fold_dir)), dataset.faces,
+                                               data.store_rows[held], data.labels[held], device, batch, config.amp)
         objective[held] = objective_inference(predictions, fold_dir)
         trn[held], w[held] = predictions.trn_probs, predictions.consistency
     result = audit_of(dataset, data, objective, trn, w, label_source=label_source,

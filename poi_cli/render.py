@@ -24,9 +24,10 @@ from poi_cli.core.schema import STATUS_OK
 
 if TYPE_CHECKING:  # the result types, for annotations only (their modules import torch or pandas)
     from poi_cli.data.prepare import PrepareResult
-    from poi_cli.inference.calibrate import CalibrateResult
-    from poi_cli.inference.export import ExportResult
-    from poi_cli.inference.report import Report
+    from poi_cli.study.calibrate import CalibrateResult
+    from poi_cli.model.export import ExportResult
+    from poi_cli.study.report import Report
+    from poi_cli.deploy.records import FaceRecord
 
 
 @dataclass(frozen=True)
@@ -196,20 +197,20 @@ def calibration_lines(result: dict) -> list[str]:
 # --------------------------------------------------------------------- poi predict
 
 
-def predict_table(records: Sequence[dict], checkpoint: Any, classes: Sequence[str], show_au: bool) -> Table:
+def predict_table(records: Sequence["FaceRecord"], checkpoint: Any, classes: Sequence[str], show_au: bool) -> Table:
     """One row per face (or per image without one): expression, confidence, consistency, AUs, status."""
     table = Table(title=f"{checkpoint} ({len(classes)} classes)")
     for column in ("image", "face", "expression", "confidence", "consistency", *(("AUs > 0.5",) if show_au else ()), "status"):
         table.add_column(column, justify="right" if column in ("face", "confidence", "consistency") else "left",
                          overflow="fold")
     for r in records:
-        ok = r["status"] == STATUS_OK
-        cells = [r["image"], "" if r["face"] is None else str(r["face"]), r["expression"] or "-",
-                 f"{r['confidence']:.1%}" if ok else "-",
-                 f"{r['consistency']:.3f}" if ok and r["consistency"] is not None else "-"]
+        ok = r.is_face
+        cells = [r.image, "" if r.face is None else str(r.face), r.expression or "-",
+                 f"{r.confidence:.1%}" if ok else "-",
+                 f"{r.consistency:.3f}" if ok and r.consistency is not None else "-"]
         if show_au:
-            cells.append(active_aus(r.get("aus")))
-        cells.append(r["status"] if ok else f"{r['status']}: {r['reason']}")
+            cells.append(active_aus(r.aus))
+        cells.append(r.status if ok else f"{r.status}: {r.reason}")
         table.add_row(*cells)
     return table
 
@@ -362,7 +363,7 @@ def clean_summary(summary: dict, relabel: bool, files: Sequence[Any], prepared_d
                           f"at that rate, relabelling the top {auto['fraction']:.1%} leaves {auto['valid_noise_after']:.1%} "
                           f"wrong (from {auto['valid_noise_before']:.1%})", soft_wrap=True))
         if auto.get("fitted_training_labels"):
-            from poi_cli.inference.clean import FITTED_ADVICE
+            from poi_cli.study.clean import FITTED_ADVICE
 
             lines.append(Line(f"warning: it agrees with far more of its training labels than it gets right on "
                               f"{auto['valid_split']}: {FITTED_ADVICE}", soft_wrap=True))

@@ -24,8 +24,8 @@ import torch
 
 from poi_cli.core.errors import PoiError
 from poi_cli.data.store import PreparedDataset, SplitData
-from poi_cli.inference.audit import suspicion_score
-from poi_cli.inference.clean import choose_fraction, noise_after_selection, objective_of
+from poi_cli.study.audit import suspicion_score
+from poi_cli.study.clean import choose_fraction, noise_after_selection, objective_of
 
 
 def mirrored(dataset: PreparedDataset) -> PreparedDataset:

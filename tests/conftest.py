@@ -1,14 +1,25 @@
-"""Shared fixtures: a tiny prepared dataset written with the store's writer.
+"""Shared fixtures: a tiny prepared dataset, a tiny checkpoint and tiny trained runs.
 
 `make_prepared(root, ...)` writes prepared.json, manifest.csv and faces.npy
 (poi_cli.data.store.write_store) with class-dependent patterns a ResNet learns in a few steps: class c
 is horizontal stripes of frequency c + 1 (invariant to the flips and small shifts of
 training augmentation), plus per-image noise, phase and tint.
+
+`write_checkpoint(path, model)` saves a model as training does (build_checkpoint,
+save_checkpoint), `tiny_model()` by default, so that a test checkpoint is made one way
+(test_schema still writes raw dicts: the checkpoint format itself is what it tests). The
+session-scoped `tiny_checkpoint` and `tiny_runs` are built once and shared, so a test only
+reads them; one that changes the checkpoint takes `tiny_checkpoint_copy`.
+torch is imported inside the functions, so that collecting the torch-free tests stays light.
 """
 
 from __future__ import annotations
 
+import io
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import pytest
@@ -16,8 +27,14 @@ import pytest
 from poi_cli.core.manifests import class_names
 from poi_cli.core.schema import STATUS_NO_FACE, STATUS_OK
 from poi_cli.data.store import write_store
+from poi_cli.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from poi_cli.model.network import POIModel
 
 DEFAULT_SPLITS = {"train": 6, "valid": 2, "test": 2}  # images per class
+TINY_SPLITS = {"train": 2, "valid": 1}  # 14 training and 7 validation images: an epoch takes seconds
+TINY_SIZE = 64  # side of the faces and of the model input of the tiny models
 
 
 def stripe_image(label: int, size: int, rng: np.random.Generator, grayscale: bool = False) -> np.ndarray:
@@ -66,6 +83,79 @@ def make_prepared(
 def prepared(tmp_path: Path) -> Path:
     """A 7-class, 64 px prepared folder: 42 train, 14 valid, 14 test images."""
     return make_prepared(tmp_path / "prepared")
+
+
+def tiny_model(num_classes: int = 7, use_pin: bool = True, seed: int = 0, **options: Any) -> "POIModel":
+    """A randomly initialised 64 px POI model (the baseline with use_pin=False), the same for
+    the same seed; options: other ModelConfig fields."""
+    import torch
+
+    from poi_cli.model.network import ModelConfig, POIModel
+
+    torch.manual_seed(seed)
+    return POIModel(ModelConfig(num_classes=num_classes, input_size=TINY_SIZE, use_pin=use_pin, **options))
+
+
+def write_checkpoint(path: Path, model: Optional["POIModel"] = None, classes: Optional[Sequence[str]] = None,
+                     epoch: int = 1, **fields: Any) -> Path:
+    """`model` (tiny_model() when None) saved at `path` as training saves it, for faces of its
+    input size; classes: the canonical names of its class count when None; fields: the other
+    arguments of build_checkpoint (config, calibration, ...)."""
+    from poi_cli.data.preprocess import Preprocessing
+    from poi_cli.model.checkpoint import build_checkpoint, save_checkpoint
+
+    model = tiny_model() if model is None else model
+    config = model.config
+    preprocessing = Preprocessing(face_size=config.input_size, input_size=config.input_size)
+    save_checkpoint(path, build_checkpoint(model=model, model_config=config, preprocessing=preprocessing, epoch=epoch,
+                                           classes=classes or class_names(config.num_classes), **fields))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """write_checkpoint's default (7 classes, 64 px: it fits `prepared`), written once per session.
+    Shared: read it only; a test that changes it or writes beside it takes tiny_checkpoint_copy."""
+    return write_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint") / "model.pt")
+
+
+@pytest.fixture
+def tiny_checkpoint_copy(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    """This test's own copy of tiny_checkpoint: tmp_path / "model.pt"."""
+    return Path(shutil.copyfile(tiny_checkpoint, tmp_path / "model.pt"))
+
+
+def tiny_config(data: Path, project: Path, **overrides: Any) -> TrainConfig:
+    """A run that trains on a tiny store in seconds: 64 px, 2 epochs of batch 7, lr 0.01, no bf16, seed 0."""
+    values = dict(data=str(data), input_size=TINY_SIZE, epochs=2, batch=7, lr=0.01, project=str(project), amp="off",
+                  seed=0)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@dataclass(frozen=True)
+class TinyRuns:
+    """Two run folders trained for one epoch (tiny_config) on the same tiny store."""
+
+    data: Path  # the prepared store (TINY_SPLITS) both trained on
+    poi: Path  # POI
+    baseline: Path  # the baseline: the TRN and cross-entropy alone
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> TinyRuns:
+    """TinyRuns, trained once per session. Shared: read them or start from them (--teacher,
+    --fine-tune, a copy of a config.json), never train into them or change their files."""
+    from rich.console import Console
+
+    from poi_cli.train.engine import train
+
+    root = tmp_path_factory.mktemp("tiny_runs")
+    data = make_prepared(root / "data", splits=TINY_SPLITS)
+    quiet = Console(file=io.StringIO())
+    poi = train(tiny_config(data, root / "runs", epochs=1, name="poi"), quiet)
+    baseline = train(tiny_config(data, root / "runs", epochs=1, use_pin=False, name="baseline"), quiet)
+    return TinyRuns(data, poi, baseline)
 
 
 def numbers_of(value) -> list[float]:

@@ -12,7 +12,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from conftest import make_prepared
-from poi_cli.inference.audit import AUDIT_COLUMNS, audit, detection_metrics, suspicion_score, write_audit
+from poi_cli.study.audit import AUDIT_COLUMNS, audit, detection_metrics, suspicion_score, write_audit
 from poi_cli.cli import app
 from poi_cli.core.metrics import roc_auc
 from poi_cli.train.config import TrainConfig

@@ -15,7 +15,7 @@ from poi_cli.core.manifests import EYE_AUS, MOUTH_AUS, class_names
 from poi_cli.data.preprocess import Preprocessing
 from poi_cli.model.checkpoint import read_checkpoint_info
 from poi_cli.model.network import ModelConfig
-from poi_cli.inference.predict import bundled_model
+from poi_cli.deploy.predict import bundled_model
 
 ASTRONAUT = Path(__file__).resolve().parents[1] / "examples" / "astronaut.jpg"
 MAX_BYTES = 25 * 10**6  # the limit, "under 25 MB"
@@ -24,7 +24,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def bundled() -> Path:
-    path = bundled_model()
+    path = bundled_model(".pt")
     assert path is not None, "no model in poi_cli/weights/"
     return path
 

@@ -87,24 +87,7 @@ def test_calibration_record_round_trips():
     assert cal.Calibration.from_dict(None) is None
 
 
-def _checkpoint(tmp_path, prepared):
-    """An untrained 7-class POI checkpoint matching the `prepared` fixture (64 px)."""
-    import torch
-
-    from poi_cli.core.manifests import class_names
-    from poi_cli.data.preprocess import Preprocessing
-    from poi_cli.model.checkpoint import build_checkpoint, save_checkpoint
-    from poi_cli.model.network import ModelConfig, POIModel
-
-    torch.manual_seed(0)
-    config = ModelConfig(arch="resnet10", num_classes=7, input_size=64)
-    path = tmp_path / "model.pt"
-    save_checkpoint(path, build_checkpoint(model=POIModel(config), model_config=config, classes=class_names(7),
-                                           preprocessing=Preprocessing(face_size=64, input_size=64)))
-    return path
-
-
-def test_poi_calibrate_writes_a_copy_unless_asked_and_then_in_place(tmp_path, prepared):
+def test_poi_calibrate_writes_a_copy_unless_asked_and_then_in_place(tmp_path, prepared, tiny_checkpoint_copy):
     import hashlib
 
     import torch
@@ -112,7 +95,7 @@ def test_poi_calibrate_writes_a_copy_unless_asked_and_then_in_place(tmp_path, pr
 
     from poi_cli.cli import app
 
-    path = _checkpoint(tmp_path, prepared)
+    path = tiny_checkpoint_copy  # tmp_path / "model.pt": the calibrated copy is written beside it
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     runner = CliRunner()
     result = runner.invoke(app, ["calibrate", str(path), str(prepared)])
@@ -133,12 +116,12 @@ def test_poi_calibrate_writes_a_copy_unless_asked_and_then_in_place(tmp_path, pr
     assert set(p.name for p in tmp_path.iterdir()) == leftovers  # atomic: no temp file left behind
 
 
-def test_poi_calibrate_needs_a_held_out_split(tmp_path):
+def test_poi_calibrate_needs_a_held_out_split(tmp_path, tiny_checkpoint):
     from typer.testing import CliRunner
 
     from conftest import make_prepared
     from poi_cli.cli import app
 
     prepared = make_prepared(tmp_path / "data", splits={"train": 2, "test": 1})
-    result = CliRunner().invoke(app, ["calibrate", str(_checkpoint(tmp_path, prepared)), str(prepared)])
+    result = CliRunner().invoke(app, ["calibrate", str(tiny_checkpoint), str(prepared)])
     assert result.exit_code == 1 and "no valid/val split" in result.output

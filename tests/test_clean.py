@@ -15,8 +15,8 @@ from conftest import make_prepared
 from poi_cli.cli import app
 from poi_cli.data.store import PreparedDataset
 from poi_cli.data.noise import flip_labels
-from poi_cli.inference import clean as clean_module
-from poi_cli.inference.clean import (CleanError, auto_fraction, choose_fraction, clean_labels, estimate_noise_rate,
+from poi_cli.study import clean as clean_module
+from poi_cli.study.clean import (CleanError, auto_fraction, choose_fraction, clean_labels, estimate_noise_rate,
                                      fitted_training_labels, noise_after_selection, read_audit_csv)
 
 runner = CliRunner()

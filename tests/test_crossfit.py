@@ -10,15 +10,14 @@ import pandas as pd
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_prepared
+from conftest import make_prepared, tiny_config
 from poi_cli.cli import app
 from poi_cli.data.folds import stratified_folds
 from poi_cli.data.store import PreparedDataset
-from poi_cli.inference.audit import audit
+from poi_cli.study.audit import audit
 from poi_cli.model.checkpoint import load_model
 from poi_cli.model.predictions import predict_split
 from poi_cli.pipeline import cross_fit_audit
-from poi_cli.train.config import TrainConfig
 from poi_cli.train.engine import train
 
 RECIPE_FIELDS = ("arch", "input_size", "epochs", "batch", "lr", "seed", "use_pin", "temperature", "val_split")
@@ -36,8 +35,7 @@ def test_stratified_folds_deal_each_class_over_the_folds():
 
 def test_cross_fit_audit_scores_every_image_out_of_fold(tmp_path):
     data = make_prepared(tmp_path / "data", splits={"train": 4, "valid": 1})
-    run = train(TrainConfig(data=str(data), input_size=64, epochs=1, batch=14, lr=0.01, amp="off", seed=0,
-                            project=str(tmp_path / "runs"), noise=0.3, noise_seed=2))
+    run = train(tiny_config(data, tmp_path / "runs", epochs=1, batch=14, noise=0.3, noise_seed=2))
     out = tmp_path / "audit"
     result = cross_fit_audit(run, data, 2, out, device="cpu")
     table = result.table
@@ -104,8 +102,7 @@ def test_cross_fit_audit_of_a_run_that_left_images_out(tmp_path):
     labels[::4] = -1  # 7 of 28 left out
     label_file = tmp_path / "labels.csv"
     pd.DataFrame({"id": split.ids, "label": labels}).to_csv(label_file, index=False)
-    run = train(TrainConfig(data=str(data), input_size=64, epochs=1, batch=14, lr=0.01, amp="off", seed=0,
-                            project=str(tmp_path / "runs"), labels=str(label_file)))
+    run = train(tiny_config(data, tmp_path / "runs", epochs=1, batch=14, labels=str(label_file)))
     result = cross_fit_audit(run, data, 2, tmp_path / "audit", device="cpu")
     assert sorted(result.table["id"]) == sorted(split.ids[labels >= 0])
     fold0 = pd.read_csv(tmp_path / "audit" / "crossfit" / "fold0_labels.csv", dtype={"id": str}).set_index("id")

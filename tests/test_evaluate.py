@@ -10,14 +10,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_prepared
-from poi_cli.model.calibration import calibration_study, softmax
-from poi_cli.model.checkpoint import resolve_checkpoint, save_checkpoint
+from conftest import make_prepared, tiny_model, write_checkpoint
+from poi_cli.model.calibration import Calibration, calibration_study, softmax
+from poi_cli.model.checkpoint import resolve_checkpoint
 from poi_cli.cli import app
-from poi_cli.inference.evaluate import (confidence_strata, consistency_quantiles, evaluate, predict_mapped,
+from poi_cli.study.evaluate import (confidence_strata, consistency_quantiles, evaluate, predict_mapped,
                                         risk_coverage_points, write_reports)
 from poi_cli.core.manifests import class_names
-from poi_cli.model.network import ModelConfig, POIModel
 from poi_cli.data.store import MANIFEST_FILE
 
 
@@ -25,8 +24,7 @@ def constant_model(path, num_classes=7, trn_order=(3,), region_classes=(0, 0, 1,
                    classes=None):
     """A checkpoint whose outputs ignore the image: the TRN ranks `trn_order` first, region n
     predicts region_classes[n] (regions 0-1 strongly, 2-3 weakly), the gate trusts `gate_region`."""
-    config = ModelConfig(num_classes=num_classes, input_size=64, use_pin=use_pin)
-    model = POIModel(config)
+    model = tiny_model(num_classes, use_pin)
     with torch.no_grad():
         model.trn.fc.weight.zero_()
         model.trn.fc.bias.zero_()
@@ -40,9 +38,7 @@ def constant_model(path, num_classes=7, trn_order=(3,), region_classes=(0, 0, 1,
             model.pin.oim.fc.weight.zero_()
             model.pin.oim.fc.bias.zero_()
             model.pin.oim.fc.bias[gate_region] = 20.0
-    save_checkpoint(path, {"epoch": 1, "model": model.state_dict(), "model_config": config.to_dict(),
-                           "classes": list(classes or class_names(num_classes)), "config": {}})
-    return path
+    return write_checkpoint(path, model, classes)
 
 
 def assert_same_scores(scores: dict, expected: dict) -> None:
@@ -139,22 +135,11 @@ def test_seven_class_baseline_on_eight_class_data(tmp_path):
     assert (tmp_path / "out" / "risk_coverage.png").stat().st_size > 1000
 
 
-def random_model(path, temperature=None):
-    """A random-weight 64 px POI checkpoint (w varies from image to image), calibrated when `temperature` is given."""
-    torch.manual_seed(0)
-    config = ModelConfig(num_classes=7, input_size=64)
-    checkpoint = {"epoch": 1, "model": POIModel(config).state_dict(), "model_config": config.to_dict(),
-                  "classes": list(class_names(7)), "config": {}}
-    if temperature is not None:
-        checkpoint["calibration"] = {"temperature": temperature, "split": "valid", "n_images": 14,
-                                     "nll_before": 2.0, "nll_after": 1.9}
-    save_checkpoint(path, checkpoint)
-    return path
-
-
 def test_strata_recomputed_from_the_predictions(tmp_path):
     data = make_prepared(tmp_path / "data", splits={"test": 4})
-    checkpoint = random_model(tmp_path / "model.pt", temperature=0.25)
+    # random weights: w varies from image to image; calibrated at T_cal = 0.25
+    checkpoint = write_checkpoint(tmp_path / "model.pt", calibration=Calibration(
+        temperature=0.25, split="valid", n_images=14, nll_before=2.0, nll_after=1.9))
     report = evaluate(checkpoint, data, device="cpu")
     mapped = predict_mapped(checkpoint, data, device="cpu")
     w, correct = mapped.predictions.consistency, mapped.predictions.correct

@@ -10,11 +10,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import hide_module
+from conftest import hide_module, tiny_model, write_checkpoint
 from poi_cli.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from poi_cli.model.checkpoint import CheckpointInfo, build_checkpoint, load_checkpoint, save_checkpoint
+from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from poi_cli.cli import app
-from poi_cli.inference.export import ExportError, export_model
+from poi_cli.model.export import ExportError, export_model
 from poi_cli.core.manifests import class_names
 from poi_cli.model.network import REGION_NAMES, ModelConfig, POIModel
 
@@ -23,13 +23,9 @@ runner = CliRunner()
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")
 
 
-def make_checkpoint(path: Path, num_classes: int = 7, use_pin: bool = True) -> Path:
-    """A randomly initialised 64 px checkpoint in the training format."""
-    torch.manual_seed(0)
-    config = ModelConfig(input_size=64, num_classes=num_classes, use_pin=use_pin)
-    save_checkpoint(path, build_checkpoint(model=POIModel(config), model_config=config, classes=class_names(num_classes),
-                                           preprocessing=Preprocessing(face_size=64, input_size=64), epoch=1))
-    return path
+def make_checkpoint(path: Path, num_classes: int = 7, use_pin: bool = True, seed: int = 0) -> Path:
+    """A randomly initialised 64 px POI (or baseline) checkpoint in the training format (conftest's)."""
+    return write_checkpoint(path, tiny_model(num_classes, use_pin, seed))
 
 
 @pytest.fixture(scope="module")

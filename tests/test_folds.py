@@ -12,13 +12,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_prepared, stripe_image
+from conftest import make_prepared, stripe_image, tiny_config
 from poi_cli.cli import app
 from poi_cli.core.manifests import CLASSES
 from poi_cli.data.folds import random_test_mask, subject_folds
 from poi_cli.data.prepare import PrepareError, prepare
 from poi_cli.data.store import PreparedDataset
-from poi_cli.inference.evaluate import EvaluateError, choose_split
+from poi_cli.study.evaluate import EvaluateError, choose_split
 from poi_cli.pipeline import train_folds
 from poi_cli.train.config import TrainConfig
 from poi_cli.train.engine import train
@@ -120,8 +120,7 @@ def test_evaluate_split_rule_test_then_validation_then_the_runs_held_out_images(
     assert choose_split(tmp_path, with_val).split == "val"
 
     train_only = make_prepared(tmp_path / "c", splits={"train": 3})
-    run = train(TrainConfig(data=str(train_only), input_size=64, epochs=1, batch=7, lr=0.01, amp="off", use_pin=False,
-                            project=str(tmp_path / "runs"), val_fraction=0.34))
+    run = train(tiny_config(train_only, tmp_path / "runs", epochs=1, use_pin=False, val_fraction=0.34))
     choice = choose_split(run, PreparedDataset(train_only))
     held = pd.read_csv(run / "heldout_ids.csv", dtype={"id": str})["id"].tolist()
     assert choice.split == "train" and sorted(choice.ids) == sorted(held) and len(held) == 7

@@ -190,6 +190,7 @@ def test_eq12_total_known_value():
 def test_defaults_of_eq12_and_the_spec():
     config = losses.LossConfig()
     assert (config.lambda_au, config.lambda_ce_au, config.lambda_ce_tar, config.au_eps) == (0.5, 0.5, 1.0, 0.1)
+    assert (config.use_uem, config.teacher_weight) == (True, 1.0)  # the paper's UEM; a teacher counts like the PIN
     model = ModelConfig()
     assert (model.temperature, model.uem_temperature, model.uem_scale) == (3.0, 1.0, "unit")
 

@@ -1,6 +1,7 @@
-"""`poi predict --backend onnx` (inference/onnx_backend.py): ONNX Runtime and PyTorch
-give the same records on real faces (skimage's astronaut) with the bundled model, which
-has the PIN and AU nets, and a baseline model; without onnxruntime, a one-line error."""
+"""The backends of `poi predict` (poi_cli/backends.py): ONNX Runtime on the bundled .onnx,
+ONNX Runtime on a .pt exported in memory, and PyTorch on the bundled .pt give the same
+records on real faces (skimage's astronaut) with the bundled model, which has the PIN and
+AU nets, and with a baseline model; without onnxruntime, a one-line error."""
 
 from __future__ import annotations
 
@@ -9,18 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageOps
 from skimage import data as skimage_data
 from typer.testing import CliRunner
 
-from conftest import hide_module
+from conftest import hide_module, tiny_model, write_checkpoint
+from poi_cli.backends import open_runner
 from poi_cli.cli import app
-from poi_cli.core.manifests import class_names
-from poi_cli.data.preprocess import Preprocessing
-from poi_cli.inference.predict import Predictor, bundled_model
-from poi_cli.model.checkpoint import build_checkpoint, save_checkpoint
-from poi_cli.model.network import ModelConfig, POIModel
+from poi_cli.deploy.predict import Predictor, bundled_model
 
 pytest.importorskip("onnxruntime", reason="--backend onnx needs the optional 'export' extra")
 
@@ -54,11 +51,15 @@ def _values(record: dict) -> dict[str, list[float]]:
     }
 
 
-def test_onnx_runtime_agrees_with_torch_on_real_faces(photos):
-    model = bundled_model()
-    torch_records = Predictor(model).predict_records(photos, show_au=True)
-    onnx_predictor = Predictor(model, backend="onnx")
-    assert onnx_predictor.onnx is not None and onnx_predictor.onnx.with_aus
+@pytest.mark.parametrize("onnx_model", ["bundled .onnx", ".pt exported in memory"])
+def test_onnx_runtime_agrees_with_torch_on_real_faces(photos, onnx_model):
+    checkpoint = bundled_model(".pt")
+    torch_predictor = Predictor(open_runner(None, backend="torch"))
+    assert torch_predictor.backend == "torch" and torch_predictor.model_path == checkpoint
+    torch_records = torch_predictor.predict_records(photos, show_au=True)
+    onnx_runner = open_runner(None) if onnx_model == "bundled .onnx" else open_runner(checkpoint, backend="onnx")
+    onnx_predictor = Predictor(onnx_runner)
+    assert onnx_predictor.backend == "onnx" and onnx_predictor.has_aus
     onnx_records = onnx_predictor.predict_records(photos, show_au=True)
     assert [r["status"] for r in torch_records] == ["ok"] * 4  # four real faces (two in the group photo)
     assert len(onnx_records) == len(torch_records)
@@ -72,11 +73,7 @@ def test_onnx_runtime_agrees_with_torch_on_real_faces(photos):
 
 
 def test_onnx_backend_of_a_baseline_model_and_the_cli(photos, tmp_path):
-    torch.manual_seed(0)
-    config = ModelConfig(input_size=64, num_classes=7, use_pin=False)
-    checkpoint = tmp_path / "baseline.pt"
-    save_checkpoint(checkpoint, build_checkpoint(model=POIModel(config), model_config=config, classes=class_names(7),
-                                                 preprocessing=Preprocessing(face_size=64, input_size=64), epoch=1))
+    checkpoint = write_checkpoint(tmp_path / "baseline.pt", tiny_model(use_pin=False))
     by_torch = runner.invoke(app, ["predict", str(photos[0]), "--model", str(checkpoint), "--json"])
     by_onnx = runner.invoke(app, ["predict", str(photos[0]), "--model", str(checkpoint), "--json", "--backend", "onnx"])
     assert by_torch.exit_code == 0 and by_onnx.exit_code == 0, by_onnx.output
@@ -89,6 +86,6 @@ def test_onnx_backend_without_onnxruntime_is_a_one_line_error(photos, monkeypatc
     hide_module(monkeypatch, "onnxruntime")
     result = runner.invoke(app, ["predict", str(photos[0]), "--backend", "onnx"])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "onnxruntime" in result.stderr and "poi-fer[export]" in result.stderr
+    assert "onnxruntime" in result.stderr and "pip install poi-fer" in result.stderr
     result = runner.invoke(app, ["predict", str(photos[0]), "--backend", "tensorflow"])
-    assert result.exit_code == 1 and "--backend must be one of torch, onnx" in result.stderr
+    assert result.exit_code == 1 and "--backend must be one of auto, onnx, torch" in result.stderr

@@ -1,4 +1,4 @@
-"""The overlapped image pipeline (inference/overlap.py) against the sequential one.
+"""The overlapped image pipeline (deploy/overlap.py) against the sequential one.
 
 The same folder through Predictor(workers=0) (one chunk, one batched MTCNN pass) and
 Predictor(workers=2) (threads load, detect and align; the model runs on faces gathered
@@ -16,7 +16,8 @@ from PIL import Image, ImageOps
 from skimage import data as skimage_data
 
 from conftest import numbers_of
-from poi_cli.inference.predict import Predictor, bundled_model
+from poi_cli.backends import open_runner
+from poi_cli.deploy.predict import Predictor, bundled_model
 
 TOLERANCE = 1e-5  # batched float arithmetic may differ in the last digits; records round to 6
 
@@ -52,8 +53,8 @@ def test_overlapped_pipeline_gives_the_sequential_records_in_input_order(folder)
     model = bundled_model()
     assert model is not None
     # batch_size 2: the faces of one photo are split over model batches and batches mix photos
-    sequential = Predictor(model, workers=0, batch_size=2).predict_records([folder], show_au=True)
-    overlapped_predictor = Predictor(model, workers=2, batch_size=2)
+    sequential = Predictor(open_runner(model), workers=0, batch_size=2).predict_records([folder], show_au=True)
+    overlapped_predictor = Predictor(open_runner(model), workers=2, batch_size=2)
     overlapped = overlapped_predictor.predict_records([folder], show_au=True)
     names = [Path(r["image"]).name for r in overlapped]
     assert names == ["a_astronaut.png", "b_corrupt.jpg", "c_group.jpg", "c_group.jpg", "d_coffee.jpg", "e_tiny.png",
@@ -67,10 +68,10 @@ def test_overlapped_pipeline_gives_the_sequential_records_in_input_order(folder)
 
 
 def test_overlapped_pipeline_streams_and_stops_early(folder):
-    predictor = Predictor(bundled_model(), workers=2)
+    predictor = Predictor(open_runner(bundled_model()), workers=2)
     stream = predictor.iter_predictions([folder])
     first = next(stream)
-    assert Path(first.source).name == "a_astronaut.png" and first.records[0]["status"] == "ok"
+    assert Path(first.source).name == "a_astronaut.png" and first.records[0].status == "ok"
     stream.close()  # the pool is shut down, the images not started are cancelled
     again = [p.source for p in predictor.iter_predictions(sorted(folder.iterdir())[:2])]
     assert [Path(s).name for s in again] == ["a_astronaut.png", "b_corrupt.jpg"]

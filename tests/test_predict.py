@@ -1,4 +1,4 @@
-"""`poi predict` and poi_cli.inference.predict.Predictor on generated images and skimage's astronaut.
+"""`poi predict` and poi_cli.deploy.predict.Predictor on generated images and skimage's astronaut.
 
 The checkpoints are small randomly initialised models (64 px) written in tmp_path, so
 the predictions mean nothing; what is tested is the pipeline's contract: one record per
@@ -15,30 +15,30 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_model, write_checkpoint
 import torch
 from PIL import Image
 from skimage import data as skimage_data
 from typer.testing import CliRunner
 
-from poi_cli.inference import predict as predict_module
+from poi_cli.backends import open_runner
+from poi_cli.deploy import predict as predict_module
 from poi_cli.data.preprocess import Preprocessing
-from poi_cli.model.checkpoint import build_checkpoint, save_checkpoint
+from poi_cli.model.checkpoint import save_checkpoint
 from poi_cli.cli import app
 from poi_cli.data.faces import FaceDetector
 from poi_cli.core.manifests import EYE_AUS, MOUTH_AUS, REGIONS, class_names
 from poi_cli.model.network import REGION_NAMES, ModelConfig, POIModel
-from poi_cli.inference.predict import Predictor, PredictError, expand_inputs, flat_columns, resolve_model
+from poi_cli.deploy.pipeline import expand_inputs
+from poi_cli.deploy.predict import Predictor, PredictError, resolve_model
+from poi_cli.deploy.records import flat_columns
 
 runner = CliRunner()
 
 
 def make_checkpoint(path: Path, num_classes: int = 7, use_pin: bool = True, seed: int = 0) -> Path:
-    """A randomly initialised 64 px POI (or baseline) checkpoint in the training format."""
-    torch.manual_seed(seed)
-    config = ModelConfig(input_size=64, num_classes=num_classes, use_pin=use_pin)
-    save_checkpoint(path, build_checkpoint(model=POIModel(config), model_config=config, classes=class_names(num_classes),
-                                           preprocessing=Preprocessing(face_size=64, input_size=64), epoch=1))
-    return path
+    """A randomly initialised 64 px POI (or baseline) checkpoint in the training format (conftest's)."""
+    return write_checkpoint(path, tiny_model(num_classes, use_pin, seed))
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -94,13 +94,13 @@ def check_face_record(record: dict, classes: tuple[str, ...], show_au: bool) -> 
 
 
 def test_astronaut_gives_one_face_with_probabilities_confidence_and_13_aus(files, detector):
-    predictor = Predictor(files["ck7"], detector=detector)
+    predictor = Predictor(open_runner(files["ck7"]), detector=detector)
     records = predictor.predict_records(files["astronaut"], show_au=True)
     assert len(records) == 1
     check_face_record(records[0], class_names(7), show_au=True)
     assert records[0]["image"] == str(files["astronaut"])
     # Same face, same numbers from an in-memory array (an 8-class model: contempt included).
-    eight = Predictor(files["ck8"], detector=detector).predict_records([skimage_data.astronaut()])
+    eight = Predictor(open_runner(files["ck8"]), detector=detector).predict_records([skimage_data.astronaut()])
     assert len(eight) == 1 and eight[0]["image"] == "<image 0>"
     check_face_record(eight[0], class_names(8), show_au=False)
     assert "aus" not in eight[0]
@@ -109,7 +109,7 @@ def test_astronaut_gives_one_face_with_probabilities_confidence_and_13_aus(files
 
 def test_no_face_and_corrupt_file_in_a_folder_are_reported_and_the_rest_predicted(files, detector):
     before = snapshot(files["photos"])
-    predictor = Predictor(files["ck7"], detector=detector)
+    predictor = Predictor(open_runner(files["ck7"]), detector=detector)
     frame = predictor.predict(files["photos"], show_au=True)
     by_image = {Path(image).name: group for image, group in frame.groupby("image")}
     assert set(by_image) == {"astronaut.png", "gradient.png", "corrupt.jpg"}
@@ -132,7 +132,7 @@ def test_old_checkpoint_without_preprocessing_loads_and_predicts(files, detector
                           "classes": list(class_names(7)), "config": {},
                           "resolved": {"store_size": 80, "grayscale": True}})
     assert "preprocessing" not in torch.load(old, weights_only=True)
-    predictor = Predictor(old, detector=detector)
+    predictor = Predictor(open_runner(old), detector=detector)
     assert predictor.preprocessing == Preprocessing(face_size=80, input_size=64, grayscale=True)
     assert (predictor.face_size, predictor.input_size, predictor.grayscale) == (80, 64, True)
     (record,) = predictor.predict_records(files["small"], show_au=True)
@@ -154,7 +154,7 @@ def test_regions_table_drives_the_au_columns():
 
 
 def test_baseline_checkpoint_has_confidence_but_no_consistency_and_says_why(files, detector):
-    predictor = Predictor(files["baseline"], detector=detector)
+    predictor = Predictor(open_runner(files["baseline"]), detector=detector)
     assert any("no PIN" in note for note in predictor.notes)
     record = predictor.predict_records(files["small"], show_au=True)[0]
     assert record["status"] == "ok" and record["consistency"] is None
@@ -218,7 +218,10 @@ def test_model_resolution_order(files, tmp_path, monkeypatch):
     assert result.exit_code == 1 and "no model" in result.stderr and result.stderr.count("\n") == 1
     (tmp_path / "weights").mkdir()
     bundled = make_checkpoint(tmp_path / "weights" / "poi.pt")
-    assert resolve_model(None) == bundled
+    assert resolve_model(None) == resolve_model(None, ".pt") == bundled  # the only model: no .onnx beside it
+    bundled_onnx = tmp_path / "weights" / "poi.onnx"
+    bundled_onnx.write_bytes(b"")
+    assert resolve_model(None) == bundled_onnx and resolve_model(None, ".pt") == bundled  # per backend
     monkeypatch.setenv(predict_module.MODEL_ENV, str(files["ck8"]))
     assert resolve_model(None) == files["ck8"]
     assert resolve_model(files["ck7"]) == files["ck7"]
@@ -239,14 +242,14 @@ def test_probabilities_are_calibrated_by_the_checkpoints_temperature(files, dete
     from poi_cli.model.calibration import Calibration
     from poi_cli.model.checkpoint import load_checkpoint, save_checkpoint
 
-    raw_predictor = Predictor(files["ck7"], detector=detector)
-    assert any("uncalibrated checkpoint (T_cal = 1)" in note for note in raw_predictor.notes)
+    raw_predictor = Predictor(open_runner(files["ck7"]), detector=detector)
+    assert any("uncalibrated model (T_cal = 1)" in note for note in raw_predictor.notes)
     raw = raw_predictor.predict_records(files["small"])[0]
     checkpoint = load_checkpoint(files["ck7"])
     checkpoint["calibration"] = Calibration(temperature=2.0, split="valid", n_images=10, nll_before=1.0, nll_after=0.9).to_dict()
     calibrated_path = tmp_path / "calibrated.pt"
     save_checkpoint(calibrated_path, checkpoint)
-    predictor = Predictor(calibrated_path, detector=detector)
+    predictor = Predictor(open_runner(calibrated_path), detector=detector)
     assert not any("uncalibrated" in note for note in predictor.notes)
     calibrated = predictor.predict_records(files["small"])[0]
     powered = np.array(list(raw["probabilities"].values())) ** 0.5

@@ -6,17 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_prepared
+from conftest import make_prepared, tiny_model
 from poi_cli.core.metrics import average_ranks, confusion_matrix, per_class_recall, roc_auc
 from poi_cli.data.preprocess import to_model_input
 from poi_cli.data.store import PreparedDataset
-from poi_cli.model.network import ModelConfig, POIModel
-from poi_cli.model.predictions import SplitPredictions, predict_split
-
-
-def tiny_model(**overrides) -> POIModel:
-    torch.manual_seed(0)
-    return POIModel(ModelConfig(**{"arch": "resnet10", "input_size": 64, **overrides}))
+from poi_cli.model.checkpoint import load_checkpoint, load_model
+from poi_cli.model.network import POIModel
+from poi_cli.model.predictions import SplitPredictions, predict_checkpoint_split, predict_split
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +28,7 @@ def direct(model: POIModel, dataset: PreparedDataset, store_rows: np.ndarray):
 
 def test_predict_split_gives_the_models_own_outputs(test_split):
     dataset, data = test_split
-    model = tiny_model().train()
+    model = tiny_model(arch="resnet10").train()
     predictions = predict_split(model, dataset.faces, data.store_rows, data.labels, 64, 5, torch.device("cpu"))
     assert model.training  # the caller's mode is restored
     out = direct(model, dataset, data.store_rows)
@@ -56,10 +52,11 @@ def test_predict_split_gives_the_models_own_outputs(test_split):
 
 def test_trn_only_baseline_and_shards(test_split):
     dataset, data = test_split
-    model = tiny_model()
+    model = tiny_model(arch="resnet10")
     trn_only = predict_split(model, dataset.faces, data.store_rows, data.labels, 64, 4, torch.device("cpu"), with_pin=False)
     assert trn_only.region_logits is None and trn_only.consistency is None and trn_only.intermediate_probs() is None
-    baseline = predict_split(tiny_model(use_pin=False), dataset.faces, data.store_rows, data.labels, 64, 4, torch.device("cpu"))
+    baseline = predict_split(tiny_model(use_pin=False, arch="resnet10"), dataset.faces, data.store_rows, data.labels, 64, 4,
+                             torch.device("cpu"))
     assert baseline.region_logits is None and baseline.gate_weights is None and baseline.region_average() is None
     full = predict_split(model, dataset.faces, data.store_rows, data.labels, 64, 4, torch.device("cpu"))
     assert full.trn_logits.shape == trn_only.trn_logits.shape
@@ -71,6 +68,20 @@ def test_trn_only_baseline_and_shards(test_split):
     logits = np.concatenate([s.trn_logits for s in shards])[np.argsort(positions)]
     np.testing.assert_allclose(logits, full.trn_logits, rtol=1e-4, atol=1e-5)
     assert sum(int(s.correct.sum()) for s in shards) == int(full.correct.sum())
+
+
+def test_predict_checkpoint_split_is_predict_split_of_the_checkpoints_model(test_split, tiny_checkpoint):
+    dataset, data = test_split
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    predictions = predict_checkpoint_split(checkpoint, dataset.faces, data.store_rows, data.labels, "cpu", 5, "off")
+    model, _ = load_model(tiny_checkpoint)
+    expected = predict_split(model, dataset.faces, data.store_rows, data.labels, 64, 5, torch.device("cpu"))
+    for name in ("trn_logits", "labels", "positions", "region_logits", "gate_weights", "consistency"):
+        np.testing.assert_array_equal(getattr(predictions, name), getattr(expected, name), err_msg=name)
+    trn_only = predict_checkpoint_split(checkpoint, dataset.faces, data.store_rows, data.labels, "cpu", 5, "off",
+                                        with_pin=False)
+    assert trn_only.region_logits is None
+    np.testing.assert_array_equal(trn_only.trn_logits, expected.trn_logits)
 
 
 def test_derived_probabilities_by_hand():

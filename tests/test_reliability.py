@@ -15,32 +15,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 from skimage import data as skimage_data
 from typer.testing import CliRunner
 
+from conftest import write_checkpoint
 from poi_cli.cli import app
 from poi_cli.core.locks import LockError, claim, lock_path
-from poi_cli.core.manifests import class_names
 from poi_cli.data.prepare import PrepareError, prepare
-from poi_cli.data.preprocess import Preprocessing
-from poi_cli.model.checkpoint import build_checkpoint, save_checkpoint
-from poi_cli.model.network import ModelConfig, POIModel
 
 runner = CliRunner()
 
 
-def make_checkpoint(path: Path) -> Path:
-    torch.manual_seed(0)
-    config = ModelConfig(input_size=64, num_classes=7)
-    save_checkpoint(path, build_checkpoint(model=POIModel(config), model_config=config, classes=class_names(7),
-                                           preprocessing=Preprocessing(face_size=64, input_size=64), epoch=1))
-    return path
-
-
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> dict[str, Path]:
+def photos(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("reliability")
     g = root / "g"
     g.mkdir()
@@ -49,7 +37,7 @@ def photos(tmp_path_factory) -> dict[str, Path]:
     Image.fromarray(gradient).convert("RGB").save(g / "other.png")
     (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     return {"root": root, "g": g, "good": g / "good.jpg", "other": g / "other.png", "corrupt": root / "corrupt.jpg",
-            "model": make_checkpoint(root / "poi.pt")}
+            "model": tiny_checkpoint}
 
 
 def one_error_line(result) -> str:
@@ -175,7 +163,7 @@ def test_second_prepare_into_the_same_folder_stops_at_once(tmp_path):
 def test_report_with_a_missing_split_fails(photos, prepared, tmp_path):
     run = tmp_path / "runs" / "poi"
     run.mkdir(parents=True)
-    make_checkpoint(run / "best.pt")
+    write_checkpoint(run / "best.pt")
     result = runner.invoke(app, ["report", str(run), "--data", str(prepared), "--split", "nosuch",
                                  "--out", str(tmp_path / "report")])
     assert "--split nosuch" in one_error_line(result)

@@ -36,11 +36,13 @@ def test_soft_wrapped_lines_are_never_cut_and_the_others_wrap():
 
 
 def test_predict_table_marks_active_aus_by_region_and_failed_images():
+    from poi_cli.deploy.records import FaceRecord
+
     records = [
-        {"image": "a.jpg", "face": 0, "expression": "happiness", "confidence": 0.967, "consistency": 0.5, "status": "ok",
-         "reason": "", "aus": {"AU06": {"left_eye": 0.9, "right_eye": 0.6}, "AU12": {"mouth": 0.2}, "AU26": {"mouth": None}}},
-        {"image": "b.txt", "face": None, "expression": None, "confidence": None, "consistency": None, "status": "error",
-         "reason": "not an image"},
+        FaceRecord(image="a.jpg", face=0, expression="happiness", confidence=0.967, consistency=0.5, status="ok",
+                   aus={"AU06": {"left_eye": 0.9, "right_eye": 0.6}, "AU12": {"mouth": 0.2}, "AU26": {"mouth": None}},
+                   with_au=True),
+        FaceRecord.empty("b.txt", "error", "not an image"),
     ]
     table = render.predict_table(records, "model.pt", ["a", "b", "c"], show_au=True)
     assert isinstance(table, Table) and table.title == "model.pt (3 classes)"

@@ -12,13 +12,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import tiny_model, write_checkpoint
 from poi_cli.model.checkpoint import save_checkpoint
 from poi_cli.cli import app
 from poi_cli.train.config import AUGMENTATION, LOSS, MODEL, OPTIMISER, TrainConfig
 from poi_cli.train.engine import RESULT_COLUMNS
 from poi_cli.core.manifests import class_names
-from poi_cli.model.network import ModelConfig, POIModel
-from poi_cli.inference.report import CALIBRATION_COLUMNS, SWITCHES, build_report, recipe_of
+from poi_cli.study.report import CALIBRATION_COLUMNS, SWITCHES, build_report, recipe_of
 
 runner = CliRunner()
 
@@ -35,10 +35,7 @@ def make_run(folder: Path, epochs: dict[int, float], noise: float = 0.0, use_pin
     rows = [{column: None for column in RESULT_COLUMNS} | {"epoch": e, "loss_total": 2.0 / e, "loss_ce_tar": 1.5 / e,
              "train_acc": 0.2 * e, "val_acc": acc, "lr": 0.1} for e, acc in epochs.items()]
     pd.DataFrame(rows, columns=RESULT_COLUMNS).to_csv(folder / "results.csv", index=False)
-    torch.manual_seed(0)
-    model_config = ModelConfig(input_size=64, use_pin=use_pin)
-    save_checkpoint(folder / "best.pt", {"epoch": max(epochs), "model": POIModel(model_config).state_dict(),
-                                         "model_config": model_config.to_dict(), "classes": list(class_names(7)), "config": config})
+    write_checkpoint(folder / "best.pt", tiny_model(use_pin=use_pin), epoch=max(epochs), config=config)
     return folder
 
 
@@ -168,7 +165,7 @@ def test_report_with_data_adds_confusion_consistency_strata_and_calibration(runs
     assert poi[list(CALIBRATION_COLUMNS)].between(0, 1).all()
     assert pd.isna(base["aurc_consistency"]) and base[["ece_confidence", "aurc_max_softmax"]].between(0, 1).all()
     # the same figures as `poi evaluate` of the same model on the same split
-    from poi_cli.inference.evaluate import evaluate
+    from poi_cli.study.evaluate import evaluate
 
     expected = evaluate(runs / "poi20", prepared, device="cpu")["calibration"]["scores"]
     assert poi["aurc_consistency"] == pytest.approx(expected["consistency"]["aurc"])

@@ -17,8 +17,8 @@ from poi_cli.data.store import META_FILE, MANIFEST_COLUMNS, PreparedDataset, Sto
 from poi_cli.model.checkpoint import (
     CheckpointInfo, build_checkpoint, load_checkpoint, load_model, read_checkpoint_info, save_checkpoint,
 )
-from poi_cli.model.network import REGION_NAMES, ModelConfig, POIModel
-from conftest import make_prepared
+from poi_cli.model.network import REGION_NAMES
+from conftest import make_prepared, tiny_model
 
 
 def test_preprocessing_round_trips_through_dict_and_rejects_nonsense():
@@ -66,14 +66,9 @@ def test_store_writer_manifest_columns_and_resume_shape_check(tmp_path: Path):
     assert list(manifest.columns) == [*MANIFEST_COLUMNS, "votes"]
 
 
-def small_model(input_size: int = 64) -> tuple[ModelConfig, POIModel]:
-    torch.manual_seed(0)
-    config = ModelConfig(input_size=input_size, num_classes=7)
-    return config, POIModel(config)
-
-
 def test_build_checkpoint_and_load_checkpoint_round_trip(tmp_path: Path):
-    config, model = small_model()
+    model = tiny_model()
+    config = model.config
     preprocessing = Preprocessing(face_size=96, input_size=64, grayscale=True)
     payload = build_checkpoint(model=model, model_config=config, classes=class_names(7), preprocessing=preprocessing,
                                epoch=2, config={"lr": 0.1}, best_val_acc=0.5, best_epoch=2, val_acc=0.5,
@@ -94,7 +89,8 @@ def test_build_checkpoint_and_load_checkpoint_round_trip(tmp_path: Path):
 
 
 def test_old_checkpoint_derives_its_preprocessing(tmp_path: Path):
-    config, model = small_model()
+    model = tiny_model()
+    config = model.config
     path = tmp_path / "old.pt"
     save_checkpoint(path, {"epoch": 1, "model": model.state_dict(), "model_config": config.to_dict(), "classes": list(class_names(7))})
     assert read_checkpoint_info(path).preprocessing == Preprocessing(face_size=64, input_size=64, grayscale=False)

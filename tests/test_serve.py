@@ -1,23 +1,33 @@
 """`poi serve`: a real HTTP server on a free loopback port, started and stopped here.
 
 The server's record for an upload is the CLI's record for the same file; a corrupt
-upload is a 400 and the server keeps serving; limits answer 413 with a JSON reason;
-concurrent requests share model calls.
+upload is a 400 and the server keeps serving; limits answer with a status and a
+one-line JSON reason (413 too large, 408 a body that does not arrive, 503 the pixel
+budget, 422 a bad query value); a large image is shrunk on decoding with its boxes in
+its own pixels; stalled clients hold no slot; concurrent requests share model calls.
+The server runs the deploy runtime (the bundled .onnx model): no torch here.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import socket
+import struct
+import subprocess
+import sys
 import threading
 import time
+import weakref
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import requests
-import torch
 from PIL import Image
 from skimage import data as skimage_data
 from typer.testing import CliRunner
@@ -25,41 +35,60 @@ from typer.testing import CliRunner
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
-from conftest import numbers_of
+from conftest import numbers_of  # noqa: E402
 from poi_cli.cli import app as cli_app  # noqa: E402
-from poi_cli.core.manifests import class_names  # noqa: E402
-from poi_cli.data.preprocess import Preprocessing  # noqa: E402
-from poi_cli.inference.predict import Predictor  # noqa: E402
-from poi_cli.inference.serve import ServeLimits, create_app  # noqa: E402
-from poi_cli.model.checkpoint import build_checkpoint, save_checkpoint  # noqa: E402
-from poi_cli.model.network import ModelConfig, POIModel  # noqa: E402
+from poi_cli.deploy import serve as serve_module  # noqa: E402
+from poi_cli.deploy.predict import Predictor  # noqa: E402
+from poi_cli.deploy.serve import (MicroBatcher, ServeError, ServeLimits, create_app, exposure_warning,  # noqa: E402
+                                  model_card, serve, uvicorn_config)
+
+# The detector every server and CLI run here uses: "mtcnn" (ONNX Runtime, the default);
+# "mtcnn-torch" while data/mtcnn.py is missing. Switch it here only.
+DETECTOR = "mtcnn" if (Path(serve_module.__file__).parents[1] / "data" / "mtcnn.py").is_file() else "mtcnn-torch"
+ROOT = Path(__file__).resolve().parents[1]
+LIMITS = ServeLimits(max_request_bytes=1_500_000, max_pixels=400_000, max_request_pixels=1_000_000, decode_side=300,
+                     max_in_flight=6, body_timeout_s=3.0, header_timeout_s=1.5, batch_wait_s=0.3)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR says width x height, with no pixel data (nothing to allocate)."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("serve")
-    Image.fromarray(skimage_data.astronaut()).resize((256, 256)).save(root / "astronaut.png")
+    astronaut = Image.fromarray(skimage_data.astronaut())
+    astronaut.resize((256, 256)).save(root / "astronaut.png")
     gradient = np.tile(np.linspace(0, 255, 160, dtype=np.uint8), (120, 1))
     Image.fromarray(gradient).convert("RGB").save(root / "gradient.png")
     Image.fromarray(np.full((700, 700, 3), 90, np.uint8)).save(root / "big.png")
     (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
-    torch.manual_seed(0)
-    config = ModelConfig(input_size=64, num_classes=7)
-    save_checkpoint(root / "poi.pt", build_checkpoint(model=POIModel(config), model_config=config, classes=class_names(7),
-                                                      preprocessing=Preprocessing(face_size=64, input_size=64), epoch=1))
-    return {"root": root, "model": root / "poi.pt"}
+    # 600 x 500 stored, EXIF orientation 6 (upright 500 x 600): larger than LIMITS.decode_side
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    astronaut.resize((500, 500)).transpose(Image.Transpose.ROTATE_90).resize((600, 500)).save(
+        root / "large.jpg", quality=95, exif=exif.tobytes())
+    # over large_image_pixels (4 x 300^2 = 0.36 megapixels), under the image limit (0.4)
+    Image.fromarray(np.full((620, 620, 3), 128, np.uint8)).save(root / "large.png")
+    for n in range(4):  # 600 x 600 = 0.36 megapixels each: under the image limit, 1.44 in all
+        Image.fromarray(np.full((600, 600, 3), 40 * n, np.uint8)).save(root / f"flat{n}.png")
+    (root / "huge.png").write_bytes(png_header_only(30000, 30000))
+    return {"root": root}
 
 
 @pytest.fixture(scope="module")
 def server(files):
     """A uvicorn server in a thread on a free 127.0.0.1 port; its base URL and app."""
-    limits = ServeLimits(max_request_bytes=1_500_000, max_pixels=400_000, batch_wait_s=0.3)
-    app = create_app(Predictor(files["model"]), limits)
+    app = create_app(Predictor(None, detector=DETECTOR, images_per_batch=LIMITS.batch_images, threads=1), LIMITS)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, LIMITS, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     for _ in range(200):
@@ -78,6 +107,14 @@ def post(url: str, *paths: Path, params: dict | None = None) -> requests.Respons
     return requests.post(f"{url}/predict", files=files, params=params, timeout=60)
 
 
+def cli_records(folder: Path, monkeypatch, *args: str) -> list:
+    monkeypatch.chdir(folder)
+    monkeypatch.delenv("POI_MODEL", raising=False)
+    result = CliRunner().invoke(cli_app, ["predict", *args, "--json", "--detector", DETECTOR, "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
 def assert_same_records(served: list, printed: list) -> None:
     assert len(served) == len(printed)
     for a, b in zip(served, printed):
@@ -86,18 +123,12 @@ def assert_same_records(served: list, printed: list) -> None:
             np.allclose(numbers_of(a), numbers_of(b), atol=1e-5)
 
 
-
-
 def test_server_answers_with_the_clis_records(server, files, monkeypatch):
     url, _ = server
     response = post(url, files["root"] / "astronaut.png", files["root"] / "gradient.png", params={"show_au": "true"})
     assert response.status_code == 200, response.text
     served = response.json()
-    monkeypatch.chdir(files["root"])
-    result = CliRunner().invoke(cli_app, ["predict", "astronaut.png", "gradient.png", "--model", str(files["model"]),
-                                          "--json", "--show-au"])
-    assert result.exit_code == 0, result.output
-    printed = json.loads(result.stdout)
+    printed = cli_records(files["root"], monkeypatch, "astronaut.png", "gradient.png", "--show-au")
     assert [r["status"] for r in served] == ["ok", "no_face"]
     assert_same_records(served, printed)
 
@@ -124,12 +155,166 @@ def test_limits_answer_with_a_status_and_a_json_reason(server, files):
     assert oversize.status_code == 413 and "limit" in oversize.json()["detail"]
 
 
-def test_model_health_and_openapi(server):
+def test_huge_png_header_is_413_with_the_servers_own_limit(server, files):
+    """PIL refuses 900 megapixels inside Image.open; the answer still names the server's limit."""
     url, _ = server
+    response = post(url, files["root"] / "huge.png")
+    detail = response.json()["detail"]
+    assert response.status_code == 413, detail
+    assert detail == "huge.png: 900.0 megapixels; the limit is 0.4 megapixels per image"
+
+
+def test_request_pixel_budget_refuses_without_decoding(server, files, monkeypatch):
+    """Four images under the per-image limit but over the per-request one: 413 from their
+    headers, before any is decoded (defect: 16 large PNGs in one small request took GBs)."""
+    url, _ = server
+    decoded = []
+    original = serve_module.decode_upload
+
+    def counting(upload, *rest):
+        decoded.append(getattr(upload, "name", "?"))
+        return original(upload, *rest)
+
+    monkeypatch.setattr(serve_module, "decode_upload", counting)
+    response = post(url, *(files["root"] / f"flat{n}.png" for n in range(4)))
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"] == "4 images of 1.4 megapixels in all; the limit is 1.0 megapixels per request"
+    assert decoded == []
+    two = post(url, files["root"] / "flat0.png", files["root"] / "flat1.png")  # 0.72 megapixels: decoded, predicted
+    assert two.status_code == 200 and [r["status"] for r in two.json()] == ["no_face", "no_face"]
+    assert decoded == ["flat0.png", "flat1.png"]
+
+
+def test_pixels_in_flight_budget_answers_503_with_retry_after(server, files):
+    url, app = server
+    state = app.state.serve_state
+    state["pixels_in_flight"] += LIMITS.max_pixels_in_flight  # as if other requests held the whole budget
+    try:
+        busy = post(url, files["root"] / "astronaut.png")
+    finally:
+        state["pixels_in_flight"] -= LIMITS.max_pixels_in_flight
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    assert busy.json()["detail"].startswith("server busy: 200 megapixels of images are being decoded or predicted")
+    assert post(url, files["root"] / "astronaut.png").status_code == 200
+    health = requests.get(f"{url}/health", timeout=10).json()
+    assert health["pixels_in_flight"] == 0 and health["buffered_bytes"] == 0 and health["in_flight"] == 0
+
+
+def test_large_image_is_shrunk_and_its_boxes_stay_in_its_own_pixels(server, files, monkeypatch):
+    """600 x 500 stored, rotated upright by EXIF, over decode_side (300): decoded at 300 px,
+    and its box and landmarks are in the upright 500 x 600 image's pixels, as the CLI's."""
+    url, _ = server
+    upload = serve_module.Upload("large.jpg", io.BytesIO((files["root"] / "large.jpg").read_bytes()))
+    serve_module.probe_upload(upload)
+    serve_module.decode_upload(upload, LIMITS.decode_side)
+    assert upload.size == (600, 500) and upload.image.size == (250, 300) and upload.scale == (2.0, 2.0)
+    response = post(url, files["root"] / "large.jpg", params={"no_detect": "true"})
+    assert response.status_code == 200, response.text
+    assert response.json()[0]["box"] == [0.0, 0.0, 500.0, 600.0]  # the whole upright image
+    served = post(url, files["root"] / "large.jpg").json()
+    printed = cli_records(files["root"], monkeypatch, "large.jpg")
+    assert [r["status"] for r in served] == [r["status"] for r in printed] == ["ok"]
+    assert served[0]["expression"] == printed[0]["expression"]
+    # found on a 2x smaller image: the landmarks agree within a few pixels of the original,
+    # MTCNN's box within a tenth of its size
+    assert np.allclose(served[0]["landmarks"], printed[0]["landmarks"], atol=3)
+    assert np.allclose(served[0]["box"], printed[0]["box"], atol=12)
+
+
+def test_a_large_image_is_decoded_in_the_low_priority_lane(server, files, monkeypatch):
+    """Images over large_image_pixels are decoded one at a time, in a thread of lower
+    priority, so a burst of huge uploads neither multiplies memory nor starves small requests."""
+    url, _ = server
+    lanes = []
+    original = serve_module.decode_upload
+
+    def recording(upload, *rest):
+        thread = threading.current_thread()
+        lanes.append((upload.name, thread.name.rsplit("_", 1)[0], os.getpriority(os.PRIO_PROCESS, thread.native_id)))
+        return original(upload, *rest)
+
+    monkeypatch.setattr(serve_module, "decode_upload", recording)
+    assert serve_module.large_image_pixels(LIMITS) == 360_000
+    assert post(url, files["root"] / "large.png").status_code == 200
+    assert post(url, files["root"] / "astronaut.png").status_code == 200
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert lanes == [("large.png", "poi-serve-large", min(19, base + serve_module.LARGE_LANE_NICE)),
+                     ("astronaut.png", "poi-serve-decode", base)]
+
+
+def test_stalled_clients_get_408_and_hold_no_slot(server, files):
+    """More stalled clients than in-flight slots (headers and half a body, then nothing):
+    a good request is served meanwhile, each stalled one gets a 408 after body_timeout_s,
+    and a connection that never finishes its headers is closed after header_timeout_s."""
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    head = ("POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            "Content-Length: 1000\r\n\r\n").encode()
+    stalled = []
+    for _ in range(LIMITS.max_in_flight + 2):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(head + b"--b\r\n" + b"x" * 400)
+        stalled.append(sock)
+    silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+    silent.sendall(b"POST /predict HTTP/1.1\r\nHo")
+    start = time.monotonic()
+    good = post(url, files["root"] / "astronaut.png")
+    assert good.status_code == 200, good.text
+    assert time.monotonic() - start < LIMITS.body_timeout_s  # answered while they stall
+    for sock in stalled:
+        answer = b""
+        while b"}" not in answer:
+            data = sock.recv(4096)
+            if not data:
+                break
+            answer += data
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"did not arrive within 3 s" in answer
+    assert time.monotonic() - start < LIMITS.body_timeout_s + 5
+    assert silent.recv(4096) == b""  # closed without a request
+    silent.close()
+    assert requests.get(f"{url}/health", timeout=10).json()["in_flight"] == 0
+
+
+def test_bad_query_value_is_a_one_line_reason(server, files):
+    url, _ = server
+    response = post(url, files["root"] / "astronaut.png", params={"show_au": "maybe"})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail
+    assert detail.startswith("bad parameter: show_au: ") and "'maybe'" in detail
+
+
+def test_model_health_and_openapi(server):
+    url, app = server
+    predictor = app.state.batcher.predictor
     model = requests.get(f"{url}/model", timeout=10).json()
-    assert model["classes"] == list(class_names(7)) and model["input_size"] == 64 and model["card"]["has_pin"]
+    assert model["classes"] == list(predictor.classes) and model["input_size"] == predictor.preprocessing.input_size
+    assert model["backend"] == "onnx" and model["model"] == predictor.model_path.name
+    card = model["card"]
+    assert card["has_pin"] and card["arch"] == json.loads(predictor.runner.meta["arch"])
+    assert card["epoch"] == json.loads(predictor.runner.meta["epoch"])
+    assert card["calibration_temperature"] == pytest.approx(predictor.calibration_temperature)
     schema = requests.get(f"{url}/openapi.json", timeout=10).json()
     assert "/predict" in schema["paths"] and requests.get(f"{url}/docs", timeout=10).status_code == 200
+    responses = schema["paths"]["/predict"]["post"]["responses"]
+    assert {"408", "413", "422", "503"} <= set(responses)
+
+
+def test_model_card_of_a_torch_runner_reads_its_info():
+    """A torch runner (model/runner.TorchRunner) exposes a CheckpointInfo as `.info`: read by getattr."""
+    info = SimpleNamespace(model_config=SimpleNamespace(arch="resnet18"), epoch=3, best_val_acc=0.5, val_acc=0.4,
+                           config={"data": "/data/prepared/ferplus"}, resolved={})
+    runner = SimpleNamespace(info=info, calibrated=False)
+    predictor = SimpleNamespace(runner=runner, model_path=Path("/runs/exp/best.pt"), backend="torch", classes=["a", "b"],
+                                preprocessing=SimpleNamespace(input_size=64, face_size=64, grayscale=False),
+                                has_pin=True, has_aus=False, calibration_temperature=1.0, notes=["uncalibrated"])
+    card = model_card(predictor)
+    assert card["model"] == "best.pt" and card["backend"] == "torch"
+    assert card["card"] == {"arch": "resnet18", "num_classes": 2, "has_pin": True, "has_aus": False, "epoch": 3,
+                            "val_acc": 0.4, "best_val_acc": 0.5, "calibration_temperature": None,
+                            "dataset": "ferplus", "notes": ["uncalibrated"]}
 
 
 def test_concurrent_requests_share_model_calls(server, files):
@@ -153,10 +338,65 @@ def test_no_detect_query_takes_each_image_whole_like_the_cli(server, files, monk
     served = whole.json()
     assert [(r["status"], r["detector"], r["landmarks"]) for r in served] == [("ok", "none", None)] * 2
     assert served[0]["box"] == [0.0, 0.0, 160.0, 120.0]  # the whole 160 x 120 image
-    monkeypatch.chdir(files["root"])
-    result = CliRunner().invoke(cli_app, ["predict", "gradient.png", "astronaut.png", "--model", str(files["model"]),
-                                          "--json", "--show-au", "--no-detect"])
-    assert result.exit_code == 0, result.output
-    assert_same_records(served, json.loads(result.stdout))
+    printed = cli_records(files["root"], monkeypatch, "gradient.png", "astronaut.png", "--show-au", "--no-detect")
+    assert_same_records(served, printed)
     # the flag is per request: the shared predictor detects again afterwards
     assert app.state.batcher.predictor.detect and [r["status"] for r in post(url, gradient).json()] == ["no_face"]
+
+
+def test_batcher_keeps_no_image_after_its_batch():
+    """Decoded images are freed as soon as their batch is done (the old loop kept the last
+    batch alive until the next request came)."""
+    predictor = SimpleNamespace(detect=True, iter_predictions=lambda images, show_au: [
+        SimpleNamespace(records=[{"image": "x", "size": list(i.size)}]) for i in images])
+    batcher = MicroBatcher(predictor, ServeLimits(batch_wait_s=0.01))
+    try:
+        images = [Image.new("RGB", (32 + n, 32)) for n in range(3)]
+        refs = [weakref.ref(image) for image in images]
+        future = batcher.submit(images, show_au=False)
+        del images
+        assert future.result(timeout=10) == [[{"image": "x", "size": [32 + n, 32]}] for n in range(3)]
+        time.sleep(0.1)
+        assert [ref() for ref in refs] == [None] * 3
+    finally:
+        batcher.close()
+
+
+def test_port_and_address_errors_are_one_line(monkeypatch):
+    with pytest.raises(ServeError, match=r"^port 99999 is not a TCP port \(1-65535\)$"):
+        serve(None, port=99999)
+    with pytest.raises(ServeError, match=r"^port 0 is not a TCP port"):
+        serve(None, port=0)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(ServeError) as caught:
+            serve(None, host="127.0.0.1", port=port)
+        assert str(caught.value) == f"cannot listen on 127.0.0.1:{port}: address already in use"
+    finally:
+        taken.close()
+
+
+def test_non_loopback_host_warns_that_there_is_no_authentication():
+    for host in ("0.0.0.0", "::", "192.168.1.20", "example.org"):
+        message = exposure_warning(host)
+        assert message and "no authentication" in message and "\n" not in message
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"):
+        assert exposure_warning(host) is None
+
+
+def test_uvicorn_settings_and_limit_checks():
+    config = uvicorn_config(object(), ServeLimits(keep_alive_s=7, max_connections=99))
+    assert config.timeout_keep_alive == 7 and config.limit_concurrency == 99
+    with pytest.raises(ServeError, match="at most 100"):
+        ServeLimits(max_pixels=200_000_000)
+    with pytest.raises(ServeError, match="body_timeout_s must be positive"):
+        ServeLimits(body_timeout_s=0)
+
+
+def test_serve_module_imports_no_torch():
+    code = "import sys, poi_cli.deploy.serve; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -10,39 +10,36 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_prepared
+from conftest import make_prepared, tiny_config
 from poi_cli.cli import app
 from poi_cli.model.checkpoint import CheckpointInfo, load_model
 from poi_cli.model.network import intermediate_log_probs, tempered_log_probs
 from poi_cli.train.config import TrainError
 from poi_cli.train.engine import train
 from poi_cli.train.teacher import Teacher
-from test_train import tiny_config
 
 
 def _digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_teacher_is_learned_from_and_left_unchanged(tmp_path):
-    data = make_prepared(tmp_path / "data", splits={"train": 2, "valid": 1})
-    first = train(tiny_config(data, tmp_path / "runs", epochs=1, name="first"))
-    before = _digest(first / "best.pt")
+def test_teacher_is_learned_from_and_left_unchanged(tiny_runs, tmp_path):
+    teacher = tiny_runs.poi  # trained without a teacher
+    before = _digest(teacher / "best.pt")
     # the student learns from the teacher alone (lambda_3 = 0, no PIN), on one fixed batch
-    student = train(tiny_config(data, tmp_path / "runs", epochs=6, batch=14, lr=0.05, augment=False, use_pin=False,
-                                lambda_ce_tar=0.0, teacher=str(first), teacher_weight=1.0, name="student"))
+    student = train(tiny_config(tiny_runs.data, tmp_path / "runs", epochs=6, batch=14, lr=0.05, augment=False,
+                                use_pin=False, lambda_ce_tar=0.0, teacher=str(teacher), teacher_weight=1.0,
+                                name="student"))
     results = pd.read_csv(student / "results.csv")
     assert results["loss_kl_teacher"].notna().all()
     assert results["loss_kl_teacher"].iloc[-1] < 0.5 * results["loss_kl_teacher"].iloc[0]  # it moves onto the teacher
-    assert _digest(first / "best.pt") == before
-    plain = train(tiny_config(data, tmp_path / "runs", epochs=1, name="plain"))
-    assert pd.read_csv(plain / "results.csv")["loss_kl_teacher"].isna().all()
+    assert _digest(teacher / "best.pt") == before
+    assert pd.read_csv(teacher / "results.csv")["loss_kl_teacher"].isna().all()
 
 
 @pytest.mark.parametrize("kind", ["poi", "baseline"])
-def test_teacher_targets_are_its_objective_inference_at_t(tmp_path, kind):
-    data = make_prepared(tmp_path / "data", splits={"train": 1, "valid": 1})
-    run = train(tiny_config(data, tmp_path / "runs", epochs=1, use_pin=kind == "poi"))
+def test_teacher_targets_are_its_objective_inference_at_t(tiny_runs, kind):
+    run = tiny_runs.poi if kind == "poi" else tiny_runs.baseline
     model, checkpoint = load_model(run)
     info = CheckpointInfo.of(checkpoint)
     teacher = Teacher(str(run), list(info.classes), info.preprocessing, torch.device("cpu"))
@@ -55,11 +52,10 @@ def test_teacher_targets_are_its_objective_inference_at_t(tmp_path, kind):
     assert not teacher.log_probs(x, 2.0).requires_grad
 
 
-def test_a_teacher_that_sees_other_input_or_classes_is_refused(tmp_path):
-    data = make_prepared(tmp_path / "data", splits={"train": 1, "valid": 1})
-    run = train(tiny_config(data, tmp_path / "runs", epochs=1, use_pin=False))
+def test_a_teacher_that_sees_other_input_or_classes_is_refused(tiny_runs, tmp_path):
+    run = tiny_runs.baseline
     with pytest.raises(TrainError, match="--teacher: .* trained on other input: input_size 64 \\(this run: 96\\)"):
-        train(tiny_config(data, tmp_path / "runs", epochs=1, input_size=96, teacher=str(run), name="bigger"))
+        train(tiny_config(tiny_runs.data, tmp_path / "runs", epochs=1, input_size=96, teacher=str(run), name="bigger"))
     eight = make_prepared(tmp_path / "eight", num_classes=8, splits={"train": 1, "valid": 1})
     with pytest.raises(TrainError, match="--teacher: .* predicts .*; this run trains .*contempt"):
         train(tiny_config(eight, tmp_path / "runs", epochs=1, teacher=str(run), name="eight"))

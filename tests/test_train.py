@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
+from dataclasses import fields
 
 import numpy as np
 import pandas as pd
@@ -17,31 +17,24 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_prepared
+from conftest import TINY_SPLITS, make_prepared, tiny_config
 from poi_cli.data.loader import BatchLoader
 from poi_cli.data.preprocess import normalize, to_model_input
 from poi_cli.train.augment import BatchAugment
 from poi_cli.core.atomic import next_run_dir
 from poi_cli.model.checkpoint import load_checkpoint, load_model
 from poi_cli.cli import app
-from poi_cli.train.config import TrainConfig
+from poi_cli.train.config import TrainConfig, field_default
+from poi_cli.model.losses import LossConfig
+from poi_cli.model.network import ModelConfig
 from poi_cli.model.predictions import predict_split
-from poi_cli.train.engine import learning_rate, train
+from poi_cli.train.engine import learning_rate, loss_config_of, train
 from poi_cli.train.finetune import remap_class_rows
 from poi_cli.train.run_folder import RESULT_COLUMNS
 from poi_cli.data.store import PreparedDataset
 
-SMALL_SPLITS = {"train": 2, "valid": 1}  # 14 training images, 7 validation images
-
-
-def tiny_config(data: Path, project: Path, **overrides) -> TrainConfig:
-    values = dict(data=str(data), input_size=64, epochs=2, batch=7, lr=0.01, project=str(project), amp="off", seed=0)
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
 def test_run_folder_loss_and_best_checkpoint(tmp_path):
-    data = make_prepared(tmp_path / "data", splits=SMALL_SPLITS)
+    data = make_prepared(tmp_path / "data", splits=TINY_SPLITS)
     # one full batch per epoch, no augmentation: each step descends on the same images
     run = train(tiny_config(data, tmp_path / "runs", epochs=4, batch=14, augment=False))
     assert run == tmp_path / "runs" / "exp"
@@ -101,7 +94,7 @@ def test_baseline_with_noise_records_clean_accuracy(tmp_path):
 
 
 def test_poi_with_noise_records_beta_per_epoch_and_the_uem_reading(tmp_path):
-    data = make_prepared(tmp_path / "data", splits=SMALL_SPLITS)
+    data = make_prepared(tmp_path / "data", splits=TINY_SPLITS)
     run = train(tiny_config(data, tmp_path / "runs", epochs=1, noise=0.5, noise_seed=1,
                             uem_temperature=3.0, uem_scale="paper"))
     row = pd.read_csv(run / "results.csv").iloc[0]
@@ -115,7 +108,9 @@ def test_poi_with_noise_records_beta_per_epoch_and_the_uem_reading(tmp_path):
 
 def test_distill_warmup_leaves_eq_11_out_of_the_first_epochs(tmp_path):
     data = make_prepared(tmp_path / "data", splits={"train": 1, "valid": 1})
-    run = train(tiny_config(data, tmp_path / "runs", epochs=2, batch=7, distill_warmup=1, use_uem=False))  # beta = 1: a visible term
+    # beta = 1: a visible term; weights other than the defaults: the loss uses the run's own
+    run = train(tiny_config(data, tmp_path / "runs", epochs=2, batch=7, distill_warmup=1, use_uem=False,
+                            lambda_au=0.3, lambda_ce_au=0.7, lambda_ce_tar=2.0))
     results = pd.read_csv(run / "results.csv")
     config = json.loads((run / "config.json").read_text())
     t2 = config["temperature"] ** 2
@@ -126,11 +121,10 @@ def test_distill_warmup_leaves_eq_11_out_of_the_first_epochs(tmp_path):
     assert results["loss_total"][1] == pytest.approx(rest[1] + t2 * results["loss_kl_tar"][1], rel=1e-4)
 
 
-def test_fine_tune_from_a_seven_class_run_onto_eight_class_data(tmp_path, capsys):
-    seven = make_prepared(tmp_path / "seven", splits={"train": 1, "valid": 1})
-    source = train(tiny_config(seven, tmp_path / "runs", epochs=1, use_pin=False))
+def test_fine_tune_from_a_seven_class_run_onto_eight_class_data(tiny_runs, tmp_path, capsys):
     eight = make_prepared(tmp_path / "eight", num_classes=8, splits={"train": 1, "valid": 1})
-    run = train(tiny_config(eight, tmp_path / "runs", epochs=1, use_pin=False, fine_tune=str(source), name="ft"))
+    run = train(tiny_config(eight, tmp_path / "runs", epochs=1, use_pin=False, fine_tune=str(tiny_runs.baseline),
+                            name="ft"))
     assert "classes mapped by name: 7 shared of 8" in capsys.readouterr().out
     assert load_checkpoint(run / "last.pt")["classes"][-1] == "contempt"
 
@@ -156,10 +150,13 @@ train(config, callbacks=[Stall()])
 
 
 def test_resume_after_kill_mid_epoch_matches_uninterrupted(tmp_path):
-    data = make_prepared(tmp_path / "data", splits=SMALL_SPLITS)
+    data = make_prepared(tmp_path / "data", splits=TINY_SPLITS)
     project = tmp_path / "runs"
     command = [sys.executable, "-c", STALLING_RUN, str(data), str(project)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    # one thread count for the killed epoch, the resumed one and the reference: the float
+    # sums, and so the weights, differ between counts (`poi train` sets its own, --threads)
+    threads = torch.get_num_threads()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(300, process.kill)  # never hang the suite
     watchdog.start()
@@ -178,7 +175,7 @@ def test_resume_after_kill_mid_epoch_matches_uninterrupted(tmp_path):
     assert pd.read_csv(run / "results.csv")["epoch"].tolist() == [1]
     assert load_checkpoint(run / "last.pt")["epoch"] == 1
 
-    result = CliRunner().invoke(app, ["train", "--resume", str(run)])
+    result = CliRunner().invoke(app, ["train", "--resume", str(run), "--threads", str(threads)])
     assert result.exit_code == 0, result.output
     assert "resuming at epoch 2/2" in result.output
     results = pd.read_csv(run / "results.csv")
@@ -205,6 +202,28 @@ def test_bad_input_is_one_line_error(tmp_path):
     assert result.exit_code == 1 and "nope" in result.output
     result = runner.invoke(app, ["train", str(data), "--val-split", "test"])
     assert result.exit_code == 1 and "never selected on the test split" in result.output
+
+
+@pytest.mark.parametrize("target", [LossConfig, ModelConfig])
+def test_train_config_has_the_defaults_of_the_loss_and_the_model(target):
+    """TrainConfig takes LossConfig's defaults (model/loss_config.py) and writes ModelConfig's
+    again (network.py imports torch, which the CLI must not): they must agree (and
+    test_losses pins those to the spec)."""
+    train_fields = {f.name for f in fields(TrainConfig)}
+    shared = [f for f in fields(target) if f.name in train_fields]
+    assert shared
+    for f in shared:
+        assert getattr(TrainConfig(), f.name) == field_default(f), f.name
+
+
+def test_the_engine_takes_every_loss_setting_from_the_train_config():
+    # every LossConfig field is an option of `poi train`: none is left at LossConfig's default unseen
+    assert {f.name for f in fields(LossConfig)} <= {f.name for f in fields(TrainConfig)}
+    assert loss_config_of(TrainConfig()) == LossConfig()
+    for f in fields(LossConfig):
+        default = getattr(TrainConfig(), f.name)
+        changed = (not default) if isinstance(default, bool) else default + 0.25
+        assert loss_config_of(TrainConfig(**{f.name: changed})) == LossConfig(**{f.name: changed}), f.name
 
 
 def test_learning_rate_schedules():
@@ -306,12 +325,10 @@ def test_next_run_dir_numbers_taken_names(tmp_path):
     assert next_run_dir(tmp_path, "exp", exist_ok=True).name == "exp"
 
 
-def test_resume_of_a_run_killed_in_its_first_epoch_starts_it_again(tmp_path):
-    data = make_prepared(tmp_path / "data", splits={"train": 1, "valid": 1})
-    finished = train(tiny_config(data, tmp_path / "runs", epochs=1, use_pin=False))
+def test_resume_of_a_run_killed_in_its_first_epoch_starts_it_again(tiny_runs, tmp_path):
     killed = tmp_path / "runs" / "killed"  # what a kill in epoch 1 leaves: config.json alone
-    killed.mkdir()
-    (killed / "config.json").write_text((finished / "config.json").read_text())
+    killed.mkdir(parents=True)
+    (killed / "config.json").write_text((tiny_runs.baseline / "config.json").read_text())
     assert train(TrainConfig(resume=str(killed))) == killed
     assert pd.read_csv(killed / "results.csv")["epoch"].tolist() == [1]
     assert load_checkpoint(killed / "last.pt")["config"]["use_pin"] is False

@@ -19,12 +19,14 @@ from PIL import Image
 from skimage import data as skimage_data
 from typer.testing import CliRunner
 
+from poi_cli.backends import open_runner
 from poi_cli.cli import app
 from poi_cli.data.faces import FaceDetector
 from poi_cli.data.video import VideoReader, VideoSampling, write_video
-from poi_cli.inference import visualize
-from poi_cli.inference.predict import ImagePrediction, Predictor, whole_image_face
-from poi_cli.inference.tracking import IoUTracker, TrackSmoother
+from poi_cli.deploy import drawing
+from poi_cli.deploy.pipeline import ImagePrediction, whole_image_face
+from poi_cli.deploy.predict import Predictor
+from poi_cli.deploy.tracking import IoUTracker, TrackSmoother
 from test_predict import make_checkpoint
 
 runner = CliRunner()
@@ -67,7 +69,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def predictor(files) -> Predictor:
-    return Predictor(files["ck"], detector=FaceDetector(min_score=0.95))
+    return Predictor(open_runner(files["ck"]), detector=FaceDetector(min_score=0.95))
 
 
 def test_two_tracks_frame_indices_timestamps_and_no_face_rows(files, predictor):
@@ -173,7 +175,7 @@ def test_no_detect_predicts_a_face_crop_that_mtcnn_misses(files, predictor, tmp_
     assert record["box"] == [0, 0, 48, 48]
     assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     # the face is resized whole, as prepare stores cropped faces, then run through the model
-    aligned = Predictor(files["ck"], detect=False)
+    aligned = Predictor(open_runner(files["ck"]), detect=False)
     face = aligned._align(crop, whole_image_face(crop))
     assert face.shape == (64, 64, 3) and np.array_equal(face, np.asarray(crop.resize((64, 64), Image.BILINEAR)))
 
@@ -183,12 +185,12 @@ def test_five_faces_give_five_au_panels(files, predictor, monkeypatch):
     photo = Image.new("RGB", (5 * 80, 100), (200, 200, 200))
     for k in range(5):
         photo.paste(face, (10 + 80 * k, 15))
-    records = predictor.predict_records(photo, show_au=True)
-    assert [r["status"] for r in records] == ["ok"] * 5
+    records = [r for p in predictor.iter_predictions(photo, show_au=True) for r in p.records]
+    assert [r.status for r in records] == ["ok"] * 5
     drawn = []
-    draw = visualize.draw_au_panel
-    monkeypatch.setattr(visualize, "draw_au_panel", lambda record: drawn.append(record["face"]) or draw(record))
-    picture = visualize.render(ImagePrediction("five.png", photo, records), show_au=True)
+    draw = drawing.draw_au_panel
+    monkeypatch.setattr(drawing, "draw_au_panel", lambda record: drawn.append(record.face) or draw(record))
+    picture = drawing.render(ImagePrediction("five.png", photo, records), show_au=True)
     assert sorted(drawn) == [0, 1, 2, 3, 4]
     panel = draw(records[0])
     per_column = max(1, 100 // panel.height)

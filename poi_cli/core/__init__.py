@@ -4,5 +4,7 @@ atomic (every file poi writes, numbered output folders, the output-is-an-input g
 (one writer per output: O_EXCL claims, stale-aware), errors (PoiError, the base of
 every one-line user error), manifests (the facts in data_manifests/: classes, the AU
 prior table, regions), schema (statuses, landmark names), runtime (devices, bf16
-autocast, torchrun processes), metrics (confusion matrix, recall, ROC AUC on arrays).
+autocast, torchrun processes; the one module here that imports torch), metrics (confusion
+matrix, recall, ROC AUC on arrays), threads (--threads for torch and ONNX Runtime),
+outputs (ModelOutputs: what a model runner gives prediction, in numpy).
 """

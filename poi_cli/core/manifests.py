@@ -13,7 +13,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-import torch
+import numpy as np
 
 
 def read_manifest(name: str) -> Any:
@@ -84,15 +84,17 @@ def class_names(num_classes: int) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=None)
-def au_prior_matrix(group: str) -> torch.Tensor:
+def au_prior_matrix(group: str) -> np.ndarray:
     """Binary (8 classes, num_aus) matrix of Table I for group 'eye' or 'mouth'.
 
     Row c (canonical order) has a 1 for every AU that expression c activates in that
-    facial region. 7-class models simply never index the contempt row.
+    facial region. 7-class models simply never index the contempt row. float32, read-only
+    (cached: one array for every caller).
     """
     aus = AU_GROUPS[group]
-    matrix = torch.zeros(len(CLASSES), len(aus))
+    matrix = np.zeros((len(CLASSES), len(aus)), dtype=np.float32)
     for class_index, name in enumerate(CLASSES):
         for au in _AU_PRIOR["expressions"][name][group]:
             matrix[class_index, aus.index(au)] = 1.0
+    matrix.flags.writeable = False
     return matrix

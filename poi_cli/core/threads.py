@@ -24,7 +24,7 @@ from poi_cli.core.errors import PoiError
 
 THREADS_ENV = "POI_THREADS"
 DEFAULT_MAX = 4  # the default: min(usable cores, DEFAULT_MAX); see the module docstring
-# Threads of `poi predict`'s overlapped image pipeline (inference/overlap.py) that load,
+# Threads of `poi predict`'s overlapped image pipeline (deploy/overlap.py) that load,
 # detect and align images ahead of the model; 0 is the sequential path.
 DEFAULT_WORKERS = 2
 THREADS_HELP = (f"CPU threads for torch / ONNX Runtime (default: ${THREADS_ENV}, else min(cores, {DEFAULT_MAX}); "
@@ -69,12 +69,15 @@ def prefer_passive_wait() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def configure_threads(threads: Optional[int] = None) -> int:
+def configure_threads(threads: Optional[int] = None, import_torch: bool = True) -> int:
     """Resolve and apply the thread count for this process; returns it.
 
     Call it once at the start of a compute command (before the first tensor operation).
     torch's inter-op pool can be sized only before its first use, so a later call with
-    another count changes the intra-op pool alone.
+    another count changes the intra-op pool alone. import_torch=False (the deploy
+    commands, which may never need torch): only the environment is set, which torch reads
+    if it is imported later (a .pt model); ONNX Runtime sessions take the count from
+    onnx_session_options.
     """
     global _configured
     count = resolve_threads(threads)
@@ -82,6 +85,9 @@ def configure_threads(threads: Optional[int] = None) -> int:
         prefer_passive_wait()
         os.environ["OMP_NUM_THREADS"] = str(count)
         os.environ.setdefault("MKL_NUM_THREADS", str(count))
+        if not import_torch:
+            _configured = count
+            return count
     import torch
 
     torch.set_num_threads(count)

@@ -19,11 +19,12 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from poi_cli.core.errors import PoiError
 from poi_cli.core.schema import NUM_LANDMARKS
 
 # Images smaller than this on either side carry too little face to recognise anything.
@@ -160,7 +161,7 @@ class Face:
     score: float  # MTCNN's detection probability
 
 
-class FaceDetectorError(RuntimeError):
+class FaceDetectorError(PoiError, RuntimeError):
     """The detector cannot run (missing package); the message says what to do."""
 
 
@@ -266,6 +267,24 @@ class FaceDetector:
             faces.sort(key=lambda f: -f.score)
             results.append(faces)
         return results
+
+
+# Detectors by name: MTCNN run by ONNX Runtime (data/mtcnn.py; the default of prepare,
+# predict and serve: no torch), or the same networks through facenet-pytorch (FaceDetector
+# above; needs torch and facenet-pytorch).
+DETECTORS = ("mtcnn", "mtcnn-torch")
+
+
+def make_detector(name: str = "mtcnn", min_score: float = 0.0, max_side: int = 1024, threads: Optional[int] = None,
+                  device: str = "cpu") -> Any:
+    """A face detector by name (DETECTORS): detect(images) -> faces per image, sorted by score."""
+    if name == "mtcnn":
+        from poi_cli.data.mtcnn import OnnxMTCNN
+
+        return OnnxMTCNN(min_score=min_score, max_side=max_side, threads=threads)
+    if name == "mtcnn-torch":
+        return FaceDetector(device=device, min_score=min_score, max_side=max_side)
+    raise ValueError(f"--detector must be one of {', '.join(DETECTORS)}, got {name!r}")
 
 
 def _scaled(face: Face, factor: float) -> Face:

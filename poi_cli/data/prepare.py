@@ -34,7 +34,8 @@ from poi_cli.core.locks import LockError, claim
 from poi_cli.core.atomic import atomic_write_text
 from poi_cli.data.datasets import PENDING, Item, LayoutError, ParsedDataset, parse_dataset
 from poi_cli.data.datasets.common import dataset_manifest
-from poi_cli.data.faces import ImageLoadError, align_face, is_grayscale, largest_face, load_image, resize_face
+from poi_cli.data.faces import (ImageLoadError, align_face, is_grayscale, largest_face, load_image, make_detector,
+                                resize_face)
 from poi_cli.core.manifests import class_names
 from poi_cli.core.schema import LANDMARK_NAMES, STATUS_BAD_IMAGE, STATUS_ERROR, STATUS_EXCLUDED, STATUS_NO_FACE, STATUS_OK
 from poi_cli.data.preprocess import Preprocessing
@@ -93,7 +94,7 @@ def prepare(
     splits: list[str] | None = None,
     workers: int = 2,
     show_progress: bool = True,
-    detector: Any = None,
+    detector: Any = "mtcnn",
     folds: int | None = None,
     fold_seed: int = 0,
     test_fraction: float = 0.0,
@@ -101,7 +102,9 @@ def prepare(
     """Prepare `dataset` from its official layout in `raw_dir` into `out_dir`.
 
     detect None: the dataset's default (off for sets that ship cropped or aligned
-    faces). `detector` (anything with .detect(list of images)) replaces MTCNN, for tests.
+    faces). `detector`: a name in faces.DETECTORS (the default "mtcnn": MTCNN run by ONNX
+    Runtime, the detector `poi predict` uses, so training and predicted faces are cut the
+    same way), or anything with .detect(list of images) (tests).
     folds None: the dataset's default (10 subject-independent folds for CK+, none elsewhere;
     0 for none); test_fraction > 0: a random, class-stratified share of train becomes split
     test instead (the POI paper's CK+ protocol at 0.2). See poi_cli/data/folds.py.
@@ -275,14 +278,14 @@ class _Worker:
     def __init__(self, raw: Path, items: list[Item], size: int, detect: bool, want_gray: bool,
                  device: str, detector: Any) -> None:
         self.raw, self.items, self.size, self.detect = raw, items, size, detect
-        self.want_gray, self.device, self._detector = want_gray, device, detector
+        self.want_gray, self.device = want_gray, device
+        self.detector_name = detector if isinstance(detector, str) else None
+        self._detector = None if isinstance(detector, str) else detector
 
     @property
     def detector(self) -> Any:
         if self._detector is None:  # built on first use: MTCNN takes a moment to load
-            from poi_cli.data.faces import FaceDetector
-
-            self._detector = FaceDetector(device=self.device)
+            self._detector = make_detector(self.detector_name, device=self.device)
         return self._detector
 
     def load(self, index: int) -> _Loaded:

@@ -5,9 +5,21 @@ classifiers, ObjectiveInference and UncertaintyEstimation), losses (one function
 equation of Eq. 4-12), calibration (temperature scaling and the metrics that judge a
 confidence), predictions (the one inference path over a prepared split), checkpoint
 (build, save, load, CheckpointInfo), pretrained (backbone weights from a file), info
-(parameters and FLOPs). May import core and data.
+(parameters and FLOPs), export (`poi export`: ONNX, TorchScript, packed fp16 weights),
+runner (a checkpoint run by torch for `poi predict --backend torch`), loss_config
+(LossConfig, the Eq. 12 weights, torch-free: `poi train`'s defaults). May import core and data.
 """
 
-from poi_cli.model.network import ModelConfig, POIModel, POIOutput
+from typing import Any
 
 __all__ = ["ModelConfig", "POIModel", "POIOutput"]
+
+
+def __getattr__(name: str) -> Any:
+    """The network's classes, imported on first use (PEP 562): importing this package, e.g.
+    for loss_config, does not import torch."""
+    if name in __all__:
+        from poi_cli.model import network
+
+        return getattr(network, name)
+    raise AttributeError(f"module 'poi_cli.model' has no attribute {name!r}")

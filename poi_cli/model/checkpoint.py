@@ -132,13 +132,19 @@ def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
     return path
 
 
+def model_of(checkpoint: Mapping[str, Any], device: torch.device | str = "cpu") -> POIModel:
+    """The POIModel a loaded checkpoint describes, with its weights, on `device`, in eval mode
+    (float32 even for a packed fp16 checkpoint: the weights are copied into the new model)."""
+    model = POIModel(ModelConfig.from_dict(checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval()
+
+
 def load_model(run_or_checkpoint: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
     """Build the POIModel a checkpoint describes, with its weights, in eval mode; also
     the checkpoint dict (CheckpointInfo.of(it) types it)."""
     checkpoint = load_checkpoint(resolve_checkpoint(run_or_checkpoint))
-    model = POIModel(ModelConfig.from_dict(checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), checkpoint
+    return model_of(checkpoint, device), checkpoint
 
 
 def legacy_preprocessing(checkpoint: Mapping[str, Any]) -> Preprocessing:

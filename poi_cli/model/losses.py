@@ -10,29 +10,14 @@ outputs (p~_n of Eq. 6, p~* of Eq. 7, w of Eq. 10, beta) come from model/network
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from poi_cli.core.manifests import au_prior_matrix
+from poi_cli.model.loss_config import LossConfig
 from poi_cli.model.network import POIOutput, tempered_log_probs, uncertainty_beta
-
-
-@dataclass
-class LossConfig:
-    """Weights of Eq. 12 and the AU pseudo-label smoothing (POI_SPEC sections 3-5)."""
-
-    lambda_au: float = 0.5  # lambda_1
-    lambda_ce_au: float = 0.5  # lambda_2
-    lambda_ce_tar: float = 1.0  # lambda_3
-    au_eps: float = 0.1  # eps of the AU pseudo-labels
-    use_uem: bool = True  # False: "without UEM", beta = 1 for every image
-    teacher_weight: float = 1.0  # weight of L_KL_teacher (--teacher; beyond the paper)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def au_targets(labels: torch.Tensor, group: str, eps: float) -> torch.Tensor:
@@ -40,7 +25,7 @@ def au_targets(labels: torch.Tensor, group: str, eps: float) -> torch.Tensor:
 
     (B,) labels -> (B, M) targets for group 'eye' (6 AUs) or 'mouth' (7 AUs).
     """
-    prior = au_prior_matrix(group).to(labels.device)[labels]
+    prior = torch.from_numpy(au_prior_matrix(group).copy()).to(labels.device)[labels]
     return prior * (1.0 - eps) + (1.0 - prior) * eps
 
 

@@ -8,22 +8,26 @@ The model runs in eval mode under no_grad over the store rows in order (BatchLoa
 to_model_input, bf16 autocast when asked); its raw outputs come back as numpy arrays on
 the CPU, and every probability that evaluation, the audit, the report and training's
 validation need is derived from them here, in float32 with the model's own equations.
+Training validates its model in memory; everything that studies a saved model (evaluate,
+audit, clean, calibrate, the cross-fitted audit) runs it with `predict_checkpoint_split`,
+which also picks the device and bf16 as every command does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from poi_cli.core.runtime import autocast
+from poi_cli.core.runtime import autocast, select_device, use_bf16
 from poi_cli.data.loader import BatchLoader
 from poi_cli.data.preprocess import to_model_input
+from poi_cli.model.checkpoint import model_of
 from poi_cli.model.network import POIOutput, intermediate_log_probs, tempered_log_probs
 
 # POIOutput fields kept per image besides the TRN logits (None when the model has none).
@@ -142,6 +146,29 @@ def predict_split(
         return _collect(model, loader, input_size, device, amp, channels_last, with_pin, progress)
     finally:
         model.train(was_training)
+
+
+def predict_checkpoint_split(
+    checkpoint: Mapping[str, Any],
+    faces: np.ndarray,
+    store_rows: np.ndarray,
+    labels: np.ndarray,
+    device: str = "auto",
+    batch: int = 256,
+    amp: str = "auto",
+    with_pin: bool = True,
+) -> SplitPredictions:
+    """predict_split of a loaded checkpoint (load_checkpoint) over faces[store_rows]: its model
+    built on `device` (core.runtime.select_device's choices), bf16 autocast as `amp` says
+    (use_bf16), at the model's input size, with a progress bar on stderr.
+
+    Takes the loaded dict, not a path: callers read the checkpoint (CheckpointInfo) to
+    choose the images and labels first, and the file is read once.
+    """
+    torch_device = select_device(device)
+    model = model_of(checkpoint, torch_device)
+    return predict_split(model, faces, store_rows, labels, model.config.input_size, batch, torch_device,
+                         use_bf16(amp, torch_device), with_pin=with_pin, progress=True)
 
 
 def _collect(model: torch.nn.Module, loader: BatchLoader, input_size: int, device: torch.device, amp: bool,

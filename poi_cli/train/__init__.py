@@ -1,7 +1,9 @@
-"""Layer 3, train: `poi train`. May import core, data and model; nothing imports it but the CLI.
+"""Layer 3, train: `poi train`. May import core, data and model; only the CLI and
+pipeline.py (the recipes that chain training and study) import it.
 
 config (TrainConfig: every option of `poi train`, defined once), engine (the epoch loop),
 data (training labels, noise, the validation split or hold-out), run_folder (config.json,
 results.csv, last/best, resume, repair after a kill), finetune (starting from a
-checkpoint), meters (per-epoch sums by name), augment (batch augmentation on the device).
+checkpoint), meters (per-epoch sums by name), augment (batch augmentation on the device), teacher
+(a frozen earlier model that teaches the TRN, `--teacher`).
 """

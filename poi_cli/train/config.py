@@ -9,8 +9,11 @@ POI_SPEC section 6: SGD, momentum 0.9, weight decay 1e-4, batch 256, lr 0.1 divi
 10 every 20 epochs, 60 epochs, input 224, flip + translation + brightness/contrast/
 saturation (colour changes off for grayscale data). The config is saved, as one flat
 dict, as config.json first thing in a run folder and inside every checkpoint, so it holds
-plain Python values only. Imports nothing of poi and no torch: the CLI imports this module
-to show its defaults.
+plain Python values only. Imports no torch: the CLI imports this module to show its
+defaults, and torch is the optional `train` extra. The Eq. 12 weights take their defaults
+from LossConfig (model/loss_config.py, torch-free), their one source. The defaults shared
+with ModelConfig (model/network.py, which imports torch) are written here too;
+tests/test_train.py fails when the two disagree.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from poi_cli.core.errors import PoiError
+from poi_cli.model.loss_config import LossConfig
 
 SCHEDULES = ("step", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -73,17 +77,17 @@ class TrainConfig:
     fine_tune: Optional[str] = option(None, MODEL, "Start from a poi checkpoint or run folder (classes mapped by name).", path=True)
 
     # losses (Eq. 12)
-    lambda_au: float = option(0.5, LOSS, "lambda_1 of Eq. 12 (AU loss).")
-    lambda_ce_au: float = option(0.5, LOSS, "lambda_2 of Eq. 12 (region cross-entropy).")
-    lambda_ce_tar: float = option(1.0, LOSS, "lambda_3 of Eq. 12 (TRN cross-entropy).")
-    au_eps: float = option(0.1, LOSS, "eps of the AU pseudo-labels.")
-    use_uem: bool = option(True, LOSS, "Ablation: beta = 1 for every image.", "--no-uem", invert=True)
+    lambda_au: float = option(LossConfig.lambda_au, LOSS, "lambda_1 of Eq. 12 (AU loss).")
+    lambda_ce_au: float = option(LossConfig.lambda_ce_au, LOSS, "lambda_2 of Eq. 12 (region cross-entropy).")
+    lambda_ce_tar: float = option(LossConfig.lambda_ce_tar, LOSS, "lambda_3 of Eq. 12 (TRN cross-entropy).")
+    au_eps: float = option(LossConfig.au_eps, LOSS, "eps of the AU pseudo-labels.")
+    use_uem: bool = option(LossConfig.use_uem, LOSS, "Ablation: beta = 1 for every image.", "--no-uem", invert=True)
     distill_warmup: int = option(0, LOSS, "Epochs before the PIN starts teaching the TRN: L_KL_tar (Eq. 11) left out of "
                                           "Eq. 12 until then (a lever the paper allows; 0: the paper's Eq. 12 throughout).")
     teacher: Optional[str] = option(None, LOSS, "Also distil from this run folder or checkpoint (beyond the paper: e.g. the "
                                                 "previous cleaning round): its PIN's objective inference p~* at T teaches the "
                                                 "TRN as in Eq. 11, weighted T^2 x --teacher-weight.", path=True)
-    teacher_weight: float = option(1.0, LOSS, "Weight of the --teacher distillation.")
+    teacher_weight: float = option(LossConfig.teacher_weight, LOSS, "Weight of the --teacher distillation.")
 
     # optimisation (Sec. IV-B)
     epochs: int = option(60, OPTIMISER, "Epochs.")

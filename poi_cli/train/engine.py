@@ -53,7 +53,7 @@ from poi_cli.train.meters import EpochMeters
 from poi_cli.train.teacher import Teacher
 from poi_cli.train.run_folder import RESULT_COLUMNS, RunFolder, resume_config, rng_state, set_rng_state
 
-__all__ = ["Callback", "RESULT_COLUMNS", "TrainError", "Trainer", "learning_rate", "train"]
+__all__ = ["Callback", "RESULT_COLUMNS", "TrainError", "Trainer", "learning_rate", "loss_config_of", "train"]
 
 
 # ----------------------------------------------------------------------- schedule
@@ -68,6 +68,12 @@ def learning_rate(config: TrainConfig, epoch: int, step: int, steps_per_epoch: i
         span = max(config.epochs - config.warmup_epochs, 1e-9)
         return 0.5 * config.lr * (1 + math.cos(math.pi * (progress - config.warmup_epochs) / span))
     return config.lr * config.lr_gamma ** sum(epoch >= milestone for milestone in config.lr_steps)
+
+
+def loss_config_of(config: TrainConfig) -> LossConfig:
+    """The weights and switches of Eq. 12 for a run: every LossConfig field from the TrainConfig
+    field of the same name, so that what `poi train` is told is what the loss uses."""
+    return LossConfig(**config.values_for(LossConfig))
 
 
 def float_output(output: POIOutput) -> POIOutput:
@@ -172,7 +178,7 @@ class Trainer:
         self.optimizer = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         self._restore()
         self.forward = self._wrap(model)  # what the training step calls
-        self.loss_config = LossConfig(**c.values_for(LossConfig))
+        self.loss_config = loss_config_of(c)
 
     def _restore(self) -> None:
         """Epoch, history, best so far, weights, optimiser and RNG: from the resumed last.pt, or fresh."""

@@ -1,22 +1,23 @@
-"""`poi predict --save-vis DIR`: the photo with each face's box, expression and confidence,
-and (with --show-au) a panel of AU bars per facial region for every face, like the paper's
-Fig. 9/10. Videos go to video_vis.VideoVisWriter (an annotated video and a timeline).
+"""Pictures of predictions, pure PIL (no figure machinery, so drawing stays cheap next to
+detection): each face's box, expression and confidence, and (with --show-au) a panel of AU
+bars per facial region for every face, like the paper's Fig. 9/10.
 
-Pure PIL: no figure machinery, so drawing stays cheap next to detection.
+Used by visualize.VisWriter (`--save-vis` of images) and video_vis.VideoVisWriter (the
+frames of an annotated video); it imports neither, so they do not import each other.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Optional
 
 from PIL import Image, ImageDraw, ImageFont
 
-from poi_cli.core.atomic import save_image
 from poi_cli.core.manifests import AU_GROUPS, REGIONS
-from poi_cli.core.schema import STATUS_OK
-from poi_cli.inference.predict import ImagePrediction
+
+if TYPE_CHECKING:
+    from poi_cli.deploy.pipeline import ImagePrediction
+    from poi_cli.deploy.records import FaceRecord
 
 MAX_SIDE = 1024  # the photo is shown at most this large
 REGION_WIDTH, ROW, BAR = 210, 13, 90  # panel geometry in pixels
@@ -30,11 +31,12 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _label(record: dict) -> str:
-    probability = record["probabilities"][record["expression"]]
-    consistency = record.get("consistency")
-    name = f"T{record['track']}" if record.get("track") is not None else record["face"]  # a video's faces: track ids
-    text = f"{name}: {record['expression']} {probability:.0%}"
+def _label(record: FaceRecord) -> str:
+    probability = record.probabilities[record.expression]
+    consistency = record.consistency
+    track = record.video.track if record.video is not None else None
+    name = f"T{track}" if track is not None else record.face  # a video's faces: track ids
+    text = f"{name}: {record.expression} {probability:.0%}"
     return text + (f"  consistency {consistency:.2f}" if consistency is not None else "")
 
 
@@ -44,7 +46,7 @@ def _text_box(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, fon
     draw.text(xy, text, fill=TEXT_COLOUR, font=font)
 
 
-def draw_faces(image: Image.Image, records: list[dict]) -> Image.Image:
+def draw_faces(image: Image.Image, records: list[FaceRecord]) -> Image.Image:
     """A copy of the image (at most MAX_SIDE) with boxes, landmarks and labels."""
     scale = min(1.0, MAX_SIDE / max(image.size))
     canvas = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale))) if scale < 1 else image.convert("RGB").copy()
@@ -52,19 +54,19 @@ def draw_faces(image: Image.Image, records: list[dict]) -> Image.Image:
     font = _font(max(12, canvas.width // 60))
     line = max(2, canvas.width // 300)
     for record in records:
-        if record["status"] != STATUS_OK:
-            _text_box(draw, (5, 5), record["status"].replace("_", " "), font)
+        if not record.is_face:
+            _text_box(draw, (5, 5), record.status.replace("_", " "), font)
             continue
-        x1, y1, x2, y2 = (v * scale for v in record["box"])
+        x1, y1, x2, y2 = (v * scale for v in record.box)
         draw.rectangle((x1, y1, x2, y2), outline=BOX_COLOUR, width=line)
-        for x, y in record["landmarks"] or ():  # none for --no-detect
+        for x, y in record.landmarks or ():  # none for --no-detect
             draw.ellipse((x * scale - line, y * scale - line, x * scale + line, y * scale + line), fill=BOX_COLOUR)
         height = draw.textbbox((0, 0), "Ag", font=font)[3]
         _text_box(draw, (x1, max(0, y1 - height - 6)), _label(record), font)
     return canvas
 
 
-def draw_au_panel(record: dict) -> Image.Image:
+def draw_au_panel(record: FaceRecord) -> Image.Image:
     """One face's AU probabilities per region (a block per AU group: eye regions above,
     mouth regions below; image-left on the left) with each region's own most likely
     expression. The layout follows data_manifests/regions.json."""
@@ -74,7 +76,7 @@ def draw_au_panel(record: dict) -> Image.Image:
     panel = Image.new("RGB", (2 * REGION_WIDTH, height), BACKGROUND)
     draw = ImageDraw.Draw(panel)
     draw.text((6, 4), _label(record), fill=TEXT_COLOUR, font=font)
-    aus, regions = record.get("aus") or {}, record.get("regions") or {}
+    aus, regions = record.aus or {}, record.regions or {}
     for region in REGIONS:
         block = groups.index(region.au_group)
         x = 6 + region.side * REGION_WIDTH
@@ -100,7 +102,7 @@ def render(prediction: ImagePrediction, show_au: bool = False) -> Optional[Image
     if prediction.image is None:
         return None
     picture = draw_faces(prediction.image, prediction.records)
-    faces = [r for r in prediction.records if r["status"] == STATUS_OK and "aus" in r]
+    faces = [r for r in prediction.records if r.is_face and r.with_au]
     if not (show_au and faces):
         return picture
     panels = [draw_au_panel(r) for r in faces]
@@ -120,56 +122,3 @@ def place_panels(picture: Image.Image, panels: list[Image.Image]) -> Image.Image
     return out
 
 
-class VisWriter:
-    """Writes DIR/<image stem>_poi.png, numbering repeats; never over an input file.
-
-    protected: every file the run reads (after glob and folder expansion); a name that
-    resolves to one of them (symlinks followed) is skipped for the next number, so
-    `poi predict v/a.jpg v/a_poi.png --save-vis v` keeps v/a_poi.png.
-    """
-
-    def __init__(self, out_dir: str | Path, show_au: bool = False, protected: Iterable[str | Path] = ()) -> None:
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.show_au = show_au
-        self.used: set[str] = set()
-        self.protected = {Path(p).resolve() for p in protected}
-        self.video = None  # the video_vis.VideoVisWriter of the video being written
-
-    def name(self, source: str, suffix: str) -> Path:
-        """DIR/<stem><suffix>, numbered when taken in this run; never an input file (the
-        source itself or any protected one)."""
-        in_memory = source.startswith("<")
-        stem = Path(source).stem if not in_memory else "image"
-        avoid = set(self.protected)
-        if not in_memory:
-            avoid.add(Path(source).resolve())
-        head, dot, extension = suffix.rpartition(".")
-        name, number = f"{stem}{suffix}", 2
-        while name in self.used or (self.out_dir / name).resolve() in avoid:
-            name, number = f"{stem}{head}{number}{dot}{extension}", number + 1
-        self.used.add(name)
-        return self.out_dir / name
-
-    def write(self, prediction: ImagePrediction) -> Optional[Path]:
-        if getattr(prediction, "frame", None) is not None:  # a video's frame
-            if self.video is not None and self.video.source != prediction.source:
-                self.video.close()
-                self.video = None
-            if self.video is None:
-                from poi_cli.inference.video_vis import VideoVisWriter
-
-                self.video = VideoVisWriter(prediction.source, self.name(prediction.source, "_poi.mp4"),
-                                            self.name(prediction.source, "_timeline.png"))
-            self.video.write(prediction)
-            return None
-        picture = render(prediction, self.show_au)
-        if picture is None:
-            return None
-        return save_image(picture, self.name(prediction.source, "_poi.png"))
-
-    def close(self) -> None:
-        """Finish the video being written (its file appears now, whole)."""
-        if self.video is not None:
-            self.video.close()
-            self.video = None

@@ -41,7 +41,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn as nn
@@ -51,6 +51,9 @@ from poi_cli.core.atomic import atomic_write
 from poi_cli.core.manifests import ALL_AUS, REGIONS
 from poi_cli.model.checkpoint import CheckpointError, CheckpointInfo, build_checkpoint, load_model, resolve_checkpoint
 from poi_cli.model.network import POIModel, tempered_log_probs
+
+if TYPE_CHECKING:
+    import onnx
 
 FORMATS = ("onnx", "torchscript", "weights")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "weights": ".fp16.pt"}
@@ -119,15 +122,24 @@ def packed_checkpoint(checkpoint: dict, source: Optional[Path] = None) -> dict:
     )
 
 
+ONNX_FORMAT = 1  # metadata "poi_onnx_format": what deploy/runner.py reads (bump on an incompatible change)
+
+
 def _metadata(info: CheckpointInfo, output_names: list[str], full: bool) -> dict:
+    """What a deploy runtime needs besides the graph, stored as JSON strings in the file's
+    metadata_props: one .onnx file is enough to predict (deploy/runner.py reads it)."""
     pre, size = info.preprocessing, info.input_size
     meta = {
+        "poi_onnx_format": ONNX_FORMAT,
         "classes": list(info.classes), "input_size": size, "input": f"float32 (N, 3, {size}, {size})",
-        "preprocessing": "face aligned by poi_cli.data.faces.align_face, RGB, /255, then (x - mean) / std",
+        "preprocessing": pre.to_dict(),
+        "preprocessing_text": "face aligned by poi_cli.data.faces.align_face, RGB, /255, then (x - mean) / std",
         "mean": list(pre.mean), "std": list(pre.std), "outputs": output_names,
         "model": "full POI (TRN + PIN)" if full else "deployed TRN (logits)",
         "face_size": pre.face_size, "grayscale": pre.grayscale, "alignment": pre.alignment,
-        "calibration_temperature": info.calibration_temperature,
+        "calibration_temperature": info.calibration_temperature, "calibrated": info.calibration is not None,
+        "arch": info.model_config.arch, "epoch": info.epoch, "val_acc": info.val_acc,
+        "prior_supervision": bool(info.model_config.prior_supervision),
     }
     if full:
         sides = [r for r in REGIONS if r.au_group == REGIONS[0].au_group]  # the two regions of one AU group
@@ -153,27 +165,85 @@ def export_module(model: POIModel, calibration_temperature: float, full: bool) -
     return module, ["logits"]
 
 
-def onnx_bytes(module: nn.Module, example: torch.Tensor, output_names: list[str], opset: int = 17) -> bytes:
+def onnx_bytes(module: nn.Module, example: torch.Tensor, output_names: list[str], opset: int = 17,
+               fold_constants: bool = True) -> bytes:
     """The module as an ONNX model (without metadata), its batch axis free; what `poi export` writes
-    and what `poi predict --backend onnx` runs."""
+    and what `poi predict --backend onnx` runs. fold_constants=False keeps batch norms apart
+    from their convolutions, so the file's weights are the checkpoint's own values."""
     buffer = io.BytesIO()
     dynamic = {"input": {0: "batch"}, **{name: {0: "batch"} for name in output_names}}
     with warnings.catch_warnings():
         # The TorchScript-based exporter: the torch.export one needs onnxscript as well.
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (example,), buffer, dynamo=False, input_names=["input"], output_names=output_names,
-                          dynamic_axes=dynamic, opset_version=opset)
+                          dynamic_axes=dynamic, opset_version=opset, do_constant_folding=fold_constants)
     return buffer.getvalue()
 
 
-def _write_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: list[str], meta: dict, opset: int) -> None:
+def onnx_proto(module: nn.Module, example: torch.Tensor, output_names: list[str], meta: dict, opset: int = 17,
+               fp16_weights: bool = False) -> "onnx.ModelProto":
+    """The module as an ONNX model with poi's metadata (see _metadata); fp16_weights stores
+    each float32 weight as float16 with a Cast back to float32 in the graph (half the file;
+    the arithmetic stays float32, so a packed fp16 checkpoint gives the same numbers: batch
+    norms are not folded into the convolutions, which would round new products to fp16)."""
     import onnx
 
-    proto = onnx.load_from_string(onnx_bytes(module, example, output_names, opset))
+    proto = onnx.load_from_string(onnx_bytes(module, example, output_names, opset, fold_constants=not fp16_weights))
+    if fp16_weights:
+        _halve_initializers(proto)
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
+    return proto
+
+
+def _halve_initializers(proto: "onnx.ModelProto") -> None:
+    """float32 initializers -> float16 ones named NAME_fp16 and Cast nodes that make NAME again."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    graph, casts, kept = proto.graph, [], []
+    for initializer in graph.initializer:
+        if initializer.data_type != onnx.TensorProto.FLOAT or len(initializer.dims) == 0:
+            kept.append(initializer)
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(initializer).astype(np.float16), initializer.name + "_fp16")
+        kept.append(half)
+        casts.append(onnx.helper.make_node("Cast", [half.name], [initializer.name], to=onnx.TensorProto.FLOAT,
+                                           name=initializer.name + "_to_fp32"))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)  # the casts first: the graph stays topologically sorted
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _write_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: list[str], meta: dict, opset: int,
+                fp16_weights: bool = False) -> None:
+    proto = onnx_proto(module, example, output_names, meta, opset, fp16_weights)
     atomic_write(path, lambda f: f.write(proto.SerializeToString()))
+
+
+def onnx_model_bytes(checkpoint: str | Path, opset: int = 17) -> bytes:
+    """A checkpoint as the ONNX file `poi export --full` writes (the TRN's logits for a
+    baseline), in memory: what `poi predict --backend onnx` runs for a `.pt` model."""
+    _require_onnx()
+    try:
+        checkpoint_path = resolve_checkpoint(checkpoint)
+        model, checkpoint_dict = load_model(checkpoint_path, "cpu")
+    except CheckpointError as error:
+        raise ExportError(str(error)) from None
+    info = CheckpointInfo.of(checkpoint_dict)
+    full = model.pin is not None
+    module, output_names = export_module(model, info.calibration_temperature, full)
+    size = model.config.input_size
+    example = torch.zeros(TRACE_BATCH, 3, size, size)
+    try:
+        proto = onnx_proto(module, example, output_names, _metadata(info, output_names, full), opset)
+    except Exception as error:  # an operator the exporter lacks: one line
+        raise ExportError(f"exporting {checkpoint_path} to ONNX failed: {type(error).__name__}: {error}") from None
+    return proto.SerializeToString()
 
 
 def _run_onnx(path: Path, x: torch.Tensor) -> list[torch.Tensor]:
@@ -212,15 +282,20 @@ def export_model(
     tolerance: Optional[float] = None,
     opset: int = 17,
     seed: int = 0,
+    fp16_weights: bool = False,
 ) -> ExportResult:
     """Write the model in `format` and check it against PyTorch on random input.
 
     tolerance: None takes DEFAULT_TOLERANCE[format]. format="weights" always packs the
-    whole model (TRN and PIN), so `full` is implied for it when the model has a PIN."""
+    whole model (TRN and PIN), so `full` is implied for it when the model has a PIN.
+    fp16_weights (ONNX only): weights stored as float16, computed in float32 (how the
+    bundled .onnx is made from the bundled fp16 checkpoint: same numbers, half the file)."""
     if format not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     if format == "onnx":
         _require_onnx()
+    elif fp16_weights:
+        raise ExportError("--fp16-weights applies to --format onnx only (--format weights is always fp16)")
     try:
         checkpoint_path = resolve_checkpoint(checkpoint)
         model, checkpoint_dict = load_model(checkpoint_path, "cpu")
@@ -242,7 +317,7 @@ def export_model(
     check = torch.randn(CHECK_BATCH, 3, size, size, generator=generator)
     meta = _metadata(info, output_names, full)
     if format == "onnx":
-        _write_onnx(module, example, path, output_names, meta, opset)
+        _write_onnx(module, example, path, output_names, meta, opset, fp16_weights)
         exported = _run_onnx(path, check)
     elif format == "weights":
         packed = packed_checkpoint(checkpoint_dict, checkpoint_path)

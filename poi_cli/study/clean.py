@@ -31,7 +31,7 @@ from poi_cli.core.atomic import atomic_write_text, write_json
 from poi_cli.core.errors import PoiError
 from poi_cli.data.noise import flip_labels
 from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, SplitData, label_names
-from poi_cli.model.checkpoint import CONFIG_FILE, HELDOUT_FILE, read_heldout_ids
+from poi_cli.model.checkpoint import CONFIG_FILE, HELDOUT_FILE, load_checkpoint, read_heldout_ids, resolve_checkpoint
 
 AUTO_SEED = 0  # seed of the simulated flips on the validation split
 MAX_NOISE_RATE = 0.95
@@ -127,7 +127,7 @@ def choose_fraction(train_given: np.ndarray, train_suggested: np.ndarray, valid_
     the validation labels are flipped at rho (seeded), scored by the same model as the audit
     scores the training images (suspicion = w (1 - p*_y)), and the fraction of most suspect
     images whose relabelling leaves the fewest wrong labels there is returned, with the figures."""
-    from poi_cli.inference.audit import suspicion_score
+    from poi_cli.study.audit import suspicion_score
 
     num_classes = valid_objective.shape[1]
     suggested = valid_objective.argmax(1)
@@ -176,9 +176,9 @@ def validation_scores(models: Sequence[str | Path], dataset: PreparedDataset, da
 def objective_of(model_path: str | Path, dataset: PreparedDataset, data: SplitData,
                  device: str) -> tuple[np.ndarray, np.ndarray]:
     """One model's p* at T = 1 and w on `data`."""
-    from poi_cli.inference.audit import _predict, objective_inference
+    from poi_cli.study.audit import objective_inference, predict_own_classes
 
-    predictions, _ = _predict(model_path, dataset, data, device, batch=256, amp="auto")
+    predictions = predict_own_classes(load_checkpoint(resolve_checkpoint(model_path)), dataset, data, device)
     return objective_inference(predictions, model_path), predictions.consistency  # the path names the model in an error
 
 
@@ -270,7 +270,7 @@ def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relab
         if auto:
             model_path, fold_models = _audited_models(source)
     else:
-        from poi_cli.inference.audit import audit
+        from poi_cli.study.audit import audit
 
         table = audit(source, prepared_dir, labels_file=labels_file, split=split, device=device).table
     return clean_audit(table, dataset, split, model_path, str(source), mode, threshold, fraction, auto, device, fold_models)

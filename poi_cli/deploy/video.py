@@ -5,8 +5,9 @@
         print(prediction.frame, prediction.timestamp, prediction.records)
 
 Frames come from data.video.VideoReader (streamed: one decoded frame at a time, a batch
-of `frames_per_batch` sampled frames in memory) and go through the Predictor's own face
-pipeline (Predictor._predict_chunk: detection, alignment, model, the per-face records),
+of `frames_per_batch` sampled frames in memory) and go through the same face
+pipeline as photos (pipeline.FacePipeline.predict_chunk: detection, alignment, model, the
+per-face records),
 so a frame's rows are exactly the rows the same picture would give as a photo, plus:
 
 * `frame`, `timestamp`: the frame's index among all decoded frames and its time (s);
@@ -30,10 +31,11 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from poi_cli.core.schema import STATUS_ERROR, STATUS_NO_FACE, STATUS_OK
+from poi_cli.core.schema import STATUS_ERROR
 from poi_cli.data.video import VideoError, VideoFrame, VideoReader, VideoSampling
-from poi_cli.inference.predict import ImagePrediction, InputItem, Predictor, empty_record
-from poi_cli.inference.tracking import DEFAULT_MAX_GAP, IoUTracker, TrackSmoother
+from poi_cli.deploy.pipeline import FacePipeline, ImagePrediction, InputItem, progress_bar
+from poi_cli.deploy.records import FaceRecord, Smoothed, VideoPosition
+from poi_cli.deploy.tracking import DEFAULT_MAX_GAP, IoUTracker, TrackSmoother
 
 FRAMES_PER_BATCH = 8  # sampled frames detected and classified together
 # Frames are shrunk to this long side for detection (boxes and landmarks are mapped back,
@@ -68,25 +70,6 @@ class FramePrediction(ImagePrediction):
     fps: Optional[float] = None  # the sampling rate, for an annotated video
 
 
-def progress_bar(console: Any, enabled: bool) -> Any:
-    """rich Progress with frames (or images) per second and the time left."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=True,
-                    disable=not enabled)
-
-
-def frame_record(record: dict, frame: int, timestamp: Optional[float], track: Optional[int],
-                 smoothed: Optional[dict] = None) -> dict:
-    """A Predictor record with the video columns right after `image` (and `smoothed` last)."""
-    out = {"image": record["image"], "frame": frame, "timestamp": timestamp, "track": track}
-    out.update((k, v) for k, v in record.items() if k != "image")
-    if smoothed is not None:
-        out["smoothed"] = smoothed
-    return out
-
-
 def _frames_of(source: Iterable[Any], fps: Optional[float], every: Optional[int]) -> Iterator[VideoFrame]:
     """Live frames (PIL images or uint8 arrays) -> VideoFrames timed at index / fps."""
     rate = fps or VideoSampling().max_fps
@@ -98,23 +81,23 @@ def _frames_of(source: Iterable[Any], fps: Optional[float], every: Optional[int]
         yield VideoFrame(index, round(index / rate, 6), image)
 
 
-def iter_video(predictor: Predictor, source: Any, every: Optional[int] = None, fps: Optional[float] = None,
+def iter_video(pipeline: FacePipeline, source: Any, every: Optional[int] = None, fps: Optional[float] = None,
                start: Optional[float] = None, end: Optional[float] = None, smooth: Optional[float] = None,
                show_au: bool = False, progress: bool = False) -> Iterator[FramePrediction]:
-    """Predictor.iter_video: a file (path) or an iterable of live frames."""
+    """Predictor.iter_video's work: a file (path) or an iterable of live frames."""
     if isinstance(source, (str, Path)):
         options = VideoOptions(VideoSampling(every=every, fps=fps, start=start, end=end), smooth=smooth)
         from rich.console import Console
 
         console = Console(stderr=True)
         with progress_bar(console, enabled=progress and console.is_terminal) as bar:
-            yield from iter_video_file(predictor, Path(source), options, show_au, bar)
+            yield from iter_video_file(pipeline, Path(source), options, show_au, bar)
         return
     options = VideoOptions(smooth=smooth, frames_per_batch=1)  # live: each frame as soon as it comes
-    yield from _predict_frames(predictor, "<live>", _frames_of(source, fps, every), options, show_au, None, fps)
+    yield from _predict_frames(pipeline, "<live>", _frames_of(source, fps, every), options, show_au, None, fps)
 
 
-def iter_video_file(predictor: Predictor, path: Path, options: VideoOptions, show_au: bool,
+def iter_video_file(pipeline: FacePipeline, path: Path, options: VideoOptions, show_au: bool,
                     bar: Any = None) -> Iterator[ImagePrediction]:
     """The FramePredictions of one video file (a single error ImagePrediction if it is no video)."""
     source = str(path)
@@ -122,25 +105,25 @@ def iter_video_file(predictor: Predictor, path: Path, options: VideoOptions, sho
         reader = VideoReader(path, options.sampling)
     except VideoError as error:
         reason = str(error).removeprefix(f"{path}: ")
-        yield ImagePrediction(source, None, [empty_record(source, STATUS_ERROR, reason, show_au)])
+        yield ImagePrediction(source, None, [FaceRecord.empty(source, STATUS_ERROR, reason, show_au)])
         return
     task = None
     if bar is not None:
         task = bar.add_task(path.name, total=reader.expected_frames(), rate="")
     rate = options.sampling.rate(reader.info.fps)
-    yield from _predict_frames(predictor, source, iter(reader), options, show_au, (bar, task), rate)
+    yield from _predict_frames(pipeline, source, iter(reader), options, show_au, (bar, task), rate)
     if reader.stopped:
-        record = empty_record(source, STATUS_ERROR, reader.stopped, show_au)
-        yield FramePrediction(source, None, [frame_record(record, reader.decoded, None, None)], frame=reader.decoded)
+        record = FaceRecord.empty(source, STATUS_ERROR, reader.stopped, show_au)
+        yield FramePrediction(source, None, [record.on_frame(VideoPosition(reader.decoded, None))], frame=reader.decoded)
     if bar is not None:
         bar.remove_task(task)
 
 
-def _predict_frames(predictor: Predictor, source: str, frames: Iterator[VideoFrame], options: VideoOptions,
+def _predict_frames(pipeline: FacePipeline, source: str, frames: Iterator[VideoFrame], options: VideoOptions,
                     show_au: bool, progress: Any, rate: Optional[float]) -> Iterator[FramePrediction]:
     tracker = IoUTracker(max_gap=options.max_gap)
     smoother = TrackSmoother(options.smooth) if options.smooth else None
-    classes = predictor.classes
+    classes = pipeline.classes
     clock, done = time.perf_counter(), 0
     batch: list[VideoFrame] = []
     finished = False
@@ -151,21 +134,21 @@ def _predict_frames(predictor: Predictor, source: str, frames: Iterator[VideoFra
         finished = frame is None
         if batch and (finished or len(batch) == options.frames_per_batch):
             items = [InputItem(source, image=f.image) for f in batch]
-            detector = predictor.video_detector(options.detect_side) if predictor.detect else None
-            for f, prediction in zip(batch, predictor._predict_chunk(items, show_au, detector)):
-                faces = [r for r in prediction.records if r["status"] == STATUS_OK]
-                tracks = iter(tracker.update([r["box"] for r in faces], f.timestamp))
+            detector = pipeline.video_detector(options.detect_side) if pipeline.detect else None
+            for f, prediction in zip(batch, pipeline.predict_chunk(items, show_au, detector)):
+                faces = [r for r in prediction.records if r.is_face]
+                tracks = iter(tracker.update([r.box for r in faces], f.timestamp))
                 records = []
                 for record in prediction.records:
-                    track = next(tracks) if record["status"] == STATUS_OK else None
+                    track = next(tracks) if record.is_face else None
                     smoothed = None
                     if smoother is not None:
-                        smoothed = {"expression": None, "probabilities": None}
+                        smoothed = Smoothed()
                         if track is not None:
-                            values = smoother.update(track, f.timestamp, [record["probabilities"][c] for c in classes])
-                            smoothed = {"expression": classes[int(np.argmax(values))],
-                                        "probabilities": {c: round(float(v), 6) for c, v in zip(classes, values)}}
-                    records.append(frame_record(record, f.index, f.timestamp, track, smoothed))
+                            values = smoother.update(track, f.timestamp, [record.probabilities[c] for c in classes])
+                            smoothed = Smoothed(classes[int(np.argmax(values))],
+                                                {c: round(float(v), 6) for c, v in zip(classes, values)})
+                    records.append(record.on_frame(VideoPosition(f.index, f.timestamp, track), smoothed))
                 yield FramePrediction(source, f.image, records, frame=f.index, timestamp=f.timestamp, fps=rate)
             done += len(batch)
             batch = []
@@ -178,30 +161,31 @@ def _predict_frames(predictor: Predictor, source: str, frames: Iterator[VideoFra
 # --------------------------------------------------------------------------- summary
 
 
-def video_summary(records: Sequence[dict]) -> list[dict]:
+def video_summary(records: Sequence[FaceRecord]) -> list[dict]:
     """Per video (records with a `frame`): frames, frames with a face, and per track its span,
     dominant expression and the share of its frames per expression (the smoothed
     expression when the records are smoothed), in order of appearance."""
     videos: dict[str, dict] = {}
     for record in records:
-        if "frame" not in record:
+        if record.video is None:
             continue
-        video = videos.setdefault(record["image"], {"frames": set(), "faces": set(), "tracks": {}, "stopped": None,
+        video = videos.setdefault(record.image, {"frames": set(), "faces": set(), "tracks": {}, "stopped": None,
                                                     "first": None, "last": None, "smoothed": False})
-        if record["status"] == STATUS_ERROR:
-            video["stopped"] = record["reason"]
+        if record.status == STATUS_ERROR:
+            video["stopped"] = record.reason
             continue
-        video["frames"].add(record["frame"])
-        timestamp = record["timestamp"]
+        video["frames"].add(record.video.frame)
+        timestamp = record.video.timestamp
         video["first"] = timestamp if video["first"] is None else min(video["first"], timestamp)
         video["last"] = timestamp if video["last"] is None else max(video["last"], timestamp)
-        if record["status"] != STATUS_OK:
+        if not record.is_face:
             continue
-        video["faces"].add(record["frame"])
-        smoothed = (record.get("smoothed") or {}).get("expression")
+        video["faces"].add(record.video.frame)
+        smoothed = record.smoothed.expression if record.smoothed is not None else None
         video["smoothed"] |= smoothed is not None
-        track = video["tracks"].setdefault(record["track"], {"expressions": Counter(), "first": timestamp, "last": timestamp})
-        track["expressions"][smoothed or record["expression"]] += 1
+        track = video["tracks"].setdefault(record.video.track, {"expressions": Counter(), "first": timestamp,
+                                                                "last": timestamp})
+        track["expressions"][smoothed or record.expression] += 1
         track["last"] = timestamp
     summaries = []
     for source, video in videos.items():

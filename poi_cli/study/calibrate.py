@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Optional
 
 from poi_cli.core.errors import PoiError
-from poi_cli.core.runtime import select_device, use_bf16
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import Calibration, calibration_of
-from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
-from poi_cli.model.predictions import predict_split
+from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint, resolve_checkpoint, save_checkpoint
+from poi_cli.model.predictions import predict_checkpoint_split
 
 
 class CalibrateError(PoiError):
@@ -57,14 +56,12 @@ def calibrate(run_or_checkpoint: str | Path, prepared_dir: str | Path, split: Op
         raise CalibrateError(f"{source} predicts {len(info.classes)} classes, {dataset.root} has {len(dataset.classes)}: "
                              "calibrate on data with the model's own classes")
     data = dataset.split(split)
-    torch_device = select_device(device)
-    model, _ = load_model(source, torch_device)
-    predictions = predict_split(model.float(), dataset.faces, data.store_rows, data.labels, info.input_size, batch,
-                                torch_device, use_bf16("auto", torch_device), with_pin=False, progress=True)
+    predictions = predict_checkpoint_split(checkpoint, dataset.faces, data.store_rows, data.labels, device, batch,
+                                           with_pin=False)
     if len(predictions) < 2:
         raise CalibrateError(f"split {split!r} has {len(predictions)} image(s): too few to fit a temperature")
     calibration = calibration_of(predictions.trn_logits, predictions.labels, split)
-    previous = Calibration.from_dict(checkpoint.get("calibration"))
+    previous = info.calibration
     target = source if in_place else Path(out) if out is not None else source.with_name(f"{source.stem}.calibrated.pt")
     if target.resolve() == source.resolve() and not in_place:
         raise CalibrateError(f"--out {target} is the checkpoint itself: pass --in-place to rewrite it")

@@ -22,18 +22,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import pandas as pd
 from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write_text, save_image, write_json
 from poi_cli.core.metrics import roc_auc
-from poi_cli.core.runtime import select_device, use_bf16
 from poi_cli.data.noise import flip_labels
 from poi_cli.data.store import PreparedDataset, SplitData
-from poi_cli.model.checkpoint import load_model, resolve_checkpoint
-from poi_cli.model.predictions import SplitPredictions, predict_split
+from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint, resolve_checkpoint
+from poi_cli.model.predictions import SplitPredictions, predict_checkpoint_split
 
 SUSPICION_THRESHOLDS = (0.5, 0.7, 0.9)
 TOP_FRACTIONS = (0.1, 0.2, 0.3)
@@ -75,9 +74,8 @@ def detection_metrics(scores: np.ndarray, flipped: np.ndarray) -> dict:
     return metrics
 
 
-def _trained_on(checkpoint: dict, dataset: PreparedDataset, split: str) -> bool:
-    """Whether the checkpoint's run trained on this split of this prepared folder."""
-    config = checkpoint.get("config") or {}
+def _trained_on(config: dict, dataset: PreparedDataset, split: str) -> bool:
+    """Whether the run of `config` (a checkpoint's TrainConfig dict) trained on this split of this prepared folder."""
     same_data = bool(config.get("data")) and Path(config["data"]).resolve() == dataset.root.resolve()
     return same_data and split == config.get("train_split", "train")
 
@@ -96,21 +94,17 @@ def _audited_labels(data: SplitData, config: dict, dataset: PreparedDataset, tra
     return data, "the prepared manifest's labels"
 
 
-def _predict(model_path: str | Path, dataset: PreparedDataset, data: SplitData, device: str, batch: int,
-             amp: str, loaded: Optional[tuple] = None) -> tuple[SplitPredictions, dict]:
-    """A checkpoint of the data's label space on the split: (its predictions, the checkpoint);
-    `loaded`: its (model, checkpoint) from load_model on `device`, when already loaded."""
-    torch_device = select_device(device)
-    model, checkpoint = loaded or load_model(resolve_checkpoint(model_path), torch_device)
-    if list(checkpoint["classes"]) != dataset.classes:
+def predict_own_classes(checkpoint: Mapping[str, Any], dataset: PreparedDataset, data: SplitData, device: str = "auto",
+                        batch: int = 256, amp: str = "auto") -> SplitPredictions:
+    """A loaded checkpoint's predictions on `data`, a split of `dataset`, whose classes must be
+    the model's own (AuditError otherwise: a suspicion compares the label with the model's p*)."""
+    classes = CheckpointInfo.of(checkpoint).classes
+    if list(classes) != dataset.classes:
         raise AuditError(
-            f"the model's classes ({', '.join(checkpoint['classes'])}) differ from the data's ({', '.join(dataset.classes)}); "
+            f"the model's classes ({', '.join(classes)}) differ from the data's ({', '.join(dataset.classes)}); "
             "audit needs a model trained on the same label space"
         )
-    size = int(checkpoint["model_config"]["input_size"])
-    predictions = predict_split(model, dataset.faces, data.store_rows, data.labels, size, batch, torch_device,
-                                use_bf16(amp, torch_device), progress=True)
-    return predictions, checkpoint
+    return predict_checkpoint_split(checkpoint, dataset.faces, data.store_rows, data.labels, device, batch, amp)
 
 
 def audit(
@@ -126,14 +120,16 @@ def audit(
     """Score every image of `split` for label suspicion with a POI model (see module doc)."""
     dataset = PreparedDataset(prepared_dir)
     checkpoint_path = resolve_checkpoint(model_path)
-    loaded = load_model(checkpoint_path, select_device(device))
-    trained_on = _trained_on(loaded[1], dataset, split)
+    checkpoint = load_checkpoint(checkpoint_path)
+    config = CheckpointInfo.of(checkpoint).config
+    trained_on = _trained_on(config, dataset, split)
     # The images audited are those with a label: a label file may leave some out (-1).
-    data, label_source = audited_labels(dataset, split, loaded[1].get("config") or {}, trained_on, labels_file)
-    predictions, checkpoint = _predict(checkpoint_path, dataset, data, device, batch, amp, loaded)
+    data, label_source = audited_labels(dataset, split, config, trained_on, labels_file)
+    predictions = predict_own_classes(checkpoint, dataset, data, device, batch, amp)
     baseline_probs = None
     if baseline is not None:
-        baseline_probs = _predict(baseline, dataset, data, device, batch, amp)[0].trn_probs
+        baseline_checkpoint = load_checkpoint(resolve_checkpoint(baseline))
+        baseline_probs = predict_own_classes(baseline_checkpoint, dataset, data, device, batch, amp).trn_probs
     mode = "the model's own training set" if trained_on else "a held-out split (the model never trained on it)"
     return audit_of(dataset, data, objective_inference(predictions, checkpoint_path), predictions.trn_probs,
                     predictions.consistency, label_source=label_source, mode=mode,

@@ -17,8 +17,7 @@ from typing import Any, Optional
 import numpy as np
 
 from poi_cli.core.atomic import save_figure
-from poi_cli.core.schema import STATUS_OK
-from poi_cli.inference.visualize import draw_faces
+from poi_cli.deploy.drawing import draw_faces
 
 MAX_TIMELINE_TRACKS = 8  # the longest tracks get a panel each
 
@@ -33,14 +32,15 @@ class VideoVisWriter:
         self._temp: Optional[str] = None
         self.series: dict[int, list[tuple[float, list[float], Optional[list[float]]]]] = {}
         self.classes: list[str] = []
+        self.notes: list[str] = []  # what close() could not write
 
     def write(self, prediction: Any) -> None:
         for record in prediction.records:
-            if record["status"] == STATUS_OK and record.get("track") is not None:
-                self.classes = list(record["probabilities"])
-                smoothed = (record.get("smoothed") or {}).get("probabilities")
-                self.series.setdefault(record["track"], []).append(
-                    (record["timestamp"], list(record["probabilities"].values()),
+            if record.is_face and record.video is not None and record.video.track is not None:
+                self.classes = list(record.probabilities)
+                smoothed = record.smoothed.probabilities if record.smoothed is not None else None
+                self.series.setdefault(record.video.track, []).append(
+                    (record.video.timestamp, list(record.probabilities.values()),
                      list(smoothed.values()) if smoothed else None))
         if prediction.image is None:
             return
@@ -74,7 +74,13 @@ class VideoVisWriter:
             os.replace(self._temp, self.video_path)
             self._container = None
         if self.series:
-            save_figure(self.timeline(), self.timeline_path)
+            try:
+                figure = self.timeline()
+            except ImportError:  # matplotlib is not part of the deploy runtime
+                self.notes.append(f"{self.timeline_path.name} not written: the timeline needs matplotlib "
+                                  "(pip install matplotlib)")
+                return
+            save_figure(figure, self.timeline_path)
 
     def timeline(self) -> Any:
         """One panel per track (the longest MAX_TIMELINE_TRACKS): class probabilities over time."""

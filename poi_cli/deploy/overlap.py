@@ -9,7 +9,7 @@ and yields each image's records in input order as soon as its batch is done.
 
 Threads, not processes: decoding (Pillow) and torch's operators release the GIL, the
 model and MTCNN are loaded once, and a worker process would pay torch's import (seconds)
-again. The records are the sequential path's (Predictor._predict_chunk): the same
+again. The records are the sequential path's (FacePipeline.predict_chunk): the same
 functions detect, align and build them; an image's faces do not depend on the others
 in its batch (faces.FaceDetector pads each image to a canvas of its own size), so only
 float rounding of batched arithmetic can differ (tests/test_overlap.py).
@@ -26,12 +26,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 if TYPE_CHECKING:
-    from poi_cli.inference.predict import ImagePrediction, InputItem, PreparedImage, Predictor
+    from poi_cli.deploy.pipeline import FacePipeline, ImagePrediction, InputItem, PreparedImage
 
 WINDOW_PER_WORKER = 4  # images queued per worker: enough to keep it busy while the model runs
 
 
-def iter_overlapped(predictor: "Predictor", items: Sequence["InputItem"], show_au: bool,
+def iter_overlapped(predictor: "FacePipeline", items: Sequence["InputItem"], show_au: bool,
                     workers: int) -> Iterator["ImagePrediction"]:
     """ImagePredictions of these image items, in their order (see the module docstring)."""
     detector = predictor.detector if predictor.detect else None  # made here, once, not raced by workers

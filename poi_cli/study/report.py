@@ -44,11 +44,11 @@ import pandas as pd
 
 from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write_text, save_figure
-from poi_cli.inference.clean import audited_model
+from poi_cli.study.clean import audited_model
 from poi_cli.model.checkpoint import CONFIG_FILE, RESULTS_FILE
 
 if TYPE_CHECKING:  # evaluate imports torch: only when predicting
-    from poi_cli.inference.evaluate import MappedPredictions
+    from poi_cli.study.evaluate import MappedPredictions
 
 DEFAULT_RUNS = "runs/train"
 EVAL_DIR = "eval"  # RUN/eval/metrics.json from `poi evaluate --out RUN/eval`
@@ -362,7 +362,7 @@ def _markdown(frame: pd.DataFrame, percent: Sequence[str] = ()) -> str:
 
 def predict_run(run: Run, data: str | Path, split: str, device: str = "auto", batch: int = 256) -> tuple[dict, MappedPredictions]:
     """best.pt (else last.pt) of a run on a prepared split: `poi evaluate`'s result and the predictions behind it."""
-    from poi_cli.inference.evaluate import EvaluateError, evaluation_of, predict_mapped
+    from poi_cli.study.evaluate import EvaluateError, evaluation_of, predict_mapped
 
     try:
         mapped = predict_mapped(run.path, data, split, device, batch, amp="auto")
@@ -484,7 +484,7 @@ def build_report(
     device: str = "auto",
 ) -> Report:
     """Collect runs, write report.md, runs.csv, by_noise.csv, strata.csv and the PNGs into out_dir."""
-    from poi_cli.inference.evaluate import plot_confusion
+    from poi_cli.study.evaluate import plot_confusion
 
     if data is not None:
         # A missing split is the user's mistake, not a per-run note: stop before any work.

@@ -30,16 +30,15 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import pandas as pd
 
 from poi_cli.core.atomic import save_figure, write_csv, write_json
 from poi_cli.core.errors import PoiError
 from poi_cli.core.metrics import confusion_matrix, per_class_recall
-from poi_cli.core.runtime import select_device, use_bf16
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import Calibration, calibration_study, halves, reliability_bins, risk_coverage, softmax
-from poi_cli.model.checkpoint import CONFIG_FILE, HELDOUT_FILE, CheckpointInfo, load_model, read_heldout_ids, resolve_checkpoint
-from poi_cli.model.predictions import SplitPredictions, predict_split
+from poi_cli.model.checkpoint import (CONFIG_FILE, HELDOUT_FILE, CheckpointInfo, load_checkpoint, read_heldout_ids,
+                                     resolve_checkpoint)
+from poi_cli.model.predictions import SplitPredictions, predict_checkpoint_split
 
 STRATA = (0.3, 0.5, 0.7)
 CALIBRATION_SEED = 0  # the seed of calibration_study's halves
@@ -107,7 +106,7 @@ class MappedPredictions:
     classes matched by name (class_mapping): what `poi evaluate` and `poi report` share."""
 
     checkpoint_path: Path
-    checkpoint: dict
+    info: CheckpointInfo  # what the checkpoint says about its model (epoch, T_cal, ...)
     dataset: PreparedDataset
     classes: list[str]  # the shared classes, in the data's order
     columns: list[int]  # the model's column of each shared class
@@ -140,15 +139,15 @@ class MappedPredictions:
         """The TRN's logits z in the shared classes' columns, (n, shared classes)."""
         return self.predictions.trn_logits[:, self.columns]
 
-    @cached_property
+    @property
     def stored_calibration(self) -> Optional[Calibration]:
         """The checkpoint's temperature scaling; None for an uncalibrated checkpoint."""
-        return CheckpointInfo.of(self.checkpoint).calibration
+        return self.info.calibration
 
     @property
     def temperature(self) -> float:
         """T_cal of the checkpoint (1 when uncalibrated)."""
-        return CheckpointInfo.of(self.checkpoint).calibration_temperature
+        return self.info.calibration_temperature
 
     @cached_property
     def confidence(self) -> np.ndarray:
@@ -210,10 +209,10 @@ def predict_mapped(model_path: str | Path, prepared_dir: str | Path, split: Opti
     checkpoint_path = resolve_checkpoint(model_path)
     dataset = PreparedDataset(prepared_dir)
     choice = choose_split(model_path, dataset, split)
-    torch_device = select_device(device)
-    model, checkpoint = load_model(checkpoint_path, torch_device)
+    checkpoint = load_checkpoint(checkpoint_path)
+    info = CheckpointInfo.of(checkpoint)
     data = dataset.split(choice.split, ids=choice.ids)
-    model_classes = list(checkpoint["classes"])
+    model_classes = list(info.classes)
     shared, columns, label_map, mapping_note = class_mapping(model_classes, dataset.classes)
     if not shared:
         raise EvaluateError(f"the model's classes ({', '.join(model_classes)}) share none with the data's")
@@ -221,10 +220,9 @@ def predict_mapped(model_path: str | Path, prepared_dir: str | Path, split: Opti
     targets = label_map[data.labels][keep]
     if not keep.any():
         raise EvaluateError(f"no image of split {split!r} has a class the model knows")
-    size = int(checkpoint["model_config"]["input_size"])
-    predictions = predict_split(model, dataset.faces, data.store_rows[keep], np.asarray(columns)[targets], size, batch,
-                                torch_device, use_bf16(amp, torch_device), progress=True)
-    return MappedPredictions(checkpoint_path, checkpoint, dataset, shared, columns, mapping_note, keep, targets,
+    labels = np.asarray(columns)[targets]  # in the model's columns
+    predictions = predict_checkpoint_split(checkpoint, dataset.faces, data.store_rows[keep], labels, device, batch, amp)
+    return MappedPredictions(checkpoint_path, info, dataset, shared, columns, mapping_note, keep, targets,
                              predictions, choice)
 
 
@@ -247,7 +245,7 @@ def evaluation_of(mapped: MappedPredictions) -> dict:
     stored = mapped.stored_calibration
     calibration = calibration_block(mapped.logits, mapped.targets, w)
     return {
-        "checkpoint": str(mapped.checkpoint_path), "epoch": mapped.checkpoint.get("epoch"), "data": str(mapped.dataset.root),
+        "checkpoint": str(mapped.checkpoint_path), "epoch": mapped.info.epoch, "data": str(mapped.dataset.root),
         "split": mapped.choice.name, "split_reason": mapped.choice.reason, "n_images": int(mapped.keep.sum()), "n_left_out": int((~mapped.keep).sum()),
         "classes": shared, "accuracy": mapped.accuracy,
         "mean_class_recall": float(np.mean([v["recall"] for v in per_class.values() if v["recall"] is not None])),

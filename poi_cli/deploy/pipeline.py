@@ -1,0 +1,326 @@
+"""The stages of labelling faces in images: load, detect, align, run the model, build
+the records. Predictor (deploy/predict.py) is this pipeline plus its public API; the
+drivers that feed it many images (overlap.py: threads ahead of the model) or video frames
+(video.py) use its public stages, so none of them imports predict.py.
+
+    pipeline.predict_chunk(items, show_au)     # the sequential path: one batched detection
+    pipeline.prepare_image(item)               # one image loaded, detected, aligned
+    pipeline.finish(prepared, show_au)         # the model on their faces -> ImagePredictions
+
+Per image: load (faces.load_image), detect every face (data/mtcnn.py: MTCNN run by ONNX
+Runtime, the detector `poi prepare` uses), align each face with faces.align_face at the
+model's Preprocessing.face_size (grey when its training store was), normalise
+(preprocess.model_input_array, the numpy twin of the training path) and run the model in
+batches. An image without a face gives one record with status `no_face`; an unreadable
+input one with status `error` and a reason.
+"""
+
+from __future__ import annotations
+
+import glob
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from poi_cli.core.outputs import ModelOutputs
+from poi_cli.core.schema import DETECTOR_MTCNN, STATUS_ERROR, STATUS_NO_FACE
+from poi_cli.core.threads import DEFAULT_WORKERS
+from poi_cli.data.faces import DETECTORS, Face, ImageLoadError, load_image, make_detector, to_rgb
+from poi_cli.data.preprocess import Preprocessing
+from poi_cli.data.video import VIDEO_SUFFIXES, is_video_path
+from poi_cli.deploy.records import FaceRecord
+from poi_cli.deploy.runner import ModelRunner
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
+ImageInput = Union[str, Path, Image.Image, np.ndarray, "InputItem"]
+
+
+class PipelineError(ValueError):
+    """A bad pipeline setting (batch sizes, workers, detector name); one-line message."""
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class InputItem:
+    """One image to predict: a file (source = its path) or an in-memory image."""
+
+    source: str
+    path: Optional[Path] = None
+    image: Optional[Image.Image] = None
+    error: Optional[str] = None  # the input itself is unusable (nothing matched, not found)
+
+    @property
+    def is_video(self) -> bool:
+        return self.path is not None and self.error is None and is_video_path(self.path)
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def expand_inputs(inputs: Iterable[ImageInput]) -> list[InputItem]:
+    """Files (whatever their suffix), folders (recursively, image and video suffixes) and globs, in order.
+
+    An input that matches nothing becomes an item with an error, so a batch reports it
+    and goes on. A file reached twice is predicted once.
+    """
+    items: list[InputItem] = []
+    seen: set[Path] = set()
+
+    def add_file(path: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            items.append(InputItem(str(path), path=path))
+
+    for number, value in enumerate(inputs):
+        if isinstance(value, np.ndarray):
+            value = Image.fromarray(value)
+        if isinstance(value, Image.Image):
+            items.append(InputItem(f"<image {number}>", image=value))
+            continue
+        text = str(value)
+        path = Path(text)
+        if path.is_dir():
+            found = _folder_images(path)
+            if not found:
+                items.append(InputItem(text, error="folder holds no image or video files"))
+            for file in found:
+                add_file(file)
+        elif path.exists():
+            add_file(path)
+        elif glob.has_magic(text):
+            matches = sorted(glob.glob(text, recursive=True))
+            files = [f for m in matches for f in (_folder_images(Path(m)) if Path(m).is_dir() else [Path(m)])]
+            if not files:
+                items.append(InputItem(text, error="pattern matched no image or video files"))
+            for file in files:
+                add_file(file)
+        else:
+            items.append(InputItem(text, error="file not found"))
+    return items
+
+
+# ------------------------------------------------------------------------- pipeline
+
+
+def whole_image_face(image: Image.Image) -> Face:
+    """The face of --no-detect: the whole image, without landmarks or a detection score."""
+    return Face(box=np.array([0, 0, image.width, image.height], np.float32), landmarks=None, score=float("nan"))
+
+
+@dataclass
+class ImagePrediction:
+    """The records of one input image (one per face, or one no_face / error record)."""
+
+    source: str
+    image: Optional[Image.Image]  # None when it could not be read
+    records: list[FaceRecord] = field(default_factory=list)
+
+
+@dataclass
+class PreparedImage:
+    """One image loaded, its faces detected and aligned, waiting for the model."""
+
+    source: str
+    image: Optional[Image.Image]  # None when it could not be read (reason says why)
+    reason: Optional[str]
+    faces: list[Face]
+    crops: list[np.ndarray]  # the aligned uint8 faces, in faces' order
+
+
+def progress_bar(console: Any, enabled: bool) -> Any:
+    """rich Progress with frames (or images) per second and the time left."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=True,
+                    disable=not enabled)
+
+
+class FacePipeline:
+    """A model runner plus a face detector, as stages (see the module docstring).
+
+    runner: deploy/runner.ModelRunner (ONNX Runtime, or the torch runner that
+    poi_cli/backends.py builds). detector: a detector to share, or a name in
+    data.faces.DETECTORS (made on first use). detect=False: each image is taken whole as
+    one face (already cropped faces; `--no-detect`). workers: threads that load, detect and
+    align images while the model runs (overlap.py); 0: chunks of images_per_batch images.
+    threads: ONNX Runtime's threads for the detector. `timings` sums the seconds spent in
+    each stage (over all workers).
+    """
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        detector: Any = "mtcnn",
+        batch_size: int = 32,
+        images_per_batch: int = 8,
+        min_face_score: float = 0.95,
+        detect: bool = True,
+        workers: int = DEFAULT_WORKERS,
+        threads: Optional[int] = None,
+    ) -> None:
+        if batch_size < 1 or images_per_batch < 1:
+            raise PipelineError("batch sizes must be at least 1")
+        if workers < 0:
+            raise PipelineError(f"--workers must be 0 or more, got {workers}")
+        if isinstance(detector, str) and detector not in DETECTORS:
+            raise PipelineError(f"--detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
+        self.runner = runner
+        self.model_path: Path = self.runner.path
+        self.classes: list[str] = list(self.runner.classes)
+        # Faces are cut at the side the training store had (grey when it was: FERPlus,
+        # CK+) and then resized to the model's input, exactly the path training images took.
+        self.preprocessing: Preprocessing = self.runner.preprocessing
+        self.has_pin = self.runner.has_pin
+        self.has_aus = self.runner.has_aus
+        self.notes: list[str] = []
+        if not self.has_pin:
+            self.notes.append("baseline model (no PIN): consistency, AUs and region distributions are not available (null/NaN)")
+        elif not self.has_aus:
+            self.notes.append("model trained without prior supervision (no AU nets): AU probabilities are null/NaN")
+        # Reported probabilities are softmax(z / T_cal) (POI_SPEC 4b); argmax unchanged.
+        self.calibration_temperature = self.runner.calibration_temperature
+        if not self.runner.calibrated:
+            self.notes.append("uncalibrated model (T_cal = 1): confidence is the raw softmax; "
+                              "`poi calibrate` fits T_cal on a validation split")
+        self.batch_size, self.images_per_batch = batch_size, images_per_batch
+        self.min_face_score = min_face_score
+        self.detect = detect
+        self.threads = threads
+        self.detector_name = detector if isinstance(detector, str) else getattr(detector, "name", DETECTOR_MTCNN)
+        self._detector = None if isinstance(detector, str) else detector
+        self._video_detector: Any = None
+        self.timings = dict.fromkeys(("load", "detection", "alignment", "model"), 0.0)
+        self._timings_lock = threading.Lock()  # the overlapped pipeline's workers add to timings too
+        self.workers = workers
+
+    @property
+    def backend(self) -> str:
+        return self.runner.backend
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.input_size
+
+    @property
+    def face_size(self) -> int:
+        return self.preprocessing.face_size
+
+    @property
+    def grayscale(self) -> bool:
+        return self.preprocessing.grayscale
+
+    @property
+    def detector(self) -> Any:
+        if self._detector is None:
+            self._detector = make_detector(self.detector_name, self.min_face_score, threads=self.threads,
+                                           device=getattr(self.runner, "device_name", "cpu"))
+        return self._detector
+
+    # -- the stages
+
+    def load(self, item: InputItem) -> tuple[Optional[Image.Image], Optional[str]]:
+        if item.error:
+            return None, item.error
+        if item.image is not None:
+            return to_rgb(item.image), None
+        try:
+            return load_image(item.path), None
+        except ImageLoadError as error:
+            return None, str(error)
+
+    def video_detector(self, max_side: int) -> Any:
+        """The detector for video frames: frames shrunk to max_side for detection (made once)."""
+        if self._video_detector is None or self._video_detector.max_side != max_side:
+            self._video_detector = make_detector(self.detector_name, self.min_face_score, max_side, self.threads,
+                                                 getattr(self.runner, "device_name", "cpu"))
+        return self._video_detector
+
+    def _add_time(self, stage: str, seconds: float) -> None:
+        with self._timings_lock:
+            self.timings[stage] += seconds
+
+    def prepare_image(self, item: InputItem, detector: Any = None) -> PreparedImage:
+        """Load, detect and align one image (what each worker of the overlapped pipeline does)."""
+        clock = time.perf_counter()
+        image, reason = self.load(item)
+        self._add_time("load", time.perf_counter() - clock)
+        faces: list[Face] = []
+        if image is not None:
+            clock = time.perf_counter()
+            faces = [whole_image_face(image)] if not self.detect else (detector or self.detector).detect([image])[0]
+            self._add_time("detection", time.perf_counter() - clock)
+        clock = time.perf_counter()
+        crops = [self._align(image, face) for face in faces]
+        self._add_time("alignment", time.perf_counter() - clock)
+        return PreparedImage(item.source, image, reason, faces, crops)
+
+    def predict_chunk(self, items: list[InputItem], show_au: bool,
+                       detector: Any = None) -> list[ImagePrediction]:
+        """The sequential path: load a chunk, detect it in one batched MTCNN pass, align, run the model."""
+        clock = time.perf_counter()
+        loaded = [self.load(item) for item in items]
+        self._add_time("load", time.perf_counter() - clock)
+        readable = [i for i, (image, _) in enumerate(loaded) if image is not None]
+
+        clock = time.perf_counter()
+        if not self.detect:  # --no-detect: the whole image is the face
+            found = [[whole_image_face(loaded[i][0])] for i in readable]
+        else:
+            found = (detector or self.detector).detect([loaded[i][0] for i in readable]) if readable else []
+        faces_of = dict(zip(readable, found))
+        self._add_time("detection", time.perf_counter() - clock)
+
+        clock = time.perf_counter()
+        prepared = []
+        for i, (item, (image, reason)) in enumerate(zip(items, loaded)):
+            faces = faces_of.get(i, [])
+            prepared.append(PreparedImage(item.source, image, reason, faces, [self._align(image, f) for f in faces]))
+        self._add_time("alignment", time.perf_counter() - clock)
+        return self.finish(prepared, show_au)
+
+    def finish(self, prepared: Sequence[PreparedImage], show_au: bool) -> list[ImagePrediction]:
+        """Run the model on every face of these images (in batches) and build their records."""
+        crops = [crop for p in prepared for crop in p.crops]
+        clock = time.perf_counter()
+        outputs = self._run_model(crops)
+        self._add_time("model", time.perf_counter() - clock)
+        results, row = [], 0
+        for p in prepared:
+            result = ImagePrediction(p.source, p.image)
+            if p.image is None:
+                result.records.append(FaceRecord.empty(p.source, STATUS_ERROR, p.reason, show_au))
+            elif not p.faces:
+                result.records.append(FaceRecord.empty(p.source, STATUS_NO_FACE, "no face detected", show_au,
+                                                   detector=self.detector_name))
+            for k, face in enumerate(p.faces):
+                result.records.append(FaceRecord.of_face(
+                    p.source, k, face, self.classes, outputs.probabilities[row],
+                    *(None if values is None else values[row] for values in (
+                        outputs.consistency, outputs.eye_aus, outputs.mouth_aus, outputs.region_probabilities)),
+                    show_au=show_au, detector=self.detector_name,
+                ))
+                row += 1
+            results.append(result)
+        return results
+
+    def _align(self, image: Image.Image, face: Face) -> np.ndarray:
+        if face.landmarks is None:
+            return self.preprocessing.whole_face(image)
+        return self.preprocessing.face(image, face.landmarks)
+
+    def _run_model(self, crops: list[np.ndarray]) -> ModelOutputs:
+        """Aligned uint8 faces -> the runner's ModelOutputs (it batches them)."""
+        if not crops:
+            return ModelOutputs.concatenate([], len(self.classes))
+        return self.runner.run(np.stack(crops))

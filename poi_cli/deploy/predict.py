@@ -1,0 +1,274 @@
+"""`poi predict`: every face in every image -> expression, confidence and action units.
+
+    predictor = Predictor()                              # the bundled model; or an .onnx file, or a runner
+    records = predictor.predict_records(["photo.jpg", "album/"], show_au=True)   # the JSON form
+    frame = predictor.predict(["photo.jpg"])             # a pandas DataFrame, a row per face (needs pandas)
+    for prediction in predictor.iter_predictions(["a.jpg", "clip.mp4"]): ...     # typed: FaceRecord
+
+This is the deploy runtime: it imports no torch (tests/test_deploy.py runs it with torch
+blocked). The model is a runner (deploy/runner.py: ModelRunner): ONNX Runtime on an
+exported .onnx file, or, when poi_cli/backends.py is asked for a `.pt` checkpoint and torch
+is installed, the torch runner (model/runner.py), used the same way. The stages (load,
+detect, align, model, records) are deploy/pipeline.py's; Predictor drives them over files,
+folders and globs (overlap.py: threads ahead of the model) and videos (video.py).
+
+Per face the record (deploy/records.FaceRecord) holds the expression and (POI_SPEC 4b):
+* `probabilities`: the TRN's calibrated class probabilities softmax(z / T_cal), T_cal
+  from the model (1 for an uncalibrated one, which a note says);
+* `confidence`: the largest of them, a calibrated probability that the expression is right;
+* `consistency`: the UEM's w of Eq. 10, how much the four facial regions of the PIN agree,
+  from 0 (maximally split) to 1 (all see the same expression); None for a baseline model.
+  It flags ambiguous faces; it is not a probability of being right.
+With show_au, each AU's occurrence probability in each region that carries it (eye AUs:
+left_eye, right_eye; mouth AUs: left_mouth, right_mouth; "left" is image-left; the table
+is data_manifests/regions.json) and the four regions' own expression distributions
+p_n = softmax(t_n / T_uem), the distributions w is computed from.
+
+Video files (data.video.VIDEO_SUFFIXES) go frame by frame through the same pipeline
+(deploy/video.py): their records add `frame`, `timestamp` and `track`. With detect=False
+(`--no-detect`) every image or frame is taken whole as one face and its record says
+`detector: none`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from poi_cli.core.errors import PoiError, one_line
+from poi_cli.core.schema import STATUS_ERROR
+from poi_cli.core.threads import DEFAULT_WORKERS
+from poi_cli.deploy.overlap import iter_overlapped
+from poi_cli.deploy.pipeline import (FacePipeline, ImageInput, ImagePrediction, InputItem, PipelineError,
+                                     expand_inputs, progress_bar)
+from poi_cli.deploy.records import FaceRecord, RecordsError, records_to_frame, status_counts, write_predictions_csv
+from poi_cli.deploy.runner import ModelFileError, ModelRunner, OnnxRunner
+from poi_cli.deploy.video import VideoOptions, iter_video, iter_video_file, video_summary, write_video_summaries
+from poi_cli.deploy.visualize import VisWriter
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+MODEL_ENV = "POI_MODEL"
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "weights"
+ONNX_SUFFIX = ".onnx"
+TORCH_HINT = "pip install 'poi-fer[train]'"
+NO_MODEL_MESSAGE = (
+    "no model: pass --model MODEL (an .onnx file from `poi export --full`, or a checkpoint) or set POI_MODEL; "
+    "this installation bundles no model (see docs/predict.md, 'Getting a model')"
+)
+
+
+class PredictError(PoiError):
+    """Prediction cannot start (no model, bad model file, bad option); one-line message."""
+
+
+# ---------------------------------------------------------------------- model choice
+
+
+def bundled_model(suffix: str = ONNX_SUFFIX) -> Optional[Path]:
+    """The model shipped inside the package with this suffix (poi_cli/weights/, first by name), if any."""
+    if not BUNDLED_DIR.is_dir():
+        return None
+    found = sorted(p for p in BUNDLED_DIR.glob(f"*{suffix}") if p.is_file() and p.parent == BUNDLED_DIR)
+    return found[0] if found else None
+
+
+def resolve_model(model: Optional[str | Path] = None, suffix: str = ONNX_SUFFIX) -> Path:
+    """--model, else $POI_MODEL, else the bundled model of this suffix (.onnx for ONNX
+    Runtime, .pt for torch; the other one when only it is bundled), else PredictError
+    saying how to get one."""
+    for value, origin in ((model, "--model"), (os.environ.get(MODEL_ENV) or None, MODEL_ENV)):
+        if value:
+            path = Path(value)
+            if not path.exists():
+                raise PredictError(f"{origin}: no such model file or run folder: {path}")
+            return path
+    bundled = bundled_model(suffix) or bundled_model(".pt" if suffix == ONNX_SUFFIX else ONNX_SUFFIX)
+    if bundled is None:
+        raise PredictError(NO_MODEL_MESSAGE)
+    return bundled
+
+
+def open_onnx_model(model: Optional[str | Path] = None, threads: Optional[int] = None, batch_size: int = 32) -> OnnxRunner:
+    """The deploy runtime's model: an .onnx file (resolve_model's fallbacks) on ONNX Runtime.
+    A torch checkpoint or run folder is refused with the two ways to run it."""
+    path = resolve_model(model)
+    if path.is_dir() or path.suffix.lower() != ONNX_SUFFIX:
+        raise PredictError(f"{path} is a PyTorch checkpoint or run folder: running it needs torch ({TORCH_HINT}), "
+                           f"or export it once with `poi export {path} --format onnx --full`")
+    try:
+        return OnnxRunner(path, threads=threads, batch_size=batch_size)
+    except ModelFileError as error:
+        raise PredictError(str(error)) from None
+
+
+# ------------------------------------------------------------------------- predictor
+
+
+class Predictor(FacePipeline):
+    """A model plus a face detector: images, folders, globs and videos in, one typed record
+    per face out (deploy/records.FaceRecord).
+
+    model: a runner (deploy/runner.ModelRunner: an OnnxRunner, or the torch runner that
+    poi_cli/backends.py builds), or an .onnx path; None resolves --model's fallbacks
+    ($POI_MODEL, then the bundled model). The other options are FacePipeline's
+    (deploy/pipeline.py): detector, batch sizes, min_face_score, detect, workers, threads.
+    """
+
+    def __init__(self, model: "ModelRunner | str | Path | None" = None, detector: Any = "mtcnn", batch_size: int = 32,
+                 images_per_batch: int = 8, min_face_score: float = 0.95, detect: bool = True,
+                 workers: int = DEFAULT_WORKERS, threads: Optional[int] = None) -> None:
+        runner = (model if hasattr(model, "run") and hasattr(model, "classes")
+                  else open_onnx_model(model, threads=threads, batch_size=batch_size))
+        try:
+            super().__init__(runner, detector, batch_size, images_per_batch, min_face_score, detect, workers, threads)  # type: ignore[arg-type]
+        except PipelineError as error:
+            raise PredictError(str(error)) from None
+
+    # -- public API
+
+    def predict(self, inputs: ImageInput | Sequence[ImageInput], show_au: bool = False, progress: bool = False) -> pd.DataFrame:
+        """A DataFrame with a row per face (and per no_face / error image); see records.flat_columns."""
+        records = [r for p in self.iter_predictions(inputs, show_au, progress) for r in p.records]
+        return self._frame(records, show_au)
+
+    def predict_records(self, inputs: ImageInput | Sequence[ImageInput], show_au: bool = False,
+                        progress: bool = False) -> list[dict]:
+        """The nested records (the JSON form of `poi predict --json`)."""
+        return [r.to_dict() for p in self.iter_predictions(inputs, show_au, progress) for r in p.records]
+
+    def iter_predictions(self, inputs: ImageInput | Sequence[ImageInput], show_au: bool = False,
+                         progress: bool = False, video: "Optional[VideoOptions]" = None) -> Iterator[ImagePrediction]:
+        """ImagePredictions in input order, a chunk of images at a time (memory stays bounded).
+
+        A video file gives one video.FramePrediction per sampled frame (video: how to
+        sample, track and smooth it; VideoOptions() by default)."""
+        if isinstance(inputs, (str, Path, Image.Image, np.ndarray)):
+            inputs = [inputs]
+        # InputItems were expanded already (`poi predict` expands once, to protect its inputs)
+        items = list(inputs) if all(isinstance(i, InputItem) for i in inputs) else expand_inputs(inputs)
+        from rich.console import Console
+
+        console = Console(stderr=True)  # stdout stays clean for --json
+        images = [item for item in items if not item.is_video]
+        with progress_bar(console, enabled=progress and console.is_terminal) as bar:
+            task = bar.add_task("images", total=len(images), visible=bool(images))
+            chunk: list[InputItem] = []
+            for number, item in enumerate(items):
+                if not item.is_video:
+                    chunk.append(item)
+                if self.workers > 0:  # overlapped: a whole run of images between videos at once
+                    flush = chunk and (item.is_video or number == len(items) - 1)
+                else:
+                    flush = chunk and (len(chunk) == self.images_per_batch or item.is_video or number == len(items) - 1)
+                if flush:
+                    for prediction in self._predict_images(chunk, show_au):
+                        yield prediction
+                        bar.advance(task, 1)
+                    chunk = []
+                if item.is_video:
+                    yield from iter_video_file(self, item.path, video or VideoOptions(), show_au, bar)
+
+    def predict_video(self, path: str | Path, every: Optional[int] = None, fps: Optional[float] = None,
+                      start: Optional[float] = None, end: Optional[float] = None, smooth: Optional[float] = None,
+                      show_au: bool = False, progress: bool = False) -> pd.DataFrame:
+        """A DataFrame with a row per face per sampled frame (frame, timestamp, track; see
+        deploy/video.py), a no_face row for a frame without a face."""
+        records = [r for p in self.iter_video(path, every, fps, start, end, smooth, show_au, progress) for r in p.records]
+        return self._frame(records, show_au)
+
+    def iter_video(self, source: "str | Path | Iterable[ImageInput]", every: Optional[int] = None,
+                   fps: Optional[float] = None, start: Optional[float] = None, end: Optional[float] = None,
+                   smooth: Optional[float] = None, show_au: bool = False, progress: bool = False) -> Iterator[ImagePrediction]:
+        """video.FramePredictions one sampled frame at a time, as they are analysed (live use).
+
+        source: a video file, or any iterable of frames (PIL images or uint8 arrays, e.g.
+        from a camera); for those, `fps` is their rate (timestamps = index / fps; default
+        the sampling cap) and every frame is analysed unless `every` says otherwise."""
+        return iter_video(self, source, every=every, fps=fps, start=start, end=end, smooth=smooth,
+                          show_au=show_au, progress=progress)
+
+    # -- driving the stages
+
+    def _predict_images(self, items: list[InputItem], show_au: bool) -> Iterator[ImagePrediction]:
+        """Images (no videos) in input order: overlapped when workers > 0, else one chunk."""
+        if self.workers > 0:
+            return iter_overlapped(self, items, show_au, self.workers)
+        return iter(self.predict_chunk(items, show_au))
+
+    def _frame(self, records: Sequence[Any], show_au: bool) -> "pd.DataFrame":
+        try:
+            return records_to_frame(records, self.classes, show_au)
+        except RecordsError as error:
+            raise PredictError(str(error)) from None
+
+
+
+# ------------------------------------------------------------------ `poi predict` as a whole
+
+
+@dataclass
+class PredictRun:
+    """What `poi predict` did: every record, per input the statuses of its records (a
+    video's frames share one input), the video summaries, and whether Ctrl-C stopped it."""
+
+    records: list[FaceRecord] = field(default_factory=list)
+    statuses: dict[str, set[str]] = field(default_factory=dict)
+    summaries: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def inputs(self) -> int:
+        return len(self.statuses)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return status_counts(self.records)
+
+    @property
+    def none_readable(self) -> bool:
+        """Every input failed (the exit status is then 1, whatever else happened)."""
+        return bool(self.statuses) and all(s == {STATUS_ERROR} for s in self.statuses.values())
+
+
+def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: bool = False,
+                  csv_file: Optional[str | Path] = None, save_vis: Optional[str | Path] = None,
+                  protected: Sequence[Path] = (), video: Optional[VideoOptions] = None, progress: bool = True,
+                  note: Callable[[str], None] = lambda text: None) -> PredictRun:
+    """`poi predict` once the model is loaded: every input predicted in order, pictures
+    written to save_vis as they come (a picture that cannot be written stops the pictures,
+    with a note, not the predictions), then the CSV and the video summaries.
+
+    Ctrl-C ends the run with interrupted=True after writing what finished (the CSV of the
+    inputs done, the video being annotated). protected: every file the run reads; no
+    picture is written over one."""
+    run = PredictRun()
+    writer = VisWriter(save_vis, show_au, protected=protected) if save_vis else None
+    try:
+        for prediction in predictor.iter_predictions(items, show_au, progress=progress, video=video):
+            run.statuses.setdefault(prediction.source, set()).update(r.status for r in prediction.records)
+            run.records.extend(prediction.records)
+            if writer is not None:
+                try:
+                    writer.write(prediction)
+                except OSError as error:  # a full disk, a read-only folder: the predictions go on
+                    note(f"--save-vis stopped: {one_line(error)}")
+                    writer = None
+    except KeyboardInterrupt:
+        run.interrupted = True
+    if writer is not None:
+        writer.close()
+        for text in writer.notes:
+            note(text)
+    run.summaries = video_summary(run.records)
+    if csv_file and (run.records or not run.interrupted):
+        write_predictions_csv(run.records, predictor.classes, csv_file, show_au)
+    if not run.interrupted:
+        write_video_summaries(run.summaries, csv_file, save_vis)
+    return run

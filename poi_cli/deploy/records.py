@@ -1,0 +1,233 @@
+"""The record of one face (or of an image without one): FaceRecord, typed.
+
+    record.expression, record.confidence, record.probabilities["happiness"]
+    record.to_dict()          # the JSON form (`poi predict --json`, `poi serve`)
+    record.to_row(classes)    # the flat CSV / DataFrame row (flat_columns)
+
+Every value is the model's, rounded for printing (probabilities to 6 digits, pixels to 2);
+nothing is made up for an image without a face or an unreadable input: their values are
+None (null in JSON, empty in CSV, NaN in a DataFrame). POI_SPEC section 4b says what each
+field means: `probabilities` are the TRN's calibrated softmax(z / T_cal), `confidence` the
+largest of them, `consistency` the UEM's w of Eq. 10 (None for a baseline model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from poi_cli.core import manifests
+from poi_cli.core.atomic import write_csv
+from poi_cli.core.errors import PoiError
+from poi_cli.core.manifests import REGION_NAMES, REGIONS, au_columns
+from poi_cli.core.schema import DETECTOR_MTCNN, DETECTOR_NONE, LANDMARK_NAMES, PREDICT_STATUSES, STATUS_OK, VIDEO_COLUMNS
+
+if TYPE_CHECKING:  # pandas is imported where a DataFrame is built (it is not a deploy dependency)
+    import pandas as pd
+
+    from poi_cli.data.faces import Face
+
+# Which regions carry which AUs, by name (data_manifests/regions.json): eye AUs come from
+# the two upper regions, mouth AUs from the two lower ones; "left" is image-left.
+AU_REGIONS: dict[str, tuple[str, ...]] = {au: tuple(r.name for r in regions) for au, regions in manifests.AU_REGIONS.items()}
+
+
+def _num(value: Any, digits: int = 6) -> Optional[float]:
+    return None if value is None else round(float(value), digits)
+
+
+@dataclass(frozen=True)
+class VideoPosition:
+    """Where a video frame's record sits: the frame's index among all decoded frames, its
+    time in seconds from the first frame, and the face's track id (None on no_face rows)."""
+
+    frame: int
+    timestamp: Optional[float]
+    track: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Smoothed:
+    """A track's probabilities smoothed over time (`--smooth`); None values off a track."""
+
+    expression: Optional[str] = None
+    probabilities: Optional[dict[str, float]] = None
+
+
+@dataclass(frozen=True)
+class FaceRecord:
+    """One face of one image or frame, or one no_face / error record (face None)."""
+
+    image: str
+    status: str
+    face: Optional[int] = None
+    reason: Optional[str] = None
+    box: Optional[list[float]] = None  # x1, y1, x2, y2 in the original image's pixels
+    landmarks: Optional[list[list[float]]] = None  # (5, 2) in core.schema.LANDMARK_NAMES order
+    detection_score: Optional[float] = None
+    detector: Optional[str] = None  # what found the face (or found none); "none" for --no-detect
+    expression: Optional[str] = None
+    probabilities: Optional[dict[str, float]] = None
+    confidence: Optional[float] = None
+    consistency: Optional[float] = None
+    aus: Optional[dict[str, dict[str, Optional[float]]]] = None  # AU -> region -> probability
+    regions: Optional[dict[str, dict[str, Optional[float]]]] = None  # region -> class -> p_n
+    with_au: bool = False  # --show-au: aus and regions belong to the record (null when unknown)
+    video: Optional[VideoPosition] = None
+    smoothed: Optional[Smoothed] = None
+
+    @property
+    def is_face(self) -> bool:
+        return self.status == STATUS_OK
+
+    @classmethod
+    def empty(cls, source: str, status: str, reason: str, show_au: bool = False,
+              detector: Optional[str] = None) -> "FaceRecord":
+        """An image without a prediction (no_face or error): every value None (detector:
+        the one that found nothing, for no_face)."""
+        return cls(image=source, status=status, reason=reason, detector=detector, with_au=show_au)
+
+    @classmethod
+    def of_face(cls, source: str, index: int, face: "Face", classes: Sequence[str], probabilities: np.ndarray,
+                consistency: Optional[float], eye_aus: Optional[np.ndarray] = None,
+                mouth_aus: Optional[np.ndarray] = None, region_probs: Optional[np.ndarray] = None,
+                show_au: bool = False, detector: str = DETECTOR_MTCNN) -> "FaceRecord":
+        """One face. eye_aus (2, 6) and mouth_aus (2, 7): [left, right] regions (Region.side);
+        region_probs (4, C) in REGION_NAMES order. AU and region values are None when the
+        model has no AU nets / no PIN. A face without landmarks is a whole image taken as a
+        face (--no-detect): no landmarks, no score, detector `none`."""
+        detected = face.landmarks is not None
+        aus = regions = None
+        if show_au:
+            values_of = {"eye": eye_aus, "mouth": mouth_aus}
+            aus = {au: {region.name: None if values_of[region.au_group] is None
+                        else _num(values_of[region.au_group][region.side, region.aus.index(au)])
+                        for region in au_regions}
+                   for au, au_regions in manifests.AU_REGIONS.items()}
+            regions = {region.name: {name: None if region_probs is None else _num(region_probs[region.index, c])
+                                     for c, name in enumerate(classes)}
+                       for region in REGIONS}
+        return cls(
+            image=source, status=STATUS_OK, face=index, box=[_num(v, 2) for v in face.box],
+            landmarks=[[_num(x, 2), _num(y, 2)] for x, y in face.landmarks] if detected else None,
+            detection_score=_num(face.score) if detected else None,
+            detector=detector if detected else DETECTOR_NONE,
+            expression=classes[int(np.argmax(probabilities))],
+            probabilities={name: _num(p) for name, p in zip(classes, probabilities)},
+            confidence=_num(np.max(probabilities)), consistency=_num(consistency),
+            aus=aus, regions=regions, with_au=show_au,
+        )
+
+    def on_frame(self, position: VideoPosition, smoothed: Optional[Smoothed] = None) -> "FaceRecord":
+        """The same record as a video frame's (video columns, and the smoothing if any)."""
+        return replace(self, video=position, smoothed=smoothed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: the video columns right after `image`, aus and regions with
+        --show-au, `smoothed` last when smoothing is on."""
+        out: dict[str, Any] = {"image": self.image}
+        if self.video is not None:
+            out.update(frame=self.video.frame, timestamp=self.video.timestamp, track=self.video.track)
+        out.update(face=self.face, status=self.status, reason=self.reason, box=self.box, landmarks=self.landmarks,
+                   detection_score=self.detection_score, detector=self.detector, expression=self.expression,
+                   probabilities=self.probabilities, confidence=self.confidence, consistency=self.consistency)
+        if self.with_au:
+            out.update(aus=self.aus, regions=self.regions)
+        if self.smoothed is not None:
+            out["smoothed"] = {"expression": self.smoothed.expression, "probabilities": self.smoothed.probabilities}
+        return out
+
+    def to_row(self, classes: Sequence[str]) -> dict[str, Any]:
+        """{column: scalar or None} with the columns of flat_columns (OpenFace / py-feat style)."""
+        row: dict[str, Any] = {"image": self.image, "face": self.face, "status": self.status, "reason": self.reason,
+                               "detection_score": self.detection_score, "detector": self.detector,
+                               "expression": self.expression, "confidence": self.confidence,
+                               "consistency": self.consistency}
+        video = self.video or VideoPosition(None, None, None)  # type: ignore[arg-type]
+        row.update(frame=video.frame, timestamp=video.timestamp, track=video.track)
+        smoothed = self.smoothed or Smoothed()
+        row["smoothed_expression"] = smoothed.expression
+        row.update({f"smoothed_{name}": (smoothed.probabilities or {}).get(name) for name in classes})
+        row.update(zip(("box_x1", "box_y1", "box_x2", "box_y2"), self.box or [None] * 4))
+        for name, (x, y) in zip(LANDMARK_NAMES, self.landmarks or [[None, None]] * len(LANDMARK_NAMES)):
+            row[f"landmark_{name}_x"], row[f"landmark_{name}_y"] = x, y
+        row.update({name: (self.probabilities or {}).get(name) for name in classes})
+        if self.with_au:
+            aus, regions = self.aus or {}, self.regions or {}
+            for au, au_regions in AU_REGIONS.items():
+                for region in au_regions:
+                    row[f"{au}_{region}"] = (aus.get(au) or {}).get(region)
+            for region in REGION_NAMES:
+                for name in classes:
+                    row[f"region_{region}_{name}"] = (regions.get(region) or {}).get(name)
+        return row
+
+
+def flat_columns(classes: Sequence[str], show_au: bool = False, video: bool = False, smoothed: bool = False) -> list[str]:
+    """The CSV / DataFrame columns, OpenFace / py-feat style (one scalar per column).
+
+    video: frame, timestamp, track after `image` (empty for images in a mixed batch);
+    smoothed (`--smooth`): smoothed_expression and smoothed_<class> after the raw ones."""
+    columns = ["image", *(VIDEO_COLUMNS if video else ()), "face", "status", "reason", "box_x1", "box_y1", "box_x2", "box_y2"]
+    columns += [f"landmark_{name}_{axis}" for name in LANDMARK_NAMES for axis in "xy"]
+    columns += ["detection_score", "detector", "expression", *classes, "confidence", "consistency"]
+    if smoothed:
+        columns += ["smoothed_expression", *(f"smoothed_{name}" for name in classes)]
+    if show_au:
+        columns += au_columns()
+        columns += [f"region_{region}_{name}" for region in REGION_NAMES for name in classes]
+    return columns
+
+
+def record_columns(records: Sequence[FaceRecord], classes: Sequence[str], show_au: bool = False) -> list[str]:
+    """flat_columns for these records: video columns when one is of a video frame, smoothed
+    ones when one is smoothed."""
+    return flat_columns(classes, show_au, any(r.video is not None for r in records),
+                        any(r.smoothed is not None for r in records))
+
+
+class RecordsError(PoiError):
+    """Records cannot be given in the form asked for (pandas missing); one line."""
+
+
+def records_to_frame(records: Sequence[FaceRecord], classes: Sequence[str], show_au: bool = False) -> "pd.DataFrame":
+    """Records -> DataFrame (missing values NaN; `face`, `frame`, `track` nullable integers).
+
+    pandas is not a dependency of the deploy runtime: this one function needs it."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise RecordsError("a DataFrame needs pandas (pip install pandas); predict_records gives the records "
+                           "without it") from None
+
+    columns = record_columns(records, classes, show_au)
+    frame = pd.DataFrame([r.to_row(classes) for r in records], columns=columns)
+    integers = ("face", "frame", "track")
+    numeric = [c for c in columns if c not in ("image", "status", "reason", "expression", "detector",
+                                               "smoothed_expression", *integers)]
+    frame[numeric] = frame[numeric].astype(float)
+    for column in integers:
+        if column in frame:
+            frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def write_predictions_csv(records: Sequence[FaceRecord], classes: Sequence[str], path: str | Path,
+                          show_au: bool = False) -> Path:
+    """One row per record, the columns of record_columns, empty cells for missing values
+    (atomically: an interrupted write leaves no half file; no pandas needed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(path, record_columns(records, classes, show_au), [r.to_row(classes) for r in records])
+    return path
+
+
+def status_counts(records: Iterable[FaceRecord]) -> dict[str, int]:
+    """How many records of each status (faces for ok, images for no_face / error)."""
+    counts = dict.fromkeys(PREDICT_STATUSES, 0)
+    for record in records:
+        counts[record.status] = counts.get(record.status, 0) + 1
+    return counts

@@ -1,0 +1,136 @@
+"""The model of the deploy runtime: one ONNX file run by ONNX Runtime, no torch.
+
+    runner = OnnxRunner("model.onnx")      # written by `poi export --format onnx --full`
+    outputs = runner.run(faces)            # aligned uint8 faces (N, S, S, 3) -> ModelOutputs
+
+The file carries what prediction needs in its metadata (model/export.py writes it): the
+class names, the Preprocessing record (face size, input size, grey or colour, mean, std,
+alignment template) and T_cal, so one file is enough. A full export gives calibrated
+probabilities, consistency, AUs and the regions' distributions; a TRN-only export gives
+the logits, calibrated here with the stored T_cal.
+
+ModelRunner is what the deploy Predictor needs of any runner: this one, or the torch
+runner (poi_cli/model/runner.py) that poi_cli/backends.py builds for a `.pt` checkpoint
+when torch is installed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Protocol, Union
+
+import numpy as np
+
+from poi_cli.core.errors import PoiError, one_line
+from poi_cli.core.manifests import EYE_AUS
+from poi_cli.core.outputs import ModelOutputs
+from poi_cli.data.preprocess import Preprocessing
+
+INSTALL_HINT = "pip install poi-fer"  # onnxruntime is a base dependency
+SUPPORTED_FORMAT = 1  # model/export.py's ONNX_FORMAT this reader understands
+
+
+class ModelFileError(PoiError):
+    """A model file the deploy runtime cannot use; one-line message naming the file."""
+
+
+class ModelRunner(Protocol):
+    """What the deploy Predictor reads of a model, whatever runs it."""
+
+    path: Path
+    backend: str
+    classes: tuple[str, ...]
+    preprocessing: Preprocessing
+    calibration_temperature: float
+    calibrated: bool
+    has_pin: bool
+    has_aus: bool
+
+    def run(self, faces: np.ndarray) -> ModelOutputs: ...
+
+
+def _metadata_value(meta: dict[str, str], key: str, source: str) -> object:
+    if key not in meta:
+        raise ModelFileError(f"{source}: not an ONNX file written by `poi export` (its metadata has no {key!r})")
+    try:
+        return json.loads(meta[key])
+    except ValueError:
+        raise ModelFileError(f"{source}: metadata {key!r} is not valid JSON") from None
+
+
+class OnnxRunner:
+    """An exported POI model (see the module docstring) on ONNX Runtime's CPU provider.
+
+    model: a path to the .onnx file, or its bytes (name: what messages call it).
+    batch_size: faces per session call (bounds memory on a folder of group photos).
+    """
+
+    backend = "onnx"
+
+    def __init__(self, model: Union[str, Path, bytes], threads: Optional[int] = None, batch_size: int = 32,
+                 name: Optional[str] = None) -> None:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ModelFileError(f"the deploy runtime needs onnxruntime, which is not installed: {INSTALL_HINT}") from None
+        from poi_cli.core.threads import onnx_session_options
+
+        self.path = Path(name or "<in memory>") if isinstance(model, bytes) else Path(model)
+        source = str(self.path)
+        if not isinstance(model, bytes) and not self.path.is_file():
+            raise ModelFileError(f"model file not found: {source}")
+        try:
+            self.session = onnxruntime.InferenceSession(model if isinstance(model, bytes) else source,
+                                                        sess_options=onnx_session_options(threads),
+                                                        providers=["CPUExecutionProvider"])
+        except Exception as error:  # ORT's own errors: a file that is not ONNX, an unknown operator
+            raise ModelFileError(f"{source}: ONNX Runtime cannot load it ({one_line(error)})") from None
+        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        version = _metadata_value(meta, "poi_onnx_format", source) if "poi_onnx_format" in meta else SUPPORTED_FORMAT
+        if version != SUPPORTED_FORMAT:
+            raise ModelFileError(f"{source}: poi ONNX format {version!r}; this poi reads format {SUPPORTED_FORMAT}")
+        self.classes = tuple(str(c) for c in _metadata_value(meta, "classes", source))  # type: ignore[union-attr]
+        try:
+            stored = meta.get("preprocessing")
+            self.preprocessing = Preprocessing.from_dict(json.loads(stored) if stored else {
+                key: json.loads(meta[key]) for key in ("face_size", "input_size", "grayscale", "mean", "std", "alignment")
+                if key in meta})
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelFileError(f"{source}: its preprocessing metadata is unusable ({one_line(error)})") from None
+        self.calibration_temperature = float(_metadata_value(meta, "calibration_temperature", source))  # type: ignore[arg-type]
+        self.calibrated = bool(json.loads(meta.get("calibrated", "true")))
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.has_pin = "consistency" in self.output_names
+        self.has_aus = "aus" in self.output_names
+        if not self.has_pin and "logits" not in self.output_names:
+            raise ModelFileError(f"{source}: outputs {self.output_names} are neither a full nor a TRN export")
+        self.input_name = self.session.get_inputs()[0].name
+        self.batch_size = batch_size
+        self.meta = meta
+
+    def run(self, faces: np.ndarray) -> ModelOutputs:
+        """Aligned uint8 faces (N, face_size, face_size, 3) -> ModelOutputs."""
+        parts = []
+        for start in range(0, len(faces), self.batch_size):
+            x = self.preprocessing.model_input_array(faces[start:start + self.batch_size])
+            values = dict(zip(self.output_names, self.session.run(None, {self.input_name: x})))
+            if not self.has_pin:
+                parts.append(ModelOutputs(softmax(values["logits"], self.calibration_temperature)))
+                continue
+            aus, eye_count = values.get("aus"), len(EYE_AUS)  # exported as the eye AUs, then the mouth AUs
+            parts.append(ModelOutputs(
+                probabilities=values["probabilities"], consistency=values["consistency"],
+                eye_aus=None if aus is None else aus[..., :eye_count],
+                mouth_aus=None if aus is None else aus[..., eye_count:],
+                region_probabilities=values["region_probabilities"],
+            ))
+        return ModelOutputs.concatenate(parts, len(self.classes))
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """softmax(z / T) over the last axis, float32 (computed in float64: stable for tiny T)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z -= z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(-1, keepdims=True)).astype(np.float32)

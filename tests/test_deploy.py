@@ -1,0 +1,193 @@
+"""The deploy runtime (`pip install poi-fer`): prediction with ONNX Runtime and no torch.
+
+Marked `deploy`: `make test` runs this file again in .venv-deploy, the base install, where
+torch is not installed; the tests that compare with torch skip there. The subprocess
+tests block torch with an import hook, so they mean the same in either environment.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from poi_cli.core.manifests import class_names
+from poi_cli.data.faces import load_image
+from poi_cli.deploy.predict import Predictor, bundled_model
+from poi_cli.deploy.runner import ModelFileError, OnnxRunner, softmax
+
+pytestmark = pytest.mark.deploy
+ROOT = Path(__file__).resolve().parents[1]
+ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
+# Run poi's CLI with torch (and the torch detector's package) made unimportable.
+NO_TORCH = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "facenet_pytorch"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+sys.argv = ["poi"] + sys.argv[1:]
+from poi_cli.cli import run
+try:
+    run()
+finally:
+    assert "torch" not in sys.modules
+"""
+
+
+def poi_without_torch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120, env={"PATH": "/usr/bin:/bin", "POI_THREADS": "1", "COLUMNS": "120"})
+
+
+def test_predict_runs_without_torch():
+    done = poi_without_torch("predict", str(ASTRONAUT), "--show-au", "--json")
+    assert done.returncode == 0, done.stderr
+    records = json.loads(done.stdout)
+    assert len(records) == 1 and records[0]["status"] == "ok"
+    assert records[0]["expression"] == "happiness" and records[0]["detector"] == "mtcnn"
+    assert records[0]["aus"]["AU12"]["left_mouth"] > 0.5  # a smile: lip corner puller
+    assert "Traceback" not in done.stderr
+
+
+def test_commands_of_the_train_extra_say_so_in_one_line():
+    for args in (["train", "x"], ["evaluate", "a", "b"], ["predict", str(ASTRONAUT), "--backend", "torch"],
+                 ["predict", str(ASTRONAUT), "--model", str(ROOT / "poi_cli/weights/poi_ferplus8_resnet10_96.fp16.pt")]):
+        done = poi_without_torch(*args)
+        assert done.returncode == 1, args
+        assert "Traceback" not in done.stderr and "pip install 'poi-fer[train]'" in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_bundled_onnx_model_carries_what_prediction_needs():
+    runner = OnnxRunner(bundled_model(), threads=1)
+    assert runner.classes == tuple(class_names(8))
+    assert runner.preprocessing.face_size == runner.preprocessing.input_size == 96 and runner.preprocessing.grayscale
+    assert runner.calibrated and 1.0 < runner.calibration_temperature < 3.0
+    assert runner.has_pin and runner.has_aus
+    faces = np.random.default_rng(0).integers(0, 256, (3, 96, 96, 3), dtype=np.uint8)
+    out = runner.run(faces)
+    assert out.probabilities.shape == (3, 8) and np.allclose(out.probabilities.sum(-1), 1, atol=1e-5)
+    assert out.eye_aus.shape == (3, 2, 6) and out.mouth_aus.shape == (3, 2, 7)
+    assert out.region_probabilities.shape == (3, 4, 8) and ((0 <= out.consistency) & (out.consistency <= 1)).all()
+
+
+def test_a_file_that_is_not_a_poi_model_is_one_line(tmp_path):
+    garbage = tmp_path / "model.onnx"
+    garbage.write_bytes(b"not a model")
+    with pytest.raises(ModelFileError, match="ONNX Runtime cannot load it"):
+        OnnxRunner(garbage)
+    with pytest.raises(ModelFileError, match="not found"):
+        OnnxRunner(tmp_path / "missing.onnx")
+
+
+def test_softmax_divides_by_the_temperature():
+    # softmax([ln 1, ln 3] / T) at T = 1 is [1/4, 3/4]; at T = 2 it is [1, sqrt 3] / (1 + sqrt 3)
+    logits = np.log(np.array([[1.0, 3.0]]))
+    assert np.allclose(softmax(logits), [[0.25, 0.75]])
+    assert np.allclose(softmax(logits, 2.0), [[1 / (1 + 3 ** 0.5), 3 ** 0.5 / (1 + 3 ** 0.5)]])
+
+
+def test_predictor_refuses_a_checkpoint_with_the_two_ways_to_run_it():
+    from poi_cli.deploy.predict import PredictError
+
+    with pytest.raises(PredictError, match="poi export .* --format onnx --full"):
+        Predictor(ROOT / "poi_cli/weights/poi_ferplus8_resnet10_96.fp16.pt")
+
+
+# ----------------------------------------------------------- parity with the torch path
+
+
+def test_numpy_preprocessing_matches_torch_including_a_resize():
+    torch = pytest.importorskip("torch")
+    from poi_cli.data.preprocess import model_input_array, to_model_input
+
+    faces = np.random.default_rng(1).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
+    for size in (112, 96, 64, 160):
+        expected = to_model_input(torch.from_numpy(faces), size).numpy()
+        assert np.abs(model_input_array(faces, size) - expected).max() < 1e-4, size
+
+
+def test_onnx_and_torch_runners_agree_on_a_real_aligned_face():
+    pytest.importorskip("torch")
+    from poi_cli.model.runner import TorchRunner
+
+    checkpoint = ROOT / "poi_cli/weights/poi_ferplus8_resnet10_96.fp16.pt"
+    onnx_runner, torch_runner = OnnxRunner(bundled_model(), threads=1), TorchRunner(checkpoint)
+    image = load_image(ASTRONAUT)
+    face = Predictor(onnx_runner, threads=1).detector.detect([image])[0][0]
+    crop = onnx_runner.preprocessing.face(image, face.landmarks)
+    faces = np.stack([crop, crop[:, ::-1]])
+    a, b = onnx_runner.run(faces), torch_runner.run(faces)
+    for name in ("probabilities", "consistency", "eye_aus", "mouth_aus", "region_probabilities"):
+        assert np.abs(getattr(a, name) - getattr(b, name)).max() < 1e-4, name
+    assert onnx_runner.classes == torch_runner.classes
+    assert onnx_runner.preprocessing == torch_runner.preprocessing
+    assert abs(onnx_runner.calibration_temperature - torch_runner.calibration_temperature) < 1e-9
+
+
+def test_fp16_weights_export_keeps_the_checkpoint_numbers(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from poi_cli.model.export import export_model
+
+    checkpoint = ROOT / "poi_cli/weights/poi_ferplus8_resnet10_96.fp16.pt"
+    half = export_model(checkpoint, "onnx", full=True, out=tmp_path / "half.onnx", fp16_weights=True)
+    assert half.max_abs_diff < 1e-5  # batch norms kept apart: no product rounded to fp16
+    assert half.path.stat().st_size < 0.55 * (16.5e6 * 2)  # about half of the float32 file
+
+
+# ------------------------------------------------------------------- records and runs
+
+
+def test_face_record_json_and_row_forms():
+    from poi_cli.deploy.records import FaceRecord, Smoothed, VideoPosition, flat_columns
+
+    classes = ("happiness", "neutral")
+    empty = FaceRecord.empty("a.jpg", "no_face", "no face detected", show_au=True, detector="mtcnn")
+    assert list(empty.to_dict()) == ["image", "face", "status", "reason", "box", "landmarks", "detection_score",
+                                     "detector", "expression", "probabilities", "confidence", "consistency", "aus",
+                                     "regions"]
+    assert empty.to_dict()["aus"] is None and not empty.is_face
+    on_frame = empty.on_frame(VideoPosition(7, 0.28, None), Smoothed())
+    as_dict = on_frame.to_dict()
+    assert list(as_dict)[:4] == ["image", "frame", "timestamp", "track"] and list(as_dict)[-1] == "smoothed"
+    assert as_dict["smoothed"] == {"expression": None, "probabilities": None}
+    row = on_frame.to_row(classes)
+    columns = flat_columns(classes, show_au=True, video=True, smoothed=True)
+    assert set(columns) <= set(row) and row["frame"] == 7 and row["happiness"] is None
+    assert "aus" not in FaceRecord.empty("a.jpg", "error", "broken").to_dict()  # no --show-au: no AU keys
+
+
+def test_predict_files_writes_the_csv_of_what_finished_when_interrupted(tmp_path, monkeypatch):
+    import csv
+
+    from poi_cli.deploy.pipeline import expand_inputs
+    from poi_cli.deploy.predict import predict_files
+
+    predictor = Predictor(threads=1, workers=0, images_per_batch=1)
+    original = predictor.iter_predictions
+
+    def stopped_after_one(*args, **kwargs):
+        for number, prediction in enumerate(original(*args, **kwargs)):
+            if number == 1:
+                raise KeyboardInterrupt
+            yield prediction
+
+    monkeypatch.setattr(predictor, "iter_predictions", stopped_after_one)
+    missing = tmp_path / "missing.jpg"
+    run = predict_files(predictor, expand_inputs([ASTRONAUT, missing, ASTRONAUT.parent]), csv_file=tmp_path / "out.csv",
+                        progress=False)
+    assert run.interrupted and run.inputs == 1 and run.counts["ok"] == 1
+    rows = list(csv.DictReader(open(tmp_path / "out.csv")))
+    assert [r["status"] for r in rows] == ["ok"] and rows[0]["expression"] == "happiness"
+
+
+def test_predict_refuses_a_csv_that_is_a_folder(tmp_path):
+    done = poi_without_torch("predict", str(ASTRONAUT), "--csv", str(tmp_path))
+    assert done.returncode == 1 and "is a folder" in done.stderr and "Traceback" not in done.stderr
