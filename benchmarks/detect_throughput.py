@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from poi_cli.data.faces import FaceDetector, ImageLoadError, load_image
+from poi_cli.data.faces import FaceDetector, ImageLoadError, canvas_shape, load_image, shrink
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[1].parent / "shared" / "photos"
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -84,7 +84,7 @@ def main() -> None:
 
     single, batched = best_times([one_by_one, lambda: detector.detect(pictures)], args.repeats)
     found = detector.detect(pictures)
-    canvases = {detector._canvas_shape(*detector._shrink(p)[0].size[::-1]) for p in pictures}
+    canvases = {canvas_shape(*shrink(p, detector.max_side)[0].size[::-1]) for p in pictures}
     print(f"{source}; device {args.device}; torch threads {torch.get_num_threads()}; max_side {args.max_side}; "
           f"{len(canvases)} canvas size(s); best of {args.repeats}")
     print(f"faces found per image: {', '.join(f'{name}={len(f)}' for (name, _), f in zip(images, found))}")

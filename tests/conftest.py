@@ -10,7 +10,8 @@ save_checkpoint), `tiny_model()` by default, so that a test checkpoint is made o
 (test_schema still writes raw dicts: the checkpoint format itself is what it tests). The
 session-scoped `tiny_checkpoint` and `tiny_runs` are built once and shared, so a test only
 reads them; one that changes the checkpoint takes `tiny_checkpoint_copy`.
-torch is imported inside the functions, so that collecting the torch-free tests stays light.
+torch and pandas are imported inside the functions, so that the deploy tests collect in
+.venv-deploy (no torch, no pandas) and collecting the torch-free tests stays light.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import pytest
 
 from poi_cli.core.manifests import class_names
 from poi_cli.core.schema import STATUS_NO_FACE, STATUS_OK
-from poi_cli.data.store import write_store
 from poi_cli.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -76,6 +76,8 @@ def make_prepared(
                 "label": 0, "label_name": names[0], "status": STATUS_NO_FACE, "reason": "no face detected",
                 "n_faces": 0, "store_index": -1,
             })
+    from poi_cli.data.store import write_store  # pandas: not in the deploy environment
+
     return write_store(root, np.stack(faces), rows, dataset="synthetic-stripes", classes=names, grayscale=grayscale)
 
 

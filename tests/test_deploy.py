@@ -191,3 +191,15 @@ def test_predict_files_writes_the_csv_of_what_finished_when_interrupted(tmp_path
 def test_predict_refuses_a_csv_that_is_a_folder(tmp_path):
     done = poi_without_torch("predict", str(ASTRONAUT), "--csv", str(tmp_path))
     assert done.returncode == 1 and "is a folder" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_every_shipped_weight_file_has_its_origin_licence_and_checksum_recorded():
+    import hashlib
+
+    weights = ROOT / "poi_cli" / "weights"
+    entries = json.loads((ROOT / "data_manifests" / "weights.json").read_text())["files"]
+    shipped = {p.relative_to(weights).as_posix(): p for p in weights.rglob("*") if p.suffix in (".onnx", ".pt")}
+    assert set(shipped) == set(entries)
+    for name, path in shipped.items():
+        assert entries[name]["licence"] and entries[name]["source"] and entries[name]["made_by"], name
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entries[name]["sha256"], name

@@ -1,8 +1,8 @@
 """OnnxMTCNN (poi_cli/data/mtcnn.py): MTCNN on ONNX Runtime without torch.
 
-The box arithmetic is pinned on hand-computed values; the detector is checked on
-scikit-image's public-domain photos against the torch FaceDetector it replaces (skipped
-without facenet-pytorch), for batch independence, for images without a face or too small
+The box arithmetic is pinned on hand-computed values; the detector is checked on the
+committed public-domain astronaut photo against the torch FaceDetector it replaces
+(skipped without facenet-pytorch), for batch independence, for images without a face or too small
 to search, and for never importing torch.
 """
 
@@ -37,7 +37,8 @@ from poi_cli.data.mtcnn import (
 from poi_cli.deploy.tracking import box_iou
 
 pytest.importorskip("onnxruntime")
-skdata = pytest.importorskip("skimage.data")
+pytestmark = pytest.mark.deploy  # `make test` runs it again in .venv-deploy (no torch, no scikit-image)
+ASTRONAUT = Path(__file__).resolve().parents[1] / "examples" / "astronaut.jpg"  # public domain (NASA), committed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,7 @@ def detector() -> OnnxMTCNN:
 
 @pytest.fixture(scope="module")
 def astronaut() -> Image.Image:
-    return Image.fromarray(skdata.astronaut())
+    return Image.open(ASTRONAUT).convert("RGB")
 
 
 # ------------------------------------------------------------------------ box arithmetic
@@ -178,14 +179,14 @@ def test_same_face_as_the_torch_detector(detector: OnnxMTCNN, astronaut: Image.I
 
 def test_no_face(detector: OnnxMTCNN) -> None:
     grey = Image.new("RGB", (320, 240), (128, 128, 128))
-    coffee = Image.fromarray(skdata.coffee())  # a cup of coffee: torch MTCNN finds nothing either
-    assert detector.detect([grey, coffee]) == [[], []]
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    assert detector.detect([grey, noise]) == [[], []]
     assert detector.detect([]) == []
 
 
 def test_an_images_faces_do_not_depend_on_the_batch(detector: OnnxMTCNN, astronaut: Image.Image) -> None:
-    camera = Image.fromarray(skdata.camera())  # 512 x 512 too: shares the astronaut's P-net calls
-    coffee = Image.fromarray(skdata.coffee())  # another canvas
+    camera = astronaut.transpose(Image.Transpose.FLIP_TOP_BOTTOM)  # 512 x 512 too: shares the astronaut's P-net calls
+    coffee = Image.new("RGB", (600, 400), (90, 120, 150))  # another canvas
     alone = detector.detect([astronaut])[0]
     for batch in ([astronaut, camera], [coffee, astronaut, camera]):
         together = detector.detect(batch)[batch.index(astronaut)]

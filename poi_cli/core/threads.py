@@ -105,7 +105,8 @@ def onnx_session_options(threads: Optional[int] = None):
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = _configured or resolve_threads(threads)
+    # an explicit count wins; else what configure_threads applied; else --threads' default
+    options.intra_op_num_threads = resolve_threads(threads) if threads is not None else _configured or resolve_threads()
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # the same reason as above
     return options

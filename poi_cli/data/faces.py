@@ -165,6 +165,27 @@ class FaceDetectorError(PoiError, RuntimeError):
     """The detector cannot run (missing package); the message says what to do."""
 
 
+# Both detectors search each image on a canvas of its own: shrunk to max_side, padded to
+# multiples of CANVAS_STEP, so an image's faces do not depend on the rest of its batch.
+CANVAS_STEP = 64
+
+
+def shrink(image: Image.Image, max_side: int) -> tuple[Image.Image, float]:
+    """The image with its longer side at most max_side, and the x factor applied (the
+    per-axis factors differ from the asked one by rounding; the x one maps back)."""
+    longer = max(image.size)
+    if longer <= max_side:
+        return image, 1.0
+    scale = max_side / longer
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.BILINEAR), size[0] / image.width
+
+
+def canvas_shape(height: int, width: int, step: int = CANVAS_STEP) -> tuple[int, int]:
+    """The canvas an image is searched on: its sides rounded up to multiples of `step`."""
+    return (-(-height // step) * step, -(-width // step) * step)
+
+
 class FaceDetector:
     """Batched MTCNN (facenet-pytorch; its weights ship inside the wheel, nothing is downloaded).
 
@@ -176,7 +197,6 @@ class FaceDetector:
     landmarks are mapped back to the original image's pixels.
     """
 
-    CANVAS_STEP = 64
     # Pixels per MTCNN call (bounds memory: 16 canvases of 1024 x 1024).
     MAX_BATCH_PIXELS = 16 * 1024 * 1024
 
@@ -216,7 +236,7 @@ class FaceDetector:
         results: list[list[Face]] = [[] for _ in images]
         arrays, scales = [], []
         for image in images:
-            shrunk, scale = self._shrink(to_rgb(image))
+            shrunk, scale = shrink(to_rgb(image), self.max_side)
             arrays.append(np.asarray(shrunk))
             scales.append(scale)
         groups: dict[tuple[int, int], list[int]] = {}
@@ -224,32 +244,19 @@ class FaceDetector:
             height, width = array.shape[:2]
             # MTCNN cannot search an image whose short side is below the smallest face size.
             if min(height, width) >= self.min_face_size:
-                groups.setdefault(self._canvas_shape(height, width), []).append(index)
-        for canvas_shape, indices in groups.items():
-            per_call = max(1, self.MAX_BATCH_PIXELS // (canvas_shape[0] * canvas_shape[1]))
+                groups.setdefault(canvas_shape(height, width), []).append(index)
+        for shape, indices in groups.items():
+            per_call = max(1, self.MAX_BATCH_PIXELS // (shape[0] * shape[1]))
             for start in range(0, len(indices), per_call):
                 chunk = indices[start : start + per_call]
-                found = self._detect_canvas([arrays[i] for i in chunk], canvas_shape)
+                found = self._detect_canvas([arrays[i] for i in chunk], shape)
                 for index, faces in zip(chunk, found):
                     results[index] = [_scaled(face, 1.0 / scales[index]) for face in faces]
         return results
 
-    def _shrink(self, image: Image.Image) -> tuple[Image.Image, float]:
-        longer = max(image.size)
-        if longer <= self.max_side:
-            return image, 1.0
-        scale = self.max_side / longer
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        # The actual per-axis factors differ from `scale` by rounding; use the x one.
-        return image.resize(size, Image.BILINEAR), size[0] / image.width
-
-    def _canvas_shape(self, height: int, width: int) -> tuple[int, int]:
-        step = self.CANVAS_STEP
-        return (-(-height // step) * step, -(-width // step) * step)
-
-    def _detect_canvas(self, arrays: list[np.ndarray], canvas_shape: tuple[int, int]) -> list[list[Face]]:
+    def _detect_canvas(self, arrays: list[np.ndarray], shape: tuple[int, int]) -> list[list[Face]]:
         # Top-left placement: canvas pixel (x, y) is image pixel (x, y), so no offset to undo.
-        canvas = np.zeros((len(arrays), *canvas_shape, 3), dtype=np.uint8)
+        canvas = np.zeros((len(arrays), *shape, 3), dtype=np.uint8)
         for k, array in enumerate(arrays):
             canvas[k, : array.shape[0], : array.shape[1]] = array
         boxes, probs, points = self.mtcnn.detect(canvas, landmarks=True)

@@ -35,7 +35,7 @@ from PIL import Image
 
 from poi_cli.core.schema import DETECTOR_MTCNN, NUM_LANDMARKS
 from poi_cli.core.threads import onnx_session_options
-from poi_cli.data.faces import Face, FaceDetector, FaceDetectorError, to_rgb
+from poi_cli.data.faces import Face, FaceDetector, FaceDetectorError, canvas_shape, shrink, to_rgb
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights" / "mtcnn"
 # facenet-pytorch's pyramid step: each level is 0.709 (about 1/sqrt(2)) times the one before.
@@ -255,22 +255,6 @@ def net_input(pixels: np.ndarray) -> np.ndarray:
     return (pixels - np.float32(127.5)) * np.float32(0.0078125)
 
 
-def shrink(image: Image.Image, max_side: int) -> tuple[Image.Image, float]:
-    """The image with its longer side at most max_side, and the x factor applied (as FaceDetector)."""
-    longer = max(image.size)
-    if longer <= max_side:
-        return image, 1.0
-    scale = max_side / longer
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(size, Image.BILINEAR), size[0] / image.width
-
-
-def canvas_shape(height: int, width: int, step: int = FaceDetector.CANVAS_STEP) -> tuple[int, int]:
-    """The canvas an image is searched on: its sides rounded up to multiples of `step`
-    (the canvas, and so the faces found, depend on the image alone, not on the batch)."""
-    return (-(-height // step) * step, -(-width // step) * step)
-
-
 # ---------------------------------------------------------------------------- detector
 
 class OnnxMTCNN:
@@ -290,12 +274,13 @@ class OnnxMTCNN:
     candidates for R-net and O-net; and faces under 40 px, upscaled more than twice to the
     expression model's 96 px input, carry little expression to read. The pyramid starts at
     the 39.8 px level of prediction's grid (pyramid_scales), so the faces both detectors
-    find get the same boxes and landmarks. benchmarks/detector_compare.py, one thread each:
-    4.8x torch's speed on SFEW faces pasted into 800 x 600 scenes (3.6x on the shared
-    photos, where shrinking large photos costs both the same), the same recall from 48 px
-    faces up (85 % against 90 % at 32 px), the same expression on 99.7 % of the faces both
-    found. From 57 px up (the 56 px level) it is faster still but finds only 55 % of the
-    32 px faces and 88 % of the 48 px ones (torch: 90 %, 92 %).
+    find get the same boxes and landmarks. Measured by benchmarks/detector_compare.py (one
+    thread each, CPU time): 5.3x torch's speed on SFEW faces pasted into 800 x 600 scenes,
+    4.3x on the shared photos (where shrinking large photos costs both the same); the same
+    recall from 48 px faces up (85 % against 90 % at 32 px); the same expression on 357 of
+    the 358 faces both found. From 57 px (the grid's 56 px level) it is faster still
+    (8.2x, 5.4x) but finds 55 % of the 32 px faces and 88 % of the 48 px ones (torch: 90 %,
+    92 %).
     """
 
     name = DETECTOR_MTCNN
@@ -415,7 +400,7 @@ class OnnxMTCNN:
 
     def _output(self, tables: list[np.ndarray], canvases: np.ndarray, boxes: np.ndarray,
                 image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Stage 3, O-net: final boxes, scores and landmarks ("Min" NMS 0.7), with their image indices."""
+        """Stage 3, O-net: final boxes, scores and landmarks ("min" NMS 0.7), with their image indices."""
         boxes, image, crops = self._crops(tables, canvases, boxes, image, ONET_SIZE)
         offsets, points, probability = self._run("onet", crops)
         scores = probability[:, 1]
@@ -433,9 +418,9 @@ class OnnxMTCNN:
         bounds = crop_bounds(boxes, canvases[image, 1], canvases[image, 0])
         valid = (bounds[:, 2] > bounds[:, 0]) & (bounds[:, 3] > bounds[:, 1])
         boxes, image, bounds = boxes[valid], image[valid], bounds[valid]
-        order = np.argsort(image, kind="stable")  # one gather per image from its integral table
+        order = np.argsort(image, kind="stable")  # grouped by image: each group reads its own integral table
         boxes, image, bounds = boxes[order], image[order], bounds[order]
-        crops = np.zeros((len(boxes), 3, size, size), dtype=np.float32)
+        crops = np.empty((len(boxes), 3, size, size), dtype=np.float32)
         for k in np.unique(image):
             rows = image == k
             crops[rows] = area_resize(tables[k], bounds[rows], size, size)
