@@ -539,9 +539,13 @@ def clean(
 ) -> None:
     """Turn an audit into a label file for `poi train --labels`: relabel or drop the most suspect images."""
     use_threads(threads)
+    from poi_cli.core.atomic import refuse_input_as_output
     from poi_cli.study.clean import clean as run_clean, write_clean
 
     with user_errors():
+        # the label file and its summary beside it: never over anything this command reads
+        for written in (Path(out), Path(out).with_suffix(".json")):
+            refuse_input_as_output(written, [prepared_dir, audit_or_run, *([labels] if labels else [])], "--out")
         result = run_clean(audit_or_run, prepared_dir, "relabel" if relabel else "drop", threshold, fraction,
                            labels_file=labels, split=split, device=device, auto=auto)
         files = write_clean(result, out)

@@ -203,3 +203,22 @@ def test_every_shipped_weight_file_has_its_origin_licence_and_checksum_recorded(
     for name, path in shipped.items():
         assert entries[name]["licence"] and entries[name]["source"] and entries[name]["made_by"], name
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entries[name]["sha256"], name
+
+
+def test_a_trn_only_export_is_calibrated_by_the_runner_as_torch_does(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from conftest import tiny_model, write_checkpoint
+    from poi_cli.model.calibration import Calibration
+    from poi_cli.model.export import export_model
+    from poi_cli.model.runner import TorchRunner
+
+    checkpoint = write_checkpoint(tmp_path / "best.pt", tiny_model(), calibration=Calibration(2.5, "valid", 10, 1.0, 0.9))
+    exported = export_model(checkpoint, "onnx", full=False, out=tmp_path / "trn.onnx")
+    runner = OnnxRunner(exported.path, threads=1)
+    assert not runner.has_pin and runner.calibration_temperature == 2.5
+    faces = np.random.default_rng(2).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    expected = TorchRunner(checkpoint).run(faces).probabilities  # softmax(z / T_cal)
+    assert np.abs(runner.run(faces).probabilities - expected).max() < 1e-5
+    records = Predictor(runner, detect=False, threads=1).predict_records([ASTRONAUT])
+    assert records[0]["consistency"] is None and records[0]["detector"] == "none"

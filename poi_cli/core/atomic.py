@@ -76,14 +76,21 @@ def next_run_dir(project: str | Path, name: str, exist_ok: bool = False) -> Path
 
 
 def refuse_input_as_output(output: str | Path, inputs: Iterable[str | Path], option: str) -> None:
-    """Raise PoiError when `output` is (after resolving symlinks) one of `inputs`.
+    """Raise PoiError when `output` is (after resolving symlinks) a file the command reads:
+    one of `inputs`, or any file inside an input that is a folder (a prepared folder, a run
+    folder: its manifest, faces, label files, checkpoints).
 
-    `inputs` are the files a command reads, after glob and folder expansion: nothing the
-    user gave is ever overwritten, however it was named.
+    `inputs` are what a command reads, after glob and folder expansion: nothing the user
+    gave is ever overwritten, however it was named. New files inside an input folder are
+    allowed (`poi noise` writes PREPARED_DIR/labels/..., `poi calibrate` best.calibrated.pt).
     """
     from poi_cli.core.errors import PoiError
 
     target = Path(output).resolve()
     for value in inputs:
-        if Path(value).resolve() == target:
+        source = Path(value)
+        if source.resolve() == target:
             raise PoiError(f"{option} {output} is one of the inputs ({value}); choose another file")
+        if source.is_dir() and target.is_relative_to(source.resolve()) and target.exists():
+            raise PoiError(f"{option} {output} would write over {target.relative_to(source.resolve())} of {value}, "
+                           "which this command reads; choose another file")

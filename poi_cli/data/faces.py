@@ -181,6 +181,12 @@ def shrink(image: Image.Image, max_side: int) -> tuple[Image.Image, float]:
     return image.resize(size, Image.BILINEAR), size[0] / image.width
 
 
+def shrunk_arrays(images: Sequence[Image.Image], max_side: int) -> tuple[list[np.ndarray], list[float]]:
+    """Each image as RGB uint8, shrunk to max_side, and the factor that maps it back."""
+    shrunk = [shrink(to_rgb(image), max_side) for image in images]
+    return [np.asarray(image) for image, _ in shrunk], [factor for _, factor in shrunk]
+
+
 def canvas_shape(height: int, width: int, step: int = CANVAS_STEP) -> tuple[int, int]:
     """The canvas an image is searched on: its sides rounded up to multiples of `step`."""
     return (-(-height // step) * step, -(-width // step) * step)
@@ -234,11 +240,7 @@ class FaceDetector:
     def detect(self, images: list[Image.Image]) -> list[list[Face]]:
         """Faces of every image (sorted by score, highest first; [] when none)."""
         results: list[list[Face]] = [[] for _ in images]
-        arrays, scales = [], []
-        for image in images:
-            shrunk, scale = shrink(to_rgb(image), self.max_side)
-            arrays.append(np.asarray(shrunk))
-            scales.append(scale)
+        arrays, scales = shrunk_arrays(images, self.max_side)
         groups: dict[tuple[int, int], list[int]] = {}
         for index, array in enumerate(arrays):
             height, width = array.shape[:2]

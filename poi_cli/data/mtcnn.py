@@ -35,7 +35,7 @@ from PIL import Image
 
 from poi_cli.core.schema import DETECTOR_MTCNN, NUM_LANDMARKS
 from poi_cli.core.threads import onnx_session_options
-from poi_cli.data.faces import Face, FaceDetector, FaceDetectorError, canvas_shape, shrink, to_rgb
+from poi_cli.data.faces import Face, FaceDetector, FaceDetectorError, canvas_shape, shrunk_arrays
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights" / "mtcnn"
 # facenet-pytorch's pyramid step: each level is 0.709 (about 1/sqrt(2)) times the one before.
@@ -322,11 +322,7 @@ class OnnxMTCNN:
     def detect(self, images: list[Image.Image]) -> list[list[Face]]:
         """Faces of every image (sorted by score, highest first; [] when none)."""
         results: list[list[Face]] = [[] for _ in images]
-        arrays, factors = [], []
-        for image in images:
-            shrunk, factor = shrink(to_rgb(image), self.max_side)
-            arrays.append(np.asarray(shrunk))
-            factors.append(factor)
+        arrays, factors = shrunk_arrays(images, self.max_side)
         # MTCNN cannot search an image whose short side is below the smallest face size.
         searchable = [i for i, a in enumerate(arrays) if min(a.shape[:2]) >= self.min_face_size]
         searchable.sort(key=lambda i: canvas_shape(*arrays[i].shape[:2]))  # equal canvases side by side

@@ -159,28 +159,62 @@ class PreparedDataset:
             ids=rows["id"].to_numpy(str),
         )
         if labels_file is not None:
-            data = apply_label_file(data, labels_file)
+            data = apply_label_file(data, labels_file, self.classes)
         return data
 
 
-def read_label_file(path: str | Path) -> pd.DataFrame:
+def read_label_file(path: str | Path, classes: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """A label file (LABEL_COLUMNS), checked once, here, where it enters: readable UTF-8
+    CSV with columns id and label, ids unique, labels whole numbers; with `classes`, every
+    label a class index (0 .. len(classes) - 1) or DROPPED_LABEL, and a label_name, where
+    given, the name of its label's class. StoreError (one line naming the file, the row
+    and what is wrong) otherwise: a label -3 is never read as a class by Python's negative
+    indexing."""
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"label file not found: {path}")
-    table = pd.read_csv(path, dtype={"id": str})
+    try:
+        table = pd.read_csv(path, dtype={"id": str, "label_name": str}, encoding="utf-8")
+    except UnicodeDecodeError:
+        raise StoreError(f"{path} is not a UTF-8 text file: a label file is a CSV (id,label,...)") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, ValueError) as error:
+        raise StoreError(f"{path} is not a readable CSV label file ({str(error).splitlines()[0]})") from None
     if not {"id", "label"} <= set(table.columns):
-        raise StoreError(f"{path} is not a label file: it needs columns id and label (has {', '.join(table.columns)})")
+        raise StoreError(f"{path} is not a label file: it needs columns id and label (has {', '.join(map(str, table.columns))})")
+    numbers = pd.to_numeric(table["label"], errors="coerce")
+    bad = table.index[numbers.isna() | (numbers != numbers.round())]
+    if len(bad):
+        raise StoreError(f"{path}, row {bad[0] + 2}: label {table['label'][bad[0]]!r} is not a whole number (a class index)")
+    table["label"] = numbers.astype(np.int64)
+    duplicated = table["id"][table["id"].duplicated()]
+    if len(duplicated):
+        raise StoreError(f"{path}: id {duplicated.iloc[0]!r} appears more than once ({duplicated.size} repeated ids)")
+    if classes is not None:
+        labels = table["label"].to_numpy()
+        outside = np.flatnonzero((labels != DROPPED_LABEL) & ((labels < 0) | (labels >= len(classes))))
+        if len(outside):
+            row = outside[0]
+            raise StoreError(f"{path}, row {row + 2}: label {labels[row]} is not a class index (0 to {len(classes) - 1}, "
+                             f"or {DROPPED_LABEL} to leave the image out)")
+        if "label_name" in table:
+            names = table["label_name"].fillna("")
+            expected = pd.Series(label_names(labels, classes), index=table.index)
+            wrong = table.index[(names != "") & (names != expected)]
+            if len(wrong):
+                row = wrong[0]
+                raise StoreError(f"{path}, row {row + 2}: label_name {names[row]!r} contradicts label {labels[row]} "
+                                 f"({expected[row] or 'left out'})")
     return table
 
 
-def apply_label_file(data: SplitData, path: str | Path) -> SplitData:
+def apply_label_file(data: SplitData, path: str | Path, classes: Optional[Sequence[str]] = None) -> SplitData:
     """Replace the labels of `data` by those of a label file, matched on id.
 
     The manifest's own labels become the clean labels unless the file carries
     clean_label. Every image of the split must be in the file; those labelled
     DROPPED_LABEL (-1) are left out of the returned split.
     """
-    table = read_label_file(path).set_index("id")
+    table = read_label_file(path, classes).set_index("id")
     missing = [i for i in data.ids if i not in table.index]
     if missing:
         raise StoreError(f"{path} lacks labels for {len(missing)} images of the split (first: {missing[0]})")

@@ -209,7 +209,6 @@ class Predictor(FacePipeline):
             raise PredictError(str(error)) from None
 
 
-
 # ------------------------------------------------------------------ `poi predict` as a whole
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from poi_cli.core.atomic import refuse_input_as_output
 from poi_cli.core.errors import PoiError
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import Calibration, calibration_of
@@ -48,6 +49,12 @@ def calibrate(run_or_checkpoint: str | Path, prepared_dir: str | Path, split: Op
     source = resolve_checkpoint(run_or_checkpoint)
     if in_place and out is not None:
         raise CalibrateError("--in-place and --out exclude each other")
+    target = source if in_place else Path(out) if out is not None else source.with_name(f"{source.stem}.calibrated.pt")
+    if target.resolve() == source.resolve() and not in_place:
+        raise CalibrateError(f"--out {target} is the checkpoint itself: pass --in-place to rewrite it")
+    # nothing the command reads is written over: the prepared folder's files, a run folder's
+    refuse_input_as_output(target, [prepared_dir, *([run_or_checkpoint] if Path(run_or_checkpoint).is_dir() and not in_place
+                                                    else [])], "--out")
     dataset = PreparedDataset(prepared_dir)
     split = split or default_split(dataset)
     checkpoint = load_checkpoint(source)
@@ -62,9 +69,6 @@ def calibrate(run_or_checkpoint: str | Path, prepared_dir: str | Path, split: Op
         raise CalibrateError(f"split {split!r} has {len(predictions)} image(s): too few to fit a temperature")
     calibration = calibration_of(predictions.trn_logits, predictions.labels, split)
     previous = info.calibration
-    target = source if in_place else Path(out) if out is not None else source.with_name(f"{source.stem}.calibrated.pt")
-    if target.resolve() == source.resolve() and not in_place:
-        raise CalibrateError(f"--out {target} is the checkpoint itself: pass --in-place to rewrite it")
     checkpoint["calibration"] = calibration.to_dict()
     save_checkpoint(target, checkpoint)
     return CalibrateResult(calibration, previous, target)

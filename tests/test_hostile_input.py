@@ -1,0 +1,105 @@
+"""Bad input, every case a row: each command exits 1 with one line and no traceback, and
+no input file changes (hashes before and after). Fixtures are built here: a copy of the
+session's tiny prepared folder and its one-epoch POI run (conftest.tiny_runs).
+
+Cases so far: outputs that would write over an input (a prepared folder's files, the
+label file read), and label files that are wrong (a label outside the classes, negative
+or too large; a label_name that contradicts its label; repeated ids; not UTF-8; empty;
+not whole numbers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from poi_cli.cli import app
+
+runner = CliRunner()
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def world(tiny_runs, tmp_path: Path) -> dict[str, Path]:
+    """This test's own copies: DATA (prepared), RUN (a one-epoch POI run), LABELS (the train split's labels)."""
+    data = Path(shutil.copytree(tiny_runs.data, tmp_path / "data"))
+    run = Path(shutil.copytree(tiny_runs.poi, tmp_path / "run"))
+    manifest = pd.read_csv(data / "manifest.csv", dtype={"id": str})
+    train = manifest[(manifest["split"] == "train") & (manifest["status"] == "ok")]
+    labels = tmp_path / "labels.csv"
+    train[["id", "label", "label_name"]].to_csv(labels, index=False)
+    return {"DATA": data, "RUN": run, "LABELS": labels, "TMP": tmp_path}
+
+
+def edit_labels(change: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[[dict[str, Path]], None]:
+    def apply(world: dict[str, Path]) -> None:
+        table = pd.read_csv(world["LABELS"], dtype={"id": str, "label_name": str})
+        change(table).to_csv(world["LABELS"], index=False)
+    return apply
+
+
+def set_row(column: str, value: object, row: int = 0) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    def change(table: pd.DataFrame) -> pd.DataFrame:
+        table[column] = table[column].astype(object)
+        table.loc[row, column] = value
+        return table
+    return change
+
+
+def write_bytes(data: bytes) -> Callable[[dict[str, Path]], None]:
+    return lambda world: world["LABELS"].write_bytes(data)
+
+
+AUDIT = ["audit", "RUN", "DATA", "--labels", "LABELS", "--out", "TMP/audit"]
+CASES = {
+    # outputs that would write over an input
+    "clean --out the prepared manifest": (None, ["clean", "RUN", "DATA", "--fraction", "0.1", "--out", "DATA/manifest.csv"],
+                                          "would write over manifest.csv"),
+    "clean --out the label file it reads": (None, ["clean", "RUN", "DATA", "--labels", "LABELS", "--fraction", "0.1",
+                                                   "--out", "LABELS"], "is one of the inputs"),
+    "clean --out whose summary lands on prepared.json": (None, ["clean", "RUN", "DATA", "--fraction", "0.1",
+                                                                "--out", "DATA/prepared.csv"], "would write over prepared.json"),
+    "calibrate --out the prepared faces": (None, ["calibrate", "RUN", "DATA", "--out", "DATA/faces.npy"],
+                                           "would write over faces.npy"),
+    "calibrate --out a run's own last.pt": (None, ["calibrate", "RUN", "DATA", "--out", "RUN/last.pt"],
+                                            "would write over last.pt"),
+    # label files
+    "label -3 (Python would read it as a class)": (edit_labels(set_row("label", -3)), AUDIT, "label -3 is not a class index"),
+    "label 42": (edit_labels(set_row("label", 42)), AUDIT, "label 42 is not a class index"),
+    "label_name contradicts label": (edit_labels(set_row("label_name", "contempt")), AUDIT, "contradicts label"),
+    "repeated ids": (edit_labels(lambda t: pd.concat([t, t.head(1)])), AUDIT, "appears more than once"),
+    "label not a whole number": (edit_labels(set_row("label", "happy")), AUDIT, "is not a whole number"),
+    "label file not UTF-8": (write_bytes("id,label\n\xe9t\xe9,1\n".encode("latin-1")), AUDIT, "not a UTF-8"),
+    "empty label file": (write_bytes(b""), AUDIT, "not a readable CSV label file"),
+    "binary label file": (write_bytes(bytes(range(256)) * 4), AUDIT, "label file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_line_and_changes_nothing(case: str, world: dict[str, Path]) -> None:
+    prepare, args, message = CASES[case]
+    if prepare is not None:
+        prepare(world)
+    before = {name: digest(path) if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+              for name, path in world.items() if name != "TMP"}
+    argv = [a.replace("TMP", str(world["TMP"])) for a in args]
+    for name in ("DATA", "RUN", "LABELS"):
+        argv = [a.replace(name, str(world[name]), 1) if a.startswith(name) else a for a in argv]
+    result = runner.invoke(app, [*argv, "--threads", "1"])
+    assert result.exit_code == 1, (case, result.output)
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], (case, result.stderr)
+    after = {name: digest(path) if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+             for name, path in world.items() if name != "TMP"}
+    assert after == before, case
