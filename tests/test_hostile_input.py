@@ -103,3 +103,48 @@ def test_bad_input_is_one_line_and_changes_nothing(case: str, world: dict[str, P
     after = {name: digest(path) if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
              for name, path in world.items() if name != "TMP"}
     assert after == before, case
+
+
+@pytest.mark.parametrize("planted", ["progress.jsonl", "faces.npy"])
+def test_resumed_prepare_does_not_write_through_a_symlink_planted_in_its_output(
+        planted: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupted `poi prepare` whose progress.jsonl or faces.npy was replaced by a link
+    to a file outside --out: the resumed run refuses, and the outside file is untouched
+    (before: 84 lines appended to it, or the .npy written over)."""
+    from test_prepare import InterruptingDetector, make_folder_tree
+
+    from poi_cli.data import prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module, "CHECKPOINT_SECONDS", 0.0)
+    raw, out = make_folder_tree(tmp_path / "raw"), tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        prepare_module.prepare("folder", raw, out, size=48, batch_size=4, show_progress=False,
+                               detector=InterruptingDetector(stop_at=3))
+    outside = tmp_path / f"outside_{planted}"
+    shutil.move(out / planted, outside)
+    (out / planted).symlink_to(outside)
+    kept = outside.read_bytes()
+    with pytest.raises(prepare_module.PrepareError, match="symbolic link"):
+        prepare_module.prepare("folder", raw, out, size=48, batch_size=4, show_progress=False,
+                               detector=InterruptingDetector())
+    assert outside.read_bytes() == kept
+
+
+@pytest.mark.parametrize("planted", ["progress.jsonl", "faces.npy", "manifest.csv"])
+def test_prepare_does_not_write_through_a_symlink_planted_in_its_output(planted: str, tmp_path: Path) -> None:
+    """A resumed or fresh `poi prepare` never follows a link it did not make out of --out."""
+    from PIL import Image
+
+    raw = tmp_path / "raw"
+    for name in ("happiness", "sadness"):
+        (raw / name).mkdir(parents=True)
+        for k in range(2):
+            Image.new("L", (48, 48), 60 * k + 40).save(raw / name / f"{k}.png")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not poi's\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / planted).symlink_to(outside)
+    result = runner.invoke(app, ["prepare", "folder", str(raw), "--out", str(out), "--size", "48", "--threads", "1"])
+    assert result.exit_code == 1 and "symbolic link" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert outside.read_text() == "not poi's\n"

@@ -40,7 +40,7 @@ from poi_cli.core.manifests import class_names
 from poi_cli.core.schema import LANDMARK_NAMES, STATUS_BAD_IMAGE, STATUS_ERROR, STATUS_EXCLUDED, STATUS_NO_FACE, STATUS_OK
 from poi_cli.data.preprocess import Preprocessing
 from poi_cli.data.folds import FOLD_COLUMN, NO_FOLD, RANDOM_SPLIT_NOTE, random_test_mask, subject_folds
-from poi_cli.data.store import MANIFEST_COLUMNS, META_FILE, STORE_FORMAT, StoreError, StoreWriter, store_meta
+from poi_cli.data.store import FACES_FILE, MANIFEST_COLUMNS, MANIFEST_FILE, META_FILE, STORE_FORMAT, StoreError, StoreWriter, store_meta
 
 PROGRESS_FILE = "progress.json"  # settings of an unfinished run
 JOURNAL_FILE = "progress.jsonl"  # one JSON line per finished image
@@ -234,7 +234,13 @@ def _settings(parsed: ParsedDataset, items: list[Item], size: int, detect: bool)
 
 
 def _out_dir_state(out: Path, settings: dict[str, Any]) -> str:
-    """'fresh', 'resume' or 'done'; raises when OUT_DIR holds something else."""
+    """'fresh', 'resume' or 'done'; raises when OUT_DIR holds something else, or when one
+    of the files prepare writes there is a symlink (prepare never creates one: a planted
+    link would make a resumed run append to, or write over, a file outside --out)."""
+    for name in (META_FILE, MANIFEST_FILE, FACES_FILE, PROGRESS_FILE, JOURNAL_FILE):
+        if (out / name).is_symlink():
+            raise PrepareError(f"{out / name} is a symbolic link, which poi prepare never makes: it does not write "
+                               "through it; remove it (or choose another --out)")
     if (out / META_FILE).is_file():
         old = json.loads((out / META_FILE).read_text()).get("settings")
         if old == settings:
