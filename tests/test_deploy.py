@@ -222,3 +222,22 @@ def test_a_trn_only_export_is_calibrated_by_the_runner_as_torch_does(tmp_path):
     assert np.abs(runner.run(faces).probabilities - expected).max() < 1e-5
     records = Predictor(runner, detect=False, threads=1).predict_records([ASTRONAUT])
     assert records[0]["consistency"] is None and records[0]["detector"] == "none"
+
+
+def test_a_folders_broken_links_loops_and_fifos_get_an_error_record_each(tmp_path):
+    import os
+    import shutil
+
+    folder = tmp_path / "album"
+    folder.mkdir()
+    shutil.copyfile(ASTRONAUT, folder / "a.jpg")
+    (folder / "broken.jpg").symlink_to(tmp_path / "missing.jpg")
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    os.mkfifo(folder / "pipe.jpg")
+    done = poi_without_torch("predict", str(folder), "--json")
+    assert done.returncode == 0, done.stderr
+    statuses = {Path(r["image"]).name: (r["status"], r["reason"]) for r in json.loads(done.stdout)}
+    assert statuses["a.jpg"][0] == "ok" and set(statuses) == {"a.jpg", "broken.jpg", "loop.png", "pipe.jpg"}
+    assert statuses["broken.jpg"] == ("error", "broken symlink (its target is missing)")
+    assert statuses["pipe.jpg"] == ("error", "not a regular file")
+    assert statuses["loop.png"][0] == "error"

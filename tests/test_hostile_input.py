@@ -3,14 +3,17 @@ no input file changes (hashes before and after). Fixtures are built here: a copy
 session's tiny prepared folder and its one-epoch POI run (conftest.tiny_runs).
 
 Cases so far: outputs that would write over an input (a prepared folder's files, the
-label file read), and label files that are wrong (a label outside the classes, negative
-or too large; a label_name that contradicts its label; repeated ids; not UTF-8; empty;
-not whole numbers).
+label file read), label files that are wrong (a label outside the classes, negative or
+too large; a label_name that contradicts its label; repeated ids; not UTF-8; empty; not
+whole numbers), broken prepared folders (faces.npy empty, truncated or garbage; a
+manifest without its columns or not a CSV; prepared.json not JSON; a store_index out of
+range) for calibrate, clean and evaluate, and symlinks planted in `poi prepare`'s output.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -60,7 +63,35 @@ def write_bytes(data: bytes) -> Callable[[dict[str, Path]], None]:
     return lambda world: world["LABELS"].write_bytes(data)
 
 
+def write_data(name: str, change: Callable[[bytes], bytes]) -> Callable[[dict[str, Path]], None]:
+    """Replace the prepared folder's file `name` by change(its bytes)."""
+    def apply(world: dict[str, Path]) -> None:
+        path = world["DATA"] / name
+        path.write_bytes(change(path.read_bytes()))
+    return apply
+
+
+def manifest_store_index(value: int) -> Callable[[dict[str, Path]], None]:
+    def apply(world: dict[str, Path]) -> None:
+        manifest = pd.read_csv(world["DATA"] / "manifest.csv", dtype={"id": str})
+        manifest.loc[manifest["status"] == "ok", "store_index"] = value
+        manifest.to_csv(world["DATA"] / "manifest.csv", index=False)
+    return apply
+
+
 AUDIT = ["audit", "RUN", "DATA", "--labels", "LABELS", "--out", "TMP/audit"]
+CALIBRATE = ["calibrate", "RUN", "DATA", "--out", "TMP/calibrated.pt"]
+CLEAN = ["clean", "RUN", "DATA", "--fraction", "0.1", "--out", "TMP/clean.csv"]
+EVALUATE = ["evaluate", "RUN", "DATA", "--out", "TMP/eval"]
+BROKEN_STORES = {
+    "empty faces.npy": (write_data("faces.npy", lambda b: b""), "faces.npy is not a readable face store"),
+    "truncated faces.npy": (write_data("faces.npy", lambda b: b[: len(b) // 2]), "faces.npy is not a readable face store"),
+    "garbage faces.npy": (write_data("faces.npy", lambda b: b"\x93NUMPY garbage" * 100), "faces.npy is not a readable face store"),
+    "manifest without columns": (write_data("manifest.csv", lambda b: b"a,b\n1,2\n"), "lacks the column(s)"),
+    "binary manifest": (write_data("manifest.csv", lambda b: bytes(range(256)) * 8), "manifest.csv"),
+    "prepared.json not JSON": (write_data("prepared.json", lambda b: b"{broken"), "prepared.json is not valid JSON"),
+    "store_index out of range": (manifest_store_index(10_000), "outside faces.npy's"),
+}
 CASES = {
     # outputs that would write over an input
     "clean --out the prepared manifest": (None, ["clean", "RUN", "DATA", "--fraction", "0.1", "--out", "DATA/manifest.csv"],
@@ -82,6 +113,17 @@ CASES = {
     "label file not UTF-8": (write_bytes("id,label\n\xe9t\xe9,1\n".encode("latin-1")), AUDIT, "not a UTF-8"),
     "empty label file": (write_bytes(b""), AUDIT, "not a readable CSV label file"),
     "binary label file": (write_bytes(bytes(range(256)) * 4), AUDIT, "label file"),
+    # the same label files through the other commands that take --labels
+    **{f"{args[0]}: {name}": (prepare, args, message) for name, (prepare, message) in {
+        "label -3": (edit_labels(set_row("label", -3)), "label -3 is not a class index"),
+        "repeated ids": (edit_labels(lambda t: pd.concat([t, t.head(1)])), "appears more than once"),
+        "class names in the label column": (edit_labels(lambda t: t.assign(label=t["label_name"])), "not a whole number"),
+        "label file not UTF-8": (write_bytes("id,label\n\xe9t\xe9,1\n".encode("latin-1")), "not a UTF-8"),
+    }.items() for args in (["train", "DATA", "--labels", "LABELS", "--epochs", "1", "--project", "TMP/runs"],
+                           ["clean", "RUN", "DATA", "--labels", "LABELS", "--fraction", "0.1", "--out", "TMP/clean.csv"])},
+    # broken prepared folders, for every command that reads one
+    **{f"{args[0]}: {name}": (prepare, args, message) for name, (prepare, message) in BROKEN_STORES.items()
+       for args in (CALIBRATE, CLEAN, EVALUATE)},
 }
 
 
@@ -148,3 +190,54 @@ def test_prepare_does_not_write_through_a_symlink_planted_in_its_output(planted:
     result = runner.invoke(app, ["prepare", "folder", str(raw), "--out", str(out), "--size", "48", "--threads", "1"])
     assert result.exit_code == 1 and "symbolic link" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert outside.read_text() == "not poi's\n"
+
+
+BAD_CHECKPOINTS = {
+    "model_config not a mapping": (lambda c: {**c, "model_config": [1, 2, 3]}, "model_config is a list"),
+    "empty weights": (lambda c: {**c, "model": {}}, "weights are empty"),
+    "classes not names": (lambda c: {**c, "classes": 7}, "classes is not a list"),
+}
+LOADERS = {
+    "evaluate": ["evaluate", "CKPT", "DATA", "--out", "TMP/eval"],
+    "calibrate": ["calibrate", "CKPT", "DATA", "--out", "TMP/calibrated.pt"],
+    "audit": ["audit", "CKPT", "DATA", "--out", "TMP/audit"],
+    "export": ["export", "CKPT", "--format", "weights", "--out", "TMP/packed.pt"],
+    "predict": ["predict", "DATA/manifest.csv", "--model", "CKPT", "--backend", "torch"],
+}
+
+
+@pytest.mark.parametrize("loader", sorted(LOADERS))
+@pytest.mark.parametrize("bad", sorted(BAD_CHECKPOINTS))
+def test_a_broken_checkpoint_is_one_line_for_every_command_that_loads_one(bad: str, loader: str, world) -> None:
+    import torch
+
+    change, message = BAD_CHECKPOINTS[bad]
+    checkpoint = world["TMP"] / "bad.pt"
+    torch.save(change(torch.load(world["RUN"] / "best.pt", weights_only=True)), checkpoint)
+    kept = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    argv = [a.replace("CKPT", str(checkpoint)).replace("DATA", str(world["DATA"])).replace("TMP", str(world["TMP"]))
+            for a in LOADERS[loader]]
+    result = runner.invoke(app, [*argv, "--threads", "1"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], (bad, loader, result.stderr)
+    assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() == kept
+
+
+def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    """`poi calibrate --in-place` killed twice left 86 MB of .model.pt.*.tmp files: the next
+    write of the same file removes those whose process is gone, and only those."""
+    import subprocess
+    import sys
+
+    from poi_cli.core.atomic import atomic_write_text
+
+    target = tmp_path / "model.pt"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".model.pt.{int(gone.stdout)}.abc123.tmp"
+    stale.write_bytes(b"x" * 1000)
+    alive = tmp_path / f".model.pt.{os.getpid()}.def456.tmp"  # a writer still running (this process)
+    alive.write_bytes(b"y")
+    other = tmp_path / f".other.pt.{int(gone.stdout)}.ghi789.tmp"  # another file's: not ours to remove
+    other.write_bytes(b"z")
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new" and not stale.exists() and alive.exists() and other.exists()

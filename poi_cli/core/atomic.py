@@ -8,6 +8,7 @@ goes through here. No torch import, so light modules can use it.
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import os
@@ -17,9 +18,14 @@ from typing import Any, Callable, Iterable
 
 
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write a file through `write(handle)` into a temp file beside it, then os.replace."""
+    """Write a file through `write(handle)` into a temp file beside it, then os.replace.
+
+    The temp file (.NAME.PID.random.tmp) is removed on any exit Python sees; one that a
+    killed process left (SIGKILL, power loss: its PID no longer runs) is removed by the
+    next write of the same file."""
     path = Path(path)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temps(path)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as f:
             write(f)
@@ -30,6 +36,24 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove the temp files of atomic_write for `path` whose writing process is gone."""
+    for temp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = temp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _process_runs(int(pid)):
+            temp.unlink(missing_ok=True)
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it runs
+        return True
+    return True
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -75,6 +99,12 @@ def next_run_dir(project: str | Path, name: str, exist_ok: bool = False) -> Path
     return candidate
 
 
+def real_path(path: str | Path) -> Path:
+    """The path with every symlink followed; a symlink loop or a broken link resolves as
+    far as it goes instead of raising (Path.resolve raises RuntimeError on a loop)."""
+    return Path(os.path.realpath(path))
+
+
 def refuse_input_as_output(output: str | Path, inputs: Iterable[str | Path], option: str) -> None:
     """Raise PoiError when `output` is (after resolving symlinks) a file the command reads:
     one of `inputs`, or any file inside an input that is a folder (a prepared folder, a run
@@ -86,11 +116,11 @@ def refuse_input_as_output(output: str | Path, inputs: Iterable[str | Path], opt
     """
     from poi_cli.core.errors import PoiError
 
-    target = Path(output).resolve()
+    target = real_path(output)
     for value in inputs:
         source = Path(value)
-        if source.resolve() == target:
+        if real_path(source) == target:
             raise PoiError(f"{option} {output} is one of the inputs ({value}); choose another file")
-        if source.is_dir() and target.is_relative_to(source.resolve()) and target.exists():
-            raise PoiError(f"{option} {output} would write over {target.relative_to(source.resolve())} of {value}, "
+        if source.is_dir() and target.is_relative_to(real_path(source)) and target.exists():
+            raise PoiError(f"{option} {output} would write over {target.relative_to(real_path(source))} of {value}, "
                            "which this command reads; choose another file")

@@ -73,11 +73,32 @@ class PreparedDataset:
         for name in (META_FILE, MANIFEST_FILE, FACES_FILE):
             if not (self.root / name).is_file():
                 raise StoreError(f"{self.root} is not a prepared dataset folder ({name} is missing; run `poi prepare` first)")
-        self.meta: dict = json.loads((self.root / META_FILE).read_text())
-        if self.meta.get("format") != STORE_FORMAT:
-            raise StoreError(f"{self.root}: unsupported store format {self.meta.get('format')!r} (expected {STORE_FORMAT})")
-        self.manifest = pd.read_csv(self.root / MANIFEST_FILE, dtype={"id": str, "source": str, "split": str})
-        self.faces = np.load(self.root / FACES_FILE, mmap_mode="r")
+        # Checked once, here, where a prepared folder enters: every failure is one line naming
+        # the file and what is wrong (a truncated faces.npy, a manifest without its columns...).
+        try:
+            self.meta: dict = json.loads((self.root / META_FILE).read_text())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise StoreError(f"{self.root / META_FILE} is not valid JSON ({str(error).splitlines()[0]})") from None
+        if not isinstance(self.meta, dict) or self.meta.get("format") != STORE_FORMAT:
+            found = self.meta.get("format") if isinstance(self.meta, dict) else None
+            raise StoreError(f"{self.root}: unsupported store format {found!r} (expected {STORE_FORMAT})")
+        if not isinstance(self.meta.get("classes"), list) or not self.meta["classes"]:
+            raise StoreError(f"{self.root / META_FILE} names no classes: prepare the folder again")
+        try:
+            self.manifest = pd.read_csv(self.root / MANIFEST_FILE, dtype={"id": str, "source": str, "split": str})
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+            raise StoreError(f"{self.root / MANIFEST_FILE} is not a readable CSV ({str(error).splitlines()[0]})") from None
+        missing = [c for c in ("id", "split", "label", "status", "store_index") if c not in self.manifest.columns]
+        if missing:
+            raise StoreError(f"{self.root / MANIFEST_FILE} lacks the column(s) {', '.join(missing)}: prepare the folder again")
+        try:
+            self.faces = np.load(self.root / FACES_FILE, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as error:
+            raise StoreError(f"{self.root / FACES_FILE} is not a readable face store "
+                             f"({str(error).splitlines()[0] if str(error) else type(error).__name__}): prepare the folder again") from None
+        if self.faces.ndim != 4 or self.faces.shape[-1] != 3 or self.faces.dtype != np.uint8:
+            raise StoreError(f"{self.root / FACES_FILE} holds {self.faces.dtype} {self.faces.shape}, "
+                             "not uint8 faces (N, S, S, 3): prepare the folder again")
 
     @property
     def classes(self) -> list[str]:
@@ -153,8 +174,13 @@ class PreparedDataset:
         if rows.empty:
             available = ", ".join(self.splits() + self.fold_splits()) or "none"
             raise StoreError(f"{self.root} has no usable faces in split {split!r} (splits with faces: {available})")
+        rows_of_store = pd.to_numeric(rows["store_index"], errors="coerce")
+        bad = rows.index[rows_of_store.isna() | (rows_of_store < 0) | (rows_of_store >= len(self.faces))]
+        if len(bad):
+            raise StoreError(f"{self.root / MANIFEST_FILE}: image {rows['id'][bad[0]]} has store_index "
+                             f"{rows['store_index'][bad[0]]!r}, outside faces.npy's {len(self.faces)} rows")
         data = SplitData(
-            store_rows=rows["store_index"].to_numpy(np.int64),
+            store_rows=rows_of_store.to_numpy(np.int64),
             labels=rows["label"].to_numpy(np.int64),
             ids=rows["id"].to_numpy(str),
         )

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
+from poi_cli.core.atomic import real_path
 from poi_cli.core.outputs import ModelOutputs
 from poi_cli.core.schema import DETECTOR_MTCNN, STATUS_ERROR, STATUS_NO_FACE
 from poi_cli.core.threads import DEFAULT_WORKERS
@@ -62,8 +63,11 @@ class InputItem:
 
 
 def _folder_images(folder: Path) -> list[Path]:
+    """Every entry of the folder (recursively) named like an image or a video that is not a
+    folder: files, and also broken symlinks, symlink loops and FIFOs, which then get an
+    error record from load_image instead of vanishing from the batch."""
     suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and not p.is_dir())
 
 
 def expand_inputs(inputs: Iterable[ImageInput]) -> list[InputItem]:
@@ -76,7 +80,7 @@ def expand_inputs(inputs: Iterable[ImageInput]) -> list[InputItem]:
     seen: set[Path] = set()
 
     def add_file(path: Path) -> None:
-        key = path.resolve()
+        key = real_path(path)  # a symlink loop must not stop the batch
         if key not in seen:
             seen.add(key)
             items.append(InputItem(str(path), path=path))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Optional
 
-from poi_cli.core.atomic import save_image
+from poi_cli.core.atomic import real_path, save_image
 from poi_cli.deploy.drawing import render
 from poi_cli.deploy.pipeline import ImagePrediction
 from poi_cli.deploy.video_vis import VideoVisWriter
@@ -27,7 +27,7 @@ class VisWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.show_au = show_au
         self.used: set[str] = set()
-        self.protected = {Path(p).resolve() for p in protected}
+        self.protected = {real_path(p) for p in protected}
         self.video = None  # the video_vis.VideoVisWriter of the video being written
         self.notes: list[str] = []  # what could not be written (a timeline without matplotlib)
 
@@ -38,10 +38,10 @@ class VisWriter:
         stem = Path(source).stem if not in_memory else "image"
         avoid = set(self.protected)
         if not in_memory:
-            avoid.add(Path(source).resolve())
+            avoid.add(real_path(source))
         head, dot, extension = suffix.rpartition(".")
         name, number = f"{stem}{suffix}", 2
-        while name in self.used or (self.out_dir / name).resolve() in avoid:
+        while name in self.used or real_path(self.out_dir / name) in avoid:
             name, number = f"{stem}{head}{number}{dot}{extension}", number + 1
         self.used.add(name)
         return self.out_dir / name

@@ -109,6 +109,20 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is not a poi checkpoint (it lacks model weights and model_config)")
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: unsupported checkpoint format {checkpoint.get('format')!r}")
+    # Checked once, where a checkpoint enters, for every command that loads one: the keys
+    # CheckpointInfo reads, of the right types (one line naming the file and the key).
+    weights, model_config = checkpoint["model"], checkpoint["model_config"]
+    if not isinstance(model_config, Mapping):
+        raise CheckpointError(f"{path}: model_config is a {type(model_config).__name__}, not a mapping of settings")
+    if not isinstance(weights, Mapping) or not weights or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise CheckpointError(f"{path}: its model weights are empty or not tensors")
+    classes = checkpoint.get("classes")
+    if classes is not None and (not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes)):
+        raise CheckpointError(f"{path}: classes is not a list of class names")
+    try:
+        ModelConfig.from_dict(model_config)
+    except (TypeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{path}: model_config is not a model's settings ({one_line(error)})") from None
     return checkpoint
 
 
