@@ -39,6 +39,7 @@ from conftest import numbers_of  # noqa: E402
 from poi_cli.cli import app as cli_app  # noqa: E402
 from poi_cli.deploy import serve as serve_module  # noqa: E402
 from poi_cli.deploy.predict import Predictor  # noqa: E402
+from poi_cli.deploy.records import FaceRecord  # noqa: E402
 from poi_cli.deploy.serve import (MicroBatcher, ServeError, ServeLimits, create_app, exposure_warning,  # noqa: E402
                                   model_card, serve, uvicorn_config)
 
@@ -348,14 +349,14 @@ def test_batcher_keeps_no_image_after_its_batch():
     """Decoded images are freed as soon as their batch is done (the old loop kept the last
     batch alive until the next request came)."""
     predictor = SimpleNamespace(detect=True, iter_predictions=lambda images, show_au: [
-        SimpleNamespace(records=[{"image": "x", "size": list(i.size)}]) for i in images])
+        SimpleNamespace(records=[FaceRecord.empty(f"{i.size[0]}x{i.size[1]}", "no_face", "none")]) for i in images])
     batcher = MicroBatcher(predictor, ServeLimits(batch_wait_s=0.01))
     try:
         images = [Image.new("RGB", (32 + n, 32)) for n in range(3)]
         refs = [weakref.ref(image) for image in images]
         future = batcher.submit(images, show_au=False)
         del images
-        assert future.result(timeout=10) == [[{"image": "x", "size": [32 + n, 32]}] for n in range(3)]
+        assert [[r["image"] for r in request] for request in future.result(timeout=10)] == [[f"{32 + n}x32"] for n in range(3)]
         time.sleep(0.1)
         assert [ref() for ref in refs] == [None] * 3
     finally:

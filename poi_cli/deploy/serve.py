@@ -119,10 +119,9 @@ class RequestError(Exception):
         self.status, self.detail, self.headers = status, detail, headers
 
 
-def json_record(record: Any) -> dict:
+def json_record(record: FaceRecord) -> dict:
     """A prediction record as the JSON object the API answers: the one place records are converted."""
-    to_dict = getattr(record, "to_dict", None)
-    return to_dict() if callable(to_dict) else dict(record)
+    return record.to_dict()
 
 
 # ----------------------------------------------------------------- the micro-batcher
