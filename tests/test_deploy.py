@@ -241,3 +241,22 @@ def test_a_folders_broken_links_loops_and_fifos_get_an_error_record_each(tmp_pat
     assert statuses["broken.jpg"] == ("error", "broken symlink (its target is missing)")
     assert statuses["pipe.jpg"] == ("error", "not a regular file")
     assert statuses["loop.png"][0] == "error"
+
+
+def test_save_vis_that_cannot_be_written_stops_the_pictures_not_the_predictions(tmp_path, monkeypatch):
+    import csv
+
+    from poi_cli.deploy import visualize
+    from poi_cli.deploy.pipeline import expand_inputs
+    from poi_cli.deploy.predict import predict_files
+
+    def refuse(self, prediction):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "vis" / "a_poi.png"))
+
+    monkeypatch.setattr(visualize.VisWriter, "write", refuse)  # a read-only folder (root ignores chmod)
+    notes: list[str] = []
+    run = predict_files(Predictor(threads=1, workers=0), expand_inputs([ASTRONAUT, ASTRONAUT.parent]),
+                        csv_file=tmp_path / "out.csv", save_vis=tmp_path / "vis", progress=False, note=notes.append)
+    assert not run.interrupted and run.counts["ok"] == 1
+    assert len(notes) == 1 and "--save-vis stopped" in notes[0] and "Permission denied" in notes[0]
+    assert [r["status"] for r in csv.DictReader(open(tmp_path / "out.csv"))] == ["ok"]
