@@ -36,10 +36,8 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 1) -> None:
     """Print a one-line error and exit non-zero (no traceback for bad input)."""
-    from rich.markup import escape
-
-    # escaped: a message may hold brackets (pip install 'poi-fer[export]', a file name) that are not markup
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    # escaped: a message may hold brackets (pip install 'poi-fer[train]', a file name) that are not markup
+    err_console.print(f"[bold red]error:[/] {escape_markup(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -61,9 +59,10 @@ def run(prog_name: str = "poi") -> None:
         module = (error.name or "").split(".")[0]
         if module not in EXTRA_HINTS:
             raise
-        err_console.print(f"[bold red]error:[/] this command needs {module}, which is not installed: "
-                          f"{escape_markup(EXTRA_HINTS[module])}", highlight=False, soft_wrap=True)
-        raise SystemExit(1) from None
+        try:
+            fail(f"this command needs {module}, which is not installed: {EXTRA_HINTS[module]}")
+        except typer.Exit as exit_:
+            raise SystemExit(exit_.exit_code) from None
 
 
 def escape_markup(text: str) -> str:
@@ -303,7 +302,7 @@ def evaluate(
     split: Optional[str] = typer.Option(None, help="Split to evaluate (fold3: fold 3's held-out images). Default: a --fold run's own fold, else test, else valid/val, else the images the run held out of train."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     out: Optional[str] = typer.Option(None, help="Folder for metrics.json, confusion_matrix.csv and .png, reliability.png, risk_coverage.png (default runs/evaluate/exp, numbered)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+    device: str = device_option(),
     batch: int = typer.Option(256, help="Images per batch."),
     amp: str = typer.Option("auto", help="bf16 autocast: auto, bf16 or off."),
     threads: Optional[int] = threads_option(),
@@ -498,7 +497,7 @@ def audit(
     baseline: Optional[str] = typer.Option(None, "--baseline", help="A baseline run: adds its per-image loss (small-loss trick) as a reference score."),
     out: Optional[str] = typer.Option(None, help="Folder for audit.csv, audit_summary.json, contact_sheet.png (default runs/audit/exp, numbered)."),
     cross_fit: int = typer.Option(0, "--cross-fit", help="Score out of fold: train K models with the run's recipe, each leaving a K-th of its training split out (under OUT/crossfit/, resumable). 0: the run itself scores its own training set."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+    device: str = device_option(),
     batch: int = typer.Option(256, help="Images per batch."),
     threads: Optional[int] = threads_option(),
 ) -> None:
@@ -559,7 +558,7 @@ def calibrate(
     split: Optional[str] = typer.Option(None, help="Split to fit on (default valid, else val; never the test split)."),
     out: Optional[str] = typer.Option(None, help="Where to write the calibrated copy (default <checkpoint>.calibrated.pt beside it)."),
     in_place: bool = typer.Option(False, "--in-place", help="Rewrite the checkpoint itself (atomically) instead of a copy."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+    device: str = device_option(),
     batch: int = typer.Option(256, help="Images per batch."),
     threads: Optional[int] = threads_option(),
 ) -> None:
