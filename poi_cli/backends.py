@@ -44,6 +44,7 @@ def open_runner(model: Optional[str | Path] = None, backend: str = "auto", devic
     if backend == "onnx" and device not in ("cpu", "auto"):
         raise PredictError("--backend onnx runs on the CPU: use --device cpu (or --backend torch on a GPU)")
     if backend == "auto" and device not in ("cpu", "auto"):
+        _require_torch(f"--device {device}: running the model there")
         backend = "torch"  # a GPU: only torch runs there
     path = resolve_model(model, ".pt" if backend == "torch" else ONNX_SUFFIX)
     is_onnx = path.is_file() and path.suffix.lower() == ONNX_SUFFIX
