@@ -214,6 +214,15 @@ def run_trial(spec: str, args: argparse.Namespace, good: list[tuple[str, bytes]]
             except Exception as error:  # a lost request: the server reset or never answered
                 record(kind, -2, time.perf_counter() - start, f"{type(error).__name__}: {str(error)[:120]}")
 
+        def send_raw(kind: str, payload: bytes, timeout: float) -> None:
+            """Bytes on a raw socket (a request no HTTP client would send), its answer recorded."""
+            start = time.perf_counter()
+            try:
+                status, note = raw_request(port, payload, timeout=timeout)
+            except Exception as error:  # a lost request
+                status, note = -2, f"{type(error).__name__}: {str(error)[:120]}"
+            record(kind, status, time.perf_counter() - start, note)
+
         def good_client(number: int) -> None:
             sent = number
             while time.monotonic() < stop_at:
@@ -230,12 +239,7 @@ def run_trial(spec: str, args: argparse.Namespace, good: list[tuple[str, bytes]]
                 elif kind == "empty":
                     post(kind)
                 else:  # Content-Length says too much: answered before the body is sent
-                    start = time.perf_counter()
-                    try:
-                        status, note = raw_request(port, oversize_head, timeout=args.request_timeout)
-                    except Exception as error:
-                        status, note = -2, f"{type(error).__name__}: {str(error)[:120]}"
-                    record(kind, status, time.perf_counter() - start, note)
+                    send_raw(kind, oversize_head, args.request_timeout)
                 sent += 1
                 time.sleep(0.2)
 
@@ -255,12 +259,7 @@ def run_trial(spec: str, args: argparse.Namespace, good: list[tuple[str, bytes]]
 
         def stalled_client(kind: str) -> None:
             payload = body_head + b"--x\r\n" + b"y" * 50000 if kind == "stalled" else b"POST /predict HT"
-            start = time.perf_counter()
-            try:
-                status, note = raw_request(port, payload, timeout=args.stall_timeout)
-            except Exception as error:
-                status, note = -2, f"{type(error).__name__}: {str(error)[:120]}"
-            record(kind, status, time.perf_counter() - start, note)
+            send_raw(kind, payload, args.stall_timeout)
 
         threads = [threading.Thread(target=stalled_client, args=("stalled",)) for _ in range(args.stalled)]
         threads += [threading.Thread(target=stalled_client, args=("stalled_headers",)) for _ in range(args.stalled_headers)]
