@@ -227,6 +227,21 @@ def noise(
     show(*render.noise_summary(path, summary, rate, seed))
 
 
+@app.command()
+def combine(
+    prepared_dirs: list[str] = typer.Argument(..., help="Two or more folders written by `poi prepare` (same --size); only read."),
+    out: str = typer.Option(..., "--out", help="The combined folder to write (prepared.json and manifest.csv; no faces are copied)."),
+    weights: Optional[str] = typer.Option(None, help="Comma-separated sampling weights, one per folder: each training image "
+                                                     "of a folder is drawn this many times per epoch on average (default 1 each)."),
+) -> None:
+    """Several prepared datasets as one for `poi train` (classes matched by name, validation per dataset)."""
+    from poi_cli.data.combined import combine as run_combine, member_summary, parse_weights
+
+    with user_errors():
+        root = run_combine(prepared_dirs, out, parse_weights(weights, len(prepared_dirs)))
+        show(*render.combine_summary(root, *member_summary(root)))
+
+
 from poi_cli.train import config as _train_config  # plain dataclass, no torch: the options of `poi train`
 
 

@@ -114,6 +114,21 @@ def noise_summary(path: Path, summary: dict, rate: float, seed: int) -> list[Ite
     return [table, Line(f"wrote {path} and {path.with_suffix('.json').name}; train with --labels {path}", soft_wrap=True)]
 
 
+def combine_summary(root: Path, classes: list[str], members: list[dict]) -> list[Item]:
+    """`poi combine`: each member's weight and faces per split, the union of the classes."""
+    table = Table(title=f"{root}: {len(members)} datasets, {len(classes)} classes matched by name")
+    table.add_column("dataset")
+    table.add_column("weight", justify="right")
+    table.add_column("classes", justify="right")
+    table.add_column("faces per split")
+    for member in members:
+        splits = ", ".join(f"{name} {n}" for name, n in member["splits"].items())
+        table.add_row(member["name"], f"{member['weight']:g}", str(member["classes"]), splits)
+    return [table, Line(f"classes: {', '.join(classes)}", soft_wrap=True),
+            Line(f"train with `poi train {root}`: validation accuracy per dataset (val_acc_NAME), selected on their mean",
+                 soft_wrap=True)]
+
+
 # ----------------------------------------------------------------------- poi train
 
 

@@ -10,6 +10,9 @@ OUT_DIR/
   faces.npy      uint8 array (rows, size, size, 3) in .npy format, memory-mapped on read;
                  row `store_index` of the manifest (-1 when the image gave no face)
 
+A combined folder (`poi combine`, data/combined.py) has no faces.npy: its prepared.json
+names the prepared folders whose faces it reads (PreparedDataset.members).
+
 Label files (written by `poi noise`, read by `poi train --labels`): CSV with columns
 `id,label,label_name` and, when known, `clean_label` (see LABEL_COLUMNS); a row per
 image of the split, keyed by the manifest's stable `id`.
@@ -70,7 +73,7 @@ class PreparedDataset:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        for name in (META_FILE, MANIFEST_FILE, FACES_FILE):
+        for name in (META_FILE, MANIFEST_FILE):
             if not (self.root / name).is_file():
                 raise StoreError(f"{self.root} is not a prepared dataset folder ({name} is missing; run `poi prepare` first)")
         # Checked once, here, where a prepared folder enters: every failure is one line naming
@@ -85,12 +88,20 @@ class PreparedDataset:
         if not isinstance(self.meta.get("classes"), list) or not self.meta["classes"]:
             raise StoreError(f"{self.root / META_FILE} names no classes: prepare the folder again")
         try:
-            self.manifest = pd.read_csv(self.root / MANIFEST_FILE, dtype={"id": str, "source": str, "split": str})
+            self.manifest = pd.read_csv(self.root / MANIFEST_FILE, dtype={"id": str, "source": str, "split": str, "reason": str})
         except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
             raise StoreError(f"{self.root / MANIFEST_FILE} is not a readable CSV ({str(error).splitlines()[0]})") from None
         missing = [c for c in ("id", "split", "label", "status", "store_index") if c not in self.manifest.columns]
         if missing:
             raise StoreError(f"{self.root / MANIFEST_FILE} lacks the column(s) {', '.join(missing)}: prepare the folder again")
+        self.members: list = []  # data/combined.py: the prepared folders a combined folder reads its faces from
+        if "members" in self.meta:
+            from poi_cli.data.combined import open_members
+
+            self.members, self.faces = open_members(self.root, self.meta)
+            return
+        if not (self.root / FACES_FILE).is_file():
+            raise StoreError(f"{self.root} is not a prepared dataset folder ({FACES_FILE} is missing; run `poi prepare` first)")
         try:
             self.faces = np.load(self.root / FACES_FILE, mmap_mode="r")
         except (ValueError, OSError, EOFError) as error:

@@ -105,6 +105,11 @@ class TrainConfig:
     flip: bool = option(True, AUGMENTATION, "Random horizontal flips (with --augment).", cli=False)
     translate: float = option(0.1, AUGMENTATION, "Max random shift, fraction of the side.")
     color_jitter: float = option(0.4, AUGMENTATION, "Brightness/contrast/saturation range (off for grayscale data).")
+    gray_mix: float = option(0.0, AUGMENTATION, "Share of colour faces shown in grey (a colour model that also reads grey faces).")
+    blur: float = option(0.0, AUGMENTATION, "Share of faces blurred (Gaussian, sigma 0.5-1.5 px at 96 px).")
+    jpeg: float = option(0.0, AUGMENTATION, "Share of faces re-encoded as JPEG (quality 30-90).")
+    scale_jitter: float = option(0.0, AUGMENTATION, "Max random zoom in or out, fraction of the size (0.1: 0.9-1.1).")
+    rotate: float = option(0.0, AUGMENTATION, "Max random rotation in degrees.")
 
     # data
     train_split: str = option("train", DATA, "Split to train on.")
@@ -169,6 +174,10 @@ class TrainConfig:
             (not (self.noise and self.labels), "--noise and --labels exclude each other (a label file already holds its noise)"),
             (0.0 <= self.translate < 0.5, f"--translate must lie in [0, 0.5), got {self.translate}"),
             (0.0 <= self.color_jitter < 1.0, f"--color-jitter must lie in [0, 1), got {self.color_jitter}"),
+            *((0.0 <= getattr(self, name) <= 1.0, f"--{name.replace('_', '-')} must lie in [0, 1], got {getattr(self, name)}")
+              for name in ("gray_mix", "blur", "jpeg")),
+            (0.0 <= self.scale_jitter < 0.5, f"--scale-jitter must lie in [0, 0.5), got {self.scale_jitter}"),
+            (0.0 <= self.rotate <= 45.0, f"--rotate must lie in [0, 45] degrees, got {self.rotate}"),
             (0.0 <= self.val_fraction < 1.0, f"--val-fraction must lie in [0, 1), got {self.val_fraction}"),
             (self.val_split != "test", "--val-split test: models are never selected on the test split (use valid/val or --val-fraction)"),
             (self.distill_warmup >= 0, f"--distill-warmup must be >= 0, got {self.distill_warmup}"),

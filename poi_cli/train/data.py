@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 
+from poi_cli.data.combined import member_of_rows, sampling_positions
 from poi_cli.data.folds import fold_split_name
 from poi_cli.data.store import PreparedDataset, SplitData
 from poi_cli.train.config import TrainConfig, TrainError
@@ -34,10 +35,26 @@ class TrainingData:
     val_note: str  # the line the run prints about validation
     held_out: bool = False  # val was held out of the training split (its ids go into the run folder)
     test_split: Optional[str] = None  # the images the run must never see, kept for evaluation (fold3 under --fold 3)
+    # A combined folder (data/combined.py): positions into train drawn per epoch, by the members'
+    # sampling weights (None: each image once), and the member of each validation image.
+    sampling: Optional[np.ndarray] = None
+    val_members: Optional[np.ndarray] = None
 
     @property
     def classes(self) -> list[str]:
         return self.dataset.classes
+
+    @property
+    def member_names(self) -> list[str]:
+        return [m.name for m in self.dataset.members]
+
+    def epoch_rows(self) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        """(store rows, labels, clean labels or None) an epoch draws from, the sampling weights applied."""
+        rows, labels, clean = self.train.store_rows, self.labels, self.clean_labels
+        if self.sampling is None:
+            return rows, labels, clean
+        pick = self.sampling
+        return rows[pick], labels[pick], None if clean is None else clean[pick]
 
 
 def select_data(config: TrainConfig) -> TrainingData:
@@ -71,7 +88,30 @@ def select_data(config: TrainConfig) -> TrainingData:
         val, name, note = None, None, "no validation (--val-fraction 0): best.pt is the last epoch"
     if test_split is not None:
         note += f"; {test_split} ({len(dataset.split(test_split).ids)} images) is kept for evaluation"
-    return TrainingData(dataset, train, labels, clean, realised, val, name, note, held_out, test_split)
+    data = TrainingData(dataset, train, labels, clean, realised, val, name, note, held_out, test_split)
+    if dataset.members:
+        combined_sampling(data, config.seed)
+    return data
+
+
+def combined_sampling(data: TrainingData, seed: int) -> None:
+    """A combined folder's members: the sampling weights of the training split and the
+    member of each validation image (accuracy is reported per member), with the line saying so."""
+    members = data.dataset.members
+    train_member = member_of_rows(members, data.train.store_rows)
+    weights = [m.weight for m in members]
+    if any(w != 1 for w in weights):
+        data.sampling = sampling_positions(train_member, weights, seed)
+        if len(data.sampling) == 0:
+            raise TrainError("the sampling weights leave no training image (every member with images has weight 0)")
+    if data.val is not None:
+        data.val_members = member_of_rows(members, data.val.store_rows)
+    drawn = np.bincount(train_member[data.sampling] if data.sampling is not None else train_member, minlength=len(members))
+    data.val_note += "; combined: " + ", ".join(
+        f"{m.name} {np.sum(train_member == k)} training images (weight {m.weight:g}: {drawn[k]} per epoch)"
+        for k, m in enumerate(members))
+    if data.val_members is not None:
+        data.val_note += "; selected on the mean of the members' validation accuracies"
 
 
 def training_labels(dataset: PreparedDataset, train: SplitData, config: TrainConfig

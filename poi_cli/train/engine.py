@@ -214,7 +214,10 @@ class Trainer:
         for epoch in range(self.start_epoch, c.epochs):
             started = time.perf_counter()
             row, train_seconds = self.train_epoch(epoch, loader, augment)
-            row["val_acc"], calibration = self._validate() if self.val_data is not None else (None, None)
+            row["val_acc"], calibration = None, None
+            if self.val_data is not None:
+                row["val_acc"], calibration, per_member = self._validate()
+                row.update(per_member)
             row["calibration_t"] = None if calibration is None else round(calibration.temperature, 6)
             row["epoch_time_s"] = round(time.perf_counter() - started, 3)
             row["images_per_s"] = round(row.pop("_images") / max(train_seconds, 1e-9), 1)
@@ -225,15 +228,19 @@ class Trainer:
         return self.run_dir
 
     def make_loader(self) -> BatchLoader:
-        c, ctx, data = self.config, self.ctx, self.data
+        c, ctx = self.config, self.ctx
+        rows, labels, clean = self.data.epoch_rows()
         return BatchLoader(
-            self.dataset.faces, data.train.store_rows, data.labels, c.batch, shuffle=True, seed=c.seed,
-            extra=data.clean_labels, rank=ctx.rank, world_size=ctx.world_size, device=ctx.device,
+            self.dataset.faces, rows, labels, c.batch, shuffle=True, seed=c.seed,
+            extra=clean, rank=ctx.rank, world_size=ctx.world_size, device=ctx.device,
         )
 
     def make_augment(self) -> Optional[BatchAugment]:
         c = self.config
-        return BatchAugment(c.flip, c.translate, c.color_jitter, grayscale=self.dataset.grayscale) if c.augment else None
+        if not c.augment:
+            return None
+        return BatchAugment(c.flip, c.translate, c.color_jitter, grayscale=self.dataset.grayscale, gray_mix=c.gray_mix,
+                            blur=c.blur, jpeg=c.jpeg, scale_jitter=c.scale_jitter, rotate=c.rotate)
 
     def epoch_generator(self, epoch: int) -> torch.Generator:
         """The augmentation RNG of an epoch on this process: a function of (seed, epoch, rank) alone."""
@@ -332,24 +339,36 @@ class Trainer:
             TimeElapsedColumn(), console=self.console, transient=True, disable=not self.ctx.is_main,
         )
 
-    def _validate(self) -> tuple[float, Optional[Calibration]]:
+    def _validate(self) -> tuple[float, Optional[Calibration], dict[str, float]]:
         """The TRN's validation accuracy, and its T_cal fitted on the same pass's logits (issue 12):
-        every checkpoint carries the temperature of its own weights, at no extra pass."""
+        every checkpoint carries the temperature of its own weights, at no extra pass. On a
+        combined folder also each member's accuracy ({"val_acc_NAME": ...}), and the accuracy
+        selected on is their mean."""
         c, ctx = self.config, self.ctx
+        members = self.data.val_members
         predictions = predict_split(
             self.model, self.dataset.faces, self.val_data.store_rows, self.val_data.labels, c.input_size,
             c.eval_batch or c.batch, ctx.device, self.amp, self.channels_last, ctx.rank, ctx.world_size, with_pin=False,
         )
         logits, labels = predictions.trn_logits, predictions.labels
+        if members is not None:
+            members = members[ctx.rank::ctx.world_size]  # this process's share, as predict_split takes it
         if ctx.distributed:  # shares differ in size: gather them as objects (a validation split is small)
             shares: list = [None] * ctx.world_size
-            dist.all_gather_object(shares, (logits, labels))
+            dist.all_gather_object(shares, (logits, labels, members))
             logits, labels = np.concatenate([s[0] for s in shares]), np.concatenate([s[1] for s in shares])
+            members = None if members is None else np.concatenate([s[2] for s in shares])
         if len(labels) == 0:
-            return 0.0, None
-        accuracy = round(float((logits.argmax(1) == labels).mean()), 6)
+            return 0.0, None, {}
+        correct = logits.argmax(1) == labels
+        accuracy = round(float(correct.mean()), 6)
+        per_member = {}
+        if members is not None:
+            per_member = {f"val_acc_{name}": round(float(correct[members == k].mean()), 6)
+                          for k, name in enumerate(self.data.member_names) if np.any(members == k)}
+            accuracy = round(float(np.mean(list(per_member.values()))), 6)
         calibration = calibration_of(logits, labels, self.data.val_split) if len(labels) >= 2 else None
-        return accuracy, calibration
+        return accuracy, calibration, per_member
 
     def _end_epoch(self, epoch: int, row: dict, calibration: Optional[Calibration] = None) -> None:
         c = self.config
@@ -380,7 +399,8 @@ def _summary(row: dict, epochs: int, best: bool) -> str:
     if row.get("train_acc_clean") is not None:
         parts.append(f"(vs clean {row['train_acc_clean']:.4f})")
     if row.get("val_acc") is not None:
-        parts.append(f"val_acc {row['val_acc']:.4f}" + (" *best" if best else ""))
+        members = [f"{key[len('val_acc_'):]} {value:.4f}" for key, value in row.items() if key.startswith("val_acc_")]
+        parts.append(f"val_acc {row['val_acc']:.4f}" + (f" ({', '.join(members)})" if members else "") + (" *best" if best else ""))
     parts += [f"lr {row['lr']:.3g}", f"{row['epoch_time_s']:.1f} s", f"{row['images_per_s']:,.0f} img/s"]
     return "  ".join(parts)
 

@@ -29,6 +29,14 @@ RESULT_COLUMNS = [
     "train_acc", "train_acc_clean", *NOISE_COLUMNS, "val_acc", "calibration_t", "epoch_time_s", "images_per_s",
 ]
 
+MEMBER_VAL_PREFIX = "val_acc_"  # a combined folder's per-member validation accuracy (val_acc_NAME)
+
+
+def result_columns(history: list[dict]) -> list[str]:
+    """RESULT_COLUMNS, then the per-member validation columns the rows carry (combined folders)."""
+    extra = sorted({key for row in history for key in row if key.startswith(MEMBER_VAL_PREFIX)})
+    return RESULT_COLUMNS + extra
+
 
 class RunFolder:
     """The folder of one run; `writer` is False on the processes that must not write (rank > 0)."""
@@ -61,7 +69,7 @@ class RunFolder:
     def write_results(self, history: list[dict]) -> None:
         """results.csv, whole, from the rows of the finished epochs."""
         if self.writer:
-            write_csv(self.path / RESULTS_FILE, RESULT_COLUMNS, history)
+            write_csv(self.path / RESULTS_FILE, result_columns(history), history)
 
     def save_epoch(self, payload: dict, improved: bool) -> None:
         """An epoch's checkpoint as last.pt (and best.pt), then results.csv from its history."""

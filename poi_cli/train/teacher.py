@@ -10,13 +10,13 @@ training batch is the target of loss_kl_teacher. May import torch and poi_cli.mo
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Sequence
 
 import torch
 
 from poi_cli.core.errors import PoiError
-from poi_cli.data.preprocess import Preprocessing
+from poi_cli.data.preprocess import GRAY_WEIGHTS, Preprocessing
 from poi_cli.model.checkpoint import CheckpointInfo, load_model
 from poi_cli.model.network import intermediate_log_probs, tempered_log_probs
 from poi_cli.train.config import TrainError
@@ -33,18 +33,29 @@ class Teacher:
         info = CheckpointInfo.of(checkpoint)
         if list(info.classes) != list(classes):
             raise TrainError(f"--teacher: {path} predicts {', '.join(info.classes)}; this run trains {', '.join(classes)}")
-        if info.preprocessing != preprocessing:
+        # A grey teacher (FERPlus) can teach a colour student (a combined folder): it sees the batch in grey.
+        self.grey = info.preprocessing.grayscale and not preprocessing.grayscale
+        if info.preprocessing != replace(preprocessing, grayscale=info.preprocessing.grayscale if self.grey else preprocessing.grayscale):
             theirs, ours = asdict(info.preprocessing), asdict(preprocessing)
             differ = ", ".join(f"{key} {theirs[key]} (this run: {ours[key]})" for key in ours if theirs.get(key) != ours[key])
             raise TrainError(f"--teacher: {path} was trained on other input: {differ}")
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         self.model = model
+        self.mean, self.std = preprocessing.mean, preprocessing.std
 
     @torch.no_grad()
     def log_probs(self, x: torch.Tensor, temperature: float) -> torch.Tensor:
         """log p~* of the teacher at `temperature` for the batch x, (B, C), float32, no gradient."""
-        output = self.model(x)
+        output = self.model(grey_input(x, self.mean, self.std) if self.grey else x)
         if output.region_logits is not None and output.gate_weights is not None:
             return intermediate_log_probs(output.region_logits, output.gate_weights, temperature)
         return tempered_log_probs(output.trn_logits, temperature)
+
+
+def grey_input(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """A normalised colour batch (B, 3, H, W) as the same faces in grey, normalised again:
+    what a model trained on grey faces was shown (x -> x std + mean, luma, then back)."""
+    mean_t, std_t = x.new_tensor(mean).view(1, 3, 1, 1), x.new_tensor(std).view(1, 3, 1, 1)
+    luma = ((x * std_t + mean_t) * x.new_tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return (luma - mean_t) / std_t
