@@ -26,10 +26,10 @@ from poi_cli.model.checkpoint import load_checkpoint, load_model
 from poi_cli.cli import app
 from poi_cli.train.config import TrainConfig, field_default
 from poi_cli.model.losses import LossConfig
-from poi_cli.model.network import ModelConfig
+from poi_cli.model.network import ModelConfig, POIModel
 from poi_cli.model.predictions import predict_split
 from poi_cli.train.engine import learning_rate, loss_config_of, train
-from poi_cli.train.finetune import remap_class_rows
+from poi_cli.train.finetune import load_fine_tune, remap_class_rows
 from poi_cli.train.run_folder import RESULT_COLUMNS
 from poi_cli.data.store import PreparedDataset
 
@@ -127,6 +127,21 @@ def test_fine_tune_from_a_seven_class_run_onto_eight_class_data(tiny_runs, tmp_p
                             name="ft"))
     assert "classes mapped by name: 7 shared of 8" in capsys.readouterr().out
     assert load_checkpoint(run / "last.pt")["classes"][-1] == "contempt"
+
+
+def test_fine_tune_keeps_the_gate_of_a_checkpoint_that_names_it_the_old_way(tmp_path, capsys):
+    from conftest import tiny_model, write_checkpoint
+
+    source = tiny_model()
+    path = write_checkpoint(tmp_path / "old.pt", source)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["model"] = {k.replace("pin.oim.", "pin.gate."): v for k, v in checkpoint["model"].items()}
+    torch.save(checkpoint, path)  # as the first bundled model was written: the OIM's FC under "gate.fc"
+    torch.manual_seed(1)  # another initialisation than the source's
+    model = POIModel(ModelConfig(num_classes=7, input_size=64))
+    note = load_fine_tune(model, str(path), list(checkpoint["classes"]))
+    assert "keep their initialisation" not in note
+    assert torch.equal(model.pin.oim.fc.weight, source.pin.oim.fc.weight)
 
 
 # Trains tiny_config(name="killed") with a callback that announces itself on stderr and

@@ -356,10 +356,7 @@ class PriorInferenceNetwork(nn.Module):
         self.uem = UncertaintyEstimation(config.uem_temperature, config.uem_scale)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
-        # Checkpoints written before the OIM became a module (the bundled model among
-        # them) name its FC "gate.fc"; it is the same layer.
-        for key in [k for k in state_dict if k.startswith(prefix + "gate.")]:
-            state_dict[prefix + "oim." + key[len(prefix + "gate."):]] = state_dict.pop(key)
+        rename_legacy_keys(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, shared_features: torch.Tensor) -> dict[str, Optional[torch.Tensor]]:
@@ -383,6 +380,20 @@ class PriorInferenceNetwork(nn.Module):
             "eye_au_logits": eye_au_logits,
             "mouth_au_logits": mouth_au_logits,
         }
+
+
+# Checkpoints written before the OIM became a module (the first bundled model among them)
+# name its FC "gate.fc"; it is the same layer.
+LEGACY_PIN_NAMES = {"gate.": "oim."}
+
+
+def rename_legacy_keys(state_dict: dict, pin_prefix: str = "pin.") -> dict:
+    """Rename, in place, the PIN weights of older checkpoints to today's names (LEGACY_PIN_NAMES);
+    what load_state_dict does itself, and what code that reads a state dict by name (fine-tuning) calls."""
+    for old, new in LEGACY_PIN_NAMES.items():
+        for key in [k for k in state_dict if k.startswith(pin_prefix + old)]:
+            state_dict[pin_prefix + new + key[len(pin_prefix + old):]] = state_dict.pop(key)
+    return state_dict
 
 
 class DeployedTRN(nn.Module):

@@ -8,7 +8,7 @@ and a new class keeps its fresh initialisation. May import torch and poi_cli.mod
 from __future__ import annotations
 
 from poi_cli.model.checkpoint import load_checkpoint, resolve_checkpoint
-from poi_cli.model.network import ModelConfig, POIModel
+from poi_cli.model.network import ModelConfig, POIModel, rename_legacy_keys
 from poi_cli.train.config import TrainError
 
 CLASS_ROW_PREFIXES = ("trn.fc.", "pin.region_classifiers.")
@@ -43,7 +43,9 @@ def load_fine_tune(model: POIModel, path: str, classes: list[str]) -> str:
     if source.arch != model.config.arch:
         raise TrainError(f"--fine-tune: {path} is a {source.arch}, this run trains a {model.config.arch}")
     source_classes = list(checkpoint["classes"])
-    state = remap_class_rows(checkpoint["model"], source_classes, model.state_dict(), classes)
+    # by today's names: a key of an older checkpoint would otherwise be dropped unseen (the gate of the first bundled model)
+    weights = rename_legacy_keys(dict(checkpoint["model"]))
+    state = remap_class_rows(weights, source_classes, model.state_dict(), classes)
     missing = [k for k in model.state_dict() if k not in state]
     model.load_state_dict(state, strict=False)
     note = f"fine-tuning from {path}"
