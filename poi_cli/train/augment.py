@@ -116,7 +116,7 @@ class BatchAugment:
         for i in picked:
             buffer = io.BytesIO()
             Image.fromarray(images[i].cpu().numpy()).save(buffer, format="JPEG", quality=int(quality[i]))
-            decoded = np.asarray(Image.open(buffer).convert("RGB"))
+            decoded = np.array(Image.open(buffer).convert("RGB"))  # writable: torch.from_numpy shares it
             out[i] = torch.from_numpy(decoded).to(images.device)
         return out
 
