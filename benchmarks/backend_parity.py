@@ -6,8 +6,8 @@ through both.
     python benchmarks/backend_parity.py --shared /path/to/shared --ferplus-store prepared/ferplus96
 
 1. ../shared/photos: every face the default detector finds, aligned once; both runners on
-   the same aligned faces: the largest difference of any probability, consistency, AU and
-   region value, and whether the expression is the same.
+   the same aligned faces: the largest difference of any probability, consistency, AU,
+   region and p~* value, and whether the expression is the same.
 2. SFEW 2.0 val crops with --no-detect (each image taken whole as one face): the same.
 3. FERPlus valid: the prepared store at the model's face size (made here with `poi prepare`
    if --ferplus-store is not given): accuracy of each runner against the store's labels,
@@ -35,7 +35,7 @@ from poi_cli.core.manifests import CLASSES  # noqa: E402
 from poi_cli.core.outputs import ModelOutputs  # noqa: E402
 from poi_cli.data.faces import ImageLoadError, load_image, make_detector  # noqa: E402
 
-FIELDS = ("probabilities", "consistency", "eye_aus", "mouth_aus", "region_probabilities")
+FIELDS = ("probabilities", "consistency", "eye_aus", "mouth_aus", "region_probabilities", "pin_probabilities")
 
 
 def compare(a: ModelOutputs, b: ModelOutputs) -> tuple[float, int]:

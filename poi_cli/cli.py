@@ -573,14 +573,17 @@ def calibrate(
     split: Optional[str] = typer.Option(None, help="Split to fit on (default valid, else val; never the test split)."),
     out: Optional[str] = typer.Option(None, help="Where to write the calibrated copy (default <checkpoint>.calibrated.pt beside it)."),
     in_place: bool = typer.Option(False, "--in-place", help="Rewrite the checkpoint itself (atomically) instead of a copy."),
+    fusion: str = typer.Option("auto", help="Reported probabilities: trn (the TRN alone), trn+pin (the mean of the TRN's and the PIN's p~* at T = 1) or auto (the one with the lowest NLL after temperature scaling on the split; ties to the cheaper)."),
+    flip: str = typer.Option("auto", help="Average over the image and its mirror: on, off or auto (chosen with --fusion on the split; a mirror doubles the model's work)."),
     device: str = device_option(),
     batch: int = typer.Option(256, help="Images per batch."),
     threads: Optional[int] = threads_option(),
 ) -> None:
-    """Fit the temperature T_cal that makes `confidence` a calibrated probability, and store it in the checkpoint."""
+    """Choose how the reported probabilities are made (TRN or TRN + PIN, with or without the mirror) and fit the temperature T_cal that makes `confidence` a calibrated probability after it; store both in the checkpoint."""
     use_threads(threads)
     from poi_cli.study.calibrate import calibrate as run_calibrate
 
     with user_errors():
-        result = run_calibrate(model, prepared_dir, split=split, out=out, in_place=in_place, device=device, batch=batch)
+        result = run_calibrate(model, prepared_dir, split=split, out=out, in_place=in_place, device=device, batch=batch,
+                               fusion=fusion, flip=flip)
     show(*render.calibrate_summary(result))

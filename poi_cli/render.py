@@ -165,7 +165,9 @@ def evaluate_summary(result: dict, files: Sequence[Any]) -> list[Item]:
     for name, row in result["per_class"].items():
         table.add_row(name, str(row["n"]), "-" if row["recall"] is None else f"{row['recall']:.2%}")
     lines = [f"split: {result['split']} ({result['split_reason']})"] if result.get("split_reason") else []
-    lines.append(f"accuracy (TRN) {result['accuracy']:.2%}, mean class recall {result['mean_class_recall']:.2%}")
+    lines.append(f"accuracy {result['accuracy']:.2%}, mean class recall {result['mean_class_recall']:.2%} "
+                 f"(recipe: {result['recipe']['description']}; the TRN alone {result['trn_accuracy']:.2%})")
+    lines += agreement_lines(result)
     if result["pin_average_accuracy"] is not None:
         pin = result["pin_intermediate_accuracy"]
         lines.append(f"PIN intermediate p~* {'-' if pin is None else f'{pin:.2%}'}, region average {result['pin_average_accuracy']:.2%}")
@@ -176,6 +178,28 @@ def evaluate_summary(result: dict, files: Sequence[Any]) -> list[Item]:
     lines += calibration_lines(result)
     lines.append(_wrote(files))
     return [*note_lines(result["notes"]), table, *(Line(line, soft_wrap=True) for line in lines)]
+
+
+def _cell(cell: dict) -> str:
+    """`88.12% (3050)`: a group's accuracy and its number of images ('-' for none)."""
+    accuracy = "-" if cell["accuracy"] is None else f"{cell['accuracy']:.2%}"
+    return f"{accuracy} ({cell['n']})"
+
+
+def agreement_lines(result: dict) -> list[str]:
+    """`poi evaluate`'s trust lines: accuracy per regions_agree level, by pin_expression, flagged vs the rest."""
+    lines = []
+    if result.get("regions_agree"):
+        levels = ", ".join(f"{row['regions_agree']}/4 {_cell(row)}" for row in reversed(result["regions_agree"]))
+        lines.append(f"accuracy by regions agreeing with the prediction (images): {levels}")
+    if result.get("pin_agreement"):
+        pin = result["pin_agreement"]
+        lines.append(f"accuracy where the PIN's expression is the same: {_cell(pin['same'])}; differs: {_cell(pin['differs'])}")
+    if result.get("flagged"):
+        flagged = result["flagged"]
+        gap = "" if flagged["gap"] is None else f": {flagged['gap'] * 100:.1f} points apart"
+        lines.append(f"flagged ({flagged['rule']}): {_cell(flagged['flagged'])}; the rest {_cell(flagged['rest'])}{gap}")
+    return lines
 
 
 def strata_lines(result: dict) -> list[str]:
@@ -213,21 +237,26 @@ def calibration_lines(result: dict) -> list[str]:
 
 
 def predict_table(records: Sequence["FaceRecord"], checkpoint: Any, classes: Sequence[str], show_au: bool) -> Table:
-    """One row per face (or per image without one): expression, confidence, consistency, AUs, status."""
+    """One row per face (or per image without one): expression, confidence, how many of the
+    four regions agree with it (`3/4`; consistency stays in JSON / CSV), AUs, status."""
     table = Table(title=f"{checkpoint} ({len(classes)} classes)")
-    for column in ("image", "face", "expression", "confidence", "consistency", *(("AUs > 0.5",) if show_au else ()), "status"):
-        table.add_column(column, justify="right" if column in ("face", "confidence", "consistency") else "left",
+    for column in ("image", "face", "expression", "confidence", "regions", *(("AUs > 0.5",) if show_au else ()), "status"):
+        table.add_column(column, justify="right" if column in ("face", "confidence", "regions") else "left",
                          overflow="fold")
     for r in records:
         ok = r.is_face
         cells = [r.image, "" if r.face is None else str(r.face), r.expression or "-",
-                 f"{r.confidence:.1%}" if ok else "-",
-                 f"{r.consistency:.3f}" if ok and r.consistency is not None else "-"]
+                 f"{r.confidence:.1%}" if ok else "-", regions_agreement(r) if ok else "-"]
         if show_au:
             cells.append(active_aus(r.aus))
         cells.append(r.status if ok else f"{r.status}: {r.reason}")
         table.add_row(*cells)
     return table
+
+
+def regions_agreement(record: "FaceRecord") -> str:
+    """`3/4`: how many of the four facial regions see the predicted expression ('-' without a PIN)."""
+    return "-" if record.regions_agree is None else f"{record.regions_agree}/4"
 
 
 def active_aus(aus: Optional[dict]) -> str:
@@ -399,10 +428,15 @@ def clean_summary(summary: dict, relabel: bool, files: Sequence[Any], prepared_d
 
 
 def calibrate_summary(result: "CalibrateResult") -> list[Line]:
-    """The fitted T_cal, the one it replaces, NLL before and after, and the file written."""
+    """The recipe chosen (and the NLL of each one tried), the fitted T_cal, the one it replaces,
+    NLL before and after, and the file written."""
     c = result.calibration
     before = "uncalibrated (T_cal = 1)" if result.previous is None else f"T_cal {result.previous.temperature:.4f}"
+    tried = result.candidates
+    why = ("the only one asked for" if len(tried) <= 1 else "lowest NLL after temperature scaling, ties to the cheaper; "
+           + "; ".join(f"{t.recipe.describe()} {t.nll_after:.4f}" for t in tried))
     return [
+        Line(f"recipe: {c.recipe.describe()} ({why})", soft_wrap=True),
         Line(f"T_cal = {c.temperature:.4f} fitted on {c.n_images} images of split {c.split} (was {before}); "
              f"NLL {c.nll_before:.4f} -> {c.nll_after:.4f}", soft_wrap=True),
         Line(f"wrote {result.written}", soft_wrap=True),

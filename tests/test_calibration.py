@@ -125,3 +125,58 @@ def test_poi_calibrate_needs_a_held_out_split(tmp_path, tiny_checkpoint):
     prepared = make_prepared(tmp_path / "data", splits={"train": 2, "test": 1})
     result = CliRunner().invoke(app, ["calibrate", str(tiny_checkpoint), str(prepared)])
     assert result.exit_code == 1 and "no valid/val split" in result.output
+
+
+def test_choose_recipe_takes_the_lowest_nll_after_scaling_and_ties_go_to_the_cheaper():
+    from poi_cli.core.outputs import PredictionRecipe
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 400)
+    sharp = np.log(np.full((400, 3), 0.1) + 0.8 * np.eye(3)[labels] + 1e-9)  # right, sure: low NLL
+    vague = np.zeros((400, 3))  # uniform: NLL ln 3 whatever T
+    cheap, fused, flipped = PredictionRecipe(), PredictionRecipe("trn+pin", False), PredictionRecipe("trn", True)
+    chosen, tried = cal.choose_recipe({flipped: vague, fused: sharp, cheap: vague}, labels, "valid")
+    assert chosen.recipe == fused and chosen.split == "valid" and chosen.n_images == 400
+    assert [c.recipe for c in tried] == [cheap, fused, flipped]  # cheapest first: the mirror costs most
+    assert chosen.nll_after == min(c.nll_after for c in tried)
+    # equal NLL (within RECIPE_TIE_NLL): the cheaper recipe
+    chosen, _ = cal.choose_recipe({flipped: sharp, cheap: sharp + 1e-6}, labels, "valid")
+    assert chosen.recipe == cheap
+
+
+def test_poi_calibrate_chooses_a_recipe_and_stores_it_with_t_cal(tmp_path, prepared, tiny_checkpoint):
+    from typer.testing import CliRunner
+
+    from poi_cli.cli import app
+    from poi_cli.core.outputs import PredictionRecipe
+    from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint
+    from poi_cli.study.calibrate import calibrate
+
+    result = calibrate(tiny_checkpoint, prepared, out=tmp_path / "auto.pt", device="cpu")
+    assert len(result.candidates) == 4 and result.calibration in result.candidates
+    assert result.calibration.nll_after <= min(c.nll_after for c in result.candidates) + cal.RECIPE_TIE_NLL
+    stored = CheckpointInfo.of(load_checkpoint(tmp_path / "auto.pt"))
+    assert stored.recipe == result.calibration.recipe and stored.calibration == result.calibration
+    runner = CliRunner()
+    forced = runner.invoke(app, ["calibrate", str(tiny_checkpoint), str(prepared), "--out", str(tmp_path / "f.pt"),
+                                 "--fusion", "trn+pin", "--flip", "on", "--device", "cpu"])
+    assert forced.exit_code == 0, forced.output
+    assert "recipe: TRN + PIN, image and mirror (the only one asked for)" in forced.output
+    assert CheckpointInfo.of(load_checkpoint(tmp_path / "f.pt")).recipe == PredictionRecipe("trn+pin", True)
+    bad = runner.invoke(app, ["calibrate", str(tiny_checkpoint), str(prepared), "--fusion", "pin"])
+    assert bad.exit_code == 1 and "--fusion must be one of auto, trn, trn+pin" in bad.output
+
+
+def test_poi_calibrate_of_a_baseline_tries_the_trn_alone(tmp_path, prepared):
+    from conftest import tiny_model, write_checkpoint
+    from typer.testing import CliRunner
+
+    from poi_cli.cli import app
+    from poi_cli.study.calibrate import calibrate
+
+    baseline = write_checkpoint(tmp_path / "baseline.pt", tiny_model(use_pin=False))
+    result = calibrate(baseline, prepared, out=tmp_path / "b.pt", device="cpu", flip="off")
+    assert [c.recipe.fusion for c in result.candidates] == ["trn"] and not result.calibration.recipe.flip
+    refused = CliRunner().invoke(app, ["calibrate", str(baseline), str(prepared), "--fusion", "trn+pin"])
+    assert refused.exit_code == 1 and "objective inference" in refused.output
+    assert "Traceback" not in refused.output and len(refused.output.strip().splitlines()) == 1

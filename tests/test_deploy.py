@@ -75,6 +75,7 @@ def test_bundled_onnx_model_carries_what_prediction_needs():
     assert out.probabilities.shape == (3, 8) and np.allclose(out.probabilities.sum(-1), 1, atol=1e-5)
     assert out.eye_aus.shape == (3, 2, 6) and out.mouth_aus.shape == (3, 2, 7)
     assert out.region_probabilities.shape == (3, 4, 8) and ((0 <= out.consistency) & (out.consistency <= 1)).all()
+    assert out.pin_probabilities.shape == (3, 8) and np.allclose(out.pin_probabilities.sum(-1), 1, atol=1e-5)
 
 
 def test_a_file_that_is_not_a_poi_model_is_one_line(tmp_path):
@@ -124,9 +125,9 @@ def test_onnx_and_torch_runners_agree_on_a_real_aligned_face():
     crop = onnx_runner.preprocessing.face(image, face.landmarks)
     faces = np.stack([crop, crop[:, ::-1]])
     a, b = onnx_runner.run(faces), torch_runner.run(faces)
-    for name in ("probabilities", "consistency", "eye_aus", "mouth_aus", "region_probabilities"):
+    for name in ("probabilities", "consistency", "eye_aus", "mouth_aus", "region_probabilities", "pin_probabilities"):
         assert np.abs(getattr(a, name) - getattr(b, name)).max() < 1e-4, name
-    assert onnx_runner.classes == torch_runner.classes
+    assert onnx_runner.classes == torch_runner.classes and onnx_runner.recipe == torch_runner.recipe
     assert onnx_runner.preprocessing == torch_runner.preprocessing
     assert abs(onnx_runner.calibration_temperature - torch_runner.calibration_temperature) < 1e-9
 
@@ -151,8 +152,8 @@ def test_face_record_json_and_row_forms():
     classes = ("happiness", "neutral")
     empty = FaceRecord.empty("a.jpg", "no_face", "no face detected", show_au=True, detector="mtcnn")
     assert list(empty.to_dict()) == ["image", "face", "status", "reason", "box", "landmarks", "detection_score",
-                                     "detector", "expression", "probabilities", "confidence", "consistency", "aus",
-                                     "regions"]
+                                     "detector", "expression", "probabilities", "confidence", "consistency",
+                                     "regions_agree", "pin_expression", "aus", "regions"]
     assert empty.to_dict()["aus"] is None and not empty.is_face
     on_frame = empty.on_frame(VideoPosition(7, 0.28, None), Smoothed())
     as_dict = on_frame.to_dict()
@@ -162,6 +163,62 @@ def test_face_record_json_and_row_forms():
     columns = flat_columns(classes, show_au=True, video=True, smoothed=True)
     assert set(columns) <= set(row) and row["frame"] == 7 and row["happiness"] is None
     assert "aus" not in FaceRecord.empty("a.jpg", "error", "broken").to_dict()  # no --show-au: no AU keys
+
+
+def test_a_face_record_counts_the_regions_that_agree_and_names_the_pins_expression(tmp_path):
+    import csv
+
+    from poi_cli.data.faces import Face
+    from poi_cli.deploy.records import FaceRecord, write_predictions_csv
+
+    classes = ("happiness", "neutral", "sadness")
+    face = Face(box=np.array([0.0, 0.0, 10.0, 10.0]), landmarks=None, score=None)
+    regions = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.5, 0.1, 0.4]])  # own: h, h, n, h
+    record = FaceRecord.of_face("a.jpg", 0, face, classes, np.array([0.8, 0.15, 0.05]), 0.9, region_probs=regions,
+                                pin_probs=np.array([0.2, 0.3, 0.5]))
+    assert (record.expression, record.regions_agree, record.pin_expression) == ("happiness", 3, "sadness")
+    as_dict = record.to_dict()
+    assert as_dict["regions_agree"] == 3 and as_dict["pin_expression"] == "sadness" and as_dict["consistency"] == 0.9
+    baseline = FaceRecord.of_face("b.jpg", 0, face, classes, np.array([0.1, 0.8, 0.1]), None)
+    assert baseline.regions_agree is None and baseline.pin_expression is None
+    path = write_predictions_csv([record, baseline], classes, tmp_path / "out.csv")
+    rows = list(csv.DictReader(open(path)))
+    assert [(r["regions_agree"], r["pin_expression"]) for r in rows] == [("3", "sadness"), ("", "")]
+    header = next(csv.reader(open(path)))
+    assert header[header.index("consistency") + 1:header.index("consistency") + 3] == ["regions_agree", "pin_expression"]
+    pytest.importorskip("pandas")
+    from poi_cli.deploy.records import records_to_frame
+
+    frame = records_to_frame([record, baseline], classes)
+    assert str(frame["regions_agree"].dtype) == "Int64" and frame["regions_agree"].tolist()[0] == 3
+    assert frame["pin_expression"].tolist()[0] == "sadness"
+
+
+def test_an_onnx_file_exported_before_pin_probabilities_still_predicts(tmp_path):
+    pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    from conftest import tiny_model, write_checkpoint
+    from poi_cli.core.outputs import PredictionRecipe
+    from poi_cli.model.export import export_model
+
+    exported = export_model(write_checkpoint(tmp_path / "best.pt", tiny_model()), "onnx", full=True,
+                            out=tmp_path / "new.onnx")
+    proto = onnx.load(str(exported.path))  # as poi wrote it before: no pin_probabilities output, no recipe
+    kept = [o for o in proto.graph.output if o.name != "pin_probabilities"]
+    del proto.graph.output[:]
+    proto.graph.output.extend(kept)
+    props = [p for p in proto.metadata_props if p.key != "recipe"]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(props)
+    onnx.save(proto, str(tmp_path / "old.onnx"))
+    runner = OnnxRunner(tmp_path / "old.onnx", threads=1)
+    assert runner.recipe == PredictionRecipe() and runner.has_pin
+    faces = np.random.default_rng(3).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    assert runner.run(faces).pin_probabilities is None
+    record = Predictor(runner, detect=False, threads=1).predict_records([ASTRONAUT])[0]
+    assert record["pin_expression"] is None and 0 <= record["regions_agree"] <= 4
+    new = Predictor(OnnxRunner(exported.path, threads=1), detect=False, threads=1).predict_records([ASTRONAUT])[0]
+    assert new["pin_expression"] in class_names(7) and new["regions_agree"] == record["regions_agree"]
 
 
 def test_predict_files_writes_the_csv_of_what_finished_when_interrupted(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from conftest import make_prepared, tiny_model, write_checkpoint
 from poi_cli.model.calibration import Calibration, calibration_study, softmax
 from poi_cli.model.checkpoint import resolve_checkpoint
 from poi_cli.cli import app
+from poi_cli import render
 from poi_cli.study.evaluate import (confidence_strata, consistency_quantiles, evaluate, predict_mapped,
                                         risk_coverage_points, write_reports)
 from poi_cli.core.manifests import class_names
@@ -204,3 +205,39 @@ def test_unusable_model_or_device_is_a_one_line_error(tmp_path):
     checkpoint = constant_model(tmp_path / "model.pt")
     result = CliRunner().invoke(app, ["evaluate", str(checkpoint), str(data), "--device", "mps", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "MPS is not available" in result.output and "Traceback" not in result.output
+
+
+def test_accuracy_by_regions_agree_and_by_the_pins_expression(tmp_path):
+    data = unbalanced_prepared(tmp_path / "data")  # class c has c + 1 of the 28 images
+    # TRN: happiness (3); the four regions see surprise, surprise, sadness, anger; the gate trusts region 3 (anger)
+    checkpoint = constant_model(tmp_path / "model.pt", region_classes=(0, 0, 4, 5), gate_region=3)
+    report = evaluate(checkpoint, data, device="cpu")
+    assert report["recipe"] == {"fusion": "trn", "flip": False, "description": "TRN, image alone"}
+    assert report["accuracy"] == report["trn_accuracy"] == pytest.approx(4 / 28)
+    levels = {row["regions_agree"]: (row["n"], row["accuracy"]) for row in report["regions_agree"]}
+    assert levels == {0: (28, pytest.approx(4 / 28)), 1: (0, None), 2: (0, None), 3: (0, None), 4: (0, None)}
+    assert report["pin_agreement"] == {"same": {"n": 0, "accuracy": None}, "differs": {"n": 28, "accuracy": pytest.approx(4 / 28)}}
+    assert report["flagged"]["flagged"]["n"] == 28 and report["flagged"]["rest"] == {"n": 0, "accuracy": None}
+    assert report["flagged"]["gap"] is None and "pin_expression differs" in report["flagged"]["rule"]
+    lines = "\n".join(line.text for line in render.evaluate_summary(report, []) if isinstance(line, render.Line))
+    assert "0/4 14.29% (28)" in lines and "4/4 - (0)" in lines and "differs: 14.29% (28)" in lines
+
+
+def test_evaluate_reports_the_stored_recipe(tmp_path):
+    from poi_cli.core.outputs import PredictionRecipe
+    from poi_cli.model.checkpoint import load_checkpoint, save_checkpoint
+
+    data = unbalanced_prepared(tmp_path / "data")
+    # TRN: happiness 10, surprise 9 (q ~ 0.73 / 0.27); every region and so p~* (T = 1): surprise ~0.96,
+    # except region 2 (happiness): the mean of the two reads surprise (1 of the 28 images)
+    checkpoint = constant_model(tmp_path / "model.pt", trn_order=(3, 0), region_classes=(0, 0, 3, 0), gate_region=3)
+    for flip in (False, True):  # a constant model reads its mirror the same: flip changes nothing here
+        fused = load_checkpoint(checkpoint)
+        fused["calibration"] = Calibration(1.0, "valid", 28, 1.0, 1.0, recipe=PredictionRecipe("trn+pin", flip)).to_dict()
+        save_checkpoint(tmp_path / "fused.pt", fused)
+        report = evaluate(tmp_path / "fused.pt", data, device="cpu")
+        assert (report["recipe"]["fusion"], report["recipe"]["flip"]) == ("trn+pin", flip)
+        assert report["accuracy"] == pytest.approx(1 / 28) and report["trn_accuracy"] == pytest.approx(4 / 28)
+        assert report["per_class"]["surprise"] == {"n": 1, "recall": 1.0}
+        assert [row["n"] for row in report["regions_agree"]] == [0, 0, 0, 28, 0]  # 3 of 4 regions see surprise
+        assert report["pin_agreement"]["same"] == {"n": 28, "accuracy": pytest.approx(1 / 28)}

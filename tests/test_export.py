@@ -41,9 +41,11 @@ def test_torchscript_trn_and_full_match_pytorch(checkpoint):
     assert loaded(torch.randn(5, 3, 64, 64)).shape == (5, 7)  # any batch size
 
     full = export_model(checkpoint, "torchscript", full=True, out=checkpoint.parent / "full.pt")
-    assert full.output_names == ["probabilities", "confidence", "consistency", "aus", "region_probabilities"] and full.passed
+    assert full.output_names == ["probabilities", "confidence", "consistency", "aus", "region_probabilities",
+                                 "pin_probabilities"] and full.passed
     extra = {"poi.json": ""}
-    probabilities, confidence, consistency, aus, regions = torch.jit.load(str(full.path), _extra_files=extra)(torch.randn(4, 3, 64, 64))
+    probabilities, confidence, consistency, aus, regions, pin = torch.jit.load(str(full.path), _extra_files=extra)(
+        torch.randn(4, 3, 64, 64))
     meta = json.loads(extra["poi.json"])
     assert meta["classes"] == list(class_names(7))
     # The checkpoint's Preprocessing and the regions table, as metadata.
@@ -54,6 +56,8 @@ def test_torchscript_trn_and_full_match_pytorch(checkpoint):
     assert torch.allclose(confidence, probabilities.amax(1)) and meta["calibration_temperature"] == 1.0
     assert ((consistency >= -1e-6) & (consistency <= 1 + 1e-6)).all()
     assert aus.shape == (4, 2, 13) and regions.shape == (4, 4, 7)
+    assert pin.shape == (4, 7) and torch.allclose(pin.sum(1), torch.ones(4), atol=1e-5)
+    assert meta["recipe"] == {"fusion": "trn", "flip": False}  # an uncalibrated checkpoint: the TRN alone
 
 
 def test_onnx_parity_via_cli(checkpoint):

@@ -77,6 +77,7 @@ def check_face_record(record: dict, classes: tuple[str, ...], show_au: bool) -> 
     # confidence: the largest calibrated probability; consistency: the UEM's w in [0, 1]
     assert record["confidence"] == pytest.approx(max(record["probabilities"].values()), abs=1e-6)
     assert 0.0 <= record["consistency"] <= 1.0
+    assert 0 <= record["regions_agree"] <= 4 and record["pin_expression"] in classes
     x1, y1, x2, y2 = record["box"]
     assert len(record["landmarks"]) == 5
     assert all(x1 <= x <= x2 and y1 <= y <= y2 for x, y in record["landmarks"])
@@ -91,6 +92,9 @@ def check_face_record(record: dict, classes: tuple[str, ...], show_au: bool) -> 
         assert list(record["regions"]) == list(REGION_NAMES)
         for distribution in record["regions"].values():
             assert sum(distribution.values()) == pytest.approx(1.0, abs=1e-4)
+        # regions_agree: the regions whose own expression is the predicted one
+        own = [max(distribution, key=distribution.get) for distribution in record["regions"].values()]
+        assert record["regions_agree"] == own.count(record["expression"])
 
 
 def test_astronaut_gives_one_face_with_probabilities_confidence_and_13_aus(files, detector):
@@ -158,6 +162,7 @@ def test_baseline_checkpoint_has_confidence_but_no_consistency_and_says_why(file
     assert any("no PIN" in note for note in predictor.notes)
     record = predictor.predict_records(files["small"], show_au=True)[0]
     assert record["status"] == "ok" and record["consistency"] is None
+    assert record["regions_agree"] is None and record["pin_expression"] is None
     assert record["confidence"] == pytest.approx(max(record["probabilities"].values()), abs=1e-6)
     assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     assert all(p is None for regions in record["aus"].values() for p in regions.values())
@@ -169,7 +174,7 @@ def test_cli_json_and_csv_round_trip_through_pandas(files, tmp_path):
     records = json.loads(result.stdout)
     frame = pd.read_json(io.StringIO(result.stdout))
     assert {"image", "face", "box", "landmarks", "detection_score", "expression", "probabilities",
-            "confidence", "consistency", "status", "aus"} <= set(frame.columns)
+            "confidence", "consistency", "regions_agree", "pin_expression", "status", "aus"} <= set(frame.columns)
     assert sorted(frame["status"]) == ["error", "no_face", "ok"]
     assert "3 images: 1 face predicted, 1 image without a face, 1 error" in result.stderr
 
@@ -184,6 +189,7 @@ def test_cli_json_and_csv_round_trip_through_pandas(files, tmp_path):
     row = table[table["status"] == "ok"].iloc[0]
     assert row["confidence"] == pytest.approx(face["confidence"])
     assert row["consistency"] == pytest.approx(face["consistency"])
+    assert (row["regions_agree"], row["pin_expression"]) == (face["regions_agree"], face["pin_expression"])
     assert row["AU12_right_mouth"] == pytest.approx(face["aus"]["AU12"]["right_mouth"])
     assert row[list(class_names(7))].tolist() == pytest.approx(list(face["probabilities"].values()))
     assert table[table["status"] != "ok"]["confidence"].isna().all()
@@ -255,4 +261,5 @@ def test_probabilities_are_calibrated_by_the_checkpoints_temperature(files, dete
     powered = np.array(list(raw["probabilities"].values())) ** 0.5
     assert list(calibrated["probabilities"].values()) == pytest.approx(list(powered / powered.sum()), abs=2e-5)
     assert calibrated["expression"] == raw["expression"] and calibrated["consistency"] == raw["consistency"]
+    assert (calibrated["regions_agree"], calibrated["pin_expression"]) == (raw["regions_agree"], raw["pin_expression"])
     assert calibrated["confidence"] < raw["confidence"]  # T_cal > 1 softens an over-confident model

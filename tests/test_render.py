@@ -41,13 +41,18 @@ def test_predict_table_marks_active_aus_by_region_and_failed_images():
     records = [
         FaceRecord(image="a.jpg", face=0, expression="happiness", confidence=0.967, consistency=0.5, status="ok",
                    aus={"AU06": {"left_eye": 0.9, "right_eye": 0.6}, "AU12": {"mouth": 0.2}, "AU26": {"mouth": None}},
-                   with_au=True),
+                   with_au=True, regions_agree=3, pin_expression="sadness"),
+        FaceRecord(image="c.jpg", face=0, expression="fear", confidence=0.5, consistency=None, status="ok"),
         FaceRecord.empty("b.txt", "error", "not an image"),
     ]
     table = render.predict_table(records, "model.pt", ["a", "b", "c"], show_au=True)
     assert isinstance(table, Table) and table.title == "model.pt (3 classes)"
     out = text_of(table, width=200)
-    assert "AU06(L,R)" in out and "AU12" not in out and "96.7%" in out and "0.500" in out
+    assert "AU06(L,R)" in out and "AU12" not in out and "96.7%" in out
+    # the regions' agreement, not the consistency (which stays in JSON / CSV); '-' for a baseline
+    header = out.splitlines()[2]
+    assert "regions" in header and "consistency" not in header and "3/4" in out and "0.500" not in out
+    assert [line.split("│")[5].strip() for line in out.splitlines() if "c.jpg" in line] == ["-"]
     assert "error: not an image" in out
     assert render.active_aus(None) == "-"
     assert render.predict_summary(3, {"ok": 1, "no_face": 0, "error": 2}, "p.csv", None).text == (
@@ -61,8 +66,17 @@ def test_clean_and_calibrate_lines():
     assert lines == ["3 of 10 images selected, 2 relabelled",
                      "of the 2 relabelled: 2 had a wrong label, 1 now have the right one; label noise 20.00% -> 10.00%",
                      "wrote l.csv, l.json; train with `poi train prep --labels l.csv`"]
-    calibration = SimpleNamespace(temperature=1.5, n_images=14, split="valid", nll_before=1.0, nll_after=0.9)
-    result = SimpleNamespace(calibration=calibration, previous=None, written="x.pt")
+    from poi_cli.core.outputs import PredictionRecipe
+    from poi_cli.model.calibration import Calibration
+
+    calibration = Calibration(temperature=1.5, n_images=14, split="valid", nll_before=1.0, nll_after=0.9,
+                              recipe=PredictionRecipe("trn+pin", False))
+    tried = [Calibration(1.4, "valid", 14, 1.1, 0.95), calibration]
+    result = SimpleNamespace(calibration=calibration, previous=None, written="x.pt", candidates=tried)
     assert [line.text for line in render.calibrate_summary(result)] == [
+        "recipe: TRN + PIN, image alone (lowest NLL after temperature scaling, ties to the cheaper; "
+        "TRN, image alone 0.9500; TRN + PIN, image alone 0.9000)",
         "T_cal = 1.5000 fitted on 14 images of split valid (was uncalibrated (T_cal = 1)); NLL 1.0000 -> 0.9000",
         "wrote x.pt"]
+    forced = SimpleNamespace(calibration=tried[0], previous=calibration, written="x.pt", candidates=tried[:1])
+    assert render.calibrate_summary(forced)[0].text == "recipe: TRN, image alone (the only one asked for)"

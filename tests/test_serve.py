@@ -297,6 +297,7 @@ def test_model_health_and_openapi(server):
     assert card["has_pin"] and card["arch"] == json.loads(predictor.runner.meta["arch"])
     assert card["epoch"] == json.loads(predictor.runner.meta["epoch"])
     assert card["calibration_temperature"] == pytest.approx(predictor.calibration_temperature)
+    assert card["recipe"] == predictor.runner.recipe.to_dict() and set(card["recipe"]) == {"fusion", "flip"}
     schema = requests.get(f"{url}/openapi.json", timeout=10).json()
     assert "/predict" in schema["paths"] and requests.get(f"{url}/docs", timeout=10).status_code == 200
     responses = schema["paths"]["/predict"]["post"]["responses"]
@@ -314,7 +315,7 @@ def test_model_card_of_a_torch_runner_reads_its_info():
     card = model_card(predictor)
     assert card["model"] == "best.pt" and card["backend"] == "torch"
     assert card["card"] == {"arch": "resnet18", "num_classes": 2, "has_pin": True, "has_aus": False, "epoch": 3,
-                            "val_acc": 0.4, "best_val_acc": 0.5, "calibration_temperature": None,
+                            "val_acc": 0.4, "best_val_acc": 0.5, "calibration_temperature": None, "recipe": None,
                             "dataset": "ferplus", "notes": ["uncalibrated"]}
 
 

@@ -6,5 +6,6 @@ every one-line user error), manifests (the facts in data_manifests/: classes, th
 prior table, regions), schema (statuses, landmark names), runtime (devices, bf16
 autocast, torchrun processes; the one module here that imports torch), metrics (confusion
 matrix, recall, ROC AUC on arrays), threads (--threads for torch and ONNX Runtime),
-outputs (ModelOutputs: what a model runner gives prediction, in numpy).
+outputs (ModelOutputs: what a model runner gives prediction, in numpy; PredictionRecipe:
+how the reported probabilities are made).
 """

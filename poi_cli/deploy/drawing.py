@@ -33,11 +33,10 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 def _label(record: FaceRecord) -> str:
     probability = record.probabilities[record.expression]
-    consistency = record.consistency
     track = record.video.track if record.video is not None else None
     name = f"T{track}" if track is not None else record.face  # a video's faces: track ids
     text = f"{name}: {record.expression} {probability:.0%}"
-    return text + (f"  consistency {consistency:.2f}" if consistency is not None else "")
+    return text + (f"  regions {record.regions_agree}/4" if record.regions_agree is not None else "")
 
 
 def _text_box(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font) -> None:

@@ -192,8 +192,10 @@ class FacePipeline:
             self.notes.append("baseline model (no PIN): consistency, AUs and region distributions are not available (null/NaN)")
         elif not self.has_aus:
             self.notes.append("model trained without prior supervision (no AU nets): AU probabilities are null/NaN")
-        # Reported probabilities are softmax(z / T_cal) (POI_SPEC 4b); argmax unchanged.
+        # Reported probabilities are softmax(log p / T_cal), p the runner's recipe (POI_SPEC 4b); the
+        # runner (or the exported graph) computes them.
         self.calibration_temperature = self.runner.calibration_temperature
+        self.recipe = self.runner.recipe
         if not self.runner.calibrated:
             self.notes.append("uncalibrated model (T_cal = 1): confidence is the raw softmax; "
                               "`poi calibrate` fits T_cal on a validation split")
@@ -313,6 +315,7 @@ class FacePipeline:
                     *(None if values is None else values[row] for values in (
                         outputs.consistency, outputs.eye_aus, outputs.mouth_aus, outputs.region_probabilities)),
                     show_au=show_au, detector=self.detector_name,
+                    pin_probs=None if outputs.pin_probabilities is None else outputs.pin_probabilities[row],
                 ))
                 row += 1
             results.append(result)

@@ -13,12 +13,16 @@ detect, align, model, records) are deploy/pipeline.py's; Predictor drives them o
 folders and globs (overlap.py: threads ahead of the model) and videos (video.py).
 
 Per face the record (deploy/records.FaceRecord) holds the expression and (POI_SPEC 4b):
-* `probabilities`: the TRN's calibrated class probabilities softmax(z / T_cal), T_cal
-  from the model (1 for an uncalibrated one, which a note says);
+* `probabilities`: the calibrated class probabilities softmax(log p / T_cal), p the model's
+  prediction recipe (the TRN's softmax(z) by default, or its mean with the PIN's p~* and / or
+  over the face and its mirror) and T_cal from the model (1 for an uncalibrated one, which
+  a note says); the runner computes them;
 * `confidence`: the largest of them, a calibrated probability that the expression is right;
 * `consistency`: the UEM's w of Eq. 10, how much the four facial regions of the PIN agree,
   from 0 (maximally split) to 1 (all see the same expression); None for a baseline model.
-  It flags ambiguous faces; it is not a probability of being right.
+  It flags ambiguous faces; it is not a probability of being right;
+* `regions_agree`: how many of the four regions' own expressions are the predicted one
+  (0-4), and `pin_expression`: the argmax of the PIN's p~* at T = 1; None without them.
 With show_au, each AU's occurrence probability in each region that carries it (eye AUs:
 left_eye, right_eye; mouth AUs: left_mouth, right_mouth; "left" is image-left; the table
 is data_manifests/regions.json) and the four regions' own expression distributions

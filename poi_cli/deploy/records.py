@@ -7,8 +7,12 @@
 Every value is the model's, rounded for printing (probabilities to 6 digits, pixels to 2);
 nothing is made up for an image without a face or an unreadable input: their values are
 None (null in JSON, empty in CSV, NaN in a DataFrame). POI_SPEC section 4b says what each
-field means: `probabilities` are the TRN's calibrated softmax(z / T_cal), `confidence` the
-largest of them, `consistency` the UEM's w of Eq. 10 (None for a baseline model).
+field means: `probabilities` are the calibrated softmax(log p / T_cal) of the model's
+recipe (the TRN's softmax(z / T_cal) by default), `confidence` the largest of them,
+`consistency` the UEM's w of Eq. 10, `regions_agree` how many of the four regions' own
+expressions (argmax t_n) equal `expression` (0-4), `pin_expression` the argmax of the
+PIN's objective inference p~* at T = 1 (Eq. 7); the last three None for a baseline model,
+`pin_expression` also for a model without OIM or an ONNX file exported before it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from poi_cli.core import manifests
 from poi_cli.core.atomic import write_csv
 from poi_cli.core.errors import PoiError
 from poi_cli.core.manifests import REGION_NAMES, REGIONS, au_columns
+from poi_cli.core.outputs import regions_agreeing
 from poi_cli.core.schema import DETECTOR_MTCNN, DETECTOR_NONE, LANDMARK_NAMES, PREDICT_STATUSES, STATUS_OK, VIDEO_COLUMNS
 
 if TYPE_CHECKING:  # pandas is imported where a DataFrame is built (it is not a deploy dependency)
@@ -73,6 +78,8 @@ class FaceRecord:
     probabilities: Optional[dict[str, float]] = None
     confidence: Optional[float] = None
     consistency: Optional[float] = None
+    regions_agree: Optional[int] = None  # 0-4: regions whose own expression is `expression`
+    pin_expression: Optional[str] = None  # the PIN's objective inference, argmax p~* (T = 1)
     aus: Optional[dict[str, dict[str, Optional[float]]]] = None  # AU -> region -> probability
     regions: Optional[dict[str, dict[str, Optional[float]]]] = None  # region -> class -> p_n
     with_au: bool = False  # --show-au: aus and regions belong to the record (null when unknown)
@@ -94,12 +101,15 @@ class FaceRecord:
     def of_face(cls, source: str, index: int, face: "Face", classes: Sequence[str], probabilities: np.ndarray,
                 consistency: Optional[float], eye_aus: Optional[np.ndarray] = None,
                 mouth_aus: Optional[np.ndarray] = None, region_probs: Optional[np.ndarray] = None,
-                show_au: bool = False, detector: str = DETECTOR_MTCNN) -> "FaceRecord":
+                show_au: bool = False, detector: str = DETECTOR_MTCNN,
+                pin_probs: Optional[np.ndarray] = None) -> "FaceRecord":
         """One face. eye_aus (2, 6) and mouth_aus (2, 7): [left, right] regions (Region.side);
-        region_probs (4, C) in REGION_NAMES order. AU and region values are None when the
-        model has no AU nets / no PIN. A face without landmarks is a whole image taken as a
-        face (--no-detect): no landmarks, no score, detector `none`."""
+        region_probs (4, C) in REGION_NAMES order; pin_probs (C,) the PIN's p~* at T = 1.
+        AU and region values are None when the model has no AU nets / no PIN. A face without
+        landmarks is a whole image taken as a face (--no-detect): no landmarks, no score,
+        detector `none`."""
         detected = face.landmarks is not None
+        predicted = int(np.argmax(probabilities))
         aus = regions = None
         if show_au:
             values_of = {"eye": eye_aus, "mouth": mouth_aus}
@@ -115,9 +125,11 @@ class FaceRecord:
             landmarks=[[_num(x, 2), _num(y, 2)] for x, y in face.landmarks] if detected else None,
             detection_score=_num(face.score) if detected else None,
             detector=detector if detected else DETECTOR_NONE,
-            expression=classes[int(np.argmax(probabilities))],
+            expression=classes[predicted],
             probabilities={name: _num(p) for name, p in zip(classes, probabilities)},
             confidence=_num(np.max(probabilities)), consistency=_num(consistency),
+            regions_agree=None if region_probs is None else int(regions_agreeing(region_probs, predicted)),
+            pin_expression=None if pin_probs is None else classes[int(np.argmax(pin_probs))],
             aus=aus, regions=regions, with_au=show_au,
         )
 
@@ -133,7 +145,8 @@ class FaceRecord:
             out.update(frame=self.video.frame, timestamp=self.video.timestamp, track=self.video.track)
         out.update(face=self.face, status=self.status, reason=self.reason, box=self.box, landmarks=self.landmarks,
                    detection_score=self.detection_score, detector=self.detector, expression=self.expression,
-                   probabilities=self.probabilities, confidence=self.confidence, consistency=self.consistency)
+                   probabilities=self.probabilities, confidence=self.confidence, consistency=self.consistency,
+                   regions_agree=self.regions_agree, pin_expression=self.pin_expression)
         if self.with_au:
             out.update(aus=self.aus, regions=self.regions)
         if self.smoothed is not None:
@@ -145,7 +158,8 @@ class FaceRecord:
         row: dict[str, Any] = {"image": self.image, "face": self.face, "status": self.status, "reason": self.reason,
                                "detection_score": self.detection_score, "detector": self.detector,
                                "expression": self.expression, "confidence": self.confidence,
-                               "consistency": self.consistency}
+                               "consistency": self.consistency, "regions_agree": self.regions_agree,
+                               "pin_expression": self.pin_expression}
         video = self.video or VideoPosition(None, None, None)  # type: ignore[arg-type]
         row.update(frame=video.frame, timestamp=video.timestamp, track=video.track)
         smoothed = self.smoothed or Smoothed()
@@ -173,7 +187,8 @@ def flat_columns(classes: Sequence[str], show_au: bool = False, video: bool = Fa
     smoothed (`--smooth`): smoothed_expression and smoothed_<class> after the raw ones."""
     columns = ["image", *(VIDEO_COLUMNS if video else ()), "face", "status", "reason", "box_x1", "box_y1", "box_x2", "box_y2"]
     columns += [f"landmark_{name}_{axis}" for name in LANDMARK_NAMES for axis in "xy"]
-    columns += ["detection_score", "detector", "expression", *classes, "confidence", "consistency"]
+    columns += ["detection_score", "detector", "expression", *classes, "confidence", "consistency", "regions_agree",
+                "pin_expression"]
     if smoothed:
         columns += ["smoothed_expression", *(f"smoothed_{name}" for name in classes)]
     if show_au:
@@ -205,9 +220,9 @@ def records_to_frame(records: Sequence[FaceRecord], classes: Sequence[str], show
 
     columns = record_columns(records, classes, show_au)
     frame = pd.DataFrame([r.to_row(classes) for r in records], columns=columns)
-    integers = ("face", "frame", "track")
+    integers = ("face", "frame", "track", "regions_agree")
     numeric = [c for c in columns if c not in ("image", "status", "reason", "expression", "detector",
-                                               "smoothed_expression", *integers)]
+                                               "smoothed_expression", "pin_expression", *integers)]
     frame[numeric] = frame[numeric].astype(float)
     for column in integers:
         if column in frame:

@@ -5,9 +5,12 @@
 
 The file carries what prediction needs in its metadata (model/export.py writes it): the
 class names, the Preprocessing record (face size, input size, grey or colour, mean, std,
-alignment template) and T_cal, so one file is enough. A full export gives calibrated
-probabilities, consistency, AUs and the regions' distributions; a TRN-only export gives
-the logits, calibrated here with the stored T_cal.
+alignment template), T_cal and the PredictionRecipe it was fitted after, so one file is
+enough. The graph computes the recipe itself (fusion with the PIN, the mirror); the
+recipe is read here to be shown. A full export gives calibrated probabilities,
+consistency, AUs, the regions' distributions and (files exported since it was added) the
+PIN's objective inference p~*; a TRN-only export gives the logits, calibrated here with
+the stored T_cal.
 
 ModelRunner is what the deploy Predictor needs of any runner: this one, or the torch
 runner (poi_cli/model/runner.py) that poi_cli/backends.py builds for a `.pt` checkpoint
@@ -24,7 +27,7 @@ import numpy as np
 
 from poi_cli.core.errors import PoiError, one_line
 from poi_cli.core.manifests import EYE_AUS
-from poi_cli.core.outputs import ModelOutputs
+from poi_cli.core.outputs import ModelOutputs, PredictionRecipe
 from poi_cli.data.preprocess import Preprocessing
 
 INSTALL_HINT = "pip install poi-fer"  # onnxruntime is a base dependency
@@ -44,6 +47,7 @@ class ModelRunner(Protocol):
     preprocessing: Preprocessing
     calibration_temperature: float
     calibrated: bool
+    recipe: PredictionRecipe
     has_pin: bool
     has_aus: bool
 
@@ -100,6 +104,10 @@ class OnnxRunner:
             raise ModelFileError(f"{source}: its preprocessing metadata is unusable ({one_line(error)})") from None
         self.calibration_temperature = float(_metadata_value(meta, "calibration_temperature", source))  # type: ignore[arg-type]
         self.calibrated = bool(json.loads(meta.get("calibrated", "true")))
+        try:
+            self.recipe = PredictionRecipe.from_dict(json.loads(meta["recipe"]) if "recipe" in meta else None)
+        except (TypeError, ValueError, AttributeError) as error:
+            raise ModelFileError(f"{source}: its recipe metadata is unusable ({one_line(error)})") from None
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.has_pin = "consistency" in self.output_names
         self.has_aus = "aus" in self.output_names
@@ -124,6 +132,7 @@ class OnnxRunner:
                 eye_aus=None if aus is None else aus[..., :eye_count],
                 mouth_aus=None if aus is None else aus[..., eye_count:],
                 region_probabilities=values["region_probabilities"],
+                pin_probabilities=values.get("pin_probabilities"),  # absent from files exported before it
             ))
         return ModelOutputs.concatenate(parts, len(self.classes))
 

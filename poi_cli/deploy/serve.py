@@ -481,6 +481,8 @@ def model_card(predictor: Predictor) -> dict[str, Any]:
             "has_pin": predictor.has_pin, "has_aus": predictor.has_aus,
             "epoch": known("epoch"), "val_acc": known("val_acc"), "best_val_acc": known("best_val_acc"),
             "calibration_temperature": predictor.calibration_temperature if calibrated else None,
+            # how the reported probabilities are made (TRN or TRN + PIN, the mirror): core.outputs.PredictionRecipe
+            "recipe": runner.recipe.to_dict() if hasattr(runner, "recipe") else None,
             "dataset": dataset,
             "notes": list(predictor.notes),
         },

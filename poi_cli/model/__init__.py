@@ -3,7 +3,10 @@
 network (SharedTrunk, TRN, PIN with its subregions, prior branches, AU nets, region
 classifiers, ObjectiveInference and UncertaintyEstimation), losses (one function per
 equation of Eq. 4-12), calibration (temperature scaling and the metrics that judge a
-confidence), predictions (the one inference path over a prepared split), checkpoint
+confidence; choose_recipe), reporting (what prediction reports: a PredictionRecipe's fusion
+of TRN and PIN over the image and its mirror, then T_cal; the one implementation, run by
+the torch runner and built into the exported graph), predictions (the one inference path
+over a prepared split), checkpoint
 (build, save, load, CheckpointInfo), pretrained (backbone weights from a file), info
 (parameters and FLOPs), export (`poi export`: ONNX, TorchScript, packed fp16 weights),
 runner (a checkpoint run by torch for `poi predict --backend torch`), loss_config

@@ -1,10 +1,13 @@
 """Confidence that means what it says: temperature scaling and the metrics that judge it.
 
-`confidence` (POI_SPEC section 4b) is the TRN's softmax after temperature scaling
+`confidence` (POI_SPEC section 4b) is the model's distribution after temperature scaling
 (Guo et al. 2017): one scalar T_cal > 0, fitted by minimising the negative log-likelihood
-of softmax(z / T_cal) on a validation split, stored in the checkpoint and applied to
-every class probability poi reports. Dividing by one positive scalar never changes the
-predicted class, only how sure the probabilities say it is.
+of softmax(log p / T_cal) on a validation split, stored in the checkpoint and applied to
+every class probability poi reports. p is what the checkpoint's PredictionRecipe makes
+(core/outputs.py): the TRN's softmax(z) by default, when softmax(log p / T) = softmax(z / T);
+T_cal is fitted after the recipe's fusion, and choose_recipe picks the recipe on the same
+split. Dividing by one positive scalar never changes the predicted class, only how sure
+the probabilities say it is.
 
 The metrics are those of calibration (ECE, NLL, Brier) and of selective prediction
 (the risk-coverage curve, its area AURC, accuracy at a coverage): they judge a score by
@@ -21,27 +24,36 @@ from typing import Optional
 import numpy as np
 import torch
 
+from poi_cli.core.outputs import PredictionRecipe
+
 ECE_BINS = 15  # equal-width bins over [0, 1], the field's usual choice
 COVERAGES = (0.5, 0.8, 0.9)
 T_RANGE = (0.05, 20.0)  # a fitted temperature outside this says the logits are broken
+# choose_recipe: recipes whose NLL after temperature scaling is within this many nats of
+# the lowest count as equally good, and the cheapest of them is chosen.
+RECIPE_TIE_NLL = 1e-3
 
 
 @dataclass(frozen=True)
 class Calibration:
     """What a checkpoint stores about its temperature scaling (key "calibration")."""
 
-    temperature: float  # T_cal: reported probabilities are softmax(z / T_cal)
+    temperature: float  # T_cal: reported probabilities are softmax(log p / T_cal), p the recipe's
     split: str  # the split it was fitted on
     n_images: int
-    nll_before: float
+    nll_before: float  # of p itself (T = 1)
     nll_after: float
+    recipe: PredictionRecipe = PredictionRecipe()  # how p is made; T_cal belongs to it (absent in older files: TRN alone)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: Optional[dict]) -> Optional["Calibration"]:
-        return None if not values else cls(**{k: values[k] for k in cls.__dataclass_fields__})
+        if not values:
+            return None
+        scalars = {k: values[k] for k in cls.__dataclass_fields__ if k != "recipe"}
+        return cls(**scalars, recipe=PredictionRecipe.from_dict(values.get("recipe")))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -141,11 +153,29 @@ def accuracy_at_coverage(score: np.ndarray, correct: np.ndarray, coverage: float
     return float(np.asarray(correct, dtype=np.float64)[order[:keep]].mean())
 
 
-def calibration_of(logits: np.ndarray, labels: np.ndarray, split: str) -> Calibration:
-    """T_cal fitted on (logits, labels) of `split` (at least 2 images), with the NLL before and after."""
+def calibration_of(logits: np.ndarray, labels: np.ndarray, split: str,
+                   recipe: PredictionRecipe = PredictionRecipe()) -> Calibration:
+    """T_cal fitted on (logits, labels) of `split` (at least 2 images), with the NLL before and after.
+
+    logits: the TRN's z, or the log p a recipe makes (model/reporting.py), which softmax
+    turns back into p; recipe: the one that made them, stored with T_cal."""
     temperature = fit_temperature(logits, labels)
     return Calibration(temperature=temperature, split=split, n_images=int(len(labels)),
-                       nll_before=nll(softmax(logits), labels), nll_after=nll(softmax(logits, temperature), labels))
+                       nll_before=nll(softmax(logits), labels), nll_after=nll(softmax(logits, temperature), labels),
+                       recipe=recipe)
+
+
+def choose_recipe(candidates: dict[PredictionRecipe, np.ndarray], labels: np.ndarray,
+                  split: str) -> tuple[Calibration, list[Calibration]]:
+    """The recipe `poi calibrate` stores: T_cal fitted after each candidate's fusion (its log p,
+    (n, C), on the same images), then the lowest NLL after temperature scaling wins, the
+    cheapest (PredictionRecipe.cost) among those within RECIPE_TIE_NLL of it.
+
+    Returns the chosen Calibration and every candidate's, cheapest first."""
+    fitted = sorted((calibration_of(log_p, labels, split, recipe) for recipe, log_p in candidates.items()),
+                    key=lambda c: c.recipe.cost)
+    best = min(c.nll_after for c in fitted)
+    return next(c for c in fitted if c.nll_after <= best + RECIPE_TIE_NLL), fitted
 
 
 def halves(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -172,9 +202,10 @@ def calibration_study(logits: np.ndarray, labels: np.ndarray, consistency: Optio
                       seed: int = 0) -> dict:
     """Honest calibration figures: T_cal fitted on one seeded half, every score measured on the other.
 
-    Scores: `max_softmax` (the raw TRN softmax), `confidence` (the same after temperature
-    scaling) and, for models with a PIN, `consistency` (the UEM's w, judged as a score:
-    it has no class probabilities, so no NLL or Brier).
+    Scores: `max_softmax` (the raw softmax of the logits: the TRN's z, or a recipe's log p,
+    whose softmax is p), `confidence` (the same after temperature scaling) and, for models
+    with a PIN, `consistency` (the UEM's w, judged as a score: it has no class
+    probabilities, so no NLL or Brier).
     """
     fit, held = halves(len(labels), seed)
     temperature = fit_temperature(logits[fit], labels[fit])

@@ -7,7 +7,9 @@ torch.load(weights_only=True):
     classes (names), preprocessing (Preprocessing dict), config (TrainConfig dict),
     best_val_acc, best_epoch, val_acc, resolved (the run's resolved settings);
     training checkpoints add optimizer (state dict), history (results.csv rows) and
-    rng (torch RNG states); packed ones (`poi export --format weights`) add packed.
+    rng (torch RNG states); packed ones (`poi export --format weights`) add packed;
+    calibrated ones add calibration (T_cal and the PredictionRecipe it was fitted after:
+    model/calibration.Calibration; CheckpointInfo.recipe reads it).
 Checkpoints written before `preprocessing` existed still load: CheckpointInfo derives it
 from resolved.store_size, resolved.grayscale and model_config.input_size.
 A killed process leaves either the previous file or the new one, never a torn one.
@@ -23,6 +25,7 @@ import torch
 
 from poi_cli.core.errors import PoiError, one_line
 from poi_cli.core.atomic import atomic_write
+from poi_cli.core.outputs import PredictionRecipe
 from poi_cli.data.preprocess import Preprocessing
 from poi_cli.model.calibration import Calibration
 from poi_cli.model.network import ModelConfig, POIModel
@@ -186,7 +189,7 @@ class CheckpointInfo:
     config: dict = field(default_factory=dict)  # TrainConfig dict ({} when unknown)
     resolved: dict = field(default_factory=dict)  # the run's resolved settings ({} when unknown)
     packed: Optional[dict] = None  # set in fp16 packed checkpoints
-    calibration: Optional[Calibration] = None  # T_cal; None: uncalibrated (probabilities use T_cal = 1)
+    calibration: Optional[Calibration] = None  # T_cal and its recipe; None: uncalibrated (T_cal = 1, TRN alone)
 
     @classmethod
     def of(cls, checkpoint: Mapping[str, Any]) -> "CheckpointInfo":
@@ -206,6 +209,12 @@ class CheckpointInfo:
     def calibration_temperature(self) -> float:
         """T_cal of the reported probabilities: 1 for a checkpoint that was never calibrated."""
         return 1.0 if self.calibration is None else self.calibration.temperature
+
+    @property
+    def recipe(self) -> PredictionRecipe:
+        """How the reported probabilities are made (POI_SPEC 4b): stored with T_cal by `poi calibrate`;
+        the TRN alone on the image alone for a checkpoint calibrated before recipes, or never."""
+        return PredictionRecipe() if self.calibration is None else self.calibration.recipe
 
     @property
     def input_size(self) -> int:

@@ -9,10 +9,15 @@ cast back to float32 on load), and torch.load(weights_only=True) opens it. ResNe
 TRN + PIN is about 29 MB this way, ResNet-10's about 16.5 MB.
 
 By default the deployed TRN alone (the paper drops the PIN at inference): input a
-normalised face batch (N, 3, S, S), output the logits (N, C). With full=True the whole
-model, returning what `poi predict` reports:
+normalised face batch (N, 3, S, S), output the logits (N, C). Under a checkpoint's
+PredictionRecipe other than the TRN alone on the image alone (POI_SPEC 4b), the "logits"
+are the recipe's log p instead (softmax(log p / T_cal) is then what softmax(z / T_cal) was),
+and the deployed graph includes what the recipe needs: the PIN's heads for fusion
+trn+pin, a second pass over the mirror for flip. With full=True the whole model,
+returning what `poi predict` reports (model/reporting.py computes it):
 
-    probabilities          (N, C)     softmax(z / T_cal), T_cal the checkpoint's calibration (1 if none)
+    probabilities          (N, C)     softmax(log p / T_cal): p the checkpoint's recipe (softmax(z) by
+                                      default), T_cal its calibration (1 if none)
     confidence             (N,)       the largest calibrated probability
     consistency            (N,)       the UEM's w of Eq. 10, in [0, 1]
     aus                    (N, 2, 13) AU occurrence probabilities; [:, 0] image-left,
@@ -21,6 +26,8 @@ model, returning what `poi predict` reports:
                                       mouth regions), in poi_cli.core.manifests order
     region_probabilities   (N, 4, C)  p_n = softmax(t_n / T_uem) of left_eye, right_eye, left_mouth,
                                       right_mouth (the distributions consistency is computed from)
+    pin_probabilities      (N, C)     the PIN's objective inference p~* at T = 1 (Eq. 7; the mean over
+                                      the image and its mirror under flip); not for a model without OIM
 
 Input preprocessing (what the exported file expects), the checkpoint's Preprocessing
 (poi_cli.data.preprocess): a face aligned by poi_cli.data.faces.align_face at face_size
@@ -49,8 +56,10 @@ import torch.nn as nn
 from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write
 from poi_cli.core.manifests import ALL_AUS, REGIONS
+from poi_cli.core.outputs import PredictionRecipe
 from poi_cli.model.checkpoint import CheckpointError, CheckpointInfo, build_checkpoint, load_model, resolve_checkpoint
-from poi_cli.model.network import POIModel, tempered_log_probs
+from poi_cli.model.network import POIModel
+from poi_cli.model.reporting import Reporting
 
 if TYPE_CHECKING:
     import onnx
@@ -68,22 +77,41 @@ class ExportError(PoiError):
 
 
 class FullModel(nn.Module):
-    """The whole POI model with plain tensor outputs (see the module docstring)."""
+    """The whole POI model with plain tensor outputs (see the module docstring): Reporting's."""
 
-    def __init__(self, model: POIModel, calibration_temperature: float = 1.0) -> None:
+    def __init__(self, model: POIModel, calibration_temperature: float = 1.0,
+                 recipe: PredictionRecipe = PredictionRecipe()) -> None:
         super().__init__()
-        self.model = model
+        self.reporting = Reporting(model, recipe, calibration_temperature)
         self.with_aus = model.config.prior_supervision
-        self.calibration_temperature = calibration_temperature
+        self.with_objective = model.pin is not None and model.pin.oim is not None
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["probabilities", "confidence", "consistency", *(["aus"] if self.with_aus else []),
+                "region_probabilities", *(["pin_probabilities"] if self.with_objective else [])]
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(images)
-        probabilities = (out.trn_logits / self.calibration_temperature).softmax(-1)
-        outputs = [probabilities, probabilities.amax(-1), out.consistency]
+        out = self.reporting(images)
+        outputs = [out.probabilities, out.probabilities.amax(-1), out.consistency]
         if self.with_aus:
-            outputs.append(torch.cat([out.eye_au_probs, out.mouth_au_probs], dim=-1))
-        outputs.append(tempered_log_probs(out.region_logits, self.model.config.uem_temperature).exp())
+            outputs.append(torch.cat([out.eye_aus, out.mouth_aus], dim=-1))
+        outputs.append(out.region_probabilities)
+        if self.with_objective:
+            outputs.append(out.pin_probabilities)
         return tuple(outputs)
+
+
+class RecipeLogits(nn.Module):
+    """The deployed model of a recipe other than the TRN alone on the image alone: its log p,
+    output as "logits" (softmax(log p / T_cal) is the calibrated distribution)."""
+
+    def __init__(self, model: POIModel, recipe: PredictionRecipe) -> None:
+        super().__init__()
+        self.reporting = Reporting(model, recipe, with_pin=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.reporting(images).log_probs
 
 
 @dataclass
@@ -122,6 +150,8 @@ def packed_checkpoint(checkpoint: dict, source: Optional[Path] = None) -> dict:
     )
 
 
+# An output added since (pin_probabilities) or a recipe in the metadata is no format
+# change: a reader finds the outputs by name, and the graph computes the recipe itself.
 ONNX_FORMAT = 1  # metadata "poi_onnx_format": what deploy/runner.py reads (bump on an incompatible change)
 
 
@@ -135,9 +165,11 @@ def _metadata(info: CheckpointInfo, output_names: list[str], full: bool) -> dict
         "preprocessing": pre.to_dict(),
         "preprocessing_text": "face aligned by poi_cli.data.faces.align_face, RGB, /255, then (x - mean) / std",
         "mean": list(pre.mean), "std": list(pre.std), "outputs": output_names,
-        "model": "full POI (TRN + PIN)" if full else "deployed TRN (logits)",
+        "model": "full POI (TRN + PIN)" if full else "deployed TRN (logits)" if info.recipe == PredictionRecipe()
+        else f"deployed model of the recipe {info.recipe.describe()} (its log p as logits)",
         "face_size": pre.face_size, "grayscale": pre.grayscale, "alignment": pre.alignment,
         "calibration_temperature": info.calibration_temperature, "calibrated": info.calibration is not None,
+        "recipe": info.recipe.to_dict(),
         "arch": info.model_config.arch, "epoch": info.epoch, "val_acc": info.val_acc,
         "prior_supervision": bool(info.model_config.prior_supervision),
     }
@@ -156,13 +188,14 @@ def _require_onnx() -> None:
         raise ExportError(f"ONNX export needs onnx and onnxruntime ({error.name} is missing): {INSTALL_HINT}") from None
 
 
-def export_module(model: POIModel, calibration_temperature: float, full: bool) -> tuple[nn.Module, list[str]]:
-    """The module `poi export` writes (FullModel, or the deployed TRN) in eval mode, and its output names."""
-    module = (FullModel(model, calibration_temperature) if full else model.deploy()).eval()
+def export_module(model: POIModel, info: CheckpointInfo, full: bool) -> tuple[nn.Module, list[str]]:
+    """The module `poi export` writes in eval mode, and its output names: FullModel with the
+    checkpoint's T_cal and recipe, or the deployed TRN (RecipeLogits under a recipe that needs more)."""
     if full:
-        return module, ["probabilities", "confidence", "consistency", *(["aus"] if module.with_aus else []),
-                        "region_probabilities"]
-    return module, ["logits"]
+        module = FullModel(model, info.calibration_temperature, info.recipe).eval()
+        return module, module.output_names
+    deployed = model.deploy() if info.recipe == PredictionRecipe() else RecipeLogits(model, info.recipe)
+    return deployed.eval(), ["logits"]
 
 
 def onnx_bytes(module: nn.Module, example: torch.Tensor, output_names: list[str], opset: int = 17,
@@ -236,7 +269,7 @@ def onnx_model_bytes(checkpoint: str | Path, opset: int = 17) -> bytes:
         raise ExportError(str(error)) from None
     info = CheckpointInfo.of(checkpoint_dict)
     full = model.pin is not None
-    module, output_names = export_module(model, info.calibration_temperature, full)
+    module, output_names = export_module(model, info, full)
     size = model.config.input_size
     example = torch.zeros(TRACE_BATCH, 3, size, size)
     try:
@@ -306,7 +339,7 @@ def export_model(
     elif full and model.pin is None:
         raise ExportError(f"{checkpoint_path} is a baseline model (no PIN): it has no consistency or AUs; export it without --full")
     info = CheckpointInfo.of(checkpoint_dict)
-    module, output_names = export_module(model, info.calibration_temperature, full)
+    module, output_names = export_module(model, info, full)
     path = Path(out) if out else default_output_path(checkpoint_path, format, full)
     if path.resolve() == checkpoint_path.resolve():
         raise ExportError(f"--out {path} would overwrite the checkpoint itself")
@@ -323,9 +356,9 @@ def export_model(
         packed = packed_checkpoint(checkpoint_dict, checkpoint_path)
         atomic_write(path, lambda f: torch.save(packed, f))
         reloaded, reloaded_dict = load_model(path, "cpu")  # through weights_only=True, as a user loads it
-        temperature = CheckpointInfo.of(reloaded_dict).calibration_temperature  # the packed file's own T_cal
+        # the packed file's own T_cal and recipe
         with torch.no_grad():
-            exported = (FullModel(reloaded, temperature) if full else reloaded.deploy()).eval()(check)
+            exported = export_module(reloaded, CheckpointInfo.of(reloaded_dict), full)[0](check)
         exported = list(exported) if isinstance(exported, tuple) else [exported]
     else:
         _write_torchscript(module, example, path, meta)

@@ -3,6 +3,7 @@
     predictions = predict_split(model, dataset.faces, data.store_rows, data.labels, input_size=224,
                                 batch=256, device=device, amp=True)
     predictions.accuracy, predictions.trn_probs, predictions.intermediate_probs(1.0)
+    predictions.recipe_log_probs(recipe)    # log p of a PredictionRecipe (mirror=True kept the mirror's outputs)
 
 The model runs in eval mode under no_grad over the store rows in order (BatchLoader,
 to_model_input, bf16 autocast when asked); its raw outputs come back as numpy arrays on
@@ -24,14 +25,18 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
+from poi_cli.core.outputs import PredictionRecipe
 from poi_cli.core.runtime import autocast, select_device, use_bf16
 from poi_cli.data.loader import BatchLoader
 from poi_cli.data.preprocess import to_model_input
 from poi_cli.model.checkpoint import model_of
 from poi_cli.model.network import POIOutput, intermediate_log_probs, tempered_log_probs
+from poi_cli.model.reporting import log_mean, mirrored, objective_log_probs, recipe_log_probs
 
 # POIOutput fields kept per image besides the TRN logits (None when the model has none).
 PIN_FIELDS = ("region_logits", "gate_weights", "consistency", "eye_au_probs", "mouth_au_probs")
+# What is kept of the mirrored image (mirror=True): what a recipe's flip needs.
+MIRROR_FIELDS = ("mirror_trn_logits", "mirror_region_logits", "mirror_gate_weights")
 
 
 @dataclass
@@ -39,8 +44,9 @@ class SplitPredictions:
     """A model's per-image outputs over (this process's share of) a split, as CPU numpy arrays.
 
     Row i is the image at split position positions[i]; the PIN fields are None for a
-    baseline model or when predicted with with_pin=False, gate_weights also without OIM.
-    Class indices are the model's.
+    baseline model or when predicted with with_pin=False, gate_weights also without OIM;
+    the mirror_ fields (the same outputs for the image's horizontal mirror) are None unless
+    predicted with mirror=True. Class indices are the model's.
     """
 
     trn_logits: np.ndarray  # z, (n, C) float32
@@ -51,6 +57,9 @@ class SplitPredictions:
     consistency: Optional[np.ndarray] = None  # the UEM's w (Eq. 10), (n,)
     eye_au_probs: Optional[np.ndarray] = None  # (n, 2, 6)
     mouth_au_probs: Optional[np.ndarray] = None  # (n, 2, 7)
+    mirror_trn_logits: Optional[np.ndarray] = None  # z of the mirrored image, (n, C)
+    mirror_region_logits: Optional[np.ndarray] = None  # (n, 4, C)
+    mirror_gate_weights: Optional[np.ndarray] = None  # (n, 4)
     temperature: float = 3.0  # the model's T (Eq. 6-7): the default of the PIN's probabilities
 
     def __len__(self) -> int:
@@ -98,6 +107,30 @@ class SplitPredictions:
                                            self._t(temperature))
         return log_probs.exp().numpy()
 
+    def recipe_log_probs(self, recipe: PredictionRecipe) -> np.ndarray:
+        """log p of a PredictionRecipe (model/reporting.recipe_log_probs: the one fusion), (n, C);
+        softmax(log p / T_cal) is what prediction reports. ValueError when the recipe needs an
+        output that was not kept (the mirror's, or the PIN's p~*)."""
+        trn, objective = self._views(recipe.flip)
+        return recipe_log_probs(trn, objective, recipe.fusion).numpy()
+
+    def objective_probs(self, flip: bool = False) -> Optional[np.ndarray]:
+        """p~* at T = 1, the PIN's objective inference as prediction reports it (pin_expression
+        is its argmax): the mean over the image and its mirror when flip; None without OIM."""
+        _, objective = self._views(flip)
+        return None if any(o is None for o in objective) else log_mean(objective).exp().numpy()
+
+    def _views(self, flip: bool) -> tuple[list[torch.Tensor], list[Optional[torch.Tensor]]]:
+        """(z, log p~* at T = 1) of the image and, with flip, of its mirror, as tensors."""
+        views = [(self.trn_logits, self.region_logits, self.gate_weights)]
+        if flip:
+            if self.mirror_trn_logits is None:
+                raise ValueError("a recipe with flip needs the mirrored images' outputs: predict with mirror=True")
+            views.append((self.mirror_trn_logits, self.mirror_region_logits, self.mirror_gate_weights))
+        tensor = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
+        return ([torch.from_numpy(z) for z, _, _ in views],
+                [objective_log_probs(tensor(t), tensor(w)) for _, t, w in views])
+
     def _t(self, temperature: Optional[float]) -> float:
         return self.temperature if temperature is None else temperature
 
@@ -130,20 +163,22 @@ def predict_split(
     world_size: int = 1,
     with_pin: bool = True,
     progress: bool = False,
+    mirror: bool = False,
 ) -> SplitPredictions:
     """Run `model` (a POIModel, or one wrapped by DistributedDataParallel) over faces[store_rows]
     in order; under torchrun each process predicts its share (rank, world_size).
 
-    with_pin=False runs the TRN alone (training's validation: trn_logits only). progress
-    shows a transient bar on stderr, so that stdout stays clean for --json. The model's
-    train/eval mode is restored afterwards.
+    with_pin=False runs the TRN alone (training's validation: trn_logits only). mirror=True
+    also runs each image's horizontal mirror and keeps the mirror_ fields (a recipe's flip).
+    progress shows a transient bar on stderr, so that stdout stays clean for --json. The
+    model's train/eval mode is restored afterwards.
     """
     loader = BatchLoader(faces, store_rows, np.asarray(labels), batch, shuffle=False, rank=rank,
                          world_size=world_size, device=device)
     was_training = model.training
     model.eval()
     try:
-        return _collect(model, loader, input_size, device, amp, channels_last, with_pin, progress)
+        return _collect(model, loader, input_size, device, amp, channels_last, with_pin, progress, mirror)
     finally:
         model.train(was_training)
 
@@ -157,10 +192,12 @@ def predict_checkpoint_split(
     batch: int = 256,
     amp: str = "auto",
     with_pin: bool = True,
+    mirror: bool = False,
 ) -> SplitPredictions:
     """predict_split of a loaded checkpoint (load_checkpoint) over faces[store_rows]: its model
     built on `device` (core.runtime.select_device's choices), bf16 autocast as `amp` says
-    (use_bf16), at the model's input size, with a progress bar on stderr.
+    (use_bf16), at the model's input size, with a progress bar on stderr (mirror: also the
+    mirrored images, for a recipe's flip).
 
     Takes the loaded dict, not a path: callers read the checkpoint (CheckpointInfo) to
     choose the images and labels first, and the file is read once.
@@ -168,18 +205,20 @@ def predict_checkpoint_split(
     torch_device = select_device(device)
     model = model_of(checkpoint, torch_device)
     return predict_split(model, faces, store_rows, labels, model.config.input_size, batch, torch_device,
-                         use_bf16(amp, torch_device), with_pin=with_pin, progress=True)
+                         use_bf16(amp, torch_device), with_pin=with_pin, progress=True, mirror=mirror)
 
 
 def _collect(model: torch.nn.Module, loader: BatchLoader, input_size: int, device: torch.device, amp: bool,
-             channels_last: bool, with_pin: bool, progress: bool) -> SplitPredictions:
-    collected: dict[str, list[torch.Tensor]] = {name: [] for name in ("trn_logits", "labels", "positions", *PIN_FIELDS)}
+             channels_last: bool, with_pin: bool, progress: bool, mirror: bool = False) -> SplitPredictions:
+    collected: dict[str, list[torch.Tensor]] = {name: [] for name in ("trn_logits", "labels", "positions", *PIN_FIELDS,
+                                                                      *MIRROR_FIELDS)}
     temperature = None
     with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
         task = bar.add_task("evaluating", total=len(loader))
         for images, targets, _, positions in loader:
+            inputs = to_model_input(images, input_size, channels_last)
             with autocast(device, amp):
-                output = model(to_model_input(images, input_size, channels_last), with_pin=with_pin)
+                output = model(inputs, with_pin=with_pin)
             temperature = output.temperature
             collected["trn_logits"].append(output.trn_logits.float().cpu())
             collected["labels"].append(targets.cpu())
@@ -187,6 +226,13 @@ def _collect(model: torch.nn.Module, loader: BatchLoader, input_size: int, devic
             for name, value in _pin_values(output).items():
                 if value is not None:
                     collected[name].append(value.cpu())
+            if mirror:
+                with autocast(device, amp):
+                    flipped = model(mirrored(inputs), with_pin=with_pin)
+                collected["mirror_trn_logits"].append(flipped.trn_logits.float().cpu())
+                for name, value in _pin_values(flipped).items():
+                    if name in ("region_logits", "gate_weights") and value is not None:
+                        collected[f"mirror_{name}"].append(value.cpu())
             bar.advance(task)
     arrays = {name: _concatenate(chunks) for name, chunks in collected.items()}
     if arrays["trn_logits"] is None:  # no image in this share

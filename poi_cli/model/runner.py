@@ -17,7 +17,7 @@ from poi_cli.core.errors import PoiError, one_line
 from poi_cli.core.outputs import ModelOutputs
 from poi_cli.data.preprocess import Preprocessing
 from poi_cli.model.checkpoint import CheckpointError, CheckpointInfo, load_model
-from poi_cli.model.network import tempered_log_probs
+from poi_cli.model.reporting import Reporting
 
 
 class TorchRunnerError(PoiError):
@@ -27,10 +27,11 @@ class TorchRunnerError(PoiError):
 class TorchRunner:
     """A POI checkpoint in eval mode on a torch device.
 
-    path, backend ("torch"), classes, preprocessing, calibration_temperature, has_pin,
-    has_aus and notes are what the deploy Predictor reads; run() maps aligned uint8 faces
-    (N, face_size, face_size, 3) to calibrated probabilities, consistency, AUs and the
-    regions' distributions.
+    path, backend ("torch"), classes, preprocessing, calibration_temperature, recipe,
+    has_pin, has_aus and notes are what the deploy Predictor reads; run() maps aligned uint8
+    faces (N, face_size, face_size, 3) to what model/reporting.Reporting computes (the
+    checkpoint's recipe and T_cal, as the exported graph does): calibrated probabilities,
+    consistency, AUs, the regions' distributions and the PIN's p~*.
     """
 
     backend = "torch"
@@ -52,9 +53,13 @@ class TorchRunner:
         self.preprocessing: Preprocessing = self.info.preprocessing
         self.calibration_temperature = self.info.calibration_temperature
         self.calibrated = self.info.calibration is not None
+        self.recipe = self.info.recipe
         self.has_pin = self.model.pin is not None
         self.has_aus = self.has_pin and config.prior_supervision
-        self.uem_temperature = config.uem_temperature
+        try:
+            self.reporting = Reporting(self.model, self.recipe, self.calibration_temperature, with_pin=self.has_pin)
+        except ValueError as error:  # a recipe the model cannot run (a hand-edited checkpoint)
+            raise TorchRunnerError(f"{self.path}: {one_line(error)}") from None
         self.batch_size = batch_size
         self.device_name = str(self.device)  # what the torch detector (mtcnn-torch) runs on
 
@@ -64,15 +69,12 @@ class TorchRunner:
         parts = []
         for start in range(0, len(faces), self.batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(faces[start:start + self.batch_size])).to(self.device)
-            out = self.model(self.preprocessing.model_input(batch), with_pin=self.has_pin)
-            numpy = lambda t: t.float().cpu().numpy()  # noqa: E731
+            out = self.reporting(self.preprocessing.model_input(batch))
+            numpy = lambda t: None if t is None else t.float().cpu().numpy()  # noqa: E731
             parts.append(ModelOutputs(
-                probabilities=numpy((out.trn_logits.float() / self.calibration_temperature).softmax(-1)),
-                consistency=numpy(out.consistency) if self.has_pin else None,
-                eye_aus=numpy(out.eye_au_probs) if self.has_aus else None,
-                mouth_aus=numpy(out.mouth_au_probs) if self.has_aus else None,
+                probabilities=numpy(out.probabilities), consistency=numpy(out.consistency),
+                eye_aus=numpy(out.eye_aus), mouth_aus=numpy(out.mouth_aus),
                 # the regions' distributions of Eq. 10, from which consistency is computed
-                region_probabilities=numpy(tempered_log_probs(out.region_logits, self.uem_temperature).exp())
-                if self.has_pin else None,
+                region_probabilities=numpy(out.region_probabilities), pin_probabilities=numpy(out.pin_probabilities),
             ))
         return ModelOutputs.concatenate(parts, len(self.classes))

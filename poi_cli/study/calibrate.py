@@ -1,26 +1,39 @@
-"""`poi calibrate`: fit a checkpoint's temperature T_cal on a prepared split and store it.
+"""`poi calibrate`: choose a checkpoint's prediction recipe and fit its temperature T_cal on
+a prepared split, and store both.
 
     poi calibrate runs/train/exp prepared/ferplus            # -> runs/train/exp/best.calibrated.pt
     poi calibrate model.pt prepared/ferplus --in-place       # rewrites model.pt (atomically)
+    poi calibrate model.pt prepared/ferplus --fusion trn --flip off   # the TRN alone, as training stores it
 
-`poi train` does the same on its validation split when a run ends; this command is for
-checkpoints made before that, or to calibrate on other data. The checkpoint is never
-changed unless --in-place is given; the new file differs from it only in its
-"calibration" record (model/calibration.py says what T_cal is).
+The recipe (POI_SPEC 4b, core/outputs.PredictionRecipe): the TRN alone or the mean of
+the TRN's softmax and the PIN's p~* at T = 1 (--fusion), on the image alone or on the
+image and its mirror (--flip). With `auto` (the default) every recipe the model can run
+is tried: T_cal is fitted after each one's fusion on the split, and the lowest NLL after
+temperature scaling wins, the cheapest recipe among those within RECIPE_TIE_NLL nats of
+it (model/calibration.choose_recipe; cheapest: no mirror before a mirror, the TRN alone
+before TRN + PIN). `poi train` fits T_cal of the TRN alone on its validation split when a
+run ends; this command is for choosing a recipe, for checkpoints made before that, or to
+calibrate on other data. The checkpoint is never changed unless --in-place is given; the
+new file differs from it only in its "calibration" record (T_cal and the recipe).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from poi_cli.core.atomic import refuse_input_as_output
 from poi_cli.core.errors import PoiError
+from poi_cli.core.outputs import FUSION_TRN, FUSION_TRN_PIN, FUSIONS, PredictionRecipe
 from poi_cli.data.store import PreparedDataset
-from poi_cli.model.calibration import Calibration, calibration_of
+from poi_cli.model.calibration import Calibration, choose_recipe
 from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint, resolve_checkpoint, save_checkpoint
 from poi_cli.model.predictions import predict_checkpoint_split
+
+AUTO = "auto"
+FUSION_CHOICES = (AUTO, *FUSIONS)
+FLIP_CHOICES = {AUTO: (False, True), "off": (False,), "on": (True,)}
 
 
 class CalibrateError(PoiError):
@@ -29,9 +42,10 @@ class CalibrateError(PoiError):
 
 @dataclass
 class CalibrateResult:
-    calibration: Calibration
+    calibration: Calibration  # T_cal and the recipe chosen
     previous: Optional[Calibration]  # what the checkpoint held before (None: uncalibrated, T_cal = 1)
     written: Path
+    candidates: list[Calibration] = field(default_factory=list)  # every recipe tried, cheapest first
 
 
 def default_split(dataset: PreparedDataset) -> str:
@@ -42,10 +56,32 @@ def default_split(dataset: PreparedDataset) -> str:
     raise CalibrateError(f"{dataset.root} has no valid/val split: name the held-out split to fit on with --split")
 
 
+def check_choices(fusion: str, flip: str) -> None:
+    """CalibrateError (one line) for a --fusion or --flip value that is not one of the choices."""
+    if fusion not in FUSION_CHOICES:
+        raise CalibrateError(f"--fusion must be one of {', '.join(FUSION_CHOICES)}, got {fusion!r}")
+    if flip not in FLIP_CHOICES:
+        raise CalibrateError(f"--flip must be one of {', '.join(FLIP_CHOICES)}, got {flip!r}")
+
+
+def candidate_recipes(fusion: str, flip: str, has_objective: bool) -> list[PredictionRecipe]:
+    """The recipes --fusion and --flip allow (auto: all), cheapest first, for a model with or
+    without the PIN's objective inference p~*; CalibrateError for an impossible one."""
+    check_choices(fusion, flip)
+    if fusion == FUSION_TRN_PIN and not has_objective:
+        raise CalibrateError(f"--fusion {fusion} needs the PIN's objective inference p~*: this model has none "
+                             "(a baseline, or trained without OIM)")
+    fusions = (fusion,) if fusion != AUTO else FUSIONS if has_objective else (FUSION_TRN,)
+    recipes = [PredictionRecipe(f, mirror) for f in fusions for mirror in FLIP_CHOICES[flip]]
+    return sorted(recipes, key=lambda r: r.cost)
+
+
 def calibrate(run_or_checkpoint: str | Path, prepared_dir: str | Path, split: Optional[str] = None,
               out: Optional[str | Path] = None, in_place: bool = False, device: str = "auto",
-              batch: int = 256) -> CalibrateResult:
-    """Fit T_cal of a checkpoint on a split and write it into a copy (or, in_place, the file itself)."""
+              batch: int = 256, fusion: str = AUTO, flip: str = AUTO) -> CalibrateResult:
+    """Choose the recipe (fusion, flip: `auto` or forced) and fit T_cal after it on a split, and write
+    both into a copy of the checkpoint (or, in_place, the file itself)."""
+    check_choices(fusion, flip)
     source = resolve_checkpoint(run_or_checkpoint)
     if in_place and out is not None:
         raise CalibrateError("--in-place and --out exclude each other")
@@ -62,13 +98,17 @@ def calibrate(run_or_checkpoint: str | Path, prepared_dir: str | Path, split: Op
     if list(info.classes) != list(dataset.classes):
         raise CalibrateError(f"{source} predicts {len(info.classes)} classes, {dataset.root} has {len(dataset.classes)}: "
                              "calibrate on data with the model's own classes")
+    config = info.model_config
+    recipes = candidate_recipes(fusion, flip, config.use_pin and config.use_oim)
     data = dataset.split(split)
     predictions = predict_checkpoint_split(checkpoint, dataset.faces, data.store_rows, data.labels, device, batch,
-                                           with_pin=False)
+                                           with_pin=any(r.uses_pin for r in recipes),
+                                           mirror=any(r.flip for r in recipes))
     if len(predictions) < 2:
         raise CalibrateError(f"split {split!r} has {len(predictions)} image(s): too few to fit a temperature")
-    calibration = calibration_of(predictions.trn_logits, predictions.labels, split)
+    candidates = {recipe: predictions.recipe_log_probs(recipe) for recipe in recipes}
+    calibration, fitted = choose_recipe(candidates, predictions.labels, split)
     previous = info.calibration
     checkpoint["calibration"] = calibration.to_dict()
     save_checkpoint(target, checkpoint)
-    return CalibrateResult(calibration, previous, target)
+    return CalibrateResult(calibration, previous, target, fitted)

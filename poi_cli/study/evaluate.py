@@ -1,13 +1,19 @@
 """`poi evaluate`: a trained model on a prepared split.
 
-Reports the TRN's accuracy and per-class recall, the confusion matrix (CSV and PNG, as
-the paper's Fig. 11), the accuracy of the most and least confident 30/50/70% of the
-images (Table IV) ranked by each of two scores, and the accuracy of the PIN's
-intermediate prediction p~* and of the plain region average (Fig. 13):
+Reports the accuracy and per-class recall of what prediction reports (the checkpoint's
+PredictionRecipe: the TRN alone by default, or fused with the PIN and / or the mirror;
+the TRN alone's accuracy beside it), the confusion matrix (CSV and PNG, as the paper's
+Fig. 11), the accuracy of the most and least confident 30/50/70% of the images (Table IV)
+ranked by each of two scores, the accuracy of the PIN's intermediate prediction p~* and
+of the plain region average (Fig. 13), and how far to trust a prediction by the record
+fields of POI_SPEC 4b: accuracy per `regions_agree` level (0-4 regions whose own
+expression is the predicted one), where `pin_expression` (argmax p~* at T = 1) is the
+same as the prediction and where it differs, and of the faces flagged by either
+(regions_agree below 4 or a differing pin_expression) against the rest:
 
 * `confidence`: the calibrated probability that the predicted expression is right,
-  max softmax(z / T_cal) with the checkpoint's T_cal (POI_SPEC 4b; T_cal = 1 when the
-  checkpoint was never calibrated);
+  max softmax(log p / T_cal) with the checkpoint's recipe and T_cal (POI_SPEC 4b; T_cal = 1
+  when the checkpoint was never calibrated);
 * `consistency`: the UEM's w (Eq. 10), how much the four facial regions agree; a
   ranking score, not a probability of being right (None for a baseline model).
 
@@ -33,7 +39,9 @@ import numpy as np
 
 from poi_cli.core.atomic import save_figure, write_csv, write_json
 from poi_cli.core.errors import PoiError
+from poi_cli.core.manifests import REGIONS
 from poi_cli.core.metrics import confusion_matrix, per_class_recall
+from poi_cli.core.outputs import PredictionRecipe, regions_agreeing
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import Calibration, calibration_study, halves, reliability_bins, risk_coverage, softmax
 from poi_cli.model.checkpoint import (CONFIG_FILE, HELDOUT_FILE, CheckpointInfo, load_checkpoint, read_heldout_ids,
@@ -116,10 +124,15 @@ class MappedPredictions:
     predictions: SplitPredictions  # over the kept images, labels in the model's columns
     choice: SplitChoice  # which images, and why
 
+    @property
+    def recipe(self) -> PredictionRecipe:
+        """How the checkpoint's reported probabilities are made (stored with its T_cal)."""
+        return self.info.recipe
+
     @cached_property
     def predicted(self) -> np.ndarray:
-        """The TRN's class among the shared ones (shared index), (n,)."""
-        return self.restricted_argmax(self.predictions.trn_probs)
+        """The reported class among the shared ones (shared index): argmax of the recipe's p, (n,)."""
+        return self.log_probs.argmax(1)
 
     @property
     def correct(self) -> np.ndarray:
@@ -129,15 +142,35 @@ class MappedPredictions:
     def accuracy(self) -> float:
         return float(self.correct.mean())
 
+    @property
+    def trn_accuracy(self) -> float:
+        """The TRN alone's accuracy (argmax z on the image alone), whatever the recipe."""
+        return float((self.restricted_argmax(self.predictions.trn_probs) == self.targets).mean())
+
+    @cached_property
+    def regions_agree(self) -> Optional[np.ndarray]:
+        """(n,) how many regions' own expressions (argmax t_n among the shared classes) equal the
+        prediction, 0-4; None without a PIN."""
+        region_logits = self.predictions.region_logits
+        return None if region_logits is None else regions_agreeing(region_logits[:, :, self.columns], self.predicted)
+
+    @cached_property
+    def pin_predicted(self) -> Optional[np.ndarray]:
+        """(n,) pin_expression among the shared classes: argmax p~* at T = 1 (the mean over the
+        image and its mirror under the recipe's flip); None without OIM."""
+        objective = self.predictions.objective_probs(self.recipe.flip)
+        return None if objective is None else self.restricted_argmax(objective)
+
     @cached_property
     def confusion(self) -> np.ndarray:
         """Counts (classes x classes), row = true class."""
         return confusion_matrix(self.targets, self.predicted, len(self.classes))
 
     @cached_property
-    def logits(self) -> np.ndarray:
-        """The TRN's logits z in the shared classes' columns, (n, shared classes)."""
-        return self.predictions.trn_logits[:, self.columns]
+    def log_probs(self) -> np.ndarray:
+        """log p of the checkpoint's recipe in the shared classes' columns, (n, shared classes):
+        the TRN's log softmax(z) by default; softmax(log p / T) renormalises over the shared classes."""
+        return self.predictions.recipe_log_probs(self.recipe)[:, self.columns]
 
     @property
     def stored_calibration(self) -> Optional[Calibration]:
@@ -151,8 +184,8 @@ class MappedPredictions:
 
     @cached_property
     def confidence(self) -> np.ndarray:
-        """The calibrated probability of the TRN's class among the shared ones, max softmax(z / T_cal), (n,)."""
-        return softmax(self.logits, self.temperature).max(1)
+        """The calibrated probability of the reported class among the shared ones, max softmax(log p / T_cal), (n,)."""
+        return softmax(self.log_probs, self.temperature).max(1)
 
     def restricted_argmax(self, probs: np.ndarray) -> np.ndarray:
         """argmax over the shared classes' columns of per-image probabilities (n, C)."""
@@ -221,7 +254,8 @@ def predict_mapped(model_path: str | Path, prepared_dir: str | Path, split: Opti
     if not keep.any():
         raise EvaluateError(f"no image of split {split!r} has a class the model knows")
     labels = np.asarray(columns)[targets]  # in the model's columns
-    predictions = predict_checkpoint_split(checkpoint, dataset.faces, data.store_rows[keep], labels, device, batch, amp)
+    predictions = predict_checkpoint_split(checkpoint, dataset.faces, data.store_rows[keep], labels, device, batch, amp,
+                                           mirror=info.recipe.flip)
     return MappedPredictions(checkpoint_path, info, dataset, shared, columns, mapping_note, keep, targets,
                              predictions, choice)
 
@@ -243,11 +277,12 @@ def evaluation_of(mapped: MappedPredictions) -> dict:
     }
     w = predictions.consistency
     stored = mapped.stored_calibration
-    calibration = calibration_block(mapped.logits, mapped.targets, w)
+    calibration = calibration_block(mapped.log_probs, mapped.targets, w)
     return {
         "checkpoint": str(mapped.checkpoint_path), "epoch": mapped.info.epoch, "data": str(mapped.dataset.root),
         "split": mapped.choice.name, "split_reason": mapped.choice.reason, "n_images": int(mapped.keep.sum()), "n_left_out": int((~mapped.keep).sum()),
-        "classes": shared, "accuracy": mapped.accuracy,
+        "classes": shared, "recipe": {**mapped.recipe.to_dict(), "description": mapped.recipe.describe()},
+        "accuracy": mapped.accuracy,
         "mean_class_recall": float(np.mean([v["recall"] for v in per_class.values() if v["recall"] is not None])),
         "per_class": per_class, "confusion_matrix": confusion.tolist(),
         "checkpoint_temperature": None if stored is None else stored.temperature,
@@ -257,9 +292,40 @@ def evaluation_of(mapped: MappedPredictions) -> dict:
         "calibration": calibration,
         "pin_intermediate_accuracy": mapped.accuracy_of(predictions.intermediate_probs()),
         "pin_average_accuracy": mapped.accuracy_of(predictions.region_average()),
-        "trn_accuracy": mapped.accuracy,
+        "trn_accuracy": mapped.trn_accuracy,
+        **agreement_blocks(mapped.regions_agree, mapped.pin_predicted, mapped.predicted, mapped.correct),
         "class_mapping": mapped.mapping_note, "notes": evaluation_notes(mapped, calibration),
     }
+
+
+def accuracy_cell(correct: np.ndarray) -> dict:
+    """{"n", "accuracy"} of a group of images (accuracy None for none)."""
+    return {"n": int(len(correct)), "accuracy": float(correct.mean()) if len(correct) else None}
+
+
+def agreement_blocks(regions_agree: Optional[np.ndarray], pin_predicted: Optional[np.ndarray], predicted: np.ndarray,
+                     correct: np.ndarray) -> dict:
+    """How far to trust a prediction by its record's fields (POI_SPEC 4b), each None when the model lacks it:
+
+    regions_agree: accuracy per level 0..4, [{"regions_agree", "n", "accuracy"}, ...];
+    pin_agreement: accuracy where pin_expression is the prediction ("same") and where not ("differs");
+    flagged: the faces with regions_agree below 4 or a differing pin_expression against the rest,
+    and how many points more accurate the rest is ("gap")."""
+    blocks: dict = {"regions_agree": None, "pin_agreement": None, "flagged": None}
+    if regions_agree is None:
+        return blocks
+    blocks["regions_agree"] = [{"regions_agree": level, **accuracy_cell(correct[regions_agree == level])}
+                               for level in range(len(REGIONS) + 1)]
+    flagged = regions_agree < len(REGIONS)
+    if pin_predicted is not None:
+        same = pin_predicted == predicted
+        blocks["pin_agreement"] = {"same": accuracy_cell(correct[same]), "differs": accuracy_cell(correct[~same])}
+        flagged = flagged | ~same
+    rest, low = accuracy_cell(correct[~flagged]), accuracy_cell(correct[flagged])
+    gap = None if rest["accuracy"] is None or low["accuracy"] is None else rest["accuracy"] - low["accuracy"]
+    rule = f"regions_agree below {len(REGIONS)}" + (" or pin_expression differs" if pin_predicted is not None else "")
+    blocks["flagged"] = {"rule": rule, "flagged": low, "rest": rest, "gap": gap}
+    return blocks
 
 
 def evaluation_notes(mapped: MappedPredictions, calibration: Optional[dict]) -> list[str]:
@@ -280,7 +346,7 @@ def evaluation_notes(mapped: MappedPredictions, calibration: Optional[dict]) -> 
 
 def calibration_block(logits: np.ndarray, targets: np.ndarray, consistency: Optional[np.ndarray],
                       seed: int = CALIBRATION_SEED) -> Optional[dict]:
-    """calibration_study on the evaluated images (logits and targets in the shared classes), with the
+    """calibration_study on the evaluated images (logits: the recipe's log p, and targets, in the shared classes), with the
     reliability bins and risk-coverage curves of its measured half; None for fewer than 2 images.
 
     Scores: max_softmax, confidence (T_cal fitted on the study's fitting half) and consistency
