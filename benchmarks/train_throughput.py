@@ -11,11 +11,14 @@ torch.cuda.max_memory_allocated on CUDA, the process's peak RSS on CPU.
     python benchmarks/train_throughput.py --device cpu --size 224 --batch 16 --steps 3
     python benchmarks/train_throughput.py --device cuda --size 224 --batch 256 --steps 20 --amp bf16 --channels-last on
     python benchmarks/train_throughput.py --device cuda --batch 256 --steps 20 --compile
+
+--json FILE writes the same figures as one JSON object (scripts/gpu_pack.sh reads it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import statistics
 import tempfile
@@ -93,6 +96,11 @@ def training_rate(trainer: Trainer, rounds: int) -> tuple[float, float]:
     return statistics.median(rates), peak
 
 
+def write_record(path: str | None, record: dict) -> None:
+    if path:
+        Path(path).write_text(json.dumps(record, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="resnet18")
@@ -106,12 +114,13 @@ def main() -> None:
     parser.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--models", default="poi,baseline")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as temp:
         root = Path(temp)
         data = synthetic_store(root, args.store_size or args.size, args.batch * args.steps)
-        results = {}
+        results, record = {}, {"settings": vars(args), "models": {}}
         for name in ["input", *args.models.split(",")]:
             config = TrainConfig(
                 data=str(data), arch=args.arch, input_size=args.size, batch=args.batch, epochs=2, device=args.device,
@@ -127,17 +136,28 @@ def main() -> None:
                     f"channels_last {trainer.channels_last}, compile {args.compile}, torch threads {torch.get_num_threads()}"
                 )
                 print(f"input pipeline alone : {results[name]:9.1f} images/s (loader + device augmentation)")
+                record.update(device=str(trainer.ctx.device), bf16=trainer.amp, channels_last=trainer.channels_last,
+                              torch=str(torch.__version__), threads=torch.get_num_threads(),
+                              gpu=torch.cuda.get_device_name(trainer.ctx.device) if trainer.ctx.device.type == "cuda" else None,
+                              input_images_per_s=round(results[name], 1))
+                write_record(args.json, record)
             else:
                 rate, peak = training_rate(trainer, args.rounds)
                 results[name] = rate
                 label = "POI (TRN + PIN)" if name == "poi" else "baseline (TRN + CE)"
                 memory = "peak GPU memory" if trainer.ctx.device.type == "cuda" else "peak process RSS so far"
                 print(f"{label:21}: {rate:9.1f} images/s, {memory} {peak:.2f} GiB")
+                record["models"][name] = {"images_per_s": round(rate, 1), "peak_gib": round(peak, 3),
+                                          "peak_kind": "max_memory_allocated" if trainer.ctx.device.type == "cuda" else "process_max_rss"}
+                write_record(args.json, record)  # after each model: a run stopped later keeps what it measured
             del trainer
         for name in args.models.split(","):
             print(f"input / {name} training : {results['input'] / results[name]:6.1f}x")
         if "poi" in results and "baseline" in results:  # the PIN's training-only cost
             print(f"POI / baseline speed : {results['poi'] / results['baseline']:6.2f}")
+        if "poi" in results and "baseline" in results:
+            record["poi_over_baseline"] = round(results["poi"] / results["baseline"], 3)
+        write_record(args.json, record)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+"""scripts/gpu_pack.sh: its dry run (the CPU, tiny sizes) and the FERPlus pack a device call carries.
+
+The dry run runs every stage the GPU run runs (the GPU test cases on the CPU, the throughput
+benchmark, the carried data packed and unpacked, the noise runs and their evaluations) and
+writes its results as a device call brings them back: a few files in one folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_prepared
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gpu_pack_module():
+    spec = importlib.util.spec_from_file_location("gpu_pack", ROOT / "scripts" / "gpu_pack.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dry_run_writes_what_a_device_call_brings_back(tmp_path):
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_pack.sh"), "--dry-run", "--out", str(out),
+                           "--work", str(tmp_path / "work")], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+    # what the device tool brings back: at most 8 files, 16 MiB each, no sub-folders, plain names
+    files = [p for p in out.rglob("*")]
+    assert sorted(p.name for p in files) == ["details.tar.gz", "pack.log", "summary.json", "summary.md"]
+    assert all(p.parent == out and re.fullmatch(r"[A-Za-z0-9._-]+", p.name) for p in files)
+    assert all(p.stat().st_size < 16 * 2**20 for p in files)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pack"]["dry_run"] and summary["pack"]["status"] == "ok"
+    stages = summary["stages"]
+    assert {name: stages[name]["status"] for name in stages} == {
+        "env": "ok", "tests": "ok", "throughput": "ok", "throughput_compile": "skipped", "data": "ok", "noise": "ok"}
+    assert stages["env"]["result"]["torch"]
+    tests = stages["tests"]["result"]
+    assert tests["failed"] == tests["errors"] == 0 and tests["passed"] >= 5  # the GPU cases, run on the CPU
+    assert {case["test"].split("::")[1] for case in tests["cases"]} >= {
+        "test_bf16_autocast_training_step", "test_channels_last_matches_contiguous",
+        "test_compile_trains_and_saves_the_plain_module", "test_one_process_ddp_step_matches_the_plain_step",
+        "test_resume_after_kill_on_the_device_matches_uninterrupted"}
+    models = stages["throughput"]["result"]["models"]
+    assert models["poi"]["images_per_s"] > 0 and models["baseline"]["peak_gib"] > 0
+    assert stages["data"]["result"]["unpack"]["decoded_as_packed"]
+
+    noise = stages["noise"]
+    assert set(noise["runs"]) == {"ce_n30", "poi_n30", "poi_n30_round2"}
+    for name, run in noise["runs"].items():
+        assert run["epochs_done"] == run["epochs_planned"] == 1, name
+        assert 0 <= run["val_acc_final"] <= 1 and run["eval_accuracy"] is not None, name
+    assert noise["runs"]["poi_n30_round2"]["teacher"].endswith("poi_n30")  # --rounds-teacher
+    assert noise["runs"]["poi_n30_round2"]["labels"].endswith("poi_n30/clean/labels.csv")
+    assert noise["cleaning"]["n_changed"] > 0
+
+    markdown = (out / "summary.md").read_text()
+    for heading in ("| stage | status |", "## Training throughput", "## Label noise at 30 %", "## GPU test cases"):
+        assert heading in markdown
+    with tarfile.open(out / "details.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"stages/tests.xml", "stages/throughput.json", "runs/poi_n30_round2/results.csv",
+            "runs/ce_n30/eval/metrics.json"} <= names
+    assert not any(name.endswith((".pt", ".npy")) for name in names)
+
+
+def test_pack_keeps_valid_exact_and_training_faces_close(tmp_path):
+    gpu_pack = gpu_pack_module()
+    source = make_prepared(tmp_path / "source", size=48, num_classes=8, splits={"train": 3, "val": 1}, grayscale=True)
+    info = gpu_pack.pack_store(source, tmp_path / "pack", quality=85)
+    assert info["splits"]["val"]["lossless"] and info["splits"]["train"]["psnr_db"] > 30
+    checked = gpu_pack.unpack_store(tmp_path / "pack", tmp_path / "store")
+    assert checked["decoded_as_packed"]
+    before, after = np.load(source / "faces.npy"), np.load(tmp_path / "store" / "faces.npy")
+    assert before.shape == after.shape
+    manifest = (source / "manifest.csv").read_text()
+    assert (tmp_path / "store" / "manifest.csv").read_text() == manifest
+    val_rows = [int(row["store_index"]) for row in csv.DictReader(io.StringIO(manifest)) if row["split"] == "val"]
+    assert val_rows and np.array_equal(before[val_rows], after[val_rows])  # the evaluation faces, exactly
+    assert np.abs(before.astype(int) - after).max() < 64
+    meta = json.loads((tmp_path / "store" / "prepared.json").read_text())
+    assert meta["carried"]["splits"]["train"]["quality"] == 85
+
+
+@pytest.mark.parametrize("epochs, steps", [(1, "1"), (3, "3"), (4, "2,3"), (12, "6,9"), (25, "12,19"), (60, "30,45")])
+def test_noise_schedule_divides_lr_at_half_and_three_quarters(epochs, steps):
+    assert gpu_pack_module().lr_steps(epochs) == steps
