@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import TINY_SPLITS, make_prepared, tiny_config
+from conftest import make_prepared, tiny_config
 from poi_cli.cli import app
 from poi_cli.data.combined import CombineError, CombinedFaces, combine, parse_weights, sampling_positions, union_classes
 from poi_cli.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_gray_rgb

@@ -94,6 +94,10 @@ class PreparedDataset:
         missing = [c for c in ("id", "split", "label", "status", "store_index") if c not in self.manifest.columns]
         if missing:
             raise StoreError(f"{self.root / MANIFEST_FILE} lacks the column(s) {', '.join(missing)}: prepare the folder again")
+        repeated = self.manifest["id"][self.manifest["id"].duplicated()]
+        if len(repeated):
+            raise StoreError(f"{self.root / MANIFEST_FILE}: id {repeated.iloc[0]!r} appears more than once "
+                             f"({repeated.size} repeated ids): prepare the folder again")
         self.members: list = []  # data/combined.py: the prepared folders a combined folder reads its faces from
         if "members" in self.meta:
             from poi_cli.data.combined import open_members
@@ -137,7 +141,7 @@ class PreparedDataset:
 
     def splits(self) -> list[str]:
         usable = self.manifest[self.manifest["status"] == STATUS_OK]
-        return sorted(usable["split"].unique())
+        return sorted(name for name in usable["split"].dropna().unique() if name)  # a row without a split is in none
 
     def validation_split(self, exclude: Optional[str] = None) -> Optional[str]:
         """The split models are selected and calibrated on: valid, else val (never test); None when neither."""
@@ -188,11 +192,16 @@ class PreparedDataset:
         rows_of_store = pd.to_numeric(rows["store_index"], errors="coerce")
         bad = rows.index[rows_of_store.isna() | (rows_of_store < 0) | (rows_of_store >= len(self.faces))]
         if len(bad):
-            raise StoreError(f"{self.root / MANIFEST_FILE}: image {rows['id'][bad[0]]} has store_index "
+            raise StoreError(f"{self.root / MANIFEST_FILE}: image {rows['id'][bad[0]]!r} has store_index "
                              f"{rows['store_index'][bad[0]]!r}, outside faces.npy's {len(self.faces)} rows")
+        labels = pd.to_numeric(rows["label"], errors="coerce")
+        bad = rows.index[labels.isna() | (labels != labels.round()) | (labels < 0) | (labels >= self.num_classes)]
+        if len(bad):
+            raise StoreError(f"{self.root / MANIFEST_FILE}: image {rows['id'][bad[0]]!r} has label {rows['label'][bad[0]]!r}, "
+                             f"not a class index (0 to {self.num_classes - 1}): prepare the folder again")
         data = SplitData(
             store_rows=rows_of_store.to_numpy(np.int64),
-            labels=rows["label"].to_numpy(np.int64),
+            labels=labels.to_numpy(np.int64),
             ids=rows["id"].to_numpy(str),
         )
         if labels_file is not None:
@@ -218,21 +227,27 @@ def read_label_file(path: str | Path, classes: Optional[Sequence[str]] = None) -
         raise StoreError(f"{path} is not a readable CSV label file ({str(error).splitlines()[0]})") from None
     if not {"id", "label"} <= set(table.columns):
         raise StoreError(f"{path} is not a label file: it needs columns id and label (has {', '.join(map(str, table.columns))})")
-    numbers = pd.to_numeric(table["label"], errors="coerce")
-    bad = table.index[numbers.isna() | (numbers != numbers.round())]
-    if len(bad):
-        raise StoreError(f"{path}, row {bad[0] + 2}: label {table['label'][bad[0]]!r} is not a whole number (a class index)")
-    table["label"] = numbers.astype(np.int64)
+    label_columns = [c for c in ("label", "clean_label") if c in table]
+    for column in label_columns:
+        numbers = pd.to_numeric(table[column], errors="coerce")
+        bad = table.index[numbers.isna() | ~np.isfinite(numbers) | (numbers.abs() > 2**53) | (numbers != numbers.round())]
+        if len(bad):
+            raise StoreError(f"{path}, row {bad[0] + 2}: {column} {table[column][bad[0]]!r} is not a whole number (a class index)")
+        table[column] = numbers.astype(np.int64)
+    if table["id"].isna().any():
+        raise StoreError(f"{path}, row {int(np.flatnonzero(table['id'].isna())[0]) + 2}: the id is empty")
     duplicated = table["id"][table["id"].duplicated()]
     if len(duplicated):
         raise StoreError(f"{path}: id {duplicated.iloc[0]!r} appears more than once ({duplicated.size} repeated ids)")
     if classes is not None:
+        for column in label_columns:
+            labels = table[column].to_numpy()
+            outside = np.flatnonzero((labels != DROPPED_LABEL) & ((labels < 0) | (labels >= len(classes))))
+            if len(outside):
+                row = outside[0]
+                raise StoreError(f"{path}, row {row + 2}: {column} {labels[row]} is not a class index (0 to {len(classes) - 1}, "
+                                 f"or {DROPPED_LABEL} to leave the image out)")
         labels = table["label"].to_numpy()
-        outside = np.flatnonzero((labels != DROPPED_LABEL) & ((labels < 0) | (labels >= len(classes))))
-        if len(outside):
-            row = outside[0]
-            raise StoreError(f"{path}, row {row + 2}: label {labels[row]} is not a class index (0 to {len(classes) - 1}, "
-                             f"or {DROPPED_LABEL} to leave the image out)")
         if "label_name" in table:
             names = table["label_name"].fillna("")
             expected = pd.Series(label_names(labels, classes), index=table.index)
@@ -254,11 +269,15 @@ def apply_label_file(data: SplitData, path: str | Path, classes: Optional[Sequen
     table = read_label_file(path, classes).set_index("id")
     missing = [i for i in data.ids if i not in table.index]
     if missing:
-        raise StoreError(f"{path} lacks labels for {len(missing)} images of the split (first: {missing[0]})")
+        raise StoreError(f"{path} lacks labels for {len(missing)} images of the split (first: {missing[0]!r})")
     chosen = table.loc[data.ids]
     labels = chosen["label"].to_numpy(np.int64)
     clean = chosen["clean_label"].to_numpy(np.int64) if "clean_label" in chosen else data.labels
     keep = labels != DROPPED_LABEL
+    unknown = keep & (clean == DROPPED_LABEL)
+    if unknown.any():
+        raise StoreError(f"{path}: image {data.ids[unknown][0]!r} is trained on (label {labels[unknown][0]}) "
+                         f"but its clean_label is {DROPPED_LABEL}")
     return SplitData(data.store_rows[keep], labels[keep], data.ids[keep], clean[keep])
 
 
