@@ -135,6 +135,60 @@ def tiny_config(data: Path, project: Path, **overrides: Any) -> TrainConfig:
     return TrainConfig(**values)
 
 
+# A training run for kill-and-resume tests: `python -c STALLING_RUN DATA PROJECT [DEVICE [ARCH]]`
+# trains 2 epochs (name "killed") with a callback that announces itself on stderr and hangs
+# before step 2 of epoch 2, so that the test can SIGKILL the run mid-epoch.
+STALLING_RUN = """
+import sys, time
+from poi_cli.train.config import TrainConfig
+from poi_cli.train.engine import Callback, train
+
+class Stall(Callback):
+    def on_step(self, epoch, step):
+        if (epoch, step) == (1, 1):
+            print("stalled at epoch 2 step 2", file=sys.stderr, flush=True)
+            while True:
+                time.sleep(3600)
+
+data, project, device, arch = (sys.argv[1:] + ["auto", "resnet18"])[:4]
+config = TrainConfig(data=data, input_size=64, epochs=2, batch=7, lr=0.01, project=project, amp="off", seed=0,
+                     name="killed", device=device, arch=arch)
+train(config, callbacks=[Stall()])
+"""
+
+
+def train_until_killed(data: Path, project: Path, *device_and_arch: str) -> None:
+    """Run STALLING_RUN on `data` into `project` and SIGKILL it once it hangs in epoch 2.
+
+    With this process's torch thread count: the float sums, and so the weights, differ
+    between counts, and the test compares the resumed run with one trained here."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    import torch
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    process = subprocess.Popen([sys.executable, "-c", STALLING_RUN, str(data), str(project), *device_and_arch], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(300, process.kill)  # never hang the suite
+    watchdog.start()
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # wait until the run hangs in epoch 2, step 2
+            if "stalled at epoch 2 step 2" in line:
+                break
+        else:
+            pytest.fail(f"training exited ({process.wait()}) before reaching epoch 2")
+        process.send_signal(signal.SIGKILL)
+    finally:
+        watchdog.cancel()
+        process.kill()
+        process.wait()
+
+
 @dataclass(frozen=True)
 class TinyRuns:
     """Two run folders trained for one epoch (tiny_config) on the same tiny store."""

@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import signal
-import subprocess
-import sys
-import threading
 
 import pandas as pd
 import pytest
@@ -23,7 +19,7 @@ import torch.distributed as dist
 from rich.console import Console
 from typer.testing import CliRunner
 
-from conftest import TINY_SPLITS, make_prepared, tiny_config
+from conftest import TINY_SPLITS, make_prepared, tiny_config, train_until_killed
 from poi_cli.cli import app
 from poi_cli.model.checkpoint import load_checkpoint, load_model
 from poi_cli.train.config import TrainConfig
@@ -163,46 +159,12 @@ def test_one_process_ddp_step_matches_the_plain_step(data, tmp_path):
         dist.destroy_process_group()
 
 
-# Trains 2 epochs on the device with a callback that announces itself on stderr and hangs
-# before step 2 of epoch 2, so that the test can SIGKILL the run mid-epoch.
-STALLING_RUN = """
-import sys, time
-from poi_cli.train.config import TrainConfig
-from poi_cli.train.engine import Callback, train
-
-class Stall(Callback):
-    def on_step(self, epoch, step):
-        if (epoch, step) == (1, 1):
-            print("stalled at epoch 2 step 2", file=sys.stderr, flush=True)
-            while True:
-                time.sleep(3600)
-
-data, project, device, arch = sys.argv[1:5]
-config = TrainConfig(data=data, input_size=64, epochs=2, batch=7, lr=0.01, project=project, amp="off", seed=0,
-                     name="killed", device=device, arch=arch)
-train(config, callbacks=[Stall()])
-"""
 
 
 def test_resume_after_kill_on_the_device_matches_uninterrupted(data, tmp_path):
     project = tmp_path / "runs"
+    train_until_killed(data, project, DEVICE, ARCH)
     threads = torch.get_num_threads()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    process = subprocess.Popen([sys.executable, "-c", STALLING_RUN, str(data), str(project), DEVICE, ARCH], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    watchdog = threading.Timer(300, process.kill)  # never hang the suite
-    watchdog.start()
-    try:
-        for line in process.stderr:
-            if "stalled at epoch 2 step 2" in line:
-                break
-        else:
-            pytest.fail(f"training exited ({process.wait()}) before reaching epoch 2")
-        process.send_signal(signal.SIGKILL)
-    finally:
-        watchdog.cancel()
-        process.kill()
-        process.wait()
     run = project / "killed"
     assert pd.read_csv(run / "results.csv")["epoch"].tolist() == [1]
     killed = load_checkpoint(run / "last.pt")

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import threading
 from dataclasses import fields
 
 import numpy as np
@@ -17,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import TINY_SPLITS, make_prepared, tiny_config
+from conftest import TINY_SPLITS, make_prepared, tiny_config, train_until_killed
 from poi_cli.data.loader import BatchLoader
 from poi_cli.data.preprocess import normalize, to_model_input
 from poi_cli.train.augment import BatchAugment
@@ -144,48 +139,13 @@ def test_fine_tune_keeps_the_gate_of_a_checkpoint_that_names_it_the_old_way(tmp_
     assert torch.equal(model.pin.oim.fc.weight, source.pin.oim.fc.weight)
 
 
-# Trains tiny_config(name="killed") with a callback that announces itself on stderr and
-# hangs before step 2 of epoch 2, so that the test can SIGKILL the run mid-epoch.
-STALLING_RUN = """
-import sys, time
-from poi_cli.train.config import TrainConfig
-from poi_cli.train.engine import Callback, train
-
-class Stall(Callback):
-    def on_step(self, epoch, step):
-        if (epoch, step) == (1, 1):
-            print("stalled at epoch 2 step 2", file=sys.stderr, flush=True)
-            while True:
-                time.sleep(3600)
-
-data, project = sys.argv[1:3]
-config = TrainConfig(data=data, input_size=64, epochs=2, batch=7, lr=0.01, project=project, amp="off", seed=0, name="killed")
-train(config, callbacks=[Stall()])
-"""
 
 
 def test_resume_after_kill_mid_epoch_matches_uninterrupted(tmp_path):
     data = make_prepared(tmp_path / "data", splits=TINY_SPLITS)
     project = tmp_path / "runs"
-    command = [sys.executable, "-c", STALLING_RUN, str(data), str(project)]
-    # one thread count for the killed epoch, the resumed one and the reference: the float
-    # sums, and so the weights, differ between counts (`poi train` sets its own, --threads)
+    train_until_killed(data, project)
     threads = torch.get_num_threads()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    watchdog = threading.Timer(300, process.kill)  # never hang the suite
-    watchdog.start()
-    try:
-        for line in process.stderr:  # wait until the run hangs in epoch 2, step 2
-            if "stalled at epoch 2 step 2" in line:
-                break
-        else:
-            pytest.fail(f"training exited ({process.wait()}) before reaching epoch 2")
-        process.send_signal(signal.SIGKILL)
-    finally:
-        watchdog.cancel()
-        process.kill()
-        process.wait()
     run = project / "killed"
     assert pd.read_csv(run / "results.csv")["epoch"].tolist() == [1]
     assert load_checkpoint(run / "last.pt")["epoch"] == 1
