@@ -147,6 +147,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-python", default=str(ROOT / ".venv-deploy/bin/python"))
     parser.add_argument("--old-python", default=str(ROOT / ".venv/bin/python"))
+    parser.add_argument("--maker-python", default=str(ROOT / ".venv/bin/python"),
+                        help="a Python with scikit-image, which makes the test photos and clip (default: the full environment)")
     parser.add_argument("--old-tree", type=Path, help="a checkout of the commit to compare with (none: new only)")
     parser.add_argument("--only", nargs="+", choices=("startup", "folder", "video", "size"),
                         default=["startup", "folder", "video", "size"])
@@ -166,9 +168,9 @@ def main() -> None:
     if "startup" in args.only:
         startup(sides, args.new_python, args.repeats)
     if "folder" in args.only:
-        folder(sides, args.count, args.rounds, args.old_python)
+        folder(sides, args.count, args.rounds, args.maker_python)
     if "video" in args.only:
-        video(sides, args.fps, args.old_python)
+        video(sides, args.fps, args.maker_python)
     if "size" in args.only:
         size(args.new_python, args.wheel)
 

@@ -1,4 +1,4 @@
-"""The model shipped inside the package (issue 6): what `poi predict` uses after install,
+"""The model shipped inside the package (issues 6 and 25): what `poi predict` uses after install,
 run on the public-domain photo committed in examples/ (scikit-image's astronaut)."""
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from poi_cli.model.checkpoint import read_checkpoint_info
 from poi_cli.model.network import ModelConfig
 from poi_cli.deploy.predict import bundled_model
 
-ASTRONAUT = Path(__file__).resolve().parents[1] / "examples" / "astronaut.jpg"
+ROOT = Path(__file__).resolve().parents[1]
+ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
+HISTORY_V1 = ROOT / "weights" / "history" / "poi_ferplus8_resnet10_96_v1.fp16.pt"  # the first bundled model
 MAX_BYTES = 25 * 10**6  # the issue's limit, "under 25 MB"
 runner = CliRunner()
 
@@ -38,13 +40,16 @@ def test_bundled_model_is_fp16_trn_and_pin_under_25_mb(bundled):
     assert config.use_pin and config.prior_supervision and config.use_oim and config.num_classes == 8
     assert any(name.startswith("trn.") for name in weights) and any(name.startswith("pin.eye_au_nets") for name in weights)
     assert checkpoint["classes"] == list(class_names(8))
-    assert checkpoint["resolved"]["grayscale"] is True  # FERPlus faces are grey; predict converts to match
-
-
-def test_bundled_model_without_a_preprocessing_key_reads_as_grey_96_px(bundled):
-    """The file predates Preprocessing: it is derived from resolved and model_config."""
-    assert "preprocessing" not in torch.load(bundled, map_location="cpu", weights_only=True)
+    # v2 (issue 25) trained on FERPlus (grey) and SFEW (colour) faces: a colour model
     info = read_checkpoint_info(bundled)
+    assert info.preprocessing == Preprocessing(face_size=96, input_size=96, grayscale=False)
+    assert info.calibration is not None and info.calibration_temperature > 0  # T_cal fitted after its recipe
+
+
+def test_the_first_bundled_model_without_a_preprocessing_key_reads_as_grey_96_px():
+    """v1 (weights/history/) predates Preprocessing: it is derived from resolved and model_config."""
+    assert "preprocessing" not in torch.load(HISTORY_V1, map_location="cpu", weights_only=True)
+    info = read_checkpoint_info(HISTORY_V1)
     assert info.preprocessing == Preprocessing(face_size=96, input_size=96, grayscale=True)
     assert info.packed == {"dtype": "float16", "source": "best.pt"} and info.classes == class_names(8)
 

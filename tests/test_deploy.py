@@ -67,7 +67,8 @@ def test_commands_of_the_train_extra_say_so_in_one_line():
 def test_bundled_onnx_model_carries_what_prediction_needs():
     runner = OnnxRunner(bundled_model(), threads=1)
     assert runner.classes == tuple(class_names(8))
-    assert runner.preprocessing.face_size == runner.preprocessing.input_size == 96 and runner.preprocessing.grayscale
+    assert runner.preprocessing.face_size == runner.preprocessing.input_size == 96
+    assert not runner.preprocessing.grayscale  # v2 (issue 25): FERPlus grey and SFEW colour faces, a colour model
     assert runner.calibrated and 1.0 < runner.calibration_temperature < 3.0
     assert runner.has_pin and runner.has_aus
     faces = np.random.default_rng(0).integers(0, 256, (3, 96, 96, 3), dtype=np.uint8)
