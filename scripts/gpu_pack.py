@@ -53,6 +53,8 @@ from pathlib import Path
 from typing import Any, Optional
 import xml.etree.ElementTree as ET
 
+from poi_cli.core.atomic import atomic_write, atomic_write_text  # stdlib only: the bare GPU machine has it (PYTHONPATH)
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PACK = ROOT / "prepared" / "gpu_pack_ferplus"  # ignored by git; the device call carries it
 DEFAULT_OUT = ROOT / "runs" / "gpu_pack"
@@ -94,12 +96,6 @@ NOISE_MIN_S, DRY_NOISE_MIN_S = 150, 40  # kept for the noise stage while the sta
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(temp, path)
 
 
 def read_json(path: Path) -> Optional[Any]:
@@ -206,8 +202,8 @@ class Pack:
     def write_summary(self) -> None:
         self.summary["pack"]["elapsed_s"] = round(time.monotonic() - self.started, 1)
         self.summary["pack"]["updated"] = now_iso()
-        write_atomic(self.out / "summary.json", json.dumps(self.summary, indent=1, default=str) + "\n")
-        write_atomic(self.out / "summary.md", render_markdown(self.summary))
+        atomic_write_text(self.out / "summary.json", json.dumps(self.summary, indent=1, default=str) + "\n")
+        atomic_write_text(self.out / "summary.md", render_markdown(self.summary))
         self.write_details()
 
     def write_details(self) -> None:
@@ -222,7 +218,7 @@ class Pack:
                     if (path.is_file() and path.suffix not in (".pt", ".npy", ".onnx")
                             and path.stat().st_size <= DETAIL_MAX_BYTES and not path.name.startswith(".")):
                         tar.add(path, arcname=f"runs/{path.relative_to(self.runs_dir)}")
-        write_atomic(self.out / "details.tar.gz", buffer.getvalue())
+        atomic_write(self.out / "details.tar.gz", lambda f: f.write(buffer.getvalue()))
 
     # -- commands
 

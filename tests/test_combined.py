@@ -128,6 +128,13 @@ def test_combine_refuses_what_it_cannot_combine(two_stores, tmp_path):
     result = CliRunner().invoke(app, ["combine", str(first), str(second), "--out", str(first)])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert not (first / "inside").exists() and PreparedDataset(first).members == []  # nothing written over
+    other = make_prepared(tmp_path / "other", num_classes=6, splits={"train": 1})
+    before = (other / "manifest.csv").read_bytes()
+    with pytest.raises(CombineError, match="holds a prepared dataset"):
+        combine([first, second], other)  # a prepared folder that is not an input is not written over either
+    assert (other / "manifest.csv").read_bytes() == before
+    combine([first, second], tmp_path / "again")
+    combine([first, second], tmp_path / "again", weights=[1, 2])  # an earlier combined folder may be rewritten
 
 
 def test_combine_command_prints_the_members(two_stores, tmp_path):

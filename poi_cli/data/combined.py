@@ -25,13 +25,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from poi_cli.core.atomic import real_path, refuse_input_as_output
 from poi_cli.core.errors import PoiError
+
+if TYPE_CHECKING:  # data.store imports this module
+    from poi_cli.data.store import PreparedDataset
 
 DATASET_COLUMN, MEMBER_SPLIT_COLUMN = "dataset", "member_split"
 VALIDATION = "val"  # the combined name of every member's validation split
@@ -127,6 +130,8 @@ def combine(prepared_dirs: Sequence[str | Path], out: str | Path, weights: Optio
     if len(set(names)) != len(names):
         raise CombineError(f"the datasets need distinct folder names to tell them apart (got {', '.join(names)})")
     refuse_input_as_output(out, prepared_dirs, "--out")
+    if (Path(out) / "faces.npy").exists() or ((Path(out) / "prepared.json").is_file() and not _is_combined(Path(out))):
+        raise CombineError(f"--out {out} holds a prepared dataset: give a new folder (or an earlier combined one)")
     datasets = [PreparedDataset(p) for p in prepared_dirs]
     nested = [str(d.root) for d in datasets if d.members]
     if nested:
@@ -153,7 +158,7 @@ def combine(prepared_dirs: Sequence[str | Path], out: str | Path, weights: Optio
     return writer.root
 
 
-def member_manifest(dataset, name: str, classes: Sequence[str], offset: int) -> pd.DataFrame:
+def member_manifest(dataset: "PreparedDataset", name: str, classes: Sequence[str], offset: int) -> pd.DataFrame:
     """A member's manifest in the combined numbering (see the module docstring)."""
     table = dataset.manifest.copy()
     table[MEMBER_SPLIT_COLUMN] = table["split"]

@@ -15,10 +15,13 @@ resampling that also does the flip and the shift).
 
 from __future__ import annotations
 
+import io
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from poi_cli.data.preprocess import GRAY_WEIGHTS, IMAGENET_MEAN, IMAGENET_STD
 
@@ -101,11 +104,6 @@ class BatchAugment:
     def jpeg_artefacts(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """uint8 (B, H, W, 3): a chosen share (p = jpeg) re-encoded as JPEG at a quality in
         [30, 90] and decoded (Pillow, on the CPU)."""
-        import io
-
-        import numpy as np
-        from PIL import Image
-
         batch = images.shape[0]
         chosen = self.chosen(batch, self.jpeg, images.device, generator)
         quality = torch.randint(30, 91, (batch,), device=images.device, generator=generator)

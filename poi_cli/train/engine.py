@@ -352,7 +352,7 @@ class Trainer:
         )
         logits, labels = predictions.trn_logits, predictions.labels
         if members is not None:
-            members = members[ctx.rank::ctx.world_size]  # this process's share, as predict_split takes it
+            members = members[predictions.positions]  # this process's share, in the order predicted
         if ctx.distributed:  # shares differ in size: gather them as objects (a validation split is small)
             shares: list = [None] * ctx.world_size
             dist.all_gather_object(shares, (logits, labels, members))

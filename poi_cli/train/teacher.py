@@ -35,7 +35,7 @@ class Teacher:
             raise TrainError(f"--teacher: {path} predicts {', '.join(info.classes)}; this run trains {', '.join(classes)}")
         # A grey teacher (FERPlus) can teach a colour student (a combined folder): it sees the batch in grey.
         self.grey = info.preprocessing.grayscale and not preprocessing.grayscale
-        if info.preprocessing != replace(preprocessing, grayscale=info.preprocessing.grayscale if self.grey else preprocessing.grayscale):
+        if info.preprocessing != (replace(preprocessing, grayscale=True) if self.grey else preprocessing):
             theirs, ours = asdict(info.preprocessing), asdict(preprocessing)
             differ = ", ".join(f"{key} {theirs[key]} (this run: {ours[key]})" for key in ours if theirs.get(key) != ours[key])
             raise TrainError(f"--teacher: {path} was trained on other input: {differ}")
