@@ -20,7 +20,7 @@ from poi_cli.model.calibration import Calibration
 from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint
 from poi_cli.model.network import POIOutput
 from poi_cli.model.predictions import predict_split
-from poi_cli.model.reporting import Reporting, mirrored, recipe_log_probs
+from poi_cli.model.reporting import Reporting, mirrored, objective_log_probs, recipe_log_probs
 
 FUSED_FLIPPED = PredictionRecipe("trn+pin", True)
 
@@ -34,11 +34,12 @@ class FixedOutputs(nn.Module):
         self.pin = SimpleNamespace(oim=True)
         self.config = SimpleNamespace(uem_temperature=1.0)
 
-    def forward(self, images: torch.Tensor, with_pin: bool = True) -> POIOutput:
+    def forward(self, images: torch.Tensor, with_pin: bool = True, pin_rows=None) -> POIOutput:
         batch = images.shape[0]
+        regions = batch if pin_rows is None else pin_rows
         return POIOutput(trn_logits=torch.log(torch.tensor([0.9, 0.1])).expand(batch, 2),
-                         region_logits=torch.log(torch.tensor([0.3, 0.7])).expand(batch, 4, 2),
-                         gate_weights=torch.full((batch, 4), 0.25), consistency=torch.ones(batch),
+                         region_logits=torch.log(torch.tensor([0.3, 0.7])).expand(regions, 4, 2),
+                         gate_weights=torch.full((regions, 4), 0.25), consistency=torch.ones(regions),
                          temperature=3.0)
 
 
@@ -66,11 +67,25 @@ def test_flip_averages_the_image_and_its_mirror_and_a_mirrored_face_reads_the_sa
         plain, mirror = model(images), model(mirrored(images))
         trn_only = Reporting(model, PredictionRecipe("trn", True))(images)
     assert torch.allclose(flipped.probabilities, of_mirror.probabilities, atol=1e-5)
-    assert torch.allclose(flipped.pin_probabilities, of_mirror.pin_probabilities, atol=1e-5)
     assert torch.allclose(trn_only.probabilities, (plain.trn_probs + mirror.trn_probs) / 2, atol=1e-5)
-    # the regions' outputs are the image's own, never its mirror's
+    # the regions' outputs, pin_expression's p~* among them, are the image's own, never its mirror's
     assert torch.allclose(flipped.consistency, plain.consistency, atol=1e-6)
+    for reported in (flipped, trn_only):
+        assert torch.allclose(reported.pin_probabilities, objective_log_probs(plain.region_logits, plain.gate_weights).exp(),
+                              atol=1e-5)
+    assert (flipped.pin_probabilities - of_mirror.pin_probabilities).abs().max() > 1e-4  # the mirror's own differ
     assert not torch.allclose(flipped.probabilities, Reporting(model, PredictionRecipe("trn+pin", False), 1.3)(images).probabilities)
+
+
+def test_the_mirror_goes_through_the_pin_only_when_the_fusion_uses_it():
+    model = tiny_model().eval()
+    seen: list[int] = []
+    model.pin.register_forward_hook(lambda module, args, output: seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        Reporting(model, PredictionRecipe("trn", True))(torch.randn(3, 3, 64, 64))
+        Reporting(model, FUSED_FLIPPED)(torch.randn(3, 3, 64, 64))
+        Reporting(model, PredictionRecipe("trn", True), with_pin=False)(torch.randn(3, 3, 64, 64))
+    assert seen == [3, 6]  # TRN + mirror: the image's regions only; TRN + PIN + mirror: both views; no PIN asked: none
 
 
 def test_a_recipe_the_model_cannot_run_is_refused():
@@ -146,7 +161,7 @@ def test_the_split_path_makes_the_same_numbers_as_the_runner(fused_checkpoint):
     split = predict_split(model, faces, np.arange(5), np.zeros(5, np.int64), 64, 2, torch.device("cpu"), mirror=True)
     expected = TorchRunner(fused_checkpoint).run(faces)
     np.testing.assert_allclose(softmax(split.recipe_log_probs(FUSED_FLIPPED), 1.7), expected.probabilities, atol=1e-5)
-    np.testing.assert_allclose(split.objective_probs(flip=True), expected.pin_probabilities, atol=1e-5)
+    np.testing.assert_allclose(split.objective_probs(), expected.pin_probabilities, atol=1e-5)
     without_mirror = predict_split(model, faces, np.arange(5), np.zeros(5, np.int64), 64, 2, torch.device("cpu"))
     with pytest.raises(ValueError, match="mirror"):
         without_mirror.recipe_log_probs(FUSED_FLIPPED)

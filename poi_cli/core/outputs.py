@@ -86,8 +86,8 @@ class ModelOutputs:
     region_probabilities: (N, 4, C) p_n = softmax(t_n / T_uem) of the four regions in
         core.manifests.REGION_NAMES order; None without a PIN. Like consistency and the
         AUs, of the image as given (never of its mirror).
-    pin_probabilities: (N, C) the PIN's objective inference p~* at T = 1 (Eq. 7), averaged
-        over the image and its mirror when the recipe flips; None without it (a baseline,
+    pin_probabilities: (N, C) the PIN's objective inference p~* at T = 1 (Eq. 7) of the
+        image as given, like the regions' outputs; None without it (a baseline,
         a model without OIM, or an ONNX file exported before it was an output).
     """
 

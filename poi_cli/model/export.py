@@ -13,7 +13,8 @@ normalised face batch (N, 3, S, S), output the logits (N, C). Under a checkpoint
 PredictionRecipe other than the TRN alone on the image alone (POI_SPEC 4b), the "logits"
 are the recipe's log p instead (softmax(log p / T_cal) is then what softmax(z / T_cal) was),
 and the deployed graph includes what the recipe needs: the PIN's heads for fusion
-trn+pin, a second pass over the mirror for flip. With full=True the whole model,
+trn+pin, a second pass of the trunk and TRN over the mirror for flip (of the PIN too
+when it is fused). With full=True the whole model,
 returning what `poi predict` reports (model/reporting.py computes it):
 
     probabilities          (N, C)     softmax(log p / T_cal): p the checkpoint's recipe (softmax(z) by
@@ -26,8 +27,8 @@ returning what `poi predict` reports (model/reporting.py computes it):
                                       mouth regions), in poi_cli.core.manifests order
     region_probabilities   (N, 4, C)  p_n = softmax(t_n / T_uem) of left_eye, right_eye, left_mouth,
                                       right_mouth (the distributions consistency is computed from)
-    pin_probabilities      (N, C)     the PIN's objective inference p~* at T = 1 (Eq. 7; the mean over
-                                      the image and its mirror under flip); not for a model without OIM
+    pin_probabilities      (N, C)     the PIN's objective inference p~* at T = 1 (Eq. 7) of the image
+                                      (never its mirror's); not for a model without OIM
 
 Input preprocessing (what the exported file expects), the checkpoint's Preprocessing
 (poi_cli.data.preprocess): a face aligned by poi_cli.data.faces.align_face at face_size

@@ -418,11 +418,14 @@ class POIModel(nn.Module):
         self.trn = TargetRecognitionNetwork(resnet, config.num_classes)
         self.pin = PriorInferenceNetwork(config) if config.use_pin else None
 
-    def forward(self, images: torch.Tensor, with_pin: bool = True) -> POIOutput:
+    def forward(self, images: torch.Tensor, with_pin: bool = True, pin_rows: Optional[int] = None) -> POIOutput:
+        """pin_rows: run the PIN on the first pin_rows images of the batch only (prediction's mirror
+        views when the recipe does not fuse p~*: the TRN needs them, the PIN's outputs do not)."""
         shared_features = self.trunk(images)
         output = POIOutput(trn_logits=self.trn(shared_features), temperature=self.config.temperature)
         if self.pin is not None and with_pin:
-            for name, value in self.pin(shared_features).items():
+            pin_features = shared_features if pin_rows is None else shared_features[:pin_rows]
+            for name, value in self.pin(pin_features).items():
                 setattr(output, name, value)
         return output
 

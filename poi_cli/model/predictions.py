@@ -31,7 +31,7 @@ from poi_cli.data.loader import BatchLoader
 from poi_cli.data.preprocess import to_model_input
 from poi_cli.model.checkpoint import model_of
 from poi_cli.model.network import POIOutput, intermediate_log_probs, tempered_log_probs
-from poi_cli.model.reporting import log_mean, mirrored, objective_log_probs, recipe_log_probs
+from poi_cli.model.reporting import mirrored, objective_log_probs, recipe_log_probs
 
 # POIOutput fields kept per image besides the TRN logits (None when the model has none).
 PIN_FIELDS = ("region_logits", "gate_weights", "consistency", "eye_au_probs", "mouth_au_probs")
@@ -114,11 +114,11 @@ class SplitPredictions:
         trn, objective = self._views(recipe.flip)
         return recipe_log_probs(trn, objective, recipe.fusion).numpy()
 
-    def objective_probs(self, flip: bool = False) -> Optional[np.ndarray]:
-        """p~* at T = 1, the PIN's objective inference as prediction reports it (pin_expression
-        is its argmax): the mean over the image and its mirror when flip; None without OIM."""
-        _, objective = self._views(flip)
-        return None if any(o is None for o in objective) else log_mean(objective).exp().numpy()
+    def objective_probs(self) -> Optional[np.ndarray]:
+        """p~* at T = 1 of the image, the PIN's objective inference as prediction reports it
+        (pin_expression is its argmax; never the mirror's, like every regions' output); None without OIM."""
+        _, (objective,) = self._views(flip=False)
+        return None if objective is None else objective.exp().numpy()
 
     def _views(self, flip: bool) -> tuple[list[torch.Tensor], list[Optional[torch.Tensor]]]:
         """(z, log p~* at T = 1) of the image and, with flip, of its mirror, as tensors."""

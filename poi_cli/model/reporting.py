@@ -14,7 +14,8 @@ recipe_log_probs to the outputs they kept of a split (model/predictions.SplitPre
     probabilities = softmax(log p / T_cal)                  T_cal fitted after the fusion
 
 v runs over the views: the image, and its horizontal mirror when the recipe flips. The
-regions' outputs (consistency, AUs, region distributions) are always the image's own.
+regions' outputs (consistency, AUs, region distributions, p~* for pin_expression) are always
+the image's own; the mirror goes through the PIN only when the fusion uses p~*.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class Reported:
 
     log_probs: torch.Tensor  # log p before T_cal, (B, C)
     probabilities: torch.Tensor  # softmax(log p / T_cal), (B, C)
-    pin_probabilities: Optional[torch.Tensor] = None  # p~* at T = 1, mean over the views, (B, C)
+    pin_probabilities: Optional[torch.Tensor] = None  # p~* at T = 1 of the image, (B, C)
     consistency: Optional[torch.Tensor] = None  # the UEM's w (Eq. 10), (B,)
     eye_aus: Optional[torch.Tensor] = None  # (B, 2, 6)
     mouth_aus: Optional[torch.Tensor] = None  # (B, 2, 7)
@@ -89,7 +90,7 @@ class Reporting(nn.Module):
 
     with_pin: also give the regions' outputs (consistency, AUs, region distributions, p~*);
     the PIN runs anyway when the recipe fuses it. Under flip the image and its mirror go
-    through the network as one batch of 2B.
+    through the trunk and TRN as one batch of 2B, through the PIN only when it is fused.
     """
 
     def __init__(self, model: POIModel, recipe: PredictionRecipe = PredictionRecipe(),
@@ -106,7 +107,9 @@ class Reporting(nn.Module):
     def forward(self, images: torch.Tensor) -> Reported:
         n = images.shape[0]
         batch = torch.cat([images, mirrored(images)]) if self.recipe.flip else images
-        out: POIOutput = self.model(batch, with_pin=self.run_pin)
+        # The mirror goes through the PIN only when the fusion needs its p~*: what is reported
+        # of the regions is the image's own, so otherwise the PIN's heads run once per face.
+        out: POIOutput = self.model(batch, with_pin=self.run_pin, pin_rows=None if self.recipe.uses_pin else n)
         views = (slice(0, n), slice(n, None)) if self.recipe.flip else (slice(None),)
         objective = objective_log_probs(out.region_logits, out.gate_weights)
         log_probs = recipe_log_probs([out.trn_logits[v] for v in views],
@@ -114,9 +117,9 @@ class Reporting(nn.Module):
         reported = Reported(log_probs=log_probs, probabilities=calibrated_probs(log_probs, self.calibration_temperature))
         if not self.run_pin:
             return reported
-        own = views[0]  # the regions' outputs of the image as given
+        own = slice(0, n)  # the regions' outputs (pin_expression's p~* among them) of the image as given
         if objective is not None:
-            reported.pin_probabilities = log_mean([objective[v] for v in views]).exp()
+            reported.pin_probabilities = objective[own].exp()
         reported.consistency = out.consistency[own]
         if out.eye_au_logits is not None:
             reported.eye_aus, reported.mouth_aus = out.eye_au_probs[own], out.mouth_au_probs[own]

@@ -156,9 +156,8 @@ class MappedPredictions:
 
     @cached_property
     def pin_predicted(self) -> Optional[np.ndarray]:
-        """(n,) pin_expression among the shared classes: argmax p~* at T = 1 (the mean over the
-        image and its mirror under the recipe's flip); None without OIM."""
-        objective = self.predictions.objective_probs(self.recipe.flip)
+        """(n,) pin_expression among the shared classes: argmax p~* at T = 1 of the image; None without OIM."""
+        objective = self.predictions.objective_probs()
         return None if objective is None else self.restricted_argmax(objective)
 
     @cached_property
