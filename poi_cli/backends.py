@@ -34,6 +34,17 @@ def _require_torch(what: str) -> None:
         raise PredictError(f"{what} needs torch, which is not installed: {TORCH_HINT}")
 
 
+def written_by_torch_save(path: Path) -> bool:
+    """Whether a file starts as torch.save writes one (a zip archive; a pickle before torch 1.6),
+    told without torch, so that the deploy runtime does not ask to install torch for a photo."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return True  # unreadable: the runner says why
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
+
+
 def open_runner(model: Optional[str | Path] = None, backend: str = "auto", device: str = "cpu",
                 threads: Optional[int] = None, batch_size: int = 32) -> ModelRunner:
     """The runner for --model / --backend / --device (see the module docstring)."""
@@ -48,6 +59,11 @@ def open_runner(model: Optional[str | Path] = None, backend: str = "auto", devic
         backend = "torch"  # a GPU: only torch runs there
     path = resolve_model(model, ".pt" if backend == "torch" else ONNX_SUFFIX)
     is_onnx = path.is_file() and path.suffix.lower() == ONNX_SUFFIX
+    if path.is_file() and not is_onnx and not torch_available() and not written_by_torch_save(path):
+        # without torch, tell a wrong file from a checkpoint before asking to install torch for it
+        # (with torch, the checkpoint reader says what is wrong with the file)
+        raise PredictError(f"{path} is not a model file: give an .onnx from `poi export --full`, "
+                           "a .pt checkpoint or a run folder")
     try:
         if is_onnx:
             if backend == "torch":

@@ -108,10 +108,11 @@ def backend_option() -> Any:
                         "exported in memory first), or torch (needs the train extra).", rich_help_panel="Performance")
 
 
-def device_option(default: str = "auto") -> Any:
-    """--device of every command that runs a model (one definition; core.runtime.select_device's choices)."""
-    return typer.Option(default, "--device", help="auto, cpu, cuda or mps (auto: CUDA, else MPS, else the CPU; "
-                        "prediction on an .onnx model runs on the CPU).")
+def device_option(default: str = "auto", onnx: bool = False) -> Any:
+    """--device of every command that runs a model (one definition; core.runtime.select_device's
+    choices); onnx: the command also runs .onnx models (predict, serve), which run on the CPU."""
+    return typer.Option(default, "--device", help="auto, cpu, cuda or mps (auto: CUDA, else MPS, else the CPU"
+                        + ("; an .onnx model runs on the CPU)." if onnx else ")."))
 
 
 def detector_option() -> Any:
@@ -162,7 +163,7 @@ def main(
 @app.command()
 def info(
     arch: str = typer.Option("resnet18", help="Backbone: resnet18, resnet34, resnet50, or resnet10 (one block per stage; the bundled model)."),
-    classes: int = typer.Option(7, "--classes", help="Number of expression classes (7 or 8)."),
+    classes: int = typer.Option(7, "--classes", min=2, help="Number of expression classes (FER datasets: 7 or 8)."),
     size: int = typer.Option(224, help="Input size in pixels (a multiple of 16 from 64 to 448)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -318,16 +319,18 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     out: Optional[str] = typer.Option(None, help="Folder for metrics.json, confusion_matrix.csv and .png, reliability.png, risk_coverage.png (default runs/evaluate/exp, numbered)."),
     device: str = device_option(),
-    batch: int = typer.Option(256, help="Images per batch."),
+    batch: int = typer.Option(256, min=1, help="Images per batch."),
     amp: str = typer.Option("auto", help="bf16 autocast: auto, bf16 or off."),
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Accuracy, per-class recall, confusion matrix, calibration of confidence and consistency, strata and PIN accuracies of a model."""
     use_threads(threads)
-    from poi_cli.core.atomic import next_run_dir
+    from poi_cli.core.atomic import next_run_dir, output_folder
     from poi_cli.study.evaluate import evaluate as run_evaluate, write_reports
 
     with user_errors():
+        if out is not None:
+            output_folder(out, "--out")  # before the work, not after it
         result = run_evaluate(model, prepared_dir, split=split, device=device, batch=batch, amp=amp)
         out_dir = next_run_dir("runs/evaluate", "exp") if out is None else out
         files = write_reports(result, out_dir)
@@ -345,10 +348,10 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of per-face records to stdout."),
     csv_file: Optional[str] = typer.Option(None, "--csv", help="Write one row per face (flat columns) to this CSV file."),
     save_vis: Optional[str] = typer.Option(None, "--save-vis", help="Folder for annotated PNGs (boxes, expression, probability, consistency, AU bars)."),
-    device: str = device_option(),
+    device: str = device_option(onnx=True),
     detector: str = detector_option(),
-    batch: int = typer.Option(32, help="Faces per model batch."),
-    min_score: float = typer.Option(0.95, "--min-score", help="Drop detections scored below this (MTCNN's false positives score about 0.8-0.92)."),
+    batch: int = typer.Option(32, min=1, help="Faces per model batch."),
+    min_score: float = typer.Option(0.95, "--min-score", min=0.0, max=1.0, help="Drop detections scored below this (MTCNN's false positives score about 0.8-0.92)."),
     no_detect: bool = typer.Option(False, "--no-detect", "--aligned", help="Take each image or frame whole as one face (already-cropped faces, e.g. FER datasets); no detector."),
     every: Optional[int] = typer.Option(None, "--every", help="Video: analyse every N-th frame.", rich_help_panel="Video"),
     fps: Optional[float] = typer.Option(None, "--fps", help="Video: analyse F frames per second (default: every frame, at most 10 per second).", rich_help_panel="Video"),
@@ -363,7 +366,7 @@ def predict(
     use_threads(threads, import_torch=False)
     from contextlib import ExitStack
 
-    from poi_cli.core.atomic import refuse_input_as_output
+    from poi_cli.core.atomic import output_file, refuse_input_as_output
     from poi_cli.core.locks import claim
     from poi_cli.data.video import VideoSampling
     from poi_cli.backends import open_runner
@@ -373,16 +376,21 @@ def predict(
 
     if as_json and csv_file:
         fail("--json and --csv exclude each other: choose one output")
+    for option, value in (("--csv", csv_file), ("--save-vis", save_vis)):
+        if value is not None and not value.strip():
+            fail(f"{option} needs a name")
     # Expanded once: every file read, after glob and folder expansion (no output may land on
     # one of them), is also what is predicted.
     items = expand_inputs(inputs)
     input_files = [item.path for item in items if item.path is not None]
+    model_file = model or os.environ.get("POI_MODEL")  # read too: never written over
     with ExitStack() as held:
         with user_errors():
             if csv_file:
                 if Path(csv_file).is_dir():
                     fail(f"--csv {csv_file} is a folder: give the CSV file's name")
-                refuse_input_as_output(csv_file, input_files, "--csv")
+                refuse_input_as_output(csv_file, [*input_files, *([model_file] if model_file else [])], "--csv")
+                output_file(csv_file, "--csv")
                 held.enter_context(claim(csv_file, "--csv"))  # one writer per CSV
             video = VideoOptions(VideoSampling(every=every, fps=fps, start=start, end=end), smooth=smooth)
             runner = open_runner(model, backend=backend, device=device, threads=threads, batch_size=batch)
@@ -427,9 +435,9 @@ def serve(
     model: Optional[str] = typer.Option(None, "--model", help="An .onnx file from `poi export --full`, a checkpoint or a run folder (default: $POI_MODEL, then the bundled model)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface, e.g. in Docker)."),
     port: int = typer.Option(8000, help="TCP port."),
-    device: str = device_option(),
+    device: str = device_option(onnx=True),
     detector: str = detector_option(),
-    min_score: float = typer.Option(0.95, "--min-score", help="Drop detections scored below this (as in poi predict)."),
+    min_score: float = typer.Option(0.95, "--min-score", min=0.0, max=1.0, help="Drop detections scored below this (as in poi predict)."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest request body, in MiB (413 above)."),
     max_pixels: float = typer.Option(40.0, "--max-megapixels", help="Largest image, in megapixels (413 above)."),
     max_files: int = typer.Option(16, "--max-files", help="Images per request (400 above)."),
@@ -466,7 +474,7 @@ def export(
     full: bool = typer.Option(False, "--full", help="The full model (calibrated probabilities, confidence, consistency, AUs) instead of the deployed TRN alone."),
     out: Optional[str] = typer.Option(None, "--out", help="File to write (default beside the checkpoint: best.trn.onnx, best.full.torchscript.pt, best.fp16.pt, ...)."),
     tolerance: Optional[float] = typer.Option(None, help="Largest accepted difference from PyTorch on random input (default 1e-3; 1e-2 for weights)."),
-    opset: int = typer.Option(17, help="ONNX opset."),
+    opset: int = typer.Option(17, min=13, help="ONNX opset (13 or later)."),
     fp16_weights: bool = typer.Option(False, "--fp16-weights", help="ONNX: store the weights as float16 (half the file), computed in float32; how the bundled .onnx is made from the bundled fp16 checkpoint."),
     threads: Optional[int] = threads_option(),
 ) -> None:
@@ -487,17 +495,17 @@ def report(
     run_dirs: Optional[list[str]] = typer.Argument(None, help="Run folders, or folders of runs (default: runs/train)."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder for report.md, CSVs and PNGs (default runs/report/exp, numbered)."),
     data: Optional[str] = typer.Option(None, "--data", help="A prepared folder: predict it with each run's best.pt for confusion matrices, consistency histograms, strata and calibration figures."),
-    split: str = typer.Option("test", help="Split of --data to predict."),
+    split: Optional[str] = typer.Option(None, help="Split of --data to predict (default test, else valid/val)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps (with --data)."),
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Tables (final / best accuracy, noise, ablations, calibration, confidence and consistency strata) and plots of training runs; see docs/predict.md."""
     use_threads(threads)
-    from poi_cli.core.atomic import next_run_dir
+    from poi_cli.core.atomic import next_run_dir, output_folder
     from poi_cli.study.report import build_report
 
     with user_errors():
-        out_dir = out or next_run_dir("runs/report", "exp")
+        out_dir = next_run_dir("runs/report", "exp") if out is None else output_folder(out, "--out")
         result = build_report(run_dirs or [], out_dir, data=data, split=split, device=device)
     show(*render.report_skipped(result), to=err_console)
     show(*render.report_summary(result))
@@ -513,18 +521,18 @@ def audit(
     out: Optional[str] = typer.Option(None, help="Folder for audit.csv, audit_summary.json, contact_sheet.png (default runs/audit/exp, numbered)."),
     cross_fit: int = typer.Option(0, "--cross-fit", help="Score out of fold: train K models with the run's recipe, each leaving a K-th of its training split out (under OUT/crossfit/, resumable). 0: the run itself scores its own training set."),
     device: str = device_option(),
-    batch: int = typer.Option(256, help="Images per batch."),
+    batch: int = typer.Option(256, min=1, help="Images per batch."),
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Rank every labelled image by how strongly the PIN's objective inference disagrees with its label; see docs/audit.md."""
     use_threads(threads)
     from poi_cli.study.audit import SUSPICION_THRESHOLDS, audit as run_audit, write_audit
-    from poi_cli.core.atomic import next_run_dir
+    from poi_cli.core.atomic import next_run_dir, output_folder
 
     if cross_fit and (labels or baseline or split != "train"):
         fail("--cross-fit audits the labels the run trained on, on its training split: drop --labels, --baseline and --split")
     with user_errors("interrupted: finished fold models are kept; run the same command again to resume"):
-        out_dir = next_run_dir("runs/audit", "exp") if out is None else Path(out)
+        out_dir = next_run_dir("runs/audit", "exp") if out is None else output_folder(out, "--out")
         if cross_fit:
             from poi_cli.pipeline import cross_fit_audit
 
@@ -553,13 +561,16 @@ def clean(
 ) -> None:
     """Turn an audit into a label file for `poi train --labels`: relabel or drop the most suspect images."""
     use_threads(threads)
-    from poi_cli.core.atomic import refuse_input_as_output
-    from poi_cli.study.clean import clean as run_clean, write_clean
+    from poi_cli.core.atomic import output_file, refuse_input_as_output
+    from poi_cli.study.clean import clean as run_clean, clean_inputs, write_clean
 
     with user_errors():
         # the label file and its summary beside it: never over anything this command reads
+        if Path(out).suffix.lower() != ".csv":
+            fail(f"--out must name a .csv label file (its summary goes beside it as .json), got {out}")
         for written in (Path(out), Path(out).with_suffix(".json")):
-            refuse_input_as_output(written, [prepared_dir, audit_or_run, *([labels] if labels else [])], "--out")
+            refuse_input_as_output(written, [prepared_dir, *clean_inputs(audit_or_run), *([labels] if labels else [])], "--out")
+        output_file(out, "--out")
         result = run_clean(audit_or_run, prepared_dir, "relabel" if relabel else "drop", threshold, fraction,
                            labels_file=labels, split=split, device=device, auto=auto)
         files = write_clean(result, out)
@@ -576,7 +587,7 @@ def calibrate(
     fusion: str = typer.Option("auto", help="Reported probabilities: trn (the TRN alone), trn+pin (the mean of the TRN's and the PIN's p~* at T = 1) or auto (the one with the lowest NLL after temperature scaling on the split; ties to the cheaper)."),
     flip: str = typer.Option("auto", help="Average over the image and its mirror: on, off or auto (chosen with --fusion on the split; a mirror doubles the model's work)."),
     device: str = device_option(),
-    batch: int = typer.Option(256, help="Images per batch."),
+    batch: int = typer.Option(256, min=1, help="Images per batch."),
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Choose how the reported probabilities are made (TRN or TRN + PIN, with or without the mirror) and fit the temperature T_cal that makes `confidence` a calibrated probability after it; store both in the checkpoint."""

@@ -79,6 +79,36 @@ def manifest_store_index(value: int) -> Callable[[dict[str, Path]], None]:
     return apply
 
 
+def zip_bytes() -> bytes:
+    """An .npz archive (what a checkpoint written over faces.npy looks like to np.load: a zip)."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, faces=np.zeros((2, 4, 4, 3), np.uint8))
+    return buffer.getvalue()
+
+
+def faces_behind_a_symlink(world: dict[str, Path]) -> None:
+    """DATA/faces.npy becomes a symlink to the faces kept in another folder."""
+    elsewhere = world["TMP"] / "elsewhere"
+    elsewhere.mkdir()
+    (world["DATA"] / "faces.npy").rename(elsewhere / "faces.npy")
+    (world["DATA"] / "faces.npy").symlink_to(elsewhere / "faces.npy")
+
+
+def an_audit_beside(world: dict[str, Path]) -> None:
+    """TMP/aud/audit.csv and the audit_summary.json `poi clean --auto` reads beside it."""
+    (world["TMP"] / "aud").mkdir()
+    (world["TMP"] / "aud" / "audit.csv").write_text("id,label\n")
+    (world["TMP"] / "aud" / "audit_summary.json").write_text("{}\n")
+
+
+def a_file(name: str) -> Callable[[dict[str, Path]], None]:
+    return lambda world: (world["TMP"] / name).write_text("mine\n")
+
+
 AUDIT = ["audit", "RUN", "DATA", "--labels", "LABELS", "--out", "TMP/audit"]
 CALIBRATE = ["calibrate", "RUN", "DATA", "--out", "TMP/calibrated.pt"]
 CLEAN = ["clean", "RUN", "DATA", "--fraction", "0.1", "--out", "TMP/clean.csv"]
@@ -91,6 +121,7 @@ BROKEN_STORES = {
     "binary manifest": (write_data("manifest.csv", lambda b: bytes(range(256)) * 8), "manifest.csv"),
     "prepared.json not JSON": (write_data("prepared.json", lambda b: b"{broken"), "prepared.json is not valid JSON"),
     "store_index out of range": (manifest_store_index(10_000), "outside faces.npy's"),
+    "faces.npy a zip archive": (write_data("faces.npy", lambda b: zip_bytes()), "faces.npy is not a readable face store"),
 }
 CASES = {
     # outputs that would write over an input
@@ -104,6 +135,25 @@ CASES = {
                                            "would write over faces.npy"),
     "calibrate --out a run's own last.pt": (None, ["calibrate", "RUN", "DATA", "--out", "RUN/last.pt"],
                                             "would write over last.pt"),
+    "calibrate --out the faces, a symlink": (faces_behind_a_symlink, ["calibrate", "RUN", "DATA", "--out", "DATA/faces.npy"],
+                                             "would write over faces.npy"),
+    "noise --out whose summary lands on prepared.json": (None, ["noise", "DATA", "--rate", "0.2", "--out", "DATA/prepared.csv"],
+                                                         "prepared.json is one of the inputs"),
+    "noise --out a .json (its own summary's name)": (None, ["noise", "DATA", "--rate", "0.2", "--out", "TMP/x.json"],
+                                                      "must name a .csv label file"),
+    "clean --out whose summary lands on the audit's": (an_audit_beside, ["clean", "TMP/aud/audit.csv", "DATA", "--fraction",
+                                                                         "0.1", "--out", "TMP/aud/audit_summary.csv"],
+                                                       "is one of the inputs"),
+    # outputs that cannot be written: said before the work, in the user's words
+    "evaluate --out a file": (a_file("taken"), ["evaluate", "RUN", "DATA", "--out", "TMP/taken"], "is a file, not a folder"),
+    "evaluate --out under a file": (a_file("taken"), ["evaluate", "RUN", "DATA", "--out", "TMP/taken/sub"],
+                                    "is a file, not a folder"),
+    "export --out a folder": (None, ["export", "RUN", "--format", "weights", "--out", "TMP"], "is a folder"),
+    "calibrate --out under a file": (a_file("taken"), ["calibrate", "RUN", "DATA", "--out", "TMP/taken/c.pt"],
+                                     "is a file, not a folder"),
+    "report --out a file": (a_file("taken"), ["report", "RUN", "--out", "TMP/taken"], "is a file, not a folder"),
+    "combine --out empty": (None, ["combine", "DATA", "DATA", "--out", ""], "needs a folder name"),
+    "evaluate --amp foo": (None, ["evaluate", "RUN", "DATA", "--amp", "foo", "--out", "TMP/eval"], "--amp must be one of"),
     # label files
     "label -3 (Python would read it as a class)": (edit_labels(set_row("label", -3)), AUDIT, "label -3 is not a class index"),
     "label 42": (edit_labels(set_row("label", 42)), AUDIT, "label 42 is not a class index"),
@@ -127,6 +177,9 @@ CASES = {
 }
 
 
+WITHOUT_THREADS = {"noise", "combine"}  # commands that compute nothing heavy
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_is_one_line_and_changes_nothing(case: str, world: dict[str, Path]) -> None:
     prepare, args, message = CASES[case]
@@ -137,7 +190,7 @@ def test_bad_input_is_one_line_and_changes_nothing(case: str, world: dict[str, P
     argv = [a.replace("TMP", str(world["TMP"])) for a in args]
     for name in ("DATA", "RUN", "LABELS"):
         argv = [a.replace(name, str(world[name]), 1) if a.startswith(name) else a for a in argv]
-    result = runner.invoke(app, [*argv, "--threads", "1"])
+    result = runner.invoke(app, [*argv, *(["--threads", "1"] if argv[0] not in WITHOUT_THREADS else [])])
     assert result.exit_code == 1, (case, result.output)
     assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
     lines = result.stderr.strip().splitlines()
@@ -217,7 +270,7 @@ def test_a_broken_checkpoint_is_one_line_for_every_command_that_loads_one(bad: s
     kept = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     argv = [a.replace("CKPT", str(checkpoint)).replace("DATA", str(world["DATA"])).replace("TMP", str(world["TMP"]))
             for a in LOADERS[loader]]
-    result = runner.invoke(app, [*argv, "--threads", "1"])
+    result = runner.invoke(app, [*argv, *(["--threads", "1"] if argv[0] not in WITHOUT_THREADS else [])])
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], (bad, loader, result.stderr)
     assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() == kept
@@ -241,3 +294,11 @@ def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path: Path)
     other.write_bytes(b"z")
     atomic_write_text(target, "new")
     assert target.read_text() == "new" and not stale.exists() and alive.exists() and other.exists()
+
+
+@pytest.mark.parametrize("args", [["evaluate", "RUN", "DATA", "--batch", "0"], ["calibrate", "RUN", "DATA", "--batch", "-5"],
+                                  ["export", "RUN", "--opset", "5"], ["info", "--classes", "1"]])
+def test_an_option_out_of_range_is_a_usage_error_before_any_work(args: list[str], world: dict[str, Path]) -> None:
+    argv = [str(world[a]) if a in world else a for a in args]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2 and "Invalid value" in result.output and "Traceback" not in result.output, result.output

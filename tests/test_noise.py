@@ -78,7 +78,7 @@ def test_rate_zero_and_bad_arguments(tmp_path: Path) -> None:
     assert summary["flipped"] == 0
     with pytest.raises(ValueError, match="rate"):
         write_noisy_labels(store, 1.5)
-    with pytest.raises(ValueError, match="would overwrite"):
+    with pytest.raises(ValueError, match="is one of the inputs"):
         write_noisy_labels(store, 0.1, out=store / MANIFEST_FILE)
     runner = CliRunner()
     result = runner.invoke(app, ["noise", str(store), "--rate", "0.1", "--split", "test"])

@@ -198,3 +198,37 @@ def test_single_bad_input_writes_its_error_record_like_a_batch(photos, tmp_path)
     assert result.exit_code == 1
     table = pd.read_csv(csv)
     assert table["status"].tolist() == ["error"]
+
+
+# 9. the model file is an input too; a --save-vis that is a file stops the pictures only
+
+def test_csv_onto_the_model_file_is_refused(photos, tmp_path):
+    model = tmp_path / "model.pt"
+    model.write_bytes(photos["model"].read_bytes())
+    result = runner.invoke(app, ["predict", str(photos["good"]), "--model", str(model), "--csv", str(model)])
+    assert "is one of the inputs" in one_error_line(result)
+    assert model.read_bytes() == photos["model"].read_bytes()
+
+
+def test_save_vis_onto_a_file_still_prints_the_predictions(photos, tmp_path):
+    blocker = tmp_path / "taken.jpg"
+    blocker.write_bytes(b"keep me")
+    result = runner.invoke(app, ["predict", str(photos["good"]), "--model", str(photos["model"]), "--json",
+                                 "--save-vis", str(blocker)])
+    assert result.exit_code == 0, result.stderr
+    assert [r["status"] for r in json.loads(result.stdout)] == ["ok"]
+    assert "--save-vis" in result.stderr and "no pictures" in result.stderr
+    assert blocker.read_bytes() == b"keep me"
+
+
+def test_a_model_that_is_no_model_file_says_so_without_asking_for_torch(photos, tmp_path, monkeypatch):
+    from poi_cli import backends
+
+    text = tmp_path / "notes.jpg"
+    text.write_text("hello\n")
+    monkeypatch.setattr(backends, "torch_available", lambda: False)  # the deploy runtime
+    result = runner.invoke(app, ["predict", str(photos["good"]), "--model", str(text)])
+    line = one_error_line(result)
+    assert "is not a model file" in line and "pip install" not in line
+    result = runner.invoke(app, ["predict", str(photos["good"]), "--model", str(photos["model"])])
+    assert "needs torch" in one_error_line(result)  # a real checkpoint still asks for torch

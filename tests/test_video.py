@@ -99,6 +99,8 @@ def test_two_tracks_frame_indices_timestamps_and_no_face_rows(files, predictor):
     (VideoSampling(fps=5), list(range(0, FRAMES, 2))),
     (VideoSampling(fps=4), [0, 2, 5, 7, 10, 12, 15, 17]),  # the first frame at or after each 0.25 s tick
     (VideoSampling(start=0.5, end=1.2), list(range(5, 12))),
+    (VideoSampling(end=0.05), [0]),  # a frame before --end counts, however close to it
+    (VideoSampling(end=0.15), [0, 1]),
     (VideoSampling(every=2, start=0.5), list(range(5, FRAMES, 2))),
     (VideoSampling(max_fps=5), list(range(0, FRAMES, 2))),  # the default cap, below the video's 10 fps
 ])
@@ -108,6 +110,13 @@ def test_every_and_fps_select_the_right_frames(files, sampling, expected):
     assert [f.index for f in frames] == expected
     assert [f.timestamp for f in frames] == pytest.approx([i / FPS for i in expected])
     assert reader.stopped is None
+
+
+def test_a_window_past_the_video_end_is_an_error_record_not_nothing(files):
+    result = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), "--start", "10", "--json"])
+    assert result.exit_code == 1, result.stderr  # the only input gave no frame: nothing could be read
+    (record,) = json.loads(result.stdout)
+    assert record["status"] == "error" and "no frame in the --start/--end window (the video is 2.00 s)" in record["reason"]
 
 
 def test_cli_every_and_json_rows(files):

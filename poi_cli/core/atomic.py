@@ -24,8 +24,11 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
     killed process left (SIGKILL, power loss: its PID no longer runs) is removed by the
     next write of the same file."""
     path = Path(path)
-    remove_stale_temps(path)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        remove_stale_temps(path)
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    except OSError as error:  # named by the file asked for, never by the temp file
+        raise OSError(error.errno, error.strerror, str(path)) from None
     try:
         with os.fdopen(handle, "wb") as f:
             write(f)
@@ -33,8 +36,10 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
             os.fsync(f.fileno())
         os.chmod(temp, 0o644)  # mkstemp makes 0600; these are the user's ordinary files
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as error:
         Path(temp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename == temp:
+            raise OSError(error.errno, error.strerror, str(path)) from None
         raise
 
 
@@ -105,10 +110,18 @@ def real_path(path: str | Path) -> Path:
     return Path(os.path.realpath(path))
 
 
+def replaced_entry(path: str | Path) -> Path:
+    """The directory entry an atomic write of `path` replaces: its folder with symlinks
+    followed, its own name kept (os.replace swaps a symlink itself, not what it points to)."""
+    path = Path(path)
+    return real_path(path.parent) / path.name
+
+
 def refuse_input_as_output(output: str | Path, inputs: Iterable[str | Path], option: str) -> None:
-    """Raise PoiError when `output` is (after resolving symlinks) a file the command reads:
-    one of `inputs`, or any file inside an input that is a folder (a prepared folder, a run
-    folder: its manifest, faces, label files, checkpoints).
+    """Raise PoiError when `output` is a file the command reads: one of `inputs`, or any file
+    inside an input that is a folder (a prepared folder, a run folder: its manifest, faces,
+    label files, checkpoints), whether named directly or through symlinks, and whether the
+    output is that file or a symlink to it (the write would replace the link).
 
     `inputs` are what a command reads, after glob and folder expansion: nothing the user
     gave is ever overwritten, however it was named. New files inside an input folder are
@@ -116,11 +129,51 @@ def refuse_input_as_output(output: str | Path, inputs: Iterable[str | Path], opt
     """
     from poi_cli.core.errors import PoiError
 
-    target = real_path(output)
+    target, entry = real_path(output), replaced_entry(output)
     for value in inputs:
         source = Path(value)
-        if real_path(source) == target:
+        if real_path(source) in (target, entry) or replaced_entry(source) == entry:
             raise PoiError(f"{option} {output} is one of the inputs ({value}); choose another file")
-        if source.is_dir() and target.is_relative_to(real_path(source)) and target.exists():
-            raise PoiError(f"{option} {output} would write over {target.relative_to(real_path(source))} of {value}, "
-                           "which this command reads; choose another file")
+        if source.is_dir():
+            folder = real_path(source)
+            for written in (target, entry):
+                if written.is_relative_to(folder) and (written.exists() or written.is_symlink()):
+                    raise PoiError(f"{option} {output} would write over {written.relative_to(folder)} of {value}, "
+                                   "which this command reads; choose another file")
+
+
+def output_file(path: str | Path, option: str) -> Path:
+    """Check, before any work, that a file can be written at `path` and create its folder:
+    PoiError (one line) for an empty name, a folder in its place or a file where its folder
+    should be."""
+    from poi_cli.core.errors import PoiError
+
+    if not str(path).strip():
+        raise PoiError(f"{option} needs a file name")
+    path = Path(path)
+    if path.is_dir():
+        raise PoiError(f"{option} {path} is a folder; give a file name")
+    output_folder(path.parent, option, of=path)
+    return path
+
+
+def output_folder(path: str | Path, option: str, of: str | Path | None = None) -> Path:
+    """Check, before any work, that `path` is or can become a folder, and create it:
+    PoiError (one line) for an empty name or a file in the way (`of`: the file the folder is for)."""
+    from poi_cli.core.errors import PoiError
+
+    if not str(path).strip():
+        raise PoiError(f"{option} needs a folder name")
+    path = Path(path)
+    what = f"{option} {of if of is not None else path}"
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            raise PoiError(f"{what}: {part} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PoiError(f"{what}: cannot create the folder {path} ({error.strerror or type(error).__name__})") from None
+    if not os.access(path, os.W_OK):
+        raise PoiError(f"{what}: the folder {path} is not writable")
+    return path
+

@@ -18,5 +18,7 @@ def one_line(error: BaseException) -> str:
     Some library errors carry no text at all (torch.load's EOFError on an empty file), so
     indexing the text's first line would itself fail.
     """
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        return f"{error.filename}: {error.strerror}"  # not "[Errno 21] Is a directory: 'x'"
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__

@@ -37,3 +37,6 @@ VIDEO_COLUMNS: tuple[str, ...] = ("frame", "timestamp", "track")
 # image (or frame) taken as one face (`--no-detect`, for already-cropped faces).
 DETECTOR_MTCNN = "mtcnn"
 DETECTOR_NONE = "none"
+
+# --amp of every command that runs a model (train, evaluate, calibrate, audit, clean, report).
+AMP_MODES: tuple[str, ...] = ("auto", "bf16", "off")

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from poi_cli.core.atomic import real_path, refuse_input_as_output
+from poi_cli.core.atomic import output_folder, real_path, refuse_input_as_output
 from poi_cli.core.errors import PoiError
 
 if TYPE_CHECKING:  # data.store imports this module
@@ -125,11 +125,14 @@ def combine(prepared_dirs: Sequence[str | Path], out: str | Path, weights: Optio
 
     if len(prepared_dirs) < 2:
         raise CombineError("combine needs at least two prepared folders")
+    if not str(out).strip():
+        raise CombineError("--out needs a folder name")
     weights = list(weights) if weights is not None else [1.0] * len(prepared_dirs)
     names = list(names) if names is not None else [real_path(p).name for p in prepared_dirs]
     if len(set(names)) != len(names):
         raise CombineError(f"the datasets need distinct folder names to tell them apart (got {', '.join(names)})")
     refuse_input_as_output(out, prepared_dirs, "--out")
+    output_folder(out, "--out")
     if (Path(out) / "faces.npy").exists() or ((Path(out) / "prepared.json").is_file() and not _is_combined(Path(out))):
         raise CombineError(f"--out {out} holds a prepared dataset: give a new folder (or an earlier combined one)")
     datasets = [PreparedDataset(p) for p in prepared_dirs]

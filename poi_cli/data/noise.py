@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from poi_cli.core.atomic import atomic_write_text
+from poi_cli.core.atomic import atomic_write_text, output_file, refuse_input_as_output
 
 
 def flip_labels(labels: np.ndarray, num_classes: int, rate: float, seed: int = 0) -> np.ndarray:
@@ -64,7 +64,7 @@ def write_noisy_labels(
     training). The flips are drawn over the whole split first, so a subset's flipped
     images are exactly those of the full file with the same seed. Returns (csv path, summary).
     """
-    from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, label_names
+    from poi_cli.data.store import DROPPED_LABEL, FACES_FILE, MANIFEST_FILE, META_FILE, PreparedDataset, label_names
 
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"--rate must lie in [0, 1], got {rate}")
@@ -87,13 +87,15 @@ def write_noisy_labels(
         },
     }
     path = Path(out) if out is not None else data.root / "labels" / f"{noise_file_stem(split, rate, seed, subset)}.csv"
-    if path.resolve().parent == data.root.resolve() and path.name in ("manifest.csv", "prepared.json", "faces.npy"):
-        raise ValueError(f"--out {path} would overwrite the prepared dataset's own {path.name}")
+    if path.suffix.lower() != ".csv":
+        raise ValueError(f"--out must name a .csv label file (its summary goes beside it as .json), got {path}")
+    for written in (path, path.with_suffix(".json")):  # never over the dataset's own files, however named
+        refuse_input_as_output(written, [data.root / name for name in (META_FILE, MANIFEST_FILE, FACES_FILE)], "--out")
+    output_file(path, "--out")
     summary["labels_file"] = path.name
     written = np.where(kept, all_noisy, DROPPED_LABEL)
     table = pd.DataFrame({"id": split_data.ids, "label": written,
                           "label_name": label_names(written, names), "clean_label": split_data.labels})
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, table.to_csv(index=False, lineterminator="\n"))
     atomic_write_text(path.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")
     return path, summary

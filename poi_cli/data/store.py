@@ -111,6 +111,9 @@ class PreparedDataset:
         except (ValueError, OSError, EOFError) as error:
             raise StoreError(f"{self.root / FACES_FILE} is not a readable face store "
                              f"({str(error).splitlines()[0] if str(error) else type(error).__name__}): prepare the folder again") from None
+        if not isinstance(self.faces, np.ndarray):  # np.load opens a zip (a checkpoint, an .npz) as NpzFile
+            raise StoreError(f"{self.root / FACES_FILE} is not a readable face store (a zip archive, not one array): "
+                             "prepare the folder again")
         if self.faces.ndim != 4 or self.faces.shape[-1] != 3 or self.faces.dtype != np.uint8:
             raise StoreError(f"{self.root / FACES_FILE} holds {self.faces.dtype} {self.faces.shape}, "
                              "not uint8 faces (N, S, S, 3): prepare the folder again")

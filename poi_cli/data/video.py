@@ -39,6 +39,10 @@ class VideoError(PoiError):
     """A file that cannot be opened as a video (not a video, no video stream); one line."""
 
 
+# A frame belongs to [start, end) unless it lies past end by more than time-base rounding.
+END_SLACK = 1e-3
+
+
 def is_video_path(path: str | Path) -> bool:
     """True for a file name with a video suffix (VIDEO_SUFFIXES)."""
     return Path(str(path)).suffix.lower() in VIDEO_SUFFIXES
@@ -170,7 +174,7 @@ class VideoReader:
         step = 1.0 / rate if (sampling.every is None and rate) else None
         # Half a frame of slack: timestamps are rounded to the container's time base.
         slack = 0.5 / fps if fps else 1e-6
-        next_tick, first_kept = start, None
+        next_tick, first_kept, kept = start, None, 0
         origin: Optional[float] = None
         frames = self._container.decode(self._stream)
         try:
@@ -196,7 +200,7 @@ class VideoReader:
                 self.last_timestamp = timestamp
                 if timestamp < start - slack:
                     continue
-                if sampling.end is not None and timestamp >= sampling.end - slack:
+                if sampling.end is not None and timestamp >= sampling.end - END_SLACK:
                     break
                 if step is not None:  # --fps or the default rate
                     if timestamp < next_tick - slack:
@@ -207,11 +211,15 @@ class VideoReader:
                     first_kept = index if first_kept is None else first_kept
                     if (index - first_kept) % sampling.every:
                         continue
+                kept += 1
                 yield VideoFrame(index, timestamp, frame.to_image())
         finally:
             self.close()
         if self.stopped is None and sampling.end is None:
             self._check_complete()
+        if self.stopped is None and kept == 0 and self.decoded:
+            length = f"{self.last_timestamp + (1.0 / fps if fps else 0.0):.2f} s" if self.last_timestamp is not None else "shorter"
+            self.stopped = f"no frame in the --start/--end window (the video is {length})"
 
     def _check_complete(self) -> None:
         """A file cut short often just ends: compare with the length the header announced."""

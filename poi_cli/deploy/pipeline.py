@@ -189,7 +189,8 @@ class FacePipeline:
         self.has_aus = self.runner.has_aus
         self.notes: list[str] = []
         if not self.has_pin:
-            self.notes.append("baseline model (no PIN): consistency, AUs and region distributions are not available (null/NaN)")
+            self.notes.append("no PIN outputs (a baseline model, or a TRN-only export: `poi export --full` keeps them): "
+                              "consistency, AUs and region distributions are not available (null/NaN)")
         elif not self.has_aus:
             self.notes.append("model trained without prior supervision (no AU nets): AU probabilities are null/NaN")
         # Reported probabilities are softmax(log p / T_cal), p the runner's recipe (POI_SPEC 4b); the

@@ -252,7 +252,13 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
     inputs done, the video being annotated). protected: every file the run reads; no
     picture is written over one."""
     run = PredictRun()
-    writer = VisWriter(save_vis, show_au, protected=protected) if save_vis else None
+    writer, vis_dir = None, save_vis  # vis_dir: None once the pictures stopped
+    if save_vis:
+        try:
+            writer = VisWriter(save_vis, show_au, protected=protected)
+        except OSError as error:  # a file where the folder should be, no permission: predict anyway
+            note(f"--save-vis {save_vis}: no pictures, the folder cannot be made ({one_line(error)})")
+            vis_dir = None
     try:
         for prediction in predictor.iter_predictions(items, show_au, progress=progress, video=video):
             run.statuses.setdefault(prediction.source, set()).update(r.status for r in prediction.records)
@@ -262,7 +268,7 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
                     writer.write(prediction)
                 except OSError as error:  # a full disk, a read-only folder: the predictions go on
                     note(f"--save-vis stopped: {one_line(error)}")
-                    writer = None
+                    writer = vis_dir = None
     except KeyboardInterrupt:
         run.interrupted = True
     if writer is not None:
@@ -273,5 +279,5 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
     if csv_file and (run.records or not run.interrupted):
         write_predictions_csv(run.records, predictor.classes, csv_file, show_au)
     if not run.interrupted:
-        write_video_summaries(run.summaries, csv_file, save_vis)
+        write_video_summaries(run.summaries, csv_file, vis_dir)
     return run

@@ -55,7 +55,7 @@ import torch
 import torch.nn as nn
 
 from poi_cli.core.errors import PoiError
-from poi_cli.core.atomic import atomic_write
+from poi_cli.core.atomic import atomic_write, output_file, refuse_input_as_output
 from poi_cli.core.manifests import ALL_AUS, REGIONS
 from poi_cli.core.outputs import PredictionRecipe
 from poi_cli.model.checkpoint import CheckpointError, CheckpointInfo, build_checkpoint, load_model, resolve_checkpoint
@@ -344,7 +344,8 @@ def export_model(
     path = Path(out) if out else default_output_path(checkpoint_path, format, full)
     if path.resolve() == checkpoint_path.resolve():
         raise ExportError(f"--out {path} would overwrite the checkpoint itself")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    refuse_input_as_output(path, [checkpoint_path], "--out")  # a link to it, or a link in its place
+    output_file(path, "--out")
     size = model.config.input_size
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn(TRACE_BATCH, 3, size, size, generator=generator)

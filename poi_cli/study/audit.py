@@ -35,6 +35,7 @@ from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint, resolve_ch
 from poi_cli.model.predictions import SplitPredictions, predict_checkpoint_split
 
 SUSPICION_THRESHOLDS = (0.5, 0.7, 0.9)
+AUDIT_SUMMARY_FILE = "audit_summary.json"  # beside audit.csv; `poi clean --auto` and `poi report` read it
 TOP_FRACTIONS = (0.1, 0.2, 0.3)
 AUDIT_COLUMNS = (
     "rank", "id", "source", "given_label", "given_name", "suggested_label", "suggested_name",
@@ -234,5 +235,5 @@ def write_audit(result: AuditResult, out_dir: str | Path, sheet_count: int = 48)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "audit.csv"
     atomic_write_text(csv_path, result.table.to_csv(index=False, float_format="%.6g"))
-    write_json(out / "audit_summary.json", result.summary)
-    return [csv_path, out / "audit_summary.json", contact_sheet(result, out / "contact_sheet.png", sheet_count)]
+    write_json(out / AUDIT_SUMMARY_FILE, result.summary)
+    return [csv_path, out / AUDIT_SUMMARY_FILE, contact_sheet(result, out / "contact_sheet.png", sheet_count)]

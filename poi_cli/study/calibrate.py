@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from poi_cli.core.atomic import refuse_input_as_output
+from poi_cli.core.atomic import output_file, refuse_input_as_output
 from poi_cli.core.errors import PoiError
 from poi_cli.core.outputs import FUSION_TRN, FUSION_TRN_PIN, FUSIONS, PredictionRecipe
 from poi_cli.data.store import PreparedDataset
@@ -91,6 +91,7 @@ def calibrate(run_or_checkpoint: str | Path, prepared_dir: str | Path, split: Op
     # nothing the command reads is written over: the prepared folder's files, a run folder's
     refuse_input_as_output(target, [prepared_dir, *([run_or_checkpoint] if Path(run_or_checkpoint).is_dir() and not in_place
                                                     else [])], "--out")
+    output_file(target, "--out")  # before the work, not after it
     dataset = PreparedDataset(prepared_dir)
     split = split or default_split(dataset)
     checkpoint = load_checkpoint(source)

@@ -318,10 +318,23 @@ def audited_model(audit_summary: dict) -> str:
     return audit_summary.get("model") or audit_summary["checkpoint"]
 
 
+def audit_summary_path(audit_csv: str | Path) -> Path:
+    """The audit_summary.json that `poi audit` writes beside its audit.csv."""
+    from poi_cli.study.audit import AUDIT_SUMMARY_FILE
+
+    return Path(audit_csv).with_name(AUDIT_SUMMARY_FILE)
+
+
+def clean_inputs(audit_or_run: str | Path) -> list[Path]:
+    """What `poi clean` reads of its first argument: an audit CSV and the summary beside it, or a run / checkpoint."""
+    source = Path(audit_or_run)
+    return [source, audit_summary_path(source)] if source.suffix.lower() == ".csv" else [source]
+
+
 def _audited_models(audit_csv: Path) -> tuple[str, Optional[list[str]]]:
     """The model an audit.csv was made with and, for a cross-fitted audit, its fold models
     (its audit_summary.json: "model" the run, "fold_models"; else "checkpoint"), for --auto."""
-    summary = audit_csv.with_name("audit_summary.json")
+    summary = audit_summary_path(audit_csv)
     try:
         content = json.loads(summary.read_text())
         return audited_model(content), content.get("fold_models")

@@ -101,7 +101,7 @@ class SplitChoice:
 
     split: str
     ids: Optional[tuple[str, ...]] = None  # the run's held-out images (heldout_ids.csv)
-    reason: str = "asked for (--split)"
+    reason: str = "the --split asked for"
 
     @property
     def name(self) -> str:

@@ -14,7 +14,7 @@ From each run folder (config.json + results.csv, as `poi train` writes them):
 * curves_<run>.png: losses and accuracies per epoch (missing epochs are gaps).
 
 Per-image results (confusion matrix, strata, calibration) need predictions. Two sources:
-* `--data PREPARED_DIR [--split test]`: the report runs each run's best.pt (else
+* `--data PREPARED_DIR [--split SPLIT]` (default test, else valid/val): the report runs each run's best.pt (else
   last.pt) on that split (the same figures as `poi evaluate`) and writes
   confusion_<run>.png and consistency_<run>.png (the histogram of the UEM consistency w
   for right and wrong predictions, Fig. 15);
@@ -44,7 +44,7 @@ import pandas as pd
 
 from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write_text, save_figure
-from poi_cli.study.clean import audited_model
+from poi_cli.study.clean import audit_summary_path, audited_model
 from poi_cli.model.checkpoint import CONFIG_FILE, RESULTS_FILE
 
 if TYPE_CHECKING:  # evaluate imports torch: only when predicting
@@ -207,7 +207,7 @@ def cleaning_of(labels: str | Path) -> Optional[tuple[str, Optional[dict]]]:
     if not summary or "n_changed" not in summary:
         return None
     audit_csv = summary.get("audit")
-    audit = (_read_json(Path(audit_csv).with_name("audit_summary.json")) if audit_csv else None) or {}
+    audit = (_read_json(audit_summary_path(audit_csv)) if audit_csv else None) or {}
     how = str(summary.get("mode", "")) + (" out of fold" if audit.get("fold_models") else "")
     try:
         model = Path(audited_model(audit))
@@ -480,17 +480,21 @@ def build_report(
     paths: Sequence[str | Path] = (),
     out_dir: str | Path = "runs/report/exp",
     data: Optional[str | Path] = None,
-    split: str = "test",
+    split: Optional[str] = None,
     device: str = "auto",
 ) -> Report:
-    """Collect runs, write report.md, runs.csv, by_noise.csv, strata.csv and the PNGs into out_dir."""
+    """Collect runs, write report.md, runs.csv, by_noise.csv, strata.csv and the PNGs into out_dir.
+    split: of `data`; default test, else valid/val (as `poi evaluate`)."""
     from poi_cli.study.evaluate import plot_confusion
 
     if data is not None:
         # A missing split is the user's mistake, not a per-run note: stop before any work.
         from poi_cli.data.store import PreparedDataset
 
-        available = PreparedDataset(data).splits()  # StoreError when it is no prepared folder
+        dataset = PreparedDataset(data)  # StoreError when it is no prepared folder
+        available = dataset.splits()
+        if split is None:
+            split = "test" if "test" in available else dataset.validation_split() or "test"
         if split not in available:
             raise ReportError(f"--split {split}: {data} has no usable faces in that split "
                               f"(splits with faces: {', '.join(available) or 'none'})")

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from poi_cli.core.errors import PoiError
+from poi_cli.core.schema import AMP_MODES
 from poi_cli.model.loss_config import LossConfig
 
 SCHEDULES = ("step", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ALL_FOLDS = "all"  # --fold all: every fold in turn (poi_cli/pipeline.py)
-AMP_MODES = ("auto", "bf16", "off")
 SWITCHES = ("auto", "on", "off")
 SECTIONS = ("model", "loss", "optimiser", "augmentation", "data", "run")
 MODEL, LOSS, OPTIMISER, AUGMENTATION, DATA, RUN = SECTIONS
