@@ -133,6 +133,12 @@ def test_combine_refuses_what_it_cannot_combine(two_stores, tmp_path):
     with pytest.raises(CombineError, match="holds a prepared dataset"):
         combine([first, second], other)  # a prepared folder that is not an input is not written over either
     assert (other / "manifest.csv").read_bytes() == before
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.csv").write_text("epoch,val_acc\n1,0.5\n")
+    with pytest.raises(CombineError, match="holds a training run"):
+        combine([first, second], run)
+    assert sorted(p.name for p in run.iterdir()) == ["results.csv"]
     combine([first, second], tmp_path / "again")
     combine([first, second], tmp_path / "again", weights=[1, 2])  # an earlier combined folder may be rewritten
 

@@ -135,6 +135,9 @@ def combine(prepared_dirs: Sequence[str | Path], out: str | Path, weights: Optio
     output_folder(out, "--out")
     if (Path(out) / "faces.npy").exists() or ((Path(out) / "prepared.json").is_file() and not _is_combined(Path(out))):
         raise CombineError(f"--out {out} holds a prepared dataset: give a new folder (or an earlier combined one)")
+    # a run folder's files (model/checkpoint.py names them; not imported here: it needs torch)
+    if any((Path(out) / name).exists() for name in ("config.json", "results.csv", "best.pt", "last.pt")):
+        raise CombineError(f"--out {out} holds a training run: give a new folder (or an earlier combined one)")
     datasets = [PreparedDataset(p) for p in prepared_dirs]
     nested = [str(d.root) for d in datasets if d.members]
     if nested:
