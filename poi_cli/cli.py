@@ -230,7 +230,7 @@ def noise(
 
 @app.command()
 def combine(
-    prepared_dirs: list[str] = typer.Argument(..., help="Two or more folders written by `poi prepare` (same --size); only read."),
+    prepared_dirs: list[str] = typer.Argument(..., metavar="PREPARED_DIR", help="Two or more folders written by `poi prepare` (same --size); only read."),
     out: str = typer.Option(..., "--out", help="The combined folder to write (prepared.json and manifest.csv; no faces are copied)."),
     weights: Optional[str] = typer.Option(None, help="Comma-separated sampling weights, one per folder: each training image "
                                                      "of a folder is drawn this many times per epoch on average (default 1 each)."),
@@ -342,7 +342,7 @@ def evaluate(
 
 @app.command()
 def predict(
-    inputs: list[str] = typer.Argument(..., help="Image or video files, folders (searched recursively) or glob patterns."),
+    inputs: list[str] = typer.Argument(..., metavar="INPUT", help="Image or video files, folders (searched recursively) or glob patterns."),
     model: Optional[str] = typer.Option(None, "--model", help="An .onnx file from `poi export --full`, a checkpoint or a run folder (default: $POI_MODEL, then the bundled model)."),
     show_au: bool = typer.Option(False, "--show-au", help="Add AU probabilities per region and the regions' own expression distributions."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of per-face records to stdout."),
@@ -492,7 +492,7 @@ def export(
 
 @app.command()
 def report(
-    run_dirs: Optional[list[str]] = typer.Argument(None, help="Run folders, or folders of runs (default: runs/train)."),
+    run_dirs: Optional[list[str]] = typer.Argument(None, metavar="RUN_DIR", help="Run folders, or folders of runs (default: runs/train)."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder for report.md, CSVs and PNGs (default runs/report/exp, numbered)."),
     data: Optional[str] = typer.Option(None, "--data", help="A prepared folder: predict it with each run's best.pt for confusion matrices, consistency histograms, strata and calibration figures."),
     split: Optional[str] = typer.Option(None, help="Split of --data to predict (default test, else valid/val)."),
