@@ -232,3 +232,11 @@ def test_a_model_that_is_no_model_file_says_so_without_asking_for_torch(photos, 
     assert "is not a model file" in line and "pip install" not in line
     result = runner.invoke(app, ["predict", str(photos["good"]), "--model", str(photos["model"])])
     assert "needs torch" in one_error_line(result)  # a real checkpoint still asks for torch
+
+
+def test_an_onnx_file_given_to_a_torch_command_names_the_checkpoint_it_needs(photos, prepared, tmp_path):
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"\x08\x07")  # what the command reads of it does not matter: the name says ONNX
+    for args in (["evaluate", str(onnx), str(prepared), "--out", str(tmp_path / "ev")],
+                 ["calibrate", str(onnx), str(prepared), "--out", str(tmp_path / "c.pt")]):
+        assert "is an ONNX file" in one_error_line(runner.invoke(app, args))

@@ -107,6 +107,9 @@ def safe_torch_load(path: str | Path, what: str, error_type: type[Exception]) ->
 
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint safely (weights_only=True) on the CPU."""
+    if Path(path).suffix.lower() == ".onnx" and Path(path).is_file():
+        raise CheckpointError(f"{path} is an ONNX file (what `poi predict` and `poi serve` run): this command reads "
+                              "the .pt checkpoint or run folder it was exported from")
     checkpoint = safe_torch_load(path, "poi checkpoint", CheckpointError)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_config" not in checkpoint:
         raise CheckpointError(f"{path} is not a poi checkpoint (it lacks model weights and model_config)")
