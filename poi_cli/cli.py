@@ -562,13 +562,12 @@ def clean(
     """Turn an audit into a label file for `poi train --labels`: relabel or drop the most suspect images."""
     use_threads(threads)
     from poi_cli.core.atomic import output_file, refuse_input_as_output
+    from poi_cli.data.store import label_file_outputs
     from poi_cli.study.clean import clean as run_clean, clean_inputs, write_clean
 
     with user_errors():
         # the label file and its summary beside it: never over anything this command reads
-        if Path(out).suffix.lower() != ".csv":
-            fail(f"--out must name a .csv label file (its summary goes beside it as .json), got {out}")
-        for written in (Path(out), Path(out).with_suffix(".json")):
+        for written in label_file_outputs(out):
             refuse_input_as_output(written, [prepared_dir, *clean_inputs(audit_or_run), *([labels] if labels else [])], "--out")
         output_file(out, "--out")
         result = run_clean(audit_or_run, prepared_dir, "relabel" if relabel else "drop", threshold, fraction,

@@ -64,7 +64,8 @@ def write_noisy_labels(
     training). The flips are drawn over the whole split first, so a subset's flipped
     images are exactly those of the full file with the same seed. Returns (csv path, summary).
     """
-    from poi_cli.data.store import DROPPED_LABEL, FACES_FILE, MANIFEST_FILE, META_FILE, PreparedDataset, label_names
+    from poi_cli.data.store import (DROPPED_LABEL, FACES_FILE, MANIFEST_FILE, META_FILE, PreparedDataset, label_file_outputs,
+                                    label_names)
 
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"--rate must lie in [0, 1], got {rate}")
@@ -87,9 +88,7 @@ def write_noisy_labels(
         },
     }
     path = Path(out) if out is not None else data.root / "labels" / f"{noise_file_stem(split, rate, seed, subset)}.csv"
-    if path.suffix.lower() != ".csv":
-        raise ValueError(f"--out must name a .csv label file (its summary goes beside it as .json), got {path}")
-    for written in (path, path.with_suffix(".json")):  # never over the dataset's own files, however named
+    for written in label_file_outputs(path):  # never over the dataset's own files, however named
         refuse_input_as_output(written, [data.root / name for name in (META_FILE, MANIFEST_FILE, FACES_FILE)], "--out")
     output_file(path, "--out")
     summary["labels_file"] = path.name

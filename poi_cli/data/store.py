@@ -212,6 +212,16 @@ class PreparedDataset:
         return data
 
 
+def label_file_outputs(path: str | Path) -> tuple[Path, Path]:
+    """The two files a command that writes a label file writes: the .csv and its .json summary
+    beside it (`poi noise`, `poi clean`); StoreError for a name that is not a .csv (a .json one
+    would be written over by its own summary)."""
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        raise StoreError(f"--out must name a .csv label file (its summary goes beside it as .json), got {path}")
+    return path, path.with_suffix(".json")
+
+
 def read_label_file(path: str | Path, classes: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """A label file (LABEL_COLUMNS), checked once, here, where it enters: readable UTF-8
     CSV with columns id and label, ids unique, labels whole numbers; with `classes`, every

@@ -30,7 +30,7 @@ import pandas as pd
 from poi_cli.core.atomic import atomic_write_text, write_json
 from poi_cli.core.errors import PoiError
 from poi_cli.data.noise import flip_labels
-from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, SplitData, label_names
+from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, SplitData, label_file_outputs, label_names
 from poi_cli.model.checkpoint import CONFIG_FILE, HELDOUT_FILE, load_checkpoint, read_heldout_ids, resolve_checkpoint
 
 AUTO_SEED = 0  # seed of the simulated flips on the validation split
@@ -345,10 +345,8 @@ def _audited_models(audit_csv: Path) -> tuple[str, Optional[list[str]]]:
 
 def write_clean(result: CleanResult, out: str | Path) -> list[Path]:
     """The label file (CSV) and its summary beside it (same name, .json)."""
-    out = Path(out)
-    if out.suffix.lower() != ".csv":
-        raise CleanError(f"--out must name a .csv label file, got {out}")
+    out, summary = label_file_outputs(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, result.labels.to_csv(index=False, float_format="%.6g"))
-    write_json(out.with_suffix(".json"), result.summary)
-    return [out, out.with_suffix(".json")]
+    write_json(summary, result.summary)
+    return [out, summary]
