@@ -59,6 +59,8 @@ def cleaned_labels(run_dir: Path, config: TrainConfig, device: str = "auto") -> 
     """Audit a finished POI run on the labels it trained on and relabel its suspects; returns
     the label file and its summary (labels.json)."""
     out = run_dir / CLEAN_DIR / "labels.csv"
+    if out.is_file() and out.with_suffix(".json").is_file():  # cleaned before a kill: the same labels again
+        return out, json.loads(out.with_suffix(".json").read_text())
     auto = config.clean_threshold is None  # the default: the fraction chosen on the validation split
     if config.clean_cross_fit:
         audited = cross_fit_audit(run_dir, config.data, config.clean_cross_fit, run_dir / CLEAN_DIR, device)
@@ -74,13 +76,56 @@ def cleaned_labels(run_dir: Path, config: TrainConfig, device: str = "auto") -> 
 
 def train_rounds(config: TrainConfig, console: Optional[Console] = None,
                  announce: Callable[[str], None] = lambda _: None) -> list[Path]:
-    """Train `config.rounds` runs, each on the labels the previous one cleaned; returns their folders."""
+    """Train `config.rounds` runs, each on the labels the previous one cleaned; returns their folders.
+    Round k > 1 is the folder `<round 1's folder>_round<k>` beside it; --resume of any round's
+    folder finishes that round and goes on with the rounds after it."""
+    if config.resume:
+        return resume_rounds(config, console, announce)
+    check_rounds(config)
+    first = train(config, console)
+    return [first, *later_rounds(first, first, 2, config, console, announce)]
+
+
+def check_rounds(config: TrainConfig) -> None:
     if config.rounds > 1 and not config.use_pin:
         raise TrainError("--rounds needs the PIN to audit the labels: it cannot be combined with --baseline")
     if config.rounds > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise TrainError("--rounds runs one process: train each round under torchrun, with poi audit and poi clean between")
-    runs = [train(config, console)]
-    for number in range(2, config.rounds + 1):
+
+
+def round_folder(first: Path, number: int) -> Path:
+    """Where round `number` of the recipe whose first round is `first` trains."""
+    return first if number == 1 else first.with_name(f"{first.name}_round{number}")
+
+
+def resume_rounds(config: TrainConfig, console: Optional[Console], announce: Callable[[str], None]) -> list[Path]:
+    """--resume of a run folder: finish it and, when it is a round of a --rounds recipe with
+    rounds left, the rounds after it (a finished round is not trained again)."""
+    run_dir = Path(config.resume)
+    stored = json.loads((run_dir / CONFIG_FILE).read_text()) if (run_dir / CONFIG_FILE).is_file() else {}
+    rounds, epochs = int(stored.get("rounds") or 1), int(stored.get("epochs") or 0)
+    number, first = 1, run_dir
+    for k in range(2, rounds + 1):
+        if run_dir.name.endswith(f"_round{k}") and (run_dir.parent / run_dir.name[:-len(f"_round{k}")] / CONFIG_FILE).is_file():
+            number, first = k, run_dir.parent / run_dir.name[:-len(f"_round{k}")]
+    finished = (run_dir / LAST).is_file() and read_checkpoint_info(run_dir / LAST).epoch >= epochs > 0
+    if not (finished and number < rounds):
+        train(config, console)  # resumes it (or says that it finished and no round is left)
+    else:
+        announce(f"{run_dir.name} finished earlier: going on with round {number + 1} of {rounds}")
+    if number >= rounds:
+        return [run_dir]
+    recipe = TrainConfig.from_dict(json.loads((first / CONFIG_FILE).read_text()))  # round 1's options
+    check_rounds(recipe)
+    return [run_dir, *later_rounds(first, run_dir, number + 1, recipe, console, announce)]
+
+
+def later_rounds(first: Path, previous: Path, start: int, config: TrainConfig, console: Optional[Console],
+                 announce: Callable[[str], None]) -> list[Path]:
+    """Rounds start..config.rounds: each audits and cleans the labels the round before trained on,
+    then trains (or resumes, or keeps when finished) in round_folder(first, number)."""
+    runs = [previous]
+    for number in range(start, config.rounds + 1):
         labels, summary = cleaned_labels(runs[-1], config, config.device)
         if summary["n_changed"] == 0:  # the same labels, seed and options: the round would repeat the last run exactly
             why = f"; {FITTED_ADVICE}" if summary.get("auto", {}).get("fitted_training_labels") else ""
@@ -88,10 +133,12 @@ def train_rounds(config: TrainConfig, console: Optional[Console] = None,
                      f"stopping: {runs[-1].name} is the last round{why}")
             break
         announce(f"round {number}: labels cleaned by {runs[-1].name} -> {labels}")
-        following = replace(config, labels=str(labels), noise=0.0, name=f"{config.name}_round{number}", resume=None,
+        following = replace(config, labels=str(labels), noise=0.0, resume=None,
                             teacher=str(runs[-1]) if config.rounds_teacher else config.teacher)
-        runs.append(train(following, console))
-    return runs
+        run_dir = round_folder(first, number)
+        train_or_resume(run_dir, following, console)
+        runs.append(run_dir)
+    return runs[1:]
 
 
 def train_folds(config: TrainConfig, console: Optional[Console] = None,

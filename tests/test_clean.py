@@ -257,6 +257,27 @@ def test_train_rounds_retrains_on_the_labels_its_own_audit_cleaned(tmp_path, mon
     assert baseline.exit_code == 1 and "--rounds needs the PIN" in baseline.output
 
 
+def test_resume_of_a_rounds_run_goes_on_with_the_rounds_left_and_names_follow_the_first(tmp_path):
+    import shutil
+
+    prepared = make_prepared(tmp_path / "data", splits=SPLITS)
+    project = tmp_path / "runs"
+    command = ["train", str(prepared), "--noise", "0.3", "--rounds", "2", "--clean-threshold", "0.05", "--size", "64",
+               "--epochs", "1", "--batch", "7", "--amp", "off", "--project", str(project), "--name", "r"]
+    assert runner.invoke(app, command).exit_code == 0
+    first_round2 = (project / "r_round2" / "results.csv").read_text()
+    shutil.rmtree(project / "r_round2")  # killed before round 2 began: round 1 is finished, its labels cleaned
+    resumed = runner.invoke(app, ["train", "--resume", str(project / "r")])
+    assert resumed.exit_code == 0, resumed.output
+    assert "going on with round 2 of 2" in resumed.output
+    assert (project / "r_round2" / "results.csv").read_text().splitlines()[0] == first_round2.splitlines()[0]
+    done = runner.invoke(app, ["train", "--resume", str(project / "r_round2")])
+    assert done.exit_code == 1 and "already finished" in done.output  # the last round, finished: nothing left
+    again = runner.invoke(app, command)  # the same command again: a new numbered recipe, its rounds named after it
+    assert again.exit_code == 0, again.output
+    assert (project / "r2_round2" / "results.csv").is_file() and not (project / "r_round22").exists()
+
+
 def test_rounds_stop_when_a_cleaning_changes_no_label(tmp_path):
     """Round N + 1 on unchanged labels would repeat round N (same labels, seed, options)."""
     prepared = make_prepared(tmp_path / "data", splits=SPLITS)

@@ -153,6 +153,19 @@ CASES = {
                                      "is a file, not a folder"),
     "report --out a file": (a_file("taken"), ["report", "RUN", "--out", "TMP/taken"], "is a file, not a folder"),
     "combine --out empty": (None, ["combine", "DATA", "DATA", "--out", ""], "needs a folder name"),
+    # training options that would train nonsense, and a label file that leaves nothing to train on
+    **{f"train {' '.join(option)}": (None, ["train", "DATA", *option, "--epochs", "1", "--project", "TMP/runs"], message)
+       for option, message in ((["--lr-gamma", "-2"], "--lr-gamma must lie in (0, 1]"),
+                               (["--lambda-au", "-1"], "--lambda-au must be a finite weight >= 0"),
+                               (["--au-eps", "2"], "--au-eps must lie in [0, 0.5)"),
+                               (["--seed", "-1"], "--seed must be 0 or more"),
+                               (["--lr", "inf"], "--lr must be finite"),
+                               (["--name", "../escaped"], "--name must be a plain folder name"))},
+    "train on labels that leave every image out": (edit_labels(lambda t: t.assign(label=-1, label_name="")),
+                                                   ["train", "DATA", "--labels", "LABELS", "--epochs", "1", "--project",
+                                                    "TMP/runs"], "no training images"),
+    "prepare --detector bogus": (None, ["prepare", "folder", "TMP", "--out", "TMP/prepared", "--detector", "bogus"],
+                                 "--detector must be one of"),
     "evaluate --amp foo": (None, ["evaluate", "RUN", "DATA", "--amp", "foo", "--out", "TMP/eval"], "--amp must be one of"),
     # label files
     "label -3 (Python would read it as a class)": (edit_labels(set_row("label", -3)), AUDIT, "label -3 is not a class index"),

@@ -34,7 +34,7 @@ from poi_cli.core.locks import LockError, claim
 from poi_cli.core.atomic import atomic_write_text
 from poi_cli.data.datasets import PENDING, Item, LayoutError, ParsedDataset, parse_dataset
 from poi_cli.data.datasets.common import dataset_manifest
-from poi_cli.data.faces import (ImageLoadError, align_face, is_grayscale, largest_face, load_image, make_detector,
+from poi_cli.data.faces import (DETECTORS, ImageLoadError, align_face, is_grayscale, largest_face, load_image, make_detector,
                                 resize_face)
 from poi_cli.core.manifests import class_names
 from poi_cli.core.schema import LANDMARK_NAMES, STATUS_BAD_IMAGE, STATUS_ERROR, STATUS_EXCLUDED, STATUS_NO_FACE, STATUS_OK
@@ -113,6 +113,8 @@ def prepare(
         raise PrepareError(f"--size must lie in 32..1024, got {size}")
     if batch_size < 1:
         raise PrepareError(f"--batch-size must be at least 1, got {batch_size}")
+    if isinstance(detector, str) and detector not in DETECTORS:
+        raise PrepareError(f"--detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
     raw = Path(raw_dir).resolve()
     out = Path(out_dir).resolve()
     if out == raw or raw in out.parents:
@@ -126,6 +128,8 @@ def prepare(
     settings = _settings(parsed, items, size, detect)
     if protocol:  # absent otherwise: stores of other datasets keep their settings (a re-run stays a no-op)
         settings["protocol"] = protocol
+    if detect and isinstance(detector, str) and detector != DETECTORS[0]:  # the default keeps older stores' settings
+        settings["detector"] = detector
 
     # One writer per --out: a second `poi prepare` into the same folder stops at once
     # instead of redoing (and racing) all the work.

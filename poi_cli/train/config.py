@@ -18,6 +18,8 @@ tests/test_train.py fails when the two disagree.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -185,6 +187,18 @@ class TrainConfig:
             (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
             (all(s > 0 for s in self.lr_steps), f"--lr-steps must be positive epochs, got {self.lr_steps}"),
             (not (self.pretrained and self.fine_tune), "--pretrained and --fine-tune exclude each other"),
+            *((getattr(self, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+              for name in ("temperature", "uem_temperature")),
+            (0.0 < self.lr_gamma <= 1.0, f"--lr-gamma must lie in (0, 1], got {self.lr_gamma}"),
+            (math.isfinite(self.lr), f"--lr must be finite, got {self.lr}"),
+            *((getattr(self, name) >= 0 and math.isfinite(getattr(self, name)),
+               f"--{name.replace('_', '-')} must be a finite weight >= 0, got {getattr(self, name)}")
+              for name in ("lambda_au", "lambda_ce_au", "lambda_ce_tar", "weight_decay")),
+            (0.0 <= self.au_eps < 0.5, f"--au-eps must lie in [0, 0.5) (AU targets stay on the prior's side), got {self.au_eps}"),
+            *((getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+              for name in ("seed", "noise_seed")),
+            (self.name.strip() not in ("", ".", "..") and "/" not in self.name and "\\" not in self.name,
+             f"--name must be a plain folder name (no '/'), got {self.name!r}"),
         ]
         for ok, message in checks:
             if not ok:

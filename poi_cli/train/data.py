@@ -88,6 +88,9 @@ def select_data(config: TrainConfig) -> TrainingData:
         val, name, note = None, None, "no validation (--val-fraction 0): best.pt is the last epoch"
     if test_split is not None:
         note += f"; {test_split} ({len(dataset.split(test_split).ids)} images) is kept for evaluation"
+    if len(labels) == 0:
+        raise TrainError(f"no training images in {dataset.root}'s {config.train_split} split"
+                         + (f" with the labels of {config.labels} (every image left out, label -1?)" if config.labels else ""))
     data = TrainingData(dataset, train, labels, clean, realised, val, name, note, held_out, test_split)
     if dataset.members:
         combined_sampling(data, config.seed)
