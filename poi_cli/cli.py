@@ -453,6 +453,11 @@ def serve(
     from poi_cli.deploy.predict import Predictor
     from poi_cli.deploy.serve import ServeLimits, serve as run_serve
 
+    for flag, value in (("--max-upload-mb", max_upload_mb), ("--max-megapixels", max_pixels), ("--max-files", max_files),
+                        ("--max-request-megapixels", max_request_pixels), ("--max-in-flight", max_in_flight),
+                        ("--body-timeout", body_timeout)):
+        if not value > 0:  # named as the user typed it, before ServeLimits converts it
+            fail(f"{flag} must be positive, got {value:g}")
     with user_errors():
         limits = ServeLimits(max_request_bytes=int(max_upload_mb * 1024 * 1024), max_files=max_files,
                              max_pixels=int(max_pixels * 1e6), max_request_pixels=int(max_request_pixels * 1e6),

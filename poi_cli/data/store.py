@@ -245,7 +245,7 @@ def read_label_file(path: str | Path, classes: Optional[Sequence[str]] = None) -
         numbers = pd.to_numeric(table[column], errors="coerce")
         bad = table.index[numbers.isna() | ~np.isfinite(numbers) | (numbers.abs() > 2**53) | (numbers != numbers.round())]
         if len(bad):
-            raise StoreError(f"{path}, row {bad[0] + 2}: {column} {table[column][bad[0]]!r} is not a whole number (a class index)")
+            raise StoreError(f"{path}, row {bad[0] + 2}: {column} {str(table[column][bad[0]])!r} is not a whole number (a class index)")
         table[column] = numbers.astype(np.int64)
     if table["id"].isna().any():
         raise StoreError(f"{path}, row {int(np.flatnonzero(table['id'].isna())[0]) + 2}: the id is empty")
@@ -282,7 +282,7 @@ def apply_label_file(data: SplitData, path: str | Path, classes: Optional[Sequen
     table = read_label_file(path, classes).set_index("id")
     missing = [i for i in data.ids if i not in table.index]
     if missing:
-        raise StoreError(f"{path} lacks labels for {len(missing)} images of the split (first: {missing[0]!r})")
+        raise StoreError(f"{path} lacks labels for {len(missing)} images of the split (first: {str(missing[0])!r})")
     chosen = table.loc[data.ids]
     labels = chosen["label"].to_numpy(np.int64)
     clean = chosen["clean_label"].to_numpy(np.int64) if "clean_label" in chosen else data.labels
