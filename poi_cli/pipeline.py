@@ -206,6 +206,8 @@ def check_same_cv(folder: Path, config: TrainConfig) -> None:
     with other options would mix two recipes in one table."""
     wanted = {k: v for k, v in config.to_dict().items() if k not in RERUN_FREE}
     path = folder / CV_CONFIG
+    if not path.is_file() and (folder / CONFIG_FILE).is_file():
+        raise TrainError(f"{folder} holds a training run, not a cross-validation: choose another --name")
     if path.is_file():
         saved = {k: v for k, v in json.loads(path.read_text()).items() if k not in RERUN_FREE}
         changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))

@@ -155,3 +155,9 @@ def test_fold_all_trains_every_fold_writes_cv_and_resumes(tmp_path):
     from poi_cli.train.config import TrainError
     with pytest.raises(TrainError, match="other options"):
         train_folds(TrainConfig(**{**config.to_dict(), "lr": 0.02}))
+    single = tmp_path / "runs" / "single"  # a folder holding one run is not a cross-validation's
+    single.mkdir()
+    (single / "config.json").write_text("{}")
+    with pytest.raises(TrainError, match="holds a training run"):
+        train_folds(TrainConfig(**{**config.to_dict(), "name": "single"}))
+    assert sorted(p.name for p in single.iterdir()) == ["config.json"]
