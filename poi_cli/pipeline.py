@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -105,9 +106,9 @@ def resume_rounds(config: TrainConfig, console: Optional[Console], announce: Cal
     stored = json.loads((run_dir / CONFIG_FILE).read_text()) if (run_dir / CONFIG_FILE).is_file() else {}
     rounds, epochs = int(stored.get("rounds") or 1), int(stored.get("epochs") or 0)
     number, first = 1, run_dir
-    for k in range(2, rounds + 1):
-        if run_dir.name.endswith(f"_round{k}") and (run_dir.parent / run_dir.name[:-len(f"_round{k}")] / CONFIG_FILE).is_file():
-            number, first = k, run_dir.parent / run_dir.name[:-len(f"_round{k}")]
+    named = re.fullmatch(r"(.+)_round(\d+)", run_dir.name)  # round_folder's name of a later round
+    if named and 2 <= int(named.group(2)) <= rounds and (run_dir.with_name(named.group(1)) / CONFIG_FILE).is_file():
+        number, first = int(named.group(2)), run_dir.with_name(named.group(1))
     finished = (run_dir / LAST).is_file() and read_checkpoint_info(run_dir / LAST).epoch >= epochs > 0
     if not (finished and number < rounds):
         train(config, console)  # resumes it (or says that it finished and no round is left)
