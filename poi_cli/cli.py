@@ -108,6 +108,16 @@ def backend_option() -> Any:
                         "exported in memory first), or torch (needs the train extra).", rich_help_panel="Performance")
 
 
+def batch_option() -> Any:
+    """--batch of the commands that run a checkpoint over a prepared split (`poi train` has its own)."""
+    return typer.Option(256, min=1, help="Images per batch.")
+
+
+def amp_option() -> Any:
+    """--amp of the commands that run a checkpoint over a prepared split (`poi train` has its own, in TrainConfig)."""
+    return typer.Option("auto", help="bf16 autocast: auto, bf16 or off.")
+
+
 def device_option(default: str = "auto", onnx: bool = False) -> Any:
     """--device of every command that runs a model (one definition; core.runtime.select_device's
     choices); onnx: the command also runs .onnx models (predict, serve), which run on the CPU."""
@@ -319,8 +329,8 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     out: Optional[str] = typer.Option(None, help="Folder for metrics.json, confusion_matrix.csv and .png, reliability.png, risk_coverage.png (default runs/evaluate/exp, numbered)."),
     device: str = device_option(),
-    batch: int = typer.Option(256, min=1, help="Images per batch."),
-    amp: str = typer.Option("auto", help="bf16 autocast: auto, bf16 or off."),
+    batch: int = batch_option(),
+    amp: str = amp_option(),
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Accuracy, per-class recall, confusion matrix, calibration of confidence and consistency, strata and PIN accuracies of a model."""
@@ -526,7 +536,7 @@ def audit(
     out: Optional[str] = typer.Option(None, help="Folder for audit.csv, audit_summary.json, contact_sheet.png (default runs/audit/exp, numbered)."),
     cross_fit: int = typer.Option(0, "--cross-fit", help="Score out of fold: train K models with the run's recipe, each leaving a K-th of its training split out (under OUT/crossfit/, resumable). 0: the run itself scores its own training set."),
     device: str = device_option(),
-    batch: int = typer.Option(256, min=1, help="Images per batch."),
+    batch: int = batch_option(),
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Rank every labelled image by how strongly the PIN's objective inference disagrees with its label; see docs/audit.md."""
@@ -591,7 +601,7 @@ def calibrate(
     fusion: str = typer.Option("auto", help="Reported probabilities: trn (the TRN alone), trn+pin (the mean of the TRN's and the PIN's p~* at T = 1) or auto (the one with the lowest NLL after temperature scaling on the split; ties to the cheaper)."),
     flip: str = typer.Option("auto", help="Average over the image and its mirror: on, off or auto (chosen with --fusion on the split; a mirror doubles the model's work)."),
     device: str = device_option(),
-    batch: int = typer.Option(256, min=1, help="Images per batch."),
+    batch: int = batch_option(),
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Choose how the reported probabilities are made (TRN or TRN + PIN, with or without the mirror) and fit the temperature T_cal that makes `confidence` a calibrated probability after it; store both in the checkpoint."""
@@ -602,3 +612,31 @@ def calibrate(
         result = run_calibrate(model, prepared_dir, split=split, out=out, in_place=in_place, device=device, batch=batch,
                                fusion=fusion, flip=flip)
     show(*render.calibrate_summary(result))
+
+
+@app.command("refit-head")
+def refit_head(
+    model: str = typer.Argument(..., help="A run folder (its best.pt) or a checkpoint."),
+    prepared_dir: str = typer.Argument(..., help="The prepared (or combined) folder whose training split the head is fitted on and whose validation split chooses it."),
+    out: Optional[str] = typer.Option(None, help="Where to write the model with the new head (default <checkpoint>.refit.pt beside it; never the checkpoint itself)."),
+    class_power: str = typer.Option("0,0.25,0.5", help="Class balance q to try, comma-separated: each image weighs N_class^-q (0: as the data is; 1: every class the same total weight)."),
+    l2: str = typer.Option("1e-05,0.0001", "--l2", help="Pull of the new weights towards the trained ones, comma-separated values to try."),
+    select: str = typer.Option("accuracy", help="Choose the head by the validation split's accuracy or its mean class recall (a combined folder: the mean over its members)."),
+    split: Optional[str] = typer.Option(None, help="Split to choose on (default valid, else val)."),
+    device: str = device_option(),
+    batch: int = batch_option(),
+    amp: str = amp_option(),
+    threads: Optional[int] = threads_option(),
+) -> None:
+    """Fit the TRN's classifier again on the frozen trunk's features of the training images, class-balanced, chosen on validation (cRT); then `poi calibrate` the new file."""
+    use_threads(threads)
+    from poi_cli.core.schema import AMP_MODES
+    from poi_cli.train.head_refit import RefitError, parse_grid, refit_head as run_refit
+
+    with user_errors():
+        if amp not in AMP_MODES:
+            raise RefitError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+        result = run_refit(model, prepared_dir, out=out, class_powers=parse_grid(class_power, "--class-power"),
+                           l2s=parse_grid(l2, "--l2"), select=select, split=split, device=device, batch=batch, amp=amp,
+                           announce=lambda line: show(render.Line(line, soft_wrap=True)))
+    show(*render.refit_summary(result))

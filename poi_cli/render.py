@@ -25,6 +25,7 @@ from poi_cli.core.schema import STATUS_OK
 if TYPE_CHECKING:  # the result types, for annotations only (their modules import torch or pandas)
     from poi_cli.data.prepare import PrepareResult
     from poi_cli.study.calibrate import CalibrateResult
+    from poi_cli.train.head_refit import HeadScore, RefitResult
     from poi_cli.model.export import ExportResult
     from poi_cli.study.report import Report
     from poi_cli.deploy.records import FaceRecord
@@ -425,6 +426,34 @@ def clean_summary(summary: dict, relabel: bool, files: Sequence[Any], prepared_d
 
 
 # ------------------------------------------------------------------- poi calibrate
+
+
+def refit_summary(result: "RefitResult") -> list[Table | Line]:
+    """Each head tried (and the model's own) on the validation split, per member, the chosen one
+    marked; the file written and the next step."""
+    table = Table(title=f"heads on {result.val_images} {result.split} images ({'face and mirror' if result.views == 2 else 'face'}); "
+                        f"chosen by {result.select}", title_justify="left")
+    table.add_column("class\npower")
+    table.add_column("l2")
+    for what in ("accuracy", "mean recall"):
+        for name in result.members:
+            table.add_column(f"{name}\n{what}", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("")
+
+    def row(head: "HeadScore", mark: str) -> list[str]:
+        return [("own head" if head.class_power is None else f"{head.class_power:g}"),
+                ("" if head.l2 is None else f"{head.l2:g}"),
+                *[f"{100 * head.accuracy[n]:.2f}" if n in head.accuracy else "-" for n in result.members],
+                *[f"{100 * head.mean_recall[n]:.2f}" if n in head.mean_recall else "-" for n in result.members],
+                f"{100 * head.score:.2f}", mark]
+
+    table.add_row(*row(result.before, ""))
+    for head in result.candidates:
+        table.add_row(*row(head, "chosen" if head is result.chosen else ""))
+    took = " and ".join(f"{part} {value:.0f} s" for part, value in result.seconds.items())
+    return [table, Line(f"wrote {result.written} (fitted on {result.train_images} training images and their mirrors; {took}; "
+                        f"uncalibrated: run `poi calibrate {result.written} PREPARED_DIR --in-place` next)", soft_wrap=True)]
 
 
 def calibrate_summary(result: "CalibrateResult") -> list[Line]:

@@ -2,7 +2,7 @@
 scripts/train_bundled_model.sh's `card` step writes (only aggregate figures: nothing of
 the research-only data is printed):
 
-    python scripts/model_card_figures.py runs/bundle2/card
+    python scripts/model_card_figures.py runs/bundle3/card
 
 FERPlus valid: accuracy, mean class recall, per-class recall, the calibration study (T_cal
 fitted on a seeded half, ECE / NLL measured on the other) and the regions / PIN strata;

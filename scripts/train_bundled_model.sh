@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Trains the model bundled with poi (poi_cli/weights/) and packs it, in two rounds
-# (issue 25): POI ResNet-10, 96 px, 8 FERPlus classes (majority labels).
+# Trains the model bundled with poi (poi_cli/weights/) and packs it, in two rounds and a
+# re-fit of the classifier (issue 25): POI ResNet-10, 96 px, 8 FERPlus classes (majority labels).
 #
 #   round 1  FERPlus train from scratch, 40 epochs (the first bundled model, issue 6;
 #            kept as weights/history/poi_ferplus8_resnet10_96_v1.fp16.pt)
@@ -8,8 +8,11 @@
 #   audit    round 1's audit of the combined training labels (`poi clean --auto`)
 #   round 2  fine-tuned from round 1 on the (cleaned) combined labels, round 1 as the
 #            teacher (`--teacher`: what `--rounds 2 --rounds-teacher` does, warm-started)
-#   pack     fusion and flip chosen and T_cal fitted on FERPlus valid (`poi calibrate`),
-#            packed as fp16 weights and exported as the deploy runtime's .onnx
+#   pack     round 2 packed as fp16 weights, its fusion and flip chosen on FERPlus valid
+#            (`poi calibrate`); the TRN's classifier fitted again on the frozen features of
+#            the combined training faces (`poi refit-head`, chosen on FERPlus valid and SFEW
+#            val); fusion, flip and T_cal chosen again for the new head, exported as the
+#            deploy runtime's .onnx
 #
 #   bash scripts/train_bundled_model.sh [STEP ...]   # default: every step, in order
 #
@@ -31,6 +34,8 @@ ARM="$(basename "$ROUND2")"                         # wild: the augmentations be
 WILD=(--gray-mix 0.3 --blur 0.2 --jpeg 0.2 --scale-jitter 0.1 --rotate 10)
 [ "$ARM" = wild ] || WILD=()
 OUT=poi_cli/weights/poi_ferplus8_resnet10_96
+PACKED="$(dirname "$ROUND2")/round2.fp16.pt"       # round 2 packed and calibrated, before its head is re-fitted
+CARD="${CARD:-runs/bundle3/card}"
 
 finished() {  # finished RUN EPOCHS: the run has all its epochs
   [ -f "$1/results.csv" ] && [ "$(($(wc -l < "$1/results.csv") - 1))" -ge "$2" ]
@@ -68,13 +73,16 @@ round2() {
 }
 
 pack() {
-  "$POI" export "$ROUND2" --format weights --out "$OUT.fp16.pt"
+  "$POI" export "$ROUND2" --format weights --out "$PACKED"
+  "$POI" calibrate "$PACKED" "$FERPLUS" --split val --fusion auto --flip auto --in-place --threads "$THREADS"
+  "$POI" refit-head "$PACKED" "$BOTH" --out "$OUT.fp16.pt" --class-power 0,0.25,0.5,0.75,1 --l2 1e-5,1e-4,1e-3 \
+    --threads "$THREADS"
   "$POI" calibrate "$OUT.fp16.pt" "$FERPLUS" --split val --fusion auto --flip auto --in-place --threads "$THREADS"
   "$POI" export "$OUT.fp16.pt" --format onnx --full --fp16-weights --out "$OUT.onnx"
 }
 
 card() {  # the model card's figures: FERPlus valid, SFEW val, CK+ zero-shot per fold
-  local dir=runs/bundle2/card
+  local dir="$CARD"
   "$POI" evaluate "$OUT.fp16.pt" "$FERPLUS" --split val --out "$dir/ferplus_val" --amp off --threads "$THREADS" > /dev/null
   "$POI" evaluate "$OUT.fp16.pt" "$SFEW" --split val --out "$dir/sfew_val" --amp off --threads "$THREADS" > /dev/null
   for fold in 0 1 2 3 4 5 6 7 8 9; do

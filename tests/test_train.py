@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import fields
 
 import numpy as np
@@ -19,7 +20,7 @@ from poi_cli.train.augment import BatchAugment
 from poi_cli.core.atomic import next_run_dir
 from poi_cli.model.checkpoint import load_checkpoint, load_model
 from poi_cli.cli import app
-from poi_cli.train.config import TrainConfig, field_default
+from poi_cli.train.config import TrainConfig, TrainError, field_default
 from poi_cli.model.losses import LossConfig
 from poi_cli.model.network import ModelConfig, POIModel
 from poi_cli.model.predictions import predict_split
@@ -307,3 +308,13 @@ def test_resume_of_a_run_killed_in_its_first_epoch_starts_it_again(tiny_runs, tm
     assert train(TrainConfig(resume=str(killed))) == killed
     assert pd.read_csv(killed / "results.csv")["epoch"].tolist() == [1]
     assert load_checkpoint(killed / "last.pt")["config"]["use_pin"] is False
+
+
+def test_resume_without_last_pt_but_with_finished_epochs_refuses_and_keeps_them(tiny_runs, tmp_path):
+    run = tmp_path / "runs" / "lost_last"
+    shutil.copytree(tiny_runs.baseline, run)
+    (run / "last.pt").unlink()
+    before = {name: (run / name).read_bytes() for name in ("results.csv", "best.pt")}
+    with pytest.raises(TrainError, match="no last.pt to resume from"):
+        train(TrainConfig(resume=str(run)))
+    assert {name: (run / name).read_bytes() for name in before} == before

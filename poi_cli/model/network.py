@@ -201,9 +201,12 @@ class TargetRecognitionNetwork(nn.Module):
         self.layer4 = resnet.layer4
         self.fc = nn.Linear(resnet.fc.in_features, num_classes)
 
+    def pooled(self, shared_features: torch.Tensor) -> torch.Tensor:
+        """layer4 -> global average pool: what the FC reads (`poi refit-head` fits the FC on it)."""
+        return self.layer4(shared_features).mean(dim=(2, 3))
+
     def forward(self, shared_features: torch.Tensor) -> torch.Tensor:
-        pooled = self.layer4(shared_features).mean(dim=(2, 3))
-        return self.fc(pooled)
+        return self.fc(self.pooled(shared_features))
 
 
 class SubregionCrops(nn.Module):

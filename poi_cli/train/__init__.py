@@ -5,5 +5,6 @@ config (TrainConfig: every option of `poi train`, defined once), engine (the epo
 data (training labels, noise, the validation split or hold-out), run_folder (config.json,
 results.csv, last/best, resume, repair after a kill), finetune (starting from a
 checkpoint), meters (per-epoch sums by name), augment (batch augmentation on the device), teacher
-(a frozen earlier model that teaches the TRN, `--teacher`).
+(a frozen earlier model that teaches the TRN, `--teacher`), head_refit (`poi refit-head`: the
+TRN's classifier fitted again on the frozen trunk's features, class-balanced).
 """

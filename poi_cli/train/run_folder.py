@@ -104,6 +104,12 @@ def resume_config(config: TrainConfig) -> tuple[TrainConfig, Optional[dict]]:
         checkpoint = load_checkpoint(run_dir / LAST)
         saved = TrainConfig.from_dict(checkpoint["config"])
     elif (run_dir / CONFIG_FILE).is_file():  # killed during its first epoch: start it again
+        # ... unless finished epochs are on disk (last.pt lost or deleted): starting again would
+        # write over their results.csv and best.pt
+        finished = [name for name in (RESULTS_FILE, BEST) if (run_dir / name).is_file()]
+        if finished:
+            raise TrainError(f"--resume: {run_dir} has {' and '.join(finished)} but no {LAST} to resume from; "
+                             f"put {LAST} back, or train into a new run folder")
         saved = TrainConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
     else:
         raise TrainError(f"--resume: {run_dir} is not a poi run folder (no {LAST} or {CONFIG_FILE})")

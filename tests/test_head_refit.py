@@ -1,0 +1,124 @@
+"""`poi refit-head` (train/head_refit.py): the loss and weights on hand-computed values, the fit,
+and the command on a tiny run: only the TRN's FC changes, the input is never written over."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from poi_cli.cli import app
+from poi_cli.data.combined import combine
+from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint
+from poi_cli.train.head_refit import (HEAD_KEYS, RefitError, fit_head, parse_grid, refit_head, refit_loss,
+                                      sample_weights, score_head, view_probabilities)
+
+
+def test_refit_loss_is_the_weighted_mean_cross_entropy_plus_the_pull_to_the_trained_weights():
+    weight, bias = torch.tensor([[1.0], [0.0]]), torch.zeros(2)
+    features, labels = torch.tensor([[1.0], [1.0]]), torch.tensor([0, 1])
+    # logits (1, 0) for both images: CE log(1 + e^-1) = 0.313262 for class 0, log(1 + e) = 1.313262 for class 1
+    loss = refit_loss(weight, bias, features, labels, torch.tensor([1.0, 3.0]), torch.zeros(2, 1), l2=0.5)
+    assert loss.item() == pytest.approx((0.313262 + 3 * 1.313262) / 4 + 0.5 * 1.0, abs=1e-5)
+    # the weights are normalised by their sum: scaling them changes nothing; the bias is not pulled
+    assert refit_loss(weight, bias + 1, features, labels, torch.tensor([2.0, 6.0]), weight, 0.5).item() == \
+        pytest.approx((0.313262 + 3 * 1.313262) / 4, abs=1e-5)
+
+
+def test_sample_weights_balance_classes_by_their_dataset_weighted_counts():
+    labels = np.array([0, 0, 0, 1])
+    assert sample_weights(labels, np.ones(4), 3, 0.0).tolist() == [1, 1, 1, 1]
+    # q = 1: class 0 (N = 3) and class 1 (N = 1) get the same total weight: 1/3 each vs 1, mean 1
+    assert sample_weights(labels, np.ones(4), 3, 1.0) == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2])
+    # q = 0.5 with the last image's dataset drawn 4 times: N = (3, 4), a = (1/sqrt 3, 1/sqrt 3, 1/sqrt 3, 4/2)
+    raw = np.array([1 / math.sqrt(3)] * 3 + [2.0])
+    assert sample_weights(labels, np.array([1, 1, 1, 4.0]), 3, 0.5) == pytest.approx(raw / raw.mean())
+
+
+def test_class_power_moves_the_boundary_towards_the_majority_class():
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(-1, 1, (200, 1)), rng.normal(1, 1, (20, 1))])
+    labels = np.array([0] * 200 + [1] * 20)
+    recall = {}
+    for power in (0.0, 1.0):
+        weight, bias = fit_head(features, labels, sample_weights(labels, np.ones(len(labels)), 2, power),
+                                np.zeros((2, 1)), np.zeros(2), l2=0.0)
+        predicted = view_probabilities(features[None], weight, bias).argmax(axis=1)
+        recall[power] = (predicted[labels == 1] == 1).mean()
+    assert recall[1.0] > recall[0.0] + 0.2  # balanced: the rare class is found far more often
+
+
+def test_a_strong_pull_keeps_the_trained_weights():
+    features, labels = np.array([[1.0], [-1.0]]), np.array([1, 0])
+    w0 = np.array([[2.0], [-2.0]])  # the opposite of what the data asks for
+    weight, _ = fit_head(features, labels, np.ones(2), w0, np.zeros(2), l2=1e4)
+    assert weight == pytest.approx(w0, abs=1e-3)
+    free, _ = fit_head(features, labels, np.ones(2), w0, np.zeros(2), l2=0.0)
+    assert free[1, 0] > free[0, 0]  # unpulled, the head follows the labels
+
+
+def test_score_head_averages_accuracy_or_mean_recall_over_members():
+    probs = np.eye(2)[[0, 0, 0, 1, 1]]  # predicted 0, 0, 0, 1, 1
+    labels = np.array([0, 0, 1, 1, 1])
+    member = np.array([0, 0, 0, 1, 1])  # member a: 2 of 3 right (recalls 1 and 0); b: 2 of 2
+    by_accuracy = score_head(probs, labels, member, ["a", "b"], "accuracy", 0.5, 1e-4)
+    assert by_accuracy.accuracy == pytest.approx({"a": 2 / 3, "b": 1.0})
+    assert by_accuracy.score == pytest.approx((2 / 3 + 1) / 2)
+    assert score_head(probs, labels, member, ["a", "b"], "recall", 0.5, 1e-4).score == pytest.approx((0.5 + 1) / 2)
+
+
+def test_parse_grid_refuses_what_is_not_a_list_of_numbers_at_least_0():
+    assert parse_grid("0,0.5", "--class-power") == (0.0, 0.5)
+    for bad in ("", "a", "-1", "nan", "0,,1"):
+        with pytest.raises(RefitError, match="--class-power"):
+            parse_grid(bad, "--class-power")
+
+
+def test_refit_head_changes_only_the_fc_and_leaves_the_model_file_alone(tiny_runs, tmp_path):
+    source = tiny_runs.poi / "best.pt"
+    before_bytes = source.read_bytes()
+    result = refit_head(tiny_runs.poi, tiny_runs.data, out=tmp_path / "refit.pt", class_powers=(0.0, 1.0), l2s=(1e-4,),
+                        device="cpu", amp="off")
+    assert source.read_bytes() == before_bytes
+    old, new = load_checkpoint(source), load_checkpoint(tmp_path / "refit.pt")
+    changed = {key for key in old["model"] if not torch.equal(old["model"][key], new["model"][key])}
+    assert changed and changed <= set(HEAD_KEYS)
+    record = new["head_refit"]
+    assert (record["class_power"], record["l2"]) == (result.chosen.class_power, result.chosen.l2)
+    assert len(record["candidates"]) == 2 and record["train_images"] == result.train_images > 0
+    assert set(record["seconds"]) == {"features", "fit"}
+    assert result.chosen.score == max(c.score for c in result.candidates)
+    assert "calibration" not in new and CheckpointInfo.of(new).calibration is None
+
+
+def test_refit_head_on_a_combined_folder_weighs_and_scores_its_members(tiny_runs, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_runs.data, other)
+    both = combine([tiny_runs.data, other], tmp_path / "both", weights=[1, 3])
+    result = refit_head(tiny_runs.poi, both, out=tmp_path / "r.pt",
+                        class_powers=(0.0,), l2s=(1e-4,), device="cpu", amp="off")
+    assert len(result.members) == 2 and set(result.chosen.accuracy) == set(result.members)
+    assert result.chosen.score == pytest.approx(np.mean(list(result.chosen.accuracy.values())))
+
+
+def test_refit_head_command_prints_the_heads_and_refuses_bad_input_in_one_line(tiny_runs, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cli.pt"
+    ok = runner.invoke(app, ["refit-head", str(tiny_runs.poi), str(tiny_runs.data), "--out", str(out),
+                             "--class-power", "0", "--l2", "1e-4", "--device", "cpu", "--amp", "off", "--threads", "1"])
+    assert ok.exit_code == 0, ok.output
+    assert "own head" in ok.output and "chosen" in ok.output and out.is_file()
+    for args, message in (
+        (["--out", str(tiny_runs.poi / "best.pt")], "the checkpoint itself"),
+        (["--out", str(tmp_path / "x.pt"), "--class-power", "-1"], "--class-power"),
+        (["--out", str(tmp_path / "x.pt"), "--select", "loss"], "--select"),
+        (["--out", str(tmp_path / "x.pt"), "--amp", "fp8"], "--amp"),
+        (["--out", str(tmp_path / "x.pt"), "--split", "train"], "held-out"),
+    ):
+        bad = runner.invoke(app, ["refit-head", str(tiny_runs.poi), str(tiny_runs.data), *args, "--device", "cpu"])
+        assert bad.exit_code != 0 and message in bad.output and "Traceback" not in bad.output, (args, bad.output)
+        assert len(bad.output.strip().splitlines()) == 1, bad.output
