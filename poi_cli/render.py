@@ -425,7 +425,7 @@ def clean_summary(summary: dict, relabel: bool, files: Sequence[Any], prepared_d
     return lines
 
 
-# ------------------------------------------------------------------- poi calibrate
+# ------------------------------------------------------------------- poi refit-head
 
 
 def refit_summary(result: "RefitResult") -> list[Table | Line]:
@@ -454,6 +454,9 @@ def refit_summary(result: "RefitResult") -> list[Table | Line]:
     took = " and ".join(f"{part} {value:.0f} s" for part, value in result.seconds.items())
     return [table, Line(f"wrote {result.written} (fitted on {result.train_images} training images and their mirrors; {took}; "
                         f"uncalibrated: run `poi calibrate {result.written} PREPARED_DIR --in-place` next)", soft_wrap=True)]
+
+
+# ------------------------------------------------------------------- poi calibrate
 
 
 def calibrate_summary(result: "CalibrateResult") -> list[Line]:

@@ -122,3 +122,15 @@ def test_refit_head_command_prints_the_heads_and_refuses_bad_input_in_one_line(t
         bad = runner.invoke(app, ["refit-head", str(tiny_runs.poi), str(tiny_runs.data), *args, "--device", "cpu"])
         assert bad.exit_code != 0 and message in bad.output and "Traceback" not in bad.output, (args, bad.output)
         assert len(bad.output.strip().splitlines()) == 1, bad.output
+
+
+def test_refit_head_scores_the_face_and_its_mirror_when_the_recipe_flips(tiny_runs, tmp_path):
+    from poi_cli.study.calibrate import calibrate
+
+    flipped = calibrate(tiny_runs.poi, tiny_runs.data, out=tmp_path / "flip.pt", device="cpu", fusion="trn", flip="on")
+    result = refit_head(flipped.written, tiny_runs.data, out=tmp_path / "r.pt", class_powers=(0.0,), l2s=(1e-4,),
+                        device="cpu", amp="off")
+    assert result.views == 2 and load_checkpoint(tmp_path / "r.pt")["head_refit"]["views"] == 2
+    plain = refit_head(tiny_runs.poi, tiny_runs.data, out=tmp_path / "p.pt", class_powers=(0.0,), l2s=(1e-4,),
+                       device="cpu", amp="off")
+    assert plain.views == 1
