@@ -618,17 +618,17 @@ def calibrate(
 def refit_head(
     model: str = typer.Argument(..., help="A run folder (its best.pt) or a checkpoint."),
     prepared_dir: str = typer.Argument(..., help="The prepared (or combined) folder whose training split the head is fitted on and whose validation split chooses it."),
-    out: Optional[str] = typer.Option(None, help="Where to write the model with the new head (default <checkpoint>.refit.pt beside it; never the checkpoint itself)."),
+    out: Optional[str] = typer.Option(None, help="Where to write the model with the new head (default beside the checkpoint: best.pt -> best.refit.pt; never the checkpoint itself)."),
     class_power: str = typer.Option("0,0.25,0.5", help="Class balance q to try, comma-separated: each image weighs N_class^-q (0: as the data is; 1: every class the same total weight)."),
     l2: str = typer.Option("1e-05,0.0001", "--l2", help="Pull of the new weights towards the trained ones, comma-separated values to try."),
     select: str = typer.Option("accuracy", help="Choose the head by the validation split's accuracy or its mean class recall (a combined folder: the mean over its members)."),
-    split: Optional[str] = typer.Option(None, help="Split to choose on (default valid, else val)."),
+    split: Optional[str] = typer.Option(None, help="Split to choose on (default valid, else val; never train or test)."),
     device: str = device_option(),
     batch: int = batch_option(),
     amp: str = amp_option(),
     threads: Optional[int] = threads_option(),
 ) -> None:
-    """Fit the TRN's classifier again on the frozen trunk's features of the training images, class-balanced, chosen on validation (cRT); then `poi calibrate` the new file."""
+    """Fit the TRN's classifier again on the frozen features it reads (layer4, pooled) of the training images, class-balanced, chosen on validation (cRT); then `poi calibrate` the new file."""
     use_threads(threads)
     from poi_cli.core.schema import AMP_MODES
     from poi_cli.train.head_refit import RefitError, parse_grid, refit_head as run_refit

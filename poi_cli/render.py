@@ -451,7 +451,7 @@ def refit_summary(result: "RefitResult") -> list[Table | Line]:
     table.add_row(*row(result.before, ""))
     for head in result.candidates:
         table.add_row(*row(head, "chosen" if head is result.chosen else ""))
-    took = " and ".join(f"{part} {value:.0f} s" for part, value in result.seconds.items())
+    took = " and ".join(f"{part} {value:.1f} s" for part, value in result.seconds.items())
     return [table, Line(f"wrote {result.written} (fitted on {result.train_images} training images and their mirrors; {took}; "
                         f"uncalibrated: run `poi calibrate {result.written} PREPARED_DIR --in-place` next)", soft_wrap=True)]
 

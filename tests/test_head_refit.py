@@ -117,7 +117,7 @@ def test_refit_head_command_prints_the_heads_and_refuses_bad_input_in_one_line(t
         (["--out", str(tmp_path / "x.pt"), "--class-power", "-1"], "--class-power"),
         (["--out", str(tmp_path / "x.pt"), "--select", "loss"], "--select"),
         (["--out", str(tmp_path / "x.pt"), "--amp", "fp8"], "--amp"),
-        (["--out", str(tmp_path / "x.pt"), "--split", "train"], "held-out"),
+        (["--out", str(tmp_path / "x.pt"), "--split", "train"], "not a validation split"),
     ):
         bad = runner.invoke(app, ["refit-head", str(tiny_runs.poi), str(tiny_runs.data), *args, "--device", "cpu"])
         assert bad.exit_code != 0 and message in bad.output and "Traceback" not in bad.output, (args, bad.output)
@@ -134,3 +134,19 @@ def test_refit_head_scores_the_face_and_its_mirror_when_the_recipe_flips(tiny_ru
     plain = refit_head(tiny_runs.poi, tiny_runs.data, out=tmp_path / "p.pt", class_powers=(0.0,), l2s=(1e-4,),
                        device="cpu", amp="off")
     assert plain.views == 1
+
+
+def test_refit_head_refuses_before_any_work_what_would_break_an_input_or_the_head(tiny_runs, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_runs.data, other)
+    both = combine([tiny_runs.data, other], tmp_path / "both")
+    member_faces = other / "faces.npy"
+    before = member_faces.read_bytes()
+    with pytest.raises(Exception, match="would write over"):  # a member's store is read: never written over
+        refit_head(tiny_runs.poi, both, out=member_faces, device="cpu", amp="off")
+    assert member_faces.read_bytes() == before
+    with pytest.raises(RefitError, match="underflow"):
+        refit_head(tiny_runs.poi, tiny_runs.data, out=tmp_path / "q.pt", class_powers=(5000.0,), device="cpu", amp="off")
+    with pytest.raises(RefitError, match=r"\.onnx"):
+        refit_head(tiny_runs.poi, tiny_runs.data, out=tmp_path / "q.onnx", device="cpu", amp="off")
+    assert not (tmp_path / "q.pt").exists() and not (tmp_path / "q.onnx").exists()

@@ -88,11 +88,13 @@ def calibrate(run_or_checkpoint: str | Path, prepared_dir: str | Path, split: Op
     target = source if in_place else Path(out) if out is not None else source.with_name(f"{source.stem}.calibrated.pt")
     if target.resolve() == source.resolve() and not in_place:
         raise CalibrateError(f"--out {target} is the checkpoint itself: pass --in-place to rewrite it")
-    # nothing the command reads is written over: the prepared folder's files, a run folder's
-    refuse_input_as_output(target, [prepared_dir, *([run_or_checkpoint] if Path(run_or_checkpoint).is_dir() and not in_place
-                                                    else [])], "--out")
-    output_file(target, "--out")  # before the work, not after it
     dataset = PreparedDataset(prepared_dir)
+    # nothing the command reads is written over: the prepared folder's files (a combined
+    # folder's: its members' stores), a run folder's
+    refuse_input_as_output(target, [prepared_dir, *(m.path for m in dataset.members),
+                                    *([run_or_checkpoint] if Path(run_or_checkpoint).is_dir() and not in_place else [])],
+                           "--out")
+    output_file(target, "--out")  # before the work, not after it
     split = split or default_split(dataset)
     checkpoint = load_checkpoint(source)
     info = CheckpointInfo.of(checkpoint)

@@ -14,11 +14,13 @@ mirror, without augmentation, and W, b are fitted by L-BFGS from the trained one
 
 m_i the sampling weight of the image's dataset (a combined folder's members, else 1) and q the
 class power (0: the training distribution; 1: every class the same total weight). Each
-(q, l2) of the grid is scored on the validation split by the recipe's views of the image (the
-face, or the face and its mirror), the mean of the members' accuracies (or mean class
-recalls, --select recall), as `poi train` selects; the best is written to a new checkpoint
-that differs from the model only in trn.fc and in its `head_refit` record, and that has no
-calibration (the old T_cal was fitted to the old head): `poi calibrate` it next.
+(q, l2) of the grid is scored on the validation split by the TRN alone, on the face or on
+the face and its mirror as the model's recipe flips (a fusion with the PIN is left to `poi
+calibrate`), by the mean of the members' accuracies (or mean class recalls, --select
+recall), as `poi train` selects; the best is written to a new checkpoint that differs from
+the model only in trn.fc and in its `head_refit` record, and that has no calibration and no
+prediction recipe (T_cal was fitted to the old head; until `poi calibrate` runs, it
+predicts with the TRN alone, on the face alone, at T = 1): `poi calibrate` it next.
 
 Why it exists: fine-tuning with a teacher and strong augmentations leaves a head fitted to
 augmented views and to the teacher; a head fitted to the faces as prediction sees them moved
@@ -106,9 +108,10 @@ def sample_weights(labels: np.ndarray, dataset_weights: np.ndarray, num_classes:
     """a_i = m_i * N_{y_i}^(-q), N_k = sum of m_i over class k (module docstring); scaled to mean 1.
     q = 0 gives m_i; q = 1 gives every class with images the same total weight."""
     per_class = np.bincount(labels, weights=dataset_weights, minlength=num_classes)
-    scale = np.where(per_class > 0, per_class, 1.0) ** -class_power
-    weights = dataset_weights * scale[labels]
-    return weights / weights.mean()
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # a huge q: not finite, refused by the caller
+        scale = np.where(per_class > 0, per_class, 1.0) ** -class_power
+        weights = dataset_weights * scale[labels]
+        return weights / weights.mean()
 
 
 def refit_loss(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
@@ -195,10 +198,15 @@ def refit_head(run_or_checkpoint: str | Path, prepared_dir: str | Path, out: Opt
     target = Path(out) if out is not None else source.with_name(f"{source.stem}.refit.pt")
     if target.resolve() == source.resolve():
         raise RefitError(f"--out {target} is the checkpoint itself: write the re-fitted model to a new file")
-    refuse_input_as_output(target, [prepared_dir, *([run_or_checkpoint] if Path(run_or_checkpoint).is_dir() else [])],
-                           "--out")
-    output_file(target, "--out")
+    if target.suffix.lower() == ".onnx":
+        raise RefitError(f"--out {target}: the re-fitted model is a checkpoint (.pt); `poi export` makes its .onnx "
+                         "after `poi calibrate`")
     dataset = PreparedDataset(prepared_dir)
+    # nothing read is written over: the prepared folder, a combined folder's members (their
+    # stores are what is read), a run folder's files
+    refuse_input_as_output(target, [prepared_dir, *(m.path for m in dataset.members),
+                                    *([run_or_checkpoint] if Path(run_or_checkpoint).is_dir() else [])], "--out")
+    output_file(target, "--out")
     checkpoint = load_checkpoint(source)
     info = CheckpointInfo.of(checkpoint)
     if list(info.classes) != list(dataset.classes):
@@ -207,26 +215,14 @@ def refit_head(run_or_checkpoint: str | Path, prepared_dir: str | Path, out: Opt
     split = split or dataset.validation_split()
     if split is None:
         raise RefitError(f"{dataset.root} has no valid/val split to choose the head on: name one with --split")
-    if split == "train" or split not in dataset.splits():
-        raise RefitError(f"--split {split!r} is not a held-out split of {dataset.root} (splits: {', '.join(dataset.splits())})")
+    if split in ("train", "test") or split not in dataset.splits():
+        raise RefitError(f"--split {split!r} is not a validation split of {dataset.root} (splits: {', '.join(dataset.splits())}; "
+                         "never train, and never test: a head chosen on it would make its figures optimistic)")
     if "train" not in dataset.splits():
         raise RefitError(f"{dataset.root} has no training split to re-fit on")
     train, val = dataset.split("train"), dataset.split(split)
     if len(np.unique(train.labels)) < 2:
         raise RefitError(f"the training split of {dataset.root} has fewer than 2 classes: nothing to re-fit")
-
-    torch_device = select_device(device)
-    model = model_of(checkpoint, torch_device)
-    bf16 = use_bf16(amp, torch_device)
-    views = 2 if info.recipe.flip else 1
-    say = announce or (lambda _: None)
-    say(f"features of {len(train.labels)} training images and their mirrors, {len(val.labels)} {split} images "
-        f"({'and mirrors, ' if views == 2 else ''}as the model's recipe predicts)")
-    started = time.perf_counter()
-    train_features = pooled_features(model, dataset.faces, train.store_rows, torch_device, bf16, batch, 2, "training features")
-    val_features = pooled_features(model, dataset.faces, val.store_rows, torch_device, bf16, batch, views, f"{split} features")
-
-    seconds = {"features": time.perf_counter() - started}
     names = [m.name for m in dataset.members] or [Path(dataset.root).name]
     if dataset.members:
         train_member = member_of_rows(dataset.members, train.store_rows)
@@ -236,6 +232,25 @@ def refit_head(run_or_checkpoint: str | Path, prepared_dir: str | Path, out: Opt
         dataset_weights, val_member = np.ones(len(train.labels)), np.zeros(len(val.labels), np.int64)
     if not (dataset_weights > 0).any():
         raise RefitError("the members' sampling weights leave no training image (all 0)")
+    image_weights = {}  # per class power, before the features are computed: a bad q fails at once
+    for power in class_powers:
+        image_weights[power] = sample_weights(train.labels, dataset_weights, dataset.num_classes, power)
+        if not np.isfinite(image_weights[power]).all():
+            raise RefitError(f"--class-power {power:g} is too large: the image weights underflow (use a value up to about 2)")
+
+    torch_device = select_device(device)
+    model = model_of(checkpoint, torch_device)
+    bf16 = use_bf16(amp, torch_device)
+    views = 2 if info.recipe.flip else 1
+    say = announce or (lambda _: None)
+    say(f"features of {len(train.labels)} training images and their mirrors, {len(val.labels)} {split} images"
+        f"{' and their mirrors' if views == 2 else ''} (the heads are scored by the TRN alone, "
+        f"{'face and mirror' if views == 2 else 'the face alone'} as the model's recipe flips)")
+    started = time.perf_counter()
+    train_features = pooled_features(model, dataset.faces, train.store_rows, torch_device, bf16, batch, 2, "training features")
+    val_features = pooled_features(model, dataset.faces, val.store_rows, torch_device, bf16, batch, views, f"{split} features")
+
+    seconds = {"features": time.perf_counter() - started}
     # every image twice, as itself and as its mirror (the flip augmentation, without the others)
     features = train_features.reshape(-1, train_features.shape[-1])
     labels = np.concatenate([train.labels, train.labels])
@@ -247,9 +262,11 @@ def refit_head(run_or_checkpoint: str | Path, prepared_dir: str | Path, out: Opt
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("fitting heads", total=len(class_powers) * len(l2s))
         for power in class_powers:
-            weights = np.concatenate([sample_weights(train.labels, dataset_weights, dataset.num_classes, power)] * 2)
+            weights = np.concatenate([image_weights[power]] * 2)
             for l2 in l2s:
                 weight, bias = fit_head(features, labels, weights, w0, b0, l2)
+                if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+                    raise RefitError(f"the fit diverged for --class-power {power:g} --l2 {l2:g} (weights not finite)")
                 probs = view_probabilities(val_features, weight, bias)
                 candidates.append(score_head(probs, val.labels, val_member, names, select, power, l2))
                 heads.append((weight, bias))
