@@ -237,6 +237,12 @@ def test_wrong_layouts_name_what_is_missing(tmp_path: Path) -> None:
     raw = make_ferplus(tmp_path / "fp")
     with pytest.raises(PrepareError, match="inside RAW_DIR"):
         prepare("ferplus", raw, raw / "out", show_progress=False)
+    store = tmp_path / "store"  # a prepared dataset (its prepared.json) never holds another one
+    store.mkdir()
+    (store / "prepared.json").write_text("{}")
+    with pytest.raises(PrepareError, match="inside the prepared dataset"):
+        prepare("ferplus", raw, store / "nested" / "out", show_progress=False)
+    assert sorted(p.name for p in store.iterdir()) == ["prepared.json"]
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "thesis.tex").write_text("x")

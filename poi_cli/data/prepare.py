@@ -121,6 +121,11 @@ def prepare(
         raise PrepareError(f"--out {out} lies inside RAW_DIR {raw}: RAW_DIR is never written to, choose another folder")
     if out.exists() and not out.is_dir():
         raise PrepareError(f"--out {out} exists and is not a folder")
+    # a store inside another store's folder would be read as part of it by tools that walk
+    # folders, and moving or removing the outer one would take it along
+    outer = next((parent for parent in out.parents if (parent / META_FILE).is_file()), None)
+    if outer is not None:
+        raise PrepareError(f"--out {out} lies inside the prepared dataset {outer}; choose a folder outside it")
     parsed = parse_dataset(dataset, raw)
     items = _select_splits(parsed, splits)
     protocol = _apply_protocol(parsed, items, folds, fold_seed, test_fraction)
