@@ -630,12 +630,9 @@ def refit_head(
 ) -> None:
     """Fit the TRN's classifier again on the frozen features it reads (layer4, pooled) of the training images, class-balanced, chosen on validation (cRT); then `poi calibrate` the new file."""
     use_threads(threads)
-    from poi_cli.core.schema import AMP_MODES
-    from poi_cli.train.head_refit import RefitError, parse_grid, refit_head as run_refit
+    from poi_cli.train.head_refit import parse_grid, refit_head as run_refit
 
     with user_errors():
-        if amp not in AMP_MODES:
-            raise RefitError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
         result = run_refit(model, prepared_dir, out=out, class_powers=parse_grid(class_power, "--class-power"),
                            l2s=parse_grid(l2, "--l2"), select=select, split=split, device=device, batch=batch, amp=amp,
                            announce=lambda line: show(render.Line(line, soft_wrap=True)))

@@ -42,11 +42,13 @@ from rich.progress import Progress
 
 from poi_cli.core.atomic import output_file, refuse_input_as_output
 from poi_cli.core.errors import PoiError
+from poi_cli.core.metrics import confusion_matrix, per_class_recall
 from poi_cli.core.runtime import autocast, select_device, use_bf16
 from poi_cli.data.combined import member_of_rows
 from poi_cli.data.loader import BatchLoader
 from poi_cli.data.preprocess import to_model_input
 from poi_cli.data.store import PreparedDataset
+from poi_cli.model.calibration import softmax
 from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint, model_of, resolve_checkpoint, save_checkpoint
 from poi_cli.model.network import POIModel
 from poi_cli.model.reporting import mirrored
@@ -161,10 +163,7 @@ def pooled_features(model: POIModel, faces: np.ndarray, store_rows: np.ndarray, 
 
 def view_probabilities(features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """(n, C): the mean over views of softmax(W z + b) (POI_SPEC 4b's flip for the TRN)."""
-    logits = features @ weight.T + bias
-    logits = logits - logits.max(axis=-1, keepdims=True)
-    probs = np.exp(logits)
-    return (probs / probs.sum(axis=-1, keepdims=True)).mean(axis=0)
+    return softmax(features @ weight.T + bias).mean(axis=0)
 
 
 def score_head(probs: np.ndarray, labels: np.ndarray, member: np.ndarray, names: Sequence[str], select: str,
@@ -178,8 +177,8 @@ def score_head(probs: np.ndarray, labels: np.ndarray, member: np.ndarray, names:
         if not mine.any():
             continue
         accuracy[name] = float((predicted[mine] == labels[mine]).mean())
-        recalls = [(predicted[mine & (labels == c)] == c).mean() for c in np.unique(labels[mine])]
-        mean_recall[name] = float(np.mean(recalls))
+        recalls = per_class_recall(confusion_matrix(labels[mine], predicted[mine], probs.shape[1]))
+        mean_recall[name] = float(np.mean([r for r in recalls if r is not None]))  # the classes it has
     chosen = accuracy if select == SELECT_ACCURACY else mean_recall
     return HeadScore(class_power, l2, accuracy, mean_recall, float(np.mean(list(chosen.values()))))
 
