@@ -200,6 +200,9 @@ def agreement_lines(result: dict) -> list[str]:
         flagged = result["flagged"]
         gap = "" if flagged["gap"] is None else f": {flagged['gap'] * 100:.1f} points apart"
         lines.append(f"flagged ({flagged['rule']}): {_cell(flagged['flagged'])}; the rest {_cell(flagged['rest'])}{gap}")
+    twins = result.get("twins")
+    if twins and twins["with"]["n"]:
+        lines.append(f"faces with {twins['rule']}: {_cell(twins['with'])}; without: {_cell(twins['without'])}")
     return lines
 
 

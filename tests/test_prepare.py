@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from poi_cli.data import prepare as prepare_module
 from poi_cli.cli import app
 from poi_cli.data.datasets import DATASET_NAMES, LayoutError, dataset_manifest
-from poi_cli.data.faces import Face
+from poi_cli.data.faces import BLANK_REASON, Face
 from poi_cli.core.manifests import CLASSES
 from poi_cli.data.prepare import JOURNAL_FILE, PrepareError, prepare
 from poi_cli.data.store import PreparedDataset
@@ -26,9 +26,18 @@ from poi_cli.data.store import PreparedDataset
 SIZE = 32
 
 
+def not_blank(image: Image.Image) -> Image.Image:
+    """`image` with an 8x8 corner block 16 levels off in its last band: not blank (prepare stores no
+    blank image), even through JPEG, and an RGB image's red band, which ScriptedDetector reads, unchanged."""
+    bands = list(image.split())
+    bands[-1].paste(bands[-1].crop((0, 0, 8, 8)).point(lambda v: v ^ 16), (0, 0))
+    return Image.merge(image.mode, bands)
+
+
 def save(path: Path, value: int = 128, size: tuple[int, int] = (48, 48), mode: str = "L") -> Path:
+    """A flat image of `value` (RGB: value, value // 2, 255 - value), but for not_blank's corner."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, value if mode == "L" else (value, value // 2, 255 - value)).save(path)
+    not_blank(Image.new(mode, size, value if mode == "L" else (value, value // 2, 255 - value))).save(path)
     return path
 
 
@@ -177,17 +186,20 @@ def test_bad_images_get_a_status_and_the_run_goes_on(tmp_path: Path, monkeypatch
     save(happy / "tiny.png", size=(8, 8), mode="RGB")
     save(happy / "huge.png", size=(300, 300), mode="RGB")
     sad.mkdir()
-    Image.new("CMYK", (48, 48), (0, 255, 0, 0)).save(sad / "cmyk.jpg")
-    Image.fromarray(np.full((48, 48), 40000, np.uint16)).save(sad / "sixteen.png")
-    Image.new("RGBA", (48, 48), (10, 200, 10, 128)).save(sad / "rgba.png")
+    not_blank(Image.new("CMYK", (48, 48), (0, 255, 0, 0))).save(sad / "cmyk.jpg")
+    sixteen = np.full((48, 48), 40000, np.uint16)
+    sixteen[:8, :8] = 30000
+    Image.fromarray(sixteen).save(sad / "sixteen.png")
+    not_blank(Image.new("RGBA", (48, 48), (10, 200, 10, 128))).save(sad / "rgba.png")
     # EXIF orientation 6: stored landscape (60x30), shown portrait: top half dark after rotation.
     stored = np.zeros((30, 60, 3), np.uint8)
     stored[:, 30:] = 200  # right half bright -> after a 90 degree clockwise turn, bottom half bright
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(stored).save(sad / "rotated.jpg", exif=exif.tobytes())
-    Image.new("RGB", (48, 48), (0, 0, 0)).save(sad / "noface.png")
-    Image.new("RGB", (48, 48), (255, 0, 0)).save(sad / "twofaces.png")
+    save(sad / "noface.png", mode="RGB", value=0)
+    save(sad / "twofaces.png", mode="RGB", value=255)
+    Image.new("RGB", (48, 48), (0, 0, 0)).save(sad / "black.png")  # blank: never shown to the detector
     (sad / "notes.txt").write_text("ignored: not an image suffix")
     before = snapshot(raw)
 
@@ -203,13 +215,15 @@ def test_bad_images_get_a_status_and_the_run_goes_on(tmp_path: Path, monkeypatch
     assert "too large" in manifest.loc["happy/huge.png", "reason"]
     for name in ("cmyk.jpg", "sixteen.png", "rgba.png", "rotated.jpg", "twofaces.png"):
         assert status[f"sad/{name}"] == "ok", name
-    assert status["sad/noface.png"] == "no_face"
+    assert status["sad/noface.png"] == status["sad/black.png"] == "no_face"
+    assert manifest.loc["sad/noface.png", "reason"] == "no face detected"
+    assert manifest.loc["sad/black.png", "reason"] == BLANK_REASON
     assert status["happy/good.png"] == status["happy/whole.jpg"] == "ok"
     assert "sad/notes.txt" not in status
     two = manifest.loc["sad/twofaces.png"]
     assert two["n_faces"] == 2 and "largest" in two["reason"]
     assert two["box_x2"] == pytest.approx(2 + 48 / 2) and two["det_score"] == pytest.approx(0.9)
-    assert result.counts["train"] == {"bad_image": 5, "no_face": 1, "ok": 7}
+    assert result.counts["train"] == {"bad_image": 5, "no_face": 2, "ok": 7}
     assert any("several faces" in note for note in result.notes)
 
     # The rotated image was turned upright before the crop: its top is dark, its bottom bright.
@@ -337,9 +351,19 @@ def test_sfew_and_folder_splits(tmp_path: Path) -> None:
     raw = tmp_path / "sfew"
     save(raw / "Train" / "Happy" / "a.png", mode="RGB", size=(143, 181))
     save(raw / "Val" / "Sad" / "b.png", mode="RGB", size=(143, 181))
+    # The release's own failed alignments are black files (12 of SFEW 2.0's 431 val images):
+    # no face, so not stored, and said so; a dark face with anything in it is kept.
+    Image.new("RGB", (143, 181)).save(raw / "Val" / "Sad" / "black.png")
+    dark = np.zeros((181, 143, 3), np.uint8)
+    dark[90, 70] = 1
+    Image.fromarray(dark).save(raw / "Val" / "Sad" / "dark.png")
     result = prepare("sfew", raw, tmp_path / "out", size=SIZE, show_progress=False)
-    assert result.counts == {"train": {"ok": 1}, "val": {"ok": 1}}
+    assert result.counts == {"train": {"ok": 1}, "val": {"ok": 2, "no_face": 1}}
     assert not result.meta["grayscale"]
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv").set_index("id")
+    assert manifest.loc["Val/Sad/black.png", "reason"] == BLANK_REASON
+    assert manifest.loc["Val/Sad/black.png", "store_index"] == -1
+    assert any("1 blank images" in note for note in result.meta["notes"])
 
     tree = tmp_path / "mine"
     save(tree / "train" / "Happy" / "a.png")

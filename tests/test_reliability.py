@@ -149,7 +149,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
 def test_second_prepare_into_the_same_folder_stops_at_once(tmp_path):
     raw = tmp_path / "raw" / "happy"
     raw.mkdir(parents=True)
-    Image.fromarray(np.full((40, 40, 3), 120, np.uint8)).save(raw / "a.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)).save(raw / "a.png")
     out = tmp_path / "out"
     with claim(out, "prepared folder"):
         with pytest.raises(PrepareError, match="being written by"):
@@ -175,7 +175,7 @@ def test_report_with_a_missing_split_fails(photos, prepared, tmp_path):
 def test_broken_symlink_in_a_folder_dataset_gets_a_manifest_row(tmp_path):
     raw = tmp_path / "raw"
     (raw / "happy").mkdir(parents=True)
-    Image.fromarray(np.full((40, 40, 3), 120, np.uint8)).save(raw / "happy" / "a.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)).save(raw / "happy" / "a.png")
     (raw / "happy" / "gone.png").symlink_to(tmp_path / "nowhere.png")
     result = prepare("folder", raw, tmp_path / "out", size=32, detect=False, show_progress=False)
     manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")

@@ -189,6 +189,21 @@ def test_no_detect_predicts_a_face_crop_that_mtcnn_misses(files, predictor, tmp_
     assert face.shape == (64, 64, 3) and np.array_equal(face, np.asarray(crop.resize((64, 64), Image.BILINEAR)))
 
 
+def test_no_detect_labels_no_blank_picture(files, tmp_path):
+    # A face release's failed alignments are black files; a black frame of a fade: no face to label.
+    Image.new("RGB", (48, 48)).save(tmp_path / "black.png")
+    Image.new("RGB", (48, 48), (90, 90, 90)).save(tmp_path / "grey.png")
+    crop = Image.fromarray(skimage_data.astronaut()).crop((195, 90, 260, 165)).resize((48, 48))
+    crop.save(tmp_path / "crop.png")
+    result = runner.invoke(app, ["predict", str(tmp_path), "--model", str(files["ck"]), "--no-detect", "--json"])
+    assert result.exit_code == 0, result.stderr
+    records = {Path(r["image"]).name: r for r in json.loads(result.stdout)}
+    for name in ("black.png", "grey.png"):
+        assert records[name]["status"] == "no_face" and records[name]["expression"] is None
+        assert records[name]["reason"] == "blank image: every pixel is the same colour"
+    assert records["crop.png"]["status"] == "ok"
+
+
 def test_five_faces_give_five_au_panels(files, predictor, monkeypatch):
     face = head(60)
     photo = Image.new("RGB", (5 * 80, 100), (200, 200, 200))

@@ -150,6 +150,18 @@ def is_grayscale(image: Image.Image | np.ndarray) -> bool:
     return bool(np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 1], array[..., 2]))
 
 
+BLANK_REASON = "blank image: every pixel is the same colour"
+
+
+def is_blank(image: Image.Image) -> bool:
+    """True when every pixel has the same value in every band: a picture with nothing in it.
+    Released face crops have such files where the release's own alignment failed (SFEW 2.0
+    val: 12 of 431 are black), and a model scored on them is scored on no face."""
+    extrema = image.getextrema()
+    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    return all(low == high for low, high in bands)
+
+
 # --------------------------------------------------------------------------- detection
 
 @dataclass

@@ -34,8 +34,9 @@ from poi_cli.core.locks import LockError, claim
 from poi_cli.core.atomic import atomic_write_text
 from poi_cli.data.datasets import PENDING, Item, LayoutError, ParsedDataset, parse_dataset
 from poi_cli.data.datasets.common import dataset_manifest
-from poi_cli.data.faces import (DETECTORS, ImageLoadError, align_face, is_grayscale, largest_face, load_image, make_detector,
-                                resize_face)
+from poi_cli.data.duplicates import DIGEST_COLUMN, duplicate_notes, face_digest
+from poi_cli.data.faces import (BLANK_REASON, DETECTORS, ImageLoadError, align_face, is_blank, is_grayscale, largest_face,
+                                load_image, make_detector, resize_face)
 from poi_cli.core.manifests import class_names
 from poi_cli.core.schema import LANDMARK_NAMES, STATUS_BAD_IMAGE, STATUS_ERROR, STATUS_EXCLUDED, STATUS_NO_FACE, STATUS_OK
 from poi_cli.data.preprocess import Preprocessing
@@ -172,7 +173,7 @@ def _prepare_into(out: Path, raw: Path, parsed: ParsedDataset, items: list[Item]
     processed = _run(worker, todo, rows, faces, records, out / JOURNAL_FILE, batch_size, workers, show_progress)
     seconds = time.perf_counter() - start
 
-    meta = _finish(out, parsed, items, rows, records, settings, size, detect, raw)
+    meta = _finish(out, parsed, items, rows, records, settings, size, detect, raw, faces)
     return PrepareResult(out, meta["counts"], meta["notes"], resumed=resumed, processed=processed,
                          seconds=seconds, meta=meta)
 
@@ -312,6 +313,8 @@ class _Worker:
         except Exception as error:  # never let one file stop the run
             return _Loaded(status=STATUS_ERROR, reason=_one_line(error))
         try:
+            if is_blank(image):  # nothing to detect, and no face to crop: never stored as one
+                return _Loaded(status=STATUS_NO_FACE, reason=BLANK_REASON)
             gray = is_grayscale(image) if self.want_gray else None
             if self.detect:
                 return _Loaded(image=image, gray=gray)
@@ -382,6 +385,7 @@ def _run(worker: _Worker, todo: list[int], rows: dict[int, int], faces: np.ndarr
         face = result.pop("face", None)
         if face is not None:
             faces[rows[index]] = face
+            result["digest"] = face_digest(faces[rows[index]])  # of the face as stored (data/duplicates.py)
         result["i"] = index
         records[index] = result
         pending_lines.append(json.dumps(result) + "\n")
@@ -437,7 +441,7 @@ def _progress(show: bool) -> Any:
 
 def _finish(out: Path, parsed: ParsedDataset, items: list[Item], rows: dict[int, int],
             records: dict[int, dict[str, Any]], settings: dict[str, Any], size: int, detect: bool,
-            raw: Path) -> dict[str, Any]:
+            raw: Path, faces: np.ndarray) -> dict[str, Any]:
     """Write manifest.csv, then prepared.json (the 'finished' mark), then drop the journal."""
     names = class_names(parsed.num_classes)
     columns: dict[str, list[Any]] = {name: [] for name in (*MANIFEST_COLUMNS, *parsed.extra_columns)}
@@ -458,6 +462,8 @@ def _finish(out: Path, parsed: ParsedDataset, items: list[Item], rows: dict[int,
             **dict(zip(landmark_columns, landmarks or [np.nan] * 10)),
             "n_faces": record.get("n", 1 if status == STATUS_OK else 0),
             "store_index": rows[index] if status == STATUS_OK else -1,
+            # a journal of an older poi has no digest: taken from the stored face
+            DIGEST_COLUMN: (record.get("digest") or face_digest(faces[rows[index]])) if status == STATUS_OK else None,
             **item.extra,
         }
         for name, column in columns.items():
@@ -473,7 +479,7 @@ def _finish(out: Path, parsed: ParsedDataset, items: list[Item], rows: dict[int,
         dataset=parsed.name, layout=parsed.layout, classes=names,
         preprocessing=Preprocessing(face_size=size, input_size=size, grayscale=bool(grayscale)),
         splits=sorted(manifest.loc[manifest["status"] == STATUS_OK, "split"].unique().tolist()),
-        detect=bool(detect), counts=counts, notes=parsed.notes + _count_notes(manifest, parsed),
+        detect=bool(detect), counts=counts, notes=parsed.notes + _count_notes(manifest, parsed) + duplicate_notes(manifest),
         source_dir=str(raw), poi_version=__version__, settings=settings,
         **({"protocol": settings["protocol"]} if "protocol" in settings else {}),
     ))
@@ -492,6 +498,9 @@ def _count_notes(manifest: pd.DataFrame, parsed: ParsedDataset) -> list[str]:
     several = int(manifest["reason"].fillna("").str.contains("kept the largest").sum())
     if several:
         notes.append(f"{several} images had several faces: the largest was kept (see reason)")
+    blank = int((manifest["reason"].fillna("") == BLANK_REASON).sum())
+    if blank:
+        notes.append(f"{blank} blank images (every pixel the same colour) are not stored: status no_face")
     return notes
 
 

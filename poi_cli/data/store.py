@@ -31,6 +31,7 @@ import pandas as pd
 from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write_text
 from poi_cli.core.schema import LANDMARK_NAMES, STATUS_OK
+from poi_cli.data.duplicates import DIGEST_COLUMN
 from poi_cli.data.folds import FOLD_COLUMN, fold_split_name, parse_fold_split
 from poi_cli.data.preprocess import Preprocessing
 
@@ -43,6 +44,7 @@ MANIFEST_COLUMNS = (
     "box_x1", "box_y1", "box_x2", "box_y2",
     *(f"lm_{axis}{i}" for i in range(len(LANDMARK_NAMES)) for axis in "xy"),  # lm_x<i>: LANDMARK_NAMES[i]
     "n_faces", "store_index",
+    DIGEST_COLUMN,  # a hash of the stored face's pixels; absent from folders of older poi
 )
 LABEL_COLUMNS = ("id", "label", "label_name", "clean_label")
 VALIDATION_SPLITS = ("valid", "val")  # in order of preference; test is never one

@@ -31,7 +31,7 @@ from poi_cli.core.atomic import real_path
 from poi_cli.core.outputs import ModelOutputs
 from poi_cli.core.schema import DETECTOR_MTCNN, STATUS_ERROR, STATUS_NO_FACE
 from poi_cli.core.threads import DEFAULT_WORKERS
-from poi_cli.data.faces import DETECTORS, Face, ImageLoadError, load_image, make_detector, to_rgb
+from poi_cli.data.faces import BLANK_REASON, DETECTORS, Face, ImageLoadError, is_blank, load_image, make_detector, to_rgb
 from poi_cli.data.preprocess import Preprocessing
 from poi_cli.data.video import VIDEO_SUFFIXES, is_video_path
 from poi_cli.deploy.records import FaceRecord
@@ -265,7 +265,7 @@ class FacePipeline:
         faces: list[Face] = []
         if image is not None:
             clock = time.perf_counter()
-            faces = [whole_image_face(image)] if not self.detect else (detector or self.detector).detect([image])[0]
+            faces = self._whole_face(image) if not self.detect else (detector or self.detector).detect([image])[0]
             self._add_time("detection", time.perf_counter() - clock)
         clock = time.perf_counter()
         crops = [self._align(image, face) for face in faces]
@@ -282,7 +282,7 @@ class FacePipeline:
 
         clock = time.perf_counter()
         if not self.detect:  # --no-detect: the whole image is the face
-            found = [[whole_image_face(loaded[i][0])] for i in readable]
+            found = [self._whole_face(loaded[i][0]) for i in readable]
         else:
             found = (detector or self.detector).detect([loaded[i][0] for i in readable]) if readable else []
         faces_of = dict(zip(readable, found))
@@ -308,8 +308,8 @@ class FacePipeline:
             if p.image is None:
                 result.records.append(FaceRecord.empty(p.source, STATUS_ERROR, p.reason, show_au))
             elif not p.faces:
-                result.records.append(FaceRecord.empty(p.source, STATUS_NO_FACE, "no face detected", show_au,
-                                                   detector=self.detector_name))
+                reason = BLANK_REASON if is_blank(p.image) else "no face detected"
+                result.records.append(FaceRecord.empty(p.source, STATUS_NO_FACE, reason, show_au, detector=self.detector_name))
             for k, face in enumerate(p.faces):
                 result.records.append(FaceRecord.of_face(
                     p.source, k, face, self.classes, outputs.probabilities[row],
@@ -321,6 +321,11 @@ class FacePipeline:
                 row += 1
             results.append(result)
         return results
+
+    @staticmethod
+    def _whole_face(image: Image.Image) -> list[Face]:
+        """--no-detect: the whole image as the one face, unless nothing is in it (a blank image is no face)."""
+        return [] if is_blank(image) else [whole_image_face(image)]
 
     def _align(self, image: Image.Image, face: Face) -> np.ndarray:
         if face.landmarks is None:

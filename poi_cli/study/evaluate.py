@@ -9,7 +9,9 @@ of the plain region average (Fig. 13), and how far to trust a prediction by the 
 fields of POI_SPEC 4b: accuracy per `regions_agree` level (0-4 regions whose own
 expression is the predicted one), where `pin_expression` (argmax p~* at T = 1) is the
 same as the prediction and where it differs, and of the faces flagged by either
-(regions_agree below 4 or a differing pin_expression) against the rest:
+(regions_agree below 4 or a differing pin_expression) against the rest; and the accuracy
+on the faces with a pixel-identical twin elsewhere in the prepared folder (data/duplicates.py:
+FER2013 repeats training images in valid) against the rest:
 
 * `confidence`: the calibrated probability that the predicted expression is right,
   max softmax(log p / T_cal) with the checkpoint's recipe and T_cal (POI_SPEC 4b; T_cal = 1
@@ -42,6 +44,7 @@ from poi_cli.core.errors import PoiError
 from poi_cli.core.manifests import REGIONS
 from poi_cli.core.metrics import confusion_matrix, per_class_recall
 from poi_cli.core.outputs import PredictionRecipe, regions_agreeing
+from poi_cli.data.duplicates import twins_elsewhere
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import Calibration, calibration_study, halves, reliability_bins, risk_coverage, softmax
 from poi_cli.model.checkpoint import (CONFIG_FILE, HELDOUT_FILE, CheckpointInfo, load_checkpoint, read_heldout_ids,
@@ -123,6 +126,12 @@ class MappedPredictions:
     targets: np.ndarray  # (n,) the shared class index of each kept image
     predictions: SplitPredictions  # over the kept images, labels in the model's columns
     choice: SplitChoice  # which images, and why
+    store_rows: np.ndarray  # (n,) the kept images' rows of dataset.faces
+
+    @cached_property
+    def twins(self) -> np.ndarray:
+        """(n,) bool: the faces with a pixel-identical twin among the folder's other faces."""
+        return twins_elsewhere(self.dataset, self.store_rows)
 
     @property
     def recipe(self) -> PredictionRecipe:
@@ -256,7 +265,7 @@ def predict_mapped(model_path: str | Path, prepared_dir: str | Path, split: Opti
     predictions = predict_checkpoint_split(checkpoint, dataset.faces, data.store_rows[keep], labels, device, batch, amp,
                                            mirror=info.recipe.flip)
     return MappedPredictions(checkpoint_path, info, dataset, shared, columns, mapping_note, keep, targets,
-                             predictions, choice)
+                             predictions, choice, data.store_rows[keep])
 
 
 def evaluate(model_path: str | Path, prepared_dir: str | Path, split: Optional[str] = None, device: str = "auto",
@@ -293,6 +302,7 @@ def evaluation_of(mapped: MappedPredictions) -> dict:
         "pin_average_accuracy": mapped.accuracy_of(predictions.region_average()),
         "trn_accuracy": mapped.trn_accuracy,
         **agreement_blocks(mapped.regions_agree, mapped.pin_predicted, mapped.predicted, mapped.correct),
+        "twins": twin_block(mapped.twins, mapped.correct),
         "class_mapping": mapped.mapping_note, "notes": evaluation_notes(mapped, calibration),
     }
 
@@ -300,6 +310,13 @@ def evaluation_of(mapped: MappedPredictions) -> dict:
 def accuracy_cell(correct: np.ndarray) -> dict:
     """{"n", "accuracy"} of a group of images (accuracy None for none)."""
     return {"n": int(len(correct)), "accuracy": float(correct.mean()) if len(correct) else None}
+
+
+def twin_block(twins: np.ndarray, correct: np.ndarray) -> dict:
+    """Accuracy on the faces with a pixel-identical twin elsewhere in the folder ("with") and on
+    the rest ("without": the figure a face the model never saw in any form gets)."""
+    return {"rule": "a pixel-identical face elsewhere in the prepared folder (another split or fold)",
+            "with": accuracy_cell(correct[twins]), "without": accuracy_cell(correct[~twins])}
 
 
 def agreement_blocks(regions_agree: Optional[np.ndarray], pin_predicted: Optional[np.ndarray], predicted: np.ndarray,
