@@ -12,6 +12,7 @@ from PIL import Image
 from conftest import make_prepared
 from poi_cli.data.duplicates import DIGEST_COLUMN, duplicate_notes, face_digest, store_digests, twins_elsewhere
 from poi_cli.data.prepare import prepare
+from poi_cli import render
 from poi_cli.data.store import MANIFEST_FILE, PreparedDataset
 from poi_cli.study.evaluate import evaluate
 from test_evaluate import constant_model
@@ -52,8 +53,9 @@ def test_prepare_writes_digests_and_counts_repeated_faces(tmp_path: Path) -> Non
 
 
 def test_duplicate_notes_skip_faces_that_are_not_stored() -> None:
-    manifest = pd.DataFrame({"split": ["train", "val", "val"], "status": ["ok", "no_face", "ok"],
-                             DIGEST_COLUMN: ["aa", None, "bb"]})
+    # a face that is not stored has no twin, even with a stale digest; faces without one are none's twins
+    manifest = pd.DataFrame({"split": ["train", "val", "val", "val", "val"], "status": ["ok", "no_face", "ok", "ok", "ok"],
+                             DIGEST_COLUMN: ["aa", "aa", "bb", None, None]})
     assert duplicate_notes(manifest) == []
 
 
@@ -67,16 +69,21 @@ def test_twins_of_a_split_found_with_and_without_the_digest_column(tmp_path: Pat
     faces[valid[2]] = faces[train[5]]  # one valid face is a training face
     faces[valid[4]] = faces[valid[3]]  # two valid faces are one: a repeat inside the split, no twin elsewhere
     np.save(data / "faces.npy", faces)
-    computed = twins_elsewhere(PreparedDataset(data), valid)  # the folder has no face_digest column
+    computed = twins_elsewhere(PreparedDataset(data), valid, valid)  # the folder has no face_digest column
     assert computed.tolist() == [False, False, True, False, False, False, False]
     digests = store_digests(PreparedDataset(data))
     manifest[DIGEST_COLUMN] = manifest["store_index"].map(digests)
     manifest.to_csv(data / MANIFEST_FILE, index=False)
-    assert twins_elsewhere(PreparedDataset(data), valid).tolist() == computed.tolist()
-    # a column that says otherwise is what is read: the manifest is the source when it has every digest
+    assert twins_elsewhere(PreparedDataset(data), valid, valid).tolist() == computed.tolist()
+    # the column is what is read where it has a digest (here one that says otherwise), the
+    # faces where it has none (a combined folder with a member of an older poi)
     manifest.loc[manifest["store_index"] == valid[0], DIGEST_COLUMN] = digests[train[0]]
+    manifest.loc[manifest["store_index"].isin(train[3:9]), DIGEST_COLUMN] = None
     manifest.to_csv(data / MANIFEST_FILE, index=False)
-    assert twins_elsewhere(PreparedDataset(data), valid).tolist()[:3] == [True, False, True]
+    assert twins_elsewhere(PreparedDataset(data), valid, valid).tolist() == [True, False, True, False, False, False, False]
+    # the faces evaluated together are never each other's twins, scored or not
+    assert twins_elsewhere(PreparedDataset(data), valid[3:4], valid).tolist() == [False]
+    assert twins_elsewhere(PreparedDataset(data), valid[3:4], valid[3:4]).tolist() == [True]
 
 
 def test_evaluate_reports_accuracy_with_and_without_twins(tmp_path: Path) -> None:
@@ -91,3 +98,6 @@ def test_evaluate_reports_accuracy_with_and_without_twins(tmp_path: Path) -> Non
     assert report["twins"]["with"] == {"n": 2, "accuracy": pytest.approx(1 / 2)}
     assert report["twins"]["without"] == {"n": 5, "accuracy": 0.0}
     assert report["accuracy"] == pytest.approx(1 / 7)
+    assert "faces with a pixel-identical face among the prepared folder's faces not evaluated here: 50.00% (2); " \
+        "without: 0.00% (5)" in render.agreement_lines(report)
+    assert any("prepared by an older poi" in note for note in report["notes"])  # make_prepared writes no digests

@@ -18,6 +18,7 @@ from poi_cli import render
 from poi_cli.study.evaluate import (confidence_strata, consistency_quantiles, evaluate, predict_mapped,
                                         risk_coverage_points, write_reports)
 from poi_cli.core.manifests import class_names
+from poi_cli.data.datasets.common import labelled_classes
 from poi_cli.data.store import MANIFEST_FILE
 
 
@@ -134,6 +135,26 @@ def test_seven_class_baseline_on_eight_class_data(tmp_path):
     files = write_reports(report, tmp_path / "out")
     assert {f.name for f in files} >= {"reliability.png", "risk_coverage.png"}
     assert (tmp_path / "out" / "risk_coverage.png").stat().st_size > 1000
+
+
+def test_a_class_the_dataset_never_labels_is_no_answer(tmp_path):
+    # CK+48: 8 classes (contempt keeps index 7) but not one neutral face, by the dataset's design
+    data = make_prepared(tmp_path / "data", num_classes=8, splits={"test": 2})
+    manifest = pd.read_csv(data / MANIFEST_FILE)
+    manifest = manifest[manifest["label_name"] != "neutral"]
+    manifest.to_csv(data / MANIFEST_FILE, index=False)
+    checkpoint = constant_model(tmp_path / "model.pt", num_classes=8, trn_order=(6, 3))  # neutral, then happiness
+    assert evaluate(checkpoint, data, device="cpu")["accuracy"] == 0.0  # a synthetic dataset: neutral is an answer
+    meta = json.loads((data / "prepared.json").read_text())
+    (data / "prepared.json").write_text(json.dumps({**meta, "dataset": "ckplus", "layout": "ck+48"}))
+    report = evaluate(checkpoint, data, device="cpu")
+    assert report["n_images"] == 14 and report["classes"] == [n for n in class_names(8) if n != "neutral"]
+    assert report["accuracy"] == pytest.approx(2 / 14)  # happiness, the model's next answer
+    assert "data 7" in report["class_mapping"] and "never neutral" in report["class_mapping"]
+    # the labelled classes come from the dataset's facts file: CK+'s official layout and a
+    # folder of class folders leave no hole; a dataset poi has no facts for leaves none either
+    assert labelled_classes("ckplus", "official") == set(class_names(7))
+    assert labelled_classes("folder", None) == set(class_names(8)) and labelled_classes("nosuch", None) is None
 
 
 def test_strata_recomputed_from_the_predictions(tmp_path):

@@ -363,7 +363,7 @@ def test_sfew_and_folder_splits(tmp_path: Path) -> None:
     manifest = pd.read_csv(tmp_path / "out" / "manifest.csv").set_index("id")
     assert manifest.loc["Val/Sad/black.png", "reason"] == BLANK_REASON
     assert manifest.loc["Val/Sad/black.png", "store_index"] == -1
-    assert any("1 blank images" in note for note in result.meta["notes"])
+    assert f"1 images are not stored ({BLANK_REASON}): status no_face" in result.meta["notes"]
 
     tree = tmp_path / "mine"
     save(tree / "train" / "Happy" / "a.png")

@@ -201,6 +201,7 @@ def test_no_detect_labels_no_blank_picture(files, tmp_path):
     for name in ("black.png", "grey.png"):
         assert records[name]["status"] == "no_face" and records[name]["expression"] is None
         assert records[name]["reason"] == "blank image: every pixel is the same colour"
+        assert records[name]["detector"] == "none"  # no detector ran
     assert records["crop.png"]["status"] == "ok"
 
 

@@ -4,8 +4,9 @@ datasets/ (one parser per dataset layout), faces (image loading, 5-point alignme
 detectors by name, MTCNN through facenet-pytorch), mtcnn (MTCNN run by ONNX Runtime: the
 default detector, no torch), prepare (`poi prepare`), store (the prepared folder, read
 and written), combined (several prepared folders read as one: `poi combine`), duplicates
-(pixel-identical faces: face_digest, twins across splits), noise (label flips), preprocess (the model's normalised input, in torch and
-in numpy), loader (batches from the store), folds (subject-independent folds), video
-(decoding and sampling video files). May import core only. faces, mtcnn, preprocess and
-video are part of the deploy runtime: they import no torch at module level.
+(pixel-identical faces: face_digest, twins across splits), noise (label flips),
+preprocess (the model's normalised input, in torch and in numpy), loader (batches from
+the store), folds (subject-independent folds), video (decoding and sampling video
+files). May import core only. faces, mtcnn, preprocess and video are part of the deploy
+runtime: they import no torch at module level.
 """

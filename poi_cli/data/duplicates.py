@@ -33,26 +33,30 @@ def face_digest(face: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(face).tobytes(), digest_size=8).hexdigest()
 
 
-def store_digests(dataset: "PreparedDataset") -> pd.Series:
-    """The digest of every usable face of a prepared folder, indexed by its store_index: from the
-    manifest's face_digest column, or computed from the faces where any is missing."""
+def store_digests(dataset: PreparedDataset) -> pd.Series:
+    """The digest of every usable face of a prepared folder, indexed by its store_index: the
+    manifest's face_digest where it has one, computed from faces.npy where not (a folder of an
+    older poi, or a combined folder with such a member). PreparedDataset.face_digests keeps it."""
     usable = dataset.manifest[dataset.manifest["status"] == STATUS_OK]
     rows = pd.to_numeric(usable["store_index"], errors="coerce").to_numpy(np.int64)
-    if DIGEST_COLUMN in usable.columns and usable[DIGEST_COLUMN].notna().all():
-        return pd.Series(usable[DIGEST_COLUMN].astype(str).to_numpy(), index=rows)
-    digests: list[str] = []
-    for start in range(0, len(rows), DIGEST_CHUNK):
-        digests.extend(face_digest(face) for face in dataset.faces[rows[start:start + DIGEST_CHUNK]])
+    known = usable[DIGEST_COLUMN].notna().to_numpy() if DIGEST_COLUMN in usable.columns else np.zeros(len(rows), bool)
+    digests = np.empty(len(rows), object)
+    if known.any():
+        digests[known] = usable.loc[known, DIGEST_COLUMN].astype(str).to_numpy()
+    missing = np.flatnonzero(~known)
+    for start in range(0, len(missing), DIGEST_CHUNK):
+        chunk = missing[start:start + DIGEST_CHUNK]
+        digests[chunk] = [face_digest(face) for face in dataset.faces[rows[chunk]]]
     return pd.Series(digests, index=rows)
 
 
-def twins_elsewhere(dataset: "PreparedDataset", store_rows: np.ndarray) -> np.ndarray:
-    """(n,) bool: whether each of these faces has a pixel-identical twin among the folder's other
-    usable faces (those not in store_rows: for a validation split, the training faces)."""
-    digests = store_digests(dataset)
-    inside = np.isin(digests.index.to_numpy(), store_rows)
-    outside = set(digests[~inside].to_numpy())
-    return np.array([digests[row] in outside for row in store_rows], bool)
+def twins_elsewhere(dataset: PreparedDataset, store_rows: np.ndarray, evaluated_rows: np.ndarray) -> np.ndarray:
+    """(n,) bool: whether each face of store_rows has a pixel-identical twin among the folder's
+    usable faces outside evaluated_rows (the faces evaluated here, store_rows among them: for a
+    validation split, the twins are training faces)."""
+    digests = dataset.face_digests
+    outside = digests[~np.isin(digests.index.to_numpy(), evaluated_rows)]
+    return digests.reindex(store_rows).isin(set(outside.to_numpy())).to_numpy()
 
 
 def duplicate_notes(manifest: pd.DataFrame) -> list[str]:

@@ -500,7 +500,7 @@ def _count_notes(manifest: pd.DataFrame, parsed: ParsedDataset) -> list[str]:
         notes.append(f"{several} images had several faces: the largest was kept (see reason)")
     blank = int((manifest["reason"].fillna("") == BLANK_REASON).sum())
     if blank:
-        notes.append(f"{blank} blank images (every pixel the same colour) are not stored: status no_face")
+        notes.append(f"{blank} images are not stored ({BLANK_REASON}): status no_face")
     return notes
 
 

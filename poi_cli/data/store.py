@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -31,7 +32,7 @@ import pandas as pd
 from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write_text
 from poi_cli.core.schema import LANDMARK_NAMES, STATUS_OK
-from poi_cli.data.duplicates import DIGEST_COLUMN
+from poi_cli.data.duplicates import DIGEST_COLUMN, store_digests
 from poi_cli.data.folds import FOLD_COLUMN, fold_split_name, parse_fold_split
 from poi_cli.data.preprocess import Preprocessing
 
@@ -90,7 +91,8 @@ class PreparedDataset:
         if not isinstance(self.meta.get("classes"), list) or not self.meta["classes"]:
             raise StoreError(f"{self.root / META_FILE} names no classes: prepare the folder again")
         try:
-            self.manifest = pd.read_csv(self.root / MANIFEST_FILE, dtype={"id": str, "source": str, "split": str, "reason": str})
+            self.manifest = pd.read_csv(self.root / MANIFEST_FILE, dtype={"id": str, "source": str, "split": str, "reason": str,
+                                                                          DIGEST_COLUMN: str})
         except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
             raise StoreError(f"{self.root / MANIFEST_FILE} is not a readable CSV ({str(error).splitlines()[0]})") from None
         missing = [c for c in ("id", "split", "label", "status", "store_index") if c not in self.manifest.columns]
@@ -123,6 +125,21 @@ class PreparedDataset:
     @property
     def classes(self) -> list[str]:
         return list(self.meta["classes"])
+
+    @cached_property
+    def face_digests(self) -> pd.Series:
+        """The digest of every usable face, by store_index (data/duplicates.py), computed once."""
+        return store_digests(self)
+
+    @property
+    def labelled_classes(self) -> list[str]:
+        """The classes this folder's dataset can label, in class order: `classes` but for a hole
+        its layout leaves in the label space (CK+48 labels no neutral face); all of them for a
+        folder of several datasets or of a layout poi has no facts for."""
+        from poi_cli.data.datasets.common import labelled_classes
+
+        labelled = labelled_classes(str(self.meta.get("dataset")), self.meta.get("layout")) if not self.members else None
+        return [name for name in self.classes if labelled is None or name in labelled]
 
     @property
     def num_classes(self) -> int:

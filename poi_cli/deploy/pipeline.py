@@ -29,7 +29,7 @@ from PIL import Image
 
 from poi_cli.core.atomic import real_path
 from poi_cli.core.outputs import ModelOutputs
-from poi_cli.core.schema import DETECTOR_MTCNN, STATUS_ERROR, STATUS_NO_FACE
+from poi_cli.core.schema import DETECTOR_MTCNN, DETECTOR_NONE, STATUS_ERROR, STATUS_NO_FACE
 from poi_cli.core.threads import DEFAULT_WORKERS
 from poi_cli.data.faces import BLANK_REASON, DETECTORS, Face, ImageLoadError, is_blank, load_image, make_detector, to_rgb
 from poi_cli.data.preprocess import Preprocessing
@@ -309,7 +309,8 @@ class FacePipeline:
                 result.records.append(FaceRecord.empty(p.source, STATUS_ERROR, p.reason, show_au))
             elif not p.faces:
                 reason = BLANK_REASON if is_blank(p.image) else "no face detected"
-                result.records.append(FaceRecord.empty(p.source, STATUS_NO_FACE, reason, show_au, detector=self.detector_name))
+                result.records.append(FaceRecord.empty(p.source, STATUS_NO_FACE, reason, show_au,
+                                                       detector=self.detector_name if self.detect else DETECTOR_NONE))
             for k, face in enumerate(p.faces):
                 result.records.append(FaceRecord.of_face(
                     p.source, k, face, self.classes, outputs.probabilities[row],

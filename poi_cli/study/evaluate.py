@@ -25,8 +25,9 @@ figure (ECE, NLL, Brier, AURC, accuracy at a coverage) measured on the other hal
 write_reports draws its reliability diagram and risk-coverage curves.
 
 Classes are matched by name: a model trained on 8 classes evaluated on 7-class data
-predicts among the 7 shared classes; on the reverse, images of a class the model does
-not know are left out. The result says so in `class_mapping`.
+predicts among the 7 shared classes (also where the 7 leave a hole in the label space, as
+CK+48's missing neutral: PreparedDataset.labelled_classes); on the reverse, images of a
+class the model does not know are left out. The result says so in `class_mapping`.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ from poi_cli.core.errors import PoiError
 from poi_cli.core.manifests import REGIONS
 from poi_cli.core.metrics import confusion_matrix, per_class_recall
 from poi_cli.core.outputs import PredictionRecipe, regions_agreeing
-from poi_cli.data.duplicates import twins_elsewhere
+from poi_cli.core.schema import STATUS_OK
+from poi_cli.data.duplicates import DIGEST_COLUMN, twins_elsewhere
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import Calibration, calibration_study, halves, reliability_bins, risk_coverage, softmax
 from poi_cli.model.checkpoint import (CONFIG_FILE, HELDOUT_FILE, CheckpointInfo, load_checkpoint, read_heldout_ids,
@@ -61,16 +63,21 @@ class EvaluateError(PoiError):
     """A model and a split that cannot be evaluated together; one-line message."""
 
 
-def class_mapping(model_classes: list[str], data_classes: list[str]) -> tuple[list[str], list[int], np.ndarray, Optional[str]]:
-    """(shared class names in data order, their model columns, data label -> shared index or -1, note)."""
-    shared = [name for name in data_classes if name in model_classes]
+def class_mapping(model_classes: list[str], data_classes: list[str],
+                  labelled: Optional[list[str]] = None) -> tuple[list[str], list[int], np.ndarray, Optional[str]]:
+    """(shared class names in data order, their model columns, data label -> shared index or -1, note).
+
+    labelled: the data classes its dataset labels (PreparedDataset.labelled_classes; default all):
+    a class of the label space it never labels (CK+48's neutral) is no answer either."""
+    labelled = list(data_classes) if labelled is None else [n for n in data_classes if n in labelled]
+    shared = [name for name in labelled if name in model_classes]
     columns = [model_classes.index(name) for name in shared]
     label_map = np.array([shared.index(n) if n in shared else -1 for n in data_classes], dtype=np.int64)
     note = None
-    if list(model_classes) != list(data_classes):
-        parts = [f"model has {len(model_classes)} classes, data {len(data_classes)}: mapped by name"]
-        only_model = [n for n in model_classes if n not in data_classes]
-        only_data = [n for n in data_classes if n not in model_classes]
+    if list(model_classes) != labelled:
+        parts = [f"model has {len(model_classes)} classes, data {len(labelled)}: mapped by name"]
+        only_model = [n for n in model_classes if n not in labelled]
+        only_data = [n for n in labelled if n not in model_classes]
         if only_model:
             parts.append(f"predictions restricted to the {len(shared)} shared classes (never {', '.join(only_model)})")
         if only_data:
@@ -126,12 +133,12 @@ class MappedPredictions:
     targets: np.ndarray  # (n,) the shared class index of each kept image
     predictions: SplitPredictions  # over the kept images, labels in the model's columns
     choice: SplitChoice  # which images, and why
-    store_rows: np.ndarray  # (n,) the kept images' rows of dataset.faces
+    store_rows: np.ndarray  # (split size,) rows of dataset.faces of the evaluated images (keep: those scored)
 
     @cached_property
     def twins(self) -> np.ndarray:
-        """(n,) bool: the faces with a pixel-identical twin among the folder's other faces."""
-        return twins_elsewhere(self.dataset, self.store_rows)
+        """(n,) bool: the scored faces with a pixel-identical twin among the folder's faces not evaluated here."""
+        return twins_elsewhere(self.dataset, self.store_rows[self.keep], self.store_rows)
 
     @property
     def recipe(self) -> PredictionRecipe:
@@ -254,7 +261,7 @@ def predict_mapped(model_path: str | Path, prepared_dir: str | Path, split: Opti
     info = CheckpointInfo.of(checkpoint)
     data = dataset.split(choice.split, ids=choice.ids)
     model_classes = list(info.classes)
-    shared, columns, label_map, mapping_note = class_mapping(model_classes, dataset.classes)
+    shared, columns, label_map, mapping_note = class_mapping(model_classes, dataset.classes, dataset.labelled_classes)
     if not shared:
         raise EvaluateError(f"the model's classes ({', '.join(model_classes)}) share none with the data's")
     keep = label_map[data.labels] >= 0
@@ -265,7 +272,7 @@ def predict_mapped(model_path: str | Path, prepared_dir: str | Path, split: Opti
     predictions = predict_checkpoint_split(checkpoint, dataset.faces, data.store_rows[keep], labels, device, batch, amp,
                                            mirror=info.recipe.flip)
     return MappedPredictions(checkpoint_path, info, dataset, shared, columns, mapping_note, keep, targets,
-                             predictions, choice, data.store_rows[keep])
+                             predictions, choice, data.store_rows)
 
 
 def evaluate(model_path: str | Path, prepared_dir: str | Path, split: Optional[str] = None, device: str = "auto",
@@ -313,9 +320,10 @@ def accuracy_cell(correct: np.ndarray) -> dict:
 
 
 def twin_block(twins: np.ndarray, correct: np.ndarray) -> dict:
-    """Accuracy on the faces with a pixel-identical twin elsewhere in the folder ("with") and on
-    the rest ("without": the figure a face the model never saw in any form gets)."""
-    return {"rule": "a pixel-identical face elsewhere in the prepared folder (another split or fold)",
+    """Accuracy on the faces with a pixel-identical twin among the folder's faces not evaluated here
+    ("with": for a validation split, usually faces the model was trained on) and on the rest
+    ("without": faces with no exact copy elsewhere in this folder; near-copies are not caught)."""
+    return {"rule": "a pixel-identical face among the prepared folder's faces not evaluated here",
             "with": accuracy_cell(correct[twins]), "without": accuracy_cell(correct[~twins])}
 
 
@@ -357,6 +365,10 @@ def evaluation_notes(mapped: MappedPredictions, calibration: Optional[dict]) -> 
         notes.append("model trained without OIM: no intermediate prediction p~*")
     if calibration is None:
         notes.append("fewer than 2 images: no calibration study")
+    manifest = mapped.dataset.manifest
+    if DIGEST_COLUMN not in manifest.columns or manifest.loc[manifest["status"] == STATUS_OK, DIGEST_COLUMN].isna().any():
+        notes.append(f"prepared by an older poi (no {DIGEST_COLUMN}): twins found by hashing faces.npy, and blank "
+                     "images, if any, are stored as faces; prepare the data again into a new folder")
     return notes
 
 

@@ -62,6 +62,18 @@ def dataset_manifest(name: str) -> dict[str, Any]:
     return read_manifest(f"datasets/{name}.json")
 
 
+def labelled_classes(dataset: str, layout: str | None) -> frozenset[str] | None:
+    """The canonical classes a dataset layout labels (its class map's values), None where poi has
+    no facts file for it. They can leave a hole in the label space: CK+48 labels no neutral face
+    but contempt keeps its canonical index 7, so its 8 classes include neutral, which it never labels."""
+    try:
+        facts = dataset_manifest(dataset)
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+    class_map = facts.get("class_map") or facts.get("layouts", {}).get(layout or "", {}).get("class_map")
+    return None if class_map is None else frozenset(name for name in class_map.values() if name is not None)
+
+
 def canonical_index(name: str) -> int:
     return CLASSES.index(name)
 
