@@ -160,6 +160,8 @@ def test_report_with_data_adds_confusion_consistency_strata_and_calibration(runs
     assert list(strata["n"]) == [4, 7, 10] * 3  # 30/50/70% of 14 test images
     assert strata[["most_confident_acc", "least_confident_acc"]].stack().between(0, 1).all()
     assert report.summary["eval_acc"].between(0, 1).all()
+    # no face of the test split is another split's: without the twins is every face
+    assert (report.summary["eval_acc_without_twins"] == report.summary["eval_acc"]).all()
     summary = pd.read_csv(tmp_path / "out" / "runs.csv").set_index("run")
     poi, base = summary.loc["poi20"], summary.loc["base20"]
     assert poi[list(CALIBRATION_COLUMNS)].between(0, 1).all()

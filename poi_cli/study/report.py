@@ -67,7 +67,7 @@ PATH_OPTIONS = ("pretrained", "fine_tune")  # weights files: the same file where
 SUMMARY_COLUMNS = [
     "run", "method", "variant", "arch", "input_size", "noise", "noise_realised", *SWITCHES, "seed", "epochs_done", "epochs_planned",
     "missing_epochs", "final_val_acc", "best_val_acc", "best_epoch", "final_train_acc", "eval_acc", "eval_split",
-    "ece_confidence", "ece_max_softmax", "aurc_confidence", "aurc_consistency", "aurc_max_softmax", "path",
+    "eval_acc_without_twins", "ece_confidence", "ece_max_softmax", "aurc_confidence", "aurc_consistency", "aurc_max_softmax", "path",
 ]
 CALIBRATION_COLUMNS = {  # runs.csv column: (metric, score) in an evaluation's calibration block
     "ece_confidence": ("ece", "confidence"), "ece_max_softmax": ("ece", "max_softmax"),
@@ -304,6 +304,8 @@ def summarise(run: Run, variant: str) -> dict:
         "best_epoch": None if best is None else int(r["epoch"].iloc[best]),
         "final_train_acc": train.iloc[-1] if len(r) else None,
         "eval_acc": evaluation.get("accuracy"), "eval_split": evaluation.get("split"),
+        # the faces with no pixel-identical copy among the folder's other faces (evaluate's twins)
+        "eval_acc_without_twins": ((evaluation.get("twins") or {}).get("without") or {}).get("accuracy"),
         **calibration_figures(evaluation), "path": str(run.path),
     }
 
