@@ -100,4 +100,4 @@ def test_evaluate_reports_accuracy_with_and_without_twins(tmp_path: Path) -> Non
     assert report["accuracy"] == pytest.approx(1 / 7)
     assert "faces with a pixel-identical face among the prepared folder's faces not evaluated here: 50.00% (2); " \
         "without: 0.00% (5)" in render.agreement_lines(report)
-    assert any("prepared by an older poi" in note for note in report["notes"])  # make_prepared writes no digests
+    assert any(f"prepared before poi wrote {DIGEST_COLUMN}" in note for note in report["notes"])  # make_prepared writes none

@@ -367,8 +367,8 @@ def evaluation_notes(mapped: MappedPredictions, calibration: Optional[dict]) -> 
         notes.append("fewer than 2 images: no calibration study")
     manifest = mapped.dataset.manifest
     if DIGEST_COLUMN not in manifest.columns or manifest.loc[manifest["status"] == STATUS_OK, DIGEST_COLUMN].isna().any():
-        notes.append(f"prepared by an older poi (no {DIGEST_COLUMN}): twins found by hashing faces.npy, and blank "
-                     "images, if any, are stored as faces; prepare the data again into a new folder")
+        notes.append(f"prepared before poi wrote {DIGEST_COLUMN}: twins found by hashing faces.npy; a folder that old "
+                     "may also hold blank images as faces (prepare the data again into a new folder)")
     return notes
 
 
