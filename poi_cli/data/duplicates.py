@@ -33,13 +33,18 @@ def face_digest(face: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(face).tobytes(), digest_size=8).hexdigest()
 
 
+def stored_digests(usable: pd.DataFrame) -> np.ndarray:
+    """(rows,) bool: which of these manifest rows carry a face_digest (none in a folder of an older poi)."""
+    return usable[DIGEST_COLUMN].notna().to_numpy() if DIGEST_COLUMN in usable.columns else np.zeros(len(usable), bool)
+
+
 def store_digests(dataset: PreparedDataset) -> pd.Series:
     """The digest of every usable face of a prepared folder, indexed by its store_index: the
     manifest's face_digest where it has one, computed from faces.npy where not (a folder of an
     older poi, or a combined folder with such a member). PreparedDataset.face_digests keeps it."""
     usable = dataset.manifest[dataset.manifest["status"] == STATUS_OK]
     rows = pd.to_numeric(usable["store_index"], errors="coerce").to_numpy(np.int64)
-    known = usable[DIGEST_COLUMN].notna().to_numpy() if DIGEST_COLUMN in usable.columns else np.zeros(len(rows), bool)
+    known = stored_digests(usable)
     digests = np.empty(len(rows), object)
     if known.any():
         digests[known] = usable.loc[known, DIGEST_COLUMN].astype(str).to_numpy()
@@ -82,4 +87,4 @@ def duplicate_notes(manifest: pd.DataFrame) -> list[str]:
     return notes
 
 
-__all__ = ["DIGEST_COLUMN", "face_digest", "store_digests", "twins_elsewhere", "duplicate_notes"]
+__all__ = ["DIGEST_COLUMN", "face_digest", "stored_digests", "store_digests", "twins_elsewhere", "duplicate_notes"]

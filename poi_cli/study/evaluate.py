@@ -46,7 +46,7 @@ from poi_cli.core.manifests import REGIONS
 from poi_cli.core.metrics import confusion_matrix, per_class_recall
 from poi_cli.core.outputs import PredictionRecipe, regions_agreeing
 from poi_cli.core.schema import STATUS_OK
-from poi_cli.data.duplicates import DIGEST_COLUMN, twins_elsewhere
+from poi_cli.data.duplicates import DIGEST_COLUMN, stored_digests, twins_elsewhere
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import Calibration, calibration_study, halves, reliability_bins, risk_coverage, softmax
 from poi_cli.model.checkpoint import (CONFIG_FILE, HELDOUT_FILE, CheckpointInfo, load_checkpoint, read_heldout_ids,
@@ -366,7 +366,7 @@ def evaluation_notes(mapped: MappedPredictions, calibration: Optional[dict]) -> 
     if calibration is None:
         notes.append("fewer than 2 images: no calibration study")
     manifest = mapped.dataset.manifest
-    if DIGEST_COLUMN not in manifest.columns or manifest.loc[manifest["status"] == STATUS_OK, DIGEST_COLUMN].isna().any():
+    if not stored_digests(manifest[manifest["status"] == STATUS_OK]).all():
         notes.append(f"prepared before poi wrote {DIGEST_COLUMN}: twins found by hashing faces.npy; a folder that old "
                      "may also hold blank images as faces (prepare the data again into a new folder)")
     return notes
