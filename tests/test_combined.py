@@ -103,6 +103,23 @@ def test_training_on_a_combined_folder_reports_each_member_and_selects_on_their_
     assert resolved["n_train"] == 6 * 2 + 7 * 1 and resolved["num_classes"] == 7
 
 
+def test_each_face_is_answered_among_the_classes_its_own_folder_labels(tmp_path):
+    alpha = make_prepared(tmp_path / "alpha", num_classes=6, splits={"train": 1, "valid": 1}, seed=1)
+    beta = make_prepared(tmp_path / "beta", num_classes=8, splits={"train": 1, "val": 1}, seed=2)
+    meta = json.loads((beta / "prepared.json").read_text())
+    (beta / "prepared.json").write_text(json.dumps({**meta, "dataset": "ckplus", "layout": "ck+48"}))  # labels no neutral
+    both = PreparedDataset(combine([alpha, beta], tmp_path / "both"))
+    rows = both.split("val").store_rows
+    answers = both.answer_mask(rows)
+    of_alpha = np.isin(rows, both.split("val", ids=[f"alpha/{i}" for i in PreparedDataset(alpha).split("valid").ids]).store_rows)
+    neutral, contempt = both.classes.index("neutral"), both.classes.index("contempt")
+    assert answers.shape == (len(rows), 8) and of_alpha.sum() == 6
+    assert (answers[of_alpha].sum(1) == 6).all() and not answers[of_alpha][:, [neutral, contempt]].any()  # alpha's 6 classes
+    assert (answers[~of_alpha].sum(1) == 7).all() and not answers[~of_alpha, neutral].any()  # CK+48: all but neutral
+    single = PreparedDataset(alpha).answer_mask(np.arange(3))
+    assert single.shape == (3, 6) and single.all()  # a folder poi has no facts for: every class
+
+
 def test_a_combined_folder_whose_member_changed_or_moved_is_one_line(two_stores, tmp_path):
     first, second = two_stores
     root = combine([first, second], tmp_path / "both")

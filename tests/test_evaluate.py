@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_prepared, tiny_model, write_checkpoint
+from conftest import make_prepared, tiny_config, tiny_model, write_checkpoint
 from poi_cli.model.calibration import Calibration, calibration_study, softmax
 from poi_cli.model.checkpoint import resolve_checkpoint
 from poi_cli.cli import app
@@ -20,6 +20,7 @@ from poi_cli.study.evaluate import (confidence_strata, consistency_quantiles, ev
 from poi_cli.core.manifests import class_names
 from poi_cli.data.datasets.common import labelled_classes
 from poi_cli.data.store import MANIFEST_FILE
+from poi_cli.train.engine import train
 
 
 def constant_model(path, num_classes=7, trn_order=(3,), region_classes=(0, 0, 1, 1), gate_region=2, use_pin=True,
@@ -155,6 +156,21 @@ def test_a_class_the_dataset_never_labels_is_no_answer(tmp_path):
     # folder of class folders leave no hole; a dataset poi has no facts for leaves none either
     assert labelled_classes("ckplus", "official") == set(class_names(7))
     assert labelled_classes("folder", None) == set(class_names(8)) and labelled_classes("nosuch", None) is None
+
+
+def test_training_validates_among_the_labelled_classes_as_evaluate_scores(tmp_path):
+    # a CK+48-like folder (no neutral face) and a model that answers neutral, then happiness, on every face:
+    # training's validation must not count neutral as an answer (its best.pt is selected on that figure)
+    data = make_prepared(tmp_path / "data", num_classes=8, splits={"train": 1, "valid": 2})
+    manifest = pd.read_csv(data / MANIFEST_FILE)
+    manifest[manifest["label_name"] != "neutral"].to_csv(data / MANIFEST_FILE, index=False)
+    meta = json.loads((data / "prepared.json").read_text())
+    (data / "prepared.json").write_text(json.dumps({**meta, "dataset": "ckplus", "layout": "ck+48"}))
+    checkpoint = constant_model(tmp_path / "model.pt", num_classes=8, trn_order=(6, 3))
+    run = train(tiny_config(data, tmp_path / "runs", epochs=1, lr=1e-9, use_pin=False, fine_tune=str(checkpoint)))
+    val_acc = pd.read_csv(run / "results.csv")["val_acc"][0]
+    assert val_acc == pytest.approx(2 / 14, abs=1e-6)  # happiness's 2 of the 14 valid faces; neutral everywhere: 0
+    assert evaluate(run / "last.pt", data, split="valid", device="cpu")["accuracy"] == pytest.approx(val_acc, abs=1e-6)
 
 
 def test_strata_recomputed_from_the_predictions(tmp_path):

@@ -69,6 +69,10 @@ def test_score_head_averages_accuracy_or_mean_recall_over_members():
     assert by_accuracy.accuracy == pytest.approx({"a": 2 / 3, "b": 1.0})
     assert by_accuracy.score == pytest.approx((2 / 3 + 1) / 2)
     assert score_head(probs, labels, member, ["a", "b"], "recall", 0.5, 1e-4).score == pytest.approx((0.5 + 1) / 2)
+    # a class an image's dataset never labels is no answer: the third image's 0 gives way to its 1
+    answers = np.array([[True, True]] * 2 + [[False, True]] + [[True, True]] * 2)
+    masked = score_head(probs * 0.9 + 0.05, labels, member, ["a", "b"], "accuracy", 0.5, 1e-4, answers)
+    assert masked.accuracy == pytest.approx({"a": 1.0, "b": 1.0})
 
 
 def test_parse_grid_refuses_what_is_not_a_list_of_numbers_at_least_0():

@@ -205,6 +205,26 @@ def test_no_detect_labels_no_blank_picture(files, tmp_path):
     assert records["crop.png"]["status"] == "ok"
 
 
+@pytest.mark.parametrize("workers", [0, 2])  # the sequential path and the overlapped one
+def test_a_blank_photo_is_never_shown_to_the_detector(files, tmp_path, workers):
+    shown = []
+
+    class RecordingDetector:  # finds no face, and remembers the size of every image it was shown
+        name = "recording"
+
+        def detect(self, images):
+            shown.extend(image.size for image in images)
+            return [[] for _ in images]
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "black.png")
+    Image.fromarray(skimage_data.astronaut()).resize((64, 64)).save(tmp_path / "photo.png")
+    predictor = Predictor(open_runner(files["ck"]), detector=RecordingDetector(), workers=workers)
+    records = {Path(r.image).name: r for p in predictor.iter_predictions(sorted(tmp_path.iterdir())) for r in p.records}
+    assert shown == [(64, 64)]  # the photo only
+    assert records["black.png"].status == "no_face" and records["black.png"].reason == "blank image: every pixel is the same colour"
+    assert records["photo.png"].reason == "no face detected"
+
+
 def test_five_faces_give_five_au_panels(files, predictor, monkeypatch):
     face = head(60)
     photo = Image.new("RGB", (5 * 80, 100), (200, 200, 200))

@@ -141,6 +141,18 @@ class PreparedDataset:
         labelled = labelled_classes(str(self.meta.get("dataset")), self.meta.get("layout")) if not self.members else None
         return [name for name in self.classes if labelled is None or name in labelled]
 
+    def answer_mask(self, store_rows: np.ndarray) -> np.ndarray:
+        """(len(store_rows), num_classes) bool: the classes each face may be answered among, those
+        its dataset labels (labelled_classes; on a combined folder its member's own folder's), the
+        rule `poi evaluate` scores a member's own folder by. Training's validation reads it."""
+        if not self.members:
+            allowed = np.isin(self.classes, self.labelled_classes)
+            return np.broadcast_to(allowed, (len(store_rows), self.num_classes)).copy()
+        from poi_cli.data.combined import member_of_rows
+
+        per_member = np.array([np.isin(self.classes, PreparedDataset(m.path).labelled_classes) for m in self.members])
+        return per_member[member_of_rows(self.members, store_rows)]
+
     @property
     def num_classes(self) -> int:
         return len(self.meta["classes"])

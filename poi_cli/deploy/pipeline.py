@@ -265,7 +265,7 @@ class FacePipeline:
         faces: list[Face] = []
         if image is not None:
             clock = time.perf_counter()
-            faces = self._whole_face(image) if not self.detect else (detector or self.detector).detect([image])[0]
+            faces = self._find_faces([image], detector)[0]
             self._add_time("detection", time.perf_counter() - clock)
         clock = time.perf_counter()
         crops = [self._align(image, face) for face in faces]
@@ -281,11 +281,7 @@ class FacePipeline:
         readable = [i for i, (image, _) in enumerate(loaded) if image is not None]
 
         clock = time.perf_counter()
-        if not self.detect:  # --no-detect: the whole image is the face
-            found = [self._whole_face(loaded[i][0]) for i in readable]
-        else:
-            found = (detector or self.detector).detect([loaded[i][0] for i in readable]) if readable else []
-        faces_of = dict(zip(readable, found))
+        faces_of = dict(zip(readable, self._find_faces([loaded[i][0] for i in readable], detector)))
         self._add_time("detection", time.perf_counter() - clock)
 
         clock = time.perf_counter()
@@ -323,10 +319,18 @@ class FacePipeline:
             results.append(result)
         return results
 
-    @staticmethod
-    def _whole_face(image: Image.Image) -> list[Face]:
-        """--no-detect: the whole image as the one face, unless nothing is in it (a blank image is no face)."""
-        return [] if is_blank(image) else [whole_image_face(image)]
+    def _find_faces(self, images: Sequence[Image.Image], detector: Any = None) -> list[list[Face]]:
+        """The faces of each image, in one batched detector pass (--no-detect: the whole image is the
+        face). A blank image has none and is never shown to the detector (finish() gives the reason)."""
+        looked = [k for k, image in enumerate(images) if not is_blank(image)]
+        if not self.detect:
+            found = [[whole_image_face(images[k])] for k in looked]
+        else:
+            found = (detector or self.detector).detect([images[k] for k in looked]) if looked else []
+        faces: list[list[Face]] = [[] for _ in images]
+        for k, image_faces in zip(looked, found):
+            faces[k] = image_faces
+        return faces
 
     def _align(self, image: Image.Image, face: Face) -> np.ndarray:
         if face.landmarks is None:

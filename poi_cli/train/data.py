@@ -39,6 +39,9 @@ class TrainingData:
     # sampling weights (None: each image once), and the member of each validation image.
     sampling: Optional[np.ndarray] = None
     val_members: Optional[np.ndarray] = None
+    # (validation images, classes) bool: the classes each is answered among (PreparedDataset.answer_mask:
+    # CK+48 labels no neutral, a combined folder's SFEW member no contempt); None: every class
+    val_answers: Optional[np.ndarray] = None
 
     @property
     def classes(self) -> list[str]:
@@ -94,6 +97,8 @@ def select_data(config: TrainConfig) -> TrainingData:
     data = TrainingData(dataset, train, labels, clean, realised, val, name, note, held_out, test_split)
     if dataset.members:
         combined_sampling(data, config.seed)
+    if val is not None and not (answers := dataset.answer_mask(val.store_rows)).all():
+        data.val_answers = answers
     return data
 
 

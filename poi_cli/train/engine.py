@@ -343,9 +343,10 @@ class Trainer:
         """The TRN's validation accuracy, and its T_cal fitted on the same pass's logits (issue 12):
         every checkpoint carries the temperature of its own weights, at no extra pass. On a
         combined folder also each member's accuracy ({"val_acc_NAME": ...}), and the accuracy
-        selected on is their mean."""
+        selected on is their mean. Each image is answered among the classes its dataset labels
+        (TrainingData.val_answers), as `poi evaluate` scores it."""
         c, ctx = self.config, self.ctx
-        members = self.data.val_members
+        members, answers = self.data.val_members, self.data.val_answers
         predictions = predict_split(
             self.model, self.dataset.faces, self.val_data.store_rows, self.val_data.labels, c.input_size,
             c.eval_batch or c.batch, ctx.device, self.amp, self.channels_last, ctx.rank, ctx.world_size, with_pin=False,
@@ -353,14 +354,18 @@ class Trainer:
         logits, labels = predictions.trn_logits, predictions.labels
         if members is not None:
             members = members[predictions.positions]  # this process's share, in the order predicted
+        if answers is not None:
+            answers = answers[predictions.positions]
         if ctx.distributed:  # shares differ in size: gather them as objects (a validation split is small)
             shares: list = [None] * ctx.world_size
-            dist.all_gather_object(shares, (logits, labels, members))
+            dist.all_gather_object(shares, (logits, labels, members, answers))
             logits, labels = np.concatenate([s[0] for s in shares]), np.concatenate([s[1] for s in shares])
             members = None if members is None else np.concatenate([s[2] for s in shares])
+            answers = None if answers is None else np.concatenate([s[3] for s in shares])
         if len(labels) == 0:
             return 0.0, None, {}
-        correct = logits.argmax(1) == labels
+        answered = logits if answers is None else np.where(answers, logits, -np.inf)
+        correct = answered.argmax(1) == labels
         accuracy = round(float(correct.mean()), 6)
         per_member = {}
         if members is not None:

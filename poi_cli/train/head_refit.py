@@ -167,10 +167,11 @@ def view_probabilities(features: np.ndarray, weight: np.ndarray, bias: np.ndarra
 
 
 def score_head(probs: np.ndarray, labels: np.ndarray, member: np.ndarray, names: Sequence[str], select: str,
-               class_power: Optional[float], l2: Optional[float]) -> HeadScore:
+               class_power: Optional[float], l2: Optional[float], answers: Optional[np.ndarray] = None) -> HeadScore:
     """HeadScore of predicted probabilities: per member accuracy and mean class recall; the score
-    is the mean over the members with validation images of the one `select` names."""
-    predicted = probs.argmax(axis=1)
+    is the mean over the members with validation images of the one `select` names. answers: (n, C)
+    bool, the classes each image is answered among (PreparedDataset.answer_mask; None: all)."""
+    predicted = (probs if answers is None else np.where(answers, probs, -np.inf)).argmax(axis=1)
     accuracy, mean_recall = {}, {}
     for k, name in enumerate(names):
         mine = member == k
@@ -229,6 +230,7 @@ def refit_head(run_or_checkpoint: str | Path, prepared_dir: str | Path, out: Opt
         val_member = member_of_rows(dataset.members, val.store_rows)
     else:
         dataset_weights, val_member = np.ones(len(train.labels)), np.zeros(len(val.labels), np.int64)
+    answers = dataset.answer_mask(val.store_rows)  # as `poi evaluate` scores each member's own folder
     if not (dataset_weights > 0).any():
         raise RefitError("the members' sampling weights leave no training image (all 0)")
     image_weights = {}  # per class power, before the features are computed: a bad q fails at once
@@ -255,7 +257,7 @@ def refit_head(run_or_checkpoint: str | Path, prepared_dir: str | Path, out: Opt
     labels = np.concatenate([train.labels, train.labels])
     w0 = model.trn.fc.weight.detach().float().cpu().numpy()
     b0 = model.trn.fc.bias.detach().float().cpu().numpy()
-    before = score_head(view_probabilities(val_features, w0, b0), val.labels, val_member, names, select, None, None)
+    before = score_head(view_probabilities(val_features, w0, b0), val.labels, val_member, names, select, None, None, answers)
 
     candidates, heads = [], []
     with Progress(console=Console(stderr=True), transient=True) as bar:
@@ -267,7 +269,7 @@ def refit_head(run_or_checkpoint: str | Path, prepared_dir: str | Path, out: Opt
                 if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
                     raise RefitError(f"the fit diverged for --class-power {power:g} --l2 {l2:g} (weights not finite)")
                 probs = view_probabilities(val_features, weight, bias)
-                candidates.append(score_head(probs, val.labels, val_member, names, select, power, l2))
+                candidates.append(score_head(probs, val.labels, val_member, names, select, power, l2, answers))
                 heads.append((weight, bias))
                 bar.advance(task)
     seconds["fit"] = time.perf_counter() - started - seconds["features"]
