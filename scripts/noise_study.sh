@@ -11,7 +11,7 @@
 # poi_n30_oracle_drop: an analysis with the known flips, the 30 % labels without their flipped
 # images, i.e. what a perfect `poi clean --drop` would train on), then the levers the paper
 # allows at 30 % (lambda_2 0.1, --distill-warmup 5, T = 1), the Table X ablations at 30 %, and
-# cross-entropy and POI at 10 % and 20 %.
+# cross-entropy and POI at 10 % and 20 %, and POI on the annotators' votes (poi_n0_soft, --soft-labels).
 #
 #   bash scripts/noise_study.sh [RUN ...]      # default: every run below, in this order
 #
@@ -79,6 +79,8 @@ declare -A RUNS=(
   [poi_n30_no_prior]="$(noisy 30) --no-prior"
   [poi_n30_no_oim]="$(noisy 30) --no-oim"
   [poi_n30_no_uem]="$(noisy 30) --no-uem"
+  # the annotators' votes as the targets (--soft-labels, beyond the paper), on the clean labels
+  [poi_n0_soft]="--soft-labels"
 )
 # an *_oracle_drop run trains on the noisy labels of that rate without their flipped images
 declare -A ORACLES=([poi_n30_oracle_drop]=30)
@@ -90,7 +92,7 @@ ORDER=(ce_n0 ce_n30 poi_n30 poi_n30_clean poi_n0 poi_n0_clean poi_n30_paper_uem 
        poi_n30_clean_oof poi_n30_clean_drop poi_n30_clean_round3
        poi_n30_clean_teacher poi_n30_clean_teacher3 poi_n30_oracle_drop
        poi_n30_lambda2_0.1 poi_n30_distill_warmup5 poi_n30_T1 poi_n30_no_prior poi_n30_no_oim poi_n30_no_uem
-       ce_n10 poi_n10 ce_n20 poi_n20)
+       ce_n10 poi_n10 ce_n20 poi_n20 poi_n0_soft)
 CROSS_FIT="${CROSS_FIT:-5}"  # folds of the out-of-fold audit behind *_clean_oof
 
 [ -f "$DATA/prepared.json" ] || "$POI" prepare ferplus "$RAW" --out "$DATA" --size "${SIZE:-64}"

@@ -106,6 +106,34 @@ def test_eq9_target_cross_entropy_known_value_without_temperature():
     assert losses.loss_ce_tar(TRN_LOGITS, LABEL).item() == pytest.approx(-math.log(8 / 9), rel=1e-6)
 
 
+# --soft-labels: y of Eq. 4, 5 and 9 as a distribution over the classes (the annotators' votes)
+SOFT = torch.tensor([[0.25, 0.75]])
+
+
+def test_eq9_and_eq5_against_a_vote_distribution_known_values():
+    # Eq. 9: -(1/4 log 1/9 + 3/4 log 8/9); Eq. 5 (softmax(t_n): [1/28, 27/28] twice, [27/28, 1/28] twice)
+    assert losses.loss_ce_tar(TRN_LOGITS, SOFT).item() == pytest.approx(
+        -(0.25 * math.log(1 / 9) + 0.75 * math.log(8 / 9)), rel=1e-6)
+    expected = (2 * -(0.25 * math.log(1 / 28) + 0.75 * math.log(27 / 28))
+                + 2 * -(0.25 * math.log(27 / 28) + 0.75 * math.log(1 / 28))) / 4
+    assert losses.loss_ce_au(REGION_LOGITS, SOFT).item() == pytest.approx(expected, rel=1e-6)
+    # a one-hot distribution is the class index
+    for loss, logits in ((losses.loss_ce_tar, TRN_LOGITS), (losses.loss_ce_au, REGION_LOGITS)):
+        assert loss(logits, torch.tensor([[0.0, 1.0]])).item() == pytest.approx(loss(logits, LABEL).item(), rel=1e-6)
+
+
+def test_au_targets_of_a_vote_distribution_mix_table_i_rows():
+    eps = 0.1
+    votes = torch.zeros(1, len(CLASSES))
+    votes[0, CLASSES.index("happiness")], votes[0, CLASSES.index("surprise")] = 0.75, 0.25
+    mouth = dict(zip(MOUTH_AUS, losses.au_targets(votes, "mouth", eps)[0].tolist()))
+    # AU12 is happiness's alone, AU26 both's; each target is (1 - eps) prior + eps (1 - prior)
+    assert mouth["AU12"] == pytest.approx(0.75 * 0.9 + 0.25 * 0.1)
+    assert mouth["AU26"] == pytest.approx(0.9) and mouth["AU15"] == pytest.approx(0.1)
+    seven = votes[:, :7] / votes[:, :7].sum()  # a 7-class model's distribution (no contempt column)
+    assert torch.allclose(losses.au_targets(seven, "eye", eps), losses.au_targets(votes, "eye", eps))
+
+
 def test_eq11_distillation_known_value_direction_and_beta():
     q_tilde = [1 / 3, 2 / 3]
     expected = 0.5 * (2 * _kl(TEMPERED[0], q_tilde) + 2 * _kl(TEMPERED[2], q_tilde)) / 4  # beta KL(p~_n || q~)

@@ -318,3 +318,41 @@ def test_resume_without_last_pt_but_with_finished_epochs_refuses_and_keeps_them(
     with pytest.raises(TrainError, match="no last.pt to resume from"):
         train(TrainConfig(resume=str(run)))
     assert {name: (run / name).read_bytes() for name in before} == before
+
+
+def test_soft_labels_train_on_the_annotators_votes(tmp_path):
+    from poi_cli.core.manifests import CLASSES
+    from poi_cli.data.combined import combine
+    from poi_cli.data.prepare import prepare
+    from test_prepare import make_ferplus
+
+    data = prepare("ferplus", make_ferplus(tmp_path / "raw"), tmp_path / "ferplus", size=64, show_progress=False).out_dir
+    dataset = PreparedDataset(data)
+    train_split = dataset.split("train")
+    targets = dict(zip(train_split.ids, dataset.vote_targets(train_split)))
+    # happiness 8 of 10, its two single votes dropped: unanimous; votes neutral 3, contempt 6, unknown 1
+    assert targets["FER2013Train/fer0000000.png"].tolist() == np.eye(8)[CLASSES.index("happiness")].tolist()
+    mixed = targets["FER2013Train/fer0000004.png"]
+    assert mixed[CLASSES.index("contempt")] == pytest.approx(6 / 9) and mixed[CLASSES.index("neutral")] == pytest.approx(3 / 9)
+    # a combined folder reads its members' votes; a member without votes gets its labels as one-hots
+    other = make_prepared(tmp_path / "other", num_classes=8, splits={"train": 1, "valid": 1})
+    both = PreparedDataset(combine([data, other], tmp_path / "both"))
+    both_train = both.split("train")
+    soft = both.vote_targets(both_train)
+    by_id = dict(zip(both_train.ids, soft))
+    assert by_id["ferplus/FER2013Train/fer0000004.png"].tolist() == pytest.approx(mixed.tolist())
+    others = [k for k, i in enumerate(both_train.ids) if i.startswith("other/")]
+    assert np.array_equal(soft[others], np.eye(8, dtype=np.float32)[both_train.labels[others]])
+    assert PreparedDataset(other).vote_targets(PreparedDataset(other).split("train")) is None
+
+    # training: the same run but for the targets; its loss differs (one face is not unanimous)
+    losses = {}
+    for soft_labels in (False, True):
+        run = train(tiny_config(data, tmp_path / "runs", epochs=1, batch=2, soft_labels=soft_labels, name=f"soft{soft_labels}"))
+        losses[soft_labels] = pd.read_csv(run / "results.csv")["loss_ce_tar"][0]
+        assert json.loads((run / "config.json").read_text())["soft_labels"] is soft_labels
+    assert losses[True] != pytest.approx(losses[False], rel=1e-4)
+    with pytest.raises(TrainError, match="no annotator votes"):
+        train(tiny_config(other, tmp_path / "runs", epochs=1, soft_labels=True))
+    with pytest.raises(ValueError, match="--soft-labels"):
+        tiny_config(data, tmp_path / "runs", soft_labels=True, noise=0.2).validate()

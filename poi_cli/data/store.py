@@ -141,6 +141,29 @@ class PreparedDataset:
         labelled = labelled_classes(str(self.meta.get("dataset")), self.meta.get("layout")) if not self.members else None
         return [name for name in self.classes if labelled is None or name in labelled]
 
+    def vote_targets(self, data: SplitData) -> Optional[np.ndarray]:
+        """(images, num_classes) float32: each image's annotator votes over the classes (FERPlus's
+        `vote_<class>` manifest columns; a combined folder reads its members'), single votes dropped
+        as the majority rule drops them, unknown and NF left out, normalised to sum 1: what
+        `poi train --soft-labels` trains on. An image without votes (another member's) gets its
+        label as a one-hot. None when no image of `data` has votes."""
+        from poi_cli.data.datasets.ferplus import VOTE_PREFIX, kept_votes
+
+        columns = [VOTE_PREFIX + name for name in self.classes]
+        tables = ([(self.manifest, "")] if not self.members else
+                  [(PreparedDataset(m.path).manifest, m.name + "/") for m in self.members])
+        votes = pd.concat([pd.DataFrame({"id": prefix + table["id"].astype(str),
+                                         **{c: pd.to_numeric(table[c], errors="coerce") if c in table else np.nan
+                                            for c in columns}})
+                           for table, prefix in tables]).set_index("id").reindex(data.ids).to_numpy(np.float64)
+        counts = kept_votes(np.nan_to_num(votes, nan=0.0))
+        has_votes = counts.sum(1) > 0  # a FERPlus face with a majority always keeps a vote of its own class
+        if not has_votes.any():
+            return None
+        targets = np.eye(self.num_classes, dtype=np.float64)[data.labels]
+        targets[has_votes] = counts[has_votes] / counts[has_votes].sum(1, keepdims=True)
+        return targets.astype(np.float32)
+
     def answer_mask(self, store_rows: np.ndarray) -> np.ndarray:
         """(len(store_rows), num_classes) bool: the classes each face may be answered among, those
         its dataset labels (labelled_classes; on a combined folder its member's own folder's), the

@@ -4,7 +4,9 @@ Each function is named after its term: the names of results.csv's columns (loss_
 loss_ce_au, loss_kl_au, loss_ce_tar, loss_kl_tar) and of the lambdas of Eq. 12;
 loss_kl_teacher (--teacher) is beyond the paper.
 Shapes: B images, N = 4 regions, C classes. `labels` are the annotated (possibly noisy)
-class indices. Every KL here is KL(p || q) = sum_c p_c log(p_c / q_c) >= 0. The PIN's
+class indices (B,), or (B, C) class distributions (`poi train --soft-labels`: the annotators'
+votes), where y of Eq. 4, 5 and 9 becomes that distribution: the cross-entropies are taken
+against it and the AU pseudo-labels are the prior rows it weighs (beyond the paper). Every KL here is KL(p || q) = sum_c p_c log(p_c / q_c) >= 0. The PIN's
 outputs (p~_n of Eq. 6, p~* of Eq. 7, w of Eq. 10, beta) come from model/network.py.
 """
 
@@ -23,9 +25,11 @@ from poi_cli.model.network import POIOutput, tempered_log_probs, uncertainty_bet
 def au_targets(labels: torch.Tensor, group: str, eps: float) -> torch.Tensor:
     """AU pseudo-labels y_hat from Table I: 1 - eps for the AUs of the label, eps otherwise.
 
-    (B,) labels -> (B, M) targets for group 'eye' (6 AUs) or 'mouth' (7 AUs).
+    (B,) labels -> (B, M) targets for group 'eye' (6 AUs) or 'mouth' (7 AUs); (B, C) class
+    distributions -> the same rule on their mix of Table I's rows (sum_c y_c prior_c).
     """
-    prior = torch.from_numpy(au_prior_matrix(group).copy()).to(labels.device)[labels]
+    table = torch.from_numpy(au_prior_matrix(group).copy()).to(labels.device)
+    prior = table[labels] if labels.dim() == 1 else labels.float() @ table[: labels.shape[1]]  # class order is canonical
     return prior * (1.0 - eps) + (1.0 - prior) * eps
 
 
@@ -50,7 +54,7 @@ def loss_au(eye_au_logits: torch.Tensor, mouth_au_logits: torch.Tensor, labels: 
 def loss_ce_au(region_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Eq. 5, L_CE_au: cross-entropy of softmax(t_n) (no T) against y, mean over images and regions."""
     num_regions = region_logits.shape[1]
-    return F.cross_entropy(region_logits.float().flatten(0, 1), labels.repeat_interleave(num_regions))
+    return F.cross_entropy(region_logits.float().flatten(0, 1), labels.repeat_interleave(num_regions, dim=0))
 
 
 def loss_kl_au(intermediate_log_probs: torch.Tensor, region_logits: torch.Tensor, temperature: float) -> torch.Tensor:

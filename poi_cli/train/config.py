@@ -90,6 +90,9 @@ class TrainConfig:
                                                 "previous cleaning round): its PIN's objective inference p~* at T teaches the "
                                                 "TRN as in Eq. 11, weighted T^2 x --teacher-weight.", path=True)
     teacher_weight: float = option(LossConfig.teacher_weight, LOSS, "Weight of the --teacher distillation.")
+    soft_labels: bool = option(False, LOSS, "y of Eq. 4, 5 and 9 is the annotators' vote distribution (FERPlus's votes, "
+                                            "single votes dropped as its majority rule drops them), not the majority label "
+                                            "(beyond the paper); validation and the audit keep the majority label.")
 
     # optimisation (Sec. IV-B)
     epochs: int = option(60, OPTIMISER, "Epochs.")
@@ -174,6 +177,8 @@ class TrainConfig:
             (self.clean_threshold is None or 0.0 < self.clean_threshold <= 1.0,
              f"--clean-threshold must lie in (0, 1], got {self.clean_threshold}"),
             (not (self.noise and self.labels), "--noise and --labels exclude each other (a label file already holds its noise)"),
+            (not (self.soft_labels and (self.noise or self.labels or self.rounds > 1)),
+             "--soft-labels trains on the manifest's votes: not with --noise, --labels or --rounds (their labels have no votes)"),
             (0.0 <= self.translate < 0.5, f"--translate must lie in [0, 0.5), got {self.translate}"),
             (0.0 <= self.color_jitter < 1.0, f"--color-jitter must lie in [0, 1), got {self.color_jitter}"),
             *((0.0 <= getattr(self, name) <= 1.0, f"--{name.replace('_', '-')} must lie in [0, 1], got {getattr(self, name)}")

@@ -42,6 +42,8 @@ class TrainingData:
     # (validation images, classes) bool: the classes each is answered among (PreparedDataset.answer_mask:
     # CK+48 labels no neutral, a combined folder's SFEW member no contempt); None: every class
     val_answers: Optional[np.ndarray] = None
+    # --soft-labels: (training images, classes) float32, each image's vote distribution (PreparedDataset.vote_targets)
+    soft_targets: Optional[np.ndarray] = None
 
     @property
     def classes(self) -> list[str]:
@@ -58,6 +60,12 @@ class TrainingData:
             return rows, labels, clean
         pick = self.sampling
         return rows[pick], labels[pick], None if clean is None else clean[pick]
+
+    def epoch_soft_targets(self) -> Optional[np.ndarray]:
+        """The soft targets of epoch_rows' images, in its order (None without --soft-labels)."""
+        if self.soft_targets is None or self.sampling is None:
+            return self.soft_targets
+        return self.soft_targets[self.sampling]
 
 
 def select_data(config: TrainConfig) -> TrainingData:
@@ -95,6 +103,13 @@ def select_data(config: TrainConfig) -> TrainingData:
         raise TrainError(f"no training images in {dataset.root}'s {config.train_split} split"
                          + (f" with the labels of {config.labels} (every image left out, label -1?)" if config.labels else ""))
     data = TrainingData(dataset, train, labels, clean, realised, val, name, note, held_out, test_split)
+    if config.soft_labels:
+        data.soft_targets = dataset.vote_targets(train)
+        if data.soft_targets is None:
+            raise TrainError(f"--soft-labels: {dataset.root}'s manifest has no annotator votes "
+                             "(vote_<class> columns, as `poi prepare ferplus` writes)")
+        disagree = float((data.soft_targets.max(1) < 1).mean())
+        data.val_note += f"; soft labels: the annotators' votes ({disagree:.1%} of the training images not unanimous)"
     if dataset.members:
         combined_sampling(data, config.seed)
     if val is not None and not (answers := dataset.answer_mask(val.store_rows)).all():

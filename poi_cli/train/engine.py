@@ -230,6 +230,8 @@ class Trainer:
     def make_loader(self) -> BatchLoader:
         c, ctx = self.config, self.ctx
         rows, labels, clean = self.data.epoch_rows()
+        soft = self.data.epoch_soft_targets()  # --soft-labels: indexed by the loader's positions
+        self.soft_targets = None if soft is None else torch.from_numpy(soft).to(self.ctx.device)
         return BatchLoader(
             self.dataset.faces, rows, labels, c.batch, shuffle=True, seed=c.seed,
             extra=clean, rank=ctx.rank, world_size=ctx.world_size, device=ctx.device,
@@ -286,11 +288,12 @@ class Trainer:
         with self._progress() as progress:
             task = progress.add_task(f"epoch {epoch + 1}/{c.epochs}", total=len(loader), stats="")
             started = time.perf_counter()
-            for step, (images, labels, clean, _) in enumerate(loader):
+            for step, (images, labels, clean, positions) in enumerate(loader):
                 for callback in self.callbacks:
                     callback.on_step(epoch, step)
                 lr = learning_rate(c, epoch, step, len(loader))
-                output, terms = self.train_step(self.batch_input(images, augment, generator), labels, lr,
+                targets = labels if self.soft_targets is None else self.soft_targets[positions]
+                output, terms = self.train_step(self.batch_input(images, augment, generator), targets, lr,
                                                 distill=0.0 if epoch < c.distill_warmup else 1.0)
                 beta = uncertainty_beta(output.consistency) if output.consistency is not None else None
                 meters.update(terms, output.trn_logits.argmax(1), labels, clean, beta)
@@ -309,17 +312,18 @@ class Trainer:
             self._average_buffers()
         return row, seconds
 
-    def train_step(self, x: torch.Tensor, labels: torch.Tensor, lr: float,
+    def train_step(self, x: torch.Tensor, targets: torch.Tensor, lr: float,
                    distill: float = 1.0) -> tuple[POIOutput, dict[str, torch.Tensor]]:
-        """One SGD step at learning rate `lr` (`distill`: total_loss's weight of Eq. 11); returns the
-        (float32) outputs and the detached loss terms."""
+        """One SGD step at learning rate `lr` (`distill`: total_loss's weight of Eq. 11) towards
+        `targets` (class indices, or --soft-labels' distributions); returns the (float32) outputs
+        and the detached loss terms."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with autocast(self.ctx.device, self.amp):
             output = self.forward(x)
             teacher = None if self.teacher is None else self.teacher.log_probs(x, self.model_config.temperature)
         output = float_output(output)
-        loss, terms = total_loss(output, labels, self.loss_config, distill, teacher)
+        loss, terms = total_loss(output, targets, self.loss_config, distill, teacher)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

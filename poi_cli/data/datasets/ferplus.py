@@ -12,13 +12,21 @@ from poi_cli.data.datasets.common import (
 )
 
 
+VOTE_PREFIX = "vote_"  # the manifest's vote columns: vote_<class> for each class, vote_unknown, vote_NF
+
+
+def kept_votes(votes: np.ndarray) -> np.ndarray:
+    """Votes with the single votes dropped as outliers (the FERPlus paper's rule), any shape."""
+    return np.where(votes > 1, votes, 0)
+
+
 def majority_label(votes: np.ndarray, vote_names: list[str], class_map: dict[str, str | None]) -> tuple[str | None, str]:
     """The FERPlus paper's majority rule: (winning class name or None, why when None).
 
     Single votes are dropped as outliers; the winner needs more than half of what is
     left, unknown and NF included; a winner that is unknown or NF is excluded.
     """
-    kept = np.where(votes > 1, votes, 0)
+    kept = kept_votes(votes)
     total = kept.sum()
     if total == 0 or kept.max() * 2 <= total:
         return None, "no majority after dropping single votes"
@@ -32,7 +40,7 @@ def parse(raw_dir: Path) -> ParsedDataset:
     facts = dataset_manifest("ferplus")
     vote_names: list[str] = facts["vote_columns"]
     class_map: dict[str, str | None] = facts["class_map"]
-    vote_columns = [f"vote_{class_map[name] or name}" for name in vote_names]
+    vote_columns = [f"{VOTE_PREFIX}{class_map[name] or name}" for name in vote_names]
     items: list[Item] = []
     notes: list[str] = []
     for split, info in facts["splits"].items():
