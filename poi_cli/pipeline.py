@@ -210,7 +210,8 @@ def check_same_cv(folder: Path, config: TrainConfig) -> None:
     if not path.is_file() and (folder / CONFIG_FILE).is_file():
         raise TrainError(f"{folder} holds a training run, not a cross-validation: choose another --name")
     if path.is_file():
-        saved = {k: v for k, v in json.loads(path.read_text()).items() if k not in RERUN_FREE}
+        # through TrainConfig: an option newer than the file reads as its default, not as a change
+        saved = {k: v for k, v in TrainConfig.from_dict(json.loads(path.read_text())).to_dict().items() if k not in RERUN_FREE}
         changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
         if changed:
             raise TrainError(f"{folder} holds a cross-validation with other options ({', '.join(changed)}): "
@@ -230,6 +231,9 @@ def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, o
     config = TrainConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
     if not config.use_pin or not config.use_oim:
         raise AuditError(f"{run_dir} is not a full POI run: the audit needs the PIN's objective inference")
+    if config.soft_labels:
+        raise AuditError(f"{run_dir} trained on the annotators' votes (--soft-labels); --cross-fit repeats a training on "
+                         "label files, which carry no votes: audit it in sample (without --cross-fit)")
     dataset = PreparedDataset(prepared_dir)
     if Path(config.data).resolve() != dataset.root.resolve():
         raise AuditError(f"{run_dir} was trained on {config.data}, not {dataset.root}: cross-fitting repeats its training")

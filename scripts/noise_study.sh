@@ -121,6 +121,10 @@ clean_labels() {  # audit a finished run on the labels it trained on (in sample,
 
 run() {  # train unless finished (resume when killed), then evaluate on valid
   local name="$1" dir="$PROJECT/${1}_seed$SEED"
+  if [ "$name" = poi_n0_soft ] && [ -n "${SUBSET:-}" ]; then  # --soft-labels reads the manifest, not a subset's label file
+    echo "$name: --soft-labels trains on every training image's votes, not on SUBSET's: skipped"
+    return
+  fi
   if [ -n "${CLEANS[$name]:-}" ]; then
     local kind; kind="$(grep -o '_oof$\|_drop$' <<< "$name" || true)"
     clean_labels "${CLEANS[$name]}" "$kind"

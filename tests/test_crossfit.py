@@ -91,6 +91,11 @@ def test_cross_fit_audit_scores_every_image_out_of_fold(tmp_path):
     not_a_run = runner.invoke(app, ["audit", str(run / "best.pt"), str(data), "--cross-fit", "2", "--out", str(tmp_path / "x")])
     assert not_a_run.exit_code != 0 and "needs a poi run folder" in not_a_run.output
     assert "Traceback" not in not_a_run.output
+    config = json.loads((run / "config.json").read_text())  # a run on the annotators' votes: no label files to repeat it on
+    (run / "config.json").write_text(json.dumps({**config, "soft_labels": True}))
+    soft = runner.invoke(app, ["audit", str(run), str(data), "--cross-fit", "2", "--out", str(tmp_path / "y")])
+    assert soft.exit_code != 0 and "audit it in sample" in soft.output and "Traceback" not in soft.output
+    (run / "config.json").write_text(json.dumps(config))
 
 
 def test_cross_fit_audit_of_a_run_that_left_images_out(tmp_path):

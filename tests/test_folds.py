@@ -152,6 +152,12 @@ def test_fold_all_trains_every_fold_writes_cv_and_resumes(tmp_path):
     stamp = (folder / "fold0" / "last.pt").stat().st_mtime_ns
     train_folds(config)  # finished folds are kept, not trained again
     assert (folder / "fold0" / "last.pt").stat().st_mtime_ns == stamp
+    # a cv_config.json written before an option existed: the option reads as its default, not as a change
+    saved = json.loads((folder / "cv_config.json").read_text())
+    del saved["soft_labels"]
+    (folder / "cv_config.json").write_text(json.dumps(saved))
+    train_folds(config)
+    assert (folder / "fold0" / "last.pt").stat().st_mtime_ns == stamp
     from poi_cli.train.config import TrainError
     with pytest.raises(TrainError, match="other options"):
         train_folds(TrainConfig(**{**config.to_dict(), "lr": 0.02}))

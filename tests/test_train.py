@@ -24,6 +24,7 @@ from poi_cli.train.config import TrainConfig, TrainError, field_default
 from poi_cli.model.losses import LossConfig
 from poi_cli.model.network import ModelConfig, POIModel
 from poi_cli.model.predictions import predict_split
+from poi_cli.train.data import select_data
 from poi_cli.train.engine import learning_rate, loss_config_of, train
 from poi_cli.train.finetune import load_fine_tune, remap_class_rows
 from poi_cli.train.run_folder import RESULT_COLUMNS
@@ -352,6 +353,21 @@ def test_soft_labels_train_on_the_annotators_votes(tmp_path):
         losses[soft_labels] = pd.read_csv(run / "results.csv")["loss_ce_tar"][0]
         assert json.loads((run / "config.json").read_text())["soft_labels"] is soft_labels
     assert losses[True] != pytest.approx(losses[False], rel=1e-4)
+    # made unanimous, the votes are the labels: every loss term as the majority label's
+    manifest = pd.read_csv(data / "manifest.csv")
+    manifest.loc[manifest["id"] == "FER2013Train/fer0000004.png", "vote_neutral"] = 0
+    manifest.to_csv(data / "manifest.csv", index=False)
+    rows = {}
+    for soft_labels in (False, True):
+        run = train(tiny_config(data, tmp_path / "runs", epochs=1, batch=2, soft_labels=soft_labels, name=f"one{soft_labels}"))
+        rows[soft_labels] = pd.read_csv(run / "results.csv").filter(like="loss_").iloc[0]
+    assert rows[True].to_numpy() == pytest.approx(rows[False].to_numpy(), rel=1e-5, nan_ok=True)  # nan: no teacher
+    # a combined folder's sampling weights draw the soft targets with their images
+    weighted = combine([data, other], tmp_path / "weighted", weights=[2, 0.5])
+    picked = select_data(tiny_config(weighted, tmp_path / "runs", soft_labels=True))
+    assert picked.sampling is not None and len(picked.sampling) == 2 * 2 + 8 // 2  # ferplus drawn twice, other half
+    assert np.array_equal(picked.epoch_soft_targets(), picked.soft_targets[picked.sampling])
+    assert np.array_equal(picked.epoch_soft_targets().argmax(1), picked.epoch_rows()[1])  # unanimous now: the labels
     with pytest.raises(TrainError, match="no annotator votes"):
         train(tiny_config(other, tmp_path / "runs", epochs=1, soft_labels=True))
     with pytest.raises(ValueError, match="--soft-labels"):
