@@ -10,7 +10,10 @@ For each it scores the images of NOISY.csv and the validation split as `poi audi
 `poi clean --auto` do (p* at T = 1, suspicion w (1 - p*_y)) and prints: the suggestion's
 accuracy on valid, how many flipped images it suggests the clean label for, the noise rate
 --auto estimates, the noise left after --auto's relabelling, and the least noise any number
-of relabelled suspects would leave (with that number, as a fraction).
+of relabelled suspects would leave (with that number, as a fraction); then why --auto's
+estimate is what it is: the suggestion's accuracy on the training images' clean labels
+(--auto assumes it equals valid's) and how often it equals the given label on the clean
+and on the flipped images (a model that fitted its training images agrees more on both).
 """
 
 from __future__ import annotations
@@ -54,9 +57,11 @@ def scorer_row(scorer: str, views: list[PreparedDataset], train: SplitData, vali
     curve = noise_after_selection(suspicion_score(train_objective, train_w, given), suggested, given, clean)
     auto = choose_fraction(given, suggested, valid_objective, valid_w, valid.labels)
     chosen = int(round(auto["fraction"] * len(given)))
+    agrees = suggested == given
     return (f"{scorer} | {auto['suggestion_accuracy_valid']:.2%} | {(suggested[flipped] == clean[flipped]).mean():.2%} "
             f"| {auto['estimated_noise_rate']:.2%} | {curve[chosen]:.2%} "
-            f"| {curve.min():.2%} ({curve.argmin() / len(given):.2%})")
+            f"| {curve.min():.2%} ({curve.argmin() / len(given):.2%}) "
+            f"| {(suggested == clean).mean():.2%} | {agrees[~flipped].mean():.2%} / {agrees[flipped].mean():.2%}")
 
 
 def main() -> None:
@@ -76,7 +81,7 @@ def main() -> None:
     flipped = train.labels != train.clean_labels
     print(f"{len(flipped)} images, {flipped.sum()} flipped ({flipped.mean():.2%}); valid: {len(valid.labels)} images")
     print("scorer | valid accuracy | suggestion = clean label on flipped | rho^ (--auto) | noise after --auto "
-          "| least noise reachable (at fraction)")
+          "| least noise reachable (at fraction) | train accuracy (clean labels) | = given label: clean / flipped")
     views = [dataset] + ([mirrored(dataset)] if any(s.endswith("@flip") for s in args.scorers) else [])
     failed = 0
     for scorer in args.scorers:  # a bad scorer is reported and skipped
