@@ -6,8 +6,9 @@ loss_kl_teacher (--teacher) is beyond the paper.
 Shapes: B images, N = 4 regions, C classes. `labels` are the annotated (possibly noisy)
 class indices (B,), or (B, C) class distributions (`poi train --soft-labels`: the annotators'
 votes), where y of Eq. 4, 5 and 9 becomes that distribution: the cross-entropies are taken
-against it and the AU pseudo-labels are the prior rows it weighs (beyond the paper). Every KL here is KL(p || q) = sum_c p_c log(p_c / q_c) >= 0. The PIN's
-outputs (p~_n of Eq. 6, p~* of Eq. 7, w of Eq. 10, beta) come from model/network.py.
+against it and the AU pseudo-labels are the prior rows it weighs (beyond the paper).
+Every KL here is KL(p || q) = sum_c p_c log(p_c / q_c) >= 0. The PIN's outputs (p~_n of
+Eq. 6, p~* of Eq. 7, w of Eq. 10, beta) come from model/network.py.
 """
 
 from __future__ import annotations
