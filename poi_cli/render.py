@@ -203,6 +203,9 @@ def agreement_lines(result: dict) -> list[str]:
     twins = result.get("twins")
     if twins and twins["with"]["n"]:
         lines.append(f"faces with {twins['rule']}: {_cell(twins['with'])}; without: {_cell(twins['without'])}")
+    if result.get("members"):
+        lines.append("accuracy per dataset (each among its own classes): "
+                     + ", ".join(f"{name} {_cell(cell)}" for name, cell in result["members"].items()))
     return lines
 
 

@@ -173,6 +173,28 @@ def test_training_validates_among_the_labelled_classes_as_evaluate_scores(tmp_pa
     assert evaluate(run / "last.pt", data, split="valid", device="cpu")["accuracy"] == pytest.approx(val_acc, abs=1e-6)
 
 
+def test_a_combined_folder_answers_each_face_among_its_own_folders_classes(tmp_path):
+    from poi_cli.data.combined import combine
+
+    alpha = make_prepared(tmp_path / "alpha", num_classes=6, splits={"train": 1, "valid": 2})  # no neutral, no contempt
+    beta = make_prepared(tmp_path / "beta", num_classes=8, splits={"train": 1, "val": 2})
+    manifest = pd.read_csv(beta / MANIFEST_FILE)
+    manifest[manifest["label_name"] != "neutral"].to_csv(beta / MANIFEST_FILE, index=False)
+    meta = json.loads((beta / "prepared.json").read_text())
+    (beta / "prepared.json").write_text(json.dumps({**meta, "dataset": "ckplus", "layout": "ck+48"}))  # no neutral face
+    both = combine([alpha, beta], tmp_path / "both")
+    # neutral first, then contempt, then happiness, whatever the face
+    checkpoint = constant_model(tmp_path / "model.pt", num_classes=8, trn_order=(6, 7, 3))
+    report = evaluate(checkpoint, both, split="val", device="cpu")
+    # alpha's faces answer happiness (2 of its 12 right), beta's contempt (2 of its 14): never neutral
+    assert report["members"] == {"alpha": {"n": 12, "accuracy": pytest.approx(2 / 12)},
+                                 "beta": {"n": 14, "accuracy": pytest.approx(2 / 14)}}
+    assert report["accuracy"] == pytest.approx(4 / 26)
+    assert np.isfinite(report["calibration"]["scores"]["confidence"]["nll"])
+    assert "accuracy per dataset" in "\n".join(render.agreement_lines(report))
+    assert evaluate(checkpoint, alpha, device="cpu")["members"] is None
+
+
 def test_strata_recomputed_from_the_predictions(tmp_path):
     data = make_prepared(tmp_path / "data", splits={"test": 4})
     # random weights: w varies from image to image; calibrated at T_cal = 0.25

@@ -46,6 +46,7 @@ from poi_cli.core.manifests import REGIONS
 from poi_cli.core.metrics import confusion_matrix, per_class_recall
 from poi_cli.core.outputs import PredictionRecipe, regions_agreeing
 from poi_cli.core.schema import STATUS_OK
+from poi_cli.data.combined import member_of_rows
 from poi_cli.data.duplicates import DIGEST_COLUMN, stored_digests, twins_elsewhere
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import Calibration, calibration_study, halves, reliability_bins, risk_coverage, softmax
@@ -57,6 +58,9 @@ STRATA = (0.3, 0.5, 0.7)
 CALIBRATION_SEED = 0  # the seed of calibration_study's halves
 CURVE_POINTS = 100  # risk-coverage points kept in the result (at most)
 UNCALIBRATED_NOTE = "uncalibrated checkpoint: T_cal = 1"
+# log p of a class a face cannot be (MappedPredictions.answers): finite, so that a temperature fit's
+# gradient stays finite, and far enough below any float32 log-softmax that its softmax is 0 at any T_cal
+NO_ANSWER_LOG_PROB = -1e4
 
 
 class EvaluateError(PoiError):
@@ -134,6 +138,9 @@ class MappedPredictions:
     predictions: SplitPredictions  # over the kept images, labels in the model's columns
     choice: SplitChoice  # which images, and why
     store_rows: np.ndarray  # (split size,) rows of dataset.faces of the evaluated images (keep: those scored)
+    # (n, shared classes) bool: on a combined folder, the classes each scored face is answered among (its
+    # member's own folder's: PreparedDataset.answer_mask); None: every shared class, for every face
+    answers: Optional[np.ndarray] = None
 
     @cached_property
     def twins(self) -> np.ndarray:
@@ -184,8 +191,22 @@ class MappedPredictions:
     @cached_property
     def log_probs(self) -> np.ndarray:
         """log p of the checkpoint's recipe in the shared classes' columns, (n, shared classes):
-        the TRN's log softmax(z) by default; softmax(log p / T) renormalises over the shared classes."""
-        return self.predictions.recipe_log_probs(self.recipe)[:, self.columns]
+        the TRN's log softmax(z) by default; softmax(log p / T) renormalises over the shared classes
+        (over a face's `answers` where they are narrower: a class it cannot be has no probability)."""
+        return self._answered(self.predictions.recipe_log_probs(self.recipe)[:, self.columns], NO_ANSWER_LOG_PROB)
+
+    def _answered(self, values: np.ndarray, excluded: float) -> np.ndarray:
+        """`values` in the shared classes' columns, `excluded` where a face's `answers` leave a class out."""
+        return values if self.answers is None else np.where(self.answers, values, excluded)
+
+    @cached_property
+    def members(self) -> Optional[dict]:
+        """A combined folder's accuracy per member ({name: {"n", "accuracy"}}), as `poi train` reports
+        it (its own folder's classes); None for a prepared folder."""
+        if not self.dataset.members:
+            return None
+        member = member_of_rows(self.dataset.members, self.store_rows[self.keep])
+        return {m.name: accuracy_cell(self.correct[member == k]) for k, m in enumerate(self.dataset.members)}
 
     @property
     def stored_calibration(self) -> Optional[Calibration]:
@@ -203,8 +224,8 @@ class MappedPredictions:
         return softmax(self.log_probs, self.temperature).max(1)
 
     def restricted_argmax(self, probs: np.ndarray) -> np.ndarray:
-        """argmax over the shared classes' columns of per-image probabilities (n, C)."""
-        return probs[:, self.columns].argmax(1)
+        """argmax over the shared classes' columns (and each face's `answers`) of per-image probabilities (n, C)."""
+        return self._answered(probs[:, self.columns], -np.inf).argmax(1)
 
     def accuracy_of(self, probs: Optional[np.ndarray]) -> Optional[float]:
         """Accuracy of other per-image probabilities (a PIN output) among the shared classes."""
@@ -269,10 +290,14 @@ def predict_mapped(model_path: str | Path, prepared_dir: str | Path, split: Opti
     if not keep.any():
         raise EvaluateError(f"no image of split {split!r} has a class the model knows")
     labels = np.asarray(columns)[targets]  # in the model's columns
+    answers = None
+    if dataset.members:  # each member's faces among the classes its own folder labels, as training validates
+        answers = dataset.answer_mask(data.store_rows[keep])[:, [dataset.classes.index(name) for name in shared]]
+        answers = None if answers.all() else answers
     predictions = predict_checkpoint_split(checkpoint, dataset.faces, data.store_rows[keep], labels, device, batch, amp,
                                            mirror=info.recipe.flip)
     return MappedPredictions(checkpoint_path, info, dataset, shared, columns, mapping_note, keep, targets,
-                             predictions, choice, data.store_rows)
+                             predictions, choice, data.store_rows, answers)
 
 
 def evaluate(model_path: str | Path, prepared_dir: str | Path, split: Optional[str] = None, device: str = "auto",
@@ -310,6 +335,7 @@ def evaluation_of(mapped: MappedPredictions) -> dict:
         "trn_accuracy": mapped.trn_accuracy,
         **agreement_blocks(mapped.regions_agree, mapped.pin_predicted, mapped.predicted, mapped.correct),
         "twins": twin_block(mapped.twins, mapped.correct),
+        "members": mapped.members,
         "class_mapping": mapped.mapping_note, "notes": evaluation_notes(mapped, calibration),
     }
 
