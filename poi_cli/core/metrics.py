@@ -14,6 +14,11 @@ def confusion_matrix(targets: np.ndarray, predicted: np.ndarray, num_classes: in
     return confusion
 
 
+def answered_argmax(scores: np.ndarray, answers: Optional[np.ndarray]) -> np.ndarray:
+    """argmax over each row's allowed classes: `answers` (n, C) bool (PreparedDataset.answer_mask), None: all."""
+    return (scores if answers is None else np.where(answers, scores, -np.inf)).argmax(1)
+
+
 def per_class_recall(confusion: np.ndarray) -> list[Optional[float]]:
     """Recall of each class (row) of a confusion matrix; None for a class with no image."""
     totals = confusion.sum(1)

@@ -43,7 +43,7 @@ import numpy as np
 from poi_cli.core.atomic import save_figure, write_csv, write_json
 from poi_cli.core.errors import PoiError
 from poi_cli.core.manifests import REGIONS
-from poi_cli.core.metrics import confusion_matrix, per_class_recall
+from poi_cli.core.metrics import answered_argmax, confusion_matrix, per_class_recall
 from poi_cli.core.outputs import PredictionRecipe, regions_agreeing
 from poi_cli.core.schema import STATUS_OK
 from poi_cli.data.combined import member_of_rows
@@ -225,7 +225,7 @@ class MappedPredictions:
 
     def restricted_argmax(self, probs: np.ndarray) -> np.ndarray:
         """argmax over the shared classes' columns (and each face's `answers`) of per-image probabilities (n, C)."""
-        return self._answered(probs[:, self.columns], -np.inf).argmax(1)
+        return answered_argmax(probs[:, self.columns], self.answers)
 
     def accuracy_of(self, probs: Optional[np.ndarray]) -> Optional[float]:
         """Accuracy of other per-image probabilities (a PIN output) among the shared classes."""

@@ -36,6 +36,7 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from poi_cli.core.metrics import answered_argmax
 from poi_cli.core.runtime import autocast, init_distributed, use_bf16
 from poi_cli.data.loader import BatchLoader
 from poi_cli.data.preprocess import to_model_input
@@ -368,8 +369,7 @@ class Trainer:
             answers = None if answers is None else np.concatenate([s[3] for s in shares])
         if len(labels) == 0:
             return 0.0, None, {}
-        answered = logits if answers is None else np.where(answers, logits, -np.inf)
-        correct = answered.argmax(1) == labels
+        correct = answered_argmax(logits, answers) == labels
         accuracy = round(float(correct.mean()), 6)
         per_member = {}
         if members is not None:

@@ -42,7 +42,7 @@ from rich.progress import Progress
 
 from poi_cli.core.atomic import output_file, refuse_input_as_output
 from poi_cli.core.errors import PoiError
-from poi_cli.core.metrics import confusion_matrix, per_class_recall
+from poi_cli.core.metrics import answered_argmax, confusion_matrix, per_class_recall
 from poi_cli.core.runtime import autocast, select_device, use_bf16
 from poi_cli.data.combined import member_of_rows
 from poi_cli.data.loader import BatchLoader
@@ -171,7 +171,7 @@ def score_head(probs: np.ndarray, labels: np.ndarray, member: np.ndarray, names:
     """HeadScore of predicted probabilities: per member accuracy and mean class recall; the score
     is the mean over the members with validation images of the one `select` names. answers: (n, C)
     bool, the classes each image is answered among (PreparedDataset.answer_mask; None: all)."""
-    predicted = (probs if answers is None else np.where(answers, probs, -np.inf)).argmax(axis=1)
+    predicted = answered_argmax(probs, answers)
     accuracy, mean_recall = {}, {}
     for k, name in enumerate(names):
         mine = member == k
