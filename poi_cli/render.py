@@ -13,6 +13,7 @@ pandas: `poi --help` stays fast.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
@@ -243,16 +244,43 @@ def calibration_lines(result: dict) -> list[str]:
 # --------------------------------------------------------------------- poi predict
 
 
+def shared_folder(images: Sequence[str]) -> tuple[Optional[str], list[str]]:
+    """(the folder every image path lies under, each path relative to it), or (None, the paths)
+    when they share none or one is not a file path (`<image 1>`, an upload's name): the table
+    names the folder once in its caption, so that its narrow image column holds short names."""
+    parents = [str(Path(image).parent) for image in images]
+    if not images or any(image.startswith("<") for image in images) or "." in parents:
+        return None, list(images)
+    try:
+        folder = os.path.commonpath(parents)
+    except ValueError:  # absolute and relative paths mixed
+        return None, list(images)
+    if folder in ("", "/"):
+        return None, list(images)
+    return folder, [os.path.relpath(image, folder) for image in images]
+
+
+def shown_path(path: Any) -> str:
+    """A file path as the user would type it: relative to the working folder when under it."""
+    text = str(path)
+    if not os.path.isabs(text):
+        return text
+    here = os.path.abspath(os.curdir)
+    return os.path.relpath(text, here) if os.path.commonpath([text, here]) == here else text
+
+
 def predict_table(records: Sequence["FaceRecord"], checkpoint: Any, classes: Sequence[str], show_au: bool) -> Table:
     """One row per face (or per image without one): expression, confidence, how many of the
-    four regions agree with it (`3/4`; consistency stays in JSON / CSV), AUs, status."""
-    table = Table(title=f"{checkpoint} ({len(classes)} classes)")
+    four regions agree with it (`3/4`; consistency stays in JSON / CSV), AUs, status. Image
+    paths are shown relative to the folder they share, which the caption names."""
+    folder, names = shared_folder([r.image for r in records])
+    table = Table(title=f"{shown_path(checkpoint)} ({len(classes)} classes)", caption=None if folder is None else f"images in {folder}")
     for column in ("image", "face", "expression", "confidence", "regions", *(("AUs > 0.5",) if show_au else ()), "status"):
         table.add_column(column, justify="right" if column in ("face", "confidence", "regions") else "left",
                          overflow="fold")
-    for r in records:
+    for r, name in zip(records, names):
         ok = r.is_face
-        cells = [r.image, "" if r.face is None else str(r.face), r.expression or "-",
+        cells = [name, "" if r.face is None else str(r.face), r.expression or "-",
                  f"{r.confidence:.1%}" if ok else "-", regions_agreement(r) if ok else "-"]
         if show_au:
             cells.append(active_aus(r.aus))

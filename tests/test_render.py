@@ -59,6 +59,29 @@ def test_predict_table_marks_active_aus_by_region_and_failed_images():
         "3 images: 1 face predicted, 0 images without a face, 2 errors; wrote p.csv")
 
 
+def test_predict_table_names_the_shared_folder_once(tmp_path, monkeypatch):
+    from poi_cli.deploy.records import FaceRecord
+
+    def rows(*images):
+        return [FaceRecord(image=i, face=0, expression="fear", confidence=0.5, consistency=None, status="ok") for i in images]
+
+    # a long shared folder goes to the caption; the narrow column keeps names whole
+    deep = "/data/a/very/long/folder/of/photos"
+    table = render.predict_table(rows(f"{deep}/one.jpg", f"{deep}/sub/two.jpg"), "m.onnx", ["a"], show_au=False)
+    out = text_of(table, width=80)
+    assert table.caption == f"images in {deep}" and "│ one.jpg " in out and "│ sub/two.jpg " in out
+    # nothing shared, a file of the working folder, or an in-memory image: the names as given
+    assert render.shared_folder(["/x/a.jpg", "/y/b.jpg"]) == (None, ["/x/a.jpg", "/y/b.jpg"])
+    assert render.shared_folder(["a.jpg", "d/b.jpg"]) == (None, ["a.jpg", "d/b.jpg"])
+    assert render.shared_folder(["<image 1>", "<image 2>"])[0] is None
+    assert render.shared_folder(["/abs/a.jpg", "rel/b.jpg"])[0] is None
+    assert render.predict_table(rows("a.jpg"), "m.onnx", ["a"], show_au=False).caption is None
+    # the model's path as typed, relative to the working folder when under it
+    monkeypatch.chdir(tmp_path)
+    assert render.shown_path(tmp_path / "w" / "m.onnx") == "w/m.onnx"
+    assert render.shown_path("/elsewhere/m.onnx") == "/elsewhere/m.onnx" and render.shown_path("m.onnx") == "m.onnx"
+
+
 def test_clean_and_calibrate_lines():
     summary = {"n_selected": 3, "n_images": 10, "n_changed": 2, "changed_wrong_before": 2, "changed_right_after": 1,
                "noise_rate_before": 0.2, "noise_rate_after": 0.1}
