@@ -482,10 +482,13 @@ def refit_summary(result: "RefitResult") -> list[Table | Line]:
                 *[f"{100 * head.mean_recall[n]:.2f}" if n in head.mean_recall else "-" for n in result.members],
                 f"{100 * head.score:.2f}", mark]
 
-    table.add_row(*row(result.before, ""))
+    table.add_row(*row(result.before, "chosen" if result.kept_own_head else ""))
     for head in result.candidates:
         table.add_row(*row(head, "chosen" if head is result.chosen else ""))
     took = " and ".join(f"{part} {value:.1f} s" for part, value in result.seconds.items())
+    if result.kept_own_head:
+        return [table, Line(f"no re-fitted head scored above the model's own: wrote {result.written} with its own head and "
+                            f"calibration ({result.train_images} training images and their mirrors; {took})", soft_wrap=True)]
     return [table, Line(f"wrote {result.written} (fitted on {result.train_images} training images and their mirrors; {took}; "
                         f"uncalibrated: run `poi calibrate {result.written} PREPARED_DIR --in-place` next)", soft_wrap=True)]
 

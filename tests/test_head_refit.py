@@ -99,6 +99,32 @@ def test_refit_head_changes_only_the_fc_and_leaves_the_model_file_alone(tiny_run
     assert "calibration" not in new and CheckpointInfo.of(new).calibration is None
 
 
+def test_refit_head_keeps_the_trained_head_when_no_refit_beats_it(tiny_runs, tmp_path, monkeypatch):
+    import poi_cli.train.head_refit as head_refit
+
+    # every re-fitted head answers class 0 for every face: none can beat the trained head
+    def constant_head(features, labels, weights, w0, b0, l2):
+        bias = np.full_like(b0, -10.0)
+        bias[0] = 10.0
+        return np.zeros_like(w0), bias
+
+    monkeypatch.setattr(head_refit, "fit_head", constant_head)
+    source = load_checkpoint(tiny_runs.poi / "best.pt")
+    result = refit_head(tiny_runs.poi, tiny_runs.data, out=tmp_path / "kept.pt", class_powers=(0.0,), l2s=(1e-4,),
+                        device="cpu", amp="off")
+    assert result.kept_own_head and result.chosen is result.before
+    assert result.before.score >= result.candidates[0].score  # worse or tied: a tie keeps the trained head too
+    kept = load_checkpoint(tmp_path / "kept.pt")
+    assert all(torch.equal(source["model"][key], kept["model"][key]) for key in source["model"])
+    assert kept.get("calibration") == source.get("calibration") and kept["head_refit"]["kept_own_head"]
+    assert (kept["head_refit"]["class_power"], kept["head_refit"]["l2"]) == (None, None)
+    from poi_cli import render
+    from tests.test_render import text_of
+    out = text_of(*render.refit_summary(result), width=200)
+    assert "no re-fitted head scored above the model's own" in out and "uncalibrated" not in out
+    assert [line for line in out.splitlines() if "own head" in line][0].rstrip(" │").endswith("chosen")
+
+
 def test_refit_head_on_a_combined_folder_weighs_and_scores_its_members(tiny_runs, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(tiny_runs.data, other)

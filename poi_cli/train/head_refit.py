@@ -93,6 +93,7 @@ class RefitResult:
     views: int  # 1: the face; 2: the face and its mirror (the model's recipe)
     members: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # "features", "fit": wall-clock time of each part
+    kept_own_head: bool = False  # no re-fitted head scored above the model's own: the file keeps it (and its T_cal)
 
 
 def parse_grid(text: str, option: str) -> tuple[float, ...]:
@@ -274,19 +275,21 @@ def refit_head(run_or_checkpoint: str | Path, prepared_dir: str | Path, out: Opt
                 bar.advance(task)
     seconds["fit"] = time.perf_counter() - started - seconds["features"]
     best = int(np.argmax([c.score for c in candidates]))  # the first of equal scores: the grid's order
-    weight, bias = heads[best]
-
-    state = dict(checkpoint["model"])
-    for key, value in zip(HEAD_KEYS, (weight, bias)):
-        state[key] = torch.from_numpy(value).to(state[key].dtype)
-    checkpoint["model"] = state
-    checkpoint.pop("calibration", None)  # fitted to the old head: `poi calibrate` the new one
+    # a re-fit must beat the trained head on validation to replace it (a tie keeps the trained one)
+    kept_own_head = candidates[best].score <= before.score
+    chosen = before if kept_own_head else candidates[best]
+    if not kept_own_head:
+        state = dict(checkpoint["model"])
+        for key, value in zip(HEAD_KEYS, heads[best]):
+            state[key] = torch.from_numpy(value).to(state[key].dtype)
+        checkpoint["model"] = state
+        checkpoint.pop("calibration", None)  # fitted to the old head: `poi calibrate` the new one
     checkpoint["head_refit"] = {
-        "class_power": candidates[best].class_power, "l2": candidates[best].l2, "select": select, "split": split,
+        "class_power": chosen.class_power, "l2": chosen.l2, "kept_own_head": kept_own_head, "select": select, "split": split,
         "prepared": str(Path(dataset.root).resolve()), "train_images": int(len(train.labels)), "views": views,
         "before": before.to_dict(), "candidates": [c.to_dict() for c in candidates],
         "seconds": {part: round(value, 1) for part, value in seconds.items()},
     }
     save_checkpoint(target, checkpoint)
-    return RefitResult(candidates[best], before, candidates, target, len(train.labels), len(val.labels), split, select,
-                       views, names, seconds)
+    return RefitResult(chosen, before, candidates, target, len(train.labels), len(val.labels), split, select,
+                       views, names, seconds, kept_own_head)
