@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trains the model bundled with poi (poi_cli/weights/) and packs it, in two rounds and a
+# Trains the model bundled with poi (poi_cli/weights/) and packs it, in three rounds and a
 # re-fit of the classifier (issue 25): POI ResNet-10, 96 px, 8 FERPlus classes (majority labels).
 #
 #   round 1  FERPlus train from scratch, 40 epochs (the first bundled model, issue 6;
@@ -7,8 +7,13 @@
 #   combine  FERPlus train + SFEW 2.0 train as one dataset, SFEW drawn 4 times per epoch
 #   audit    round 1's audit of the combined training labels (`poi clean --auto`)
 #   round 2  fine-tuned from round 1 on the (cleaned) combined labels, round 1 as the
-#            teacher (`--teacher`: what `--rounds 2 --rounds-teacher` does, warm-started)
-#   pack     round 2 packed as fp16 weights, its fusion and flip chosen on FERPlus valid
+#            teacher (`--teacher`: what `--rounds 2 --rounds-teacher` does, warm-started;
+#            kept as weights/history/poi_ferplus8_resnet10_96_v2.fp16.pt)
+#   round 3  fine-tuned from round 2 on the combined folder, round 2 as the teacher, with
+#            FERPlus's annotator votes as the targets (`--soft-labels`; SFEW's faces one-hot).
+#            Two arms were packed, soft and majority (the majority labels): soft was chosen on
+#            the packed models' validation (README, the bundled model's card)
+#   pack     round 3 packed as fp16 weights, its fusion and flip chosen on FERPlus valid
 #            (`poi calibrate`); the TRN's classifier fitted again on the frozen features of
 #            the combined training faces (`poi refit-head`, chosen on FERPlus valid and SFEW
 #            val); fusion, flip and T_cal chosen again for the new head, exported as the
@@ -29,13 +34,16 @@ THREADS="${THREADS:-1}"
 SIZE=96
 FERPLUS=prepared/ferplus$SIZE SFEW=prepared/sfew$SIZE CK=prepared/ck$SIZE BOTH=prepared/ferplus_sfew$SIZE
 ROUND1="${ROUND1:-runs/bundle/poi_resnet10_96}"   # or the kept v1 weights: ROUND1=weights/history/poi_ferplus8_resnet10_96_v1.fp16.pt
-ROUND2="${ROUND2:-runs/bundle2/wild}"
+ROUND2="${ROUND2:-runs/bundle2/wild}"     # or the kept v2 weights: ROUND2=weights/history/poi_ferplus8_resnet10_96_v2.fp16.pt
+ROUND3="${ROUND3:-runs/bundle4/soft}"     # soft: the annotators' votes as targets; majority: the majority labels
 ARM="$(basename "$ROUND2")"                         # wild: the augmentations below; plain: none
 WILD=(--gray-mix 0.3 --blur 0.2 --jpeg 0.2 --scale-jitter 0.1 --rotate 10)
 [ "$ARM" = wild ] || WILD=()
+SOFT=(--soft-labels)
+[ "$(basename "$ROUND3")" = soft ] || SOFT=()
 OUT=poi_cli/weights/poi_ferplus8_resnet10_96
-PACKED="$(dirname "$ROUND2")/round2.fp16.pt"       # round 2 packed and calibrated, before its head is re-fitted
-CARD="${CARD:-runs/bundle3/card}"
+PACKED="$(dirname "$ROUND3")/round3.fp16.pt"       # round 3 packed and calibrated, before its head is re-fitted
+CARD="${CARD:-runs/bundle4/card}"
 
 finished() {  # finished RUN EPOCHS: the run has all its epochs
   [ -f "$1/results.csv" ] && [ "$(($(wc -l < "$1/results.csv") - 1))" -ge "$2" ]
@@ -59,11 +67,13 @@ round1() {  # the first bundled model's recipe (68 min on the 2-core CPU with 2 
 
 audit() {  # round 1's audit of the combined training labels; with an in-sample audit of a
   # model that fitted its labels, --auto may relabel nothing (it says so)
+  [ -f "$ROUND2" ] && return  # round 2 given as a checkpoint file: its labels were chosen already
   local labels="$(dirname "$ROUND2")/clean/labels.csv"
   [ -f "$labels" ] || "$POI" clean "$ROUND1" "$BOTH" --auto --out "$labels" --threads "$THREADS"
 }
 
 round2() {
+  [ -f "$ROUND2" ] && return  # a checkpoint file was given
   local labels="$(dirname "$ROUND2")/clean/labels.csv"
   if finished "$ROUND2" 8; then return; fi
   if [ -f "$ROUND2/last.pt" ]; then "$POI" train --resume "$ROUND2" --threads "$THREADS"; return; fi
@@ -72,8 +82,17 @@ round2() {
     --project "$(dirname "$ROUND2")" --name "$ARM" --threads "$THREADS"
 }
 
+round3() {  # the wild augmentations always (round 2 chose them)
+  if finished "$ROUND3" 6; then return; fi
+  if [ -f "$ROUND3/last.pt" ]; then "$POI" train --resume "$ROUND3" --threads "$THREADS"; return; fi
+  "$POI" train "$BOTH" "${SOFT[@]}" --arch resnet10 --size $SIZE --fine-tune "$ROUND2" --teacher "$ROUND2" \
+    --epochs 6 --batch 128 --lr 0.01 --schedule cosine --weight-decay 5e-4 --seed 0 \
+    --gray-mix 0.3 --blur 0.2 --jpeg 0.2 --scale-jitter 0.1 --rotate 10 \
+    --project "$(dirname "$ROUND3")" --name "$(basename "$ROUND3")" --threads "$THREADS"
+}
+
 pack() {
-  "$POI" export "$ROUND2" --format weights --out "$PACKED"
+  "$POI" export "$ROUND3" --format weights --out "$PACKED"
   "$POI" calibrate "$PACKED" "$FERPLUS" --split val --fusion auto --flip auto --in-place --threads "$THREADS"
   "$POI" refit-head "$PACKED" "$BOTH" --out "$OUT.fp16.pt" --class-power 0,0.25,0.5,0.75,1 --l2 1e-5,1e-4,1e-3 \
     --threads "$THREADS"
@@ -91,7 +110,7 @@ card() {  # the model card's figures: FERPlus valid, SFEW val, CK+ zero-shot per
 }
 
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(prepare round1 audit round2 pack card)
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(prepare round1 audit round2 round3 pack card)
 for step in "${STEPS[@]}"; do
   echo "== $step"
   "$step"
