@@ -193,11 +193,8 @@ class MappedPredictions:
         """log p of the checkpoint's recipe in the shared classes' columns, (n, shared classes):
         the TRN's log softmax(z) by default; softmax(log p / T) renormalises over the shared classes
         (over a face's `answers` where they are narrower: a class it cannot be has no probability)."""
-        return self._answered(self.predictions.recipe_log_probs(self.recipe)[:, self.columns], NO_ANSWER_LOG_PROB)
-
-    def _answered(self, values: np.ndarray, excluded: float) -> np.ndarray:
-        """`values` in the shared classes' columns, `excluded` where a face's `answers` leave a class out."""
-        return values if self.answers is None else np.where(self.answers, values, excluded)
+        log_probs = self.predictions.recipe_log_probs(self.recipe)[:, self.columns]
+        return log_probs if self.answers is None else np.where(self.answers, log_probs, NO_ANSWER_LOG_PROB)
 
     @cached_property
     def members(self) -> Optional[dict]:
