@@ -224,7 +224,8 @@ def strata_lines(result: dict) -> list[str]:
 
 
 def calibration_lines(result: dict) -> list[str]:
-    """`poi evaluate`'s calibration lines: the protocol, then one per score (ECE, NLL, AURC, accuracy at 80 % coverage)."""
+    """`poi evaluate`'s calibration lines: the protocol, then one per score (ECE beside the ECE a perfectly
+    calibrated score would measure on as many images, NLL, AURC, accuracy at 80 % coverage)."""
     calibration = result.get("calibration")
     if not calibration:
         return []
@@ -236,7 +237,8 @@ def calibration_lines(result: dict) -> list[str]:
             lines.append(f"  {name}: - (baseline model: no UEM w)")
             continue
         nll = "-" if row["nll"] is None else f"{row['nll']:.4f}"
-        lines.append(f"  {name}: ECE {row['ece']:.4f}, NLL {nll}, AURC {row['aurc']:.4f}, "
+        floor = f" (perfectly calibrated here: {row['ece_floor']:.4f})" if row.get("ece_floor") is not None else ""
+        lines.append(f"  {name}: ECE {row['ece']:.4f}{floor}, NLL {nll}, AURC {row['aurc']:.4f}, "
                      f"accuracy at 80% coverage {row['accuracy_at_80']:.2%}")
     return lines
 

@@ -30,7 +30,8 @@ def calibration_line(metrics: dict) -> str:
     for name in ("max_softmax", "confidence"):
         score = scores.get(name) or {}
         if score:
-            parts.append(f"{name}: ECE {100 * score['ece']:.2f} %, NLL {score['nll']:.3f}, Brier {score['brier']:.3f}, "
+            floor = f" (perfectly calibrated: {100 * score['ece_floor']:.2f} %)" if score.get("ece_floor") is not None else ""
+            parts.append(f"{name}: ECE {100 * score['ece']:.2f} %{floor}, NLL {score['nll']:.3f}, Brier {score['brier']:.3f}, "
                          f"AURC {score['aurc']:.4f}")
     return "; ".join(parts)
 

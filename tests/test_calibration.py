@@ -180,3 +180,23 @@ def test_poi_calibrate_of_a_baseline_tries_the_trn_alone(tmp_path, prepared):
     refused = CliRunner().invoke(app, ["calibrate", str(baseline), str(prepared), "--fusion", "trn+pin"])
     assert refused.exit_code == 1 and "objective inference" in refused.output
     assert "Traceback" not in refused.output and len(refused.output.strip().splitlines()) == 1
+
+
+def test_ece_sampling_floor_matches_the_exact_expectation():
+    # 4 images, all at confidence 0.5 (one bin): ECE = |k/4 - 0.5| for k ~ Binomial(4, 0.5) right answers,
+    # whose mean is (2 * 0.5 + 2 * 4 * 0.25) / 16 = 0.1875 (k = 0, 4: 0.5 with 1/16 each; k = 1, 3: 0.25 with 4/16 each)
+    floor = cal.ece_sampling_floor(np.full(4, 0.5), draws=20000)
+    assert floor == pytest.approx(0.1875, abs=0.005)
+    # certain scores (0 or 1) are perfectly calibrated on any sample: no floor
+    assert cal.ece_sampling_floor(np.array([1.0, 1.0, 0.0])) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ece_sampling_floor_falls_with_the_number_of_images():
+    confidence = np.random.default_rng(0).uniform(0.3, 1.0, 4000)
+    small, large = cal.ece_sampling_floor(confidence[:400]), cal.ece_sampling_floor(confidence)
+    # ECE's bias shrinks about as 1 / sqrt(n): ten times the images, about a third of the floor
+    assert 0.2 < large / small < 0.5
+    # and a score that is calibrated measures near its floor, one that is not well above it
+    outcomes = np.random.default_rng(1).random(4000) < confidence
+    assert cal.expected_calibration_error(confidence, outcomes) < 2.5 * large
+    assert cal.expected_calibration_error(np.clip(confidence + 0.1, 0, 1), outcomes) > 4 * large

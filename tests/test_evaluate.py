@@ -98,8 +98,10 @@ def test_evaluate_known_answer_cli_json_and_files(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["accuracy"] == report["accuracy"]
     table_mode = CliRunner().invoke(app, ["evaluate", str(checkpoint), str(data), "--out", str(out), "--device", "cpu"])
     assert table_mode.exit_code == 0 and f"consistency w: min {w['min']:.4f}" in table_mode.stdout
-    ece = calibration["scores"]["confidence"]["ece"]
-    assert f"confidence: ECE {ece:.4f}, NLL" in table_mode.stdout and "accuracy at 80% coverage" in table_mode.stdout
+    confidence = calibration["scores"]["confidence"]
+    assert 0 < confidence["ece_floor"] < 1
+    assert f"confidence: ECE {confidence['ece']:.4f} (perfectly calibrated here: {confidence['ece_floor']:.4f}), NLL" \
+        in table_mode.stdout and "accuracy at 80% coverage" in table_mode.stdout
     assert "consistency: ECE" in table_mode.stdout and "fitted on a seeded half" in table_mode.stdout
 
 

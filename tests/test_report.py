@@ -218,7 +218,7 @@ def test_single_run_with_old_eval_metrics_and_a_run_without_epochs(runs, tmp_pat
 
 
 def test_eval_metrics_with_calibration_fill_runs_csv_and_both_strata(runs, tmp_path):
-    scores = {"max_softmax": {"ece": 0.2, "aurc": 0.3}, "confidence": {"ece": 0.05, "aurc": 0.3},
+    scores = {"max_softmax": {"ece": 0.2, "aurc": 0.3}, "confidence": {"ece": 0.05, "ece_floor": 0.02, "aurc": 0.3},
               "consistency": {"ece": 0.4, "aurc": 0.35}}
     write_metrics(runs / "poi20", confidence_strata=[stratum(0.9, 0.4)], consistency_strata=[stratum(0.8, 0.5)],
                   calibration={"scores": scores})
@@ -226,7 +226,7 @@ def test_eval_metrics_with_calibration_fill_runs_csv_and_both_strata(runs, tmp_p
                   calibration={"scores": {**scores, "consistency": None}})
     build_report([runs], tmp_path / "out")
     summary = pd.read_csv(tmp_path / "out" / "runs.csv").set_index("run")
-    assert summary.loc["poi20", list(CALIBRATION_COLUMNS)].tolist() == pytest.approx([0.05, 0.2, 0.3, 0.35, 0.3])
+    assert summary.loc["poi20", list(CALIBRATION_COLUMNS)].tolist() == pytest.approx([0.05, 0.02, 0.2, 0.3, 0.35, 0.3])
     assert pd.isna(summary.loc["base20", "aurc_consistency"]) and summary.loc["base20", "ece_confidence"] == 0.05
     strata = pd.read_csv(tmp_path / "out" / "strata.csv")
     assert strata.columns.tolist() == ["run", "score", "fraction", "n", "most_confident_acc", "least_confident_acc"]
@@ -237,7 +237,7 @@ def test_eval_metrics_with_calibration_fill_runs_csv_and_both_strata(runs, tmp_p
     assert "| base20 | 50.00 | 4 | 70.00 | 60.00 | - | - |" in markdown
     assert "predates" not in markdown
     build_report([runs / "base20"], tmp_path / "base")  # no run with a consistency AURC
-    assert "| base20 | 0.05 | 0.2 | 0.3 | - | 0.3 |" in (tmp_path / "base" / "report.md").read_text()
+    assert "| base20 | 0.05 | 0.02 | 0.2 | 0.3 | - | 0.3 |" in (tmp_path / "base" / "report.md").read_text()
 
 
 def test_report_without_runs_is_a_one_line_error(tmp_path):

@@ -21,7 +21,8 @@ FER2013 repeats training images in valid) against the rest:
 
 The `calibration` block judges both, and the raw softmax, with
 model.calibration.calibration_study: T_cal fitted on a seeded half of the images, every
-figure (ECE, NLL, Brier, AURC, accuracy at a coverage) measured on the other half;
+figure (ECE, NLL, Brier, AURC, accuracy at a coverage) measured on the other half, each ECE
+beside the ECE a perfectly calibrated score would measure on as many images (ece_floor);
 write_reports draws its reliability diagram and risk-coverage curves.
 
 Classes are matched by name: a model trained on 8 classes evaluated on 7-class data
@@ -468,16 +469,17 @@ def _pyplot():
 
 def plot_reliability(calibration: dict, path: Path) -> Path:
     """Reliability diagram of the measured half: accuracy against mean confidence per bin,
-    raw softmax and after temperature scaling, with the diagonal and each ECE."""
+    raw softmax and after temperature scaling, with the diagonal and each ECE beside its sampling floor."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(5.0, 4.6))
     axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
     labels = {"max_softmax": "raw softmax", "confidence": f"temperature-scaled (T = {calibration['temperature_half']:.3g})"}
     for (name, label), marker in zip(labels.items(), ("o", "s")):
         filled = [b for b in calibration["reliability"][name] if b["n"]]
-        ece = calibration["scores"][name]["ece"]
+        row = calibration["scores"][name]
+        floor = f" (perfectly calibrated: {row['ece_floor']:.3f})" if row.get("ece_floor") is not None else ""
         axes.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], marker=marker,
-                  label=f"{label}, ECE {ece:.3f}")
+                  label=f"{label}, ECE {row['ece']:.3f}{floor}")
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1)
     axes.set_xlabel("mean confidence in bin")

@@ -67,10 +67,11 @@ PATH_OPTIONS = ("pretrained", "fine_tune")  # weights files: the same file where
 SUMMARY_COLUMNS = [
     "run", "method", "variant", "arch", "input_size", "noise", "noise_realised", *SWITCHES, "seed", "epochs_done", "epochs_planned",
     "missing_epochs", "final_val_acc", "best_val_acc", "best_epoch", "final_train_acc", "eval_acc", "eval_split",
-    "eval_acc_without_twins", "ece_confidence", "ece_max_softmax", "aurc_confidence", "aurc_consistency", "aurc_max_softmax", "path",
+    "eval_acc_without_twins", "ece_confidence", "ece_floor_confidence", "ece_max_softmax", "aurc_confidence", "aurc_consistency", "aurc_max_softmax", "path",
 ]
 CALIBRATION_COLUMNS = {  # runs.csv column: (metric, score) in an evaluation's calibration block
-    "ece_confidence": ("ece", "confidence"), "ece_max_softmax": ("ece", "max_softmax"),
+    "ece_confidence": ("ece", "confidence"), "ece_floor_confidence": ("ece_floor", "confidence"),
+    "ece_max_softmax": ("ece", "max_softmax"),
     "aurc_confidence": ("aurc", "confidence"), "aurc_consistency": ("aurc", "consistency"),
     "aurc_max_softmax": ("aurc", "max_softmax"),
 }
@@ -568,7 +569,9 @@ def build_report(
     if not calibration.empty:
         sections.append("## Calibration (ECE, AURC; lower is better)\n\nMeasured on one seeded half of the evaluated images, "
                         "T_cal fitted on the other half. confidence = the TRN's softmax after temperature scaling, "
-                        "max_softmax = before it, consistency = the UEM's w.\n\n" + _markdown(calibration))
+                        "max_softmax = before it, consistency = the UEM's w; ece_floor_confidence = the ECE a "
+                        "perfectly calibrated confidence would measure on as many images (ECE is biased upward "
+                        "on a finite sample).\n\n" + _markdown(calibration))
     if not strata_frame.empty:
         sections.append("## Accuracy by confidence stratum (Table IV)\n\nImages ranked by the calibrated confidence and "
                         "by the consistency w; accuracy of the most and least confident fraction.\n\n"
