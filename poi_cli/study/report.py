@@ -25,7 +25,8 @@ Per-image results (confusion matrix, strata, calibration) need predictions. Two 
 Either way strata.csv holds the accuracy of the most and least confident 30/50/70 %
 (Table IV) by each score (`score`: confidence = calibrated probability, consistency =
 w), and runs.csv each score's ECE and AURC on the measured half of the calibration
-study (evaluate.calibration_block).
+study (evaluate.calibration_block), and the ECE a perfectly calibrated confidence would
+measure there (ece_floor_confidence).
 A folder that is not a run is named in `skipped` and left out; nothing in a run folder
 is modified.
 """
