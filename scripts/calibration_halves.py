@@ -5,7 +5,8 @@ calibrated score would measure on as many images (model.calibration.ece_sampling
 
     python scripts/calibration_halves.py PREPARED_DIR MODEL [MODEL ...] [--split val] [--seeds 10] [--threads 1]
 
-For each model: its recipe's log p on the split (float32, as `poi evaluate --amp off`), then
+For each model: its recipe's log p on the split (float32, as `poi evaluate --amp off`, classes
+matched by name as there), then
 for seeds 0..N-1 the calibration study of `poi evaluate` (calibration_study: T_cal fitted on
 one seeded half, ECE measured on the other; seed 0 is `poi evaluate`'s own half). Prints
 aggregate figures only.
@@ -18,10 +19,8 @@ import argparse
 import numpy as np
 import torch
 
-from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import calibration_study
-from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint
-from poi_cli.model.predictions import predict_checkpoint_split
+from poi_cli.study.evaluate import predict_mapped
 
 
 def main() -> None:
@@ -33,19 +32,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    dataset = PreparedDataset(args.prepared)
-    data = dataset.split(args.split)
     for model in args.models:
-        checkpoint = load_checkpoint(model)
-        recipe = CheckpointInfo.of(checkpoint).recipe
-        predictions = predict_checkpoint_split(checkpoint, dataset.faces, data.store_rows, data.labels, "cpu", amp="off",
-                                               with_pin=recipe.uses_pin, mirror=recipe.flip)
-        log_probs = predictions.recipe_log_probs(recipe)
-        studies = [calibration_study(log_probs, data.labels, seed=seed)["scores"]["confidence"] for seed in range(args.seeds)]
+        mapped = predict_mapped(model, args.prepared, args.split, device="cpu", amp="off")
+        log_probs, labels, recipe = mapped.log_probs, mapped.targets, mapped.recipe
+        studies = [calibration_study(log_probs, labels, seed=seed)["scores"]["confidence"] for seed in range(args.seeds)]
         ece = np.array([s["ece"] for s in studies]) * 100
         floor = np.array([s["ece_floor"] for s in studies]) * 100
-        print(f"{model} ({recipe.describe()}): accuracy {100 * (log_probs.argmax(1) == data.labels).mean():.2f} % on "
-              f"{len(data.labels)} faces; ECE of confidence over seeds 0-{args.seeds - 1}: mean {ece.mean():.2f} % "
+        print(f"{model} ({recipe.describe()}): accuracy {100 * (log_probs.argmax(1) == labels).mean():.2f} % on "
+              f"{len(labels)} faces; ECE of confidence over seeds 0-{args.seeds - 1}: mean {ece.mean():.2f} % "
               f"(min {ece.min():.2f}, max {ece.max():.2f}; seed 0: {ece[0]:.2f}); a perfectly calibrated score on the "
               f"same halves: mean {floor.mean():.2f} % (seed 0: {floor[0]:.2f}); ECE minus floor: mean {(ece - floor).mean():.2f}")
         print("  per seed: " + ", ".join(f"{e:.2f}/{f:.2f}" for e, f in zip(ece, floor)))

@@ -4,7 +4,7 @@ own recipe, T = 1). An analysis for issue 25's FERPlus target; it changes no mod
 
     python scripts/ensemble_accuracy.py PREPARED_DIR MODEL MODEL [MODEL ...] [--split val] [--threads 1]
 
-Float32, as `poi evaluate --amp off`; prints aggregate figures only.
+Float32, classes matched by name, as `poi evaluate --amp off`; prints aggregate figures only.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import itertools
 import numpy as np
 import torch
 
-from poi_cli.data.store import PreparedDataset
-from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint
-from poi_cli.model.predictions import predict_checkpoint_split
+from poi_cli.study.evaluate import predict_mapped
 
 
 def main() -> None:
@@ -30,21 +28,19 @@ def main() -> None:
     if len(args.models) < 2:
         parser.error("name at least two models")
     torch.set_num_threads(args.threads)
-    dataset = PreparedDataset(args.prepared)
-    data = dataset.split(args.split)
-    probs = []
+    probs, targets = [], None
     for index, model in enumerate(args.models):
-        checkpoint = load_checkpoint(model)
-        recipe = CheckpointInfo.of(checkpoint).recipe
-        predictions = predict_checkpoint_split(checkpoint, dataset.faces, data.store_rows, data.labels, "cpu", amp="off",
-                                               with_pin=recipe.uses_pin, mirror=recipe.flip)
-        probs.append(np.exp(predictions.recipe_log_probs(recipe)))
-        print(f"[{index}] {model} ({recipe.describe()})")
-    print(f"accuracy on {args.split} ({len(data.labels)} faces):")
+        mapped = predict_mapped(model, args.prepared, args.split, device="cpu", amp="off")
+        if targets is not None and not np.array_equal(mapped.targets, targets):
+            parser.error(f"{model} scores other faces or classes of {args.split} than {args.models[0]}")
+        probs.append(np.exp(mapped.log_probs))
+        targets = mapped.targets
+        print(f"[{index}] {model} ({mapped.recipe.describe()})")
+    print(f"accuracy on {args.split} ({len(targets)} faces):")
     for size in range(1, len(probs) + 1):
         for members in itertools.combinations(range(len(probs)), size):
             mean = np.mean([probs[i] for i in members], axis=0)
-            print(f"  {'+'.join(str(i) for i in members):<12} {100 * (mean.argmax(1) == data.labels).mean():.2f} %")
+            print(f"  {'+'.join(str(i) for i in members):<12} {100 * (mean.argmax(1) == targets).mean():.2f} %")
 
 
 if __name__ == "__main__":
