@@ -18,8 +18,10 @@ CK="${CK:-prepared/ck96}"
 SFEW="${SFEW:-prepared/sfew96}"
 PROJECT="${PROJECT:-runs/small}"
 POI="${POI:-.venv/bin/poi}"
-BUNDLED=poi_cli/weights/poi_ferplus8_resnet10_96.fp16.pt
+BUNDLED="${BUNDLED:-poi_cli/weights/poi_ferplus8_resnet10_96.fp16.pt}"  # the source model (the tables: v1 and v4)
 RECIPE=(--arch resnet10 --size 96 --epochs 5 --batch 32 --lr 0.01 --schedule cosine --weight-decay 1e-4 --seed 0)
+THREADS_OPTION=()  # THREADS: torch threads of every training and evaluation (default: poi's)
+[ -n "${THREADS:-}" ] && THREADS_OPTION=(--threads "$THREADS") && RECIPE+=("${THREADS_OPTION[@]}")
 FT=(--fine-tune "$BUNDLED")
 
 prepare_data() {
@@ -28,17 +30,17 @@ prepare_data() {
 }
 
 evaluate() {  # evaluate RUN_OR_CKPT DATA SPLIT OUT
-  [ -f "$4/metrics.json" ] || "$POI" evaluate "$1" "$2" --split "$3" --out "$4" > /dev/null
+  [ -f "$4/metrics.json" ] || "$POI" evaluate "$1" "$2" --split "$3" "${THREADS_OPTION[@]}" --out "$4" > /dev/null
 }
 sfew_run() {  # sfew_run NAME [OPTIONS...]
   local name="$1" dir="$PROJECT/$1"; shift
-  if [ -f "$dir/last.pt" ]; then "$POI" train --resume "$dir" || true
+  if [ -f "$dir/last.pt" ]; then "$POI" train --resume "$dir" "${THREADS_OPTION[@]}" || true
   else rm -rf "$dir"; "$POI" train "$SFEW" "${RECIPE[@]}" --val-split none "$@" --project "$PROJECT" --name "$name"; fi
   evaluate "$dir" "$SFEW" val "$dir/eval"
 }
 ck_scratch_fold() {  # one fold of the from-scratch CK+ runs (they are slow: run as many as time allows)
   local dir="$PROJECT/ck_scratch/fold$1"
-  if [ -f "$dir/last.pt" ]; then "$POI" train --resume "$dir" || true
+  if [ -f "$dir/last.pt" ]; then "$POI" train --resume "$dir" "${THREADS_OPTION[@]}" || true
   else rm -rf "$dir"; "$POI" train "$CK" "${RECIPE[@]}" --fold "$1" --project "$PROJECT/ck_scratch" --name "fold$1"; fi
   evaluate "$dir" "$CK" "fold$1" "$dir/eval"
 }
