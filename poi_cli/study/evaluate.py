@@ -477,15 +477,15 @@ def plot_reliability(calibration: dict, path: Path) -> Path:
     for (name, label), marker in zip(labels.items(), ("o", "s")):
         filled = [b for b in calibration["reliability"][name] if b["n"]]
         row = calibration["scores"][name]
-        floor = f" (perfectly calibrated: {row['ece_floor']:.3f})" if row.get("ece_floor") is not None else ""
+        floor = f" (floor {row['ece_floor']:.3f})" if row.get("ece_floor") is not None else ""
         axes.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], marker=marker,
                   label=f"{label}, ECE {row['ece']:.3f}{floor}")
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1)
     axes.set_xlabel("mean confidence in bin")
     axes.set_ylabel("accuracy in bin")
-    axes.set_title(f"measured half: {calibration['n_measured']} images (T fitted on the other {calibration['n_fit']})",
-                   fontsize=9)
+    axes.set_title(f"measured half: {calibration['n_measured']} images (T fitted on the other {calibration['n_fit']})\n"
+                   "floor: the ECE a perfectly calibrated score would measure here", fontsize=9)
     axes.legend(fontsize=8, loc="upper left")
     figure.tight_layout()
     return save_figure(figure, path, dpi=120)
