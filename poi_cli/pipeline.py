@@ -6,7 +6,9 @@ suggestion (poi clean), and a new run trained from scratch on the cleaned labels
 round is an ordinary run folder (NAME, NAME_round2, ...); the cleaned label file and its
 summary sit in the previous round's folder, under clean/. A cleaning that changes no
 label ends the rounds (the next would repeat the last run). With `--rounds-teacher` each
-later round also learns from the round before it (`--teacher`, train/teacher.py).
+later round also learns from the round before it (`--teacher`, train/teacher.py); with
+`--rounds-fine-tune N` it starts from the round before it instead of from scratch and
+trains N epochs at a fraction of --lr (fine_tuned_round).
 
 `cross_fit_audit` (`poi audit RUN PREPARED --cross-fit K`, `poi train --rounds 2
 --clean-cross-fit K`): the audit scored out of sample, as confident learning (cleanlab)
@@ -44,7 +46,7 @@ from poi_cli.study.clean import FITTED_ADVICE, clean, clean_audit, write_clean
 from poi_cli.study.evaluate import evaluate, write_reports
 from poi_cli.model.checkpoint import CONFIG_FILE, LAST, load_checkpoint, read_checkpoint_info, resolve_checkpoint
 from poi_cli.model.predictions import predict_checkpoint_split
-from poi_cli.train.config import TrainConfig, TrainError
+from poi_cli.train.config import ROUNDS_FINE_TUNE_LR_FACTOR, TrainConfig, TrainError
 from poi_cli.train.engine import train
 
 CLEAN_DIR = "clean"
@@ -136,10 +138,20 @@ def later_rounds(first: Path, previous: Path, start: int, config: TrainConfig, c
         announce(f"round {number}: labels cleaned by {runs[-1].name} -> {labels}")
         following = replace(config, labels=str(labels), noise=0.0, resume=None,
                             teacher=str(runs[-1]) if config.rounds_teacher else config.teacher)
+        if config.rounds_fine_tune:
+            following = fine_tuned_round(following, runs[-1])
         run_dir = round_folder(first, number)
         train_or_resume(run_dir, following, console)
         runs.append(run_dir)
     return runs[1:]
+
+
+def fine_tuned_round(config: TrainConfig, previous: Path) -> TrainConfig:
+    """--rounds-fine-tune: a later round starts from the round before it (its best.pt, as
+    --fine-tune) and trains config.rounds_fine_tune epochs at ROUNDS_FINE_TUNE_LR_FACTOR x --lr
+    on a cosine schedule; the rest of the recipe is round 1's."""
+    return replace(config, fine_tune=str(previous), pretrained=None, epochs=config.rounds_fine_tune,
+                   lr=round(config.lr * ROUNDS_FINE_TUNE_LR_FACTOR, 12), schedule="cosine")  # round: 0.01, not 0.010000000000000002
 
 
 def train_folds(config: TrainConfig, console: Optional[Console] = None,

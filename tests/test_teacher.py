@@ -81,3 +81,22 @@ def test_rounds_teacher_teaches_round_two_with_round_one(tmp_path):
     assert pd.read_csv(project / "exp_round2" / "results.csv")["loss_kl_teacher"].notna().all()
     alone = CliRunner().invoke(app, ["train", str(data), "--rounds-teacher", *common])
     assert alone.exit_code == 1 and "--rounds-teacher needs --rounds 2" in alone.output
+
+
+def test_rounds_fine_tune_starts_round_two_from_round_one(tmp_path):
+    data = make_prepared(tmp_path / "data", splits={"train": 2, "valid": 1})
+    project = tmp_path / "runs"
+    common = ["--size", "64", "--epochs", "2", "--lr", "0.05", "--batch", "7", "--amp", "off", "--project", str(project)]
+    result = CliRunner().invoke(app, ["train", str(data), "--noise", "0.3", "--rounds", "2", "--rounds-teacher",
+                                      "--rounds-fine-tune", "1", "--clean-threshold", "0.05", *common])
+    assert result.exit_code == 0, result.output
+    first, second = (json.loads((project / name / "config.json").read_text()) for name in ("exp", "exp_round2"))
+    round_one = str((project / "exp").resolve())
+    assert first["fine_tune"] is None and (first["epochs"], first["lr"], first["schedule"]) == (2, 0.05, "step")
+    # round 2: round 1's weights, its own epochs, a fifth of the learning rate, cosine; the teacher as before
+    assert second["fine_tune"] == round_one and second["teacher"] == round_one
+    assert (second["epochs"], second["schedule"]) == (1, "cosine") and second["lr"] == 0.01
+    assert len(pd.read_csv(project / "exp_round2" / "results.csv")) == 1
+    assert "fine-tuning from" in result.output
+    alone = CliRunner().invoke(app, ["train", str(data), "--rounds-fine-tune", "3", *common])
+    assert alone.exit_code == 1 and "--rounds-fine-tune needs --rounds 2" in alone.output
