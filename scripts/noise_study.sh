@@ -8,7 +8,8 @@
 # images the relabelling selected left out instead, `poi clean --drop`; poi_n30_clean_round3:
 # a second cleaning, of poi_n30_clean's own labels, and a third training; poi_n30_clean_teacher:
 # poi_n30_clean's labels with poi_n30 as a frozen teacher, `poi train --teacher` (*3: --teacher-weight 3;
-# *_ft: fine-tuned from poi_n30 instead of trained from scratch, FT_EPOCHS epochs at FT_LR, cosine);
+# *_ft: fine-tuned from poi_n30 instead of trained from scratch, FT_EPOCHS epochs at FT_LR, cosine;
+# poi_n0_ft, its control: poi_n0 trained on as long, fine-tuned from and taught by itself on the clean labels);
 # poi_n30_oracle_drop: an analysis with the known flips, the 30 % labels without their flipped
 # images, i.e. what a perfect `poi clean --drop` would train on), then the levers the paper
 # allows at 30 % (lambda_2 0.1, --distill-warmup 5, T = 1), the Table X ablations at 30 %, and
@@ -71,6 +72,8 @@ declare -A RUNS=(
   [poi_n30_clean_round3]="$(cleaned poi_n30_clean)"
   [poi_n30_clean_teacher]="$(cleaned poi_n30) --teacher $PROJECT/poi_n30_seed$SEED"
   [poi_n30_clean_teacher3]="$(cleaned poi_n30) --teacher $PROJECT/poi_n30_seed$SEED --teacher-weight 3"
+  [poi_n0_ft]="$(noisy 0) --teacher $PROJECT/poi_n0_seed$SEED --fine-tune $PROJECT/poi_n0_seed$SEED
+               --epochs ${FT_EPOCHS:-6} --lr ${FT_LR:-0.01} --schedule cosine"
   [poi_n30_clean_teacher_ft]="$(cleaned poi_n30) --teacher $PROJECT/poi_n30_seed$SEED --fine-tune $PROJECT/poi_n30_seed$SEED
                               --epochs ${FT_EPOCHS:-6} --lr ${FT_LR:-0.01} --schedule cosine"
   [poi_n30_oracle_drop]="--labels $(oracle_drop 30)"
@@ -93,7 +96,7 @@ declare -A CLEANS=([poi_n30_clean]=poi_n30 [poi_n0_clean]=poi_n0 [poi_n30_clean_
                    [poi_n30_clean_teacher3]=poi_n30 [poi_n30_clean_teacher_ft]=poi_n30)
 ORDER=(ce_n0 ce_n30 poi_n30 poi_n30_clean poi_n0 poi_n0_clean poi_n30_paper_uem poi_n0_paper_uem
        poi_n30_clean_oof poi_n30_clean_drop poi_n30_clean_round3
-       poi_n30_clean_teacher poi_n30_clean_teacher3 poi_n30_clean_teacher_ft poi_n30_oracle_drop
+       poi_n30_clean_teacher poi_n30_clean_teacher3 poi_n30_clean_teacher_ft poi_n0_ft poi_n30_oracle_drop
        poi_n30_lambda2_0.1 poi_n30_distill_warmup5 poi_n30_T1 poi_n30_no_prior poi_n30_no_oim poi_n30_no_uem
        ce_n10 poi_n10 ce_n20 poi_n20 poi_n0_soft)
 CROSS_FIT="${CROSS_FIT:-5}"  # folds of the out-of-fold audit behind *_clean_oof
