@@ -149,8 +149,9 @@ def later_rounds(first: Path, previous: Path, start: int, config: TrainConfig, c
 def fine_tuned_round(config: TrainConfig, previous: Path) -> TrainConfig:
     """--rounds-fine-tune: a later round starts from the round before it (its best.pt, as
     --fine-tune) and trains config.rounds_fine_tune epochs at ROUNDS_FINE_TUNE_LR_FACTOR x --lr
-    on a cosine schedule; the rest of the recipe is round 1's."""
-    return replace(config, fine_tune=str(previous), pretrained=None, epochs=config.rounds_fine_tune,
+    on a cosine schedule without warm-up (a trained model needs none); the rest of the recipe
+    is round 1's."""
+    return replace(config, fine_tune=str(previous), pretrained=None, epochs=config.rounds_fine_tune, warmup_epochs=0.0,
                    lr=round(config.lr * ROUNDS_FINE_TUNE_LR_FACTOR, 12), schedule="cosine")  # round: 0.01, not 0.010000000000000002
 
 

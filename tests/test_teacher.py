@@ -88,14 +88,15 @@ def test_rounds_fine_tune_starts_round_two_from_round_one(tmp_path):
     project = tmp_path / "runs"
     common = ["--size", "64", "--epochs", "2", "--lr", "0.05", "--batch", "7", "--amp", "off", "--project", str(project)]
     result = CliRunner().invoke(app, ["train", str(data), "--noise", "0.3", "--rounds", "2", "--rounds-teacher",
-                                      "--rounds-fine-tune", "1", "--clean-threshold", "0.05", *common])
+                                      "--rounds-fine-tune", "1", "--clean-threshold", "0.05", "--warmup-epochs", "1", *common])
     assert result.exit_code == 0, result.output
     first, second = (json.loads((project / name / "config.json").read_text()) for name in ("exp", "exp_round2"))
     round_one = str((project / "exp").resolve())
     assert first["fine_tune"] is None and (first["epochs"], first["lr"], first["schedule"]) == (2, 0.05, "step")
     # round 2: round 1's weights, its own epochs, a fifth of the learning rate, cosine; the teacher as before
     assert second["fine_tune"] == round_one and second["teacher"] == round_one
-    assert (second["epochs"], second["schedule"]) == (1, "cosine") and second["lr"] == 0.01
+    assert (second["epochs"], second["schedule"], second["warmup_epochs"]) == (1, "cosine", 0.0) and second["lr"] == 0.01
+    assert first["warmup_epochs"] == 1.0
     assert len(pd.read_csv(project / "exp_round2" / "results.csv")) == 1
     assert "fine-tuning from" in result.output
     alone = CliRunner().invoke(app, ["train", str(data), "--rounds-fine-tune", "3", *common])
