@@ -152,7 +152,7 @@ def fine_tuned_round(config: TrainConfig, previous: Path) -> TrainConfig:
     on a cosine schedule without warm-up (a trained model needs none); the rest of the recipe
     is round 1's."""
     return replace(config, fine_tune=str(previous), pretrained=None, epochs=config.rounds_fine_tune, warmup_epochs=0.0,
-                   lr=round(config.lr * ROUNDS_FINE_TUNE_LR_FACTOR, 12), schedule="cosine")  # round: 0.01, not 0.010000000000000002
+                   lr=round(config.lr * ROUNDS_FINE_TUNE_LR_FACTOR, 12), schedule="cosine")  # round: 0.02, not 0.020000000000000004
 
 
 def train_folds(config: TrainConfig, console: Optional[Console] = None,

@@ -93,9 +93,9 @@ def test_rounds_fine_tune_starts_round_two_from_round_one(tmp_path):
     first, second = (json.loads((project / name / "config.json").read_text()) for name in ("exp", "exp_round2"))
     round_one = str((project / "exp").resolve())
     assert first["fine_tune"] is None and (first["epochs"], first["lr"], first["schedule"]) == (2, 0.05, "step")
-    # round 2: round 1's weights, its own epochs, a fifth of the learning rate, cosine; the teacher as before
+    # round 2: round 1's weights, its own epochs, two fifths of the learning rate, cosine; the teacher as before
     assert second["fine_tune"] == round_one and second["teacher"] == round_one
-    assert (second["epochs"], second["schedule"], second["warmup_epochs"]) == (1, "cosine", 0.0) and second["lr"] == 0.01
+    assert (second["epochs"], second["schedule"], second["warmup_epochs"]) == (1, "cosine", 0.0) and second["lr"] == 0.02
     assert first["warmup_epochs"] == 1.0
     assert len(pd.read_csv(project / "exp_round2" / "results.csv")) == 1
     assert "fine-tuning from" in result.output
