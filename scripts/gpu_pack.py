@@ -14,8 +14,9 @@ Stages, in order, each under a hard time limit, each result written as soon as i
   throughput_compile  the same POI step under torch.compile (GPU only)
   data                the prepared FERPlus store of the noise runs (unpacked from the carried pack)
   noise               cross-entropy and POI at 30 % label noise (the shipped seed-0 file) and the
-                      clean-and-teach recipe (`poi train --rounds 2 --rounds-teacher`) at 112 px, each
-                      evaluated on FERPlus valid, with as many epochs as the time left allows
+                      clean-and-teach recipe (`poi train --rounds 2 --rounds-teacher --rounds-fine-tune N`:
+                      round 2 fine-tuned from round 1 for as many epochs) at 112 px, each evaluated on
+                      FERPlus valid, with as many epochs as the time left allows
 
 Results, in the output folder (at most 8 files, none in a sub-folder: what the device tool brings
 back): summary.json and summary.md (rewritten after every stage, so a pack killed at any point
@@ -428,7 +429,8 @@ class Pack:
         groups = [
             ("ce_n30", [["train", store, *recipe, "--baseline", "--labels", labels, "--project", project, "--name", "ce_n30"],
                         evaluate("ce_n30")], ["ce_n30"]),
-            ("poi_n30", [["train", store, *recipe, "--labels", labels, "--rounds", "2", "--rounds-teacher", *cleaning,
+            ("poi_n30", [["train", store, *recipe, "--labels", labels, "--rounds", "2", "--rounds-teacher",
+                          "--rounds-fine-tune", str(epochs), *cleaning,
                           "--project", project, "--name", "poi_n30"], evaluate("poi_n30"), evaluate("poi_n30_round2")],
              ["poi_n30", "poi_n30_round2"]),
         ]
@@ -548,7 +550,8 @@ def run_summary(run_dir: Path, epochs: int) -> dict:
     config = read_json(run_dir / "config.json") or {}
     resolved = config.get("resolved") or {}
     entry.update(device=resolved.get("device"), bf16=resolved.get("bf16"), channels_last=resolved.get("channels_last"),
-                 n_train=resolved.get("n_train"), labels=config.get("labels"), teacher=config.get("teacher"))
+                 n_train=resolved.get("n_train"), labels=config.get("labels"), teacher=config.get("teacher"),
+                 fine_tune=config.get("fine_tune"))
     entry["status"] = "finished" if len(rows) >= epochs else "partial"
     return entry
 

@@ -69,6 +69,8 @@ def test_dry_run_writes_what_a_device_call_brings_back(tmp_path):
         assert run["epochs_done"] == run["epochs_planned"] == 1, name
         assert 0 <= run["val_acc_final"] <= 1 and run["eval_accuracy"] is not None, name
     assert noise["runs"]["poi_n30_round2"]["teacher"].endswith("poi_n30")  # --rounds-teacher
+    assert noise["runs"]["poi_n30_round2"]["fine_tune"].endswith("poi_n30")  # --rounds-fine-tune
+    assert noise["runs"]["poi_n30"]["fine_tune"] is None
     assert noise["runs"]["poi_n30_round2"]["labels"].endswith("poi_n30/clean/labels.csv")
     assert noise["cleaning"]["n_changed"] > 0
 
