@@ -15,7 +15,7 @@ Stages, in order, each under a hard time limit, each result written as soon as i
   data                the prepared FERPlus store of the noise runs (unpacked from the carried pack)
   noise               cross-entropy and POI at 30 % label noise (the shipped seed-0 file) and the
                       clean-and-teach recipe (`poi train --rounds 2 --rounds-teacher --rounds-fine-tune N`:
-                      round 2 fine-tuned from round 1 for as many epochs) at 112 px, each evaluated on
+                      round 2 fine-tuned from round 1, as many epochs at 0.4 x the lr) at 112 px, each evaluated on
                       FERPlus valid, with as many epochs as the time left allows
 
 Results, in the output folder (at most 8 files, none in a sub-folder: what the device tool brings
