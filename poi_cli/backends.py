@@ -16,8 +16,8 @@ import importlib.util
 from pathlib import Path
 from typing import Optional
 
-from poi_cli.core.errors import PoiError
-from poi_cli.deploy.predict import ONNX_SUFFIX, TORCH_HINT, PredictError, resolve_model
+from poi_cli.core.errors import TRAIN_EXTRA_HINT, PoiError
+from poi_cli.deploy.predict import ONNX_SUFFIX, PredictError, resolve_model
 from poi_cli.deploy.runner import ModelFileError, ModelRunner, OnnxRunner
 
 BACKENDS = ("auto", "onnx", "torch")
@@ -31,7 +31,7 @@ def torch_available() -> bool:
 
 def _require_torch(what: str) -> None:
     if not torch_available():
-        raise PredictError(f"{what} needs torch, which is not installed: {TORCH_HINT}")
+        raise PredictError(f"{what} needs torch, which is not installed: {TRAIN_EXTRA_HINT}")
 
 
 def written_by_torch_save(path: Path) -> bool:

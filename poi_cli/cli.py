@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 
 from poi_cli import __version__, render
-from poi_cli.core.errors import PoiError, one_line
+from poi_cli.core.errors import FACENET_HINT, TRAIN_EXTRA_HINT, PoiError, one_line
 from poi_cli.core.threads import DEFAULT_WORKERS, THREADS_HELP
 
 app = typer.Typer(
@@ -44,9 +44,8 @@ def fail(message: str, code: int = 1) -> None:
 # What a command needs beyond the deploy runtime (`pip install poi-fer`), by the module
 # that fails to import: the one-line message of run() for a command whose extra is missing.
 EXTRA_HINTS = {
-    **dict.fromkeys(("torch", "torchvision", "pandas", "matplotlib", "onnx"),
-                    "pip install 'poi-fer[train]'"),
-    "facenet_pytorch": "pip install --no-deps facenet-pytorch==2.6.0 (with the train extra)",
+    **dict.fromkeys(("torch", "torchvision", "pandas", "matplotlib", "onnx"), TRAIN_EXTRA_HINT),
+    "facenet_pytorch": FACENET_HINT,
 }
 
 
@@ -436,7 +435,7 @@ def _predict_and_write(predictor: Any, items: list[Any], input_files: list[Path]
         fail(f"none of the {run.inputs} inputs could be read")
     to = err_console if as_json else console
     show(*render.video_summaries(run.summaries), to=to)
-    show(render.predict_summary(run.inputs - len(run.summaries), run.counts, csv_file, save_vis,
+    show(render.predict_summary(run.inputs - len(run.summaries), run.counts, csv_file, run.pictures_in,
                                 videos=len(run.summaries), frames=sum(v["frames"] for v in run.summaries)), to=to)
 
 

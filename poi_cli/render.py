@@ -307,7 +307,7 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def predict_summary(images: int, counts: dict, csv_file: Optional[str], save_vis: Optional[str],
+def predict_summary(images: int, counts: dict, csv_file: Optional[str], save_vis: Optional[str | Path],
                     videos: int = 0, frames: int = 0) -> Line:
     """`3 images: 1 face predicted, 0 images without a face, 2 errors`, and where the files went
     (with videos: `1 video (40 frames) and 2 images: ..., 3 frames or images without a face`)."""

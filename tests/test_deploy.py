@@ -40,9 +40,9 @@ finally:
 """
 
 
-def poi_without_torch(*args: str) -> subprocess.CompletedProcess:
+def poi_without_torch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=120, env={"PATH": "/usr/bin:/bin", "POI_THREADS": "1", "COLUMNS": "120"})
+                          timeout=120, env={"PATH": "/usr/bin:/bin", "POI_THREADS": "1", "COLUMNS": "120", **(env or {})})
 
 
 def test_predict_runs_without_torch():
@@ -55,6 +55,15 @@ def test_predict_runs_without_torch():
     assert "Traceback" not in done.stderr
 
 
+def test_predict_in_a_terminal_draws_its_progress_bar():
+    # stderr a terminal (rich reads TTY_COMPATIBLE as one): the bar is drawn, in images per second;
+    # a pipe, as in every other test, never draws it
+    done = poi_without_torch("predict", str(ASTRONAUT), "--json", env={"TTY_COMPATIBLE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "images/s" in done.stderr
+    assert [r["expression"] for r in json.loads(done.stdout)] == ["happiness"]
+
+
 def test_commands_of_the_train_extra_say_so_in_one_line():
     for args in (["train", "x"], ["evaluate", "a", "b"], ["predict", str(ASTRONAUT), "--backend", "torch"],
                  ["predict", str(ASTRONAUT), "--model", str(ROOT / "poi_cli/weights/poi_ferplus8_resnet10_96.fp16.pt")]):
@@ -62,6 +71,9 @@ def test_commands_of_the_train_extra_say_so_in_one_line():
         assert done.returncode == 1, args
         assert "Traceback" not in done.stderr and "pip install 'poi-fer[train]'" in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    done = poi_without_torch("predict", str(ASTRONAUT), "--detector", "mtcnn-torch")  # the torch detector
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "pip install --no-deps facenet-pytorch==2.6.0" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
 def test_bundled_onnx_model_carries_what_prediction_needs():
@@ -318,3 +330,22 @@ def test_save_vis_that_cannot_be_written_stops_the_pictures_not_the_predictions(
     assert not run.interrupted and run.counts["ok"] == 1
     assert len(notes) == 1 and "--save-vis stopped" in notes[0] and "Permission denied" in notes[0]
     assert [r["status"] for r in csv.DictReader(open(tmp_path / "out.csv"))] == ["ok"]
+
+
+def test_save_vis_onto_a_file_predicts_and_does_not_claim_pictures(tmp_path):
+    taken = tmp_path / "vis"
+    taken.write_text("the user's file\n")
+    done = poi_without_torch("predict", str(ASTRONAUT), "--save-vis", str(taken))
+    assert done.returncode == 0, done.stderr
+    assert "no pictures, the folder cannot be made" in done.stderr
+    assert "1 face predicted" in done.stdout and "pictures in" not in done.stdout
+    assert taken.read_text() == "the user's file\n"
+
+
+
+def test_an_array_that_is_no_image_gets_an_error_record_and_the_batch_goes_on():
+    face = np.asarray(load_image(ASTRONAUT))
+    records = Predictor(threads=1, workers=0).predict_records([face.astype(np.float32), face, np.zeros((0, 4, 3), np.uint8)])
+    assert [r["status"] for r in records] == ["error", "ok", "error"]
+    assert "uint8" in records[0]["reason"] and "float32" in records[0]["reason"] and records[0]["image"] == "<image 0>"
+    assert records[1]["expression"] == "happiness"

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from conftest import hide_module, tiny_model, write_checkpoint
 from poi_cli.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint, read_checkpoint_info, save_checkpoint
 from poi_cli.cli import app
 from poi_cli.model.export import ExportError, export_model
 from poi_cli.core.manifests import class_names
@@ -72,6 +72,24 @@ def test_onnx_parity_via_cli(checkpoint):
     assert meta["input_size"] == 64 and meta["aus"][0] == "AU01" and len(meta["aus"]) == 13
     trn = export_model(checkpoint, "onnx")
     assert trn.passed and trn.max_abs_diff < 1e-4
+
+
+def test_onnx_metadata_names_the_training_folder_without_its_path(tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnx export is the optional 'export' extra")
+    import onnx
+
+    from poi_cli.deploy.predict import Predictor
+    from poi_cli.deploy.serve import model_card
+
+    trained = write_checkpoint(tmp_path / "best.pt", tiny_model(), config={"data": "/home/me/prepared/ferplus64"})
+    assert read_checkpoint_info(trained).training_data == "ferplus64"
+    out = export_model(trained, "onnx", full=True, out=tmp_path / "model.onnx").path
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
+    assert meta["dataset"] == "ferplus64"
+    assert model_card(Predictor(out, threads=1))["card"]["dataset"] == "ferplus64"  # GET /model
+    (tmp_path / "untold").mkdir()
+    untold = export_model(make_checkpoint(tmp_path / "untold" / "best.pt"), "onnx", full=True)
+    assert {p.key: json.loads(p.value) for p in onnx.load(str(untold.path)).metadata_props}["dataset"] is None
 
 
 def test_weights_pack_to_fp16_and_stay_a_poi_checkpoint(checkpoint, tmp_path):

@@ -307,7 +307,7 @@ def test_model_health_and_openapi(server):
 def test_model_card_of_a_torch_runner_reads_its_info():
     """A torch runner (model/runner.TorchRunner) exposes a CheckpointInfo as `.info`: read by getattr."""
     info = SimpleNamespace(model_config=SimpleNamespace(arch="resnet18"), epoch=3, best_val_acc=0.5, val_acc=0.4,
-                           config={"data": "/data/prepared/ferplus"}, resolved={})
+                           training_data="ferplus")
     runner = SimpleNamespace(info=info, calibrated=False)
     predictor = SimpleNamespace(runner=runner, model_path=Path("/runs/exp/best.pt"), backend="torch", classes=["a", "b"],
                                 preprocessing=SimpleNamespace(input_size=64, face_size=64, grayscale=False),

@@ -128,6 +128,17 @@ def test_cli_every_and_json_rows(files):
     assert "clip.mkv: 4 frames analysed" in result.stderr
 
 
+def test_a_video_and_a_photo_in_a_terminal_draw_their_progress_bars(files):
+    # stderr a terminal (TTY_COMPATIBLE=1): the video's bar counts frames per second, the photos' images
+    photo = files["root"] / "head.png"
+    head(80).save(photo)
+    result = runner.invoke(app, ["predict", str(files["clip"]), str(photo), "--model", str(files["ck"]), "--every", "5",
+                                 "--json"], env={"TTY_COMPATIBLE": "1"})
+    assert result.exit_code == 0, result.stderr
+    assert "frames/s" in result.stderr and "images/s" in result.stderr
+    assert {r["image"] for r in json.loads(result.stdout)} == {str(files["clip"]), str(photo)}
+
+
 def test_truncated_video_keeps_the_frames_before_the_cut(files, tmp_path):
     full = [f.index for f in VideoReader(files["cut"])]
     assert 0 < len(full) < FRAMES and full == list(range(len(full)))

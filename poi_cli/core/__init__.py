@@ -7,5 +7,6 @@ prior table, regions), schema (statuses, landmark names), runtime (devices, bf16
 autocast, torchrun processes; the one module here that imports torch), metrics (confusion
 matrix, recall, ROC AUC on arrays), threads (--threads for torch and ONNX Runtime),
 outputs (ModelOutputs: what a model runner gives prediction, in numpy; PredictionRecipe:
-how the reported probabilities are made).
+how the reported probabilities are made), progress (the rich progress bar of every loop over
+images or frames).
 """

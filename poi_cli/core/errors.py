@@ -7,6 +7,11 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+# What a user runs to get what the deploy runtime (`pip install poi-fer`) leaves out: one
+# line each, named by every error that a missing extra causes.
+TRAIN_EXTRA_HINT = "pip install 'poi-fer[train]'"
+FACENET_HINT = "pip install --no-deps facenet-pytorch==2.6.0 (with the train extra; scripts/setup.sh installs both)"
+
 
 class PoiError(ValueError):
     """An error with a one-line message meant for the user."""

@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from poi_cli.core.errors import PoiError
+from poi_cli.core.errors import FACENET_HINT, PoiError
 from poi_cli.core.schema import NUM_LANDMARKS
 
 # Images smaller than this on either side carry too little face to recognise anything.
@@ -230,7 +230,7 @@ class FaceDetector:
             from facenet_pytorch import MTCNN
         except Exception as error:  # ImportError, or a broken install failing inside the import
             raise FaceDetectorError(
-                f"face detection needs facenet-pytorch, which failed to import ({type(error).__name__}); run scripts/setup.sh"
+                f"the torch MTCNN (--detector mtcnn-torch) needs facenet-pytorch, which failed to import ({type(error).__name__}): {FACENET_HINT}"
             ) from None
         import torch
 

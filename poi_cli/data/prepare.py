@@ -38,6 +38,7 @@ from poi_cli.data.duplicates import DIGEST_COLUMN, duplicate_notes, face_digest
 from poi_cli.data.faces import (BLANK_REASON, DETECTORS, ImageLoadError, align_face, is_blank, is_grayscale, largest_face,
                                 load_image, make_detector, resize_face)
 from poi_cli.core.manifests import class_names
+from poi_cli.core.progress import progress_bar
 from poi_cli.core.schema import LANDMARK_NAMES, STATUS_BAD_IMAGE, STATUS_ERROR, STATUS_EXCLUDED, STATUS_NO_FACE, STATUS_OK
 from poi_cli.data.preprocess import Preprocessing
 from poi_cli.data.folds import FOLD_COLUMN, NO_FOLD, RANDOM_SPLIT_NOTE, random_test_mask, subject_folds
@@ -392,7 +393,7 @@ def _run(worker: _Worker, todo: list[int], rows: dict[int, int], faces: np.ndarr
 
     chunks = [todo[k:k + batch_size] for k in range(0, len(todo), batch_size)]
     processed = 0
-    with _progress(show_progress) as progress, ThreadPoolExecutor(max(1, workers)) as pool:
+    with progress_bar(enabled=show_progress, transient=False) as progress, ThreadPoolExecutor(max(1, workers)) as pool:
         task = progress.add_task("preparing", total=len(todo))
         submit: Callable[[list[int]], list[Future]] = lambda chunk: [pool.submit(worker.load, i) for i in chunk]
         upcoming = submit(chunks[0]) if chunks else []
@@ -422,19 +423,6 @@ def _run(worker: _Worker, todo: list[int], rows: dict[int, int], faces: np.ndarr
                 future.cancel()
             checkpoint()  # also on Ctrl-C: whatever is finished stays finished
     return processed
-
-
-def _progress(show: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-    from rich.text import Text
-
-    class Speed(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:,.0f} images/s" if speed else "- images/s")
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Speed(),
-                    TimeRemainingColumn(), disable=not show)
 
 
 # ----------------------------------------------------------------------------- output

@@ -70,6 +70,15 @@ def _folder_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and not p.is_dir())
 
 
+def _array_problem(array: np.ndarray) -> Optional[str]:
+    """Why an in-memory array is not an image poi reads (None: it is): uint8, (H, W) grey or
+    (H, W, 3) RGB or (H, W, 4) RGBA."""
+    if array.dtype == np.uint8 and array.size and (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        return None
+    return (f"an image array must be uint8 of shape (H, W), (H, W, 3) or (H, W, 4); "
+            f"this one is {array.dtype} of shape {tuple(array.shape)}")
+
+
 def expand_inputs(inputs: Iterable[ImageInput]) -> list[InputItem]:
     """Files (whatever their suffix), folders (recursively, image and video suffixes) and globs, in order.
 
@@ -87,6 +96,9 @@ def expand_inputs(inputs: Iterable[ImageInput]) -> list[InputItem]:
 
     for number, value in enumerate(inputs):
         if isinstance(value, np.ndarray):
+            if reason := _array_problem(value):  # Pillow would raise a TypeError of its own
+                items.append(InputItem(f"<image {number}>", error=reason))
+                continue
             value = Image.fromarray(value)
         if isinstance(value, Image.Image):
             items.append(InputItem(f"<image {number}>", image=value))
@@ -139,15 +151,6 @@ class PreparedImage:
     reason: Optional[str]
     faces: list[Face]
     crops: list[np.ndarray]  # the aligned uint8 faces, in faces' order
-
-
-def progress_bar(console: Any, enabled: bool) -> Any:
-    """rich Progress with frames (or images) per second and the time left."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=True,
-                    disable=not enabled)
 
 
 class FacePipeline:

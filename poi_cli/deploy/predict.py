@@ -44,12 +44,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, S
 import numpy as np
 from PIL import Image
 
-from poi_cli.core.errors import PoiError, one_line
+from poi_cli.core.errors import TRAIN_EXTRA_HINT, PoiError, one_line
+from poi_cli.core.progress import progress_bar
 from poi_cli.core.schema import STATUS_ERROR
 from poi_cli.core.threads import DEFAULT_WORKERS
 from poi_cli.deploy.overlap import iter_overlapped
 from poi_cli.deploy.pipeline import (FacePipeline, ImageInput, ImagePrediction, InputItem, PipelineError,
-                                     expand_inputs, progress_bar)
+                                     expand_inputs)
 from poi_cli.deploy.records import FaceRecord, RecordsError, records_to_frame, status_counts, write_predictions_csv
 from poi_cli.deploy.runner import ModelFileError, ModelRunner, OnnxRunner
 from poi_cli.deploy.video import VideoOptions, iter_video, iter_video_file, video_summary, write_video_summaries
@@ -61,7 +62,6 @@ if TYPE_CHECKING:
 MODEL_ENV = "POI_MODEL"
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "weights"
 ONNX_SUFFIX = ".onnx"
-TORCH_HINT = "pip install 'poi-fer[train]'"
 NO_MODEL_MESSAGE = (
     "no model: pass --model MODEL (an .onnx file from `poi export --full`, or a checkpoint) or set POI_MODEL; "
     "this installation bundles no model (see docs/predict.md, 'Getting a model')"
@@ -104,7 +104,7 @@ def open_onnx_model(model: Optional[str | Path] = None, threads: Optional[int] =
     A torch checkpoint or run folder is refused with the two ways to run it."""
     path = resolve_model(model)
     if path.is_dir() or path.suffix.lower() != ONNX_SUFFIX:
-        raise PredictError(f"{path} is a PyTorch checkpoint or run folder: running it needs torch ({TORCH_HINT}), "
+        raise PredictError(f"{path} is a PyTorch checkpoint or run folder: running it needs torch ({TRAIN_EXTRA_HINT}), "
                            f"or export it once with `poi export {path} --format onnx --full`")
     try:
         return OnnxRunner(path, threads=threads, batch_size=batch_size)
@@ -225,6 +225,7 @@ class PredictRun:
     statuses: dict[str, set[str]] = field(default_factory=dict)
     summaries: list[dict] = field(default_factory=list)
     interrupted: bool = False
+    pictures_in: Optional[Path] = None  # the --save-vis folder, once it could be made
 
     @property
     def inputs(self) -> int:
@@ -256,6 +257,7 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
     if save_vis:
         try:
             writer = VisWriter(save_vis, show_au, protected=protected)
+            run.pictures_in = Path(save_vis)
         except OSError as error:  # a file where the folder should be, no permission: predict anyway
             note(f"--save-vis {save_vis}: no pictures, the folder cannot be made ({one_line(error)})")
             vis_dir = None

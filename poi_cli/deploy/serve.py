@@ -462,11 +462,6 @@ def model_card(predictor: Predictor) -> dict[str, Any]:
             value = getattr(value, name, None)
         return value
 
-    dataset = _meta_value(meta, "dataset")
-    if dataset is None and info is not None:
-        resolved, config = getattr(info, "resolved", None) or {}, getattr(info, "config", None) or {}
-        # the prepared folder's name only: its full path is the training machine's business
-        dataset = resolved.get("dataset") or (Path(config["data"]).name if config.get("data") else None)
     calibrated = getattr(runner, "calibrated", True)
     return {
         "model": predictor.model_path.name,
@@ -483,7 +478,7 @@ def model_card(predictor: Predictor) -> dict[str, Any]:
             "calibration_temperature": predictor.calibration_temperature if calibrated else None,
             # how the reported probabilities are made (TRN or TRN + PIN, the mirror): core.outputs.PredictionRecipe
             "recipe": runner.recipe.to_dict() if hasattr(runner, "recipe") else None,
-            "dataset": dataset,
+            "dataset": known("dataset", "training_data"),  # the prepared folder's name (CheckpointInfo.training_data)
             "notes": list(predictor.notes),
         },
     }

@@ -22,7 +22,6 @@ reason says where it stopped; a file that is no video gives one `error` row.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +30,10 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from poi_cli.core.progress import progress_bar
 from poi_cli.core.schema import STATUS_ERROR
 from poi_cli.data.video import VideoError, VideoFrame, VideoReader, VideoSampling
-from poi_cli.deploy.pipeline import FacePipeline, ImagePrediction, InputItem, progress_bar
+from poi_cli.deploy.pipeline import FacePipeline, ImagePrediction, InputItem
 from poi_cli.deploy.records import FaceRecord, Smoothed, VideoPosition
 from poi_cli.deploy.tracking import DEFAULT_MAX_GAP, IoUTracker, TrackSmoother
 
@@ -109,7 +109,7 @@ def iter_video_file(pipeline: FacePipeline, path: Path, options: VideoOptions, s
         return
     task = None
     if bar is not None:
-        task = bar.add_task(path.name, total=reader.expected_frames(), rate="")
+        task = bar.add_task(path.name, total=reader.expected_frames(), unit="frames")
     rate = options.sampling.rate(reader.info.fps)
     yield from _predict_frames(pipeline, source, iter(reader), options, show_au, (bar, task), rate)
     if reader.stopped:
@@ -124,7 +124,7 @@ def _predict_frames(pipeline: FacePipeline, source: str, frames: Iterator[VideoF
     tracker = IoUTracker(max_gap=options.max_gap)
     smoother = TrackSmoother(options.smooth) if options.smooth else None
     classes = pipeline.classes
-    clock, done = time.perf_counter(), 0
+    done = 0
     batch: list[VideoFrame] = []
     finished = False
     while not finished:
@@ -154,8 +154,7 @@ def _predict_frames(pipeline: FacePipeline, source: str, frames: Iterator[VideoF
             batch = []
             if progress is not None and progress[0] is not None:
                 bar, task = progress
-                speed = done / max(time.perf_counter() - clock, 1e-9)
-                bar.update(task, completed=done, rate=f"{speed:.1f} frames/s")
+                bar.update(task, completed=done)
 
 
 # --------------------------------------------------------------------------- summary

@@ -223,6 +223,12 @@ class CheckpointInfo:
     def input_size(self) -> int:
         return self.model_config.input_size
 
+    @property
+    def training_data(self) -> Optional[str]:
+        """The prepared folder the model was trained on, by name only (its full path is the
+        training machine's business); None when the checkpoint does not say."""
+        return self.resolved.get("dataset") or (Path(self.config["data"]).name if self.config.get("data") else None)
+
 
 def read_checkpoint_info(run_or_checkpoint: str | Path) -> CheckpointInfo:
     """The CheckpointInfo of a checkpoint file or run folder (its best.pt, else last.pt)."""

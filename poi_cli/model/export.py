@@ -173,6 +173,7 @@ def _metadata(info: CheckpointInfo, output_names: list[str], full: bool) -> dict
         "recipe": info.recipe.to_dict(),
         "arch": info.model_config.arch, "epoch": info.epoch, "val_acc": info.val_acc,
         "prior_supervision": bool(info.model_config.prior_supervision),
+        "dataset": info.training_data,
     }
     if full:
         sides = [r for r in REGIONS if r.au_group == REGIONS[0].au_group]  # the two regions of one AU group
