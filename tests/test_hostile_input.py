@@ -13,6 +13,7 @@ range) for calibrate, clean and evaluate, and symlinks planted in `poi prepare`'
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -105,6 +106,19 @@ def an_audit_beside(world: dict[str, Path]) -> None:
     (world["TMP"] / "aud" / "audit_summary.json").write_text("{}\n")
 
 
+def an_audit_of_the_run(world: dict[str, Path]) -> None:
+    """TMP/aud/audit.csv whose audit_summary.json names RUN's best.pt, as `poi audit` writes it."""
+    (world["TMP"] / "aud").mkdir()
+    (world["TMP"] / "aud" / "audit.csv").write_text("id,label\n")
+    (world["TMP"] / "aud" / "audit_summary.json").write_text(json.dumps({"checkpoint": str(world["RUN"] / "best.pt")}))
+
+
+def run_trained_on_labels(world: dict[str, Path]) -> None:
+    """RUN's config.json says it trained on LABELS (`poi train --labels LABELS`)."""
+    config = world["RUN"] / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "labels": str(world["LABELS"])}))
+
+
 def a_file(name: str) -> Callable[[dict[str, Path]], None]:
     return lambda world: (world["TMP"] / name).write_text("mine\n")
 
@@ -144,6 +158,13 @@ CASES = {
     "clean --out whose summary lands on the audit's": (an_audit_beside, ["clean", "TMP/aud/audit.csv", "DATA", "--fraction",
                                                                          "0.1", "--out", "TMP/aud/audit_summary.csv"],
                                                        "is one of the inputs"),
+    "clean --out the labels its run trained on": (run_trained_on_labels, ["clean", "RUN", "DATA", "--fraction", "0.1",
+                                                                          "--out", "LABELS"], "is one of the inputs"),
+    "clean an audit --out its run's results.csv": (an_audit_of_the_run, ["clean", "TMP/aud/audit.csv", "DATA", "--fraction",
+                                                                         "0.1", "--out", "RUN/results.csv"],
+                                                   "would write over results.csv"),
+    "export --out its run's last.pt": (None, ["export", "RUN", "--format", "onnx", "--out", "RUN/last.pt"],
+                                       "is one of the inputs"),
     # outputs that cannot be written: said before the work, in the user's words
     "evaluate --out a file": (a_file("taken"), ["evaluate", "RUN", "DATA", "--out", "TMP/taken"], "is a file, not a folder"),
     "evaluate --out under a file": (a_file("taken"), ["evaluate", "RUN", "DATA", "--out", "TMP/taken/sub"],

@@ -34,6 +34,7 @@ CHECKPOINT_FORMAT = 1
 LAST, BEST = "last.pt", "best.pt"
 CONFIG_FILE, RESULTS_FILE = "config.json", "results.csv"  # the other files of a run folder
 HELDOUT_FILE = "heldout_ids.csv"  # ids of the training images held out for validation, when the store had no val split
+RUN_FILES = (LAST, BEST, CONFIG_FILE, RESULTS_FILE, HELDOUT_FILE)  # what training writes into a run folder
 
 
 class CheckpointError(PoiError):

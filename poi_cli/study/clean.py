@@ -326,9 +326,23 @@ def audit_summary_path(audit_csv: str | Path) -> Path:
 
 
 def clean_inputs(audit_or_run: str | Path) -> list[Path]:
-    """What `poi clean` reads of its first argument: an audit CSV and the summary beside it, or a run / checkpoint."""
+    """What `poi clean` reads through its first argument, so that --out is never one of them: an
+    audit CSV and the summary beside it, or a run / checkpoint; and the run folder behind either
+    (the audit's model) with the label file that run trained on, which the audit read."""
     source = Path(audit_or_run)
-    return [source, audit_summary_path(source)] if source.suffix.lower() == ".csv" else [source]
+    inputs, model = [source], source
+    if source.suffix.lower() == ".csv":
+        inputs.append(audit_summary_path(source))
+        try:
+            model = Path(audited_model(json.loads(audit_summary_path(source).read_text())))
+        except (OSError, ValueError, KeyError, TypeError):
+            return inputs  # no summary: only --auto needs it, and says so
+    run = model if model.is_dir() else model.parent
+    try:
+        trained_on = json.loads((run / "config.json").read_text()).get("labels")
+    except (OSError, ValueError, AttributeError):
+        return inputs
+    return [*inputs, run, *([Path(trained_on)] if trained_on else [])]
 
 
 def _audited_models(audit_csv: Path) -> tuple[str, Optional[list[str]]]:
