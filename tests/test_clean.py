@@ -308,3 +308,20 @@ def test_rounds_on_a_subset_label_file_keep_the_left_out_images_out(tmp_path):
     assert len(table) == 28 and set(table.query("label == -1")["id"]) == left_out
     assert (table.query("label == -1")["action"] == "not audited").all()
     assert json.loads((project / "exp_round2" / "config.json").read_text())["resolved"]["n_train"] == 21
+
+
+def test_auto_finds_the_held_out_images_through_a_checkpoint_of_the_run(tmp_path):
+    import json as json_module
+
+    from conftest import make_prepared
+    from poi_cli.study.clean import validation_data
+
+    store = PreparedDataset(make_prepared(tmp_path / "noval", splits={"train": 30}))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json_module.dumps({"train_split": "train"}))
+    held = store.split("train").ids[:6]
+    pd.DataFrame({"id": held}).to_csv(run / "heldout_ids.csv", index=False)
+    for model in (run, run / "best.pt"):  # the run folder, or its checkpoint as an audit names it
+        data, reason = validation_data(model, store)
+        assert list(data.ids) == list(held) and reason == "6 images of train the run held out"

@@ -148,7 +148,7 @@ def validation_data(model_path: str | Path, dataset: PreparedDataset) -> tuple[S
     """The images --auto chooses on: the store's validation split, else the run's held-out ones."""
     if (name := dataset.validation_split()) is not None:
         return dataset.split(name), name
-    run = Path(model_path)
+    run = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent  # a checkpoint: its run folder
     if (run / CONFIG_FILE).is_file() and (run / HELDOUT_FILE).is_file():
         ids = read_heldout_ids(run)
         train_split = json.loads((run / CONFIG_FILE).read_text()).get("train_split", "train")
@@ -339,7 +339,7 @@ def clean_inputs(audit_or_run: str | Path) -> list[Path]:
             return inputs  # no summary: only --auto needs it, and says so
     run = model if model.is_dir() else model.parent
     try:
-        trained_on = json.loads((run / "config.json").read_text()).get("labels")
+        trained_on = json.loads((run / CONFIG_FILE).read_text()).get("labels")
     except (OSError, ValueError, AttributeError):
         return inputs
     return [*inputs, run, *([Path(trained_on)] if trained_on else [])]
