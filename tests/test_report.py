@@ -243,3 +243,14 @@ def test_eval_metrics_with_calibration_fill_runs_csv_and_both_strata(runs, tmp_p
 def test_report_without_runs_is_a_one_line_error(tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and "no run folders" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_results_csv_without_an_epoch_column_is_a_one_line_error(tmp_path):
+    run = tmp_path / "badrun"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    for content in ("garbage,,,\n1,2\n", "garbage,loss\n"):  # rows, or only a header
+        (run / "results.csv").write_text(content)
+        result = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "out")])
+        assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
+        assert "has no epoch column" in result.stderr and result.stderr.count("\n") == 1

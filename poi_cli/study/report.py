@@ -163,7 +163,7 @@ def load_run(path: Path, name: str) -> Run:
             pass
         except (OSError, ValueError) as error:
             raise ReportError(f"{path / RESULTS_FILE}: not a readable CSV ({error})") from None
-        if len(results) and "epoch" not in results.columns:
+        if "epoch" not in results.columns:  # rows or only a header: either way not a run's results
             raise ReportError(f"{path / RESULTS_FILE}: has no epoch column")
     if not len(results):
         notes.append("no finished epoch")
