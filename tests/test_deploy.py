@@ -342,7 +342,6 @@ def test_save_vis_onto_a_file_predicts_and_does_not_claim_pictures(tmp_path):
     assert taken.read_text() == "the user's file\n"
 
 
-
 def test_an_array_that_is_no_image_gets_an_error_record_and_the_batch_goes_on():
     face = np.asarray(load_image(ASTRONAUT))
     records = Predictor(threads=1, workers=0).predict_records([face.astype(np.float32), face, np.zeros((0, 4, 3), np.uint8)])
