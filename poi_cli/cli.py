@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 import os
+import signal
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, get_type_hints
@@ -50,18 +53,38 @@ EXTRA_HINTS = {
 
 
 def run(prog_name: str = "poi") -> None:
-    """The `poi` entry point: the Typer app, and a command whose extra is not installed
-    stopped with one line naming the pip command (never an ImportError traceback)."""
+    """The `poi` entry point: the Typer app; SIGTERM (timeout, docker stop, systemd) stops a
+    command as Ctrl-C does, so what it finished is kept (KeyboardInterrupt: each command's
+    `interrupted` path); a command whose extra is not installed is stopped with one line
+    naming the pip command, and an output that cannot be written where no command caught
+    it (stdout on a full disk) with one line, never a traceback."""
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        app(prog_name=prog_name)
+        try:
+            app(prog_name=prog_name)
+        finally:
+            sys.stdout.flush()  # here, where a full disk is one line (at exit Python only warns, exit 120)
     except ModuleNotFoundError as error:
         module = (error.name or "").split(".")[0]
         if module not in EXTRA_HINTS:
             raise
-        try:
-            fail(f"this command needs {module}, which is not installed: {EXTRA_HINTS[module]}")
-        except typer.Exit as exit_:
-            raise SystemExit(exit_.exit_code) from None
+        _exit_with(f"this command needs {module}, which is not installed: {EXTRA_HINTS[module]}")
+    except OSError as error:  # click already answers a closed pipe (EPIPE) by exiting quietly
+        # what stdout still holds goes nowhere, so that the exit does not fail on it again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _exit_with(f"stopped: {one_line(error)}")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _exit_with(message: str) -> None:
+    """fail() outside a Typer command: its exit status as SystemExit."""
+    try:
+        fail(message)
+    except typer.Exit as exit_:
+        raise SystemExit(exit_.exit_code) from None
 
 
 def escape_markup(text: str) -> str:
@@ -310,7 +333,11 @@ def train(**options: Any) -> None:
     from poi_cli.pipeline import train_folds, train_rounds
 
     announce = lambda line: show(render.Line(line))  # noqa: E731
-    with user_errors("interrupted: finished epochs are saved; continue with --resume RUN_DIR"):
+    # --fold all refuses --resume (pipeline.train_folds): the same command again is what resumes it
+    interrupted = ("interrupted: finished folds and epochs are saved; run the same command again to resume"
+                   if config.fold == _train_config.ALL_FOLDS else
+                   "interrupted: finished epochs are saved; continue with --resume RUN_DIR")
+    with user_errors(interrupted):
         if config.fold == _train_config.ALL_FOLDS:
             summary = train_folds(config, console=console, announce=announce)
             show(*render.folds_summary(summary))
@@ -334,14 +361,11 @@ def evaluate(
 ) -> None:
     """Accuracy, per-class recall, confusion matrix, calibration of confidence and consistency, strata and PIN accuracies of a model."""
     use_threads(threads)
-    from poi_cli.core.atomic import next_run_dir, output_folder
+    from poi_cli.core.atomic import command_output_folder
     from poi_cli.study.evaluate import evaluate as run_evaluate, write_reports
 
-    with user_errors():
-        if out is not None:
-            output_folder(out, "--out")  # before the work, not after it
+    with user_errors(), command_output_folder(out, "--out", "runs/evaluate") as out_dir:  # before the work
         result = run_evaluate(model, prepared_dir, split=split, device=device, batch=batch, amp=amp)
-        out_dir = next_run_dir("runs/evaluate", "exp") if out is None else out
         files = write_reports(result, out_dir)
     if as_json:
         print(json.dumps(result))
@@ -375,7 +399,7 @@ def predict(
     use_threads(threads, import_torch=False)
     from contextlib import ExitStack
 
-    from poi_cli.core.atomic import output_file, refuse_input_as_output
+    from poi_cli.core.atomic import is_stream, output_file, refuse_input_as_output
     from poi_cli.core.locks import claim
     from poi_cli.data.video import VideoSampling
     from poi_cli.backends import open_runner
@@ -400,7 +424,8 @@ def predict(
                     fail(f"--csv {csv_file} is a folder: give the CSV file's name")
                 refuse_input_as_output(csv_file, [*input_files, *([model_file] if model_file else [])], "--csv")
                 output_file(csv_file, "--csv")
-                held.enter_context(claim(csv_file, "--csv"))  # one writer per CSV
+                if not is_stream(csv_file):  # /dev/stdout, a pipe: no lock file beside it
+                    held.enter_context(claim(csv_file, "--csv"))  # one writer per CSV
             video = VideoOptions(VideoSampling(every=every, fps=fps, start=start, end=end), smooth=smooth)
             runner = open_runner(model, backend=backend, device=device, threads=threads, batch_size=batch)
             predictor = Predictor(runner, detector=detector, batch_size=batch, min_face_score=min_score,
@@ -421,6 +446,9 @@ def _predict_and_write(predictor: Any, items: list[Any], input_files: list[Path]
     if run.interrupted:
         if csv_file and run.records:
             fail(f"interrupted: the {run.inputs} inputs finished are in {csv_file}", 130)
+        if as_json and run.records:  # the finished records, as a whole JSON list, as --csv keeps them
+            print(json.dumps([r.to_dict() for r in run.records]))
+            fail(f"interrupted: the {run.inputs} inputs finished are printed", 130)
         fail("interrupted", 130)
     # One rule for one bad input and many: the records (error ones included) are always
     # written, and the exit status is 1 when no input could be read.
@@ -460,16 +488,22 @@ def serve(
     use_threads(threads, import_torch=False)
     from poi_cli.backends import open_runner
     from poi_cli.deploy.predict import Predictor
-    from poi_cli.deploy.serve import ServeLimits, serve as run_serve
+    from poi_cli.deploy.serve import MiB, ServeLimits, serve as run_serve
 
     for flag, value in (("--max-upload-mb", max_upload_mb), ("--max-megapixels", max_pixels), ("--max-files", max_files),
                         ("--max-request-megapixels", max_request_pixels), ("--max-in-flight", max_in_flight),
                         ("--body-timeout", body_timeout)):
-        if not value > 0:  # named as the user typed it, before ServeLimits converts it
-            fail(f"{flag} must be positive, got {value:g}")
+        if not 0 < value < math.inf:  # named as the user typed it, before ServeLimits converts it (nan fails too)
+            fail(f"{flag} must be a positive number, got {value:g}")
+    converted = {"--max-upload-mb": (max_upload_mb, MiB, "byte"), "--max-megapixels": (max_pixels, 1e6, "pixel"),
+                 "--max-request-megapixels": (max_request_pixels, 1e6, "pixel")}
+    whole = {flag: int(value * unit) for flag, (value, unit, _) in converted.items()}
+    for flag, (value, _, unit_name) in converted.items():
+        if whole[flag] < 1:
+            fail(f"{flag} {value:g} is less than one {unit_name}")
     with user_errors():
-        limits = ServeLimits(max_request_bytes=int(max_upload_mb * 1024 * 1024), max_files=max_files,
-                             max_pixels=int(max_pixels * 1e6), max_request_pixels=int(max_request_pixels * 1e6),
+        limits = ServeLimits(max_request_bytes=whole["--max-upload-mb"], max_files=max_files,
+                             max_pixels=whole["--max-megapixels"], max_request_pixels=whole["--max-request-megapixels"],
                              max_in_flight=max_in_flight, body_timeout_s=body_timeout)
         runner = open_runner(model, backend=backend, device=device, threads=threads)
         predictor = Predictor(runner, detector=detector, min_face_score=min_score, images_per_batch=limits.batch_images,
@@ -478,7 +512,10 @@ def serve(
     warn = lambda text: err_console.print(f"[yellow]warning:[/] {escape_markup(text)}", highlight=False,  # noqa: E731
                                           soft_wrap=True)
     with user_errors():  # a bad port, an address in use: ServeError, one line
-        run_serve(predictor, host=host, port=port, limits=limits, warn=warn)
+        try:
+            run_serve(predictor, host=host, port=port, limits=limits, warn=warn)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM, re-raised by uvicorn once it has shut down: a server's end
+            err_console.print("server stopped", highlight=False)
 
 
 @app.command()
@@ -509,17 +546,16 @@ def report(
     run_dirs: Optional[list[str]] = typer.Argument(None, metavar="RUN_DIR", help="Run folders, or folders of runs (default: runs/train)."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder for report.md, CSVs and PNGs (default runs/report/exp, numbered)."),
     data: Optional[str] = typer.Option(None, "--data", help="A prepared folder: predict it with each run's best.pt for confusion matrices, consistency histograms, strata and calibration figures."),
-    split: Optional[str] = typer.Option(None, help="Split of --data to predict (default test, else valid/val)."),
+    split: Optional[str] = typer.Option(None, help="Split of --data to predict (fold3: fold 3's held-out images; default test, else valid/val)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps (with --data)."),
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Tables (final / best accuracy, noise, ablations, calibration, confidence and consistency strata) and plots of training runs; see docs/predict.md."""
     use_threads(threads)
-    from poi_cli.core.atomic import next_run_dir, output_folder
+    from poi_cli.core.atomic import command_output_folder
     from poi_cli.study.report import build_report
 
-    with user_errors():
-        out_dir = next_run_dir("runs/report", "exp") if out is None else output_folder(out, "--out")
+    with user_errors(), command_output_folder(out, "--out", "runs/report") as out_dir:
         result = build_report(run_dirs or [], out_dir, data=data, split=split, device=device)
     show(*render.report_skipped(result), to=err_console)
     show(*render.report_summary(result))
@@ -541,12 +577,12 @@ def audit(
     """Rank every labelled image by how strongly the PIN's objective inference disagrees with its label; see docs/audit.md."""
     use_threads(threads)
     from poi_cli.study.audit import SUSPICION_THRESHOLDS, audit as run_audit, write_audit
-    from poi_cli.core.atomic import next_run_dir, output_folder
+    from poi_cli.core.atomic import command_output_folder
 
     if cross_fit and (labels or baseline or split != "train"):
         fail("--cross-fit audits the labels the run trained on, on its training split: drop --labels, --baseline and --split")
-    with user_errors("interrupted: finished fold models are kept; run the same command again to resume"):
-        out_dir = next_run_dir("runs/audit", "exp") if out is None else output_folder(out, "--out")
+    with (user_errors("interrupted: finished fold models are kept; run the same command again to resume"),
+          command_output_folder(out, "--out", "runs/audit") as out_dir):
         if cross_fit:
             from poi_cli.pipeline import cross_fit_audit
 
@@ -575,14 +611,16 @@ def clean(
 ) -> None:
     """Turn an audit into a label file for `poi train --labels`: relabel or drop the most suspect images."""
     use_threads(threads)
-    from poi_cli.core.atomic import output_file, refuse_input_as_output
+    from poi_cli.core.atomic import output_file, refuse_input_as_output, refuse_poi_file
     from poi_cli.data.store import label_file_outputs
     from poi_cli.study.clean import clean as run_clean, clean_inputs, write_clean
 
     with user_errors():
-        # the label file and its summary beside it: never over anything this command reads
+        # the label file and its summary beside it: never over anything this command reads,
+        # nor any prepared or run folder's own file
         for written in label_file_outputs(out):
             refuse_input_as_output(written, [prepared_dir, *clean_inputs(audit_or_run), *([labels] if labels else [])], "--out")
+            refuse_poi_file(written, "--out")
         output_file(out, "--out")
         result = run_clean(audit_or_run, prepared_dir, "relabel" if relabel else "drop", threshold, fraction,
                            labels_file=labels, split=split, device=device, auto=auto)
@@ -594,7 +632,7 @@ def clean(
 def calibrate(
     model: str = typer.Argument(..., help="A run folder (its best.pt) or a checkpoint."),
     prepared_dir: str = typer.Argument(..., help="A prepared folder with the model's classes."),
-    split: Optional[str] = typer.Option(None, help="Split to fit on (default valid, else val; never the test split)."),
+    split: Optional[str] = typer.Option(None, help="Split to fit on (default valid, else val). Never test, nor fold K for a run trained with --fold K: fitting on the images a model is scored on makes those figures optimistic. A store whose only labelled split is test: calibrate on the validation split of the store the model trained on (T_cal carries over; `poi evaluate` measures calibration on test honestly)."),
     out: Optional[str] = typer.Option(None, help="Where to write the calibrated copy (default <checkpoint>.calibrated.pt beside it)."),
     in_place: bool = typer.Option(False, "--in-place", help="Rewrite the checkpoint itself (atomically) instead of a copy."),
     fusion: str = typer.Option("auto", help="Reported probabilities: trn (the TRN alone), trn+pin (the mean of the TRN's and the PIN's p~* at T = 1) or auto (the one with the lowest NLL after temperature scaling on the split; ties to the cheaper)."),

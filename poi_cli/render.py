@@ -113,7 +113,10 @@ def noise_summary(path: Path, summary: dict, rate: float, seed: int) -> list[Ite
     table.add_column("noisy labels", justify="right")
     for name, row in summary["per_class"].items():
         table.add_row(name, str(row["images"]), str(row["flipped"]), str(row["noisy_labels"]))
-    return [table, Line(f"wrote {path} and {path.with_suffix('.json').name}; train with --labels {path}", soft_wrap=True)]
+    never = ([Line(f"flips only among the classes the dataset labels: never to {', '.join(summary['never_labelled'])}",
+                   soft_wrap=True)] if summary.get("never_labelled") else [])
+    return [table, *never,
+            Line(f"wrote {path} and {path.with_suffix('.json').name}; train with --labels {path}", soft_wrap=True)]
 
 
 def combine_summary(root: Path, classes: list[str], members: list[dict]) -> list[Item]:

@@ -81,6 +81,26 @@ def make_prepared(
     return write_store(root, np.stack(faces), rows, dataset="synthetic-stripes", classes=names, grayscale=grayscale)
 
 
+def add_folds(data: Path, folds: int = 3, split: str = "train") -> Path:
+    """Give a prepared folder what `poi prepare ckplus` writes for cross-validation: a fold column
+    (`split`'s images dealt round robin over 0..folds-1, -1 for the others) and the protocol."""
+    import json
+
+    import pandas as pd
+
+    from poi_cli.data.folds import FOLD_COLUMN, NO_FOLD
+
+    manifest = pd.read_csv(data / "manifest.csv")
+    inside = manifest["split"] == split
+    manifest[FOLD_COLUMN] = NO_FOLD
+    manifest.loc[inside, FOLD_COLUMN] = np.arange(inside.sum()) % folds
+    manifest.to_csv(data / "manifest.csv", index=False)
+    meta = json.loads((data / "prepared.json").read_text())
+    meta["protocol"] = {"kind": "subject_folds", "folds": folds, "seed": 0}
+    (data / "prepared.json").write_text(json.dumps(meta, indent=1))
+    return data
+
+
 @pytest.fixture
 def prepared(tmp_path: Path) -> Path:
     """A 7-class, 64 px prepared folder: 42 train, 14 valid, 14 test images."""

@@ -114,3 +114,25 @@ def test_suspicion_and_metrics_by_hand():
     metrics = detection_metrics(np.array([0.9, 0.1, 0.8, 0.2, 0.3]), np.array([1, 0, 0, 1, 0]))
     assert metrics["precision_at_noise_count"] == 0.5  # top 2: one flipped, one clean
     assert metrics["recall_at_top_20pct"] == 0.5  # top 1 of 5 holds one of the two flipped
+
+
+@pytest.mark.parametrize("command", ["audit", "clean"])
+def test_a_model_without_objective_inference_is_refused_before_predicting(command, tiny_runs, tmp_path, monkeypatch) -> None:
+    """A baseline run has no PIN, so no p* to audit with: refused from its checkpoint, before the
+    split is predicted (it used to run the whole split first, minutes on a real one)."""
+    import poi_cli.model.predictions as predictions
+
+    def predicted(*args, **kwargs):
+        raise AssertionError("the split was predicted")
+
+    monkeypatch.setattr(predictions, "predict_checkpoint_split", predicted)
+    monkeypatch.setattr("poi_cli.study.audit.predict_checkpoint_split", predicted)
+    if command == "audit":
+        with pytest.raises(Exception, match="no objective inference") as caught:
+            audit(tiny_runs.baseline, tiny_runs.data, device="cpu")
+    else:
+        from poi_cli.study.clean import objective_of
+        dataset = PreparedDataset(tiny_runs.data)
+        with pytest.raises(Exception, match="no objective inference") as caught:
+            objective_of(tiny_runs.baseline, dataset, dataset.split("valid"), "cpu")
+    assert not isinstance(caught.value, AssertionError)

@@ -127,6 +127,36 @@ def test_poi_calibrate_needs_a_held_out_split(tmp_path, tiny_checkpoint):
     assert result.exit_code == 1 and "no valid/val split" in result.output
 
 
+def test_poi_calibrate_refuses_the_split_the_model_is_evaluated_on(tmp_path, prepared, tiny_checkpoint):
+    """Never test (the help says so), nor a --fold K run's own evaluation fold K: a recipe and
+    T_cal chosen on the images they are scored on make those figures optimistic."""
+    from typer.testing import CliRunner
+
+    from conftest import add_folds, make_prepared, write_checkpoint
+    from poi_cli.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["calibrate", str(tiny_checkpoint), str(prepared), "--split", "test",
+                                 "--out", str(tmp_path / "test.pt")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "calibrating on the test split makes the test figures optimistic" in result.output
+    assert "fit on valid (the default)" in result.output and not (tmp_path / "test.pt").exists()
+    only_test = make_prepared(tmp_path / "only_test", splits={"test": 1})
+    result = runner.invoke(app, ["calibrate", str(tiny_checkpoint), str(only_test), "--split", "test",
+                                 "--out", str(tmp_path / "only.pt")])
+    assert result.exit_code == 1 and "the validation split of the store the model trained on" in result.output
+
+    folds = add_folds(make_prepared(tmp_path / "ck", splits={"train": 3}), folds=3)
+    run = write_checkpoint(tmp_path / "fold1.pt", config={"fold": "1"}, resolved={"test_split": "fold1"})
+    result = runner.invoke(app, ["calibrate", str(run), str(folds), "--split", "fold1", "--out", str(tmp_path / "f1.pt")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "--split fold1 is the fold this run is evaluated on (trained with --fold 1)" in result.output
+    assert "optimistic" in result.output and not (tmp_path / "f1.pt").exists()
+    result = runner.invoke(app, ["calibrate", str(run), str(folds), "--split", "fold0", "--out", str(tmp_path / "f0.pt"),
+                                 "--device", "cpu", "--fusion", "trn", "--flip", "off"])
+    assert result.exit_code == 0, result.output  # another fold is the user's choice
+
+
 def test_choose_recipe_takes_the_lowest_nll_after_scaling_and_ties_go_to_the_cheaper():
     from poi_cli.core.outputs import PredictionRecipe
 

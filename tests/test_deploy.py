@@ -310,7 +310,7 @@ def test_a_folders_broken_links_loops_and_fifos_get_an_error_record_each(tmp_pat
     assert statuses["a.jpg"][0] == "ok" and set(statuses) == {"a.jpg", "broken.jpg", "loop.png", "pipe.jpg"}
     assert statuses["broken.jpg"] == ("error", "broken symlink (its target is missing)")
     assert statuses["pipe.jpg"] == ("error", "not a regular file")
-    assert statuses["loop.png"][0] == "error"
+    assert statuses["loop.png"] == ("error", "symlink loop (the link leads back to itself)")
 
 
 def test_save_vis_that_cannot_be_written_stops_the_pictures_not_the_predictions(tmp_path, monkeypatch):
@@ -327,7 +327,7 @@ def test_save_vis_that_cannot_be_written_stops_the_pictures_not_the_predictions(
     notes: list[str] = []
     run = predict_files(Predictor(threads=1, workers=0), expand_inputs([ASTRONAUT, ASTRONAUT.parent]),
                         csv_file=tmp_path / "out.csv", save_vis=tmp_path / "vis", progress=False, note=notes.append)
-    assert not run.interrupted and run.counts["ok"] == 1
+    assert not run.interrupted and run.counts["ok"] == 1 and run.pictures_in is None  # no picture: no "pictures in"
     assert len(notes) == 1 and "--save-vis stopped" in notes[0] and "Permission denied" in notes[0]
     assert [r["status"] for r in csv.DictReader(open(tmp_path / "out.csv"))] == ["ok"]
 
@@ -348,3 +348,104 @@ def test_an_array_that_is_no_image_gets_an_error_record_and_the_batch_goes_on():
     assert [r["status"] for r in records] == ["error", "ok", "error"]
     assert "uint8" in records[0]["reason"] and "float32" in records[0]["reason"] and records[0]["image"] == "<image 0>"
     assert records[1]["expression"] == "happiness"
+
+
+def test_a_csv_onto_a_named_pipe_is_written_into_not_replaced(tmp_path):
+    """`--csv` onto a FIFO (or /dev/stdout, /dev/null): the rows go into it. It used to be
+    replaced by a regular file (as root, /dev/null too), leaving its reader waiting."""
+    import os
+    import stat
+    import threading
+
+    pipe = tmp_path / "rows.csv"
+    os.mkfifo(pipe)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_text()), daemon=True)
+    reader.start()
+    done = poi_without_torch("predict", str(ASTRONAUT), "--csv", str(pipe))
+    reader.join(timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv"]
+    assert received and received[0].startswith("image,") and ",happiness," in received[0]
+
+
+def test_inputs_that_cannot_be_checked_or_listed_are_error_records(tmp_path, monkeypatch):
+    """A name too long for the file system, an empty name (Path("") is the current folder) and a
+    folder that cannot be listed each get an error record; the other inputs are predicted."""
+    import os
+    import shutil
+
+    album = tmp_path / "album"
+    (album / "locked").mkdir(parents=True)
+    shutil.copyfile(ASTRONAUT, album / "a.jpg")
+    shutil.copyfile(ASTRONAUT, album / "locked" / "b.jpg")
+    real_scandir = os.scandir
+
+    def no_permission(path="."):  # chmod 000 does not stop root, who may run this suite
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", no_permission)
+    monkeypatch.chdir(album)  # an empty name must not mean this folder
+    records = Predictor(threads=1, workers=0).predict_records(["x" * 300 + ".jpg", "", str(album)])
+    by_image = {r["image"]: (r["status"], r["reason"]) for r in records}
+    assert by_image["x" * 300 + ".jpg"][0] == "error" and "File name too long" in by_image["x" * 300 + ".jpg"][1]
+    assert by_image["''"] == ("error", "an empty name (give a file, a folder or a pattern)")
+    assert by_image[str(album / "locked")][0] == "error" and "Permission denied" in by_image[str(album / "locked")][1]
+    assert by_image[str(album / "a.jpg")][0] == "ok" and len(records) == 4
+
+
+def test_a_generator_of_inputs_loses_none_and_a_bad_image_object_is_an_error_record(tmp_path):
+    from PIL import Image
+
+    closed = Image.open(ASTRONAUT)
+    closed.close()
+    predictor = Predictor(threads=1, workers=0)
+    records = predictor.predict_records(x for x in [ASTRONAUT, closed, load_image(ASTRONAUT)])
+    assert [r["status"] for r in records] == ["ok", "error", "ok"]  # the first item was lost to an all() check
+    assert records[1]["image"] == "<image 1>" and "cannot read the image" in records[1]["reason"]
+
+
+TERMINATED_AFTER_ONE = """
+import os, signal, sys
+from poi_cli.deploy import predict
+original = predict.Predictor.iter_predictions
+def one_then_sigterm(self, *args, **kwargs):
+    for prediction in original(self, *args, **kwargs):
+        yield prediction
+        os.kill(os.getpid(), signal.SIGTERM)  # what timeout, docker stop and systemd send
+predict.Predictor.iter_predictions = one_then_sigterm
+sys.argv = ["poi"] + sys.argv[1:]
+from poi_cli.cli import run
+run()
+"""
+
+
+@pytest.mark.parametrize("output", ["--csv", "--json"])
+def test_sigterm_keeps_what_finished_as_ctrl_c_does(output, tmp_path):
+    """SIGTERM used to kill `poi predict` outright: no CSV, nothing printed, a lock left behind."""
+    import shutil
+
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        shutil.copyfile(ASTRONAUT, tmp_path / name)
+    csv_file = tmp_path / "out" / "rows.csv"
+    args = [str(tmp_path / "*.jpg"), "--workers", "0", *(["--csv", str(csv_file)] if output == "--csv" else ["--json"])]
+    done = subprocess.run([sys.executable, "-c", TERMINATED_AFTER_ONE, "predict", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120, env={"PATH": "/usr/bin:/bin", "POI_THREADS": "1"})
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: interrupted: the 1 inputs finished")
+    if output == "--csv":
+        assert csv_file.read_text().count("\n") == 2 and sorted(p.name for p in csv_file.parent.iterdir()) == ["rows.csv"]
+    else:
+        assert [r["image"] for r in json.loads(done.stdout)] == [str(tmp_path / "a.jpg")]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_stdout_that_cannot_be_written_is_one_line():
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-c", NO_TORCH, "predict", str(ASTRONAUT), "--json"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120,
+                              env={"PATH": "/usr/bin:/bin", "POI_THREADS": "1"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "error: stopped: [Errno 28] No space left on device"

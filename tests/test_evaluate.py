@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_prepared, tiny_config, tiny_model, write_checkpoint
+from conftest import add_folds, make_prepared, tiny_config, tiny_model, write_checkpoint
 from poi_cli.model.calibration import Calibration, calibration_study, softmax
 from poi_cli.model.checkpoint import resolve_checkpoint
 from poi_cli.cli import app
@@ -256,6 +256,22 @@ def test_run_folder_resolves_to_best_and_errors_are_one_line(tmp_path):
     assert result.exit_code == 1 and "cannot read" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "nothing"), str(data)])
     assert result.exit_code == 1 and "no such run folder" in result.output
+
+
+def test_a_bad_manifest_row_outside_the_evaluated_fold_is_a_one_line_error(tmp_path):
+    """The twins are looked for among every usable face, so every usable row's store_index is
+    checked, not only the evaluated fold's; and the number prints as the file has it."""
+    data = add_folds(make_prepared(tmp_path / "data", splits={"train": 3}), folds=3)
+    manifest = pd.read_csv(data / MANIFEST_FILE)
+    manifest.loc[manifest.index[manifest["fold"] == 2][0], "store_index"] = 5000
+    manifest.to_csv(data / MANIFEST_FILE, index=False)
+    checkpoint = constant_model(tmp_path / "model.pt")
+    for split in ("fold1", "fold2"):  # the bad row outside the evaluated fold, then inside it
+        result = CliRunner().invoke(app, ["evaluate", str(checkpoint), str(data), "--split", split, "--device", "cpu",
+                                          "--out", str(tmp_path / split)])
+        assert result.exit_code == 1 and "Traceback" not in result.output, (split, result.exception)
+        assert "has store_index 5000, outside faces.npy's 21 rows" in result.output and "np.int64" not in result.output
+        assert not (tmp_path / split / "metrics.json").exists()
 
 
 def test_unusable_model_or_device_is_a_one_line_error(tmp_path):

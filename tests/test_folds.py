@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_prepared, stripe_image, tiny_config
+from conftest import add_folds, make_prepared, stripe_image, tiny_config
 from poi_cli.cli import app
 from poi_cli.core.manifests import CLASSES
 from poi_cli.data.folds import random_test_mask, subject_folds
@@ -131,6 +131,24 @@ def test_evaluate_split_rule_test_then_validation_then_the_runs_held_out_images(
     # a checkpoint file (no run folder) on a store without test or validation: a one-line error
     with pytest.raises(EvaluateError, match="name one with --split"):
         choose_split(run / "best.pt", PreparedDataset(train_only))
+
+
+def test_an_interrupted_fold_all_says_to_run_the_same_command_again(tmp_path, monkeypatch):
+    """--fold all refuses --resume (the same command resumes it): Ctrl-C must not suggest it.
+    A single run's Ctrl-C still does (--resume RUN_DIR is how it resumes)."""
+    import poi_cli.pipeline
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(poi_cli.pipeline, "train", interrupted)  # Ctrl-C in the first fold's training
+    data = add_folds(make_prepared(tmp_path / "ck", splits={"train": 2}), folds=2)
+    options = ["train", str(data), "--size", "64", "--epochs", "1", "--project", str(tmp_path / "runs")]
+    result = CliRunner().invoke(app, [*options, "--name", "cv", "--fold", "all"])
+    assert result.exit_code == 130 and "run the same command again to resume" in result.output
+    assert "--resume" not in result.output
+    result = CliRunner().invoke(app, [*options, "--name", "one", "--fold", "1"])
+    assert result.exit_code == 130 and "continue with --resume RUN_DIR" in result.output
 
 
 def test_fold_all_trains_every_fold_writes_cv_and_resumes(tmp_path):

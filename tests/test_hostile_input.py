@@ -123,6 +123,13 @@ def a_file(name: str) -> Callable[[dict[str, Path]], None]:
     return lambda world: (world["TMP"] / name).write_text("mine\n")
 
 
+def another_dataset_and_run(world: dict[str, Path]) -> None:
+    """TMP/other (a copy of DATA) and TMP/other_run (a copy of RUN): folders the command does
+    not read, whose own files it must not write over either."""
+    shutil.copytree(world["DATA"], world["TMP"] / "other")
+    shutil.copytree(world["RUN"], world["TMP"] / "other_run")
+
+
 AUDIT = ["audit", "RUN", "DATA", "--labels", "LABELS", "--out", "TMP/audit"]
 CALIBRATE = ["calibrate", "RUN", "DATA", "--out", "TMP/calibrated.pt"]
 CLEAN = ["clean", "RUN", "DATA", "--fraction", "0.1", "--out", "TMP/clean.csv"]
@@ -165,6 +172,27 @@ CASES = {
                                                    "would write over results.csv"),
     "export --out its run's last.pt": (None, ["export", "RUN", "--format", "onnx", "--out", "RUN/last.pt"],
                                        "is one of the inputs"),
+    # outputs onto the files of a prepared folder or a run folder the command does not read
+    "noise --out another dataset's manifest": (another_dataset_and_run, ["noise", "DATA", "--rate", "0.2", "--out",
+                                                                        "TMP/other/manifest.csv"],
+                                               "is the manifest.csv of the prepared folder"),
+    "noise --out whose summary lands on another run's config.json": (another_dataset_and_run, [
+        "noise", "DATA", "--rate", "0.2", "--out", "TMP/other_run/config.csv"], "is the config.json of the run folder"),
+    "clean --out another run's results.csv": (another_dataset_and_run, ["clean", "RUN", "DATA", "--fraction", "0.1",
+                                                                       "--out", "TMP/other_run/results.csv"],
+                                              "is the results.csv of the run folder"),
+    "calibrate --out another run's last.pt": (another_dataset_and_run, ["calibrate", "RUN", "DATA", "--out",
+                                                                       "TMP/other_run/last.pt"],
+                                              "is the last.pt of the run folder"),
+    "export --out another run's best.pt": (another_dataset_and_run, ["export", "RUN", "--format", "weights", "--out",
+                                                                    "TMP/other_run/best.pt"],
+                                           "is the best.pt of the run folder"),
+    "combine --out inside one of its folders": (another_dataset_and_run, ["combine", "DATA", "TMP/other", "--out",
+                                                                          "DATA/combined"], "one of the folders it combines"),
+    # failing after the output folder was made: the new folder is removed again (checked for every case)
+    "combine a folder that is not prepared": (a_file("notes"), ["combine", "DATA", "RUN", "--out", "TMP/made/combined"],
+                                              "prepared.json"),
+    "report on runs that are not there": (None, ["report", "TMP/none", "--out", "TMP/made/report"], "no run folders to report"),
     # outputs that cannot be written: said before the work, in the user's words
     "evaluate --out a file": (a_file("taken"), ["evaluate", "RUN", "DATA", "--out", "TMP/taken"], "is a file, not a folder"),
     "evaluate --out under a file": (a_file("taken"), ["evaluate", "RUN", "DATA", "--out", "TMP/taken/sub"],
@@ -221,6 +249,7 @@ def test_bad_input_is_one_line_and_changes_nothing(case: str, world: dict[str, P
         prepare(world)
     before = {name: digest(path) if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
               for name, path in world.items() if name != "TMP"}
+    folders_before = empty_folders(world["TMP"])
     argv = [a.replace("TMP", str(world["TMP"])) for a in args]
     for name in ("DATA", "RUN", "LABELS"):
         argv = [a.replace(name, str(world[name]), 1) if a.startswith(name) else a for a in argv]
@@ -232,6 +261,12 @@ def test_bad_input_is_one_line_and_changes_nothing(case: str, world: dict[str, P
     after = {name: digest(path) if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
              for name, path in world.items() if name != "TMP"}
     assert after == before, case
+    # a failed command leaves no empty folder of its own behind (evaluate, audit, report, combine made --out first)
+    assert empty_folders(world["TMP"]) == folders_before, (case, empty_folders(world["TMP"]) - folders_before)
+
+
+def empty_folders(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_dir() and not any(p.iterdir())}
 
 
 @pytest.mark.parametrize("planted", ["progress.jsonl", "faces.npy"])
@@ -279,10 +314,26 @@ def test_prepare_does_not_write_through_a_symlink_planted_in_its_output(planted:
     assert outside.read_text() == "not poi's\n"
 
 
+def change_weights(change: Callable[[dict], dict]) -> Callable[[dict], dict]:
+    return lambda c: {**c, "model": change(dict(c["model"]))}
+
+
+def first_linear_weight(weights: dict) -> str:
+    return next(k for k, t in weights.items() if k.endswith(".weight") and t.dim() == 2)
+
+
 BAD_CHECKPOINTS = {
     "model_config not a mapping": (lambda c: {**c, "model_config": [1, 2, 3]}, "model_config is a list"),
     "empty weights": (lambda c: {**c, "model": {}}, "weights are empty"),
     "classes not names": (lambda c: {**c, "classes": 7}, "classes is not a list"),
+    "no classes": (lambda c: {k: v for k, v in c.items() if k != "classes"}, "names 0 classes for a model of 7 outputs"),
+    "classes one short": (lambda c: {**c, "classes": c["classes"][:-1]}, "names 6 classes for a model of 7 outputs"),
+    "a weight of the wrong shape": (change_weights(lambda w: {**w, (k := first_linear_weight(w)): w[k][:, :-1]}),
+                                    "weights do not fit the model its model_config describes"),
+    "a weight missing": (change_weights(lambda w: {k: v for k, v in w.items() if k != first_linear_weight(w)}),
+                         "1 tensor(s) missing"),
+    "a weight too many": (change_weights(lambda w: {**w, "extra.weight": w[first_linear_weight(w)]}),
+                          "unexpected tensor(s), e.g. extra.weight"),
 }
 LOADERS = {
     "evaluate": ["evaluate", "CKPT", "DATA", "--out", "TMP/eval"],

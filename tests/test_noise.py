@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -13,15 +14,18 @@ from typer.testing import CliRunner
 from poi_cli.cli import app
 from poi_cli.core.manifests import class_names
 from poi_cli.core.schema import STATUS_BAD_IMAGE, STATUS_OK
-from poi_cli.data.noise import write_noisy_labels
-from poi_cli.data.store import MANIFEST_FILE, PreparedDataset, write_store
+from poi_cli.data.noise import flip_labels, write_noisy_labels
+from poi_cli.data.store import MANIFEST_FILE, PreparedDataset, StoreError, read_label_file, write_store
 
 
-def make_store(root: Path, images: int = 3000, num_classes: int = 8) -> Path:
-    """A prepared folder with `images` train rows, a few val rows and one bad image (1x1 faces)."""
+def make_store(root: Path, images: int = 3000, num_classes: int = 8, labelled: Sequence[int] | None = None,
+               **meta: str) -> Path:
+    """A prepared folder with `images` train rows, a few val rows and one bad image (1x1 faces);
+    labelled: the classes its rows use (all by default; CK+48 uses every one but neutral);
+    meta: dataset and layout of its prepared.json (default dataset "test", which poi has no facts for)."""
     rng = np.random.default_rng(1)
     splits = ["train"] * images + ["val"] * 10 + ["train"]
-    labels = rng.integers(0, num_classes, len(splits))
+    labels = rng.integers(0, num_classes, len(splits)) if labelled is None else rng.choice(labelled, len(splits))
     names = class_names(num_classes)
     rows = []
     for k, (split, label) in enumerate(zip(splits, labels)):
@@ -29,7 +33,8 @@ def make_store(root: Path, images: int = 3000, num_classes: int = 8) -> Path:
         rows.append(dict(id=f"{split}/img{k:05d}.png", source=f"{split}/img{k:05d}.png", split=split, label=int(label),
                          label_name=names[label], status=STATUS_OK if ok else STATUS_BAD_IMAGE,
                          reason="" if ok else "empty file", n_faces=1, store_index=k if ok else -1))
-    return write_store(root, np.zeros((len(splits), 1, 1, 3), np.uint8), rows, dataset="test", classes=names)
+    return write_store(root, np.zeros((len(splits), 1, 1, 3), np.uint8), rows, classes=names,
+                       **{"dataset": "test", **meta})
 
 
 def test_same_seed_gives_byte_identical_files_and_manifest_is_untouched(tmp_path: Path) -> None:
@@ -72,6 +77,57 @@ def test_realised_rate_per_class_counts_and_clean_labels(tmp_path: Path) -> None
     assert (data.clean_labels == train["label"].to_numpy()).all()
 
 
+def old_flip_labels(labels: np.ndarray, num_classes: int, rate: float, seed: int) -> np.ndarray:
+    """flip_labels as it was before flips kept to the labelled classes: the shipped files' rule."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    flip = rng.random(labels.shape) < rate
+    offsets = rng.integers(1, num_classes, size=labels.shape)
+    return np.where(flip, (labels + offsets) % num_classes, labels)
+
+
+def test_a_store_that_labels_every_class_gets_the_old_flips(tmp_path: Path) -> None:
+    """The shipped FERPlus files were drawn by the old rule: they must stay reproducible."""
+    store = make_store(tmp_path / "store")
+    table = pd.read_csv(write_noisy_labels(store, 0.3, seed=5)[0])
+    clean = table["clean_label"].to_numpy(np.int64)
+    assert (table["label"].to_numpy() == old_flip_labels(clean, 8, 0.3, 5)).all()
+    assert (flip_labels(clean, 8, 0.3, 5, classes=range(8)) == old_flip_labels(clean, 8, 0.3, 5)).all()
+    assert "never_labelled" not in write_noisy_labels(store, 0.3, seed=5)[1]  # the summary is unchanged too
+
+
+def test_flips_stay_among_the_classes_the_dataset_labels(tmp_path: Path) -> None:
+    """CK+48: 8 classes, contempt at index 7, but no neutral (6) face: no label may become neutral."""
+    store = make_store(tmp_path / "store", labelled=[0, 1, 2, 3, 4, 5, 7], dataset="ckplus", layout="ck+48")
+    path, summary = write_noisy_labels(store, 0.5, seed=0)
+    table = pd.read_csv(path)
+    flipped = table["label"] != table["clean_label"]
+    assert (table["label"] != 6).all() and summary["per_class"]["neutral"]["noisy_labels"] == 0
+    assert set(table.loc[flipped, "label"]) == {0, 1, 2, 3, 4, 5, 7}  # every other labelled class still a target
+    assert abs(summary["realised_rate"] - 0.5) < 0.04 and summary["never_labelled"] == ["neutral"]
+    result = CliRunner().invoke(app, ["noise", str(store), "--rate", "0.5", "--seed", "1"])
+    assert result.exit_code == 0 and "never to neutral" in result.output
+    with pytest.raises(ValueError, match="at least two"):
+        flip_labels(np.array([3, 3]), 8, 0.1, classes=[3])
+    with pytest.raises(ValueError, match="labels must be among the classes"):
+        flip_labels(np.array([6]), 8, 0.1, classes=[0, 7])
+
+
+def test_train_noise_and_the_audit_that_rebuilds_it_flip_among_the_labelled_classes(tmp_path: Path) -> None:
+    """`poi train --noise` flips in memory, and `poi audit` rebuilds those labels from the run's
+    config: both keep to the dataset's classes (no neutral on CK+48) and agree label for label."""
+    from poi_cli.study.audit import audited_labels
+    from poi_cli.train.config import TrainConfig
+    from poi_cli.train.data import training_labels
+
+    store = make_store(tmp_path / "store", images=600, labelled=[0, 1, 2, 3, 4, 5, 7], dataset="ckplus", layout="ck+48")
+    dataset = PreparedDataset(store)
+    config = TrainConfig(data=str(store), noise=0.5, noise_seed=2)
+    labels, clean, realised = training_labels(dataset, dataset.split("train"), config)
+    assert 6 not in labels and realised is not None and abs(realised - 0.5) < 0.06
+    audited, _ = audited_labels(dataset, "train", config.to_dict(), True)
+    assert (audited.labels == labels).all() and (audited.clean_labels == clean).all()
+
+
 def test_rate_zero_and_bad_arguments(tmp_path: Path) -> None:
     store = make_store(tmp_path / "store", images=50)
     _, summary = write_noisy_labels(store, 0.0, seed=0)
@@ -89,6 +145,19 @@ def test_rate_zero_and_bad_arguments(tmp_path: Path) -> None:
     result = runner.invoke(app, ["noise", str(store), "--rate", "0.1", "--split", "val"])
     assert result.exit_code == 0 and "realised rate" in result.output
     assert (store / "labels" / "val_noise10_seed0.csv").is_file()
+
+
+def test_an_empty_label_cell_names_its_row_and_id(tmp_path: Path) -> None:
+    """pandas reads an empty cell as nan: the error says the label is missing, not "label 'nan'"."""
+    store = make_store(tmp_path / "store", images=5)
+    path = tmp_path / "labels.csv"
+    path.write_text("id,label,clean_label\ntrain/img00000.png,3,3\ntrain/img00001.png,,2\n")
+    with pytest.raises(StoreError, match=r"row 3 \(id 'train/img00001.png'\): the label is empty") as error:
+        PreparedDataset(store).split("train", labels_file=path)
+    assert "nan" not in str(error.value) and "\n" not in str(error.value)
+    path.write_text("id,label,clean_label\ntrain/img00000.png,3,\n")
+    with pytest.raises(StoreError, match=r"row 2 \(id 'train/img00000.png'\): the clean_label is empty$"):
+        read_label_file(path)
 
 
 @pytest.mark.parametrize("percent", [10, 20, 30])

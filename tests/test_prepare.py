@@ -21,7 +21,8 @@ from poi_cli.cli import app
 from poi_cli.data.datasets import DATASET_NAMES, LayoutError, dataset_manifest
 from poi_cli.data.faces import BLANK_REASON, Face
 from poi_cli.core.manifests import CLASSES
-from poi_cli.data.prepare import JOURNAL_FILE, PrepareError, prepare
+from poi_cli.core.layout import PREPARE_JOURNAL_FILE
+from poi_cli.data.prepare import PrepareError, prepare
 from poi_cli.data.store import PreparedDataset
 
 SIZE = 32
@@ -146,17 +147,17 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch:
     with pytest.raises(KeyboardInterrupt):
         prepare("folder", raw, out, size=SIZE, batch_size=4, show_progress=False, detector=InterruptingDetector(stop_at=3))
     assert not (out / "prepared.json").exists()
-    done = (out / JOURNAL_FILE).read_text().splitlines()
+    done = (out / PREPARE_JOURNAL_FILE).read_text().splitlines()
     assert len(done) == 8  # two batches of 4 finished before the interrupt
     # a journal an older poi wrote has no face digests: they come from the stored faces
     older = [json.dumps({k: v for k, v in json.loads(line).items() if k != "digest"}) for line in done]
     assert all("digest" in json.loads(line) for line in done if json.loads(line)["status"] == "ok")
-    (out / JOURNAL_FILE).write_text("".join(line + "\n" for line in older))
-    with open(out / JOURNAL_FILE, "a") as handle:
+    (out / PREPARE_JOURNAL_FILE).write_text("".join(line + "\n" for line in older))
+    with open(out / PREPARE_JOURNAL_FILE, "a") as handle:
         handle.write('{"i": 14, "sta')  # a line torn by a crash is ignored
     result = prepare("folder", raw, out, size=SIZE, batch_size=4, show_progress=False, detector=InterruptingDetector())
     assert (result.resumed, result.processed) == (8, 7)
-    assert not (out / JOURNAL_FILE).exists()
+    assert not (out / PREPARE_JOURNAL_FILE).exists()
     prepare("folder", raw, fresh, size=SIZE, batch_size=4, show_progress=False, detector=InterruptingDetector())
     assert (out / "faces.npy").read_bytes() == (fresh / "faces.npy").read_bytes()
     assert (out / "manifest.csv").read_bytes() == (fresh / "manifest.csv").read_bytes()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import tiny_model, write_checkpoint
+from conftest import add_folds, tiny_model, write_checkpoint
 from poi_cli.model.checkpoint import save_checkpoint
 from poi_cli.cli import app
 from poi_cli.train.config import AUGMENTATION, LOSS, MODEL, OPTIMISER, TrainConfig
@@ -175,6 +175,22 @@ def test_report_with_data_adds_confusion_consistency_strata_and_calibration(runs
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "most confident (confidence)" in markdown and "least confident (consistency)" in markdown
     assert "## Calibration" in markdown and "aurc_consistency" in markdown
+
+
+def test_report_takes_the_fold_splits_evaluate_takes(runs, prepared, tmp_path):
+    """CK+ is cross-validated: `poi evaluate --split fold1` works, so must `poi report --split fold1`."""
+    add_folds(prepared, folds=3)
+    report = build_report([runs / "poi20"], tmp_path / "out", data=prepared, split="fold1", device="cpu")
+    evaluation = report.runs[0].evaluation
+    assert evaluation["split"] == "fold1" and evaluation["n_images"] == 14  # 42 train images in 3 folds
+    result = runner.invoke(app, ["report", str(runs / "poi20"), "--data", str(prepared), "--split", "fold1",
+                                 "--out", str(tmp_path / "cli"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    for split, message in (("fold3", "fold 3 is not in 0..2"), ("nosuch", "no usable faces in split 'nosuch'")):
+        result = runner.invoke(app, ["report", str(runs / "poi20"), "--data", str(prepared), "--split", split,
+                                     "--out", str(tmp_path / split)])
+        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+        assert "fold0, fold1, fold2" in result.output or split == "fold3"  # the names it would take
 
 
 def test_run_whose_model_knows_no_class_of_the_data_gets_a_note(runs, prepared, tmp_path):

@@ -398,6 +398,56 @@ def test_uvicorn_settings_and_limit_checks():
         ServeLimits(body_timeout_s=0)
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--max-upload-mb", "inf", "--max-upload-mb must be a positive number, got inf"),
+    ("--max-request-megapixels", "inf", "--max-request-megapixels must be a positive number, got inf"),
+    ("--body-timeout", "nan", "--body-timeout must be a positive number, got nan"),
+    ("--max-upload-mb", "1e-9", "--max-upload-mb 1e-09 is less than one byte"),
+    ("--max-megapixels", "1e-9", "--max-megapixels 1e-09 is less than one pixel"),
+])
+def test_a_serve_limit_out_of_range_is_one_line_in_the_users_words(option, value, message):
+    """inf used to raise OverflowError (int(inf)); a limit under one byte or pixel was named by
+    ServeLimits' field (max_request_bytes), not by the option the user typed."""
+    from typer.testing import CliRunner
+
+    from poi_cli.cli import app
+
+    result = CliRunner().invoke(app, ["serve", option, value, "--threads", "1"])
+    assert result.exit_code == 1 and result.stderr.strip() == f"error: {message}", result.output
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_a_server_stopped_by_a_signal_ends_cleanly(stop):
+    """docker stop and systemd send SIGTERM, a terminal Ctrl-C: uvicorn shuts down, then
+    `poi serve` exits 0 with one line (SIGTERM turned into an `error: interrupted`, exit 130,
+    once the CLI made it stop commands as Ctrl-C does)."""
+    import signal
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "poi_cli", "serve", "--port", str(port), "--threads", "1"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "POI_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+                    assert json.load(answer)["status"] == "ok"
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.5)
+        server.send_signal(getattr(signal, stop))
+        _, stderr = server.communicate(timeout=60)
+    finally:
+        server.kill()
+    assert server.returncode == 0 and "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "server stopped"
+
+
 def test_serve_module_imports_no_torch():
     code = "import sys, poi_cli.deploy.serve; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -112,6 +112,15 @@ def test_every_and_fps_select_the_right_frames(files, sampling, expected):
     assert reader.stopped is None
 
 
+@pytest.mark.parametrize("option", ["--start", "--end", "--fps"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_sampling_option_that_is_no_number_is_one_line(option, value, files):
+    """--start nan read "cannot convert float NaN to integer"; --fps inf passed as positive."""
+    result = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), option, value])
+    unit = "frames per second" if option == "--fps" else "seconds"
+    assert result.exit_code == 1 and result.stderr.strip() == f"error: {option} must be a number of {unit}, got {value}"
+
+
 def test_a_window_past_the_video_end_is_an_error_record_not_nothing(files):
     result = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), "--start", "10", "--json"])
     assert result.exit_code == 1, result.stderr  # the only input gave no frame: nothing could be read

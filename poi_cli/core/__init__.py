@@ -8,5 +8,6 @@ autocast, torchrun processes; the one module here that imports torch), metrics (
 matrix, recall, ROC AUC on arrays), threads (--threads for torch and ONNX Runtime),
 outputs (ModelOutputs: what a model runner gives prediction, in numpy; PredictionRecipe:
 how the reported probabilities are made), progress (the rich progress bar of every loop over
-images or frames).
+images or frames), layout (the names of the files poi writes into a prepared folder and a
+run folder).
 """

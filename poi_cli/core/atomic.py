@@ -12,9 +12,22 @@ import glob
 import io
 import json
 import os
+import stat
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+
+def is_stream(path: str | Path) -> bool:
+    """Whether `path` (symlinks followed) is a FIFO or a character device: /dev/null,
+    /dev/stdout onto a pipe or a terminal. Written into, never replaced: a rename would
+    put a regular file in the device's or the pipe's place (as root, /dev/null itself)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
 
 
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
@@ -22,8 +35,12 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
 
     The temp file (.NAME.PID.random.tmp) is removed on any exit Python sees; one that a
     killed process left (SIGKILL, power loss: its PID no longer runs) is removed by the
-    next write of the same file."""
+    next write of the same file. A stream (is_stream) is written into directly."""
     path = Path(path)
+    if is_stream(path):
+        with open(path, "wb") as f:
+            write(f)
+        return
     try:
         remove_stale_temps(path)
         handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
@@ -142,10 +159,28 @@ def refuse_input_as_output(output: str | Path, inputs: Iterable[str | Path], opt
                                    "which this command reads; choose another file")
 
 
-def output_file(path: str | Path, option: str) -> Path:
+def refuse_poi_file(output: str | Path, option: str) -> None:
+    """Raise PoiError when `output` would be a file of a prepared folder or a run folder
+    under the name poi gives it there (core/layout.py), whether or not that file exists
+    yet: written there, it would replace the folder's own (another run's last.pt, another
+    dataset's manifest.csv) or be read back as it. A folder is a prepared folder when it
+    holds prepared.json, a run folder when it holds config.json, last.pt or best.pt."""
+    from poi_cli.core.errors import PoiError
+    from poi_cli.core.layout import BEST, CONFIG_FILE, LAST, META_FILE, RUN_FILES, STORE_FILES
+
+    for written in dict.fromkeys((replaced_entry(output), real_path(output))):
+        folder = written.parent
+        if written.name in STORE_FILES and (folder / META_FILE).is_file():
+            raise PoiError(f"{option} {output} is the {written.name} of the prepared folder {folder}; choose another file")
+        if written.name in RUN_FILES and any((folder / name).is_file() for name in (CONFIG_FILE, LAST, BEST)):
+            raise PoiError(f"{option} {output} is the {written.name} of the run folder {folder}; choose another file")
+
+
+def output_file(path: str | Path, option: str, rewrites_itself: bool = False) -> Path:
     """Check, before any work, that a file can be written at `path` and create its folder:
-    PoiError (one line) for an empty name, a folder in its place or a file where its folder
-    should be."""
+    PoiError (one line) for an empty name, a folder in its place, a file where its folder
+    should be, or a prepared or run folder's own file (refuse_poi_file; unless
+    rewrites_itself: the command rewrites the file it read, `poi calibrate --in-place`)."""
     from poi_cli.core.errors import PoiError
 
     if not str(path).strip():
@@ -153,6 +188,12 @@ def output_file(path: str | Path, option: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise PoiError(f"{option} {path} is a folder; give a file name")
+    if is_stream(path):  # /dev/null, /dev/stdout, a named pipe: written into (atomic_write), nothing replaced
+        return path
+    if path.exists() and not path.is_file():
+        raise PoiError(f"{option} {path} is neither a regular file nor a stream (a device or a socket): choose a file")
+    if not rewrites_itself:
+        refuse_poi_file(path, option)
     output_folder(path.parent, option, of=path)
     return path
 
@@ -177,3 +218,28 @@ def output_folder(path: str | Path, option: str, of: str | Path | None = None) -
         raise PoiError(f"{what}: the folder {path} is not writable")
     return path
 
+
+@contextmanager
+def command_output_folder(out: Optional[str | Path], option: str,
+                          default_project: Optional[str | Path] = None) -> Iterator[Path]:
+    """A command's output folder for the duration of its work: `out` checked and made before
+    the work (output_folder), or, without one, the next numbered folder under
+    default_project (next_run_dir: exp, exp2, ...). If the work fails, the folders this made
+    are removed again where they are still empty: a failed command leaves no empty folder
+    behind (a folder with a finished part in it, e.g. cross-fit models, stays)."""
+    if out is None and default_project is None:
+        raise ValueError(f"{option} needs a folder name")
+    start = Path(out if out is not None else default_project)
+    made = [p for p in (start, *start.parents) if not p.exists()]  # deepest first
+    folder = output_folder(out, option) if out is not None else next_run_dir(default_project, "exp")
+    if out is None and folder not in made:
+        made.insert(0, folder)
+    try:
+        yield folder
+    except BaseException:
+        for path in made:
+            try:
+                path.rmdir()  # only an empty folder
+            except OSError:
+                break
+        raise

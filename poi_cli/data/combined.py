@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from poi_cli.core.atomic import output_folder, real_path, refuse_input_as_output
+from poi_cli.core.atomic import command_output_folder, real_path, refuse_input_as_output
 from poi_cli.core.errors import PoiError
+from poi_cli.core.layout import FACES_FILE, META_FILE, RUN_FILES
 
 if TYPE_CHECKING:  # data.store imports this module
     from poi_cli.data.store import PreparedDataset
@@ -121,8 +122,6 @@ def parse_weights(text: Optional[str], count: int) -> list[float]:
 def combine(prepared_dirs: Sequence[str | Path], out: str | Path, weights: Optional[Sequence[float]] = None,
             names: Optional[Sequence[str]] = None) -> Path:
     """Write the combined folder `out` over `prepared_dirs` (see the module docstring)."""
-    from poi_cli.data.store import PreparedDataset, StoreWriter, store_meta
-
     if len(prepared_dirs) < 2:
         raise CombineError("combine needs at least two prepared folders")
     if not str(out).strip():
@@ -132,12 +131,22 @@ def combine(prepared_dirs: Sequence[str | Path], out: str | Path, weights: Optio
     if len(set(names)) != len(names):
         raise CombineError(f"the datasets need distinct folder names to tell them apart (got {', '.join(names)})")
     refuse_input_as_output(out, prepared_dirs, "--out")
-    output_folder(out, "--out")
-    if (Path(out) / "faces.npy").exists() or ((Path(out) / "prepared.json").is_file() and not _is_combined(Path(out))):
+    inside = [p for p in prepared_dirs if real_path(out).is_relative_to(real_path(p))]
+    if inside:  # the member's folder would hold a dataset built of itself (and travel with it)
+        raise CombineError(f"--out {out} lies inside {inside[0]}, one of the folders it combines: write it beside them")
+    if (Path(out) / FACES_FILE).exists() or ((Path(out) / META_FILE).is_file() and not _is_combined(Path(out))):
         raise CombineError(f"--out {out} holds a prepared dataset: give a new folder (or an earlier combined one)")
-    # a run folder's files (model/checkpoint.py names them; not imported here: it needs torch)
-    if any((Path(out) / name).exists() for name in ("config.json", "results.csv", "best.pt", "last.pt")):
+    if any((Path(out) / name).exists() for name in RUN_FILES):
         raise CombineError(f"--out {out} holds a training run: give a new folder (or an earlier combined one)")
+    with command_output_folder(out, "--out") as folder:
+        return _write_combined(prepared_dirs, folder, weights, names)
+
+
+def _write_combined(prepared_dirs: Sequence[str | Path], out: Path, weights: Sequence[float],
+                    names: Sequence[str]) -> Path:
+    """combine's work, once its arguments and `out` are checked: read the members, write the folder."""
+    from poi_cli.data.store import PreparedDataset, StoreWriter, store_meta
+
     datasets = [PreparedDataset(p) for p in prepared_dirs]
     nested = [str(d.root) for d in datasets if d.members]
     if nested:
@@ -225,7 +234,7 @@ def member_summary(root: str | Path) -> tuple[list[str], list[dict]]:
 def _is_combined(folder: Path) -> bool:
     """Whether `folder`'s prepared.json names members (an unreadable one is left to PreparedDataset to report)."""
     try:
-        meta = json.loads((folder / "prepared.json").read_text())
+        meta = json.loads((folder / META_FILE).read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         return False
     return isinstance(meta, dict) and "members" in meta

@@ -43,7 +43,7 @@ def store_digests(dataset: PreparedDataset) -> pd.Series:
     manifest's face_digest where it has one, computed from faces.npy where not (a folder of an
     older poi, or a combined folder with such a member). PreparedDataset.face_digests keeps it."""
     usable = dataset.manifest[dataset.manifest["status"] == STATUS_OK]
-    rows = pd.to_numeric(usable["store_index"], errors="coerce").to_numpy(np.int64)
+    rows = dataset.face_rows(usable)  # every usable row, not only the evaluated split's: checked here too
     known = stored_digests(usable)
     digests = np.empty(len(rows), object)
     if known.any():

@@ -14,6 +14,8 @@ detection: `resize_face(image, 224)`. See docs/faces.md for the template and con
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import threading
 import warnings
@@ -51,7 +53,14 @@ def load_image(path: str | Path) -> Image.Image:
     """
     path = Path(path)
     if not path.exists():
-        raise ImageLoadError("broken symlink (its target is missing)" if path.is_symlink() else "file not found")
+        if not path.is_symlink():
+            raise ImageLoadError("file not found")
+        try:
+            os.stat(path)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise ImageLoadError("symlink loop (the link leads back to itself)") from None
+        raise ImageLoadError("broken symlink (its target is missing)")
     if not path.is_file():
         raise ImageLoadError("not a regular file")
     try:

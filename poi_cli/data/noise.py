@@ -1,33 +1,66 @@
 """Synthetic label noise (POI_SPEC section 7): symmetric flips, seeded.
 
 Each label is flipped with probability `rate` to a class drawn uniformly from the other
-classes, once. The same (labels, num_classes, rate, seed) always gives the same result.
+classes the dataset labels, once: a class of the label space its layout never labels
+(CK+48 labels no neutral face, yet its 8 classes include neutral) is never a flip's
+target, since a real annotator of that dataset could not have chosen it. The same (labels,
+classes, rate, seed) always gives the same result; where the dataset labels every class (FERPlus,
+RAF-DB) the flips are those poi drew before this rule, so the shipped noise files still reproduce.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from poi_cli.core.atomic import atomic_write_text, output_file, refuse_input_as_output
+from poi_cli.core.atomic import atomic_write_text, output_file, refuse_input_as_output, refuse_poi_file
+from poi_cli.core.errors import PoiError
+
+if TYPE_CHECKING:  # data.store is imported inside the functions (pandas-heavy, imports this module's neighbours)
+    from poi_cli.data.store import PreparedDataset
 
 
-def flip_labels(labels: np.ndarray, num_classes: int, rate: float, seed: int = 0) -> np.ndarray:
-    """Return a noisy copy of `labels` (int64); the input is not modified."""
+class NoiseError(PoiError):
+    """Labels that cannot be flipped as asked; one-line message."""
+
+
+def flip_labels(labels: np.ndarray, num_classes: int, rate: float, seed: int = 0,
+                classes: Sequence[int] | None = None) -> np.ndarray:
+    """Return a noisy copy of `labels` (int64); the input is not modified.
+
+    classes: the class indices a label may be flipped to (those the dataset labels,
+    noise_targets; default all num_classes). Every label must be one of them."""
     if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"noise rate must lie in [0, 1], got {rate}")
+        raise NoiseError(f"noise rate must lie in [0, 1], got {rate}")
     labels = np.asarray(labels, dtype=np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in 0..{num_classes - 1}")
+    targets = np.arange(num_classes) if classes is None else np.unique(np.asarray(classes, dtype=np.int64))
+    if targets.size and (targets.min() < 0 or targets.max() >= num_classes):
+        raise NoiseError(f"classes must lie in 0..{num_classes - 1}")
+    if labels.size and not np.isin(labels, targets).all():
+        raise NoiseError(f"labels must be among the classes {', '.join(map(str, targets.tolist()))}")
+    if targets.size < 2:  # nothing to flip to; rng.integers(1, 1) would fail
+        if rate > 0 and labels.size:
+            raise NoiseError(f"the labels use {targets.size} class(es): noise needs at least two to flip among")
+        return labels.copy()
     rng = np.random.Generator(np.random.PCG64(seed))
     flip = rng.random(labels.shape) < rate
-    # An offset in 1..C-1 added modulo C is a uniform draw among the other classes.
-    offsets = rng.integers(1, num_classes, size=labels.shape)
-    return np.where(flip, (labels + offsets) % num_classes, labels)
+    # An offset in 1..K-1 added modulo K to a label's position among the K target classes is a
+    # uniform draw among the others. With all classes as targets (position = label) these are
+    # the very draws and flips of the rule before `classes` existed: shipped noise files reproduce.
+    offsets = rng.integers(1, targets.size, size=labels.shape)
+    position = np.searchsorted(targets, labels)
+    return np.where(flip, targets[(position + offsets) % targets.size], labels)
+
+
+def noise_targets(dataset: "PreparedDataset") -> list[int]:
+    """The class indices a label of `dataset` may be flipped to: those its dataset labels
+    (PreparedDataset.labelled_classes; all of them for a layout poi has no facts for). One
+    rule for `poi noise` files, `poi train --noise` and the audit that rebuilds its labels."""
+    return [dataset.classes.index(name) for name in dataset.labelled_classes]
 
 
 # ------------------------------------------------------------------ `poi noise` label files
@@ -55,7 +88,8 @@ def write_noisy_labels(
 ) -> tuple[Path, dict[str, Any]]:
     """Flip the labels of a prepared split and write a label file for `poi train --labels`.
 
-    Writes OUT (default PREPARED_DIR/labels/<split>_noise<pct>_seed<seed>.csv; columns
+    Labels flip only among the classes the dataset labels (noise_targets): on CK+48, never
+    to neutral. Writes OUT (default PREPARED_DIR/labels/<split>_noise<pct>_seed<seed>.csv; columns
     id,label,label_name,clean_label, manifest order) and a summary beside it (.json:
     realised rate and per-class flip counts). The prepared manifest is not touched.
     Nothing in either file depends on time or paths, so the same seed gives
@@ -72,7 +106,8 @@ def write_noisy_labels(
     data = PreparedDataset(prepared_dir)
     split_data = data.split(split)
     names = data.classes
-    all_noisy = flip_labels(split_data.labels, data.num_classes, rate, seed)
+    targets = noise_targets(data)
+    all_noisy = flip_labels(split_data.labels, data.num_classes, rate, seed, classes=targets)
     kept = subset_mask(len(all_noisy), subset, subset_seed) if subset is not None else np.ones(len(all_noisy), bool)
     noisy, clean = all_noisy[kept], split_data.labels[kept]
     flipped = noisy != clean
@@ -87,9 +122,13 @@ def write_noisy_labels(
             for c, name in enumerate(names)
         },
     }
+    never = [name for c, name in enumerate(names) if c not in targets]
+    if never:  # only then: the summary of a dataset that labels every class stays as it was (shipped files)
+        summary["never_labelled"] = never
     path = Path(out) if out is not None else data.root / "labels" / f"{noise_file_stem(split, rate, seed, subset)}.csv"
     for written in label_file_outputs(path):  # never over the dataset's own files, however named
         refuse_input_as_output(written, [data.root / name for name in (META_FILE, MANIFEST_FILE, FACES_FILE)], "--out")
+        refuse_poi_file(written, "--out")  # nor another prepared or run folder's own file
     output_file(path, "--out")
     summary["labels_file"] = path.name
     written = np.where(kept, all_noisy, DROPPED_LABEL)

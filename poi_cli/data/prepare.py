@@ -42,10 +42,8 @@ from poi_cli.core.progress import progress_bar
 from poi_cli.core.schema import LANDMARK_NAMES, STATUS_BAD_IMAGE, STATUS_ERROR, STATUS_EXCLUDED, STATUS_NO_FACE, STATUS_OK
 from poi_cli.data.preprocess import Preprocessing
 from poi_cli.data.folds import FOLD_COLUMN, NO_FOLD, RANDOM_SPLIT_NOTE, random_test_mask, subject_folds
-from poi_cli.data.store import FACES_FILE, MANIFEST_COLUMNS, MANIFEST_FILE, META_FILE, STORE_FORMAT, StoreError, StoreWriter, store_meta
-
-PROGRESS_FILE = "progress.json"  # settings of an unfinished run
-JOURNAL_FILE = "progress.jsonl"  # one JSON line per finished image
+from poi_cli.core.layout import META_FILE, PREPARE_JOURNAL_FILE, PREPARE_PROGRESS_FILE, STORE_FILES
+from poi_cli.data.store import MANIFEST_COLUMNS, STORE_FORMAT, StoreError, StoreWriter, store_meta
 CHECKPOINT_SECONDS = 2.0
 
 # Image-level statuses: core.schema (ok, bad_image, no_face, error; the parsers set
@@ -159,19 +157,19 @@ def _prepare_into(out: Path, raw: Path, parsed: ParsedDataset, items: list[Item]
     rows = {index: row for row, index in enumerate(i for i, item in enumerate(items) if item.status == PENDING)}
     out.mkdir(parents=True, exist_ok=True)
     if state == "fresh":
-        atomic_write_text(out / PROGRESS_FILE, json.dumps({"settings": settings}, indent=1))
-        (out / JOURNAL_FILE).write_text("")
+        atomic_write_text(out / PREPARE_PROGRESS_FILE, json.dumps({"settings": settings}, indent=1))
+        (out / PREPARE_JOURNAL_FILE).write_text("")
     try:
         faces = StoreWriter(out).open_faces(len(rows), size, resume=state == "resume")
     except StoreError as error:
         raise PrepareError(str(error)) from None
-    records = _read_journal(out / JOURNAL_FILE)
+    records = _read_journal(out / PREPARE_JOURNAL_FILE)
     todo = [i for i in rows if i not in records]
 
     start = time.perf_counter()
     worker = _Worker(raw, items, size, detect, want_gray=parsed.grayscale is None, device=device, detector=detector)
     resumed = len(records)
-    processed = _run(worker, todo, rows, faces, records, out / JOURNAL_FILE, batch_size, workers, show_progress)
+    processed = _run(worker, todo, rows, faces, records, out / PREPARE_JOURNAL_FILE, batch_size, workers, show_progress)
     seconds = time.perf_counter() - start
 
     meta = _finish(out, parsed, items, rows, records, settings, size, detect, raw, faces)
@@ -248,7 +246,7 @@ def _out_dir_state(out: Path, settings: dict[str, Any]) -> str:
     """'fresh', 'resume' or 'done'; raises when OUT_DIR holds something else, or when one
     of the files prepare writes there is a symlink (prepare never creates one: a planted
     link would make a resumed run append to, or write over, a file outside --out)."""
-    for name in (META_FILE, MANIFEST_FILE, FACES_FILE, PROGRESS_FILE, JOURNAL_FILE):
+    for name in STORE_FILES:
         if (out / name).is_symlink():
             raise PrepareError(f"{out / name} is a symbolic link, which poi prepare never makes: it does not write "
                                "through it; remove it (or choose another --out)")
@@ -257,8 +255,8 @@ def _out_dir_state(out: Path, settings: dict[str, Any]) -> str:
         if old == settings:
             return "done"
         raise PrepareError(f"{out} already holds a prepared dataset made with other settings ({_difference(old, settings)}); choose another --out or remove it")
-    if (out / PROGRESS_FILE).is_file():
-        old = json.loads((out / PROGRESS_FILE).read_text()).get("settings")
+    if (out / PREPARE_PROGRESS_FILE).is_file():
+        old = json.loads((out / PREPARE_PROGRESS_FILE).read_text()).get("settings")
         if old == settings:
             return "resume"
         raise PrepareError(f"{out} holds an unfinished preparation with other settings ({_difference(old, settings)}); re-run it with those, or choose another --out")
@@ -471,7 +469,7 @@ def _finish(out: Path, parsed: ParsedDataset, items: list[Item], rows: dict[int,
         source_dir=str(raw), poi_version=__version__, settings=settings,
         **({"protocol": settings["protocol"]} if "protocol" in settings else {}),
     ))
-    for name in (JOURNAL_FILE, PROGRESS_FILE):
+    for name in (PREPARE_JOURNAL_FILE, PREPARE_PROGRESS_FILE):
         (out / name).unlink(missing_ok=True)
     return meta
 

@@ -31,14 +31,12 @@ import pandas as pd
 
 from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write_text
+from poi_cli.core.layout import FACES_FILE, MANIFEST_FILE, META_FILE
 from poi_cli.core.schema import LANDMARK_NAMES, STATUS_OK
 from poi_cli.data.duplicates import DIGEST_COLUMN, store_digests
 from poi_cli.data.folds import FOLD_COLUMN, fold_split_name, parse_fold_split
 from poi_cli.data.preprocess import Preprocessing
 
-META_FILE = "prepared.json"
-MANIFEST_FILE = "manifest.csv"
-FACES_FILE = "faces.npy"
 STORE_FORMAT = 1
 MANIFEST_COLUMNS = (
     "id", "source", "split", "label", "label_name", "status", "reason", "det_score",
@@ -59,6 +57,17 @@ def label_names(labels: Sequence[int], classes: Sequence[str]) -> list[str]:
 
 class StoreError(PoiError):
     """A prepared folder that cannot be read; the message says what is wrong in one line."""
+
+
+def cell_text(value: Any) -> str:
+    """A manifest cell as its file shows it, for a message: text quoted, numbers plain (5000,
+    not the np.int64(5000) that repr gives a pandas cell), an empty cell as "empty"."""
+    if isinstance(value, str):
+        return repr(value)
+    if pd.isna(value):
+        return "empty"
+    value = value.item() if isinstance(value, np.generic) else value
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 @dataclass
@@ -219,6 +228,35 @@ class PreparedDataset:
         """The held-out images of each fold as split names: fold0, fold1, ..."""
         return [fold_split_name(k) for k in range(self.folds)]
 
+    def split_names(self) -> list[str]:
+        """Every split name split() accepts (so every command's --split: evaluate, report,
+        calibrate): the splits with usable faces, then each fold's held-out images (fold0, ...)."""
+        return self.splits() + self.fold_splits()
+
+    def check_split(self, split: str) -> None:
+        """StoreError, the message split() gives, unless `split` is one of split_names(): for a
+        command to refuse a split before its work."""
+        fold = parse_fold_split(split)
+        if fold is not None:
+            self.check_fold(fold)
+        if split not in self.split_names():
+            raise self._no_faces_in(split)
+
+    def _no_faces_in(self, split: str) -> StoreError:
+        return StoreError(f"{self.root} has no usable faces in split {split!r} "
+                          f"(splits with faces: {', '.join(self.split_names()) or 'none'})")
+
+    def face_rows(self, rows: pd.DataFrame) -> np.ndarray:
+        """The faces.npy rows (int64) of these manifest rows; StoreError naming the first image whose
+        store_index is no row of faces.npy. Checked wherever manifest rows reach the faces: a split's,
+        and every usable face's when `poi evaluate` looks for a scored face's twins outside its split."""
+        numbers = pd.to_numeric(rows["store_index"], errors="coerce")
+        bad = rows.index[numbers.isna() | (numbers != numbers.round()) | (numbers < 0) | (numbers >= len(self.faces))]
+        if len(bad):
+            raise StoreError(f"{self.root / MANIFEST_FILE}: image {rows['id'][bad[0]]!r} has store_index "
+                             f"{cell_text(rows['store_index'][bad[0]])}, outside faces.npy's {len(self.faces)} rows")
+        return numbers.to_numpy(np.int64)
+
     def check_fold(self, fold: int) -> None:
         if not self.folds:
             raise StoreError(f"{self.root} has no folds: `poi prepare ckplus` writes them (--folds 10)")
@@ -244,20 +282,15 @@ class PreparedDataset:
         if ids is not None:
             rows = rows[rows["id"].isin(set(ids))]
         if rows.empty:
-            available = ", ".join(self.splits() + self.fold_splits()) or "none"
-            raise StoreError(f"{self.root} has no usable faces in split {split!r} (splits with faces: {available})")
-        rows_of_store = pd.to_numeric(rows["store_index"], errors="coerce")
-        bad = rows.index[rows_of_store.isna() | (rows_of_store < 0) | (rows_of_store >= len(self.faces))]
-        if len(bad):
-            raise StoreError(f"{self.root / MANIFEST_FILE}: image {rows['id'][bad[0]]!r} has store_index "
-                             f"{rows['store_index'][bad[0]]!r}, outside faces.npy's {len(self.faces)} rows")
+            raise self._no_faces_in(split)
+        rows_of_store = self.face_rows(rows)
         labels = pd.to_numeric(rows["label"], errors="coerce")
         bad = rows.index[labels.isna() | (labels != labels.round()) | (labels < 0) | (labels >= self.num_classes)]
         if len(bad):
-            raise StoreError(f"{self.root / MANIFEST_FILE}: image {rows['id'][bad[0]]!r} has label {rows['label'][bad[0]]!r}, "
+            raise StoreError(f"{self.root / MANIFEST_FILE}: image {rows['id'][bad[0]]!r} has label {cell_text(rows['label'][bad[0]])}, "
                              f"not a class index (0 to {self.num_classes - 1}): prepare the folder again")
         data = SplitData(
-            store_rows=rows_of_store.to_numpy(np.int64),
+            store_rows=rows_of_store,
             labels=labels.to_numpy(np.int64),
             ids=rows["id"].to_numpy(str),
         )
@@ -298,6 +331,11 @@ def read_label_file(path: str | Path, classes: Optional[Sequence[str]] = None) -
     for column in label_columns:
         numbers = pd.to_numeric(table[column], errors="coerce")
         bad = table.index[numbers.isna() | ~np.isfinite(numbers) | (numbers.abs() > 2**53) | (numbers != numbers.round())]
+        if len(bad) and pd.isna(table[column][bad[0]]):  # an empty cell: pandas reads it as nan, not what the user wrote
+            image = table["id"][bad[0]]
+            raise StoreError(f"{path}, row {bad[0] + 2}" + ("" if pd.isna(image) else f" (id {image!r})")
+                             + f": the {column} is empty" + (f" (give a class index, or {DROPPED_LABEL} to leave the image out)"
+                                                               if column == "label" else ""))
         if len(bad):
             raise StoreError(f"{path}, row {bad[0] + 2}: {column} {str(table[column][bad[0]])!r} is not a whole number (a class index)")
         table[column] = numbers.astype(np.int64)

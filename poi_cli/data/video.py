@@ -59,6 +59,10 @@ class VideoSampling:
     max_fps: float = DEFAULT_MAX_FPS  # the default rate cap when neither every nor fps is given
 
     def __post_init__(self) -> None:
+        for flag, value in (("--fps", self.fps), ("--start", self.start), ("--end", self.end)):
+            if value is not None and not math.isfinite(value):
+                raise VideoError(f"{flag} must be a number of {'frames per second' if flag == '--fps' else 'seconds'}, "
+                                 f"got {value}")
         if self.every is not None and self.fps is not None:
             raise VideoError("--every and --fps exclude each other: choose one")
         if self.every is not None and self.every < 1:

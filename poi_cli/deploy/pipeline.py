@@ -18,6 +18,7 @@ input one with status `error` and a reason.
 from __future__ import annotations
 
 import glob
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from poi_cli.core.atomic import real_path
+from poi_cli.core.errors import one_line
 from poi_cli.core.outputs import ModelOutputs
 from poi_cli.core.schema import DETECTOR_MTCNN, DETECTOR_NONE, STATUS_ERROR, STATUS_NO_FACE
 from poi_cli.core.threads import DEFAULT_WORKERS
@@ -62,12 +64,20 @@ class InputItem:
         return self.path is not None and self.error is None and is_video_path(self.path)
 
 
-def _folder_images(folder: Path) -> list[Path]:
-    """Every entry of the folder (recursively) named like an image or a video that is not a
-    folder: files, and also broken symlinks, symlink loops and FIFOs, which then get an
-    error record from load_image instead of vanishing from the batch."""
+def _folder_images(folder: Path) -> tuple[list[Path], list[InputItem]]:
+    """Every entry of the folder (recursively; links to folders not followed) named like an
+    image or a video that is not a folder: files, and also broken symlinks, symlink loops
+    and FIFOs, which then get an error record from load_image instead of vanishing from the
+    batch; and an error item for each folder that could not be listed (no permission), which
+    would otherwise vanish with its images."""
     suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and not p.is_dir())
+    unreadable: list[InputItem] = []
+
+    def cannot_list(error: OSError) -> None:
+        unreadable.append(InputItem(str(error.filename or folder), error=f"cannot read the folder: {one_line(error)}"))
+
+    found = [Path(root) / name for root, _, names in os.walk(folder, onerror=cannot_list) for name in names]
+    return sorted(p for p in found if p.suffix.lower() in suffixes and not p.is_dir()), unreadable
 
 
 def _array_problem(array: np.ndarray) -> Optional[str]:
@@ -94,6 +104,14 @@ def expand_inputs(inputs: Iterable[ImageInput]) -> list[InputItem]:
             seen.add(key)
             items.append(InputItem(str(path), path=path))
 
+    def add_folder(folder: Path) -> int:
+        """The folder's files and its unreadable folders; how many of either."""
+        files, unreadable = _folder_images(folder)
+        items.extend(unreadable)
+        for file in files:
+            add_file(file)
+        return len(files) + len(unreadable)
+
     for number, value in enumerate(inputs):
         if isinstance(value, np.ndarray):
             if reason := _array_problem(value):  # Pillow would raise a TypeError of its own
@@ -104,24 +122,30 @@ def expand_inputs(inputs: Iterable[ImageInput]) -> list[InputItem]:
             items.append(InputItem(f"<image {number}>", image=value))
             continue
         text = str(value)
+        if not text.strip():  # Path("") is the current folder: an unset $DIR must not predict it
+            items.append(InputItem(repr(text), error="an empty name (give a file, a folder or a pattern)"))
+            continue
         path = Path(text)
-        if path.is_dir():
-            found = _folder_images(path)
-            if not found:
-                items.append(InputItem(text, error="folder holds no image or video files"))
-            for file in found:
-                add_file(file)
-        elif path.exists():
-            add_file(path)
-        elif glob.has_magic(text):
-            matches = sorted(glob.glob(text, recursive=True))
-            files = [f for m in matches for f in (_folder_images(Path(m)) if Path(m).is_dir() else [Path(m)])]
-            if not files:
-                items.append(InputItem(text, error="pattern matched no image or video files"))
-            for file in files:
-                add_file(file)
-        else:
-            items.append(InputItem(text, error="file not found"))
+        try:  # a name too long, a folder on the way without permission: this input's error, not the batch's
+            if path.is_dir():
+                if not add_folder(path):
+                    items.append(InputItem(text, error="folder holds no image or video files"))
+            elif path.exists() or path.is_symlink():
+                add_file(path)
+            elif glob.has_magic(text):
+                found = 0
+                for match in map(Path, sorted(glob.glob(text, recursive=True))):
+                    if match.is_dir():
+                        found += add_folder(match)
+                    else:
+                        add_file(match)
+                        found += 1
+                if not found:
+                    items.append(InputItem(text, error="pattern matched no image or video files"))
+            else:
+                items.append(InputItem(text, error="file not found"))
+        except OSError as error:
+            items.append(InputItem(text, error=f"cannot read it: {one_line(error)}"))
     return items
 
 
@@ -243,7 +267,11 @@ class FacePipeline:
         if item.error:
             return None, item.error
         if item.image is not None:
-            return to_rgb(item.image), None
+            try:  # a closed image, or a lazily opened file that is truncated: this image's error, not the batch's
+                item.image.load()  # decoded here, where its error is this image's
+                return to_rgb(item.image), None
+            except (OSError, ValueError) as error:
+                return None, f"cannot read the image: {one_line(error)}"
         try:
             return load_image(item.path), None
         except ImageLoadError as error:

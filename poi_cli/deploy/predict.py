@@ -155,8 +155,9 @@ class Predictor(FacePipeline):
         sample, track and smooth it; VideoOptions() by default)."""
         if isinstance(inputs, (str, Path, Image.Image, np.ndarray)):
             inputs = [inputs]
+        inputs = list(inputs)  # a generator is read once: the check below must not use up its first item
         # InputItems were expanded already (`poi predict` expands once, to protect its inputs)
-        items = list(inputs) if all(isinstance(i, InputItem) for i in inputs) else expand_inputs(inputs)
+        items = inputs if all(isinstance(i, InputItem) for i in inputs) else expand_inputs(inputs)
         from rich.console import Console
 
         console = Console(stderr=True)  # stdout stays clean for --json
@@ -270,6 +271,8 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
                     writer.write(prediction)
                 except OSError as error:  # a full disk, a read-only folder: the predictions go on
                     note(f"--save-vis stopped: {one_line(error)}")
+                    if not writer.written:  # the summary names the folder only when it holds a picture
+                        run.pictures_in = None
                     writer = vis_dir = None
     except KeyboardInterrupt:
         run.interrupted = True

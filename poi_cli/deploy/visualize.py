@@ -30,6 +30,7 @@ class VisWriter:
         self.protected = {real_path(p) for p in protected}
         self.video = None  # the video_vis.VideoVisWriter of the video being written
         self.notes: list[str] = []  # what could not be written (a timeline without matplotlib)
+        self.written = 0  # pictures and videos finished
 
     def name(self, source: str, suffix: str) -> Path:
         """DIR/<stem><suffix>, numbered when taken in this run; never an input file (the
@@ -58,7 +59,9 @@ class VisWriter:
         picture = render(prediction, self.show_au)
         if picture is None:
             return None
-        return save_image(picture, self.name(prediction.source, "_poi.png"))
+        path = save_image(picture, self.name(prediction.source, "_poi.png"))
+        self.written += 1
+        return path
 
     def close(self) -> None:
         """Finish the video being written (its file appears now, whole)."""
@@ -66,3 +69,4 @@ class VisWriter:
             self.video.close()
             self.notes.extend(self.video.notes)
             self.video = None
+            self.written += 1

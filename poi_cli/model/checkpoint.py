@@ -25,16 +25,14 @@ import torch
 
 from poi_cli.core.errors import PoiError, one_line
 from poi_cli.core.atomic import atomic_write
+# what training writes into a run folder (named in core/layout.py, torch-free)
+from poi_cli.core.layout import BEST, CONFIG_FILE, HELDOUT_FILE, LAST, RESULTS_FILE, RUN_FILES  # noqa: F401
 from poi_cli.core.outputs import PredictionRecipe
 from poi_cli.data.preprocess import Preprocessing
 from poi_cli.model.calibration import Calibration
-from poi_cli.model.network import ModelConfig, POIModel
+from poi_cli.model.network import ModelConfig, POIModel, rename_legacy_keys
 
 CHECKPOINT_FORMAT = 1
-LAST, BEST = "last.pt", "best.pt"
-CONFIG_FILE, RESULTS_FILE = "config.json", "results.csv"  # the other files of a run folder
-HELDOUT_FILE = "heldout_ids.csv"  # ids of the training images held out for validation, when the store had no val split
-RUN_FILES = (LAST, BEST, CONFIG_FILE, RESULTS_FILE, HELDOUT_FILE)  # what training writes into a run folder
 
 
 class CheckpointError(PoiError):
@@ -127,10 +125,38 @@ def load_checkpoint(path: str | Path) -> dict:
     if classes is not None and (not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes)):
         raise CheckpointError(f"{path}: classes is not a list of class names")
     try:
-        ModelConfig.from_dict(model_config)
+        config = ModelConfig.from_dict(model_config)
     except (TypeError, ValueError, KeyError) as error:
         raise CheckpointError(f"{path}: model_config is not a model's settings ({one_line(error)})") from None
+    # every command reads the class names and loads the weights into the model model_config
+    # describes: a mismatch is said here, in one line, not as load_state_dict's traceback
+    if not classes or len(classes) != config.num_classes:
+        raise CheckpointError(f"{path}: it names {len(classes or ())} classes for a model of {config.num_classes} outputs "
+                              "(its `classes` list is missing or wrong)")
+    problem = weights_mismatch(weights, config)
+    if problem:
+        raise CheckpointError(f"{path}: its weights do not fit the model its model_config describes ({problem})")
     return checkpoint
+
+
+def weights_mismatch(weights: Mapping[str, torch.Tensor], config: ModelConfig) -> Optional[str]:
+    """What keeps `weights` from loading into POIModel(config), in a few words (missing or
+    unexpected tensors, a shape), or None when they fit. The model is built on the meta
+    device: no memory, a few milliseconds. Older names are read as load_state_dict reads them."""
+    with torch.device("meta"):
+        expected = POIModel(config).state_dict()
+    weights = rename_legacy_keys(dict(weights))
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    shapes = [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
+    if missing:
+        return f"{len(missing)} tensor(s) missing, e.g. {missing[0]}"
+    if unexpected:
+        return f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}"
+    if shapes:
+        key = shapes[0]
+        return f"{key} is {tuple(weights[key].shape)}, the model's is {tuple(expected[key].shape)}"
+    return None
 
 
 def read_heldout_ids(run_dir: str | Path) -> list[str]:

@@ -29,7 +29,7 @@ import pandas as pd
 from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write_text, save_image, write_json
 from poi_cli.core.metrics import roc_auc
-from poi_cli.data.noise import flip_labels
+from poi_cli.data.noise import flip_labels, noise_targets
 from poi_cli.data.store import PreparedDataset, SplitData
 from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint, resolve_checkpoint
 from poi_cli.model.predictions import SplitPredictions, predict_checkpoint_split
@@ -45,6 +45,9 @@ AUDIT_COLUMNS = (
 
 class AuditError(PoiError):
     """An audit that cannot run; the message says why in one line."""
+
+
+NO_OBJECTIVE_INFERENCE = "{path} has no objective inference (a baseline or no-OIM model): audit needs a full POI model"
 
 
 @dataclass
@@ -90,7 +93,7 @@ def _audited_labels(data: SplitData, config: dict, dataset: PreparedDataset, tra
         return dataset.split(config.get("train_split", "train"), config["labels"]), f"the labels the run trained on ({config['labels']})"
     if trained_on and config.get("noise"):
         seed = config.get("noise_seed", 0)
-        noisy = flip_labels(data.labels, dataset.num_classes, config["noise"], seed)
+        noisy = flip_labels(data.labels, dataset.num_classes, config["noise"], seed, classes=noise_targets(dataset))
         return SplitData(data.store_rows, noisy, data.ids, data.labels), f"the labels the run trained on (--noise {config['noise']} --noise-seed {seed})"
     return data, "the prepared manifest's labels"
 
@@ -122,6 +125,7 @@ def audit(
     dataset = PreparedDataset(prepared_dir)
     checkpoint_path = resolve_checkpoint(model_path)
     checkpoint = load_checkpoint(checkpoint_path)
+    require_objective_inference(checkpoint, checkpoint_path)  # before predicting the split, not after
     config = CheckpointInfo.of(checkpoint).config
     trained_on = _trained_on(config, dataset, split)
     # The images audited are those with a label: a label file may leave some out (-1).
@@ -139,11 +143,19 @@ def audit(
                     split=split, baseline_probs=baseline_probs)
 
 
+def require_objective_inference(checkpoint: Mapping[str, Any], checkpoint_path: str | Path) -> None:
+    """AuditError, before any work, for a model without the PIN's objective inference p*
+    (a baseline or no-OIM model): the audit's suspicion is computed from p*."""
+    config = CheckpointInfo.of(checkpoint).model_config
+    if not (config.use_pin and config.use_oim):
+        raise AuditError(NO_OBJECTIVE_INFERENCE.format(path=checkpoint_path))
+
+
 def objective_inference(predictions: SplitPredictions, checkpoint_path: str | Path) -> np.ndarray:
     """p* at T = 1, on the TRN's probability scale (see the module doc); AuditError for a model without it."""
     objective = predictions.intermediate_probs(1.0)
     if objective is None:
-        raise AuditError(f"{checkpoint_path} has no objective inference (a baseline or no-OIM model): audit needs a full POI model")
+        raise AuditError(NO_OBJECTIVE_INFERENCE.format(path=checkpoint_path))
     return objective
 
 

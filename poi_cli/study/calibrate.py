@@ -26,6 +26,7 @@ from typing import Optional
 from poi_cli.core.atomic import output_file, refuse_input_as_output
 from poi_cli.core.errors import PoiError
 from poi_cli.core.outputs import FUSION_TRN, FUSION_TRN_PIN, FUSIONS, PredictionRecipe
+from poi_cli.data.folds import parse_fold_split
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import Calibration, choose_recipe
 from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint, resolve_checkpoint, save_checkpoint
@@ -49,11 +50,35 @@ class CalibrateResult:
 
 
 def default_split(dataset: PreparedDataset) -> str:
-    """The store's validation split (valid, else val); calibrating on train or test would be wrong."""
+    """The store's validation split (valid, else val); calibrating on train or test would be wrong
+    (test is refused: check_fit_split)."""
     name = dataset.validation_split()
     if name is not None:
         return name
     raise CalibrateError(f"{dataset.root} has no valid/val split: name the held-out split to fit on with --split")
+
+
+def check_fit_split(split: str, dataset: PreparedDataset, info: CheckpointInfo) -> None:
+    """CalibrateError (one line, saying why) for a split the model is evaluated on: the store's
+    test split, or, for a run trained with --fold K (cross-validation), fold K, its held-out
+    evaluation fold (the checkpoint's resolved.test_split). A recipe and T_cal chosen on the
+    images they are then scored on make those figures (accuracy, ECE, strata) optimistic.
+    Refused even where test is the store's only labelled split: T_cal belongs to the model,
+    so the validation split of the store it trained on serves, and `poi evaluate` already
+    measures calibration on test honestly (T fitted on one half, scored on the other)."""
+    if split == "test":
+        validation = dataset.validation_split()
+        instead = (f"fit on {validation} (the default)" if validation is not None else
+                   f"{dataset.root} has no valid/val split: fit on the validation split of the store the model trained on "
+                   "(T_cal carries over), or name other held-out images with --split")
+        raise CalibrateError(f"--split test: calibrating on the test split makes the test figures optimistic "
+                             f"(the recipe and T_cal would be chosen on the images they are scored on); {instead}")
+    held_out = info.resolved.get("test_split")
+    if held_out and split == held_out:
+        kept = "; its checkpoint keeps the T_cal training fitted on its validation images" if info.calibration else ""
+        raise CalibrateError(f"--split {split} is the fold this run is evaluated on (trained with --fold "
+                             f"{info.config.get('fold', parse_fold_split(split))}): calibrating on it makes its "
+                             f"cross-validation figures optimistic{kept}")
 
 
 def check_choices(fusion: str, flip: str) -> None:
@@ -94,10 +119,11 @@ def calibrate(run_or_checkpoint: str | Path, prepared_dir: str | Path, split: Op
     refuse_input_as_output(target, [prepared_dir, *(m.path for m in dataset.members),
                                     *([run_or_checkpoint] if Path(run_or_checkpoint).is_dir() and not in_place else [])],
                            "--out")
-    output_file(target, "--out")  # before the work, not after it
+    output_file(target, "--out", rewrites_itself=in_place)  # before the work, not after it
     split = split or default_split(dataset)
     checkpoint = load_checkpoint(source)
     info = CheckpointInfo.of(checkpoint)
+    check_fit_split(split, dataset, info)
     if list(info.classes) != list(dataset.classes):
         raise CalibrateError(f"{source} predicts {len(info.classes)} classes, {dataset.root} has {len(dataset.classes)}: "
                              "calibrate on data with the model's own classes")

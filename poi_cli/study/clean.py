@@ -176,9 +176,11 @@ def validation_scores(models: Sequence[str | Path], dataset: PreparedDataset, da
 def objective_of(model_path: str | Path, dataset: PreparedDataset, data: SplitData,
                  device: str) -> tuple[np.ndarray, np.ndarray]:
     """One model's p* at T = 1 and w on `data`."""
-    from poi_cli.study.audit import objective_inference, predict_own_classes
+    from poi_cli.study.audit import objective_inference, predict_own_classes, require_objective_inference
 
-    predictions = predict_own_classes(load_checkpoint(resolve_checkpoint(model_path)), dataset, data, device)
+    checkpoint = load_checkpoint(resolve_checkpoint(model_path))
+    require_objective_inference(checkpoint, model_path)
+    predictions = predict_own_classes(checkpoint, dataset, data, device)
     return objective_inference(predictions, model_path), predictions.consistency  # the path names the model in an error
 
 

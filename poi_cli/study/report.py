@@ -14,7 +14,8 @@ From each run folder (config.json + results.csv, as `poi train` writes them):
 * curves_<run>.png: losses and accuracies per epoch (missing epochs are gaps).
 
 Per-image results (confusion matrix, strata, calibration) need predictions. Two sources:
-* `--data PREPARED_DIR [--split SPLIT]` (default test, else valid/val): the report runs each run's best.pt (else
+* `--data PREPARED_DIR [--split SPLIT]` (default test, else valid/val; fold3: fold 3's held-out images, as
+  `poi evaluate`): the report runs each run's best.pt (else
   last.pt) on that split (the same figures as `poi evaluate`) and writes
   confusion_<run>.png and consistency_<run>.png (the histogram of the UEM consistency w
   for right and wrong predictions, Fig. 15);
@@ -488,20 +489,21 @@ def build_report(
     device: str = "auto",
 ) -> Report:
     """Collect runs, write report.md, runs.csv, by_noise.csv, strata.csv and the PNGs into out_dir.
-    split: of `data`; default test, else valid/val (as `poi evaluate`)."""
+    split: of `data`, any name `poi evaluate` takes (PreparedDataset.split_names: fold3 too);
+    default test, else valid/val (as `poi evaluate`)."""
     from poi_cli.study.evaluate import plot_confusion
 
     if data is not None:
         # A missing split is the user's mistake, not a per-run note: stop before any work.
-        from poi_cli.data.store import PreparedDataset
+        from poi_cli.data.store import PreparedDataset, StoreError
 
         dataset = PreparedDataset(data)  # StoreError when it is no prepared folder
-        available = dataset.splits()
         if split is None:
-            split = "test" if "test" in available else dataset.validation_split() or "test"
-        if split not in available:
-            raise ReportError(f"--split {split}: {data} has no usable faces in that split "
-                              f"(splits with faces: {', '.join(available) or 'none'})")
+            split = "test" if "test" in dataset.splits() else dataset.validation_split() or "test"
+        try:  # the split names `poi evaluate` takes: a fold's held-out images (fold3) too
+            dataset.check_split(split)
+        except StoreError as error:
+            raise ReportError(f"--split {split}: {error}") from None
     run_paths, skipped = find_runs(paths)
     runs: list[Run] = []
     used: set[str] = set()
