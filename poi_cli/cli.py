@@ -331,6 +331,7 @@ def train(**options: Any) -> None:
     if not config.data and config.resume is None:
         fail("give a prepared folder (PREPARED_DIR) or --resume RUN_DIR")
     from poi_cli.pipeline import train_folds, train_rounds
+    from poi_cli.train.engine import TrainingInterrupted
 
     announce = lambda line: show(render.Line(line))  # noqa: E731
     # --fold all refuses --resume (pipeline.train_folds): the same command again is what resumes it
@@ -342,7 +343,11 @@ def train(**options: Any) -> None:
             summary = train_folds(config, console=console, announce=announce)
             show(*render.folds_summary(summary))
             return
-        run_dir = train_rounds(config, console=console, announce=announce)[-1]
+        try:
+            run_dir = train_rounds(config, console=console, announce=announce)[-1]
+        except TrainingInterrupted as stop:  # the folder is known: name it in the command that continues
+            fail(f"interrupted: finished epochs are saved in {stop.run_dir}; continue with "
+                 f"`poi train --resume {stop.run_dir}`", 130)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         show(render.train_done(run_dir))
 

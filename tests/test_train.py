@@ -372,3 +372,30 @@ def test_soft_labels_train_on_the_annotators_votes(tmp_path):
         train(tiny_config(other, tmp_path / "runs", epochs=1, soft_labels=True))
     with pytest.raises(ValueError, match="--soft-labels"):
         tiny_config(data, tmp_path / "runs", soft_labels=True, noise=0.2).validate()
+
+
+def test_an_interrupted_run_names_its_folder_in_the_command_that_continues_it(tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM) in epoch 2: exit 130, epoch 1 kept, and the message gives the
+    `poi train --resume FOLDER` to run (it said --resume RUN_DIR); that command finishes the run."""
+    from poi_cli.train.engine import Trainer
+
+    data = make_prepared(tmp_path / "data", splits=TINY_SPLITS)
+    real_epoch = Trainer.train_epoch
+
+    def stop_in_epoch_two(self, epoch, *args):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch, *args)
+
+    monkeypatch.setattr(Trainer, "train_epoch", stop_in_epoch_two)
+    options = ["--size", "64", "--batch", "7", "--lr", "0.01", "--amp", "off", "--threads", "1"]
+    result = CliRunner().invoke(app, ["train", str(data), "--epochs", "2", "--project", str(tmp_path / "runs"),
+                                      "--name", "stopped", *options])
+    run = tmp_path / "runs" / "stopped"
+    assert result.exit_code == 130 and result.stderr.strip().splitlines()[-1] == (
+        f"error: interrupted: finished epochs are saved in {run}; continue with `poi train --resume {run}`")
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
+    resumed = CliRunner().invoke(app, ["train", "--resume", str(run), "--threads", "1"])
+    assert resumed.exit_code == 0, resumed.output
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2

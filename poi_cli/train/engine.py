@@ -83,6 +83,15 @@ def float_output(output: POIOutput) -> POIOutput:
     return POIOutput(**{k: v.float() if isinstance(v, torch.Tensor) else v for k, v in values.items()})
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM, which the CLI turns into it) during training: the finished epochs
+    are saved in run_dir, which `poi train --resume run_dir` continues."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
 class Callback:
     """Hooks into the training loop; subclass and override what you need (every process calls them)."""
 
@@ -212,17 +221,20 @@ class Trainer:
         loader, augment = self.make_loader(), self.make_augment()
         if self.ctx.is_main:
             self._describe(loader)
-        for epoch in range(self.start_epoch, c.epochs):
-            started = time.perf_counter()
-            row, train_seconds = self.train_epoch(epoch, loader, augment)
-            row["val_acc"], calibration = None, None
-            if self.val_data is not None:
-                row["val_acc"], calibration, per_member = self._validate()
-                row.update(per_member)
-            row["calibration_t"] = None if calibration is None else round(calibration.temperature, 6)
-            row["epoch_time_s"] = round(time.perf_counter() - started, 3)
-            row["images_per_s"] = round(row.pop("_images") / max(train_seconds, 1e-9), 1)
-            self._end_epoch(epoch, row, calibration)
+        try:
+            for epoch in range(self.start_epoch, c.epochs):
+                started = time.perf_counter()
+                row, train_seconds = self.train_epoch(epoch, loader, augment)
+                row["val_acc"], calibration = None, None
+                if self.val_data is not None:
+                    row["val_acc"], calibration, per_member = self._validate()
+                    row.update(per_member)
+                row["calibration_t"] = None if calibration is None else round(calibration.temperature, 6)
+                row["epoch_time_s"] = round(time.perf_counter() - started, 3)
+                row["images_per_s"] = round(row.pop("_images") / max(train_seconds, 1e-9), 1)
+                self._end_epoch(epoch, row, calibration)
+        except KeyboardInterrupt:  # the epochs finished are on disk (_end_epoch writes them atomically)
+            raise TrainingInterrupted(self.run_dir) from None
         if ctx.owns_group:
             dist.barrier()
             dist.destroy_process_group()
