@@ -73,7 +73,7 @@ def cleaned_labels(run_dir: Path, config: TrainConfig, device: str = "auto") -> 
     else:
         result = clean(run_dir, config.data, "relabel", threshold=config.clean_threshold, split=config.train_split,
                        device=device, auto=auto)
-    write_clean(result, out)
+    write_clean(result, out, replace=True)  # its own folder: a cleaning killed between the two files is redone
     return out, result.summary
 
 

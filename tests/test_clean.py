@@ -90,6 +90,26 @@ def test_label_file_round_trips_through_training_and_the_prepared_folder_is_unto
     assert "0.00% of the training labels differ from the clean ones" in trained.output
 
 
+@pytest.mark.parametrize("taken", ["labels.csv", "labels.json"])
+def test_clean_never_writes_over_an_existing_label_file_or_summary(taken, tmp_path):
+    """A label file may be what a run trained on (its config.json names it): `poi clean --out`
+    onto one with other contents, or onto a .json beside it, is refused and both stay as they
+    were; the same command again (the same contents) is no change."""
+    prepared = make_prepared(tmp_path / "data", splits=SPLITS)
+    table, _ = _fixture_audit(prepared)
+    table.to_csv(tmp_path / "audit.csv", index=False)
+    out = tmp_path / "labels.csv"
+    command = ["clean", str(tmp_path / "audit.csv"), str(prepared), "--out", str(out), "--threshold", "0.5"]
+    assert runner.invoke(app, command).exit_code == 0
+    assert runner.invoke(app, command).exit_code == 0  # a re-run writes the same files
+    (tmp_path / taken).write_text("the user's own\n")
+    kept = {p.name: p.read_bytes() for p in (out, out.with_suffix(".json"))}
+    result = runner.invoke(app, command)
+    assert result.exit_code == 1 and "exists already with other contents" in result.stderr, result.output
+    assert str(tmp_path / taken) in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in (out, out.with_suffix(".json"))} == kept
+
+
 def test_bad_audit_file_is_a_one_line_error(tmp_path):
     prepared = make_prepared(tmp_path / "data", splits=SPLITS)
     bad = tmp_path / "not_an_audit.csv"

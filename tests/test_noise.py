@@ -128,6 +128,26 @@ def test_train_noise_and_the_audit_that_rebuilds_it_flip_among_the_labelled_clas
     assert (audited.labels == labels).all() and (audited.clean_labels == clean).all()
 
 
+def test_noise_never_writes_over_a_label_file_with_other_labels(tmp_path: Path) -> None:
+    """The same command again rewrites the same bytes; a file at --out (or the default path)
+    that holds other labels (hand-edited, another seed's) is refused and kept."""
+    store = make_store(tmp_path / "store", images=50)
+    path, _ = write_noisy_labels(store, 0.2, seed=0)
+    first = path.read_bytes()
+    assert write_noisy_labels(store, 0.2, seed=0)[0].read_bytes() == first
+    path.write_bytes(first.replace(b"\n", b"\r\n"))  # edited by hand
+    edited = path.read_bytes()
+    with pytest.raises(ValueError, match="exists already with other contents"):
+        write_noisy_labels(store, 0.2, seed=0)
+    with pytest.raises(ValueError, match="exists already with other contents"):
+        write_noisy_labels(store, 0.2, seed=1, out=path)
+    assert path.read_bytes() == edited
+    mine = tmp_path / "mine.csv"
+    mine.write_text("not poi's\n")
+    result = CliRunner().invoke(app, ["noise", str(store), "--rate", "0.2", "--out", str(mine)])
+    assert result.exit_code == 1 and mine.read_text() == "not poi's\n" and not mine.with_suffix(".json").exists()
+
+
 def test_rate_zero_and_bad_arguments(tmp_path: Path) -> None:
     store = make_store(tmp_path / "store", images=50)
     _, summary = write_noisy_labels(store, 0.0, seed=0)

@@ -400,3 +400,31 @@ def test_cli_prepare_summary_and_one_line_errors(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["prepare", "ferplus", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert bad.exit_code == 1 and "is not a directory" in bad.output and "Traceback" not in bad.output
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_prepare_piped_prints_no_progress_bar(tmp_path):
+    """Piped, rich would print the bar's last state as a line ("preparing ━━━ 10/10"); a
+    terminal draws it (transient=False leaves it there)."""
+    from poi_cli.cli import app
+
+    raw = make_folder_tree(tmp_path / "raw", per_class=2)
+    result = CliRunner().invoke(app, ["prepare", "folder", str(raw), "--out", str(tmp_path / "out"), "--size", "48",
+                                      "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert not [line for line in result.output.splitlines() if line.startswith("preparing")], result.output
+
+
+def test_a_folder_trees_class_sub_folders_hold_images_of_that_class(tmp_path):
+    """happy/session1/x.png is a happy face, as torchvision's ImageFolder reads it; it used to
+    get no manifest row at all. Hidden folders stay out."""
+    import pandas as pd
+
+    raw = make_folder_tree(tmp_path / "raw", per_class=1)
+    rng = np.random.default_rng(1)
+    for folder in ("happy/session1/deeper", "sad/.cache"):
+        (raw / folder).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(raw / folder / "x.png")
+    result = prepare("folder", raw, tmp_path / "out", size=SIZE, show_progress=False, detect=False)
+    manifest = pd.read_csv(result.out_dir / "manifest.csv").set_index("id")
+    assert set(manifest.index) == {"happy/0.png", "sad/0.png", "angry/0.png", "happy/session1/deeper/x.png"}
+    assert manifest.loc["happy/session1/deeper/x.png", "label_name"] == "happiness"

@@ -114,6 +114,21 @@ def test_runs_of_other_recipes_are_not_averaged_with_the_seeds(runs, tmp_path):
     assert by_noise.loc["POI (temperature=1.0)", "noise 20%"] == pytest.approx(0.40)
 
 
+def test_runs_on_different_prepared_folders_are_never_averaged(runs, tmp_path):
+    """Validation accuracies of two datasets are not seeds of one figure (they were, into one
+    POI cell of Table II, when the recipe left the data out)."""
+    make_run(runs / "poi20_sfew", {1: 0.20, 4: 0.30}, noise=0.2, data=str(tmp_path / "prepared" / "sfew64"))
+    make_run(runs / "poi20_ck", {1: 0.60, 4: 0.80}, noise=0.2, data=str(tmp_path / "prepared" / "ck64"))
+    report = build_report([runs], tmp_path / "report")
+    assert report.summary.set_index("run").loc["poi20_sfew", "data"] == "sfew64"
+    seeds = pd.read_csv(tmp_path / "report" / "by_noise_seeds.csv", dtype={"seeds": str}, keep_default_na=False)
+    poi = seeds[seeds["method"] == "POI"].set_index("data")
+    assert set(poi.index) == {"", "sfew64", "ck64"} and (poi["runs"] == 1).all()
+    assert poi.loc["ck64", "final_mean_acc"] == pytest.approx(0.80) and poi.loc["sfew64", "best_mean_acc"] == pytest.approx(0.30)
+    by_noise = pd.read_csv(tmp_path / "report" / "by_noise.csv", keep_default_na=False).set_index(["data", "method"])
+    assert by_noise.loc[("ck64", "POI"), "noise 20%"] == pytest.approx(0.80)
+
+
 def test_recipe_is_the_model_loss_optimiser_and_augmentation_options():
     # report.NOT_RECIPE lists the others by name: a new option of poi train lands on the right side
     recipe = {f.name for f in fields(TrainConfig) if f.metadata["section"] in (MODEL, LOSS, OPTIMISER, AUGMENTATION)}

@@ -82,6 +82,22 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def write_new_or_same(files: dict[Path, str], option: str) -> None:
+    """Write text files that belong together (a label file and its .json summary), each
+    atomically, unless one of them exists already with other contents: then PoiError naming
+    it, and nothing is written. A label file may be what a run trained on (its config.json
+    names it), so poi never writes over one; the same contents again (a re-run of the same
+    command) is no change."""
+    from poi_cli.core.errors import PoiError
+
+    for path, text in files.items():
+        if path.is_file() and path.read_bytes() != text.encode("utf-8"):
+            raise PoiError(f"{option}: {path} exists already with other contents (a run may have trained on it); "
+                           "poi does not write over it: give a new name, or remove the file first")
+    for path, text in files.items():
+        atomic_write_text(path, text)
+
+
 def write_json(path: str | Path, values: Any) -> None:
     atomic_write_text(path, json.dumps(values, indent=2) + "\n")
 

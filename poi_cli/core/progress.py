@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from rich import get_console
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
@@ -24,6 +25,8 @@ class SpeedColumn(ProgressColumn):
 
 
 def progress_bar(console: Optional[Console] = None, enabled: bool = True, transient: bool = True) -> Progress:
-    """A rich Progress with SpeedColumn; disabled (draws nothing) unless `enabled`."""
+    """A rich Progress with SpeedColumn; disabled (draws nothing) unless `enabled` and the
+    console is a terminal (piped, rich would still print the bar's last state as a line)."""
+    shown = enabled and (console or get_console()).is_terminal
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), SpeedColumn(),
-                    TimeRemainingColumn(), console=console, transient=transient, disable=not enabled)
+                    TimeRemainingColumn(), console=console, transient=transient, disable=not shown)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pandas as pd
 
-from poi_cli.core.atomic import atomic_write_text, output_file, refuse_input_as_output, refuse_poi_file
+from poi_cli.core.atomic import output_file, refuse_input_as_output, refuse_poi_file, write_new_or_same
 from poi_cli.core.errors import PoiError
 
 if TYPE_CHECKING:  # data.store is imported inside the functions (pandas-heavy, imports this module's neighbours)
@@ -134,6 +134,6 @@ def write_noisy_labels(
     written = np.where(kept, all_noisy, DROPPED_LABEL)
     table = pd.DataFrame({"id": split_data.ids, "label": written,
                           "label_name": label_names(written, names), "clean_label": split_data.labels})
-    atomic_write_text(path, table.to_csv(index=False, lineterminator="\n"))
-    atomic_write_text(path.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")
+    write_new_or_same({path: table.to_csv(index=False, lineterminator="\n"),
+                       path.with_suffix(".json"): json.dumps(summary, indent=1) + "\n"}, "--out")
     return path, summary

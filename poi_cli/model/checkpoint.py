@@ -252,9 +252,15 @@ class CheckpointInfo:
 
     @property
     def training_data(self) -> Optional[str]:
-        """The prepared folder the model was trained on, by name only (its full path is the
-        training machine's business); None when the checkpoint does not say."""
-        return self.resolved.get("dataset") or (Path(self.config["data"]).name if self.config.get("data") else None)
+        """The prepared folder the model was trained on, by name (training_data_name)."""
+        return training_data_name(self.config, self.resolved)
+
+
+def training_data_name(config: Mapping[str, Any], resolved: Mapping[str, Any]) -> Optional[str]:
+    """The prepared folder a run trained on, by name only (its full path is the training
+    machine's business), from its TrainConfig dict and resolved settings (a checkpoint's, or
+    config.json's); None when they do not say."""
+    return resolved.get("dataset") or (Path(config["data"]).name if config.get("data") else None)
 
 
 def read_checkpoint_info(run_or_checkpoint: str | Path) -> CheckpointInfo:

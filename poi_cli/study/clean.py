@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from poi_cli.core.atomic import atomic_write_text, write_json
+from poi_cli.core.atomic import atomic_write_text, write_new_or_same
 from poi_cli.core.errors import PoiError
 from poi_cli.data.noise import flip_labels
 from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, SplitData, label_file_outputs, label_names
@@ -359,10 +359,17 @@ def _audited_models(audit_csv: Path) -> tuple[str, Optional[list[str]]]:
                          "give the run folder instead of the audit CSV") from None
 
 
-def write_clean(result: CleanResult, out: str | Path) -> list[Path]:
-    """The label file (CSV) and its summary beside it (same name, .json)."""
+def write_clean(result: CleanResult, out: str | Path, replace: bool = False) -> list[Path]:
+    """The label file (CSV) and its summary beside it (same name, .json); never over an
+    existing file with other contents (write_new_or_same) unless `replace` (`--rounds`
+    rewriting its own clean/ folder)."""
     out, summary = label_file_outputs(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, result.labels.to_csv(index=False, float_format="%.6g"))
-    write_json(summary, result.summary)
+    texts = {out: result.labels.to_csv(index=False, float_format="%.6g"),
+             summary: json.dumps(result.summary, indent=2) + "\n"}
+    if replace:
+        for path, text in texts.items():
+            atomic_write_text(path, text)
+    else:
+        write_new_or_same(texts, "--out")
     return [out, summary]

@@ -5,12 +5,12 @@
 
 From each run folder (config.json + results.csv, as `poi train` writes them):
 * runs.csv / the first table of report.md: final and best-on-validation accuracy per run
-  with its noise rate, ablation switches and variant (how its recipe differs from the
-  most common one of its method: variant_names) (the shape of Tables II, III and X), and
-  by_noise.csv: best validation accuracy, method (variant) x noise rate (mean over runs
-  that share all three), the shape of Table II; by_noise_seeds.csv: final and best
-  validation accuracy per method, variant and noise, mean, min and max over those runs
-  (seeds) and which seeds;
+  with the prepared folder it trained on (data), its noise rate, ablation switches and
+  variant (how its recipe differs from the most common one of its method: variant_names)
+  (the shape of Tables II, III and X), and by_noise.csv: best validation accuracy,
+  data and method (variant) x noise rate (mean over runs that share all four), the shape
+  of Table II; by_noise_seeds.csv: final and best validation accuracy per data, method,
+  variant and noise, mean, min and max over those runs (seeds) and which seeds;
 * curves_<run>.png: losses and accuracies per epoch (missing epochs are gaps).
 
 Per-image results (confusion matrix, strata, calibration) need predictions. Two sources:
@@ -47,7 +47,7 @@ import pandas as pd
 from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write_text, save_figure
 from poi_cli.study.clean import audit_summary_path, audited_model
-from poi_cli.model.checkpoint import CONFIG_FILE, RESULTS_FILE
+from poi_cli.model.checkpoint import CONFIG_FILE, RESULTS_FILE, training_data_name
 
 if TYPE_CHECKING:  # evaluate imports torch: only when predicting
     from poi_cli.study.evaluate import MappedPredictions
@@ -67,7 +67,7 @@ NOT_RECIPE = frozenset({
 })
 PATH_OPTIONS = ("pretrained", "fine_tune")  # weights files: the same file wherever it lies
 SUMMARY_COLUMNS = [
-    "run", "method", "variant", "arch", "input_size", "noise", "noise_realised", *SWITCHES, "seed", "epochs_done", "epochs_planned",
+    "run", "data", "method", "variant", "arch", "input_size", "noise", "noise_realised", *SWITCHES, "seed", "epochs_done", "epochs_planned",
     "missing_epochs", "final_val_acc", "best_val_acc", "best_epoch", "final_train_acc", "eval_acc", "eval_split",
     "eval_acc_without_twins", "ece_confidence", "ece_floor_confidence", "ece_max_softmax", "aurc_confidence", "aurc_consistency", "aurc_max_softmax", "path",
 ]
@@ -299,7 +299,8 @@ def summarise(run: Run, variant: str) -> dict:
     best = int(val.idxmax()) if val.notna().any() else None
     evaluation = run.evaluation or {}
     return {
-        "run": run.name, "method": method_name(c), "variant": variant, "arch": c.get("arch"), "input_size": c.get("input_size"),
+        "run": run.name, "data": training_data_name(c, c.get("resolved") or {}) or "", "method": method_name(c),
+        "variant": variant, "arch": c.get("arch"), "input_size": c.get("input_size"),
         "noise": noise, "noise_realised": realised, **{k: c.get(k) for k in SWITCHES}, "seed": c.get("seed"),
         "epochs_done": len(r), "epochs_planned": c.get("epochs"), "missing_epochs": _missing_epochs(r["epoch"]),
         "final_val_acc": val.iloc[-1] if len(r) else None,
@@ -320,25 +321,26 @@ def calibration_figures(evaluation: dict) -> dict[str, Optional[float]]:
 
 
 def by_noise_table(seeds: pd.DataFrame) -> pd.DataFrame:
-    """Best validation accuracy (mean over runs), rows = method (and variant), columns =
-    noise rate (Table II's shape), from seeds_table."""
+    """Best validation accuracy (mean over runs), rows = dataset and method (and variant),
+    columns = noise rate (Table II's shape), from seeds_table."""
     if seeds.empty:
         return pd.DataFrame()
     named = seeds.assign(method=[m + (f" ({v})" if v else "") for m, v in zip(seeds["method"], seeds["variant"])])
-    table = named.pivot(index="method", columns="noise", values="best_mean_acc")
+    table = named.pivot(index=["data", "method"], columns="noise", values="best_mean_acc")
     table.columns = [f"noise {rate:.0%}" for rate in table.columns]
     return table.reset_index()
 
 
 def seeds_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Final and best validation accuracy per (method, variant, noise): mean, min and max over
-    the runs that share all three (seeds, usually), with the seeds listed."""
+    """Final and best validation accuracy per (dataset, method, variant, noise): mean, min and
+    max over the runs that share all four (seeds, usually: runs on different prepared folders
+    are never averaged, their validation splits differ), with the seeds listed."""
     known = summary.dropna(subset=["noise"]).dropna(subset=["final_val_acc", "best_val_acc"], how="all")
     if known.empty:
         return pd.DataFrame()
     rows = []
-    for (method, variant, noise), group in known.groupby(["method", "variant", "noise"], sort=True):
-        row = {"method": method, "variant": variant, "noise": noise, "runs": len(group),
+    for (data, method, variant, noise), group in known.groupby(["data", "method", "variant", "noise"], sort=True):
+        row = {"data": data, "method": method, "variant": variant, "noise": noise, "runs": len(group),
                "seeds": " ".join(str(s) for s in sorted(group["seed"].dropna().astype(int)))}
         for column, name in (("final_val_acc", "final"), ("best_val_acc", "best")):
             values = group[column].astype(float)

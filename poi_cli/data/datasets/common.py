@@ -8,6 +8,7 @@ sizes) come from data_manifests/datasets/<name>.json, read by dataset_manifest()
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,14 +91,23 @@ def require(path: Path, what: str, raw_dir: Path) -> Path:
     return path
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly in `folder`, sorted by name (hidden files skipped).
+def list_images(folder: Path, recursive: bool = False) -> list[Path]:
+    """Image files directly in `folder` (recursive: also in its sub-folders, as torchvision's
+    ImageFolder reads a class folder; links to folders not followed), sorted by path,
+    hidden files and folders skipped.
 
     A broken symlink with an image suffix is listed too: it is an image the user meant to
     include, so it gets a manifest row with its reason instead of silently vanishing.
     """
+    if recursive:
+        candidates = []
+        for root, folders, names in os.walk(folder):
+            folders[:] = [name for name in folders if not name.startswith(".")]
+            candidates += [Path(root) / name for name in names]
+    else:
+        candidates = list(folder.iterdir())
     return sorted(
-        p for p in folder.iterdir()
+        p for p in candidates
         if (p.is_file() or (p.is_symlink() and not p.exists()))
         and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
     )

@@ -12,11 +12,13 @@ from poi_cli.core.manifests import CLASSES
 
 
 def class_folder_items(
-    raw_dir: Path, split_dir: Path, split: str, lookup: dict[str, int | None], what: str, id_root: Path | None = None
+    raw_dir: Path, split_dir: Path, split: str, lookup: dict[str, int | None], what: str, id_root: Path | None = None,
+    recursive: bool = False,
 ) -> list[Item]:
     """Items of every class folder under split_dir; an unknown folder name is an error.
 
     Ids are paths relative to id_root (default RAW_DIR), sources relative to RAW_DIR.
+    recursive: a class folder's sub-folders hold its images too (a user's own tree, `folder`).
     """
     # Hidden folders and archive debris (__MACOSX) are not classes.
     folders = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
@@ -31,7 +33,7 @@ def class_folder_items(
         label = lookup[key]
         if label is None:
             continue
-        for path in list_images(folder):
+        for path in list_images(folder, recursive):
             items.append(Item(id=relative(path, id_root or raw_dir), source=relative(path, raw_dir), split=split, label=label))
     return items
 
@@ -69,7 +71,7 @@ def parse_ck48(raw_dir: Path) -> ParsedDataset:
 
 
 def parse_folder(raw_dir: Path) -> ParsedDataset:
-    """RAW_DIR/<class>/ or RAW_DIR/<split>/<class>/."""
+    """RAW_DIR/<class>/ or RAW_DIR/<split>/<class>/; a class folder's sub-folders hold its images too."""
     facts = dataset_manifest("folder")
     lookup = class_lookup(facts["class_map"])
     split_names: dict[str, str] = facts["split_names"]
@@ -79,9 +81,10 @@ def parse_folder(raw_dir: Path) -> ParsedDataset:
     if all(p.name.lower() in split_names for p in top):
         items = []
         for split_dir in top:
-            items += class_folder_items(raw_dir, split_dir, split_names[split_dir.name.lower()], lookup, "a class-folder tree")
+            items += class_folder_items(raw_dir, split_dir, split_names[split_dir.name.lower()], lookup, "a class-folder tree",
+                                        recursive=True)
     else:
-        items = class_folder_items(raw_dir, raw_dir, "train", lookup, "a class-folder tree")
+        items = class_folder_items(raw_dir, raw_dir, "train", lookup, "a class-folder tree", recursive=True)
     if not items:
         raise LayoutError(f"{raw_dir}: the class folders hold no images")
     has_contempt = any(item.label == CLASSES.index("contempt") for item in items)
