@@ -20,7 +20,7 @@ import pandas as pd
 from poi_cli.core.atomic import output_file, refuse_input_as_output, refuse_poi_file, write_new_or_same
 from poi_cli.core.errors import PoiError
 
-if TYPE_CHECKING:  # data.store is imported inside the functions (pandas-heavy, imports this module's neighbours)
+if TYPE_CHECKING:  # for the type hint only: the functions import data.store where they use it
     from poi_cli.data.store import PreparedDataset
 
 
