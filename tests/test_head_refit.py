@@ -180,3 +180,18 @@ def test_refit_head_refuses_before_any_work_what_would_break_an_input_or_the_hea
     with pytest.raises(RefitError, match=r"\.onnx"):
         refit_head(tiny_runs.poi, tiny_runs.data, out=tmp_path / "q.onnx", device="cpu", amp="off")
     assert not (tmp_path / "q.pt").exists() and not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize("command, written", [(["calibrate"], "best.calibrated.pt"),
+                                              (["refit-head", "--class-power", "0", "--l2", "1e-4"], "best.refit.pt")])
+def test_running_again_replaces_its_own_output_beside_the_checkpoint(command, written, tiny_runs, tmp_path):
+    """The second `poi calibrate RUN DATA` (after --resume, or with another recipe) refused its
+    own best.calibrated.pt as a file "this command reads": the run's folder counted as an
+    input whole. What is read is the checkpoint and what training wrote beside it."""
+    run = shutil.copytree(tiny_runs.poi, tmp_path / "run")
+    kept = {name: (run / name).read_bytes() for name in ("best.pt", "last.pt", "results.csv", "config.json")}
+    for _ in range(2):
+        result = CliRunner().invoke(app, [command[0], str(run), str(tiny_runs.data), *command[1:], "--threads", "1"])
+        assert result.exit_code == 0, result.output
+        assert (run / written).is_file()
+    assert {name: (run / name).read_bytes() for name in kept} == kept

@@ -155,7 +155,7 @@ CASES = {
     "calibrate --out the prepared faces": (None, ["calibrate", "RUN", "DATA", "--out", "DATA/faces.npy"],
                                            "would write over faces.npy"),
     "calibrate --out a run's own last.pt": (None, ["calibrate", "RUN", "DATA", "--out", "RUN/last.pt"],
-                                            "would write over last.pt"),
+                                            "is one of the inputs"),
     "calibrate --out the faces, a symlink": (faces_behind_a_symlink, ["calibrate", "RUN", "DATA", "--out", "DATA/faces.npy"],
                                              "would write over faces.npy"),
     "noise --out whose summary lands on prepared.json": (None, ["noise", "DATA", "--rate", "0.2", "--out", "DATA/prepared.csv"],

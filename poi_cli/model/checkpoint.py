@@ -159,6 +159,14 @@ def weights_mismatch(weights: Mapping[str, torch.Tensor], config: ModelConfig) -
     return None
 
 
+def checkpoint_inputs(checkpoint_path: str | Path) -> list[Path]:
+    """What a command that reads this checkpoint reads, for refuse_input_as_output: the file
+    and what training wrote beside it (RUN_FILES), not every file of its folder: an earlier
+    output there (best.calibrated.pt, an export) is not read, and a re-run replaces it."""
+    path = Path(checkpoint_path)
+    return [path, *(path.parent / name for name in RUN_FILES if (path.parent / name).exists())]
+
+
 def read_heldout_ids(run_dir: str | Path) -> list[str]:
     """The ids a run held out of its training split for validation (its HELDOUT_FILE)."""
     import pandas as pd

@@ -58,7 +58,7 @@ from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write, output_file, refuse_input_as_output
 from poi_cli.core.manifests import ALL_AUS, REGIONS
 from poi_cli.core.outputs import PredictionRecipe
-from poi_cli.model.checkpoint import (RUN_FILES, CheckpointError, CheckpointInfo, build_checkpoint, load_model,
+from poi_cli.model.checkpoint import (CheckpointError, CheckpointInfo, build_checkpoint, checkpoint_inputs, load_model,
                                    resolve_checkpoint)
 from poi_cli.model.network import POIModel
 from poi_cli.model.reporting import Reporting
@@ -347,8 +347,7 @@ def export_model(
     if path.resolve() == checkpoint_path.resolve():
         raise ExportError(f"--out {path} would overwrite the checkpoint itself")
     # a link to it, or a link in its place; nor what training wrote beside it (a new export may replace an old one)
-    run_files = [checkpoint_path.parent / name for name in RUN_FILES]
-    refuse_input_as_output(path, [checkpoint_path, *(f for f in run_files if f.exists())], "--out")
+    refuse_input_as_output(path, checkpoint_inputs(checkpoint_path), "--out")
     output_file(path, "--out")
     size = model.config.input_size
     generator = torch.Generator().manual_seed(seed)
