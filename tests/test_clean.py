@@ -162,6 +162,25 @@ def test_auto_fraction_picks_the_flipped_share_when_the_model_is_right():
     assert chosen["valid_noise_before"] == pytest.approx(flipped.mean()) and chosen["valid_noise_after"] == 0.0
 
 
+def test_auto_fraction_on_a_dataset_with_an_unlabelled_class_flips_and_estimates_among_the_labelled():
+    """CK+48: 8 classes, neutral (6) never labelled. The simulated noise on valid flips among
+    the 7 labelled classes (never to neutral) and the estimate uses C = 7: with a = 0.6 and
+    g = 0.45, rho = 0.15 / (0.6 - 0.4 / 6) = 0.28125 (C = 8 would give 0.276316)."""
+    rng = np.random.default_rng(0)
+    labelled = [0, 1, 2, 3, 4, 5, 7]
+    valid_clean = rng.choice(labelled, 500)
+    objective = np.full((500, 8), 0.01)
+    right = np.arange(500) % 5 < 3  # a = 0.6 on valid
+    objective[np.arange(500), np.where(right, valid_clean, (valid_clean + 1) % 8)] = 0.93
+    train_suggested = rng.choice(labelled, 1000)
+    train_given = np.where(np.arange(1000) < 450, train_suggested, 99)  # g = 0.45
+    chosen = choose_fraction(train_given, train_suggested, objective, np.ones(500), valid_clean, classes=labelled)
+    assert chosen["suggestion_accuracy_valid"] == pytest.approx(0.6)
+    assert chosen["estimated_noise_rate"] == pytest.approx(0.28125)
+    flipped = flip_labels(valid_clean, 8, 0.28125, 0, classes=labelled)
+    assert 6 not in flipped and chosen["valid_noise_before"] == pytest.approx((flipped != valid_clean).mean())
+
+
 def _scripted_objective(model, dataset, data, device):
     """objective_of for named fake models: "right" predicts the label, "wrong" the next class,
     "half" the next class on every other image."""

@@ -29,7 +29,7 @@ import pandas as pd
 
 from poi_cli.core.atomic import atomic_write_text, write_new_or_same
 from poi_cli.core.errors import PoiError
-from poi_cli.data.noise import flip_labels
+from poi_cli.data.noise import flip_labels, noise_targets
 from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, SplitData, label_file_outputs, label_names
 from poi_cli.model.checkpoint import CONFIG_FILE, HELDOUT_FILE, load_checkpoint, read_heldout_ids, resolve_checkpoint
 
@@ -120,21 +120,25 @@ def noise_after_selection(suspicion: np.ndarray, suggested: np.ndarray, given: n
 
 
 def choose_fraction(train_given: np.ndarray, train_suggested: np.ndarray, valid_objective: np.ndarray,
-                    valid_w: np.ndarray, valid_clean: np.ndarray, seed: int = AUTO_SEED) -> dict:
+                    valid_w: np.ndarray, valid_clean: np.ndarray, seed: int = AUTO_SEED,
+                    classes: Optional[Sequence[int]] = None) -> dict:
     """The fraction of the training images to relabel, chosen on the (clean) validation split.
 
     The noise rate rho of the training labels is estimated from the audit (estimate_noise_rate);
     the validation labels are flipped at rho (seeded), scored by the same model as the audit
     scores the training images (suspicion = w (1 - p*_y)), and the fraction of most suspect
-    images whose relabelling leaves the fewest wrong labels there is returned, with the figures."""
+    images whose relabelling leaves the fewest wrong labels there is returned, with the figures.
+    classes: the classes the dataset labels (noise_targets; default all): symmetric noise is
+    among them, so they are the C of the estimate and the classes the flips go to."""
     from poi_cli.study.audit import suspicion_score
 
     num_classes = valid_objective.shape[1]
+    targets = list(range(num_classes)) if classes is None else list(classes)
     suggested = valid_objective.argmax(1)
     accuracy = float((suggested == valid_clean).mean())
     agreement = float((train_suggested == train_given).mean())
-    rho = estimate_noise_rate(agreement, accuracy, num_classes)
-    noisy = flip_labels(valid_clean, num_classes, rho, seed)
+    rho = estimate_noise_rate(agreement, accuracy, len(targets))
+    noisy = flip_labels(valid_clean, num_classes, rho, seed, classes=targets)
     curve = noise_after_selection(suspicion_score(valid_objective, valid_w, noisy), suggested, noisy, valid_clean)
     best = int(np.argmin(curve))  # the first minimum: the fewest changes among equals
     return {
@@ -193,7 +197,7 @@ def auto_fraction(model_path: str | Path, prepared_dir: str | Path, audit_table:
     models = list(fold_models or [model_path])
     objective, w = validation_scores(models, dataset, data, device)
     chosen = choose_fraction(audit_table["given_label"].to_numpy(np.int64), audit_table["suggested_label"].to_numpy(np.int64),
-                             objective, w, data.labels)
+                             objective, w, data.labels, classes=noise_targets(dataset))
     # out of fold (fold models) the suggestion never saw the label it is compared with
     fitted = len(models) == 1 and fitted_training_labels(chosen["suggestion_agreement_train"],
                                                           chosen["suggestion_accuracy_valid"])
