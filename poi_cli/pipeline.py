@@ -52,6 +52,7 @@ from poi_cli.train.engine import train
 CLEAN_DIR = "clean"
 CROSS_FIT_DIR = "crossfit"  # in the audit's output folder: the K label files and run folders
 CROSS_FIT_SEED = 0
+CROSS_FIT_RECORD = "crossfit.json"  # in CROSS_FIT_DIR: which cross-fit its fold models are (check_same_cross_fit)
 CV_CONFIG, CV_CSV, CV_JSON = "cv_config.json", "cv.csv", "cv.json"
 CV_COLUMNS = ["fold", "n_train", "n_test", "accuracy", "mean_class_recall", "best_epoch", "run"]
 # Options that may differ when the same cross-validation is run again (it then resumes).
@@ -234,6 +235,33 @@ def check_same_cv(folder: Path, config: TrainConfig) -> None:
         write_json(path, config.to_dict())
 
 
+def labels_digest(ids: np.ndarray, labels: np.ndarray) -> str:
+    """A hash of the audited images and their labels (what the fold models are trained on)."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(f"{i},{y}" for i, y in zip(ids, labels)).encode()).hexdigest()
+
+
+def check_same_cross_fit(out: Path, record: dict) -> None:
+    """Fold models under `out` are resumed, never retrained: they must be those of this
+    cross-fit (the run, K, the seed of the fold assignment, the audited labels), or images
+    would be scored by a model that trained on them. Writes the record for a new cross-fit;
+    AuditError (one line) when `out` holds another's, or fold models without a record."""
+    path = out / CROSS_FIT_RECORD
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        changed = sorted(k for k in record if saved.get(k) != record[k])
+        if changed:
+            raise AuditError(f"{out} holds the fold models of another cross-fit (its {', '.join(changed)} differ: "
+                             f"{saved.get('folds')} folds of {saved.get('run')}): give another --out, or remove {out}")
+        return
+    if out.is_dir() and any(out.iterdir()):
+        raise AuditError(f"{out} holds files but no {CROSS_FIT_RECORD} saying which cross-fit they are: "
+                         f"give another --out, or remove {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, record)
+
+
 def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, out_dir: str | Path,
                     device: str = "auto", batch: int = 256, console: Optional[Console] = None) -> AuditResult:
     """Audit a POI run's training labels out of fold (see the module doc); the fold models are
@@ -254,6 +282,8 @@ def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, o
     if folds < 2 or folds > len(data.labels):
         raise AuditError(f"--cross-fit needs 2 to {len(data.labels)} folds, got {folds}")
     fold_of = stratified_folds(data.labels, folds, CROSS_FIT_SEED)
+    check_same_cross_fit(out, {"run": str(run_dir.resolve()), "folds": folds, "seed": CROSS_FIT_SEED,
+                               "labels": labels_digest(data.ids, data.labels)})
     all_ids = dataset.split(config.train_split).ids  # the split as the manifest has it
     position = pd.Series(np.arange(len(all_ids)), index=all_ids)
     names = dataset.classes
@@ -274,8 +304,9 @@ def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, o
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(labels_file, table.to_csv(index=False))
         fold_dir = out / fold_split_name(fold)
-        train_or_resume(fold_dir, replace(config, labels=str(labels_file), noise=0.0, rounds=1, fold=None,
-                                          device=device), console)
+        # one training of the run's recipe: no rounds of its own (their options go with them)
+        train_or_resume(fold_dir, replace(config, labels=str(labels_file), noise=0.0, rounds=1, rounds_teacher=False,
+                                          rounds_fine_tune=None, fold=None, device=device), console)
         predictions = predict_checkpoint_split(load_checkpoint(resolve_checkpoint(fold_dir)), dataset.faces,
                                                data.store_rows[held], data.labels[held], device, batch, config.amp)
         objective[held] = objective_inference(predictions, fold_dir)

@@ -76,6 +76,11 @@ def test_cross_fit_audit_scores_every_image_out_of_fold(tmp_path):
     done = runner.invoke(app, ["audit", str(run), str(data), "--cross-fit", "2", "--out", str(out), "--device", "cpu"])
     assert done.exit_code == 0, done.output
     assert (out / "crossfit" / "fold0" / "last.pt").stat().st_mtime_ns == stamp  # finished fold models are reused
+    # ... but only by the same cross-fit: K = 3 into the same folder would score images with
+    # the K = 2 models that trained on them (it used to, exit 0)
+    other = runner.invoke(app, ["audit", str(run), str(data), "--cross-fit", "3", "--out", str(out), "--device", "cpu"])
+    assert other.exit_code == 1 and "holds the fold models of another cross-fit (its folds differ" in other.stderr
+    assert (out / "crossfit" / "fold0" / "last.pt").stat().st_mtime_ns == stamp
     cleaned = runner.invoke(app, ["clean", str(out / "audit.csv"), str(data), "--out", str(tmp_path / "labels.csv"),
                                   "--auto"])  # chosen on valid with the run's own model (audit_summary.json "model")
     assert cleaned.exit_code == 0, cleaned.output
@@ -119,8 +124,10 @@ def test_cross_fit_audit_of_a_run_that_left_images_out(tmp_path):
 def test_rounds_clean_with_the_cross_fitted_audit_and_the_fraction_chosen_on_valid(tmp_path):
     data = make_prepared(tmp_path / "data", splits={"train": 4, "valid": 1})
     project = tmp_path / "runs"
+    # with --rounds-teacher: each fold model repeats one training of the recipe, without the rounds'
+    # options (they used to make every fold's config invalid: "--rounds-teacher needs --rounds 2")
     result = CliRunner().invoke(app, ["train", str(data), "--noise", "0.3", "--rounds", "2", "--clean-cross-fit", "2",
-                                      "--size", "64", "--epochs", "1", "--batch", "14", "--amp", "off",
+                                      "--rounds-teacher", "--size", "64", "--epochs", "1", "--batch", "14", "--amp", "off",
                                       "--project", str(project)])
     assert result.exit_code == 0, result.output
     summary = json.loads((project / "exp" / "clean" / "labels.json").read_text())
