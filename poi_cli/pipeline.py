@@ -47,7 +47,7 @@ from poi_cli.study.evaluate import evaluate, write_reports
 from poi_cli.model.checkpoint import CONFIG_FILE, LAST, load_checkpoint, read_checkpoint_info, resolve_checkpoint
 from poi_cli.model.predictions import predict_checkpoint_split
 from poi_cli.train.config import ROUNDS_FINE_TUNE_LR_FACTOR, TrainConfig, TrainError
-from poi_cli.train.engine import train
+from poi_cli.train.engine import TrainingInterrupted, train
 
 CLEAN_DIR = "clean"
 CROSS_FIT_DIR = "crossfit"  # in the audit's output folder: the K label files and run folders
@@ -130,7 +130,10 @@ def later_rounds(first: Path, previous: Path, start: int, config: TrainConfig, c
     then trains (or resumes, or keeps when finished) in round_folder(first, number)."""
     runs = [previous]
     for number in range(start, config.rounds + 1):
-        labels, summary = cleaned_labels(runs[-1], config, config.device)
+        try:
+            labels, summary = cleaned_labels(runs[-1], config, config.device)
+        except KeyboardInterrupt:  # in the audit or cleaning: --resume of the finished round goes on from here
+            raise TrainingInterrupted(runs[-1]) from None
         if summary["n_changed"] == 0:  # the same labels, seed and options: the round would repeat the last run exactly
             why = f"; {FITTED_ADVICE}" if summary.get("auto", {}).get("fitted_training_labels") else ""
             announce(f"round {number}: the audit of {runs[-1].name} changed no label ({labels}); "

@@ -123,6 +123,17 @@ def a_file(name: str) -> Callable[[dict[str, Path]], None]:
     return lambda world: (world["TMP"] / name).write_text("mine\n")
 
 
+def being_written(name: str) -> Callable[[dict[str, Path]], None]:
+    """TMP/name claimed by a live poi process (this one): its `.name.lock` beside it (core/locks.py)."""
+    def apply(world: dict[str, Path]) -> None:
+        import socket
+
+        target = world["TMP"] / name
+        lock = target.parent / f".{target.name}.lock"
+        lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    return apply
+
+
 def another_dataset_and_run(world: dict[str, Path]) -> None:
     """TMP/other (a copy of DATA) and TMP/other_run (a copy of RUN): folders the command does
     not read, whose own files it must not write over either."""
@@ -193,6 +204,10 @@ CASES = {
     "combine a folder that is not prepared": (a_file("notes"), ["combine", "DATA", "RUN", "--out", "TMP/made/combined"],
                                               "prepared.json"),
     "report on runs that are not there": (None, ["report", "TMP/none", "--out", "TMP/made/report"], "no run folders to report"),
+    # outputs another poi process is writing: the second command stops in one line
+    "evaluate --out a folder another poi writes": (being_written("eval"), EVALUATE, "--out"),
+    "noise --out a file another poi writes": (being_written("n.csv"), ["noise", "DATA", "--rate", "0.2", "--out", "TMP/n.csv"],
+                                              "is being written by pid"),
     # outputs that cannot be written: said before the work, in the user's words
     "evaluate --out a file": (a_file("taken"), ["evaluate", "RUN", "DATA", "--out", "TMP/taken"], "is a file, not a folder"),
     "evaluate --out under a file": (a_file("taken"), ["evaluate", "RUN", "DATA", "--out", "TMP/taken/sub"],

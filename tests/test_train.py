@@ -399,3 +399,66 @@ def test_an_interrupted_run_names_its_folder_in_the_command_that_continues_it(tm
     resumed = CliRunner().invoke(app, ["train", "--resume", str(run), "--threads", "1"])
     assert resumed.exit_code == 0, resumed.output
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def test_a_run_folder_has_one_writer(tmp_path):
+    """`poi train --resume RUN` while another poi process still trains RUN used to train into
+    the same files side by side (last.pt could go back an epoch); it stops in one line. The
+    claim of a process that died is taken over (a SIGKILLed run resumes)."""
+    import os
+    import socket
+
+    data = make_prepared(tmp_path / "data", splits=TINY_SPLITS)
+    train_until_killed(data, tmp_path / "runs")
+    run = tmp_path / "runs" / "killed"
+    lock = run.parent / ".killed.lock"
+    assert lock.is_file()  # left by the killed process, whose pid is gone
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))  # a live process's claim
+    kept = (run / "last.pt").read_bytes()
+    busy = CliRunner().invoke(app, ["train", "--resume", str(run), "--threads", "1"])
+    assert busy.exit_code == 1 and "run folder" in busy.stderr and f"pid {os.getpid()}" in busy.stderr, busy.output
+    assert (run / "last.pt").read_bytes() == kept
+    lock.write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))  # its owner is gone: stale
+    resumed = CliRunner().invoke(app, ["train", "--resume", str(run), "--threads", "1"])
+    assert resumed.exit_code == 0, resumed.output
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2 and not lock.exists()
+
+
+def _take_run_dir(project: str, barrier, names) -> None:
+    barrier.wait()
+    names.append(next_run_dir(project, "exp").name)
+
+
+def test_processes_started_together_never_share_a_numbered_folder(tmp_path):
+    """next_run_dir checked exists() and then made the folder: two `poi train` or `poi
+    evaluate` started together could get the same exp folder (9 of 30 trials of 2)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    with context.Manager() as manager:
+        barrier, names = manager.Barrier(8), manager.list()
+        workers = [context.Process(target=_take_run_dir, args=(str(tmp_path / "runs"), barrier, names)) for _ in range(8)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert sorted(names) == sorted(["exp", *(f"exp{k}" for k in range(2, 9))])
+
+
+def test_an_interrupt_between_rounds_names_the_finished_round_to_resume(tmp_path, monkeypatch):
+    """Ctrl-C in the audit between two rounds: the line names round 1's folder, whose --resume
+    goes on with the cleaning and round 2 (it said --resume RUN_DIR)."""
+    import poi_cli.pipeline as pipeline
+
+    data = make_prepared(tmp_path / "data", splits=TINY_SPLITS)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "cleaned_labels", stopped)
+    result = CliRunner().invoke(app, ["train", str(data), "--noise", "0.3", "--rounds", "2", "--size", "64", "--epochs",
+                                      "1", "--batch", "7", "--amp", "off", "--project", str(tmp_path / "runs"),
+                                      "--threads", "1"])
+    first = tmp_path / "runs" / "exp"
+    assert result.exit_code == 130 and result.stderr.strip().splitlines()[-1].endswith(f"`poi train --resume {first}`")
+    assert load_checkpoint(first / "last.pt")["epoch"] == 1

@@ -90,12 +90,15 @@ def write_new_or_same(files: dict[Path, str], option: str) -> None:
     command) is no change."""
     from poi_cli.core.errors import PoiError
 
-    for path, text in files.items():
-        if path.is_file() and path.read_bytes() != text.encode("utf-8"):
-            raise PoiError(f"{option}: {path} exists already with other contents (a run may have trained on it); "
-                           "poi does not write over it: give a new name, or remove the file first")
-    for path, text in files.items():
-        atomic_write_text(path, text)
+    from poi_cli.core.locks import claim
+
+    with claim(next(iter(files)), option):  # two commands at once: the second stops (check, then write)
+        for path, text in files.items():
+            if path.is_file() and path.read_bytes() != text.encode("utf-8"):
+                raise PoiError(f"{option}: {path} exists already with other contents (a run may have trained on it); "
+                               "poi does not write over it: give a new name, or remove the file first")
+        for path, text in files.items():
+            atomic_write_text(path, text)
 
 
 def write_json(path: str | Path, values: Any) -> None:
@@ -128,13 +131,17 @@ def save_image(image: Any, path: str | Path) -> Path:
 
 
 def next_run_dir(project: str | Path, name: str, exist_ok: bool = False) -> Path:
-    """project/name, or name2, name3, ... when taken (like Ultralytics); created."""
+    """project/name, or name2, name3, ... when taken (like Ultralytics); created. The name is
+    taken by the mkdir itself (atomic), so two processes started together never share one."""
     project = Path(project)
+    project.mkdir(parents=True, exist_ok=True)
     candidate, number = project / name, 2
-    while candidate.exists() and not exist_ok:
-        candidate, number = project / f"{name}{number}", number + 1
-    candidate.mkdir(parents=True, exist_ok=True)
-    return candidate
+    while True:
+        try:
+            candidate.mkdir(exist_ok=exist_ok)
+            return candidate
+        except FileExistsError:  # taken (or a file of that name): the next number
+            candidate, number = project / f"{name}{number}", number + 1
 
 
 def real_path(path: str | Path) -> Path:
@@ -240,9 +247,12 @@ def command_output_folder(out: Optional[str | Path], option: str,
                           default_project: Optional[str | Path] = None) -> Iterator[Path]:
     """A command's output folder for the duration of its work: `out` checked and made before
     the work (output_folder), or, without one, the next numbered folder under
-    default_project (next_run_dir: exp, exp2, ...). If the work fails, the folders this made
+    default_project (next_run_dir: exp, exp2, ...), claimed (core.locks: a second command
+    into the same folder stops with one line). If the work fails, the folders this made
     are removed again where they are still empty: a failed command leaves no empty folder
     behind (a folder with a finished part in it, e.g. cross-fit models, stays)."""
+    from poi_cli.core.locks import claim
+
     if out is None and default_project is None:
         raise ValueError(f"{option} needs a folder name")
     start = Path(out if out is not None else default_project)
@@ -251,7 +261,8 @@ def command_output_folder(out: Optional[str | Path], option: str,
     if out is None and folder not in made:
         made.insert(0, folder)
     try:
-        yield folder
+        with claim(folder, option):
+            yield folder
     except BaseException:
         for path in made:
             try:

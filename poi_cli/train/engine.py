@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -36,6 +37,7 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from poi_cli.core.locks import claim
 from poi_cli.core.metrics import answered_argmax
 from poi_cli.core.runtime import autocast, init_distributed, use_bf16
 from poi_cli.data.loader import BatchLoader
@@ -122,10 +124,22 @@ class Trainer:
         self.preprocessing = self.dataset.preprocessing.for_model(config.input_size)
         self._build_model()  # before the run folder: a bad --pretrained, --fine-tune or --teacher leaves none behind
         self.run = RunFolder.create(config, self.ctx)
-        self.resolved = self._resolved()
-        self.run.write_config(config, self.resolved)
-        if self.data.held_out:
-            self.run.write_heldout(self.data.val.ids)
+        # one process writes a run folder: a --resume of a run still training stops here, in one line
+        self._claim = ExitStack()
+        if self.ctx.is_main:
+            self._claim.enter_context(claim(self.run.path, "run folder"))
+        try:
+            self.resolved = self._resolved()
+            self.run.write_config(config, self.resolved)
+            if self.data.held_out:
+                self.run.write_heldout(self.data.val.ids)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give up the run folder's writer claim (the run is over, or could not start)."""
+        self._claim.close()
 
     def _print(self, message: str) -> None:
         self.console.print(message, soft_wrap=True, highlight=False)  # one log line stays one line
@@ -238,6 +252,7 @@ class Trainer:
         if ctx.owns_group:
             dist.barrier()
             dist.destroy_process_group()
+        self.release()
         return self.run_dir
 
     def make_loader(self) -> BatchLoader:
@@ -429,5 +444,8 @@ def _summary(row: dict, epochs: int, best: bool) -> str:
 def train(config: TrainConfig, console: Optional[Console] = None, callbacks: Iterable[Callback] = ()) -> Path:
     """Train POI (or an ablation / the baseline) as `config` says; returns the run folder."""
     trainer = Trainer(config, console, callbacks)
-    trainer.repair_after_kill()
-    return trainer.fit()
+    try:
+        trainer.repair_after_kill()
+        return trainer.fit()
+    finally:
+        trainer.release()
