@@ -246,6 +246,11 @@ class PreparedDataset:
         return StoreError(f"{self.root} has no usable faces in split {split!r} "
                           f"(splits with faces: {', '.join(self.split_names()) or 'none'})")
 
+    def check_usable_face_rows(self) -> None:
+        """StoreError (face_rows') unless every usable row's store_index is a row of faces.npy:
+        for a command that reads all of them (evaluate's twins) to stop before its work."""
+        self.face_rows(self.manifest[self.manifest["status"] == STATUS_OK])
+
     def face_rows(self, rows: pd.DataFrame) -> np.ndarray:
         """The faces.npy rows (int64) of these manifest rows; StoreError naming the first image whose
         store_index is no row of faces.npy. Checked wherever manifest rows reach the faces: a split's,

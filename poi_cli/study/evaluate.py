@@ -279,7 +279,7 @@ def predict_mapped(model_path: str | Path, prepared_dir: str | Path, split: Opti
     checkpoint = load_checkpoint(checkpoint_path)
     info = CheckpointInfo.of(checkpoint)
     data = dataset.split(choice.split, ids=choice.ids)
-    dataset.face_digests  # the twins read every usable face, outside the split too: a bad manifest row stops us here, before the work
+    dataset.check_usable_face_rows()  # the twins read every usable face, outside the split too: checked before the work
     model_classes = list(info.classes)
     shared, columns, label_map, mapping_note = class_mapping(model_classes, dataset.classes, dataset.labelled_classes)
     if not shared:
