@@ -448,18 +448,18 @@ def _predict_and_write(predictor: Any, items: list[Any], input_files: list[Path]
     note = lambda text: show(*render.note_lines([text], soft_wrap=True), to=err_console)  # noqa: E731
     with user_errors():  # the detector cannot start: one line
         run = predict_files(predictor, items, show_au, csv_file, save_vis, input_files, video, note=note)
+    # One rule for one bad input and many: the records (error ones included) are always
+    # written, and the exit status is 1 when no input could be read. Interrupted, the
+    # finished records are printed as a whole JSON list, as --csv keeps them.
+    if as_json and (run.records or not run.interrupted):
+        print(json.dumps([r.to_dict() for r in run.records]))
     if run.interrupted:
         if csv_file and run.records:
             fail(f"interrupted: the {run.inputs} inputs finished are in {csv_file}", 130)
-        if as_json and run.records:  # the finished records, as a whole JSON list, as --csv keeps them
-            print(json.dumps([r.to_dict() for r in run.records]))
+        if as_json and run.records:
             fail(f"interrupted: the {run.inputs} inputs finished are printed", 130)
         fail("interrupted", 130)
-    # One rule for one bad input and many: the records (error ones included) are always
-    # written, and the exit status is 1 when no input could be read.
-    if as_json:
-        print(json.dumps([r.to_dict() for r in run.records]))
-    elif not csv_file and len(run.summaries) < run.inputs:  # the per-frame rows of videos: --csv / --json
+    if not as_json and not csv_file and len(run.summaries) < run.inputs:  # videos' per-frame rows: --csv / --json
         show(render.predict_table([r for r in run.records if r.video is None], predictor.model_path,
                                   predictor.classes, show_au))
     if run.none_readable:

@@ -162,7 +162,7 @@ class Predictor(FacePipeline):
 
         console = Console(stderr=True)  # stdout stays clean for --json
         images = [item for item in items if not item.is_video]
-        with progress_bar(console, enabled=progress and console.is_terminal) as bar:
+        with progress_bar(console, enabled=progress) as bar:  # drawn only on a terminal
             task = bar.add_task("images", total=len(images), visible=bool(images))
             chunk: list[InputItem] = []
             for number, item in enumerate(items):

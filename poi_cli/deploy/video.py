@@ -90,7 +90,7 @@ def iter_video(pipeline: FacePipeline, source: Any, every: Optional[int] = None,
         from rich.console import Console
 
         console = Console(stderr=True)
-        with progress_bar(console, enabled=progress and console.is_terminal) as bar:
+        with progress_bar(console, enabled=progress) as bar:  # drawn only on a terminal
             yield from iter_video_file(pipeline, Path(source), options, show_au, bar)
         return
     options = VideoOptions(smooth=smooth, frames_per_batch=1)  # live: each frame as soon as it comes
