@@ -16,7 +16,8 @@ Stages, in order, each under a hard time limit, each result written as soon as i
   noise               cross-entropy and POI at 30 % label noise (the shipped seed-0 file) and the
                       clean-and-teach recipe (`poi train --rounds 2 --rounds-teacher --rounds-fine-tune N`:
                       round 2 fine-tuned from round 1, as many epochs at 0.4 x the lr) at 112 px, each evaluated on
-                      FERPlus valid, with as many epochs as the time left allows
+                      FERPlus valid, with as many epochs as the time left allows; --noise-runs and
+                      --noise-seed choose others (the 0 % pair ce_n0,poi_n0; a second training seed)
 
 Results, in the output folder (at most 8 files, none in a sub-folder: what the device tool brings
 back): summary.json and summary.md (rewritten after every stage, so a pack killed at any point
@@ -87,9 +88,13 @@ PLAN = [
     StagePlan("throughput", 90, 90, 20, "POI and baseline ResNet-18, 224 px, batch 256, bf16, channels_last"),
     StagePlan("throughput_compile", 120, 0, 60, "POI under torch.compile"),
     StagePlan("data", 60, 60, 5, "the prepared FERPlus store"),
-    StagePlan("noise", 0, 0, 60, "CE and POI at 30 % noise, the clean-and-teach recipe, 112 px"),  # cap 0: the rest
+    StagePlan("noise", 0, 0, 60, "CE and POI at 30 % noise, the clean-and-teach recipe, 112 px (--noise-runs)"),  # cap 0: the rest
 ]
-NOISE_MIN_S, DRY_NOISE_MIN_S = 150, 40  # kept for the noise stage while the stages before it run
+NOISE_MIN_S, DRY_NOISE_MIN_S = 150, 40
+# the noise stage's runs (--noise-runs): cross-entropy (--baseline) and POI on the clean labels
+# (n0) or the shipped 30 % file (n30); poi_n30 goes on into the clean-and-teach recipe's round 2
+NOISE_RUNS = {"ce_n30": "cross-entropy, 30 %", "poi_n30": "POI, 30 %", "ce_n0": "cross-entropy, 0 %",
+              "poi_n0": "POI, 0 %"}  # kept for the noise stage while the stages before it run
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -141,6 +146,17 @@ class Pack:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.dry = args.dry_run
+        # the options first: a refused pack leaves no folder behind
+        self.selected = set(args.stages.split(",")) if args.stages else {p.name for p in PLAN}
+        unknown = self.selected - {p.name for p in PLAN}
+        if unknown:
+            raise SystemExit(f"--stages: unknown stage(s) {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(p.name for p in PLAN)})")
+        self.noise_runs = [run for run in args.noise_runs.split(",") if run]
+        wrong = ", ".join(run for run in self.noise_runs if run not in NOISE_RUNS)
+        if not self.noise_runs or wrong or len(set(self.noise_runs)) < len(self.noise_runs):
+            problem = wrong or ("a run named twice" if self.noise_runs else "(none)")
+            raise SystemExit(f"--noise-runs: {problem}: name each once, among {', '.join(NOISE_RUNS)}")
         self.out = Path(args.out or os.environ.get("OUT") or DEFAULT_OUT).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
         self.work = Path(args.work).resolve() if args.work else Path(tempfile.mkdtemp(prefix="poi_gpu_pack_"))
@@ -151,11 +167,6 @@ class Pack:
         self.budget = float(args.budget or (300 if self.dry else 540))
         self.started = time.monotonic()
         self.deadline = self.started + self.budget
-        self.selected = set(args.stages.split(",")) if args.stages else {p.name for p in PLAN}
-        unknown = self.selected - {p.name for p in PLAN}
-        if unknown:
-            raise SystemExit(f"--stages: unknown stage(s) {', '.join(sorted(unknown))} "
-                             f"(known: {', '.join(p.name for p in PLAN)})")
         self.log_path = self.out / "pack.log"
         self.log_lock = threading.Lock()
         self.log_path.write_text("")
@@ -286,16 +297,11 @@ class Pack:
             if self.stop_reason:
                 record.update(status="skipped", reason=self.stop_reason)
                 continue
-            cap = plan.dry_cap_s if self.dry else plan.cap_s
-            if self.dry and cap == 0 and plan.name != "noise":
+            if self.dry and plan.dry_cap_s == 0 and plan.name != "noise":
                 record.update(status="skipped", reason=dry_skip_reason(plan.name))
                 self.write_summary()
                 continue
-            allowed = self.remaining() - FINALIZE_S
-            if plan.name != "noise" and "noise" in self.selected:
-                allowed -= DRY_NOISE_MIN_S if self.dry else NOISE_MIN_S
-            if cap:
-                allowed = min(allowed, cap)
+            allowed = stage_allowance(plan, self.remaining(), self.selected, self.dry)
             min_s = plan.min_s if not self.dry else min(plan.min_s, 10)
             if allowed < min_s:
                 record.update(status="skipped", reason=f"budget: {max(allowed, 0):.0f} s left for it, needs {min_s:.0f} s")
@@ -410,14 +416,14 @@ class Pack:
             recipe = ["--arch", self.args.noise_arch, "--size", str(self.args.noise_size), "--batch", str(self.args.noise_batch),
                       "--lr", str(self.args.noise_lr), "--schedule", "step", "--lr-steps", lr_steps(epochs),
                       "--weight-decay", "1e-4"]
-        recipe = ["--epochs", str(epochs), "--seed", "0", *recipe]
+        recipe = ["--epochs", str(epochs), "--seed", str(self.args.noise_seed), *recipe]
         threshold = self.args.clean_threshold
         if threshold is None and self.dry:
             # one epoch on 48 stripes leaves --auto nothing to relabel, and round 2 would not run at all
             threshold = 0.01
             record["note"] = "dry run: --clean-threshold 0.01, so that the second round runs"
         cleaning = ["--clean-threshold", str(threshold)] if threshold is not None else []
-        record["recipe"] = " ".join(recipe)
+        record["recipe"], record["seed"] = " ".join(recipe), self.args.noise_seed
         project = str(self.runs_dir)
 
         def evaluate(folder: str) -> list[str]:
@@ -425,22 +431,29 @@ class Pack:
             return ["evaluate", str(run_dir), store, "--split", val, "--out", str(run_dir / "eval")]
 
         # one process per training command and the evaluations of what it trained (`poi` commands,
-        # in process: scripts/gpu_pack.py poi-batch); cross-entropy first: the 30 % pair before the recipe
-        groups = [
-            ("ce_n30", [["train", store, *recipe, "--baseline", "--labels", labels, "--project", project, "--name", "ce_n30"],
-                        evaluate("ce_n30")], ["ce_n30"]),
-            ("poi_n30", [["train", store, *recipe, "--labels", labels, "--rounds", "2", "--rounds-teacher",
-                          "--rounds-fine-tune", str(epochs), *cleaning,
-                          "--project", project, "--name", "poi_n30"], evaluate("poi_n30"), evaluate("poi_n30_round2")],
-             ["poi_n30", "poi_n30_round2"]),
-        ]
+        # in process: scripts/gpu_pack.py poi-batch), in --noise-runs' order (default: the 30 % pair,
+        # cross-entropy first, then POI and the recipe's second round)
+        groups = []
+        for run in self.noise_runs:
+            folder = run_folder(run, self.args.noise_seed)
+            noisy = ["--labels", labels] if run.endswith("_n30") else []
+            names = ["--project", project, "--name", folder]
+            if run.startswith("ce_"):
+                groups.append((run, [["train", store, *recipe, "--baseline", *noisy, *names], evaluate(folder)], [folder]))
+            elif run == "poi_n30":
+                rounds = ["--rounds", "2", "--rounds-teacher", "--rounds-fine-tune", str(epochs), *cleaning]
+                groups.append((run, [["train", store, *recipe, *noisy, *rounds, *names], evaluate(folder),
+                                     evaluate(f"{folder}_round2")], [folder, f"{folder}_round2"]))
+            else:
+                groups.append((run, [["train", store, *recipe, *noisy, *names], evaluate(folder)], [folder]))
         record["runs"], statuses = {}, []
         expected = plan.get("expected_s") or {}
-        for name, commands, folders in groups:
+        for index, (name, commands, folders) in enumerate(groups):
             left = deadline - time.monotonic()
-            if name == "ce_n30" and expected.get("poi_n30"):
-                # a slower cross-entropy run than planned must leave the recipe its time
-                left = min(left, max(1.5 * expected["ce_n30"], left - expected["poi_n30"]))
+            later = sum(expected.get(run, 0) for run, _, _ in groups[index + 1:])
+            if expected.get(name) and later:
+                # a slower run than planned must leave the runs after it their time
+                left = min(left, max(1.5 * expected[name], left - later))
             if left < 15:
                 for folder in folders:
                     record["runs"][folder] = {"status": "skipped", "reason": f"budget: {max(left, 0):.0f} s left"}
@@ -460,7 +473,7 @@ class Pack:
                     entry["evaluate_status"] = evaluated["status"]
                 entry.update(evaluation_summary(run_dir / "eval" / "metrics.json"))
                 if not run_dir.exists() and folder.endswith("_round2"):
-                    clean = read_json(self.runs_dir / "poi_n30" / "clean" / "labels.json") or {}
+                    clean = read_json(self.runs_dir / folders[0] / "clean" / "labels.json") or {}
                     if clean.get("n_changed") == 0:
                         entry.update(status="not trained", reason="the cleaning of round 1 changed no label")
                 record["runs"][folder] = entry
@@ -468,7 +481,7 @@ class Pack:
             self.write_summary()
         record["status"] = "ok" if all(s == "ok" for s in statuses) else (
             "timeout" if "timeout" in statuses else "failed" if "failed" in statuses else "partial")
-        clean = read_json(self.runs_dir / "poi_n30" / "clean" / "labels.json")
+        clean = read_json(self.runs_dir / run_folder("poi_n30", self.args.noise_seed) / "clean" / "labels.json")
         if clean:
             record["cleaning"] = {k: v for k, v in clean.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
@@ -500,25 +513,42 @@ class Pack:
         epoch_ce = n / base + v / (4 * base) + 1.0
         epoch_poi = n / poi + v / (4 * poi) + 1.0
         epoch_round2 = 1.4 * n / poi + v / (4 * poi) + 1.0
-        per_epoch = epoch_ce + epoch_poi + epoch_round2
         audit = n / (2 * poi) + 15  # round 1's audit of its training labels and `poi clean --auto`
-        fixed = 2 * startup + audit + 3 * 6  # 2 processes, the audit and cleaning, 3 evaluations
+        per_run = {"ce_n0": epoch_ce, "ce_n30": epoch_ce, "poi_n0": epoch_poi, "poi_n30": epoch_poi + epoch_round2}
+        fixed_run = {run: startup + (audit + 12 if run == "poi_n30" else 6) for run in per_run}
+        per_epoch = sum(per_run[run] for run in self.noise_runs)
+        fixed = sum(fixed_run[run] for run in self.noise_runs)  # a process each, the audit and cleaning, evaluations
         available = deadline - time.monotonic()
         epochs = int(0.85 * (available - fixed) / per_epoch)
         epochs = max(1, min(epochs, self.args.noise_max_epochs))
-        plan.update(seconds_per_epoch_of_all_three=round(per_epoch, 2), fixed_s=round(fixed, 1),
+        plan.update(seconds_per_epoch_of_all_trainings=round(per_epoch, 2), fixed_s=round(fixed, 1),
                     available_s=round(available, 1), safety=0.85, max_epochs=self.args.noise_max_epochs,
-                    expected_s={"ce_n30": round(startup + epochs * epoch_ce + 6),
-                                "poi_n30": round(startup + epochs * (epoch_poi + epoch_round2) + audit + 12)})
-        self.log(f"[noise] {available:.0f} s left: {epochs} epochs (about {per_epoch:.1f} s per epoch of the three "
-                 f"trainings, {fixed:.0f} s fixed, POI {poi:,.0f} and cross-entropy {base:,.0f} images/s)")
+                    expected_s={run: round(fixed_run[run] + epochs * per_run[run]) for run in self.noise_runs})
+        self.log(f"[noise] {available:.0f} s left: {epochs} epochs (about {per_epoch:.1f} s per epoch of the "
+                 f"{len(self.noise_runs)} runs' trainings, {fixed:.0f} s fixed, POI {poi:,.0f} and cross-entropy {base:,.0f} images/s)")
         return epochs, plan
+
+
+def stage_allowance(plan: StagePlan, remaining: float, selected: set[str], dry: bool) -> float:
+    """Seconds a stage may take: what is left of the budget less the final summary's, less the
+    noise stage's reserve where noise is to run (but not for the data stage, which the noise
+    runs need: squeezing it out would leave the reserve unused), within the stage's cap."""
+    allowed = remaining - FINALIZE_S
+    if plan.name not in ("noise", "data") and "noise" in selected:
+        allowed -= DRY_NOISE_MIN_S if dry else NOISE_MIN_S
+    cap = plan.dry_cap_s if dry else plan.cap_s
+    return min(allowed, cap) if cap else allowed
 
 
 def dry_skip_reason(name: str) -> str:
     if name == "throughput_compile":
         return "dry run: torch.compile on the CPU builds C++ kernels for minutes (GPU runs only)"
     return "dry run: GPU only"
+
+
+def run_folder(run: str, seed: int) -> str:
+    """A noise run's folder: its name, with the training seed where it is not 0 (`poi_n30_s1`)."""
+    return run if seed == 0 else f"{run}_s{seed}"
 
 
 def lr_steps(epochs: int) -> str:
@@ -623,13 +653,14 @@ def render_markdown(summary: dict) -> str:
         carried = ((stages.get("data") or {}).get("result") or {}).get("unpack", {}).get("splits", {})
         faces = "; ".join(f"{split} faces {'lossless' if v.get('lossless') else 'WebP quality %s, PSNR %s dB' % (v.get('quality'), v.get('psnr_db'))}"
                           for split, v in carried.items())
-        lines += ["", f"## Label noise at 30 %: {epochs} epoch{'' if epochs == 1 else 's'}, `{noise.get('recipe')}`", "",
+        lines += ["", f"## Label noise: {epochs} epoch{'' if epochs == 1 else 's'}, `{noise.get('recipe')}`", "",
                   f"Data: {data.get('source')}, {data.get('n_train')} training and {data.get('n_val')} "
                   f"{data.get('val_split')} images{' (' + faces + ')' if faces else ''}; "
-                  f"labels {Path(str(data.get('labels_30'))).name}.", "",
+                  f"noisy labels (30 %) {Path(str(data.get('labels_30'))).name}.", "",
                   "| run | epochs | final val % | best val % (epoch) | evaluate (best.pt) % | mean class recall % | s/epoch | images/s |",
                   "|---|---|---|---|---|---|---|---|"]
-        names = {"ce_n30": "cross-entropy", "poi_n30": "POI", "poi_n30_round2": "clean-and-teach (round 2)"}
+        names = {**{run_folder(run, seed): title for run, title in NOISE_RUNS.items() for seed in (0, noise.get("seed", 0))},
+                 **{run_folder("poi_n30", seed) + "_round2": "clean-and-teach (round 2), 30 %" for seed in (0, noise.get("seed", 0))}}
         for folder, entry in noise["runs"].items():
             if "epochs_done" not in entry or entry.get("status") == "not trained":
                 lines.append(f"| {names.get(folder, folder)} | {entry.get('status')}: {entry.get('reason', '')} | | | | | | |")
@@ -1047,8 +1078,66 @@ def cmd_pack_data(args: argparse.Namespace) -> int:
                 break
             print(f"over the limit with {args.margin_mib} MiB to spare: trying a lower quality")
         else:
-            raise SystemExit("the pack does not fit a device call even at quality 75")
+            withheld = WITHHOLD_BEGIN in (exclude_file().read_text().splitlines() if exclude_file().is_file() else [])
+            raise SystemExit("the pack does not fit a device call even at quality 75" + (
+                "" if withheld else ": `python scripts/gpu_pack.py withhold` leaves the model weights behind, then run "
+                                    "pack-data again (and `restore` after the call)"))
     print(f"carry it: run(command='bash scripts/gpu_pack.sh', carry=['{out.relative_to(ROOT) if ROOT in out.parents else out}'])")
+    return 0
+
+
+# ------------------------------------------------------------------------ withhold / restore
+
+WITHHELD_MIN_BYTES = 4 * 2**20
+WITHHOLD_BEGIN, WITHHOLD_END = "# scripts/gpu_pack.py withhold: begin", "# scripts/gpu_pack.py withhold: end"
+
+
+def git(*argv: str) -> str:
+    return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+
+def exclude_file() -> Path:
+    return ROOT / git("rev-parse", "--git-path", "info/exclude").strip()
+
+
+def withheld_paths(lines: list[str]) -> tuple[list[str], list[str]]:
+    """The paths of the withhold block in .git/info/exclude's lines, and the lines without the block."""
+    if WITHHOLD_BEGIN not in lines:
+        return [], lines
+    begin = lines.index(WITHHOLD_BEGIN)
+    end = lines.index(WITHHOLD_END, begin) if WITHHOLD_END in lines[begin:] else len(lines) - 1
+    return [line.lstrip("/") for line in lines[begin + 1:end]], lines[:begin] + lines[end + 1:]
+
+
+def cmd_withhold(args: argparse.Namespace) -> int:
+    """A device call carries every tracked file; the model weights (shipped and historical, about
+    80 MiB) leave the FERPlus pack no room. Untrack them in the index alone (`git rm --cached`) and
+    ignore them in .git/info/exclude, so that the call leaves them behind; `restore` undoes both."""
+    lines = exclude_file().read_text().splitlines() if exclude_file().is_file() else []
+    if WITHHOLD_BEGIN in lines:
+        raise SystemExit("weights are withheld already (`python scripts/gpu_pack.py restore` undoes it)")
+    names = [name for name in git("ls-files", "-z", "--", "weights", "poi_cli/weights").split("\0")
+             if name.endswith((".pt", ".onnx")) and (ROOT / name).is_file()
+             and (ROOT / name).stat().st_size >= WITHHELD_MIN_BYTES]
+    if not names:
+        raise SystemExit("no tracked weights of 4 MiB or more to withhold")
+    exclude_file().parent.mkdir(parents=True, exist_ok=True)
+    exclude_file().write_text("\n".join([*lines, WITHHOLD_BEGIN, *[f"/{name}" for name in names], WITHHOLD_END]) + "\n")
+    git("rm", "--cached", "-q", "--", *names)
+    size = sum((ROOT / name).stat().st_size for name in names) / 2**20
+    print(f"withheld from device calls: {len(names)} weight files, {size:.1f} MiB (untracked in the index, files kept); "
+          "commit nothing until `python scripts/gpu_pack.py restore`")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    lines = exclude_file().read_text().splitlines() if exclude_file().is_file() else []
+    names, rest = withheld_paths(lines)
+    if not names:
+        raise SystemExit("nothing is withheld")
+    git("reset", "-q", "HEAD", "--", *names)
+    exclude_file().write_text("\n".join(rest) + ("\n" if rest else ""))
+    print(f"restored: {len(names)} weight files tracked again")
     return 0
 
 
@@ -1071,6 +1160,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     run.add_argument("--throughput-steps", type=int, default=20, help="steps per timed epoch of the throughput stage")
     run.add_argument("--noise-epochs", type=int, default=None, help="epochs of the noise runs (default: as many as fit)")
     run.add_argument("--noise-max-epochs", type=int, default=60, help="at most this many (the paper's 60)")
+    run.add_argument("--noise-runs", default="ce_n30,poi_n30",
+                     help=f"the noise runs, in order, comma-separated, among {','.join(NOISE_RUNS)} (poi_n30 goes on "
+                          "into the clean-and-teach recipe's round 2, poi_n30_round2)")
+    run.add_argument("--noise-seed", type=int, default=0,
+                     help="the training seed of the noise runs (their label file stays the shipped seed-0 flips); "
+                          "folders of seeds other than 0 end in _sSEED")
     run.add_argument("--noise-arch", default="resnet18")
     run.add_argument("--noise-size", type=int, default=112)
     run.add_argument("--noise-batch", type=int, default=256)
@@ -1096,8 +1191,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     pack.add_argument("--margin-mib", type=float, default=2.0, help="room to leave under the 64 MiB a call carries")
     pack.add_argument("--fit", action=argparse.BooleanOptionalAction, default=True,
                       help="lower the quality until the call fits (default on)")
+    sub.add_parser("withhold", help="before a device call: leave the model weights (about 80 MiB) behind")
+    sub.add_parser("restore", help="after it: track the weights again")
     args = parser.parse_args(argv)
-    commands = {"run": cmd_run, "env": cmd_env, "data": cmd_data, "poi-batch": cmd_poi_batch, "pack-data": cmd_pack_data}
+    commands = {"run": cmd_run, "env": cmd_env, "data": cmd_data, "poi-batch": cmd_poi_batch, "pack-data": cmd_pack_data,
+                "withhold": cmd_withhold, "restore": cmd_restore}
     return commands[args.command](args)
 
 

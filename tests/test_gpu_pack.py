@@ -75,7 +75,7 @@ def test_dry_run_writes_what_a_device_call_brings_back(tmp_path):
     assert noise["cleaning"]["n_changed"] > 0
 
     markdown = (out / "summary.md").read_text()
-    for heading in ("| stage | status |", "## Training throughput", "## Label noise at 30 %", "## GPU test cases"):
+    for heading in ("| stage | status |", "## Training throughput", "## Label noise", "## GPU test cases"):
         assert heading in markdown
     with tarfile.open(out / "details.tar.gz") as tar:
         names = set(tar.getnames())
@@ -105,3 +105,58 @@ def test_pack_keeps_valid_exact_and_training_faces_close(tmp_path):
 @pytest.mark.parametrize("epochs, steps", [(1, "1"), (3, "3"), (4, "2,3"), (12, "6,9"), (25, "12,19"), (60, "30,45")])
 def test_noise_schedule_divides_lr_at_half_and_three_quarters(epochs, steps):
     assert gpu_pack_module().lr_steps(epochs) == steps
+
+
+def test_the_noise_reserve_never_squeezes_out_the_data_the_noise_runs_need():
+    """`--stages data,noise --budget 145` skipped the data stage (145 s less the noise stage's
+    150 s reserve) and with it the noise runs it was all for (device call of 2026-12-04)."""
+    gpu_pack = gpu_pack_module()
+    plans = {plan.name: plan for plan in gpu_pack.PLAN}
+    reserve, final = gpu_pack.NOISE_MIN_S, gpu_pack.FINALIZE_S
+    both = {"data", "noise"}
+    assert gpu_pack.stage_allowance(plans["data"], 145, both, dry=False) == plans["data"].cap_s
+    assert gpu_pack.stage_allowance(plans["noise"], 140, both, dry=False) == 140 - final  # noise: all that is left
+    # stages the noise runs do not need keep the reserve back for them, within their caps
+    assert gpu_pack.stage_allowance(plans["tests"], 300, {"tests", "noise"}, dry=False) == 300 - final - reserve
+    assert gpu_pack.stage_allowance(plans["tests"], 900, {"tests", "noise"}, dry=False) == plans["tests"].cap_s
+    assert gpu_pack.stage_allowance(plans["tests"], 100, {"tests"}, dry=False) == 100 - final
+    assert gpu_pack.stage_allowance(plans["tests"], 100, {"tests", "noise"}, dry=True) == 100 - final - gpu_pack.DRY_NOISE_MIN_S
+
+
+@pytest.mark.parametrize("runs, error", [("ce_n0,poi_n31", "poi_n31"), ("poi_n0,poi_n0", "a run named twice"),
+                                         (",", "(none)")])
+def test_noise_runs_are_named_once_among_the_known_ones(tmp_path, runs, error):
+    gpu_pack = gpu_pack_module()
+    with pytest.raises(SystemExit, match=re.escape(error)):
+        gpu_pack.main(["run", "--dry-run", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+                       "--noise-runs", runs])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()  # refused before any folder
+    assert [gpu_pack.run_folder("poi_n30", seed) for seed in (0, 1)] == ["poi_n30", "poi_n30_s1"]
+
+
+def test_withhold_leaves_the_weights_out_of_what_a_device_call_carries_and_restore_undoes_it(tmp_path, monkeypatch):
+    gpu_pack = gpu_pack_module()
+    repo = tmp_path / "repo"
+    (repo / "weights" / "history").mkdir(parents=True)
+    (repo / "poi_cli" / "weights" / "mtcnn").mkdir(parents=True)
+    heavy = ["poi_cli/weights/model.onnx", "weights/history/model_v1.fp16.pt"]
+    for name in heavy:
+        (repo / name).write_bytes(b"w" * gpu_pack.WITHHELD_MIN_BYTES)
+    (repo / "poi_cli" / "weights" / "mtcnn" / "onet.onnx").write_bytes(b"small")  # the detector travels
+    (repo / "README.md").write_text("poi\n")
+    for argv in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        subprocess.run(["git", *argv], cwd=repo, check=True)
+    monkeypatch.setattr(gpu_pack, "ROOT", repo)
+    carried = lambda: set(gpu_pack.git("ls-files", "--cached", "--others", "--exclude-standard").split())
+
+    everything = carried()
+    assert gpu_pack.main(["withhold"]) == 0
+    assert carried() == everything - set(heavy)
+    assert all((repo / name).read_bytes() == b"w" * gpu_pack.WITHHELD_MIN_BYTES for name in heavy)  # files kept
+    with pytest.raises(SystemExit, match="withheld already"):
+        gpu_pack.main(["withhold"])
+    assert gpu_pack.main(["restore"]) == 0
+    assert carried() == everything and gpu_pack.git("status", "--porcelain") == ""
+    assert gpu_pack.WITHHOLD_BEGIN not in gpu_pack.exclude_file().read_text()
+    with pytest.raises(SystemExit, match="nothing is withheld"):
+        gpu_pack.main(["restore"])
