@@ -410,6 +410,7 @@ def predict(
     from poi_cli.backends import open_runner
     from poi_cli.deploy.pipeline import expand_inputs
     from poi_cli.deploy.predict import Predictor
+    from poi_cli.deploy.records import is_predictions_csv
     from poi_cli.deploy.video import VideoOptions
 
     if as_json and csv_file:
@@ -428,7 +429,7 @@ def predict(
                 if Path(csv_file).is_dir():
                     fail(f"--csv {csv_file} is a folder: give the CSV file's name")
                 refuse_input_as_output(csv_file, [*input_files, *([model_file] if model_file else [])], "--csv")
-                output_file(csv_file, "--csv")
+                output_file(csv_file, "--csv", replaces=("a CSV `poi predict` wrote", is_predictions_csv))
                 if not is_stream(csv_file):  # /dev/stdout, a pipe: no lock file beside it
                     held.enter_context(claim(csv_file, "--csv"))  # one writer per CSV
             video = VideoOptions(VideoSampling(every=every, fps=fps, start=start, end=end), smooth=smooth)

@@ -415,7 +415,8 @@ class Pack:
         else:
             recipe = ["--arch", self.args.noise_arch, "--size", str(self.args.noise_size), "--batch", str(self.args.noise_batch),
                       "--lr", str(self.args.noise_lr), "--schedule", "step", "--lr-steps", lr_steps(epochs),
-                      "--weight-decay", "1e-4"]
+                      "--weight-decay", "1e-4",
+                      *(["--warmup-epochs", str(self.args.noise_warmup)] if self.args.noise_warmup else [])]
         recipe = ["--epochs", str(epochs), "--seed", str(self.args.noise_seed), *recipe]
         threshold = self.args.clean_threshold
         if threshold is None and self.dry:
@@ -1170,6 +1171,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     run.add_argument("--noise-size", type=int, default=112)
     run.add_argument("--noise-batch", type=int, default=256)
     run.add_argument("--noise-lr", type=float, default=0.1)
+    run.add_argument("--noise-warmup", type=float, default=0.0,
+                     help="epochs of linear lr warm-up (`poi train --warmup-epochs`; the first H200 runs, without one, "
+                          "sat at the majority class for their first 7 to 9 of 26 epochs)")
     run.add_argument("--clean-threshold", type=float, default=None,
                      help="--clean-threshold of the cleaning round (default: poi clean --auto's choice)")
     env = sub.add_parser("env", help="stage helper: the environment report")

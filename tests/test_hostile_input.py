@@ -183,6 +183,16 @@ CASES = {
                                                    "would write over results.csv"),
     "export --out its run's last.pt": (None, ["export", "RUN", "--format", "onnx", "--out", "RUN/last.pt"],
                                        "is one of the inputs"),
+    # outputs onto a file of the user's that is not the command's own kind (a label file here):
+    # refused, where a re-run replaces the command's own earlier output
+    "calibrate --out a label file": (None, ["calibrate", "RUN", "DATA", "--out", "LABELS"], "exists and is not a poi checkpoint"),
+    "refit-head --out a label file": (None, ["refit-head", "RUN", "DATA", "--out", "LABELS"],
+                                      "exists and is not a poi checkpoint"),
+    **{f"export --format {kind} --out a label file": (None, ["export", "RUN", "--format", kind, "--out", "LABELS"],
+                                                      "exists and is not a model poi exported")
+       for kind in ("onnx", "weights", "torchscript")},
+    "predict --csv a label file": (None, ["predict", "TMP/missing.jpg", "--model", "RUN", "--csv", "LABELS"],
+                                   "exists and is not a CSV `poi predict` wrote"),
     # outputs onto the files of a prepared folder or a run folder the command does not read
     "noise --out another dataset's manifest": (another_dataset_and_run, ["noise", "DATA", "--rate", "0.2", "--out",
                                                                         "TMP/other/manifest.csv"],
@@ -402,3 +412,23 @@ def test_an_option_out_of_range_is_a_usage_error_before_any_work(args: list[str]
     argv = [str(world[a]) if a in world else a for a in args]
     result = runner.invoke(app, argv)
     assert result.exit_code == 2 and "Invalid value" in result.output and "Traceback" not in result.output, result.output
+
+
+@pytest.mark.parametrize("args", [
+    ["calibrate", "RUN", "DATA", "--out", "TMP/out.pt"],
+    ["export", "RUN", "--format", "onnx", "--out", "TMP/out.onnx"],
+    ["export", "RUN", "--format", "torchscript", "--out", "TMP/out.pt"],
+    ["predict", "TMP/missing.jpg", "--model", "RUN", "--csv", "TMP/out.csv"],
+], ids=lambda args: " ".join(args[:1] + args[2:4]))
+def test_a_rerun_replaces_the_commands_own_output(args: list[str], world: dict[str, Path]) -> None:
+    """The other side of `--out a label file` above: what the command wrote itself, or an
+    empty file (mktemp's), is replaced by the same command run again."""
+    argv = [a.replace("TMP", str(world["TMP"])).replace("RUN", str(world["RUN"])).replace("DATA", str(world["DATA"]))
+            for a in args]
+    out = Path(argv[-1])
+    out.write_bytes(b"")
+    ok = {0, 1} if argv[0] == "predict" else {0}  # predict exits 1: its one input is missing (an error row)
+    for attempt in range(2):
+        result = runner.invoke(app, [*argv, "--threads", "1"])
+        assert result.exit_code in ok and "exists and is not" not in result.output, (attempt, result.output)
+        assert out.stat().st_size > 0

@@ -199,11 +199,15 @@ def refuse_poi_file(output: str | Path, option: str) -> None:
             raise PoiError(f"{option} {output} is the {written.name} of the run folder {folder}; choose another file")
 
 
-def output_file(path: str | Path, option: str, rewrites_itself: bool = False) -> Path:
+def output_file(path: str | Path, option: str, rewrites_itself: bool = False,
+                replaces: Optional[tuple[str, Callable[[Path], bool]]] = None) -> Path:
     """Check, before any work, that a file can be written at `path` and create its folder:
     PoiError (one line) for an empty name, a folder in its place, a file where its folder
     should be, or a prepared or run folder's own file (refuse_poi_file; unless
-    rewrites_itself: the command rewrites the file it read, `poi calibrate --in-place`)."""
+    rewrites_itself: the command rewrites the file it read, `poi calibrate --in-place`).
+    `replaces` (what the command writes, and a test of an existing file): an existing file
+    that fails it is refused, so that an output named by mistake never replaces the user's
+    image, label file or checkpoint; one of the command's own kind (a re-run) is replaced."""
     from poi_cli.core.errors import PoiError
 
     if not str(path).strip():
@@ -217,6 +221,9 @@ def output_file(path: str | Path, option: str, rewrites_itself: bool = False) ->
         raise PoiError(f"{option} {path} is neither a regular file nor a stream (a device or a socket): choose a file")
     if not rewrites_itself:
         refuse_poi_file(path, option)
+        if replaces is not None and path.is_file() and path.stat().st_size > 0 and not replaces[1](path):
+            raise PoiError(f"{option} {path} exists and is not {replaces[0]}: poi replaces only its own outputs; "
+                           "choose another name (or remove the file)")
     output_folder(path.parent, option, of=path)
     return path
 

@@ -197,6 +197,17 @@ def flat_columns(classes: Sequence[str], show_au: bool = False, video: bool = Fa
     return columns
 
 
+def is_predictions_csv(path: str | Path) -> bool:
+    """Whether a file is a CSV `poi predict --csv` wrote (its header opens with flat_columns'
+    image ... face, status): the one kind of existing file --csv may replace."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            header = handle.readline(1 << 16).rstrip("\r\n").split(",")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return header[:1] == ["image"] and {"face", "status", "expression"} <= set(header)
+
+
 def record_columns(records: Sequence[FaceRecord], classes: Sequence[str], show_au: bool = False) -> list[str]:
     """flat_columns for these records: video columns when one is of a video frame, smoothed
     ones when one is smoothed."""

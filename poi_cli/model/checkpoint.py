@@ -159,6 +159,19 @@ def weights_mismatch(weights: Mapping[str, torch.Tensor], config: ModelConfig) -
     return None
 
 
+def is_poi_checkpoint(path: str | Path) -> bool:
+    """Whether a file is a checkpoint poi wrote (load_checkpoint reads it): what an existing
+    `--out` of `poi calibrate` / `refit-head` must be before it is replaced (a re-run)."""
+    try:
+        load_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+POI_CHECKPOINT = ("a poi checkpoint", is_poi_checkpoint)  # output_file's `replaces`
+
+
 def checkpoint_inputs(checkpoint_path: str | Path) -> list[Path]:
     """What a command that reads this checkpoint reads, for refuse_input_as_output: the file
     and what training wrote beside it (RUN_FILES), not every file of its folder: an earlier

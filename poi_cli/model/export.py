@@ -58,7 +58,7 @@ from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write, output_file, refuse_input_as_output
 from poi_cli.core.manifests import ALL_AUS, REGIONS
 from poi_cli.core.outputs import PredictionRecipe
-from poi_cli.model.checkpoint import (CheckpointError, CheckpointInfo, build_checkpoint, checkpoint_inputs, load_model,
+from poi_cli.model.checkpoint import (CheckpointError, CheckpointInfo, build_checkpoint, checkpoint_inputs, is_poi_checkpoint, load_model,
                                    resolve_checkpoint)
 from poi_cli.model.network import POIModel
 from poi_cli.model.reporting import Reporting
@@ -155,6 +155,27 @@ def packed_checkpoint(checkpoint: dict, source: Optional[Path] = None) -> dict:
 # An output added since (pin_probabilities) or a recipe in the metadata is no format
 # change: a reader finds the outputs by name, and the graph computes the recipe itself.
 ONNX_FORMAT = 1  # metadata "poi_onnx_format": what deploy/runner.py reads (bump on an incompatible change)
+
+
+def is_poi_export(path: str | Path) -> bool:
+    """Whether a file is a model poi wrote: a checkpoint, a TorchScript export (its extra file
+    poi.json) or an ONNX export (its poi_onnx_format metadata): what an existing `poi export
+    --out` must be before it is replaced (a re-export, in any format)."""
+    import zipfile
+
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any(name.endswith("/extra/poi.json") for name in archive.namelist()):
+                return True
+        return is_poi_checkpoint(path)
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX (onnx raises DecodeError, ValueError, ... for other bytes)
+        return False
+    return any(entry.key == "poi_onnx_format" for entry in model.metadata_props)
 
 
 def _metadata(info: CheckpointInfo, output_names: list[str], full: bool) -> dict:
@@ -348,7 +369,7 @@ def export_model(
         raise ExportError(f"--out {path} would overwrite the checkpoint itself")
     # a link to it, or a link in its place; nor what training wrote beside it (a new export may replace an old one)
     refuse_input_as_output(path, checkpoint_inputs(checkpoint_path), "--out")
-    output_file(path, "--out")
+    output_file(path, "--out", replaces=("a model poi exported", is_poi_export))
     size = model.config.input_size
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn(TRACE_BATCH, 3, size, size, generator=generator)
