@@ -90,11 +90,11 @@ PLAN = [
     StagePlan("data", 60, 60, 5, "the prepared FERPlus store"),
     StagePlan("noise", 0, 0, 60, "CE and POI at 30 % noise, the clean-and-teach recipe, 112 px (--noise-runs)"),  # cap 0: the rest
 ]
-NOISE_MIN_S, DRY_NOISE_MIN_S = 150, 40
+NOISE_MIN_S, DRY_NOISE_MIN_S = 150, 40  # kept for the noise stage while the stages before it run (but data)
 # the noise stage's runs (--noise-runs): cross-entropy (--baseline) and POI on the clean labels
 # (n0) or the shipped 30 % file (n30); poi_n30 goes on into the clean-and-teach recipe's round 2
 NOISE_RUNS = {"ce_n30": "cross-entropy, 30 %", "poi_n30": "POI, 30 %", "ce_n0": "cross-entropy, 0 %",
-              "poi_n0": "POI, 0 %"}  # kept for the noise stage while the stages before it run
+              "poi_n0": "POI, 0 %"}
 
 
 # ------------------------------------------------------------------------------ helpers
