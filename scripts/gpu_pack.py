@@ -26,7 +26,8 @@ stage's log, the benchmark JSON, pytest's junit XML, each run's config.json, res
 evaluation and cleaning summaries).
 
 Subcommands: `run` (the orchestrator; standard library only, never imports torch, so that it
-cannot hang on a GPU), `env`, `data` and `poi-batch` (stage helpers), `pack-data` (the carried faces).
+cannot hang on a GPU), `env`, `data` and `poi-batch` (stage helpers), `pack-data` (the carried faces),
+`withhold` and `restore` (the model weights left out of a device call, then tracked again).
 """
 
 from __future__ import annotations
@@ -78,17 +79,21 @@ class StagePlan:
     name: str
     cap_s: float  # the most this stage may take (GPU run)
     dry_cap_s: float  # in the dry run; 0: not run in the dry run
-    min_s: float  # below this much time the stage is skipped rather than started
+    min_s: float  # below this much time the stage is skipped rather than started (GPU run)
+    dry_min_s: float  # the same in the dry run
     what: str
 
 
+# the minimums: what each stage took on the first lent H200 (2026-12-04: env 8 s, tests 66 s,
+# throughput 21 s, throughput_compile 61 s, data 5 s) and in the dry run on 2 CPU cores (env 2,
+# tests 13, throughput 5, data 1, noise 15), with some room: a stage given less would time out
 PLAN = [
-    StagePlan("env", 30, 60, 5, "nvidia-smi, torch, CUDA, cuDNN, NCCL"),
-    StagePlan("tests", 150, 150, 20, "pytest -m gpu"),
-    StagePlan("throughput", 90, 90, 20, "POI and baseline ResNet-18, 224 px, batch 256, bf16, channels_last"),
-    StagePlan("throughput_compile", 120, 0, 60, "POI under torch.compile"),
-    StagePlan("data", 60, 60, 5, "the prepared FERPlus store"),
-    StagePlan("noise", 0, 0, 60, "CE and POI at 30 % noise, the clean-and-teach recipe, 112 px (--noise-runs)"),  # cap 0: the rest
+    StagePlan("env", 30, 60, 10, 5, "nvidia-smi, torch, CUDA, cuDNN, NCCL"),
+    StagePlan("tests", 150, 150, 75, 20, "pytest -m gpu"),
+    StagePlan("throughput", 90, 90, 30, 10, "POI and baseline ResNet-18, 224 px, batch 256, bf16, channels_last"),
+    StagePlan("throughput_compile", 120, 0, 75, 0, "POI under torch.compile"),
+    StagePlan("data", 60, 60, 8, 3, "the prepared FERPlus store"),
+    StagePlan("noise", 0, 0, 60, 20, "CE and POI at 30 % noise, the clean-and-teach recipe, 112 px (--noise-runs)"),  # cap 0: the rest
 ]
 NOISE_MIN_S, DRY_NOISE_MIN_S = 150, 40  # kept for the noise stage while the stages before it run (but data)
 # the noise stage's runs (--noise-runs): cross-entropy (--baseline) and POI on the clean labels
@@ -147,11 +152,15 @@ class Pack:
         self.args = args
         self.dry = args.dry_run
         # the options first: a refused pack leaves no folder behind
-        self.selected = set(args.stages.split(",")) if args.stages else {p.name for p in PLAN}
+        self.selected = {name for name in args.stages.split(",") if name} if args.stages else {p.name for p in PLAN}
         unknown = self.selected - {p.name for p in PLAN}
-        if unknown:
-            raise SystemExit(f"--stages: unknown stage(s) {', '.join(sorted(unknown))} "
+        if unknown or not self.selected:
+            raise SystemExit(f"--stages: unknown stage(s) {', '.join(sorted(unknown)) or '(none)'} "
                              f"(known: {', '.join(p.name for p in PLAN)})")
+        if "noise" in self.selected and "data" not in self.selected:
+            raise SystemExit("--stages: noise trains on the store the data stage makes ready: add data")
+        if args.noise_seed < 0 or args.noise_warmup < 0 or (args.noise_epochs is not None and args.noise_epochs < 1):
+            raise SystemExit("--noise-seed and --noise-warmup must be 0 or more, --noise-epochs 1 or more")
         self.noise_runs = [run for run in args.noise_runs.split(",") if run]
         wrong = ", ".join(run for run in self.noise_runs if run not in NOISE_RUNS)
         if not self.noise_runs or wrong or len(set(self.noise_runs)) < len(self.noise_runs):
@@ -302,7 +311,7 @@ class Pack:
                 self.write_summary()
                 continue
             allowed = stage_allowance(plan, self.remaining(), self.selected, self.dry)
-            min_s = plan.min_s if not self.dry else min(plan.min_s, 10)
+            min_s = plan.dry_min_s if self.dry else plan.min_s
             if allowed < min_s:
                 record.update(status="skipped", reason=f"budget: {max(allowed, 0):.0f} s left for it, needs {min_s:.0f} s")
                 self.write_summary()
@@ -419,7 +428,7 @@ class Pack:
                       *(["--warmup-epochs", str(self.args.noise_warmup)] if self.args.noise_warmup else [])]
         recipe = ["--epochs", str(epochs), "--seed", str(self.args.noise_seed), *recipe]
         threshold = self.args.clean_threshold
-        if threshold is None and self.dry:
+        if threshold is None and self.dry and "poi_n30" in self.noise_runs:
             # one epoch on 48 stripes leaves --auto nothing to relabel, and round 2 would not run at all
             threshold = 0.01
             record["note"] = "dry run: --clean-threshold 0.01, so that the second round runs"
@@ -482,12 +491,13 @@ class Pack:
             self.write_summary()
         record["status"] = "ok" if all(s == "ok" for s in statuses) else (
             "timeout" if "timeout" in statuses else "failed" if "failed" in statuses else "partial")
-        clean = read_json(self.runs_dir / run_folder("poi_n30", self.args.noise_seed) / "clean" / "labels.json")
+        clean = "poi_n30" in self.noise_runs and read_json(
+            self.runs_dir / run_folder("poi_n30", self.args.noise_seed) / "clean" / "labels.json")  # not a reused --work's
         if clean:
             record["cleaning"] = {k: v for k, v in clean.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
     def noise_epochs(self, data: dict, deadline: float) -> tuple[int, dict]:
-        """Epochs of the three trainings: given (--noise-epochs), 1 in the dry run, else as many
+        """Epochs of the noise runs' trainings: given (--noise-epochs), 1 in the dry run, else as many
         as the time left fits, from a short measured probe of the training speed at that size."""
         if self.args.noise_epochs:
             return int(self.args.noise_epochs), {"how": "--noise-epochs"}
@@ -654,17 +664,18 @@ def render_markdown(summary: dict) -> str:
         carried = ((stages.get("data") or {}).get("result") or {}).get("unpack", {}).get("splits", {})
         faces = "; ".join(f"{split} faces {'lossless' if v.get('lossless') else 'WebP quality %s, PSNR %s dB' % (v.get('quality'), v.get('psnr_db'))}"
                           for split, v in carried.items())
+        noisy = any(folder.split("_")[1] == "n30" for folder in noise["runs"])
+        labels = f"noisy labels (30 %) {Path(str(data.get('labels_30'))).name}" if noisy else "the clean labels"
         lines += ["", f"## Label noise: {epochs} epoch{'' if epochs == 1 else 's'}, `{noise.get('recipe')}`", "",
                   f"Data: {data.get('source')}, {data.get('n_train')} training and {data.get('n_val')} "
-                  f"{data.get('val_split')} images{' (' + faces + ')' if faces else ''}; "
-                  f"noisy labels (30 %) {Path(str(data.get('labels_30'))).name}.", "",
+                  f"{data.get('val_split')} images{' (' + faces + ')' if faces else ''}; {labels}.", "",
                   "| run | epochs | final val % | best val % (epoch) | evaluate (best.pt) % | mean class recall % | s/epoch | images/s |",
                   "|---|---|---|---|---|---|---|---|"]
         names = {**{run_folder(run, seed): title for run, title in NOISE_RUNS.items() for seed in (0, noise.get("seed", 0))},
                  **{run_folder("poi_n30", seed) + "_round2": "clean-and-teach (round 2), 30 %" for seed in (0, noise.get("seed", 0))}}
         for folder, entry in noise["runs"].items():
             if "epochs_done" not in entry or entry.get("status") == "not trained":
-                lines.append(f"| {names.get(folder, folder)} | {entry.get('status')}: {entry.get('reason', '')} | | | | | | |")
+                lines.append(f"| {names.get(folder, folder)} (`{folder}`) | {entry.get('status')}: {entry.get('reason', '')} | | | | | | |")
                 continue
             lines.append(
                 f"| {names.get(folder, folder)} (`{folder}`) | {entry['epochs_done']}/{entry['epochs_planned']} | "
@@ -1093,21 +1104,37 @@ WITHHELD_MIN_BYTES = 4 * 2**20
 WITHHOLD_BEGIN, WITHHOLD_END = "# scripts/gpu_pack.py withhold: begin", "# scripts/gpu_pack.py withhold: end"
 
 
-def git(*argv: str) -> str:
-    return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+def git(*argv: str, check: bool = True) -> str:
+    done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise SystemExit(f"git {' '.join(argv[:2])}: {(done.stderr.strip() or 'failed').splitlines()[0]}")
+    return done.stdout if check else str(done.returncode)
 
 
 def exclude_file() -> Path:
     return ROOT / git("rev-parse", "--git-path", "info/exclude").strip()
 
 
+def in_head(name: str) -> bool:
+    return git("cat-file", "-e", f"HEAD:{name}", check=False) == "0"
+
+
 def withheld_paths(lines: list[str]) -> tuple[list[str], list[str]]:
-    """The paths of the withhold block in .git/info/exclude's lines, and the lines without the block."""
+    """The withheld weights named in .git/info/exclude's withhold block, and its lines without
+    them: the block's own markers and paths go, any other line there (a pattern or comment
+    added by hand) stays. A path is a line naming a file HEAD tracks or tracked."""
     if WITHHOLD_BEGIN not in lines:
         return [], lines
     begin = lines.index(WITHHOLD_BEGIN)
-    end = lines.index(WITHHOLD_END, begin) if WITHHOLD_END in lines[begin:] else len(lines) - 1
-    return [line.lstrip("/") for line in lines[begin + 1:end]], lines[:begin] + lines[end + 1:]
+    end = lines.index(WITHHOLD_END, begin) if WITHHOLD_END in lines[begin:] else len(lines)
+    names, kept = [], []
+    for line in lines[begin + 1:end]:
+        name = line.strip().lstrip("/")
+        if line.startswith("/") and name and ((ROOT / name).is_file() or in_head(name)):
+            names.append(name)
+        elif line.strip():
+            kept.append(line)
+    return names, lines[:begin] + kept + lines[end + 1:]
 
 
 def cmd_withhold(args: argparse.Namespace) -> int:
@@ -1122,9 +1149,11 @@ def cmd_withhold(args: argparse.Namespace) -> int:
              and (ROOT / name).stat().st_size >= WITHHELD_MIN_BYTES]
     if not names:
         raise SystemExit("no tracked weights of 4 MiB or more to withhold")
+    if git("diff", "--cached", "--quiet", "--", *names, check=False) != "0":
+        raise SystemExit("weight files have staged changes (restore would drop them): commit or unstage them first")
+    git("rm", "--cached", "-q", "--", *names)  # first: where git refuses, nothing is marked withheld
     exclude_file().parent.mkdir(parents=True, exist_ok=True)
     exclude_file().write_text("\n".join([*lines, WITHHOLD_BEGIN, *[f"/{name}" for name in names], WITHHOLD_END]) + "\n")
-    git("rm", "--cached", "-q", "--", *names)
     size = sum((ROOT / name).stat().st_size for name in names) / 2**20
     print(f"withheld from device calls: {len(names)} weight files, {size:.1f} MiB (untracked in the index, files kept); "
           "commit nothing until `python scripts/gpu_pack.py restore`")
@@ -1136,7 +1165,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
     names, rest = withheld_paths(lines)
     if not names:
         raise SystemExit("nothing is withheld")
+    deleted = [name for name in names if not in_head(name)]
+    if deleted:  # a commit made while they were withheld recorded their deletion: resetting the index cannot bring them back
+        commit = git("log", "--diff-filter=D", "-1", "--format=%h", "--", deleted[0]).strip() or "COMMIT"
+        raise SystemExit(f"{len(deleted)} withheld weight files are not in HEAD: commit {commit} deleted them while they "
+                         f"were withheld; bring them back with `git checkout {commit}^ -- {' '.join(deleted)}`, commit, "
+                         "then run restore again (the files on disk are untouched)")
     git("reset", "-q", "HEAD", "--", *names)
+    missing = set(names) - set(git("ls-files", "-z", "--", *names).split("\0"))
+    if missing:
+        raise SystemExit(f"still untracked after the reset: {', '.join(sorted(missing))}")
     exclude_file().write_text("\n".join(rest) + ("\n" if rest else ""))
     print(f"restored: {len(names)} weight files tracked again")
     return 0

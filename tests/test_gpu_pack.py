@@ -36,7 +36,7 @@ def gpu_pack_module():
 
 def test_dry_run_writes_what_a_device_call_brings_back(tmp_path):
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    env = {**{k: v for k, v in os.environ.items() if k != "OUT"}, "PYTHON": sys.executable}  # also without .venv
     done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_pack.sh"), "--dry-run", "--out", str(out),
                            "--work", str(tmp_path / "work")], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
@@ -123,6 +123,34 @@ def test_the_noise_reserve_never_squeezes_out_the_data_the_noise_runs_need():
     assert gpu_pack.stage_allowance(plans["tests"], 100, {"tests", "noise"}, dry=True) == 100 - final - gpu_pack.DRY_NOISE_MIN_S
 
 
+def test_noise_runs_and_seed_name_their_folders_and_rows(tmp_path):
+    """`--noise-runs poi_n0 --noise-seed 2` in the dry run: the one run, its folder `poi_n0_s2`,
+    trained with seed 2 on the clean labels, labelled so in summary.md; no cleaning line."""
+    out = tmp_path / "out"
+    env = {**{k: v for k, v in os.environ.items() if k != "OUT"}, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_pack.sh"), "--dry-run", "--out", str(out), "--work",
+                           str(tmp_path / "work"), "--stages", "data,noise", "--noise-runs", "poi_n0", "--noise-seed", "2"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    noise = json.loads((out / "summary.json").read_text())["stages"]["noise"]
+    assert list(noise["runs"]) == ["poi_n0_s2"] and noise["runs"]["poi_n0_s2"]["labels"] is None
+    assert "--seed 2" in noise["recipe"] and "cleaning" not in noise and "note" not in noise
+    markdown = (out / "summary.md").read_text()
+    assert "| POI, 0 % (`poi_n0_s2`) | 1/1 |" in markdown and "the clean labels." in markdown
+    assert "Cleaning" not in markdown
+
+
+@pytest.mark.parametrize("options, error", [(["--stages", "noise"], "add data"),
+                                            (["--noise-seed", "-1"], "must be 0 or more"),
+                                            (["--noise-warmup", "-2"], "must be 0 or more"),
+                                            (["--stages", ","], "(none)")])
+def test_options_a_pack_cannot_run_are_refused_before_any_folder(tmp_path, options, error):
+    with pytest.raises(SystemExit, match=re.escape(error)):
+        gpu_pack_module().main(["run", "--dry-run", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+                                *options])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+
+
 @pytest.mark.parametrize("runs, error", [("ce_n0,poi_n31", "poi_n31"), ("poi_n0,poi_n0", "a run named twice"),
                                          (",", "(none)")])
 def test_noise_runs_are_named_once_among_the_known_ones(tmp_path, runs, error):
@@ -134,29 +162,85 @@ def test_noise_runs_are_named_once_among_the_known_ones(tmp_path, runs, error):
     assert [gpu_pack.run_folder("poi_n30", seed) for seed in (0, 1)] == ["poi_n30", "poi_n30_s1"]
 
 
-def test_withhold_leaves_the_weights_out_of_what_a_device_call_carries_and_restore_undoes_it(tmp_path, monkeypatch):
+HEAVY = ["poi_cli/weights/model.onnx", "weights/history/model_v1.fp16.pt"]
+
+
+@pytest.fixture
+def weights_repo(tmp_path, monkeypatch):
+    """gpu_pack run against a small git repository with two tracked weight files of 4 MiB and the
+    small detector, which travels."""
     gpu_pack = gpu_pack_module()
     repo = tmp_path / "repo"
     (repo / "weights" / "history").mkdir(parents=True)
     (repo / "poi_cli" / "weights" / "mtcnn").mkdir(parents=True)
-    heavy = ["poi_cli/weights/model.onnx", "weights/history/model_v1.fp16.pt"]
-    for name in heavy:
+    for name in HEAVY:
         (repo / name).write_bytes(b"w" * gpu_pack.WITHHELD_MIN_BYTES)
-    (repo / "poi_cli" / "weights" / "mtcnn" / "onet.onnx").write_bytes(b"small")  # the detector travels
+    (repo / "poi_cli" / "weights" / "mtcnn" / "onet.onnx").write_bytes(b"small")
     (repo / "README.md").write_text("poi\n")
     for argv in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
         subprocess.run(["git", *argv], cwd=repo, check=True)
     monkeypatch.setattr(gpu_pack, "ROOT", repo)
-    carried = lambda: set(gpu_pack.git("ls-files", "--cached", "--others", "--exclude-standard").split())
+    return gpu_pack, repo
 
-    everything = carried()
+
+def carried(gpu_pack) -> set[str]:
+    """What a device call carries: tracked and untracked-not-ignored files."""
+    return set(gpu_pack.git("ls-files", "--cached", "--others", "--exclude-standard").split())
+
+
+def test_withhold_leaves_the_weights_out_of_what_a_device_call_carries_and_restore_undoes_it(weights_repo):
+    gpu_pack, repo = weights_repo
+    everything = carried(gpu_pack)
     assert gpu_pack.main(["withhold"]) == 0
-    assert carried() == everything - set(heavy)
-    assert all((repo / name).read_bytes() == b"w" * gpu_pack.WITHHELD_MIN_BYTES for name in heavy)  # files kept
+    assert carried(gpu_pack) == everything - set(HEAVY)
+    assert all((repo / name).read_bytes() == b"w" * gpu_pack.WITHHELD_MIN_BYTES for name in HEAVY)  # files kept
     with pytest.raises(SystemExit, match="withheld already"):
         gpu_pack.main(["withhold"])
     assert gpu_pack.main(["restore"]) == 0
-    assert carried() == everything and gpu_pack.git("status", "--porcelain") == ""
+    assert carried(gpu_pack) == everything and gpu_pack.git("status", "--porcelain") == ""
     assert gpu_pack.WITHHOLD_BEGIN not in gpu_pack.exclude_file().read_text()
     with pytest.raises(SystemExit, match="nothing is withheld"):
         gpu_pack.main(["restore"])
+
+
+def test_restore_refuses_after_a_commit_that_deleted_the_withheld_weights_and_says_how_to_recover(weights_repo):
+    gpu_pack, repo = weights_repo
+    gpu_pack.main(["withhold"])
+    (repo / "README.md").write_text("poi, edited during a GPU session\n")
+    gpu_pack.git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "docs")  # the staged deletions go in too
+    with pytest.raises(SystemExit, match=r"not in HEAD: commit \w+ deleted them") as refused:
+        gpu_pack.main(["restore"])
+    assert gpu_pack.WITHHOLD_BEGIN in gpu_pack.exclude_file().read_text()  # nothing changed: restore can run again
+    recovery = re.search(r"`git checkout (.+?)`", str(refused.value)).group(1).split()
+    gpu_pack.git("checkout", *recovery)
+    gpu_pack.git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "weights back")
+    assert gpu_pack.main(["restore"]) == 0
+    assert set(HEAVY) <= set(gpu_pack.git("ls-files").split()) and gpu_pack.git("status", "--porcelain") == ""
+
+
+@pytest.mark.parametrize("edit", ["end marker removed", "blank line and a pattern of the user's inside"])
+def test_restore_reads_a_hand_edited_block(weights_repo, edit):
+    gpu_pack, repo = weights_repo
+    gpu_pack.main(["withhold"])
+    exclude = gpu_pack.exclude_file()
+    lines = exclude.read_text().splitlines()
+    if edit == "end marker removed":
+        lines.remove(gpu_pack.WITHHOLD_END)
+    else:
+        lines[lines.index(gpu_pack.WITHHOLD_BEGIN) + 1:1] = ["", "/out2/"]
+    exclude.write_text("\n".join(lines) + "\n")
+    assert gpu_pack.main(["restore"]) == 0
+    assert set(HEAVY) <= set(gpu_pack.git("ls-files").split()) and gpu_pack.git("status", "--porcelain") == ""
+    left = exclude.read_text().splitlines()
+    assert gpu_pack.WITHHOLD_BEGIN not in left and not any(name in line for line in left for name in HEAVY)
+    assert ("/out2/" in left) == (edit != "end marker removed")  # the user's own pattern stays
+
+
+def test_withhold_refuses_weights_with_staged_changes_and_marks_nothing(weights_repo):
+    gpu_pack, repo = weights_repo
+    (repo / HEAVY[0]).write_bytes(b"v" * gpu_pack.WITHHELD_MIN_BYTES)
+    gpu_pack.git("add", HEAVY[0])
+    with pytest.raises(SystemExit, match="staged changes"):
+        gpu_pack.main(["withhold"])
+    assert not gpu_pack.exclude_file().is_file() or gpu_pack.WITHHOLD_BEGIN not in gpu_pack.exclude_file().read_text()
+    assert set(HEAVY) <= set(gpu_pack.git("ls-files").split())
