@@ -123,6 +123,39 @@ def a_file(name: str) -> Callable[[dict[str, Path]], None]:
     return lambda world: (world["TMP"] / name).write_text("mine\n")
 
 
+def a_users_file(name: str, make: Callable[[dict[str, Path], Path], None]) -> Callable[[dict[str, Path]], None]:
+    """TMP/name made by `make(world, path)`, and checked unchanged after the command (world["USER"])."""
+    def apply(world: dict[str, Path]) -> None:
+        world["USER"] = world["TMP"] / name
+        make(world, world["USER"])
+    return apply
+
+
+def training_checkpoint_copy(world: dict[str, Path], path: Path) -> None:
+    shutil.copy(world["RUN"] / "best.pt", path)  # perhaps the only copy of a trained model
+
+
+def torchscript_of_the_users(world: dict[str, Path], path: Path) -> None:
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+
+
+def csv_with_header(columns: Callable[[], list[str]]) -> Callable[[dict[str, Path], Path], None]:
+    return lambda world, path: path.write_text(",".join(columns()) + "\n" + ",".join("x" for _ in columns()) + "\n")
+
+
+def poi_csv_columns_and_a_rating() -> list[str]:
+    from poi_cli.core.manifests import class_names
+    from poi_cli.deploy.records import flat_columns
+
+    return [*flat_columns(class_names(8)), "my_rating"]  # a poi CSV the user added a column to
+
+
 def being_written(name: str) -> Callable[[dict[str, Path]], None]:
     """TMP/name claimed by a live poi process (this one): its `.name.lock` beside it (core/locks.py)."""
     def apply(world: dict[str, Path]) -> None:
@@ -185,14 +218,32 @@ CASES = {
                                        "is one of the inputs"),
     # outputs onto a file of the user's that is not the command's own kind (a label file here):
     # refused, where a re-run replaces the command's own earlier output
-    "calibrate --out a label file": (None, ["calibrate", "RUN", "DATA", "--out", "LABELS"], "exists and is not a poi checkpoint"),
+    "calibrate --out a label file": (None, ["calibrate", "RUN", "DATA", "--out", "LABELS"],
+                                     "exists and is not a checkpoint `poi calibrate` wrote"),
     "refit-head --out a label file": (None, ["refit-head", "RUN", "DATA", "--out", "LABELS"],
-                                      "exists and is not a poi checkpoint"),
+                                      "exists and is not a checkpoint `poi refit-head` wrote"),
     **{f"export --format {kind} --out a label file": (None, ["export", "RUN", "--format", kind, "--out", "LABELS"],
-                                                      "exists and is not a model poi exported")
+                                                      "exists and is not a file `poi export` wrote")
        for kind in ("onnx", "weights", "torchscript")},
     "predict --csv a label file": (None, ["predict", "TMP/missing.jpg", "--model", "RUN", "--csv", "LABELS"],
                                    "exists and is not a CSV `poi predict` wrote"),
+    # ... nor a trained model's checkpoint, a TorchScript file (refused without loading it: one
+    # line, no torch.jit warning), a table that merely opens with poi's columns, an edited poi CSV
+    "calibrate --out a copy of a training checkpoint": (a_users_file("production.pt", training_checkpoint_copy), [
+        "calibrate", "RUN", "DATA", "--out", "TMP/production.pt"], "is not a checkpoint `poi calibrate` wrote"),
+    "refit-head --out a copy of a training checkpoint": (a_users_file("production.pt", training_checkpoint_copy), [
+        "refit-head", "RUN", "DATA", "--out", "TMP/production.pt"], "is not a checkpoint `poi refit-head` wrote"),
+    "export --out a copy of a training checkpoint": (a_users_file("production.pt", training_checkpoint_copy), [
+        "export", "RUN", "--format", "onnx", "--out", "TMP/production.pt"], "is not a file `poi export` wrote"),
+    **{f"{args[0]} --out a TorchScript file of the user's": (a_users_file("ts.pt", torchscript_of_the_users), [
+        *args, "--out", "TMP/ts.pt"], "exists and is not") for args in (["calibrate", "RUN", "DATA"],
+                                                                       ["export", "RUN", "--format", "onnx"])},
+    "predict --csv a table that opens with poi's columns": (
+        a_users_file("table.csv", csv_with_header(lambda: ["image", "face", "status", "expression", "notes"])),
+        ["predict", "TMP/missing.jpg", "--model", "RUN", "--csv", "TMP/table.csv"], "is not a CSV `poi predict` wrote"),
+    "predict --csv a poi CSV the user added a column to": (
+        a_users_file("rated.csv", csv_with_header(poi_csv_columns_and_a_rating)),
+        ["predict", "TMP/missing.jpg", "--model", "RUN", "--csv", "TMP/rated.csv"], "is not a CSV `poi predict` wrote"),
     # outputs onto the files of a prepared folder or a run folder the command does not read
     "noise --out another dataset's manifest": (another_dataset_and_run, ["noise", "DATA", "--rate", "0.2", "--out",
                                                                         "TMP/other/manifest.csv"],
@@ -432,3 +483,39 @@ def test_a_rerun_replaces_the_commands_own_output(args: list[str], world: dict[s
         result = runner.invoke(app, [*argv, "--threads", "1"])
         assert result.exit_code in ok and "exists and is not" not in result.output, (attempt, result.output)
         assert out.stat().st_size > 0
+
+
+def test_a_re_export_replaces_an_earlier_export_in_any_format_and_one_older_than_poi_onnx_format(world):
+    import onnx
+
+    out = world["TMP"] / "model.out"
+    for kind in ("torchscript", "weights", "onnx", "onnx"):
+        result = runner.invoke(app, ["export", str(world["RUN"]), "--format", kind, "--out", str(out), "--threads", "1"])
+        assert result.exit_code == 0, (kind, result.output)
+    model = onnx.load(str(out))  # as exported before the key existed (its other metadata: classes, preprocessing, ...)
+    kept = [entry for entry in model.metadata_props if entry.key != "poi_onnx_format"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(out))
+    result = runner.invoke(app, ["export", str(world["RUN"]), "--format", "onnx", "--out", str(out), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert any(entry.key == "poi_onnx_format" for entry in onnx.load(str(out)).metadata_props)
+
+
+def test_a_torchscript_file_is_told_apart_by_its_member_names_without_loading_it(tmp_path):
+    """torch.load hands a TorchScript archive to torch.jit.load, which warns on stderr (two more
+    lines before the one-line error) and loads the whole model: poi reads the zip's names first."""
+    import warnings
+
+    from poi_cli.model.checkpoint import CheckpointError, checkpoint_marked, load_checkpoint, torch_archive_kind
+    from poi_cli.model.export import is_poi_export
+
+    path = tmp_path / "ts.pt"
+    torchscript_of_the_users({}, path)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert torch_archive_kind(path) == "torchscript"
+        assert not checkpoint_marked(path, "packed") and not is_poi_export(path)  # no extra/poi.json: not poi's
+        with pytest.raises(CheckpointError, match="is a TorchScript export"):
+            load_checkpoint(path)
+    assert not [w for w in seen if "TorchScript" in str(w.message)], [str(w.message) for w in seen]

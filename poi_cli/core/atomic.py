@@ -222,8 +222,8 @@ def output_file(path: str | Path, option: str, rewrites_itself: bool = False,
     if not rewrites_itself:
         refuse_poi_file(path, option)
         if replaces is not None and path.is_file() and path.stat().st_size > 0 and not replaces[1](path):
-            raise PoiError(f"{option} {path} exists and is not {replaces[0]}: poi replaces only its own outputs; "
-                           "choose another name (or remove the file)")
+            raise PoiError(f"{option} {path} exists and is not {replaces[0]}: a command replaces only its own "
+                           "earlier output; choose another name (or remove the file)")
     output_folder(path.parent, option, of=path)
     return path
 

@@ -198,14 +198,22 @@ def flat_columns(classes: Sequence[str], show_au: bool = False, video: bool = Fa
 
 
 def is_predictions_csv(path: str | Path) -> bool:
-    """Whether a file is a CSV `poi predict --csv` wrote (its header opens with flat_columns'
-    image ... face, status): the one kind of existing file --csv may replace."""
+    """Whether a file is a CSV `poi predict --csv` wrote: its header is exactly flat_columns for
+    its own classes (the columns between expression and confidence), with or without the
+    video, smoothed and AU columns. The one kind of existing file --csv may replace: a table of
+    the user's, or a poi CSV the user has since edited (a column added), is not."""
+    import csv
+
     try:
         with open(path, newline="", encoding="utf-8") as handle:
-            header = handle.readline(1 << 16).rstrip("\r\n").split(",")
+            header = next(csv.reader([handle.readline(1 << 20)]), [])
     except (OSError, UnicodeDecodeError):
         return False
-    return header[:1] == ["image"] and {"face", "status", "expression"} <= set(header)
+    if not header or header[0] != "image" or "expression" not in header or "confidence" not in header:
+        return False
+    classes = header[header.index("expression") + 1:header.index("confidence")]
+    return any(header == flat_columns(classes, show_au, video, smoothed)
+               for show_au in (False, True) for video in (False, True) for smoothed in (False, True))
 
 
 def record_columns(records: Sequence[FaceRecord], classes: Sequence[str], show_au: bool = False) -> list[str]:

@@ -9,7 +9,9 @@ torch.load(weights_only=True):
     training checkpoints add optimizer (state dict), history (results.csv rows) and
     rng (torch RNG states); packed ones (`poi export --format weights`) add packed;
     calibrated ones add calibration (T_cal and the PredictionRecipe it was fitted after:
-    model/calibration.Calibration; CheckpointInfo.recipe reads it).
+    model/calibration.Calibration; CheckpointInfo.recipe reads it); a copy `poi calibrate`
+    wrote adds calibrated_from (its source's file name), one `poi refit-head` wrote head_refit:
+    what marks a file as that command's own output, which its re-run may replace.
 Checkpoints written before `preprocessing` existed still load: CheckpointInfo derives it
 from resolved.store_size, resolved.grayscale and model_config.input_size.
 A killed process leaves either the previous file or the new one, never a torn one.
@@ -98,6 +100,9 @@ def safe_torch_load(path: str | Path, what: str, error_type: type[Exception]) ->
     # "pop from empty list") say nothing useful
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):
         raise error_type(f"cannot read {path} as a {what}: it is not a file written by torch.save")
+    if torch_archive_kind(path) == "torchscript":  # torch.load would hand it to torch.jit.load, with a warning
+        raise error_type(f"cannot read {path} as a {what}: it is a TorchScript export (`poi export --format "
+                         "torchscript`), not a file written by torch.save")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file (some without text)
@@ -159,17 +164,37 @@ def weights_mismatch(weights: Mapping[str, torch.Tensor], config: ModelConfig) -
     return None
 
 
-def is_poi_checkpoint(path: str | Path) -> bool:
-    """Whether a file is a checkpoint poi wrote (load_checkpoint reads it): what an existing
-    `--out` of `poi calibrate` / `refit-head` must be before it is replaced (a re-run)."""
+def torch_archive_kind(path: str | Path) -> Optional[str]:
+    """"torchscript" or "torch.save" from a zip archive's member names alone (nothing is
+    loaded), None for anything else."""
+    import zipfile
+
     try:
-        load_checkpoint(path)
-    except CheckpointError:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    if any(name.endswith("/constants.pkl") or "/code/" in name for name in names):
+        return "torchscript"
+    return "torch.save" if any(name.endswith("/data.pkl") for name in names) else None
+
+
+def checkpoint_marked(path: str | Path, mark: str) -> bool:
+    """Whether a file is a poi checkpoint carrying the key `mark` (calibrated_from, head_refit,
+    packed: which command wrote it), read with its tensors memory-mapped, not loaded."""
+    if torch_archive_kind(path) != "torch.save":
         return False
-    return True
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a checkpoint of ours: torch raises many types
+        return False
+    return isinstance(checkpoint, dict) and "model_config" in checkpoint and mark in checkpoint
 
 
-POI_CHECKPOINT = ("a poi checkpoint", is_poi_checkpoint)  # output_file's `replaces`
+# output_file's `replaces` of the commands that write checkpoints: only their own earlier output,
+# never a training checkpoint (perhaps the only copy of a trained model) nor another command's file
+CALIBRATED_COPY = ("a checkpoint `poi calibrate` wrote", lambda path: checkpoint_marked(path, "calibrated_from"))
+REFIT_COPY = ("a checkpoint `poi refit-head` wrote", lambda path: checkpoint_marked(path, "head_refit"))
 
 
 def checkpoint_inputs(checkpoint_path: str | Path) -> list[Path]:

@@ -58,8 +58,8 @@ from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import atomic_write, output_file, refuse_input_as_output
 from poi_cli.core.manifests import ALL_AUS, REGIONS
 from poi_cli.core.outputs import PredictionRecipe
-from poi_cli.model.checkpoint import (CheckpointError, CheckpointInfo, build_checkpoint, checkpoint_inputs, is_poi_checkpoint, load_model,
-                                   resolve_checkpoint)
+from poi_cli.model.checkpoint import (CheckpointError, CheckpointInfo, build_checkpoint, checkpoint_inputs, checkpoint_marked, load_model,
+                                   resolve_checkpoint, torch_archive_kind)
 from poi_cli.model.network import POIModel
 from poi_cli.model.reporting import Reporting
 
@@ -158,24 +158,30 @@ ONNX_FORMAT = 1  # metadata "poi_onnx_format": what deploy/runner.py reads (bump
 
 
 def is_poi_export(path: str | Path) -> bool:
-    """Whether a file is a model poi wrote: a checkpoint, a TorchScript export (its extra file
-    poi.json) or an ONNX export (its poi_onnx_format metadata): what an existing `poi export
-    --out` must be before it is replaced (a re-export, in any format)."""
+    """Whether a file is one `poi export` writes: a TorchScript export (its extra file poi.json),
+    packed fp16 weights (a checkpoint carrying `packed`) or an ONNX export (poi's metadata:
+    poi_onnx_format, or classes and preprocessing in exports older than that key): what an
+    existing `--out` must be before it is replaced (a re-export, in any format). Read from the
+    zip's member names, the checkpoint's keys (tensors memory-mapped) or the ONNX graph's
+    metadata, and only for a file that opens as ONNX's protobuf does (0x08: ir_version)."""
     import zipfile
 
-    path = Path(path)
-    if zipfile.is_zipfile(path):
+    kind = torch_archive_kind(path)
+    if kind == "torchscript":
         with zipfile.ZipFile(path) as archive:
-            if any(name.endswith("/extra/poi.json") for name in archive.namelist()):
-                return True
-        return is_poi_checkpoint(path)
+            return any(name.endswith("/extra/poi.json") for name in archive.namelist())
+    if kind == "torch.save":
+        return checkpoint_marked(path, "packed")
     try:
+        with open(path, "rb") as handle:
+            if handle.read(1) != b"\x08":
+                return False
         import onnx
 
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # not ONNX (onnx raises DecodeError, ValueError, ... for other bytes)
+        keys = {entry.key for entry in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception:  # not ONNX (onnx raises DecodeError, ValueError, ... for other bytes), or no onnx package
         return False
-    return any(entry.key == "poi_onnx_format" for entry in model.metadata_props)
+    return "poi_onnx_format" in keys or {"classes", "preprocessing"} <= keys
 
 
 def _metadata(info: CheckpointInfo, output_names: list[str], full: bool) -> dict:
@@ -362,14 +368,14 @@ def export_model(
         full = model.pin is not None
     elif full and model.pin is None:
         raise ExportError(f"{checkpoint_path} is a baseline model (no PIN): it has no consistency or AUs; export it without --full")
-    info = CheckpointInfo.of(checkpoint_dict)
-    module, output_names = export_module(model, info, full)
     path = Path(out) if out else default_output_path(checkpoint_path, format, full)
     if path.resolve() == checkpoint_path.resolve():
         raise ExportError(f"--out {path} would overwrite the checkpoint itself")
     # a link to it, or a link in its place; nor what training wrote beside it (a new export may replace an old one)
     refuse_input_as_output(path, checkpoint_inputs(checkpoint_path), "--out")
-    output_file(path, "--out", replaces=("a model poi exported", is_poi_export))
+    output_file(path, "--out", replaces=("a file `poi export` wrote", is_poi_export))  # before the tracing
+    info = CheckpointInfo.of(checkpoint_dict)
+    module, output_names = export_module(model, info, full)
     size = model.config.input_size
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn(TRACE_BATCH, 3, size, size, generator=generator)

@@ -29,7 +29,7 @@ from poi_cli.core.outputs import FUSION_TRN, FUSION_TRN_PIN, FUSIONS, Prediction
 from poi_cli.data.folds import parse_fold_split
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import Calibration, choose_recipe
-from poi_cli.model.checkpoint import (POI_CHECKPOINT, CheckpointInfo, checkpoint_inputs, load_checkpoint, resolve_checkpoint,
+from poi_cli.model.checkpoint import (CALIBRATED_COPY, CheckpointInfo, checkpoint_inputs, load_checkpoint, resolve_checkpoint,
                                      save_checkpoint)
 from poi_cli.model.predictions import predict_checkpoint_split
 
@@ -119,7 +119,7 @@ def calibrate(run_or_checkpoint: str | Path, prepared_dir: str | Path, split: Op
     # folder's: its members' stores), the checkpoint and its run's files (--in-place rewrites the checkpoint)
     refuse_input_as_output(target, [prepared_dir, *(m.path for m in dataset.members),
                                     *([] if in_place else checkpoint_inputs(source))], "--out")
-    output_file(target, "--out", rewrites_itself=in_place, replaces=POI_CHECKPOINT)  # before the work, not after it
+    output_file(target, "--out", rewrites_itself=in_place, replaces=CALIBRATED_COPY)  # before the work, not after it
     split = split or default_split(dataset)
     checkpoint = load_checkpoint(source)
     info = CheckpointInfo.of(checkpoint)
@@ -139,5 +139,7 @@ def calibrate(run_or_checkpoint: str | Path, prepared_dir: str | Path, split: Op
     calibration, fitted = choose_recipe(candidates, predictions.labels, split)
     previous = info.calibration
     checkpoint["calibration"] = calibration.to_dict()
+    if not in_place:
+        checkpoint["calibrated_from"] = source.name  # marks the copy as this command's, which a re-run may replace
     save_checkpoint(target, checkpoint)
     return CalibrateResult(calibration, previous, target, fitted)

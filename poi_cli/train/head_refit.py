@@ -49,7 +49,7 @@ from poi_cli.data.loader import BatchLoader
 from poi_cli.data.preprocess import to_model_input
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import softmax
-from poi_cli.model.checkpoint import (POI_CHECKPOINT, CheckpointInfo, checkpoint_inputs, load_checkpoint, model_of, resolve_checkpoint,
+from poi_cli.model.checkpoint import (REFIT_COPY, CheckpointInfo, checkpoint_inputs, load_checkpoint, model_of, resolve_checkpoint,
                                      save_checkpoint)
 from poi_cli.model.network import POIModel
 from poi_cli.model.reporting import mirrored
@@ -207,7 +207,7 @@ def refit_head(run_or_checkpoint: str | Path, prepared_dir: str | Path, out: Opt
     # nothing read is written over: the prepared folder, a combined folder's members (their
     # stores are what is read), the checkpoint and its run's files
     refuse_input_as_output(target, [prepared_dir, *(m.path for m in dataset.members), *checkpoint_inputs(source)], "--out")
-    output_file(target, "--out", replaces=POI_CHECKPOINT)
+    output_file(target, "--out", replaces=REFIT_COPY)
     checkpoint = load_checkpoint(source)
     info = CheckpointInfo.of(checkpoint)
     if list(info.classes) != list(dataset.classes):
