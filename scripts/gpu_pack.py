@@ -96,6 +96,9 @@ PLAN = [
     StagePlan("noise", 0, 0, 60, 20, "CE and POI at 30 % noise, the clean-and-teach recipe, 112 px (--noise-runs)"),  # cap 0: the rest
 ]
 NOISE_MIN_S, DRY_NOISE_MIN_S = 150, 40  # kept for the noise stage while the stages before it run (but data)
+# kept from each noise run's training for evaluating what it finished, should the training hit its
+# limit: a process start (about 9 s on the H200) and 1.5 s per evaluation
+EVAL_RESERVE_S, DRY_EVAL_RESERVE_S = 25, 15
 # the noise stage's runs (--noise-runs): cross-entropy (--baseline) and POI on the clean labels
 # (n0) or the shipped 30 % file (n30); poi_n30 goes on into the clean-and-teach recipe's round 2
 NOISE_RUNS = {"ce_n30": "cross-entropy, 30 %", "poi_n30": "POI, 30 %", "ce_n0": "cross-entropy, 0 %",
@@ -470,10 +473,15 @@ class Pack:
                 statuses.append("skipped")
                 continue
             batch = self.stages_dir / f"noise_{name}.json"
+            group_end = time.monotonic() + left  # this run's share: the evaluations below stay inside it
+            reserve = DRY_EVAL_RESERVE_S if self.dry else EVAL_RESERVE_S
             done = self.command("noise", [self.python, str(Path(__file__)), "poi-batch", "--record", str(batch),
-                                          "--commands", json.dumps(commands)], left, log_name=f"noise_{name}")
+                                          "--commands", json.dumps(commands)], left - reserve if left > 3 * reserve else left,
+                                log_name=f"noise_{name}")
             statuses.append(done["status"])
             steps = {tuple(r["argv"][:2]): r for r in (read_json(batch) or [])}
+            if done["status"] == "timeout":
+                steps.update(self.evaluate_what_finished(name, commands, group_end))
             for folder in folders:
                 run_dir = self.runs_dir / folder
                 entry = run_summary(run_dir, epochs)
@@ -495,6 +503,21 @@ class Pack:
             self.runs_dir / run_folder("poi_n30", self.args.noise_seed) / "clean" / "labels.json")  # not a reused --work's
         if clean:
             record["cleaning"] = {k: v for k, v in clean.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+    def evaluate_what_finished(self, name: str, commands: list[list[str]], until: float) -> dict:
+        """After a noise run's process hit its limit (round 2 of the recipe, say): the evaluations
+        of its folders that have a best.pt and no evaluation yet (round 1's, a partial round 2's),
+        in the time kept back for them; their poi-batch records by (command, folder)."""
+        missing = [argv for argv in commands if argv[0] == "evaluate" and (Path(argv[1]) / "best.pt").is_file()
+                   and not (Path(argv[-1]) / "metrics.json").is_file()]
+        left = until - time.monotonic()
+        if not missing or left < 5:
+            return {}
+        self.log(f"[noise] {name} stopped at its limit: evaluating what it finished ({len(missing)} run folder(s))")
+        record = self.stages_dir / f"noise_{name}_evaluate.json"
+        self.command("noise", [self.python, str(Path(__file__)), "poi-batch", "--record", str(record),
+                               "--commands", json.dumps(missing)], left, log_name=f"noise_{name}")
+        return {tuple(r["argv"][:2]): r for r in (read_json(record) or [])}
 
     def noise_epochs(self, data: dict, deadline: float) -> tuple[int, dict]:
         """Epochs of the noise runs' trainings: given (--noise-epochs), 1 in the dry run, else as many
@@ -1183,7 +1206,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ main
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pack (what scripts/gpu_pack.sh calls)")
@@ -1235,7 +1258,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                       help="lower the quality until the call fits (default on)")
     sub.add_parser("withhold", help="before a device call: leave the model weights (about 80 MiB) behind")
     sub.add_parser("restore", help="after it: track the weights again")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     commands = {"run": cmd_run, "env": cmd_env, "data": cmd_data, "poi-batch": cmd_poi_batch, "pack-data": cmd_pack_data,
                 "withhold": cmd_withhold, "restore": cmd_restore}
     return commands[args.command](args)

@@ -244,3 +244,43 @@ def test_withhold_refuses_weights_with_staged_changes_and_marks_nothing(weights_
         gpu_pack.main(["withhold"])
     assert not gpu_pack.exclude_file().is_file() or gpu_pack.WITHHOLD_BEGIN not in gpu_pack.exclude_file().read_text()
     assert set(HEAVY) <= set(gpu_pack.git("ls-files").split())
+
+
+def test_a_noise_run_stopped_at_its_limit_still_has_what_it_finished_evaluated(tmp_path):
+    """The recipe's process hits its limit in round 2 (the second H200 call: round 1 had
+    finished, its evaluation was queued behind round 2 and lost): the pack keeps time back and
+    evaluates every folder with a best.pt, inside the run's own share of the time."""
+    gpu_pack = gpu_pack_module()
+    args = gpu_pack.build_parser().parse_args(["run", "--dry-run", "--out", str(tmp_path / "out"), "--work",
+                                                str(tmp_path / "work"), "--noise-runs", "poi_n30", "--noise-epochs", "3"])
+    pack = gpu_pack.Pack(args)
+    pack.summary["stages"]["data"] = {"result": {"store": "STORE", "labels_30": "L.csv", "val_split": "val",
+                                                 "n_train": 10, "n_val": 5}}
+    calls = []
+
+    def command(stage, argv, timeout, env=None, log_name=None):
+        commands = json.loads(argv[argv.index("--commands") + 1])
+        calls.append((commands, timeout))
+        if len(calls) == 1:  # the training: round 1's 3 epochs and 1 of round 2's, then killed
+            for folder, epochs in (("poi_n30", 3), ("poi_n30_round2", 1)):
+                run = pack.runs_dir / folder
+                run.mkdir(parents=True)
+                (run / "best.pt").write_bytes(b"")
+                (run / "results.csv").write_text("epoch,val_acc\n" + "".join(f"{e},0.5\n" for e in range(1, epochs + 1)))
+            return {"status": "timeout"}
+        for evaluate in commands:
+            (Path(evaluate[-1])).mkdir(parents=True)
+            (Path(evaluate[-1]) / "metrics.json").write_text(json.dumps({"accuracy": 0.5, "split": "val"}))
+        Path(argv[argv.index("--record") + 1]).write_text(json.dumps([{"argv": c, "status": "ok"} for c in commands]))
+        return {"status": "ok"}
+
+    pack.command = command
+    record: dict = {}
+    pack.stage_noise(record, limit=120)
+    assert [c[0] for c in calls[0][0]] == ["train", "evaluate", "evaluate"]
+    assert calls[0][1] <= 120 - gpu_pack.DRY_EVAL_RESERVE_S  # the time kept back
+    assert [(c[0], Path(c[1]).name) for c in calls[1][0]] == [("evaluate", "poi_n30"), ("evaluate", "poi_n30_round2")]
+    runs = record["runs"]
+    assert runs["poi_n30"]["evaluate_status"] == "ok" and runs["poi_n30"]["eval_accuracy"] == 0.5
+    assert runs["poi_n30_round2"]["status"] == "partial" and runs["poi_n30_round2"]["evaluate_status"] == "ok"
+    assert record["status"] == "timeout"
