@@ -14,7 +14,7 @@ import torch, torch.distributed as dist
 from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import TINY_SPLITS, make_prepared, tiny_config
+from conftest import TINY_SPLITS, first_batch, make_prepared, tiny_config
 from poi_cli.train.engine import Trainer
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -24,12 +24,6 @@ data = make_prepared(tmp / "data", splits=TINY_SPLITS)
 def trainer(name):
     return Trainer(tiny_config(data, tmp / "runs", device=DEVICE, arch="resnet10", amp="off", channels_last="off", name=name),
                    console=Console(file=io.StringIO()))
-
-def first_batch(t):
-    loader, augment = t.make_loader(), t.make_augment()
-    loader.set_epoch(0)
-    images, labels, _, _ = next(iter(loader))
-    return t.batch_input(images, augment, t.epoch_generator(0)), labels
 
 def compare(tag, a, b, x, labels, steps=2):
     losses = []

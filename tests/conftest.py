@@ -30,7 +30,10 @@ from poi_cli.core.schema import STATUS_NO_FACE, STATUS_OK
 from poi_cli.train.config import TrainConfig
 
 if TYPE_CHECKING:
+    import torch
+
     from poi_cli.model.network import POIModel
+    from poi_cli.train.engine import Trainer
 
 DEFAULT_SPLITS = {"train": 6, "valid": 2, "test": 2}  # images per class
 TINY_SPLITS = {"train": 2, "valid": 1}  # 14 training and 7 validation images: an epoch takes seconds
@@ -153,6 +156,14 @@ def tiny_config(data: Path, project: Path, **overrides: Any) -> TrainConfig:
                   seed=0)
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def first_batch(trainer: "Trainer") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """The model input and labels of epoch 0's first training batch (augmented as training does)."""
+    loader, augment = trainer.make_loader(), trainer.make_augment()
+    loader.set_epoch(0)
+    images, labels, _, _ = next(iter(loader))
+    return trainer.batch_input(images, augment, trainer.epoch_generator(0)), labels
 
 
 # A training run for kill-and-resume tests: `python -c STALLING_RUN DATA PROJECT [DEVICE [ARCH]]`

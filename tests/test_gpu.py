@@ -19,7 +19,7 @@ import torch.distributed as dist
 from rich.console import Console
 from typer.testing import CliRunner
 
-from conftest import TINY_SPLITS, make_prepared, tiny_config, train_until_killed
+from conftest import TINY_SPLITS, first_batch, make_prepared, tiny_config, train_until_killed
 from poi_cli.cli import app
 from poi_cli.model.checkpoint import load_checkpoint, load_model
 from poi_cli.train.config import TrainConfig
@@ -50,14 +50,6 @@ def gpu_config(data, project, **overrides) -> TrainConfig:
 
 def trainer_of(data, project, **overrides) -> Trainer:
     return Trainer(gpu_config(data, project, **overrides), console=quiet())
-
-
-def first_batch(trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model input and labels of epoch 0's first training batch (augmented as training does)."""
-    loader, augment = trainer.make_loader(), trainer.make_augment()
-    loader.set_epoch(0)
-    images, labels, _, _ = next(iter(loader))
-    return trainer.batch_input(images, augment, trainer.epoch_generator(0)), labels
 
 
 @pytest.fixture

@@ -34,11 +34,17 @@ def gpu_pack_module():
     return module
 
 
+def dry_run(tmp_path: Path, *options: str) -> subprocess.CompletedProcess:
+    """`bash scripts/gpu_pack.sh --dry-run` into tmp_path/out (work in tmp_path/work), with this
+    interpreter (also where there is no .venv) and no device-tool $OUT."""
+    env = {**{k: v for k, v in os.environ.items() if k != "OUT"}, "PYTHON": sys.executable}
+    return subprocess.run(["bash", str(ROOT / "scripts" / "gpu_pack.sh"), "--dry-run", "--out", str(tmp_path / "out"),
+                           "--work", str(tmp_path / "work"), *options], env=env, capture_output=True, text=True, timeout=600)
+
+
 def test_dry_run_writes_what_a_device_call_brings_back(tmp_path):
     out = tmp_path / "out"
-    env = {**{k: v for k, v in os.environ.items() if k != "OUT"}, "PYTHON": sys.executable}  # also without .venv
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_pack.sh"), "--dry-run", "--out", str(out),
-                           "--work", str(tmp_path / "work")], env=env, capture_output=True, text=True, timeout=600)
+    done = dry_run(tmp_path)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
 
     # what the device tool brings back: at most 8 files, 16 MiB each, no sub-folders, plain names
@@ -127,10 +133,7 @@ def test_noise_runs_and_seed_name_their_folders_and_rows(tmp_path):
     """`--noise-runs poi_n0 --noise-seed 2` in the dry run: the one run, its folder `poi_n0_s2`,
     trained with seed 2 on the clean labels, labelled so in summary.md; no cleaning line."""
     out = tmp_path / "out"
-    env = {**{k: v for k, v in os.environ.items() if k != "OUT"}, "PYTHON": sys.executable}
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_pack.sh"), "--dry-run", "--out", str(out), "--work",
-                           str(tmp_path / "work"), "--stages", "data,noise", "--noise-runs", "poi_n0", "--noise-seed", "2"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = dry_run(tmp_path, "--stages", "data,noise", "--noise-runs", "poi_n0", "--noise-seed", "2")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     noise = json.loads((out / "summary.json").read_text())["stages"]["noise"]
     assert list(noise["runs"]) == ["poi_n0_s2"] and noise["runs"]["poi_n0_s2"]["labels"] is None

@@ -100,7 +100,7 @@ def safe_torch_load(path: str | Path, what: str, error_type: type[Exception]) ->
     # "pop from empty list") say nothing useful
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):
         raise error_type(f"cannot read {path} as a {what}: it is not a file written by torch.save")
-    if torch_archive_kind(path) == "torchscript":  # torch.load would hand it to torch.jit.load, with a warning
+    if torch_archive_kind(zip_member_names(path)) == "torchscript":  # torch.load would hand it to torch.jit.load, with a warning
         raise error_type(f"cannot read {path} as a {what}: it is a TorchScript export (`poi export --format "
                          "torchscript`), not a file written by torch.save")
     try:
@@ -164,15 +164,22 @@ def weights_mismatch(weights: Mapping[str, torch.Tensor], config: ModelConfig) -
     return None
 
 
-def torch_archive_kind(path: str | Path) -> Optional[str]:
-    """"torchscript" or "torch.save" from a zip archive's member names alone (nothing is
-    loaded), None for anything else."""
+def zip_member_names(path: str | Path) -> Optional[list[str]]:
+    """The member names of a zip archive (its central directory alone is read), None for a
+    file that is not one."""
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
+            return archive.namelist()
     except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+
+
+def torch_archive_kind(names: Optional[Sequence[str]]) -> Optional[str]:
+    """"torchscript" or "torch.save" from a zip archive's member names (zip_member_names),
+    None for anything else."""
+    if names is None:
         return None
     if any(name.endswith("/constants.pkl") or "/code/" in name for name in names):
         return "torchscript"
@@ -182,7 +189,7 @@ def torch_archive_kind(path: str | Path) -> Optional[str]:
 def checkpoint_marked(path: str | Path, mark: str) -> bool:
     """Whether a file is a poi checkpoint carrying the key `mark` (calibrated_from, head_refit,
     packed: which command wrote it), read with its tensors memory-mapped, not loaded."""
-    if torch_archive_kind(path) != "torch.save":
+    if torch_archive_kind(zip_member_names(path)) != "torch.save":
         return False
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

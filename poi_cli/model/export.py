@@ -59,7 +59,7 @@ from poi_cli.core.atomic import atomic_write, output_file, refuse_input_as_outpu
 from poi_cli.core.manifests import ALL_AUS, REGIONS
 from poi_cli.core.outputs import PredictionRecipe
 from poi_cli.model.checkpoint import (CheckpointError, CheckpointInfo, build_checkpoint, checkpoint_inputs, checkpoint_marked, load_model,
-                                   resolve_checkpoint, torch_archive_kind)
+                                   resolve_checkpoint, torch_archive_kind, zip_member_names)
 from poi_cli.model.network import POIModel
 from poi_cli.model.reporting import Reporting
 
@@ -164,12 +164,10 @@ def is_poi_export(path: str | Path) -> bool:
     existing `--out` must be before it is replaced (a re-export, in any format). Read from the
     zip's member names, the checkpoint's keys (tensors memory-mapped) or the ONNX graph's
     metadata, and only for a file that opens as ONNX's protobuf does (0x08: ir_version)."""
-    import zipfile
-
-    kind = torch_archive_kind(path)
+    names = zip_member_names(path)
+    kind = torch_archive_kind(names)
     if kind == "torchscript":
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("/extra/poi.json") for name in archive.namelist())
+        return any(name.endswith("/extra/poi.json") for name in names)
     if kind == "torch.save":
         return checkpoint_marked(path, "packed")
     try:
