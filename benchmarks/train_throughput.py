@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from poi_cli.train.config import TrainConfig
+from poi_cli.train.config import WILD_AUGMENTATIONS, TrainConfig
 from poi_cli.train.engine import Trainer
 from poi_cli.core.manifests import class_names
 from poi_cli.core.schema import STATUS_OK
@@ -114,6 +114,9 @@ def main() -> None:
     parser.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--models", default="poi,baseline")
+    parser.add_argument("--wild", action="store_true",
+                        help="with the bundled model's augmentations for faces in the wild (grey mix, blur, JPEG, "
+                             "scale and rotation; scripts/train_bundled_model.sh), as the GPU pack's bundle stage trains")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
 
@@ -121,11 +124,12 @@ def main() -> None:
         root = Path(temp)
         data = synthetic_store(root, args.store_size or args.size, args.batch * args.steps)
         results, record = {}, {"settings": vars(args), "models": {}}
+        wild = WILD_AUGMENTATIONS if args.wild else {}
         for name in ["input", *args.models.split(",")]:
             config = TrainConfig(
                 data=str(data), arch=args.arch, input_size=args.size, batch=args.batch, epochs=2, device=args.device,
                 amp=args.amp, channels_last=args.channels_last, compile=args.compile and name != "input",
-                use_pin=name != "baseline", project=str(root / "runs"), name=name, val_split="none",
+                use_pin=name != "baseline", project=str(root / "runs"), name=name, val_split="none", **wild,
             )
             trainer = Trainer(config, console=Console(quiet=True))
             if name == "input":

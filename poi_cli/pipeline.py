@@ -134,12 +134,21 @@ def later_rounds(first: Path, previous: Path, start: int, config: TrainConfig, c
             labels, summary = cleaned_labels(runs[-1], config, config.device)
         except KeyboardInterrupt:  # in the audit or cleaning: --resume of the finished round goes on from here
             raise TrainingInterrupted(runs[-1]) from None
-        if summary["n_changed"] == 0:  # the same labels, seed and options: the round would repeat the last run exactly
+        if summary["n_changed"] == 0:
             why = f"; {FITTED_ADVICE}" if summary.get("auto", {}).get("fitted_training_labels") else ""
+            if not (config.rounds_teacher or config.rounds_fine_tune):
+                # the same labels, seed and options: the round would repeat the last run exactly
+                announce(f"round {number}: the audit of {runs[-1].name} changed no label ({labels}); "
+                         f"stopping: {runs[-1].name} is the last round{why}")
+                break
+            # taught by or fine-tuned from the last round, the round is a new run on the same labels
+            # (the bundled model's round 2: +0.7 on FERPlus valid with no label changed, README)
+            how = " and ".join(([f"taught by {runs[-1].name}"] if config.rounds_teacher else [])
+                               + ([f"fine-tuned from {runs[-1].name}"] if config.rounds_fine_tune else []))
             announce(f"round {number}: the audit of {runs[-1].name} changed no label ({labels}); "
-                     f"stopping: {runs[-1].name} is the last round{why}")
-            break
-        announce(f"round {number}: labels cleaned by {runs[-1].name} -> {labels}")
+                     f"round {number} trains on the same labels, {how}{why}")
+        else:
+            announce(f"round {number}: labels cleaned by {runs[-1].name} -> {labels}")
         following = replace(config, labels=str(labels), noise=0.0, resume=None,
                             teacher=str(runs[-1]) if config.rounds_teacher else config.teacher)
         if config.rounds_fine_tune:

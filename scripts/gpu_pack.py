@@ -13,6 +13,13 @@ Stages, in order, each under a hard time limit, each result written as soon as i
                       peak GPU memory (benchmarks/train_throughput.py), the baseline beside it
   throughput_compile  the same POI step under torch.compile (GPU only)
   data                the prepared FERPlus store of the noise runs (unpacked from the carried pack)
+  bundle              (only when --stages names it; issue 25) the bundled model's recipe on the GPU:
+                      FERPlus train + SFEW 2.0 train as one dataset (`poi combine`, SFEW drawn 4x), POI
+                      ResNet-10 at 96 px with the wild augmentations, `--rounds 2 --rounds-teacher
+                      --rounds-fine-tune N` (poi's own audit, clean and teach), as many epochs as fit;
+                      both rounds evaluated on FERPlus valid and SFEW val and brought back as packed
+                      fp16 weights (bundle_round1.fp16.pt, bundle_round2.fp16.pt) for `train_bundled_model.sh
+                      pack card` on the CPU. Reads the FERPlus pack and the SFEW pack (`pack-sfew`)
   noise               cross-entropy and POI at 30 % label noise (the shipped seed-0 file) and the
                       clean-and-teach recipe (`poi train --rounds 2 --rounds-teacher --rounds-fine-tune N`:
                       round 2 fine-tuned from round 1, as many epochs at 0.4 x the lr) at 112 px, each evaluated on
@@ -23,10 +30,11 @@ Results, in the output folder (at most 8 files, none in a sub-folder: what the d
 back): summary.json and summary.md (rewritten after every stage, so a pack killed at any point
 still returns what finished), pack.log (everything every stage printed) and details.tar.gz (each
 stage's log, the benchmark JSON, pytest's junit XML, each run's config.json, results.csv,
-evaluation and cleaning summaries).
+evaluation and cleaning summaries); the bundle stage adds its two weight files.
 
 Subcommands: `run` (the orchestrator; standard library only, never imports torch, so that it
-cannot hang on a GPU), `env`, `data` and `poi-batch` (stage helpers), `pack-data` (the carried faces),
+cannot hang on a GPU), `env`, `data`, `bundle-data` and `poi-batch` (stage helpers), `pack-data` and
+`pack-sfew` (the carried faces),
 `withhold` and `restore` (the model weights left out of a device call, then tracked again).
 """
 
@@ -57,9 +65,12 @@ from typing import Any, Optional
 import xml.etree.ElementTree as ET
 
 from poi_cli.core.atomic import atomic_write, atomic_write_text  # stdlib only: the bare GPU machine has it (PYTHONPATH)
+from poi_cli.train.config import WILD_AUGMENTATIONS, cli_flags  # plain Python values: no torch in the orchestrator
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PACK = ROOT / "prepared" / "gpu_pack_ferplus"  # ignored by git; the device call carries it
+DEFAULT_SFEW_PACK = ROOT / "prepared" / "gpu_pack_sfew96"  # the bundle stage's SFEW 2.0 (pack-sfew), carried likewise
+SFEW_RAW_CANDIDATES = (ROOT.parent / "shared" / "datasets" / "sfew", ROOT / "shared" / "datasets" / "sfew")
 DEFAULT_OUT = ROOT / "runs" / "gpu_pack"
 NOISE30 = ROOT / "data_manifests" / "noise" / "ferplus_train_noise30_seed0.csv"
 RAW_CANDIDATES = (ROOT.parent / "shared" / "datasets" / "ferplus", ROOT / "shared" / "datasets" / "ferplus")
@@ -93,9 +104,15 @@ PLAN = [
     StagePlan("throughput", 90, 90, 30, 10, "POI and baseline ResNet-18, 224 px, batch 256, bf16, channels_last"),
     StagePlan("throughput_compile", 120, 0, 75, 0, "POI under torch.compile"),
     StagePlan("data", 60, 60, 8, 3, "the prepared FERPlus store"),
+    StagePlan("bundle", 0, 0, 150, 30, "the bundled model's recipe: FERPlus + SFEW train, two rounds, 96 px (issue 25)"),
     StagePlan("noise", 0, 0, 60, 20, "CE and POI at 30 % noise, the clean-and-teach recipe, 112 px (--noise-runs)"),  # cap 0: the rest
 ]
-NOISE_MIN_S, DRY_NOISE_MIN_S = 150, 40  # kept for the noise stage while the stages before it run (but data)
+# what runs without --stages: all but bundle, a call of its own (issue 25's, not the noise study's)
+DEFAULT_STAGES = [p.name for p in PLAN if p.name != "bundle"]
+# kept for a selected later stage while the stages before it run (never from data, which both need)
+RESERVE_S = {"bundle": 240, "noise": 150}
+DRY_RESERVE_S = {"bundle": 60, "noise": 40}
+NOISE_MIN_S, DRY_NOISE_MIN_S = RESERVE_S["noise"], DRY_RESERVE_S["noise"]
 # kept from each noise run's training for evaluating what it finished, should the training hit its
 # limit: a process start (about 9 s on the H200) and 1.5 s per evaluation
 EVAL_RESERVE_S, DRY_EVAL_RESERVE_S = 25, 15
@@ -103,6 +120,14 @@ EVAL_RESERVE_S, DRY_EVAL_RESERVE_S = 25, 15
 # (n0) or the shipped 30 % file (n30); poi_n30 goes on into the clean-and-teach recipe's round 2
 NOISE_RUNS = {"ce_n30": "cross-entropy, 30 %", "poi_n30": "POI, 30 %", "ce_n0": "cross-entropy, 0 %",
               "poi_n0": "POI, 0 %"}
+# the bundle stage: the bundled model's recipe (scripts/train_bundled_model.sh's round 1, with the wild
+# augmentations its round 2 chose), its run folders and the weight files they come back as
+BUNDLE_RECIPE = ["--weight-decay", "5e-4", "--schedule", "cosine", "--warmup-epochs", "1", *cli_flags(WILD_AUGMENTATIONS)]
+BUNDLE_RUNS = {"bundle": "bundle_round1.fp16.pt", "bundle_round2": "bundle_round2.fp16.pt"}  # run folder: weights file
+SFEW_WEIGHT = 4  # SFEW's 860 faces drawn 4 times per epoch, as the CPU rounds drew them
+# the bundled model's trunk: the deploy runtime's measured cost, and its packed weights (16.6 MB) come
+# back from a device call (16 MiB a file); ResNet-18's (29 MB) would not
+BUNDLE_ARCH = "resnet10"
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -155,15 +180,22 @@ class Pack:
         self.args = args
         self.dry = args.dry_run
         # the options first: a refused pack leaves no folder behind
-        self.selected = {name for name in args.stages.split(",") if name} if args.stages else {p.name for p in PLAN}
+        self.selected = {name for name in args.stages.split(",") if name} if args.stages else set(DEFAULT_STAGES)
         unknown = self.selected - {p.name for p in PLAN}
         if unknown or not self.selected:
             raise SystemExit(f"--stages: unknown stage(s) {', '.join(sorted(unknown)) or '(none)'} "
                              f"(known: {', '.join(p.name for p in PLAN)})")
-        if "noise" in self.selected and "data" not in self.selected:
-            raise SystemExit("--stages: noise trains on the store the data stage makes ready: add data")
+        for stage in ("bundle", "noise"):
+            if stage in self.selected and "data" not in self.selected:
+                raise SystemExit(f"--stages: {stage} trains on the store the data stage makes ready: add data")
         if args.noise_seed < 0 or args.noise_warmup < 0 or (args.noise_epochs is not None and args.noise_epochs < 1):
             raise SystemExit("--noise-seed and --noise-warmup must be 0 or more, --noise-epochs 1 or more")
+        if ((args.bundle_epochs is not None and args.bundle_epochs < 1) or args.bundle_max_epochs < 1
+                or not 0 < args.bundle_fine_tune <= 2):
+            raise SystemExit("--bundle-epochs and --bundle-max-epochs must be 1 or more, --bundle-fine-tune in (0, 2]")
+        if "bundle" in self.selected and not self.dry and not (Path(args.sfew_pack) / "pack.json").is_file():
+            raise SystemExit(f"--stages bundle: no SFEW pack at {args.sfew_pack} (make it here with "
+                             "`python scripts/gpu_pack.py pack-sfew` and carry it)")
         self.noise_runs = [run for run in args.noise_runs.split(",") if run]
         wrong = ", ".join(run for run in self.noise_runs if run not in NOISE_RUNS)
         if not self.noise_runs or wrong or len(set(self.noise_runs)) < len(self.noise_runs):
@@ -309,7 +341,7 @@ class Pack:
             if self.stop_reason:
                 record.update(status="skipped", reason=self.stop_reason)
                 continue
-            if self.dry and plan.dry_cap_s == 0 and plan.name != "noise":
+            if self.dry and plan.dry_cap_s == 0 and plan.name not in RESERVE_S:  # cap 0 there: the rest
                 record.update(status="skipped", reason=dry_skip_reason(plan.name))
                 self.write_summary()
                 continue
@@ -504,7 +536,7 @@ class Pack:
         if clean:
             record["cleaning"] = {k: v for k, v in clean.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
-    def evaluate_what_finished(self, name: str, commands: list[list[str]], until: float) -> dict:
+    def evaluate_what_finished(self, name: str, commands: list[list[str]], until: float, stage: str = "noise") -> dict:
         """After a noise run's process hit its limit (round 2 of the recipe, say): the evaluations
         of its folders that have a best.pt and no evaluation yet (round 1's, a partial round 2's),
         in the time kept back for them; their poi-batch records by (command, folder)."""
@@ -513,10 +545,10 @@ class Pack:
         left = until - time.monotonic()
         if not missing or left < 5:
             return {}
-        self.log(f"[noise] {name} stopped at its limit: evaluating what it finished ({len(missing)} run folder(s))")
-        record = self.stages_dir / f"noise_{name}_evaluate.json"
-        self.command("noise", [self.python, str(Path(__file__)), "poi-batch", "--record", str(record),
-                               "--commands", json.dumps(missing)], left, log_name=f"noise_{name}")
+        self.log(f"[{stage}] {name} stopped at its limit: evaluating what it finished ({len(missing)} run folder(s))")
+        record = self.stages_dir / f"{stage}_{name}_evaluate.json"
+        self.command(stage, [self.python, str(Path(__file__)), "poi-batch", "--record", str(record),
+                             "--commands", json.dumps(missing)], left, log_name=f"{stage}_{name}")
         return {tuple(r["argv"][:2]): r for r in (read_json(record) or [])}
 
     def noise_epochs(self, data: dict, deadline: float) -> tuple[int, dict]:
@@ -526,18 +558,9 @@ class Pack:
             return int(self.args.noise_epochs), {"how": "--noise-epochs"}
         if self.dry:
             return 1, {"how": "dry run: one epoch"}
-        probe = self.stages_dir / "noise_probe.json"
-        argv = [self.python, str(ROOT / "benchmarks" / "train_throughput.py"), "--json", str(probe),
-                "--device", "cuda", "--arch", self.args.noise_arch, "--size", str(self.args.noise_size),
-                "--store-size", str(data.get("size") or self.args.noise_size), "--batch", str(self.args.noise_batch),
-                "--steps", "12", "--rounds", "1"]
-        done = self.command("noise", argv, min(90, max(deadline - time.monotonic() - 60, 10)), log_name="noise_probe")
-        rates = (read_json(probe) or {}).get("models", {})
-        poi, base = number((rates.get("poi") or {}).get("images_per_s")), number((rates.get("baseline") or {}).get("images_per_s"))
-        env = (self.summary["stages"].get("env") or {}).get("result") or {}
-        startup = (number(env.get("import_torch_s")) or 5.0) + (number(env.get("cuda_init_s")) or 2.0) + 3.0
-        plan: dict[str, Any] = {"how": "probe", "probe_status": done["status"], "poi_images_per_s": poi,
-                                "baseline_images_per_s": base, "process_start_s": round(startup, 1)}
+        poi, base, plan = self.probe_rates("noise", self.args.noise_arch, self.args.noise_size,
+                                           data.get("size") or self.args.noise_size, self.args.noise_batch, deadline)
+        startup = plan["process_start_s"]
         if not poi or not base:
             plan["how"] = "probe failed: 2 epochs"
             return 2, plan
@@ -562,14 +585,129 @@ class Pack:
                  f"{len(self.noise_runs)} runs' trainings, {fixed:.0f} s fixed, POI {poi:,.0f} and cross-entropy {base:,.0f} images/s)")
         return epochs, plan
 
+    def probe_rates(self, stage: str, arch: str, size: int, store_size: int, batch: int, deadline: float,
+                    extra: tuple[str, ...] = ()) -> tuple[Optional[float], Optional[float], dict]:
+        """A short measured training speed (benchmarks/train_throughput.py) on the GPU: POI's and
+        the baseline's images/s (None where the probe failed) and the plan record it starts."""
+        probe = self.stages_dir / f"{stage}_probe.json"
+        argv = [self.python, str(ROOT / "benchmarks" / "train_throughput.py"), "--json", str(probe),
+                "--device", "cuda", "--arch", arch, "--size", str(size), "--store-size", str(store_size),
+                "--batch", str(batch), "--steps", "12", "--rounds", "1", *extra]
+        done = self.command(stage, argv, min(90, max(deadline - time.monotonic() - 60, 10)), log_name=f"{stage}_probe")
+        rates = (read_json(probe) or {}).get("models", {})
+        poi, base = number((rates.get("poi") or {}).get("images_per_s")), number((rates.get("baseline") or {}).get("images_per_s"))
+        env = (self.summary["stages"].get("env") or {}).get("result") or {}
+        startup = (number(env.get("import_torch_s")) or 5.0) + (number(env.get("cuda_init_s")) or 2.0) + 3.0
+        return poi, base, {"how": "probe", "probe_status": done["status"], "poi_images_per_s": poi,
+                           "baseline_images_per_s": base, "process_start_s": round(startup, 1)}
+
+    # -- bundle (issue 25)
+
+    def stage_bundle(self, record: dict, limit: float) -> None:
+        deadline = time.monotonic() + limit
+        data = (self.summary["stages"].get("data") or {}).get("result")
+        if not data:
+            record.update(status="skipped", reason="no prepared data (the data stage did not finish)")
+            return
+        target = self.stages_dir / "bundle_data.json"
+        argv = [self.python, str(Path(__file__)), "bundle-data", "--work", str(self.work), "--ferplus", data["store"],
+                "--size", str(self.bundle_size()), "--json", str(target)]
+        argv += ["--dry-run"] if self.dry else ["--sfew-pack", self.args.sfew_pack]
+        done = self.command("bundle", argv, min(120, max(limit - 60, 10)), log_name="bundle_data")
+        stores = read_json(target)
+        if done["status"] != "ok" or not stores:
+            record.update(status="failed", error=f"the combined FERPlus + SFEW folder was not made ({done['status']})")
+            return
+        record["data"] = stores
+        epochs, fine_tune, plan = self.bundle_epochs(stores, deadline)
+        record.update(epochs=epochs, fine_tune_epochs=fine_tune, epoch_plan=plan)
+        if self.dry:
+            recipe = ["--arch", "resnet10", "--batch", "16", "--lr", "0.05"]
+        else:
+            recipe = ["--arch", BUNDLE_ARCH, "--batch", str(self.args.bundle_batch), "--lr", str(self.args.bundle_lr)]
+        recipe = ["--size", str(self.bundle_size()), "--epochs", str(epochs), "--seed", "0", *recipe, *BUNDLE_RECIPE]
+        # round 2 trains also where the audit relabels nothing (taught by and fine-tuned from round 1)
+        rounds = ["--rounds", "2", "--rounds-teacher", "--rounds-fine-tune", str(fine_tune)]
+        record["recipe"] = " ".join(recipe + rounds)
+        first, second = (self.runs_dir / name for name in BUNDLE_RUNS)  # `--name bundle` and its `_round2`
+        train = ["train", stores["combined"], *recipe, *rounds, "--project", str(self.runs_dir), "--name", first.name]
+        commands = [train, *[["evaluate", str(run), stores["combined"], "--split", "val", "--out", str(run / "eval")]
+                             for run in (first, second)]]
+        reserve = DRY_EVAL_RESERVE_S if self.dry else EVAL_RESERVE_S
+        left = deadline - time.monotonic() - reserve  # kept back: evaluating and packing what finished
+        batch = self.stages_dir / "bundle_train.json"
+        done = self.command("bundle", [self.python, str(Path(__file__)), "poi-batch", "--record", str(batch),
+                                       "--commands", json.dumps(commands)], left, log_name="bundle_train")
+        if done["status"] == "timeout":
+            self.evaluate_what_finished("train", commands, deadline - 8, stage="bundle")
+        exports = [["export", str(run), "--format", "weights", "--out", str(self.out / BUNDLE_RUNS[run.name])]
+                   for run in (first, second) if (run / "best.pt").is_file() and not (self.out / BUNDLE_RUNS[run.name]).exists()]
+        if exports:
+            self.command("bundle", [self.python, str(Path(__file__)), "poi-batch", "--record",
+                                    str(self.stages_dir / "bundle_export.json"), "--commands", json.dumps(exports)],
+                         max(deadline - time.monotonic(), 5), log_name="bundle_export")
+        record["runs"] = {}
+        for run in (first, second):
+            entry = run_summary(run, epochs if run == first else fine_tune)
+            rows = read_csv_rows(run / "results.csv")
+            members = [key for key in (rows[0] if rows else {}) if key.startswith("val_acc_")]
+            entry["val_acc_by_dataset_final"] = {key[len("val_acc_"):]: number(rows[-1].get(key)) for key in members}
+            metrics = read_json(run / "eval" / "metrics.json") or {}
+            entry.update(evaluation_summary(run / "eval" / "metrics.json"))
+            entry["eval_by_dataset"] = {name: (values or {}).get("accuracy") for name, values in (metrics.get("members") or {}).items()}
+            weights = self.out / BUNDLE_RUNS[run.name]
+            entry["weights"] = weights.name if weights.is_file() else None
+            record["runs"][run.name] = entry
+            self.summary["figures"][f"{run.name}_val_acc_by_dataset"] = entry["val_acc_by_dataset_final"]
+        clean = read_json(first / "clean" / "labels.json")
+        if clean:
+            record["cleaning"] = {k: v for k, v in clean.items() if isinstance(v, (int, float, str, bool)) or v is None}
+        missing = [name for name, entry in record["runs"].items() if not entry["weights"]]
+        record["status"] = "timeout" if done["status"] == "timeout" else "ok" if done["status"] == "ok" and not missing else "failed"
+        if missing and record["status"] != "ok":
+            record["error"] = f"no weights of {', '.join(missing)} (pack.log says why)"
+
+    def bundle_size(self) -> int:
+        return 64 if self.dry else self.args.bundle_size
+
+    def bundle_epochs(self, stores: dict, deadline: float) -> tuple[int, int, dict]:
+        """Epochs of round 1 (given, 1 in the dry run, else as many as fit, measured by a probe with
+        the wild augmentations) and of round 2 (--bundle-fine-tune x round 1's)."""
+        def second(first: int) -> int:
+            return max(1, round(self.args.bundle_fine_tune * first))
+
+        if self.args.bundle_epochs:
+            return self.args.bundle_epochs, second(self.args.bundle_epochs), {"how": "--bundle-epochs"}
+        if self.dry:
+            return 1, 1, {"how": "dry run: one epoch each"}
+        poi, _, plan = self.probe_rates("bundle", BUNDLE_ARCH, self.args.bundle_size, stores["size"],
+                                        self.args.bundle_batch, deadline, ("--wild",))
+        if not poi:
+            plan["how"] = "probe failed: 2 epochs"
+            return 2, second(2), plan
+        n, v = float(stores["epoch_images"]), float(stores["n_val"])
+        epoch_1 = n / poi + v / (4 * poi) + 1.0  # as the noise stage reckons an epoch
+        epoch_2 = 1.4 * n / poi + v / (4 * poi) + 1.0  # and its teacher's forward pass
+        fixed = plan["process_start_s"] + n / (2 * poi) + 15 + 30  # the audit and cleaning; evaluations and packing
+        available = deadline - time.monotonic() - (DRY_EVAL_RESERVE_S if self.dry else EVAL_RESERVE_S)
+        epochs = int(0.85 * (available - fixed) / (epoch_1 + self.args.bundle_fine_tune * epoch_2))
+        epochs = max(1, min(epochs, self.args.bundle_max_epochs))
+        plan.update(seconds_per_epoch=[round(epoch_1, 2), round(epoch_2, 2)], fixed_s=round(fixed, 1),
+                    available_s=round(available, 1), safety=0.85, max_epochs=self.args.bundle_max_epochs)
+        self.log(f"[bundle] {available:.0f} s left: round 1 {epochs} epochs, round 2 {second(epochs)} (about "
+                 f"{epoch_1:.1f} and {epoch_2:.1f} s per epoch, {fixed:.0f} s fixed, POI {poi:,.0f} images/s)")
+        return epochs, second(epochs), plan
+
 
 def stage_allowance(plan: StagePlan, remaining: float, selected: set[str], dry: bool) -> float:
     """Seconds a stage may take: what is left of the budget less the final summary's, less the
-    noise stage's reserve where noise is to run (but not for the data stage, which the noise
-    runs need: squeezing it out would leave the reserve unused), within the stage's cap."""
+    reserves of the selected stages after it (bundle, noise), but not for the data stage, which
+    they need (squeezing it out would leave their reserves unused), within the stage's cap."""
     allowed = remaining - FINALIZE_S
-    if plan.name not in ("noise", "data") and "noise" in selected:
-        allowed -= DRY_NOISE_MIN_S if dry else NOISE_MIN_S
+    if plan.name != "data":
+        order = [p.name for p in PLAN]
+        later = [name for name in order[order.index(plan.name) + 1:] if name in selected]
+        allowed -= sum((DRY_RESERVE_S if dry else RESERVE_S).get(name, 0) for name in later)
     cap = plan.dry_cap_s if dry else plan.cap_s
     return min(allowed, cap) if cap else allowed
 
@@ -711,6 +849,29 @@ def render_markdown(summary: dict) -> str:
             lines += ["", f"Cleaning of round 1's labels: {json.dumps(shown)}"]
         if noise.get("note"):
             lines += ["", noise["note"]]
+    bundle = stages.get("bundle") or {}
+    if bundle.get("runs"):
+        data = bundle.get("data") or {}
+        members = list((data.get("val_rows") or {}))
+        train_rows, val_rows = data.get("train_rows") or {}, data.get("val_rows") or {}
+        trained = ", ".join(f"{name} {train_rows.get(name)}" for name in members)
+        validated = ", ".join(f"{name} {val_rows.get(name)}" for name in members)
+        lines += ["", f"## The bundled model's recipe (issue 25): epochs {bundle.get('epochs')} (round 1) and "
+                      f"{bundle.get('fine_tune_epochs')} (round 2), `{bundle.get('recipe')}`", "",
+                  f"Data: training faces {trained} ({data.get('epoch_images')} drawn per epoch); validation {validated}.",
+                  "", "| run | epochs | " + " | ".join(f"final val {m} %" for m in members)
+                  + " | best mean val % (epoch) | " + " | ".join(f"evaluate {m} % (best.pt)" for m in members) + " | weights |",
+                  "|---|---|" + "---|" * (2 * len(members) + 2)]
+        for folder, entry in bundle["runs"].items():
+            finals = entry.get("val_acc_by_dataset_final") or {}
+            evaluated = entry.get("eval_by_dataset") or {}
+            lines.append(f"| `{folder}` | {entry.get('epochs_done', 0)}/{entry.get('epochs_planned')} | "
+                         + " | ".join(pct(finals.get(m)) for m in members)
+                         + f" | {pct(entry.get('val_acc_best'))} ({entry.get('best_epoch', '–')}) | "
+                         + " | ".join(pct(evaluated.get(m)) for m in members) + f" | {entry.get('weights') or '–'} |")
+        if bundle.get("cleaning"):
+            shown = {k: bundle["cleaning"][k] for k in ("n_changed", "fraction", "threshold", "n_images") if k in bundle["cleaning"]}
+            lines += ["", f"Cleaning of round 1's labels: {json.dumps(shown)}"]
     tests = (stages.get("tests") or {}).get("result") or {}
     if tests.get("cases"):
         lines += ["", f"## GPU test cases ({(stages.get('tests') or {}).get('device')})", "",
@@ -849,14 +1010,16 @@ def stripe_faces(labels, size: int, seed: int = 0):
     return faces
 
 
-def synthetic_store(root: Path, size: int = 48, per_class: Optional[dict] = None) -> Path:
-    """A tiny FERPlus-shaped store (8 classes, gray, 48 px, splits train and val) for the dry run."""
+def synthetic_store(root: Path, size: int = 48, per_class: Optional[dict] = None, num_classes: int = 8,
+                    colour: bool = False) -> Path:
+    """A tiny store for the dry run: FERPlus-shaped by default (8 classes, gray, 48 px, splits
+    train and val); `num_classes=7, colour=True` stands in for SFEW (no contempt, colour)."""
     from poi_cli.core.manifests import class_names
     from poi_cli.core.schema import STATUS_OK
     from poi_cli.data.store import write_store
 
     per_class = per_class or {"train": 6, "val": 2}
-    names = class_names(8)
+    names = class_names(num_classes)
     rows, labels = [], []
     for split, count in per_class.items():
         for label in range(len(names)):
@@ -865,7 +1028,11 @@ def synthetic_store(root: Path, size: int = 48, per_class: Optional[dict] = None
                              "split": split, "label": label, "label_name": names[label], "status": STATUS_OK,
                              "reason": "", "det_score": 1.0, "n_faces": 1, "store_index": len(labels)})
                 labels.append(label)
-    return write_store(root, stripe_faces(labels, size), rows, dataset="synthetic-stripes", classes=names, grayscale=True)
+    faces = stripe_faces(labels, size, seed=int(colour))
+    if colour:
+        faces[..., 0] = faces[..., 0] // 2 + 100  # tinted: a colour dataset beside the grey one
+    name = "synthetic-colour" if colour else "synthetic-stripes"
+    return write_store(root, faces, rows, dataset=name, classes=names, grayscale=not colour)
 
 
 def row_ranges(rows) -> list[list[int]]:
@@ -1066,12 +1233,74 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def upscale_store(source: Path, out: Path, size: int) -> Path:
+    """A prepared store's faces resized to `size` (each face as `poi prepare` resizes a dataset's
+    own crops: faces.resize_face), its manifest unchanged: FERPlus at 96 px from the carried 48-px
+    pack, the same pixels `poi prepare ferplus RAW --size 96` stores where the 48-px faces are exact."""
+    import numpy as np
+    from PIL import Image
+
+    from poi_cli.data.faces import resize_face
+
+    faces = np.load(source / "faces.npy", mmap_mode="r")
+    out.mkdir(parents=True, exist_ok=True)
+    temp = out / ".faces.npy.tmp"
+    resized = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8, shape=(faces.shape[0], size, size, 3))
+    for i in range(faces.shape[0]):
+        resized[i] = resize_face(Image.fromarray(np.asarray(faces[i])), size)
+    resized.flush()
+    del resized
+    os.replace(temp, out / "faces.npy")
+    shutil.copyfile(source / "manifest.csv", out / "manifest.csv")
+    meta = json.loads((source / "prepared.json").read_text())
+    meta["size"] = size
+    meta["preprocessing"] = {**meta["preprocessing"], "face_size": size, "input_size": size}
+    meta["upscaled_from"] = {"store": str(source), "size": int(faces.shape[1])}
+    (out / "prepared.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return out
+
+
+def cmd_bundle_data(args: argparse.Namespace) -> int:
+    """The bundle stage's combined folder: FERPlus (the data stage's 48-px store) resized to
+    --size, SFEW unpacked from its pack, `poi combine` of the two with SFEW drawn 4x."""
+    from poi_cli.data.combined import combine
+    from poi_cli.data.store import PreparedDataset
+
+    work = Path(args.work) / "bundle"
+    work.mkdir(parents=True, exist_ok=True)
+    size = args.size
+    started = time.perf_counter()
+    ferplus = upscale_store(Path(args.ferplus), work / f"ferplus{size}", size)
+    result: dict[str, Any] = {"upscale_s": round(time.perf_counter() - started, 1), "size": size}
+    sfew = work / f"sfew{size}"
+    if args.dry_run:
+        source = synthetic_store(work / "synthetic_sfew_source", size, {"train": 3, "val": 2}, num_classes=7, colour=True)
+        pack_store(source, work / "synthetic_sfew_pack")
+        result["sfew_unpack"] = unpack_store(work / "synthetic_sfew_pack", sfew)
+        result["sfew_source"] = "synthetic colour stripes (dry run), packed and unpacked as the SFEW pack is"
+    else:
+        result["sfew_unpack"] = unpack_store(Path(args.sfew_pack), sfew)
+        result["sfew_source"] = f"the carried pack {Path(args.sfew_pack).name}"
+    members = [PreparedDataset(ferplus), PreparedDataset(sfew)]
+    if members[1].size != size:
+        raise SystemExit(f"{args.sfew_pack} holds {members[1].size}-px faces, the bundle trains at {size}: "
+                         f"pack SFEW with `pack-sfew --size {size}`")
+    combined = combine([ferplus, sfew], work / "combined", weights=[1.0, float(SFEW_WEIGHT)])
+    rows = {d.root.name: int(len(d.split("train").labels)) for d in members}
+    val = {d.root.name: int(len(d.split(d.validation_split()).labels)) for d in members}
+    result.update(combined=str(combined), ferplus=str(ferplus), sfew=str(sfew), train_rows=rows, val_rows=val,
+                  epoch_images=rows[ferplus.name] + SFEW_WEIGHT * rows[sfew.name], n_val=sum(val.values()))
+    print(json.dumps(result, indent=1))
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
 # ------------------------------------------------------------------------------ pack-data
 
 
-def travelling_bytes(exclude: Path) -> Optional[int]:
+def travelling_bytes(*exclude: Path) -> Optional[int]:
     """Bytes a device call sends besides the carried paths: tracked and untracked-not-ignored
-    files (and shared/ inside the checkout), `exclude` left out."""
+    files (and shared/ inside the checkout), the folders `exclude` left out."""
     try:
         listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                                 capture_output=True, check=True).stdout.split(b"\0")
@@ -1080,12 +1309,42 @@ def travelling_bytes(exclude: Path) -> Optional[int]:
     total = 0
     for name in filter(None, listed):
         path = ROOT / os.fsdecode(name)
-        if path.is_file() and exclude not in path.parents:
+        if path.is_file() and not any(folder in path.parents for folder in exclude):
             total += path.stat().st_size
     shared = ROOT / "shared"
     if shared.is_dir():
         total += sum(p.stat().st_size for p in shared.rglob("*") if p.is_file())
     return total
+
+
+def cmd_pack_sfew(args: argparse.Namespace) -> int:
+    """SFEW 2.0 (train and val, colour) at the bundle stage's size, packed beside the FERPlus pack."""
+    out = Path(args.out).resolve()
+    with tempfile.TemporaryDirectory(prefix="poi_sfew_") as temp:
+        if args.prepared:
+            source = Path(args.prepared).resolve()
+        else:
+            raw = Path(args.raw) if args.raw else next((p for p in SFEW_RAW_CANDIDATES if p.is_dir()), None)
+            if raw is None or not raw.is_dir():
+                raise SystemExit("no SFEW 2.0: give --raw RAW_DIR (its Train/ and Val/ folders) or --prepared DIR")
+            source = Path(temp) / f"sfew{args.size}"
+            subprocess.run([sys.executable, "-m", "poi_cli", "prepare", "sfew", str(raw), "--out", str(source),
+                            "--size", str(args.size)], check=True, cwd=ROOT)
+        meta = json.loads((source / "prepared.json").read_text())
+        if meta.get("dataset") != "sfew" or meta.get("size") != args.size:
+            raise SystemExit(f"{source} holds {meta.get('dataset')!r} at {meta.get('size')} px, not SFEW at {args.size}")
+        info = pack_store(source, out, args.quality)
+    ferplus = Path(args.ferplus_pack).resolve()
+    ferplus_bytes = sum(p.stat().st_size for p in ferplus.iterdir()) if ferplus.is_dir() else 0
+    others = travelling_bytes(out, ferplus)  # the tree without both packs; both are carried
+    total = None if others is None else others + ferplus_bytes + info["bytes"]
+    with_ferplus = f"with the FERPlus pack ({ferplus_bytes / 2**20:.1f} MiB)" if ferplus_bytes else "without a FERPlus pack"
+    note = "" if total is None else f"; {with_ferplus} a device call would carry {total / 2**20:.1f} MiB of {TRAVEL_LIMIT / 2**20:.0f}"
+    print(f"{out}: {info['bytes'] / 2**20:.1f} MiB at WebP quality {args.quality} ({json.dumps(info['splits'])}){note}")
+    if total is not None and total > TRAVEL_LIMIT:
+        raise SystemExit("over what a device call carries: `python scripts/gpu_pack.py withhold` leaves the model "
+                         "weights behind (`restore` after the call)")
+    return 0
 
 
 def cmd_pack_data(args: argparse.Namespace) -> int:
@@ -1215,8 +1474,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--work", default=None, help="working folder (default: a temporary one, removed at the end)")
     run.add_argument("--keep-work", action="store_true", help="keep the temporary working folder")
     run.add_argument("--budget", type=float, default=None, help="seconds for the whole pack (default 540; dry run 300)")
-    run.add_argument("--stages", default=None, help="comma-separated stages to run (default all: "
-                                                    + ",".join(p.name for p in PLAN) + ")")
+    run.add_argument("--stages", default=None, help="comma-separated stages to run, among " + ",".join(p.name for p in PLAN)
+                                                    + " (default: " + ",".join(DEFAULT_STAGES) + ")")
     run.add_argument("--data", default=None, help="a prepared FERPlus store for the noise runs (instead of the pack)")
     run.add_argument("--data-pack", default=str(DEFAULT_PACK), help="the carried pack (pack-data's output)")
     run.add_argument("--throughput-steps", type=int, default=20, help="steps per timed epoch of the throughput stage")
@@ -1235,6 +1494,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--noise-warmup", type=float, default=0.0,
                      help="epochs of linear lr warm-up (`poi train --warmup-epochs`; the first H200 runs, without one, "
                           "sat at the majority class for their first 7 to 9 of 26 epochs)")
+    run.add_argument("--sfew-pack", default=str(DEFAULT_SFEW_PACK), help="the bundle stage's SFEW (pack-sfew's output)")
+    run.add_argument("--bundle-epochs", type=int, default=None, help="round 1's epochs (default: as many as fit)")
+    run.add_argument("--bundle-max-epochs", type=int, default=80, help="at most this many (the CPU's round 1 had 40)")
+    run.add_argument("--bundle-fine-tune", type=float, default=0.5,
+                     help="round 2's epochs as a share of round 1's (fine-tuned from it at 0.4 x the lr, it the teacher)")
+    run.add_argument("--bundle-size", type=int, default=96)
+    run.add_argument("--bundle-batch", type=int, default=128)
+    run.add_argument("--bundle-lr", type=float, default=0.1)
     run.add_argument("--clean-threshold", type=float, default=None,
                      help="--clean-threshold of the cleaning round (default: poi clean --auto's choice)")
     env = sub.add_parser("env", help="stage helper: the environment report")
@@ -1245,6 +1512,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--dry-run", action="store_true")
     data.add_argument("--prepared", default=None)
     data.add_argument("--pack", default=str(DEFAULT_PACK))
+    bundle = sub.add_parser("bundle-data", help="stage helper: the bundle stage's combined FERPlus + SFEW folder")
+    bundle.add_argument("--work", required=True)
+    bundle.add_argument("--json", required=True)
+    bundle.add_argument("--ferplus", required=True, help="the data stage's FERPlus store (48 px)")
+    bundle.add_argument("--size", type=int, default=96)
+    bundle.add_argument("--sfew-pack", default=str(DEFAULT_SFEW_PACK))
+    bundle.add_argument("--dry-run", action="store_true")
     batch = sub.add_parser("poi-batch", help="stage helper: poi command lines in one process")
     batch.add_argument("--commands", required=True, help="a JSON list of argument lists")
     batch.add_argument("--record", required=True)
@@ -1256,6 +1530,13 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--margin-mib", type=float, default=2.0, help="room to leave under the 64 MiB a call carries")
     pack.add_argument("--fit", action=argparse.BooleanOptionalAction, default=True,
                       help="lower the quality until the call fits (default on)")
+    sfew = sub.add_parser("pack-sfew", help="here, where SFEW 2.0 is: its faces for the bundle stage")
+    sfew.add_argument("--raw", default=None, help="SFEW 2.0's Train/ and Val/ (default ../shared/datasets/sfew)")
+    sfew.add_argument("--prepared", default=None, help="or a store `poi prepare sfew RAW --size 96` wrote")
+    sfew.add_argument("--size", type=int, default=96)
+    sfew.add_argument("--out", default=str(DEFAULT_SFEW_PACK))
+    sfew.add_argument("--ferplus-pack", default=str(DEFAULT_PACK), help="the FERPlus pack the same call carries")
+    sfew.add_argument("--quality", type=int, default=90, help="WebP quality of the training faces (val: lossless PNG)")
     sub.add_parser("withhold", help="before a device call: leave the model weights (about 80 MiB) behind")
     sub.add_parser("restore", help="after it: track the weights again")
     return parser
@@ -1263,8 +1544,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"run": cmd_run, "env": cmd_env, "data": cmd_data, "poi-batch": cmd_poi_batch, "pack-data": cmd_pack_data,
-                "withhold": cmd_withhold, "restore": cmd_restore}
+    commands = {"run": cmd_run, "env": cmd_env, "data": cmd_data, "bundle-data": cmd_bundle_data, "poi-batch": cmd_poi_batch,
+                "pack-data": cmd_pack_data, "pack-sfew": cmd_pack_sfew, "withhold": cmd_withhold, "restore": cmd_restore}
     return commands[args.command](args)
 
 

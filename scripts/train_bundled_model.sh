@@ -21,6 +21,10 @@
 #
 #   bash scripts/train_bundled_model.sh [STEP ...]   # default: every step, in order
 #
+# A round trained elsewhere (the GPU pack's bundle stage brings back bundle_round2.fp16.pt)
+# goes on from its file: ROUND2=FILE for round 3 on top of it, ROUND3=FILE to pack it as it is;
+# MODEL_OUT=runs/candidate/model packs a candidate beside the shipped model instead of over it.
+#
 # Resumable: run it again after an interruption; finished steps are kept, a killed run
 # continues from its last.pt. Nothing from a validation or test split is trained on:
 # FERPlus valid and SFEW val select the epoch and fit the calibration.
@@ -41,7 +45,7 @@ WILD=(--gray-mix 0.3 --blur 0.2 --jpeg 0.2 --scale-jitter 0.1 --rotate 10)
 [ "$ARM" = wild ] || WILD=()
 SOFT=(--soft-labels)
 [ "$(basename "$ROUND3")" = soft ] || SOFT=()
-OUT=poi_cli/weights/poi_ferplus8_resnet10_96
+OUT="${MODEL_OUT:-poi_cli/weights/poi_ferplus8_resnet10_96}"   # the packed model's files: OUT.fp16.pt, OUT.onnx
 PACKED="$(dirname "$ROUND3")/round3.fp16.pt"       # round 3 packed and calibrated, before its head is re-fitted
 CARD="${CARD:-runs/bundle4/card}"
 
@@ -83,6 +87,7 @@ round2() {
 }
 
 round3() {  # the wild augmentations always (round 2 chose them)
+  [ -f "$ROUND3" ] && return  # a checkpoint file was given
   if finished "$ROUND3" 6; then return; fi
   if [ -f "$ROUND3/last.pt" ]; then "$POI" train --resume "$ROUND3" --threads "$THREADS"; return; fi
   "$POI" train "$BOTH" "${SOFT[@]}" --arch resnet10 --size $SIZE --fine-tune "$ROUND2" --teacher "$ROUND2" \
@@ -92,6 +97,7 @@ round3() {  # the wild augmentations always (round 2 chose them)
 }
 
 pack() {
+  mkdir -p "$(dirname "$OUT")"
   "$POI" export "$ROUND3" --format weights --out "$PACKED"
   "$POI" calibrate "$PACKED" "$FERPLUS" --split val --fusion auto --flip auto --in-place --threads "$THREADS"
   "$POI" refit-head "$PACKED" "$BOTH" --out "$OUT.fp16.pt" --class-power 0,0.25,0.5,0.75,1 --l2 1e-5,1e-4,1e-3 \

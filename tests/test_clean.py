@@ -329,6 +329,26 @@ def test_rounds_stop_when_a_cleaning_changes_no_label(tmp_path):
     assert not (project / "exp_round2").exists() and not (project / "exp_round3").exists()
 
 
+def test_a_taught_round_trains_on_unchanged_labels_instead_of_stopping(tmp_path):
+    """With --rounds-teacher (or --rounds-fine-tune) round 2 is no repeat of round 1 when the
+    cleaning changes no label: it trains on the same labels, taught by round 1 (as the bundled
+    model's round 2 did, whose audit relabelled nothing)."""
+    prepared = make_prepared(tmp_path / "data", splits=SPLITS)
+    project = tmp_path / "runs"
+    result = runner.invoke(app, ["train", str(prepared), "--rounds", "2", "--rounds-teacher", "--rounds-fine-tune", "1",
+                                 "--clean-threshold", "1.0", "--size", "64", "--epochs", "1", "--batch", "7", "--amp", "off",
+                                 "--project", str(project)])
+    assert result.exit_code == 0, result.output
+    labels = project / "exp" / "clean" / "labels.csv"
+    assert json.loads(labels.with_suffix(".json").read_text())["n_changed"] == 0
+    assert "changed no label" in " ".join(result.output.split()) and "is the last round" not in result.output
+    assert "trains on the same labels, taught by exp and fine-tuned from exp" in " ".join(result.output.split())
+    config = json.loads((project / "exp_round2" / "config.json").read_text())
+    assert Path(config["teacher"]).name == Path(config["fine_tune"]).name == "exp"
+    assert config["labels"] == str(labels.resolve())
+    assert len(pd.read_csv(project / "exp_round2" / "results.csv")) == 1
+
+
 def test_rounds_on_a_subset_label_file_keep_the_left_out_images_out(tmp_path):
     """A run trained on a `poi noise --subset` file audits only its own images; the cleaned
     file must still name every image of the split (label -1 for the others) to train on."""

@@ -57,7 +57,9 @@ def test_dry_run_writes_what_a_device_call_brings_back(tmp_path):
     assert summary["pack"]["dry_run"] and summary["pack"]["status"] == "ok"
     stages = summary["stages"]
     assert {name: stages[name]["status"] for name in stages} == {
-        "env": "ok", "tests": "ok", "throughput": "ok", "throughput_compile": "skipped", "data": "ok", "noise": "ok"}
+        "env": "ok", "tests": "ok", "throughput": "ok", "throughput_compile": "skipped", "data": "ok", "bundle": "skipped",
+        "noise": "ok"}
+    assert stages["bundle"]["reason"] == "not selected (--stages)"  # a call of its own
     assert stages["env"]["result"]["torch"]
     tests = stages["tests"]["result"]
     assert tests["failed"] == tests["errors"] == 0 and tests["passed"] >= 5  # the GPU cases, run on the CPU
@@ -108,6 +110,55 @@ def test_pack_keeps_valid_exact_and_training_faces_close(tmp_path):
     assert meta["carried"]["splits"]["train"]["quality"] == 85
 
 
+def test_bundle_dry_run_brings_back_both_rounds_as_packed_weights(tmp_path):
+    """`--stages data,bundle`: FERPlus resized and combined with a colour SFEW-like member, poi's
+    own two rounds (audit, clean, round 1 teaching round 2), each evaluated per member and
+    brought back as fp16 weights that poi loads, beside the four summary files."""
+    from poi_cli.model.checkpoint import read_checkpoint_info
+
+    out = tmp_path / "out"
+    done = dry_run(tmp_path, "--stages", "data,bundle")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    files = list(out.rglob("*"))
+    assert sorted(p.name for p in files) == ["bundle_round1.fp16.pt", "bundle_round2.fp16.pt", "details.tar.gz",
+                                             "pack.log", "summary.json", "summary.md"]
+    assert all(p.parent == out and p.stat().st_size < 16 * 2**20 for p in files)  # what a device call brings back
+
+    bundle = json.loads((out / "summary.json").read_text())["stages"]["bundle"]
+    assert bundle["status"] == "ok" and bundle["data"]["train_rows"] == {"ferplus64": 48, "sfew64": 21}
+    assert bundle["data"]["epoch_images"] == 48 + 4 * 21  # SFEW drawn 4 times per epoch
+    first, second = bundle["runs"]["bundle"], bundle["runs"]["bundle_round2"]
+    for run in (first, second):
+        assert run["epochs_done"] == 1 and set(run["eval_by_dataset"]) == {"ferplus64", "sfew64"}
+        assert set(run["val_acc_by_dataset_final"]) == {"ferplus64", "sfew64"}
+    assert first["teacher"] is None and second["teacher"].endswith("bundle")  # --rounds-teacher
+    assert second["fine_tune"].endswith("bundle") and second["labels"].endswith("bundle/clean/labels.csv")
+    assert "--gray-mix 0.3" in bundle["recipe"] and "--rounds 2" in bundle["recipe"]
+
+    info = read_checkpoint_info(out / "bundle_round2.fp16.pt")
+    assert info.packed and info.input_size == 64 and len(info.classes) == 8 and info.classes[-1] == "contempt"
+    assert not info.preprocessing.grayscale  # one colour member: a colour model
+    assert "## The bundled model's recipe" in (out / "summary.md").read_text()
+
+
+def test_upscaled_ferplus_is_what_prepare_stores_at_that_size(tmp_path):
+    """The bundle stage's FERPlus at 96 px comes from the carried 48-px faces: resized as `poi
+    prepare` resizes a dataset's crops, so lossless faces give exactly the prepared pixels."""
+    from poi_cli.data.prepare import prepare
+    from test_prepare import make_ferplus
+
+    raw = make_ferplus(tmp_path / "raw")
+    small = prepare("ferplus", raw, tmp_path / "f48", size=48, show_progress=False).out_dir
+    large = prepare("ferplus", raw, tmp_path / "f96", size=96, show_progress=False).out_dir
+    upscaled = gpu_pack_module().upscale_store(Path(small), tmp_path / "up96", 96)
+    expected = np.load(Path(large) / "faces.npy")
+    assert expected.shape[1] == 96 and expected.std() > 0
+    assert np.array_equal(np.load(upscaled / "faces.npy"), expected)
+    assert (upscaled / "manifest.csv").read_text() == (Path(small) / "manifest.csv").read_text()
+    meta = json.loads((upscaled / "prepared.json").read_text())
+    assert meta["size"] == meta["preprocessing"]["face_size"] == meta["preprocessing"]["input_size"] == 96
+
+
 @pytest.mark.parametrize("epochs, steps", [(1, "1"), (3, "3"), (4, "2,3"), (12, "6,9"), (25, "12,19"), (60, "30,45")])
 def test_noise_schedule_divides_lr_at_half_and_three_quarters(epochs, steps):
     assert gpu_pack_module().lr_steps(epochs) == steps
@@ -127,6 +178,13 @@ def test_the_noise_reserve_never_squeezes_out_the_data_the_noise_runs_need():
     assert gpu_pack.stage_allowance(plans["tests"], 900, {"tests", "noise"}, dry=False) == plans["tests"].cap_s
     assert gpu_pack.stage_allowance(plans["tests"], 100, {"tests"}, dry=False) == 100 - final
     assert gpu_pack.stage_allowance(plans["tests"], 100, {"tests", "noise"}, dry=True) == 100 - final - gpu_pack.DRY_NOISE_MIN_S
+    # the bundle stage's reserve likewise, and the bundle stage keeps the noise stage's when both run
+    bundle = gpu_pack.RESERVE_S["bundle"]
+    assert gpu_pack.stage_allowance(plans["tests"], 600, {"tests", "data", "bundle"}, dry=False) == plans["tests"].cap_s
+    assert gpu_pack.stage_allowance(plans["tests"], 300, {"tests", "data", "bundle"}, dry=False) == 300 - final - bundle
+    assert gpu_pack.stage_allowance(plans["data"], 100, {"data", "bundle", "noise"}, dry=False) == plans["data"].cap_s
+    assert gpu_pack.stage_allowance(plans["bundle"], 500, {"data", "bundle", "noise"}, dry=False) == 500 - final - reserve
+    assert gpu_pack.stage_allowance(plans["bundle"], 500, {"data", "bundle"}, dry=False) == 500 - final
 
 
 def test_noise_runs_and_seed_name_their_folders_and_rows(tmp_path):
@@ -146,11 +204,21 @@ def test_noise_runs_and_seed_name_their_folders_and_rows(tmp_path):
 @pytest.mark.parametrize("options, error", [(["--stages", "noise"], "add data"),
                                             (["--noise-seed", "-1"], "must be 0 or more"),
                                             (["--noise-warmup", "-2"], "must be 0 or more"),
+                                            (["--stages", "bundle"], "add data"),
+                                            (["--bundle-fine-tune", "0"], "--bundle-fine-tune in (0, 2]"),
+                                            (["--bundle-epochs", "0"], "must be 1 or more"),
                                             (["--stages", ","], "(none)")])
 def test_options_a_pack_cannot_run_are_refused_before_any_folder(tmp_path, options, error):
     with pytest.raises(SystemExit, match=re.escape(error)):
         gpu_pack_module().main(["run", "--dry-run", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
                                 *options])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+
+
+def test_a_bundle_call_without_the_sfew_pack_is_refused_before_any_folder(tmp_path):
+    with pytest.raises(SystemExit, match="pack-sfew"):
+        gpu_pack_module().main(["run", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+                                "--stages", "data,bundle", "--sfew-pack", str(tmp_path / "nowhere")])
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
 
 

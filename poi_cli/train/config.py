@@ -35,6 +35,10 @@ ALL_FOLDS = "all"  # --fold all: every fold in turn (poi_cli/pipeline.py)
 # 12 epochs at 0.02 after round 1's 0.05 beat round 2 from scratch on two seeds; 6 at 0.01 matched it)
 ROUNDS_FINE_TUNE_LR_FACTOR = 0.4
 SWITCHES = ("auto", "on", "off")
+# the bundled model's augmentations for faces in the wild (issue 25; its round 2 kept them on
+# validation): scripts/train_bundled_model.sh's WILD, the GPU pack's bundle stage, and
+# benchmarks/train_throughput.py --wild
+WILD_AUGMENTATIONS = {"gray_mix": 0.3, "blur": 0.2, "jpeg": 0.2, "scale_jitter": 0.1, "rotate": 10.0}
 SECTIONS = ("model", "loss", "optimiser", "augmentation", "data", "run")
 MODEL, LOSS, OPTIMISER, AUGMENTATION, DATA, RUN = SECTIONS
 
@@ -255,3 +259,8 @@ _FIELD_NAMES = frozenset(f.name for f in fields(TrainConfig))
 def field_default(f: Field) -> Any:
     """A field's default value."""
     return f.default_factory() if f.default is MISSING else f.default
+
+
+def cli_flags(values: dict[str, Any]) -> list[str]:
+    """TrainConfig field values as `poi train` flags: {"gray_mix": 0.3} -> ["--gray-mix", "0.3"]."""
+    return [part for name, value in values.items() for part in (f"--{name.replace('_', '-')}", f"{value:g}")]
