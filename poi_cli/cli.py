@@ -367,9 +367,9 @@ def evaluate(
     """Accuracy, per-class recall, confusion matrix, calibration of confidence and consistency, strata and PIN accuracies of a model."""
     use_threads(threads)
     from poi_cli.core.atomic import command_output_folder
-    from poi_cli.study.evaluate import evaluate as run_evaluate, write_reports
+    from poi_cli.study.evaluate import EVALUATE_OUTPUTS, evaluate as run_evaluate, write_reports
 
-    with user_errors(), command_output_folder(out, "--out", "runs/evaluate") as out_dir:  # before the work
+    with user_errors(), command_output_folder(out, "--out", "runs/evaluate", EVALUATE_OUTPUTS) as out_dir:  # before the work
         result = run_evaluate(model, prepared_dir, split=split, device=device, batch=batch, amp=amp)
         files = write_reports(result, out_dir)
     if as_json:
@@ -559,9 +559,9 @@ def report(
     """Tables (final / best accuracy, noise, ablations, calibration, confidence and consistency strata) and plots of training runs; see docs/predict.md."""
     use_threads(threads)
     from poi_cli.core.atomic import command_output_folder
-    from poi_cli.study.report import build_report
+    from poi_cli.study.report import REPORT_OUTPUTS, build_report
 
-    with user_errors(), command_output_folder(out, "--out", "runs/report") as out_dir:
+    with user_errors(), command_output_folder(out, "--out", "runs/report", REPORT_OUTPUTS) as out_dir:
         result = build_report(run_dirs or [], out_dir, data=data, split=split, device=device)
     show(*render.report_skipped(result), to=err_console)
     show(*render.report_summary(result))
@@ -582,13 +582,13 @@ def audit(
 ) -> None:
     """Rank every labelled image by how strongly the PIN's objective inference disagrees with its label; see docs/audit.md."""
     use_threads(threads)
-    from poi_cli.study.audit import SUSPICION_THRESHOLDS, audit as run_audit, write_audit
+    from poi_cli.study.audit import AUDIT_OUTPUTS, SUSPICION_THRESHOLDS, audit as run_audit, write_audit
     from poi_cli.core.atomic import command_output_folder
 
     if cross_fit and (labels or baseline or split != "train"):
         fail("--cross-fit audits the labels the run trained on, on its training split: drop --labels, --baseline and --split")
     with (user_errors("interrupted: finished fold models are kept; run the same command again to resume"),
-          command_output_folder(out, "--out", "runs/audit") as out_dir):
+          command_output_folder(out, "--out", "runs/audit", AUDIT_OUTPUTS) as out_dir):
         if cross_fit:
             from poi_cli.pipeline import cross_fit_audit
 

@@ -178,6 +178,20 @@ def test_face_record_json_and_row_forms():
     assert "aus" not in FaceRecord.empty("a.jpg", "error", "broken").to_dict()  # no --show-au: no AU keys
 
 
+def test_a_face_answered_with_non_finite_probabilities_is_an_error_not_the_first_class():
+    """A broken model's NaN answers: argmax would say the first class with a NaN confidence (and
+    --json would print bare NaN, which is not JSON); the face is an error record instead."""
+    import json
+
+    from poi_cli.data.faces import Face
+    from poi_cli.deploy.records import FaceRecord
+
+    face = Face(box=np.array([0.0, 0.0, 10.0, 10.0]), landmarks=None, score=None)
+    record = FaceRecord.of_face("a.jpg", 0, face, ("happiness", "neutral"), np.array([np.nan, np.nan]), 0.5)
+    assert record.status == "error" and "not finite" in record.reason and record.expression is None
+    json.dumps(record.to_dict(), allow_nan=False)  # valid JSON: no bare NaN
+
+
 def test_a_face_record_counts_the_regions_that_agree_and_names_the_pins_expression(tmp_path):
     import csv
 

@@ -410,6 +410,9 @@ BAD_CHECKPOINTS = {
                          "1 tensor(s) missing"),
     "a weight too many": (change_weights(lambda w: {**w, "extra.weight": w[first_linear_weight(w)]}),
                           "unexpected tensor(s), e.g. extra.weight"),
+    # a diverged training: answered, every face would be NaN and the first class
+    "a weight NaN": (change_weights(lambda w: {**w, (k := first_linear_weight(w)): w[k] * float("nan")}),
+                     "weights are not finite"),
 }
 LOADERS = {
     "evaluate": ["evaluate", "CKPT", "DATA", "--out", "TMP/eval"],
@@ -435,6 +438,51 @@ def test_a_broken_checkpoint_is_one_line_for_every_command_that_loads_one(bad: s
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], (bad, loader, result.stderr)
     assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() == kept
+
+
+FOLDER_COMMANDS = {  # command: its argv with --out OUT, a file it writes there
+    "evaluate": (["evaluate", "RUN", "DATA", "--out", "OUT", "--threads", "1"], "metrics.json"),
+    "audit": (["audit", "RUN", "DATA", "--out", "OUT", "--threads", "1"], "audit.csv"),
+    "report": (["report", "RUN", "--out", "OUT"], "report.md"),
+}
+
+
+def folder_argv(command: str, world: dict[str, Path], out: Path) -> list[str]:
+    argv = FOLDER_COMMANDS[command][0]
+    return [{"RUN": str(world["RUN"]), "DATA": str(world["DATA"]), "OUT": str(out)}.get(a, a) for a in argv]
+
+
+@pytest.mark.parametrize("command", sorted(FOLDER_COMMANDS))
+def test_an_output_folder_keeps_the_users_files_and_takes_the_commands_own(command: str, world) -> None:
+    """`--out DIR` of evaluate, audit and report: a file of the user's there under a name the
+    command writes (their own metrics.json, notes in report.md, a reviewed audit.csv) is refused
+    in one line before any work (they were replaced); the command's own earlier output there is
+    replaced (a re-run), and an unrelated file beside it stays."""
+    out = world["TMP"] / "mine"
+    out.mkdir()
+    written = FOLDER_COMMANDS[command][1]
+    (out / written).write_text("my own notes\n")
+    (out / "thesis.txt").write_text("keep me\n")
+    result = runner.invoke(app, folder_argv(command, world, out))
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and f"holds {written}" in lines[0], result.output
+    assert (out / written).read_text() == "my own notes\n" and sorted(p.name for p in out.iterdir()) == [written, "thesis.txt"]
+    (out / written).unlink()
+    for _ in range(2):  # the command's own folder, written, then rewritten
+        result = runner.invoke(app, folder_argv(command, world, out))
+        assert result.exit_code == 0, result.output
+    assert (out / written).read_text() != "my own notes\n" and (out / "thesis.txt").read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "audit"])
+@pytest.mark.parametrize("target", ["DATA", "RUN"])
+def test_an_output_folder_is_never_the_dataset_or_the_run_it_reads(command: str, target: str, world) -> None:
+    before = sorted(p.name for p in world[target].iterdir())
+    result = runner.invoke(app, folder_argv(command, world, world[target]))
+    lines = result.stderr.strip().splitlines()
+    what = "a prepared folder" if target == "DATA" else "a run folder"
+    assert result.exit_code == 1 and len(lines) == 1 and what in lines[0], result.output
+    assert sorted(p.name for p in world[target].iterdir()) == before
 
 
 def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path: Path) -> None:

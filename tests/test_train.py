@@ -181,6 +181,17 @@ def test_bad_input_is_one_line_error(tmp_path):
     assert result.exit_code == 1 and "never selected on the test split" in result.output
 
 
+def test_an_epoch_whose_last_update_breaks_the_weights_stops_the_run_without_saving_them(tmp_path):
+    """One step per epoch at an absurd lr: the loss is finite when checked (before the update),
+    the update leaves weights whose outputs overflow; the run stops in one line and saves no
+    checkpoint of them (once it said `done` and its model answered every face with NaN)."""
+    data = make_prepared(tmp_path / "data", splits={"train": 6, "valid": 1})
+    result = CliRunner().invoke(app, ["train", str(data), "--arch", "resnet10", "--size", "64", "--batch", "64",
+                                      "--lr", "1e8", "--epochs", "1", "--amp", "off", "--project", str(tmp_path / "runs")])
+    assert result.exit_code == 1 and "became non-finite in epoch 1" in result.output, result.output
+    assert "done" not in result.output and not list((tmp_path / "runs").rglob("*.pt"))
+
+
 @pytest.mark.parametrize("target", [LossConfig, ModelConfig])
 def test_train_config_has_the_defaults_of_the_loss_and_the_model(target):
     """TrainConfig takes LossConfig's defaults (model/loss_config.py) and writes ModelConfig's

@@ -15,6 +15,7 @@ import os
 import stat
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -249,21 +250,65 @@ def output_folder(path: str | Path, option: str, of: str | Path | None = None) -
     return path
 
 
+@dataclass(frozen=True)
+class FolderOutputs:
+    """What a command writes into its --out folder: file names (glob patterns: `curves_*.png`),
+    and the file by which it knows a folder as its own earlier output (`marker`, recognised
+    by `is_own`) and may replace what it wrote there."""
+
+    command: str  # "poi evaluate"
+    patterns: tuple[str, ...]
+    marker: str
+    is_own: Callable[[Path], bool]
+
+
+def json_with_keys(path: Path, *keys: str) -> bool:
+    """`path` holds a JSON object with all of `keys` (a command's own summary file)."""
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(values, dict) and all(key in values for key in keys)
+
+
+def check_output_folder(folder: Path, option: str, outputs: FolderOutputs) -> None:
+    """Before any work: a --out folder the user named is no prepared or run folder (the command
+    would add its files to a dataset or a run), and a file in it under a name the command writes
+    is replaced only when the folder is the command's own earlier output (its marker): never a
+    user's metrics, notes, tables or photos. PoiError, one line."""
+    from poi_cli.core.errors import PoiError
+    from poi_cli.core.layout import BEST, CONFIG_FILE, LAST, META_FILE
+
+    if (folder / META_FILE).is_file():
+        raise PoiError(f"{option} {folder} is a prepared folder; choose another folder")
+    if any((folder / name).is_file() for name in (CONFIG_FILE, LAST, BEST)):
+        raise PoiError(f"{option} {folder} is a run folder; choose another folder")
+    taken = sorted(path.name for pattern in outputs.patterns for path in folder.glob(pattern)
+                   if path.is_file() and path.stat().st_size > 0)
+    if taken and not ((folder / outputs.marker).is_file() and outputs.is_own(folder / outputs.marker)):
+        raise PoiError(f"{option} {folder} holds {taken[0]}, which {outputs.command} did not write there: a command "
+                       "replaces only its own earlier output; choose another folder (or remove the file)")
+
+
 @contextmanager
 def command_output_folder(out: Optional[str | Path], option: str,
-                          default_project: Optional[str | Path] = None) -> Iterator[Path]:
+                          default_project: Optional[str | Path] = None,
+                          outputs: Optional[FolderOutputs] = None) -> Iterator[Path]:
     """A command's output folder for the duration of its work: `out` checked and made before
     the work (output_folder), or, without one, the next numbered folder under
     default_project (next_run_dir: exp, exp2, ...), claimed (core.locks: a second command
     into the same folder stops with one line). If the work fails, the folders this made
     are removed again where they are still empty: a failed command leaves no empty folder
-    behind (a folder with a finished part in it, e.g. cross-fit models, stays)."""
+    behind (a folder with a finished part in it, e.g. cross-fit models, stays). `outputs`:
+    the files the command writes there, checked in a folder the user named (check_output_folder)."""
     from poi_cli.core.locks import claim
 
     if out is None and default_project is None:
         raise ValueError(f"{option} needs a folder name")
     start = Path(out if out is not None else default_project)
     made = [p for p in (start, *start.parents) if not p.exists()]  # deepest first
+    if out is not None and outputs is not None and Path(out).is_dir():
+        check_output_folder(Path(out), option, outputs)
     folder = output_folder(out, option) if out is not None else next_run_dir(default_project, "exp")
     if out is None and folder not in made:
         made.insert(0, folder)

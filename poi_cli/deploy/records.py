@@ -28,7 +28,8 @@ from poi_cli.core.atomic import write_csv
 from poi_cli.core.errors import PoiError
 from poi_cli.core.manifests import REGION_NAMES, REGIONS, au_columns
 from poi_cli.core.outputs import regions_agreeing
-from poi_cli.core.schema import DETECTOR_MTCNN, DETECTOR_NONE, LANDMARK_NAMES, PREDICT_STATUSES, STATUS_OK, VIDEO_COLUMNS
+from poi_cli.core.schema import (DETECTOR_MTCNN, DETECTOR_NONE, LANDMARK_NAMES, PREDICT_STATUSES, STATUS_ERROR, STATUS_OK,
+                               VIDEO_COLUMNS)
 
 if TYPE_CHECKING:  # pandas is imported where a DataFrame is built (it is not a deploy dependency)
     import pandas as pd
@@ -108,6 +109,9 @@ class FaceRecord:
         AU and region values are None when the model has no AU nets / no PIN. A face without
         landmarks is a whole image taken as a face (--no-detect): no landmarks, no score,
         detector `none`."""
+        if not np.isfinite(probabilities).all():  # a diverged model: argmax would name the first class
+            return cls.empty(source, STATUS_ERROR, "the model's output is not finite (NaN or infinity): a broken model",
+                             show_au)
         detected = face.landmarks is not None
         predicted = int(np.argmax(probabilities))
         aus = regions = None

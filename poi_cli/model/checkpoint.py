@@ -141,6 +141,11 @@ def load_checkpoint(path: str | Path) -> dict:
     problem = weights_mismatch(weights, config)
     if problem:
         raise CheckpointError(f"{path}: its weights do not fit the model its model_config describes ({problem})")
+    # a diverged training's weights would answer every face with NaN (and argmax: the first class)
+    broken = next((k for k, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if broken:
+        raise CheckpointError(f"{path}: its weights are not finite ({broken} holds NaN or infinity): "
+                              "the training diverged; train again (a lower --lr)")
     return checkpoint
 
 

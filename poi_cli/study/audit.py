@@ -27,7 +27,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import pandas as pd
 from poi_cli.core.errors import PoiError
-from poi_cli.core.atomic import atomic_write_text, save_image, write_json
+from poi_cli.core.atomic import FolderOutputs, atomic_write_text, json_with_keys, save_image, write_json
 from poi_cli.core.metrics import roc_auc
 from poi_cli.data.noise import flip_labels, noise_targets
 from poi_cli.data.store import PreparedDataset, SplitData
@@ -36,6 +36,9 @@ from poi_cli.model.predictions import SplitPredictions, predict_checkpoint_split
 
 SUSPICION_THRESHOLDS = (0.5, 0.7, 0.9)
 AUDIT_SUMMARY_FILE = "audit_summary.json"  # beside audit.csv; `poi clean --auto` and `poi report` read it
+# what `poi audit --out` writes (write_audit); a folder is its own where audit_summary.json is an audit's
+AUDIT_OUTPUTS = FolderOutputs("poi audit", ("audit.csv", AUDIT_SUMMARY_FILE, "contact_sheet.png"), AUDIT_SUMMARY_FILE,
+                              lambda path: json_with_keys(path, "checkpoint", "split", "n_images", "suspects"))
 TOP_FRACTIONS = (0.1, 0.2, 0.3)
 AUDIT_COLUMNS = (
     "rank", "id", "source", "given_label", "given_name", "suggested_label", "suggested_name",

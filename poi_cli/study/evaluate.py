@@ -41,7 +41,7 @@ from typing import Optional
 
 import numpy as np
 
-from poi_cli.core.atomic import save_figure, write_csv, write_json
+from poi_cli.core.atomic import FolderOutputs, json_with_keys, save_figure, write_csv, write_json
 from poi_cli.core.errors import PoiError
 from poi_cli.core.manifests import REGIONS
 from poi_cli.core.metrics import answered_argmax, confusion_matrix, per_class_recall
@@ -438,6 +438,12 @@ def consistency_quantiles(w: np.ndarray) -> dict[str, float]:
     (Its scale depends on the model: a w packed near 1 ranks images but says little alone.)"""
     points = {"min": 0.0, "q05": 0.05, "q25": 0.25, "median": 0.5, "q75": 0.75, "max": 1.0}
     return {name: float(np.quantile(w, q)) for name, q in points.items()}
+
+
+# what `poi evaluate --out` writes (write_reports); a folder is its own where metrics.json is an evaluation's
+EVALUATE_OUTPUTS = FolderOutputs(
+    "poi evaluate", ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "reliability.png", "risk_coverage.png"),
+    "metrics.json", lambda path: json_with_keys(path, "checkpoint", "split", "classes", "accuracy", "confusion_matrix"))
 
 
 def write_reports(result: dict, out_dir: str | Path) -> list[Path]:

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from poi_cli.core.errors import PoiError
-from poi_cli.core.atomic import atomic_write_text, save_figure
+from poi_cli.core.atomic import FolderOutputs, atomic_write_text, save_figure
 from poi_cli.study.clean import audit_summary_path, audited_model
 from poi_cli.model.checkpoint import CONFIG_FILE, RESULTS_FILE, training_data_name
 
@@ -54,6 +54,22 @@ if TYPE_CHECKING:  # evaluate imports torch: only when predicting
 
 DEFAULT_RUNS = "runs/train"
 EVAL_DIR = "eval"  # RUN/eval/metrics.json from `poi evaluate --out RUN/eval`
+REPORT_TITLE = "# poi report"  # report.md's first line
+
+
+def is_poi_report(path: Path) -> bool:
+    """`path` is a report.md that `poi report` wrote (its first line)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.readline().rstrip("\n") == REPORT_TITLE
+    except OSError:
+        return False
+
+
+# what `poi report --out` writes (build_report); a folder is its own where report.md is a report's
+REPORT_OUTPUTS = FolderOutputs(
+    "poi report", ("report.md", "runs.csv", "by_noise.csv", "by_noise_seeds.csv", "strata.csv", "curves_*.png",
+                   "consistency_*.png", "confusion_*.png"), "report.md", is_poi_report)
 SWITCHES = ("use_pin", "prior_supervision", "use_oim", "use_uem")
 # What else makes two runs of one method different recipes, so that the tables by noise
 # average only runs that differ by seed: every option in config.json (the model, loss,
@@ -563,7 +579,7 @@ def build_report(
 
     shown = summary[["run", "method", "variant", "noise", "epochs_done", "epochs_planned", "missing_epochs", "final_val_acc",
                      "best_val_acc", "best_epoch", "eval_acc", "eval_split"]]
-    sections.append("# poi report\n\nAccuracies in %. final = last finished epoch, best = best validation epoch "
+    sections.append(f"{REPORT_TITLE}\n\nAccuracies in %. final = last finished epoch, best = best validation epoch "
                     "(best.pt); eval = best.pt on eval_split (the `--data` split, or the run's eval/metrics.json).\n")
     sections.append("## Runs (Tables II, III, X)\n\n" + _markdown(shown, percent=("noise",)))
     sections.append("## Best validation accuracy by method and noise rate (Table II)\n\n" + _markdown(by_noise))

@@ -241,7 +241,7 @@ class Trainer:
                 row, train_seconds = self.train_epoch(epoch, loader, augment)
                 row["val_acc"], calibration = None, None
                 if self.val_data is not None:
-                    row["val_acc"], calibration, per_member = self._validate()
+                    row["val_acc"], calibration, per_member = self._validate(epoch)
                     row.update(per_member)
                 row["calibration_t"] = None if calibration is None else round(calibration.temperature, 6)
                 row["epoch_time_s"] = round(time.perf_counter() - started, 3)
@@ -335,6 +335,11 @@ class Trainer:
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
             seconds = time.perf_counter() - started
+        # the loss above is checked before each step's update: the epoch's last update can still
+        # leave non-finite weights, which would be saved and answer every face with NaN
+        tensors = [t for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()]
+        if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            raise TrainError(f"the weights became non-finite in epoch {epoch + 1} (try a lower --lr)")
         row = {"epoch": epoch + 1, "lr": lr, **meters.finish(ctx.distributed)}
         if ctx.distributed:
             self._average_buffers()
@@ -371,7 +376,7 @@ class Trainer:
             TimeElapsedColumn(), console=self.console, transient=True, disable=not self.ctx.is_main,
         )
 
-    def _validate(self) -> tuple[float, Optional[Calibration], dict[str, float]]:
+    def _validate(self, epoch: int) -> tuple[float, Optional[Calibration], dict[str, float]]:
         """The TRN's validation accuracy, and its T_cal fitted on the same pass's logits (issue 12):
         every checkpoint carries the temperature of its own weights, at no extra pass. On a
         combined folder also each member's accuracy ({"val_acc_NAME": ...}), and the accuracy
@@ -396,6 +401,8 @@ class Trainer:
             answers = None if answers is None else np.concatenate([s[3] for s in shares])
         if len(labels) == 0:
             return 0.0, None, {}
+        if not np.isfinite(logits).all():  # finite weights can still overflow (an absurd --lr)
+            raise TrainError(f"the model's outputs became non-finite in epoch {epoch + 1} (try a lower --lr)")
         correct = answered_argmax(logits, answers) == labels
         accuracy = round(float(correct.mean()), 6)
         per_member = {}
