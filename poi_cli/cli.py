@@ -411,7 +411,7 @@ def predict(
     from poi_cli.deploy.pipeline import expand_inputs
     from poi_cli.deploy.predict import Predictor
     from poi_cli.deploy.records import is_predictions_csv
-    from poi_cli.deploy.video import VideoOptions
+    from poi_cli.deploy.video import VideoOptions, csv_summary_path, is_video_summary
 
     if as_json and csv_file:
         fail("--json and --csv exclude each other: choose one output")
@@ -432,6 +432,10 @@ def predict(
                 output_file(csv_file, "--csv", replaces=("a CSV `poi predict` wrote", is_predictions_csv))
                 if not is_stream(csv_file):  # /dev/stdout, a pipe: no lock file beside it
                     held.enter_context(claim(csv_file, "--csv"))  # one writer per CSV
+                    if any(item.is_video for item in items):  # the videos' summaries go beside the CSV
+                        summary = csv_summary_path(csv_file)
+                        refuse_input_as_output(summary, [*input_files, *([model_file] if model_file else [])], "--csv")
+                        output_file(summary, "--csv", replaces=("a video summary `poi predict` wrote", is_video_summary))
             video = VideoOptions(VideoSampling(every=every, fps=fps, start=start, end=end), smooth=smooth)
             runner = open_runner(model, backend=backend, device=device, threads=threads, batch_size=batch)
             predictor = Predictor(runner, detector=detector, batch_size=batch, min_face_score=min_score,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +208,24 @@ def test_cli_single_bad_input_fails_with_one_line_and_save_vis_writes_pngs(files
     (png,) = vis.glob("*.png")
     picture = Image.open(png)
     assert picture.width > 256 + 400 and picture.height >= 256  # the photo plus the AU panel
+
+
+def test_save_vis_numbers_around_a_users_file_and_replaces_its_own(files, tmp_path):
+    """A photo of the user's at DIR/astronaut_poi.png stays (the picture goes to
+    astronaut_poi2.png, with a note); a re-run replaces its own picture instead of adding
+    astronaut_poi3.png (a user's file there was once written over)."""
+    vis = tmp_path / "vis"
+    vis.mkdir()
+    shutil.copyfile(files["small"], vis / "astronaut_poi.png")  # a PNG, but not poi's
+    kept = (vis / "astronaut_poi.png").read_bytes()
+    argv = ["predict", str(files["small"]), "--model", str(files["ck7"]), "--save-vis", str(vis)]
+    for _ in range(2):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 0, result.stderr
+        assert "astronaut_poi.png (not written by poi)" in " ".join(result.stderr.split())
+    assert (vis / "astronaut_poi.png").read_bytes() == kept
+    assert sorted(p.name for p in vis.iterdir()) == ["astronaut_poi.png", "astronaut_poi2.png"]
+    assert Image.open(vis / "astronaut_poi2.png").info.get("Software") == "poi"
 
 
 def test_cli_batch_where_everything_failed_exits_non_zero(files, tmp_path):

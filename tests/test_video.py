@@ -190,6 +190,41 @@ def test_save_vis_writes_an_annotated_video_and_a_timeline(files, tmp_path):
     assert json.loads((vis / "clip_summary.json").read_text())["tracks"][1]["track"] == 1
 
 
+def test_a_video_run_keeps_the_users_files_beside_its_outputs_and_replaces_its_own(files, tmp_path):
+    """--save-vis's video, timeline and summary, and the summary beside --csv: a file of the
+    user's under those names stays (the new one is numbered; the CSV's companion is refused
+    before the work), poi's own earlier one is replaced by a re-run (once both were replaced)."""
+    vis = tmp_path / "vis"
+    vis.mkdir()
+    for name in ("clip_summary.json", "clip_timeline.png"):
+        (vis / name).write_bytes(b"the user's\n")
+    argv = ["predict", str(files["clip"]), "--model", str(files["ck"]), "--fps", "5", "--save-vis", str(vis)]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.stderr
+    assert "not written by poi" in " ".join(result.stderr.split())
+    assert all((vis / name).read_bytes() == b"the user's\n" for name in ("clip_summary.json", "clip_timeline.png"))
+    assert json.loads((vis / "clip_summary2.json").read_text())["video"] == str(files["clip"])
+    assert Image.open(vis / "clip_timeline2.png").height > 200
+    before = sorted(p.name for p in vis.iterdir())
+    assert runner.invoke(app, argv).exit_code == 0  # a re-run: its own files replaced, none added
+    assert sorted(p.name for p in vis.iterdir()) == before == [
+        "clip_poi.mp4", "clip_summary.json", "clip_summary2.json", "clip_timeline.png", "clip_timeline2.png"]
+
+    table = tmp_path / "faces.csv"
+    (tmp_path / "faces.summary.json").write_text('{"mine": 1}\n')
+    refused = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), "--fps", "5",
+                                  "--csv", str(table)])
+    lines = refused.stderr.strip().splitlines()
+    assert refused.exit_code == 1 and len(lines) == 1 and "faces.summary.json" in lines[0] and not table.exists()
+    assert (tmp_path / "faces.summary.json").read_text() == '{"mine": 1}\n'
+    (tmp_path / "faces.summary.json").unlink()
+    for _ in range(2):  # written, then replaced by the same command
+        done = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), "--fps", "5",
+                                   "--csv", str(table)])
+        assert done.exit_code == 0, done.stderr
+    assert json.loads((tmp_path / "faces.summary.json").read_text())[0]["video"] == str(files["clip"])
+
+
 def test_no_detect_predicts_a_face_crop_that_mtcnn_misses(files, predictor, tmp_path):
     # A tight crop of the face, as face datasets ship them: the face fills the picture.
     crop = Image.fromarray(skimage_data.astronaut()).crop((195, 90, 260, 165)).resize((48, 48))

@@ -116,19 +116,40 @@ def write_csv(path: str | Path, columns: list[str], rows: list[dict]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
+# every PNG poi writes says so in its Software text chunk: a later run tells its own picture
+# (replaced) from a user's of the same name (kept)
+PNG_SOFTWARE = "poi"
+
+
 def save_figure(figure: Any, path: str | Path, dpi: int = 110) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
-    atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=dpi))
+    atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=dpi, metadata={"Software": PNG_SOFTWARE}))
     plt.close(figure)
     return Path(path)
 
 
 def save_image(image: Any, path: str | Path) -> Path:
     """Save a PIL image as PNG atomically."""
-    atomic_write(path, lambda f: image.save(f, format="PNG"))
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Software", PNG_SOFTWARE)
+    atomic_write(path, lambda f: image.save(f, format="PNG", pnginfo=info))
     return Path(path)
+
+
+def is_poi_png(path: str | Path) -> bool:
+    """`path` is a PNG that poi wrote (save_image, save_figure): its Software chunk, read
+    from the header without decoding the picture."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get("Software") == PNG_SOFTWARE
+    except Exception:  # noqa: BLE001 - anything unreadable is not poi's
+        return False
 
 
 def next_run_dir(project: str | Path, name: str, exist_ok: bool = False) -> Path:

@@ -254,14 +254,13 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
     inputs done, the video being annotated). protected: every file the run reads; no
     picture is written over one."""
     run = PredictRun()
-    writer, vis_dir = None, save_vis  # vis_dir: None once the pictures stopped
+    writer = None  # None once the pictures stopped
     if save_vis:
         try:
             writer = VisWriter(save_vis, show_au, protected=protected)
             run.pictures_in = Path(save_vis)
         except OSError as error:  # a file where the folder should be, no permission: predict anyway
             note(f"--save-vis {save_vis}: no pictures, the folder cannot be made ({one_line(error)})")
-            vis_dir = None
     try:
         for prediction in predictor.iter_predictions(items, show_au, progress=progress, video=video):
             run.statuses.setdefault(prediction.source, set()).update(r.status for r in prediction.records)
@@ -273,16 +272,18 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
                     note(f"--save-vis stopped: {one_line(error)}")
                     if not writer.written:  # the summary names the folder only when it holds a picture
                         run.pictures_in = None
-                    writer = vis_dir = None
+                    writer = None
     except KeyboardInterrupt:
         run.interrupted = True
+    vis_name = None  # the summaries' names in the --save-vis folder, while it takes files
     if writer is not None:
         writer.close()
         for text in writer.notes:
             note(text)
+        vis_name = writer.summary_path
     run.summaries = video_summary(run.records)
     if csv_file and (run.records or not run.interrupted):
         write_predictions_csv(run.records, predictor.classes, csv_file, show_au)
     if not run.interrupted:
-        write_video_summaries(run.summaries, csv_file, vis_dir)
+        write_video_summaries(run.summaries, csv_file, vis_name)
     return run

@@ -22,10 +22,11 @@ reason says where it stopped; a file that is no video gives one `error` row.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -203,22 +204,39 @@ def video_summary(records: Sequence[FaceRecord]) -> list[dict]:
     return summaries
 
 
+def csv_summary_path(csv_file: str | Path) -> Path:
+    """The videos' summaries beside `--csv FILE`: FILE with the suffix .summary.json."""
+    return Path(csv_file).with_suffix(".summary.json")
+
+
+def is_video_summary(path: str | Path) -> bool:
+    """`path` holds summaries `poi predict` wrote for videos: one (the --save-vis folder's) or a
+    list (beside the CSV), each an object with the video and its tracks."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    values = values if isinstance(values, list) else [values]
+    return bool(values) and all(isinstance(v, dict) and "video" in v and "tracks" in v for v in values)
+
+
 def write_video_summaries(summaries: Sequence[dict], csv_file: Optional[str | Path] = None,
-                          vis_dir: Optional[str | Path] = None) -> list[Path]:
-    """The summaries as JSON: beside the CSV (<csv stem>.summary.json, all videos) and in the
-    --save-vis folder (<video stem>_summary.json each); atomically. Nothing without videos."""
+                          vis_name: Optional[Callable[[str], Path]] = None) -> list[Path]:
+    """The summaries as JSON: beside the CSV (csv_summary_path, all videos) and in the
+    --save-vis folder (`vis_name(video)`: VisWriter's <video stem>_summary.json, numbered
+    as its pictures are); atomically. Nothing without videos."""
     from poi_cli.core.atomic import write_json
 
     written: list[Path] = []
     if not summaries:
         return written
     if csv_file:
-        path = Path(csv_file).with_suffix(".summary.json")
+        path = csv_summary_path(csv_file)
         write_json(path, list(summaries))
         written.append(path)
-    if vis_dir:
+    if vis_name is not None:
         for summary in summaries:
-            path = Path(vis_dir) / f"{Path(summary['video']).stem}_summary.json"
+            path = vis_name(summary["video"])
             write_json(path, summary)
             written.append(path)
     return written

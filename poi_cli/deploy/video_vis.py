@@ -20,6 +20,18 @@ from poi_cli.core.atomic import save_figure
 from poi_cli.deploy.drawing import draw_faces
 
 MAX_TIMELINE_TRACKS = 8  # the longest tracks get a panel each
+VIDEO_COMMENT = "poi predict --save-vis"  # the annotated video's container comment: poi's own file
+
+
+def is_poi_video(path: str | Path) -> bool:
+    """`path` is an annotated video `poi predict --save-vis` wrote (its container's comment)."""
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            return container.metadata.get("comment") == VIDEO_COMMENT
+    except Exception:  # noqa: BLE001 - anything unreadable (or no PyAV) is not poi's
+        return False
 
 
 class VideoVisWriter:
@@ -59,6 +71,7 @@ class VideoVisWriter:
         handle, self._temp = tempfile.mkstemp(dir=self.video_path.parent, prefix=f".{self.video_path.name}.", suffix=".tmp")
         os.close(handle)
         self._container = av.open(self._temp, mode="w", format="mp4")
+        self._container.metadata["comment"] = VIDEO_COMMENT
         self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
         self._stream.codec_context.options = {"preset": "veryfast"}  # encoding stays small next to detection

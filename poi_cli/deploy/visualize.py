@@ -5,21 +5,29 @@ video and a timeline).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable, Optional
 
-from poi_cli.core.atomic import real_path, save_image
+from poi_cli.core.atomic import is_poi_png, real_path, save_image
 from poi_cli.deploy.drawing import render
 from poi_cli.deploy.pipeline import ImagePrediction
-from poi_cli.deploy.video_vis import VideoVisWriter
+from poi_cli.deploy.video import is_video_summary
+from poi_cli.deploy.video_vis import VideoVisWriter, is_poi_video
+
+# how a file already in the folder is known as poi's own earlier output, which a re-run replaces
+OWN_OUTPUT = {".png": is_poi_png, ".mp4": is_poi_video, ".json": is_video_summary}
 
 
 class VisWriter:
-    """Writes DIR/<image stem>_poi.png, numbering repeats; never over an input file.
+    """Writes DIR/<image stem>_poi.png, numbering repeats; never over an input file, nor over
+    a file there that poi did not write.
 
     protected: every file the run reads (after glob and folder expansion); a name that
     resolves to one of them (symlinks followed) is skipped for the next number, so
-    `poi predict v/a.jpg v/a_poi.png --save-vis v` keeps v/a_poi.png.
+    `poi predict v/a.jpg v/a_poi.png --save-vis v` keeps v/a_poi.png. So is a name taken by
+    a file that is not poi's own earlier output (OWN_OUTPUT: its PNG text chunk, its video's
+    comment, its summary's keys), with a note; poi's own is replaced (a re-run).
     """
 
     def __init__(self, out_dir: str | Path, show_au: bool = False, protected: Iterable[str | Path] = ()) -> None:
@@ -29,8 +37,9 @@ class VisWriter:
         self.used: set[str] = set()
         self.protected = {real_path(p) for p in protected}
         self.video = None  # the video_vis.VideoVisWriter of the video being written
-        self.notes: list[str] = []  # what could not be written (a timeline without matplotlib)
+        self.notes: list[str] = []  # what could not be written (a timeline without matplotlib), names kept
         self.written = 0  # pictures and videos finished
+        self.summaries: dict[str, Path] = {}  # a video's summary file, named with its pictures
 
     def name(self, source: str, suffix: str) -> Path:
         """DIR/<stem><suffix>, numbered when taken in this run; never an input file (the
@@ -42,10 +51,25 @@ class VisWriter:
             avoid.add(real_path(source))
         head, dot, extension = suffix.rpartition(".")
         name, number = f"{stem}{suffix}", 2
-        while name in self.used or real_path(self.out_dir / name) in avoid:
+        while name in self.used or real_path(self.out_dir / name) in avoid or self.not_own(self.out_dir / name):
+            if self.not_own(self.out_dir / name):
+                self.notes.append(f"kept {self.out_dir / name} (not written by poi): numbered the new file")
             name, number = f"{stem}{head}{number}{dot}{extension}", number + 1
         self.used.add(name)
         return self.out_dir / name
+
+    def not_own(self, path: Path) -> bool:
+        """Something is at `path` that a re-run must not replace: not poi's own earlier output."""
+        if not os.path.lexists(path):
+            return False
+        own = OWN_OUTPUT.get(path.suffix.lower())
+        return path.is_symlink() or not path.is_file() or own is None or not own(path)
+
+    def summary_path(self, source: str) -> Path:
+        """Where a video's summary goes: <stem>_summary.json, numbered as its pictures are."""
+        if source not in self.summaries:
+            self.summaries[source] = self.name(source, "_summary.json")
+        return self.summaries[source]
 
     def write(self, prediction: ImagePrediction) -> Optional[Path]:
         if getattr(prediction, "frame", None) is not None:  # a video's frame
@@ -54,6 +78,7 @@ class VisWriter:
             if self.video is None:
                 self.video = VideoVisWriter(prediction.source, self.name(prediction.source, "_poi.mp4"),
                                             self.name(prediction.source, "_timeline.png"))
+                self.summary_path(prediction.source)
             self.video.write(prediction)
             return None
         picture = render(prediction, self.show_au)
