@@ -535,7 +535,7 @@ def export(
     full: bool = typer.Option(False, "--full", help="The full model (calibrated probabilities, confidence, consistency, AUs) instead of the deployed TRN alone."),
     out: Optional[str] = typer.Option(None, "--out", help="File to write (default beside the checkpoint: best.trn.onnx, best.full.torchscript.pt, best.fp16.pt, ...)."),
     tolerance: Optional[float] = typer.Option(None, help="Largest accepted difference from PyTorch on random input (default 1e-3; 1e-2 for weights)."),
-    opset: int = typer.Option(17, min=13, help="ONNX opset (13 or later)."),
+    opset: int = typer.Option(17, min=13, help="ONNX opset (13 up to the highest the installed torch exports: 23 for torch 2.15)."),
     fp16_weights: bool = typer.Option(False, "--fp16-weights", help="ONNX: store the weights as float16 (half the file), computed in float32; how the bundled .onnx is made from the bundled fp16 checkpoint."),
     threads: Optional[int] = threads_option(),
 ) -> None:
@@ -609,7 +609,7 @@ def clean(
     prepared_dir: str = typer.Argument(..., help="The prepared folder the audit is of (only read)."),
     out: str = typer.Option(..., "--out", help="The label file to write (.csv; its summary goes beside it as .json)."),
     relabel: bool = typer.Option(True, "--relabel/--drop", help="Relabel the suspects to the PIN's suggested label, or leave them out of training."),
-    threshold: Optional[float] = typer.Option(None, help="Select images with suspicion >= this."),
+    threshold: Optional[float] = typer.Option(None, help="Select images with suspicion >= this, in (0, 1] (suspicion lies in [0, 1])."),
     fraction: Optional[float] = typer.Option(None, help="Select this fraction of the images, most suspect first."),
     auto: bool = typer.Option(False, "--auto", help="Relabel the fraction chosen on the validation split: its labels "
                                                     "flipped at the noise rate the audit implies, the fraction that leaves "

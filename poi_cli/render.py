@@ -392,8 +392,11 @@ def report_summary(result: "Report") -> list[Item]:
         evaluated = _pct(row["eval_acc"]) + (f" ({row['eval_split']})" if isinstance(row["eval_split"], str) else "")
         table.add_row(row["run"], row["method"], _pct(row["noise"]), f"{row['epochs_done']}/{planned}",
                       _pct(row["final_val_acc"]), best, evaluated)
-    return [table, Line(f"wrote {len(result.files)} files in {result.out_dir} (report.md, runs.csv, by_noise.csv, strata.csv, PNGs)",
-                        soft_wrap=True)]
+    named = [path.name for path in result.files if path.suffix != ".png"]
+    pictures = len(result.files) - len(named)
+    if pictures:
+        named.append(f"{pictures} PNG{'s' if pictures > 1 else ''}")
+    return [table, Line(f"wrote {len(result.files)} files in {result.out_dir} ({', '.join(named)})", soft_wrap=True)]
 
 
 # ----------------------------------------------------------------------- poi audit

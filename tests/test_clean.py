@@ -130,6 +130,25 @@ def test_bad_audit_file_is_a_one_line_error(tmp_path):
         read_audit_csv(tmp_path / "missing.csv")
 
 
+@pytest.mark.parametrize("option", [["--threshold", "-5"], ["--threshold", "nan"], ["--threshold", "inf"],
+                                    ["--threshold", "0"], ["--threshold", "1.5"], ["--fraction", "nan"]])
+def test_a_threshold_outside_the_suspicion_range_is_refused_before_anything_is_written(option, tmp_path, monkeypatch):
+    """--threshold -5 relabelled every image and --threshold nan none, both with exit 0; suspicion
+    w * (1 - p*_y) lies in [0, 1]. Given a run, refused before the run is audited."""
+    prepared = make_prepared(tmp_path / "data", splits=SPLITS)
+    table, _ = _fixture_audit(prepared)
+    table.to_csv(tmp_path / "audit.csv", index=False)
+    out = tmp_path / "l.csv"
+    monkeypatch.setattr("poi_cli.study.audit.audit", lambda *a, **k: pytest.fail("audited before the check"))
+    for source in (tmp_path / "audit.csv", tmp_path / "run"):
+        result = runner.invoke(app, ["clean", str(source), str(prepared), "--out", str(out), *option])
+        assert result.exit_code == 1 and f"{option[0]} must lie in" in result.stderr, result.output
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+        assert not out.exists() and not out.with_suffix(".json").exists()
+    with pytest.raises(CleanError, match="--threshold must lie in"):
+        clean_labels(table, list(PreparedDataset(prepared).classes), "relabel", threshold=float("nan"))
+
+
 def test_noise_rate_estimate_inverts_the_agreement_of_a_suggestion():
     # a = 0.6, g = 0.45, C = 8: chance = 0.4 / 7; rho = 0.15 / (0.6 - 0.4 / 7) = 0.276316
     assert estimate_noise_rate(0.45, 0.6, 8) == pytest.approx(0.276316, abs=1e-6)

@@ -148,6 +148,23 @@ def test_export_errors_are_one_line(checkpoint, tmp_path, monkeypatch):
         export_model(checkpoint, "onnx")
 
 
+@pytest.mark.parametrize("option", [["--tolerance", "-1"], ["--tolerance", "nan"], ["--tolerance", "inf"],
+                                    ["--opset", "MAX+1"]])
+def test_a_bad_tolerance_or_opset_is_refused_before_anything_is_written(option, checkpoint, tmp_path):
+    """--tolerance -1 / nan used to export, write the file, then fail its own check; an opset above
+    the exporter's highest printed the whole graph before torch's RuntimeError."""
+    pytest.importorskip("onnxruntime", reason="onnx export is the optional 'export' extra")
+    if option[1] == "MAX+1":
+        from torch.onnx._constants import ONNX_MAX_OPSET  # 23 in torch 2.15
+
+        option = ["--opset", str(ONNX_MAX_OPSET + 1)]
+    out = tmp_path / "model.onnx"
+    result = runner.invoke(app, ["export", str(checkpoint), "--format", "onnx", *option, "--out", str(out)])
+    assert result.exit_code == 1 and f"{option[0]} must be" in result.stderr, result.output
+    assert result.stdout == "" and result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
 def test_packing_a_calibrated_checkpoint_keeps_t_cal_and_passes_its_check(checkpoint, tmp_path):
     from poi_cli.model.calibration import Calibration
     from poi_cli.model.checkpoint import save_checkpoint

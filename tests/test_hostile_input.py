@@ -281,6 +281,9 @@ CASES = {
     # training options that would train nonsense, and a label file that leaves nothing to train on
     **{f"train {' '.join(option)}": (None, ["train", "DATA", *option, "--epochs", "1", "--project", "TMP/runs"], message)
        for option, message in ((["--lr-gamma", "-2"], "--lr-gamma must lie in (0, 1]"),
+                               *((["--momentum", value], "--momentum must lie in [0, 1)") for value in ("5", "nan", "-1", "1")),
+                               *((["--rounds", "2", "--clean-threshold", value], "--clean-threshold must lie in (0, 1]")
+                                 for value in ("-5", "nan", "inf")),
                                (["--lambda-au", "-1"], "--lambda-au must be a finite weight >= 0"),
                                (["--au-eps", "2"], "--au-eps must lie in [0, 0.5)"),
                                (["--seed", "-1"], "--seed must be 0 or more"),

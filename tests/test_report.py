@@ -285,3 +285,35 @@ def test_a_results_csv_without_an_epoch_column_is_a_one_line_error(tmp_path):
         result = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "out")])
         assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
         assert "has no epoch column" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_results_csv_whose_epoch_is_not_a_number_is_skipped_with_its_reason(runs, tmp_path):
+    """epoch 'foo' was read as a run with 0 epochs; it is skipped, as the other bad run folders are."""
+    bad = tmp_path / "badepoch"
+    make_run(bad, {1: 0.3, 2: 0.4})
+    results = pd.read_csv(bad / "results.csv")
+    results["epoch"] = results["epoch"].astype(object)
+    results.loc[1, "epoch"] = "foo"
+    results.to_csv(bad / "results.csv", index=False)
+    result = runner.invoke(app, ["report", str(runs / "poi20"), str(bad), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "skipped" in result.stderr and "epoch 'foo' is not a whole number" in result.stderr
+    assert pd.read_csv(tmp_path / "out" / "runs.csv")["run"].tolist() == ["poi20"]
+    alone = runner.invoke(app, ["report", str(bad), "--out", str(tmp_path / "alone")])
+    assert alone.exit_code == 1 and "is not a whole number" in alone.stderr and alone.stderr.count("\n") == 1
+    assert not (tmp_path / "alone").exists()
+
+
+def test_the_closing_line_names_the_files_written(runs, tmp_path):
+    """It said `(report.md, runs.csv, by_noise.csv, strata.csv, PNGs)` whatever was written."""
+    fresh = tmp_path / "fresh"  # no finished epoch: no curves
+    fresh.mkdir()
+    (fresh / "config.json").write_text(json.dumps(TrainConfig(epochs=3).to_dict()))
+    result = runner.invoke(app, ["report", str(fresh), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "wrote 5 files in" in result.stdout and "PNG" not in result.stdout
+    assert "(report.md, runs.csv, by_noise.csv, by_noise_seeds.csv, strata.csv)" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["by_noise.csv", "by_noise_seeds.csv", "report.md",
+                                                                    "runs.csv", "strata.csv"]
+    result = runner.invoke(app, ["report", str(runs), "--out", str(tmp_path / "two")])
+    assert "wrote 7 files in" in result.stdout and "strata.csv, 2 PNGs)" in result.stdout, result.stdout

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,17 @@ TRACE_BATCH, CHECK_BATCH = 2, 3  # checking on another batch size proves the bat
 
 class ExportError(PoiError):
     """An export that cannot be done; one-line message."""
+
+
+def max_opset() -> Optional[int]:
+    """The highest ONNX opset the installed torch.onnx exporter writes (23 in torch 2.15; None when
+    torch does not say): above it the exporter fails only after printing the whole graph."""
+    try:
+        from torch.onnx import _constants
+    except ImportError:
+        return None
+    highest = getattr(_constants, "ONNX_MAX_OPSET", None)
+    return highest if isinstance(highest, int) else None
 
 
 class FullModel(nn.Module):
@@ -353,8 +365,13 @@ def export_model(
     bundled .onnx is made from the bundled fp16 checkpoint: same numbers, half the file)."""
     if format not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if tolerance is not None and not 0 < tolerance < math.inf:  # nan fails too
+        raise ExportError(f"--tolerance must be a finite number > 0, got {tolerance:g}")
     if format == "onnx":
         _require_onnx()
+        highest = max_opset()
+        if highest is not None and opset > highest:  # the lower bound is the CLI option's (min=13)
+            raise ExportError(f"--opset must be at most {highest} (the highest the installed torch exports), got {opset}")
     elif fp16_weights:
         raise ExportError("--fp16-weights applies to --format onnx only (--format weights is always fp16)")
     try:

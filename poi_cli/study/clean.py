@@ -77,14 +77,22 @@ def read_audit_csv(path: str | Path) -> pd.DataFrame:
     return table
 
 
+def check_selection(threshold: Optional[float], fraction: Optional[float]) -> None:
+    """--threshold within the suspicion scores' range (w * (1 - p*_y) lies in [0, 1]; 0 would select
+    every image, as `poi train --clean-threshold`), --fraction in [0, 1]; nan fails both."""
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise CleanError(f"--threshold must lie in (0, 1] (suspicion scores lie in [0, 1]), got {threshold}")
+    if fraction is not None and not 0.0 <= fraction <= 1.0:
+        raise CleanError(f"--fraction must lie in [0, 1], got {fraction}")
+
+
 def select_suspects(suspicion: np.ndarray, threshold: Optional[float], fraction: Optional[float]) -> np.ndarray:
     """Boolean mask: suspicion >= threshold, or the ceil(fraction * n) most suspect (ties by order)."""
     if (threshold is None) == (fraction is None):
         raise CleanError("give exactly one of --threshold and --fraction")
+    check_selection(threshold, fraction)
     if threshold is not None:
         return suspicion >= threshold
-    if not 0.0 <= fraction <= 1.0:
-        raise CleanError(f"--fraction must lie in [0, 1], got {fraction}")
     chosen = np.zeros(len(suspicion), dtype=bool)
     chosen[np.argsort(-suspicion, kind="stable")[: math.ceil(fraction * len(suspicion))]] = True
     return chosen
@@ -265,6 +273,7 @@ def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relab
           auto: bool = False) -> CleanResult:
     """Clean the labels of `split` from an audit.csv, or from a run (audited here first);
     `auto`: relabel the fraction choose_fraction picks on the validation split."""
+    check_selection(threshold, fraction)  # before a run is audited
     dataset = PreparedDataset(prepared_dir)
     source = Path(audit_or_run)
     if auto and (mode != "relabel" or threshold is not None or fraction is not None):

@@ -182,6 +182,10 @@ def load_run(path: Path, name: str) -> Run:
             raise ReportError(f"{path / RESULTS_FILE}: not a readable CSV ({error})") from None
         if "epoch" not in results.columns:  # rows or only a header: either way not a run's results
             raise ReportError(f"{path / RESULTS_FILE}: has no epoch column")
+        epochs = pd.to_numeric(results["epoch"], errors="coerce")
+        bad = results["epoch"][results["epoch"].notna() & ~(np.isfinite(epochs) & (epochs == epochs.round()))]
+        if len(bad):  # not a run's results either (before: read as a run without epochs)
+            raise ReportError(f"{path / RESULTS_FILE}: epoch {bad.iloc[0]!r} is not a whole number")
     if not len(results):
         notes.append("no finished epoch")
     results = results.apply(pd.to_numeric, errors="coerce")

@@ -109,7 +109,7 @@ class TrainConfig:
     lr_steps: list[int] = option([20, 40], OPTIMISER, "Epochs where the step schedule multiplies lr by --lr-gamma.")
     lr_gamma: float = option(0.1, OPTIMISER, "Factor of the step schedule.")
     warmup_epochs: float = option(0.0, OPTIMISER, "Linear warm-up length in epochs.")
-    momentum: float = option(0.9, OPTIMISER, "SGD momentum.")
+    momentum: float = option(0.9, OPTIMISER, "SGD momentum, in [0, 1).")
     weight_decay: float = option(1e-4, OPTIMISER, "SGD weight decay.")
 
     # augmentation (on the training device, whole batches)
@@ -212,6 +212,7 @@ class TrainConfig:
             *((getattr(self, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
               for name in ("temperature", "uem_temperature")),
             (0.0 < self.lr_gamma <= 1.0, f"--lr-gamma must lie in (0, 1], got {self.lr_gamma}"),
+            (0.0 <= self.momentum < 1.0, f"--momentum must lie in [0, 1), got {self.momentum}"),  # nan fails too
             (math.isfinite(self.lr), f"--lr must be finite, got {self.lr}"),
             *((getattr(self, name) >= 0 and math.isfinite(getattr(self, name)),
                f"--{name.replace('_', '-')} must be a finite weight >= 0, got {getattr(self, name)}")
