@@ -535,7 +535,7 @@ def export(
     full: bool = typer.Option(False, "--full", help="The full model (calibrated probabilities, confidence, consistency, AUs) instead of the deployed TRN alone."),
     out: Optional[str] = typer.Option(None, "--out", help="File to write (default beside the checkpoint: best.trn.onnx, best.full.torchscript.pt, best.fp16.pt, ...)."),
     tolerance: Optional[float] = typer.Option(None, help="Largest accepted difference from PyTorch on random input (default 1e-3; 1e-2 for weights)."),
-    opset: int = typer.Option(17, min=13, help="ONNX opset (13 up to the highest the installed torch exports: 23 for torch 2.15)."),
+    opset: int = typer.Option(17, min=13, help="ONNX opset, from 13 up to the highest the installed torch exports."),
     fp16_weights: bool = typer.Option(False, "--fp16-weights", help="ONNX: store the weights as float16 (half the file), computed in float32; how the bundled .onnx is made from the bundled fp16 checkpoint."),
     threads: Optional[int] = threads_option(),
 ) -> None:
