@@ -16,10 +16,12 @@ Stages, in order, each under a hard time limit, each result written as soon as i
   bundle              (only when --stages names it; issue 25) the bundled model's recipe on the GPU:
                       FERPlus train + SFEW 2.0 train as one dataset (`poi combine`, SFEW drawn 4x), POI
                       ResNet-10 at 96 px with the wild augmentations, `--rounds 2 --rounds-teacher
-                      --rounds-fine-tune N` (poi's own audit, clean and teach), as many epochs as fit;
-                      both rounds evaluated on FERPlus valid and SFEW val and brought back as packed
-                      fp16 weights (bundle_round1.fp16.pt, bundle_round2.fp16.pt) for `train_bundled_model.sh
-                      pack card` on the CPU. Reads the FERPlus pack and the SFEW pack (`pack-sfew`)
+                      --rounds-fine-tune N` (poi's own audit, clean and teach), then round 3 on FERPlus's
+                      annotator votes taught by round 2 (as the shipped v4), as many epochs as fit; every
+                      round evaluated on FERPlus valid and SFEW val and brought back as packed fp16
+                      weights (bundle_round1.fp16.pt, bundle_round2.fp16.pt, bundle_round3_soft.fp16.pt)
+                      for `train_bundled_model.sh pack card` on the CPU. Reads the FERPlus pack and the
+                      SFEW pack (`pack-sfew`)
   noise               cross-entropy and POI at 30 % label noise (the shipped seed-0 file) and the
                       clean-and-teach recipe (`poi train --rounds 2 --rounds-teacher --rounds-fine-tune N`:
                       round 2 fine-tuned from round 1, as many epochs at 0.4 x the lr) at 112 px, each evaluated on
@@ -30,7 +32,7 @@ Results, in the output folder (at most 8 files, none in a sub-folder: what the d
 back): summary.json and summary.md (rewritten after every stage, so a pack killed at any point
 still returns what finished), pack.log (everything every stage printed) and details.tar.gz (each
 stage's log, the benchmark JSON, pytest's junit XML, each run's config.json, results.csv,
-evaluation and cleaning summaries); the bundle stage adds its two weight files.
+evaluation and cleaning summaries); the bundle stage adds its weight files (three at most).
 
 Subcommands: `run` (the orchestrator; standard library only, never imports torch, so that it
 cannot hang on a GPU), `env`, `data`, `bundle-data` and `poi-batch` (stage helpers), `pack-data` and
@@ -104,7 +106,7 @@ PLAN = [
     StagePlan("throughput", 90, 90, 30, 10, "POI and baseline ResNet-18, 224 px, batch 256, bf16, channels_last"),
     StagePlan("throughput_compile", 120, 0, 75, 0, "POI under torch.compile"),
     StagePlan("data", 60, 60, 8, 3, "the prepared FERPlus store"),
-    StagePlan("bundle", 0, 0, 150, 30, "the bundled model's recipe: FERPlus + SFEW train, two rounds, 96 px (issue 25)"),
+    StagePlan("bundle", 0, 0, 150, 30, "the bundled model's recipe: FERPlus + SFEW train, three rounds, 96 px (issue 25)"),
     StagePlan("noise", 0, 0, 60, 20, "CE and POI at 30 % noise, the clean-and-teach recipe, 112 px (--noise-runs)"),  # cap 0: the rest
 ]
 # what runs without --stages: all but bundle, a call of its own (issue 25's, not the noise study's)
@@ -122,8 +124,10 @@ NOISE_RUNS = {"ce_n30": "cross-entropy, 30 %", "poi_n30": "POI, 30 %", "ce_n0": 
               "poi_n0": "POI, 0 %"}
 # the bundle stage: the bundled model's recipe (scripts/train_bundled_model.sh's round 1, with the wild
 # augmentations its round 2 chose), its run folders and the weight files they come back as
-BUNDLE_RECIPE = ["--weight-decay", "5e-4", "--schedule", "cosine", "--warmup-epochs", "1", *cli_flags(WILD_AUGMENTATIONS)]
-BUNDLE_RUNS = {"bundle": "bundle_round1.fp16.pt", "bundle_round2": "bundle_round2.fp16.pt"}  # run folder: weights file
+BUNDLE_RECIPE = ["--weight-decay", "5e-4", "--schedule", "cosine", *cli_flags(WILD_AUGMENTATIONS)]  # round 1 adds a warm-up
+BUNDLE_RUNS = {"bundle": "bundle_round1.fp16.pt", "bundle_round2": "bundle_round2.fp16.pt",  # run folder: weights file
+               "bundle_soft": "bundle_round3_soft.fp16.pt"}
+SOFT_LR_FACTOR = 0.1  # round 3's lr, of round 1's: the CPU's v4 fine-tuned at 0.01 after 0.1
 SFEW_WEIGHT = 4  # SFEW's 860 faces drawn 4 times per epoch, as the CPU rounds drew them
 # the bundled model's trunk: the deploy runtime's measured cost, and its packed weights (16.6 MB) come
 # back from a device call (16 MiB a file); ResNet-18's (29 MB) would not
@@ -191,8 +195,9 @@ class Pack:
         if args.noise_seed < 0 or args.noise_warmup < 0 or (args.noise_epochs is not None and args.noise_epochs < 1):
             raise SystemExit("--noise-seed and --noise-warmup must be 0 or more, --noise-epochs 1 or more")
         if ((args.bundle_epochs is not None and args.bundle_epochs < 1) or args.bundle_max_epochs < 1
-                or not 0 < args.bundle_fine_tune <= 2):
-            raise SystemExit("--bundle-epochs and --bundle-max-epochs must be 1 or more, --bundle-fine-tune in (0, 2]")
+                or not 0 < args.bundle_fine_tune <= 2 or not 0 <= args.bundle_soft <= 2):
+            raise SystemExit("--bundle-epochs and --bundle-max-epochs must be 1 or more, --bundle-fine-tune in (0, 2], "
+                             "--bundle-soft in [0, 2]")
         if "bundle" in self.selected and not self.dry and not (Path(args.sfew_pack) / "pack.json").is_file():
             raise SystemExit(f"--stages bundle: no SFEW pack at {args.sfew_pack} (make it here with "
                              "`python scripts/gpu_pack.py pack-sfew` and carry it)")
@@ -619,20 +624,29 @@ class Pack:
             record.update(status="failed", error=f"the combined FERPlus + SFEW folder was not made ({done['status']})")
             return
         record["data"] = stores
-        epochs, fine_tune, plan = self.bundle_epochs(stores, deadline)
-        record.update(epochs=epochs, fine_tune_epochs=fine_tune, epoch_plan=plan)
+        epochs, plan = self.bundle_epochs(stores, deadline)
+        record.update(epochs=epochs, epoch_plan=plan)
         if self.dry:
-            recipe = ["--arch", "resnet10", "--batch", "16", "--lr", "0.05"]
+            model = ["--arch", "resnet10", "--batch", "16"]
+            lr = 0.05
         else:
-            recipe = ["--arch", BUNDLE_ARCH, "--batch", str(self.args.bundle_batch), "--lr", str(self.args.bundle_lr)]
-        recipe = ["--size", str(self.bundle_size()), "--epochs", str(epochs), "--seed", "0", *recipe, *BUNDLE_RECIPE]
+            model = ["--arch", BUNDLE_ARCH, "--batch", str(self.args.bundle_batch)]
+            lr = self.args.bundle_lr
+        common = ["--size", str(self.bundle_size()), "--seed", "0", *model, *BUNDLE_RECIPE]
         # round 2 trains also where the audit relabels nothing (taught by and fine-tuned from round 1)
-        rounds = ["--rounds", "2", "--rounds-teacher", "--rounds-fine-tune", str(fine_tune)]
-        record["recipe"] = " ".join(recipe + rounds)
-        first, second = (self.runs_dir / name for name in BUNDLE_RUNS)  # `--name bundle` and its `_round2`
-        train = ["train", stores["combined"], *recipe, *rounds, "--project", str(self.runs_dir), "--name", first.name]
-        commands = [train, *[["evaluate", str(run), stores["combined"], "--split", "val", "--out", str(run / "eval")]
-                             for run in (first, second)]]
+        rounds = ["--epochs", str(epochs["bundle"]), "--lr", str(lr), "--warmup-epochs", "1", "--rounds", "2",
+                  "--rounds-teacher", "--rounds-fine-tune", str(epochs["bundle_round2"])]
+        runs = {name: self.runs_dir / name for name in epochs}  # `--name bundle`, its `_round2`, bundle_soft
+        record["recipe"] = " ".join(common + rounds)
+        commands = [["train", stores["combined"], *common, *rounds, "--project", str(self.runs_dir), "--name", "bundle"]]
+        evaluate = lambda run: ["evaluate", str(run), stores["combined"], "--split", "val", "--out", str(run / "eval")]  # noqa: E731
+        commands += [evaluate(runs["bundle"]), evaluate(runs["bundle_round2"])]
+        if "bundle_soft" in runs:  # round 3 as the CPU's v4: FERPlus's votes as targets, round 2 the teacher
+            soft = ["--epochs", str(epochs["bundle_soft"]), "--lr", f"{lr * SOFT_LR_FACTOR:g}", "--soft-labels",
+                    "--fine-tune", str(runs["bundle_round2"]), "--teacher", str(runs["bundle_round2"])]
+            record["soft_recipe"] = " ".join(common + soft)
+            commands += [["train", stores["combined"], *common, *soft, "--project", str(self.runs_dir), "--name", "bundle_soft"],
+                         evaluate(runs["bundle_soft"])]
         reserve = DRY_EVAL_RESERVE_S if self.dry else EVAL_RESERVE_S
         left = deadline - time.monotonic() - reserve  # kept back: evaluating and packing what finished
         batch = self.stages_dir / "bundle_train.json"
@@ -640,26 +654,28 @@ class Pack:
                                        "--commands", json.dumps(commands)], left, log_name="bundle_train")
         if done["status"] == "timeout":
             self.evaluate_what_finished("train", commands, deadline - 8, stage="bundle")
-        exports = [["export", str(run), "--format", "weights", "--out", str(self.out / BUNDLE_RUNS[run.name])]
-                   for run in (first, second) if (run / "best.pt").is_file() and not (self.out / BUNDLE_RUNS[run.name]).exists()]
+        exports = [["export", str(run), "--format", "weights", "--out", str(self.out / BUNDLE_RUNS[name])]
+                   for name, run in runs.items()
+                   if (run / "best.pt").is_file() and not (self.out / BUNDLE_RUNS[name]).exists()]
         if exports:
             self.command("bundle", [self.python, str(Path(__file__)), "poi-batch", "--record",
                                     str(self.stages_dir / "bundle_export.json"), "--commands", json.dumps(exports)],
                          max(deadline - time.monotonic(), 5), log_name="bundle_export")
         record["runs"] = {}
-        for run in (first, second):
-            entry = run_summary(run, epochs if run == first else fine_tune)
+        for name, run in runs.items():
+            entry = run_summary(run, epochs[name])
             rows = read_csv_rows(run / "results.csv")
             members = [key for key in (rows[0] if rows else {}) if key.startswith("val_acc_")]
             entry["val_acc_by_dataset_final"] = {key[len("val_acc_"):]: number(rows[-1].get(key)) for key in members}
             metrics = read_json(run / "eval" / "metrics.json") or {}
             entry.update(evaluation_summary(run / "eval" / "metrics.json"))
-            entry["eval_by_dataset"] = {name: (values or {}).get("accuracy") for name, values in (metrics.get("members") or {}).items()}
-            weights = self.out / BUNDLE_RUNS[run.name]
+            entry["eval_by_dataset"] = {member: (values or {}).get("accuracy")
+                                        for member, values in (metrics.get("members") or {}).items()}
+            weights = self.out / BUNDLE_RUNS[name]
             entry["weights"] = weights.name if weights.is_file() else None
-            record["runs"][run.name] = entry
-            self.summary["figures"][f"{run.name}_val_acc_by_dataset"] = entry["val_acc_by_dataset_final"]
-        clean = read_json(first / "clean" / "labels.json")
+            record["runs"][name] = entry
+            self.summary["figures"][f"{name}_val_acc_by_dataset"] = entry["val_acc_by_dataset_final"]
+        clean = read_json(runs["bundle"] / "clean" / "labels.json")
         if clean:
             record["cleaning"] = {k: v for k, v in clean.items() if isinstance(v, (int, float, str, bool)) or v is None}
         missing = [name for name, entry in record["runs"].items() if not entry["weights"]]
@@ -670,33 +686,38 @@ class Pack:
     def bundle_size(self) -> int:
         return 64 if self.dry else self.args.bundle_size
 
-    def bundle_epochs(self, stores: dict, deadline: float) -> tuple[int, int, dict]:
-        """Epochs of round 1 (given, 1 in the dry run, else as many as fit, measured by a probe with
-        the wild augmentations) and of round 2 (--bundle-fine-tune x round 1's)."""
-        def second(first: int) -> int:
-            return max(1, round(self.args.bundle_fine_tune * first))
+    def bundle_epochs(self, stores: dict, deadline: float) -> tuple[dict[str, int], dict]:
+        """Epochs of each round, by run folder: round 1 (given, 1 in the dry run, else as many as
+        fit, measured by a probe with the wild augmentations), round 2 (--bundle-fine-tune x round
+        1's) and round 3 on the votes (--bundle-soft x round 1's; none at 0)."""
+        shares = {"bundle_round2": self.args.bundle_fine_tune, "bundle_soft": self.args.bundle_soft}
+
+        def rounds(first: int) -> dict[str, int]:
+            return {"bundle": first, **{name: max(1, round(share * first)) for name, share in shares.items() if share > 0}}
 
         if self.args.bundle_epochs:
-            return self.args.bundle_epochs, second(self.args.bundle_epochs), {"how": "--bundle-epochs"}
+            return rounds(self.args.bundle_epochs), {"how": "--bundle-epochs"}
         if self.dry:
-            return 1, 1, {"how": "dry run: one epoch each"}
+            return {name: 1 for name in rounds(1)}, {"how": "dry run: one epoch each"}
         poi, _, plan = self.probe_rates("bundle", BUNDLE_ARCH, self.args.bundle_size, stores["size"],
                                         self.args.bundle_batch, deadline, ("--wild",))
         if not poi:
             plan["how"] = "probe failed: 2 epochs"
-            return 2, second(2), plan
+            return rounds(2), plan
         n, v = float(stores["epoch_images"]), float(stores["n_val"])
         epoch_1 = n / poi + v / (4 * poi) + 1.0  # as the noise stage reckons an epoch
-        epoch_2 = 1.4 * n / poi + v / (4 * poi) + 1.0  # and its teacher's forward pass
-        fixed = plan["process_start_s"] + n / (2 * poi) + 15 + 30  # the audit and cleaning; evaluations and packing
+        epoch_taught = 1.4 * n / poi + v / (4 * poi) + 1.0  # and its teacher's forward pass (rounds 2 and 3)
+        # process starts (the rounds' batch, round 3), the audit and cleaning, evaluations and packing
+        fixed = 2 * plan["process_start_s"] + n / (2 * poi) + 15 + 40
         available = deadline - time.monotonic() - (DRY_EVAL_RESERVE_S if self.dry else EVAL_RESERVE_S)
-        epochs = int(0.85 * (available - fixed) / (epoch_1 + self.args.bundle_fine_tune * epoch_2))
-        epochs = max(1, min(epochs, self.args.bundle_max_epochs))
-        plan.update(seconds_per_epoch=[round(epoch_1, 2), round(epoch_2, 2)], fixed_s=round(fixed, 1),
+        per_epoch = epoch_1 + sum(shares.values()) * epoch_taught  # per epoch of round 1
+        first = max(1, min(int(0.85 * (available - fixed) / per_epoch), self.args.bundle_max_epochs))
+        plan.update(seconds_per_epoch=[round(epoch_1, 2), round(epoch_taught, 2)], fixed_s=round(fixed, 1),
                     available_s=round(available, 1), safety=0.85, max_epochs=self.args.bundle_max_epochs)
-        self.log(f"[bundle] {available:.0f} s left: round 1 {epochs} epochs, round 2 {second(epochs)} (about "
-                 f"{epoch_1:.1f} and {epoch_2:.1f} s per epoch, {fixed:.0f} s fixed, POI {poi:,.0f} images/s)")
-        return epochs, second(epochs), plan
+        chosen = rounds(first)
+        self.log(f"[bundle] {available:.0f} s left: epochs {chosen} (about {epoch_1:.1f} s per epoch of round 1, "
+                 f"{epoch_taught:.1f} of a taught round, {fixed:.0f} s fixed, POI {poi:,.0f} images/s)")
+        return chosen, plan
 
 
 def stage_allowance(plan: StagePlan, remaining: float, selected: set[str], dry: bool) -> float:
@@ -856,8 +877,9 @@ def render_markdown(summary: dict) -> str:
         train_rows, val_rows = data.get("train_rows") or {}, data.get("val_rows") or {}
         trained = ", ".join(f"{name} {train_rows.get(name)}" for name in members)
         validated = ", ".join(f"{name} {val_rows.get(name)}" for name in members)
-        lines += ["", f"## The bundled model's recipe (issue 25): epochs {bundle.get('epochs')} (round 1) and "
-                      f"{bundle.get('fine_tune_epochs')} (round 2), `{bundle.get('recipe')}`", "",
+        epochs = ", ".join(f"{folder} {count}" for folder, count in (bundle.get("epochs") or {}).items())
+        soft = f"; round 3: `{bundle['soft_recipe']}`" if bundle.get("soft_recipe") else ""
+        lines += ["", f"## The bundled model's recipe (issue 25): epochs {epochs}; `{bundle.get('recipe')}`{soft}", "",
                   f"Data: training faces {trained} ({data.get('epoch_images')} drawn per epoch); validation {validated}.",
                   "", "| run | epochs | " + " | ".join(f"final val {m} %" for m in members)
                   + " | best mean val % (epoch) | " + " | ".join(f"evaluate {m} % (best.pt)" for m in members) + " | weights |",
@@ -1018,21 +1040,27 @@ def synthetic_store(root: Path, size: int = 48, per_class: Optional[dict] = None
     from poi_cli.core.schema import STATUS_OK
     from poi_cli.data.store import write_store
 
+    from poi_cli.data.datasets.ferplus import VOTE_PREFIX
+
     per_class = per_class or {"train": 6, "val": 2}
     names = class_names(num_classes)
+    votes = [] if colour else [VOTE_PREFIX + name for name in names]  # FERPlus-shaped: its annotators' votes
     rows, labels = [], []
     for split, count in per_class.items():
         for label in range(len(names)):
             for index in range(count):
                 rows.append({"id": f"{split}/{names[label]}_{index:03d}", "source": f"{split}/{names[label]}_{index:03d}.png",
                              "split": split, "label": label, "label_name": names[label], "status": STATUS_OK,
-                             "reason": "", "det_score": 1.0, "n_faces": 1, "store_index": len(labels)})
+                             "reason": "", "det_score": 1.0, "n_faces": 1, "store_index": len(labels),
+                             # 8 of 10 votes for the label, 2 for the next class (majority kept)
+                             **{column: 8 if c == label else 2 if c == (label + 1) % len(names) else 0
+                                for c, column in enumerate(votes)}})
                 labels.append(label)
     faces = stripe_faces(labels, size, seed=int(colour))
     if colour:
         faces[..., 0] = faces[..., 0] // 2 + 100  # tinted: a colour dataset beside the grey one
     name = "synthetic-colour" if colour else "synthetic-stripes"
-    return write_store(root, faces, rows, dataset=name, classes=names, grayscale=not colour)
+    return write_store(root, faces, rows, dataset=name, classes=names, grayscale=not colour, extra_columns=votes)
 
 
 def row_ranges(rows) -> list[list[int]]:
@@ -1499,6 +1527,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bundle-max-epochs", type=int, default=80, help="at most this many (the CPU's round 1 had 40)")
     run.add_argument("--bundle-fine-tune", type=float, default=0.5,
                      help="round 2's epochs as a share of round 1's (fine-tuned from it at 0.4 x the lr, it the teacher)")
+    run.add_argument("--bundle-soft", type=float, default=0.25,
+                     help="round 3's epochs as a share of round 1's: fine-tuned from round 2 on FERPlus's annotator votes "
+                          "(--soft-labels) at 0.1 x the lr, round 2 the teacher, as the CPU's v4 (0: no round 3)")
     run.add_argument("--bundle-size", type=int, default=96)
     run.add_argument("--bundle-batch", type=int, default=128)
     run.add_argument("--bundle-lr", type=float, default=0.1)

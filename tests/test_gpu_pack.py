@@ -110,35 +110,59 @@ def test_pack_keeps_valid_exact_and_training_faces_close(tmp_path):
     assert meta["carried"]["splits"]["train"]["quality"] == 85
 
 
-def test_bundle_dry_run_brings_back_both_rounds_as_packed_weights(tmp_path):
+def test_bundle_dry_run_brings_back_every_round_as_packed_weights(tmp_path):
     """`--stages data,bundle`: FERPlus resized and combined with a colour SFEW-like member, poi's
-    own two rounds (audit, clean, round 1 teaching round 2), each evaluated per member and
-    brought back as fp16 weights that poi loads, beside the four summary files."""
+    own two rounds (audit, clean, round 1 teaching round 2) and round 3 on the annotators' votes
+    taught by round 2, each evaluated per member and brought back as fp16 weights that poi
+    loads, beside the four summary files."""
     from poi_cli.model.checkpoint import read_checkpoint_info
 
     out = tmp_path / "out"
     done = dry_run(tmp_path, "--stages", "data,bundle")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     files = list(out.rglob("*"))
-    assert sorted(p.name for p in files) == ["bundle_round1.fp16.pt", "bundle_round2.fp16.pt", "details.tar.gz",
-                                             "pack.log", "summary.json", "summary.md"]
+    assert sorted(p.name for p in files) == ["bundle_round1.fp16.pt", "bundle_round2.fp16.pt", "bundle_round3_soft.fp16.pt",
+                                             "details.tar.gz", "pack.log", "summary.json", "summary.md"]
     assert all(p.parent == out and p.stat().st_size < 16 * 2**20 for p in files)  # what a device call brings back
 
     bundle = json.loads((out / "summary.json").read_text())["stages"]["bundle"]
     assert bundle["status"] == "ok" and bundle["data"]["train_rows"] == {"ferplus64": 48, "sfew64": 21}
     assert bundle["data"]["epoch_images"] == 48 + 4 * 21  # SFEW drawn 4 times per epoch
-    first, second = bundle["runs"]["bundle"], bundle["runs"]["bundle_round2"]
-    for run in (first, second):
+    first, second, third = (bundle["runs"][name] for name in ("bundle", "bundle_round2", "bundle_soft"))
+    for run in (first, second, third):
         assert run["epochs_done"] == 1 and set(run["eval_by_dataset"]) == {"ferplus64", "sfew64"}
         assert set(run["val_acc_by_dataset_final"]) == {"ferplus64", "sfew64"}
     assert first["teacher"] is None and second["teacher"].endswith("bundle")  # --rounds-teacher
     assert second["fine_tune"].endswith("bundle") and second["labels"].endswith("bundle/clean/labels.csv")
+    assert third["teacher"].endswith("bundle_round2") and third["fine_tune"].endswith("bundle_round2")
     assert "--gray-mix 0.3" in bundle["recipe"] and "--rounds 2" in bundle["recipe"]
+    assert "--soft-labels" in bundle["soft_recipe"] and "--warmup-epochs" not in bundle["soft_recipe"]
 
-    info = read_checkpoint_info(out / "bundle_round2.fp16.pt")
+    soft = json.loads((tmp_path / "work" / "runs" / "bundle_soft" / "config.json").read_text())
+    assert soft["soft_labels"] and soft["lr"] == pytest.approx(0.1 * 0.05)  # the FERPlus member's votes
+    info = read_checkpoint_info(out / "bundle_round3_soft.fp16.pt")
     assert info.packed and info.input_size == 64 and len(info.classes) == 8 and info.classes[-1] == "contempt"
     assert not info.preprocessing.grayscale  # one colour member: a colour model
     assert "## The bundled model's recipe" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("soft", [0.25, 0.0])
+def test_bundle_epochs_fit_the_time_left_from_the_probed_speed(tmp_path, soft):
+    """The GPU plan: from a probed POI speed, round 1's epochs such that all rounds (round 2 and
+    round 3 taught, so slower) and the fixed costs fit the stage's time; --bundle-soft 0: no round 3."""
+    gpu_pack = gpu_pack_module()
+    args = gpu_pack.build_parser().parse_args(["run", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+                                                "--stages", "env", "--bundle-soft", str(soft)])
+    pack = gpu_pack.Pack(args)
+    pack.probe_rates = lambda *a, **k: (10000.0, 20000.0, {"how": "probe", "process_start_s": 9.0})
+    stores = {"size": 96, "epoch_images": 28485, "n_val": 3610}
+    epochs, plan = pack.bundle_epochs(stores, gpu_pack.time.monotonic() + 400)
+    assert set(epochs) == ({"bundle", "bundle_round2", "bundle_soft"} if soft else {"bundle", "bundle_round2"})
+    assert epochs["bundle_round2"] == round(0.5 * epochs["bundle"]) and epochs.get("bundle_soft", 0) == round(soft * epochs["bundle"])
+    one, taught = plan["seconds_per_epoch"]
+    needed = plan["fixed_s"] + epochs["bundle"] * one + (epochs["bundle_round2"] + epochs.get("bundle_soft", 0)) * taught
+    assert 0.7 * plan["available_s"] < needed <= plan["available_s"]  # uses the time, within it
+    assert 10 < epochs["bundle"] < 80  # neither the floor nor the cap at this speed
 
 
 def test_upscaled_ferplus_is_what_prepare_stores_at_that_size(tmp_path):
@@ -207,6 +231,7 @@ def test_noise_runs_and_seed_name_their_folders_and_rows(tmp_path):
                                             (["--stages", "bundle"], "add data"),
                                             (["--bundle-fine-tune", "0"], "--bundle-fine-tune in (0, 2]"),
                                             (["--bundle-epochs", "0"], "must be 1 or more"),
+                                            (["--bundle-soft", "-1"], "--bundle-soft in [0, 2]"),
                                             (["--stages", ","], "(none)")])
 def test_options_a_pack_cannot_run_are_refused_before_any_folder(tmp_path, options, error):
     with pytest.raises(SystemExit, match=re.escape(error)):

@@ -455,12 +455,13 @@ class StoreWriter:
 
 
 def write_store(root: str | Path, faces: np.ndarray, manifest: pd.DataFrame | Sequence[dict], *, dataset: str,
-                classes: Sequence[str], grayscale: bool = False, **extra: Any) -> Path:
+                classes: Sequence[str], grayscale: bool = False, extra_columns: Sequence[str] = (), **extra: Any) -> Path:
     """A whole store at once (tests, benchmarks): uint8 faces (rows, S, S, 3) and manifest
-    rows (dicts with MANIFEST_COLUMNS keys; store_index points into faces)."""
+    rows (dicts with MANIFEST_COLUMNS keys, and extra_columns: FERPlus's votes; store_index
+    points into faces)."""
     writer = StoreWriter(root)
     writer.write_faces(faces)
-    table = writer.write_manifest(manifest)
+    table = writer.write_manifest(manifest, extra_columns)
     size = int(np.asarray(faces).shape[1])
     splits = sorted(table.loc[table["status"] == STATUS_OK, "split"].unique().tolist())
     preprocessing = Preprocessing(face_size=size, input_size=size, grayscale=grayscale)
