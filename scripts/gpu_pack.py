@@ -1345,19 +1345,26 @@ def travelling_bytes(*exclude: Path) -> Optional[int]:
     return total
 
 
+def pack_source(args: argparse.Namespace, temp: Path, dataset: str, candidates: tuple[Path, ...], size: int,
+                layout: str) -> Path:
+    """The prepared store a pack is made of: --prepared, else `poi prepare DATASET RAW --size SIZE`
+    into `temp` from --raw or the first of `candidates` that exists (../shared/datasets/...)."""
+    if args.prepared:
+        return Path(args.prepared).resolve()
+    raw = Path(args.raw) if args.raw else next((p for p in candidates if p.is_dir()), None)
+    if raw is None or not raw.is_dir():
+        raise SystemExit(f"no {dataset}: give --raw RAW_DIR ({layout}) or --prepared DIR")
+    source = temp / f"{dataset}{size}"
+    subprocess.run([sys.executable, "-m", "poi_cli", "prepare", dataset, str(raw), "--out", str(source), "--size", str(size)],
+                   check=True, cwd=ROOT)
+    return source
+
+
 def cmd_pack_sfew(args: argparse.Namespace) -> int:
     """SFEW 2.0 (train and val, colour) at the bundle stage's size, packed beside the FERPlus pack."""
     out = Path(args.out).resolve()
     with tempfile.TemporaryDirectory(prefix="poi_sfew_") as temp:
-        if args.prepared:
-            source = Path(args.prepared).resolve()
-        else:
-            raw = Path(args.raw) if args.raw else next((p for p in SFEW_RAW_CANDIDATES if p.is_dir()), None)
-            if raw is None or not raw.is_dir():
-                raise SystemExit("no SFEW 2.0: give --raw RAW_DIR (its Train/ and Val/ folders) or --prepared DIR")
-            source = Path(temp) / f"sfew{args.size}"
-            subprocess.run([sys.executable, "-m", "poi_cli", "prepare", "sfew", str(raw), "--out", str(source),
-                            "--size", str(args.size)], check=True, cwd=ROOT)
+        source = pack_source(args, Path(temp), "sfew", SFEW_RAW_CANDIDATES, args.size, "its Train/ and Val/ folders")
         meta = json.loads((source / "prepared.json").read_text())
         if meta.get("dataset") != "sfew" or meta.get("size") != args.size:
             raise SystemExit(f"{source} holds {meta.get('dataset')!r} at {meta.get('size')} px, not SFEW at {args.size}")
@@ -1378,15 +1385,7 @@ def cmd_pack_sfew(args: argparse.Namespace) -> int:
 def cmd_pack_data(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     with tempfile.TemporaryDirectory(prefix="poi_ferplus48_") as temp:
-        if args.prepared:
-            source = Path(args.prepared).resolve()
-        else:
-            raw = Path(args.raw) if args.raw else next((p for p in RAW_CANDIDATES if p.is_dir()), None)
-            if raw is None or not raw.is_dir():
-                raise SystemExit("no FERPlus: give --raw RAW_DIR (the official layout) or --prepared DIR")
-            source = Path(temp) / "ferplus48"
-            subprocess.run([sys.executable, "-m", "poi_cli", "prepare", "ferplus", str(raw), "--out", str(source),
-                            "--size", "48"], check=True, cwd=ROOT)
+        source = pack_source(args, Path(temp), "ferplus", RAW_CANDIDATES, 48, "the official layout")
         meta = json.loads((source / "prepared.json").read_text())
         if meta.get("dataset") != "ferplus":
             print(f"note: {source} holds {meta.get('dataset')!r}; the pack's noise runs use FERPlus's 30 % label file")
