@@ -118,6 +118,8 @@ NOISE_MIN_S, DRY_NOISE_MIN_S = RESERVE_S["noise"], DRY_RESERVE_S["noise"]
 # kept from each noise run's training for evaluating what it finished, should the training hit its
 # limit: a process start (about 9 s on the H200) and 1.5 s per evaluation
 EVAL_RESERVE_S, DRY_EVAL_RESERVE_S = 25, 15
+# the bundle stage's: a process start, packing up to three rounds (about 1 s each in process), their evaluations
+BUNDLE_RESERVE_S, DRY_BUNDLE_RESERVE_S = 40, 20
 # the noise stage's runs (--noise-runs): cross-entropy (--baseline) and POI on the clean labels
 # (n0) or the shipped 30 % file (n30); poi_n30 goes on into the clean-and-teach recipe's round 2
 NOISE_RUNS = {"ce_n30": "cross-entropy, 30 %", "poi_n30": "POI, 30 %", "ce_n0": "cross-entropy, 0 %",
@@ -198,9 +200,14 @@ class Pack:
                 or not 0 < args.bundle_fine_tune <= 2 or not 0 <= args.bundle_soft <= 2):
             raise SystemExit("--bundle-epochs and --bundle-max-epochs must be 1 or more, --bundle-fine-tune in (0, 2], "
                              "--bundle-soft in [0, 2]")
-        if "bundle" in self.selected and not self.dry and not (Path(args.sfew_pack) / "pack.json").is_file():
-            raise SystemExit(f"--stages bundle: no SFEW pack at {args.sfew_pack} (make it here with "
-                             "`python scripts/gpu_pack.py pack-sfew` and carry it)")
+        if "bundle" in self.selected and not self.dry:
+            sfew = read_json(Path(args.sfew_pack) / "pack.json")
+            if not sfew:
+                raise SystemExit(f"--stages bundle: no SFEW pack at {args.sfew_pack} (make it here with "
+                                 "`python scripts/gpu_pack.py pack-sfew` and carry it)")
+            if sfew.get("size") != args.bundle_size:
+                raise SystemExit(f"--stages bundle: the SFEW pack holds {sfew.get('size')}-px faces, --bundle-size is "
+                                 f"{args.bundle_size} (pack-sfew --size {args.bundle_size})")
         self.noise_runs = [run for run in args.noise_runs.split(",") if run]
         wrong = ", ".join(run for run in self.noise_runs if run not in NOISE_RUNS)
         if not self.noise_runs or wrong or len(set(self.noise_runs)) < len(self.noise_runs):
@@ -638,29 +645,34 @@ class Pack:
                   "--rounds-teacher", "--rounds-fine-tune", str(epochs["bundle_round2"])]
         runs = {name: self.runs_dir / name for name in epochs}  # `--name bundle`, its `_round2`, bundle_soft
         record["recipe"] = " ".join(common + rounds)
-        commands = [["train", stores["combined"], *common, *rounds, "--project", str(self.runs_dir), "--name", "bundle"]]
-        evaluate = lambda run: ["evaluate", str(run), stores["combined"], "--split", "val", "--out", str(run / "eval")]  # noqa: E731
-        commands += [evaluate(runs["bundle"]), evaluate(runs["bundle_round2"])]
+        for name in BUNDLE_RUNS.values():  # an earlier pack's files in this --out are not this run's
+            (self.out / name).unlink(missing_ok=True)
+        # the weights are what the call is for: each round is packed as soon as it is trained, then evaluated
+        export = lambda name: ["export", str(runs[name]), "--format", "weights", "--out", str(self.out / BUNDLE_RUNS[name])]  # noqa: E731
+        evaluate = lambda name: ["evaluate", str(runs[name]), stores["combined"], "--split", "val",  # noqa: E731
+                                 "--out", str(runs[name] / "eval")]
+        commands = [["train", stores["combined"], *common, *rounds, "--project", str(self.runs_dir), "--name", "bundle"],
+                    export("bundle"), export("bundle_round2"), evaluate("bundle"), evaluate("bundle_round2")]
         if "bundle_soft" in runs:  # round 3 as the CPU's v4: FERPlus's votes as targets, round 2 the teacher
             soft = ["--epochs", str(epochs["bundle_soft"]), "--lr", f"{lr * SOFT_LR_FACTOR:g}", "--soft-labels",
                     "--fine-tune", str(runs["bundle_round2"]), "--teacher", str(runs["bundle_round2"])]
             record["soft_recipe"] = " ".join(common + soft)
             commands += [["train", stores["combined"], *common, *soft, "--project", str(self.runs_dir), "--name", "bundle_soft"],
-                         evaluate(runs["bundle_soft"])]
-        reserve = DRY_EVAL_RESERVE_S if self.dry else EVAL_RESERVE_S
-        left = deadline - time.monotonic() - reserve  # kept back: evaluating and packing what finished
+                         export("bundle_soft"), evaluate("bundle_soft")]
+        reserve = DRY_BUNDLE_RESERVE_S if self.dry else BUNDLE_RESERVE_S
+        left = deadline - time.monotonic() - reserve  # kept back: packing, then evaluating, what finished
         batch = self.stages_dir / "bundle_train.json"
         done = self.command("bundle", [self.python, str(Path(__file__)), "poi-batch", "--record", str(batch),
                                        "--commands", json.dumps(commands)], left, log_name="bundle_train")
-        if done["status"] == "timeout":
-            self.evaluate_what_finished("train", commands, deadline - 8, stage="bundle")
-        exports = [["export", str(run), "--format", "weights", "--out", str(self.out / BUNDLE_RUNS[name])]
-                   for name, run in runs.items()
-                   if (run / "best.pt").is_file() and not (self.out / BUNDLE_RUNS[name]).exists()]
-        if exports:
-            self.command("bundle", [self.python, str(Path(__file__)), "poi-batch", "--record",
-                                    str(self.stages_dir / "bundle_export.json"), "--commands", json.dumps(exports)],
-                         max(deadline - time.monotonic(), 5), log_name="bundle_export")
+        if done["status"] == "timeout":  # stopped in a training: pack every round with a best.pt, then evaluate
+            finished = [export(name) for name, run in runs.items()
+                        if (run / "best.pt").is_file() and not (self.out / BUNDLE_RUNS[name]).is_file()]
+            finished += [evaluate(name) for name, run in runs.items()
+                         if (run / "best.pt").is_file() and not (run / "eval" / "metrics.json").is_file()]
+            if finished:
+                self.command("bundle", [self.python, str(Path(__file__)), "poi-batch", "--record",
+                                        str(self.stages_dir / "bundle_finish.json"), "--commands", json.dumps(finished)],
+                             max(deadline - time.monotonic(), 5), log_name="bundle_finish")
         record["runs"] = {}
         for name, run in runs.items():
             entry = run_summary(run, epochs[name])
@@ -700,7 +712,7 @@ class Pack:
         if self.dry:
             return {name: 1 for name in rounds(1)}, {"how": "dry run: one epoch each"}
         poi, _, plan = self.probe_rates("bundle", BUNDLE_ARCH, self.args.bundle_size, stores["size"],
-                                        self.args.bundle_batch, deadline, ("--wild",))
+                                        self.args.bundle_batch, deadline, ("--wild", "--models", "poi"))
         if not poi:
             plan["how"] = "probe failed: 2 epochs"
             return rounds(2), plan
@@ -709,7 +721,7 @@ class Pack:
         epoch_taught = 1.4 * n / poi + v / (4 * poi) + 1.0  # and its teacher's forward pass (rounds 2 and 3)
         # process starts (the rounds' batch, round 3), the audit and cleaning, evaluations and packing
         fixed = 2 * plan["process_start_s"] + n / (2 * poi) + 15 + 40
-        available = deadline - time.monotonic() - (DRY_EVAL_RESERVE_S if self.dry else EVAL_RESERVE_S)
+        available = deadline - time.monotonic() - (DRY_BUNDLE_RESERVE_S if self.dry else BUNDLE_RESERVE_S)
         per_epoch = epoch_1 + sum(shares.values()) * epoch_taught  # per epoch of round 1
         first = max(1, min(int(0.85 * (available - fixed) / per_epoch), self.args.bundle_max_epochs))
         plan.update(seconds_per_epoch=[round(epoch_1, 2), round(epoch_taught, 2)], fixed_s=round(fixed, 1),
@@ -983,8 +995,8 @@ def cmd_env(args: argparse.Namespace) -> int:
 def cmd_poi_batch(args: argparse.Namespace) -> int:
     """Run `poi` command lines one after another in this process (one start-up of torch and CUDA
     for a training and the evaluations of what it trained); each one's exit code and seconds
-    are appended to --record as it finishes. An `evaluate` of a run folder without best.pt
-    (a round that did not run) is skipped."""
+    are appended to --record as it finishes. An `evaluate` or `export` of a run folder without
+    best.pt (a round that did not run) is skipped."""
     import traceback
 
     from poi_cli.cli import app
@@ -993,7 +1005,7 @@ def cmd_poi_batch(args: argparse.Namespace) -> int:
     failed = False
     for argv in json.loads(args.commands):
         entry: dict[str, Any] = {"argv": argv}
-        if argv[0] == "evaluate" and not (Path(argv[1]) / "best.pt").is_file():
+        if argv[0] in ("evaluate", "export") and not (Path(argv[1]) / "best.pt").is_file():
             entry.update(status="skipped", reason=f"no {Path(argv[1]).name}/best.pt")
             print(f"skipped: poi {' '.join(argv)} ({entry['reason']})", flush=True)
         else:
@@ -1270,16 +1282,28 @@ def upscale_store(source: Path, out: Path, size: int) -> Path:
 
     from poi_cli.data.faces import resize_face
 
+    import pandas as pd
+
+    from poi_cli.data.duplicates import DIGEST_COLUMN, face_digest
+
     faces = np.load(source / "faces.npy", mmap_mode="r")
     out.mkdir(parents=True, exist_ok=True)
     temp = out / ".faces.npy.tmp"
     resized = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8, shape=(faces.shape[0], size, size, 3))
+    digests = []
     for i in range(faces.shape[0]):
         resized[i] = resize_face(Image.fromarray(np.asarray(faces[i])), size)
+        digests.append(face_digest(resized[i]))
     resized.flush()
     del resized
     os.replace(temp, out / "faces.npy")
-    shutil.copyfile(source / "manifest.csv", out / "manifest.csv")
+    # the manifest as it was, but the digests are of the faces stored now (a lossy pack's training
+    # faces are no longer pixel-identical to the valid faces they were twins of)
+    manifest = pd.read_csv(source / "manifest.csv", dtype=str, keep_default_na=False)
+    if DIGEST_COLUMN in manifest.columns:
+        rows = pd.to_numeric(manifest["store_index"], errors="coerce").fillna(-1).astype(int).to_numpy()
+        manifest[DIGEST_COLUMN] = [digests[r] if r >= 0 else "" for r in rows]
+    manifest.to_csv(out / "manifest.csv", index=False)
     meta = json.loads((source / "prepared.json").read_text())
     meta["size"] = size
     meta["preprocessing"] = {**meta["preprocessing"], "face_size": size, "input_size": size}

@@ -23,7 +23,8 @@
 #
 # A round trained elsewhere (the GPU pack's bundle stage brings back bundle_round2.fp16.pt)
 # goes on from its file: ROUND2=FILE for round 3 on top of it, ROUND3=FILE to pack it as it is;
-# MODEL_OUT=runs/candidate/model packs a candidate beside the shipped model instead of over it.
+# MODEL_OUT=runs/candidate/model packs a candidate beside the shipped model instead of over it
+# (its intermediate file MODEL_OUT.round.fp16.pt and, unless CARD is given, its card MODEL_OUT.card/).
 #
 # Resumable: run it again after an interruption; finished steps are kept, a killed run
 # continues from its last.pt. Nothing from a validation or test split is trained on:
@@ -46,8 +47,10 @@ WILD=(--gray-mix 0.3 --blur 0.2 --jpeg 0.2 --scale-jitter 0.1 --rotate 10)
 SOFT=(--soft-labels)
 [ "$(basename "$ROUND3")" = soft ] || SOFT=()
 OUT="${MODEL_OUT:-poi_cli/weights/poi_ferplus8_resnet10_96}"   # the packed model's files: OUT.fp16.pt, OUT.onnx
-PACKED="$(dirname "$ROUND3")/round3.fp16.pt"       # round 3 packed and calibrated, before its head is re-fitted
-CARD="${CARD:-runs/bundle4/card}"
+# round 3 packed and calibrated, before its head is re-fitted; a candidate's (MODEL_OUT) beside it, as its card
+PACKED="$(dirname "$ROUND3")/round3.fp16.pt" DEFAULT_CARD=runs/bundle4/card
+if [ -n "${MODEL_OUT:-}" ]; then PACKED="$OUT.round.fp16.pt" DEFAULT_CARD="$OUT.card"; fi
+CARD="${CARD:-$DEFAULT_CARD}"
 
 finished() {  # finished RUN EPOCHS: the run has all its epochs
   [ -f "$1/results.csv" ] && [ "$(($(wc -l < "$1/results.csv") - 1))" -ge "$2" ]

@@ -178,7 +178,8 @@ def test_upscaled_ferplus_is_what_prepare_stores_at_that_size(tmp_path):
     expected = np.load(Path(large) / "faces.npy")
     assert expected.shape[1] == 96 and expected.std() > 0
     assert np.array_equal(np.load(upscaled / "faces.npy"), expected)
-    assert (upscaled / "manifest.csv").read_text() == (Path(small) / "manifest.csv").read_text()
+    # the manifest as prepare writes it at 96 px: the same rows, the digests of the 96-px faces
+    assert (upscaled / "manifest.csv").read_text() == (Path(large) / "manifest.csv").read_text()
     meta = json.loads((upscaled / "prepared.json").read_text())
     assert meta["size"] == meta["preprocessing"]["face_size"] == meta["preprocessing"]["input_size"] == 96
 
@@ -380,3 +381,57 @@ def test_a_noise_run_stopped_at_its_limit_still_has_what_it_finished_evaluated(t
     assert runs["poi_n30"]["evaluate_status"] == "ok" and runs["poi_n30"]["eval_accuracy"] == 0.5
     assert runs["poi_n30_round2"]["status"] == "partial" and runs["poi_n30_round2"]["evaluate_status"] == "ok"
     assert record["status"] == "timeout"
+
+
+def test_a_bundle_stopped_at_its_limit_still_brings_back_the_rounds_it_trained(tmp_path):
+    """The rounds' process hits its limit in round 2: every round with a best.pt is packed
+    first (the weights are what the call is for), then evaluated, in the time kept back; an
+    earlier pack's weight file in the same folder is not taken for this run's."""
+    gpu_pack = gpu_pack_module()
+    out = tmp_path / "out"
+    args = gpu_pack.build_parser().parse_args(["run", "--dry-run", "--out", str(out), "--work", str(tmp_path / "work"),
+                                                "--stages", "data,bundle", "--bundle-epochs", "4"])
+    pack = gpu_pack.Pack(args)
+    (out / "bundle_round3_soft.fp16.pt").write_bytes(b"an earlier pack's")
+    pack.summary["stages"]["data"] = {"result": {"store": "STORE48"}}
+    calls = []
+
+    def command(stage, argv, timeout, env=None, log_name=None):
+        calls.append((log_name, argv, timeout))
+        if log_name == "bundle_data":
+            Path(argv[argv.index("--json") + 1]).write_text(json.dumps(
+                {"combined": "COMBINED", "size": 64, "epoch_images": 100, "n_val": 10,
+                 "train_rows": {"ferplus64": 80, "sfew64": 5}, "val_rows": {"ferplus64": 8, "sfew64": 2}}))
+            return {"status": "ok"}
+        commands = json.loads(argv[argv.index("--commands") + 1])
+        if log_name == "bundle_train":  # round 1's 4 epochs and 1 of round 2's, then killed
+            for folder, epochs in (("bundle", 4), ("bundle_round2", 1)):
+                run = pack.runs_dir / folder
+                run.mkdir(parents=True)
+                (run / "best.pt").write_bytes(b"")
+                (run / "results.csv").write_text("epoch,val_acc,val_acc_ferplus64,val_acc_sfew64\n"
+                                                 + "".join(f"{e},0.5,0.6,0.4\n" for e in range(1, epochs + 1)))
+            return {"status": "timeout"}
+        for argv_ in commands:  # the finishing batch: exports and evaluations
+            if argv_[0] == "export":
+                Path(argv_[-1]).write_bytes(b"weights")
+            else:
+                Path(argv_[-1]).mkdir(parents=True)
+                (Path(argv_[-1]) / "metrics.json").write_text(json.dumps({"accuracy": 0.5, "members": {}}))
+        return {"status": "ok"}
+
+    pack.command = command
+    record: dict = {}
+    pack.stage_bundle(record, limit=200)
+    names, train, finish = [c[0] for c in calls], calls[1], calls[2]
+    assert names == ["bundle_data", "bundle_train", "bundle_finish"]
+    trained = json.loads(train[1][train[1].index("--commands") + 1])
+    assert [c[0] for c in trained] == ["train", "export", "export", "evaluate", "evaluate", "train", "export", "evaluate"]
+    assert train[2] <= 200 - gpu_pack.DRY_BUNDLE_RESERVE_S  # the time kept back
+    finishing = json.loads(finish[1][finish[1].index("--commands") + 1])
+    assert [(c[0], Path(c[1]).name) for c in finishing] == [
+        ("export", "bundle"), ("export", "bundle_round2"), ("evaluate", "bundle"), ("evaluate", "bundle_round2")]
+    assert record["status"] == "timeout" and record["runs"]["bundle_soft"]["weights"] is None
+    assert [record["runs"][n]["weights"] for n in ("bundle", "bundle_round2")] == ["bundle_round1.fp16.pt", "bundle_round2.fp16.pt"]
+    assert not (out / "bundle_round3_soft.fp16.pt").exists()  # the earlier pack's, not this run's
+

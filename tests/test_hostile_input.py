@@ -477,6 +477,24 @@ def test_an_output_folder_keeps_the_users_files_and_takes_the_commands_own(comma
     assert (out / written).read_text() != "my own notes\n" and (out / "thesis.txt").read_text() == "keep me\n"
 
 
+def test_a_report_stopped_before_its_report_md_runs_again_but_a_users_picture_stays(world) -> None:
+    """report writes its figures before report.md: poi's own pictures without the marker (a
+    report stopped by Ctrl-C) are its own; a picture of the user's under such a name is not."""
+    from PIL import Image
+
+    from poi_cli.core.atomic import save_image
+
+    out = world["TMP"] / "report"
+    out.mkdir()
+    save_image(Image.new("RGB", (8, 8)), out / "curves_run.png")  # what the stopped report left
+    assert runner.invoke(app, folder_argv("report", world, out)).exit_code == 0
+    users = world["TMP"] / "users"
+    users.mkdir()
+    Image.new("RGB", (8, 8)).save(users / "curves_run.png")
+    refused = runner.invoke(app, folder_argv("report", world, users))
+    assert refused.exit_code == 1 and "holds curves_run.png" in refused.stderr
+
+
 @pytest.mark.parametrize("command", ["evaluate", "audit"])
 @pytest.mark.parametrize("target", ["DATA", "RUN"])
 def test_an_output_folder_is_never_the_dataset_or_the_run_it_reads(command: str, target: str, world) -> None:

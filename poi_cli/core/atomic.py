@@ -304,8 +304,10 @@ def check_output_folder(folder: Path, option: str, outputs: FolderOutputs) -> No
         raise PoiError(f"{option} {folder} is a prepared folder; choose another folder")
     if any((folder / name).is_file() for name in (CONFIG_FILE, LAST, BEST)):
         raise PoiError(f"{option} {folder} is a run folder; choose another folder")
+    # poi's own pictures are its own whatever the marker says (a report stopped before its
+    # report.md leaves them): only a user's file under one of the names stops the command
     taken = sorted(path.name for pattern in outputs.patterns for path in folder.glob(pattern)
-                   if path.is_file() and path.stat().st_size > 0)
+                   if path.is_file() and path.stat().st_size > 0 and not (path.suffix == ".png" and is_poi_png(path)))
     if taken and not ((folder / outputs.marker).is_file() and outputs.is_own(folder / outputs.marker)):
         raise PoiError(f"{option} {folder} holds {taken[0]}, which {outputs.command} did not write there: a command "
                        "replaces only its own earlier output; choose another folder (or remove the file)")

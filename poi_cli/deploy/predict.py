@@ -278,8 +278,9 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
     vis_name = None  # the summaries' names in the --save-vis folder, while it takes files
     if writer is not None:
         writer.close()
-        for text in writer.notes:
-            note(text)
+        for text in [*writer.notes, writer.kept_note()]:
+            if text:
+                note(text)
         vis_name = writer.summary_path
     run.summaries = video_summary(run.records)
     if csv_file and (run.records or not run.interrupted):

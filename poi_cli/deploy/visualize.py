@@ -37,9 +37,10 @@ class VisWriter:
         self.used: set[str] = set()
         self.protected = {real_path(p) for p in protected}
         self.video = None  # the video_vis.VideoVisWriter of the video being written
-        self.notes: list[str] = []  # what could not be written (a timeline without matplotlib), names kept
+        self.notes: list[str] = []  # what could not be written (a timeline without matplotlib)
         self.written = 0  # pictures and videos finished
         self.summaries: dict[str, Path] = {}  # a video's summary file, named with its pictures
+        self.kept: list[Path] = []  # files there that poi did not write, numbered around
 
     def name(self, source: str, suffix: str) -> Path:
         """DIR/<stem><suffix>, numbered when taken in this run; never an input file (the
@@ -51,12 +52,23 @@ class VisWriter:
             avoid.add(real_path(source))
         head, dot, extension = suffix.rpartition(".")
         name, number = f"{stem}{suffix}", 2
-        while name in self.used or real_path(self.out_dir / name) in avoid or self.not_own(self.out_dir / name):
-            if self.not_own(self.out_dir / name):
-                self.notes.append(f"kept {self.out_dir / name} (not written by poi): numbered the new file")
+        while True:
+            path = self.out_dir / name
+            if name not in self.used and real_path(path) not in avoid:
+                if not self.not_own(path):
+                    break
+                self.kept.append(path)
             name, number = f"{stem}{head}{number}{dot}{extension}", number + 1
         self.used.add(name)
         return self.out_dir / name
+
+    def kept_note(self) -> Optional[str]:
+        """One line for the files numbered around (a folder of another tool's, or of a poi from
+        before its pictures were marked, would otherwise say it once per picture)."""
+        if not self.kept:
+            return None
+        return (f"--save-vis kept {len(self.kept)} file{'s' if len(self.kept) > 1 else ''} in {self.out_dir} that poi did "
+                f"not write (e.g. {self.kept[0].name}): the new ones are numbered (a_poi2.png)")
 
     def not_own(self, path: Path) -> bool:
         """Something is at `path` that a re-run must not replace: not poi's own earlier output."""

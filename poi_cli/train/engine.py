@@ -335,14 +335,15 @@ class Trainer:
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
             seconds = time.perf_counter() - started
-        # the loss above is checked before each step's update: the epoch's last update can still
-        # leave non-finite weights, which would be saved and answer every face with NaN
-        tensors = [t for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()]
-        if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
-            raise TrainError(f"the weights became non-finite in epoch {epoch + 1} (try a lower --lr)")
         row = {"epoch": epoch + 1, "lr": lr, **meters.finish(ctx.distributed)}
         if ctx.distributed:
             self._average_buffers()
+        # the loss above is checked before each step's update: the epoch's last update can still
+        # leave non-finite weights, which would be saved and answer every face with NaN (checked
+        # after the buffers' average, so that every process sees the same and stops together)
+        tensors = [t for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()]
+        if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            raise TrainError(f"the weights became non-finite in epoch {epoch + 1} (try a lower --lr)")
         return row, seconds
 
     def train_step(self, x: torch.Tensor, targets: torch.Tensor, lr: float,
