@@ -278,6 +278,43 @@ def test_stalled_clients_get_408_and_hold_no_slot(server, files):
     assert requests.get(f"{url}/health", timeout=10).json()["in_flight"] == 0
 
 
+@pytest.mark.parametrize("after_response", [
+    b"GET /health HTTP/1.1\r\nHo",  # the next request's headers, trickled on a kept-alive connection
+    b"x",  # more of the body of a request the route answered without reading it (a 404 here)
+])
+def test_a_kept_alive_connection_gets_a_header_deadline_per_request(server, after_response):
+    """After a response, a client that sends a byte now and then but never a whole request's
+    headers is closed after header_timeout_s (it held the connection for ever: uvicorn cancels
+    its keep-alive timer on any byte, and a few hundred such clients locked the server)."""
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if after_response == b"x":
+        sock.sendall(b"POST /nothing HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\nxx")
+    else:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 "), answer[:100]
+    start = time.monotonic()
+    closed = False
+    while time.monotonic() - start < LIMITS.header_timeout_s + 6:
+        try:
+            sock.sendall(after_response[:1])  # a byte at a time, well inside uvicorn's keep-alive timeout
+            after_response = after_response[1:] or b"H"
+        except OSError:
+            closed = True
+            break
+        sock.settimeout(0.5)
+        try:
+            if sock.recv(4096) == b"":
+                closed = True
+                break
+        except socket.timeout:
+            pass
+    sock.close()
+    assert closed and time.monotonic() - start < LIMITS.header_timeout_s + 3
+
+
 def test_bad_query_value_is_a_one_line_reason(server, files):
     url, _ = server
     response = post(url, files["root"] / "astronaut.png", params={"show_au": "maybe"})

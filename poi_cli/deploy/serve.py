@@ -745,17 +745,34 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 
 def _with_header_timeout(protocol_class: type, seconds: float) -> type:
-    """uvicorn's HTTP protocol, closing a connection that has not sent a request's
-    headers within `seconds` (uvicorn itself waits forever for the first request)."""
+    """uvicorn's HTTP protocol, closing a connection that has not sent a request's headers
+    within `seconds` of connecting or of its last response (uvicorn itself waits forever for
+    the first request, and on a kept-alive connection any byte cancels its keep-alive timer:
+    a client trickling its next request's headers, or the rest of a body a route never read,
+    held the connection for ever, and 256 of them locked every other client out)."""
 
     class HeaderTimeoutProtocol(protocol_class):  # type: ignore[misc, valid-type]
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
-            self._poi_header_timer = self.loop.call_later(seconds, self._poi_header_timeout)
+            self._poi_arm_header_timer()
 
-        def _poi_header_timeout(self) -> None:
-            if getattr(self, "cycle", None) is None and not self.transport.is_closing():
+        def _poi_arm_header_timer(self) -> None:
+            timer = getattr(self, "_poi_header_timer", None)
+            if timer is not None:
+                timer.cancel()
+            self._poi_header_timer = self.loop.call_later(seconds, self._poi_header_timeout, getattr(self, "cycle", None))
+
+        def _poi_header_timeout(self, armed: Any) -> None:
+            # no new request since the timer was armed, and none in progress (a pipelined one
+            # started in on_response_complete is armed with itself and not yet complete)
+            idle = getattr(self, "cycle", None) is armed and (armed is None or armed.response_complete)
+            if idle and not self.transport.is_closing():
                 self.transport.close()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._poi_arm_header_timer()  # the next request's headers get their own deadline
 
         def connection_lost(self, exc: Optional[Exception]) -> None:
             timer = getattr(self, "_poi_header_timer", None)
