@@ -86,7 +86,8 @@ def test_sampling_weights_draw_each_member_that_many_times():
     assert np.array_equal(positions, sampling_positions(member, [1.0, 2.5], seed=0))  # seeded
     assert np.bincount(sampling_positions(member, [0.0, 1.0], seed=0), minlength=14)[:10].sum() == 0
     assert parse_weights(None, 2) == [1.0, 1.0] and parse_weights("1,0.5", 2) == [1.0, 0.5]
-    for bad in ("1", "1,x", "-1,1", "0,0"):
+    assert parse_weights("1000,1", 2) == [1000.0, 1.0]
+    for bad in ("1", "1,x", "-1,1", "0,0", "1e308,1e308", "1001,1", "nan,1"):  # 1e308 once crashed training
         with pytest.raises(CombineError):
             parse_weights(bad, 2)
 

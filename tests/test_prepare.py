@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -236,6 +237,23 @@ def test_bad_images_get_a_status_and_the_run_goes_on(tmp_path: Path, monkeypatch
     data = PreparedDataset(tmp_path / "out")
     face = data.faces[int(manifest.loc["sad/rotated.jpg", "store_index"])].astype(int)
     assert face[: SIZE // 4].mean() + 100 < face[-SIZE // 4:].mean()
+
+
+@pytest.mark.parametrize("row, error", [
+    ('fer0000000.png,"(0, 0, 48, 48)",0,8,1,1,0,0,0,0,0,1e400', "line 1 has a vote that is not a count"),
+    ('fer0000000.png,"(0, 0, 48, 48)",-5,8,1,1,0,0,0,0,0,0', "line 1 has a vote that is not a count"),
+    ('fer0000000.png,"(0, 0, 48, 48)",0,2.5,1,1,0,0,0,0,0,0', "line 1 has a vote that is not a count"),
+    # a train list naming a validation image would put it into training
+    ('../FER2013Valid/fer0000000.png,"(0, 0, 48, 48)",0,8,1,1,0,0,0,0,0,0', "not a file of FER2013Train/"),
+    ('fer0000000.png,"(0, 0, 48, 48)",0,8,1,1,0,0,0,0,0,0\nfer0000000.png,"(0, 0, 48, 48)",0,0,8,1,0,0,0,0,0,0',
+     "line 2 lists fer0000000.png again"),
+])
+def test_a_ferplus_label_row_that_cannot_be_right_names_its_line(tmp_path: Path, row: str, error: str) -> None:
+    raw = make_ferplus(tmp_path / "ferplus")
+    (raw / "FER2013Train" / "label.csv").write_text(row + "\n")
+    with pytest.raises(LayoutError, match=re.escape(error)):
+        prepare("ferplus", raw, tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out" / "prepared.json").exists()
 
 
 def test_wrong_layouts_name_what_is_missing(tmp_path: Path) -> None:

@@ -104,8 +104,11 @@ def union_classes(class_lists: Sequence[Sequence[str]]) -> list[str]:
     return union
 
 
+MAX_WEIGHT = 1000.0  # a member's images drawn at most this many times per epoch (1e308 crashed training)
+
+
 def parse_weights(text: Optional[str], count: int) -> list[float]:
-    """--weights "1,4" -> [1.0, 4.0]; None: 1 each. Each at least 0, one per dataset."""
+    """--weights "1,4" -> [1.0, 4.0]; None: 1 each. Each in [0, MAX_WEIGHT], one per dataset."""
     if text is None:
         return [1.0] * count
     try:
@@ -114,8 +117,8 @@ def parse_weights(text: Optional[str], count: int) -> list[float]:
         raise CombineError(f"--weights must be comma-separated numbers, got {text!r}") from None
     if len(weights) != count:
         raise CombineError(f"--weights gives {len(weights)} weights for {count} datasets")
-    if any(not np.isfinite(w) or w < 0 for w in weights) or not any(w > 0 for w in weights):
-        raise CombineError(f"--weights must be finite, at least 0 and not all 0, got {text!r}")
+    if any(not 0 <= w <= MAX_WEIGHT for w in weights) or not any(w > 0 for w in weights):  # nan fails too
+        raise CombineError(f"--weights must lie in [0, {MAX_WEIGHT:g}] (times per epoch) and not all be 0, got {text!r}")
     return weights
 
 

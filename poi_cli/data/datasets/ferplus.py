@@ -13,6 +13,7 @@ from poi_cli.data.datasets.common import (
 
 
 VOTE_PREFIX = "vote_"  # the manifest's vote columns: vote_<class> for each class, vote_unknown, vote_NF
+MAX_VOTES = 1000  # votes per class of one image: FERPlus has 10 annotators an image
 
 
 def kept_votes(votes: np.ndarray) -> np.ndarray:
@@ -43,6 +44,7 @@ def parse(raw_dir: Path) -> ParsedDataset:
     vote_columns = [f"{VOTE_PREFIX}{class_map[name] or name}" for name in vote_names]
     items: list[Item] = []
     notes: list[str] = []
+    seen: set[str] = set()
     for split, info in facts["splits"].items():
         folder = raw_dir / info["folder"]
         label_file = folder / "label.csv"
@@ -61,9 +63,20 @@ def parse(raw_dir: Path) -> ParsedDataset:
                     )
                 name = row[0].strip()
                 try:
-                    votes = np.array([int(float(v)) for v in row[2:]])
+                    values = [float(v) for v in row[2:]]
                 except ValueError:
                     raise LayoutError(f"{label_file}: line {line_number} has a vote that is not a number") from None
+                if not all(0 <= v <= MAX_VOTES and v == int(v) for v in values):  # inf and nan fail too
+                    raise LayoutError(f"{label_file}: line {line_number} has a vote that is not a count of "
+                                      f"annotators (a whole number from 0 to {MAX_VOTES})")
+                votes = np.array([int(v) for v in values])
+                if Path(name).name != name or name in ("", ".", ".."):
+                    # a name is a file of its own split's folder: `../FER2013Valid/x.png` in the train
+                    # list would put a validation face into training
+                    raise LayoutError(f"{label_file}: line {line_number} names {name!r}, not a file of {info['folder']}/")
+                if f"{info['folder']}/{name}" in seen:
+                    raise LayoutError(f"{label_file}: line {line_number} lists {name} again (each image once)")
+                seen.add(f"{info['folder']}/{name}")
                 winner, why = majority_label(votes, vote_names, class_map)
                 item = Item(
                     id=f"{info['folder']}/{name}", source=f"{info['folder']}/{name}", split=split,
