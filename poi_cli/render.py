@@ -494,10 +494,13 @@ def refit_summary(result: "RefitResult") -> list[Table | Line]:
     for head in result.candidates:
         table.add_row(*row(head, "chosen" if head is result.chosen else ""))
     took = " and ".join(f"{part} {value:.1f} s" for part, value in result.seconds.items())
+    left_out = [Line(f"note: left out, the fit diverged (weights not finite): {'; '.join(result.diverged)}",
+                     soft_wrap=True)] if result.diverged else []
+    shown = [table, *left_out]
     if result.kept_own_head:
-        return [table, Line(f"no re-fitted head scored above the model's own: wrote {result.written} with its own head and "
+        return [*shown, Line(f"no re-fitted head scored above the model's own: wrote {result.written} with its own head and "
                             f"calibration ({result.train_images} training images and their mirrors; {took})", soft_wrap=True)]
-    return [table, Line(f"wrote {result.written} (fitted on {result.train_images} training images and their mirrors; {took}; "
+    return [*shown, Line(f"wrote {result.written} (fitted on {result.train_images} training images and their mirrors; {took}; "
                         f"uncalibrated: run `poi calibrate {result.written} PREPARED_DIR --in-place` next)", soft_wrap=True)]
 
 

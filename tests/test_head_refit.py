@@ -76,10 +76,36 @@ def test_score_head_averages_accuracy_or_mean_recall_over_members():
 
 
 def test_parse_grid_refuses_what_is_not_a_list_of_numbers_at_least_0():
-    assert parse_grid("0,0.5", "--class-power") == (0.0, 0.5)
-    for bad in ("", "a", "-1", "nan", "0,,1"):
+    assert parse_grid("0,0.5", "--class-power") == (0.0, 0.5) and parse_grid("1e6", "--l2") == (1e6,)
+    for bad in ("", "a", "-1", "nan", "0,,1", "5"):
         with pytest.raises(RefitError, match="--class-power"):
             parse_grid(bad, "--class-power")
+    for bad in ("1e39", "1e7", ",".join(["0.1"] * 33)):  # 1e39 overflowed float32 in a traceback
+        with pytest.raises(RefitError, match="--l2"):
+            parse_grid(bad, "--l2")
+
+
+def test_a_fit_that_diverges_is_left_out_and_the_others_still_chosen_from(tiny_runs, tmp_path, monkeypatch):
+    """One (class power, l2) whose weights come out non-finite: it is named and left out, the
+    rest of the grid is scored and chosen from (it used to stop the whole search)."""
+    import poi_cli.train.head_refit as head_refit
+
+    fitted = head_refit.fit_head
+
+    def breaks_at_large_l2(features, labels, weights, w0, b0, l2):
+        weight, bias = fitted(features, labels, weights, w0, b0, l2)
+        return (weight * np.nan, bias) if l2 > 1 else (weight, bias)
+
+    monkeypatch.setattr(head_refit, "fit_head", breaks_at_large_l2)
+    result = refit_head(tiny_runs.poi, tiny_runs.data, out=tmp_path / "refit.pt", class_powers=(0.0,), l2s=(1e-4, 100.0),
+                        device="cpu", amp="off")
+    assert [c.l2 for c in result.candidates] == [1e-4] and result.diverged == ["--class-power 0 --l2 100"]
+    from poi_cli import render
+    from tests.test_render import text_of
+    assert "left out, the fit diverged" in text_of(*render.refit_summary(result), width=200)
+    with pytest.raises(RefitError, match="every fit diverged"):
+        refit_head(tiny_runs.poi, tiny_runs.data, out=tmp_path / "none.pt", class_powers=(0.0,), l2s=(100.0,),
+                   device="cpu", amp="off")
 
 
 def test_refit_head_changes_only_the_fc_and_leaves_the_model_file_alone(tiny_runs, tmp_path):

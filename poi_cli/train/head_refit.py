@@ -95,16 +95,25 @@ class RefitResult:
     members: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # "features", "fit": wall-clock time of each part
     kept_own_head: bool = False  # no re-fitted head scored above the model's own: the file keeps it (and its T_cal)
+    diverged: list[str] = field(default_factory=list)  # "--class-power Q --l2 L" of the fits left out (not finite)
+
+
+MAX_GRID = 32  # values per option: each (class power, l2) pair is a full L-BFGS fit
+GRID_MAXIMUM = {"--class-power": 4.0, "--l2": 1e6}  # q: 1 balances the classes; l2 1e6 pins W to W_0 (1e39 overflowed float32)
 
 
 def parse_grid(text: str, option: str) -> tuple[float, ...]:
-    """"0,0.25,0.5" -> (0.0, 0.25, 0.5): finite numbers at least 0, one line otherwise."""
+    """"0,0.25,0.5" -> (0.0, 0.25, 0.5): numbers from 0 to GRID_MAXIMUM[option], at most MAX_GRID
+    of them, one line otherwise."""
     try:
         values = tuple(float(part) for part in text.split(","))
     except ValueError:
         raise RefitError(f"{option} must be comma-separated numbers, got {text!r}") from None
-    if not values or any(not np.isfinite(v) or v < 0 for v in values):
-        raise RefitError(f"{option} must be finite numbers at least 0, got {text!r}")
+    highest = GRID_MAXIMUM.get(option, float("inf"))
+    if not values or any(not 0 <= v <= highest for v in values):  # nan fails too
+        raise RefitError(f"{option} must be numbers from 0 to {highest:g}, got {text!r}")
+    if len(values) > MAX_GRID:
+        raise RefitError(f"{option} gives {len(values)} values: at most {MAX_GRID} (each pair is a fit)")
     return values
 
 
@@ -260,19 +269,22 @@ def refit_head(run_or_checkpoint: str | Path, prepared_dir: str | Path, out: Opt
     b0 = model.trn.fc.bias.detach().float().cpu().numpy()
     before = score_head(view_probabilities(val_features, w0, b0), val.labels, val_member, names, select, None, None, answers)
 
-    candidates, heads = [], []
+    candidates, heads, diverged = [], [], []
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("fitting heads", total=len(class_powers) * len(l2s))
         for power in class_powers:
             weights = np.concatenate([image_weights[power]] * 2)
             for l2 in l2s:
                 weight, bias = fit_head(features, labels, weights, w0, b0, l2)
-                if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
-                    raise RefitError(f"the fit diverged for --class-power {power:g} --l2 {l2:g} (weights not finite)")
+                bar.advance(task)
+                if not (np.isfinite(weight).all() and np.isfinite(bias).all()):  # left out, the others go on
+                    diverged.append(f"--class-power {power:g} --l2 {l2:g}")
+                    continue
                 probs = view_probabilities(val_features, weight, bias)
                 candidates.append(score_head(probs, val.labels, val_member, names, select, power, l2, answers))
                 heads.append((weight, bias))
-                bar.advance(task)
+    if not candidates:
+        raise RefitError(f"every fit diverged (weights not finite): {'; '.join(diverged)}")
     seconds["fit"] = time.perf_counter() - started - seconds["features"]
     best = int(np.argmax([c.score for c in candidates]))  # the first of equal scores: the grid's order
     # a re-fit must beat the trained head on validation to replace it (a tie keeps the trained one)
@@ -292,4 +304,4 @@ def refit_head(run_or_checkpoint: str | Path, prepared_dir: str | Path, out: Opt
     }
     save_checkpoint(target, checkpoint)
     return RefitResult(chosen, before, candidates, target, len(train.labels), len(val.labels), split, select,
-                       views, names, seconds, kept_own_head)
+                       views, names, seconds, kept_own_head, diverged)
