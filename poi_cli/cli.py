@@ -524,8 +524,9 @@ def serve(
     with user_errors():  # a bad port, an address in use: ServeError, one line
         try:
             run_serve(predictor, host=host, port=port, limits=limits, warn=warn)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM, re-raised by uvicorn once it has shut down: a server's end
-            err_console.print("server stopped", highlight=False)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM, re-raised by older uvicorns once shut down: a server's end
+            pass
+        err_console.print("server stopped", highlight=False)  # uvicorn 0.55 returns after its own shutdown
 
 
 @app.command()

@@ -1,6 +1,7 @@
 """Temperature scaling and the calibration / selective-prediction metrics (issue 12)."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,6 +156,26 @@ def test_poi_calibrate_refuses_the_split_the_model_is_evaluated_on(tmp_path, pre
     result = runner.invoke(app, ["calibrate", str(run), str(folds), "--split", "fold0", "--out", str(tmp_path / "f0.pt"),
                                  "--device", "cpu", "--fusion", "trn", "--flip", "off"])
     assert result.exit_code == 0, result.output  # another fold is the user's choice
+
+
+def test_poi_calibrate_refuses_the_images_the_model_trained_on(tmp_path, tiny_runs):
+    """--split train of the store the run trained on: its faces are fitted, so a T_cal fitted
+    there is overconfident; another store's train split stays the user's choice."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from poi_cli.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["calibrate", str(tiny_runs.poi), str(tiny_runs.data), "--split", "train",
+                                 "--out", str(tmp_path / "train.pt"), "--device", "cpu"])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "the images this model trained on" in result.output and not (tmp_path / "train.pt").exists()
+    other = Path(shutil.copytree(tiny_runs.data, tmp_path / "other"))  # another store, by name
+    result = runner.invoke(app, ["calibrate", str(tiny_runs.poi), str(other), "--split", "train",
+                                 "--out", str(tmp_path / "other.pt"), "--device", "cpu", "--fusion", "trn", "--flip", "off"])
+    assert result.exit_code == 0, result.output
 
 
 def test_choose_recipe_takes_the_lowest_nll_after_scaling_and_ties_go_to_the_cheaper():

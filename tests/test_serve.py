@@ -335,6 +335,8 @@ def test_model_health_and_openapi(server):
     assert card["epoch"] == json.loads(predictor.runner.meta["epoch"])
     assert card["calibration_temperature"] == pytest.approx(predictor.calibration_temperature)
     assert card["recipe"] == predictor.runner.recipe.to_dict() and set(card["recipe"]) == {"fusion", "flip"}
+    probe = requests.head(f"{url}/health", timeout=10)  # a load balancer's health probe
+    assert probe.status_code == 200 and probe.content == b""
     schema = requests.get(f"{url}/openapi.json", timeout=10).json()
     assert "/predict" in schema["paths"] and requests.get(f"{url}/docs", timeout=10).status_code == 200
     responses = schema["paths"]["/predict"]["post"]["responses"]
@@ -433,6 +435,8 @@ def test_uvicorn_settings_and_limit_checks():
         ServeLimits(max_pixels=200_000_000)
     with pytest.raises(ServeError, match="body_timeout_s must be positive"):
         ServeLimits(body_timeout_s=0)
+    with pytest.raises(ServeError, match="must be at least 1 s, got 1e-12"):  # every upload would be a 408
+        ServeLimits(body_timeout_s=1e-12)
 
 
 @pytest.mark.parametrize("option, value, message", [

@@ -107,6 +107,9 @@ class ServeLimits:
         if self.max_pixels > faces.MAX_PIXELS:
             raise ServeError(f"--max-megapixels is at most {faces.MAX_PIXELS / 1e6:.0f} (the image loader's own limit), "
                              f"got {self.max_pixels / 1e6:g}")
+        if self.body_timeout_s < 1 or self.header_timeout_s < 1:  # shorter: no request could arrive in time
+            raise ServeError(f"--body-timeout and the header timeout must be at least 1 s, got "
+                             f"{self.body_timeout_s:g} and {self.header_timeout_s:g}")
         if self.decode_side < 2 * faces.MIN_SIDE:
             raise ServeError(f"serve limit decode_side must be at least {2 * faces.MIN_SIDE}, got {self.decode_side}")
 
@@ -549,6 +552,8 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits()) -> Any
     async def health() -> dict:
         return {"status": "ok", "in_flight": state["in_flight"], "served": state["served"],
                 "pixels_in_flight": state["pixels_in_flight"], "buffered_bytes": state["buffered_bytes"]}
+
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # load balancers' probes
 
     @app.get("/model")
     async def model() -> dict:

@@ -60,7 +60,8 @@ def default_split(dataset: PreparedDataset) -> str:
 
 
 def check_fit_split(split: str, dataset: PreparedDataset, info: CheckpointInfo) -> None:
-    """CalibrateError (one line, saying why) for a split the model is evaluated on: the store's
+    """CalibrateError (one line, saying why) for the split the model trained on (of the store it
+    trained on), and for a split the model is evaluated on: the store's
     test split, or, for a run trained with --fold K (cross-validation), fold K, its held-out
     evaluation fold (the checkpoint's resolved.test_split). A recipe and T_cal chosen on the
     images they are then scored on make those figures (accuracy, ECE, strata) optimistic.
@@ -74,6 +75,11 @@ def check_fit_split(split: str, dataset: PreparedDataset, info: CheckpointInfo) 
                    "(T_cal carries over), or name other held-out images with --split")
         raise CalibrateError(f"--split test: calibrating on the test split makes the test figures optimistic "
                              f"(the recipe and T_cal would be chosen on the images they are scored on); {instead}")
+    trained_on = info.config.get("train_split") or "train"
+    if split == trained_on and info.training_data is not None and info.training_data == Path(dataset.root).name:
+        raise CalibrateError(f"--split {split}: the images this model trained on (it fits them better than new faces, "
+                             "so a T_cal fitted there makes `confidence` overconfident); fit on its validation split "
+                             "(the default)")
     held_out = info.resolved.get("test_split")
     if held_out and split == held_out:
         kept = "; its checkpoint keeps the T_cal training fitted on its validation images" if info.calibration else ""
