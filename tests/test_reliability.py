@@ -177,10 +177,13 @@ def test_broken_symlink_in_a_folder_dataset_gets_a_manifest_row(tmp_path):
     (raw / "happy").mkdir(parents=True)
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)).save(raw / "happy" / "a.png")
     (raw / "happy" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(raw / "happy" / "pipe.png")  # read, it would block: named without being opened
     result = prepare("folder", raw, tmp_path / "out", size=32, detect=False, show_progress=False)
     manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
     row = manifest[manifest["source"] == "happy/gone.png"]
     assert len(row) == 1 and row.iloc[0]["status"] != "ok" and "symlink" in row.iloc[0]["reason"]
+    row = manifest[manifest["source"] == "happy/pipe.png"]  # once left out without a row
+    assert len(row) == 1 and row.iloc[0]["status"] != "ok" and row.iloc[0]["reason"] == "not a regular file"
     assert result.counts["train"]["ok"] == 1
 
 

@@ -96,8 +96,9 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
     ImageFolder reads a class folder; links to folders not followed), sorted by path,
     hidden files and folders skipped.
 
-    A broken symlink with an image suffix is listed too: it is an image the user meant to
-    include, so it gets a manifest row with its reason instead of silently vanishing.
+    Whatever else carries an image suffix but is no folder is listed too (a broken symlink, a
+    FIFO, a socket): it is an image the user meant to include, so it gets a manifest row with
+    its reason (load_image names it without opening it) instead of silently vanishing.
     """
     if recursive:
         candidates = []
@@ -108,8 +109,7 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
         candidates = list(folder.iterdir())
     return sorted(
         p for p in candidates
-        if (p.is_file() or (p.is_symlink() and not p.exists()))
-        and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        if not p.is_dir() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
     )
 
 
