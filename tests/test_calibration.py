@@ -172,10 +172,15 @@ def test_poi_calibrate_refuses_the_images_the_model_trained_on(tmp_path, tiny_ru
                                  "--out", str(tmp_path / "train.pt"), "--device", "cpu"])
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
     assert "the images this model trained on" in result.output and not (tmp_path / "train.pt").exists()
-    other = Path(shutil.copytree(tiny_runs.data, tmp_path / "other"))  # another store, by name
+    other = Path(shutil.copytree(tiny_runs.data, tmp_path / "other"))  # another store (here: a copy)
     result = runner.invoke(app, ["calibrate", str(tiny_runs.poi), str(other), "--split", "train",
                                  "--out", str(tmp_path / "other.pt"), "--device", "cpu", "--fusion", "trn", "--flip", "off"])
     assert result.exit_code == 0, result.output
+    alias = tmp_path / "alias"
+    alias.symlink_to(tiny_runs.data)  # the same store by another name: still the images it trained on
+    result = runner.invoke(app, ["calibrate", str(tiny_runs.poi), str(alias), "--split", "train",
+                                 "--out", str(tmp_path / "alias.pt"), "--device", "cpu"])
+    assert result.exit_code == 1 and "the images this model trained on" in result.output
 
 
 def test_choose_recipe_takes_the_lowest_nll_after_scaling_and_ties_go_to_the_cheaper():

@@ -435,6 +435,8 @@ def test_uvicorn_settings_and_limit_checks():
         ServeLimits(max_pixels=200_000_000)
     with pytest.raises(ServeError, match="body_timeout_s must be positive"):
         ServeLimits(body_timeout_s=0)
+    with pytest.raises(ServeError, match="keep_alive_s must be positive and finite"):
+        ServeLimits(keep_alive_s=float("nan"))
     with pytest.raises(ServeError, match="must be at least 1 s, got 1e-12"):  # every upload would be a 408
         ServeLimits(body_timeout_s=1e-12)
 

@@ -102,8 +102,8 @@ class ServeLimits:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if value <= 0:
-                raise ServeError(f"serve limit {name} must be positive, got {value}")
+            if not 0 < value < math.inf:  # nan fails too
+                raise ServeError(f"serve limit {name} must be positive and finite, got {value}")
         if self.max_pixels > faces.MAX_PIXELS:
             raise ServeError(f"--max-megapixels is at most {faces.MAX_PIXELS / 1e6:.0f} (the image loader's own limit), "
                              f"got {self.max_pixels / 1e6:g}")

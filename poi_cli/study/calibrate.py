@@ -75,11 +75,16 @@ def check_fit_split(split: str, dataset: PreparedDataset, info: CheckpointInfo) 
                    "(T_cal carries over), or name other held-out images with --split")
         raise CalibrateError(f"--split test: calibrating on the test split makes the test figures optimistic "
                              f"(the recipe and T_cal would be chosen on the images they are scored on); {instead}")
-    trained_on = info.config.get("train_split") or "train"
-    if split == trained_on and info.training_data is not None and info.training_data == Path(dataset.root).name:
+    # the store the run trained on, by its path as training recorded it (resolved): a copy elsewhere,
+    # or another store of the same name, is the user's choice
+    trained_on = info.config.get("data")
+    same_store = bool(trained_on) and Path(str(trained_on)).resolve() == Path(dataset.root).resolve()
+    if same_store and split == (info.config.get("train_split") or "train"):
+        validation = dataset.validation_split()
+        instead = (f"fit on {validation} (the default)" if validation is not None else
+                   "name held-out images with --split, or the validation split of another store")
         raise CalibrateError(f"--split {split}: the images this model trained on (it fits them better than new faces, "
-                             "so a T_cal fitted there makes `confidence` overconfident); fit on its validation split "
-                             "(the default)")
+                             f"so a T_cal fitted there makes `confidence` overconfident); {instead}")
     held_out = info.resolved.get("test_split")
     if held_out and split == held_out:
         kept = "; its checkpoint keeps the T_cal training fitted on its validation images" if info.calibration else ""

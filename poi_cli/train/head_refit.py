@@ -299,7 +299,7 @@ def refit_head(run_or_checkpoint: str | Path, prepared_dir: str | Path, out: Opt
     checkpoint["head_refit"] = {
         "class_power": chosen.class_power, "l2": chosen.l2, "kept_own_head": kept_own_head, "select": select, "split": split,
         "prepared": str(Path(dataset.root).resolve()), "train_images": int(len(train.labels)), "views": views,
-        "before": before.to_dict(), "candidates": [c.to_dict() for c in candidates],
+        "before": before.to_dict(), "candidates": [c.to_dict() for c in candidates], "diverged": diverged,
         "seconds": {part: round(value, 1) for part, value in seconds.items()},
     }
     save_checkpoint(target, checkpoint)

@@ -44,7 +44,10 @@ def parse_official(raw_dir: Path) -> ParsedDataset:
         if lookup[code] is None:
             skipped_codes[code] = skipped_codes.get(code, 0) + 1
             continue
-        frames = list_images(images_root / sequence) if (images_root / sequence).is_dir() else []
+        # the sequence's frames in order: peak and neutral frames are counted among files (a FIFO
+        # named as a frame must not take a real frame's place; a broken link still gets its row)
+        frames = ([p for p in list_images(images_root / sequence) if p.is_file() or p.is_symlink()]
+                  if (images_root / sequence).is_dir() else [])
         if not frames:
             raise LayoutError(f"{raw_dir} does not look like CK+: {layout['images']}/{sequence.as_posix()}/ has no frames")
         peak = frames[-layout["peak_frames"]:]
