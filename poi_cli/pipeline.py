@@ -48,6 +48,7 @@ from poi_cli.model.checkpoint import CONFIG_FILE, LAST, load_checkpoint, read_ch
 from poi_cli.model.predictions import predict_checkpoint_split
 from poi_cli.train.config import ROUNDS_FINE_TUNE_LR_FACTOR, TrainConfig, TrainError
 from poi_cli.train.engine import TrainingInterrupted, train
+from poi_cli.train.run_folder import repair_finished
 
 CLEAN_DIR = "clean"
 CROSS_FIT_DIR = "crossfit"  # in the audit's output folder: the K label files and run folders
@@ -113,6 +114,8 @@ def resume_rounds(config: TrainConfig, console: Optional[Console], announce: Cal
     if named and 2 <= int(named.group(2)) <= rounds and (run_dir.with_name(named.group(1)) / CONFIG_FILE).is_file():
         number, first = int(named.group(2)), run_dir.with_name(named.group(1))
     finished = (run_dir / LAST).is_file() and read_checkpoint_info(run_dir / LAST).epoch >= epochs > 0
+    if finished and number < rounds:  # a kill in its last epoch's writes: its files in line with last.pt
+        repair_finished(run_dir, load_checkpoint(run_dir / LAST))
     if not (finished and number < rounds):
         train(config, console)  # resumes it (or says that it finished and no round is left)
     else:

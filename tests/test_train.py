@@ -181,6 +181,30 @@ def test_bad_input_is_one_line_error(tmp_path):
     assert result.exit_code == 1 and "never selected on the test split" in result.output
 
 
+def test_a_kill_in_the_last_epochs_writes_is_repaired_by_the_resume_that_finds_it_finished(tmp_path):
+    """Killed after last.pt of the last epoch but before its results.csv row and best.pt: the
+    run is finished, so --resume says so, but first brings results.csv and best.pt in line with
+    last.pt (it used to leave them an epoch behind, and evaluate and report read them) and
+    removes the killed writer's temp file."""
+    data = make_prepared(tmp_path / "data", splits={"train": 6, "valid": 2})
+    runs = tmp_path / "runs"
+    done = CliRunner().invoke(app, ["train", str(data), "--arch", "resnet10", "--size", "64", "--batch", "16",
+                                    "--epochs", "2", "--amp", "off", "--project", str(runs)])
+    assert done.exit_code == 0, done.output
+    run = runs / "exp"
+    last = load_checkpoint(run / "last.pt")
+    rows = (run / "results.csv").read_text().splitlines()
+    (run / "results.csv").write_text("\n".join(rows[:2]) + "\n")  # epoch 2's row never written
+    if last["best_epoch"] == 2:
+        (run / "best.pt").unlink()  # epoch 2's best.pt never written (epoch 1's was not kept either)
+    temp = run / ".best.pt.99999999.abcd.tmp"  # the killed writer's (no such process)
+    temp.write_bytes(b"half a checkpoint")
+    resumed = CliRunner().invoke(app, ["train", "--resume", str(run)])
+    assert resumed.exit_code == 1 and "already finished its 2 epochs" in resumed.output
+    assert (run / "results.csv").read_text().splitlines() == rows and not temp.exists()
+    assert load_checkpoint(run / "best.pt")["epoch"] == last["best_epoch"]
+
+
 def test_an_epoch_whose_last_update_breaks_the_weights_stops_the_run_without_saving_them(tmp_path):
     """One step per epoch at an absurd lr: the loss is finite when checked (before the update),
     the update leaves weights whose outputs overflow; the run stops in one line and saves no

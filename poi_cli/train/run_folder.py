@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from poi_cli.core.atomic import next_run_dir, write_csv, write_json
+from poi_cli.core.atomic import next_run_dir, remove_stale_temps, write_csv, write_json
 from poi_cli.core.runtime import DistContext
 from poi_cli.model.checkpoint import BEST, CONFIG_FILE, HELDOUT_FILE, LAST, RESULTS_FILE, load_checkpoint, save_checkpoint
 from poi_cli.train.config import TrainConfig, TrainError
@@ -115,8 +115,20 @@ def resume_config(config: TrainConfig) -> tuple[TrainConfig, Optional[dict]]:
         raise TrainError(f"--resume: {run_dir} is not a poi run folder (no {LAST} or {CONFIG_FILE})")
     saved.device, saved.resume = config.device, str(run_dir)
     if checkpoint is not None and checkpoint["epoch"] >= saved.epochs:
+        repair_finished(run_dir, checkpoint)
         raise TrainError(f"--resume: {run_dir} already finished its {saved.epochs} epochs")
     return saved, checkpoint
+
+
+def repair_finished(run_dir: Path, checkpoint: dict) -> None:
+    """A run whose last.pt holds its last epoch: results.csv and best.pt brought in line with it,
+    as a resume does, and a killed writer's temp files removed (a kill between the last epoch's
+    writes left its row out of results.csv and best.pt an epoch behind, and a finished run is
+    never resumed to repair them)."""
+    history = list(checkpoint.get("history") or [])[: int(checkpoint["epoch"])]
+    RunFolder(run_dir, writer=True).repair(checkpoint, history)
+    for name in (BEST, LAST, RESULTS_FILE):
+        remove_stale_temps(run_dir / name)
 
 
 def rng_state() -> dict:
