@@ -48,7 +48,7 @@ from poi_cli.model.checkpoint import CONFIG_FILE, LAST, load_checkpoint, read_ch
 from poi_cli.model.predictions import predict_checkpoint_split
 from poi_cli.train.config import ROUNDS_FINE_TUNE_LR_FACTOR, TrainConfig, TrainError
 from poi_cli.train.engine import TrainingInterrupted, train
-from poi_cli.train.run_folder import repair_finished
+from poi_cli.train.run_folder import read_run_config, repair_finished
 
 CLEAN_DIR = "clean"
 CROSS_FIT_DIR = "crossfit"  # in the audit's output folder: the K label files and run folders
@@ -107,8 +107,11 @@ def resume_rounds(config: TrainConfig, console: Optional[Console], announce: Cal
     """--resume of a run folder: finish it and, when it is a round of a --rounds recipe with
     rounds left, the rounds after it (a finished round is not trained again)."""
     run_dir = Path(config.resume)
-    stored = json.loads((run_dir / CONFIG_FILE).read_text()) if (run_dir / CONFIG_FILE).is_file() else {}
-    rounds, epochs = int(stored.get("rounds") or 1), int(stored.get("epochs") or 0)
+    stored = read_run_config(run_dir) if (run_dir / CONFIG_FILE).is_file() else {}
+    try:
+        rounds, epochs = int(stored.get("rounds") or 1), int(stored.get("epochs") or 0)
+    except (TypeError, ValueError):
+        raise TrainError(f"--resume: {run_dir / CONFIG_FILE}: rounds and epochs are not whole numbers") from None
     number, first = 1, run_dir
     named = re.fullmatch(r"(.+)_round(\d+)", run_dir.name)  # round_folder's name of a later round
     if named and 2 <= int(named.group(2)) <= rounds and (run_dir.with_name(named.group(1)) / CONFIG_FILE).is_file():

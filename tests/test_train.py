@@ -181,6 +181,19 @@ def test_bad_input_is_one_line_error(tmp_path):
     assert result.exit_code == 1 and "never selected on the test split" in result.output
 
 
+@pytest.mark.parametrize("content", ["not json", "[]", "{}", '{"data": "p", "epochs": "x"}', "\udcff"])
+def test_resume_of_a_run_whose_config_json_is_damaged_is_one_line_naming_it(tmp_path, content):
+    """A run killed in its first epoch resumes from config.json: a hand-edited or truncated one
+    was a traceback ([]) or a line naming nothing ("Expecting value ...")."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_bytes(content.encode("utf-8", "surrogateescape"))
+    result = CliRunner().invoke(app, ["train", "--resume", str(run)])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and "config.json" in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
 def test_a_kill_in_the_last_epochs_writes_is_repaired_by_the_resume_that_finds_it_finished(tmp_path):
     """Killed after last.pt of the last epoch but before its results.csv row and best.pt: the
     run is finished, so --resume says so, but first brings results.csv and best.pt in line with

@@ -121,6 +121,14 @@ def test_a_sampling_option_that_is_no_number_is_one_line(option, value, files):
     assert result.exit_code == 1 and result.stderr.strip() == f"error: {option} must be a number of {unit}, got {value}"
 
 
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_an_end_at_or_before_the_first_frame_is_one_line(value, files):
+    """--end 0 once read "no frame in the --start/--end window (the video is 0.10 s)" of a 2 s
+    clip, and --end -1 was accepted."""
+    result = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), "--end", value])
+    assert result.exit_code == 1 and result.stderr.strip() == f"error: --end must be a positive number of seconds, got {float(value)}"
+
+
 def test_a_window_past_the_video_end_is_an_error_record_not_nothing(files):
     result = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), "--start", "10", "--json"])
     assert result.exit_code == 1, result.stderr  # the only input gave no frame: nothing could be read

@@ -71,6 +71,8 @@ class VideoSampling:
             raise VideoError(f"--fps must be positive, got {self.fps}")
         if self.start is not None and self.start < 0:
             raise VideoError(f"--start must be 0 or more seconds, got {self.start}")
+        if self.end is not None and not self.end > 0:  # the first frame is at 0 s: nothing would be analysed
+            raise VideoError(f"--end must be a positive number of seconds, got {self.end}")
         if self.start is not None and self.end is not None and self.end <= self.start:
             raise VideoError(f"--end ({self.end} s) must come after --start ({self.start} s)")
 

@@ -110,7 +110,7 @@ def resume_config(config: TrainConfig) -> tuple[TrainConfig, Optional[dict]]:
         if finished:
             raise TrainError(f"--resume: {run_dir} has {' and '.join(finished)} but no {LAST} to resume from; "
                              f"put {LAST} back, or train into a new run folder")
-        saved = TrainConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
+        saved = TrainConfig.from_dict(read_run_config(run_dir))
     else:
         raise TrainError(f"--resume: {run_dir} is not a poi run folder (no {LAST} or {CONFIG_FILE})")
     saved.device, saved.resume = config.device, str(run_dir)
@@ -118,6 +118,19 @@ def resume_config(config: TrainConfig) -> tuple[TrainConfig, Optional[dict]]:
         repair_finished(run_dir, checkpoint)
         raise TrainError(f"--resume: {run_dir} already finished its {saved.epochs} epochs")
     return saved, checkpoint
+
+
+def read_run_config(run_dir: Path) -> dict:
+    """A run folder's config.json as a dict; TrainError (one line naming the file) when it is not
+    one (hand-edited, truncated)."""
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise TrainError(f"--resume: {path} is not readable JSON ({str(error).splitlines()[0]})") from None
+    if not isinstance(values, dict) or not values.get("data") or type(values.get("epochs")) is not int:
+        raise TrainError(f"--resume: {path} is not a run's settings (a JSON object naming its data and epochs)")
+    return values
 
 
 def repair_finished(run_dir: Path, checkpoint: dict) -> None:
