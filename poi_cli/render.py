@@ -389,7 +389,10 @@ def report_summary(result: "Report") -> list[Item]:
     for _, row in result.summary.iterrows():
         planned = "?" if row["epochs_planned"] is None or row["epochs_planned"] != row["epochs_planned"] else int(row["epochs_planned"])
         best = "-" if row["best_epoch"] is None or row["best_epoch"] != row["best_epoch"] else f"{_pct(row['best_val_acc'])} ({int(row['best_epoch'])})"
-        evaluated = _pct(row["eval_acc"]) + (f" ({row['eval_split']})" if isinstance(row["eval_split"], str) else "")
+        n = row.get("eval_n")
+        where = [row["eval_split"]] if isinstance(row["eval_split"], str) else []
+        where += [f"{int(n)} images"] if isinstance(n, (int, float)) and n == n else []  # n == n: not NaN
+        evaluated = _pct(row["eval_acc"]) + (f" ({', '.join(where)})" if where else "")
         table.add_row(row["run"], row["method"], _pct(row["noise"]), f"{row['epochs_done']}/{planned}",
                       _pct(row["final_val_acc"]), best, evaluated)
     named = [path.name for path in result.files if path.suffix != ".png"]

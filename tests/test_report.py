@@ -163,6 +163,20 @@ def test_run_on_cleaned_labels_reports_the_noise_it_started_from(runs, tmp_path)
     assert pd.isna(row["noise"]) and row["variant"] == "labels=cleaned (drop)"
 
 
+def test_report_with_data_says_how_many_faces_a_run_was_scored_on(runs, tmp_path):
+    """A 7-class run on an 8-class folder is scored without the contempt faces: runs.csv and
+    report.md say on how many and why (the accuracies once sat side by side as if comparable)."""
+    from conftest import make_prepared
+
+    eight = make_prepared(tmp_path / "eight", num_classes=8, splits={"train": 2, "test": 2})
+    report = build_report([runs / "poi20"], tmp_path / "out8", data=eight, split="test", device="cpu")
+    row = report.summary.set_index("run").loc["poi20"]
+    assert (row["eval_n"], row["eval_left_out"]) == (14, 2)  # 7 classes x 2 of the 16 test faces
+    assert any("eval on 14 images" in note and "contempt" in note for note in report.runs[0].notes)
+    markdown = (tmp_path / "out8" / "report.md").read_text()
+    assert "eval_n" in markdown and "eval on 14 images" in markdown
+
+
 def test_report_with_data_adds_confusion_consistency_strata_and_calibration(runs, prepared, tmp_path):
     report = build_report([runs / "poi20", runs / "base20"], tmp_path / "out", data=prepared, split="test", device="cpu")
     names = {p.name for p in report.files}

@@ -85,7 +85,7 @@ PATH_OPTIONS = ("pretrained", "fine_tune")  # weights files: the same file where
 SUMMARY_COLUMNS = [
     "run", "data", "method", "variant", "arch", "input_size", "noise", "noise_realised", *SWITCHES, "seed", "epochs_done", "epochs_planned",
     "missing_epochs", "final_val_acc", "best_val_acc", "best_epoch", "final_train_acc", "eval_acc", "eval_split",
-    "eval_acc_without_twins", "ece_confidence", "ece_floor_confidence", "ece_max_softmax", "aurc_confidence", "aurc_consistency", "aurc_max_softmax", "path",
+    "eval_n", "eval_left_out", "eval_acc_without_twins", "ece_confidence", "ece_floor_confidence", "ece_max_softmax", "aurc_confidence", "aurc_consistency", "aurc_max_softmax", "path",
 ]
 CALIBRATION_COLUMNS = {  # runs.csv column: (metric, score) in an evaluation's calibration block
     "ece_confidence": ("ece", "confidence"), "ece_floor_confidence": ("ece_floor", "confidence"),
@@ -328,6 +328,9 @@ def summarise(run: Run, variant: str) -> dict:
         "best_epoch": None if best is None else int(r["epoch"].iloc[best]),
         "final_train_acc": train.iloc[-1] if len(r) else None,
         "eval_acc": evaluation.get("accuracy"), "eval_split": evaluation.get("split"),
+        # how many faces eval_acc is of, and how many of the split were left out (classes the model
+        # does not know): runs with other class sets are scored on other faces
+        "eval_n": evaluation.get("n_images"), "eval_left_out": evaluation.get("n_left_out"),
         # the faces with no pixel-identical copy among the folder's other faces (evaluate's twins)
         "eval_acc_without_twins": ((evaluation.get("twins") or {}).get("without") or {}).get("accuracy"),
         **calibration_figures(evaluation), "path": str(run.path),
@@ -558,6 +561,8 @@ def build_report(
                 run.notes.append(f"no predictions: {error}")
                 continue
             run.evaluation = evaluation
+            if evaluation.get("n_left_out"):  # not the same faces as a run that knows every class
+                run.notes.append(f"eval on {evaluation.get('n_images')} images: {evaluation.get('class_mapping')}")
             w = mapped.predictions.consistency
             if w is not None:
                 files.append(plot_consistency(run.name, w, mapped.correct, out / f"consistency_{run.name}.png"))
@@ -582,9 +587,10 @@ def build_report(
         files.append(out / name)
 
     shown = summary[["run", "method", "variant", "noise", "epochs_done", "epochs_planned", "missing_epochs", "final_val_acc",
-                     "best_val_acc", "best_epoch", "eval_acc", "eval_split"]]
+                     "best_val_acc", "best_epoch", "eval_acc", "eval_split", "eval_n"]]
     sections.append(f"{REPORT_TITLE}\n\nAccuracies in %. final = last finished epoch, best = best validation epoch "
-                    "(best.pt); eval = best.pt on eval_split (the `--data` split, or the run's eval/metrics.json).\n")
+                    "(best.pt); eval = best.pt on eval_split (the `--data` split, or the run's eval/metrics.json), "
+                    "of eval_n images (fewer where the model does not know every class: see the notes).\n")
     sections.append("## Runs (Tables II, III, X)\n\n" + _markdown(shown, percent=("noise",)))
     sections.append("## Best validation accuracy by method and noise rate (Table II)\n\n" + _markdown(by_noise))
     if not seeds.empty and (seeds["runs"] > 1).any():
