@@ -181,6 +181,24 @@ def test_bad_input_is_one_line_error(tmp_path):
     assert result.exit_code == 1 and "never selected on the test split" in result.output
 
 
+@pytest.mark.parametrize("inside", ["data/runs", "data/labels/runs", "run"])
+def test_a_project_inside_a_prepared_folder_or_a_run_is_one_line_before_any_folder(tmp_path, inside):
+    """Runs went into the prepared folder (a later `poi prepare` of a tree holding one read `exp/`
+    as a class folder) or into another run's folder."""
+    data = make_prepared(tmp_path / "data", splits={"train": 2, "valid": 1})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "last.pt").write_bytes(b"")
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    result = CliRunner().invoke(app, ["train", str(data), "--epochs", "1", "--amp", "off",
+                                      "--project", str(tmp_path / inside)])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert ("is a run folder" if inside == "run" else "lies inside the prepared folder") in lines[0]
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
 @pytest.mark.parametrize("content", ["not json", "[]", "{}", '{"data": "p", "epochs": "x"}', "\udcff"])
 def test_resume_of_a_run_whose_config_json_is_damaged_is_one_line_naming_it(tmp_path, content):
     """A run killed in its first epoch resumes from config.json: a hand-edited or truncated one

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from poi_cli.core.atomic import next_run_dir, remove_stale_temps, write_csv, write_json
+from poi_cli.core.layout import META_FILE
 from poi_cli.core.runtime import DistContext
 from poi_cli.model.checkpoint import BEST, CONFIG_FILE, HELDOUT_FILE, LAST, RESULTS_FILE, load_checkpoint, save_checkpoint
 from poi_cli.train.config import TrainConfig, TrainError
@@ -50,6 +51,7 @@ class RunFolder:
         """The resumed folder, or a new project/name (numbered when taken), the same on every process."""
         if config.resume:
             return cls(Path(config.resume), ctx.is_main)
+        check_project(Path(config.project))
         path = [next_run_dir(config.project, config.name, config.exist_ok) if ctx.is_main else None]
         if ctx.distributed:
             dist.broadcast_object_list(path, src=0)
@@ -92,6 +94,19 @@ class RunFolder:
             stale = not best_path.is_file() or load_checkpoint(best_path).get("epoch") != checkpoint["epoch"]
             if stale:
                 save_checkpoint(best_path, checkpoint)
+
+
+def check_project(project: Path) -> None:
+    """TrainError (one line) for a --project inside a prepared folder, or that is a run folder: a
+    run folder there would become part of the dataset's tree (a later `poi prepare` of it read
+    `exp/` as a class) or sit among another run's files. (A run's own sub-folders may hold runs:
+    the cross-fitted audit's fold models under clean/crossfit/.)"""
+    resolved = project.resolve()
+    for folder in (resolved, *resolved.parents):
+        if (folder / META_FILE).is_file():
+            raise TrainError(f"--project {project} lies inside the prepared folder {folder}: put runs beside it")
+    if (resolved / CONFIG_FILE).is_file() and any((resolved / name).is_file() for name in (LAST, BEST)):
+        raise TrainError(f"--project {project} is a run folder: put runs beside it")
 
 
 def resume_config(config: TrainConfig) -> tuple[TrainConfig, Optional[dict]]:
