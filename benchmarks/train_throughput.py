@@ -122,7 +122,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as temp:
         root = Path(temp)
-        data = synthetic_store(root, args.store_size or args.size, args.batch * args.steps)
+        data = synthetic_store(root / "data", args.store_size or args.size, args.batch * args.steps)  # runs beside it
         results, record = {}, {"settings": vars(args), "models": {}}
         wild = WILD_AUGMENTATIONS if args.wild else {}
         for name in ["input", *args.models.split(",")]:
