@@ -456,11 +456,17 @@ class Pack:
 
     # -- noise
 
-    def stage_noise(self, record: dict, limit: float) -> None:
-        deadline = time.monotonic() + limit
+    def data_result(self, record: dict) -> Optional[dict]:
+        """The data stage's result for a stage that trains on it; None (the stage marked skipped) without one."""
         data = (self.summary["stages"].get("data") or {}).get("result")
         if not data:
             record.update(status="skipped", reason="no prepared data (the data stage did not finish)")
+        return data or None
+
+    def stage_noise(self, record: dict, limit: float) -> None:
+        deadline = time.monotonic() + limit
+        data = self.data_result(record)
+        if data is None:
             return
         store, labels, val = data["store"], data["labels_30"], data["val_split"]
         record["data"] = {k: data.get(k) for k in ("source", "store", "n_train", "n_val", "val_split", "labels_30")}
@@ -548,7 +554,7 @@ class Pack:
         if clean:
             record["cleaning"] = {k: v for k, v in clean.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
-    def evaluate_what_finished(self, name: str, commands: list[list[str]], until: float, stage: str = "noise") -> dict:
+    def evaluate_what_finished(self, name: str, commands: list[list[str]], until: float) -> dict:
         """After a noise run's process hit its limit (round 2 of the recipe, say): the evaluations
         of its folders that have a best.pt and no evaluation yet (round 1's, a partial round 2's),
         in the time kept back for them; their poi-batch records by (command, folder)."""
@@ -557,10 +563,10 @@ class Pack:
         left = until - time.monotonic()
         if not missing or left < 5:
             return {}
-        self.log(f"[{stage}] {name} stopped at its limit: evaluating what it finished ({len(missing)} run folder(s))")
-        record = self.stages_dir / f"{stage}_{name}_evaluate.json"
-        self.command(stage, [self.python, str(Path(__file__)), "poi-batch", "--record", str(record),
-                             "--commands", json.dumps(missing)], left, log_name=f"{stage}_{name}")
+        self.log(f"[noise] {name} stopped at its limit: evaluating what it finished ({len(missing)} run folder(s))")
+        record = self.stages_dir / f"noise_{name}_evaluate.json"
+        self.command("noise", [self.python, str(Path(__file__)), "poi-batch", "--record", str(record),
+                               "--commands", json.dumps(missing)], left, log_name=f"noise_{name}")
         return {tuple(r["argv"][:2]): r for r in (read_json(record) or [])}
 
     def noise_epochs(self, data: dict, deadline: float) -> tuple[int, dict]:
@@ -617,9 +623,8 @@ class Pack:
 
     def stage_bundle(self, record: dict, limit: float) -> None:
         deadline = time.monotonic() + limit
-        data = (self.summary["stages"].get("data") or {}).get("result")
-        if not data:
-            record.update(status="skipped", reason="no prepared data (the data stage did not finish)")
+        data = self.data_result(record)
+        if data is None:
             return
         target = self.stages_dir / "bundle_data.json"
         argv = [self.python, str(Path(__file__)), "bundle-data", "--work", str(self.work), "--ferplus", data["store"],
