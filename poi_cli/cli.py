@@ -473,8 +473,8 @@ def _predict_and_write(predictor: Any, items: list[Any], input_files: list[Path]
         fail(f"none of the {run.inputs} inputs could be read")
     to = err_console if as_json else console
     show(*render.video_summaries(run.summaries), to=to)
-    show(render.predict_summary(run.inputs - len(run.summaries), run.counts, csv_file, run.pictures_in,
-                                videos=len(run.summaries), frames=sum(v["frames"] for v in run.summaries)), to=to)
+    show(render.predict_summary(run.images, run.counts, csv_file, run.pictures_in,
+                                videos=len(run.videos), frames=sum(v["frames"] for v in run.summaries)), to=to)
 
 
 @app.command()

@@ -184,6 +184,15 @@ def test_not_a_video_is_a_one_line_error_and_a_video_without_faces_says_so(files
     assert "no face in any analysed frame" in result.stderr
 
 
+def test_the_batch_summary_counts_a_video_that_cannot_be_opened_as_a_video(files):
+    photo = files["root"] / "head_summary.png"
+    head(80).save(photo)
+    result = runner.invoke(app, ["predict", str(files["empty"]), str(files["text"]), str(photo),
+                                 "--model", str(files["ck"]), "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert "2 videos (6 frames) and 1 image:" in result.stderr and "1 error" in result.stderr
+
+
 def test_save_vis_writes_an_annotated_video_and_a_timeline(files, tmp_path):
     vis = tmp_path / "vis"
     result = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), "--fps", "5",

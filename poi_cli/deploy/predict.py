@@ -220,10 +220,12 @@ class Predictor(FacePipeline):
 @dataclass
 class PredictRun:
     """What `poi predict` did: every record, per input the statuses of its records (a
-    video's frames share one input), the video summaries, and whether Ctrl-C stopped it."""
+    video's frames share one input), which inputs were videos (also one that could not be
+    opened, which has no summary), the video summaries, and whether Ctrl-C stopped it."""
 
     records: list[FaceRecord] = field(default_factory=list)
     statuses: dict[str, set[str]] = field(default_factory=dict)
+    videos: set[str] = field(default_factory=set)
     summaries: list[dict] = field(default_factory=list)
     interrupted: bool = False
     pictures_in: Optional[Path] = None  # the --save-vis folder, once it could be made
@@ -231,6 +233,10 @@ class PredictRun:
     @property
     def inputs(self) -> int:
         return len(self.statuses)
+
+    @property
+    def images(self) -> int:
+        return len(self.statuses) - len(self.videos)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -254,6 +260,7 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
     inputs done, the video being annotated). protected: every file the run reads; no
     picture is written over one."""
     run = PredictRun()
+    video_sources = {item.source for item in items if item.is_video}
     writer = None  # None once the pictures stopped
     if save_vis:
         try:
@@ -264,6 +271,8 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
     try:
         for prediction in predictor.iter_predictions(items, show_au, progress=progress, video=video):
             run.statuses.setdefault(prediction.source, set()).update(r.status for r in prediction.records)
+            if prediction.source in video_sources:
+                run.videos.add(prediction.source)
             run.records.extend(prediction.records)
             if writer is not None:
                 try:
