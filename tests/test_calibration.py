@@ -256,3 +256,22 @@ def test_ece_sampling_floor_falls_with_the_number_of_images():
     outcomes = np.random.default_rng(1).random(4000) < confidence
     assert cal.expected_calibration_error(confidence, outcomes) < 2.5 * large
     assert cal.expected_calibration_error(np.clip(confidence + 0.1, 0, 1), outcomes) > 4 * large
+
+
+def test_the_calibration_families_study_recovers_a_known_temperature_and_class_bias():
+    # scripts/calibration_halves.py --families: labels drawn from softmax(z / 2 + b) are fitted back to
+    # T = 2 and b (a bias is identifiable only up to a constant, so both are centred)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("calibration_halves",
+                                                  Path(__file__).parents[1] / "scripts" / "calibration_halves.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    rng = np.random.default_rng(0)
+    logits, bias = rng.normal(0, 3, (20000, 4)), np.array([0.5, -0.5, 1.0, -1.0])
+    probs = cal.softmax(logits / 2 + bias)
+    labels = (rng.random((len(probs), 1)) > probs.cumsum(1)).sum(1)
+    temperature, fitted = study.fit_scaling(logits, labels, per_class_temperature=False)
+    assert temperature == pytest.approx(2.0, rel=0.05)
+    assert np.allclose(fitted - fitted.mean(), bias - bias.mean(), atol=0.06)
+    temperatures, _ = study.fit_scaling(logits, labels, per_class_temperature=True)
+    assert temperatures.shape == (4,) and np.allclose(temperatures, 2.0, rtol=0.1)
