@@ -460,9 +460,9 @@ def _predict_and_write(predictor: Any, items: list[Any], input_files: list[Path]
         print(json.dumps([r.to_dict() for r in run.records]))
     if run.interrupted:
         if csv_file and run.records:
-            fail(f"interrupted: the {run.inputs} inputs finished are in {csv_file}", 130)
+            fail(f"interrupted: the records of {run.kept} are in {csv_file}", 130)
         if as_json and run.records:
-            fail(f"interrupted: the {run.inputs} inputs finished are printed", 130)
+            fail(f"interrupted: the records of {run.kept} are printed", 130)
         fail("interrupted", 130)
     if not as_json and not csv_file and len(run.summaries) < run.inputs:  # videos' per-frame rows: --csv / --json
         show(render.predict_table([r for r in run.records if r.video is None], predictor.model_path,

@@ -272,6 +272,15 @@ def test_predict_files_writes_the_csv_of_what_finished_when_interrupted(tmp_path
     assert [r["status"] for r in rows] == ["ok"] and rows[0]["expression"] == "happiness"
 
 
+def test_an_interrupted_run_says_a_video_it_stopped_in_was_kept_only_in_part():
+    from poi_cli.deploy.predict import PredictRun
+
+    run = PredictRun(statuses={"a.jpg": {"ok"}, "clip.mp4": {"ok", "no_face"}}, videos={"clip.mp4"})
+    assert run.kept == "1 input and the frames of clip.mp4 read before the stop"
+    assert PredictRun(statuses={"clip.mp4": {"ok"}, "a.jpg": {"ok"}}, videos={"clip.mp4"}).kept == "2 inputs"
+    assert PredictRun(statuses={"clip.mp4": {"ok"}}, videos={"clip.mp4"}).kept == "the frames of clip.mp4 read before the stop"
+
+
 def test_predict_refuses_a_csv_that_is_a_folder(tmp_path):
     done = poi_without_torch("predict", str(ASTRONAUT), "--csv", str(tmp_path))
     assert done.returncode == 1 and "is a folder" in done.stderr and "Traceback" not in done.stderr
@@ -448,7 +457,7 @@ def test_sigterm_keeps_what_finished_as_ctrl_c_does(output, tmp_path):
     done = subprocess.run([sys.executable, "-c", TERMINATED_AFTER_ONE, "predict", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=120, env={"PATH": "/usr/bin:/bin", "POI_THREADS": "1"})
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("error: interrupted: the 1 inputs finished")
+    assert done.stderr.strip().splitlines()[-1].startswith("error: interrupted: the records of 1 input are")
     if output == "--csv":
         assert csv_file.read_text().count("\n") == 2 and sorted(p.name for p in csv_file.parent.iterdir()) == ["rows.csv"]
     else:

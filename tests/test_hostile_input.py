@@ -589,3 +589,79 @@ def test_a_torchscript_file_is_told_apart_by_its_member_names_without_loading_it
         with pytest.raises(CheckpointError, match="is a TorchScript export"):
             load_checkpoint(path)
     assert not [w for w in seen if "TorchScript" in str(w.message)], [str(w.message) for w in seen]
+
+
+STOPPED_AT = {"audit": "audit_summary.json", "report": "report.md"}  # each command's marker, written last
+
+
+@pytest.mark.parametrize("command", sorted(STOPPED_AT))
+def test_a_command_stopped_before_its_marker_runs_again_in_its_folder(command: str, world, monkeypatch) -> None:
+    """audit writes audit.csv, report its tables, before the file by which they know the folder
+    as theirs: stopped in between (Ctrl-C, a kill), the same command was refused there ("holds
+    audit.csv, which poi audit did not write"); and poi clean would have paired the new audit.csv
+    with an older summary. Now the folder says it was stopped (.poi_incomplete.json) until a run
+    finishes there."""
+    from poi_cli.core import atomic
+
+    real_write = atomic.atomic_write
+
+    def stopped_at_the_marker(path, write):
+        if Path(path).name == STOPPED_AT[command]:
+            raise KeyboardInterrupt
+        real_write(path, write)
+
+    out = world["TMP"] / "stopped"
+    monkeypatch.setattr(atomic, "atomic_write", stopped_at_the_marker)
+    stopped = runner.invoke(app, folder_argv(command, world, out))
+    assert stopped.exit_code == 130, stopped.output
+    assert not (out / STOPPED_AT[command]).exists() and (out / atomic.INCOMPLETE_FILE).is_file()
+    if command == "audit":
+        refused = runner.invoke(app, ["clean", str(out / "audit.csv"), str(world["DATA"]), "--out",
+                                      str(world["TMP"] / "labels.csv")])
+        assert refused.exit_code == 1 and "was stopped before it finished" in refused.stderr, refused.output
+    monkeypatch.setattr(atomic, "atomic_write", real_write)
+    again = runner.invoke(app, folder_argv(command, world, out))
+    assert again.exit_code == 0, again.output
+    assert (out / STOPPED_AT[command]).is_file() and not (out / atomic.INCOMPLETE_FILE).exists()
+
+
+def test_a_command_stopped_before_writing_anything_leaves_its_folder_as_it_was(world, monkeypatch) -> None:
+    from poi_cli.core import atomic
+
+    def stopped(path, write):
+        raise KeyboardInterrupt
+
+    out = world["TMP"] / "earlier"
+    out.mkdir()
+    (out / "thesis.txt").write_text("keep me\n")
+    monkeypatch.setattr(atomic, "atomic_write", stopped)
+    result = runner.invoke(app, folder_argv("evaluate", world, out))
+    assert result.exit_code == 130 and sorted(p.name for p in out.iterdir()) == ["thesis.txt"]
+
+
+def test_ctrl_c_inside_torch_save_is_an_interruption_and_keeps_the_old_file(tmp_path: Path) -> None:
+    """A KeyboardInterrupt raised inside torch.save makes its zip writer fail on the way out
+    ("unexpected pos"): calibrate, refit-head, export and train printed that RuntimeError (a
+    traceback, or "export failed") instead of stopping as Ctrl-C does."""
+    import torch
+
+    from poi_cli.core.atomic import atomic_write
+
+    class InterruptedFile:  # Ctrl-C arrives while the third block is written
+        def __init__(self, handle):
+            self.handle, self.writes = handle, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                raise KeyboardInterrupt
+            return self.handle.write(data)
+
+        def flush(self):
+            self.handle.flush()
+
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"the old checkpoint")
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, lambda f: torch.save({"weights": torch.zeros(100_000)}, InterruptedFile(f)))
+    assert target.read_bytes() == b"the old checkpoint" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]

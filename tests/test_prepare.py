@@ -164,6 +164,34 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch:
     assert (out / "manifest.csv").read_bytes() == (fresh / "manifest.csv").read_bytes()
 
 
+def test_a_torn_journal_line_loses_no_image_appended_after_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # killed mid-line, then resumed and stopped again: the next run's first line was glued to the
+    # torn one and lost with it (that image redone by the run after)
+    monkeypatch.setattr(prepare_module, "CHECKPOINT_SECONDS", 0.0)
+    raw = make_folder_tree(tmp_path / "raw")
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        prepare("folder", raw, out, size=SIZE, batch_size=4, show_progress=False, detector=InterruptingDetector(stop_at=3))
+    with open(out / PREPARE_JOURNAL_FILE, "a") as handle:
+        handle.write('{"i": 14, "sta')
+    with pytest.raises(KeyboardInterrupt):
+        prepare("folder", raw, out, size=SIZE, batch_size=4, show_progress=False, detector=InterruptingDetector(stop_at=2))
+    assert len(prepare_module._read_journal(out / PREPARE_JOURNAL_FILE)) == 12  # 8, then one batch of 4
+    result = prepare("folder", raw, out, size=SIZE, batch_size=4, show_progress=False, detector=InterruptingDetector())
+    assert (result.resumed, result.processed) == (12, 3)
+
+
+def test_a_finished_folder_loses_the_progress_files_a_kill_left(tmp_path: Path) -> None:
+    # killed after prepared.json, before the journal and progress.json were removed: a re-run is done, and tidies
+    raw = make_folder_tree(tmp_path / "raw")
+    out = tmp_path / "out"
+    prepare("folder", raw, out, size=SIZE, show_progress=False, detector=InterruptingDetector())
+    (out / PREPARE_JOURNAL_FILE).write_text('{"i": 0}\n')
+    (out / "progress.json").write_text("{}")
+    again = prepare("folder", raw, out, size=SIZE, show_progress=False, detector=InterruptingDetector())
+    assert again.already_done and not (out / PREPARE_JOURNAL_FILE).exists() and not (out / "progress.json").exists()
+
+
 class ScriptedDetector:
     """Fake detector keyed on the image's mean red value: 0 -> no face, 255 -> two faces."""
 

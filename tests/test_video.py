@@ -193,6 +193,24 @@ def test_the_batch_summary_counts_a_video_that_cannot_be_opened_as_a_video(files
     assert "2 videos (6 frames) and 1 image:" in result.stderr and "1 error" in result.stderr
 
 
+def test_a_killed_runs_temp_video_is_removed_by_the_next_run(files, tmp_path):
+    # the annotated video is written into a temp file beside it and renamed at the end; a killed
+    # run's (its process gone) stayed for good and grew with each video
+    import subprocess
+    import sys
+
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    vis = tmp_path / "vis"
+    vis.mkdir()
+    stale = vis / f".clip_poi.mp4.{gone}.k1ll3d.tmp"
+    stale.write_bytes(b"x" * 1000)
+    result = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), "--every", "10",
+                                 "--save-vis", str(vis)])
+    assert result.exit_code == 0, result.stderr
+    assert not stale.exists() and not list(vis.glob(".*.tmp")) and (vis / "clip_poi.mp4").is_file()
+
+
 def test_save_vis_writes_an_annotated_video_and_a_timeline(files, tmp_path):
     vis = tmp_path / "vis"
     result = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), "--fps", "5",

@@ -42,11 +42,7 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
         with open(path, "wb") as f:
             write(f)
         return
-    try:
-        remove_stale_temps(path)
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    except OSError as error:  # named by the file asked for, never by the temp file
-        raise OSError(error.errno, error.strerror, str(path)) from None
+    handle, temp = temp_beside(path)
     try:
         with os.fdopen(handle, "wb") as f:
             write(f)
@@ -56,9 +52,35 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
         os.replace(temp, path)
     except BaseException as error:
         Path(temp).unlink(missing_ok=True)
+        if not isinstance(error, KeyboardInterrupt) and _raised_by_interrupt(error):
+            # Ctrl-C inside a writer that cleans up on the way out (torch.save's zip writer then
+            # fails with "unexpected pos"): the interruption it was, not a failed write
+            raise KeyboardInterrupt from None
         if isinstance(error, OSError) and error.filename == temp:
             raise OSError(error.errno, error.strerror, str(path)) from None
         raise
+
+
+def temp_beside(path: Path) -> tuple[int, str]:
+    """A new temp file (.NAME.PID.random.tmp: its handle and path) beside `path`, after removing
+    those that killed processes left there (remove_stale_temps): atomic_write's, and those of a
+    writer that replaces `path` itself at the end (an annotated video)."""
+    try:
+        remove_stale_temps(path)
+        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    except OSError as error:  # named by the file asked for, never by the temp file
+        raise OSError(error.errno, error.strerror, str(path)) from None
+
+
+def _raised_by_interrupt(error: BaseException) -> bool:
+    """Whether `error` was raised while a KeyboardInterrupt was being handled (its context chain)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__context__
+    return False
 
 
 def remove_stale_temps(path: Path) -> None:
@@ -283,6 +305,20 @@ class FolderOutputs:
     is_own: Callable[[Path], bool]
 
 
+# in a command's --out folder while it works (removed when it finishes): a folder a killed or
+# interrupted command left half-written is still its own to write again, and readers can tell
+INCOMPLETE_FILE = ".poi_incomplete.json"
+
+
+def interrupted_command(folder: Path) -> Optional[str]:
+    """The command ("poi audit") whose work in `folder` was killed or interrupted: its INCOMPLETE_FILE."""
+    try:
+        values = json.loads((Path(folder) / INCOMPLETE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return values.get("command") if isinstance(values, dict) else None
+
+
 def json_with_keys(path: Path, *keys: str) -> bool:
     """`path` holds a JSON object with all of `keys` (a command's own summary file)."""
     try:
@@ -308,7 +344,9 @@ def check_output_folder(folder: Path, option: str, outputs: FolderOutputs) -> No
     # report.md leaves them): only a user's file under one of the names stops the command
     taken = sorted(path.name for pattern in outputs.patterns for path in folder.glob(pattern)
                    if path.is_file() and path.stat().st_size > 0 and not (path.suffix == ".png" and is_poi_png(path)))
-    if taken and not ((folder / outputs.marker).is_file() and outputs.is_own(folder / outputs.marker)):
+    own = ((folder / outputs.marker).is_file() and outputs.is_own(folder / outputs.marker)
+           or interrupted_command(folder) == outputs.command)  # its own run, stopped before its marker
+    if taken and not own:
         raise PoiError(f"{option} {folder} holds {taken[0]}, which {outputs.command} did not write there: a command "
                        "replaces only its own earlier output; choose another folder (or remove the file)")
 
@@ -323,7 +361,9 @@ def command_output_folder(out: Optional[str | Path], option: str,
     into the same folder stops with one line). If the work fails, the folders this made
     are removed again where they are still empty: a failed command leaves no empty folder
     behind (a folder with a finished part in it, e.g. cross-fit models, stays). `outputs`:
-    the files the command writes there, checked in a folder the user named (check_output_folder)."""
+    the files the command writes there, checked in a folder the user named (check_output_folder),
+    and INCOMPLETE_FILE in the folder while the work runs: left behind by a run that was stopped
+    after it wrote something (a killed run's files stay its own; readers see it was stopped)."""
     from poi_cli.core.locks import claim
 
     if out is None and default_project is None:
@@ -335,13 +375,29 @@ def command_output_folder(out: Optional[str | Path], option: str,
     folder = output_folder(out, option) if out is not None else next_run_dir(default_project, "exp")
     if out is None and folder not in made:
         made.insert(0, folder)
+    incomplete = folder / INCOMPLETE_FILE
     try:
         with claim(folder, option):
+            if outputs is not None:
+                write_json(incomplete, {"command": outputs.command})
             yield folder
+            incomplete.unlink(missing_ok=True)
     except BaseException:
+        if outputs is not None and not _wrote_since(folder, outputs, incomplete):
+            incomplete.unlink(missing_ok=True)  # stopped before it wrote anything: the folder is as it was
         for path in made:
             try:
                 path.rmdir()  # only an empty folder
             except OSError:
                 break
         raise
+
+
+def _wrote_since(folder: Path, outputs: FolderOutputs, incomplete: Path) -> bool:
+    """Whether a file under one of the command's names in `folder` is newer than its INCOMPLETE_FILE."""
+    try:
+        started = incomplete.stat().st_mtime_ns
+    except OSError:
+        return False
+    return any(path.is_file() and path.stat().st_mtime_ns >= started
+               for pattern in outputs.patterns for path in folder.glob(pattern))

@@ -151,6 +151,8 @@ def _prepare_into(out: Path, raw: Path, parsed: ParsedDataset, items: list[Item]
                   detector: Any) -> PrepareResult:
     state = _out_dir_state(out, settings)
     if state == "done":
+        for name in (PREPARE_JOURNAL_FILE, PREPARE_PROGRESS_FILE):  # a run killed after prepared.json, before removing them
+            (out / name).unlink(missing_ok=True)
         meta = json.loads((out / META_FILE).read_text())
         return PrepareResult(out, meta.get("counts", {}), meta.get("notes", []), already_done=True, meta=meta)
 
@@ -163,6 +165,7 @@ def _prepare_into(out: Path, raw: Path, parsed: ParsedDataset, items: list[Item]
         faces = StoreWriter(out).open_faces(len(rows), size, resume=state == "resume")
     except StoreError as error:
         raise PrepareError(str(error)) from None
+    _mend_journal(out / PREPARE_JOURNAL_FILE)
     records = _read_journal(out / PREPARE_JOURNAL_FILE)
     todo = [i for i in rows if i not in records]
 
@@ -270,6 +273,18 @@ def _difference(old: dict | None, new: dict[str, Any]) -> str:
         return "unreadable settings"
     changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v and k != "items_sha1"]
     return ", ".join(changed) or "the input images or labels changed"
+
+
+def _mend_journal(path: Path) -> None:
+    """Cut a torn last line (a run killed mid-write) off the journal, so that the next line
+    appended starts a line of its own instead of being glued to it and lost with it."""
+    try:
+        with open(path, "rb+") as handle:
+            data = handle.read()
+            if data and not data.endswith(b"\n"):
+                handle.truncate(data.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        pass
 
 
 def _read_journal(path: Path) -> dict[int, dict[str, Any]]:

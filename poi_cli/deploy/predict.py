@@ -239,6 +239,16 @@ class PredictRun:
         return len(self.statuses) - len(self.videos)
 
     @property
+    def kept(self) -> str:
+        """What an interrupted run kept: `3 inputs`, or, where it stopped in a video, `2 inputs and
+        the frames of clip.mp4 read before the stop` (that video may not have been read to its end)."""
+        last = next(reversed(self.statuses), None)
+        if last is None or last not in self.videos:
+            return f"{self.inputs} input{'' if self.inputs == 1 else 's'}"
+        before = self.inputs - 1
+        return (f"{before} input{'' if before == 1 else 's'} and " if before else "") + f"the frames of {last} read before the stop"
+
+    @property
     def counts(self) -> dict[str, int]:
         return status_counts(self.records)
 

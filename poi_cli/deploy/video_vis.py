@@ -9,14 +9,13 @@ and renamed when the video ends, so an interrupted run leaves no half file.
 from __future__ import annotations
 
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from poi_cli.core.atomic import save_figure
+from poi_cli.core.atomic import save_figure, temp_beside
 from poi_cli.deploy.drawing import draw_faces
 
 MAX_TIMELINE_TRACKS = 8  # the longest tracks get a panel each
@@ -68,7 +67,7 @@ class VideoVisWriter:
     def _open(self, width: int, height: int, fps: float) -> None:
         import av
 
-        handle, self._temp = tempfile.mkstemp(dir=self.video_path.parent, prefix=f".{self.video_path.name}.", suffix=".tmp")
+        handle, self._temp = temp_beside(self.video_path)  # a killed run's temp video is removed by the next
         os.close(handle)
         self._container = av.open(self._temp, mode="w", format="mp4")
         self._container.metadata["comment"] = VIDEO_COMMENT

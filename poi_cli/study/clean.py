@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from poi_cli.core.atomic import atomic_write_text, write_new_or_same
+from poi_cli.core.atomic import atomic_write_text, interrupted_command, write_new_or_same
 from poi_cli.core.errors import PoiError
 from poi_cli.data.noise import flip_labels, noise_targets
 from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, SplitData, label_file_outputs, label_names
@@ -61,8 +61,13 @@ class CleanResult:
 
 
 def read_audit_csv(path: str | Path) -> pd.DataFrame:
-    """An audit.csv of `poi audit`, checked for the columns cleaning needs."""
+    """An audit.csv of `poi audit`, checked for the columns cleaning needs (and that the audit
+    that wrote it finished: one stopped between its files may pair it with an older summary)."""
+    from poi_cli.study.audit import AUDIT_OUTPUTS
+
     path = Path(path)
+    if interrupted_command(path.parent) == AUDIT_OUTPUTS.command:
+        raise CleanError(f"the audit in {path.parent} was stopped before it finished; run the same poi audit again")
     try:
         table = pd.read_csv(path, dtype={"id": str})
     except (OSError, ValueError, UnicodeDecodeError) as error:
