@@ -89,6 +89,14 @@ def test_runs_of_several_seeds_get_mean_and_range(runs, tmp_path):
     assert (poi["best_min_acc"], poi["best_max_acc"]) == pytest.approx((0.55, 0.60))
     assert report.summary.set_index("run").loc["poi20_seed1", "seed"] == 1
     assert "(seeds)" in (tmp_path / "report" / "report.md").read_text()
+    assert "more than once" not in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_seed_repeated_in_a_group_is_said_to_be_no_spread_over_seeds(runs, tmp_path):
+    make_run(runs / "poi20_again", {1: 0.35, 2: 0.45, 3: 0.60, 4: 0.58}, noise=0.2, seed=0)  # poi20's seed and recipe
+    build_report([runs], tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "A seed comes more than once in POI at noise 0.2 (seeds 0 0)" in text and "baseline at noise" not in text
 
 
 def test_runs_of_other_recipes_are_not_averaged_with_the_seeds(runs, tmp_path):

@@ -343,6 +343,17 @@ def calibration_figures(evaluation: dict) -> dict[str, Optional[float]]:
     return {column: (scores.get(score) or {}).get(metric) for column, (metric, score) in CALIBRATION_COLUMNS.items()}
 
 
+def repeated_seeds_note(seeds: pd.DataFrame) -> str:
+    """A sentence naming the groups of seeds_table in which a seed comes more than once (a run
+    copied or trained again with the same seed): their range is no spread over seeds."""
+    repeated = [f"{row.method}{f' ({row.variant})' if row.variant else ''} at noise {row.noise:g} (seeds {row.seeds})"
+                for row in seeds.itertuples() if len(str(row.seeds).split()) != len(set(str(row.seeds).split()))]
+    if not repeated:
+        return ""
+    return ("\nA seed comes more than once in " + "; ".join(repeated) + ": those runs repeat one another (the same "
+            "seed and recipe), so their mean and range are not a spread over seeds.\n")
+
+
 def by_noise_table(seeds: pd.DataFrame) -> pd.DataFrame:
     """Best validation accuracy (mean over runs), rows = dataset and method (and variant),
     columns = noise rate (Table II's shape), from seeds_table."""
@@ -595,7 +606,7 @@ def build_report(
     sections.append("## Best validation accuracy by method and noise rate (Table II)\n\n" + _markdown(by_noise))
     if not seeds.empty and (seeds["runs"] > 1).any():
         sections.append("## Mean and range over runs sharing method and noise (seeds)\n\n"
-                        + _markdown(seeds, percent=("noise",)))
+                        + _markdown(seeds, percent=("noise",)) + repeated_seeds_note(seeds))
     calibration = calibration_table(summary)
     if not calibration.empty:
         sections.append("## Calibration (ECE, AURC; lower is better)\n\nMeasured on one seeded half of the evaluated images, "
