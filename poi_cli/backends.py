@@ -18,7 +18,7 @@ from typing import Optional
 
 from poi_cli.core.errors import TRAIN_EXTRA_HINT, PoiError
 from poi_cli.deploy.predict import ONNX_SUFFIX, PredictError, resolve_model
-from poi_cli.deploy.runner import ModelFileError, ModelRunner, OnnxRunner
+from poi_cli.deploy.runner import ModelFileError, ModelRunner, OnnxRunner, written_by_torch_save
 
 BACKENDS = ("auto", "onnx", "torch")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # core.runtime.select_device's choices
@@ -32,17 +32,6 @@ def torch_available() -> bool:
 def _require_torch(what: str) -> None:
     if not torch_available():
         raise PredictError(f"{what} needs torch, which is not installed: {TRAIN_EXTRA_HINT}")
-
-
-def written_by_torch_save(path: Path) -> bool:
-    """Whether a file starts as torch.save writes one (a zip archive; a pickle before torch 1.6),
-    told without torch, so that the deploy runtime does not ask to install torch for a photo."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(4)
-    except OSError:
-        return True  # unreadable: the runner says why
-    return head == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
 def open_runner(model: Optional[str | Path] = None, backend: str = "auto", device: str = "cpu",

@@ -472,3 +472,99 @@ def test_stdout_that_cannot_be_written_is_one_line():
                               env={"PATH": "/usr/bin:/bin", "POI_THREADS": "1"})
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "error: stopped: [Errno 28] No space left on device"
+
+
+# ------------------------------------------------------------------ the library's inputs (an audit of the Python API)
+
+
+@pytest.fixture(scope="module")
+def library_predictor() -> Predictor:
+    return Predictor(threads=1, workers=0)
+
+
+class PathObject:  # an os.PathLike that is no pathlib.Path (a project's own path class)
+    def __fspath__(self) -> str:
+        return str(ASTRONAUT)
+
+
+def test_an_image_files_bytes_an_open_file_and_a_path_object_are_one_input_each(library_predictor):
+    """bytes were iterated byte by byte (74,962 "file not found" records), a file object line by
+    line, a PathLike taken by its repr: each is now one image, read as its file would be."""
+    import io
+
+    data = ASTRONAUT.read_bytes()
+    expected = library_predictor.predict_records(ASTRONAUT)
+    assert [r["status"] for r in expected] == ["ok"]
+    with open(ASTRONAUT, "rb") as handle:
+        for value in (data, bytearray(data), io.BytesIO(data), handle, PathObject()):
+            got = library_predictor.predict_records(value)
+            assert len(got) == 1 and got[0]["probabilities"] == expected[0]["probabilities"], type(value)
+    mixed = library_predictor.predict_records([data, b"", b"not an image", {"a": 1}, str(ASTRONAUT)])
+    assert [r["status"] for r in mixed] == ["ok", "error", "error", "error", "ok"]
+    assert "empty bytes" in mixed[1]["reason"] and "unrecognised format" in mixed[2]["reason"]
+    assert "not an image input" in mixed[3]["reason"] and "dict" in mixed[3]["reason"]
+    with pytest.raises(TypeError, match="got dict"):
+        library_predictor.predict_records({"a": 1})
+
+
+def test_a_pil_image_is_read_upright_as_its_file_is(library_predictor, tmp_path):
+    """A photo stored sideways with its EXIF orientation: the path was turned upright, the same
+    photo as Image.open(path) was not (no face found)."""
+    from PIL import Image
+
+    photo = Image.open(ASTRONAUT)
+    exif = photo.getexif()
+    exif[0x0112] = 6  # "turn 90 degrees clockwise to show"
+    photo.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.jpg", exif=exif)
+    by_path = library_predictor.predict_records(tmp_path / "sideways.jpg")
+    by_image = library_predictor.predict_records(Image.open(tmp_path / "sideways.jpg"))
+    assert [r["status"] for r in by_path] == ["ok"] and by_image == [dict(by_path[0], image="<image 0>")]
+
+
+def test_a_generator_of_inputs_is_read_a_chunk_at_a_time(library_predictor):
+    """iter_predictions took the whole input before its first result (an endless camera hung)."""
+    from PIL import Image
+
+    face = np.asarray(Image.open(ASTRONAUT))
+    taken = []
+
+    def camera():  # a long stream (finite, so that a regression fails instead of filling the memory)
+        for _ in range(60):
+            taken.append(1)
+            yield face
+
+    first = next(library_predictor.iter_predictions(camera()))
+    assert first.records[0].status == "ok" and len(taken) <= library_predictor.images_per_batch + 1
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"threads": 0}, "threads must be a whole number"),
+    ({"min_face_score": 2.0}, "min_face_score must be in [0, 1]"),
+    ({"model": ""}, "an empty name"),
+    ({"model": str(ASTRONAUT)}, "is not a model file"),
+])
+def test_a_predictors_bad_option_names_itself_not_the_model_file(options, message):
+    from poi_cli.deploy.predict import PredictError
+
+    with pytest.raises(PredictError) as error:
+        Predictor(**options)
+    assert message in str(error.value) and "ONNX Runtime" not in str(error.value) and "checkpoint or run folder:" not in str(error.value)
+
+
+def test_threads_sharing_a_new_predictor_make_one_detector(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from poi_cli.deploy import pipeline
+
+    made = []
+    real = pipeline.make_detector
+
+    def counted(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "make_detector", counted)
+    predictor = Predictor(threads=1, workers=0)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: predictor.predict_records(ASTRONAUT)[0]["expression"], range(4)))
+    assert len(set(results)) == 1 and len(made) == 1

@@ -211,6 +211,27 @@ def test_a_killed_runs_temp_video_is_removed_by_the_next_run(files, tmp_path):
     assert not stale.exists() and not list(vis.glob(".*.tmp")) and (vis / "clip_poi.mp4").is_file()
 
 
+def test_iter_video_on_a_file_that_is_no_video_yields_a_frame_prediction(files, predictor):
+    # the documented loop (`for p in predictor.iter_video(path): p.frame`) broke on an AttributeError,
+    # and predict_video's DataFrame lacked its video columns
+    predictions = list(predictor.iter_video(files["text"]))
+    assert len(predictions) == 1 and predictions[0].frame is None and predictions[0].records[0].status == "error"
+    frame = predictor.predict_video(files["root"] / "missing.mp4")
+    assert list(frame["status"]) == ["error"] and {"frame", "timestamp", "track"} <= set(frame.columns)
+
+
+def test_live_frames_that_are_no_images_are_error_rows_and_the_stream_goes_on(predictor):
+    from poi_cli.data.video import VideoError
+
+    face = np.asarray(clip_frames()[FRAMES - 1])
+    frames = [face, np.zeros((0, 0, 3), np.uint8), face / 255.0, "frame.jpg", Image.fromarray(face)]
+    rows = [(p.frame, p.records[0].status) for p in predictor.iter_video(frames, fps=5)]
+    assert rows == [(0, "ok"), (1, "error"), (2, "error"), (3, "error"), (4, "ok")]
+    for options in ({"fps": 0}, {"fps": -5}, {"fps": float("nan")}, {"every": 0}):
+        with pytest.raises(VideoError):
+            list(predictor.iter_video(frames, **options))
+
+
 def test_save_vis_writes_an_annotated_video_and_a_timeline(files, tmp_path):
     vis = tmp_path / "vis"
     result = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), "--fps", "5",

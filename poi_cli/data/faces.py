@@ -21,12 +21,12 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, BinaryIO, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from poi_cli.core.errors import FACENET_HINT, PoiError
+from poi_cli.core.errors import FACENET_HINT, PoiError, one_line
 from poi_cli.core.schema import NUM_LANDMARKS
 
 # Images smaller than this on either side carry too little face to recognise anything.
@@ -34,6 +34,7 @@ MIN_SIDE = 16
 # Decompression-bomb guard: refuse images above this many pixels before decoding them.
 MAX_PIXELS = 100_000_000
 _OPEN_LOCK = threading.Lock()
+EXIF_ORIENTATION = 0x0112  # the EXIF tag of how a photo is turned
 
 
 # ----------------------------------------------------------------------------- loading
@@ -67,23 +68,30 @@ def load_image(path: str | Path) -> Image.Image:
         if path.stat().st_size == 0:
             raise ImageLoadError("empty file (0 bytes)")
         with open(path, "rb") as handle:
-            with _OPEN_LOCK, warnings.catch_warnings():
-                # Our MAX_PIXELS check replaces PIL's bomb warning. catch_warnings swaps a
-                # process-wide filter list, so our loader threads take turns here (opening
-                # only parses the header: it is quick).
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image = Image.open(handle)
-            width, height = image.size  # header only: nothing decoded yet
-            if width * height > MAX_PIXELS:
-                raise ImageLoadError(_too_large(width, height))
-            if min(width, height) < MIN_SIDE:
-                raise ImageLoadError(f"image too small: {width}x{height} (minimum {MIN_SIDE} px per side)")
-            image.load()  # force the full decode so that truncated files fail here
-            try:
-                image = ImageOps.exif_transpose(image)
-            except Exception:
-                pass  # a broken EXIF block: keep the pixels as stored
-            return to_rgb(image)
+            return decode_image(handle)
+    except PermissionError:
+        raise ImageLoadError("permission denied") from None
+    except OSError as error:
+        raise ImageLoadError(f"cannot read it ({one_line(error)})") from None
+
+
+def decode_image(handle: BinaryIO) -> Image.Image:
+    """An image file's bytes (an open binary file: from disk, or io.BytesIO of bytes in memory)
+    as load_image reads them: its checks, conversions and ImageLoadError reasons."""
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            # Our MAX_PIXELS check replaces PIL's bomb warning. catch_warnings swaps a
+            # process-wide filter list, so our loader threads take turns here (opening
+            # only parses the header: it is quick).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(handle)
+        width, height = image.size  # header only: nothing decoded yet
+        if width * height > MAX_PIXELS:
+            raise ImageLoadError(_too_large(width, height))
+        if min(width, height) < MIN_SIDE:
+            raise ImageLoadError(f"image too small: {width}x{height} (minimum {MIN_SIDE} px per side)")
+        image.load()  # force the full decode so that truncated files fail here
+        return to_rgb(upright(image))
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as error:
@@ -95,6 +103,17 @@ def load_image(path: str | Path) -> Image.Image:
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, zlib errors...
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ImageLoadError(f"cannot decode image ({reason})") from None
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says (a phone's photo stored sideways); the
+    image itself where it has none, or a broken EXIF block (the pixels as stored)."""
+    try:
+        if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
+            return image
+        return ImageOps.exif_transpose(image)
+    except Exception:
+        return image
 
 
 def _too_large(width: int, height: int) -> str:

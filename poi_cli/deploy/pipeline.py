@@ -18,12 +18,14 @@ input one with status `error` and a reason.
 from __future__ import annotations
 
 import glob
+import io
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -33,14 +35,15 @@ from poi_cli.core.errors import one_line
 from poi_cli.core.outputs import ModelOutputs
 from poi_cli.core.schema import DETECTOR_MTCNN, DETECTOR_NONE, STATUS_ERROR, STATUS_NO_FACE
 from poi_cli.core.threads import DEFAULT_WORKERS
-from poi_cli.data.faces import BLANK_REASON, DETECTORS, Face, ImageLoadError, is_blank, load_image, make_detector, to_rgb
+from poi_cli.data.faces import (BLANK_REASON, DETECTORS, Face, ImageLoadError, decode_image, is_blank, load_image,
+                                make_detector, to_rgb, upright)
 from poi_cli.data.preprocess import Preprocessing
 from poi_cli.data.video import VIDEO_SUFFIXES, is_video_path
 from poi_cli.deploy.records import FaceRecord
 from poi_cli.deploy.runner import ModelRunner
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
-ImageInput = Union[str, Path, Image.Image, np.ndarray, "InputItem"]
+ImageInput = Union[str, "os.PathLike[str]", Image.Image, np.ndarray, bytes, Any, "InputItem"]  # Any: an open binary file
 
 
 class PipelineError(ValueError):
@@ -93,63 +96,124 @@ def expand_inputs(inputs: Iterable[ImageInput]) -> list[InputItem]:
     """Files (whatever their suffix), folders (recursively, image and video suffixes) and globs, in order.
 
     An input that matches nothing becomes an item with an error, so a batch reports it
-    and goes on. A file reached twice is predicted once.
+    and goes on. A file reached twice is predicted once. (iter_input_items, all at once.)
     """
-    items: list[InputItem] = []
+    return list(iter_input_items(inputs))
+
+
+def is_single_input(value: Any) -> bool:
+    """Whether `value` is one input (a path, an image, an array, an image file's bytes or an
+    open binary file) rather than an iterable of them."""
+    return isinstance(value, (str, os.PathLike, Image.Image, np.ndarray, bytes, bytearray, memoryview, InputItem)) \
+        or hasattr(value, "read")
+
+
+def as_inputs(inputs: Any) -> Iterable[Any]:
+    """One input as a list of it; an iterable of inputs as it is (a generator stays lazy)."""
+    if is_single_input(inputs):
+        return [inputs]
+    if isinstance(inputs, Mapping) or not isinstance(inputs, Iterable):
+        raise TypeError("inputs: a path, a PIL image, a numpy array, an image file's bytes or an open binary file, "
+                        f"or an iterable of them; got {type(inputs).__name__}")
+    return inputs
+
+
+def in_memory_image(value: Any) -> tuple[Optional[Image.Image], Optional[str]]:
+    """An input that is no file name as a PIL image, or why it cannot be one: a PIL image; a
+    uint8 array (_array_problem); an image file's bytes or an open binary file (decoded as a
+    file on disk is: faces.decode_image)."""
+    if isinstance(value, Image.Image):
+        return value, None
+    if isinstance(value, np.ndarray):
+        if reason := _array_problem(value):  # Pillow would raise a TypeError of its own
+            return None, reason
+        return Image.fromarray(value), None
+    try:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            if not len(value):
+                return None, "empty bytes (no image file in them)"
+            return decode_image(io.BytesIO(value)), None
+        if hasattr(value, "read"):
+            return decode_image(value), None
+    except ImageLoadError as error:
+        return None, str(error)
+    return None, (f"not an image input: a path, a PIL image, a numpy array, an image file's bytes or an open "
+                  f"binary file; got {type(value).__name__}")
+
+
+def iter_input_items(inputs: Iterable[ImageInput]) -> Iterator[InputItem]:
+    """expand_inputs one input at a time (a generator of inputs is read as the items are taken)."""
     seen: set[Path] = set()
 
-    def add_file(path: Path) -> None:
+    def file_item(path: Path) -> Iterator[InputItem]:
         key = real_path(path)  # a symlink loop must not stop the batch
         if key not in seen:
             seen.add(key)
-            items.append(InputItem(str(path), path=path))
+            yield InputItem(str(path), path=path)
 
-    def add_folder(folder: Path) -> int:
-        """The folder's files and its unreadable folders; how many of either."""
+    def folder_items(folder: Path) -> tuple[list[InputItem], int]:
+        """The folder's files (those not reached before) and its unreadable folders; how many it holds."""
         files, unreadable = _folder_images(folder)
-        items.extend(unreadable)
-        for file in files:
-            add_file(file)
-        return len(files) + len(unreadable)
+        return [*unreadable, *(item for file in files for item in file_item(file))], len(files) + len(unreadable)
 
     for number, value in enumerate(inputs):
-        if isinstance(value, np.ndarray):
-            if reason := _array_problem(value):  # Pillow would raise a TypeError of its own
-                items.append(InputItem(f"<image {number}>", error=reason))
-                continue
-            value = Image.fromarray(value)
-        if isinstance(value, Image.Image):
-            items.append(InputItem(f"<image {number}>", image=value))
+        if isinstance(value, InputItem):  # expanded already (`poi predict` expands once, to protect its inputs)
+            yield value
             continue
-        text = str(value)
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str):
+            image, reason = in_memory_image(value)
+            yield InputItem(f"<image {number}>", image=image, error=reason)
+            continue
+        text = value
         if not text.strip():  # Path("") is the current folder: an unset $DIR must not predict it
-            items.append(InputItem(repr(text), error="an empty name (give a file, a folder or a pattern)"))
+            yield InputItem(repr(text), error="an empty name (give a file, a folder or a pattern)")
             continue
         path = Path(text)
+        found: list[InputItem] = []
         try:  # a name too long, a folder on the way without permission: this input's error, not the batch's
             if path.is_dir():
-                if not add_folder(path):
-                    items.append(InputItem(text, error="folder holds no image or video files"))
+                found, held = folder_items(path)
+                if not held:
+                    found = [InputItem(text, error="folder holds no image or video files")]
             elif path.exists() or path.is_symlink():
-                add_file(path)
+                found = list(file_item(path))
             elif glob.has_magic(text):
-                found = 0
+                matched = 0
                 for match in map(Path, sorted(glob.glob(text, recursive=True))):
                     if match.is_dir():
-                        found += add_folder(match)
+                        items, held = folder_items(match)
+                        found.extend(items)
+                        matched += held
                     else:
-                        add_file(match)
-                        found += 1
-                if not found:
-                    items.append(InputItem(text, error="pattern matched no image or video files"))
+                        found.extend(file_item(match))
+                        matched += 1
+                if not matched:
+                    found = [InputItem(text, error="pattern matched no image or video files")]
             else:
-                items.append(InputItem(text, error="file not found"))
+                found = [InputItem(text, error="file not found")]
         except OSError as error:
-            items.append(InputItem(text, error=f"cannot read it: {one_line(error)}"))
-    return items
+            found = [InputItem(text, error=f"cannot read it: {one_line(error)}")]
+        yield from found
 
 
 # ------------------------------------------------------------------------- pipeline
+
+
+def check_pipeline_options(detector: Any, batch_size: int, images_per_batch: int, min_face_score: float, workers: int,
+                           threads: Optional[int]) -> None:
+    """FacePipeline's options, checked before anything is opened (PipelineError, one line)."""
+    if batch_size < 1 or images_per_batch < 1:
+        raise PipelineError("batch sizes must be at least 1")
+    if workers < 0:
+        raise PipelineError(f"--workers must be 0 or more, got {workers}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise PipelineError(f"threads must be a whole number of at least 1 (or None), got {threads!r}")
+    if not 0 <= min_face_score <= 1:
+        raise PipelineError(f"min_face_score must be in [0, 1], got {min_face_score}")
+    if isinstance(detector, str) and detector not in DETECTORS:
+        raise PipelineError(f"--detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
 
 
 def whole_image_face(image: Image.Image) -> Face:
@@ -200,12 +264,7 @@ class FacePipeline:
         workers: int = DEFAULT_WORKERS,
         threads: Optional[int] = None,
     ) -> None:
-        if batch_size < 1 or images_per_batch < 1:
-            raise PipelineError("batch sizes must be at least 1")
-        if workers < 0:
-            raise PipelineError(f"--workers must be 0 or more, got {workers}")
-        if isinstance(detector, str) and detector not in DETECTORS:
-            raise PipelineError(f"--detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
+        check_pipeline_options(detector, batch_size, images_per_batch, min_face_score, workers, threads)
         self.runner = runner
         self.model_path: Path = self.runner.path
         self.classes: list[str] = list(self.runner.classes)
@@ -233,6 +292,7 @@ class FacePipeline:
         self.threads = threads
         self.detector_name = detector if isinstance(detector, str) else getattr(detector, "name", DETECTOR_MTCNN)
         self._detector = None if isinstance(detector, str) else detector
+        self._detector_lock = threading.Lock()
         self._video_detector: Any = None
         self.timings = dict.fromkeys(("load", "detection", "alignment", "model"), 0.0)
         self._timings_lock = threading.Lock()  # the overlapped pipeline's workers add to timings too
@@ -256,9 +316,10 @@ class FacePipeline:
 
     @property
     def detector(self) -> Any:
-        if self._detector is None:
-            self._detector = make_detector(self.detector_name, self.min_face_score, threads=self.threads,
-                                           device=getattr(self.runner, "device_name", "cpu"))
+        with self._detector_lock:  # threads sharing a new pipeline make one detector, not one each
+            if self._detector is None:
+                self._detector = make_detector(self.detector_name, self.min_face_score, threads=self.threads,
+                                               device=getattr(self.runner, "device_name", "cpu"))
         return self._detector
 
     # -- the stages
@@ -269,7 +330,7 @@ class FacePipeline:
         if item.image is not None:
             try:  # a closed image, or a lazily opened file that is truncated: this image's error, not the batch's
                 item.image.load()  # decoded here, where its error is this image's
-                return to_rgb(item.image), None
+                return to_rgb(upright(item.image)), None  # Image.open(photo) as its path would be read
             except (OSError, ValueError) as error:
                 return None, f"cannot read the image: {one_line(error)}"
         try:

@@ -38,21 +38,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from itertools import groupby, islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
-import numpy as np
-from PIL import Image
 
 from poi_cli.core.errors import TRAIN_EXTRA_HINT, PoiError, one_line
 from poi_cli.core.progress import progress_bar
 from poi_cli.core.schema import STATUS_ERROR
 from poi_cli.core.threads import DEFAULT_WORKERS
 from poi_cli.deploy.overlap import iter_overlapped
-from poi_cli.deploy.pipeline import (FacePipeline, ImageInput, ImagePrediction, InputItem, PipelineError,
-                                     expand_inputs)
+from poi_cli.deploy.pipeline import (FacePipeline, ImageInput, ImagePrediction, InputItem, PipelineError, as_inputs,
+                                     check_pipeline_options, iter_input_items)
 from poi_cli.deploy.records import FaceRecord, RecordsError, records_to_frame, status_counts, write_predictions_csv
-from poi_cli.deploy.runner import ModelFileError, ModelRunner, OnnxRunner
+from poi_cli.deploy.runner import ModelFileError, ModelRunner, OnnxRunner, written_by_torch_save
 from poi_cli.deploy.video import VideoOptions, iter_video, iter_video_file, video_summary, write_video_summaries
 from poi_cli.deploy.visualize import VisWriter
 
@@ -102,7 +101,12 @@ def resolve_model(model: Optional[str | Path] = None, suffix: str = ONNX_SUFFIX)
 def open_onnx_model(model: Optional[str | Path] = None, threads: Optional[int] = None, batch_size: int = 32) -> OnnxRunner:
     """The deploy runtime's model: an .onnx file (resolve_model's fallbacks) on ONNX Runtime.
     A torch checkpoint or run folder is refused with the two ways to run it."""
+    if model is not None and not str(model).strip():
+        raise PredictError("model: an empty name (give an .onnx file, or None for the bundled model)")
     path = resolve_model(model)
+    if path.is_file() and path.suffix.lower() != ONNX_SUFFIX and not written_by_torch_save(path):
+        raise PredictError(f"{path} is not a model file: give an .onnx from `poi export --full` (or, with torch, "
+                           "a .pt checkpoint or a run folder)")
     if path.is_dir() or path.suffix.lower() != ONNX_SUFFIX:
         raise PredictError(f"{path} is a PyTorch checkpoint or run folder: running it needs torch ({TRAIN_EXTRA_HINT}), "
                            f"or export it once with `poi export {path} --format onnx --full`")
@@ -128,6 +132,10 @@ class Predictor(FacePipeline):
     def __init__(self, model: "ModelRunner | str | Path | None" = None, detector: Any = "mtcnn", batch_size: int = 32,
                  images_per_batch: int = 8, min_face_score: float = 0.95, detect: bool = True,
                  workers: int = DEFAULT_WORKERS, threads: Optional[int] = None) -> None:
+        try:  # the options first: a bad one is not the model file's fault
+            check_pipeline_options(detector, batch_size, images_per_batch, min_face_score, workers, threads)
+        except PipelineError as error:
+            raise PredictError(str(error)) from None
         runner = (model if hasattr(model, "run") and hasattr(model, "classes")
                   else open_onnx_model(model, threads=threads, batch_size=batch_size))
         try:
@@ -147,38 +155,30 @@ class Predictor(FacePipeline):
         """The nested records (the JSON form of `poi predict --json`)."""
         return [r.to_dict() for p in self.iter_predictions(inputs, show_au, progress) for r in p.records]
 
-    def iter_predictions(self, inputs: ImageInput | Sequence[ImageInput], show_au: bool = False,
+    def iter_predictions(self, inputs: ImageInput | Iterable[ImageInput], show_au: bool = False,
                          progress: bool = False, video: "Optional[VideoOptions]" = None) -> Iterator[ImagePrediction]:
-        """ImagePredictions in input order, a chunk of images at a time (memory stays bounded).
+        """ImagePredictions in input order, a chunk of images at a time (memory stays bounded:
+        a generator of inputs is read as the chunks are taken, so an endless one streams).
 
         A video file gives one video.FramePrediction per sampled frame (video: how to
         sample, track and smooth it; VideoOptions() by default)."""
-        if isinstance(inputs, (str, Path, Image.Image, np.ndarray)):
-            inputs = [inputs]
-        inputs = list(inputs)  # a generator is read once: the check below must not use up its first item
-        # InputItems were expanded already (`poi predict` expands once, to protect its inputs)
-        items = inputs if all(isinstance(i, InputItem) for i in inputs) else expand_inputs(inputs)
+        inputs = as_inputs(inputs)
+        counted = isinstance(inputs, (list, tuple))  # a generator's length is not known: no total on the bar
+        items: Iterable[InputItem] = list(iter_input_items(inputs)) if counted else iter_input_items(inputs)
         from rich.console import Console
 
         console = Console(stderr=True)  # stdout stays clean for --json
-        images = [item for item in items if not item.is_video]
+        total = sum(not item.is_video for item in items) if counted else None  # type: ignore[union-attr]
         with progress_bar(console, enabled=progress) as bar:  # drawn only on a terminal
-            task = bar.add_task("images", total=len(images), visible=bool(images))
-            chunk: list[InputItem] = []
-            for number, item in enumerate(items):
-                if not item.is_video:
-                    chunk.append(item)
-                if self.workers > 0:  # overlapped: a whole run of images between videos at once
-                    flush = chunk and (item.is_video or number == len(items) - 1)
-                else:
-                    flush = chunk and (len(chunk) == self.images_per_batch or item.is_video or number == len(items) - 1)
-                if flush:
-                    for prediction in self._predict_images(chunk, show_au):
-                        yield prediction
-                        bar.advance(task, 1)
-                    chunk = []
-                if item.is_video:
-                    yield from iter_video_file(self, item.path, video or VideoOptions(), show_au, bar)
+            task = bar.add_task("images", total=total, visible=total is None or total > 0)
+            for is_video, run in groupby(items, key=lambda item: item.is_video):
+                if is_video:
+                    for item in run:
+                        yield from iter_video_file(self, item.path, video or VideoOptions(), show_au, bar)
+                    continue
+                for prediction in self._predict_images(run, show_au):
+                    yield prediction
+                    bar.advance(task, 1)
 
     def predict_video(self, path: str | Path, every: Optional[int] = None, fps: Optional[float] = None,
                       start: Optional[float] = None, end: Optional[float] = None, smooth: Optional[float] = None,
@@ -186,7 +186,7 @@ class Predictor(FacePipeline):
         """A DataFrame with a row per face per sampled frame (frame, timestamp, track; see
         deploy/video.py), a no_face row for a frame without a face."""
         records = [r for p in self.iter_video(path, every, fps, start, end, smooth, show_au, progress) for r in p.records]
-        return self._frame(records, show_au)
+        return self._frame(records, show_au, video=True)  # frame, timestamp, track also for a video that cannot be read
 
     def iter_video(self, source: "str | Path | Iterable[ImageInput]", every: Optional[int] = None,
                    fps: Optional[float] = None, start: Optional[float] = None, end: Optional[float] = None,
@@ -201,15 +201,19 @@ class Predictor(FacePipeline):
 
     # -- driving the stages
 
-    def _predict_images(self, items: list[InputItem], show_au: bool) -> Iterator[ImagePrediction]:
-        """Images (no videos) in input order: overlapped when workers > 0, else one chunk."""
+    def _predict_images(self, items: Iterable[InputItem], show_au: bool) -> Iterator[ImagePrediction]:
+        """Images (no videos) in input order: overlapped when workers > 0 (its window reads
+        ahead), else in chunks of images_per_batch."""
         if self.workers > 0:
-            return iter_overlapped(self, items, show_au, self.workers)
-        return iter(self.predict_chunk(items, show_au))
+            yield from iter_overlapped(self, items, show_au, self.workers)
+            return
+        items = iter(items)
+        while chunk := list(islice(items, self.images_per_batch)):
+            yield from self.predict_chunk(chunk, show_au)
 
-    def _frame(self, records: Sequence[Any], show_au: bool) -> "pd.DataFrame":
+    def _frame(self, records: Sequence[Any], show_au: bool, video: Optional[bool] = None) -> "pd.DataFrame":
         try:
-            return records_to_frame(records, self.classes, show_au)
+            return records_to_frame(records, self.classes, show_au, video)
         except RecordsError as error:
             raise PredictError(str(error)) from None
 

@@ -220,10 +220,12 @@ def is_predictions_csv(path: str | Path) -> bool:
                for show_au in (False, True) for video in (False, True) for smoothed in (False, True))
 
 
-def record_columns(records: Sequence[FaceRecord], classes: Sequence[str], show_au: bool = False) -> list[str]:
-    """flat_columns for these records: video columns when one is of a video frame, smoothed
-    ones when one is smoothed."""
-    return flat_columns(classes, show_au, any(r.video is not None for r in records),
+def record_columns(records: Sequence[FaceRecord], classes: Sequence[str], show_au: bool = False,
+                   video: Optional[bool] = None) -> list[str]:
+    """flat_columns for these records: video columns when one is of a video frame (or `video`
+    says so), smoothed ones when one is smoothed."""
+    video = any(r.video is not None for r in records) if video is None else video
+    return flat_columns(classes, show_au, video,
                         any(r.smoothed is not None for r in records))
 
 
@@ -231,8 +233,10 @@ class RecordsError(PoiError):
     """Records cannot be given in the form asked for (pandas missing); one line."""
 
 
-def records_to_frame(records: Sequence[FaceRecord], classes: Sequence[str], show_au: bool = False) -> "pd.DataFrame":
-    """Records -> DataFrame (missing values NaN; `face`, `frame`, `track` nullable integers).
+def records_to_frame(records: Sequence[FaceRecord], classes: Sequence[str], show_au: bool = False,
+                     video: Optional[bool] = None) -> "pd.DataFrame":
+    """Records -> DataFrame (missing values NaN; `face`, `frame`, `track` nullable integers;
+    video: the video columns whatever the records, see record_columns).
 
     pandas is not a dependency of the deploy runtime: this one function needs it."""
     try:
@@ -241,7 +245,7 @@ def records_to_frame(records: Sequence[FaceRecord], classes: Sequence[str], show
         raise RecordsError("a DataFrame needs pandas (pip install pandas); predict_records gives the records "
                            "without it") from None
 
-    columns = record_columns(records, classes, show_au)
+    columns = record_columns(records, classes, show_au, video)
     frame = pd.DataFrame([r.to_row(classes) for r in records], columns=columns)
     integers = ("face", "frame", "track", "regions_agree")
     numeric = [c for c in columns if c not in ("image", "status", "reason", "expression", "detector",

@@ -143,3 +143,14 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z -= z.max(-1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def written_by_torch_save(path: Path) -> bool:
+    """Whether a file starts as torch.save writes one (a zip archive; a pickle before torch 1.6),
+    told without torch, so that the deploy runtime does not ask to install torch for a photo."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return True  # unreadable: the runner says why
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"

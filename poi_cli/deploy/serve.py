@@ -70,7 +70,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from poi_cli.core.errors import PoiError, one_line
 from poi_cli.core.schema import STATUS_ERROR
 from poi_cli.data import faces
-from poi_cli.data.faces import ImageLoadError, load_image, to_rgb
+from poi_cli.data.faces import EXIF_ORIENTATION, ImageLoadError, load_image, to_rgb
 from poi_cli.deploy.predict import Predictor
 from poi_cli.deploy.records import FaceRecord
 
@@ -328,7 +328,7 @@ def _decode_shrunk(file: BinaryIO, decode_side: int) -> tuple[Image.Image, tuple
         width, height = image.size
         if min(width, height) < faces.MIN_SIDE:
             raise ImageLoadError(f"image too small: {width}x{height} (minimum {faces.MIN_SIDE} px per side)")
-        orientation = image.getexif().get(0x0112, 1)
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
         if image.format == "JPEG":  # DCT scaling (1/2, 1/4, 1/8), never below KEEP_FRACTION x decode_side
             fraction = KEEP_FRACTION * decode_side / max(width, height)
             image.draft(None, (math.ceil(width * fraction), math.ceil(height * fraction)))

@@ -23,18 +23,20 @@ reason says where it stopped; a file that is no video gives one `error` row.
 from __future__ import annotations
 
 import json
+import math
+import numbers
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
-from PIL import Image
 
 from poi_cli.core.progress import progress_bar
 from poi_cli.core.schema import STATUS_ERROR
 from poi_cli.data.video import VideoError, VideoFrame, VideoReader, VideoSampling
-from poi_cli.deploy.pipeline import FacePipeline, ImagePrediction, InputItem
+from poi_cli.deploy.pipeline import FacePipeline, ImagePrediction, InputItem, in_memory_image
 from poi_cli.deploy.records import FaceRecord, Smoothed, VideoPosition
 from poi_cli.deploy.tracking import DEFAULT_MAX_GAP, IoUTracker, TrackSmoother
 
@@ -71,15 +73,27 @@ class FramePrediction(ImagePrediction):
     fps: Optional[float] = None  # the sampling rate, for an annotated video
 
 
-def _frames_of(source: Iterable[Any], fps: Optional[float], every: Optional[int]) -> Iterator[VideoFrame]:
-    """Live frames (PIL images or uint8 arrays) -> VideoFrames timed at index / fps."""
+@dataclass
+class LiveFrame(VideoFrame):
+    """A frame a program handed in (a camera's): image None and `error` the reason when it is
+    no image poi reads (its row is an error record; the stream goes on)."""
+
+    error: Optional[str] = None
+
+
+def _frames_of(source: Iterable[Any], fps: Optional[float], every: Optional[int]) -> Iterator[LiveFrame]:
+    """Live frames (PIL images or uint8 arrays, as predict_records takes them) -> LiveFrames timed at index / fps."""
+    if fps is not None and not (isinstance(fps, numbers.Real) and math.isfinite(fps) and fps > 0):
+        raise VideoError(f"fps must be a positive number of frames per second, got {fps!r}")
+    if every is not None and (not isinstance(every, numbers.Integral) or every < 1):
+        raise VideoError(f"every must be a whole number of at least 1, got {every!r}")
     rate = fps or VideoSampling().max_fps
-    for index, image in enumerate(source):
+    for index, value in enumerate(source):
         if every and index % every:
             continue
-        if isinstance(image, np.ndarray):
-            image = Image.fromarray(image)
-        yield VideoFrame(index, round(index / rate, 6), image)
+        image, reason = (None, "a live frame is a PIL image or a uint8 array, not a file name") if isinstance(
+            value, (str, os.PathLike)) else in_memory_image(value)
+        yield LiveFrame(index, round(index / rate, 6), image, reason)  # type: ignore[arg-type]
 
 
 def iter_video(pipeline: FacePipeline, source: Any, every: Optional[int] = None, fps: Optional[float] = None,
@@ -105,8 +119,8 @@ def iter_video_file(pipeline: FacePipeline, path: Path, options: VideoOptions, s
     try:
         reader = VideoReader(path, options.sampling)
     except VideoError as error:
-        reason = str(error).removeprefix(f"{path}: ")
-        yield ImagePrediction(source, None, [FaceRecord.empty(source, STATUS_ERROR, reason, show_au)])
+        reason = str(error).removeprefix(f"{path}: ")  # a FramePrediction (frame None), as iter_video promises
+        yield FramePrediction(source, None, [FaceRecord.empty(source, STATUS_ERROR, reason, show_au)])
         return
     task = None
     if bar is not None:
@@ -134,7 +148,7 @@ def _predict_frames(pipeline: FacePipeline, source: str, frames: Iterator[VideoF
             batch.append(frame)
         finished = frame is None
         if batch and (finished or len(batch) == options.frames_per_batch):
-            items = [InputItem(source, image=f.image) for f in batch]
+            items = [InputItem(source, image=f.image, error=getattr(f, "error", None)) for f in batch]
             detector = pipeline.video_detector(options.detect_side) if pipeline.detect else None
             for f, prediction in zip(batch, pipeline.predict_chunk(items, show_au, detector)):
                 faces = [r for r in prediction.records if r.is_face]
