@@ -349,7 +349,9 @@ def train(**options: Any) -> None:
             fail(f"interrupted: finished epochs are saved in {stop.run_dir}; continue with "
                  f"`poi train --resume {stop.run_dir}`", 130)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
-        show(render.train_done(run_dir))
+        from poi_cli.train.run_folder import run_summary
+
+        show(render.train_done(run_dir, run_summary(run_dir)))
 
 
 @app.command()

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the result types, for annotations only (their modules impor
     from poi_cli.data.prepare import PrepareResult
     from poi_cli.study.calibrate import CalibrateResult
     from poi_cli.train.head_refit import HeadScore, RefitResult
+    from poi_cli.train.run_folder import RunSummary
     from poi_cli.model.export import ExportResult
     from poi_cli.study.report import Report
     from poi_cli.deploy.records import FaceRecord
@@ -137,10 +138,18 @@ def combine_summary(root: Path, classes: list[str], members: list[dict]) -> list
 # ----------------------------------------------------------------------- poi train
 
 
-def train_done(run_dir: Any) -> Line:
-    """The last line of `poi train`: the run folder and what to do with it."""
-    return Line(f"done: {run_dir} (results.csv, best.pt, last.pt); evaluate with `poi evaluate {run_dir} PREPARED_DIR`",
-                soft_wrap=True)
+def train_done(run_dir: Any, summary: Optional["RunSummary"] = None) -> Line:
+    """The last line of `poi train`: the run folder, its best validation epoch (best.pt), the
+    last one's accuracy and the time it trained, and what to do with it."""
+    told = ""
+    if summary is not None:
+        if summary.best_val_acc is not None:
+            last = (f", last {summary.last_val_acc:.2%}" if summary.last_val_acc is not None
+                    and summary.best_epoch != summary.epochs else "")
+            told = f"best val_acc {summary.best_val_acc:.2%} at epoch {summary.best_epoch}{last}; "
+        told += f"{_count(summary.epochs, 'epoch')} in {summary.minutes:.1f} min; "
+    return Line(f"done: {run_dir} ({told}results.csv, best.pt, last.pt); evaluate with "
+                f"`poi evaluate {run_dir} PREPARED_DIR`", soft_wrap=True)
 
 
 def folds_summary(summary: dict) -> list[Item]:

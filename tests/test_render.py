@@ -103,3 +103,16 @@ def test_clean_and_calibrate_lines():
         "wrote x.pt"]
     forced = SimpleNamespace(calibration=tried[0], previous=calibration, written="x.pt", candidates=tried[:1])
     assert render.calibrate_summary(forced)[0].text == "recipe: TRN, image alone (the only one asked for)"
+
+
+def test_the_last_line_of_train_names_the_best_epoch_its_accuracy_and_the_time(tmp_path):
+    # what a timm or Ultralytics user reads at the end of a run: best.pt's epoch (the first of equal
+    # accuracies, as training keeps it), the last epoch's accuracy, the time
+    from poi_cli.train.run_folder import run_summary
+
+    (tmp_path / "results.csv").write_text("epoch,val_acc,epoch_time_s\n1,0.5,60\n2,0.7,60\n3,0.7,60\n4,0.6,90\n")
+    line = render.train_done(tmp_path, run_summary(tmp_path)).text
+    assert "best val_acc 70.00% at epoch 2, last 60.00%; 4 epochs in 4.5 min;" in line
+    (tmp_path / "results.csv").write_text("epoch,val_acc,epoch_time_s\n1,,30\n2,,30\n")  # --val-split none
+    assert "(2 epochs in 1.0 min; results.csv" in render.train_done(tmp_path, run_summary(tmp_path)).text
+    assert run_summary(tmp_path / "missing") is None

@@ -11,7 +11,10 @@ May import torch, poi_cli.core, poi_cli.model and the train modules config and m
 
 from __future__ import annotations
 
+import csv
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -94,6 +97,44 @@ class RunFolder:
             stale = not best_path.is_file() or load_checkpoint(best_path).get("epoch") != checkpoint["epoch"]
             if stale:
                 save_checkpoint(best_path, checkpoint)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a finished run's results.csv says, for `poi train`'s last line."""
+
+    epochs: int  # rows (finished epochs)
+    minutes: float  # training and validation time of those epochs
+    best_val_acc: Optional[float]  # None without a validation split
+    best_epoch: Optional[int]
+    last_val_acc: Optional[float]
+
+
+def run_summary(run_dir: Path) -> Optional[RunSummary]:
+    """The run's results.csv summed up (best.pt's epoch: the first with the highest val_acc, as
+    training chooses it); None when there is none to read."""
+    try:
+        with open(Path(run_dir) / RESULTS_FILE, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return None
+
+    def number(row: dict, column: str) -> Optional[float]:
+        try:
+            value = float(row.get(column) or "nan")
+        except ValueError:
+            return None
+        return value if math.isfinite(value) else None
+
+    if not rows:
+        return None
+    scored = [(number(row, "val_acc"), row) for row in rows]
+    scored = [(acc, row) for acc, row in scored if acc is not None]
+    best = max(scored, key=lambda pair: pair[0], default=None)  # max keeps the first of equals
+    return RunSummary(epochs=len(rows), minutes=sum(number(r, "epoch_time_s") or 0.0 for r in rows) / 60,
+                      best_val_acc=best[0] if best else None,
+                      best_epoch=int(number(best[1], "epoch") or 0) if best else None,
+                      last_val_acc=number(rows[-1], "val_acc"))
 
 
 def check_project(project: Path) -> None:
