@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import sys
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, get_type_hints
@@ -24,6 +25,7 @@ from rich.console import Console
 
 from poi_cli import __version__, render
 from poi_cli.core.errors import FACENET_HINT, TRAIN_EXTRA_HINT, PoiError, one_line
+from poi_cli.core.schema import STATUS_EXCLUDED, STATUS_MISSING, STATUS_OK
 from poi_cli.core.threads import DEFAULT_WORKERS, THREADS_HELP
 
 app = typer.Typer(
@@ -238,6 +240,14 @@ def prepare(
                              batch_size=batch_size, splits=chosen, folds=folds, fold_seed=fold_seed,
                              test_fraction=test_fraction)
     show(*render.prepare_summary(dataset, result))
+    statuses = Counter()
+    for per_split in result.counts.values():
+        statuses.update(per_split)
+    if not statuses.get(STATUS_OK):  # an empty store trains nothing: most often RAW_DIR is not the folder the layout starts in
+        found = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items())) or "no image"
+        hint = (f": is {raw_dir} the folder docs/datasets.md names for {dataset}?"
+                if set(statuses) <= {STATUS_MISSING, STATUS_EXCLUDED} else " (the manifest's reason column says why)")
+        fail(f"no face was stored in {out} ({found}){hint}")
 
 
 @app.command()

@@ -341,13 +341,51 @@ def test_rafdb_aligned_and_original_layouts(tmp_path: Path) -> None:
     for name in ("train_00001", "train_00002"):
         (original / "Annotation" / "manual").mkdir(parents=True, exist_ok=True)
         (original / "Annotation" / "manual" / f"{name}_manu_attri.txt").write_text(landmarks)
-    # test_0001 has no landmark file: with detection forced off it is resized whole.
-    result = prepare("raf-db", original, tmp_path / "out_o", size=SIZE, show_progress=False)
+    # test_0001 has no landmark file (Annotation/manual.zip not unzipped for it): a whole photo, so its
+    # face is detected (it was resized whole, though the note said "detected"); --no-detect resizes it
+    result = prepare("raf-db", original, tmp_path / "out_o", size=SIZE, show_progress=False,
+                     detector=InterruptingDetector())
     assert result.meta["layout"] == "original" and not result.meta["detect"]
     manifest = pd.read_csv(tmp_path / "out_o" / "manifest.csv").set_index("id")
     assert manifest.loc["train_00001.jpg", ["lm_x0", "lm_y4"]].tolist() == [40.0, 70.0]
-    assert np.isnan(manifest.loc["test_0001.jpg", "lm_x0"])
-    assert any("no landmark file" in note for note in result.notes)
+    assert np.isnan(manifest.loc["train_00001.jpg", "det_score"])
+    assert manifest.loc["test_0001.jpg", "det_score"] == pytest.approx(0.99) and manifest.loc["test_0001.jpg", "status"] == "ok"
+    assert any("no landmark file" in note and "detected" in note for note in result.notes)
+    result = prepare("raf-db", original, tmp_path / "out_n", size=SIZE, detect=False, show_progress=False)
+    manifest = pd.read_csv(tmp_path / "out_n" / "manifest.csv").set_index("id")
+    assert np.isnan(manifest.loc["test_0001.jpg", "det_score"]) and np.isnan(manifest.loc["test_0001.jpg", "lm_x0"])
+    assert result.meta["settings"]["unaligned_photos"] == "resized whole (--no-detect)"
+
+
+def test_rafdb_as_users_unzip_it(tmp_path: Path) -> None:
+    """The list file with a BOM and the README's own spelling; RAW_DIR one folder too high, and the
+    inner zips not yet unzipped, named in the error."""
+    raw = tmp_path / "RAF-DB" / "basic"
+    (raw / "EmoLabel").mkdir(parents=True)
+    (raw / "EmoLabel" / "list_partition_label.txt").write_text("\ufefftrain_00001.jpg 1\ntest_0001.jpg 4\n", encoding="utf-8")
+    (raw / "Image").mkdir()
+    (raw / "Image" / "aligned.zip").write_bytes(b"PK")
+    with pytest.raises(LayoutError, match="Image/aligned.zip must be unzipped"):
+        prepare("raf-db", raw, tmp_path / "o1", size=SIZE, show_progress=False)
+    with pytest.raises(LayoutError, match="give .*basic"):
+        prepare("raf-db", raw.parent, tmp_path / "o2", size=SIZE, show_progress=False)
+    for name in ("train_00001", "test_0001"):
+        save(raw / "Image" / "aligned" / f"{name}_aligned.jpg", mode="RGB", size=(100, 100))
+    result = prepare("raf-db", raw, tmp_path / "o3", size=SIZE, show_progress=False)
+    assert result.counts == {"test": {"ok": 1}, "train": {"ok": 1}}
+    manifest = pd.read_csv(tmp_path / "o3" / "manifest.csv").set_index("id")
+    assert manifest.loc["train_00001.jpg", "label_name"] == "surprise"
+
+
+def test_label_files_with_a_byte_order_mark_read_as_without(tmp_path: Path) -> None:
+    # Excel and Notepad write one: FERPlus's first row was "missing", AffectNet "lacked" its first column
+    raw = make_ferplus(tmp_path / "ferplus")
+    for folder in ("FER2013Train", "FER2013Valid"):
+        label = raw / folder / "label.csv"
+        label.write_text("\ufeff" + label.read_text(), encoding="utf-8")
+    result = prepare("ferplus", raw, tmp_path / "out", size=SIZE, show_progress=False)
+    assert result.counts["train"] == {"ok": 2, "excluded": 3, "missing": 1}
+    assert "FER2013Train/fer0000000.png" in set(pd.read_csv(tmp_path / "out" / "manifest.csv")["id"])
 
 
 def test_affectnet_csv_with_landmarks_and_excluded_codes(tmp_path: Path) -> None:
@@ -369,6 +407,29 @@ def test_affectnet_csv_with_landmarks_and_excluded_codes(tmp_path: Path) -> None
     assert manifest.loc["1/b.jpg", "label_name"] == "contempt"
     assert manifest.loc["1/a.jpg", ["lm_x0", "lm_y0", "lm_x2", "lm_x4"]].tolist() == [30.0, 40.0, 50.0, 65.0]
     assert PreparedDataset(tmp_path / "out").num_classes == 8
+
+
+def test_affectnet_rows_without_landmarks_use_the_face_box_else_detection(tmp_path: Path) -> None:
+    # they were stored as the whole photo resized, with no reason and no note
+    raw = tmp_path / "affectnet"
+    header = "\ufeffsubDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal\n"
+    (raw / "Manually_Annotated_file_lists").mkdir(parents=True)
+    (raw / "Manually_Annotated_file_lists" / "training.csv").write_text(
+        header + "1/boxed.jpg,40,20,80,80,,1,0,0\n1/bare.jpg,,,,,1;2;3,3,0,0\n", encoding="utf-8")
+    photo = np.zeros((120, 160, 3), np.uint8)
+    photo[20:100, 40:120] = 200  # the face box is the bright square
+    for name in ("1/boxed.jpg", "1/bare.jpg"):
+        (raw / "Manually_Annotated_Images" / "1").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo).save(raw / "Manually_Annotated_Images" / name)
+    result = prepare("affectnet", raw, tmp_path / "out", size=SIZE, show_progress=False, detector=InterruptingDetector())
+    assert result.counts == {"train": {"ok": 2}}
+    assert any("1 rows have no usable facial_landmarks: their face box" in note for note in result.notes)
+    assert any("neither usable facial_landmarks nor a face box: their faces are detected" in note for note in result.notes)
+    data = PreparedDataset(tmp_path / "out")
+    manifest = data.manifest.set_index("id")
+    boxed = data.faces[manifest.loc["1/boxed.jpg", "store_index"]]
+    assert boxed.min() > 150  # the box's inside only, not the dark photo around it
+    assert manifest.loc["1/bare.jpg", "det_score"] == pytest.approx(0.99)
 
 
 def test_ckplus_official_sequences_and_ck48(tmp_path: Path) -> None:
@@ -417,6 +478,15 @@ def test_sfew_and_folder_splits(tmp_path: Path) -> None:
     assert manifest.loc["Val/Sad/black.png", "store_index"] == -1
     assert f"1 images are not stored ({BLANK_REASON}): status no_face" in result.meta["notes"]
 
+    # as the release's zips unpack (a wrapper folder or two), class folders in any case
+    unzipped = tmp_path / "sfew_zips"
+    save(unzipped / "Train" / "Train_Aligned_Faces" / "happy" / "a.png", mode="RGB", size=(143, 181))
+    save(unzipped / "Val" / "Val_Aligned_Faces_new" / "Val_Aligned_Faces" / "SAD" / "b.png", mode="RGB", size=(143, 181))
+    result = prepare("sfew", unzipped, tmp_path / "out_zips", size=SIZE, show_progress=False)
+    assert result.counts == {"train": {"ok": 1}, "val": {"ok": 1}}
+    manifest = pd.read_csv(tmp_path / "out_zips" / "manifest.csv").set_index("id")
+    assert manifest.loc["Val/Val_Aligned_Faces_new/Val_Aligned_Faces/SAD/b.png", "label_name"] == "sadness"
+
     tree = tmp_path / "mine"
     save(tree / "train" / "Happy" / "a.png")
     save(tree / "valid" / "contempt" / "b.png")
@@ -455,7 +525,7 @@ def test_prepare_piped_prints_no_progress_bar(tmp_path):
 
     raw = make_folder_tree(tmp_path / "raw", per_class=2)
     result = CliRunner().invoke(app, ["prepare", "folder", str(raw), "--out", str(tmp_path / "out"), "--size", "48",
-                                      "--threads", "1"])
+                                      "--no-detect", "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert not [line for line in result.output.splitlines() if line.startswith("preparing")], result.output
 
@@ -474,3 +544,15 @@ def test_a_folder_trees_class_sub_folders_hold_images_of_that_class(tmp_path):
     manifest = pd.read_csv(result.out_dir / "manifest.csv").set_index("id")
     assert set(manifest.index) == {"happy/0.png", "sad/0.png", "angry/0.png", "happy/session1/deeper/x.png"}
     assert manifest.loc["happy/session1/deeper/x.png", "label_name"] == "happiness"
+
+
+def test_a_prepare_that_stores_no_face_fails_in_one_line(tmp_path: Path) -> None:
+    # RAF-DB unzipped one folder too deep (Image/aligned/aligned/): every listed image missing, exit 0 before
+    raw = tmp_path / "basic"
+    (raw / "EmoLabel").mkdir(parents=True)
+    (raw / "EmoLabel" / "list_patition_label.txt").write_text("train_00001.jpg 1\n")
+    save(raw / "Image" / "aligned" / "aligned" / "train_00001_aligned.jpg", mode="RGB", size=(100, 100))
+    result = CliRunner().invoke(app, ["prepare", "raf-db", str(raw), "--out", str(tmp_path / "out"), "--size", str(SIZE),
+                                      "--threads", "1"])
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and len(lines) == 1 and "no face was stored" in lines[0] and "1 missing" in lines[0]

@@ -129,8 +129,12 @@ def prepare(
     parsed = parse_dataset(dataset, raw)
     items = _select_splits(parsed, splits)
     protocol = _apply_protocol(parsed, items, folds, fold_seed, test_fraction)
+    # photos whose layout ships landmarks but not theirs (Item.detect) are detected, unless --no-detect was given
+    detect_unaligned = detect is not False
     detect = parsed.detect if detect is None else detect
     settings = _settings(parsed, items, size, detect)
+    if not detect_unaligned and any(item.detect for item in items):  # absent otherwise: older stores keep their settings
+        settings["unaligned_photos"] = "resized whole (--no-detect)"
     if protocol:  # absent otherwise: stores of other datasets keep their settings (a re-run stays a no-op)
         settings["protocol"] = protocol
     if detect and isinstance(detector, str) and detector != DETECTORS[0]:  # the default keeps older stores' settings
@@ -141,14 +145,14 @@ def prepare(
     try:
         with claim(out, "prepared folder"):
             return _prepare_into(out, raw, parsed, items, settings, size, detect, device, batch_size, workers,
-                                 show_progress, detector)
+                                 show_progress, detector, detect_unaligned)
     except LockError as error:
         raise PrepareError(str(error)) from None
 
 
 def _prepare_into(out: Path, raw: Path, parsed: ParsedDataset, items: list[Item], settings: dict[str, Any], size: int,
                   detect: bool, device: str, batch_size: int, workers: int, show_progress: bool,
-                  detector: Any) -> PrepareResult:
+                  detector: Any, detect_unaligned: bool = True) -> PrepareResult:
     state = _out_dir_state(out, settings)
     if state == "done":
         for name in (PREPARE_JOURNAL_FILE, PREPARE_PROGRESS_FILE):  # a run killed after prepared.json, before removing them
@@ -170,7 +174,8 @@ def _prepare_into(out: Path, raw: Path, parsed: ParsedDataset, items: list[Item]
     todo = [i for i in rows if i not in records]
 
     start = time.perf_counter()
-    worker = _Worker(raw, items, size, detect, want_gray=parsed.grayscale is None, device=device, detector=detector)
+    worker = _Worker(raw, items, size, detect, want_gray=parsed.grayscale is None, device=device, detector=detector,
+                     detect_unaligned=detect_unaligned)
     resumed = len(records)
     processed = _run(worker, todo, rows, faces, records, out / PREPARE_JOURNAL_FILE, batch_size, workers, show_progress)
     seconds = time.perf_counter() - start
@@ -306,8 +311,9 @@ class _Worker:
     """Turns items into faces: the loader threads call load(); detection runs in batches."""
 
     def __init__(self, raw: Path, items: list[Item], size: int, detect: bool, want_gray: bool,
-                 device: str, detector: Any) -> None:
+                 device: str, detector: Any, detect_unaligned: bool = True) -> None:
         self.raw, self.items, self.size, self.detect = raw, items, size, detect
+        self.detect_unaligned = detect_unaligned  # the items marked detect (photos without their landmarks); off under --no-detect
         self.want_gray, self.device = want_gray, device
         self.detector_name = detector if isinstance(detector, str) else None
         self._detector = None if isinstance(detector, str) else detector
@@ -330,10 +336,12 @@ class _Worker:
             if is_blank(image):  # nothing to detect, and no face to crop: never stored as one
                 return _Loaded(status=STATUS_NO_FACE, reason=BLANK_REASON)
             gray = is_grayscale(image) if self.want_gray else None
-            if self.detect:
+            if self.detect or (item.detect and self.detect_unaligned):
                 return _Loaded(image=image, gray=gray)
             if item.landmarks is not None:
                 return _Loaded(face=align_face(image, item.landmarks, self.size), gray=gray)
+            if item.box is not None:  # a shipped face box without landmarks: cropped, not aligned
+                return _Loaded(face=resize_face(image.crop(tuple(round(v) for v in item.box)), self.size), gray=gray)
             return _Loaded(face=resize_face(image, self.size), gray=gray)
         except Exception as error:
             return _Loaded(status=STATUS_ERROR, reason=_one_line(error))

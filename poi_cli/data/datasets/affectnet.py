@@ -24,6 +24,17 @@ def parse_landmarks(text: str, groups: dict[str, list[int]]) -> np.ndarray | Non
     return five_from_68(values.reshape(68, 2), groups)
 
 
+def parse_box(row: dict) -> tuple[float, float, float, float] | None:
+    """The csv's face box as (x1, y1, x2, y2); None where its columns are absent or not a box."""
+    try:
+        x, y, width, height = (float(row[c]) for c in ("face_x", "face_y", "face_width", "face_height"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not all(np.isfinite([x, y, width, height])) or width <= 0 or height <= 0:
+        return None
+    return (x, y, x + width, y + height)
+
+
 def find_first(raw_dir: Path, candidates: list[str], what: str) -> Path:
     for candidate in candidates:
         if (raw_dir / candidate).exists():
@@ -38,13 +49,14 @@ def parse(raw_dir: Path) -> ParsedDataset:
     groups = facts["landmarks_68_to_5"]
     items: list[Item] = []
     notes: list[str] = []
+    unaligned = {"box": 0, "detected": 0}
     for split, file_name in facts["label_files"].items():
         candidates = [f"{d}/{file_name}" if d != "." else file_name for d in facts["label_dirs"]]
         found = [raw_dir / c for c in candidates if (raw_dir / c).is_file()]
         if not found:
             notes.append(f"split {split}: {file_name} is absent, skipped")
             continue
-        with open(found[0], newline="", encoding="utf-8") as handle:
+        with open(found[0], newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
@@ -62,9 +74,19 @@ def parse(raw_dir: Path) -> ParsedDataset:
                 elif not path.is_file():
                     item.status, item.reason = MISSING, "listed in the csv but not on disk"
                 else:
-                    item.landmarks = parse_landmarks(row["facial_landmarks"], groups)
+                    item.landmarks = parse_landmarks(row["facial_landmarks"] or "", groups)
+                    if item.landmarks is None:  # the csv's face box, else the face found in the photo
+                        item.box = parse_box(row)
+                        item.detect = item.box is None
+                        unaligned["box" if item.box else "detected"] += 1
                 items.append(item)
     if not items:
         raise LayoutError(f"{raw_dir} does not look like AffectNet: neither training.csv nor validation.csv was found")
+    if unaligned["box"]:
+        notes.append(f"{unaligned['box']} rows have no usable facial_landmarks: their face box (face_x, face_y, "
+                     "face_width, face_height) is cropped and resized, not aligned")
+    if unaligned["detected"]:
+        notes.append(f"{unaligned['detected']} rows have neither usable facial_landmarks nor a face box: their faces "
+                     "are detected (the largest in the photo)")
     return ParsedDataset("affectnet", "manually annotated", items, facts["num_classes"], facts["grayscale"],
                          facts["detect"], notes, expected_counts(facts))

@@ -42,6 +42,9 @@ class Item:
     status: str = PENDING
     reason: str = ""
     landmarks: np.ndarray | None = None  # (5, 2) float32 shipped by the dataset, image pixels
+    box: tuple[float, float, float, float] | None = None  # a shipped face box (x1, y1, x2, y2) where no landmarks are
+    # a whole photo whose layout ships landmarks, but not for this one: detected unless --no-detect says otherwise
+    detect: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # extra manifest columns (votes, subject)
 
 
@@ -82,13 +85,6 @@ def canonical_index(name: str) -> int:
 def class_lookup(class_map: dict[str, str | None]) -> dict[str, int | None]:
     """Dataset class name -> canonical index (None: excluded by the label rule)."""
     return {key: (None if value is None else canonical_index(value)) for key, value in class_map.items()}
-
-
-def require(path: Path, what: str, raw_dir: Path) -> Path:
-    """Return `path` if it exists, else raise a LayoutError naming what is missing."""
-    if not path.exists():
-        raise LayoutError(f"{raw_dir} does not look like {what}: {path.relative_to(raw_dir).as_posix()} is missing")
-    return path
 
 
 def list_images(folder: Path, recursive: bool = False) -> list[Path]:

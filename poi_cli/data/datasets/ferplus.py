@@ -53,7 +53,7 @@ def parse(raw_dir: Path) -> ParsedDataset:
             continue
         if not label_file.is_file():
             raise LayoutError(f"{raw_dir} does not look like FERPlus: {info['folder']}/label.csv is missing")
-        with open(label_file, newline="", encoding="utf-8") as handle:
+        with open(label_file, newline="", encoding="utf-8-sig") as handle:
             for line_number, row in enumerate(csv.reader(handle), start=1):
                 if not row or not row[0].strip():
                     continue

@@ -20,22 +20,38 @@ def class_folder_items(
     Ids are paths relative to id_root (default RAW_DIR), sources relative to RAW_DIR.
     recursive: a class folder's sub-folders hold its images too (a user's own tree, `folder`).
     """
-    # Hidden folders and archive debris (__MACOSX) are not classes.
-    folders = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    folders = visible_folders(split_dir)
     if not folders:
         raise LayoutError(f"{raw_dir} does not look like {what}: {relative(split_dir, raw_dir) or '.'} has no class folders")
+    by_name = {name.lower(): label for name, label in lookup.items()}  # Happy, happy and HAPPY alike
     items = []
     for folder in folders:
-        key = folder.name if folder.name in lookup else folder.name.lower()
-        if key not in lookup:
+        key = folder.name.lower()
+        if key not in by_name:
             names = ", ".join(sorted(lookup))
             raise LayoutError(f"{relative(folder, raw_dir)}/: unknown class folder for {what} (expected one of: {names})")
-        label = lookup[key]
+        label = by_name[key]
         if label is None:
             continue
         for path in list_images(folder, recursive):
             items.append(Item(id=relative(path, id_root or raw_dir), source=relative(path, raw_dir), split=split, label=label))
     return items
+
+
+def visible_folders(folder: Path) -> list[Path]:
+    """The sub-folders of `folder`, sorted; hidden ones and archive debris (__MACOSX) are none."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+
+
+def below_wrappers(split_dir: Path, lookup: dict[str, int | None]) -> Path:
+    """The folder that holds the class folders: split_dir, or the folder reached through those
+    that hold a single non-class folder (the release's zips unpack to Train/Train_Aligned_Faces/
+    and Val/Val_Aligned_Faces_new/Val_Aligned_Faces/)."""
+    classes = {name.lower() for name in lookup}
+    while (len(inside := visible_folders(split_dir)) == 1 and inside[0].name.lower() not in classes
+           and visible_folders(inside[0])):  # a lone folder of images is an unknown class, said so by the caller
+        split_dir = inside[0]
+    return split_dir
 
 
 def parse_sfew(raw_dir: Path) -> ParsedDataset:
@@ -48,7 +64,7 @@ def parse_sfew(raw_dir: Path) -> ParsedDataset:
         if not split_dir.is_dir():
             notes.append(f"split {split}: {info['folder']}/ is absent, skipped")
             continue
-        items += class_folder_items(raw_dir, split_dir, split, lookup, "SFEW 2.0")
+        items += class_folder_items(raw_dir, below_wrappers(split_dir, lookup), split, lookup, "SFEW 2.0")
     if not items:
         raise LayoutError(f"{raw_dir} does not look like SFEW 2.0: Train/ and Val/ with class folders are missing")
     return ParsedDataset("sfew", "aligned", items, facts["num_classes"], facts["grayscale"], facts["detect"],
@@ -75,7 +91,7 @@ def parse_folder(raw_dir: Path) -> ParsedDataset:
     facts = dataset_manifest("folder")
     lookup = class_lookup(facts["class_map"])
     split_names: dict[str, str] = facts["split_names"]
-    top = sorted(p for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    top = visible_folders(raw_dir)
     if not top:
         raise LayoutError(f"{raw_dir} has no sub-folders: `folder` expects one sub-folder per class (e.g. happy/, sad/)")
     if all(p.name.lower() in split_names for p in top):

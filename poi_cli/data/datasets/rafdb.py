@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from poi_cli.data.datasets.common import (
-    MISSING, Item, LayoutError, ParsedDataset, class_lookup, dataset_manifest, expected_counts, require,
+    MISSING, Item, LayoutError, ParsedDataset, class_lookup, dataset_manifest, expected_counts,
 )
 
 
@@ -23,15 +23,24 @@ def read_landmarks(path: Path) -> np.ndarray | None:
 
 def parse(raw_dir: Path) -> ParsedDataset:
     facts = dataset_manifest("raf-db")
-    label_file = require(raw_dir / facts["label_file"], "RAF-DB basic", raw_dir)
+    names = [facts["label_file"], *facts.get("label_file_aliases", [])]
+    label_file = next((raw_dir / name for name in names if (raw_dir / name).is_file()), None)
+    if label_file is None:
+        inside = raw_dir / "basic"
+        hint = f" (RAW_DIR is the release's basic/ folder: give {inside})" if any((inside / n).is_file() for n in names) else ""
+        raise LayoutError(f"{raw_dir} does not look like RAF-DB basic: {names[0]} is missing{hint}")
     layouts = facts["layouts"]
     if (raw_dir / layouts["aligned"]["images"]).is_dir():
         layout_name = "aligned"
     elif (raw_dir / layouts["original"]["images"]).is_dir():
         layout_name = "original"
     else:
+        zipped = [f"{layouts[name]['images']}.zip" for name in ("aligned", "original")
+                  if (raw_dir / f"{layouts[name]['images']}.zip").is_file()]
+        hint = f" ({' and '.join(zipped)} must be unzipped where they are first)" if zipped else ""
         raise LayoutError(
-            f"{raw_dir} does not look like RAF-DB basic: neither {layouts['aligned']['images']}/ nor {layouts['original']['images']}/ exists"
+            f"{raw_dir} does not look like RAF-DB basic: neither {layouts['aligned']['images']}/ nor "
+            f"{layouts['original']['images']}/ exists{hint}"
         )
     layout = layouts[layout_name]
     images = raw_dir / layout["images"]
@@ -39,7 +48,7 @@ def parse(raw_dir: Path) -> ParsedDataset:
     lookup = class_lookup(facts["class_map"])
     prefixes = {info["prefix"]: split for split, info in facts["splits"].items()}
     items: list[Item] = []
-    for line_number, line in enumerate(label_file.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_number, line in enumerate(label_file.read_text(encoding="utf-8-sig").splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -56,11 +65,13 @@ def parse(raw_dir: Path) -> ParsedDataset:
             item.status, item.reason = MISSING, "listed in the label file but not on disk"
         elif landmark_dir is not None:
             item.landmarks = read_landmarks(landmark_dir / f"{stem}{layout['landmark_suffix']}")
+            item.detect = item.landmarks is None  # a whole photo: its face is found, not the photo resized
         items.append(item)
     notes = []
     if layout_name == "original" and landmark_dir is not None:
         without = sum(1 for item in items if item.status != MISSING and item.landmarks is None)
         if without:
-            notes.append(f"{without} original images have no landmark file in {layout['landmarks']}/: they will be detected")
+            notes.append(f"{without} original images have no landmark file in {layout['landmarks']}/ "
+                         f"(is Annotation/manual.zip unzipped?): their faces are detected")
     return ParsedDataset("raf-db", layout_name, items, facts["num_classes"], facts["grayscale"], layout["detect"],
                          notes, expected_counts(facts))
