@@ -42,7 +42,6 @@ from itertools import groupby, islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
-
 from poi_cli.core.errors import TRAIN_EXTRA_HINT, PoiError, one_line
 from poi_cli.core.progress import progress_bar
 from poi_cli.core.schema import STATUS_ERROR
