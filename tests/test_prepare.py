@@ -371,8 +371,11 @@ def test_rafdb_as_users_unzip_it(tmp_path: Path) -> None:
         prepare("raf-db", raw.parent, tmp_path / "o2", size=SIZE, show_progress=False)
     for name in ("train_00001", "test_0001"):
         save(raw / "Image" / "aligned" / f"{name}_aligned.jpg", mode="RGB", size=(100, 100))
+    (raw / "Image" / "aligned" / "test_0001_aligned.jpg").rename(raw / "Image" / "aligned" / "test_0001_aligned.JPG")
     result = prepare("raf-db", raw, tmp_path / "o3", size=SIZE, show_progress=False)
-    assert result.counts == {"test": {"ok": 1}, "train": {"ok": 1}}
+    assert result.counts == {"test": {"missing": 1}, "train": {"ok": 1}}
+    assert "test_0001_aligned.JPG is: the case differs" in pd.read_csv(tmp_path / "o3" / "manifest.csv").set_index(
+        "id").loc["test_0001.jpg", "reason"]
     manifest = pd.read_csv(tmp_path / "o3" / "manifest.csv").set_index("id")
     assert manifest.loc["train_00001.jpg", "label_name"] == "surprise"
 
@@ -449,6 +452,16 @@ def test_ckplus_official_sequences_and_ck48(tmp_path: Path) -> None:
         "00000001.png": "neutral", "00000004.png": "disgust", "00000005.png": "disgust", "00000006.png": "disgust"}
     assert set(manifest["subject"]) == {"S005"}
     assert PreparedDataset(tmp_path / "out").num_classes == 7
+
+    # a labelled sequence whose frames are gone is left out and counted (it stopped the whole run);
+    # the release one folder down is named
+    (raw / "Emotion" / "S020" / "001").mkdir(parents=True)
+    (raw / "Emotion" / "S020" / "001" / "S020_001_00000009_emotion.txt").write_text("   3.0000000e+00\n")
+    result = prepare("ckplus", raw, tmp_path / "out_gone", size=SIZE, show_progress=False, detector=InterruptingDetector())
+    assert len(result.meta["counts"]["train"]) >= 1 and any("1 labelled sequences have no frames" in n for n in result.notes)
+    (tmp_path / "up" / "CK+" / "Emotion").mkdir(parents=True)
+    with pytest.raises(LayoutError, match="holds CK\\+ one folder down: give .*CK\\+"):
+        prepare("ckplus", tmp_path / "up", tmp_path / "out_up", size=SIZE, show_progress=False)
 
     ck48 = tmp_path / "ck48" / "CK+48"
     save(ck48 / "happy" / "S011_002_00000014.png")

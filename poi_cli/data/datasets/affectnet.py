@@ -9,6 +9,7 @@ import numpy as np
 
 from poi_cli.data.datasets.common import (
     EXCLUDED, MISSING, Item, LayoutError, ParsedDataset, class_lookup, dataset_manifest, expected_counts, five_from_68,
+    missing_reason,
 )
 
 REQUIRED_COLUMNS = ("subDirectory_filePath", "expression", "facial_landmarks")
@@ -72,7 +73,7 @@ def parse(raw_dir: Path) -> ParsedDataset:
                 if lookup[code] is None:
                     item.status, item.reason = EXCLUDED, f"expression code {code} is not one of the 8 classes"
                 elif not path.is_file():
-                    item.status, item.reason = MISSING, "listed in the csv but not on disk"
+                    item.status, item.reason = MISSING, missing_reason(path, "the csv")
                 else:
                     item.landmarks = parse_landmarks(row["facial_landmarks"] or "", groups)
                     if item.landmarks is None:  # the csv's face box, else the face found in the photo

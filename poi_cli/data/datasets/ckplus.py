@@ -33,6 +33,7 @@ def parse_official(raw_dir: Path) -> ParsedDataset:
     subject = re.compile(facts["subject_pattern"])
     items: list[Item] = []
     skipped_codes: dict[str, int] = {}
+    without_frames: list[str] = []
     for emotion_file in sorted(emotion_root.glob("S*/*/*_emotion.txt")):
         sequence = emotion_file.parent.relative_to(emotion_root)
         try:
@@ -48,8 +49,9 @@ def parse_official(raw_dir: Path) -> ParsedDataset:
         # named as a frame must not take a real frame's place; a broken link still gets its row)
         frames = ([p for p in list_images(images_root / sequence) if p.is_file() or p.is_symlink()]
                   if (images_root / sequence).is_dir() else [])
-        if not frames:
-            raise LayoutError(f"{raw_dir} does not look like CK+: {layout['images']}/{sequence.as_posix()}/ has no frames")
+        if not frames:  # a labelled sequence whose frames are not there: left out and counted, the rest goes on
+            without_frames.append(sequence.as_posix())
+            continue
         peak = frames[-layout["peak_frames"]:]
         first = [f for f in frames[: layout["neutral_frames"]] if f not in peak]
         for path, label in [(p, neutral) for p in first] + [(p, lookup[code]) for p in peak]:
@@ -62,8 +64,13 @@ def parse_official(raw_dir: Path) -> ParsedDataset:
                 item.landmarks = five_from_68(points, facts["landmarks_68_to_5"])
             items.append(item)
     if not items:
-        raise LayoutError(f"{raw_dir} does not look like CK+: no S*/<sequence>/*_emotion.txt under {layout['emotions']}/")
+        found = (f"the {len(without_frames)} labelled sequences have no frames under {layout['images']}/"
+                 if without_frames else f"no S*/<sequence>/*_emotion.txt under {layout['emotions']}/")
+        raise LayoutError(f"{raw_dir} does not look like CK+: {found}")
     notes = [layout["note"]]
+    if without_frames:
+        notes.append(f"{len(without_frames)} labelled sequences have no frames under {layout['images']}/ and are left "
+                     f"out (the first: {without_frames[0]})")
     if skipped_codes:
         notes.append(f"{sum(skipped_codes.values())} contempt sequences left out (7-class protocol)")
     with_landmarks = sum(item.landmarks is not None for item in items)
@@ -77,6 +84,9 @@ def parse(raw_dir: Path) -> ParsedDataset:
     official = layouts["official"]
     if (raw_dir / official["images"]).is_dir() or (raw_dir / official["emotions"]).is_dir():
         return parse_official(raw_dir)
+    deeper = [p for p in sorted(raw_dir.iterdir()) if p.is_dir() and (p / official["emotions"]).is_dir()]
+    if deeper:  # the archive unpacked one folder down (RAW/CK+/cohn-kanade-images): not CK+48's class folders
+        raise LayoutError(f"{raw_dir} holds CK+ one folder down: give {deeper[0]} as RAW_DIR")
     if not any(p.is_dir() for p in raw_dir.iterdir()):
         raise LayoutError(
             f"{raw_dir} does not look like CK+: neither {official['images']}/ with {official['emotions']}/ (official layout) "

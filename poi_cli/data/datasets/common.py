@@ -87,6 +87,15 @@ def class_lookup(class_map: dict[str, str | None]) -> dict[str, int | None]:
     return {key: (None if value is None else canonical_index(value)) for key, value in class_map.items()}
 
 
+def missing_reason(path: Path, listed_in: str) -> str:
+    """The reason of a listed image that is not on disk; names the file that is there where only
+    the case of its extension differs (x.JPG for x.jpg: on a case-sensitive disk, not the same)."""
+    for suffix in {path.suffix.upper(), path.suffix.lower()} - {path.suffix}:
+        if path.with_suffix(suffix).is_file():
+            return f"listed in {listed_in} but not on disk ({path.with_suffix(suffix).name} is: the case differs)"
+    return f"listed in {listed_in} but not on disk"
+
+
 def list_images(folder: Path, recursive: bool = False) -> list[Path]:
     """Image files directly in `folder` (recursive: also in its sub-folders, as torchvision's
     ImageFolder reads a class folder; links to folders not followed), sorted by path,

@@ -9,6 +9,7 @@ import numpy as np
 
 from poi_cli.data.datasets.common import (
     EXCLUDED, MISSING, Item, LayoutError, ParsedDataset, canonical_index, dataset_manifest, expected_counts,
+    missing_reason,
 )
 
 
@@ -86,7 +87,7 @@ def parse(raw_dir: Path) -> ParsedDataset:
                 if winner is None:
                     item.status, item.reason = EXCLUDED, why
                 elif not (folder / name).is_file():
-                    item.status, item.reason = MISSING, "listed in label.csv but not on disk"
+                    item.status, item.reason = MISSING, missing_reason(folder / name, "label.csv")
                 items.append(item)
     if not items:
         folders = ", ".join(f"{info['folder']}/" for info in facts["splits"].values())

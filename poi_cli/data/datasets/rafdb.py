@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from poi_cli.data.datasets.common import (
-    MISSING, Item, LayoutError, ParsedDataset, class_lookup, dataset_manifest, expected_counts,
+    MISSING, Item, LayoutError, ParsedDataset, class_lookup, dataset_manifest, expected_counts, missing_reason,
 )
 
 
@@ -62,7 +62,7 @@ def parse(raw_dir: Path) -> ParsedDataset:
         path = images / f"{stem}{layout.get('suffix', '')}{suffix}"
         item = Item(id=name, source=path.relative_to(raw_dir).as_posix(), split=split, label=lookup[fields[1]])
         if not path.is_file():
-            item.status, item.reason = MISSING, "listed in the label file but not on disk"
+            item.status, item.reason = MISSING, missing_reason(path, "the label file")
         elif landmark_dir is not None:
             item.landmarks = read_landmarks(landmark_dir / f"{stem}{layout['landmark_suffix']}")
             item.detect = item.landmarks is None  # a whole photo: its face is found, not the photo resized
