@@ -435,6 +435,20 @@ def test_affectnet_rows_without_landmarks_use_the_face_box_else_detection(tmp_pa
     assert manifest.loc["1/bare.jpg", "det_score"] == pytest.approx(0.99)
 
 
+def test_affectnet_validation_csv_without_a_header_row(tmp_path: Path) -> None:
+    # some copies ship validation.csv headerless: it stopped the whole run ("lacks the column(s)")
+    raw = tmp_path / "affectnet"
+    (raw / "Manually_Annotated_Images" / "1").mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg"):
+        save(raw / "Manually_Annotated_Images" / "1" / name, mode="RGB", size=(100, 100))
+    (raw / "training.csv").write_text("subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,"
+                                      "expression,valence,arousal\n1/a.jpg,10,10,80,80,,1,0,0\n")
+    (raw / "validation.csv").write_text("1/b.jpg,10,10,80,80,,6,0,0\n")
+    result = prepare("affectnet", raw, tmp_path / "out", size=SIZE, show_progress=False)
+    assert result.counts == {"train": {"ok": 1}, "val": {"ok": 1}}
+    assert pd.read_csv(tmp_path / "out" / "manifest.csv").set_index("id").loc["1/b.jpg", "label_name"] == "anger"
+
+
 def test_ckplus_official_sequences_and_ck48(tmp_path: Path) -> None:
     raw = tmp_path / "ck"
     for sequence, code in (("S005/001", "3.0000000e+00"), ("S005/002", "2.0000000e+00"), ("S010/001", None)):

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from poi_cli.data.datasets.common import (
-    EXCLUDED, MISSING, Item, LayoutError, ParsedDataset, class_lookup, dataset_manifest, expected_counts, five_from_68,
-    missing_reason,
+    EXCLUDED, IMAGE_SUFFIXES, MISSING, Item, LayoutError, ParsedDataset, class_lookup, dataset_manifest, expected_counts,
+    five_from_68, missing_reason,
 )
 
 REQUIRED_COLUMNS = ("subDirectory_filePath", "expression", "facial_landmarks")
@@ -59,6 +59,10 @@ def parse(raw_dir: Path) -> ParsedDataset:
             continue
         with open(found[0], newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
+            if reader.fieldnames and Path(reader.fieldnames[0]).suffix.lower() in IMAGE_SUFFIXES:
+                # no header row (some copies of validation.csv): the release's column order
+                handle.seek(0)
+                reader = csv.DictReader(handle, fieldnames=list(facts["columns"]))
             missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
                 raise LayoutError(f"{found[0]} lacks the column(s) {', '.join(missing)}")
