@@ -561,7 +561,7 @@ def export(
                               fp16_weights=fp16_weights)
     show(*render.export_summary(result))
     if not result.passed:
-        fail(f"the exported model differs from PyTorch by {result.max_abs_diff:.2e} > {result.tolerance:g}")
+        fail(f"the exported model differs from PyTorch by {result.max_diff:.2e} > {result.tolerance:g}")
 
 
 @app.command()

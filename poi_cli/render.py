@@ -373,7 +373,7 @@ def export_summary(result: "ExportResult") -> list[Line]:
     details = ", ".join(f"{name} {diff:.2e}" for name, diff in result.per_output_diff.items())
     return [
         Line(f"wrote {result.path}: {what}, outputs {', '.join(result.output_names)}", soft_wrap=True),
-        Line(f"largest difference from PyTorch on random input {tuple(result.input_shape)}: {result.max_abs_diff:.2e} "
+        Line(f"largest difference from PyTorch on random input {tuple(result.input_shape)} (relative where |output| > 1): {result.max_diff:.2e} "
              f"({details}; tolerance {result.tolerance:g})", soft_wrap=True),
     ]
 

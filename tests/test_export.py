@@ -36,7 +36,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def test_torchscript_trn_and_full_match_pytorch(checkpoint):
     trn = export_model(checkpoint, "torchscript")
     assert trn.path == checkpoint.with_name("best.trn.torchscript.pt") and trn.path.is_file()
-    assert trn.output_names == ["logits"] and trn.passed and trn.max_abs_diff < 1e-4
+    assert trn.output_names == ["logits"] and trn.passed and trn.max_diff < 1e-4
     loaded = torch.jit.load(str(trn.path))
     assert loaded(torch.randn(5, 3, 64, 64)).shape == (5, 7)  # any batch size
 
@@ -71,7 +71,7 @@ def test_onnx_parity_via_cli(checkpoint):
     meta = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
     assert meta["input_size"] == 64 and meta["aus"][0] == "AU01" and len(meta["aus"]) == 13
     trn = export_model(checkpoint, "onnx")
-    assert trn.passed and trn.max_abs_diff < 1e-4
+    assert trn.passed and trn.max_diff < 1e-4
 
 
 def test_onnx_metadata_names_the_training_folder_without_its_path(tmp_path):
@@ -176,3 +176,16 @@ def test_packing_a_calibrated_checkpoint_keeps_t_cal_and_passes_its_check(checkp
     packed = export_model(source, "weights")
     assert packed.passed, packed.per_output_diff
     assert CheckpointInfo.of(load_checkpoint(packed.path)).calibration_temperature == 20.0
+
+
+def test_an_undertrained_models_huge_logits_are_compared_relative_to_their_size(tmp_path):
+    """A model trained one epoch on a few faces answers random input with logits near 1e11, where
+    float32 alone makes ONNX and PyTorch differ by 1e4: `poi export --format onnx` (the TRN's logits)
+    refused such models ("differs from PyTorch by 9.83e+04"); probabilities stay absolute."""
+    pytest.importorskip("onnxruntime")
+    model = tiny_model(7, True, 0)
+    with torch.no_grad():
+        model.trn.fc.weight.mul_(1e10)
+    path = write_checkpoint(tmp_path / "best.pt", model)
+    result = export_model(path, "onnx")
+    assert result.passed and result.max_diff < 1e-3, result.per_output_diff
