@@ -561,7 +561,9 @@ def export(
                               fp16_weights=fp16_weights)
     show(*render.export_summary(result))
     if not result.passed:
-        fail(f"the exported model differs from PyTorch by {result.max_diff:.2e} > {result.tolerance:g}")
+        why = ("; --fp16-weights rounds float32 weights, and the check compares with the float32 model: pack it "
+               "first (`--format weights`) and export that, or raise --tolerance") if fp16_weights else ""
+        fail(f"the exported model differs from PyTorch by {result.max_diff:.2e} > {result.tolerance:g}{why}")
 
 
 @app.command()

@@ -189,3 +189,10 @@ def test_an_undertrained_models_huge_logits_are_compared_relative_to_their_size(
     path = write_checkpoint(tmp_path / "best.pt", model)
     result = export_model(path, "onnx")
     assert result.passed and result.max_diff < 1e-3, result.per_output_diff
+
+
+def test_an_fp16_export_that_fails_its_check_says_why_and_what_to_do(checkpoint, tmp_path):
+    pytest.importorskip("onnxruntime")
+    result = runner.invoke(app, ["export", str(checkpoint), "--format", "onnx", "--full", "--fp16-weights",
+                                 "--tolerance", "1e-12", "--out", str(tmp_path / "m.onnx"), "--threads", "1"])
+    assert result.exit_code == 1 and "--fp16-weights rounds float32 weights" in result.stderr, result.output
