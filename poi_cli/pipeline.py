@@ -94,6 +94,8 @@ def train_rounds(config: TrainConfig, console: Optional[Console] = None,
 def check_rounds(config: TrainConfig) -> None:
     if config.rounds > 1 and not config.use_pin:
         raise TrainError("--rounds needs the PIN to audit the labels: it cannot be combined with --baseline")
+    if config.rounds > 1 and not config.use_oim:  # the audit reads p~*, which --no-oim leaves out (before round 1, not after)
+        raise TrainError("--rounds needs the PIN's objective inference to audit the labels: it cannot be combined with --no-oim")
     if config.rounds > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise TrainError("--rounds runs one process: train each round under torchrun, with poi audit and poi clean between")
 

@@ -313,6 +313,9 @@ def test_train_rounds_retrains_on_the_labels_its_own_audit_cleaned(tmp_path, mon
     assert (table["given_label"] != table["clean_label"]).any()
     baseline = runner.invoke(app, ["train", str(prepared), "--baseline", "--rounds", "2", "--project", str(project)])
     assert baseline.exit_code == 1 and "--rounds needs the PIN" in baseline.output
+    no_oim = runner.invoke(app, ["train", str(prepared), "--no-oim", "--rounds", "2", "--project", str(project),
+                                 "--name", "no_oim"])  # refused before round 1 (it trained round 1, then failed)
+    assert no_oim.exit_code == 1 and "objective inference" in no_oim.output and not (project / "no_oim").exists()
 
 
 def test_resume_of_a_rounds_run_goes_on_with_the_rounds_left_and_names_follow_the_first(tmp_path):

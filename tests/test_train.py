@@ -363,6 +363,16 @@ def test_fine_tune_maps_class_rows_by_name():
     assert back["trn.fc.bias"].tolist() == [0, 1, 2, 3, 4, 5, 6, 0]  # contempt keeps its initialisation
 
 
+def test_fine_tune_between_region_heads_of_another_width_is_one_line():
+    # a POI run and a --no-prior run: region classifiers of 512 and 384 inputs, the same classes;
+    # copying rows by class crashed with a RuntimeError (a traceback from poi train)
+    classes = ["surprise", "fear", "disgust"]
+    state = {"pin.region_classifiers.0.weight": torch.ones(3, 512)}
+    target = {"pin.region_classifiers.0.weight": torch.zeros(3, 384)}
+    with pytest.raises(TrainError, match="has shape \\(3, 512\\), this model needs \\(3, 384\\).*--no-prior"):
+        remap_class_rows(state, classes, target, ["surprise", "fear", "contempt"])
+
+
 def test_next_run_dir_numbers_taken_names(tmp_path):
     assert [next_run_dir(tmp_path, "exp").name for _ in range(3)] == ["exp", "exp2", "exp3"]
     assert next_run_dir(tmp_path, "exp", exist_ok=True).name == "exp"

@@ -23,7 +23,8 @@ def remap_class_rows(state: dict, source_classes: list[str], target: dict, targe
         want = target[key]
         if value.shape == want.shape and source_classes == target_classes:
             out[key] = value
-        elif key.startswith(CLASS_ROW_PREFIXES) and value.shape[0] == len(source_classes):
+        elif (key.startswith(CLASS_ROW_PREFIXES) and value.shape[0] == len(source_classes)
+              and value.shape[1:] == want.shape[1:]):  # rows of another width (--no-prior's regions) do not map
             rows = want.clone()
             for index, name in enumerate(target_classes):
                 if name in source_classes:
@@ -32,7 +33,8 @@ def remap_class_rows(state: dict, source_classes: list[str], target: dict, targe
         elif value.shape == want.shape:
             out[key] = value
         else:
-            raise TrainError(f"fine-tune checkpoint weight {key} has shape {tuple(value.shape)}, this model needs {tuple(want.shape)}")
+            raise TrainError(f"fine-tune checkpoint weight {key} has shape {tuple(value.shape)}, this model needs "
+                             f"{tuple(want.shape)} (a run with other model options, e.g. --no-prior, --baseline)")
     return out
 
 
