@@ -171,6 +171,20 @@ def test_run_on_cleaned_labels_reports_the_noise_it_started_from(runs, tmp_path)
     assert pd.isna(row["noise"]) and row["variant"] == "labels=cleaned (drop)"
 
 
+def test_a_round_cleaned_by_train_rounds_reports_the_noise_it_started_from(runs, tmp_path):
+    # --rounds (and `poi clean RUN`) name the audited run itself in labels.json, not an audit.csv:
+    # the second round showed noise "-" and left by_noise.csv, the table --rounds is for
+    clean = runs / "poi20" / "clean"
+    clean.mkdir()
+    (clean / "labels.csv").write_text("id,label,label_name\n")
+    (clean / "labels.json").write_text(json.dumps({"mode": "relabel", "n_changed": 5, "audit": str(runs / "poi20")}))
+    make_run(runs / "poi20_round2", {1: 0.4, 4: 0.62}, labels=str(clean / "labels.csv"), realised=0.12)
+    report = build_report([runs], tmp_path / "report")
+    row = report.summary.set_index("run").loc["poi20_round2"]
+    assert row["noise"] == pytest.approx(0.2) and row["noise_realised"] == pytest.approx(0.12)
+    assert row["variant"] == "labels=cleaned (relabel)"
+
+
 def test_report_with_data_says_how_many_faces_a_run_was_scored_on(runs, tmp_path):
     """A 7-class run on an 8-class folder is scored without the contempt faces: runs.csv and
     report.md say on how many and why (the accuracies once sat side by side as if comparable)."""

@@ -225,12 +225,15 @@ def cleaning_of(labels: str | Path) -> Optional[tuple[str, Optional[dict]]]:
     """For a label file `poi clean` wrote: how it cleaned ('relabel', 'drop', '... out of
     fold') and the config of the run whose audit it used (None when that run is gone);
     None for any other label file. Its summary beside it names the audit, whose summary
-    names the run or checkpoint."""
+    names the run or checkpoint, or (`poi clean RUN`, `poi train --rounds`) the run itself."""
     summary = _read_json(Path(labels).with_suffix(".json"))
     if not summary or "n_changed" not in summary:
         return None
-    audit_csv = summary.get("audit")
-    audit = (_read_json(audit_summary_path(audit_csv)) if audit_csv else None) or {}
+    audited = summary.get("audit")
+    if audited and Path(audited).suffix.lower() != ".csv":  # `poi clean RUN` and --rounds name the run (or checkpoint) itself
+        model = Path(audited)
+        return str(summary.get("mode", "")), _read_json((model if model.is_dir() else model.parent) / CONFIG_FILE)
+    audit = (_read_json(audit_summary_path(audited)) if audited else None) or {}
     how = str(summary.get("mode", "")) + (" out of fold" if audit.get("fold_models") else "")
     try:
         model = Path(audited_model(audit))
