@@ -159,6 +159,13 @@ def test_run_on_cleaned_labels_reports_the_noise_it_started_from(runs, tmp_path)
     row = report.summary.set_index("run").loc["poi20_clean"]
     assert row["noise"] == pytest.approx(0.2) and row["noise_realised"] == pytest.approx(0.12)
     assert row["variant"] == "labels=cleaned (relabel)"
+    # `poi train --rounds` and `poi clean RUN` name the audited run itself, not an audit.csv: the same
+    # row (its noise showed "-", and the round left by_noise.csv, the table --rounds is for)
+    by_audit = (clean / "labels.json").read_text()
+    (clean / "labels.json").write_text(json.dumps({"mode": "relabel", "n_changed": 5, "audit": str(runs / "poi20")}))
+    row = build_report([runs], tmp_path / "report_run").summary.set_index("run").loc["poi20_clean"]
+    assert row["noise"] == pytest.approx(0.2) and row["noise_realised"] == pytest.approx(0.12)
+    (clean / "labels.json").write_text(by_audit)
     # the audited run gone: the noise is unknown rather than that of the cleaned file
     (audit / "audit_summary.json").unlink()
     report = build_report([runs], tmp_path / "report2")
@@ -169,20 +176,6 @@ def test_run_on_cleaned_labels_reports_the_noise_it_started_from(runs, tmp_path)
     report = build_report([runs], tmp_path / "report3")
     row = report.summary.set_index("run").loc["poi20_clean"]
     assert pd.isna(row["noise"]) and row["variant"] == "labels=cleaned (drop)"
-
-
-def test_a_round_cleaned_by_train_rounds_reports_the_noise_it_started_from(runs, tmp_path):
-    # --rounds (and `poi clean RUN`) name the audited run itself in labels.json, not an audit.csv:
-    # the second round showed noise "-" and left by_noise.csv, the table --rounds is for
-    clean = runs / "poi20" / "clean"
-    clean.mkdir()
-    (clean / "labels.csv").write_text("id,label,label_name\n")
-    (clean / "labels.json").write_text(json.dumps({"mode": "relabel", "n_changed": 5, "audit": str(runs / "poi20")}))
-    make_run(runs / "poi20_round2", {1: 0.4, 4: 0.62}, labels=str(clean / "labels.csv"), realised=0.12)
-    report = build_report([runs], tmp_path / "report")
-    row = report.summary.set_index("run").loc["poi20_round2"]
-    assert row["noise"] == pytest.approx(0.2) and row["noise_realised"] == pytest.approx(0.12)
-    assert row["variant"] == "labels=cleaned (relabel)"
 
 
 def test_report_with_data_says_how_many_faces_a_run_was_scored_on(runs, tmp_path):
