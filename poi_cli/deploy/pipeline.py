@@ -55,12 +55,14 @@ class PipelineError(ValueError):
 
 @dataclass
 class InputItem:
-    """One image to predict: a file (source = its path) or an in-memory image."""
+    """One image to predict: a file (source = its path), an in-memory image, or an image file's
+    bytes or open binary file (`encoded`, decoded when the image is loaded, not when listed)."""
 
     source: str
     path: Optional[Path] = None
     image: Optional[Image.Image] = None
     error: Optional[str] = None  # the input itself is unusable (nothing matched, not found)
+    encoded: Any = None
 
     @property
     def is_video(self) -> bool:
@@ -104,8 +106,7 @@ def expand_inputs(inputs: Iterable[ImageInput]) -> list[InputItem]:
 def is_single_input(value: Any) -> bool:
     """Whether `value` is one input (a path, an image, an array, an image file's bytes or an
     open binary file) rather than an iterable of them."""
-    return isinstance(value, (str, os.PathLike, Image.Image, np.ndarray, bytes, bytearray, memoryview, InputItem)) \
-        or hasattr(value, "read")
+    return isinstance(value, (str, os.PathLike, Image.Image, np.ndarray, InputItem)) or is_encoded(value)
 
 
 def as_inputs(inputs: Any) -> Iterable[Any]:
@@ -128,17 +129,28 @@ def in_memory_image(value: Any) -> tuple[Optional[Image.Image], Optional[str]]:
         if reason := _array_problem(value):  # Pillow would raise a TypeError of its own
             return None, reason
         return Image.fromarray(value), None
+    if is_encoded(value):
+        return decode_encoded(value)
+    return None, (f"not an image input: a path, a PIL image, a numpy array, an image file's bytes or an open "
+                  f"binary file; got {type(value).__name__}")
+
+
+def is_encoded(value: Any) -> bool:
+    """An image file's bytes or an open binary file (not yet an image)."""
+    return isinstance(value, (bytes, bytearray, memoryview)) or hasattr(value, "read")
+
+
+def decode_encoded(value: Any) -> tuple[Optional[Image.Image], Optional[str]]:
+    """An image file's bytes or open binary file decoded as a file on disk is (faces.decode_image),
+    or why it cannot be."""
     try:
         if isinstance(value, (bytes, bytearray, memoryview)):
             if not len(value):
                 return None, "empty bytes (no image file in them)"
             return decode_image(io.BytesIO(value)), None
-        if hasattr(value, "read"):
-            return decode_image(value), None
+        return decode_image(value), None
     except ImageLoadError as error:
         return None, str(error)
-    return None, (f"not an image input: a path, a PIL image, a numpy array, an image file's bytes or an open "
-                  f"binary file; got {type(value).__name__}")
 
 
 def iter_input_items(inputs: Iterable[ImageInput]) -> Iterator[InputItem]:
@@ -162,6 +174,9 @@ def iter_input_items(inputs: Iterable[ImageInput]) -> Iterator[InputItem]:
             continue
         if isinstance(value, os.PathLike):
             value = os.fspath(value)
+        if is_encoded(value):  # decoded when loaded: a list of encoded photos is not held decoded all at once
+            yield InputItem(f"<image {number}>", encoded=value)
+            continue
         if not isinstance(value, str):
             image, reason = in_memory_image(value)
             yield InputItem(f"<image {number}>", image=image, error=reason)
@@ -327,6 +342,8 @@ class FacePipeline:
     def load(self, item: InputItem) -> tuple[Optional[Image.Image], Optional[str]]:
         if item.error:
             return None, item.error
+        if item.encoded is not None:
+            return decode_encoded(item.encoded)  # upright and RGB already
         if item.image is not None:
             try:  # a closed image, or a lazily opened file that is truncated: this image's error, not the batch's
                 item.image.load()  # decoded here, where its error is this image's
