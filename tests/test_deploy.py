@@ -272,6 +272,40 @@ def test_predict_files_writes_the_csv_of_what_finished_when_interrupted(tmp_path
     assert [r["status"] for r in rows] == ["ok"] and rows[0]["expression"] == "happiness"
 
 
+def test_predict_files_appends_each_row_as_it_comes_and_a_run_with_none_keeps_the_earlier_csv(tmp_path, monkeypatch):
+    """A SIGKILL gives no chance to write at the end: the rows of what finished are on disk
+    before the next input is read (whole lines), and the CSV is not opened before a row."""
+    import csv
+
+    from poi_cli.deploy.pipeline import expand_inputs
+    from poi_cli.deploy.predict import predict_files
+
+    predictor = Predictor(threads=1, workers=0, images_per_batch=1)
+    original = predictor.iter_predictions
+    out = tmp_path / "out.csv"
+    on_disk = []
+
+    def watched(*args, **kwargs):
+        for prediction in original(*args, **kwargs):
+            yield prediction
+            on_disk.append(out.read_text())  # the caller has handled `prediction`: the kill could land here
+
+    monkeypatch.setattr(predictor, "iter_predictions", watched)
+    run = predict_files(predictor, expand_inputs([ASTRONAUT, tmp_path / "missing.jpg"]), csv_file=out, progress=False)
+    assert not run.interrupted and len(on_disk) == 2
+    first = list(csv.DictReader(on_disk[0].splitlines()))
+    assert [r["status"] for r in first] == ["ok"] and on_disk[0].endswith("\n")
+    assert [r["status"] for r in csv.DictReader(open(out))] == ["ok", "error"]
+
+    def interrupted_at_once(*args, **kwargs):
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr(predictor, "iter_predictions", interrupted_at_once)
+    run = predict_files(predictor, expand_inputs([ASTRONAUT]), csv_file=out, progress=False)
+    assert run.interrupted and [r["status"] for r in csv.DictReader(open(out))] == ["ok", "error"]  # as it was
+
+
 def test_an_interrupted_run_says_a_video_it_stopped_in_was_kept_only_in_part():
     from poi_cli.deploy.predict import PredictRun
 

@@ -49,7 +49,7 @@ from poi_cli.core.threads import DEFAULT_WORKERS
 from poi_cli.deploy.overlap import iter_overlapped
 from poi_cli.deploy.pipeline import (FacePipeline, ImageInput, ImagePrediction, InputItem, PipelineError, as_inputs,
                                      check_pipeline_options, iter_input_items)
-from poi_cli.deploy.records import FaceRecord, RecordsError, records_to_frame, status_counts, write_predictions_csv
+from poi_cli.deploy.records import FaceRecord, PredictionsCsv, RecordsError, records_to_frame, status_counts
 from poi_cli.deploy.runner import ModelFileError, ModelRunner, OnnxRunner, written_by_torch_save
 from poi_cli.deploy.video import VideoOptions, iter_video, iter_video_file, video_summary, write_video_summaries
 from poi_cli.deploy.visualize import VisWriter
@@ -265,15 +265,19 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
                   csv_file: Optional[str | Path] = None, save_vis: Optional[str | Path] = None,
                   protected: Sequence[Path] = (), video: Optional[VideoOptions] = None, progress: bool = True,
                   note: Callable[[str], None] = lambda text: None) -> PredictRun:
-    """`poi predict` once the model is loaded: every input predicted in order, pictures
-    written to save_vis as they come (a picture that cannot be written stops the pictures,
-    with a note, not the predictions), then the CSV and the video summaries.
+    """`poi predict` once the model is loaded: every input predicted in order, its rows
+    appended to csv_file (PredictionsCsv) and its pictures written to save_vis as they come (a
+    picture that cannot be written stops the pictures, with a note, not the predictions),
+    then the video summaries.
 
-    Ctrl-C ends the run with interrupted=True after writing what finished (the CSV of the
+    Ctrl-C ends the run with interrupted=True keeping what finished (the CSV's rows of the
     inputs done, the video being annotated). protected: every file the run reads; no
     picture is written over one."""
     run = PredictRun()
     video_sources = {item.source for item in items if item.is_video}
+    table = None if not csv_file else PredictionsCsv(
+        csv_file, predictor.classes, show_au, video=bool(video_sources),
+        smoothed=bool(video_sources) and video is not None and video.smooth is not None)
     writer = None  # None once the pictures stopped
     if save_vis:
         try:
@@ -281,12 +285,15 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
             run.pictures_in = Path(save_vis)
         except OSError as error:  # a file where the folder should be, no permission: predict anyway
             note(f"--save-vis {save_vis}: no pictures, the folder cannot be made ({one_line(error)})")
+    finished = False
     try:
         for prediction in predictor.iter_predictions(items, show_au, progress=progress, video=video):
             run.statuses.setdefault(prediction.source, set()).update(r.status for r in prediction.records)
             if prediction.source in video_sources:
                 run.videos.add(prediction.source)
             run.records.extend(prediction.records)
+            if table is not None:
+                table.append(prediction.records)
             if writer is not None:
                 try:
                     writer.write(prediction)
@@ -295,8 +302,12 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
                     if not writer.written:  # the summary names the folder only when it holds a picture
                         run.pictures_in = None
                     writer = None
+        finished = True
     except KeyboardInterrupt:
         run.interrupted = True
+    finally:
+        if table is not None:  # what finished is in it already; a failed run leaves its rows too
+            table.close(finished)
     vis_name = None  # the summaries' names in the --save-vis folder, while it takes files
     if writer is not None:
         writer.close()
@@ -305,8 +316,6 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
                 note(text)
         vis_name = writer.summary_path
     run.summaries = video_summary(run.records)
-    if csv_file and (run.records or not run.interrupted):
-        write_predictions_csv(run.records, predictor.classes, csv_file, show_au)
     if not run.interrupted:
         write_video_summaries(run.summaries, csv_file, vis_name)
     return run

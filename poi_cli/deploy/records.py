@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 import numpy as np
 
 from poi_cli.core import manifests
-from poi_cli.core.atomic import write_csv
 from poi_cli.core.errors import PoiError
 from poi_cli.core.manifests import REGION_NAMES, REGIONS, au_columns
 from poi_cli.core.outputs import regions_agreeing
@@ -224,9 +223,12 @@ def record_columns(records: Sequence[FaceRecord], classes: Sequence[str], show_a
                    video: Optional[bool] = None) -> list[str]:
     """flat_columns for these records: video columns when one is of a video frame (or `video`
     says so), smoothed ones when one is smoothed."""
-    video = any(r.video is not None for r in records) if video is None else video
-    return flat_columns(classes, show_au, video,
-                        any(r.smoothed is not None for r in records))
+    kinds = _kinds(records)
+    return flat_columns(classes, show_au, kinds["video"] if video is None else video, kinds["smoothed"])
+
+
+def _kinds(records: Sequence[FaceRecord]) -> dict[str, bool]:
+    return {"video": any(r.video is not None for r in records), "smoothed": any(r.smoothed is not None for r in records)}
 
 
 class RecordsError(PoiError):
@@ -257,14 +259,56 @@ def records_to_frame(records: Sequence[FaceRecord], classes: Sequence[str], show
     return frame
 
 
+class PredictionsCsv:
+    """`poi predict --csv`: rows appended as the predictions come, each batch of rows in one
+    write of whole lines, flushed (OpenFace's way: `tail -f` follows it, and a run that is
+    killed, even by SIGKILL, leaves the rows of every face it finished and no torn line). The
+    one file poi writes in place rather than atomically (core.atomic): it is opened at the first
+    row, so a run that predicts nothing leaves an earlier file as it was.
+
+    The columns are fixed before the first row: flat_columns for the inputs' kinds (video: the
+    video columns, smoothed: the smoothed ones), also when no row ends up using them."""
+
+    def __init__(self, path: str | Path, classes: Sequence[str], show_au: bool = False, video: bool = False,
+                 smoothed: bool = False):
+        self.path, self.classes = Path(path), tuple(classes)
+        self.columns = flat_columns(classes, show_au, video, smoothed)
+        self._file: Optional[Any] = None
+
+    def append(self, records: Sequence[FaceRecord]) -> None:
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "w", newline="", encoding="utf-8")
+            writer.writeheader()
+        for record in records:
+            row = record.to_row(self.classes)
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in self.columns})
+        self._file.write(buffer.getvalue())
+        self._file.flush()
+
+    def close(self, finished: bool = True) -> None:
+        """finished: the run went to its end, so a table without rows is written too (its
+        header); an interrupted run that wrote no row leaves no file (or the earlier one)."""
+        if self._file is None and finished:
+            self.append([])
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 def write_predictions_csv(records: Sequence[FaceRecord], classes: Sequence[str], path: str | Path,
                           show_au: bool = False) -> Path:
-    """One row per record, the columns of record_columns, empty cells for missing values
-    (atomically: an interrupted write leaves no half file; no pandas needed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(path, record_columns(records, classes, show_au), [r.to_row(classes) for r in records])
-    return path
+    """One row per record, the columns of record_columns, empty cells for missing values (no
+    pandas needed)."""
+    table = PredictionsCsv(path, classes, show_au, **_kinds(records))
+    table.append(records)
+    table.close()
+    return table.path
 
 
 def status_counts(records: Iterable[FaceRecord]) -> dict[str, int]:
