@@ -563,7 +563,8 @@ def export(
     if not result.passed:
         why = ("; --fp16-weights rounds float32 weights, and the check compares with the float32 model: pack it "
                "first (`--format weights`) and export that, or raise --tolerance") if fp16_weights else ""
-        fail(f"the exported model differs from PyTorch by {result.max_diff:.2e} > {result.tolerance:g}{why}")
+        fail(f"the exported model differs from PyTorch by {result.max_diff:.2e} > {result.tolerance:g}, so {result.path} "
+             f"was not written{why}")
 
 
 @app.command()

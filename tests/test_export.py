@@ -191,8 +191,17 @@ def test_an_undertrained_models_huge_logits_are_compared_relative_to_their_size(
     assert result.passed and result.max_diff < 1e-3, result.per_output_diff
 
 
-def test_an_fp16_export_that_fails_its_check_says_why_and_what_to_do(checkpoint, tmp_path):
+def test_an_fp16_export_that_fails_its_check_says_why_and_what_to_do_and_writes_nothing(checkpoint, tmp_path):
+    """A model that failed its check was left at --out, where poi predict would take it, over the
+    earlier export of the same name."""
     pytest.importorskip("onnxruntime")
+    out = tmp_path / "m.onnx"
+    assert export_model(checkpoint, "onnx", full=True, out=out).passed
+    earlier = out.read_bytes()
     result = runner.invoke(app, ["export", str(checkpoint), "--format", "onnx", "--full", "--fp16-weights",
-                                 "--tolerance", "1e-12", "--out", str(tmp_path / "m.onnx"), "--threads", "1"])
+                                 "--tolerance", "1e-12", "--out", str(out), "--threads", "1"])
     assert result.exit_code == 1 and "--fp16-weights rounds float32 weights" in result.stderr, result.output
+    assert "was not written" in result.stderr and out.read_bytes() == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no staged file left
+    failed = export_model(checkpoint, "onnx", full=True, out=tmp_path / "new.onnx", tolerance=1e-12, fp16_weights=True)
+    assert not failed.passed and not failed.path.exists()

@@ -47,6 +47,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ import torch
 import torch.nn as nn
 
 from poi_cli.core.errors import PoiError
-from poi_cli.core.atomic import atomic_write, output_file, refuse_input_as_output
+from poi_cli.core.atomic import atomic_write, output_file, refuse_input_as_output, temp_beside
 from poi_cli.core.manifests import ALL_AUS, REGIONS
 from poi_cli.core.outputs import PredictionRecipe
 from poi_cli.model.checkpoint import (CheckpointError, CheckpointInfo, build_checkpoint, checkpoint_inputs, checkpoint_marked, load_model,
@@ -130,7 +131,7 @@ class RecipeLogits(nn.Module):
 
 @dataclass
 class ExportResult:
-    path: Path
+    path: Path  # written only when the check passed (`passed`); else nothing is, and a file there stays
     format: str
     full: bool
     input_shape: tuple[int, ...]  # of the parity check
@@ -398,29 +399,41 @@ def export_model(
     example = torch.randn(TRACE_BATCH, 3, size, size, generator=generator)
     check = torch.randn(CHECK_BATCH, 3, size, size, generator=generator)
     meta = _metadata(info, output_names, full)
-    if format == "onnx":
-        _write_onnx(module, example, path, output_names, meta, opset, fp16_weights)
-        exported = _run_onnx(path, check)
-    elif format == "weights":
-        packed = packed_checkpoint(checkpoint_dict, checkpoint_path)
-        atomic_write(path, lambda f: torch.save(packed, f))
-        reloaded, reloaded_dict = load_model(path, "cpu")  # through weights_only=True, as a user loads it
-        # the packed file's own T_cal and recipe
+    # Written beside `path` under a temp name and checked there: only a file that passed takes
+    # `path` (an earlier export there stays when the new one fails; a model that differs from
+    # PyTorch is never left where poi predict would take it)
+    handle, staged_name = temp_beside(path)
+    os.close(handle)
+    staged = Path(staged_name)
+    try:
+        if format == "onnx":
+            _write_onnx(module, example, staged, output_names, meta, opset, fp16_weights)
+            exported = _run_onnx(staged, check)
+        elif format == "weights":
+            packed = packed_checkpoint(checkpoint_dict, checkpoint_path)
+            atomic_write(staged, lambda f: torch.save(packed, f))
+            reloaded, reloaded_dict = load_model(staged, "cpu")  # through weights_only=True, as a user loads it
+            # the packed file's own T_cal and recipe
+            with torch.no_grad():
+                exported = export_module(reloaded, CheckpointInfo.of(reloaded_dict), full)[0](check)
+            exported = list(exported) if isinstance(exported, tuple) else [exported]
+        else:
+            _write_torchscript(module, example, staged, meta)
+            exported = _run_torchscript(staged, check)
+        module.eval()
         with torch.no_grad():
-            exported = export_module(reloaded, CheckpointInfo.of(reloaded_dict), full)[0](check)
-        exported = list(exported) if isinstance(exported, tuple) else [exported]
-    else:
-        _write_torchscript(module, example, path, meta)
-        exported = _run_torchscript(path, check)
-    module.eval()
-    with torch.no_grad():
-        reference = module(check)
-    reference = list(reference) if isinstance(reference, tuple) else [reference]
-    shapes = [tuple(t.shape) for t in exported], [tuple(t.shape) for t in reference]
-    if shapes[0] != shapes[1]:
-        raise ExportError(f"{path}: the exported outputs have shapes {shapes[0]}, PyTorch gives {shapes[1]}")
-    diffs = {name: float(((a.float() - b.float()).abs() / b.float().abs().clamp(min=1.0)).max())
-             for name, a, b in zip(output_names, exported, reference)}
-    return ExportResult(path=path, format=format, full=full, input_shape=tuple(check.shape), output_names=output_names,
-                        max_diff=max(diffs.values()), per_output_diff=diffs,
-                        tolerance=DEFAULT_TOLERANCE[format] if tolerance is None else tolerance)
+            reference = module(check)
+        reference = list(reference) if isinstance(reference, tuple) else [reference]
+        shapes = [tuple(t.shape) for t in exported], [tuple(t.shape) for t in reference]
+        if shapes[0] != shapes[1]:
+            raise ExportError(f"{path}: the exported outputs have shapes {shapes[0]}, PyTorch gives {shapes[1]}")
+        diffs = {name: float(((a.float() - b.float()).abs() / b.float().abs().clamp(min=1.0)).max())
+                 for name, a, b in zip(output_names, exported, reference)}
+        result = ExportResult(path=path, format=format, full=full, input_shape=tuple(check.shape),
+                              output_names=output_names, max_diff=max(diffs.values()), per_output_diff=diffs,
+                              tolerance=DEFAULT_TOLERANCE[format] if tolerance is None else tolerance)
+        if result.passed:
+            os.replace(staged, path)
+        return result
+    finally:
+        staged.unlink(missing_ok=True)
