@@ -67,13 +67,15 @@ def test_train_options_fill_the_config_by_field(monkeypatch):
 
     seen = []
     monkeypatch.setattr(pipeline, "train", lambda config, console=None: seen.append(config) or "runs/train/exp")
-    args = ["train", "data", "--size", "112", "-T", "2", "--baseline", "--no-uem", "--no-augment", "--lr-steps", "5,9",
+    args = ["train", "data", "--size", "112", "-T", "2", "--baseline", "--no-augment", "--lr-steps", "5,9",
             "--uem-temperature", "3", "--uem-scale", "paper", "--compile", "--val-split", "none"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    expected = TrainConfig(data="data", input_size=112, temperature=2.0, use_pin=False, use_uem=False, augment=False,
+    expected = TrainConfig(data="data", input_size=112, temperature=2.0, use_pin=False, augment=False,
                            lr_steps=[5, 9], uem_temperature=3.0, uem_scale="paper", compile=True, val_split="none")
     assert seen == [expected]
+    assert runner.invoke(app, ["train", "data", "--no-uem", "--no-prior"]).exit_code == 0
+    assert seen[-1] == TrainConfig(data="data", use_uem=False, prior_supervision=False)
     assert runner.invoke(app, ["train", "data"]).exit_code == 0 and seen[-1] == TrainConfig(data="data")
     bad = runner.invoke(app, ["train", "data", "--lr-steps", "5,x"])
     assert bad.exit_code == 1 and "--lr-steps must be comma-separated epochs" in bad.output

@@ -175,6 +175,10 @@ def test_bad_input_is_one_line_error(tmp_path):
     data = make_prepared(tmp_path / "data", splits={"train": 1})
     result = runner.invoke(app, ["train", str(data), "--noise", "0.2", "--labels", "x.csv"])
     assert result.exit_code == 1 and "exclude each other" in result.output
+    for ablation in ("--no-prior", "--no-oim", "--no-uem"):  # trained a plain baseline, the ablation silently dropped
+        result = runner.invoke(app, ["train", str(data), "--baseline", ablation, "--project", str(tmp_path / "r")])
+        assert result.exit_code == 1 and "--baseline trains no PIN" in result.output, (ablation, result.output)
+    assert not (tmp_path / "r").exists()
     result = runner.invoke(app, ["train", str(data), "--val-split", "nope", "--project", str(tmp_path / "r")])
     assert result.exit_code == 1 and "nope" in result.output
     result = runner.invoke(app, ["train", str(data), "--val-split", "test"])

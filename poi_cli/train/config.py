@@ -183,6 +183,8 @@ class TrainConfig:
             (self.channels_last in SWITCHES, f"--channels-last must be one of {', '.join(SWITCHES)}, got {self.channels_last!r}"),
             (0.0 <= self.noise <= 1.0, f"--noise must lie in [0, 1], got {self.noise}"),
             (self.rounds >= 1, f"--rounds must be at least 1, got {self.rounds}"),
+            (self.use_pin or (self.prior_supervision and self.use_oim and self.use_uem),
+             "--baseline trains no PIN: --no-prior, --no-oim and --no-uem (ablations of the PIN) do not apply to it"),
             (not self.rounds_teacher or self.rounds >= 2, "--rounds-teacher needs --rounds 2 or more"),
             (self.rounds_fine_tune is None or self.rounds >= 2, "--rounds-fine-tune needs --rounds 2 or more"),
             (self.rounds_fine_tune is None or self.rounds_fine_tune >= 1,
