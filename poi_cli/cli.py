@@ -621,7 +621,7 @@ def audit(
 
 @app.command()
 def clean(
-    audit_or_run: str = typer.Argument(..., help="An audit.csv from `poi audit`, or a POI run folder / checkpoint (audited first)."),
+    audit_or_run: str = typer.Argument(..., help="An audit.csv from `poi audit` (or its folder), or a POI run folder / checkpoint (audited first)."),
     prepared_dir: str = typer.Argument(..., help="The prepared folder the audit is of (only read)."),
     out: str = typer.Option(..., "--out", help="The label file to write (.csv; its summary goes beside it as .json)."),
     relabel: bool = typer.Option(True, "--relabel/--drop", help="Relabel the suspects to the PIN's suggested label, or leave them out of training."),

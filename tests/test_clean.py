@@ -128,6 +128,12 @@ def test_bad_audit_file_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "l.csv").exists()
     with pytest.raises(CleanError):
         read_audit_csv(tmp_path / "missing.csv")
+    missing = runner.invoke(app, ["clean", str(tmp_path / "missing.csv"), str(prepared), "--out", str(tmp_path / "l.csv"),
+                                  "--threshold", "0.5"])  # it said "no such run folder or checkpoint"
+    assert missing.exit_code == 1 and "no such audit CSV" in missing.output
+    # the folder `poi audit --out` wrote stands for its audit.csv (it said "holds no best.pt or last.pt")
+    folder = runner.invoke(app, ["clean", str(tmp_path), str(prepared), "--out", str(tmp_path / "l.csv"), "--threshold", "0.5"])
+    assert folder.exit_code == 0 and (tmp_path / "l.csv").is_file(), folder.output
 
 
 @pytest.mark.parametrize("option", [["--threshold", "-5"], ["--threshold", "nan"], ["--threshold", "inf"],

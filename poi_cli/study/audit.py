@@ -35,9 +35,10 @@ from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint, resolve_ch
 from poi_cli.model.predictions import SplitPredictions, predict_checkpoint_split
 
 SUSPICION_THRESHOLDS = (0.5, 0.7, 0.9)
+AUDIT_CSV_FILE = "audit.csv"
 AUDIT_SUMMARY_FILE = "audit_summary.json"  # beside audit.csv; `poi clean --auto` and `poi report` read it
 # what `poi audit --out` writes (write_audit); a folder is its own where audit_summary.json is an audit's
-AUDIT_OUTPUTS = FolderOutputs("poi audit", ("audit.csv", AUDIT_SUMMARY_FILE, "contact_sheet.png"), AUDIT_SUMMARY_FILE,
+AUDIT_OUTPUTS = FolderOutputs("poi audit", (AUDIT_CSV_FILE, AUDIT_SUMMARY_FILE, "contact_sheet.png"), AUDIT_SUMMARY_FILE,
                               lambda path: json_with_keys(path, "checkpoint", "split", "n_images", "suspects"))
 TOP_FRACTIONS = (0.1, 0.2, 0.3)
 AUDIT_COLUMNS = (
@@ -248,7 +249,7 @@ def write_audit(result: AuditResult, out_dir: str | Path, sheet_count: int = 48)
     """audit.csv (most suspect first), audit_summary.json and contact_sheet.png in out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "audit.csv"
+    csv_path = out / AUDIT_CSV_FILE
     atomic_write_text(csv_path, result.table.to_csv(index=False, float_format="%.6g"))
     write_json(out / AUDIT_SUMMARY_FILE, result.summary)
     return [csv_path, out / AUDIT_SUMMARY_FILE, contact_sheet(result, out / "contact_sheet.png", sheet_count)]

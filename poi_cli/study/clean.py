@@ -31,7 +31,8 @@ from poi_cli.core.atomic import atomic_write_text, interrupted_command, write_ne
 from poi_cli.core.errors import PoiError
 from poi_cli.data.noise import flip_labels, noise_targets
 from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, SplitData, label_file_outputs, label_names
-from poi_cli.model.checkpoint import CONFIG_FILE, HELDOUT_FILE, load_checkpoint, read_heldout_ids, resolve_checkpoint
+from poi_cli.model.checkpoint import (BEST, CONFIG_FILE, HELDOUT_FILE, LAST, load_checkpoint, read_heldout_ids,
+                                      resolve_checkpoint)
 
 AUTO_SEED = 0  # seed of the simulated flips on the validation split
 MAX_NOISE_RATE = 0.95
@@ -280,7 +281,7 @@ def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relab
     `auto`: relabel the fraction choose_fraction picks on the validation split."""
     check_selection(threshold, fraction)  # before a run is audited
     dataset = PreparedDataset(prepared_dir)
-    source = Path(audit_or_run)
+    source = audit_source(audit_or_run)
     if auto and (mode != "relabel" or threshold is not None or fraction is not None):
         raise CleanError("--auto chooses the fraction to relabel itself: without --drop, --threshold or --fraction")
     model_path: str | Path = source
@@ -345,11 +346,25 @@ def audit_summary_path(audit_csv: str | Path) -> Path:
     return Path(audit_csv).with_name(AUDIT_SUMMARY_FILE)
 
 
+def audit_source(audit_or_run: str | Path) -> Path:
+    """`poi clean`'s first argument as it is read: the folder `poi audit --out` wrote (an
+    audit.csv, no checkpoint) is its audit.csv; a .csv that is not there is a one-line error
+    (it was taken for a run: "no such run folder or checkpoint")."""
+    from poi_cli.study.audit import AUDIT_CSV_FILE
+
+    source = Path(audit_or_run)
+    if source.is_dir() and (source / AUDIT_CSV_FILE).is_file() and not any((source / n).exists() for n in (BEST, LAST)):
+        return source / AUDIT_CSV_FILE
+    if source.suffix.lower() == ".csv" and not source.exists():
+        raise CleanError(f"no such audit CSV: {source} (`poi audit` writes OUT/{AUDIT_CSV_FILE})")
+    return source
+
+
 def clean_inputs(audit_or_run: str | Path) -> list[Path]:
     """What `poi clean` reads through its first argument, so that --out is never one of them: an
     audit CSV and the summary beside it, or a run / checkpoint; and the run folder behind either
     (the audit's model) with the label file that run trained on, which the audit read."""
-    source = Path(audit_or_run)
+    source = audit_source(audit_or_run)
     inputs, model = [source], source
     if source.suffix.lower() == ".csv":
         inputs.append(audit_summary_path(source))
