@@ -118,9 +118,12 @@ def resume_rounds(config: TrainConfig, console: Optional[Console], announce: Cal
     named = re.fullmatch(r"(.+)_round(\d+)", run_dir.name)  # round_folder's name of a later round
     if named and 2 <= int(named.group(2)) <= rounds and (run_dir.with_name(named.group(1)) / CONFIG_FILE).is_file():
         number, first = int(named.group(2)), run_dir.with_name(named.group(1))
-    finished = (run_dir / LAST).is_file() and read_checkpoint_info(run_dir / LAST).epoch >= epochs > 0
+    finished = epochs > 0 and _finished_run(run_dir)
     if finished and number < rounds:  # a kill in its last epoch's writes: its files in line with last.pt
         repair_finished(run_dir, load_checkpoint(run_dir / LAST))
+        last = round_folder(first, rounds)
+        if _finished_run(last):  # as --resume of the last round answers (not an audit run again for nothing)
+            raise TrainError(f"--resume: {run_dir} and the rounds after it already finished (the last: {last})")
     if not (finished and number < rounds):
         train(config, console)  # resumes it (or says that it finished and no round is left)
     else:
@@ -130,6 +133,15 @@ def resume_rounds(config: TrainConfig, console: Optional[Console], announce: Cal
     recipe = TrainConfig.from_dict(json.loads((first / CONFIG_FILE).read_text()))  # round 1's options
     check_rounds(recipe)
     return [run_dir, *later_rounds(first, run_dir, number + 1, recipe, console, announce)]
+
+
+def _finished_run(run_dir: Path) -> bool:
+    """Whether run_dir's last.pt holds the last of the epochs its config.json asks for."""
+    try:
+        epochs = int(read_run_config(run_dir).get("epochs") or 0)
+        return (run_dir / LAST).is_file() and read_checkpoint_info(run_dir / LAST).epoch >= epochs > 0
+    except (TrainError, TypeError, ValueError):
+        return False
 
 
 def later_rounds(first: Path, previous: Path, start: int, config: TrainConfig, console: Optional[Console],

@@ -340,6 +340,8 @@ def test_resume_of_a_rounds_run_goes_on_with_the_rounds_left_and_names_follow_th
     assert (project / "r_round2" / "results.csv").read_text().splitlines()[0] == first_round2.splitlines()[0]
     done = runner.invoke(app, ["train", "--resume", str(project / "r_round2")])
     assert done.exit_code == 1 and "already finished" in done.output  # the last round, finished: nothing left
+    first_done = runner.invoke(app, ["train", "--resume", str(project / "r")])  # audited round 1 again, exit 0
+    assert first_done.exit_code == 1 and "and the rounds after it already finished" in first_done.output
     again = runner.invoke(app, command)  # the same command again: a new numbered recipe, its rounds named after it
     assert again.exit_code == 0, again.output
     assert (project / "r2_round2" / "results.csv").is_file() and not (project / "r_round22").exists()
