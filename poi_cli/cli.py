@@ -459,6 +459,7 @@ def _predict_and_write(predictor: Any, items: list[Any], input_files: list[Path]
                        csv_file: Optional[str], save_vis: Optional[str], video: Any) -> None:
     """The body of `poi predict` once the model is loaded (and the CSV claimed): the
     library's predict_files, then what it did, printed."""
+    from poi_cli.core.atomic import is_stream
     from poi_cli.deploy.predict import predict_files
 
     show(*render.note_lines(predictor.notes, soft_wrap=True), to=err_console)
@@ -483,7 +484,8 @@ def _predict_and_write(predictor: Any, items: list[Any], input_files: list[Path]
         if run.inputs == 1:
             fail(f"{run.records[0].image}: {run.records[0].reason}")
         fail(f"none of the {run.inputs} inputs could be read")
-    to = err_console if as_json else console
+    # the rows alone on stdout when they go there (--json, --csv /dev/stdout): the rest on stderr
+    to = err_console if as_json or (csv_file and is_stream(csv_file)) else console
     show(*render.video_summaries(run.summaries), to=to)
     show(render.predict_summary(run.images, run.counts, csv_file, run.pictures_in,
                                 videos=len(run.videos), frames=sum(v["frames"] for v in run.summaries)), to=to)

@@ -414,16 +414,47 @@ def test_a_csv_onto_a_named_pipe_is_written_into_not_replaced(tmp_path):
     import stat
     import threading
 
+    import numpy as np
+
+    from poi_cli.data.video import write_video
+
+    (tmp_path / "clips").mkdir()
+    clip = write_video(tmp_path / "clips" / "grey.mp4", [np.full((48, 64, 3), 90, np.uint8)] * 3, 5)
     pipe = tmp_path / "rows.csv"
     os.mkfifo(pipe)
     received: list[str] = []
     reader = threading.Thread(target=lambda: received.append(pipe.read_text()), daemon=True)
     reader.start()
-    done = poi_without_torch("predict", str(ASTRONAUT), "--csv", str(pipe))
+    done = poi_without_torch("predict", str(ASTRONAUT), str(clip), "--csv", str(pipe))
     reader.join(timeout=30)
     assert done.returncode == 0, done.stderr
-    assert stat.S_ISFIFO(os.stat(pipe).st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv"]
+    # no rows.summary.json beside the pipe (as none goes to /dev/stdout.summary.json)
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["clips", "rows.csv"]
     assert received and received[0].startswith("image,") and ",happiness," in received[0]
+    # onto stdout, the rows are all stdout holds: the summary line goes to stderr
+    done = poi_without_torch("predict", str(ASTRONAUT), "--csv", "/dev/stdout")
+    assert done.returncode == 0 and done.stdout.startswith("image,") and len(done.stdout.splitlines()) == 2, done.stdout
+    assert "1 image" in done.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_written_with_backslash_escapes_and_the_batch_goes_on(tmp_path):
+    """The CSV's UTF-8 encoder stopped the whole batch at such a name (an earlier CSV wiped), and
+    --json printed a lone surrogate that strict JSON parsers reject."""
+    import csv
+    import os
+    import shutil
+
+    folder = tmp_path / "album"
+    folder.mkdir()
+    odd = os.fsdecode(bytes(folder) + b"/a\xff.jpg")
+    shutil.copyfile(ASTRONAUT, odd)
+    out = tmp_path / "out.csv"
+    done = poi_without_torch("predict", odd, str(ASTRONAUT), "--csv", str(out), "--workers", "0")
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(open(out, encoding="utf-8")))
+    assert [(Path(r["image"]).name, r["status"]) for r in rows] == [("a\\xff.jpg", "ok"), ("astronaut.jpg", "ok")]
+    done = poi_without_torch("predict", odd, "--json")
+    assert json.loads(done.stdout)[0]["image"].endswith("/a\\xff.jpg") and "\\udcff" not in done.stdout
 
 
 def test_inputs_that_cannot_be_checked_or_listed_are_error_records(tmp_path, monkeypatch):

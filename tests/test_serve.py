@@ -134,6 +134,18 @@ def test_server_answers_with_the_clis_records(server, files, monkeypatch):
     assert_same_records(served, printed)
 
 
+def test_a_record_names_its_upload_as_the_client_named_it(server, files):
+    """`image` is the upload's file name: it was rewritten ('photo (1).jpg' -> 'photo _1_.jpg'),
+    so a client could not match records to its files; folders and control characters go."""
+    url, _ = server
+    data = (files["root"] / "gradient.png").read_bytes()
+    names = ["photo (1).png", "IMG+0001.png", "me@home é.png", "C:\\Users\\me\\a.png", "x\x1b[31m.png", ""]
+    response = requests.post(f"{url}/predict", files=[("files", (n, data, "image/png")) for n in names], timeout=60)
+    assert response.status_code == 200, response.text
+    assert [r["image"] for r in response.json()] == ["photo (1).png", "IMG+0001.png", "me@home é.png", "a.png",
+                                                      "x_[31m.png", "upload5"]
+
+
 def test_corrupt_upload_is_400_and_the_server_keeps_serving(server, files):
     url, _ = server
     bad = post(url, files["root"] / "corrupt.jpg")

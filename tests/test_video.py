@@ -145,6 +145,28 @@ def test_cli_every_and_json_rows(files):
     assert "clip.mkv: 4 frames analysed" in result.stderr
 
 
+def test_the_dataframe_has_the_columns_of_the_csv_for_the_same_inputs(files, predictor, tmp_path):
+    """A video that cannot be opened beside a photo: the CSV has the video columns (fixed by the
+    inputs), and Predictor.predict had none (it decided by the records); to_row gives exactly
+    the columns of its own record (it always added the video and smoothed keys)."""
+    import csv
+
+    from poi_cli.deploy.records import flat_columns
+
+    photo = tmp_path / "head.png"
+    head(80).save(photo)
+    inputs = [str(files["text"]), str(photo)]
+    out = tmp_path / "rows.csv"
+    result = runner.invoke(app, ["predict", *inputs, "--model", str(files["ck"]), "--csv", str(out), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    header = next(csv.reader(open(out)))
+    frame = predictor.predict(inputs)
+    assert list(frame.columns) == header and {"frame", "timestamp", "track"} <= set(header)
+    assert frame["status"].tolist() == ["error", "ok"]
+    record = predictor.iter_predictions([str(photo)], show_au=True).__next__().records[0]
+    assert list(record.to_row(predictor.classes)) == flat_columns(predictor.classes, show_au=True)
+
+
 def test_a_video_and_a_photo_in_a_terminal_draw_their_progress_bars(files):
     # stderr a terminal (TTY_COMPATIBLE=1): the video's bar counts frames per second, the photos' images
     photo = files["root"] / "head.png"

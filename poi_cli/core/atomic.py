@@ -22,8 +22,11 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 def is_stream(path: str | Path) -> bool:
     """Whether `path` (symlinks followed) is a FIFO or a character device: /dev/null,
-    /dev/stdout onto a pipe or a terminal. Written into, never replaced: a rename would
-    put a regular file in the device's or the pipe's place (as root, /dev/null itself)."""
+    /dev/stdout onto a pipe or a terminal; or a name in /dev or /dev/fd, /proc/self/fd
+    (/dev/stdout redirected to a file: `> rows.csv`). Written into, never replaced: a rename
+    would put a regular file in the device's or the pipe's place (as root, /dev/null itself)."""
+    if os.path.dirname(os.path.abspath(path)) in ("/dev", "/dev/fd", "/proc/self/fd"):
+        return True
     try:
         mode = os.stat(path).st_mode
     except OSError:

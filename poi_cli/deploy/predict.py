@@ -42,6 +42,7 @@ from itertools import groupby, islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence
 
+from poi_cli.core.atomic import is_stream
 from poi_cli.core.errors import TRAIN_EXTRA_HINT, PoiError, one_line
 from poi_cli.core.progress import progress_bar
 from poi_cli.core.schema import STATUS_ERROR
@@ -145,9 +146,12 @@ class Predictor(FacePipeline):
     # -- public API
 
     def predict(self, inputs: ImageInput | Sequence[ImageInput], show_au: bool = False, progress: bool = False) -> pd.DataFrame:
-        """A DataFrame with a row per face (and per no_face / error image); see records.flat_columns."""
-        records = [r for p in self.iter_predictions(inputs, show_au, progress) for r in p.records]
-        return self._frame(records, show_au)
+        """A DataFrame with a row per face (and per no_face / error image): the columns of `poi
+        predict --csv` for the same inputs (records.flat_columns; the video ones when a video is
+        among them, as PredictionsCsv has them)."""
+        items = list(iter_input_items(as_inputs(inputs)))
+        records = [r for p in self.iter_predictions(items, show_au, progress) for r in p.records]
+        return self._frame(records, show_au, video=any(item.is_video for item in items))
 
     def predict_records(self, inputs: ImageInput | Sequence[ImageInput], show_au: bool = False,
                         progress: bool = False) -> list[dict]:
@@ -316,6 +320,6 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
                 note(text)
         vis_name = writer.summary_path
     run.summaries = video_summary(run.records)
-    if not run.interrupted:
-        write_video_summaries(run.summaries, csv_file, vis_name)
+    if not run.interrupted:  # beside a CSV file; none beside a stream (/dev/stdout.summary.json)
+        write_video_summaries(run.summaries, None if csv_file and is_stream(csv_file) else csv_file, vis_name)
     return run

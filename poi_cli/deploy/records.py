@@ -143,7 +143,7 @@ class FaceRecord:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: the video columns right after `image`, aus and regions with
         --show-au, `smoothed` last when smoothing is on."""
-        out: dict[str, Any] = {"image": self.image}
+        out: dict[str, Any] = {"image": shown_name(self.image)}
         if self.video is not None:
             out.update(frame=self.video.frame, timestamp=self.video.timestamp, track=self.video.track)
         out.update(face=self.face, status=self.status, reason=self.reason, box=self.box, landmarks=self.landmarks,
@@ -157,8 +157,9 @@ class FaceRecord:
         return out
 
     def to_row(self, classes: Sequence[str]) -> dict[str, Any]:
-        """{column: scalar or None} with the columns of flat_columns (OpenFace / py-feat style)."""
-        row: dict[str, Any] = {"image": self.image, "face": self.face, "status": self.status, "reason": self.reason,
+        """{column: scalar or None}: exactly flat_columns for this record (its AU columns with
+        --show-au, its video and smoothed columns when it has them), in their order."""
+        row: dict[str, Any] = {"image": shown_name(self.image), "face": self.face, "status": self.status, "reason": self.reason,
                                "detection_score": self.detection_score, "detector": self.detector,
                                "expression": self.expression, "confidence": self.confidence,
                                "consistency": self.consistency, "regions_agree": self.regions_agree,
@@ -180,7 +181,19 @@ class FaceRecord:
             for region in REGION_NAMES:
                 for name in classes:
                     row[f"region_{region}_{name}"] = (regions.get(region) or {}).get(name)
-        return row
+        columns = flat_columns(classes, self.with_au, self.video is not None, self.smoothed is not None)
+        return {column: row.get(column) for column in columns}
+
+
+def shown_name(name: str) -> str:
+    """A file name as JSON and CSV give it: valid UTF-8 always. A name whose bytes are not
+    UTF-8 (Python holds them as lone surrogates, '\\udcff') shows them as backslash escapes
+    (`a\\xff.jpg`): a strict JSON parser rejects a lone surrogate, and a UTF-8 CSV cannot hold one."""
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def flat_columns(classes: Sequence[str], show_au: bool = False, video: bool = False, smoothed: bool = False) -> list[str]:

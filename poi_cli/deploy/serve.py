@@ -250,9 +250,12 @@ class Upload:
 
 
 def _safe_name(name: Optional[str], number: int) -> str:
-    """The upload's file name without any folder part (never a path on this machine)."""
+    """The upload's file name as the client gave it, without any folder part (never a path on
+    this machine; it names records only) and without control characters (a name is printed in
+    messages: no terminal escapes, no line breaks), at most 200 characters; `upload<N>` (N: its
+    place in the request, from 0) for an upload without one."""
     base = Path((name or "").replace("\\", "/")).name
-    return re.sub(r"[^\w.\- ]", "_", base)[:200] or f"upload{number}"
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]", "_", base)[:200] or f"upload{number}"
 
 
 def shrunk_size(size: tuple[int, int], decode_side: int) -> tuple[int, int]:
