@@ -3,6 +3,7 @@ TrainConfig, results.csv with the engine's columns, best.pt a random 64 px model
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -275,6 +276,21 @@ def test_single_run_with_old_eval_metrics_and_a_run_without_epochs(runs, tmp_pat
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "no finished epoch" in markdown and "predates calibrated confidence" in markdown
     assert "most confident (consistency)" in markdown and "most confident (confidence)" not in markdown
+
+
+def test_counts_stay_whole_numbers_and_a_baseline_has_no_pin_switches(runs, tmp_path):
+    """eval_n read 56.0 (in runs.csv and report.md) where another run had no evaluation, and a
+    baseline's PIN ablation switches read True, the defaults it ignored."""
+    write_metrics(runs / "poi20", n_images=56, n_left_out=0)
+    build_report([runs / "poi20", runs / "base20"], tmp_path / "out")
+    text = (tmp_path / "out" / "runs.csv").read_text()
+    rows = {row["run"]: row for row in csv.DictReader(text.splitlines())}
+    assert (rows["poi20"]["eval_n"], rows["poi20"]["eval_left_out"], rows["base20"]["eval_n"]) == ("56", "0", "")
+    assert (rows["poi20"]["best_epoch"], rows["base20"]["epochs_planned"]) == ("2", "2")
+    assert [rows["base20"][k] for k in ("use_pin", "prior_supervision", "use_oim", "use_uem")] == ["False", "", "", ""]
+    assert rows["poi20"]["use_uem"] == "True"
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "| 56 |" in markdown and "56.0" not in markdown
 
 
 def test_eval_metrics_with_calibration_fill_runs_csv_and_both_strata(runs, tmp_path):

@@ -27,6 +27,7 @@ from poi_cli.deploy import drawing
 from poi_cli.deploy.pipeline import ImagePrediction, whole_image_face
 from poi_cli.deploy.predict import Predictor
 from poi_cli.deploy.tracking import IoUTracker, TrackSmoother
+from poi_cli.deploy.video import VideoOptions, video_summary
 from test_predict import make_checkpoint
 
 runner = CliRunner()
@@ -134,6 +135,10 @@ def test_a_window_past_the_video_end_is_an_error_record_not_nothing(files):
     assert result.exit_code == 1, result.stderr  # the only input gave no frame: nothing could be read
     (record,) = json.loads(result.stdout)
     assert record["status"] == "error" and "no frame in the --start/--end window (the video is 2.00 s)" in record["reason"]
+    assert "no face in any analysed frame" not in result.stderr  # it is an error, not a faceless video
+    (summary,) = video_summary([r for p in Predictor(open_runner(files["ck"])).iter_predictions(
+        [str(files["clip"])], video=VideoOptions(VideoSampling(start=10))) for r in p.records])
+    assert (summary["frames"], summary["no_face"]) == (0, False) and "--start/--end window" in summary["stopped"]
 
 
 def test_cli_every_and_json_rows(files):

@@ -213,7 +213,8 @@ def video_summary(records: Sequence[FaceRecord]) -> list[dict]:
             "video": source, "frames": len(video["frames"]), "frames_with_face": len(video["faces"]),
             "start": video["first"], "end": video["last"], "tracks": tracks,
             "expressions_from": "smoothed" if video["smoothed"] else "raw",
-            "no_face": not video["faces"], "stopped": video["stopped"],
+            # frames analysed, none with a face (a video that gave no frame is `stopped`, not faceless)
+            "no_face": bool(video["frames"]) and not video["faces"], "stopped": video["stopped"],
         })
     return summaries
 

@@ -287,7 +287,7 @@ def predict_mapped(model_path: str | Path, prepared_dir: str | Path, split: Opti
     keep = label_map[data.labels] >= 0
     targets = label_map[data.labels][keep]
     if not keep.any():
-        raise EvaluateError(f"no image of split {split!r} has a class the model knows")
+        raise EvaluateError(f"no image of split {choice.name!r} has a class the model knows")
     labels = np.asarray(columns)[targets]  # in the model's columns
     answers = None
     if dataset.members:  # each member's faces among the classes its own folder labels, as training validates

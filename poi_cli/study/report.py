@@ -87,6 +87,7 @@ SUMMARY_COLUMNS = [
     "missing_epochs", "final_val_acc", "best_val_acc", "best_epoch", "final_train_acc", "eval_acc", "eval_split",
     "eval_n", "eval_left_out", "eval_acc_without_twins", "ece_confidence", "ece_floor_confidence", "ece_max_softmax", "aurc_confidence", "aurc_consistency", "aurc_max_softmax", "path",
 ]
+INTEGER_COLUMNS = ("input_size", "seed", "epochs_done", "epochs_planned", "best_epoch", "eval_n", "eval_left_out")
 CALIBRATION_COLUMNS = {  # runs.csv column: (metric, score) in an evaluation's calibration block
     "ece_confidence": ("ece", "confidence"), "ece_floor_confidence": ("ece_floor", "confidence"),
     "ece_max_softmax": ("ece", "max_softmax"),
@@ -324,7 +325,9 @@ def summarise(run: Run, variant: str) -> dict:
     return {
         "run": run.name, "data": training_data_name(c, c.get("resolved") or {}) or "", "method": method_name(c),
         "variant": variant, "arch": c.get("arch"), "input_size": c.get("input_size"),
-        "noise": noise, "noise_realised": realised, **{k: c.get(k) for k in SWITCHES}, "seed": c.get("seed"),
+        # a baseline has no PIN to ablate: its PIN switches are blank, not the defaults it ignored
+        "noise": noise, "noise_realised": realised, "seed": c.get("seed"),
+        **{k: c.get(k) if k == "use_pin" or c.get("use_pin", True) else None for k in SWITCHES},
         "epochs_done": len(r), "epochs_planned": c.get("epochs"), "missing_epochs": _missing_epochs(r["epoch"]),
         "final_val_acc": val.iloc[-1] if len(r) else None,
         "best_val_acc": None if best is None else val.iloc[best],
@@ -392,6 +395,8 @@ def _markdown(frame: pd.DataFrame, percent: Sequence[str] = ()) -> str:
     def cell(column: str, value) -> str:
         if value is None or (isinstance(value, float) and np.isnan(value)):
             return "-"
+        if column in INTEGER_COLUMNS:
+            return str(int(value))
         if column in percent or column.startswith("noise ") or column.endswith("_acc") or "confident" in column:
             return f"{100 * float(value):.2f}"
         return str(value)
@@ -595,7 +600,9 @@ def build_report(
     seeds = seeds_table(summary)
     by_noise = by_noise_table(seeds)
     strata_frame = pd.DataFrame(strata, columns=STRATA_COLUMNS)
-    for name, frame in (("runs.csv", summary), ("by_noise.csv", by_noise), ("by_noise_seeds.csv", seeds),
+    # counts stay whole numbers in the CSV where another run has none (56, not 56.0)
+    whole = summary.astype({column: "Int64" for column in INTEGER_COLUMNS})
+    for name, frame in (("runs.csv", whole), ("by_noise.csv", by_noise), ("by_noise_seeds.csv", seeds),
                         ("strata.csv", strata_frame)):
         atomic_write_text(out / name, frame.to_csv(index=False))
         files.append(out / name)
