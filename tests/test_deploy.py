@@ -242,10 +242,18 @@ def test_an_onnx_file_exported_before_pin_probabilities_still_predicts(tmp_path)
     assert runner.recipe == PredictionRecipe() and runner.has_pin
     faces = np.random.default_rng(3).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     assert runner.run(faces).pin_probabilities is None
-    record = Predictor(runner, detect=False, threads=1).predict_records([ASTRONAUT])[0]
+    old_predictor = Predictor(runner, detect=False, threads=1)
+    record = old_predictor.predict_records([ASTRONAUT])[0]
     assert record["pin_expression"] is None and 0 <= record["regions_agree"] <= 4
-    new = Predictor(OnnxRunner(exported.path, threads=1), detect=False, threads=1).predict_records([ASTRONAUT])[0]
+    assert any("pin_expression is null" in note for note in old_predictor.notes)  # it was null without a word
+    new_predictor = Predictor(OnnxRunner(exported.path, threads=1), detect=False, threads=1)
+    new = new_predictor.predict_records([ASTRONAUT])[0]
     assert new["pin_expression"] in class_names(7) and new["regions_agree"] == record["regions_agree"]
+    assert not any("pin_expression" in note for note in new_predictor.notes)
+    from poi_cli.model.runner import TorchRunner
+
+    no_oim = TorchRunner(write_checkpoint(tmp_path / "no_oim.pt", tiny_model(use_oim=False)))
+    assert any("--no-oim" in note for note in Predictor(no_oim, detect=False, threads=1).notes)
 
 
 def test_predict_files_writes_the_csv_of_what_finished_when_interrupted(tmp_path, monkeypatch):

@@ -294,6 +294,9 @@ class FacePipeline:
                               "consistency, AUs and region distributions are not available (null/NaN)")
         elif not self.has_aus:
             self.notes.append("model trained without prior supervision (no AU nets): AU probabilities are null/NaN")
+        if self.has_pin and not self.runner.has_pin_expression:
+            self.notes.append("no objective inference of the PIN (a model trained with --no-oim, or an .onnx exported "
+                              "before poi wrote it: `poi export --full` again): pin_expression is null")
         # Reported probabilities are softmax(log p / T_cal), p the runner's recipe (POI_SPEC 4b); the
         # runner (or the exported graph) computes them.
         self.calibration_temperature = self.runner.calibration_temperature

@@ -50,6 +50,7 @@ class ModelRunner(Protocol):
     recipe: PredictionRecipe
     has_pin: bool
     has_aus: bool
+    has_pin_expression: bool  # the PIN's objective inference p~* (pin_expression): no --no-oim model has it
 
     def run(self, faces: np.ndarray) -> ModelOutputs: ...
 
@@ -111,6 +112,7 @@ class OnnxRunner:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.has_pin = "consistency" in self.output_names
         self.has_aus = "aus" in self.output_names
+        self.has_pin_expression = "pin_probabilities" in self.output_names  # absent from files exported before it
         if not self.has_pin and "logits" not in self.output_names:
             raise ModelFileError(f"{source}: outputs {self.output_names} are neither a full nor a TRN export")
         self.input_name = self.session.get_inputs()[0].name

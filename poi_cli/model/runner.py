@@ -56,6 +56,7 @@ class TorchRunner:
         self.recipe = self.info.recipe
         self.has_pin = self.model.pin is not None
         self.has_aus = self.has_pin and config.prior_supervision
+        self.has_pin_expression = self.has_pin and config.use_oim
         try:
             self.reporting = Reporting(self.model, self.recipe, self.calibration_temperature, with_pin=self.has_pin)
         except ValueError as error:  # a recipe the model cannot run (a hand-edited checkpoint)
