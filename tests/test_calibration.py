@@ -111,6 +111,11 @@ def test_poi_calibrate_writes_a_copy_unless_asked_and_then_in_place(tmp_path, pr
     assert same.exit_code == 1 and "--in-place" in same.output
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
     leftovers = set(p.name for p in tmp_path.iterdir())
+    path.chmod(0o444)  # write-protected by its user: it was replaced anyway (a rename), mode 0644
+    protected = runner.invoke(app, ["calibrate", str(path), str(prepared), "--in-place"])
+    assert protected.exit_code == 1 and "is write-protected" in protected.output
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest and path.stat().st_mode & 0o777 == 0o444
+    path.chmod(0o644)
     in_place = runner.invoke(app, ["calibrate", str(path), str(prepared), "--in-place"])
     assert in_place.exit_code == 0, in_place.output
     assert torch.load(path, weights_only=True)["calibration"]["temperature"] == pytest.approx(record.temperature)

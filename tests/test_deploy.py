@@ -445,6 +445,16 @@ def test_a_csv_onto_a_named_pipe_is_written_into_not_replaced(tmp_path):
     assert "1 image" in done.stderr
 
 
+def test_a_write_protected_csv_is_refused_before_the_work(tmp_path):
+    out = tmp_path / "out.csv"
+    assert poi_without_torch("predict", str(ASTRONAUT), "--csv", str(out)).returncode == 0
+    before = out.read_bytes()
+    out.chmod(0o444)  # it was replaced (a new file, mode 0644)
+    done = poi_without_torch("predict", str(ASTRONAUT), "--csv", str(out))
+    assert done.returncode == 1 and "is write-protected" in done.stderr and out.read_bytes() == before
+    assert out.stat().st_mode & 0o777 == 0o444
+
+
 def test_a_file_name_that_is_not_utf8_is_written_with_backslash_escapes_and_the_batch_goes_on(tmp_path):
     """The CSV's UTF-8 encoder stopped the whole batch at such a name (an earlier CSV wiped), and
     --json printed a lone surrogate that strict JSON parsers reject."""

@@ -665,3 +665,56 @@ def test_ctrl_c_inside_torch_save_is_an_interruption_and_keeps_the_old_file(tmp_
     with pytest.raises(KeyboardInterrupt):
         atomic_write(target, lambda f: torch.save({"weights": torch.zeros(100_000)}, InterruptedFile(f)))
     assert target.read_bytes() == b"the old checkpoint" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_a_full_disk_inside_torch_save_is_one_line_naming_the_file_and_keeps_the_old_one(tmp_path: Path) -> None:
+    """A full disk in torch.save surfaced as "RuntimeError: unexpected pos" (a traceback from
+    train, calibrate, refit-head and audit --cross-fit; "export failed" from export), and a
+    write error without a file name said "[Errno 28] No space left on device" of no file."""
+    import errno
+
+    import torch
+
+    from poi_cli.core.atomic import atomic_write
+
+    class FullDisk:  # the disk fills while the third block is written
+        def __init__(self, handle):
+            self.handle, self.writes = handle, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.handle.write(data)
+
+        def flush(self):
+            self.handle.flush()
+
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"the old checkpoint")
+    with pytest.raises(OSError) as raised:
+        atomic_write(target, lambda f: torch.save({"weights": torch.zeros(100_000)}, FullDisk(f)))
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(target)
+    assert target.read_bytes() == b"the old checkpoint" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    def full(handle):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write() call raises it: no file name
+
+    with pytest.raises(OSError) as raised:
+        atomic_write(target, full)
+    assert raised.value.filename == str(target) and target.read_bytes() == b"the old checkpoint"
+
+
+def test_a_write_protected_output_is_never_replaced_and_the_same_contents_again_leave_it(tmp_path: Path) -> None:
+    """chmod a-w files were replaced by a rename (even --in-place checkpoints, label files, CSVs),
+    their mode reset to 0644; a label file written again with the same bytes was replaced too."""
+    from poi_cli.core.atomic import atomic_write_text, write_new_or_same
+
+    label, summary = tmp_path / "l.csv", tmp_path / "l.json"
+    write_new_or_same({label: "id,label\n", summary: "{}\n"}, "--out")
+    label.chmod(0o444)
+    summary.chmod(0o444)
+    write_new_or_same({label: "id,label\n", summary: "{}\n"}, "--out")  # the same command again: nothing to write
+    assert label.stat().st_mode & 0o777 == 0o444
+    with pytest.raises(PermissionError, match="write-protected"):
+        atomic_write_text(label, "other\n")
+    assert label.read_text() == "id,label\n" and sorted(p.name for p in tmp_path.iterdir()) == ["l.csv", "l.json"]

@@ -8,6 +8,7 @@ goes through here. No torch import, so light modules can use it.
 from __future__ import annotations
 
 import csv
+import errno
 import glob
 import io
 import json
@@ -42,9 +43,16 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
     next write of the same file. A stream (is_stream) is written into directly."""
     path = Path(path)
     if is_stream(path):
-        with open(path, "wb") as f:
-            write(f)
+        try:
+            with open(path, "wb") as f:
+                write(f)
+        except Exception as error:  # /dev/full: the same one line as a full disk
+            failed = error if isinstance(error, OSError) else _os_error_in_chain(error)
+            if failed is not None and failed.filename is None:
+                raise OSError(failed.errno, failed.strerror, str(path)) from None
+            raise
         return
+    refuse_write_protected(path)
     handle, temp = temp_beside(path)
     try:
         with os.fdopen(handle, "wb") as f:
@@ -59,8 +67,14 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
             # Ctrl-C inside a writer that cleans up on the way out (torch.save's zip writer then
             # fails with "unexpected pos"): the interruption it was, not a failed write
             raise KeyboardInterrupt from None
-        if isinstance(error, OSError) and error.filename == temp:
-            raise OSError(error.errno, error.strerror, str(path)) from None
+        failed = error if isinstance(error, OSError) else _os_error_in_chain(error)
+        if failed is not None and (failed.filename in (None, temp)):
+            # named by the file asked for (never the temp file, and not nameless: "[Errno 28] No
+            # space left on device" said no file); torch.save's zip writer turns a full disk into
+            # "RuntimeError: unexpected pos", which the OSError behind it explains
+            raise OSError(failed.errno, failed.strerror, str(path)) from None
+        if failed is not None:
+            raise failed from None
         raise
 
 
@@ -73,6 +87,29 @@ def temp_beside(path: Path) -> tuple[int, str]:
         return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as error:  # named by the file asked for, never by the temp file
         raise OSError(error.errno, error.strerror, str(path)) from None
+
+
+def refuse_write_protected(path: Path) -> None:
+    """PermissionError naming `path` when it is a file nobody may write (chmod a-w): the user
+    protected it, and a rename would replace it anyway (even for root), with a new mode."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if stat.S_ISREG(mode) and not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        raise PermissionError(errno.EACCES, "write-protected, so poi does not replace it (chmod u+w it, or choose "
+                                            "another name)", str(path))
+
+
+def _os_error_in_chain(error: BaseException) -> Optional[OSError]:
+    """The OSError (a full disk, a write error) that `error` was raised while handling, if any."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        seen.add(id(error))
+        error = error.__context__ or error.__cause__
+    return None
 
 
 def _raised_by_interrupt(error: BaseException) -> bool:
@@ -124,7 +161,8 @@ def write_new_or_same(files: dict[Path, str], option: str) -> None:
                 raise PoiError(f"{option}: {path} exists already with other contents (a run may have trained on it); "
                                "poi does not write over it: give a new name, or remove the file first")
         for path, text in files.items():
-            atomic_write_text(path, text)
+            if not (path.is_file() and path.read_bytes() == text.encode("utf-8")):  # the same again: left as it is
+                atomic_write_text(path, text)
 
 
 def write_json(path: str | Path, values: Any) -> None:
@@ -266,6 +304,10 @@ def output_file(path: str | Path, option: str, rewrites_itself: bool = False,
         return path
     if path.exists() and not path.is_file():
         raise PoiError(f"{option} {path} is neither a regular file nor a stream (a device or a socket): choose a file")
+    try:
+        refuse_write_protected(path)
+    except PermissionError as error:
+        raise PoiError(f"{option} {path} is {error.strerror}") from None
     if not rewrites_itself:
         refuse_poi_file(path, option)
         if replaces is not None and path.is_file() and path.stat().st_size > 0 and not replaces[1](path):

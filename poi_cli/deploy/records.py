@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 import numpy as np
 
 from poi_cli.core import manifests
+from poi_cli.core.atomic import is_stream, refuse_write_protected
 from poi_cli.core.errors import PoiError
 from poi_cli.core.manifests import REGION_NAMES, REGIONS, au_columns
 from poi_cli.core.outputs import regions_agreeing
@@ -295,6 +296,8 @@ class PredictionsCsv:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
         if self._file is None:
+            if not is_stream(self.path):
+                refuse_write_protected(self.path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "w", newline="", encoding="utf-8")
             writer.writeheader()

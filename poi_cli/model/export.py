@@ -435,5 +435,9 @@ def export_model(
         if result.passed:
             os.replace(staged, path)
         return result
+    except OSError as error:  # a full disk: named by --out, never by the staged file
+        if error.filename in (str(staged), staged_name):
+            raise OSError(error.errno, error.strerror, str(path)) from None
+        raise
     finally:
         staged.unlink(missing_ok=True)
