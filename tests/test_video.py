@@ -273,6 +273,44 @@ def test_save_vis_writes_an_annotated_video_and_a_timeline(files, tmp_path):
     assert json.loads((vis / "clip_summary.json").read_text())["tracks"][1]["track"] == 1
 
 
+@pytest.mark.parametrize("fails_in", ["a frame", "the last frames"])
+def test_a_full_disk_under_the_annotated_video_stops_the_pictures_not_the_predictions(files, tmp_path, monkeypatch,
+                                                                                       fails_in):
+    """The video's write or close failing (a full disk) ended the run with exit 1: the CSV and
+    summaries were never written and the temp video stayed in the --save-vis folder."""
+    import errno
+
+    from poi_cli.deploy import video_vis
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    if fails_in == "a frame":
+        original, calls = video_vis.VideoVisWriter.write, []
+
+        def write(self, prediction):
+            calls.append(1)
+            if len(calls) == 3:  # after the container is open: its temp file exists
+                raise full
+            original(self, prediction)
+
+        monkeypatch.setattr(video_vis.VideoVisWriter, "write", write)
+    else:
+        import os
+        from types import SimpleNamespace
+
+        def replace(*args):
+            raise full
+
+        # the video's own rename only (os.replace itself also writes the CSV's summary)
+        monkeypatch.setattr(video_vis, "os", SimpleNamespace(close=os.close, chmod=os.chmod, replace=replace))
+    vis, out = tmp_path / "vis", tmp_path / "rows.csv"
+    result = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), "--fps", "5",
+                                 "--save-vis", str(vis), "--csv", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "--save-vis stopped" in result.stderr and "No space left on device" in result.stderr
+    assert len(pd.read_csv(out).drop_duplicates("frame")) == FRAMES // 2 and (tmp_path / "rows.summary.json").is_file()
+    assert not [p.name for p in vis.iterdir() if p.suffix == ".tmp" or p.name.endswith(".mp4")]
+
+
 def test_a_video_run_keeps_the_users_files_beside_its_outputs_and_replaces_its_own(files, tmp_path):
     """--save-vis's video, timeline and summary, and the summary beside --csv: a file of the
     user's under those names stays (the new one is numbered; the CSV's companion is refused

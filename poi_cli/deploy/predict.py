@@ -265,6 +265,16 @@ class PredictRun:
         return bool(self.statuses) and all(s == {STATUS_ERROR} for s in self.statuses.values())
 
 
+def _stop_pictures(writer: VisWriter, error: OSError, run: PredictRun, note: Callable[[str], None]) -> None:
+    """A picture or video that cannot be written stops the pictures (with a note; the video
+    being written is removed), not the predictions: returns the writer's replacement, None."""
+    note(f"--save-vis stopped: {one_line(error)}")
+    writer.abandon()
+    if not writer.written:  # the summary names the folder only when it holds a picture
+        run.pictures_in = None
+    return None
+
+
 def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: bool = False,
                   csv_file: Optional[str | Path] = None, save_vis: Optional[str | Path] = None,
                   protected: Sequence[Path] = (), video: Optional[VideoOptions] = None, progress: bool = True,
@@ -302,10 +312,7 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
                 try:
                     writer.write(prediction)
                 except OSError as error:  # a full disk, a read-only folder: the predictions go on
-                    note(f"--save-vis stopped: {one_line(error)}")
-                    if not writer.written:  # the summary names the folder only when it holds a picture
-                        run.pictures_in = None
-                    writer = None
+                    writer = _stop_pictures(writer, error, run, note)
         finished = True
     except KeyboardInterrupt:
         run.interrupted = True
@@ -314,7 +321,11 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
             table.close(finished)
     vis_name = None  # the summaries' names in the --save-vis folder, while it takes files
     if writer is not None:
-        writer.close()
+        try:
+            writer.close()
+        except OSError as error:  # the video's last frames or its timeline: the CSV and summaries still come
+            writer = _stop_pictures(writer, error, run, note)
+    if writer is not None:
         for text in [*writer.notes, writer.kept_note()]:
             if text:
                 note(text)

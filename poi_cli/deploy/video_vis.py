@@ -78,12 +78,16 @@ class VideoVisWriter:
     def close(self) -> None:
         if self._container is not None:
             try:
-                for packet in self._stream.encode():
-                    self._container.mux(packet)
-            finally:
-                self._container.close()
-            os.chmod(self._temp, 0o644)
-            os.replace(self._temp, self.video_path)
+                try:
+                    for packet in self._stream.encode():
+                        self._container.mux(packet)
+                finally:
+                    self._container.close()
+                os.chmod(self._temp, 0o644)
+                os.replace(self._temp, self.video_path)
+            except BaseException:  # a full disk at the end: no half video left, under any name
+                self.abandon()
+                raise
             self._container = None
         if self.series:
             try:
@@ -93,6 +97,17 @@ class VideoVisWriter:
                                   "(pip install matplotlib)")
                 return
             save_figure(figure, self.timeline_path)
+
+    def abandon(self) -> None:
+        """Stop writing (a write failed: a full disk): the temp video is removed, nothing replaced."""
+        container, self._container = self._container, None
+        if container is not None:
+            try:
+                container.close()
+            except Exception:  # the same full disk again: the file goes anyway
+                pass
+        if self._temp is not None:
+            Path(self._temp).unlink(missing_ok=True)
 
     def timeline(self) -> Any:
         """One panel per track (the longest MAX_TIMELINE_TRACKS): class probabilities over time."""

@@ -103,7 +103,13 @@ class VisWriter:
     def close(self) -> None:
         """Finish the video being written (its file appears now, whole)."""
         if self.video is not None:
-            self.video.close()
-            self.notes.extend(self.video.notes)
-            self.video = None
+            video, self.video = self.video, None
+            video.close()
+            self.notes.extend(video.notes)
             self.written += 1
+
+    def abandon(self) -> None:
+        """Stop after a failed write: the video being written is left out (its temp file removed)."""
+        video, self.video = self.video, None
+        if video is not None:
+            video.abandon()
