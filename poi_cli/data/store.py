@@ -20,7 +20,9 @@ image of the split, keyed by the manifest's stable `id`.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -409,6 +411,22 @@ def store_meta(*, dataset: str, classes: Sequence[str], preprocessing: Preproces
     return {**meta, **extra}
 
 
+def reserve_disk_space(path: Path) -> None:
+    """Allocate a memory-mapped file's blocks now: a new one is sparse, and a page written into
+    it on a full disk kills the process with SIGBUS (exit 135, no message); reserved, a full
+    disk is an OSError naming the file, before any face is written. File systems that cannot
+    reserve (EOPNOTSUPP, EINVAL) are left as they are."""
+    if not hasattr(os, "posix_fallocate"):  # macOS: no posix_fallocate
+        return
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as error:
+            if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                return
+            raise OSError(error.errno, error.strerror, str(path)) from None
+
+
 class StoreWriter:
     """Writes a prepared folder in the order that keeps it safe to interrupt: faces.npy
     (preallocated, memory-mapped, filled row by row), then manifest.csv, then
@@ -426,10 +444,18 @@ class StoreWriter:
             np.save(path, np.zeros(shape, np.uint8))  # an empty file cannot be memory-mapped
             return np.zeros(shape, np.uint8)
         if not (resume and path.is_file()):
-            return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+            faces = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+            try:
+                reserve_disk_space(path)
+            except OSError:
+                del faces
+                path.unlink(missing_ok=True)
+                raise
+            return faces
         faces = np.load(path, mmap_mode="r+")
         if faces.shape != shape or faces.dtype != np.uint8:
             raise StoreError(f"{path} has shape {faces.shape}, expected {shape}: remove the folder and prepare again")
+        reserve_disk_space(path)  # a file an earlier poi left sparse
         return faces
 
     def write_faces(self, faces: np.ndarray) -> None:
