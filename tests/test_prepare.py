@@ -573,6 +573,24 @@ def test_a_folder_trees_class_sub_folders_hold_images_of_that_class(tmp_path):
     assert manifest.loc["happy/session1/deeper/x.png", "label_name"] == "happiness"
 
 
+def test_a_class_folder_that_cannot_be_listed_stops_prepare_in_one_line(tmp_path, monkeypatch):
+    """chmod 000 on a class folder (or a folder inside one): its images were left out with no
+    row, no note and exit 0."""
+    raw = make_folder_tree(tmp_path / "raw", per_class=1)
+    real_scandir = os.scandir
+
+    def no_permission(path="."):  # chmod 000 does not stop root, who may run this suite
+        if Path(path).name == "sad":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", no_permission)
+    result = CliRunner().invoke(app, ["prepare", "folder", str(raw), "--out", str(tmp_path / "out"), "--size", str(SIZE),
+                                      "--no-detect", "--threads", "1"])
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and lines == [f"error: {raw / 'sad'}: Permission denied"], result.output
+
+
 def test_a_prepare_that_stores_no_face_fails_in_one_line(tmp_path: Path) -> None:
     # RAF-DB unzipped one folder too deep (Image/aligned/aligned/): every listed image missing, exit 0 before
     raw = tmp_path / "basic"

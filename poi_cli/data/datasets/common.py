@@ -103,11 +103,17 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
 
     Whatever else carries an image suffix but is no folder is listed too (a broken symlink, a
     FIFO, a socket): it is an image the user meant to include, so it gets a manifest row with
-    its reason (load_image names it without opening it) instead of silently vanishing.
+    its reason (load_image names it without opening it) instead of silently vanishing. A
+    folder that cannot be listed (no permission) is an OSError naming it: its images would
+    vanish without a row (os.walk skips it in silence).
     """
     if recursive:
         candidates = []
-        for root, folders, names in os.walk(folder):
+
+        def cannot_list(error: OSError) -> None:
+            raise error
+
+        for root, folders, names in os.walk(folder, onerror=cannot_list):
             folders[:] = [name for name in folders if not name.startswith(".")]
             candidates += [Path(root) / name for name in names]
     else:
