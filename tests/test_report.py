@@ -278,6 +278,31 @@ def test_single_run_with_old_eval_metrics_and_a_run_without_epochs(runs, tmp_pat
     assert "most confident (consistency)" in markdown and "most confident (confidence)" not in markdown
 
 
+def test_a_run_folder_that_cannot_be_read_is_skipped_with_a_note(runs, tmp_path, monkeypatch):
+    """chmod 000 on one run of a folder of runs stopped the whole report ("Permission denied")."""
+    import os
+
+    locked = runs / "base20"
+    real_is_file, real_listdir = Path.is_file, os.listdir
+
+    def is_file(path):  # chmod 000 does not stop root, who may run this suite
+        if locked in path.parents:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_is_file(path)
+
+    def listdir(path="."):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+    monkeypatch.setattr(os, "listdir", listdir)
+    result = runner.invoke(app, ["report", str(runs), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert f"{locked}: cannot be read (Permission denied)" in result.stderr
+    assert pd.read_csv(tmp_path / "out" / "runs.csv")["run"].tolist() == ["poi20"]
+
+
 def test_counts_stay_whole_numbers_and_a_baseline_has_no_pin_switches(runs, tmp_path):
     """eval_n read 56.0 (in runs.csv and report.md) where another run had no evaluation, and a
     baseline's PIN ablation switches read True, the defaults it ignored."""

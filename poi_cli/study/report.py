@@ -35,6 +35,7 @@ is modified.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -127,11 +128,24 @@ class Report:
 
 
 def is_run(path: Path) -> bool:
-    return path.is_dir() and ((path / CONFIG_FILE).is_file() or (path / RESULTS_FILE).is_file())
+    try:
+        return path.is_dir() and ((path / CONFIG_FILE).is_file() or (path / RESULTS_FILE).is_file())
+    except OSError:  # a folder that cannot be read (no permission): not_readable says so
+        return False
+
+
+def not_readable(path: Path) -> Optional[str]:
+    """Why a folder cannot be listed (no permission), or None."""
+    try:
+        os.listdir(path)
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    return None
 
 
 def find_runs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
-    """Run folders among `paths` (a folder of runs counts as its runs), and the skipped ones."""
+    """Run folders among `paths` (a folder of runs counts as its runs), and the skipped ones
+    (a folder that cannot be read among them: one unreadable run does not stop the report)."""
     runs: list[Path] = []
     skipped: list[str] = []
     for value in paths or [DEFAULT_RUNS]:
@@ -140,10 +154,14 @@ def find_runs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
             runs.append(path)
         elif not path.exists():
             skipped.append(f"{path}: no such folder")
+        elif path.is_dir() and not_readable(path):
+            skipped.append(f"{path}: cannot be read ({not_readable(path)})")
         elif path.is_dir() and any(is_run(child) for child in path.iterdir()):
             for child in sorted(path.iterdir()):
                 if is_run(child):
                     runs.append(child)
+                elif child.is_dir() and not_readable(child):
+                    skipped.append(f"{child}: cannot be read ({not_readable(child)})")
                 elif child.is_dir():
                     skipped.append(f"{child}: not a run folder (no {CONFIG_FILE} or {RESULTS_FILE})")
         else:
