@@ -445,6 +445,17 @@ def test_a_csv_onto_a_named_pipe_is_written_into_not_replaced(tmp_path):
     assert "1 image" in done.stderr
 
 
+def test_a_csv_named_by_a_symlink_replaces_the_link_as_every_output_does(tmp_path):
+    from poi_cli.deploy.records import FaceRecord, write_predictions_csv
+
+    target = tmp_path / "elsewhere.csv"
+    target.write_text("a table of yours\n")
+    link = tmp_path / "rows.csv"
+    link.symlink_to(target)
+    write_predictions_csv([FaceRecord.empty("a.jpg", "no_face", None, False)], ("happiness",), link)
+    assert not link.is_symlink() and link.read_text().startswith("image,") and target.read_text() == "a table of yours\n"
+
+
 def test_a_write_protected_csv_is_refused_before_the_work(tmp_path):
     out = tmp_path / "out.csv"
     assert poi_without_torch("predict", str(ASTRONAUT), "--csv", str(out)).returncode == 0

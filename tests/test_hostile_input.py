@@ -718,3 +718,15 @@ def test_a_write_protected_output_is_never_replaced_and_the_same_contents_again_
     with pytest.raises(PermissionError, match="write-protected"):
         atomic_write_text(label, "other\n")
     assert label.read_text() == "id,label\n" and sorted(p.name for p in tmp_path.iterdir()) == ["l.csv", "l.json"]
+
+
+def test_an_output_named_by_a_dangling_symlink_makes_nothing_at_its_target(tmp_path: Path) -> None:
+    """The lock followed the link: an empty folder appeared at the link's target (noise --out,
+    clean --out, predict --csv), while the file itself replaced the link."""
+    from poi_cli.core.atomic import write_new_or_same
+
+    link = tmp_path / "labels.csv"
+    link.symlink_to(tmp_path / "nowhere" / "x.csv")
+    write_new_or_same({link: "id,label\n"}, "--out")
+    assert not (tmp_path / "nowhere").exists() and not link.is_symlink() and link.read_text() == "id,label\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv"]

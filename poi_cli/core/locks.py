@@ -26,8 +26,12 @@ class LockError(PoiError):
 
 
 def lock_path(path: str | Path) -> Path:
-    """The lock file of an output: a hidden `.<name>.lock` beside it."""
-    path = Path(path).resolve()
+    """The lock file of an output: a hidden `.<name>.lock` beside it. A folder is locked where it
+    really is (two names of one folder: one lock); a file beside the name it is written under,
+    since atomic_write replaces that name (a symlink there, dangling or not, is replaced, never
+    followed: no folder is made at its target)."""
+    path = Path(path)
+    path = path.resolve() if path.is_dir() else path.parent.resolve() / path.name
     return path.parent / f".{path.name}.lock"
 
 

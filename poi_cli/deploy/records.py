@@ -298,6 +298,8 @@ class PredictionsCsv:
         if self._file is None:
             if not is_stream(self.path):
                 refuse_write_protected(self.path)
+                if self.path.is_symlink():  # replaced, as every other output's name is, never written through
+                    self.path.unlink()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "w", newline="", encoding="utf-8")
             writer.writeheader()
