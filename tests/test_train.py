@@ -542,3 +542,22 @@ def test_an_interrupt_between_rounds_names_the_finished_round_to_resume(tmp_path
     first = tmp_path / "runs" / "exp"
     assert result.exit_code == 130 and result.stderr.strip().splitlines()[-1].endswith(f"`poi train --resume {first}`")
     assert load_checkpoint(first / "last.pt")["epoch"] == 1
+
+
+def test_a_train_that_fails_before_writing_anything_leaves_no_empty_run_folder(tmp_path, monkeypatch):
+    """A full disk at config.json left an empty numbered folder per try (exp, exp2, ...); evaluate,
+    audit, report and combine already removed theirs."""
+    import errno
+
+    from poi_cli.train.run_folder import RunFolder
+
+    data = make_prepared(tmp_path / "data", splits={"train": 1, "valid": 1})
+
+    def full(self, config, resolved):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path / "config.json"))
+
+    monkeypatch.setattr(RunFolder, "write_config", full)
+    for _ in range(2):
+        with pytest.raises(OSError):
+            train(tiny_config(data, tmp_path / "runs", epochs=1))
+    assert list((tmp_path / "runs").iterdir()) == []

@@ -134,12 +134,19 @@ class Trainer:
             if self.data.held_out:
                 self.run.write_heldout(self.data.val.ids)
         except BaseException:
-            self.release()
+            self.release(failed=True)
             raise
 
-    def release(self) -> None:
-        """Give up the run folder's writer claim (the run is over, or could not start)."""
+    def release(self, failed: bool = False) -> None:
+        """Give up the run folder's writer claim (the run is over, or could not start). failed:
+        a new run folder that is still empty goes too (a full disk at config.json left one per
+        try: exp, exp2, ...); one with config.json in it is a run --resume starts."""
         self._claim.close()
+        if failed and not self.config.resume and self.ctx.is_main:
+            try:
+                self.run.path.rmdir()  # only an empty folder
+            except OSError:
+                pass
 
     def _print(self, message: str) -> None:
         self.console.print(message, soft_wrap=True, highlight=False)  # one log line stays one line
@@ -452,8 +459,11 @@ def _summary(row: dict, epochs: int, best: bool) -> str:
 def train(config: TrainConfig, console: Optional[Console] = None, callbacks: Iterable[Callback] = ()) -> Path:
     """Train POI (or an ablation / the baseline) as `config` says; returns the run folder."""
     trainer = Trainer(config, console, callbacks)
+    failed = True
     try:
         trainer.repair_after_kill()
-        return trainer.fit()
+        run_dir = trainer.fit()
+        failed = False
+        return run_dir
     finally:
-        trainer.release()
+        trainer.release(failed)
