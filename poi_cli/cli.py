@@ -460,29 +460,30 @@ def _predict_and_write(predictor: Any, items: list[Any], input_files: list[Path]
     """The body of `poi predict` once the model is loaded (and the CSV claimed): the
     library's predict_files, then what it did, printed."""
     from poi_cli.core.atomic import is_stream
-    from poi_cli.deploy.predict import predict_files
+    from poi_cli.deploy.predict import KEEP_ALL, KEEP_IMAGES, KEEP_NONE, predict_files
 
     show(*render.note_lines(predictor.notes, soft_wrap=True), to=err_console)
     note = lambda text: show(*render.note_lines([text], soft_wrap=True), to=err_console)  # noqa: E731
     with user_errors():  # the detector cannot start: one line
-        run = predict_files(predictor, items, show_au, csv_file, save_vis, input_files, video, note=note)
+        # the records --json prints, the images' for the table, none for --csv (its rows are in the file)
+        keep = KEEP_ALL if as_json else KEEP_NONE if csv_file else KEEP_IMAGES
+        run = predict_files(predictor, items, show_au, csv_file, save_vis, input_files, video, note=note, keep=keep)
     # One rule for one bad input and many: the records (error ones included) are always
     # written, and the exit status is 1 when no input could be read. Interrupted, the
     # finished records are printed as a whole JSON list, as --csv keeps them.
-    if as_json and (run.records or not run.interrupted):
+    if as_json and (run.has_records or not run.interrupted):
         print(json.dumps([r.to_dict() for r in run.records]))
     if run.interrupted:
-        if csv_file and run.records:
+        if csv_file and run.has_records:
             fail(f"interrupted: the records of {run.kept} are in {csv_file}", 130)
-        if as_json and run.records:
+        if as_json and run.has_records:
             fail(f"interrupted: the records of {run.kept} are printed", 130)
         fail("interrupted", 130)
     if not as_json and not csv_file and len(run.summaries) < run.inputs:  # videos' per-frame rows: --csv / --json
-        show(render.predict_table([r for r in run.records if r.video is None], predictor.model_path,
-                                  predictor.classes, show_au))
+        show(render.predict_table(run.records, predictor.model_path, predictor.classes, show_au))
     if run.none_readable:
         if run.inputs == 1:
-            fail(f"{run.records[0].image}: {run.records[0].reason}")
+            fail(f"{run.first.image}: {run.first.reason}")
         fail(f"none of the {run.inputs} inputs could be read")
     # the rows alone on stdout when they go there (--json, --csv /dev/stdout): the rest on stderr
     to = err_console if as_json or (csv_file and is_stream(csv_file)) else console

@@ -273,6 +273,26 @@ def test_save_vis_writes_an_annotated_video_and_a_timeline(files, tmp_path):
     assert json.loads((vis / "clip_summary.json").read_text())["tracks"][1]["track"] == 1
 
 
+def test_predict_files_for_a_csv_keeps_no_record_but_the_same_counts_and_summaries(files, predictor, tmp_path):
+    """--csv held every record of a video in memory until the end (about 7 KB a face with
+    --show-au: 36,000 frames an hour at 10 fps); its rows are in the file as they come."""
+    from poi_cli.deploy.pipeline import expand_inputs
+    from poi_cli.deploy.predict import KEEP_ALL, KEEP_IMAGES, KEEP_NONE, predict_files
+
+    photo = tmp_path / "head.png"
+    head(80).save(photo)
+    inputs = expand_inputs([str(files["clip"]), str(photo)])
+    runs = {keep: predict_files(predictor, inputs, True, tmp_path / f"{keep}.csv", progress=False, keep=keep)
+            for keep in (KEEP_ALL, KEEP_IMAGES, KEEP_NONE)}
+    everything = runs[KEEP_ALL]
+    assert len(everything.records) == len(pd.read_csv(tmp_path / "all.csv")) > FRAMES // 2
+    assert [r.image for r in runs[KEEP_IMAGES].records] == [str(photo)] and runs[KEEP_NONE].records == []
+    for run in runs.values():
+        assert run.counts == everything.counts and run.summaries == video_summary(everything.records)
+        assert run.first == everything.records[0] and run.inputs == 2
+    assert (tmp_path / "none.csv").read_text() == (tmp_path / "all.csv").read_text()
+
+
 @pytest.mark.parametrize("fails_in", ["a frame", "the last frames"])
 def test_a_full_disk_under_the_annotated_video_stops_the_pictures_not_the_predictions(files, tmp_path, monkeypatch,
                                                                                        fails_in):

@@ -52,7 +52,7 @@ from poi_cli.deploy.pipeline import (FacePipeline, ImageInput, ImagePrediction, 
                                      check_pipeline_options, iter_input_items)
 from poi_cli.deploy.records import FaceRecord, PredictionsCsv, RecordsError, records_to_frame, status_counts
 from poi_cli.deploy.runner import ModelFileError, ModelRunner, OnnxRunner, written_by_torch_save
-from poi_cli.deploy.video import VideoOptions, iter_video, iter_video_file, video_summary, write_video_summaries
+from poi_cli.deploy.video import VideoOptions, VideoSummaries, iter_video, iter_video_file, write_video_summaries
 from poi_cli.deploy.visualize import VisWriter
 
 if TYPE_CHECKING:
@@ -224,13 +224,22 @@ class Predictor(FacePipeline):
 # ------------------------------------------------------------------ `poi predict` as a whole
 
 
+# which records predict_files keeps in memory (PredictRun.records): all (--json, the library),
+# the images' (the terminal table, which shows no video frame), or none (--csv: the rows are in
+# the file; a long video's records would otherwise grow by about 7 KB a face with --show-au)
+KEEP_ALL, KEEP_IMAGES, KEEP_NONE = "all", "images", "none"
+
+
 @dataclass
 class PredictRun:
-    """What `poi predict` did: every record, per input the statuses of its records (a
-    video's frames share one input), which inputs were videos (also one that could not be
-    opened, which has no summary), the video summaries, and whether Ctrl-C stopped it."""
+    """What `poi predict` did: the records it kept (`keep`), how many of each status, the
+    first record, per input the statuses of its records (a video's frames share one input),
+    which inputs were videos (also one that could not be opened, which has no summary), the
+    video summaries, and whether Ctrl-C stopped it."""
 
     records: list[FaceRecord] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: status_counts([]))
+    first: Optional[FaceRecord] = None
     statuses: dict[str, set[str]] = field(default_factory=dict)
     videos: set[str] = field(default_factory=set)
     summaries: list[dict] = field(default_factory=list)
@@ -256,8 +265,8 @@ class PredictRun:
         return (f"{before} input{'' if before == 1 else 's'} and " if before else "") + f"the frames of {last} read before the stop"
 
     @property
-    def counts(self) -> dict[str, int]:
-        return status_counts(self.records)
+    def has_records(self) -> bool:
+        return self.first is not None
 
     @property
     def none_readable(self) -> bool:
@@ -278,7 +287,7 @@ def _stop_pictures(writer: VisWriter, error: OSError, run: PredictRun, note: Cal
 def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: bool = False,
                   csv_file: Optional[str | Path] = None, save_vis: Optional[str | Path] = None,
                   protected: Sequence[Path] = (), video: Optional[VideoOptions] = None, progress: bool = True,
-                  note: Callable[[str], None] = lambda text: None) -> PredictRun:
+                  note: Callable[[str], None] = lambda text: None, keep: str = KEEP_ALL) -> PredictRun:
     """`poi predict` once the model is loaded: every input predicted in order, its rows
     appended to csv_file (PredictionsCsv) and its pictures written to save_vis as they come (a
     picture that cannot be written stops the pictures, with a note, not the predictions),
@@ -286,8 +295,12 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
 
     Ctrl-C ends the run with interrupted=True keeping what finished (the CSV's rows of the
     inputs done, the video being annotated). protected: every file the run reads; no
-    picture is written over one."""
+    picture is written over one. keep: which records stay in PredictRun.records (KEEP_ALL,
+    KEEP_IMAGES, KEEP_NONE; the counts and summaries cover every record)."""
+    if keep not in (KEEP_ALL, KEEP_IMAGES, KEEP_NONE):
+        raise ValueError(f"keep must be {KEEP_ALL!r}, {KEEP_IMAGES!r} or {KEEP_NONE!r}, got {keep!r}")
     run = PredictRun()
+    summaries = VideoSummaries()
     video_sources = {item.source for item in items if item.is_video}
     table = None if not csv_file else PredictionsCsv(
         csv_file, predictor.classes, show_au, video=bool(video_sources),
@@ -305,7 +318,12 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
             run.statuses.setdefault(prediction.source, set()).update(r.status for r in prediction.records)
             if prediction.source in video_sources:
                 run.videos.add(prediction.source)
-            run.records.extend(prediction.records)
+            for record in prediction.records:
+                run.counts[record.status] = run.counts.get(record.status, 0) + 1
+                run.first = run.first or record
+                summaries.add(record)
+                if keep == KEEP_ALL or (keep == KEEP_IMAGES and record.video is None):
+                    run.records.append(record)
             if table is not None:
                 table.append(prediction.records)
             if writer is not None:
@@ -330,7 +348,7 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
             if text:
                 note(text)
         vis_name = writer.summary_path
-    run.summaries = video_summary(run.records)
+    run.summaries = summaries.summaries()
     if not run.interrupted:  # beside a CSV file; none beside a stream (/dev/stdout.summary.json)
         write_video_summaries(run.summaries, None if csv_file and is_stream(csv_file) else csv_file, vis_name)
     return run

@@ -175,25 +175,37 @@ def _predict_frames(pipeline: FacePipeline, source: str, frames: Iterator[VideoF
 # --------------------------------------------------------------------------- summary
 
 
-def video_summary(records: Sequence[FaceRecord]) -> list[dict]:
+def video_summary(records: Iterable[FaceRecord]) -> list[dict]:
     """Per video (records with a `frame`): frames, frames with a face, and per track its span,
     dominant expression and the share of its frames per expression (the smoothed
     expression when the records are smoothed), in order of appearance."""
-    videos: dict[str, dict] = {}
+    summaries = VideoSummaries()
     for record in records:
+        summaries.add(record)
+    return summaries.summaries()
+
+
+class VideoSummaries:
+    """video_summary a record at a time: what `poi predict --csv` keeps of a video's rows (a few
+    numbers per frame, not the records, which it writes as they come)."""
+
+    def __init__(self) -> None:
+        self.videos: dict[str, dict] = {}
+
+    def add(self, record: FaceRecord) -> None:
         if record.video is None:
-            continue
-        video = videos.setdefault(record.image, {"frames": set(), "faces": set(), "tracks": {}, "stopped": None,
-                                                    "first": None, "last": None, "smoothed": False})
+            return
+        video = self.videos.setdefault(record.image, {"frames": set(), "faces": set(), "tracks": {}, "stopped": None,
+                                                         "first": None, "last": None, "smoothed": False})
         if record.status == STATUS_ERROR:
             video["stopped"] = record.reason
-            continue
+            return
         video["frames"].add(record.video.frame)
         timestamp = record.video.timestamp
         video["first"] = timestamp if video["first"] is None else min(video["first"], timestamp)
         video["last"] = timestamp if video["last"] is None else max(video["last"], timestamp)
         if not record.is_face:
-            continue
+            return
         video["faces"].add(record.video.frame)
         smoothed = record.smoothed.expression if record.smoothed is not None else None
         video["smoothed"] |= smoothed is not None
@@ -201,22 +213,24 @@ def video_summary(records: Sequence[FaceRecord]) -> list[dict]:
                                                                 "last": timestamp})
         track["expressions"][smoothed or record.expression] += 1
         track["last"] = timestamp
-    summaries = []
-    for source, video in videos.items():
-        tracks = []
-        for track_id, track in video["tracks"].items():
-            total = sum(track["expressions"].values())
-            shares = {name: round(count / total, 4) for name, count in track["expressions"].most_common()}
-            tracks.append({"track": track_id, "frames": total, "first": track["first"], "last": track["last"],
-                           "dominant": next(iter(shares)), "share": shares})
-        summaries.append({
-            "video": source, "frames": len(video["frames"]), "frames_with_face": len(video["faces"]),
-            "start": video["first"], "end": video["last"], "tracks": tracks,
-            "expressions_from": "smoothed" if video["smoothed"] else "raw",
-            # frames analysed, none with a face (a video that gave no frame is `stopped`, not faceless)
-            "no_face": bool(video["frames"]) and not video["faces"], "stopped": video["stopped"],
-        })
-    return summaries
+
+    def summaries(self) -> list[dict]:
+        summaries = []
+        for source, video in self.videos.items():
+            tracks = []
+            for track_id, track in video["tracks"].items():
+                total = sum(track["expressions"].values())
+                shares = {name: round(count / total, 4) for name, count in track["expressions"].most_common()}
+                tracks.append({"track": track_id, "frames": total, "first": track["first"], "last": track["last"],
+                               "dominant": next(iter(shares)), "share": shares})
+            summaries.append({
+                "video": source, "frames": len(video["frames"]), "frames_with_face": len(video["faces"]),
+                "start": video["first"], "end": video["last"], "tracks": tracks,
+                "expressions_from": "smoothed" if video["smoothed"] else "raw",
+                # frames analysed, none with a face (a video that gave no frame is `stopped`, not faceless)
+                "no_face": bool(video["frames"]) and not video["faces"], "stopped": video["stopped"],
+            })
+        return summaries
 
 
 def csv_summary_path(csv_file: str | Path) -> Path:
