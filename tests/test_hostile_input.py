@@ -16,8 +16,9 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pandas as pd
 import pytest
@@ -156,14 +157,21 @@ def poi_csv_columns_and_a_rating() -> list[str]:
     return [*flat_columns(class_names(8)), "my_rating"]  # a poi CSV the user added a column to
 
 
-def being_written(name: str) -> Callable[[dict[str, Path]], None]:
-    """TMP/name claimed by a live poi process (this one): its `.name.lock` beside it (core/locks.py)."""
-    def apply(world: dict[str, Path]) -> None:
-        import socket
+HELD_CLAIMS = ExitStack()  # the claims being_written holds for the test, released after it
 
-        target = world["TMP"] / name
-        lock = target.parent / f".{target.name}.lock"
-        lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+
+@pytest.fixture(autouse=True)
+def release_held_claims() -> Iterator[None]:
+    yield
+    HELD_CLAIMS.close()
+
+
+def being_written(name: str) -> Callable[[dict[str, Path]], None]:
+    """TMP/name claimed by a live poi process (this one, until the test ends; core/locks.py)."""
+    def apply(world: dict[str, Path]) -> None:
+        from poi_cli.core.locks import claim
+
+        HELD_CLAIMS.enter_context(claim(world["TMP"] / name))
     return apply
 
 

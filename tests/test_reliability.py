@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +244,36 @@ def test_an_onnx_file_given_to_a_torch_command_names_the_checkpoint_it_needs(pho
     for args in (["evaluate", str(onnx), str(prepared), "--out", str(tmp_path / "ev")],
                  ["calibrate", str(onnx), str(prepared), "--out", str(tmp_path / "c.pt")]):
         assert "is an ONNX file" in one_error_line(runner.invoke(app, args))
+
+
+def _claim_after(barrier, target: str, held) -> None:
+    from poi_cli.core.locks import LockError, claim
+
+    barrier.wait()
+    try:
+        with claim(target):
+            held.put(1)
+            time.sleep(0.2)
+    except LockError:
+        held.put(0)
+
+
+def test_two_processes_taking_over_a_left_behind_lock_never_both_win(tmp_path):
+    """The take-over was: is it stale? unlink; O_EXCL again: a slower process unlinked the lock a
+    faster one had just made, and both wrote (59 of 200 tries in the audit). A flock is taken
+    or not, atomically; a live pid in the file (PID 1 of another container) holds nothing."""
+    import multiprocessing
+    import socket
+
+    context = multiprocessing.get_context("fork")
+    target = tmp_path / "out.csv"
+    for trial in range(8):
+        lock_path(target).write_text(json.dumps({"pid": 1 if trial % 2 else 999_999_999, "host": socket.gethostname()}))
+        barrier, held = context.Barrier(2), context.Queue()
+        workers = [context.Process(target=_claim_after, args=(barrier, str(target), held)) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=30)
+        assert sorted(held.get(timeout=5) for _ in workers) == [0, 1], trial
+        assert not lock_path(target).exists()

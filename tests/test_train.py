@@ -488,17 +488,20 @@ def test_a_run_folder_has_one_writer(tmp_path):
     import os
     import socket
 
+    from poi_cli.core.locks import claim
+
     data = make_prepared(tmp_path / "data", splits=TINY_SPLITS)
     train_until_killed(data, tmp_path / "runs")
     run = tmp_path / "runs" / "killed"
     lock = run.parent / ".killed.lock"
     assert lock.is_file()  # left by the killed process, whose pid is gone
-    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))  # a live process's claim
     kept = (run / "last.pt").read_bytes()
-    busy = CliRunner().invoke(app, ["train", "--resume", str(run), "--threads", "1"])
+    with claim(run, "run folder"):  # a live process's claim (this one's)
+        busy = CliRunner().invoke(app, ["train", "--resume", str(run), "--threads", "1"])
     assert busy.exit_code == 1 and "run folder" in busy.stderr and f"pid {os.getpid()}" in busy.stderr, busy.output
     assert (run / "last.pt").read_bytes() == kept
-    lock.write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))  # its owner is gone: stale
+    # left behind by a process that is gone; a pid that is alive (PID 1 of another container) holds nothing
+    lock.write_text(json.dumps({"pid": 1, "host": socket.gethostname()}))
     resumed = CliRunner().invoke(app, ["train", "--resume", str(run), "--threads", "1"])
     assert resumed.exit_code == 0, resumed.output
     assert load_checkpoint(run / "last.pt")["epoch"] == 2 and not lock.exists()

@@ -1,11 +1,14 @@
 """Writer claims: one poi process at a time writes a given output file or folder.
 
-`claim(path)` creates `.<name>.lock` next to `path` with O_CREAT | O_EXCL (atomic on
-local file systems) holding the owner's pid and host, and removes it on exit. A second
-writer gets a LockError naming the owner. A lock left by a process that died (same host,
-pid gone) is stale: it is taken over. Atomic writes alone (core.atomic) keep files whole,
-but two concurrent writers would still both report success while one's rows vanish; the
-claim makes the second one stop with a clear message instead.
+`claim(path)` holds an exclusive flock on `.<name>.lock` next to `path`, which names the
+owner's pid and host, and removes it on exit. A second writer gets a LockError naming the
+owner. The kernel lets go of a flock when its process ends, however it ends (SIGKILL, a
+stopped container): a lock file left behind is simply taken by the next claim, atomically
+(two processes taking over one left-behind lock cannot both win, and a pid or host name
+that happens to be alive, such as PID 1 in another container, does not keep it). Atomic
+writes alone (core.atomic) keep files whole, but two concurrent writers would still both
+report success while one's rows vanish; the claim makes the second one stop with a clear
+message instead.
 """
 
 from __future__ import annotations
@@ -13,12 +16,16 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from poi_cli.core.errors import PoiError
+
+try:
+    import fcntl
+except ImportError:  # Windows: O_EXCL lock files, a left-behind one removed by hand (the message says which)
+    fcntl = None  # type: ignore[assignment]
 
 
 class LockError(PoiError):
@@ -33,30 +40,6 @@ def lock_path(path: str | Path) -> Path:
     path = Path(path)
     path = path.resolve() if path.is_dir() else path.parent.resolve() / path.name
     return path.parent / f".{path.name}.lock"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
-def _is_stale(lock: Path) -> bool:
-    try:
-        owner = json.loads(lock.read_text())
-        pid, host = int(owner["pid"]), str(owner["host"])
-    except (OSError, ValueError, KeyError, TypeError):
-        # unreadable or half-written: written by a claim that is still starting up
-        # or died mid-write; only an old one is treated as stale
-        try:
-            return time.time() - lock.stat().st_mtime > 60
-        except OSError:
-            return True  # gone already
-    return host == socket.gethostname() and not _pid_alive(pid)
 
 
 def _owner(lock: Path) -> str:
@@ -76,22 +59,39 @@ def claim(path: str | Path, what: str = "output") -> Iterator[Path]:
     """
     lock = lock_path(path)
     lock.parent.mkdir(parents=True, exist_ok=True)
-    body = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode()
-    for _ in range(3):
-        try:
-            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if _is_stale(lock):
-                lock.unlink(missing_ok=True)  # its owner died: take over
-                continue
-            raise LockError(f"{what} {path} is being written by {_owner(lock)}; wait for it to finish "
-                            f"(or delete {lock} if no poi process is running)") from None
-        break
-    else:
-        raise LockError(f"could not claim {path}: {lock} keeps reappearing")
+    handle = _hold(lock, path, what)
     try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(body)
+        os.write(handle, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
         yield lock
     finally:
-        lock.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)  # still held: no other process holds this file
+        os.close(handle)  # lets go of the flock
+
+
+def _hold(lock: Path, path: str | Path, what: str) -> int:
+    """An open handle of `lock` under this process's exclusive flock (emptied), or LockError."""
+    def busy() -> LockError:
+        return LockError(f"{what} {path} is being written by {_owner(lock)}; wait for it to finish "
+                         f"(or delete {lock} if no poi process is running)")
+
+    if fcntl is None:
+        try:
+            return os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            raise busy() from None
+    for _ in range(10):
+        handle = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(handle)
+            raise busy() from None
+        try:  # the holder before may have removed the file between our open and our flock
+            current = os.stat(lock)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(os.fstat(handle), current):
+            os.ftruncate(handle, 0)
+            return handle
+        os.close(handle)
+    raise LockError(f"could not claim {path}: {lock} keeps being replaced")
