@@ -738,3 +738,26 @@ def test_an_output_named_by_a_dangling_symlink_makes_nothing_at_its_target(tmp_p
     write_new_or_same({link: "id,label\n"}, "--out")
     assert not (tmp_path / "nowhere").exists() and not link.is_symlink() and link.read_text() == "id,label\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv"]
+
+
+def test_the_command_that_loses_an_out_folders_claim_touches_nothing_of_the_holders(world: dict[str, Path]) -> None:
+    """The second evaluate into a folder another evaluate holds stopped in one line, but on its
+    way out it removed the holder's .poi_incomplete.json (and, when the folder was new and still
+    empty, the folder itself from under the holder)."""
+    from poi_cli.core.atomic import INCOMPLETE_FILE
+    from poi_cli.core.locks import claim
+
+    out = world["TMP"] / "eval"
+    out.mkdir()
+    (out / INCOMPLETE_FILE).write_text(json.dumps({"command": "poi evaluate"}))  # the holder at work
+    with claim(out, "--out"):
+        result = runner.invoke(app, ["evaluate", str(world["RUN"]), str(world["DATA"]), "--out", str(out),
+                                     "--threads", "1"])
+        assert result.exit_code == 1 and "being written by" in result.stderr
+        assert sorted(p.name for p in out.iterdir()) == [INCOMPLETE_FILE]
+    empty = world["TMP"] / "new"
+    empty.mkdir()  # the holder's new folder, nothing in it yet
+    with claim(empty, "--out"):
+        result = runner.invoke(app, ["evaluate", str(world["RUN"]), str(world["DATA"]), "--out", str(empty),
+                                     "--threads", "1"])
+        assert result.exit_code == 1 and empty.is_dir()

@@ -15,7 +15,7 @@ import json
 import os
 import stat
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
@@ -417,12 +417,24 @@ def command_output_folder(out: Optional[str | Path], option: str,
     made = [p for p in (start, *start.parents) if not p.exists()]  # deepest first
     if out is not None and outputs is not None and Path(out).is_dir():
         check_output_folder(Path(out), option, outputs)
-    folder = output_folder(out, option) if out is not None else next_run_dir(default_project, "exp")
-    if out is None and folder not in made:
-        made.insert(0, folder)
+    if out is not None:
+        folder = Path(out)
+        if folder.exists() and not folder.is_dir():
+            output_folder(folder, option)  # says which file is in the way
+        output_folder(folder.parent, option, of=folder)  # the claim's lock file goes there
+    else:
+        folder = next_run_dir(default_project, "exp")  # made by this process alone (an atomic mkdir)
+        if folder not in made:
+            made.insert(0, folder)
     incomplete = folder / INCOMPLETE_FILE
+    # claimed before the folder is made or anything tidied: the process that loses the claim
+    # touches nothing (it removed the holder's marker, or the holder's new folder from under it)
+    held = ExitStack()
+    held.enter_context(claim(folder, option))
     try:
-        with claim(folder, option):
+        with held:
+            if out is not None:
+                output_folder(folder, option)
             if outputs is not None:
                 write_json(incomplete, {"command": outputs.command})
             yield folder
