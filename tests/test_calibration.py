@@ -116,6 +116,14 @@ def test_poi_calibrate_writes_a_copy_unless_asked_and_then_in_place(tmp_path, pr
     assert protected.exit_code == 1 and "is write-protected" in protected.output
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest and path.stat().st_mode & 0o777 == 0o444
     path.chmod(0o644)
+    (tmp_path / "config.json").write_text("{}")  # the checkpoint of a run folder, which a training may be writing
+    from poi_cli.core.locks import claim
+
+    with claim(tmp_path, "run folder"):  # it wrote an older epoch over the training's newer best.pt
+        training = runner.invoke(app, ["calibrate", str(path), str(prepared), "--in-place"])
+    assert training.exit_code == 1 and "run folder" in training.output and "being written by" in training.output
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    leftovers = set(p.name for p in tmp_path.iterdir())
     in_place = runner.invoke(app, ["calibrate", str(path), str(prepared), "--in-place"])
     assert in_place.exit_code == 0, in_place.output
     assert torch.load(path, weights_only=True)["calibration"]["temperature"] == pytest.approx(record.temperature)

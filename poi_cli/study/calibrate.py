@@ -25,6 +25,8 @@ from typing import Optional
 
 from poi_cli.core.atomic import output_file, refuse_input_as_output
 from poi_cli.core.errors import PoiError
+from poi_cli.core.layout import CONFIG_FILE
+from poi_cli.core.locks import claim
 from poi_cli.core.outputs import FUSION_TRN, FUSION_TRN_PIN, FUSIONS, PredictionRecipe
 from poi_cli.data.folds import parse_fold_split
 from poi_cli.data.store import PreparedDataset
@@ -131,6 +133,15 @@ def calibrate(run_or_checkpoint: str | Path, prepared_dir: str | Path, split: Op
     refuse_input_as_output(target, [prepared_dir, *(m.path for m in dataset.members),
                                     *([] if in_place else checkpoint_inputs(source))], "--out")
     output_file(target, "--out", rewrites_itself=in_place, replaces=CALIBRATED_COPY)  # before the work, not after it
+    # one writer: --in-place on a run's checkpoint holds the run folder's claim (a training still
+    # writing it stops this in one line, and is not overwritten with an older epoch by it)
+    run_folder = source.parent if in_place and (source.parent / CONFIG_FILE).is_file() else None
+    with claim(run_folder or target, "run folder" if run_folder else "--out"):
+        return _calibrate(source, target, dataset, split, in_place, device, batch, fusion, flip)
+
+
+def _calibrate(source: Path, target: Path, dataset: PreparedDataset, split: Optional[str], in_place: bool,
+               device: str, batch: int, fusion: str, flip: str) -> CalibrateResult:
     split = split or default_split(dataset)
     checkpoint = load_checkpoint(source)
     info = CheckpointInfo.of(checkpoint)
