@@ -26,7 +26,8 @@ from rich.console import Console
 from poi_cli import __version__, render
 from poi_cli.core.errors import FACENET_HINT, TRAIN_EXTRA_HINT, PoiError, one_line
 from poi_cli.core.schema import STATUS_EXCLUDED, STATUS_MISSING, STATUS_OK
-from poi_cli.core.threads import DEFAULT_WORKERS, THREADS_HELP
+from poi_cli.core.layout import CONFIG_FILE
+from poi_cli.core.threads import DEFAULT_WORKERS, THREADS_ENV, THREADS_HELP
 
 app = typer.Typer(
     name="poi",
@@ -331,11 +332,29 @@ def _config_from_options(options: dict[str, Any]) -> "_train_config.TrainConfig"
     return _train_config.TrainConfig(**values)
 
 
+def _threads_of_run(run_dir: Optional[str]) -> Optional[int]:
+    """The CPU threads a run to --resume trained with (its config.json's resolved.threads; none
+    before poi recorded them), read without torch: they are applied before torch starts."""
+    if not run_dir:
+        return None
+    try:
+        threads = json.loads((Path(run_dir) / CONFIG_FILE).read_text())["resolved"]["threads"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return threads if isinstance(threads, int) and threads >= 1 else None
+
+
 @app.command()
 @_with_config_options
 def train(**options: Any) -> None:
     """Train POI (or the baseline / an ablation) on a prepared dataset; see docs/training.md."""
-    use_threads(options.pop("threads", None))
+    threads, recorded = options.pop("threads", None), _threads_of_run(options.get("resume"))
+    from_env = bool(os.environ.get(THREADS_ENV, "").strip())
+    count = use_threads(recorded if threads is None and not from_env and recorded else threads)
+    if recorded and count != recorded:
+        show(render.Line(f"note: {options['resume']} trained with {recorded} CPU thread{'s' * (recorded > 1)}; with "
+                         f"{count} its numbers differ from a run never stopped (--threads {recorded} keeps them)"),
+             to=err_console)
     with user_errors():
         config = _config_from_options(options)
     if not config.data and config.resume is None:

@@ -564,3 +564,31 @@ def test_a_train_that_fails_before_writing_anything_leaves_no_empty_run_folder(t
         with pytest.raises(OSError):
             train(tiny_config(data, tmp_path / "runs", epochs=1))
     assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_resume_applies_the_cpu_threads_the_run_trained_with(tmp_path, monkeypatch):
+    """The thread count changes the numbers, was not recorded, and --resume took the machine's
+    default: a run killed at 1 thread and resumed at 2 ended up to 7.3 apart in its weights
+    from the run never stopped (and chose another best epoch)."""
+    import torch
+
+    import poi_cli.cli as cli
+    import poi_cli.pipeline as pipeline
+
+    data = make_prepared(tmp_path / "data", splits={"train": 1, "valid": 1})
+    run = train(tiny_config(data, tmp_path / "runs", epochs=1))
+    assert json.loads((run / "config.json").read_text())["resolved"]["threads"] == torch.get_num_threads()
+    config = json.loads((run / "config.json").read_text())
+    config["resolved"]["threads"] = 3
+    (run / "config.json").write_text(json.dumps(config))
+    seen = []
+    monkeypatch.setattr(cli, "use_threads", lambda threads, import_torch=True: seen.append(threads) or threads or 2)
+    monkeypatch.setattr(pipeline, "train_rounds", lambda *args, **kwargs: (_ for _ in ()).throw(TrainError("stop")))
+    monkeypatch.delenv("POI_THREADS", raising=False)
+    runner = CliRunner()
+    assert runner.invoke(app, ["train", "--resume", str(run)]).exit_code == 1 and seen == [3]
+    other = runner.invoke(app, ["train", "--resume", str(run), "--threads", "2"])
+    assert seen[-1] == 2 and "trained with 3 CPU threads; with 2 its numbers differ" in other.stderr
+    monkeypatch.setenv("POI_THREADS", "2")
+    runner.invoke(app, ["train", "--resume", str(run)])
+    assert seen[-1] is None  # $POI_THREADS, as the user set it

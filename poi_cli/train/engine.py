@@ -180,6 +180,8 @@ class Trainer:
             "noise_realised_rate": data.noise_realised, "device": str(ctx.device), "bf16": self.amp,
             "channels_last": self.channels_last, "world_size": ctx.world_size,
             "torch": str(torch.__version__),
+            # CPU threads change the sums' order, hence the numbers: --resume applies the same count
+            "threads": torch.get_num_threads(),
         }
 
     def _build_model(self) -> None:
