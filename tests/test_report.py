@@ -303,6 +303,18 @@ def test_a_run_folder_that_cannot_be_read_is_skipped_with_a_note(runs, tmp_path,
     assert pd.read_csv(tmp_path / "out" / "runs.csv")["run"].tolist() == ["poi20"]
 
 
+def test_an_evaluation_of_an_epoch_best_pt_no_longer_holds_is_left_out_with_a_note(runs, tmp_path):
+    """`poi evaluate RUN --out RUN/eval` while the run trained on: the report showed its accuracy
+    as best.pt's under a later best epoch, without a word."""
+    write_metrics(runs / "poi20", checkpoint=str(runs / "poi20" / "best.pt"), epoch=2, n_images=8)
+    report = build_report([runs / "poi20"], tmp_path / "out")
+    assert pd.isna(report.summary.loc[0, "eval_acc"])
+    assert any("is of epoch 2 of best.pt, which now holds epoch 4" in note for note in report.runs[0].notes)
+    (runs / "poi20" / "eval" / "metrics.json").write_text(json.dumps(
+        {"split": "test", "accuracy": 0.6, "checkpoint": str(runs / "poi20" / "best.pt"), "epoch": 4}))
+    assert build_report([runs / "poi20"], tmp_path / "again").summary.loc[0, "eval_acc"] == pytest.approx(0.6)
+
+
 def test_counts_stay_whole_numbers_and_a_baseline_has_no_pin_switches(runs, tmp_path):
     """eval_n read 56.0 (in runs.csv and report.md) where another run had no evaluation, and a
     baseline's PIN ablation switches read True, the defaults it ignored."""

@@ -22,7 +22,8 @@ Per-image results (confusion matrix, strata, calibration) need predictions. Two 
 * otherwise a run's own `eval/metrics.json`, written by `poi evaluate RUN DATA --out
   RUN/eval`, gives the confusion matrix, the strata and the calibration figures (not
   the histogram: it keeps no per-image w). An old metrics.json whose only strata are
-  `confidence_strata` (they were of w then) counts as consistency strata.
+  `confidence_strata` (they were of w then) counts as consistency strata. One of an epoch
+  its checkpoint no longer holds (evaluated while the run trained on) is left out, with a note.
 Either way strata.csv holds the accuracy of the most and least confident 30/50/70 %
 (Table IV) by each score (`score`: confidence = calibrated probability, consistency =
 w), and runs.csv each score's ECE and AURC on the measured half of the calibration
@@ -143,6 +144,24 @@ def not_readable(path: Path) -> Optional[str]:
     return None
 
 
+def _stale_evaluation(run_dir: Path, evaluation: dict) -> Optional[str]:
+    """Why a run's eval/metrics.json is no longer of the checkpoint it names (evaluated while the
+    run trained on: best.pt has moved to a later epoch since), or None."""
+    from poi_cli.model.checkpoint import read_checkpoint_info
+
+    checkpoint, epoch = evaluation.get("checkpoint"), evaluation.get("epoch")
+    if not checkpoint or epoch is None:
+        return None  # an older metrics.json: nothing to compare
+    current = run_dir / Path(str(checkpoint)).name
+    if Path(str(checkpoint)).resolve().parent != run_dir.resolve() or not current.is_file():
+        return None  # of another file (a copy, an export): not the run's to compare
+    try:
+        now = read_checkpoint_info(current).epoch
+    except (OSError, RuntimeError, ValueError, KeyError, PoiError):  # unreadable: the run's problem, said elsewhere
+        return None
+    return None if now == epoch else f"is of epoch {epoch} of {current.name}, which now holds epoch {now}"
+
+
 def find_runs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
     """Run folders among `paths` (a folder of runs counts as its runs), and the skipped ones
     (a folder that cannot be read among them: one unreadable run does not stop the report)."""
@@ -216,6 +235,10 @@ def load_run(path: Path, name: str) -> Run:
             evaluation = json.loads(metrics.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             notes.append(f"{metrics} is not readable JSON: ignored")
+        stale = _stale_evaluation(path, evaluation) if isinstance(evaluation, dict) else None
+        if stale:
+            notes.append(f"{metrics} {stale}: ignored (run poi evaluate again)")
+            evaluation = None
     return Run(path=path, name=name, config=config, results=results, evaluation=evaluation, notes=notes)
 
 
