@@ -175,7 +175,7 @@ def show(*items: render.Item, to: Optional[Console] = None) -> None:
     to = to or console
     for item in items:
         if isinstance(item, render.Line):
-            to.print(item.text, highlight=item.highlight, soft_wrap=item.soft_wrap)
+            to.print(item.text, highlight=item.highlight, soft_wrap=item.soft_wrap, markup=False, emoji=False)
         else:
             to.print(item)
 

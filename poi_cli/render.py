@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from rich.console import RenderableType
+from rich.markup import escape
 from rich.table import Table
 
 from poi_cli.core.schema import STATUS_OK
@@ -35,7 +36,8 @@ if TYPE_CHECKING:  # the result types, for annotations only (their modules impor
 
 @dataclass(frozen=True)
 class Line:
-    """One printed line of text (rich markup and emoji codes apply, as in `console.print`).
+    """One printed line of text, as it is: no rich markup or emoji codes (it names the user's
+    files, and `photo [edited].jpg` is a file name, not a style).
 
     highlight: colour numbers, paths and the like (rich's repr highlighter); off for
     almost every line. soft_wrap: never cut or wrapped at the console width (paths and
@@ -122,14 +124,14 @@ def noise_summary(path: Path, summary: dict, rate: float, seed: int) -> list[Ite
 
 def combine_summary(root: Path, classes: list[str], members: list[dict]) -> list[Item]:
     """`poi combine`: each member's weight and faces per split, the union of the classes."""
-    table = Table(title=f"{root}: {len(members)} datasets, {len(classes)} classes matched by name")
+    table = Table(title=escape(f"{root}: {len(members)} datasets, {len(classes)} classes matched by name"))
     table.add_column("dataset")
     table.add_column("weight", justify="right")
     table.add_column("classes", justify="right")
     table.add_column("faces per split")
     for member in members:
         splits = ", ".join(f"{name} {n}" for name, n in member["splits"].items())
-        table.add_row(member["name"], f"{member['weight']:g}", str(member["classes"]), splits)
+        table.add_row(escape(member["name"]), f"{member['weight']:g}", str(member["classes"]), splits)
     return [table, Line(f"classes: {', '.join(classes)}", soft_wrap=True),
             Line(f"train with `poi train {root}`: validation accuracy per dataset (val_acc_NAME), selected on their mean",
                  soft_wrap=True)]
@@ -154,7 +156,7 @@ def train_done(run_dir: Any, summary: Optional["RunSummary"] = None) -> Line:
 
 def folds_summary(summary: dict) -> list[Item]:
     """`poi train --fold all`: accuracy per fold on its held-out images, then mean and spread."""
-    table = Table(title=f"{summary['folds']}-fold cross-validation: {summary['folder']}")
+    table = Table(title=escape(f"{summary['folds']}-fold cross-validation: {summary['folder']}"))
     for name, justify in (("fold", "right"), ("train images", "right"), ("test images", "right"), ("accuracy", "right"),
                           ("mean class recall", "right")):
         table.add_column(name, justify=justify)
@@ -172,7 +174,7 @@ def folds_summary(summary: dict) -> list[Item]:
 
 def evaluate_summary(result: dict, files: Sequence[Any]) -> list[Item]:
     """Notes, recall per class, then accuracy, PIN, consistency, strata and calibration lines."""
-    table = Table(title=f"{result['checkpoint']} on {result['split']} ({result['n_images']} images)")
+    table = Table(title=escape(f"{result['checkpoint']} on {result['split']} ({result['n_images']} images)"))
     table.add_column("class")
     table.add_column("images", justify="right")
     table.add_column("recall", justify="right")
@@ -288,17 +290,18 @@ def predict_table(records: Sequence["FaceRecord"], checkpoint: Any, classes: Seq
     four regions agree with it (`3/4`; consistency stays in JSON / CSV), AUs, status. Image
     paths are shown relative to the folder they share, which the caption names."""
     folder, names = shared_folder([r.image for r in records])
-    table = Table(title=f"{shown_path(checkpoint)} ({len(classes)} classes)", caption=None if folder is None else f"images in {folder}")
+    table = Table(title=escape(f"{shown_path(checkpoint)} ({len(classes)} classes)"),
+                  caption=None if folder is None else escape(f"images in {folder}"))
     for column in ("image", "face", "expression", "confidence", "regions", *(("AUs > 0.5",) if show_au else ()), "status"):
         table.add_column(column, justify="right" if column in ("face", "confidence", "regions") else "left",
                          overflow="fold")
     for r, name in zip(records, names):
         ok = r.is_face
-        cells = [name, "" if r.face is None else str(r.face), r.expression or "-",
+        cells = [escape(name), "" if r.face is None else str(r.face), r.expression or "-",
                  f"{r.confidence:.1%}" if ok else "-", regions_agreement(r) if ok else "-"]
         if show_au:
             cells.append(active_aus(r.aus))
-        cells.append(r.status if ok else f"{r.status}: {r.reason}")
+        cells.append(r.status if ok else escape(f"{r.status}: {r.reason}"))
         table.add_row(*cells)
     return table
 
@@ -402,7 +405,7 @@ def report_summary(result: "Report") -> list[Item]:
         where = [row["eval_split"]] if isinstance(row["eval_split"], str) else []
         where += [f"{int(n)} images"] if isinstance(n, (int, float)) and n == n else []  # n == n: not NaN
         evaluated = _pct(row["eval_acc"]) + (f" ({', '.join(where)})" if where else "")
-        table.add_row(row["run"], row["method"], _pct(row["noise"]), f"{row['epochs_done']}/{planned}",
+        table.add_row(escape(row["run"]), row["method"], _pct(row["noise"]), f"{row['epochs_done']}/{planned}",
                       _pct(row["final_val_acc"]), best, evaluated)
     named = [path.name for path in result.files if path.suffix != ".png"]
     pictures = len(result.files) - len(named)

@@ -456,6 +456,23 @@ def test_a_csv_named_by_a_symlink_replaces_the_link_as_every_output_does(tmp_pat
     assert not link.is_symlink() and link.read_text().startswith("image,") and target.read_text() == "a table of yours\n"
 
 
+def test_file_names_with_brackets_are_printed_as_they_are(tmp_path):
+    """rich read `[edited]` in a file name as markup (the table showed `photo .jpg`, the summary
+    `wrote rows .csv`), and `x[/b]` stopped predict with a MarkupError traceback."""
+    import shutil
+
+    (tmp_path / "x[").mkdir()
+    photos = [tmp_path / "photo [edited].jpg", tmp_path / "x[" / "b].jpg"]
+    for photo in photos:
+        shutil.copyfile(ASTRONAUT, photo)
+    done = poi_without_torch("predict", *map(str, photos), env={"COLUMNS": "200"})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "photo [edited].jpg" in done.stdout and "b].jpg" in done.stdout
+    out = tmp_path / "rows [v2].csv"
+    done = poi_without_torch("predict", str(photos[0]), "--csv", str(out), env={"COLUMNS": "300"})
+    assert done.returncode == 0 and f"wrote {out}" in done.stdout.replace("\n", ""), done.stdout
+
+
 def test_a_write_protected_csv_is_refused_before_the_work(tmp_path):
     out = tmp_path / "out.csv"
     assert poi_without_torch("predict", str(ASTRONAUT), "--csv", str(out)).returncode == 0

@@ -28,5 +28,5 @@ def progress_bar(console: Optional[Console] = None, enabled: bool = True, transi
     """A rich Progress with SpeedColumn; disabled (draws nothing) unless `enabled` and the
     console is a terminal (piped, rich would still print the bar's last state as a line)."""
     shown = enabled and (console or get_console()).is_terminal
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), SpeedColumn(),
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), SpeedColumn(),
                     TimeRemainingColumn(), console=console, transient=transient, disable=not shown)

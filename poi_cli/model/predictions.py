@@ -23,9 +23,9 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import Progress
 
 from poi_cli.core.outputs import PredictionRecipe
+from poi_cli.core.progress import progress_bar
 from poi_cli.core.runtime import autocast, select_device, use_bf16
 from poi_cli.data.loader import BatchLoader
 from poi_cli.data.preprocess import to_model_input
@@ -213,7 +213,8 @@ def _collect(model: torch.nn.Module, loader: BatchLoader, input_size: int, devic
     collected: dict[str, list[torch.Tensor]] = {name: [] for name in ("trn_logits", "labels", "positions", *PIN_FIELDS,
                                                                       *MIRROR_FIELDS)}
     temperature = None
-    with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
+    # drawn on a terminal only: piped, a transient bar still left a blank line before the next message
+    with progress_bar(Console(stderr=True), enabled=progress) as bar:
         task = bar.add_task("evaluating", total=len(loader))
         for images, targets, _, positions in loader:
             inputs = to_model_input(images, input_size, channels_last)

@@ -149,7 +149,7 @@ class Trainer:
                 pass
 
     def _print(self, message: str) -> None:
-        self.console.print(message, soft_wrap=True, highlight=False)  # one log line stays one line
+        self.console.print(message, soft_wrap=True, highlight=False, markup=False, emoji=False)  # one log line stays one line
 
     @property
     def run_dir(self) -> Path:
@@ -382,8 +382,9 @@ class Trainer:
 
     def _progress(self) -> Progress:
         return Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(), console=self.console, transient=True, disable=not self.ctx.is_main,
+            TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}", markup=False), TimeElapsedColumn(), console=self.console, transient=True,
+            disable=not self.ctx.is_main,
         )
 
     def _validate(self, epoch: int) -> tuple[float, Optional[Calibration], dict[str, float]]:

@@ -38,11 +38,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import Progress
 
 from poi_cli.core.atomic import output_file, refuse_input_as_output
 from poi_cli.core.errors import PoiError
 from poi_cli.core.metrics import answered_argmax, confusion_matrix, per_class_recall
+from poi_cli.core.progress import progress_bar
 from poi_cli.core.runtime import autocast, select_device, use_bf16
 from poi_cli.data.combined import member_of_rows
 from poi_cli.data.loader import BatchLoader
@@ -161,7 +161,7 @@ def pooled_features(model: POIModel, faces: np.ndarray, store_rows: np.ndarray, 
     of faces[store_rows], in order; view 1 is each face's mirror. A transient bar on stderr."""
     loader = BatchLoader(faces, store_rows, np.zeros(len(store_rows), np.int64), batch, shuffle=False, device=device)
     chunks: list[list[torch.Tensor]] = [[] for _ in range(views)]
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    with progress_bar(Console(stderr=True)) as bar:
         task = bar.add_task(describe, total=len(loader))
         for images, _, _, _ in loader:
             inputs = to_model_input(images, model.config.input_size)
@@ -270,7 +270,7 @@ def refit_head(run_or_checkpoint: str | Path, prepared_dir: str | Path, out: Opt
     before = score_head(view_probabilities(val_features, w0, b0), val.labels, val_member, names, select, None, None, answers)
 
     candidates, heads, diverged = [], [], []
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    with progress_bar(Console(stderr=True)) as bar:
         task = bar.add_task("fitting heads", total=len(class_powers) * len(l2s))
         for power in class_powers:
             weights = np.concatenate([image_weights[power]] * 2)
