@@ -81,3 +81,10 @@ def test_train_options_fill_the_config_by_field(monkeypatch):
     assert bad.exit_code == 1 and "--lr-steps must be comma-separated epochs" in bad.output
     missing = runner.invoke(app, ["train"])
     assert missing.exit_code == 1 and "give a prepared folder" in missing.output
+
+
+def test_dash_h_is_help_as_in_git_pip_and_yolo():
+    runner = CliRunner()
+    for argv in (["-h"], ["predict", "-h"], ["train", "-h"]):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 0 and "Usage: poi" in result.output, (argv, result.output)

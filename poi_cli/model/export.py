@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 import torch.nn as nn
 
-from poi_cli.core.errors import PoiError
+from poi_cli.core.errors import TRAIN_EXTRA_HINT, PoiError
 from poi_cli.core.atomic import atomic_write, output_file, refuse_input_as_output, temp_beside
 from poi_cli.core.manifests import ALL_AUS, REGIONS
 from poi_cli.core.outputs import PredictionRecipe
@@ -72,7 +72,6 @@ FORMATS = ("onnx", "torchscript", "weights")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "weights": ".fp16.pt"}
 # fp16 weights carry ~3 significant digits; their outputs differ from float32 by ~1e-3.
 DEFAULT_TOLERANCE = {"onnx": 1e-3, "torchscript": 1e-3, "weights": 1e-2}
-INSTALL_HINT = "pip install 'poi-fer[export]'"
 TRACE_BATCH, CHECK_BATCH = 2, 3  # checking on another batch size proves the batch axis is free
 
 
@@ -228,7 +227,7 @@ def _require_onnx() -> None:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError as error:
-        raise ExportError(f"ONNX export needs onnx and onnxruntime ({error.name} is missing): {INSTALL_HINT}") from None
+        raise ExportError(f"ONNX export needs onnx and onnxruntime ({error.name} is missing): {TRAIN_EXTRA_HINT}") from None
 
 
 def export_module(model: POIModel, info: CheckpointInfo, full: bool) -> tuple[nn.Module, list[str]]:
