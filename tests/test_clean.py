@@ -110,6 +110,19 @@ def test_clean_never_writes_over_an_existing_label_file_or_summary(taken, tmp_pa
     assert {p.name: p.read_bytes() for p in (out, out.with_suffix(".json"))} == kept
 
 
+def test_a_run_is_not_audited_before_the_selection_is_known_to_be_usable(tmp_path, monkeypatch):
+    """Without --threshold, --fraction or --auto (or with two), clean audited the whole split
+    first and only then said "give exactly one of --threshold and --fraction"."""
+    import poi_cli.study.audit as audit_module
+
+    prepared = make_prepared(tmp_path / "data", splits=SPLITS)
+    monkeypatch.setattr(audit_module, "audit", lambda *args, **kwargs: pytest.fail("audited before the check"))
+    for options in ([], ["--threshold", "0.5", "--fraction", "0.1"]):
+        result = runner.invoke(app, ["clean", str(tmp_path / "run"), str(prepared), "--out", str(tmp_path / "l.csv"),
+                                     *options])
+        assert result.exit_code == 1 and "give exactly one of --threshold, --fraction and --auto" in result.output
+
+
 def test_bad_audit_file_is_a_one_line_error(tmp_path):
     prepared = make_prepared(tmp_path / "data", splits=SPLITS)
     bad = tmp_path / "not_an_audit.csv"
@@ -120,7 +133,7 @@ def test_bad_audit_file_is_a_one_line_error(tmp_path):
     good = tmp_path / "audit.csv"
     table.to_csv(good, index=False)
     both = runner.invoke(app, ["clean", str(good), str(prepared), "--out", str(tmp_path / "l.csv"), "--threshold", "0.5", "--fraction", "0.1"])
-    assert both.exit_code == 1 and "exactly one of --threshold and --fraction" in both.output
+    assert both.exit_code == 1 and "exactly one of --threshold, --fraction and --auto" in both.output
     auto_drop = runner.invoke(app, ["clean", str(good), str(prepared), "--out", str(tmp_path / "l.csv"), "--auto", "--drop"])
     assert auto_drop.exit_code == 1 and "--auto chooses the fraction" in auto_drop.output
     no_model = runner.invoke(app, ["clean", str(good), str(prepared), "--out", str(tmp_path / "l.csv"), "--auto"])

@@ -279,11 +279,14 @@ def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relab
           auto: bool = False) -> CleanResult:
     """Clean the labels of `split` from an audit.csv, or from a run (audited here first);
     `auto`: relabel the fraction choose_fraction picks on the validation split."""
-    check_selection(threshold, fraction)  # before a run is audited
-    dataset = PreparedDataset(prepared_dir)
-    source = audit_source(audit_or_run)
+    # every choice checked before a run is audited (the audit of a whole split comes first)
+    check_selection(threshold, fraction)
     if auto and (mode != "relabel" or threshold is not None or fraction is not None):
         raise CleanError("--auto chooses the fraction to relabel itself: without --drop, --threshold or --fraction")
+    if not auto and (threshold is None) == (fraction is None):
+        raise CleanError("give exactly one of --threshold, --fraction and --auto")
+    dataset = PreparedDataset(prepared_dir)
+    source = audit_source(audit_or_run)
     model_path: str | Path = source
     fold_models = None
     if source.is_file() and source.suffix.lower() == ".csv":
