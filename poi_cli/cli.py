@@ -13,6 +13,7 @@ import inspect
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 from collections import Counter
@@ -377,7 +378,7 @@ def train(**options: Any) -> None:
             run_dir = train_rounds(config, console=console, announce=announce)[-1]
         except TrainingInterrupted as stop:  # the folder is known: name it in the command that continues
             fail(f"interrupted: finished epochs are saved in {stop.run_dir}; continue with "
-                 f"`poi train --resume {stop.run_dir}`", 130)
+                 f"`poi train --resume {shlex.quote(str(stop.run_dir))}`", 130)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         from poi_cli.train.run_folder import run_summary
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from shlex import quote
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from rich.console import RenderableType
@@ -119,7 +120,7 @@ def noise_summary(path: Path, summary: dict, rate: float, seed: int) -> list[Ite
     never = ([Line(f"flips only among the classes the dataset labels: never to {', '.join(summary['never_labelled'])}",
                    soft_wrap=True)] if summary.get("never_labelled") else [])
     return [table, *never,
-            Line(f"wrote {path} and {path.with_suffix('.json').name}; train with --labels {path}", soft_wrap=True)]
+            Line(f"wrote {path} and {path.with_suffix('.json').name}; train with --labels {quote(str(path))}", soft_wrap=True)]
 
 
 def combine_summary(root: Path, classes: list[str], members: list[dict]) -> list[Item]:
@@ -133,7 +134,7 @@ def combine_summary(root: Path, classes: list[str], members: list[dict]) -> list
         splits = ", ".join(f"{name} {n}" for name, n in member["splits"].items())
         table.add_row(escape(member["name"]), f"{member['weight']:g}", str(member["classes"]), splits)
     return [table, Line(f"classes: {', '.join(classes)}", soft_wrap=True),
-            Line(f"train with `poi train {root}`: validation accuracy per dataset (val_acc_NAME), selected on their mean",
+            Line(f"train with `poi train {quote(str(root))}`: validation accuracy per dataset (val_acc_NAME), selected on their mean",
                  soft_wrap=True)]
 
 
@@ -151,7 +152,7 @@ def train_done(run_dir: Any, summary: Optional["RunSummary"] = None) -> Line:
             told = f"best val_acc {summary.best_val_acc:.2%} at epoch {summary.best_epoch}{last}; "
         told += f"{_count(summary.epochs, 'epoch')} in {summary.minutes:.1f} min; "
     return Line(f"done: {run_dir} ({told}results.csv, best.pt, last.pt); evaluate with "
-                f"`poi evaluate {run_dir} PREPARED_DIR`", soft_wrap=True)
+                f"`poi evaluate {quote(str(run_dir))} PREPARED_DIR`", soft_wrap=True)
 
 
 def folds_summary(summary: dict) -> list[Item]:
@@ -478,7 +479,7 @@ def clean_summary(summary: dict, relabel: bool, files: Sequence[Any], prepared_d
             line += f", {s['changed_right_after']} now have the right one"
         after = "-" if s["noise_rate_after"] is None else f"{s['noise_rate_after']:.2%}"
         lines.append(Line(f"{line}; label noise {s['noise_rate_before']:.2%} -> {after}"))
-    lines.append(Line(f"{_wrote(files)}; train with `poi train {prepared_dir} --labels {files[0]}`", soft_wrap=True))
+    lines.append(Line(f"{_wrote(files)}; train with `poi train {quote(str(prepared_dir))} --labels {quote(str(files[0]))}`", soft_wrap=True))
     return lines
 
 
@@ -516,7 +517,7 @@ def refit_summary(result: "RefitResult") -> list[Table | Line]:
         return [*shown, Line(f"no re-fitted head scored above the model's own: wrote {result.written} with its own head and "
                             f"calibration ({result.train_images} training images and their mirrors; {took})", soft_wrap=True)]
     return [*shown, Line(f"wrote {result.written} (fitted on {result.train_images} training images and their mirrors; {took}; "
-                        f"uncalibrated: run `poi calibrate {result.written} PREPARED_DIR --in-place` next)", soft_wrap=True)]
+                        f"uncalibrated: run `poi calibrate {quote(str(result.written))} PREPARED_DIR --in-place` next)", soft_wrap=True)]
 
 
 # ------------------------------------------------------------------- poi calibrate

@@ -89,6 +89,8 @@ def test_clean_and_calibrate_lines():
     assert lines == ["3 of 10 images selected, 2 relabelled",
                      "of the 2 relabelled: 2 had a wrong label, 1 now have the right one; label noise 20.00% -> 10.00%",
                      "wrote l.csv, l.json; train with `poi train prep --labels l.csv`"]
+    spaced = render.clean_summary(summary, True, ["my labels.csv", "my labels.json"], "prep dir")[-1].text
+    assert spaced.endswith("train with `poi train 'prep dir' --labels 'my labels.csv'`")  # pasted, it works
     from poi_cli.core.outputs import PredictionRecipe
     from poi_cli.model.calibration import Calibration
 
