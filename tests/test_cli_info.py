@@ -37,7 +37,7 @@ def test_info_scales_with_input_size():
     assert large["trn_gflops"] == pytest.approx(4 * small["trn_gflops"], rel=0.01)
 
 
-@pytest.mark.parametrize("args,needle", [(["--size", "100"], "multiple of 16"), (["--arch", "vgg16"], "arch must be one of")])
+@pytest.mark.parametrize("args,needle", [(["--size", "100"], "multiple of 16"), (["--arch", "vgg16"], "--arch must be one of"), (["--size", "100"], "--size (the input side)")])
 def test_info_bad_options_give_one_line_errors(args, needle):
     result = runner.invoke(app, ["info", *args])
     assert result.exit_code != 0

@@ -59,19 +59,19 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+            raise ValueError(f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         # Multiples of 16 keep the shared map's side L = input / 16 whole (112 and 176
         # work as well as the multiples of 32 the paper's family of sizes uses).
         if self.input_size % 16 or not 64 <= self.input_size <= 448:
-            raise ValueError(f"input size must be a multiple of 16 from 64 to 448, got {self.input_size}")
+            raise ValueError(f"--size (the input side) must be a multiple of 16 from 64 to 448, got {self.input_size}")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
         if self.temperature <= 0 or self.uem_temperature <= 0:
             raise ValueError(f"temperatures must be positive, got {self.temperature} and {self.uem_temperature}")
         if self.uem_scale not in UEM_SCALES:
-            raise ValueError(f"uem_scale must be one of {', '.join(UEM_SCALES)}, got {self.uem_scale!r}")
+            raise ValueError(f"--uem-scale must be one of {', '.join(UEM_SCALES)}, got {self.uem_scale!r}")
         if self.l_sub is not None and not 1 <= self.l_sub <= self.feature_size:
-            raise ValueError(f"l_sub must lie in 1..{self.feature_size} at input {self.input_size}, got {self.l_sub}")
+            raise ValueError(f"--l-sub must lie in 1..{self.feature_size} at --size {self.input_size}, got {self.l_sub}")
 
     @property
     def feature_size(self) -> int:
