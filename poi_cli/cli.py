@@ -217,8 +217,8 @@ def info(
 
 @app.command()
 def prepare(
-    dataset: str = typer.Argument(..., help="raf-db, ferplus, affectnet, ckplus, sfew or folder (one sub-folder per class)."),
-    raw_dir: str = typer.Argument(..., help="The dataset as downloaded (official layout); only read."),
+    dataset: str = typer.Argument(..., metavar="DATASET", help="raf-db, ferplus, affectnet, ckplus, sfew or folder (one sub-folder per class)."),
+    raw_dir: str = typer.Argument(..., metavar="RAW_DIR", help="The dataset as downloaded (official layout); only read."),
     out: str = typer.Option(..., "--out", help="Folder for manifest.csv, faces.npy and prepared.json."),
     size: int = typer.Option(224, help="Side of the stored square faces, in pixels."),
     detect: Optional[bool] = typer.Option(None, "--detect/--no-detect", help="Run MTCNN (default: per dataset; off where faces ship cropped)."),
@@ -255,7 +255,7 @@ def prepare(
 
 @app.command()
 def noise(
-    prepared_dir: str = typer.Argument(..., help="A folder written by `poi prepare`."),
+    prepared_dir: str = typer.Argument(..., metavar="PREPARED_DIR", help="A folder written by `poi prepare`."),
     rate: float = typer.Option(..., help="Probability of flipping each label (0..1), e.g. 0.2."),
     seed: int = typer.Option(0, help="Random seed: the same seed gives byte-identical files."),
     split: str = typer.Option("train", help="Split whose labels are flipped."),
@@ -296,7 +296,7 @@ def _config_parameter(f: dataclasses.Field, annotation: Any) -> inspect.Paramete
     meta, default = f.metadata, _train_config.field_default(f)
     panel = meta["section"].capitalize()
     if meta["argument"]:
-        info = typer.Argument(None, help=meta["help"], show_default=False)
+        info = typer.Argument(None, metavar=meta["argument"].upper(), help=meta["help"], show_default=False)
         return inspect.Parameter(meta["argument"], inspect.Parameter.KEYWORD_ONLY, default=info, annotation=Optional[str])
     flags = meta["flags"] or (f"--{f.name.replace('_', '-')}",)
     if meta["invert"]:  # --baseline, --no-prior, ...: the flag turns the field off
@@ -387,8 +387,8 @@ def train(**options: Any) -> None:
 
 @app.command()
 def evaluate(
-    model: str = typer.Argument(..., help="A run folder (its best.pt) or a checkpoint file."),
-    prepared_dir: str = typer.Argument(..., help="A folder written by `poi prepare`."),
+    model: str = typer.Argument(..., metavar="RUN_DIR_OR_CKPT", help="A run folder (its best.pt) or a checkpoint file."),
+    prepared_dir: str = typer.Argument(..., metavar="PREPARED_DIR", help="A folder written by `poi prepare`."),
     split: Optional[str] = typer.Option(None, help="Split to evaluate (fold3: fold 3's held-out images). Default: a --fold run's own fold, else test, else valid/val, else the images the run held out of train."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     out: Optional[str] = typer.Option(None, help="Folder for metrics.json, confusion_matrix.csv and .png, reliability.png, risk_coverage.png (default runs/evaluate/exp, numbered)."),
@@ -567,7 +567,7 @@ def serve(
 
 @app.command()
 def export(
-    checkpoint: str = typer.Argument(..., help="A checkpoint file or a run folder (its best.pt)."),
+    checkpoint: str = typer.Argument(..., metavar="CKPT", help="A checkpoint file or a run folder (its best.pt)."),
     format: str = typer.Option("onnx", "--format", help="onnx, torchscript, or weights (packed fp16 TRN + PIN weights, a checkpoint poi predict reads)."),
     full: bool = typer.Option(False, "--full", help="The full model (calibrated probabilities, confidence, consistency, AUs) instead of the deployed TRN alone."),
     out: Optional[str] = typer.Option(None, "--out", help="File to write (default beside the checkpoint: best.trn.onnx, best.full.torchscript.pt, best.fp16.pt, ...)."),
@@ -613,8 +613,8 @@ def report(
 
 @app.command()
 def audit(
-    model: str = typer.Argument(..., help="A POI run folder (its best.pt) or checkpoint; the PIN's objective inference scores the labels."),
-    prepared_dir: str = typer.Argument(..., help="A folder written by `poi prepare`."),
+    model: str = typer.Argument(..., metavar="RUN_DIR_OR_CKPT", help="A POI run folder (its best.pt) or checkpoint; the PIN's objective inference scores the labels."),
+    prepared_dir: str = typer.Argument(..., metavar="PREPARED_DIR", help="A folder written by `poi prepare`."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Label file to audit (default: the labels the run trained on, else the manifest's)."),
     split: str = typer.Option("train", help="Split to audit (the training split, or a held-out one)."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="A baseline run: adds its per-image loss (small-loss trick) as a reference score."),
@@ -645,8 +645,8 @@ def audit(
 
 @app.command()
 def clean(
-    audit_or_run: str = typer.Argument(..., help="An audit.csv from `poi audit` (or its folder), or a POI run folder / checkpoint (audited first)."),
-    prepared_dir: str = typer.Argument(..., help="The prepared folder the audit is of (only read)."),
+    audit_or_run: str = typer.Argument(..., metavar="AUDIT_CSV_OR_RUN", help="An audit.csv from `poi audit` (or its folder), or a POI run folder / checkpoint (audited first)."),
+    prepared_dir: str = typer.Argument(..., metavar="PREPARED_DIR", help="The prepared folder the audit is of (only read)."),
     out: str = typer.Option(..., "--out", help="The label file to write (.csv; its summary goes beside it as .json)."),
     relabel: bool = typer.Option(True, "--relabel/--drop", help="Relabel the suspects to the PIN's suggested label, or leave them out of training."),
     threshold: Optional[float] = typer.Option(None, help="Select images with suspicion >= this, in (0, 1] (suspicion lies in [0, 1])."),
@@ -680,8 +680,8 @@ def clean(
 
 @app.command()
 def calibrate(
-    model: str = typer.Argument(..., help="A run folder (its best.pt) or a checkpoint."),
-    prepared_dir: str = typer.Argument(..., help="A prepared folder with the model's classes."),
+    model: str = typer.Argument(..., metavar="RUN_DIR_OR_CKPT", help="A run folder (its best.pt) or a checkpoint."),
+    prepared_dir: str = typer.Argument(..., metavar="PREPARED_DIR", help="A prepared folder with the model's classes."),
     split: Optional[str] = typer.Option(None, help="Split to fit on (default valid, else val). Never test, nor fold K for a run trained with --fold K: fitting on the images a model is scored on makes those figures optimistic. A store whose only labelled split is test: calibrate on the validation split of the store the model trained on (T_cal carries over; `poi evaluate` measures calibration on test honestly)."),
     out: Optional[str] = typer.Option(None, help="Where to write the calibrated copy (default <checkpoint>.calibrated.pt beside it)."),
     in_place: bool = typer.Option(False, "--in-place", help="Rewrite the checkpoint itself (atomically) instead of a copy."),
@@ -703,8 +703,8 @@ def calibrate(
 
 @app.command("refit-head")
 def refit_head(
-    model: str = typer.Argument(..., help="A run folder (its best.pt) or a checkpoint."),
-    prepared_dir: str = typer.Argument(..., help="The prepared (or combined) folder whose training split the head is fitted on and whose validation split chooses it."),
+    model: str = typer.Argument(..., metavar="RUN_DIR_OR_CKPT", help="A run folder (its best.pt) or a checkpoint."),
+    prepared_dir: str = typer.Argument(..., metavar="PREPARED_DIR", help="The prepared (or combined) folder whose training split the head is fitted on and whose validation split chooses it."),
     out: Optional[str] = typer.Option(None, help="Where to write the model with the new head (default beside the checkpoint: best.pt -> best.refit.pt; never the checkpoint itself)."),
     class_power: str = typer.Option("0,0.25,0.5", help="Class balance q to try, comma-separated: each image weighs N_class^-q (0: as the data is; 1: every class the same total weight)."),
     l2: str = typer.Option("1e-05,0.0001", "--l2", help="Pull of the new weights towards the trained ones, comma-separated values to try."),

@@ -88,3 +88,12 @@ def test_dash_h_is_help_as_in_git_pip_and_yolo():
     for argv in (["-h"], ["predict", "-h"], ["train", "-h"]):
         result = runner.invoke(app, argv)
         assert result.exit_code == 0 and "Usage: poi" in result.output, (argv, result.output)
+
+
+def test_arguments_are_named_as_the_readme_and_the_messages_name_them():
+    """Usage lines said `{model} {prepared_dir}`, and a missing one "Missing argument 'prepared_dir'",
+    while the README and poi's messages say RUN_DIR_OR_CKPT and PREPARED_DIR."""
+    result = runner.invoke(app, ["evaluate"])
+    assert result.exit_code == 2 and "Missing argument 'RUN_DIR_OR_CKPT'" in result.output
+    assert "PREPARED_DIR" in runner.invoke(app, ["train", "-h"]).output
+    assert "AUDIT_CSV_OR_RUN" in runner.invoke(app, ["clean", "-h"]).output
