@@ -224,7 +224,7 @@ def prepare(
     detect: Optional[bool] = typer.Option(None, "--detect/--no-detect", help="Run MTCNN (default: per dataset; off where faces ship cropped)."),
     detector: str = detector_option(),
     device: str = typer.Option("cpu", help="Torch device of --detector mtcnn-torch."),
-    batch_size: int = typer.Option(32, help="Images per detection batch."),
+    batch_size: int = typer.Option(32, "--batch", "--batch-size", help="Images per detection batch (--batch, as in every other command)."),
     splits: Optional[str] = typer.Option(None, help="Comma-separated splits to prepare (default: all found)."),
     folds: Optional[int] = typer.Option(None, help="Subject-independent folds of train, a fold column for `poi train --fold` (default: 10 for CK+, none elsewhere; 0 for none)."),
     fold_seed: int = typer.Option(0, help="Seed of --folds and --test-fraction."),
@@ -458,6 +458,8 @@ def predict(
     model_file = model or os.environ.get("POI_MODEL")  # read too: never written over
     with ExitStack() as held:
         with user_errors():
+            if save_vis and Path(save_vis).exists() and not Path(save_vis).is_dir():  # known before the work
+                fail(f"--save-vis {save_vis} is a file: give a folder for the pictures")
             if csv_file:
                 if Path(csv_file).is_dir():
                     fail(f"--csv {csv_file} is a folder: give the CSV file's name")

@@ -397,13 +397,14 @@ def test_save_vis_that_cannot_be_written_stops_the_pictures_not_the_predictions(
     assert [r["status"] for r in csv.DictReader(open(tmp_path / "out.csv"))] == ["ok"]
 
 
-def test_save_vis_onto_a_file_predicts_and_does_not_claim_pictures(tmp_path):
+def test_save_vis_onto_a_file_is_refused_before_the_work(tmp_path):
+    """As an --out that names a file where a folder should be (it predicted everything and said
+    "no pictures" at the end)."""
     taken = tmp_path / "vis"
     taken.write_text("the user's file\n")
     done = poi_without_torch("predict", str(ASTRONAUT), "--save-vis", str(taken))
-    assert done.returncode == 0, done.stderr
-    assert "no pictures, the folder cannot be made" in done.stderr
-    assert "1 face predicted" in done.stdout and "pictures in" not in done.stdout
+    assert done.returncode == 1 and done.stderr.strip() == f"error: --save-vis {taken} is a file: give a folder for " \
+                                                           "the pictures", done.stderr
     assert taken.read_text() == "the user's file\n"
 
 
