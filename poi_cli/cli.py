@@ -334,6 +334,28 @@ def _config_from_options(options: dict[str, Any]) -> "_train_config.TrainConfig"
     return _train_config.TrainConfig(**values)
 
 
+def _ignored_by_resume(config: Any) -> list[str]:
+    """The options given with --resume that differ from the run's own (which --resume keeps;
+    only --device may change): `--epochs 5 (the run's: 40)`. Options left at their defaults
+    cannot be told from ones not given, and name nothing."""
+    try:
+        saved = _train_config.TrainConfig.from_dict(json.loads((Path(config.resume) / CONFIG_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return []  # no readable config.json: resume itself says so
+    defaults, ignored = _train_config.TrainConfig(), []
+    for f in _config_cli_fields():
+        given, own = getattr(config, f.name), getattr(saved, f.name)
+        if f.name in ("resume", "device") or given == getattr(defaults, f.name):
+            continue
+        if f.metadata.get("path") or f.name == "data":
+            given, own = (None if v is None else str(Path(v).resolve()) for v in (given, own))
+        if given != own:
+            flag = f.metadata["argument"].upper() if f.metadata["argument"] else (
+                f.metadata["flags"] or (f"--{f.name.replace('_', '-')}",))[0]
+            ignored.append(flag if isinstance(given, bool) else f"{flag} {given} (the run's: {own})")
+    return ignored
+
+
 def _threads_of_run(run_dir: Optional[str]) -> Optional[int]:
     """The CPU threads a run to --resume trained with (its config.json's resolved.threads; none
     before poi recorded them), read without torch: they are applied before torch starts."""
@@ -355,12 +377,18 @@ def train(**options: Any) -> None:
     count = use_threads(recorded if threads is None and not from_env and recorded else threads)
     if recorded and count != recorded:
         show(render.Line(f"note: {options['resume']} trained with {recorded} CPU thread{'s' * (recorded > 1)}; with "
-                         f"{count} its numbers differ from a run never stopped (--threads {recorded} keeps them)"),
+                         f"{count} its numbers differ from a run never stopped (--threads {recorded} keeps them)", soft_wrap=True),
              to=err_console)
     with user_errors():
         config = _config_from_options(options)
     if not config.data and config.resume is None:
         fail("give a prepared folder (PREPARED_DIR) or --resume RUN_DIR")
+    if config.resume:
+        ignored = _ignored_by_resume(config)
+        if ignored:
+            show(render.Line(f"note: --resume continues {config.resume} with its own options; ignored: "
+                             f"{', '.join(ignored)} (a new run takes them; --fine-tune starts one from this run)", soft_wrap=True),
+                 to=err_console)
     from poi_cli.pipeline import train_folds, train_rounds
     from poi_cli.train.engine import TrainingInterrupted
 

@@ -592,3 +592,18 @@ def test_resume_applies_the_cpu_threads_the_run_trained_with(tmp_path, monkeypat
     monkeypatch.setenv("POI_THREADS", "2")
     runner.invoke(app, ["train", "--resume", str(run)])
     assert seen[-1] is None  # $POI_THREADS, as the user set it
+
+
+def test_resume_names_the_options_it_ignores(tmp_path, monkeypatch):
+    """`poi train --resume RUN --epochs 5` said "already finished its 1 epochs" and dropped
+    --epochs without a word (an unfinished run went on with its old values, as silently)."""
+    import poi_cli.pipeline as pipeline
+
+    data = make_prepared(tmp_path / "data", splits={"train": 1, "valid": 1})
+    run = train(tiny_config(data, tmp_path / "runs", epochs=1))
+    monkeypatch.setattr(pipeline, "train_rounds", lambda *args, **kwargs: (_ for _ in ()).throw(TrainError("stop")))
+    runner = CliRunner()
+    changed = runner.invoke(app, ["train", str(data), "--resume", str(run), "--epochs", "5", "--no-uem", "--threads", "1"])
+    assert "ignored: --no-uem, --epochs 5 (the run's: 1) (a new run" in changed.stderr, changed.stderr
+    same = runner.invoke(app, ["train", str(data), "--resume", str(run), "--threads", "1"])  # the run's own data
+    assert "ignored" not in same.stderr

@@ -161,7 +161,7 @@ class TrainConfig:
     project: str = option("runs/train", RUN, "Folder of the run folders.", path=True)
     name: str = option("exp", RUN, "Run folder name (numbered when taken: exp2, exp3, ...).")
     exist_ok: bool = option(False, RUN, "Reuse the run folder NAME when it exists instead of numbering a new one.", cli=False)
-    resume: Optional[str] = option(None, RUN, "Continue an interrupted run folder (its own config; other options ignored but --device).")
+    resume: Optional[str] = option(None, RUN, "Continue an interrupted run folder with its own config and CPU threads (--device may change; other options given are named in a note and ignored).")
 
     def __post_init__(self) -> None:
         if isinstance(self.lr_steps, str):  # the CLI's form: "20,40"
