@@ -142,7 +142,8 @@ def batch_option() -> Any:
 
 def amp_option() -> Any:
     """--amp of the commands that run a checkpoint over a prepared split (`poi train` has its own, in TrainConfig)."""
-    return typer.Option("auto", help="bf16 autocast: auto, bf16 or off.")
+    return typer.Option("auto", help="bf16 autocast: auto (bf16 where the CPU or GPU has it), bf16 or off (float32, "
+                                     "as the deploy runtime computes).")
 
 
 def device_option(default: str = "auto", onnx: bool = False) -> Any:
@@ -628,6 +629,7 @@ def report(
     data: Optional[str] = typer.Option(None, "--data", help="A prepared folder: predict it with each run's best.pt for confusion matrices, consistency histograms, strata and calibration figures."),
     split: Optional[str] = typer.Option(None, help="Split of --data to predict (fold3: fold 3's held-out images; default test, else valid/val)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps (with --data)."),
+    amp: str = amp_option(),
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Tables (final / best accuracy, noise, ablations, calibration, confidence and consistency strata) and plots of training runs; see docs/predict.md."""
@@ -636,7 +638,7 @@ def report(
     from poi_cli.study.report import REPORT_OUTPUTS, build_report
 
     with user_errors(), command_output_folder(out, "--out", "runs/report", REPORT_OUTPUTS) as out_dir:
-        result = build_report(run_dirs or [], out_dir, data=data, split=split, device=device)
+        result = build_report(run_dirs or [], out_dir, data=data, split=split, device=device, amp=amp)
     show(*render.report_skipped(result), to=err_console)
     show(*render.report_summary(result))
 
@@ -652,6 +654,7 @@ def audit(
     cross_fit: int = typer.Option(0, "--cross-fit", help="Score out of fold: train K models with the run's recipe, each leaving a K-th of its training split out (under OUT/crossfit/, resumable). 0: the run itself scores its own training set."),
     device: str = device_option(),
     batch: int = batch_option(),
+    amp: str = amp_option(),
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Rank every labelled image by how strongly the PIN's objective inference disagrees with its label; see docs/audit.md."""
@@ -668,7 +671,8 @@ def audit(
 
             result = cross_fit_audit(model, prepared_dir, cross_fit, out_dir, device, batch, console)
         else:
-            result = run_audit(model, prepared_dir, labels_file=labels, split=split, baseline=baseline, device=device, batch=batch)
+            result = run_audit(model, prepared_dir, labels_file=labels, split=split, baseline=baseline, device=device, batch=batch,
+                               amp=amp)
         files = write_audit(result, out_dir)
     show(*render.audit_summary(result.summary, files, SUSPICION_THRESHOLDS))
 
@@ -687,6 +691,7 @@ def clean(
     labels: Optional[str] = typer.Option(None, "--labels", help="With a run: the label file to audit (default: the labels it trained on)."),
     split: str = typer.Option("train", help="The split the audit covers."),
     device: str = typer.Option("auto", help="With a run: auto, cpu, cuda or mps."),
+    amp: str = amp_option(),
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Turn an audit into a label file for `poi train --labels`: relabel or drop the most suspect images."""
@@ -703,7 +708,7 @@ def clean(
             refuse_poi_file(written, "--out")
         output_file(out, "--out")
         result = run_clean(audit_or_run, prepared_dir, "relabel" if relabel else "drop", threshold, fraction,
-                           labels_file=labels, split=split, device=device, auto=auto)
+                           labels_file=labels, split=split, device=device, auto=auto, amp=amp)
         files = write_clean(result, out)
     show(*render.clean_summary(result.summary, relabel, files, prepared_dir))
 
@@ -719,6 +724,7 @@ def calibrate(
     flip: str = typer.Option("auto", help="Average over the image and its mirror: on, off or auto (chosen with --fusion on the split; a mirror doubles the model's work)."),
     device: str = device_option(),
     batch: int = batch_option(),
+    amp: str = amp_option(),
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Choose how the reported probabilities are made (TRN or TRN + PIN, with or without the mirror) and fit the temperature T_cal that makes `confidence` a calibrated probability after it; store both in the checkpoint."""
@@ -727,7 +733,7 @@ def calibrate(
 
     with user_errors():
         result = run_calibrate(model, prepared_dir, split=split, out=out, in_place=in_place, device=device, batch=batch,
-                               fusion=fusion, flip=flip)
+                               fusion=fusion, flip=flip, amp=amp)
     show(*render.calibrate_summary(result))
 
 

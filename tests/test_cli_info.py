@@ -97,3 +97,30 @@ def test_arguments_are_named_as_the_readme_and_the_messages_name_them():
     assert result.exit_code == 2 and "Missing argument 'RUN_DIR_OR_CKPT'" in result.output
     assert "PREPARED_DIR" in runner.invoke(app, ["train", "-h"]).output
     assert "AUDIT_CSV_OR_RUN" in runner.invoke(app, ["clean", "-h"]).output
+
+
+def test_every_command_that_runs_a_model_over_a_split_takes_amp(monkeypatch, tmp_path):
+    """calibrate (T_cal under bf16 where the deploy runtime computes float32), audit, clean and
+    report --data ran bf16 autocast wherever the machine had it, with no way to turn it off."""
+    import poi_cli.study.audit as audit_module
+    import poi_cli.study.calibrate as calibrate_module
+    import poi_cli.study.clean as clean_module
+    import poi_cli.study.report as report_module
+
+    seen = {}
+
+    def stop(name):
+        def record(*args, **kwargs):
+            seen[name] = kwargs.get("amp")
+            raise ValueError("stop")
+        return record
+
+    monkeypatch.setattr(calibrate_module, "calibrate", stop("calibrate"))
+    monkeypatch.setattr(audit_module, "audit", stop("audit"))
+    monkeypatch.setattr(clean_module, "clean", stop("clean"))
+    monkeypatch.setattr(report_module, "build_report", stop("report"))
+    runner.invoke(app, ["calibrate", "m.pt", "data", "--amp", "off"])
+    runner.invoke(app, ["audit", "m.pt", "data", "--amp", "off", "--out", str(tmp_path / "audit")])
+    runner.invoke(app, ["clean", "m.pt", "data", "--out", str(tmp_path / "l.csv"), "--auto", "--amp", "off"])
+    runner.invoke(app, ["report", "runs", "--data", "data", "--amp", "off", "--out", str(tmp_path / "report")])
+    assert seen == {"calibrate": "off", "audit": "off", "clean": "off", "report": "off"}

@@ -117,7 +117,7 @@ def candidate_recipes(fusion: str, flip: str, has_objective: bool) -> list[Predi
 
 def calibrate(run_or_checkpoint: str | Path, prepared_dir: str | Path, split: Optional[str] = None,
               out: Optional[str | Path] = None, in_place: bool = False, device: str = "auto",
-              batch: int = 256, fusion: str = AUTO, flip: str = AUTO) -> CalibrateResult:
+              batch: int = 256, fusion: str = AUTO, flip: str = AUTO, amp: str = "auto") -> CalibrateResult:
     """Choose the recipe (fusion, flip: `auto` or forced) and fit T_cal after it on a split, and write
     both into a copy of the checkpoint (or, in_place, the file itself)."""
     check_choices(fusion, flip)
@@ -137,11 +137,11 @@ def calibrate(run_or_checkpoint: str | Path, prepared_dir: str | Path, split: Op
     # writing it stops this in one line, and is not overwritten with an older epoch by it)
     run_folder = source.parent if in_place and (source.parent / CONFIG_FILE).is_file() else None
     with claim(run_folder or target, "run folder" if run_folder else "--out"):
-        return _calibrate(source, target, dataset, split, in_place, device, batch, fusion, flip)
+        return _calibrate(source, target, dataset, split, in_place, device, batch, fusion, flip, amp)
 
 
 def _calibrate(source: Path, target: Path, dataset: PreparedDataset, split: Optional[str], in_place: bool,
-               device: str, batch: int, fusion: str, flip: str) -> CalibrateResult:
+               device: str, batch: int, fusion: str, flip: str, amp: str) -> CalibrateResult:
     split = split or default_split(dataset)
     checkpoint = load_checkpoint(source)
     info = CheckpointInfo.of(checkpoint)
@@ -152,7 +152,7 @@ def _calibrate(source: Path, target: Path, dataset: PreparedDataset, split: Opti
     config = info.model_config
     recipes = candidate_recipes(fusion, flip, config.use_pin and config.use_oim)
     data = dataset.split(split)
-    predictions = predict_checkpoint_split(checkpoint, dataset.faces, data.store_rows, data.labels, device, batch,
+    predictions = predict_checkpoint_split(checkpoint, dataset.faces, data.store_rows, data.labels, device, batch, amp,
                                            with_pin=any(r.uses_pin for r in recipes),
                                            mirror=any(r.flip for r in recipes))
     if len(predictions) < 2:

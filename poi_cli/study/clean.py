@@ -176,7 +176,7 @@ def validation_data(model_path: str | Path, dataset: PreparedDataset) -> tuple[S
 
 
 def validation_scores(models: Sequence[str | Path], dataset: PreparedDataset, data: SplitData,
-                      device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+                      device: str = "auto", amp: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """p* (n, C) and w (n,) of the validation images, each scored by one of `models`: one model,
     or the K fold models of a cross-fitted audit, model k scoring a seeded 1/K of the images as
     it scored 1/K of the training images, so that the suggestion's valid accuracy is that of the
@@ -187,29 +187,29 @@ def validation_scores(models: Sequence[str | Path], dataset: PreparedDataset, da
     for k, model in enumerate(models):
         rows = part == k
         part_data = SplitData(data.store_rows[rows], data.labels[rows], data.ids[rows])
-        objective[rows], w[rows] = objective_of(model, dataset, part_data, device)
+        objective[rows], w[rows] = objective_of(model, dataset, part_data, device, amp)
     return objective, w
 
 
 def objective_of(model_path: str | Path, dataset: PreparedDataset, data: SplitData,
-                 device: str) -> tuple[np.ndarray, np.ndarray]:
+                 device: str, amp: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """One model's p* at T = 1 and w on `data`."""
     from poi_cli.study.audit import objective_inference, predict_own_classes, require_objective_inference
 
     checkpoint = load_checkpoint(resolve_checkpoint(model_path))
     require_objective_inference(checkpoint, model_path)
-    predictions = predict_own_classes(checkpoint, dataset, data, device)
+    predictions = predict_own_classes(checkpoint, dataset, data, device, amp=amp)
     return objective_inference(predictions, model_path), predictions.consistency  # the path names the model in an error
 
 
 def auto_fraction(model_path: str | Path, prepared_dir: str | Path, audit_table: pd.DataFrame,
-                  device: str = "auto", fold_models: Optional[Sequence[str | Path]] = None) -> dict:
+                  device: str = "auto", fold_models: Optional[Sequence[str | Path]] = None, amp: str = "auto") -> dict:
     """choose_fraction for an audit of `model_path` (the model the audit used, or the run it is
     of); a cross-fitted audit's suggestions come from `fold_models`, which then score valid."""
     dataset = PreparedDataset(prepared_dir)
     data, name = validation_data(model_path, dataset)
     models = list(fold_models or [model_path])
-    objective, w = validation_scores(models, dataset, data, device)
+    objective, w = validation_scores(models, dataset, data, device, amp)
     chosen = choose_fraction(audit_table["given_label"].to_numpy(np.int64), audit_table["suggested_label"].to_numpy(np.int64),
                              objective, w, data.labels, classes=noise_targets(dataset))
     # out of fold (fold models) the suggestion never saw the label it is compared with
@@ -276,7 +276,7 @@ def _summary(given: np.ndarray, new: np.ndarray, clean: Optional[np.ndarray], se
 def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relabel",
           threshold: Optional[float] = None, fraction: Optional[float] = None,
           labels_file: Optional[str | Path] = None, split: str = "train", device: str = "auto",
-          auto: bool = False) -> CleanResult:
+          auto: bool = False, amp: str = "auto") -> CleanResult:
     """Clean the labels of `split` from an audit.csv, or from a run (audited here first);
     `auto`: relabel the fraction choose_fraction picks on the validation split."""
     # every choice checked before a run is audited (the audit of a whole split comes first)
@@ -296,13 +296,15 @@ def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relab
     else:
         from poi_cli.study.audit import audit
 
-        table = audit(source, prepared_dir, labels_file=labels_file, split=split, device=device).table
-    return clean_audit(table, dataset, split, model_path, str(source), mode, threshold, fraction, auto, device, fold_models)
+        table = audit(source, prepared_dir, labels_file=labels_file, split=split, device=device, amp=amp).table
+    return clean_audit(table, dataset, split, model_path, str(source), mode, threshold, fraction, auto, device, fold_models,
+                       amp)
 
 
 def clean_audit(table: pd.DataFrame, dataset: PreparedDataset, split: str, model_path: str | Path, audit_name: str,
                 mode: str = "relabel", threshold: Optional[float] = None, fraction: Optional[float] = None,
-                auto: bool = False, device: str = "auto", fold_models: Optional[Sequence[str | Path]] = None) -> CleanResult:
+                auto: bool = False, device: str = "auto", fold_models: Optional[Sequence[str | Path]] = None,
+                amp: str = "auto") -> CleanResult:
     """clean_labels for an audit table of `split`, the fraction chosen on valid with `model_path`'s
     model (a cross-fitted audit: its `fold_models`) when `auto`; the label file covers the whole
     split (cover_split)."""
@@ -311,7 +313,7 @@ def clean_audit(table: pd.DataFrame, dataset: PreparedDataset, split: str, model
     unknown = [i for i in table["id"] if i not in ids]
     if unknown:
         raise CleanError(f"{len(unknown)} audited images are not in split {split!r} of {dataset.root} (first: {unknown[0]})")
-    chosen = auto_fraction(model_path, dataset.root, table, device, fold_models) if auto else None
+    chosen = auto_fraction(model_path, dataset.root, table, device, fold_models, amp) if auto else None
     result = clean_labels(table, list(dataset.classes), mode, threshold, chosen["fraction"] if chosen else fraction)
     result.summary.update({"audit": audit_name, "data": str(dataset.root), "split": split})
     if chosen:

@@ -450,12 +450,13 @@ def _markdown(frame: pd.DataFrame, percent: Sequence[str] = ()) -> str:
 # -------------------------------------------------------------------- predictions
 
 
-def predict_run(run: Run, data: str | Path, split: str, device: str = "auto", batch: int = 256) -> tuple[dict, MappedPredictions]:
+def predict_run(run: Run, data: str | Path, split: str, device: str = "auto", batch: int = 256,
+                amp: str = "auto") -> tuple[dict, MappedPredictions]:
     """best.pt (else last.pt) of a run on a prepared split: `poi evaluate`'s result and the predictions behind it."""
     from poi_cli.study.evaluate import EvaluateError, evaluation_of, predict_mapped
 
     try:
-        mapped = predict_mapped(run.path, data, split, device, batch, amp="auto")
+        mapped = predict_mapped(run.path, data, split, device, batch, amp=amp)
     except EvaluateError as error:  # the other errors name their file already
         raise ReportError(f"{run.path}: {error}") from None
     return evaluation_of(mapped), mapped
@@ -572,6 +573,7 @@ def build_report(
     data: Optional[str | Path] = None,
     split: Optional[str] = None,
     device: str = "auto",
+    amp: str = "auto",
 ) -> Report:
     """Collect runs, write report.md, runs.csv, by_noise.csv, strata.csv and the PNGs into out_dir.
     split: of `data`, any name `poi evaluate` takes (PreparedDataset.split_names: fold3 too);
@@ -616,7 +618,7 @@ def build_report(
             files.append(curves)
         if data is not None:
             try:
-                evaluation, mapped = predict_run(run, data, split, device)
+                evaluation, mapped = predict_run(run, data, split, device, amp=amp)
             except (ReportError, ValueError, OSError) as error:  # CheckpointError, StoreError are ValueErrors
                 run.notes.append(f"no predictions: {error}")
                 continue
