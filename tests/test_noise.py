@@ -112,6 +112,17 @@ def test_flips_stay_among_the_classes_the_dataset_labels(tmp_path: Path) -> None
         flip_labels(np.array([6]), 8, 0.1, classes=[0, 7])
 
 
+def test_a_folder_of_two_classes_flips_between_its_two(tmp_path: Path) -> None:
+    """happy/ and sad/ make a 7-class folder; its labels were flipped to the 5 classes it has no
+    image of (--noise 1.0 spread them over all 7)."""
+    store = make_store(tmp_path / "store", images=400, num_classes=7, labelled=[3, 4], dataset="folder")
+    path, summary = write_noisy_labels(store, 0.5, seed=0)
+    table = pd.read_csv(path)
+    assert set(table["label"]) == {3, 4} and summary["never_labelled"] == ["surprise", "fear", "disgust", "anger", "neutral"]
+    flipped = table["label"] != table["clean_label"]
+    assert abs(summary["realised_rate"] - 0.5) < 0.08 and (table.loc[flipped, "label"] == 7 - table.loc[flipped, "clean_label"]).all()
+
+
 def test_train_noise_and_the_audit_that_rebuilds_it_flip_among_the_labelled_classes(tmp_path: Path) -> None:
     """`poi train --noise` flips in memory, and `poi audit` rebuilds those labels from the run's
     config: both keep to the dataset's classes (no neutral on CK+48) and agree label for label."""

@@ -19,6 +19,7 @@ import pandas as pd
 
 from poi_cli.core.atomic import output_file, refuse_input_as_output, refuse_poi_file, write_new_or_same
 from poi_cli.core.errors import PoiError
+from poi_cli.core.schema import STATUS_OK
 
 if TYPE_CHECKING:  # for the type hint only: the functions import data.store where they use it
     from poi_cli.data.store import PreparedDataset
@@ -58,9 +59,14 @@ def flip_labels(labels: np.ndarray, num_classes: int, rate: float, seed: int = 0
 
 def noise_targets(dataset: "PreparedDataset") -> list[int]:
     """The class indices a label of `dataset` may be flipped to: those its dataset labels
-    (PreparedDataset.labelled_classes; all of them for a layout poi has no facts for). One
+    (PreparedDataset.labelled_classes) that label one of its usable faces at least. A folder of
+    happy/ and sad/ has 7 classes (the canonical ones) but flips only between its 2 (it gave
+    faces labels of classes it has no image of, and --noise 1.0 spread them over all 7); on the
+    public datasets every labelled class has faces, so their noise files are unchanged. One
     rule for `poi noise` files, `poi train --noise` and the audit that rebuilds its labels."""
-    return [dataset.classes.index(name) for name in dataset.labelled_classes]
+    manifest = dataset.manifest
+    present = set(manifest.loc[(manifest["status"] == STATUS_OK) & (manifest["label"] >= 0), "label"].astype(int))
+    return [index for index in (dataset.classes.index(name) for name in dataset.labelled_classes) if index in present]
 
 
 # ------------------------------------------------------------------ `poi noise` label files
