@@ -175,6 +175,12 @@ def test_bad_input_is_one_line_error(tmp_path):
     data = make_prepared(tmp_path / "data", splits={"train": 1})
     result = runner.invoke(app, ["train", str(data), "--noise", "0.2", "--labels", "x.csv"])
     assert result.exit_code == 1 and "exclude each other" in result.output
+    for option, value in (("--lr", "1e39"), ("--temperature", "inf"), ("--teacher-weight", "1e308"),
+                          ("--warmup-epochs", "inf"), ("--uem-temperature", "inf")):
+        result = runner.invoke(app, ["train", str(data), option, value, "--project", str(tmp_path / "r")])
+        assert result.exit_code == 1 and f"{option} must be a finite number (float32)" in result.output, result.output
+    same = runner.invoke(app, ["train", str(data), "--val-split", "train", "--project", str(tmp_path / "r")])
+    assert same.exit_code == 1 and "is the split it trains on" in same.output  # chose best.pt on its training images
     for ablation in ("--no-prior", "--no-oim", "--no-uem"):  # trained a plain baseline, the ablation silently dropped
         result = runner.invoke(app, ["train", str(data), "--baseline", ablation, "--project", str(tmp_path / "r")])
         assert result.exit_code == 1 and "--baseline trains no PIN" in result.output, (ablation, result.output)
@@ -607,3 +613,13 @@ def test_resume_names_the_options_it_ignores(tmp_path, monkeypatch):
     assert "ignored: --no-uem, --epochs 5 (the run's: 1) (a new run" in changed.stderr, changed.stderr
     same = runner.invoke(app, ["train", str(data), "--resume", str(run), "--threads", "1"])  # the run's own data
     assert "ignored" not in same.stderr
+
+
+def test_options_that_cannot_take_effect_within_the_epochs_are_said():
+    from poi_cli.train.engine import idle_options
+
+    assert idle_options(TrainConfig(epochs=1, warmup_epochs=2, lr=0.1))[0].startswith(
+        "--warmup-epochs 2 is longer than the 1 epochs: the run never reaches --lr 0.1")
+    assert "the PIN never teaches the TRN" in idle_options(TrainConfig(epochs=3, distill_warmup=3))[0]
+    assert idle_options(TrainConfig(epochs=3, distill_warmup=3, use_pin=False)) == []
+    assert idle_options(TrainConfig(epochs=10, warmup_epochs=1, distill_warmup=2)) == []

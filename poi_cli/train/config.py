@@ -64,6 +64,9 @@ def option(default: Any, section: str, help: str, *flags: str, invert: bool = Fa
     return field(default=default, metadata=metadata)
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max, without importing numpy here
+
+
 @dataclass
 class TrainConfig:
     """The options of one training run (all of `poi train`), as plain values."""
@@ -206,6 +209,9 @@ class TrainConfig:
             (0.0 <= self.rotate <= 45.0, f"--rotate must lie in [0, 45] degrees, got {self.rotate}"),
             (0.0 <= self.val_fraction < 1.0, f"--val-fraction must lie in [0, 1), got {self.val_fraction}"),
             (self.val_split != "test", "--val-split test: models are never selected on the test split (use valid/val or --val-fraction)"),
+            (self.val_split != self.train_split,
+             f"--val-split {self.val_split} is the split it trains on (--train-split): best.pt and T_cal would be chosen "
+             "on the training images; use another split or --val-fraction"),
             (self.distill_warmup >= 0, f"--distill-warmup must be >= 0, got {self.distill_warmup}"),
             (self.teacher_weight >= 0, f"--teacher-weight must be >= 0, got {self.teacher_weight}"),
             (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
@@ -216,6 +222,13 @@ class TrainConfig:
             (0.0 < self.lr_gamma <= 1.0, f"--lr-gamma must lie in (0, 1], got {self.lr_gamma}"),
             (0.0 <= self.momentum < 1.0, f"--momentum must lie in [0, 1), got {self.momentum}"),  # nan fails too
             (math.isfinite(self.lr), f"--lr must be finite, got {self.lr}"),
+            # what torch computes in float32 must be a float32 (--lr 1e39 stopped SGD with a traceback; an
+            # infinite --temperature or --teacher-weight diverged with advice to lower --lr, --warmup-epochs inf
+            # trained at lr 0, --uem-temperature inf turned the UEM off)
+            *((math.isfinite(getattr(self, name)) and abs(getattr(self, name)) <= FLOAT32_MAX,
+               f"--{name.replace('_', '-')} must be a finite number (float32), got {getattr(self, name)}")
+              for name in ("lr", "temperature", "uem_temperature", "teacher_weight", "warmup_epochs", "lambda_au",
+                           "lambda_ce_au", "lambda_ce_tar", "weight_decay")),
             *((getattr(self, name) >= 0 and math.isfinite(getattr(self, name)),
                f"--{name.replace('_', '-')} must be a finite weight >= 0, got {getattr(self, name)}")
               for name in ("lambda_au", "lambda_ce_au", "lambda_ce_tar", "weight_decay")),

@@ -313,6 +313,8 @@ class Trainer:
             self.log(f"teacher: {c.teacher} (its objective inference teaches the TRN, weight T^2 x {c.teacher_weight})")
         if self.start_epoch:
             self.log(f"resuming at epoch {self.start_epoch + 1}/{c.epochs}")
+        for line in idle_options(c):
+            self.log(f"note: {line}")
 
     def train_epoch(self, epoch: int, loader: BatchLoader, augment: Optional[BatchAugment]) -> tuple[dict, float]:
         """One pass over the training split; returns the results row (without validation) and the seconds."""
@@ -457,6 +459,19 @@ def _summary(row: dict, epochs: int, best: bool) -> str:
         parts.append(f"val_acc {row['val_acc']:.4f}" + (f" ({', '.join(members)})" if members else "") + (" *best" if best else ""))
     parts += [f"lr {row['lr']:.3g}", f"{row['epoch_time_s']:.1f} s", f"{row['images_per_s']:,.0f} img/s"]
     return "  ".join(parts)
+
+
+def idle_options(config: TrainConfig) -> list[str]:
+    """Options that cannot take effect within the run's epochs (said, not refused: a run may be
+    the first part of a longer recipe)."""
+    notes = []
+    if config.warmup_epochs > config.epochs:
+        notes.append(f"--warmup-epochs {config.warmup_epochs:g} is longer than the {config.epochs} epochs: the run "
+                     f"never reaches --lr {config.lr:g}")
+    if config.use_pin and config.distill_warmup >= config.epochs:
+        notes.append(f"--distill-warmup {config.distill_warmup} covers all {config.epochs} epochs: the PIN never "
+                     "teaches the TRN (Eq. 11 stays out of the loss)")
+    return notes
 
 
 def train(config: TrainConfig, console: Optional[Console] = None, callbacks: Iterable[Callback] = ()) -> Path:
