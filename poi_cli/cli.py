@@ -341,7 +341,7 @@ def _ignored_by_resume(config: Any) -> list[str]:
     cannot be told from ones not given, and name nothing."""
     try:
         saved = _train_config.TrainConfig.from_dict(json.loads((Path(config.resume) / CONFIG_FILE).read_text()))
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, AttributeError):
         return []  # no readable config.json: resume itself says so
     defaults, ignored = _train_config.TrainConfig(), []
     for f in _config_cli_fields():

@@ -534,6 +534,7 @@ def calibrate_summary(result: "CalibrateResult") -> list[Line]:
     return [
         Line(f"recipe: {c.recipe.describe()} ({why})", soft_wrap=True),
         Line(f"T_cal = {c.temperature:.4f} fitted on {c.n_images} images of split {c.split} (was {before}); "
-             f"NLL {c.nll_before:.4f} -> {c.nll_after:.4f}", soft_wrap=True),
+             f"NLL {abs(c.nll_before):.4f} -> {abs(c.nll_after):.4f}", soft_wrap=True),
+        *([Line(f"warning: {c.caveat}", soft_wrap=True)] if c.caveat else []),
         Line(f"wrote {result.written}", soft_wrap=True),
     ]

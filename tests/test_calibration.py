@@ -288,3 +288,27 @@ def test_the_calibration_families_study_recovers_a_known_temperature_and_class_b
     assert np.allclose(fitted - fitted.mean(), bias - bias.mean(), atol=0.06)
     temperatures, _ = study.fit_scaling(logits, labels, per_class_temperature=True)
     assert temperatures.shape == (4,) and np.allclose(temperatures, 2.0, rtol=0.1)
+
+
+def test_a_calibration_says_when_it_cannot_be_trusted():
+    """T_cal fitted on 2 images of one class (confidence 1.0 on faces the model then got wrong),
+    on images all answered right with certainty (T undetermined: NLL 0 at any T), or clipped at
+    T_RANGE's edge (NLL 5.64, worse than guessing among 8) was stored and printed as fine."""
+    from types import SimpleNamespace
+
+    from poi_cli import render
+
+    sound = cal.Calibration(temperature=1.3, split="valid", n_images=3191, nll_before=0.5, nll_after=0.4)
+    assert sound.caveat is None
+    few = cal.Calibration(temperature=0.07, split="val", n_images=2, nll_before=0.3, nll_after=0.01)
+    assert few.caveat.startswith("T_cal fitted on 2 images, fewer than 100")
+    certain = cal.Calibration(temperature=1.0, split="val", n_images=500, nll_before=0.0, nll_after=0.0)
+    assert "leaves T_cal undetermined" in certain.caveat
+    clipped = cal.Calibration(temperature=cal.T_RANGE[1], split="val", n_images=500, nll_before=24.2, nll_after=5.64)
+    assert "clipped at the edge of its range 0.05..20" in clipped.caveat
+    # the logits of a model that is right and certain on every image: the fit cannot move the NLL
+    logits = np.array([[60.0, 0.0], [0.0, 60.0], [60.0, 0.0]])
+    assert "undetermined" in cal.calibration_of(logits, np.array([0, 1, 0]), "val").caveat
+    lines = [line.text for line in render.calibrate_summary(SimpleNamespace(
+        calibration=few, previous=None, written="x.pt", candidates=[few]))]
+    assert lines[-2] == f"warning: {few.caveat}" and lines[-1] == "wrote x.pt"

@@ -383,13 +383,15 @@ def evaluation_notes(mapped: MappedPredictions, calibration: Optional[dict]) -> 
     notes = [mapped.mapping_note] if mapped.mapping_note else []
     if mapped.stored_calibration is None:
         notes.append(UNCALIBRATED_NOTE)
+    elif mapped.stored_calibration.caveat:  # fitted on a handful of images, or clipped: confidence means little
+        notes.append(f"the checkpoint's calibration: {mapped.stored_calibration.caveat}")
     if predictions.consistency is None:
         notes.append("baseline model (no PIN): no consistency w (consistency strata, quantiles and score are null) "
                      "and no PIN accuracies")
     elif predictions.gate_weights is None:
         notes.append("model trained without OIM: no intermediate prediction p~*")
     if calibration is None:
-        notes.append("fewer than 2 images: no calibration study")
+        notes.append("fewer than 4 images: no calibration study (it fits T_cal on one half, measures on the other)")
     manifest = mapped.dataset.manifest
     if not stored_digests(manifest[manifest["status"] == STATUS_OK]).all():
         notes.append(f"prepared before poi wrote {DIGEST_COLUMN}: twins found by hashing faces.npy; a folder that old "
@@ -400,12 +402,12 @@ def evaluation_notes(mapped: MappedPredictions, calibration: Optional[dict]) -> 
 def calibration_block(logits: np.ndarray, targets: np.ndarray, consistency: Optional[np.ndarray],
                       seed: int = CALIBRATION_SEED) -> Optional[dict]:
     """calibration_study on the evaluated images (logits: the recipe's log p, and targets, in the shared classes), with the
-    reliability bins and risk-coverage curves of its measured half; None for fewer than 2 images.
+    reliability bins and risk-coverage curves of its measured half; None for fewer than 4 images.
 
     Scores: max_softmax, confidence (T_cal fitted on the study's fitting half) and consistency
     (None for a baseline model).
     """
-    if len(targets) < 2:
+    if len(targets) < 4:  # two images in each half at least: a T fitted on one image is no study
         return None
     study = calibration_study(logits, targets, consistency, seed)
     study["scores"].setdefault("consistency", None)

@@ -43,7 +43,7 @@ from poi_cli.core.runtime import autocast, init_distributed, use_bf16
 from poi_cli.data.loader import BatchLoader
 from poi_cli.data.preprocess import to_model_input
 from poi_cli.data.store import PreparedDataset, SplitData
-from poi_cli.model.calibration import Calibration, calibration_of
+from poi_cli.model.calibration import CALIBRATION_MIN_IMAGES, Calibration, calibration_of
 from poi_cli.model.checkpoint import build_checkpoint
 from poi_cli.model.losses import LossConfig, total_loss
 from poi_cli.model.network import ModelConfig, POIModel, POIOutput, uncertainty_beta
@@ -315,6 +315,9 @@ class Trainer:
             self.log(f"resuming at epoch {self.start_epoch + 1}/{c.epochs}")
         for line in idle_options(c):
             self.log(f"note: {line}")
+        if self.val_data is not None and 0 < r["n_val"] < CALIBRATION_MIN_IMAGES:
+            self.log(f"note: the T_cal each epoch fits on its {r['n_val']} validation images is unreliable (fewer than "
+                     f"{CALIBRATION_MIN_IMAGES}): `poi calibrate` the run on a larger split")
 
     def train_epoch(self, epoch: int, loader: BatchLoader, augment: Optional[BatchAugment]) -> tuple[dict, float]:
         """One pass over the training split; returns the results row (without validation) and the seconds."""
