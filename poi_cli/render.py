@@ -470,6 +470,8 @@ def clean_summary(summary: dict, relabel: bool, files: Sequence[Any], prepared_d
 
             lines.append(Line(f"warning: it agrees with far more of its training labels than it gets right on "
                               f"{auto['valid_split']}: {FITTED_ADVICE}", soft_wrap=True))
+        if auto.get("valid_caveat"):
+            lines.append(Line(f"warning: {auto['valid_caveat']}", soft_wrap=True))
     lines.append(Line(f"{s['n_selected']} of {s['n_images']} images selected, {s['n_changed']} {action}"
                       + (f"; {s['n_not_audited']} images of the split not audited stay out of training (label -1)"
                          if s.get("n_not_audited") else "")))

@@ -178,6 +178,28 @@ def test_noise_rate_estimate_inverts_the_agreement_of_a_suggestion():
     assert estimate_noise_rate(0.0, 1.0, 5) == 0.95  # clipped
 
 
+def test_auto_says_when_its_validation_split_cannot_support_the_estimate(tmp_path):
+    """A model answering happiness to everything was 100 % right on a validation split of two happy
+    faces, and --auto relabelled half of training to happiness (noise 35 % -> 50 %), silently."""
+    from poi_cli.study.clean import valid_caveat
+
+    dataset = PreparedDataset(make_prepared(tmp_path / "data", splits=SPLITS))
+    train = np.array([3, 4] * 100)
+    one_class = valid_caveat(np.array([3, 3]), train, dataset, "val")
+    assert one_class.startswith("val has no image of 1 class the training labels use (sadness)")
+    few = valid_caveat(np.array([3, 4] * 10), train, dataset, "val")
+    assert few.startswith("val has 20 images, fewer than 100")
+    assert valid_caveat(np.array([3, 4] * 60), train, dataset, "val") is None
+    from poi_cli import render
+
+    auto = {"estimated_noise_rate": 0.5, "suggestion_accuracy_valid": 1.0, "valid_split": "val",
+            "suggestion_agreement_train": 0.5, "fraction": 0.5, "valid_noise_after": 0.0, "valid_noise_before": 0.5,
+            "valid_caveat": one_class}
+    summary = {"n_selected": 100, "n_images": 200, "n_changed": 100, "changed_wrong_before": 50,
+               "changed_right_after": 50, "noise_rate_before": 0.35, "noise_rate_after": 0.5, "auto": auto}
+    assert f"warning: {one_class}" in [line.text for line in render.clean_summary(summary, True, ["l.csv"], "data")]
+
+
 def test_noise_after_relabelling_the_k_most_suspect():
     given, clean = np.array([0, 1, 2, 0]), np.array([1, 1, 2, 0])
     suggested, suspicion = np.array([1, 1, 0, 2]), np.array([0.9, 0.8, 0.7, 0.1])

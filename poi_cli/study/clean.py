@@ -35,6 +35,7 @@ from poi_cli.model.checkpoint import (BEST, CONFIG_FILE, HELDOUT_FILE, LAST, loa
                                       resolve_checkpoint)
 
 AUTO_SEED = 0  # seed of the simulated flips on the validation split
+AUTO_MIN_VALID = 100  # --auto's estimate from fewer validation images is said to be rough (valid_caveat)
 MAX_NOISE_RATE = 0.95
 
 # An in-sample suggestion that agrees with the training labels this much more often than it is
@@ -215,7 +216,24 @@ def auto_fraction(model_path: str | Path, prepared_dir: str | Path, audit_table:
     # out of fold (fold models) the suggestion never saw the label it is compared with
     fitted = len(models) == 1 and fitted_training_labels(chosen["suggestion_agreement_train"],
                                                           chosen["suggestion_accuracy_valid"])
-    return {**chosen, "valid_split": name, "valid_scored_by": len(models), "fitted_training_labels": fitted}
+    return {**chosen, "valid_split": name, "valid_scored_by": len(models), "fitted_training_labels": fitted,
+            "valid_caveat": valid_caveat(data.labels, audit_table["given_label"].to_numpy(np.int64), dataset, name)}
+
+
+def valid_caveat(valid_labels: np.ndarray, train_labels: np.ndarray, dataset: PreparedDataset, name: str) -> Optional[str]:
+    """Why --auto's estimate from the validation split should not be trusted, or None: too few
+    images (one image's answer moves the rate by 1/n), or classes the training labels use that
+    validation lacks (a model answering one class to everything looked 100 % right on a one-class
+    split, and --auto relabelled half of training to that class)."""
+    missing = sorted(set(train_labels.tolist()) - set(valid_labels.tolist()))
+    if missing:
+        names = ", ".join(dataset.classes[c] for c in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        return (f"{name} has no image of {len(missing)} class{'es' * (len(missing) > 1)} the training labels use "
+                f"({names}): the estimate says nothing about them; check the result, or choose --fraction yourself")
+    if len(valid_labels) < AUTO_MIN_VALID:
+        return (f"{name} has {len(valid_labels)} images, fewer than {AUTO_MIN_VALID}: the estimated rate is rough; "
+                "check the result, or choose --fraction yourself")
+    return None
 
 
 def clean_labels(audit_table: pd.DataFrame, classes: list[str], mode: str = "relabel",
