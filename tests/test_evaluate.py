@@ -318,3 +318,9 @@ def test_evaluate_reports_the_stored_recipe(tmp_path):
         assert report["per_class"]["surprise"] == {"n": 1, "recall": 1.0}
         assert [row["n"] for row in report["regions_agree"]] == [0, 0, 0, 28, 0]  # 3 of 4 regions see surprise
         assert report["pin_agreement"]["same"] == {"n": 28, "accuracy": pytest.approx(1 / 28)}
+
+
+def test_the_confusion_picture_draws_a_class_with_no_image_as_a_dash():
+    from poi_cli.study.evaluate import confusion_cell
+
+    assert confusion_cell(0.0, 0) == "-" and confusion_cell(0.0, 5) == "0.0" and confusion_cell(62.5, 8) == "62.5"

@@ -520,6 +520,12 @@ def plot_risk_coverage(calibration: dict, path: Path) -> Path:
     return save_figure(figure, path, dpi=120)
 
 
+def confusion_cell(percent: float, row_total: int) -> str:
+    """A cell of the confusion picture: the row's percentage, "-" where the true class has no image
+    (it drew 0.0, which read as 0 % recall)."""
+    return "-" if row_total == 0 else f"{percent:.1f}"
+
+
 def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, title: str = "") -> None:
     """Row-normalised confusion matrix in percent (like the paper's Fig. 11)."""
     plt = _pyplot()
@@ -528,11 +534,11 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path, title:
     figure, axes = plt.subplots(figsize=(1.0 + 0.8 * len(classes), 0.8 + 0.7 * len(classes)))
     axes.imshow(percent, cmap="Blues", vmin=0, vmax=100)
     for i in range(len(classes)):
-        for j in range(len(classes)):
-            axes.text(j, i, f"{percent[i, j]:.1f}", ha="center", va="center", fontsize=8,
+        for j in range(len(classes)):  # a class with no image has no row to read: "-", as the table says
+            axes.text(j, i, confusion_cell(percent[i, j], totals[i, 0]), ha="center", va="center", fontsize=8,
                       color="white" if percent[i, j] > 50 else "black")
     axes.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    axes.set_yticks(range(len(classes)), classes)
+    axes.set_yticks(range(len(classes)), [f"{name} (n={int(n)})" for name, n in zip(classes, totals[:, 0])])
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     axes.set_title(title, fontsize=9)
