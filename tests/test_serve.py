@@ -416,9 +416,9 @@ def test_batcher_keeps_no_image_after_its_batch():
 
 
 def test_port_and_address_errors_are_one_line(monkeypatch):
-    with pytest.raises(ServeError, match=r"^port 99999 is not a TCP port \(1-65535\)$"):
+    with pytest.raises(ServeError, match=r"^--port 99999 is not a TCP port \(1-65535\)$"):
         serve(None, port=99999)
-    with pytest.raises(ServeError, match=r"^port 0 is not a TCP port"):
+    with pytest.raises(ServeError, match=r"^--port 0 is not a TCP port"):
         serve(None, port=0)
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -449,8 +449,10 @@ def test_uvicorn_settings_and_limit_checks():
         ServeLimits(body_timeout_s=0)
     with pytest.raises(ServeError, match="keep_alive_s must be positive and finite"):
         ServeLimits(keep_alive_s=float("nan"))
-    with pytest.raises(ServeError, match="must be at least 1 s, got 1e-12"):  # every upload would be a 408
-        ServeLimits(body_timeout_s=1e-12)
+    with pytest.raises(ServeError, match="^--body-timeout must be at least 1 s, got 1e-12$"):  # every upload: a 408
+        ServeLimits(body_timeout_s=1e-12)  # it named "the header timeout", no option of the CLI, beside it
+    with pytest.raises(ServeError, match="^serve limit header_timeout_s must be at least 1 s, got 0.5$"):
+        ServeLimits(header_timeout_s=0.5)
 
 
 @pytest.mark.parametrize("option, value, message", [

@@ -107,9 +107,10 @@ class ServeLimits:
         if self.max_pixels > faces.MAX_PIXELS:
             raise ServeError(f"--max-megapixels is at most {faces.MAX_PIXELS / 1e6:.0f} (the image loader's own limit), "
                              f"got {self.max_pixels / 1e6:g}")
-        if self.body_timeout_s < 1 or self.header_timeout_s < 1:  # shorter: no request could arrive in time
-            raise ServeError(f"--body-timeout and the header timeout must be at least 1 s, got "
-                             f"{self.body_timeout_s:g} and {self.header_timeout_s:g}")
+        if self.body_timeout_s < 1:  # shorter: no request could arrive in time
+            raise ServeError(f"--body-timeout must be at least 1 s, got {self.body_timeout_s:g}")
+        if self.header_timeout_s < 1:  # the library's own limit (no CLI option)
+            raise ServeError(f"serve limit header_timeout_s must be at least 1 s, got {self.header_timeout_s:g}")
         if self.decode_side < 2 * faces.MIN_SIDE:
             raise ServeError(f"serve limit decode_side must be at least {2 * faces.MIN_SIDE}, got {self.decode_side}")
 
@@ -731,7 +732,7 @@ def exposure_warning(host: str) -> Optional[str]:
 def listen_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to host:port, or ServeError with one line (checked before uvicorn starts)."""
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ServeError(f"port {port} is not a TCP port (1-65535)")
+        raise ServeError(f"--port {port} is not a TCP port (1-65535)")
     where = f"{host}:{port}"
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
