@@ -311,8 +311,11 @@ def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, o
     if Path(config.data).resolve() != dataset.root.resolve():
         raise AuditError(f"{run_dir} was trained on {config.data}, not {dataset.root}: cross-fitting repeats its training")
     data, label_source = audited_labels(dataset, config.train_split, config.to_dict(), True)
+    if len(data.labels) < 2:
+        raise AuditError(f"--cross-fit needs 2 training images at least (one per fold); {config.train_split} has "
+                         f"{len(data.labels)}")
     if folds < 2 or folds > len(data.labels):
-        raise AuditError(f"--cross-fit needs 2 to {len(data.labels)} folds, got {folds}")
+        raise AuditError(f"--cross-fit needs 2 to {len(data.labels)} folds (at most one per training image), got {folds}")
     fold_of = stratified_folds(data.labels, folds, CROSS_FIT_SEED)
     check_same_cross_fit(out, {"run": str(run_dir.resolve()), "folds": folds, "seed": CROSS_FIT_SEED,
                                "labels": labels_digest(data.ids, data.labels)})
