@@ -76,16 +76,16 @@ class TrainConfig:
 
     # model (POI_SPEC sections 2 and 5)
     arch: str = option("resnet18", MODEL, "Backbone: resnet18, resnet34, resnet50, or resnet10 (one block per stage; the bundled model).")
-    input_size: int = option(224, MODEL, "Input side in pixels (faces are resized on the device when the store differs).", "--size")
-    l_sub: Optional[int] = option(None, MODEL, "Subregion side on the feature map (default round(9 L / 14)).")
+    input_size: int = option(224, MODEL, "Input side in pixels, a multiple of 16 from 64 to 448 (faces are resized on the device when the store differs).", "--size")
+    l_sub: Optional[int] = option(None, MODEL, "Subregion side on the feature map, whose side L is --size / 16 (default round(9 L / 14)).")
     temperature: float = option(3.0, MODEL, "Temperature T of Eq. 6 and 11.", "--temperature", "-T")
     uem_temperature: float = option(1.0, MODEL, "Temperature of the region distributions in the UEM's w (Eq. 10).")
     uem_scale: str = option("unit", MODEL, "unit: w = 1 - N/(N-1) sum var, in [0, 1] (the spec); paper: w = 1 - sum var "
                                            "(the first reading, with --uem-temperature 3).")
-    use_pin: bool = option(True, MODEL, "Train the baseline: TRN with cross-entropy only (no PIN).", "--baseline", invert=True)
+    use_pin: bool = option(True, MODEL, "Train the baseline: TRN with cross-entropy only (no PIN; not with --no-prior, --no-oim or --no-uem).", "--baseline", invert=True)
     prior_supervision: bool = option(True, MODEL, "Ablation: no AU nets / AU loss (no PB).", "--no-prior", invert=True)
     use_oim: bool = option(True, MODEL, "Ablation: no gate, no intermediate prediction (w/o inpre).", "--no-oim", invert=True)
-    pretrained: Optional[str] = option(None, MODEL, "Backbone weights file (torchvision or resnet18_msceleb layout).", path=True)
+    pretrained: Optional[str] = option(None, MODEL, "Backbone weights file (torchvision or resnet18_msceleb layout; not with --fine-tune).", path=True)
     fine_tune: Optional[str] = option(None, MODEL, "Start from a poi checkpoint or run folder (classes mapped by name).", path=True)
 
     # losses (Eq. 12)
@@ -120,9 +120,9 @@ class TrainConfig:
     flip: bool = option(True, AUGMENTATION, "Random horizontal flips (with --augment).", cli=False)
     translate: float = option(0.1, AUGMENTATION, "Max random shift, fraction of the side.")
     color_jitter: float = option(0.4, AUGMENTATION, "Brightness/contrast/saturation range (off for grayscale data).")
-    gray_mix: float = option(0.0, AUGMENTATION, "Share of colour faces shown in grey (a colour model that also reads grey faces).")
-    blur: float = option(0.0, AUGMENTATION, "Share of faces blurred (Gaussian, sigma 0.5-1.5 px at 96 px).")
-    jpeg: float = option(0.0, AUGMENTATION, "Share of faces re-encoded as JPEG (quality 30-90).")
+    gray_mix: float = option(0.0, AUGMENTATION, "Share of colour faces shown in grey, in [0, 1] (a colour model that also reads grey faces).")
+    blur: float = option(0.0, AUGMENTATION, "Share of faces blurred, in [0, 1] (Gaussian, sigma 0.5-1.5 px at 96 px).")
+    jpeg: float = option(0.0, AUGMENTATION, "Share of faces re-encoded as JPEG, in [0, 1] (quality 30-90).")
     scale_jitter: float = option(0.0, AUGMENTATION, "Max random zoom in or out, fraction of the size (0.1: 0.9-1.1).")
     rotate: float = option(0.0, AUGMENTATION, "Max random rotation in degrees.")
 
@@ -130,8 +130,8 @@ class TrainConfig:
     train_split: str = option("train", DATA, "Split to train on.")
     val_split: Optional[str] = option(None, DATA, "Split for model selection (default valid, else val; 'none' for none; never test).")
     val_fraction: float = option(0.1, DATA, "Without a valid/val split: hold out this stratified fraction of train.")
-    labels: Optional[str] = option(None, DATA, "Label file for the training split (from `poi noise`).", path=True)
-    noise: float = option(0.0, DATA, "Flip this fraction of the training labels on the fly (recorded).")
+    labels: Optional[str] = option(None, DATA, "Label file for the training split (from `poi noise`; not with --noise or --soft-labels).", path=True)
+    noise: float = option(0.0, DATA, "Flip this fraction of the training labels on the fly, in [0, 1] (recorded; not with --labels or --soft-labels).")
     noise_seed: int = option(0, DATA, "Seed of --noise.")
     rounds: int = option(1, DATA, "Training rounds: after each, audit the run's own training labels, relabel the "
                                   "suspects to the PIN's suggestion (poi clean) and train again on them (from scratch, "
