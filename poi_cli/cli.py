@@ -78,6 +78,10 @@ def run(prog_name: str = "poi") -> None:
         # what stdout still holds goes nowhere, so that the exit does not fail on it again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         _exit_with(f"stopped: {one_line(error)}")
+    except UnicodeEncodeError as error:  # PYTHONIOENCODING=ascii, a C locale: a name it cannot print
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _exit_with(f"stopped: the output's encoding ({error.encoding}) cannot show {error.object[error.start:error.end]!a}: "
+                   "set PYTHONIOENCODING=utf-8 (or a UTF-8 locale)")
 
 
 def _interrupt(signum: int, frame: Any) -> None:

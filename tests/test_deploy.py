@@ -474,6 +474,17 @@ def test_file_names_with_brackets_are_printed_as_they_are(tmp_path):
     assert done.returncode == 0 and f"wrote {out}" in done.stdout.replace("\n", ""), done.stdout
 
 
+def test_an_output_encoding_that_cannot_show_a_name_is_one_line(tmp_path):
+    """PYTHONIOENCODING=ascii (or a C locale) and a photo named é.jpg: a UnicodeEncodeError traceback."""
+    import shutil
+
+    photo = tmp_path / "\u00e9.jpg"
+    shutil.copyfile(ASTRONAUT, photo)
+    done = poi_without_torch("predict", str(photo), env={"PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: stopped: the output's encoding (ascii) cannot show")
+
+
 def test_a_write_protected_csv_is_refused_before_the_work(tmp_path):
     out = tmp_path / "out.csv"
     assert poi_without_torch("predict", str(ASTRONAUT), "--csv", str(out)).returncode == 0
