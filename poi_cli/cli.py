@@ -693,7 +693,7 @@ def clean(
                                                     "flipped at the noise rate the audit implies, the fraction that leaves "
                                                     "the fewest wrong (docs/audit.md; not with --drop)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="With a run: the label file to audit (default: the labels it trained on)."),
-    split: str = typer.Option("train", help="The split the audit covers."),
+    split: Optional[str] = typer.Option(None, help="The split the audit covers (default: an audit.csv's own, from its summary; else train)."),
     device: str = typer.Option("auto", help="With a run: auto, cpu, cuda or mps."),
     amp: str = amp_option(),
     threads: Optional[int] = threads_option(),

@@ -200,6 +200,26 @@ def test_auto_says_when_its_validation_split_cannot_support_the_estimate(tmp_pat
     assert f"warning: {one_class}" in [line.text for line in render.clean_summary(summary, True, ["l.csv"], "data")]
 
 
+def test_an_audit_of_valid_is_cleaned_as_valid_and_auto_refuses_to_estimate_on_the_split_it_cleans(tmp_path):
+    """An audit of --split val was cleaned as train ("8 audited images are not in split 'train'"),
+    and --auto --split val estimated the noise on the very images it cleaned (0 by construction)."""
+    prepared = make_prepared(tmp_path / "data", splits=SPLITS)
+    valid = PreparedDataset(prepared).split("valid")
+    table = pd.DataFrame({"rank": np.arange(1, len(valid.ids) + 1), "id": valid.ids, "given_label": valid.labels,
+                          "suggested_label": valid.labels, "suspicion": 0.1})
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    table.to_csv(audit / "audit.csv", index=False)
+    (audit / "audit_summary.json").write_text(json.dumps({"split": "valid", "checkpoint": str(tmp_path / "run")}))
+    result = runner.invoke(app, ["clean", str(audit), str(prepared), "--out", str(tmp_path / "l.csv"), "--threshold", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "l.json").read_text())["split"] == "valid"
+    from poi_cli.study.clean import CleanError, auto_fraction
+
+    with pytest.raises(CleanError, match="the split being cleaned: that is circular"):
+        auto_fraction(tmp_path / "run", prepared, table, cleaned_split="valid")
+
+
 def test_noise_after_relabelling_the_k_most_suspect():
     given, clean = np.array([0, 1, 2, 0]), np.array([1, 1, 2, 0])
     suggested, suspicion = np.array([1, 1, 0, 2]), np.array([0.9, 0.8, 0.7, 0.1])

@@ -204,11 +204,17 @@ def objective_of(model_path: str | Path, dataset: PreparedDataset, data: SplitDa
 
 
 def auto_fraction(model_path: str | Path, prepared_dir: str | Path, audit_table: pd.DataFrame,
-                  device: str = "auto", fold_models: Optional[Sequence[str | Path]] = None, amp: str = "auto") -> dict:
+                  device: str = "auto", fold_models: Optional[Sequence[str | Path]] = None, amp: str = "auto",
+                  cleaned_split: Optional[str] = None) -> dict:
     """choose_fraction for an audit of `model_path` (the model the audit used, or the run it is
-    of); a cross-fitted audit's suggestions come from `fold_models`, which then score valid."""
+    of); a cross-fitted audit's suggestions come from `fold_models`, which then score valid.
+    cleaned_split: the split whose labels are cleaned, which cannot be the one the noise rate is
+    estimated on (the estimate would be circular: 0 by construction)."""
     dataset = PreparedDataset(prepared_dir)
     data, name = validation_data(model_path, dataset)
+    if cleaned_split is not None and name == cleaned_split:
+        raise CleanError(f"--auto estimates the noise rate on {name}, the split being cleaned: that is circular; "
+                         "clean the training split, or choose --threshold or --fraction yourself")
     models = list(fold_models or [model_path])
     objective, w = validation_scores(models, dataset, data, device, amp)
     chosen = choose_fraction(audit_table["given_label"].to_numpy(np.int64), audit_table["suggested_label"].to_numpy(np.int64),
@@ -293,10 +299,11 @@ def _summary(given: np.ndarray, new: np.ndarray, clean: Optional[np.ndarray], se
 
 def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relabel",
           threshold: Optional[float] = None, fraction: Optional[float] = None,
-          labels_file: Optional[str | Path] = None, split: str = "train", device: str = "auto",
+          labels_file: Optional[str | Path] = None, split: Optional[str] = None, device: str = "auto",
           auto: bool = False, amp: str = "auto") -> CleanResult:
     """Clean the labels of `split` from an audit.csv, or from a run (audited here first);
-    `auto`: relabel the fraction choose_fraction picks on the validation split."""
+    `auto`: relabel the fraction choose_fraction picks on the validation split. split None:
+    the split the audit covers (its summary's), else train."""
     # every choice checked before a run is audited (the audit of a whole split comes first)
     check_selection(threshold, fraction)
     if auto and (mode != "relabel" or threshold is not None or fraction is not None):
@@ -307,7 +314,9 @@ def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relab
     source = audit_source(audit_or_run)
     model_path: str | Path = source
     fold_models = None
-    if source.is_file() and source.suffix.lower() == ".csv":
+    is_audit = source.is_file() and source.suffix.lower() == ".csv"
+    split = split or (audited_split(source) if is_audit else None) or "train"
+    if is_audit:
         table = read_audit_csv(source)
         if auto:
             model_path, fold_models = _audited_models(source)
@@ -331,7 +340,7 @@ def clean_audit(table: pd.DataFrame, dataset: PreparedDataset, split: str, model
     unknown = [i for i in table["id"] if i not in ids]
     if unknown:
         raise CleanError(f"{len(unknown)} audited images are not in split {split!r} of {dataset.root} (first: {unknown[0]})")
-    chosen = auto_fraction(model_path, dataset.root, table, device, fold_models, amp) if auto else None
+    chosen = auto_fraction(model_path, dataset.root, table, device, fold_models, amp, split) if auto else None
     result = clean_labels(table, list(dataset.classes), mode, threshold, chosen["fraction"] if chosen else fraction)
     result.summary.update({"audit": audit_name, "data": str(dataset.root), "split": split})
     if chosen:
@@ -401,6 +410,15 @@ def clean_inputs(audit_or_run: str | Path) -> list[Path]:
     except (OSError, ValueError, AttributeError):
         return inputs
     return [*inputs, run, *([Path(trained_on)] if trained_on else [])]
+
+
+def audited_split(audit_csv: Path) -> Optional[str]:
+    """The split an audit.csv covers (its audit_summary.json's "split"), or None."""
+    try:
+        split = json.loads(audit_summary_path(audit_csv).read_text()).get("split")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return split if isinstance(split, str) else None
 
 
 def _audited_models(audit_csv: Path) -> tuple[str, Optional[list[str]]]:
