@@ -623,3 +623,13 @@ def test_options_that_cannot_take_effect_within_the_epochs_are_said():
     assert "the PIN never teaches the TRN" in idle_options(TrainConfig(epochs=3, distill_warmup=3))[0]
     assert idle_options(TrainConfig(epochs=3, distill_warmup=3, use_pin=False)) == []
     assert idle_options(TrainConfig(epochs=10, warmup_epochs=1, distill_warmup=2)) == []
+
+
+def test_a_class_of_one_image_is_never_held_out_of_training():
+    from poi_cli.train.data import hold_out
+
+    labels = np.array([0, 0, 0, 0, 1, 2, 2])
+    for fraction in (0.1, 0.5, 0.9):
+        mask = hold_out(labels, fraction, seed=0)
+        assert not mask[4], fraction  # class 1's only image: it went to validation at --val-fraction 0.5
+        assert mask[labels == 0].sum() >= 1 and (~mask[labels == 0]).sum() >= 1 and mask[labels == 2].sum() == 1

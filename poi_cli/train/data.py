@@ -166,13 +166,14 @@ def choose_val_split(dataset: PreparedDataset, requested: Optional[str], train_s
 
 
 def hold_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of a stratified, seeded `fraction` of the positions (at least one per class of 2+)."""
+    """Boolean mask of a stratified, seeded `fraction` of the positions: one at least per class of
+    2+ images, and never a class's last one (a class of one image stays in training: at
+    --val-fraction 0.5 its only image went to validation, and the class was never trained on)."""
     mask = np.zeros(len(labels), dtype=bool)
     rng = np.random.default_rng([seed, 7919])
     for label in np.unique(labels):
         positions = np.flatnonzero(labels == label)
         count = int(math.floor(fraction * len(positions) + 0.5))
-        if len(positions) >= 2:
-            count = min(max(count, 1), len(positions) - 1)
+        count = min(max(count, 1), len(positions) - 1) if len(positions) >= 2 else 0
         mask[rng.permutation(positions)[:count]] = True
     return mask
