@@ -144,7 +144,7 @@ def test_export_errors_are_one_line(checkpoint, tmp_path, monkeypatch):
     assert result.exit_code == 1 and "missing.pt" in result.stderr
 
     hide_module(monkeypatch, "onnxruntime")
-    with pytest.raises(ExportError, match=r"pip install 'poi-fer\[export\]'"):
+    with pytest.raises(ExportError, match=r"pip install 'poi-fer\[train\]'"):
         export_model(checkpoint, "onnx")
 
 

@@ -625,7 +625,7 @@ def test_a_command_stopped_before_its_marker_runs_again_in_its_folder(command: s
     assert not (out / STOPPED_AT[command]).exists() and (out / atomic.INCOMPLETE_FILE).is_file()
     if command == "audit":
         refused = runner.invoke(app, ["clean", str(out / "audit.csv"), str(world["DATA"]), "--out",
-                                      str(world["TMP"] / "labels.csv")])
+                                      str(world["TMP"] / "labels.csv"), "--threshold", "0.5"])
         assert refused.exit_code == 1 and "was stopped before it finished" in refused.stderr, refused.output
     monkeypatch.setattr(atomic, "atomic_write", real_write)
     again = runner.invoke(app, folder_argv(command, world, out))

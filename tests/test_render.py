@@ -102,6 +102,7 @@ def test_clean_and_calibrate_lines():
         "recipe: TRN + PIN, image alone (lowest NLL after temperature scaling, ties to the cheaper; "
         "TRN, image alone 0.9500; TRN + PIN, image alone 0.9000)",
         "T_cal = 1.5000 fitted on 14 images of split valid (was uncalibrated (T_cal = 1)); NLL 1.0000 -> 0.9000",
+        f"warning: {calibration.caveat}",  # 14 images: too few to trust
         "wrote x.pt"]
     forced = SimpleNamespace(calibration=tried[0], previous=calibration, written="x.pt", candidates=tried[:1])
     assert render.calibrate_summary(forced)[0].text == "recipe: TRN, image alone (the only one asked for)"
