@@ -103,13 +103,14 @@ def _audited_labels(data: SplitData, config: dict, dataset: PreparedDataset, tra
 
 
 def predict_own_classes(checkpoint: Mapping[str, Any], dataset: PreparedDataset, data: SplitData, device: str = "auto",
-                        batch: int = 256, amp: str = "auto") -> SplitPredictions:
+                        batch: int = 256, amp: str = "auto", name: str = "the model") -> SplitPredictions:
     """A loaded checkpoint's predictions on `data`, a split of `dataset`, whose classes must be
-    the model's own (AuditError otherwise: a suspicion compares the label with the model's p*)."""
+    the model's own (AuditError otherwise, naming the model as `name`: a suspicion compares the
+    label with the model's p*)."""
     classes = CheckpointInfo.of(checkpoint).classes
     if list(classes) != dataset.classes:
         raise AuditError(
-            f"the model's classes ({', '.join(classes)}) differ from the data's ({', '.join(dataset.classes)}); "
+            f"{name}'s classes ({', '.join(classes)}) differ from the data's ({', '.join(dataset.classes)}); "
             "audit needs a model trained on the same label space"
         )
     return predict_checkpoint_split(checkpoint, dataset.faces, data.store_rows, data.labels, device, batch, amp)
@@ -138,7 +139,8 @@ def audit(
     baseline_probs = None
     if baseline is not None:
         baseline_checkpoint = load_checkpoint(resolve_checkpoint(baseline))
-        baseline_probs = predict_own_classes(baseline_checkpoint, dataset, data, device, batch, amp).trn_probs
+        baseline_probs = predict_own_classes(baseline_checkpoint, dataset, data, device, batch, amp,
+                                             name=f"--baseline {baseline}").trn_probs
     mode = "the model's own training set" if trained_on else "a held-out split (the model never trained on it)"
     return audit_of(dataset, data, objective_inference(predictions, checkpoint_path), predictions.trn_probs,
                     predictions.consistency, label_source=label_source, mode=mode,
