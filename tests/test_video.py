@@ -150,6 +150,21 @@ def test_cli_every_and_json_rows(files):
     assert "clip.mkv: 4 frames analysed" in result.stderr
 
 
+def test_a_phone_video_is_read_upright_by_its_display_rotation(predictor, tmp_path):
+    """A portrait phone video stores landscape frames and a display rotation of -90: read as
+    stored, the face lay on its side and the detector found none."""
+    upright = np.asarray(Image.new("RGB", (120, 160), (90, 90, 90)))
+    canvas = Image.fromarray(upright)
+    canvas.paste(head(80), (20, 40))
+    stored = np.asarray(canvas.transpose(Image.Transpose.ROTATE_90))  # lying on its side, 160 x 120
+    clip = write_video(tmp_path / "portrait.mp4", [stored] * 4, 5, rotation=-90)
+    frames = list(VideoReader(clip))
+    assert frames and frames[0].image.size == (120, 160)  # as a player shows it
+    assert np.abs(np.asarray(frames[0].image, float) - np.asarray(canvas, float)).mean() < 12
+    records = [r for p in predictor.iter_predictions([str(clip)]) for r in p.records]
+    assert any(r.status == "ok" for r in records), [r.status for r in records]
+
+
 def test_the_dataframe_has_the_columns_of_the_csv_for_the_same_inputs(files, predictor, tmp_path):
     """A video that cannot be opened beside a photo: the CSV has the video columns (fixed by the
     inputs), and Predictor.predict had none (it decided by the records); to_row gives exactly

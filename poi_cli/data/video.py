@@ -115,6 +115,20 @@ class VideoInfo:
     height: int
 
 
+def upright_frame(image: Image.Image, rotation: int) -> Image.Image:
+    """A decoded frame as a player shows it: turned by its display matrix's rotation (degrees
+    counterclockwise, PyAV's VideoFrame.rotation). A phone's portrait video stores landscape
+    frames with a rotation of -90: read as stored, every face lay on its side and the detector
+    found none (images are turned upright by their EXIF orientation the same way)."""
+    turns = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, -180: Image.Transpose.ROTATE_180,
+             -90: Image.Transpose.ROTATE_270, 270: Image.Transpose.ROTATE_270}
+    if not rotation:
+        return image
+    if rotation in turns:  # exact, no resampling
+        return image.transpose(turns[rotation])
+    return image.rotate(rotation, expand=True)
+
+
 class VideoReader:
     """Iterate the sampled frames of a video file, decoding one frame at a time.
 
@@ -218,7 +232,7 @@ class VideoReader:
                     if (index - first_kept) % sampling.every:
                         continue
                 kept += 1
-                yield VideoFrame(index, timestamp, frame.to_image())
+                yield VideoFrame(index, timestamp, upright_frame(frame.to_image(), frame.rotation))
         finally:
             self.close()
         if self.stopped is None and sampling.end is None:
@@ -249,11 +263,13 @@ def _reason(error: BaseException) -> str:
 
 
 def write_video(path: str | Path, frames: "Iterator[np.ndarray] | list[np.ndarray]", fps: float,
-                codec: Optional[str] = None) -> Path:
+                codec: Optional[str] = None, rotation: int = 0) -> Path:
     """Encode uint8 (H, W, 3) RGB frames as a video (tests and benchmarks make their clips with it).
 
     Sides are cropped to even numbers (yuv420p needs them). The container follows the
     suffix (mp4, mkv, avi...); the codec defaults to H.264 (VP9 for webm, MPEG-4 part 2 for avi).
+    rotation: the stream's display rotation in degrees counterclockwise (a phone's portrait
+    video: -90), which players (and upright_frame) apply to the stored frames.
     """
     import av
     from fractions import Fraction
@@ -269,6 +285,8 @@ def write_video(path: str | Path, frames: "Iterator[np.ndarray] | list[np.ndarra
                 stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
                 stream.width, stream.height = array.shape[1], array.shape[0]
                 stream.pix_fmt = "yuv420p"
+                if rotation:
+                    stream.set_display_rotation(rotation)
                 if codec == "libx264":
                     stream.codec_context.options = {"preset": "veryfast"}
             for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
