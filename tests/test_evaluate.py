@@ -324,3 +324,12 @@ def test_the_confusion_picture_draws_a_class_with_no_image_as_a_dash():
     from poi_cli.study.evaluate import confusion_cell
 
     assert confusion_cell(0.0, 0) == "-" and confusion_cell(0.0, 5) == "0.0" and confusion_cell(62.5, 8) == "62.5"
+
+
+def test_evaluating_a_run_on_the_images_it_trained_on_says_so(tiny_runs):
+    """--split train on a run's own training split (or a run trained with --train-split test,
+    evaluated on test) printed the accuracy of images it had seen, without a word."""
+    seen = evaluate(tiny_runs.poi, tiny_runs.data, split="train")
+    assert any("the model trained on train of this folder" in note for note in seen["notes"])
+    unseen = evaluate(tiny_runs.poi, tiny_runs.data)
+    assert not any("trained on" in note for note in unseen["notes"])

@@ -377,6 +377,19 @@ def agreement_blocks(regions_agree: Optional[np.ndarray], pin_predicted: Optiona
     return blocks
 
 
+def trained_on_these(mapped: MappedPredictions) -> bool:
+    """Whether the evaluated images are the ones the model trained on: the run's training split
+    of the same prepared folder, and not the run's own held-out images (heldout_ids.csv)."""
+    config = mapped.info.config or {}
+    data, train_split = config.get("data"), config.get("train_split", "train")
+    if not data or mapped.choice.ids is not None or mapped.choice.split != train_split:
+        return False
+    try:
+        return Path(data).resolve() == mapped.dataset.root.resolve()
+    except OSError:
+        return False
+
+
 def evaluation_notes(mapped: MappedPredictions, calibration: Optional[dict]) -> list[str]:
     """What the reader of an evaluation should know: class mapping, uncalibrated checkpoint, missing parts."""
     predictions = mapped.predictions
@@ -385,6 +398,9 @@ def evaluation_notes(mapped: MappedPredictions, calibration: Optional[dict]) -> 
         notes.append(UNCALIBRATED_NOTE)
     elif mapped.stored_calibration.caveat:  # fitted on a handful of images, or clipped: confidence means little
         notes.append(f"the checkpoint's calibration: {mapped.stored_calibration.caveat}")
+    if trained_on_these(mapped):
+        notes.append(f"the model trained on {mapped.choice.split} of this folder: its accuracy on images it has seen "
+                     "says nothing about faces it has not")
     if predictions.consistency is None:
         notes.append("baseline model (no PIN): no consistency w (consistency strata, quantiles and score are null) "
                      "and no PIN accuracies")
