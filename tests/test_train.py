@@ -633,3 +633,11 @@ def test_a_class_of_one_image_is_never_held_out_of_training():
         mask = hold_out(labels, fraction, seed=0)
         assert not mask[4], fraction  # class 1's only image: it went to validation at --val-fraction 0.5
         assert mask[labels == 0].sum() >= 1 and (~mask[labels == 0]).sum() >= 1 and mask[labels == 2].sum() == 1
+
+
+def test_training_on_val_holds_out_of_it_and_says_why(tmp_path):
+    """--train-split val said "the store has no valid/val split", which it has."""
+    data = make_prepared(tmp_path / "data", splits={"train": 2, "val": 3})
+    picked = select_data(tiny_config(data, tmp_path / "runs", train_split="val", val_fraction=0.3))
+    assert picked.held_out and "val is the split it trains on" in picked.val_note
+    assert "no valid/val split" not in picked.val_note

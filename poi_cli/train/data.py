@@ -93,8 +93,11 @@ def select_data(config: TrainConfig) -> TrainingData:
         train = SplitData(train.store_rows[keep], train.labels[keep], train.ids[keep])
         labels, clean = labels[keep], None if clean is None else clean[keep]
         name = f"{config.train_split}[held out {config.val_fraction:g}]"
+        other = dataset.validation_split()  # valid/val, when training on it (--train-split val)
+        why = (f"{other} is the split it trains on" if other is not None and other == config.train_split
+               else "the store has no valid/val split")
         note = (f"validation: {held.sum()} images held out of {config.train_split} "
-                f"(--val-fraction {config.val_fraction:g}, seed {config.seed}; the store has no valid/val split)")
+                f"(--val-fraction {config.val_fraction:g}, seed {config.seed}; {why})")
     else:
         val, name, note = None, None, "no validation (--val-fraction 0): best.pt is the last epoch"
     if test_split is not None:
