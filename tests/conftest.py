@@ -17,6 +17,7 @@ torch and pandas are imported inside the functions, so that the deploy tests col
 from __future__ import annotations
 
 import io
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,3 +267,16 @@ def hide_module(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", without)
+
+
+def refuse_to_list(monkeypatch: pytest.MonkeyPatch, folder_name: str) -> None:
+    """os.scandir of any folder named `folder_name` fails as after chmod 000 (root, who may run
+    this suite, is not stopped by chmod)."""
+    real_scandir = os.scandir
+
+    def no_permission(path: Any = ".") -> Any:
+        if Path(path).name == folder_name:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", no_permission)

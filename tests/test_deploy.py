@@ -518,21 +518,15 @@ def test_a_file_name_that_is_not_utf8_is_written_with_backslash_escapes_and_the_
 def test_inputs_that_cannot_be_checked_or_listed_are_error_records(tmp_path, monkeypatch):
     """A name too long for the file system, an empty name (Path("") is the current folder) and a
     folder that cannot be listed each get an error record; the other inputs are predicted."""
-    import os
     import shutil
 
     album = tmp_path / "album"
     (album / "locked").mkdir(parents=True)
     shutil.copyfile(ASTRONAUT, album / "a.jpg")
     shutil.copyfile(ASTRONAUT, album / "locked" / "b.jpg")
-    real_scandir = os.scandir
+    from conftest import refuse_to_list
 
-    def no_permission(path="."):  # chmod 000 does not stop root, who may run this suite
-        if Path(path).name == "locked":
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", no_permission)
+    refuse_to_list(monkeypatch, "locked")
     monkeypatch.chdir(album)  # an empty name must not mean this folder
     records = Predictor(threads=1, workers=0).predict_records(["x" * 300 + ".jpg", "", str(album)])
     by_image = {r["image"]: (r["status"], r["reason"]) for r in records}

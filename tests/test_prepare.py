@@ -576,15 +576,10 @@ def test_a_folder_trees_class_sub_folders_hold_images_of_that_class(tmp_path):
 def test_a_class_folder_that_cannot_be_listed_stops_prepare_in_one_line(tmp_path, monkeypatch):
     """chmod 000 on a class folder (or a folder inside one): its images were left out with no
     row, no note and exit 0."""
+    from conftest import refuse_to_list
+
     raw = make_folder_tree(tmp_path / "raw", per_class=1)
-    real_scandir = os.scandir
-
-    def no_permission(path="."):  # chmod 000 does not stop root, who may run this suite
-        if Path(path).name == "sad":
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", no_permission)
+    refuse_to_list(monkeypatch, "sad")
     result = CliRunner().invoke(app, ["prepare", "folder", str(raw), "--out", str(tmp_path / "out"), "--size", str(SIZE),
                                       "--no-detect", "--threads", "1"])
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
