@@ -633,6 +633,7 @@ def report(
     data: Optional[str] = typer.Option(None, "--data", help="A prepared folder: predict it with each run's best.pt for confusion matrices, consistency histograms, strata and calibration figures."),
     split: Optional[str] = typer.Option(None, help="Split of --data to predict (fold3: fold 3's held-out images; default test, else valid/val)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps (with --data)."),
+    batch: int = batch_option(),
     amp: str = amp_option(),
     threads: Optional[int] = threads_option(),
 ) -> None:
@@ -642,7 +643,7 @@ def report(
     from poi_cli.study.report import REPORT_OUTPUTS, build_report
 
     with user_errors(), command_output_folder(out, "--out", "runs/report", REPORT_OUTPUTS) as out_dir:
-        result = build_report(run_dirs or [], out_dir, data=data, split=split, device=device, amp=amp)
+        result = build_report(run_dirs or [], out_dir, data=data, split=split, device=device, amp=amp, batch=batch)
     show(*render.report_skipped(result), to=err_console)
     show(*render.report_summary(result))
 
@@ -695,6 +696,7 @@ def clean(
     labels: Optional[str] = typer.Option(None, "--labels", help="With a run: the label file to audit (default: the labels it trained on)."),
     split: Optional[str] = typer.Option(None, help="The split the audit covers (default: an audit.csv's own, from its summary; else train)."),
     device: str = typer.Option("auto", help="With a run: auto, cpu, cuda or mps."),
+    batch: int = batch_option(),
     amp: str = amp_option(),
     threads: Optional[int] = threads_option(),
 ) -> None:
@@ -712,7 +714,7 @@ def clean(
             refuse_poi_file(written, "--out")
         output_file(out, "--out")
         result = run_clean(audit_or_run, prepared_dir, "relabel" if relabel else "drop", threshold, fraction,
-                           labels_file=labels, split=split, device=device, auto=auto, amp=amp)
+                           labels_file=labels, split=split, device=device, auto=auto, amp=amp, batch=batch)
         files = write_clean(result, out)
     show(*render.clean_summary(result.summary, relabel, files, prepared_dir))
 

@@ -261,7 +261,7 @@ def test_auto_fraction_on_a_dataset_with_an_unlabelled_class_flips_and_estimates
     assert 6 not in flipped and chosen["valid_noise_before"] == pytest.approx((flipped != valid_clean).mean())
 
 
-def _scripted_objective(model, dataset, data, device, amp="auto"):
+def _scripted_objective(model, dataset, data, device, amp="auto", batch=256):
     """objective_of for named fake models: "right" predicts the label, "wrong" the next class,
     "half" the next class on every other image."""
     predicted = data.labels.copy()
@@ -278,7 +278,7 @@ def test_auto_scores_valid_with_the_fold_models_of_a_cross_fitted_audit(tmp_path
     valid = PreparedDataset(prepared).split("valid")
     calls = []
 
-    def recorded_objective(model, dataset, data, device, amp="auto"):
+    def recorded_objective(model, dataset, data, device, amp="auto", batch=256):
         calls.append((model, len(data.labels)))
         return _scripted_objective(model, dataset, data, device)
 

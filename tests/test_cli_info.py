@@ -112,6 +112,8 @@ def test_every_command_that_runs_a_model_over_a_split_takes_amp(monkeypatch, tmp
     def stop(name):
         def record(*args, **kwargs):
             seen[name] = kwargs.get("amp")
+            if name in ("clean", "report"):  # they run a model too (--batch was missing there)
+                assert kwargs.get("batch") == 8, name
             raise ValueError("stop")
         return record
 
@@ -121,6 +123,7 @@ def test_every_command_that_runs_a_model_over_a_split_takes_amp(monkeypatch, tmp
     monkeypatch.setattr(report_module, "build_report", stop("report"))
     runner.invoke(app, ["calibrate", "m.pt", "data", "--amp", "off"])
     runner.invoke(app, ["audit", "m.pt", "data", "--amp", "off", "--out", str(tmp_path / "audit")])
-    runner.invoke(app, ["clean", "m.pt", "data", "--out", str(tmp_path / "l.csv"), "--auto", "--amp", "off"])
-    runner.invoke(app, ["report", "runs", "--data", "data", "--amp", "off", "--out", str(tmp_path / "report")])
+    runner.invoke(app, ["clean", "m.pt", "data", "--out", str(tmp_path / "l.csv"), "--auto", "--amp", "off", "--batch", "8"])
+    runner.invoke(app, ["report", "runs", "--data", "data", "--amp", "off", "--out", str(tmp_path / "report"),
+                        "--batch", "8"])
     assert seen == {"calibrate": "off", "audit": "off", "clean": "off", "report": "off"}

@@ -177,7 +177,7 @@ def validation_data(model_path: str | Path, dataset: PreparedDataset) -> tuple[S
 
 
 def validation_scores(models: Sequence[str | Path], dataset: PreparedDataset, data: SplitData,
-                      device: str = "auto", amp: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+                      device: str = "auto", amp: str = "auto", batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """p* (n, C) and w (n,) of the validation images, each scored by one of `models`: one model,
     or the K fold models of a cross-fitted audit, model k scoring a seeded 1/K of the images as
     it scored 1/K of the training images, so that the suggestion's valid accuracy is that of the
@@ -188,24 +188,24 @@ def validation_scores(models: Sequence[str | Path], dataset: PreparedDataset, da
     for k, model in enumerate(models):
         rows = part == k
         part_data = SplitData(data.store_rows[rows], data.labels[rows], data.ids[rows])
-        objective[rows], w[rows] = objective_of(model, dataset, part_data, device, amp)
+        objective[rows], w[rows] = objective_of(model, dataset, part_data, device, amp, batch)
     return objective, w
 
 
 def objective_of(model_path: str | Path, dataset: PreparedDataset, data: SplitData,
-                 device: str, amp: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+                 device: str, amp: str = "auto", batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """One model's p* at T = 1 and w on `data`."""
     from poi_cli.study.audit import objective_inference, predict_own_classes, require_objective_inference
 
     checkpoint = load_checkpoint(resolve_checkpoint(model_path))
     require_objective_inference(checkpoint, model_path)
-    predictions = predict_own_classes(checkpoint, dataset, data, device, amp=amp)
+    predictions = predict_own_classes(checkpoint, dataset, data, device, batch, amp)
     return objective_inference(predictions, model_path), predictions.consistency  # the path names the model in an error
 
 
 def auto_fraction(model_path: str | Path, prepared_dir: str | Path, audit_table: pd.DataFrame,
                   device: str = "auto", fold_models: Optional[Sequence[str | Path]] = None, amp: str = "auto",
-                  cleaned_split: Optional[str] = None) -> dict:
+                  cleaned_split: Optional[str] = None, batch: int = 256) -> dict:
     """choose_fraction for an audit of `model_path` (the model the audit used, or the run it is
     of); a cross-fitted audit's suggestions come from `fold_models`, which then score valid.
     cleaned_split: the split whose labels are cleaned, which cannot be the one the noise rate is
@@ -216,7 +216,7 @@ def auto_fraction(model_path: str | Path, prepared_dir: str | Path, audit_table:
         raise CleanError(f"--auto estimates the noise rate on {name}, the split being cleaned: that is circular; "
                          "clean the training split, or choose --threshold or --fraction yourself")
     models = list(fold_models or [model_path])
-    objective, w = validation_scores(models, dataset, data, device, amp)
+    objective, w = validation_scores(models, dataset, data, device, amp, batch)
     chosen = choose_fraction(audit_table["given_label"].to_numpy(np.int64), audit_table["suggested_label"].to_numpy(np.int64),
                              objective, w, data.labels, classes=noise_targets(dataset))
     # out of fold (fold models) the suggestion never saw the label it is compared with
@@ -300,7 +300,7 @@ def _summary(given: np.ndarray, new: np.ndarray, clean: Optional[np.ndarray], se
 def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relabel",
           threshold: Optional[float] = None, fraction: Optional[float] = None,
           labels_file: Optional[str | Path] = None, split: Optional[str] = None, device: str = "auto",
-          auto: bool = False, amp: str = "auto") -> CleanResult:
+          auto: bool = False, amp: str = "auto", batch: int = 256) -> CleanResult:
     """Clean the labels of `split` from an audit.csv, or from a run (audited here first);
     `auto`: relabel the fraction choose_fraction picks on the validation split. split None:
     the split the audit covers (its summary's), else train."""
@@ -323,15 +323,15 @@ def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relab
     else:
         from poi_cli.study.audit import audit
 
-        table = audit(source, prepared_dir, labels_file=labels_file, split=split, device=device, amp=amp).table
+        table = audit(source, prepared_dir, labels_file=labels_file, split=split, device=device, batch=batch, amp=amp).table
     return clean_audit(table, dataset, split, model_path, str(source), mode, threshold, fraction, auto, device, fold_models,
-                       amp)
+                       amp, batch)
 
 
 def clean_audit(table: pd.DataFrame, dataset: PreparedDataset, split: str, model_path: str | Path, audit_name: str,
                 mode: str = "relabel", threshold: Optional[float] = None, fraction: Optional[float] = None,
                 auto: bool = False, device: str = "auto", fold_models: Optional[Sequence[str | Path]] = None,
-                amp: str = "auto") -> CleanResult:
+                amp: str = "auto", batch: int = 256) -> CleanResult:
     """clean_labels for an audit table of `split`, the fraction chosen on valid with `model_path`'s
     model (a cross-fitted audit: its `fold_models`) when `auto`; the label file covers the whole
     split (cover_split)."""
@@ -340,7 +340,7 @@ def clean_audit(table: pd.DataFrame, dataset: PreparedDataset, split: str, model
     unknown = [i for i in table["id"] if i not in ids]
     if unknown:
         raise CleanError(f"{len(unknown)} audited images are not in split {split!r} of {dataset.root} (first: {unknown[0]})")
-    chosen = auto_fraction(model_path, dataset.root, table, device, fold_models, amp, split) if auto else None
+    chosen = auto_fraction(model_path, dataset.root, table, device, fold_models, amp, split, batch) if auto else None
     result = clean_labels(table, list(dataset.classes), mode, threshold, chosen["fraction"] if chosen else fraction)
     result.summary.update({"audit": audit_name, "data": str(dataset.root), "split": split})
     if chosen:

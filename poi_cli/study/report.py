@@ -574,6 +574,7 @@ def build_report(
     split: Optional[str] = None,
     device: str = "auto",
     amp: str = "auto",
+    batch: int = 256,
 ) -> Report:
     """Collect runs, write report.md, runs.csv, by_noise.csv, strata.csv and the PNGs into out_dir.
     split: of `data`, any name `poi evaluate` takes (PreparedDataset.split_names: fold3 too);
@@ -618,7 +619,7 @@ def build_report(
             files.append(curves)
         if data is not None:
             try:
-                evaluation, mapped = predict_run(run, data, split, device, amp=amp)
+                evaluation, mapped = predict_run(run, data, split, device, batch, amp)
             except (ReportError, ValueError, OSError) as error:  # CheckpointError, StoreError are ValueErrors
                 run.notes.append(f"no predictions: {error}")
                 continue
