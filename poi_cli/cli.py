@@ -115,7 +115,7 @@ def user_errors(interrupted: str = "interrupted", unexpected: Optional[str] = No
     """
     try:
         yield
-    except typer.Exit:
+    except (typer.Exit, UnicodeEncodeError):  # an output that cannot show a name: run() says how to fix it
         raise
     except (PoiError, ValueError, OSError) as error:
         fail(one_line(error))
@@ -145,9 +145,17 @@ def batch_option() -> Any:
 
 
 def amp_option() -> Any:
-    """--amp of the commands that run a checkpoint over a prepared split (`poi train` has its own, in TrainConfig)."""
-    return typer.Option("auto", help="bf16 autocast: auto (bf16 where the CPU or GPU has it), bf16 or off (float32, "
-                                     "as the deploy runtime computes).")
+    """--amp of the commands that run a checkpoint over a prepared split (`poi train` has its own, in TrainConfig);
+    checked when parsed, also where a command ends up running no model (report without --data)."""
+    from poi_cli.core.schema import AMP_MODES  # not core.runtime: that imports torch
+
+    def check(value: str) -> str:
+        if value not in AMP_MODES:
+            raise typer.BadParameter(f"must be one of {', '.join(AMP_MODES)}, got {value!r}")
+        return value
+
+    return typer.Option("auto", callback=check, help="bf16 autocast: auto (bf16 where the CPU or GPU has it), bf16 or "
+                                                     "off (float32, as the deploy runtime computes).")
 
 
 def device_option(default: str = "auto", onnx: bool = False) -> Any:
@@ -491,8 +499,10 @@ def predict(
     model_file = model or os.environ.get("POI_MODEL")  # read too: never written over
     with ExitStack() as held:
         with user_errors():
-            if save_vis and Path(save_vis).exists() and not Path(save_vis).is_dir():  # known before the work
-                fail(f"--save-vis {save_vis} is a file: give a folder for the pictures")
+            if save_vis:  # a file where the folder (or one above it) should be: known before the work
+                blocking = next((p for p in (Path(save_vis), *Path(save_vis).parents) if p.exists() and not p.is_dir()), None)
+                if blocking is not None:
+                    fail(f"--save-vis {save_vis}: {blocking} is a file, not a folder: give a folder for the pictures")
             if csv_file:
                 if Path(csv_file).is_dir():
                     fail(f"--csv {csv_file} is a folder: give the CSV file's name")

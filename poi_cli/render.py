@@ -375,8 +375,9 @@ def export_summary(result: "ExportResult") -> list[Line]:
     what = "full model (TRN + PIN)" if result.full else "deployed TRN"
     what = f"fp16 weights of the {what}" if result.format == "weights" else what
     details = ", ".join(f"{name} {diff:.2e}" for name, diff in result.per_output_diff.items())
+    done = "wrote" if result.passed else "checked (not written)"
     return [
-        Line(f"wrote {result.path}: {what}, outputs {', '.join(result.output_names)}", soft_wrap=True),
+        Line(f"{done} {result.path}: {what}, outputs {', '.join(result.output_names)}", soft_wrap=True),
         Line(f"largest difference from PyTorch on random input {tuple(result.input_shape)} (relative where |output| > 1): {result.max_diff:.2e} "
              f"({details}; tolerance {result.tolerance:g})", soft_wrap=True),
     ]
@@ -481,7 +482,10 @@ def clean_summary(summary: dict, relabel: bool, files: Sequence[Any], prepared_d
             line += f", {s['changed_right_after']} now have the right one"
         after = "-" if s["noise_rate_after"] is None else f"{s['noise_rate_after']:.2%}"
         lines.append(Line(f"{line}; label noise {s['noise_rate_before']:.2%} -> {after}"))
-    lines.append(Line(f"{_wrote(files)}; train with `poi train {quote(str(prepared_dir))} --labels {quote(str(files[0]))}`", soft_wrap=True))
+    split = s.get("split", "train")  # the label file covers the split the audit did: train on that one
+    on = "" if split == "train" else f" --train-split {quote(split)}"
+    lines.append(Line(f"{_wrote(files)}; train with `poi train {quote(str(prepared_dir))} --labels {quote(str(files[0]))}{on}`",
+                      soft_wrap=True))
     return lines
 
 

@@ -113,7 +113,7 @@ def test_poi_calibrate_writes_a_copy_unless_asked_and_then_in_place(tmp_path, pr
     leftovers = set(p.name for p in tmp_path.iterdir())
     path.chmod(0o444)  # write-protected by its user: it was replaced anyway (a rename), mode 0644
     protected = runner.invoke(app, ["calibrate", str(path), str(prepared), "--in-place"])
-    assert protected.exit_code == 1 and "is write-protected" in protected.output
+    assert protected.exit_code == 1 and f"--in-place {path} is write-protected" in protected.output
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest and path.stat().st_mode & 0o777 == 0o444
     path.chmod(0o644)
     (tmp_path / "config.json").write_text("{}")  # the checkpoint of a run folder, which a training may be writing

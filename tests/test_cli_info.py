@@ -127,3 +127,9 @@ def test_every_command_that_runs_a_model_over_a_split_takes_amp(monkeypatch, tmp
     runner.invoke(app, ["report", "runs", "--data", "data", "--amp", "off", "--out", str(tmp_path / "report"),
                         "--batch", "8"])
     assert seen == {"calibrate": "off", "audit": "off", "clean": "off", "report": "off"}
+
+
+def test_amp_is_checked_where_no_model_runs_too(tmp_path):
+    """report without --data and clean of an audit.csv took --amp foo without a word."""
+    result = runner.invoke(app, ["report", str(tmp_path), "--amp", "foo", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "must be one of auto, bf16, off" in result.output

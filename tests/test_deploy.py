@@ -402,9 +402,10 @@ def test_save_vis_onto_a_file_is_refused_before_the_work(tmp_path):
     "no pictures" at the end)."""
     taken = tmp_path / "vis"
     taken.write_text("the user's file\n")
-    done = poi_without_torch("predict", str(ASTRONAUT), "--save-vis", str(taken))
-    assert done.returncode == 1 and done.stderr.strip() == f"error: --save-vis {taken} is a file: give a folder for " \
-                                                           "the pictures", done.stderr
+    for folder in (taken, taken / "sub"):  # the file itself, or a file above the folder
+        done = poi_without_torch("predict", str(ASTRONAUT), "--save-vis", str(folder), env={"COLUMNS": "300"})
+        assert done.returncode == 1 and done.stderr.strip() == f"error: --save-vis {folder}: {taken} is a file, not a " \
+                                                               "folder: give a folder for the pictures", done.stderr
     assert taken.read_text() == "the user's file\n"
 
 

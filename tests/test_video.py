@@ -319,7 +319,14 @@ def test_a_full_disk_under_the_annotated_video_stops_the_pictures_not_the_predic
 
     full = OSError(errno.ENOSPC, "No space left on device")
     if fails_in == "a frame":
-        original, calls = video_vis.VideoVisWriter.write, []
+        real_open = video_vis.VideoVisWriter._open
+
+        def opened(self, *args):  # the muxer names the file it writes: the temp video
+            real_open(self, *args)
+            full.filename = self._temp
+
+        monkeypatch.setattr(video_vis.VideoVisWriter, "_open", opened)
+        original, calls = video_vis.VideoVisWriter._write, []
 
         def write(self, prediction):
             calls.append(1)
@@ -327,7 +334,7 @@ def test_a_full_disk_under_the_annotated_video_stops_the_pictures_not_the_predic
                 raise full
             original(self, prediction)
 
-        monkeypatch.setattr(video_vis.VideoVisWriter, "write", write)
+        monkeypatch.setattr(video_vis.VideoVisWriter, "_write", write)
     else:
         import os
         from types import SimpleNamespace
@@ -342,6 +349,8 @@ def test_a_full_disk_under_the_annotated_video_stops_the_pictures_not_the_predic
                                  "--save-vis", str(vis), "--csv", str(out)])
     assert result.exit_code == 0, result.output
     assert "--save-vis stopped" in result.stderr and "No space left on device" in result.stderr
+    if fails_in == "a frame":  # it named the temp file (.clip_poi.mp4.PID.random.tmp)
+        assert "clip_poi.mp4: No space left" in result.stderr and ".tmp" not in result.stderr
     assert len(pd.read_csv(out).drop_duplicates("frame")) == FRAMES // 2 and (tmp_path / "rows.summary.json").is_file()
     assert not [p.name for p in vis.iterdir() if p.suffix == ".tmp" or p.name.endswith(".mp4")]
 

@@ -1,7 +1,7 @@
 """Layer 0, core: what every other layer may use. Imports nothing else of poi_cli.
 
 atomic (every file poi writes, numbered output folders, the output-is-an-input guard), locks
-(one writer per output: O_EXCL claims, stale-aware), errors (PoiError, the base of
+(one writer per output: flock claims, which a dead process lets go), errors (PoiError, the base of
 every one-line user error), manifests (the facts in data_manifests/: classes, the AU
 prior table, regions), schema (statuses, landmark names), runtime (devices, bf16
 autocast, torchrun processes; the one module here that imports torch), metrics (confusion

@@ -15,10 +15,10 @@ import json
 import os
 import stat
 import tempfile
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 
 def is_stream(path: str | Path) -> bool:
@@ -429,25 +429,33 @@ def command_output_folder(out: Optional[str | Path], option: str,
     incomplete = folder / INCOMPLETE_FILE
     # claimed before the folder is made or anything tidied: the process that loses the claim
     # touches nothing (it removed the holder's marker, or the holder's new folder from under it)
-    held = ExitStack()
-    held.enter_context(claim(folder, option))
     try:
-        with held:
-            if out is not None:
-                output_folder(folder, option)
-            if outputs is not None:
-                write_json(incomplete, {"command": outputs.command})
-            yield folder
-            incomplete.unlink(missing_ok=True)
-    except BaseException:
-        if outputs is not None and not _wrote_since(folder, outputs, incomplete):
-            incomplete.unlink(missing_ok=True)  # stopped before it wrote anything: the folder is as it was
-        for path in made:
+        with claim(folder, option):
             try:
-                path.rmdir()  # only an empty folder
-            except OSError:
-                break
+                if out is not None:
+                    output_folder(folder, option)
+                if outputs is not None:
+                    write_json(incomplete, {"command": outputs.command})
+                yield folder
+                incomplete.unlink(missing_ok=True)
+            except BaseException:
+                # tidied while the claim is still held: no other command can be at work in the folder
+                if outputs is not None and not _wrote_since(folder, outputs, incomplete):
+                    incomplete.unlink(missing_ok=True)  # stopped before it wrote anything: the folder is as it was
+                _remove_empty([folder] if folder in made else [])
+                raise
+    except BaseException:
+        _remove_empty([p for p in made if p != folder])  # the folders above it, made for it (empty once its lock went)
         raise
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """rmdir each of `folders` (deepest first) while it is empty; stop at the first that is not."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:
+            break
 
 
 def _wrote_since(folder: Path, outputs: FolderOutputs, incomplete: Path) -> bool:

@@ -61,7 +61,10 @@ def claim(path: str | Path, what: str = "output") -> Iterator[Path]:
     lock.parent.mkdir(parents=True, exist_ok=True)
     handle = _hold(lock, path, what)
     try:
-        os.write(handle, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+        try:  # who holds it, for the message a second writer gets; the flock is the claim itself
+            os.write(handle, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+        except OSError:  # a full disk: the claim holds without its note, and the output's own write names the file
+            pass
         yield lock
     finally:
         lock.unlink(missing_ok=True)  # still held: no other process holds this file

@@ -112,7 +112,7 @@ def prepare(
     if not 32 <= size <= 1024:
         raise PrepareError(f"--size must lie in 32..1024, got {size}")
     if batch_size < 1:
-        raise PrepareError(f"--batch-size must be at least 1, got {batch_size}")
+        raise PrepareError(f"--batch must be at least 1, got {batch_size}")
     if isinstance(detector, str) and detector not in DETECTORS:
         raise PrepareError(f"--detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
     raw = Path(raw_dir).resolve()

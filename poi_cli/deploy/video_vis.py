@@ -46,6 +46,17 @@ class VideoVisWriter:
         self.notes: list[str] = []  # what close() could not write
 
     def write(self, prediction: Any) -> None:
+        try:
+            self._write(prediction)
+        except OSError as error:  # named by the video asked for, not its temp file
+            raise self._named(error) from None
+
+    def _named(self, error: OSError) -> OSError:
+        if self._temp is not None and error.filename == self._temp:
+            return OSError(error.errno, error.strerror, str(self.video_path))
+        return error
+
+    def _write(self, prediction: Any) -> None:
         for record in prediction.records:
             if record.is_face and record.video is not None and record.video.track is not None:
                 self.classes = list(record.probabilities)
@@ -85,8 +96,11 @@ class VideoVisWriter:
                     self._container.close()
                 os.chmod(self._temp, 0o644)
                 os.replace(self._temp, self.video_path)
-            except BaseException:  # a full disk at the end: no half video left, under any name
+            except BaseException as error:  # a full disk at the end: no half video left, under any name
+                named = self._named(error) if isinstance(error, OSError) else error
                 self.abandon()
+                if named is not error:
+                    raise named from None
                 raise
             self._container = None
         if self.series:

@@ -37,9 +37,10 @@ then normalised with mean and std (ImageNet's). Both formats carry this as metad
 (ONNX metadata_props, TorchScript extra file `poi.json`), with the class names:
 input_size, mean, std, face_size, grayscale, alignment.
 
-After writing, the file is loaded back (onnxruntime / torch.jit) and run on a random
-batch of a different size than the one traced; the largest absolute difference from
-PyTorch is returned. onnx and onnxruntime are optional: pip install 'poi-fer[export]'.
+The file is written under a temp name beside its target, loaded back (onnxruntime /
+torch.jit) and run on a random batch of a different size than the one traced; the largest
+difference from PyTorch is returned, and only a file within the tolerance takes the target's
+name. onnx and onnxruntime come with the train extra: pip install 'poi-fer[train]'.
 """
 
 from __future__ import annotations

@@ -132,7 +132,8 @@ def calibrate(run_or_checkpoint: str | Path, prepared_dir: str | Path, split: Op
     # folder's: its members' stores), the checkpoint and its run's files (--in-place rewrites the checkpoint)
     refuse_input_as_output(target, [prepared_dir, *(m.path for m in dataset.members),
                                     *([] if in_place else checkpoint_inputs(source))], "--out")
-    output_file(target, "--out", rewrites_itself=in_place, replaces=CALIBRATED_COPY)  # before the work, not after it
+    # before the work, not after it
+    output_file(target, "--in-place" if in_place else "--out", rewrites_itself=in_place, replaces=CALIBRATED_COPY)
     # one writer: --in-place on a run's checkpoint holds the run folder's claim (a training still
     # writing it stops this in one line, and is not overwritten with an older epoch by it)
     run_folder = source.parent if in_place and (source.parent / CONFIG_FILE).is_file() else None

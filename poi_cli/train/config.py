@@ -102,7 +102,8 @@ class TrainConfig:
     teacher_weight: float = option(LossConfig.teacher_weight, LOSS, "Weight of the --teacher distillation.")
     soft_labels: bool = option(False, LOSS, "y of Eq. 4, 5 and 9 is the annotators' vote distribution (FERPlus's votes, "
                                             "single votes dropped as its majority rule drops them), not the majority label "
-                                            "(beyond the paper); validation and the audit keep the majority label.")
+                                            "(beyond the paper); validation and the audit keep the majority label. Not "
+                                            "with --noise, --labels or --rounds.")
 
     # optimisation (Sec. IV-B)
     epochs: int = option(60, OPTIMISER, "Epochs.")
@@ -164,7 +165,7 @@ class TrainConfig:
     project: str = option("runs/train", RUN, "Folder of the run folders.", path=True)
     name: str = option("exp", RUN, "Run folder name (numbered when taken: exp2, exp3, ...).")
     exist_ok: bool = option(False, RUN, "Reuse the run folder NAME when it exists instead of numbering a new one.", cli=False)
-    resume: Optional[str] = option(None, RUN, "Continue an interrupted run folder with its own config and CPU threads (--device may change; other options given are named in a note and ignored).")
+    resume: Optional[str] = option(None, RUN, "Continue an interrupted run folder with its own config (--device may change; other options set to other values than the run's are named in a note and ignored) and its CPU threads (unless --threads or $POI_THREADS).")
 
     def __post_init__(self) -> None:
         if isinstance(self.lr_steps, str):  # the CLI's form: "20,40"

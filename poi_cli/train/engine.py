@@ -141,12 +141,12 @@ class Trainer:
         """Give up the run folder's writer claim (the run is over, or could not start). failed:
         a new run folder that is still empty goes too (a full disk at config.json left one per
         try: exp, exp2, ...); one with config.json in it is a run --resume starts."""
-        self._claim.close()
         if failed and not self.config.resume and self.ctx.is_main:
             try:
-                self.run.path.rmdir()  # only an empty folder
+                self.run.path.rmdir()  # only an empty folder, while the claim is still held
             except OSError:
                 pass
+        self._claim.close()
 
     def _print(self, message: str) -> None:
         self.console.print(message, soft_wrap=True, highlight=False, markup=False, emoji=False)  # one log line stays one line
