@@ -202,6 +202,7 @@ def test_an_fp16_export_that_fails_its_check_says_why_and_what_to_do_and_writes_
                                  "--tolerance", "1e-12", "--out", str(out), "--threads", "1"])
     assert result.exit_code == 1 and "--fp16-weights rounds float32 weights" in result.stderr, result.output
     assert "was not written" in result.stderr and out.read_bytes() == earlier
+    assert f"checked (not written) {out}" in result.stdout and f"wrote {out}" not in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no staged file left
     failed = export_model(checkpoint, "onnx", full=True, out=tmp_path / "new.onnx", tolerance=1e-12, fp16_weights=True)
     assert not failed.passed and not failed.path.exists()

@@ -275,3 +275,22 @@ def test_two_processes_taking_over_a_left_behind_lock_never_both_win(tmp_path):
             worker.join(timeout=30)
         assert sorted(held.get(timeout=5) for _ in workers) == [0, 1], trial
         assert not lock_path(target).exists()
+
+
+def test_a_claim_holds_when_its_owner_note_cannot_be_written(tmp_path, monkeypatch):
+    """On a full disk the pid note failed first: the command stopped with a nameless
+    "[Errno 28] No space left on device" (train left its empty run folder each try)."""
+    import errno
+
+    from poi_cli.core import locks
+
+    def full(handle, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(locks.os, "write", full)
+    with claim(tmp_path / "out.csv") as lock:
+        assert lock.exists()
+        with pytest.raises(LockError, match="another process"):  # still the claim: a second writer stops
+            with claim(tmp_path / "out.csv"):
+                pass
+    assert not lock.exists()
