@@ -145,17 +145,18 @@ def batch_option() -> Any:
 
 
 def amp_option() -> Any:
-    """--amp of the commands that run a checkpoint over a prepared split (`poi train` has its own, in TrainConfig);
-    checked when parsed, also where a command ends up running no model (report without --data)."""
+    """--amp of the commands that run a checkpoint over a prepared split (`poi train` has its own, in TrainConfig)."""
+    return typer.Option("auto", help="bf16 autocast: auto (bf16 where the CPU or GPU has it), bf16 or off (float32, "
+                                     "as the deploy runtime computes).")
+
+
+def check_amp(amp: str) -> None:
+    """--amp checked before the work, where a command may end up running no model (report
+    without --data, clean of an audit.csv); one line, as core.runtime.use_bf16 says it."""
     from poi_cli.core.schema import AMP_MODES  # not core.runtime: that imports torch
 
-    def check(value: str) -> str:
-        if value not in AMP_MODES:
-            raise typer.BadParameter(f"must be one of {', '.join(AMP_MODES)}, got {value!r}")
-        return value
-
-    return typer.Option("auto", callback=check, help="bf16 autocast: auto (bf16 where the CPU or GPU has it), bf16 or "
-                                                     "off (float32, as the deploy runtime computes).")
+    if amp not in AMP_MODES:
+        fail(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
 
 
 def device_option(default: str = "auto", onnx: bool = False) -> Any:
@@ -649,6 +650,7 @@ def report(
 ) -> None:
     """Tables (final / best accuracy, noise, ablations, calibration, confidence and consistency strata) and plots of training runs; see docs/predict.md."""
     use_threads(threads)
+    check_amp(amp)
     from poi_cli.core.atomic import command_output_folder
     from poi_cli.study.report import REPORT_OUTPUTS, build_report
 
@@ -712,6 +714,7 @@ def clean(
 ) -> None:
     """Turn an audit into a label file for `poi train --labels`: relabel or drop the most suspect images."""
     use_threads(threads)
+    check_amp(amp)
     from poi_cli.core.atomic import output_file, refuse_input_as_output, refuse_poi_file
     from poi_cli.data.store import label_file_outputs
     from poi_cli.study.clean import clean as run_clean, clean_inputs, write_clean

@@ -131,5 +131,7 @@ def test_every_command_that_runs_a_model_over_a_split_takes_amp(monkeypatch, tmp
 
 def test_amp_is_checked_where_no_model_runs_too(tmp_path):
     """report without --data and clean of an audit.csv took --amp foo without a word."""
-    result = runner.invoke(app, ["report", str(tmp_path), "--amp", "foo", "--out", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "must be one of auto, bf16, off" in result.output
+    for argv in (["report", str(tmp_path)], ["clean", str(tmp_path / "audit.csv"), "data", "--out", str(tmp_path / "l.csv"),
+                                             "--threshold", "0.5"]):
+        result = runner.invoke(app, [*argv, "--amp", "foo"])
+        assert result.exit_code == 1 and result.stderr == "error: --amp must be one of auto, bf16, off, got 'foo'\n"
