@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Optional
 
 from poi_cli.core.errors import TRAIN_EXTRA_HINT, PoiError
+from poi_cli.core.schema import DEVICES
 from poi_cli.deploy.predict import ONNX_SUFFIX, PredictError, resolve_model
 from poi_cli.deploy.runner import ModelFileError, ModelRunner, OnnxRunner, written_by_torch_save
 
 BACKENDS = ("auto", "onnx", "torch")
-DEVICES = ("auto", "cpu", "cuda", "mps")  # core.runtime.select_device's choices
 
 
 def torch_available() -> bool:

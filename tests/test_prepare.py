@@ -596,3 +596,12 @@ def test_a_prepare_that_stores_no_face_fails_in_one_line(tmp_path: Path) -> None
                                       "--threads", "1"])
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.exit_code == 1 and len(lines) == 1 and "no face was stored" in lines[0] and "1 missing" in lines[0]
+
+
+def test_a_device_typo_is_said_before_the_work_even_without_a_detector(tmp_path):
+    """prepare --no-detect --device tpu exited 0: --device was read only by the torch detector."""
+    raw = make_folder_tree(tmp_path / "raw", per_class=1)
+    result = CliRunner().invoke(app, ["prepare", "folder", str(raw), "--out", str(tmp_path / "out"), "--size", str(SIZE),
+                                      "--no-detect", "--device", "tpu", "--threads", "1"])
+    assert result.exit_code == 1 and "--device must be one of auto, cpu, cuda, mps, got 'tpu'" in result.stderr
+    assert not (tmp_path / "out").exists()

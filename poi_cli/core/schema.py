@@ -40,3 +40,5 @@ DETECTOR_NONE = "none"
 
 # --amp of every command that runs a model (train, evaluate, calibrate, audit, clean, report).
 AMP_MODES: tuple[str, ...] = ("auto", "bf16", "off")
+# --device of every command that runs torch (core.runtime.select_device's choices)
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")

@@ -260,11 +260,11 @@ class FaceDetector:
             raise FaceDetectorError(
                 f"the torch MTCNN (--detector mtcnn-torch) needs facenet-pytorch, which failed to import ({type(error).__name__}): {FACENET_HINT}"
             ) from None
-        import torch
+        from poi_cli.core.runtime import select_device  # auto: CUDA, else MPS, else CPU; a missing GPU is one line
 
         if max_side < 32:
             raise ValueError(f"max_side must be at least 32, got {max_side}")
-        self.device = torch.device(device)
+        self.device = select_device(device)
         self.min_face_size = int(min_face_size)
         self.max_side = int(max_side)
         # Faces scored below min_score are dropped after detection. MTCNN scores real

@@ -30,6 +30,7 @@ import pandas as pd
 
 from poi_cli import __version__
 from poi_cli.core.errors import PoiError
+from poi_cli.core.schema import DEVICES
 from poi_cli.core.locks import LockError, claim
 from poi_cli.core.atomic import atomic_write_text
 from poi_cli.data.datasets import PENDING, Item, LayoutError, ParsedDataset, parse_dataset
@@ -113,6 +114,8 @@ def prepare(
         raise PrepareError(f"--size must lie in 32..1024, got {size}")
     if batch_size < 1:
         raise PrepareError(f"--batch must be at least 1, got {batch_size}")
+    if device not in DEVICES:  # checked also when no detector runs (--no-detect): a typo is said at once
+        raise PrepareError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     if isinstance(detector, str) and detector not in DETECTORS:
         raise PrepareError(f"--detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
     raw = Path(raw_dir).resolve()

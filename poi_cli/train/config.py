@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from poi_cli.core.errors import PoiError
-from poi_cli.core.schema import AMP_MODES
+from poi_cli.core.schema import AMP_MODES, DEVICES
 from poi_cli.model.loss_config import LossConfig
 
 SCHEDULES = ("step", "cosine")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 ALL_FOLDS = "all"  # --fold all: every fold in turn (poi_cli/pipeline.py)
 # --rounds-fine-tune: a later round's learning rate as a fraction of --lr (docs/results/ferplus.md:
 # 12 epochs at 0.02 after round 1's 0.05 beat round 2 from scratch on two seeds; 6 at 0.01 matched it)
