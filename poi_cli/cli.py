@@ -153,10 +153,10 @@ def amp_option() -> Any:
 def check_amp(amp: str) -> None:
     """--amp checked before the work, where a command may end up running no model (report
     without --data, clean of an audit.csv); one line, as core.runtime.use_bf16 says it."""
-    from poi_cli.core.schema import AMP_MODES  # not core.runtime: that imports torch
+    from poi_cli.core.schema import check_amp as check  # not core.runtime's use_bf16: that imports torch
 
-    if amp not in AMP_MODES:
-        fail(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    with user_errors():
+        check(amp)
 
 
 def device_option(default: str = "auto", onnx: bool = False) -> Any:

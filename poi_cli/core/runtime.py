@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from poi_cli.core.errors import PoiError
-from poi_cli.core.schema import AMP_MODES
+from poi_cli.core.schema import check_amp
 
 
 class DeviceError(PoiError):
@@ -63,8 +63,7 @@ def cpu_has_bf16() -> bool:
 
 def use_bf16(amp: str, device: torch.device) -> bool:
     """Whether to run under bf16 autocast: `auto` where the device has fast bf16, `bf16`, `off`."""
-    if amp not in AMP_MODES:
-        raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    check_amp(amp)
     if amp == "off":
         return False
     if amp == "bf16":

@@ -40,5 +40,12 @@ DETECTOR_NONE = "none"
 
 # --amp of every command that runs a model (train, evaluate, calibrate, audit, clean, report).
 AMP_MODES: tuple[str, ...] = ("auto", "bf16", "off")
+
+
+def check_amp(amp: str) -> None:
+    """ValueError (one line) for an --amp that is not one of AMP_MODES."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+
 # --device of every command that runs torch (core.runtime.select_device's choices)
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")

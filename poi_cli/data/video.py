@@ -115,17 +115,20 @@ class VideoInfo:
     height: int
 
 
+# a display rotation that is a multiple of 90 degrees: an exact transpose, no resampling
+QUARTER_TURNS = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, -180: Image.Transpose.ROTATE_180,
+                 -90: Image.Transpose.ROTATE_270, 270: Image.Transpose.ROTATE_270}
+
+
 def upright_frame(image: Image.Image, rotation: int) -> Image.Image:
     """A decoded frame as a player shows it: turned by its display matrix's rotation (degrees
     counterclockwise, PyAV's VideoFrame.rotation). A phone's portrait video stores landscape
     frames with a rotation of -90: read as stored, every face lay on its side and the detector
     found none (images are turned upright by their EXIF orientation the same way)."""
-    turns = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, -180: Image.Transpose.ROTATE_180,
-             -90: Image.Transpose.ROTATE_270, 270: Image.Transpose.ROTATE_270}
     if not rotation:
         return image
-    if rotation in turns:  # exact, no resampling
-        return image.transpose(turns[rotation])
+    if rotation in QUARTER_TURNS:
+        return image.transpose(QUARTER_TURNS[rotation])
     return image.rotate(rotation, expand=True)
 
 

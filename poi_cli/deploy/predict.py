@@ -318,8 +318,8 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
             run.statuses.setdefault(prediction.source, set()).update(r.status for r in prediction.records)
             if prediction.source in video_sources:
                 run.videos.add(prediction.source)
+            status_counts(prediction.records, into=run.counts)
             for record in prediction.records:
-                run.counts[record.status] = run.counts.get(record.status, 0) + 1
                 run.first = run.first or record
                 summaries.add(record)
                 if keep == KEEP_ALL or (keep == KEEP_IMAGES and record.video is None):

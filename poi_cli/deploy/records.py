@@ -329,9 +329,10 @@ def write_predictions_csv(records: Sequence[FaceRecord], classes: Sequence[str],
     return table.path
 
 
-def status_counts(records: Iterable[FaceRecord]) -> dict[str, int]:
-    """How many records of each status (faces for ok, images for no_face / error)."""
-    counts = dict.fromkeys(PREDICT_STATUSES, 0)
+def status_counts(records: Iterable[FaceRecord], into: Optional[dict[str, int]] = None) -> dict[str, int]:
+    """How many records of each status (faces for ok, images for no_face / error); `into`: add
+    them to these counts (a run counting as its records come)."""
+    counts = dict.fromkeys(PREDICT_STATUSES, 0) if into is None else into
     for record in records:
         counts[record.status] = counts.get(record.status, 0) + 1
     return counts
