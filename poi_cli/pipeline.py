@@ -39,7 +39,7 @@ import pandas as pd
 
 from poi_cli.core.atomic import write_csv, write_json
 from poi_cli.core.atomic import atomic_write_text
-from poi_cli.data.folds import fold_split_name, stratified_folds
+from poi_cli.data.folds import fold_split_name, stratified_folds, subject_folds
 from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, label_names
 from poi_cli.study.audit import AuditError, AuditResult, audit_of, audited_labels, objective_inference
 from poi_cli.study.clean import FITTED_ADVICE, clean, clean_audit, write_clean
@@ -316,9 +316,15 @@ def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, o
                          f"{len(data.labels)}")
     if folds < 2 or folds > len(data.labels):
         raise AuditError(f"--cross-fit needs 2 to {len(data.labels)} folds (at most one per training image), got {folds}")
-    fold_of = stratified_folds(data.labels, folds, CROSS_FIT_SEED)
-    check_same_cross_fit(out, {"run": str(run_dir.resolve()), "folds": folds, "seed": CROSS_FIT_SEED,
-                               "labels": labels_digest(data.ids, data.labels)})
+    record = {"run": str(run_dir.resolve()), "folds": folds, "seed": CROSS_FIT_SEED,
+              "labels": labels_digest(data.ids, data.labels)}
+    if (subjects := dataset.subjects(data)) is not None and len(set(subjects)) >= folds:
+        # a subject's near-identical frames (CK+) in a fold model's training would score its
+        # other frames in sample: the folds keep subjects whole
+        fold_of, record["by_subject"] = subject_folds(subjects, folds, CROSS_FIT_SEED), True
+    else:
+        fold_of = stratified_folds(data.labels, folds, CROSS_FIT_SEED)
+    check_same_cross_fit(out, record)
     all_ids = dataset.split(config.train_split).ids  # the split as the manifest has it
     position = pd.Series(np.arange(len(all_ids)), index=all_ids)
     names = dataset.classes

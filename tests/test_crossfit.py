@@ -104,6 +104,21 @@ def test_cross_fit_audit_scores_every_image_out_of_fold(tmp_path):
     (run / "config.json").write_text(json.dumps(config))
 
 
+def test_cross_fit_folds_keep_each_subject_whole(tmp_path):
+    """Image-level folds put a CK+ subject's near-identical frames in the fold model that scored
+    its other frames: an audit in sample in all but name."""
+    data = make_prepared(tmp_path / "data", splits={"train": 4, "valid": 1})
+    manifest = pd.read_csv(data / "manifest.csv")
+    manifest["subject"] = [f"S{i // 3}" for i in range(len(manifest))]  # runs of 3 images
+    manifest.to_csv(data / "manifest.csv", index=False)
+    run = train(tiny_config(data, tmp_path / "runs", epochs=1, batch=14))
+    result = cross_fit_audit(run, data, 2, tmp_path / "audit", device="cpu")
+    subject_of = manifest.set_index("id")["subject"]
+    folds_per_subject = result.table.assign(subject=subject_of.loc[result.table["id"]].to_numpy()).groupby("subject")["fold"].nunique()
+    assert (folds_per_subject == 1).all() and set(result.table["fold"]) == {0, 1}
+    assert json.loads((tmp_path / "audit" / "crossfit" / "crossfit.json").read_text())["by_subject"] is True
+
+
 def test_cross_fit_audit_of_a_run_that_left_images_out(tmp_path):
     """A run trained on a label file with dropped images (poi clean --drop): the fold label
     files still cover the split, and only the run's own images are audited."""

@@ -112,6 +112,46 @@ def test_train_one_fold_then_evaluate_picks_the_fold(tmp_path):
     assert metrics["split"] == "fold1" and metrics["n_images"] == len(fold_ids)
 
 
+def test_hold_out_by_subject_keeps_every_subject_on_one_side_and_every_class_in_training():
+    from poi_cli.train.data import hold_out
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 0, 1])
+    subjects = np.array(["a", "a", "b", "b", "c", "c", "d", "d", "e", "e", "", ""])
+    for seed in range(20):
+        held = hold_out(labels, 0.3, seed, groups=subjects)
+        named = subjects != ""
+        assert not set(subjects[held & named]) & set(subjects[~held & named]), seed  # no subject on both sides
+        assert held.sum() >= 4 and not held[labels == 2].any(), seed  # 30 % of 12, class 2's only subject stays
+        assert set(labels[held]) >= {0, 1}, seed  # classes that have another subject are validated on
+    assert (hold_out(labels, 0.3, 3, groups=subjects) == hold_out(labels, 0.3, 3, groups=subjects)).all()
+
+
+def test_a_fold_run_holds_out_whole_subjects_and_a_resumed_run_keeps_its_own_hold_out(tmp_path):
+    """Validation held out image by image shared subjects (CK+: near-identical frames of one
+    sequence) with training: the best epoch and T_cal were chosen on copies of training faces."""
+    from poi_cli.train.data import select_data
+
+    raw = write_ck48(tmp_path / "raw", subjects=12, frames=3)
+    data = prepare("ckplus", raw, tmp_path / "ck", size=64, show_progress=False, folds=3).out_dir
+    dataset = PreparedDataset(data)
+    config = TrainConfig(data=str(data), input_size=64, fold="1", val_fraction=0.25, seed=2)
+    picked = select_data(config)
+    subject_of = dict(zip(dataset.manifest["id"], dataset.manifest["subject"]))
+    validated = {subject_of[i] for i in picked.val.ids}
+    trained = {subject_of[i] for i in picked.train.ids}
+    assert validated and not validated & trained
+    assert f"whole subjects: {len(validated)} of {len(validated | trained)}, none of them trained on" in picked.val_note
+
+    run = tmp_path / "old_run"  # a run started with an image-level hold-out: its resume keeps those images
+    run.mkdir()
+    first = sorted(picked.train.ids)[:2] + sorted(picked.val.ids)[:1]
+    pd.DataFrame({"id": first}).to_csv(run / "heldout_ids.csv", index=False)
+    config.resume = str(run)
+    resumed = select_data(config)
+    assert sorted(resumed.val.ids) == sorted(first)
+    assert "also trained on" in resumed.val_note
+
+
 def test_evaluate_split_rule_test_then_validation_then_the_runs_held_out_images(tmp_path):
     with_test = PreparedDataset(make_prepared(tmp_path / "a", splits={"train": 1, "valid": 1, "test": 1}))
     assert choose_split(tmp_path, with_test).split == "test"

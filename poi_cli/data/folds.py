@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 FOLD_COLUMN = "fold"
+SUBJECT_COLUMN = "subject"  # the manifest column of a dataset that names its subjects (CK+); "" unknown
 NO_FOLD = -1
 FOLD_SPLIT = re.compile(r"^fold(\d+)$")  # the held-out images of fold k, as a split name: fold3
 RANDOM_SPLIT_NOTE = ("split 'test' is a random {pct:.0%} of the images, stratified by class, at the image level: "

@@ -42,7 +42,7 @@ from poi_cli.core.manifests import class_names
 from poi_cli.core.progress import progress_bar
 from poi_cli.core.schema import LANDMARK_NAMES, STATUS_BAD_IMAGE, STATUS_ERROR, STATUS_EXCLUDED, STATUS_NO_FACE, STATUS_OK
 from poi_cli.data.preprocess import Preprocessing
-from poi_cli.data.folds import FOLD_COLUMN, NO_FOLD, RANDOM_SPLIT_NOTE, random_test_mask, subject_folds
+from poi_cli.data.folds import FOLD_COLUMN, NO_FOLD, RANDOM_SPLIT_NOTE, SUBJECT_COLUMN, random_test_mask, subject_folds
 from poi_cli.core.layout import META_FILE, PREPARE_JOURNAL_FILE, PREPARE_PROGRESS_FILE, STORE_FILES
 from poi_cli.data.store import MANIFEST_COLUMNS, STORE_FORMAT, StoreError, StoreWriter, store_meta
 CHECKPOINT_SECONDS = 2.0
@@ -220,18 +220,18 @@ def _apply_protocol(parsed: ParsedDataset, items: list[Item], folds: int | None,
     k = dataset_manifest(parsed.name).get("default_folds", 0) if folds is None else folds
     if not k:
         return {}
-    if "subject" not in parsed.extra_columns:
+    if SUBJECT_COLUMN not in parsed.extra_columns:
         raise PrepareError(f"--folds needs subject ids and {parsed.name} has none: "
                            "subject-independent folds are for CK+ (use --folds 0 for none)")
     folded = [item for item in items if item.split == "train"]
-    subjects = len({str(item.extra.get("subject", "")) or item.id for item in folded})
+    subjects = len({str(item.extra.get(SUBJECT_COLUMN, "")) or item.id for item in folded})
     if folds is None and subjects < k:  # the default on a small set: as many folds as subjects, none for one
         parsed.notes.append(f"only {subjects} subject(s): {'no folds' if subjects < 2 else f'{subjects} folds'} instead of the default {k}")
         k = subjects if subjects >= 2 else 0
         if not k:
             return {}
     try:
-        assigned = subject_folds([str(item.extra.get("subject", "")) for item in folded], k, fold_seed)
+        assigned = subject_folds([str(item.extra.get(SUBJECT_COLUMN, "")) for item in folded], k, fold_seed)
     except ValueError as error:
         raise PrepareError(str(error)) from None
     for item in items:

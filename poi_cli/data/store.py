@@ -36,7 +36,7 @@ from poi_cli.core.atomic import atomic_write_text
 from poi_cli.core.layout import FACES_FILE, MANIFEST_FILE, META_FILE
 from poi_cli.core.schema import LANDMARK_NAMES, STATUS_OK
 from poi_cli.data.duplicates import DIGEST_COLUMN, store_digests
-from poi_cli.data.folds import FOLD_COLUMN, fold_split_name, parse_fold_split
+from poi_cli.data.folds import FOLD_COLUMN, SUBJECT_COLUMN, fold_split_name, parse_fold_split
 from poi_cli.data.preprocess import Preprocessing
 
 STORE_FORMAT = 1
@@ -225,6 +225,15 @@ class PreparedDataset:
     def folds(self) -> int:
         """Number of subject-independent folds in the manifest's fold column (0 when none)."""
         return int(self.protocol.get("folds", 0)) if FOLD_COLUMN in self.manifest.columns else 0
+
+    def subjects(self, data: SplitData) -> Optional[np.ndarray]:
+        """The subject of each image of `data` (str, "" where unknown), from the manifest's subject
+        column (CK+); None when the folder records no subjects."""
+        if SUBJECT_COLUMN not in self.manifest.columns:
+            return None
+        named = self.manifest.set_index("id")[SUBJECT_COLUMN].fillna("").astype(str)
+        subjects = named.reindex(data.ids).fillna("").to_numpy(str)
+        return subjects if (subjects != "").any() else None
 
     def fold_splits(self) -> list[str]:
         """The held-out images of each fold as split names: fold0, fold1, ..."""

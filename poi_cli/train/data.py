@@ -9,6 +9,7 @@ for, else valid, else val, else a stratified, seeded hold-out of the training sp
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Optional
 
@@ -17,6 +18,7 @@ import numpy as np
 from poi_cli.data.combined import member_of_rows, sampling_positions
 from poi_cli.data.folds import fold_split_name
 from poi_cli.data.store import PreparedDataset, SplitData
+from poi_cli.model.checkpoint import HELDOUT_FILE, read_heldout_ids
 from poi_cli.train.config import TrainConfig, TrainError
 
 
@@ -87,7 +89,13 @@ def select_data(config: TrainConfig) -> TrainingData:
     elif config.val_fraction > 0:
         # No validation split in the store (RAF-DB: train/test only): hold out part of
         # train, with the labels training sees, rather than ever select on test.
-        held, held_out = hold_out(labels, config.val_fraction, config.seed), True
+        subjects = dataset.subjects(train)
+        if subjects is not None and len(set(subjects[subjects != ""])) < 2:
+            subjects = None  # one subject: only its images can be held out
+        held = (heldout_of_run(config, train) if config.resume else None)
+        if held is None:
+            held = hold_out(labels, config.val_fraction, config.seed, groups=subjects)
+        held_out = True
         val = SplitData(train.store_rows[held], labels[held], train.ids[held])
         keep = ~held
         train = SplitData(train.store_rows[keep], train.labels[keep], train.ids[keep])
@@ -96,8 +104,9 @@ def select_data(config: TrainConfig) -> TrainingData:
         other = dataset.validation_split()  # valid/val, when training on it (--train-split val)
         why = (f"{other} is the split it trains on" if other is not None and other == config.train_split
                else "the store has no valid/val split")
+        whole = "" if subjects is None else subject_note(subjects, held)
         note = (f"validation: {held.sum()} images held out of {config.train_split} "
-                f"(--val-fraction {config.val_fraction:g}, seed {config.seed}; {why})")
+                f"(--val-fraction {config.val_fraction:g}, seed {config.seed}{whole}; {why})")
     else:
         val, name, note = None, None, "no validation (--val-fraction 0): best.pt is the last epoch"
     if test_split is not None:
@@ -168,10 +177,35 @@ def choose_val_split(dataset: PreparedDataset, requested: Optional[str], train_s
     return dataset.validation_split(exclude=train_split)
 
 
-def hold_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+def subject_note(subjects: np.ndarray, held: np.ndarray) -> str:
+    """What the hold-out note says of subjects: how many were held out whole, or how many are
+    also trained on (a run started before hold-outs kept subjects whole, resumed)."""
+    validated, trained = set(subjects[held]) - {""}, set(subjects[~held]) - {""}
+    if shared := validated & trained:
+        return f", {len(shared)} of its {len(validated)} subjects also trained on"
+    return f", whole subjects: {len(validated)} of {len(validated | trained)}, none of them trained on"
+
+
+def heldout_of_run(config: TrainConfig, train: SplitData) -> Optional[np.ndarray]:
+    """A resumed run validates on the images it held out when it started (its heldout_ids.csv),
+    whatever hold_out would draw today; None when the run folder has no such file."""
+    path = Path(config.resume) / HELDOUT_FILE
+    if not path.is_file():
+        return None
+    return np.isin(train.ids, read_heldout_ids(config.resume))
+
+
+def hold_out(labels: np.ndarray, fraction: float, seed: int, groups: Optional[np.ndarray] = None) -> np.ndarray:
     """Boolean mask of a stratified, seeded `fraction` of the positions: one at least per class of
     2+ images, and never a class's last one (a class of one image stays in training: at
-    --val-fraction 0.5 its only image went to validation, and the class was never trained on)."""
+    --val-fraction 0.5 its only image went to validation, and the class was never trained on).
+
+    groups (a subject per image, "" unknown): whole subjects are held out instead, so that no
+    subject is both trained on and validated on (CK+ keeps several near-identical frames of
+    each sequence: an image-level hold-out validated, and fitted T_cal, on copies of training
+    faces)."""
+    if groups is not None:
+        return hold_out_groups(labels, groups, fraction, seed)
     mask = np.zeros(len(labels), dtype=bool)
     rng = np.random.default_rng([seed, 7919])
     for label in np.unique(labels):
@@ -179,4 +213,30 @@ def hold_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
         count = int(math.floor(fraction * len(positions) + 0.5))
         count = min(max(count, 1), len(positions) - 1) if len(positions) >= 2 else 0
         mask[rng.permutation(positions)[:count]] = True
+    return mask
+
+
+def hold_out_groups(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of whole groups, in a seeded order, until `fraction` of the images (rounded,
+    one group at least) are held out: first groups that bring a class validation lacks, then any.
+    A group is passed over when taking it would leave a class without a training image. An
+    image of unknown group ("") is a group of its own."""
+    keys = np.asarray([g if g else f"\0{i}" for i, g in enumerate(groups)], dtype=object)
+    names, inverse = np.unique(keys, return_inverse=True)
+    target = max(int(math.floor(fraction * len(labels) + 0.5)), 1)
+    left = np.bincount(labels, minlength=int(labels.max()) + 1)  # training images per class
+    mask = np.zeros(len(labels), dtype=bool)
+    order = np.random.default_rng([seed, 7919]).permutation(len(names))
+    for only_new_classes in (True, False):
+        for group in order:
+            members = (inverse == group) & ~mask
+            taken = np.bincount(labels[members], minlength=len(left))
+            if mask.sum() >= target:
+                return mask
+            if not members.any() or np.any((taken > 0) & (taken >= left)):
+                continue  # taken already, or a class's last training images
+            if only_new_classes and not np.any((taken > 0) & ~np.isin(np.arange(len(left)), labels[mask])):
+                continue
+            mask |= members
+            left -= taken
     return mask

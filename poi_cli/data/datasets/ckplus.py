@@ -11,6 +11,7 @@ from poi_cli.data.datasets.common import (
     Item, LayoutError, ParsedDataset, class_lookup, dataset_manifest, five_from_68, list_images, relative,
 )
 from poi_cli.data.datasets.folders import parse_ck48
+from poi_cli.data.folds import SUBJECT_COLUMN
 
 
 def read_68(path: Path) -> np.ndarray | None:
@@ -58,7 +59,7 @@ def parse_official(raw_dir: Path) -> ParsedDataset:
             source = relative(path, raw_dir)
             match = subject.match(path.name)
             item = Item(id=source, source=source, split="train", label=label,
-                        extra={"subject": match.group(1) if match else sequence.parts[0]})
+                        extra={SUBJECT_COLUMN: match.group(1) if match else sequence.parts[0]})
             points = read_68(landmark_root / sequence / f"{path.stem}_landmarks.txt")
             if points is not None:
                 item.landmarks = five_from_68(points, facts["landmarks_68_to_5"])
@@ -76,7 +77,7 @@ def parse_official(raw_dir: Path) -> ParsedDataset:
     with_landmarks = sum(item.landmarks is not None for item in items)
     detect = layout["detect"] and with_landmarks < len(items)
     return ParsedDataset("ckplus", "official", items, layout["num_classes"], facts["grayscale"], detect,
-                         notes, {}, ["subject"])
+                         notes, {}, [SUBJECT_COLUMN])
 
 
 def parse(raw_dir: Path) -> ParsedDataset:

@@ -9,6 +9,7 @@ from poi_cli.data.datasets.common import (
     Item, LayoutError, ParsedDataset, class_lookup, dataset_manifest, expected_counts, list_images, relative,
 )
 from poi_cli.core.manifests import CLASSES
+from poi_cli.data.folds import SUBJECT_COLUMN
 
 
 def class_folder_items(
@@ -81,9 +82,9 @@ def parse_ck48(raw_dir: Path) -> ParsedDataset:
     subject = re.compile(facts["subject_pattern"])
     for item in items:
         match = subject.match(Path(item.source).name)
-        item.extra["subject"] = match.group(1) if match else ""
+        item.extra[SUBJECT_COLUMN] = match.group(1) if match else ""
     return ParsedDataset("ckplus", "ck+48", items, layout["num_classes"], facts["grayscale"], layout["detect"],
-                         [layout["note"]], expected_counts(facts), ["subject"])
+                         [layout["note"]], expected_counts(facts), [SUBJECT_COLUMN])
 
 
 def parse_folder(raw_dir: Path) -> ParsedDataset:
