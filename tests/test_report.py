@@ -203,7 +203,7 @@ def test_report_with_data_adds_confusion_consistency_strata_and_calibration(runs
     assert list(zip(strata["run"], strata["score"])) == ([("poi20", "confidence")] * 3 + [("poi20", "consistency")] * 3
                                                          + [("base20", "confidence")] * 3)
     assert list(strata["n"]) == [4, 7, 10] * 3  # 30/50/70% of 14 test images
-    assert strata[["most_confident_acc", "least_confident_acc"]].stack().between(0, 1).all()
+    assert strata[["most_confident_accuracy", "least_confident_accuracy"]].stack().between(0, 1).all()
     assert report.summary["eval_acc"].between(0, 1).all()
     # no face of the test split is another split's: without the twins is every face
     assert (report.summary["eval_acc_without_twins"] == report.summary["eval_acc"]).all()
@@ -268,7 +268,7 @@ def test_single_run_with_old_eval_metrics_and_a_run_without_epochs(runs, tmp_pat
     (empty / "config.json").write_text(json.dumps(TrainConfig(epochs=3).to_dict()))
     report = build_report([run, empty], tmp_path / "out")
     assert (tmp_path / "out" / "confusion_poi20.png").is_file()
-    assert report.strata.iloc[0]["most_confident_acc"] == 1.0 and list(report.strata["score"]) == ["consistency"]
+    assert report.strata.iloc[0]["most_confident_accuracy"] == 1.0 and list(report.strata["score"]) == ["consistency"]
     summary = report.summary.set_index("run")
     assert summary.loc["poi20", "eval_acc"] == pytest.approx(0.6)
     assert summary.loc["poi20", list(CALIBRATION_COLUMNS)].isna().all()
@@ -342,8 +342,8 @@ def test_eval_metrics_with_calibration_fill_runs_csv_and_both_strata(runs, tmp_p
     assert summary.loc["poi20", list(CALIBRATION_COLUMNS)].tolist() == pytest.approx([0.05, 0.02, 0.2, 0.3, 0.35, 0.3])
     assert pd.isna(summary.loc["base20", "aurc_consistency"]) and summary.loc["base20", "ece_confidence"] == 0.05
     strata = pd.read_csv(tmp_path / "out" / "strata.csv")
-    assert strata.columns.tolist() == ["run", "score", "fraction", "n", "most_confident_acc", "least_confident_acc"]
-    rows = {(r.run, r.score): r.most_confident_acc for r in strata.itertuples()}
+    assert strata.columns.tolist() == ["run", "score", "fraction", "n", "most_confident_accuracy", "least_confident_accuracy"]
+    rows = {(r.run, r.score): r.most_confident_accuracy for r in strata.itertuples()}
     assert rows == {("poi20", "confidence"): 0.9, ("poi20", "consistency"): 0.8, ("base20", "confidence"): 0.7}
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "| poi20 | 50.00 | 4 | 90.00 | 40.00 | 80.00 | 50.00 |" in markdown

@@ -97,7 +97,8 @@ CALIBRATION_COLUMNS = {  # runs.csv column: (metric, score) in an evaluation's c
     "aurc_max_softmax": ("aurc", "max_softmax"),
 }
 SCORES = ("confidence", "consistency")  # the scores of strata.csv
-STRATA_COLUMNS = ["run", "score", "fraction", "n", "most_confident_acc", "least_confident_acc"]
+STRATA_ACCURACIES = ("most_confident_accuracy", "least_confident_accuracy")  # evaluate's metrics.json names them so
+STRATA_COLUMNS = ["run", "score", "fraction", "n", *STRATA_ACCURACIES]
 
 
 class ReportError(PoiError):
@@ -482,8 +483,7 @@ def strata_rows(run_name: str, strata: dict[str, Optional[list[dict]]]) -> list[
     for score in SCORES:
         for s in strata.get(score) or []:
             rows.append({"run": run_name, "score": score, "fraction": s["fraction"], "n": s["n"],
-                         "most_confident_acc": s["most_confident_accuracy"],
-                         "least_confident_acc": s["least_confident_accuracy"]})
+                         **{name: s[name] for name in STRATA_ACCURACIES}})
     return rows
 
 
@@ -492,8 +492,8 @@ def strata_side_by_side(strata: pd.DataFrame) -> pd.DataFrame:
     if strata.empty:
         return pd.DataFrame()
     wide = strata.pivot_table(index=["run", "fraction", "n"], columns="score", sort=False,
-                              values=["most_confident_acc", "least_confident_acc"], aggfunc="first")
-    columns = [(kind, score) for score in SCORES for kind in ("most_confident_acc", "least_confident_acc")
+                              values=list(STRATA_ACCURACIES), aggfunc="first")
+    columns = [(kind, score) for score in SCORES for kind in STRATA_ACCURACIES
                if (kind, score) in wide.columns]
     wide = wide[columns]
     wide.columns = [f"{kind.split('_')[0]} confident ({score})" for kind, score in columns]
