@@ -4,7 +4,7 @@
                     `poi predict --json` prints for the same images (query: show_au, no_detect)
     GET  /health    {"status": "ok", ...}
     GET  /model     classes, input size, preprocessing and a summary of the model file
-    GET  /docs      the OpenAPI page (/openapi.json the schema)
+    GET  /docs      the API's page, offline (/openapi.json the schema)
 
 This is part of the deploy runtime: it imports no torch (a torch runner, built by
 poi_cli/backends.py, is only read through getattr).
@@ -107,6 +107,9 @@ class ServeLimits:
         if self.max_pixels > faces.MAX_PIXELS:
             raise ServeError(f"--max-megapixels is at most {faces.MAX_PIXELS / 1e6:.0f} (the image loader's own limit), "
                              f"got {self.max_pixels / 1e6:g}")
+        if self.max_request_bytes > self.max_buffered_bytes:  # such a body would be answered 503 for ever
+            raise ServeError(f"--max-upload-mb is at most {self.max_buffered_bytes / MiB:g} (the request bodies the server "
+                             f"holds at once), got {self.max_request_bytes / MiB:g}")
         if self.body_timeout_s < 1:  # shorter: no request could arrive in time
             raise ServeError(f"--body-timeout must be at least 1 s, got {self.body_timeout_s:g}")
         if self.header_timeout_s < 1:  # the library's own limit (no CLI option)
@@ -491,6 +494,46 @@ def model_card(predictor: Predictor) -> dict[str, Any]:
     }
 
 
+def api_page(schema: dict) -> str:
+    """GET /docs: the OpenAPI schema as one HTML page that fetches nothing (the service works
+    offline, and so must its page): each route with its parameters and answers, and the
+    curl line of an upload. /openapi.json is the schema itself."""
+    from html import escape
+
+    info = schema.get("info", {})
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(str(info.get('title', '')))} API</title>",
+             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+             "code,pre{background:#f4f4f4;padding:.1em .3em}td,th{border-bottom:1px solid #ddd;padding:.3em;text-align:left}"
+             "table{border-collapse:collapse}</style></head><body>",
+             f"<h1>{escape(str(info.get('title', '')))} {escape(str(info.get('version', '')))}</h1>",
+             f"<p>{escape(str(info.get('description', '')))}</p>",
+             "<p>The schema: <a href='/openapi.json'>/openapi.json</a>. An upload: "
+             "<code>curl -F files=@face.jpg 'http://HOST:PORT/predict?show_au=true'</code></p>"]
+    for path, methods in schema.get("paths", {}).items():
+        for method, operation in methods.items():
+            parts.append(f"<h2><code>{escape(method.upper())} {escape(path)}</code></h2>")
+            text = operation.get("description") or operation.get("summary") or ""
+            parts.append(f"<p>{escape(str(text))}</p>")
+            parameters = operation.get("parameters", [])
+            if parameters:
+                parts.append("<table><tr><th>parameter</th><th>in</th><th>type</th><th>default</th><th></th></tr>")
+                for parameter in parameters:
+                    kind = parameter.get("schema", {})
+                    parts.append(f"<tr><td><code>{escape(str(parameter.get('name')))}</code></td>"
+                                 f"<td>{escape(str(parameter.get('in', '')))}</td><td>{escape(str(kind.get('type', '')))}</td>"
+                                 f"<td>{escape(str(kind.get('default', '')))}</td>"
+                                 f"<td>{escape(str(parameter.get('description', '')))}</td></tr>")
+                parts.append("</table>")
+            answers = operation.get("responses", {})
+            if answers:
+                parts.append("<table><tr><th>status</th><th></th></tr>")
+                parts.extend(f"<tr><td>{escape(str(code))}</td><td>{escape(str(answer.get('description', '')))}</td></tr>"
+                             for code, answer in answers.items())
+                parts.append("</table>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
 # ---------------------------------------------------------------------------- app
 
 
@@ -510,7 +553,7 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits()) -> Any
     try:
         from fastapi import FastAPI, Query, Request
         from fastapi.exceptions import RequestValidationError
-        from fastapi.responses import JSONResponse
+        from fastapi.responses import HTMLResponse, JSONResponse
         from starlette.requests import ClientDisconnect
     except ImportError as error:
         raise ServeError(f"poi serve needs fastapi and uvicorn ({one_line(error)}); "
@@ -535,7 +578,9 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits()) -> Any
         large_lane.shutdown(wait=False, cancel_futures=True)
         decode_lane.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="poi", version=__import__("poi_cli").__version__, lifespan=lifespan,
+    # docs_url=None: FastAPI's Swagger page loads its scripts from a CDN, blank on an offline
+    # machine; /docs is a page of our own with nothing to fetch (api_page)
+    app = FastAPI(title="poi", version=__import__("poi_cli").__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Facial expression, confidence, consistency and action units of every face in images.")
     app.state.batcher, app.state.limits, app.state.serve_state = batcher, limits, state
 
@@ -562,6 +607,10 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits()) -> Any
     @app.get("/model")
     async def model() -> dict:
         return card
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(api_page(app.openapi()))
 
     upload_schema = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["files"],
