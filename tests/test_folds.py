@@ -4,6 +4,7 @@ prepare time, `poi train --fold K / all`, and the split `poi evaluate` picks by 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,53 @@ def test_a_fold_run_holds_out_whole_subjects_and_a_resumed_run_keeps_its_own_hol
     resumed = select_data(config)
     assert sorted(resumed.val.ids) == sorted(first)
     assert "also trained on" in resumed.val_note
+
+
+def test_a_fold_run_calibrates_on_its_held_out_images_never_on_a_fold_and_evaluate_says_what_it_saw(tmp_path):
+    """calibrate's fold-K guard compared names (fold03 passed for fold 3), fitted on training
+    folds without a word, and without --split asked for a split a fold run cannot name;
+    evaluate on a training fold said nothing."""
+    from poi_cli.study.calibrate import CalibrateError, calibrate
+    from poi_cli.study.evaluate import evaluate
+
+    raw = write_ck48(tmp_path / "raw")
+    data = prepare("ckplus", raw, tmp_path / "ck", size=64, show_progress=False, folds=3).out_dir
+    run = train(TrainConfig(data=str(data), input_size=64, epochs=1, batch=8, lr=0.01, project=str(tmp_path / "runs"),
+                            amp="off", use_pin=False, fold="1", val_fraction=0.25))
+    held = pd.read_csv(run / "heldout_ids.csv", dtype={"id": str})["id"]
+    result = calibrate(run, data, device="cpu", amp="off")  # the run's own held-out images, by default
+    assert result.calibration.split == "train[held out by the run]" and result.calibration.n_images == len(held)
+    assert Path(result.calibration.data) == data.resolve()
+    for split, words in (("fold01", "is the fold this run is evaluated on"),
+                         ("fold2", "images this model trained on (--fold 1 trains on every fold but 1)")):
+        with pytest.raises(CalibrateError, match=re.escape(words)):
+            calibrate(run, data, split=split, device="cpu", amp="off", out=tmp_path / "x.pt")
+
+    on_training_fold = evaluate(run, data, split="fold2", device="cpu", amp="off")
+    assert any("fold2 is training data of this model (--fold 1 trained on every fold but 1)" in n for n in on_training_fold["notes"])
+    on_own_fold = evaluate(run, data, device="cpu", amp="off")
+    assert on_own_fold["split"] == "fold1" and not any("training data" in n or "trained on" in n for n in on_own_fold["notes"])
+
+
+def test_evaluate_notes_the_split_a_run_was_selected_and_calibrated_on(tmp_path):
+    """SFEW has train and val only: a run selected on val, or calibrated on it, was scored on val
+    without a word (the held-out-images case already said 'optimistic')."""
+    from poi_cli.study.calibrate import calibrate
+    from poi_cli.study.evaluate import evaluate
+
+    data = make_prepared(tmp_path / "sfew", splits={"train": 3, "val": 2})
+    run = train(tiny_config(data, tmp_path / "runs", epochs=1, use_pin=False))
+    selected = evaluate(run, data, device="cpu", amp="off")
+    assert selected["split"] == "val"
+    assert any("selected best.pt on val of this folder (its validation split)" in n for n in selected["notes"])
+
+    unselected = train(tiny_config(data, tmp_path / "runs", epochs=1, use_pin=False, val_split="none"))
+    copy = calibrate(unselected, data, device="cpu", amp="off").written
+    notes = evaluate(copy, data, device="cpu", amp="off")["notes"]
+    assert any("T_cal and the prediction recipe (TRN, " in n and "were fitted on val of this folder" in n for n in notes)
+    assert not any("selected best.pt" in n for n in notes)
+    other = make_prepared(tmp_path / "other", splits={"train": 1, "val": 2}, seed=3)  # another store's val: not it
+    assert not any("were fitted on" in n for n in evaluate(copy, other, device="cpu", amp="off")["notes"])
 
 
 def test_evaluate_split_rule_test_then_validation_then_the_runs_held_out_images(tmp_path):

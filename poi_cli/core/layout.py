@@ -20,5 +20,6 @@ STORE_FILES = (META_FILE, MANIFEST_FILE, FACES_FILE, PREPARE_PROGRESS_FILE, PREP
 # a run folder
 LAST, BEST = "last.pt", "best.pt"
 CONFIG_FILE, RESULTS_FILE = "config.json", "results.csv"
+HELD_OUT_SUFFIX = "[held out by the run]"  # after the training split's name: the images of HELDOUT_FILE (evaluate, calibrate)
 HELDOUT_FILE = "heldout_ids.csv"  # ids of the training images held out for validation, when the store had no val split
 RUN_FILES = (LAST, BEST, CONFIG_FILE, RESULTS_FILE, HELDOUT_FILE)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -48,6 +49,7 @@ class Calibration:
     nll_before: float  # of p itself (T = 1)
     nll_after: float
     recipe: PredictionRecipe = PredictionRecipe()  # how p is made; T_cal belongs to it (absent in older files: TRN alone)
+    data: Optional[str] = None  # the prepared folder of `split` (resolved path; None in files written before it was kept)
 
     @property
     def caveat(self) -> Optional[str]:
@@ -72,8 +74,21 @@ class Calibration:
     def from_dict(cls, values: Optional[dict]) -> Optional["Calibration"]:
         if not values:
             return None
-        scalars = {k: values[k] for k in cls.__dataclass_fields__ if k != "recipe"}
-        return cls(**scalars, recipe=PredictionRecipe.from_dict(values.get("recipe")))
+        scalars = {k: values[k] for k in cls.__dataclass_fields__ if k not in ("recipe", "data")}
+        return cls(**scalars, recipe=PredictionRecipe.from_dict(values.get("recipe")), data=values.get("data"))
+
+    def fitted_on(self, split: str, data: str | Path, trained_there: bool = False) -> bool:
+        """Whether T_cal (and the recipe) were fitted on `split` of the prepared folder `data`.
+        A file that does not say which folder (older ones) counts only where the model also
+        trained on `data` (trained_there): the split of the same name of another folder is not it."""
+        if split != self.split:
+            return False
+        if self.data is None:
+            return trained_there
+        try:
+            return Path(self.data).resolve() == Path(data).resolve()
+        except OSError:
+            return False
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -198,25 +213,26 @@ def accuracy_at_coverage(score: np.ndarray, correct: np.ndarray, coverage: float
 
 
 def calibration_of(logits: np.ndarray, labels: np.ndarray, split: str,
-                   recipe: PredictionRecipe = PredictionRecipe()) -> Calibration:
+                   recipe: PredictionRecipe = PredictionRecipe(), data: Optional[str] = None) -> Calibration:
     """T_cal fitted on (logits, labels) of `split` (at least 2 images), with the NLL before and after.
 
     logits: the TRN's z, or the log p a recipe makes (model/reporting.py), which softmax
-    turns back into p; recipe: the one that made them, stored with T_cal."""
+    turns back into p; recipe: the one that made them, stored with T_cal; data: the prepared
+    folder of `split` (Calibration.fitted_on)."""
     temperature = fit_temperature(logits, labels)
     return Calibration(temperature=temperature, split=split, n_images=int(len(labels)),
                        nll_before=nll(softmax(logits), labels), nll_after=nll(softmax(logits, temperature), labels),
-                       recipe=recipe)
+                       recipe=recipe, data=data)
 
 
 def choose_recipe(candidates: dict[PredictionRecipe, np.ndarray], labels: np.ndarray,
-                  split: str) -> tuple[Calibration, list[Calibration]]:
+                  split: str, data: Optional[str] = None) -> tuple[Calibration, list[Calibration]]:
     """The recipe `poi calibrate` stores: T_cal fitted after each candidate's fusion (its log p,
     (n, C), on the same images), then the lowest NLL after temperature scaling wins, the
     cheapest (PredictionRecipe.cost) among those within RECIPE_TIE_NLL of it.
 
     Returns the chosen Calibration and every candidate's, cheapest first."""
-    fitted = sorted((calibration_of(log_p, labels, split, recipe) for recipe, log_p in candidates.items()),
+    fitted = sorted((calibration_of(log_p, labels, split, recipe, data) for recipe, log_p in candidates.items()),
                     key=lambda c: c.recipe.cost)
     best = min(c.nll_after for c in fitted)
     return next(c for c in fitted if c.nll_after <= best + RECIPE_TIE_NLL), fitted

@@ -28,11 +28,12 @@ from poi_cli.core.errors import PoiError
 from poi_cli.core.layout import CONFIG_FILE
 from poi_cli.core.locks import claim
 from poi_cli.core.outputs import FUSION_TRN, FUSION_TRN_PIN, FUSIONS, PredictionRecipe
+from poi_cli.core.layout import HELD_OUT_SUFFIX
 from poi_cli.data.folds import parse_fold_split
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import Calibration, choose_recipe
-from poi_cli.model.checkpoint import (CALIBRATED_COPY, CheckpointInfo, checkpoint_inputs, load_checkpoint, resolve_checkpoint,
-                                     save_checkpoint)
+from poi_cli.model.checkpoint import (CALIBRATED_COPY, HELDOUT_FILE, CheckpointInfo, checkpoint_inputs, load_checkpoint,
+                                     read_heldout_ids, resolve_checkpoint, save_checkpoint)
 from poi_cli.model.predictions import predict_checkpoint_split
 
 AUTO = "auto"
@@ -59,6 +60,18 @@ def default_split(dataset: PreparedDataset) -> str:
     if name is not None:
         return name
     raise CalibrateError(f"{dataset.root} has no valid/val split: name the held-out split to fit on with --split")
+
+
+def run_heldout_ids(source: Path, dataset: PreparedDataset, info: CheckpointInfo) -> Optional[list[str]]:
+    """The images the checkpoint's run held out of its training split for validation (its run
+    folder's heldout_ids.csv), when it trained on this store; None otherwise."""
+    run = source.parent
+    trained_on = info.config.get("data")
+    if not (trained_on and (run / HELDOUT_FILE).is_file()):
+        return None
+    if Path(str(trained_on)).resolve() != Path(dataset.root).resolve():
+        return None
+    return read_heldout_ids(run)
 
 
 def check_fit_split(split: str, dataset: PreparedDataset, info: CheckpointInfo) -> None:
@@ -88,7 +101,14 @@ def check_fit_split(split: str, dataset: PreparedDataset, info: CheckpointInfo) 
         raise CalibrateError(f"--split {split}: the images this model trained on (it fits them better than new faces, "
                              f"so a T_cal fitted there makes `confidence` overconfident); {instead}")
     held_out = info.resolved.get("test_split")
-    if held_out and split == held_out:
+    fold = parse_fold_split(split)  # fold03 names fold 3 as well
+    if same_store and fold is not None and (held_out is None or fold != parse_fold_split(held_out)):
+        # the folds partition the store's folded split, which the run trained on but for fold K
+        trained = f"--fold {info.config.get('fold')} trains on every fold but {parse_fold_split(held_out)}" if held_out \
+            else f"it trained on {info.config.get('train_split') or 'train'}, which the folds partition"
+        raise CalibrateError(f"--split {split}: images this model trained on ({trained}), so a T_cal fitted there makes "
+                             "`confidence` overconfident; fit on the run's own held-out images (the default for its run folder)")
+    if held_out and fold is not None and fold == parse_fold_split(held_out):
         kept = "; its checkpoint keeps the T_cal training fitted on its validation images" if info.calibration else ""
         raise CalibrateError(f"--split {split} is the fold this run is evaluated on (trained with --fold "
                              f"{info.config.get('fold', parse_fold_split(split))}): calibrating on it makes its "
@@ -143,23 +163,30 @@ def calibrate(run_or_checkpoint: str | Path, prepared_dir: str | Path, split: Op
 
 def _calibrate(source: Path, target: Path, dataset: PreparedDataset, split: Optional[str], in_place: bool,
                device: str, batch: int, fusion: str, flip: str, amp: str) -> CalibrateResult:
-    split = split or default_split(dataset)
     checkpoint = load_checkpoint(source)
     info = CheckpointInfo.of(checkpoint)
-    check_fit_split(split, dataset, info)
+    held_ids = run_heldout_ids(source, dataset, info) if split is None and dataset.validation_split() is None else None
+    if held_ids is not None:  # a run that held part of its training split out for validation (CK+ --fold K)
+        split = info.config.get("train_split") or "train"
+    else:
+        split = split or default_split(dataset)
+        check_fit_split(split, dataset, info)
     if list(info.classes) != list(dataset.classes):
         raise CalibrateError(f"{source} predicts {len(info.classes)} classes, {dataset.root} has {len(dataset.classes)}: "
                              "calibrate on data with the model's own classes")
     config = info.model_config
     recipes = candidate_recipes(fusion, flip, config.use_pin and config.use_oim)
-    data = dataset.split(split)
+    data = dataset.split(split, ids=held_ids)
+    if held_ids is not None:
+        split = f"{split}{HELD_OUT_SUFFIX}"
     predictions = predict_checkpoint_split(checkpoint, dataset.faces, data.store_rows, data.labels, device, batch, amp,
                                            with_pin=any(r.uses_pin for r in recipes),
                                            mirror=any(r.flip for r in recipes))
     if len(predictions) < 2:
         raise CalibrateError(f"split {split!r} has {len(predictions)} image(s): too few to fit a temperature")
     candidates = {recipe: predictions.recipe_log_probs(recipe) for recipe in recipes}
-    calibration, fitted = choose_recipe(candidates, predictions.labels, split)
+    # the folder too: evaluate notes the split T_cal was fitted on (Calibration.fitted_on)
+    calibration, fitted = choose_recipe(candidates, predictions.labels, split, str(dataset.root.resolve()))
     previous = info.calibration
     checkpoint["calibration"] = calibration.to_dict()
     if not in_place:

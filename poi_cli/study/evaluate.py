@@ -43,10 +43,12 @@ import numpy as np
 
 from poi_cli.core.atomic import FolderOutputs, json_with_keys, save_figure, write_csv, write_json
 from poi_cli.core.errors import PoiError
+from poi_cli.core.layout import HELD_OUT_SUFFIX
 from poi_cli.core.manifests import REGIONS
 from poi_cli.core.metrics import answered_argmax, confusion_matrix, per_class_recall
 from poi_cli.core.outputs import PredictionRecipe, regions_agreeing
 from poi_cli.core.schema import STATUS_OK
+from poi_cli.data.folds import parse_fold_split
 from poi_cli.data.combined import member_of_rows
 from poi_cli.data.duplicates import DIGEST_COLUMN, stored_digests, twins_elsewhere
 from poi_cli.data.store import PreparedDataset
@@ -120,7 +122,7 @@ class SplitChoice:
 
     @property
     def name(self) -> str:
-        return f"{self.split}[held out by the run]" if self.ids is not None else self.split
+        return f"{self.split}{HELD_OUT_SUFFIX}" if self.ids is not None else self.split
 
 
 @dataclass
@@ -377,17 +379,41 @@ def agreement_blocks(regions_agree: Optional[np.ndarray], pin_predicted: Optiona
     return blocks
 
 
-def trained_on_these(mapped: MappedPredictions) -> bool:
-    """Whether the evaluated images are the ones the model trained on: the run's training split
-    of the same prepared folder, and not the run's own held-out images (heldout_ids.csv)."""
+def what_the_model_saw(mapped: MappedPredictions) -> list[str]:
+    """Notes for evaluated images the model has seen in some way: images it trained on (its
+    training split; a fold of it other than a --fold K run's held-out fold), the split it
+    selected best.pt on (its validation split: where a store's only held-out split is val,
+    SFEW, the run was chosen on the images now scored), and the split its T_cal and
+    prediction recipe were fitted on (`poi calibrate`). Figures on such images are optimistic."""
     config = mapped.info.config or {}
     data, train_split = config.get("data"), config.get("train_split", "train")
-    if not data or mapped.choice.ids is not None or mapped.choice.split != train_split:
-        return False
+    split, root = mapped.choice.split, mapped.dataset.root
     try:
-        return Path(data).resolve() == mapped.dataset.root.resolve()
+        same_store = bool(data) and Path(data).resolve() == root.resolve()
     except OSError:
-        return False
+        same_store = False
+    notes = []
+    if same_store and mapped.choice.ids is None:
+        held_fold = parse_fold_split(mapped.info.resolved.get("test_split") or "")
+        fold = parse_fold_split(split)
+        if split == train_split:
+            except_fold = f" (all of it but fold {held_fold}, its held-out fold)" if held_fold is not None else ""
+            notes.append(f"the model trained on {split} of this folder{except_fold}: its accuracy on images it has seen "
+                         "says nothing about faces it has not")
+        elif fold is not None and fold != held_fold:
+            trained = f"--fold {held_fold} trained on every fold but {held_fold}" if held_fold is not None \
+                else f"it trained on {train_split}, which the folds partition"
+            notes.append(f"{split} is training data of this model ({trained}): its accuracy on images it has seen says "
+                         "nothing about faces it has not")
+        elif split == mapped.info.resolved.get("val_split"):
+            notes.append(f"the run selected best.pt on {split} of this folder (its validation split), so this accuracy is "
+                         "optimistic: report a split it never chose on")
+    stored = mapped.stored_calibration
+    if stored is not None and mapped.choice.ids is None and stored.fitted_on(split, root, trained_there=same_store):
+        notes.append(f"T_cal and the prediction recipe ({stored.recipe.describe()}) "
+                     f"were fitted on {split} of this folder: confidence, ECE and the recipe's gain are measured on "
+                     "the images they were fitted on")
+    return notes
 
 
 def evaluation_notes(mapped: MappedPredictions, calibration: Optional[dict]) -> list[str]:
@@ -398,9 +424,7 @@ def evaluation_notes(mapped: MappedPredictions, calibration: Optional[dict]) -> 
         notes.append(UNCALIBRATED_NOTE)
     elif mapped.stored_calibration.caveat:  # fitted on a handful of images, or clipped: confidence means little
         notes.append(f"the checkpoint's calibration: {mapped.stored_calibration.caveat}")
-    if trained_on_these(mapped):
-        notes.append(f"the model trained on {mapped.choice.split} of this folder: its accuracy on images it has seen "
-                     "says nothing about faces it has not")
+    notes += what_the_model_saw(mapped)
     if predictions.consistency is None:
         notes.append("baseline model (no PIN): no consistency w (consistency strata, quantiles and score are null) "
                      "and no PIN accuracies")

@@ -426,7 +426,8 @@ class Trainer:
             per_member = {f"val_acc_{name}": round(float(correct[members == k].mean()), 6)
                           for k, name in enumerate(self.data.member_names) if np.any(members == k)}
             accuracy = round(float(np.mean(list(per_member.values()))), 6)
-        calibration = calibration_of(logits, labels, self.data.val_split) if len(labels) >= 2 else None
+        calibration = (calibration_of(logits, labels, self.data.val_split, data=str(self.dataset.root.resolve()))
+                       if len(labels) >= 2 else None)
         return accuracy, calibration, per_member
 
     def _end_epoch(self, epoch: int, row: dict, calibration: Optional[Calibration] = None) -> None:
