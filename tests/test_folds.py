@@ -21,7 +21,7 @@ from poi_cli.data.prepare import PrepareError, prepare
 from poi_cli.data.store import PreparedDataset
 from poi_cli.study.evaluate import EvaluateError, choose_split
 from poi_cli.pipeline import train_folds
-from poi_cli.train.config import TrainConfig
+from poi_cli.train.config import TrainConfig, TrainError
 from poi_cli.train.engine import train
 
 CK48_CLASSES = {"anger": "anger", "happy": "happiness", "surprise": "surprise"}
@@ -84,6 +84,9 @@ def test_prepare_ckplus_writes_subject_folds_and_the_random_split(tmp_path):
     assert paper.meta["protocol"]["kind"] == "random" and "fold" not in pd.read_csv(tmp_path / "ck82" / "manifest.csv")
     assert paper.counts == {"test": {"ok": 9}, "train": {"ok": 27}}  # 12 images per class, a quarter of each
     assert any("image level" in note for note in paper.meta["notes"])
+    # the release's 981 are train and test together now ("split train: 27 labelled images" read as missing data)
+    assert any(note.startswith("split train+test: 36 labelled images, the official release has 981") for note in paper.meta["notes"])
+    assert not any(note.startswith("split train:") for note in paper.meta["notes"])
 
     # the default: 10 folds for CK+ (12 subjects here), none for a set without subjects
     assert PreparedDataset(prepare("ckplus", raw, tmp_path / "ck10", size=48, show_progress=False).out_dir).folds == 10
@@ -143,6 +146,10 @@ def test_a_fold_run_holds_out_whole_subjects_and_a_resumed_run_keeps_its_own_hol
     assert validated and not validated & trained
     assert f"whole subjects: {len(validated)} of {len(validated | trained)}, none of them trained on" in picked.val_note
 
+    for val_split, what in (("fold1", "the fold this run is evaluated on (--fold 1)"), ("fold02", "part of train")):
+        with pytest.raises(TrainError, match=re.escape(f"--val-split {val_split}: a fold is {what}")):  # "has no usable faces"
+            select_data(TrainConfig(data=str(data), input_size=64, fold="1", val_split=val_split))
+
     run = tmp_path / "old_run"  # a run started with an image-level hold-out: its resume keeps those images
     run.mkdir()
     first = sorted(picked.train.ids)[:2] + sorted(picked.val.ids)[:1]
@@ -198,6 +205,17 @@ def test_evaluate_notes_the_split_a_run_was_selected_and_calibrated_on(tmp_path)
     assert not any("selected best.pt" in n for n in notes)
     other = make_prepared(tmp_path / "other", splits={"train": 1, "val": 2}, seed=3)  # another store's val: not it
     assert not any("were fitted on" in n for n in evaluate(copy, other, device="cpu", amp="off")["notes"])
+
+
+def test_evaluate_on_a_random_test_split_repeats_its_protocol(tmp_path):
+    from poi_cli.study.evaluate import evaluate
+
+    data = prepare("ckplus", write_ck48(tmp_path / "raw"), tmp_path / "ck82", size=64, show_progress=False,
+                   test_fraction=0.25).out_dir
+    run = train(TrainConfig(data=str(data), input_size=64, epochs=1, batch=8, lr=0.01, project=str(tmp_path / "runs"),
+                            amp="off", use_pin=False, val_fraction=0.25))
+    metrics = evaluate(run, data, device="cpu", amp="off")
+    assert metrics["split"] == "test" and any("near-identical frames of the same sequences" in n for n in metrics["notes"])
 
 
 def test_evaluate_split_rule_test_then_validation_then_the_runs_held_out_images(tmp_path):

@@ -17,8 +17,10 @@ FOLD_COLUMN = "fold"
 SUBJECT_COLUMN = "subject"  # the manifest column of a dataset that names its subjects (CK+); "" unknown
 NO_FOLD = -1
 FOLD_SPLIT = re.compile(r"^fold(\d+)$")  # the held-out images of fold k, as a split name: fold3
+RANDOM_PROTOCOL = "random"  # prepared.json's protocol kind of --test-fraction
 RANDOM_SPLIT_NOTE = ("split 'test' is a random {pct:.0%} of the images, stratified by class, at the image level: "
-                     "the POI paper's protocol for CK+ (random 8:2); the same subject appears in train and test, "
+                     "the POI paper's protocol for CK+ (random 8:2); the same subjects, and near-identical frames of "
+                     "the same sequences (CK+48 keeps the last frames of each), are in train and test, "
                      "so its accuracy is optimistic beside subject-independent folds")
 
 

@@ -42,7 +42,7 @@ from poi_cli.core.manifests import class_names
 from poi_cli.core.progress import progress_bar
 from poi_cli.core.schema import LANDMARK_NAMES, STATUS_BAD_IMAGE, STATUS_ERROR, STATUS_EXCLUDED, STATUS_NO_FACE, STATUS_OK
 from poi_cli.data.preprocess import Preprocessing
-from poi_cli.data.folds import FOLD_COLUMN, NO_FOLD, RANDOM_SPLIT_NOTE, SUBJECT_COLUMN, random_test_mask, subject_folds
+from poi_cli.data.folds import FOLD_COLUMN, NO_FOLD, RANDOM_PROTOCOL, RANDOM_SPLIT_NOTE, SUBJECT_COLUMN, random_test_mask, subject_folds
 from poi_cli.core.layout import META_FILE, PREPARE_JOURNAL_FILE, PREPARE_PROGRESS_FILE, STORE_FILES
 from poi_cli.data.store import MANIFEST_COLUMNS, STORE_FORMAT, StoreError, StoreWriter, store_meta
 CHECKPOINT_SECONDS = 2.0
@@ -216,7 +216,9 @@ def _apply_protocol(parsed: ParsedDataset, items: list[Item], folds: int | None,
             if to_test:
                 item.split = "test"
         parsed.notes.append(RANDOM_SPLIT_NOTE.format(pct=test_fraction))
-        return {"kind": "random", "test_fraction": test_fraction, "seed": fold_seed}
+        if "train" in parsed.expected:  # the release's train count is now train and test together
+            parsed.expected["train+test"] = parsed.expected.pop("train")
+        return {"kind": RANDOM_PROTOCOL, "test_fraction": test_fraction, "seed": fold_seed}
     k = dataset_manifest(parsed.name).get("default_folds", 0) if folds is None else folds
     if not k:
         return {}
@@ -501,10 +503,11 @@ def _finish(out: Path, parsed: ParsedDataset, items: list[Item], rows: dict[int,
 
 
 def _count_notes(manifest: pd.DataFrame, parsed: ParsedDataset) -> list[str]:
-    """Compare each split's labelled images with the official release's count."""
+    """Compare each split's labelled images with the official release's count ("train+test":
+    the two together, after --test-fraction drew test out of train)."""
     notes = []
     for split, expected in parsed.expected.items():
-        labelled = int(((manifest["split"] == split) & (manifest["status"] != STATUS_EXCLUDED)).sum())
+        labelled = int((manifest["split"].isin(split.split("+")) & (manifest["status"] != STATUS_EXCLUDED)).sum())
         if labelled and labelled != expected:
             notes.append(f"split {split}: {labelled} labelled images, the official release has {expected}")
     several = int(manifest["reason"].fillna("").str.contains("kept the largest").sum())

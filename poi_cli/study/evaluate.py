@@ -48,7 +48,7 @@ from poi_cli.core.manifests import REGIONS
 from poi_cli.core.metrics import answered_argmax, confusion_matrix, per_class_recall
 from poi_cli.core.outputs import PredictionRecipe, regions_agreeing
 from poi_cli.core.schema import STATUS_OK
-from poi_cli.data.folds import parse_fold_split
+from poi_cli.data.folds import RANDOM_PROTOCOL, RANDOM_SPLIT_NOTE, parse_fold_split
 from poi_cli.data.combined import member_of_rows
 from poi_cli.data.duplicates import DIGEST_COLUMN, stored_digests, twins_elsewhere
 from poi_cli.data.store import PreparedDataset
@@ -425,6 +425,9 @@ def evaluation_notes(mapped: MappedPredictions, calibration: Optional[dict]) -> 
     elif mapped.stored_calibration.caveat:  # fitted on a handful of images, or clipped: confidence means little
         notes.append(f"the checkpoint's calibration: {mapped.stored_calibration.caveat}")
     notes += what_the_model_saw(mapped)
+    protocol = mapped.dataset.protocol
+    if protocol.get("kind") == RANDOM_PROTOCOL and mapped.choice.split == "test":  # CK+ --test-fraction
+        notes.append(RANDOM_SPLIT_NOTE.format(pct=float(protocol.get("test_fraction", 0.2))))
     if predictions.consistency is None:
         notes.append("baseline model (no PIN): no consistency w (consistency strata, quantiles and score are null) "
                      "and no PIN accuracies")

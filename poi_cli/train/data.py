@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 
 from poi_cli.data.combined import member_of_rows, sampling_positions
-from poi_cli.data.folds import fold_split_name
+from poi_cli.data.folds import fold_split_name, parse_fold_split
 from poi_cli.data.store import PreparedDataset, SplitData
 from poi_cli.model.checkpoint import HELDOUT_FILE, read_heldout_ids
 from poi_cli.train.config import TrainConfig, TrainError
@@ -82,6 +82,12 @@ def select_data(config: TrainConfig) -> TrainingData:
     test_split = None if config.fold_index is None else fold_split_name(config.fold_index)
     labels, clean, realised = training_labels(dataset, train, config)
     held_out = False
+    if config.val_split is not None and (fold := parse_fold_split(config.val_split)) is not None:
+        # a fold's images are part of the split the folds partition: trained on, or (--fold K) the test fold
+        what = (f"the fold this run is evaluated on (--fold {config.fold_index})" if fold == config.fold_index
+                else f"part of {config.train_split}, which this run trains on")
+        raise TrainError(f"--val-split {config.val_split}: a fold is {what}; --val-fraction holds whole subjects of the "
+                         "training folds out for validation by itself")
     if config.val_split is not None and config.val_split.lower() == "none":
         val, name, note = None, None, "no validation (--val-split none): best.pt is the last epoch"
     elif (name := choose_val_split(dataset, config.val_split, config.train_split)) is not None:

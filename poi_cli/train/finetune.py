@@ -56,4 +56,7 @@ def load_fine_tune(model: POIModel, path: str, classes: list[str]) -> str:
         note += f" (classes mapped by name: {len(shared)} shared of {len(classes)})"
     if missing:
         note += f"; {len(missing)} weights not in it keep their initialisation"
+    if source.input_size != model.config.input_size:  # the network is the same at any size; its features are not
+        note += (f"; it was trained at {source.input_size} px, this run at {model.config.input_size} px "
+                 f"(--size {source.input_size} keeps its scale)")
     return note
