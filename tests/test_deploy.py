@@ -340,6 +340,28 @@ def test_every_shipped_weight_file_has_its_origin_licence_and_checksum_recorded(
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entries[name]["sha256"], name
 
 
+def test_the_packages_licence_metadata_covers_the_research_only_weights_it_ships():
+    """The wheel said `License-Expression: MIT` for everything, while weights.json says the bundled
+    expression model's weights are for research only (their training data is)."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT AND LicenseRef-poi-weights"
+    assert project["license-files"] == ["LICENSE", "LICENSE-WEIGHTS"]
+    text = (ROOT / "LICENSE-WEIGHTS").read_text()
+    assert text.startswith("LicenseRef-poi-weights") and "research only" in text
+    covered, not_covered = text.split("Not covered")
+    entries = json.loads((ROOT / "data_manifests" / "weights.json").read_text())["files"]
+    for name, entry in entries.items():
+        mit = entry["licence"].startswith("MIT")
+        assert (f"poi_cli/weights/{name}" in covered) != mit, name  # each research-only file named, no MIT one
+        if mit:
+            assert Path(name).name in not_covered, name
+        else:
+            assert "research only" in entry["licence"] or entry["licence"].startswith("as "), name
+    terms = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| Terms |"))
+    assert "research only" in terms and "LICENSE-WEIGHTS" in terms and "MIT AND LicenseRef-poi-weights" in terms
+
+
 def test_a_trn_only_export_is_calibrated_by_the_runner_as_torch_does(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
