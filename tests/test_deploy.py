@@ -76,6 +76,22 @@ def test_commands_of_the_train_extra_say_so_in_one_line():
     assert "pip install --no-deps facenet-pytorch==2.6.0" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
+def test_a_folder_without_a_model_says_what_was_looked_for_not_that_it_needs_torch(tmp_path):
+    """It said the empty folder "is a PyTorch checkpoint or run folder: running it needs torch"."""
+    from poi_cli.deploy.predict import PredictError
+
+    (tmp_path / "notes.txt").write_text("no model here\n")
+    for env in ({}, {"POI_MODEL": str(tmp_path)}):
+        done = poi_without_torch("predict", str(ASTRONAUT), *([] if env else ["--model", str(tmp_path)]), env=env)
+        assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert f"{tmp_path} holds no model: looked for best.pt and last.pt" in done.stderr, done.stderr
+        assert "needs torch" not in done.stderr and "pip install" not in done.stderr
+    with pytest.raises(PredictError, match="holds no model: looked for best.pt and last.pt"):
+        Predictor(tmp_path)
+    (tmp_path / "last.pt").write_bytes(b"PK")  # a run folder after its first epoch: torch reads it
+    assert "needs torch" in poi_without_torch("predict", str(ASTRONAUT), "--model", str(tmp_path)).stderr
+
+
 def test_bundled_onnx_model_carries_what_prediction_needs():
     runner = OnnxRunner(bundled_model(), threads=1)
     assert runner.classes == tuple(class_names(8))

@@ -1,5 +1,6 @@
-"""The files poi writes into its folders, named once (torch-free: the deploy runtime and
-the data modules read them as well as training).
+"""The files poi writes into its folders, named once, and the checkpoint a run folder
+stands for (torch-free: the deploy runtime and the data modules read them as well as
+training).
 
 A prepared folder (`poi prepare`, `poi combine`) holds STORE_FILES; a run folder
 (`poi train`) holds RUN_FILES. No command writes an output of its own under one of these
@@ -8,6 +9,9 @@ the folder's own.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 # a prepared folder
 META_FILE = "prepared.json"
@@ -23,3 +27,15 @@ CONFIG_FILE, RESULTS_FILE = "config.json", "results.csv"
 HELD_OUT_SUFFIX = "[held out by the run]"  # after the training split's name: the images of HELDOUT_FILE (evaluate, calibrate)
 HELDOUT_FILE = "heldout_ids.csv"  # ids of the training images held out for validation, when the store had no val split
 RUN_FILES = (LAST, BEST, CONFIG_FILE, RESULTS_FILE, HELDOUT_FILE)
+
+
+def run_checkpoint(folder: str | Path) -> Optional[Path]:
+    """The checkpoint a run folder stands for: its BEST, else its LAST; None when it holds neither."""
+    return next((Path(folder) / name for name in (BEST, LAST) if (Path(folder) / name).is_file()), None)
+
+
+def no_checkpoint_message(folder: str | Path) -> str:
+    """The one line for a folder given as a model that holds none, naming what was looked for
+    (the torch commands and the deploy runtime say the same, with or without torch)."""
+    return (f"{folder} holds no model: looked for {BEST} and {LAST}, the checkpoints of a poi run folder "
+            "(written from its first finished epoch)")

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, S
 
 from poi_cli.core.atomic import is_stream
 from poi_cli.core.errors import TRAIN_EXTRA_HINT, PoiError, one_line
+from poi_cli.core.layout import no_checkpoint_message, run_checkpoint
 from poi_cli.core.progress import progress_bar
 from poi_cli.core.schema import STATUS_ERROR
 from poi_cli.core.threads import DEFAULT_WORKERS
@@ -85,12 +86,15 @@ def bundled_model(suffix: str = ONNX_SUFFIX) -> Optional[Path]:
 def resolve_model(model: Optional[str | Path] = None, suffix: str = ONNX_SUFFIX) -> Path:
     """--model, else $POI_MODEL, else the bundled model of this suffix (.onnx for ONNX
     Runtime, .pt for torch; the other one when only it is bundled), else PredictError
-    saying how to get one."""
+    saying how to get one. A folder given is a run folder: one without its checkpoint is
+    PredictError too, with or without torch."""
     for value, origin in ((model, "--model"), (os.environ.get(MODEL_ENV) or None, MODEL_ENV)):
         if value:
             path = Path(value)
             if not path.exists():
                 raise PredictError(f"{origin}: no such model file or run folder: {path}")
+            if path.is_dir() and run_checkpoint(path) is None:  # before asking for torch to read a folder of nothing
+                raise PredictError(f"{origin}: {no_checkpoint_message(path)}")
             return path
     bundled = bundled_model(suffix) or bundled_model(".pt" if suffix == ONNX_SUFFIX else ONNX_SUFFIX)
     if bundled is None:

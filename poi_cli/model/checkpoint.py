@@ -28,7 +28,8 @@ import torch
 from poi_cli.core.errors import PoiError, one_line
 from poi_cli.core.atomic import atomic_write
 # what training writes into a run folder (named in core/layout.py, torch-free)
-from poi_cli.core.layout import BEST, CONFIG_FILE, HELDOUT_FILE, LAST, RESULTS_FILE, RUN_FILES  # noqa: F401
+from poi_cli.core.layout import (BEST, CONFIG_FILE, HELDOUT_FILE, LAST, RESULTS_FILE, RUN_FILES,  # noqa: F401
+                                no_checkpoint_message, run_checkpoint)
 from poi_cli.core.outputs import PredictionRecipe
 from poi_cli.data.preprocess import Preprocessing
 from poi_cli.model.calibration import Calibration
@@ -228,10 +229,10 @@ def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
     """A run folder -> its best.pt (else last.pt); a file -> itself."""
     path = Path(run_or_checkpoint)
     if path.is_dir():
-        for name in (BEST, LAST):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path} holds no {BEST} or {LAST} (not a finished epoch of a poi run)")
+        found = run_checkpoint(path)
+        if found is None:
+            raise CheckpointError(no_checkpoint_message(path))
+        return found
     if not path.exists():
         raise CheckpointError(f"no such run folder or checkpoint: {path}")
     return path
