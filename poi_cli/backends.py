@@ -12,11 +12,10 @@ that decides, so that deploy never imports torch or model/:
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Optional
 
-from poi_cli.core.errors import TRAIN_EXTRA_HINT, PoiError
+from poi_cli.core.errors import TRAIN_EXTRA_HINT, PoiError, torch_installed
 from poi_cli.core.schema import DEVICES
 from poi_cli.deploy.predict import ONNX_SUFFIX, PredictError, resolve_model
 from poi_cli.deploy.runner import ModelFileError, ModelRunner, OnnxRunner, written_by_torch_save
@@ -25,8 +24,8 @@ BACKENDS = ("auto", "onnx", "torch")
 
 
 def torch_available() -> bool:
-    """Whether torch can be imported (without importing it)."""
-    return importlib.util.find_spec("torch") is not None
+    """Whether torch can be imported (without importing it; core.errors decides)."""
+    return torch_installed()
 
 
 def _require_torch(what: str) -> None:

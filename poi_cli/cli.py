@@ -25,7 +25,7 @@ import typer
 from rich.console import Console
 
 from poi_cli import __version__, render
-from poi_cli.core.errors import FACENET_HINT, TRAIN_EXTRA_HINT, PoiError, one_line
+from poi_cli.core.errors import FACENET_HINT, NEEDS_TRAIN_EXTRA, TRAIN_EXTRA_HINT, PoiError, one_line, torch_installed
 from poi_cli.core.schema import STATUS_EXCLUDED, STATUS_MISSING, STATUS_OK
 from poi_cli.core.layout import CONFIG_FILE
 from poi_cli.core.threads import DEFAULT_WORKERS, THREADS_ENV, THREADS_HELP
@@ -55,6 +55,22 @@ EXTRA_HINTS = {
     **dict.fromkeys(("torch", "torchvision", "pandas", "matplotlib", "onnx"), TRAIN_EXTRA_HINT),
     "facenet_pytorch": FACENET_HINT,
 }
+
+
+def train_command(name: Optional[str] = None) -> Callable[[Callable[..., None]], Any]:
+    """@app.command() of a command that needs the train extra. Where torch is not installed
+    (the deploy install: found or not, never imported) its line in `poi --help` ends with
+    NEEDS_TRAIN_EXTRA and its own --help names the pip command, so the list says what runs
+    here before a command is tried; with torch, the help is the docstring alone."""
+    def register(command: Callable[..., None]) -> Any:
+        if torch_installed():
+            return app.command(name)(command)
+        doc = inspect.getdoc(command) or ""
+        summary = doc.split("\n\n")[0]
+        # escaped: the help is rich markup, where [train] would be a tag and vanish
+        return app.command(name, short_help=escape_markup(f"{summary} {NEEDS_TRAIN_EXTRA}"),
+                           help=escape_markup(f"{doc}\n\nNeeds the train extra, which is not installed: {TRAIN_EXTRA_HINT}"))(command)
+    return register
 
 
 def run(prog_name: str = "poi") -> None:
@@ -211,7 +227,7 @@ def main(
     """Noise-robust facial expression recognition with POI (Prior-based Objective Inference)."""
 
 
-@app.command()
+@train_command()
 def info(
     arch: str = typer.Option("resnet18", help="Backbone: resnet18, resnet34, resnet50, or resnet10 (one block per stage; the bundled model)."),
     classes: int = typer.Option(7, "--classes", min=2, help="Number of expression classes (FER datasets: 7 or 8)."),
@@ -229,7 +245,7 @@ def info(
     show(render.info_table(result, arch, classes, size))
 
 
-@app.command()
+@train_command()
 def prepare(
     dataset: str = typer.Argument(..., metavar="DATASET", help="raf-db, ferplus, affectnet, ckplus, sfew or folder (one sub-folder per class)."),
     raw_dir: str = typer.Argument(..., metavar="RAW_DIR", help="The dataset as downloaded (official layout); only read."),
@@ -245,7 +261,7 @@ def prepare(
     test_fraction: float = typer.Option(0.0, help="Move a random, class-stratified share of train to split test instead of folds (0.2: the POI paper's CK+ 8:2, image-level)."),
     threads: Optional[int] = threads_option(),
 ) -> None:
-    """Detect, align and store a dataset's faces for training (resumable; see docs/datasets.md)."""
+    """Detect, align and store a dataset's faces for training (resumable; see docs/datasets.md in the source repository)."""
     use_threads(threads)
     from poi_cli.data.prepare import prepare as run_prepare
 
@@ -262,12 +278,12 @@ def prepare(
         statuses.update(per_split)
     if not statuses.get(STATUS_OK):  # an empty store trains nothing: most often RAW_DIR is not the folder the layout starts in
         found = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items())) or "no image"
-        hint = (f": is {raw_dir} the folder docs/datasets.md names for {dataset}?"
+        hint = (f": is {raw_dir} the folder docs/datasets.md (in the source repository) names for {dataset}?"
                 if set(statuses) <= {STATUS_MISSING, STATUS_EXCLUDED} else " (the manifest's reason column says why)")
         fail(f"no face was stored in {out} ({found}){hint}")
 
 
-@app.command()
+@train_command()
 def noise(
     prepared_dir: str = typer.Argument(..., metavar="PREPARED_DIR", help="A folder written by `poi prepare`."),
     rate: float = typer.Option(..., help="Probability of flipping each label (0..1), e.g. 0.2."),
@@ -287,7 +303,7 @@ def noise(
     show(*render.noise_summary(path, summary, rate, seed))
 
 
-@app.command()
+@train_command()
 def combine(
     prepared_dirs: list[str] = typer.Argument(..., metavar="PREPARED_DIR", help="Two or more folders written by `poi prepare` (same --size); only read."),
     out: str = typer.Option(..., "--out", help="The combined folder to write (prepared.json and manifest.csv; no faces are copied)."),
@@ -382,10 +398,10 @@ def _threads_of_run(run_dir: Optional[str]) -> Optional[int]:
     return threads if isinstance(threads, int) and threads >= 1 else None
 
 
-@app.command()
+@train_command()
 @_with_config_options
 def train(**options: Any) -> None:
-    """Train POI (or the baseline / an ablation) on a prepared dataset; see docs/training.md."""
+    """Train POI (or the baseline / an ablation) on a prepared dataset; see docs/training.md in the source repository."""
     threads, recorded = options.pop("threads", None), _threads_of_run(options.get("resume"))
     from_env = bool(os.environ.get(THREADS_ENV, "").strip())
     count = use_threads(recorded if threads is None and not from_env and recorded else threads)
@@ -427,7 +443,7 @@ def train(**options: Any) -> None:
         show(render.train_done(run_dir, run_summary(run_dir)))
 
 
-@app.command()
+@train_command()
 def evaluate(
     model: str = typer.Argument(..., metavar="RUN_DIR_OR_CKPT", help="A run folder (its best.pt) or a checkpoint file."),
     prepared_dir: str = typer.Argument(..., metavar="PREPARED_DIR", help="A folder written by `poi prepare`."),
@@ -475,7 +491,7 @@ def predict(
     workers: int = typer.Option(DEFAULT_WORKERS, "--workers", min=0, help="Threads that load, detect and align images ahead of the model, which runs on batches of faces from many images (0: the sequential path, one chunk of 8 images at a time).", rich_help_panel="Performance"),
     threads: Optional[int] = threads_option(),
 ) -> None:
-    """Expression, confidence (calibrated probability), consistency (UEM w) and action units of every face in images and videos; see docs/predict.md."""
+    """Expression, confidence (calibrated probability), consistency (UEM w) and action units of every face in images and videos; see docs/predict.md in the source repository."""
     use_threads(threads, import_torch=False)
     from contextlib import ExitStack
 
@@ -576,7 +592,7 @@ def serve(
     backend: str = backend_option(),
     threads: Optional[int] = threads_option(),
 ) -> None:
-    """An HTTP JSON API: POST /predict (images as multipart field `files`), GET /health, /model, /docs; see docs/serve.md."""
+    """An HTTP JSON API: POST /predict (images as multipart field `files`), GET /health, /model, /docs; see docs/serve.md in the source repository."""
     use_threads(threads, import_torch=False)
     from poi_cli.backends import open_runner
     from poi_cli.deploy.predict import Predictor
@@ -611,7 +627,7 @@ def serve(
         err_console.print("server stopped", highlight=False)  # uvicorn 0.55 returns after its own shutdown
 
 
-@app.command()
+@train_command()
 def export(
     checkpoint: str = typer.Argument(..., metavar="CKPT", help="A checkpoint file or a run folder (its best.pt)."),
     format: str = typer.Option("onnx", "--format", help="onnx, torchscript, or weights (packed fp16 TRN + PIN weights, a checkpoint poi predict reads)."),
@@ -622,7 +638,7 @@ def export(
     fp16_weights: bool = typer.Option(False, "--fp16-weights", help="ONNX: store the weights as float16 (half the file), computed in float32; how the bundled .onnx is made from the bundled fp16 checkpoint."),
     threads: Optional[int] = threads_option(),
 ) -> None:
-    """Export to ONNX, TorchScript or packed fp16 weights and check the result against PyTorch; see docs/predict.md."""
+    """Export to ONNX, TorchScript or packed fp16 weights and check the result against PyTorch; see docs/predict.md in the source repository."""
     use_threads(threads)
     from poi_cli.model.export import export_model
 
@@ -637,7 +653,7 @@ def export(
              f"was not written{why}")
 
 
-@app.command()
+@train_command()
 def report(
     run_dirs: Optional[list[str]] = typer.Argument(None, metavar="RUN_DIR", help="Run folders, or folders of runs (default: runs/train)."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder for report.md, CSVs and PNGs (default runs/report/exp, numbered)."),
@@ -648,7 +664,7 @@ def report(
     amp: str = amp_option(),
     threads: Optional[int] = threads_option(),
 ) -> None:
-    """Tables (final / best accuracy, noise, ablations, calibration, confidence and consistency strata) and plots of training runs; see docs/predict.md."""
+    """Tables (final / best accuracy, noise, ablations, calibration, confidence and consistency strata) and plots of training runs; see docs/predict.md in the source repository."""
     use_threads(threads)
     check_amp(amp)
     from poi_cli.core.atomic import command_output_folder
@@ -660,7 +676,7 @@ def report(
     show(*render.report_summary(result))
 
 
-@app.command()
+@train_command()
 def audit(
     model: str = typer.Argument(..., metavar="RUN_DIR_OR_CKPT", help="A POI run folder (its best.pt) or checkpoint; the PIN's objective inference scores the labels."),
     prepared_dir: str = typer.Argument(..., metavar="PREPARED_DIR", help="A folder written by `poi prepare`."),
@@ -674,7 +690,7 @@ def audit(
     amp: str = amp_option(),
     threads: Optional[int] = threads_option(),
 ) -> None:
-    """Rank every labelled image by how strongly the PIN's objective inference disagrees with its label; see docs/audit.md."""
+    """Rank every labelled image by how strongly the PIN's objective inference disagrees with its label; see docs/audit.md in the source repository."""
     use_threads(threads)
     from poi_cli.study.audit import AUDIT_OUTPUTS, SUSPICION_THRESHOLDS, audit as run_audit, write_audit
     from poi_cli.core.atomic import command_output_folder
@@ -694,7 +710,7 @@ def audit(
     show(*render.audit_summary(result.summary, files, SUSPICION_THRESHOLDS))
 
 
-@app.command()
+@train_command()
 def clean(
     audit_or_run: str = typer.Argument(..., metavar="AUDIT_CSV_OR_RUN", help="An audit.csv from `poi audit` (or its folder), or a POI run folder / checkpoint (audited first)."),
     prepared_dir: str = typer.Argument(..., metavar="PREPARED_DIR", help="The prepared folder the audit is of (only read)."),
@@ -704,7 +720,7 @@ def clean(
     fraction: Optional[float] = typer.Option(None, help="Select this fraction of the images, in [0, 1], most suspect first. One of --threshold, --fraction and --auto."),
     auto: bool = typer.Option(False, "--auto", help="Relabel the fraction chosen on the validation split: its labels "
                                                     "flipped at the noise rate the audit implies, the fraction that leaves "
-                                                    "the fewest wrong (docs/audit.md; not with --drop)."),
+                                                    "the fewest wrong (docs/audit.md in the source repository; not with --drop)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="With a run: the label file to audit (default: the labels it trained on)."),
     split: Optional[str] = typer.Option(None, help="The split the audit covers (default: an audit.csv's own, from its summary; else train)."),
     device: str = typer.Option("auto", help="With a run: auto, cpu, cuda or mps."),
@@ -732,7 +748,7 @@ def clean(
     show(*render.clean_summary(result.summary, relabel, files, prepared_dir))
 
 
-@app.command()
+@train_command()
 def calibrate(
     model: str = typer.Argument(..., metavar="RUN_DIR_OR_CKPT", help="A run folder (its best.pt) or a checkpoint."),
     prepared_dir: str = typer.Argument(..., metavar="PREPARED_DIR", help="A prepared folder with the model's classes."),
@@ -756,7 +772,7 @@ def calibrate(
     show(*render.calibrate_summary(result))
 
 
-@app.command("refit-head")
+@train_command("refit-head")
 def refit_head(
     model: str = typer.Argument(..., metavar="RUN_DIR_OR_CKPT", help="A run folder (its best.pt) or a checkpoint."),
     prepared_dir: str = typer.Argument(..., metavar="PREPARED_DIR", help="The prepared (or combined) folder whose training split the head is fitted on and whose validation split chooses it."),

@@ -90,6 +90,16 @@ def test_dash_h_is_help_as_in_git_pip_and_yolo():
         assert result.exit_code == 0 and "Usage: poi" in result.output, (argv, result.output)
 
 
+def test_help_of_the_full_install_marks_no_command_and_says_where_the_docs_are():
+    """The deploy install's help marks the train extra's commands (tests/test_deploy.py); with torch
+    installed no command is marked, and the docs the help names are said to be in the source repository."""
+    pytest.importorskip("torch")
+    result = runner.invoke(app, ["--help"], terminal_width=400)
+    assert result.exit_code == 0 and "needs poi-fer" not in result.output
+    assert "see docs/predict.md in the source repository." in result.output
+    assert "Needs the train extra" not in runner.invoke(app, ["train", "--help"], terminal_width=400).output
+
+
 def test_arguments_are_named_as_the_readme_and_the_messages_name_them():
     """Usage lines said `{model} {prepared_dir}`, and a missing one "Missing argument 'prepared_dir'",
     while the README and poi's messages say RUN_DIR_OR_CKPT and PREPARED_DIR."""

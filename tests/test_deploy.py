@@ -92,6 +92,27 @@ def test_a_folder_without_a_model_says_what_was_looked_for_not_that_it_needs_tor
     assert "needs torch" in poi_without_torch("predict", str(ASTRONAUT), "--model", str(tmp_path)).stderr
 
 
+def test_help_marks_the_commands_of_the_train_extra_and_says_where_the_docs_are():
+    """`poi --help` listed every command alike in the deploy install, and sent readers to
+    docs/predict.md and docs/serve.md, which are not installed."""
+    import re
+
+    import typer
+
+    from poi_cli.cli import app
+
+    done = poi_without_torch("--help", env={"COLUMNS": "400"})
+    assert done.returncode == 0, done.stderr
+    rows = dict(m.groups() for m in (re.match(r"^│ ([a-z][a-z-]*) {2,}(.*?) *│$", line) for line in done.stdout.splitlines()) if m)
+    assert set(rows) == set(typer.main.get_command(app).commands)
+    for name, help_text in rows.items():
+        assert help_text.endswith("(needs poi-fer[train])") == (name not in ("predict", "serve")), (name, help_text)
+    assert "see docs/predict.md in the source repository." in rows["predict"]
+    assert "see docs/serve.md in the source repository." in rows["serve"]
+    done = poi_without_torch("train", "--help", env={"COLUMNS": "400"})
+    assert done.returncode == 0 and "Needs the train extra, which is not installed: pip install 'poi-fer[train]'" in done.stdout
+
+
 def test_bundled_onnx_model_carries_what_prediction_needs():
     runner = OnnxRunner(bundled_model(), threads=1)
     assert runner.classes == tuple(class_names(8))

@@ -2,15 +2,29 @@
 
 Every error a user can cause (a bad file, a missing split, an impossible option)
 subclasses PoiError and carries a one-line message; the CLI prints it and exits 1.
-Anything else is a bug and keeps its traceback.
+Anything else is a bug and keeps its traceback. Beside it: what the deploy install leaves
+out, as the messages and `poi --help` name it.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 # What a user runs to get what the deploy runtime (`pip install poi-fer`) leaves out: one
 # line each, named by every error that a missing extra causes.
 TRAIN_EXTRA_HINT = "pip install 'poi-fer[train]'"
 FACENET_HINT = "pip install --no-deps facenet-pytorch==2.6.0 (with the train extra; scripts/setup.sh installs both)"
+# what `poi --help` adds to each command of the train extra where torch is not installed
+NEEDS_TRAIN_EXTRA = "(needs poi-fer[train])"
+
+
+def torch_installed() -> bool:
+    """Whether torch, the heart of the train extra, can be imported: found, not imported (the
+    deploy runtime never loads it). A finder that refuses the name counts as not installed."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 class PoiError(ValueError):

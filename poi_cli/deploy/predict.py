@@ -64,7 +64,7 @@ BUNDLED_DIR = Path(__file__).resolve().parents[1] / "weights"
 ONNX_SUFFIX = ".onnx"
 NO_MODEL_MESSAGE = (
     "no model: pass --model MODEL (an .onnx file from `poi export --full`, or a checkpoint) or set POI_MODEL; "
-    "this installation bundles no model (see docs/predict.md, 'Getting a model')"
+    "this installation bundles no model (see 'Getting a model' in docs/predict.md of the source repository)"
 )
 
 
