@@ -745,3 +745,16 @@ def test_threads_sharing_a_new_predictor_make_one_detector(monkeypatch):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: predictor.predict_records(ASTRONAUT)[0]["expression"], range(4)))
     assert len(set(results)) == 1 and len(made) == 1
+
+
+def test_without_pandas_the_dataframe_methods_name_the_extra_before_the_work(library_predictor, monkeypatch):
+    """They said only "pip install pandas", after predicting every input."""
+    from poi_cli.deploy.predict import PredictError
+
+    monkeypatch.setitem(sys.modules, "pandas", None)  # pandas not installed (the deploy runtime)
+    monkeypatch.setattr(library_predictor, "iter_predictions", lambda *a, **k: pytest.fail("predicted before the check"))
+    monkeypatch.setattr(library_predictor, "iter_video", lambda *a, **k: pytest.fail("predicted before the check"))
+    for call in (lambda: library_predictor.predict(ASTRONAUT), lambda: library_predictor.predict_video("clip.mp4")):
+        with pytest.raises(PredictError, match=r"needs pandas, which is not installed \(pip install pandas, or "
+                                               r"pip install 'poi-fer\[train\]'\); predict_records gives the records"):
+            call()

@@ -14,6 +14,8 @@ import importlib.util
 # line each, named by every error that a missing extra causes.
 TRAIN_EXTRA_HINT = "pip install 'poi-fer[train]'"
 FACENET_HINT = "pip install --no-deps facenet-pytorch==2.6.0 (with the train extra; scripts/setup.sh installs both)"
+# pandas alone (the DataFrames of Predictor.predict and predict_video), or the extra that has it
+PANDAS_HINT = f"pip install pandas, or {TRAIN_EXTRA_HINT}"
 # what `poi --help` adds to each command of the train extra where torch is not installed
 NEEDS_TRAIN_EXTRA = "(needs poi-fer[train])"
 

@@ -51,7 +51,8 @@ from poi_cli.core.threads import DEFAULT_WORKERS
 from poi_cli.deploy.overlap import iter_overlapped
 from poi_cli.deploy.pipeline import (FacePipeline, ImageInput, ImagePrediction, InputItem, PipelineError, as_inputs,
                                      check_pipeline_options, iter_input_items)
-from poi_cli.deploy.records import FaceRecord, PredictionsCsv, RecordsError, records_to_frame, status_counts
+from poi_cli.deploy.records import (FaceRecord, PredictionsCsv, RecordsError, import_pandas, records_to_frame,
+                                    status_counts)
 from poi_cli.deploy.runner import ModelFileError, ModelRunner, OnnxRunner, written_by_torch_save
 from poi_cli.deploy.video import VideoOptions, VideoSummaries, iter_video, iter_video_file, write_video_summaries
 from poi_cli.deploy.visualize import VisWriter
@@ -152,7 +153,8 @@ class Predictor(FacePipeline):
     def predict(self, inputs: ImageInput | Sequence[ImageInput], show_au: bool = False, progress: bool = False) -> pd.DataFrame:
         """A DataFrame with a row per face (and per no_face / error image): the columns of `poi
         predict --csv` for the same inputs (records.flat_columns; the video ones when a video is
-        among them, as PredictionsCsv has them)."""
+        among them, as PredictionsCsv has them). Needs pandas (PredictError before the work)."""
+        self._need_pandas()
         items = list(iter_input_items(as_inputs(inputs)))
         records = [r for p in self.iter_predictions(items, show_au, progress) for r in p.records]
         return self._frame(records, show_au, video=any(item.is_video for item in items))
@@ -191,7 +193,9 @@ class Predictor(FacePipeline):
                       start: Optional[float] = None, end: Optional[float] = None, smooth: Optional[float] = None,
                       show_au: bool = False, progress: bool = False) -> pd.DataFrame:
         """A DataFrame with a row per face per sampled frame (frame, timestamp, track; see
-        deploy/video.py), a no_face row for a frame without a face."""
+        deploy/video.py), a no_face row for a frame without a face. Needs pandas (PredictError
+        before the work)."""
+        self._need_pandas()
         records = [r for p in self.iter_video(path, every, fps, start, end, smooth, show_au, progress) for r in p.records]
         return self._frame(records, show_au, video=True)  # frame, timestamp, track also for a video that cannot be read
 
@@ -217,6 +221,14 @@ class Predictor(FacePipeline):
         items = iter(items)
         while chunk := list(islice(items, self.images_per_batch)):
             yield from self.predict_chunk(chunk, show_au)
+
+    @staticmethod
+    def _need_pandas() -> None:
+        """The DataFrame methods check for pandas first: without it, the work would be lost."""
+        try:
+            import_pandas()
+        except RecordsError as error:
+            raise PredictError(str(error)) from None
 
     def _frame(self, records: Sequence[Any], show_au: bool, video: Optional[bool] = None) -> "pd.DataFrame":
         try:

@@ -25,7 +25,7 @@ import numpy as np
 
 from poi_cli.core import manifests
 from poi_cli.core.atomic import is_stream, refuse_write_protected
-from poi_cli.core.errors import PoiError
+from poi_cli.core.errors import PANDAS_HINT, PoiError
 from poi_cli.core.manifests import REGION_NAMES, REGIONS, au_columns
 from poi_cli.core.outputs import regions_agreeing
 from poi_cli.core.schema import (DETECTOR_MTCNN, DETECTOR_NONE, LANDMARK_NAMES, PREDICT_STATUSES, STATUS_ERROR, STATUS_OK,
@@ -249,18 +249,23 @@ class RecordsError(PoiError):
     """Records cannot be given in the form asked for (pandas missing); one line."""
 
 
+def import_pandas() -> Any:
+    """pandas, or RecordsError saying how to install it (it is not a deploy dependency)."""
+    try:
+        import pandas
+    except ImportError:
+        raise RecordsError(f"a DataFrame needs pandas, which is not installed ({PANDAS_HINT}); predict_records "
+                           "gives the records without it") from None
+    return pandas
+
+
 def records_to_frame(records: Sequence[FaceRecord], classes: Sequence[str], show_au: bool = False,
                      video: Optional[bool] = None) -> "pd.DataFrame":
     """Records -> DataFrame (missing values NaN; `face`, `frame`, `track` nullable integers;
     video: the video columns whatever the records, see record_columns).
 
     pandas is not a dependency of the deploy runtime: this one function needs it."""
-    try:
-        import pandas as pd
-    except ImportError:
-        raise RecordsError("a DataFrame needs pandas (pip install pandas); predict_records gives the records "
-                           "without it") from None
-
+    pd = import_pandas()
     columns = record_columns(records, classes, show_au, video)
     frame = pd.DataFrame([r.to_row(classes) for r in records], columns=columns)
     integers = ("face", "frame", "track", "regions_agree")
