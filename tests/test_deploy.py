@@ -758,3 +758,16 @@ def test_without_pandas_the_dataframe_methods_name_the_extra_before_the_work(lib
         with pytest.raises(PredictError, match=r"needs pandas, which is not installed \(pip install pandas, or "
                                                r"pip install 'poi-fer\[train\]'\); predict_records gives the records"):
             call()
+
+
+def test_the_torch_detector_that_cannot_run_fails_where_the_predictor_is_made(library_predictor, monkeypatch):
+    """Predictor(detector="mtcnn-torch") was made without torch and failed only at its first prediction."""
+    from poi_cli.core.errors import PoiError
+    from poi_cli.data.faces import FaceDetectorError
+
+    monkeypatch.setitem(sys.modules, "facenet_pytorch", None)  # not installed (nor, in the deploy runtime, torch)
+    with pytest.raises(FaceDetectorError, match=r"^the torch MTCNN \(--detector mtcnn-torch\) needs facenet-pytorch, "
+                                                r"which failed to import \(ModuleNotFoundError\): pip install --no-deps") as caught:
+        Predictor(library_predictor.runner, detector="mtcnn-torch", workers=0)
+    assert isinstance(caught.value, PoiError) and "\n" not in str(caught.value)
+    assert Predictor(library_predictor.runner, detector="mtcnn-torch", detect=False, workers=0).detect is False  # no detector used

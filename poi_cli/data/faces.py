@@ -232,6 +232,17 @@ def canvas_shape(height: int, width: int, step: int = CANVAS_STEP) -> tuple[int,
     return (-(-height // step) * step, -(-width // step) * step)
 
 
+def facenet_mtcnn() -> Any:
+    """facenet-pytorch's MTCNN class (imports torch), or FaceDetectorError saying how to install it."""
+    try:
+        from facenet_pytorch import MTCNN
+    except Exception as error:  # ImportError, or a broken install failing inside the import
+        raise FaceDetectorError(
+            f"the torch MTCNN (--detector mtcnn-torch) needs facenet-pytorch, which failed to import ({type(error).__name__}): {FACENET_HINT}"
+        ) from None
+    return MTCNN
+
+
 class FaceDetector:
     """Batched MTCNN (facenet-pytorch; its weights ship inside the wheel, nothing is downloaded).
 
@@ -254,12 +265,7 @@ class FaceDetector:
         max_side: int = 1024,
         min_score: float = 0.0,
     ) -> None:
-        try:
-            from facenet_pytorch import MTCNN
-        except Exception as error:  # ImportError, or a broken install failing inside the import
-            raise FaceDetectorError(
-                f"the torch MTCNN (--detector mtcnn-torch) needs facenet-pytorch, which failed to import ({type(error).__name__}): {FACENET_HINT}"
-            ) from None
+        MTCNN = facenet_mtcnn()
         from poi_cli.core.runtime import select_device  # auto: CUDA, else MPS, else CPU; a missing GPU is one line
 
         if max_side < 32:
@@ -322,6 +328,14 @@ class FaceDetector:
 # predict and serve: no torch), or the same networks through facenet-pytorch (FaceDetector
 # above; needs torch and facenet-pytorch).
 DETECTORS = ("mtcnn", "mtcnn-torch")
+
+
+def require_detector(name: str) -> None:
+    """FaceDetectorError now, with the line make_detector would give at the first image, when the
+    detector `name` cannot run here (the torch one without facenet-pytorch or torch): a
+    pipeline that names it fails where it is made, not at its first prediction."""
+    if name == "mtcnn-torch":
+        facenet_mtcnn()
 
 
 def make_detector(name: str = "mtcnn", min_score: float = 0.0, max_side: int = 1024, threads: Optional[int] = None,

@@ -36,7 +36,7 @@ from poi_cli.core.outputs import ModelOutputs
 from poi_cli.core.schema import DETECTOR_MTCNN, DETECTOR_NONE, STATUS_ERROR, STATUS_NO_FACE
 from poi_cli.core.threads import DEFAULT_WORKERS
 from poi_cli.data.faces import (BLANK_REASON, DETECTORS, Face, ImageLoadError, decode_image, is_blank, load_image,
-                                make_detector, to_rgb, upright)
+                                make_detector, require_detector, to_rgb, upright)
 from poi_cli.data.preprocess import Preprocessing
 from poi_cli.data.video import VIDEO_SUFFIXES, is_video_path
 from poi_cli.deploy.records import FaceRecord
@@ -280,6 +280,8 @@ class FacePipeline:
         threads: Optional[int] = None,
     ) -> None:
         check_pipeline_options(detector, batch_size, images_per_batch, min_face_score, workers, threads)
+        if detect and isinstance(detector, str):  # a detector that cannot run: FaceDetectorError here, one line
+            require_detector(detector)
         self.runner = runner
         self.model_path: Path = self.runner.path
         self.classes: list[str] = list(self.runner.classes)
