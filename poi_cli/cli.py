@@ -543,7 +543,7 @@ def _predict_and_write(predictor: Any, items: list[Any], input_files: list[Path]
     """The body of `poi predict` once the model is loaded (and the CSV claimed): the
     library's predict_files, then what it did, printed."""
     from poi_cli.core.atomic import is_stream
-    from poi_cli.deploy.predict import KEEP_ALL, KEEP_IMAGES, KEEP_NONE, predict_files
+    from poi_cli.deploy.predict import KEEP_ALL, KEEP_IMAGES, KEEP_NONE, is_bundled, predict_files
 
     show(*render.note_lines(predictor.notes, soft_wrap=True), to=err_console)
     note = lambda text: show(*render.note_lines([text], soft_wrap=True), to=err_console)  # noqa: E731
@@ -563,7 +563,8 @@ def _predict_and_write(predictor: Any, items: list[Any], input_files: list[Path]
             fail(f"interrupted: the records of {run.kept} are printed", 130)
         fail("interrupted", 130)
     if not as_json and not csv_file and len(run.summaries) < run.inputs:  # videos' per-frame rows: --csv / --json
-        show(render.predict_table(run.records, predictor.model_path, predictor.classes, show_au))
+        show(render.predict_table(run.records, predictor.model_path, predictor.classes, show_au,
+                                  bundled=is_bundled(predictor.model_path)))
     if run.none_readable:
         if run.inputs == 1:
             fail(f"{run.first.image}: {run.first.reason}")

@@ -278,20 +278,28 @@ def shared_folder(images: Sequence[str]) -> tuple[Optional[str], list[str]]:
 
 
 def shown_path(path: Any) -> str:
-    """A file path as the user would type it: relative to the working folder when under it."""
+    """A file path as the user would type it: relative to the working folder when that is
+    shorter (always under it; `../models/m.onnx` beside it), else as it is."""
     text = str(path)
     if not os.path.isabs(text):
         return text
-    here = os.path.abspath(os.curdir)
-    return os.path.relpath(text, here) if os.path.commonpath([text, here]) == here else text
+    try:
+        relative = os.path.relpath(text, os.path.abspath(os.curdir))
+    except ValueError:  # another drive (Windows): no relative path
+        return text
+    return relative if len(relative) < len(text) else text
 
 
-def predict_table(records: Sequence["FaceRecord"], checkpoint: Any, classes: Sequence[str], show_au: bool) -> Table:
+def predict_table(records: Sequence["FaceRecord"], checkpoint: Any, classes: Sequence[str], show_au: bool,
+                  bundled: bool = False) -> Table:
     """One row per face (or per image without one): expression, confidence, how many of the
     four regions agree with it (`3/4`; consistency stays in JSON / CSV), AUs, status. Image
-    paths are shown relative to the folder they share, which the caption names."""
+    paths are shown relative to the folder they share, which the caption names. The title
+    names the model: the bundled one by its file name (its path, inside site-packages once
+    installed, wrapped mid-word in an 80-column terminal), any other by shown_path."""
     folder, names = shared_folder([r.image for r in records])
-    table = Table(title=escape(f"{shown_path(checkpoint)} ({len(classes)} classes)"),
+    model = f"bundled model {Path(checkpoint).name}" if bundled else shown_path(checkpoint)
+    table = Table(title=escape(f"{model} ({len(classes)} classes)"),
                   caption=None if folder is None else escape(f"images in {folder}"))
     for column in ("image", "face", "expression", "confidence", "regions", *(("AUs > 0.5",) if show_au else ()), "status"):
         table.add_column(column, justify="right" if column in ("face", "confidence", "regions") else "left",

@@ -40,9 +40,10 @@ finally:
 """
 
 
-def poi_without_torch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=120, env={"PATH": "/usr/bin:/bin", "POI_THREADS": "1", "COLUMNS": "120", **(env or {})})
+def poi_without_torch(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, cwd=cwd, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "POI_THREADS": "1", "COLUMNS": "120", "PYTHONPATH": str(ROOT),
+                               **(env or {})})
 
 
 def test_predict_runs_without_torch():
@@ -771,3 +772,16 @@ def test_the_torch_detector_that_cannot_run_fails_where_the_predictor_is_made(li
         Predictor(library_predictor.runner, detector="mtcnn-torch", workers=0)
     assert isinstance(caught.value, PoiError) and "\n" not in str(caught.value)
     assert Predictor(library_predictor.runner, detector="mtcnn-torch", detect=False, workers=0).detect is False  # no detector used
+
+
+def test_the_tables_title_names_the_bundled_model_by_its_file_and_the_readmes_demo_is_what_it_prints(tmp_path):
+    """The title was the model file's path: from outside the repository, an installed package's
+    site-packages path, wrapped mid-word at 80 columns."""
+    done = poi_without_torch("predict", str(ASTRONAUT), env={"COLUMNS": "80"}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].strip() == "bundled model poi_ferplus8_resnet10_96.onnx (8 classes)"
+    readme = (ROOT / "README.md").read_text()
+    command = "COLUMNS=100 poi predict examples/astronaut.jpg --show-au"
+    shown = readme.split(f"$ {command}\n")[1].split("```")[0]
+    done = poi_without_torch(*command.split()[2:], env={"COLUMNS": "100"})
+    assert done.returncode == 0 and done.stdout == shown, done.stdout

@@ -76,10 +76,17 @@ def test_predict_table_names_the_shared_folder_once(tmp_path, monkeypatch):
     assert render.shared_folder(["<image 1>", "<image 2>"])[0] is None
     assert render.shared_folder(["/abs/a.jpg", "rel/b.jpg"])[0] is None
     assert render.predict_table(rows("a.jpg"), "m.onnx", ["a"], show_au=False).caption is None
-    # the model's path as typed, relative to the working folder when under it
+    # the model's path as typed, relative to the working folder when that is shorter
     monkeypatch.chdir(tmp_path)
     assert render.shown_path(tmp_path / "w" / "m.onnx") == "w/m.onnx"
     assert render.shown_path("/elsewhere/m.onnx") == "/elsewhere/m.onnx" and render.shown_path("m.onnx") == "m.onnx"
+    beside = tmp_path.parent / "a-long-folder-name-of-models" / "m.onnx"
+    assert render.shown_path(beside) == "../a-long-folder-name-of-models/m.onnx"
+    # the bundled model by its file name, wherever the package is installed
+    site = "/usr/lib/python3.11/site-packages/poi_cli/weights/poi_ferplus8_resnet10_96.onnx"
+    table = render.predict_table(rows("a.jpg"), site, ["a"] * 8, show_au=False, bundled=True)
+    assert table.title == "bundled model poi_ferplus8_resnet10_96.onnx (8 classes)"
+    assert render.predict_table(rows("a.jpg"), "m.onnx", ["a"], show_au=False).title == "m.onnx (1 classes)"
 
 
 def test_clean_and_calibrate_lines():

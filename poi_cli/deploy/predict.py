@@ -84,6 +84,11 @@ def bundled_model(suffix: str = ONNX_SUFFIX) -> Optional[Path]:
     return found[0] if found else None
 
 
+def is_bundled(path: str | Path) -> bool:
+    """Whether this model file is one the package ships (poi_cli/weights/, not its mtcnn/)."""
+    return Path(path).resolve().parent == BUNDLED_DIR
+
+
 def resolve_model(model: Optional[str | Path] = None, suffix: str = ONNX_SUFFIX) -> Path:
     """--model, else $POI_MODEL, else the bundled model of this suffix (.onnx for ONNX
     Runtime, .pt for torch; the other one when only it is bundled), else PredictError
