@@ -39,7 +39,7 @@ import pandas as pd
 
 from poi_cli.core.atomic import write_csv, write_json
 from poi_cli.core.atomic import atomic_write_text
-from poi_cli.data.folds import fold_split_name, stratified_folds, subject_folds
+from poi_cli.data.folds import CV_CONFIG, CV_CSV, CV_JSON, fold_split_name, folds_summary, stratified_folds, subject_folds
 from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, label_names
 from poi_cli.study.audit import AuditError, AuditResult, audit_of, audited_labels, objective_inference
 from poi_cli.study.clean import FITTED_ADVICE, clean, clean_audit, write_clean
@@ -54,7 +54,6 @@ CLEAN_DIR = "clean"
 CROSS_FIT_DIR = "crossfit"  # in the audit's output folder: the K label files and run folders
 CROSS_FIT_SEED = 0
 CROSS_FIT_RECORD = "crossfit.json"  # in CROSS_FIT_DIR: which cross-fit its fold models are (check_same_cross_fit)
-CV_CONFIG, CV_CSV, CV_JSON = "cv_config.json", "cv.csv", "cv.json"
 CV_COLUMNS = ["fold", "n_train", "n_test", "accuracy", "mean_class_recall", "best_epoch", "run"]
 # Options that may differ when the same cross-validation is run again (it then resumes).
 RERUN_FREE = ("device", "resume", "fold")
@@ -221,19 +220,6 @@ def train_folds(config: TrainConfig, console: Optional[Console] = None,
     write_csv(folder / CV_CSV, CV_COLUMNS, rows)
     write_json(folder / CV_JSON, summary)
     return summary
-
-
-def folds_summary(rows: list[dict], folder: Path) -> dict:
-    """Mean, spread (sample std over folds) and pooled accuracy of the per-fold rows."""
-    accuracy = np.array([r["accuracy"] for r in rows], dtype=float)
-    n_test = np.array([r["n_test"] for r in rows], dtype=float)
-    return {
-        "folder": str(folder), "folds": len(rows), "per_fold": rows,
-        "accuracy_mean": float(accuracy.mean()), "accuracy_std": float(accuracy.std(ddof=1)) if len(rows) > 1 else 0.0,
-        "accuracy_min": float(accuracy.min()), "accuracy_max": float(accuracy.max()),
-        "accuracy_pooled": float((accuracy * n_test).sum() / n_test.sum()), "n_test": int(n_test.sum()),
-        "mean_class_recall_mean": float(np.mean([r["mean_class_recall"] for r in rows])),
-    }
 
 
 def train_or_resume(run_dir: Path, config: TrainConfig, console: Optional[Console] = None) -> bool:

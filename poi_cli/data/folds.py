@@ -3,12 +3,15 @@ k-fold cross-validation, and the POI paper's random 8:2 split.
 
 Both are written at prepare time, so every run and every evaluation of a prepared folder
 sees the same partition: the manifest's `fold` column (0..k-1; -1 for images outside the
-folded split), or images moved to split `test`. numpy only.
+folded split), or images moved to split `test`. A cross-validation (`poi train --fold all`,
+pipeline.train_folds) writes its folder's files (CV_CONFIG, CV_CSV, CV_JSON) with
+folds_summary, which `poi report` also computes from the fold runs' own evaluations. numpy only.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -18,6 +21,9 @@ SUBJECT_COLUMN = "subject"  # the manifest column of a dataset that names its su
 NO_FOLD = -1
 FOLD_SPLIT = re.compile(r"^fold(\d+)$")  # the held-out images of fold k, as a split name: fold3
 RANDOM_PROTOCOL = "random"  # prepared.json's protocol kind of --test-fraction
+# `poi train --fold all` writes NAME/fold<K> run folders and these beside them: the options (written
+# first), one row per fold, and folds_summary's result (written once every fold is evaluated)
+CV_CONFIG, CV_CSV, CV_JSON = "cv_config.json", "cv.csv", "cv.json"
 RANDOM_SPLIT_NOTE = ("split 'test' is a random {pct:.0%} of the images, stratified by class, at the image level: "
                      "the POI paper's protocol for CK+ (random 8:2); the same subjects, and near-identical frames of "
                      "the same sequences (CK+48 keeps the last frames of each), are in train and test, "
@@ -86,3 +92,17 @@ def stratified_folds(labels: Sequence[int], k: int, seed: int) -> np.ndarray:
         folds[positions] = (start + np.arange(len(positions))) % k
         start += len(positions)  # the next class continues the deal: fold sizes differ by at most one
     return folds
+
+
+def folds_summary(rows: list[dict], folder: str | Path) -> dict:
+    """cv.json's figures from per-fold rows (fold, n_test, accuracy, mean_class_recall: each fold's
+    model on its own held-out fold): mean, spread (sample std over folds), min, max and pooled accuracy."""
+    accuracy = np.array([r["accuracy"] for r in rows], dtype=float)
+    n_test = np.array([r["n_test"] for r in rows], dtype=float)
+    return {
+        "folder": str(folder), "folds": len(rows), "per_fold": rows,
+        "accuracy_mean": float(accuracy.mean()), "accuracy_std": float(accuracy.std(ddof=1)) if len(rows) > 1 else 0.0,
+        "accuracy_min": float(accuracy.min()), "accuracy_max": float(accuracy.max()),
+        "accuracy_pooled": float((accuracy * n_test).sum() / n_test.sum()), "n_test": int(n_test.sum()),
+        "mean_class_recall_mean": float(np.mean([r["mean_class_recall"] for r in rows])),
+    }
