@@ -659,7 +659,7 @@ def report(
     run_dirs: Optional[list[str]] = typer.Argument(None, metavar="RUN_DIR", help="Run folders, or folders of runs (default: runs/train)."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder for report.md, CSVs and PNGs (default runs/report/exp, numbered)."),
     data: Optional[str] = typer.Option(None, "--data", help="A prepared folder: predict it with each run's best.pt for confusion matrices, consistency histograms, strata and calibration figures."),
-    split: Optional[str] = typer.Option(None, help="Split of --data to predict (fold3: fold 3's held-out images; default test, else valid/val)."),
+    split: Optional[str] = typer.Option(None, help="Split of --data to predict (fold3: fold 3's held-out images; default: the one `poi evaluate` picks per run: a --fold K run's own held-out fold, else test, else valid/val). A run is not scored on a split it trained on (a note says so)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps (with --data)."),
     batch: int = batch_option(),
     amp: str = amp_option(),

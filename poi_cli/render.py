@@ -403,6 +403,13 @@ def _pct(value) -> str:
     return "-" if value is None or value != value else f"{100 * value:.2f}"
 
 
+def _cross_validation_line(row: Any) -> Line:
+    """A row of cross_validation.csv: the folds' test accuracy (not their validation accuracy)."""
+    spread = "" if _pct(row.accuracy_std) == "-" else f" ± {_pct(row.accuracy_std)}"
+    return Line(f"cross-validation {row.cv or 'of fold runs'}: test accuracy on the held-out folds {_pct(row.accuracy_mean)}"
+                f"{spread} % over {row.folds} folds (pooled {_pct(row.accuracy_pooled)} %)", soft_wrap=True)
+
+
 def report_summary(result: "Report") -> list[Item]:
     """The runs table (final / best / evaluated accuracy in %) and where the report went."""
     table = Table(title=f"{len(result.runs)} runs (accuracy %)")
@@ -417,11 +424,12 @@ def report_summary(result: "Report") -> list[Item]:
         evaluated = _pct(row["eval_acc"]) + (f" ({', '.join(where)})" if where else "")
         table.add_row(escape(row["run"]), row["method"], _pct(row["noise"]), f"{row['epochs_done']}/{planned}",
                       _pct(row["final_val_acc"]), best, evaluated)
+    lines = [_cross_validation_line(row) for row in result.cross_validation.itertuples() if _pct(row.accuracy_mean) != "-"]
     named = [path.name for path in result.files if path.suffix != ".png"]
     pictures = len(result.files) - len(named)
     if pictures:
         named.append(f"{pictures} PNG{'s' if pictures > 1 else ''}")
-    return [table, Line(f"wrote {len(result.files)} files in {result.out_dir} ({', '.join(named)})", soft_wrap=True)]
+    return [table, *lines, Line(f"wrote {len(result.files)} files in {result.out_dir} ({', '.join(named)})", soft_wrap=True)]
 
 
 # ----------------------------------------------------------------------- poi audit

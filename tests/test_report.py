@@ -4,8 +4,10 @@ TrainConfig, results.csv with the engine's columns, best.pt a random 64 px model
 from __future__ import annotations
 
 import csv
+import io
 import json
-from dataclasses import fields
+import shutil
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import add_folds, tiny_model, write_checkpoint
+from conftest import add_folds, make_prepared, tiny_config, tiny_model, write_checkpoint
 from poi_cli.model.checkpoint import save_checkpoint
 from poi_cli.cli import app
 from poi_cli.train.config import AUGMENTATION, LOSS, MODEL, OPTIMISER, TrainConfig
@@ -399,3 +401,135 @@ def test_the_closing_line_names_the_files_written(runs, tmp_path):
                                                                     "runs.csv", "strata.csv"]
     result = runner.invoke(app, ["report", str(runs), "--out", str(tmp_path / "two")])
     assert "wrote 7 files in" in result.stdout and "strata.csv, 2 PNGs)" in result.stdout, result.stdout
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    data: Path  # a store named ck48 with 3 folds and no test or validation split (CK+'s shape)
+    folder: Path  # `poi train --fold all --name cv` on it: cv/fold0..2, cv.csv, cv.json
+    plain: Path  # a run without --fold, of the same recipe and seed, on another store also named ck48
+
+
+@pytest.fixture(scope="module")
+def cross_validation(tmp_path_factory) -> CrossValidation:
+    """Trained once for the module (1 epoch each, baseline); read it, or copy it to change it."""
+    from rich.console import Console
+
+    from poi_cli.pipeline import train_folds
+    from poi_cli.train.engine import train
+
+    root = tmp_path_factory.mktemp("cross_validation")
+    quiet = Console(file=io.StringIO())
+    data = add_folds(make_prepared(root / "here" / "ck48", splits={"train": 2}), folds=3)
+    train_folds(tiny_config(data, root / "runs", epochs=1, use_pin=False, name="cv", fold="all"), quiet)
+    other = make_prepared(root / "there" / "ck48", splits={"train": 2, "test": 1}, seed=1)
+    plain = train(tiny_config(other, root / "plain", epochs=1, use_pin=False, name="random"), quiet)
+    return CrossValidation(data, root / "runs" / "cv", plain)
+
+
+def test_a_cross_validation_is_one_row_of_its_test_accuracy_not_seeds_of_one_recipe(cross_validation, tmp_path):
+    """The fold runs of a --fold all were averaged as seeds of one recipe ("those runs repeat one
+    another"), by their validation accuracies, though each trains on other data."""
+    cv = cross_validation.folder
+    saved = json.loads((cv / "cv.json").read_text())
+    report = build_report([cv], tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "more than once" not in text and "(seeds)" not in text
+    assert not (tmp_path / "report" / "by_noise_seeds.csv").read_text().strip()  # no validation accuracy is averaged
+    assert report.summary["run"].tolist() == ["cv_fold0", "cv_fold1", "cv_fold2"]
+    assert report.summary["fold"].tolist() == ["fold0", "fold1", "fold2"]
+    table = pd.read_csv(tmp_path / "report" / "cross_validation.csv", keep_default_na=False)
+    assert len(table) == 1 and (table.loc[0, "cv"], table.loc[0, "folds"], table.loc[0, "runs"]) == (str(cv), 3, 3)
+    for key in ("accuracy_mean", "accuracy_std", "accuracy_pooled", "n_test"):
+        assert table.loc[0, key] == pytest.approx(saved[key]), key
+    assert table.loc[0, "source"] == "cv.json" and table.loc[0, "method"] == "baseline"
+    assert "## Cross-validation (test accuracy over folds)" in text and "not their validation accuracies" in text
+    assert f"{100 * saved['accuracy_mean']:.2f} ± {100 * saved['accuracy_std']:.2f}" in text
+
+    # without cv.json (a --fold all stopped before its end): the same figures from the folds' eval/metrics.json
+    copy = tmp_path / "copy" / "cv"
+    shutil.copytree(cv, copy)
+    (copy / "cv.json").unlink()
+    again = build_report([copy], tmp_path / "again").cross_validation
+    assert again.loc[0, "source"] == "fold runs' evaluations" and again.loc[0, "folds"] == 3
+    for key in ("accuracy_mean", "accuracy_std", "accuracy_pooled", "n_test"):
+        assert again.loc[0, key] == pytest.approx(saved[key]), key
+    shutil.rmtree(copy / "fold2" / "eval")  # one fold not evaluated: left out, and said so
+    short = build_report([copy], tmp_path / "short")
+    assert short.cross_validation.loc[0, "folds"] == 2
+    text = (tmp_path / "short" / "report.md").read_text()
+    assert "cv_fold2 left out: no evaluation on its own held-out fold" in text
+
+    # `poi report PROJECT`: the --fold all folder in it counts as its fold runs (it was skipped, "not a run folder")
+    result = runner.invoke(app, ["report", str(cv.parent), "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert "skipped" not in result.stderr
+    assert pd.read_csv(tmp_path / "cli" / "runs.csv")["run"].tolist() == ["cv_fold0", "cv_fold1", "cv_fold2"]
+
+
+def test_fold_runs_trained_one_by_one_are_one_cross_validation_of_the_folds_they_cover(cross_validation, tmp_path):
+    """--fold K runs outside a --fold all folder (trained one by one, e.g. under torchrun): one row from
+    their own evaluations, which says how many of the store's folds it covers."""
+    for fold in (0, 2):
+        shutil.copytree(cross_validation.folder / f"fold{fold}", tmp_path / "runs" / f"k{fold}")
+    report = build_report([tmp_path / "runs"], tmp_path / "report")
+    row = report.cross_validation.iloc[0]
+    assert len(report.cross_validation) == 1 and (row["cv"], row["folds"], row["source"]) == ("", 2, "fold runs' evaluations")
+    per_fold = pd.read_csv(cross_validation.folder / "cv.csv").set_index("fold")
+    assert row["accuracy_mean"] == pytest.approx(per_fold.loc[[0, 2], "accuracy"].mean())
+    assert "fold runs k0 k2: 2 of the store's 3 folds, not the whole cross-validation" in (
+        tmp_path / "report" / "report.md").read_text()
+
+
+def test_report_data_without_split_scores_each_fold_run_on_its_own_fold(cross_validation, tmp_path):
+    """Without --split, --data on a store without test or valid (CK+) stopped ("--split test: ...")
+    where `poi evaluate` picks each run's own held-out fold."""
+    cv, data = cross_validation.folder, cross_validation.data
+    report = build_report([cv], tmp_path / "own", data=data, device="cpu")
+    rows = report.summary.set_index("run")
+    assert rows["eval_split"].tolist() == ["fold0", "fold1", "fold2"]
+    for fold in range(3):  # the figures `poi train --fold all` wrote for that fold
+        metrics = json.loads((cv / f"fold{fold}" / "eval" / "metrics.json").read_text())
+        assert rows.loc[f"cv_fold{fold}", "eval_acc"] == pytest.approx(metrics["accuracy"])
+        assert rows.loc[f"cv_fold{fold}", "eval_n"] == metrics["n_images"]
+    result = runner.invoke(app, ["report", str(cv), "--data", str(data), "--out", str(tmp_path / "cli"),
+                                 "--device", "cpu", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(tmp_path / "cli" / "runs.csv")["eval_split"].tolist() == ["fold0", "fold1", "fold2"]
+
+
+def test_report_data_does_not_score_a_fold_run_on_a_fold_it_trained_on(cross_validation, tmp_path):
+    """--split fold1 scored every fold run on fold 1, though two of the three trained on it, without a word."""
+    report = build_report([cross_validation.folder], tmp_path / "fold1", data=cross_validation.data, split="fold1",
+                          device="cpu")
+    notes = {run.path.name: run.notes for run in report.runs}
+    assert report.runs[1].evaluation["split"] == "fold1" and not any("not scored" in n for n in notes["fold1"])
+    for name, own in (("fold0", "fold0"), ("fold2", "fold2")):
+        assert notes[name] == [(f"not scored on --split fold1: it trained on fold1 (it holds out {own}, its own test "
+                                "fold); without --split each --fold run is scored on its own held-out fold")]
+    assert {p.name for p in report.files if p.name.startswith("confusion_")} == {"confusion_cv_fold1.png"}
+    text = (tmp_path / "fold1" / "report.md").read_text()
+    assert text.count("not scored on --split fold1") == 2
+
+
+def test_runs_on_two_stores_of_one_name_or_of_two_protocols_are_never_averaged(cross_validation, tmp_path):
+    """Runs were grouped by the prepared folder's name: a random-split run on another ck48 was
+    averaged with the fold runs of this ck48 into one row."""
+    cv, plain = cross_validation.folder, cross_validation.plain
+    copy = tmp_path / "elsewhere"  # the same recipe and seed on a third store named ck48
+    shutil.copytree(plain, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["data"] = str(tmp_path / "third" / "ck48")
+    (copy / "config.json").write_text(json.dumps(config))
+    report = build_report([cv, plain, copy], tmp_path / "report")
+    here, there, third = (str(path.resolve()) for path in (cross_validation.data, Path(json.loads(
+        (plain / "config.json").read_text())["data"]), tmp_path / "third" / "ck48"))
+    seeds = pd.read_csv(tmp_path / "report" / "by_noise_seeds.csv", keep_default_na=False)
+    assert len(seeds) == 2 and (seeds["runs"] == 1).all()  # neither with the other nor with the fold runs
+    assert sorted(seeds["data"]) == sorted([there, third])
+    data = report.summary.set_index("run")["data"]
+    assert data.tolist() == [here, here, here, there, third]  # by path: the name ck48 is three stores
+    assert report.cross_validation["data"].tolist() == [here]
+    by_noise = pd.read_csv(tmp_path / "report" / "by_noise.csv", keep_default_na=False)
+    assert sorted(by_noise["data"]) == sorted([there, third])
+    assert "more than once" not in (tmp_path / "report" / "report.md").read_text()

@@ -5,20 +5,26 @@
 
 From each run folder (config.json + results.csv, as `poi train` writes them):
 * runs.csv / the first table of report.md: final and best-on-validation accuracy per run
-  with the prepared folder it trained on (data), its noise rate, ablation switches and
+  with the prepared folder it trained on (data: by name, by path where two of the report's
+  folders share a name: data_labels), its noise rate, ablation switches and
   variant (how its recipe differs from the most common one of its method: variant_names)
   (the shape of Tables II, III and X), and by_noise.csv: best validation accuracy,
   data and method (variant) x noise rate (mean over runs that share all four), the shape
   of Table II; by_noise_seeds.csv: final and best validation accuracy per data, method,
   variant and noise, mean, min and max over those runs (seeds) and which seeds;
+* cross_validation.csv (when the report holds --fold K runs, which each train on other data
+  and are in neither table by noise): one row per cross-validation, the folds' test accuracy
+  on their own held-out folds (cross_validation_table);
 * curves_<run>.png: losses and accuracies per epoch (missing epochs are gaps).
 
 Per-image results (confusion matrix, strata, calibration) need predictions. Two sources:
-* `--data PREPARED_DIR [--split SPLIT]` (default test, else valid/val; fold3: fold 3's held-out images, as
-  `poi evaluate`): the report runs each run's best.pt (else
+* `--data PREPARED_DIR [--split SPLIT]` (default: the split `poi evaluate` picks for the run,
+  choose_split: a --fold K run's own held-out fold, else test, else valid/val; fold3: fold 3's
+  held-out images): the report runs each run's best.pt (else
   last.pt) on that split (the same figures as `poi evaluate`) and writes
   confusion_<run>.png and consistency_<run>.png (the histogram of the UEM consistency w
-  for right and wrong predictions, Fig. 15);
+  for right and wrong predictions, Fig. 15); a --split the run trained on is not scored
+  (trained_on), with a note;
 * otherwise a run's own `eval/metrics.json`, written by `poi evaluate RUN DATA --out
   RUN/eval`, gives the confusion matrix, the strata and the calibration figures (not
   the histogram: it keeps no per-image w). An old metrics.json whose only strata are
@@ -48,14 +54,18 @@ import pandas as pd
 
 from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import FolderOutputs, atomic_write_text, save_figure
+from poi_cli.core.layout import META_FILE
+from poi_cli.data.folds import CV_CONFIG, CV_JSON, FOLD_COLUMN, fold_split_name, folds_summary, parse_fold_split
 from poi_cli.study.clean import audit_summary_path, audited_model
 from poi_cli.model.checkpoint import CONFIG_FILE, RESULTS_FILE, training_data_name
 
 if TYPE_CHECKING:  # evaluate imports torch: only when predicting
+    from poi_cli.data.store import PreparedDataset
     from poi_cli.study.evaluate import MappedPredictions
 
 DEFAULT_RUNS = "runs/train"
 EVAL_DIR = "eval"  # RUN/eval/metrics.json from `poi evaluate --out RUN/eval`
+CV_TABLE = "cross_validation.csv"  # written when the report holds fold runs (--fold K)
 REPORT_TITLE = "# poi report"  # report.md's first line
 
 
@@ -70,7 +80,7 @@ def is_poi_report(path: Path) -> bool:
 
 # what `poi report --out` writes (build_report); a folder is its own where report.md is a report's
 REPORT_OUTPUTS = FolderOutputs(
-    "poi report", ("report.md", "runs.csv", "by_noise.csv", "by_noise_seeds.csv", "strata.csv", "curves_*.png",
+    "poi report", ("report.md", "runs.csv", "by_noise.csv", "by_noise_seeds.csv", "strata.csv", CV_TABLE, "curves_*.png",
                    "consistency_*.png", "confusion_*.png"), "report.md", is_poi_report)
 SWITCHES = ("use_pin", "prior_supervision", "use_oim", "use_uem")
 # What else makes two runs of one method different recipes, so that the tables by noise
@@ -85,7 +95,7 @@ NOT_RECIPE = frozenset({
 })
 PATH_OPTIONS = ("pretrained", "fine_tune")  # weights files: the same file wherever it lies
 SUMMARY_COLUMNS = [
-    "run", "data", "method", "variant", "arch", "input_size", "noise", "noise_realised", *SWITCHES, "seed", "epochs_done", "epochs_planned",
+    "run", "data", "fold", "cv", "method", "variant", "arch", "input_size", "noise", "noise_realised", *SWITCHES, "seed", "epochs_done", "epochs_planned",
     "missing_epochs", "final_val_acc", "best_val_acc", "best_epoch", "final_train_acc", "eval_acc", "eval_split",
     "eval_n", "eval_left_out", "eval_acc_without_twins", "ece_confidence", "ece_floor_confidence", "ece_max_softmax", "aurc_confidence", "aurc_consistency", "aurc_max_softmax", "path",
 ]
@@ -99,6 +109,10 @@ CALIBRATION_COLUMNS = {  # runs.csv column: (metric, score) in an evaluation's c
 SCORES = ("confidence", "consistency")  # the scores of strata.csv
 STRATA_ACCURACIES = ("most_confident_accuracy", "least_confident_accuracy")  # evaluate's metrics.json names them so
 STRATA_COLUMNS = ["run", "score", "fraction", "n", *STRATA_ACCURACIES]
+# cross_validation.csv: one row per cross-validation; the accuracies are of each fold's model on its own held-out fold
+CV_ACCURACIES = ("accuracy_mean", "accuracy_std", "accuracy_min", "accuracy_max", "accuracy_pooled")
+CV_TABLE_COLUMNS = ["cv", "data", "method", "variant", "noise", "seed", "folds", "runs", *CV_ACCURACIES, "n_test", "source"]
+CV_INTEGER_COLUMNS = ("seed", "folds", "runs", "n_test")
 
 
 class ReportError(PoiError):
@@ -113,6 +127,7 @@ class Run:
     results: pd.DataFrame  # results.csv, one row per finished epoch, sorted by epoch
     evaluation: Optional[dict] = None  # metrics.json of `poi evaluate`, if any
     notes: list[str] = field(default_factory=list)
+    cv: Optional[Path] = None  # the `poi train --fold all` folder it trained in (cv_folder_of)
 
 
 @dataclass
@@ -124,6 +139,7 @@ class Report:
     by_noise: pd.DataFrame
     strata: pd.DataFrame
     files: list[Path]
+    cross_validation: pd.DataFrame = field(default_factory=pd.DataFrame)  # cross_validation.csv
 
 
 # ----------------------------------------------------------------------- collecting
@@ -134,6 +150,20 @@ def is_run(path: Path) -> bool:
         return path.is_dir() and ((path / CONFIG_FILE).is_file() or (path / RESULTS_FILE).is_file())
     except OSError:  # a folder that cannot be read (no permission): not_readable says so
         return False
+
+
+def is_cv_folder(path: Path) -> bool:
+    """A `poi train --fold all` folder: its fold runs (fold0, fold1, ...) beside cv_config.json
+    (written first) and cv.json (once every fold is evaluated)."""
+    try:
+        return path.is_dir() and ((path / CV_CONFIG).is_file() or (path / CV_JSON).is_file())
+    except OSError:
+        return False
+
+
+def cv_folder_of(run_dir: Path) -> Optional[Path]:
+    """The `poi train --fold all` folder a run folder trained in, or None."""
+    return run_dir.parent if is_cv_folder(run_dir.parent) else None
 
 
 def not_readable(path: Path) -> Optional[str]:
@@ -164,8 +194,9 @@ def _stale_evaluation(run_dir: Path, evaluation: dict) -> Optional[str]:
 
 
 def find_runs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
-    """Run folders among `paths` (a folder of runs counts as its runs), and the skipped ones
-    (a folder that cannot be read among them: one unreadable run does not stop the report)."""
+    """Run folders among `paths` (a folder of runs counts as its runs, a `--fold all` folder
+    among them as its fold runs), and the skipped ones (a folder that cannot be read among
+    them: one unreadable run does not stop the report)."""
     runs: list[Path] = []
     skipped: list[str] = []
     for value in paths or [DEFAULT_RUNS]:
@@ -176,10 +207,12 @@ def find_runs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
             skipped.append(f"{path}: no such folder")
         elif path.is_dir() and not_readable(path):
             skipped.append(f"{path}: cannot be read ({not_readable(path)})")
-        elif path.is_dir() and any(is_run(child) for child in path.iterdir()):
+        elif path.is_dir() and any(is_run(child) or is_cv_folder(child) for child in path.iterdir()):
             for child in sorted(path.iterdir()):
                 if is_run(child):
                     runs.append(child)
+                elif is_cv_folder(child) and not not_readable(child):
+                    runs += [fold for fold in sorted(child.iterdir()) if is_run(fold)]
                 elif child.is_dir() and not_readable(child):
                     skipped.append(f"{child}: cannot be read ({not_readable(child)})")
                 elif child.is_dir():
@@ -240,7 +273,8 @@ def load_run(path: Path, name: str) -> Run:
         if stale:
             notes.append(f"{metrics} {stale}: ignored (run poi evaluate again)")
             evaluation = None
-    return Run(path=path, name=name, config=config, results=results, evaluation=evaluation, notes=notes)
+    return Run(path=path, name=name, config=config, results=results, evaluation=evaluation, notes=notes,
+               cv=cv_folder_of(path))
 
 
 # -------------------------------------------------------------------------- tables
@@ -345,6 +379,58 @@ def variant_names(configs: Sequence[dict]) -> list[str]:
             for recipe, method in zip(recipes, methods)]
 
 
+def held_out_fold(config: dict) -> Optional[str]:
+    """The fold a `--fold K` run never trained on, kept for its evaluation ('fold3': config.json's
+    resolved.test_split, the split `poi evaluate` picks for it); None for any other run."""
+    test_split = (config.get("resolved") or {}).get("test_split")
+    if test_split:
+        return str(test_split)
+    fold = str(config.get("fold") or "")
+    return fold_split_name(int(fold)) if fold.isdigit() else None
+
+
+def _resolved_path(path: object) -> str:
+    return str(Path(str(path)).resolve()) if path else ""
+
+
+def store_of(config: dict) -> str:
+    """What identifies the prepared folder a run trained on: its path as training recorded it,
+    resolved ('' when config.json does not say). Two folders of one name are two stores."""
+    return _resolved_path(config.get("data"))
+
+
+def data_labels(configs: Sequence[dict]) -> list[str]:
+    """The prepared folder of each run as the tables name it: by name (training_data_name), or by
+    its path where the report holds runs on several folders of that name (a ck48 here and a
+    ck48 there are two stores, never averaged into one row)."""
+    names = [training_data_name(c, c.get("resolved") or {}) or "" for c in configs]
+    stores = [store_of(c) for c in configs]
+    stores_of: dict[str, set[str]] = {}
+    for name, store in zip(names, stores):
+        stores_of.setdefault(name, set()).add(store)
+    return [store if len(stores_of[name]) > 1 and store else name for name, store in zip(names, stores)]
+
+
+def trained_on(config: dict, dataset: PreparedDataset, split: str) -> Optional[str]:
+    """Why a run's accuracy on `split` of `dataset` would be of images it trained on, or None: the
+    store it trained on (store_of) and its training split, or a fold of that split other than
+    the one a --fold K run holds out (every fold run of a --fold all trained on all the others)."""
+    if not store_of(config) or store_of(config) != _resolved_path(dataset.root):
+        return None
+    train_split, own = config.get("train_split") or "train", held_out_fold(config)
+    fold = parse_fold_split(split)
+    if split != train_split and (fold is None or split == own):
+        return None
+    if fold is not None:
+        manifest = dataset.manifest
+        if FOLD_COLUMN not in manifest.columns or not ((manifest[FOLD_COLUMN] == fold) & (manifest["split"] == train_split)).any():
+            return None  # the fold lies outside the run's training split
+    if own is None:
+        return f"it trained on {split}" + (f" (part of its training split {train_split})" if fold is not None else "")
+    return (f"it trained on {split} (it holds out {own}, its own test fold); "
+            "without --split each --fold run is scored on its own held-out fold")
+
+
 def _missing_epochs(epochs: Sequence[int]) -> str:
     present = sorted(int(e) for e in epochs)
     if not present:
@@ -357,15 +443,17 @@ def _column(results: pd.DataFrame, name: str) -> pd.Series:
     return results[name] if name in results.columns else pd.Series(np.nan, index=results.index, dtype=float)
 
 
-def summarise(run: Run, variant: str) -> dict:
-    """One row of runs.csv; variant: from variant_names over the report's runs."""
+def summarise(run: Run, variant: str, data: str) -> dict:
+    """One row of runs.csv; variant and data: from variant_names and data_labels over the report's runs."""
     c, r = run.config, run.results
     noise, realised = noise_of(c)
     val, train = _column(r, "val_acc"), _column(r, "train_acc")
     best = int(val.idxmax()) if val.notna().any() else None
     evaluation = run.evaluation or {}
     return {
-        "run": run.name, "data": training_data_name(c, c.get("resolved") or {}) or "", "method": method_name(c),
+        # fold: the fold a --fold K run holds out; cv: the --fold all folder it trained in
+        "run": run.name, "data": data, "fold": held_out_fold(c), "cv": None if run.cv is None else str(run.cv),
+        "method": method_name(c),
         "variant": variant, "arch": c.get("arch"), "input_size": c.get("input_size"),
         # a baseline has no PIN to ablate: its PIN switches are blank, not the defaults it ignored
         "noise": noise, "noise_realised": realised, "seed": c.get("seed"),
@@ -416,8 +504,11 @@ def by_noise_table(seeds: pd.DataFrame) -> pd.DataFrame:
 def seeds_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Final and best validation accuracy per (dataset, method, variant, noise): mean, min and
     max over the runs that share all four (seeds, usually: runs on different prepared folders
-    are never averaged, their validation splits differ), with the seeds listed."""
-    known = summary.dropna(subset=["noise"]).dropna(subset=["final_val_acc", "best_val_acc"], how="all")
+    are never averaged, their validation splits differ), with the seeds listed. Fold runs
+    (--fold K) are left out: each trains on other data, so they are no seeds of one recipe
+    (cross_validation_table reports them)."""
+    known = summary[summary["fold"].isna()]
+    known = known.dropna(subset=["noise"]).dropna(subset=["final_val_acc", "best_val_acc"], how="all")
     if known.empty:
         return pd.DataFrame()
     rows = []
@@ -431,13 +522,92 @@ def seeds_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _own_fold_result(run: Run, fold: str) -> Optional[dict]:
+    """cv.csv's row of a fold run from its evaluation (eval/metrics.json, or --data's predictions)
+    when that is of its own held-out fold on the store it trained on; None otherwise."""
+    e = run.evaluation or {}
+    if e.get("split") != fold or e.get("accuracy") is None or not e.get("n_images"):
+        return None
+    if e.get("data") and store_of(run.config) and _resolved_path(e["data"]) != store_of(run.config):
+        return None  # another store's fold of that name
+    return {"fold": fold, "n_test": e["n_images"], "accuracy": e["accuracy"],
+            "mean_class_recall": e.get("mean_class_recall", float("nan"))}
+
+
+def cross_validation_table(runs: Sequence[Run], summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """cross_validation.csv: one row per cross-validation among the fold runs (--fold K), those of
+    one `poi train --fold all` folder, or fold runs trained one by one that share the store,
+    method, variant, noise and seed; and notes ('NAME: ...') on what a row leaves out.
+
+    A fold run trains on every fold but its own, so its validation accuracy is of no shared
+    recipe: a row's figure is each fold's test accuracy on its own held-out fold, mean, sample
+    std, min and max over the folds, and pooled over their images (folds_summary): the folder's
+    cv.json when there is one, else each fold run's evaluation on its own fold (_own_fold_result)."""
+    groups: dict[tuple, list[tuple[Run, pd.Series]]] = {}
+    for run, (_, row) in zip(runs, summary.iterrows()):
+        if pd.isna(row["fold"]):
+            continue
+        key = (("cv", str(run.cv.resolve())) if run.cv is not None else
+               ("runs", row["data"], row["method"], row["variant"], None if pd.isna(row["noise"]) else row["noise"],
+                None if pd.isna(row["seed"]) else row["seed"]))
+        groups.setdefault(key, []).append((run, row))
+    rows, notes = [], []
+    for members in groups.values():
+        first_run, first = members[0]
+        name = str(first_run.cv) if first_run.cv is not None else "fold runs " + " ".join(run.name for run, _ in members)
+        saved = _read_json(first_run.cv / CV_JSON) if first_run.cv is not None else None
+        folds = [row["fold"] for _, row in members]
+        if saved is not None and all(key in saved for key in (*CV_ACCURACIES, "folds", "n_test")):
+            figures, source = saved, CV_JSON
+            if int(saved["folds"]) != len(members):
+                notes.append(f"{name}: the report holds {len(members)} of its {saved['folds']} fold runs; "
+                             f"its row is {CV_JSON}'s, over all of them")
+        else:
+            results = [(run, _own_fold_result(run, row["fold"])) for run, row in members]
+            per_fold = [result for _, result in results if result is not None]
+            unevaluated = [run.name for run, result in results if result is None]
+            if unevaluated:
+                notes.append(f"{name}: {', '.join(unevaluated)} left out: no evaluation on its own held-out fold "
+                             "(`poi evaluate RUN DATA --out RUN/eval` picks that fold, as `--data DATA` does)")
+            figures, source = (folds_summary(per_fold, name) if per_fold else {}), "fold runs' evaluations"
+            folds = [result["fold"] for result in per_fold]
+            store = store_of(first_run.config)  # how many folds it has: its prepared.json, where it still is
+            of_store = ((_read_json(Path(store) / META_FILE) or {}).get("protocol") or {}).get("folds") if store else None
+            if per_fold and isinstance(of_store, int) and len(set(folds)) < of_store:
+                notes.append(f"{name}: {len(set(folds))} of the store's {of_store} folds, not the whole cross-validation")
+        repeated = sorted(fold for fold, count in Counter(folds).items() if count > 1)
+        if repeated:
+            notes.append(f"{name}: {', '.join(repeated)} more than once (a repeat, not another fold)")
+        row = {"cv": "" if first_run.cv is None else str(first_run.cv), "data": first["data"], "method": first["method"],
+               "variant": first["variant"], "noise": first["noise"], "seed": first["seed"],
+               "folds": figures.get("folds"), "runs": len(members), "n_test": figures.get("n_test"), "source": source,
+               **{key: figures.get(key) for key in CV_ACCURACIES}}
+        if (row["folds"] or 0) < 2:
+            row["accuracy_std"] = None  # no spread over one fold
+        rows.append(row)
+    return pd.DataFrame(rows, columns=CV_TABLE_COLUMNS), notes
+
+
+def cross_validation_markdown(table: pd.DataFrame) -> str:
+    """report.md's cross-validation table: the test accuracy as mean ± std over the folds."""
+    def pct(value) -> str:
+        return "-" if pd.isna(value) else f"{100 * float(value):.2f}"
+
+    shown = table[["cv", "data", "method", "variant", "noise", "seed", "folds"]].assign(
+        **{"test accuracy (mean ± std)": [pct(m) if pd.isna(s) else f"{pct(m)} ± {pct(s)}"
+                                          for m, s in zip(table["accuracy_mean"], table["accuracy_std"])],
+           "min_acc": table["accuracy_min"], "max_acc": table["accuracy_max"], "pooled_acc": table["accuracy_pooled"],
+           "n_test": table["n_test"], "source": table["source"]})
+    return _markdown(shown, percent=("noise",))
+
+
 def _markdown(frame: pd.DataFrame, percent: Sequence[str] = ()) -> str:
     if frame.empty:
         return "(none)\n"
     def cell(column: str, value) -> str:
         if value is None or (isinstance(value, float) and np.isnan(value)):
             return "-"
-        if column in INTEGER_COLUMNS:
+        if column in INTEGER_COLUMNS or column in CV_INTEGER_COLUMNS:
             return str(int(value))
         if column in percent or column.startswith("noise ") or column.endswith("_acc") or "confident" in column:
             return f"{100 * float(value):.2f}"
@@ -451,9 +621,10 @@ def _markdown(frame: pd.DataFrame, percent: Sequence[str] = ()) -> str:
 # -------------------------------------------------------------------- predictions
 
 
-def predict_run(run: Run, data: str | Path, split: str, device: str = "auto", batch: int = 256,
+def predict_run(run: Run, data: str | Path, split: Optional[str], device: str = "auto", batch: int = 256,
                 amp: str = "auto") -> tuple[dict, MappedPredictions]:
-    """best.pt (else last.pt) of a run on a prepared split: `poi evaluate`'s result and the predictions behind it."""
+    """best.pt (else last.pt) of a run on a prepared split (None: the one `poi evaluate` picks for
+    the run, choose_split): `poi evaluate`'s result and the predictions behind it."""
     from poi_cli.study.evaluate import EvaluateError, evaluation_of, predict_mapped
 
     try:
@@ -576,9 +747,10 @@ def build_report(
     amp: str = "auto",
     batch: int = 256,
 ) -> Report:
-    """Collect runs, write report.md, runs.csv, by_noise.csv, strata.csv and the PNGs into out_dir.
-    split: of `data`, any name `poi evaluate` takes (PreparedDataset.split_names: fold3 too);
-    default test, else valid/val (as `poi evaluate`)."""
+    """Collect runs, write report.md, runs.csv, by_noise.csv, strata.csv (cross_validation.csv
+    with fold runs) and the PNGs into out_dir. split: of `data`, any name `poi evaluate` takes
+    (PreparedDataset.split_names: fold3 too); default: per run, the one `poi evaluate` picks
+    (choose_split: a --fold K run's own held-out fold, else test, else valid/val)."""
     from poi_cli.study.evaluate import plot_confusion
 
     if data is not None:
@@ -586,19 +758,20 @@ def build_report(
         from poi_cli.data.store import PreparedDataset, StoreError
 
         dataset = PreparedDataset(data)  # StoreError when it is no prepared folder
-        if split is None:
-            split = "test" if "test" in dataset.splits() else dataset.validation_split() or "test"
-        try:  # the split names `poi evaluate` takes: a fold's held-out images (fold3) too
-            dataset.check_split(split)
-        except StoreError as error:
-            raise ReportError(f"--split {split}: {error}") from None
+        if split is not None:
+            try:  # the split names `poi evaluate` takes: a fold's held-out images (fold3) too
+                dataset.check_split(split)
+            except StoreError as error:
+                raise ReportError(f"--split {split}: {error}") from None
     run_paths, skipped = find_runs(paths)
     runs: list[Run] = []
     used: set[str] = set()
     for path in run_paths:
-        name, number = _safe_name(path.name), 2
+        cv = cv_folder_of(path)  # a fold run of a --fold all: named after its cross-validation too
+        base = _safe_name(path.name if cv is None else f"{cv.name}_{path.name}")
+        name, number = base, 2
         while name in used:
-            name, number = f"{_safe_name(path.name)}_{number}", number + 1
+            name, number = f"{base}_{number}", number + 1
         try:
             runs.append(load_run(path, name))
             used.add(name)
@@ -618,12 +791,18 @@ def build_report(
         if curves:
             files.append(curves)
         if data is not None:
+            trained = None if split is None else trained_on(run.config, dataset, split)
+            if trained:  # its accuracy there would be of faces it learnt (a fold run on another fold)
+                run.notes.append(f"not scored on --split {split}: {trained}")
+                continue
             try:
                 evaluation, mapped = predict_run(run, data, split, device, batch, amp)
             except (ReportError, ValueError, OSError) as error:  # CheckpointError, StoreError are ValueErrors
                 run.notes.append(f"no predictions: {error}")
                 continue
             run.evaluation = evaluation
+            if mapped.choice.ids is not None:  # picked by evaluate's rule: the images that selected best.pt
+                run.notes.append(f"scored on {mapped.choice.name}: {mapped.choice.reason}")
             if evaluation.get("n_left_out"):  # not the same faces as a run that knows every class
                 run.notes.append(f"eval on {evaluation.get('n_images')} images: {evaluation.get('class_mapping')}")
             w = mapped.predictions.consistency
@@ -639,28 +818,45 @@ def build_report(
             strata += strata_rows(run.name, by_score)
             if note:
                 run.notes.append(note)
-    variants = variant_names([run.config for run in runs])
-    summary = pd.DataFrame([summarise(run, variant) for run, variant in zip(runs, variants)], columns=SUMMARY_COLUMNS)
+    configs = [run.config for run in runs]
+    summary = pd.DataFrame([summarise(run, variant, label) for run, variant, label
+                            in zip(runs, variant_names(configs), data_labels(configs))], columns=SUMMARY_COLUMNS)
     seeds = seeds_table(summary)
     by_noise = by_noise_table(seeds)
     strata_frame = pd.DataFrame(strata, columns=STRATA_COLUMNS)
+    cross_validation, cv_notes = cross_validation_table(runs, summary)
     # counts stay whole numbers in the CSV where another run has none (56, not 56.0)
     whole = summary.astype({column: "Int64" for column in INTEGER_COLUMNS})
-    for name, frame in (("runs.csv", whole), ("by_noise.csv", by_noise), ("by_noise_seeds.csv", seeds),
-                        ("strata.csv", strata_frame)):
+    tables = [("runs.csv", whole), ("by_noise.csv", by_noise), ("by_noise_seeds.csv", seeds), ("strata.csv", strata_frame)]
+    if not cross_validation.empty:
+        tables.append((CV_TABLE, cross_validation.astype({column: "Int64" for column in CV_INTEGER_COLUMNS})))
+    else:  # an earlier report's, in this (its own) folder: of runs this report does not hold
+        (out / CV_TABLE).unlink(missing_ok=True)
+    for name, frame in tables:
         atomic_write_text(out / name, frame.to_csv(index=False))
         files.append(out / name)
 
-    shown = summary[["run", "method", "variant", "noise", "epochs_done", "epochs_planned", "missing_epochs", "final_val_acc",
-                     "best_val_acc", "best_epoch", "eval_acc", "eval_split", "eval_n"]]
+    columns = ["run", "method", "variant", "noise", "epochs_done", "epochs_planned", "missing_epochs", "final_val_acc",
+               "best_val_acc", "best_epoch", "eval_acc", "eval_split", "eval_n"]
+    shown = summary[columns[:3] + ["fold"] + columns[3:] if summary["fold"].notna().any() else columns]
     sections.append(f"{REPORT_TITLE}\n\nAccuracies in %. final = last finished epoch, best = best validation epoch "
-                    "(best.pt); eval = best.pt on eval_split (the `--data` split, or the run's eval/metrics.json), "
+                    "(best.pt); eval = best.pt on eval_split (the `--data` split: `--split`, else the one `poi evaluate` "
+                    "picks for the run, a `--fold K` run's own held-out fold; or the run's eval/metrics.json), "
                     "of eval_n images (fewer where the model does not know every class: see the notes).\n")
     sections.append("## Runs (Tables II, III, X)\n\n" + _markdown(shown, percent=("noise",)))
     sections.append("## Best validation accuracy by method and noise rate (Table II)\n\n" + _markdown(by_noise))
     if not seeds.empty and (seeds["runs"] > 1).any():
         sections.append("## Mean and range over runs sharing method and noise (seeds)\n\n"
                         + _markdown(seeds, percent=("noise",)) + repeated_seeds_note(seeds))
+    if not cross_validation.empty:
+        sections.append("## Cross-validation (test accuracy over folds)\n\nRuns trained with `--fold K` each train on "
+                        "every fold but K: they are no seeds of one recipe, and the tables above leave them out. "
+                        "One row per cross-validation (a `poi train --fold all` folder, or fold runs trained one by one "
+                        "that share data, method, variant, noise and seed): each fold run's accuracy on its own held-out "
+                        "fold (its test set, never trained or selected on), mean ± sample standard deviation, min and "
+                        "max over the folds, and pooled over all their images; not their validation accuracies. "
+                        f"source: the folder's {CV_JSON} when there is one, else the fold runs' own evaluations "
+                        "(eval/metrics.json, or `--data`'s predictions).\n\n" + cross_validation_markdown(cross_validation))
     calibration = calibration_table(summary)
     if not calibration.empty:
         sections.append("## Calibration (ECE, AURC; lower is better)\n\nMeasured on one seeded half of the evaluated images, "
@@ -675,12 +871,14 @@ def build_report(
     pictures = [f"![{p.stem}]({p.name})" for p in files if p.suffix == ".png"]
     if pictures:
         sections.append("## Figures\n\n" + "\n".join(pictures) + "\n")
-    notes = [f"* {run.name}: {note}" for run in runs for note in run.notes] + [f"* skipped {s}" for s in skipped]
+    notes = ([f"* {run.name}: {note}" for run in runs for note in run.notes] + [f"* {note}" for note in cv_notes]
+             + [f"* skipped {s}" for s in skipped])
     if notes:
         sections.append("## Notes\n\n" + "\n".join(notes) + "\n")
     atomic_write_text(out / "report.md", "\n".join(sections))
     files.insert(0, out / "report.md")
-    return Report(out_dir=out, runs=runs, skipped=skipped, summary=summary, by_noise=by_noise, strata=strata_frame, files=files)
+    return Report(out_dir=out, runs=runs, skipped=skipped, summary=summary, by_noise=by_noise, strata=strata_frame, files=files,
+                  cross_validation=cross_validation)
 
 
 def _confusion(plot, confusion: np.ndarray, classes: list[str], path: Path, title: str) -> Path:
