@@ -45,8 +45,9 @@ def constant_model(path, num_classes=7, trn_order=(3,), region_classes=(0, 0, 1,
 
 
 def assert_same_scores(scores: dict, expected: dict) -> None:
-    """Two calibration_study score blocks agree, score by score (pytest.approx takes no nested dicts)."""
-    assert set(scores) == set(expected)
+    """Two calibration_study score blocks agree, score by score (pytest.approx takes no nested dicts);
+    evaluate's adds checkpoint_confidence for a calibrated checkpoint (calibration_block)."""
+    assert set(scores) - {"checkpoint_confidence"} == set(expected)
     for name, row in expected.items():
         assert scores[name] == pytest.approx(row), name
 
@@ -333,3 +334,23 @@ def test_evaluating_a_run_on_the_images_it_trained_on_says_so(tiny_runs):
     assert any("the model trained on train of this folder" in note for note in seen["notes"])
     unseen = evaluate(tiny_runs.poi, tiny_runs.data)
     assert not any("trained on" in note for note in unseen["notes"])
+
+
+def test_the_calibration_study_measures_the_checkpoints_own_confidence_beside_a_refitted_one():
+    """On data a model was not calibrated on (zero-shot), `confidence` used a T fitted on half of
+    that data: not what predict reports. checkpoint_confidence applies the checkpoint's T_cal."""
+    from poi_cli.study.evaluate import calibration_block
+
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 4, 200)
+    logits = rng.normal(size=(200, 4)) * 2 + 3 * np.eye(4)[targets] * (rng.random(200) < 0.7)[:, None]
+    assert "checkpoint_confidence" not in calibration_block(logits, targets, None)["scores"]  # uncalibrated: T_cal = 1 is max_softmax
+    refit = calibration_block(logits, targets, None)["temperature_half"]
+    scores = calibration_block(logits, targets, None, checkpoint_temperature=refit)["scores"]
+    assert scores["checkpoint_confidence"]["ece"] == pytest.approx(scores["confidence"]["ece"])
+    scores = calibration_block(logits, targets, None, checkpoint_temperature=1.0)["scores"]
+    assert scores["checkpoint_confidence"]["ece"] == pytest.approx(scores["max_softmax"]["ece"])
+    assert scores["checkpoint_confidence"]["nll"] == pytest.approx(scores["max_softmax"]["nll"])
+    hot = calibration_block(logits, targets, None, checkpoint_temperature=4.0)["scores"]["checkpoint_confidence"]
+    assert hot["ece"] != pytest.approx(scores["max_softmax"]["ece"])
+

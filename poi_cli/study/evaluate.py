@@ -52,7 +52,7 @@ from poi_cli.data.folds import RANDOM_PROTOCOL, RANDOM_SPLIT_NOTE, parse_fold_sp
 from poi_cli.data.combined import member_of_rows
 from poi_cli.data.duplicates import DIGEST_COLUMN, stored_digests, twins_elsewhere
 from poi_cli.data.store import PreparedDataset
-from poi_cli.model.calibration import Calibration, calibration_study, halves, reliability_bins, risk_coverage, softmax
+from poi_cli.model.calibration import Calibration, calibration_study, halves, reliability_bins, risk_coverage, score_metrics, softmax
 from poi_cli.model.checkpoint import (CONFIG_FILE, HELDOUT_FILE, CheckpointInfo, load_checkpoint, read_heldout_ids,
                                      resolve_checkpoint)
 from poi_cli.model.predictions import SplitPredictions, predict_checkpoint_split
@@ -318,7 +318,7 @@ def evaluation_of(mapped: MappedPredictions) -> dict:
     }
     w = predictions.consistency
     stored = mapped.stored_calibration
-    calibration = calibration_block(mapped.log_probs, mapped.targets, w)
+    calibration = calibration_block(mapped.log_probs, mapped.targets, w, None if stored is None else stored.temperature)
     return {
         "checkpoint": str(mapped.checkpoint_path), "epoch": mapped.info.epoch, "data": str(mapped.dataset.root),
         "split": mapped.choice.name, "split_reason": mapped.choice.reason, "n_images": int(mapped.keep.sum()), "n_left_out": int((~mapped.keep).sum()),
@@ -443,12 +443,15 @@ def evaluation_notes(mapped: MappedPredictions, calibration: Optional[dict]) -> 
 
 
 def calibration_block(logits: np.ndarray, targets: np.ndarray, consistency: Optional[np.ndarray],
-                      seed: int = CALIBRATION_SEED) -> Optional[dict]:
+                      checkpoint_temperature: Optional[float] = None, seed: int = CALIBRATION_SEED) -> Optional[dict]:
     """calibration_study on the evaluated images (logits: the recipe's log p, and targets, in the shared classes), with the
     reliability bins and risk-coverage curves of its measured half; None for fewer than 4 images.
 
-    Scores: max_softmax, confidence (T_cal fitted on the study's fitting half) and consistency
-    (None for a baseline model).
+    Scores: max_softmax, confidence (T_cal fitted on the study's fitting half), consistency
+    (None for a baseline model) and, for a calibrated checkpoint, checkpoint_confidence: the
+    confidence `poi predict` reports, with the checkpoint's own T_cal, on the same half (on
+    data the model was not calibrated on, e.g. zero-shot, what a user gets; `confidence`
+    says what a T_cal fitted on this data would give).
     """
     if len(targets) < 4:  # two images in each half at least: a T fitted on one image is no study
         return None
@@ -457,6 +460,9 @@ def calibration_block(logits: np.ndarray, targets: np.ndarray, consistency: Opti
     _, held = halves(len(targets), seed)
     raw, calibrated = softmax(logits[held]), softmax(logits[held], study["temperature_half"])
     correct = raw.argmax(1) == targets[held]
+    if checkpoint_temperature is not None:
+        shipped = softmax(logits[held], checkpoint_temperature)
+        study["scores"]["checkpoint_confidence"] = score_metrics(shipped.max(1), correct, shipped, targets[held])
     scores = {"max_softmax": raw.max(1), "confidence": calibrated.max(1)}
     if consistency is not None:
         scores["consistency"] = np.asarray(consistency)[held]
