@@ -25,14 +25,13 @@ from typing import Optional
 
 from poi_cli.core.atomic import output_file, refuse_input_as_output
 from poi_cli.core.errors import PoiError
-from poi_cli.core.layout import CONFIG_FILE
+from poi_cli.core.layout import CONFIG_FILE, HELD_OUT_SUFFIX, HELDOUT_FILE
 from poi_cli.core.locks import claim
 from poi_cli.core.outputs import FUSION_TRN, FUSION_TRN_PIN, FUSIONS, PredictionRecipe
-from poi_cli.core.layout import HELD_OUT_SUFFIX
 from poi_cli.data.folds import parse_fold_split
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import Calibration, choose_recipe
-from poi_cli.model.checkpoint import (CALIBRATED_COPY, HELDOUT_FILE, CheckpointInfo, checkpoint_inputs, load_checkpoint,
+from poi_cli.model.checkpoint import (CALIBRATED_COPY, CheckpointInfo, checkpoint_inputs, load_checkpoint,
                                      read_heldout_ids, resolve_checkpoint, save_checkpoint)
 from poi_cli.model.predictions import predict_checkpoint_split
 

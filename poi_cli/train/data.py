@@ -9,8 +9,8 @@ for, else valid, else val, else a stratified, seeded hold-out of the training sp
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -18,7 +18,8 @@ import numpy as np
 from poi_cli.data.combined import member_of_rows, sampling_positions
 from poi_cli.data.folds import fold_split_name, parse_fold_split
 from poi_cli.data.store import PreparedDataset, SplitData
-from poi_cli.model.checkpoint import HELDOUT_FILE, read_heldout_ids
+from poi_cli.core.layout import HELDOUT_FILE
+from poi_cli.model.checkpoint import read_heldout_ids
 from poi_cli.train.config import TrainConfig, TrainError
 
 
