@@ -8,7 +8,7 @@ convolutions (PyTorch's default) two plain models already differed by 2.6e-4 in
 trunk.conv1.weight after two steps, DDP by 3.0e-4; without TF32 both by at most 3e-8, and with
 deterministic cuDNN by 0. tests/test_gpu.py's DDP case compares under the last setting.
 """
-import io, os, sys, tempfile
+import io, shutil, sys, tempfile
 from pathlib import Path
 import torch, torch.distributed as dist
 from rich.console import Console
@@ -60,3 +60,4 @@ for tf32, deterministic in ((True, False), (False, False), (False, True)):
         compare(f"tf32={tf32} plain vs DDP", plain, wrapped, x, labels)
     finally:
         dist.destroy_process_group()
+shutil.rmtree(tmp, ignore_errors=True)  # its store, runs and process-group files

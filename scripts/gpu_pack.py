@@ -1411,6 +1411,13 @@ def cmd_pack_sfew(args: argparse.Namespace) -> int:
     return 0
 
 
+def withhold_hint() -> str:
+    """What to do when a pack does not fit: withhold the model weights ("" once they are withheld)."""
+    withheld = WITHHOLD_BEGIN in (exclude_file().read_text().splitlines() if exclude_file().is_file() else [])
+    return "" if withheld else (": `python scripts/gpu_pack.py withhold` leaves the model weights behind, then run "
+                                "pack-data again (and `restore` after the call)")
+
+
 def cmd_pack_data(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     with tempfile.TemporaryDirectory(prefix="poi_ferplus48_") as temp:
@@ -1419,6 +1426,10 @@ def cmd_pack_data(args: argparse.Namespace) -> int:
         if meta.get("dataset") != "ferplus":
             print(f"note: {source} holds {meta.get('dataset')!r}; the pack's noise runs use FERPlus's 30 % label file")
         others = travelling_bytes(out)
+        if args.fit and others is not None and others >= TRAVEL_LIMIT - args.margin_mib * 2**20:
+            # the rest of the tree fills the call alone: no quality could fit, so say so before any encoding
+            raise SystemExit(f"the working tree alone would carry {others / 2**20:.1f} MiB of {TRAVEL_LIMIT / 2**20:.0f}"
+                             + (withhold_hint() or ": no pack fits beside it"))
         for quality in [args.quality, *[q for q in (85, 80, 75) if q < args.quality]]:
             info = pack_store(source, out, quality)
             total = None if others is None else others + info["bytes"]
@@ -1428,10 +1439,7 @@ def cmd_pack_data(args: argparse.Namespace) -> int:
                 break
             print(f"over the limit with {args.margin_mib} MiB to spare: trying a lower quality")
         else:
-            withheld = WITHHOLD_BEGIN in (exclude_file().read_text().splitlines() if exclude_file().is_file() else [])
-            raise SystemExit("the pack does not fit a device call even at quality 75" + (
-                "" if withheld else ": `python scripts/gpu_pack.py withhold` leaves the model weights behind, then run "
-                                    "pack-data again (and `restore` after the call)"))
+            raise SystemExit("the pack does not fit a device call even at quality 75" + withhold_hint())
     print(f"carry it: run(command='bash scripts/gpu_pack.sh', carry=['{out.relative_to(ROOT) if ROOT in out.parents else out}'])")
     return 0
 

@@ -19,7 +19,15 @@ from pathlib import Path
 
 
 def load(folder: Path) -> dict:
-    return json.loads((folder / "metrics.json").read_text())
+    path = folder / "metrics.json"
+    if not path.is_file():  # one line, not a traceback: the card step has not written this folder
+        raise SystemExit(f"error: {path} not found: run the card step first (scripts/train_bundled_model.sh card)")
+    return json.loads(path.read_text())
+
+
+def notes_line(metrics: dict) -> str:
+    """evaluate's notes (what the model saw of the split, its calibration), which the card must not drop."""
+    return "  notes: " + " | ".join(metrics.get("notes") or ["none"])
 
 
 def calibration_line(metrics: dict) -> str:
@@ -50,9 +58,11 @@ def main() -> None:
     for key in ("regions_agree", "pin_agreement", "flagged"):
         if ferplus.get(key) is not None:
             print(f"  {key}: {json.dumps(ferplus[key])}")
+    print(notes_line(ferplus))
     sfew = load(args.card_dir / "sfew_val")
     print(f"SFEW 2.0 val: {100 * sfew['accuracy']:.2f} % on {sfew['n_images']} faces, "
           f"mean class recall {100 * sfew['mean_class_recall']:.2f} %")
+    print(notes_line(sfew))
     folds = sorted(args.card_dir.glob("ck_fold*"), key=lambda p: int(p.name[len("ck_fold"):]))
     if folds:
         results = [load(f) for f in folds]

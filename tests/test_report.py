@@ -56,6 +56,15 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def test_a_report_inside_the_folder_of_its_runs_is_passed_over_silently(runs):
+    """scripts/ferplus_study.sh writes PROJECT/report: every rerun said 'report: not a run folder'."""
+    first = runner.invoke(app, ["report", str(runs), "--out", str(runs / "report")])
+    assert first.exit_code == 0, first.stderr
+    rerun = runner.invoke(app, ["report", str(runs), "--out", str(runs / "report")])
+    assert rerun.exit_code == 0 and "not a run folder" not in rerun.stderr, rerun.stderr
+    assert pd.read_csv(runs / "report" / "runs.csv")["run"].tolist() == ["base20", "poi20"]
+
+
 def test_report_on_two_runs_writes_tables_and_curves(runs, tmp_path):
     before = snapshot(runs)
     out = tmp_path / "report"

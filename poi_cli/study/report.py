@@ -215,6 +215,8 @@ def find_runs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
                     runs += [fold for fold in sorted(child.iterdir()) if is_run(fold)]
                 elif child.is_dir() and not_readable(child):
                     skipped.append(f"{child}: cannot be read ({not_readable(child)})")
+                elif is_poi_report(child / "report.md"):
+                    continue  # a report written into the folder of its runs (--out PROJECT/report): no run, no news
                 elif child.is_dir():
                     skipped.append(f"{child}: not a run folder (no {CONFIG_FILE} or {RESULTS_FILE})")
         else:
