@@ -12,6 +12,10 @@ torch.cuda.max_memory_allocated on CUDA, the process's peak RSS on CPU.
     python benchmarks/train_throughput.py --device cuda --size 224 --batch 256 --steps 20 --amp bf16 --channels-last on
     python benchmarks/train_throughput.py --device cuda --batch 256 --steps 20 --compile
 
+The load average (the machine may be shared) is printed in the header (taken at the start)
+and at the end, and written to the record: load_average_before and load_average_after (1, 5
+and 15 minutes), and each model's load_average (1 minute, just after its timed epochs).
+
 --json FILE writes the same figures as one JSON object (scripts/gpu_pack.sh reads it).
 """
 
@@ -29,6 +33,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from loadavg import load_average  # benchmarks/loadavg.py
 from poi_cli.train.config import WILD_AUGMENTATIONS, TrainConfig
 from poi_cli.train.engine import Trainer
 from poi_cli.core.manifests import class_names
@@ -120,10 +125,11 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
 
+    load_before = load_average()
     with tempfile.TemporaryDirectory() as temp:
         root = Path(temp)
         data = synthetic_store(root / "data", args.store_size or args.size, args.batch * args.steps)  # runs beside it
-        results, record = {}, {"settings": vars(args), "models": {}}
+        results, record = {}, {"settings": vars(args), "models": {}, "load_average_before": load_before}
         wild = WILD_AUGMENTATIONS if args.wild else {}
         for name in ["input", *args.models.split(",")]:
             config = TrainConfig(
@@ -137,7 +143,8 @@ def main() -> None:
                 print(
                     f"{args.arch} {args.size}px (store {args.store_size or args.size}px), batch {args.batch}, "
                     f"median of {args.rounds} epochs of {args.steps} steps, device {trainer.ctx.device}, bf16 {trainer.amp}, "
-                    f"channels_last {trainer.channels_last}, compile {args.compile}, torch threads {torch.get_num_threads()}"
+                    f"channels_last {trainer.channels_last}, compile {args.compile}, torch threads {torch.get_num_threads()}, "
+                    f"load average {load_before[0]:.2f} at the start"
                 )
                 print(f"input pipeline alone : {results[name]:9.1f} images/s (loader + device augmentation)")
                 record.update(device=str(trainer.ctx.device), bf16=trainer.amp, channels_last=trainer.channels_last,
@@ -152,7 +159,8 @@ def main() -> None:
                 memory = "peak GPU memory" if trainer.ctx.device.type == "cuda" else "peak process RSS so far"
                 print(f"{label:21}: {rate:9.1f} images/s, {memory} {peak:.2f} GiB")
                 record["models"][name] = {"images_per_s": round(rate, 1), "peak_gib": round(peak, 3),
-                                          "peak_kind": "max_memory_allocated" if trainer.ctx.device.type == "cuda" else "process_max_rss"}
+                                          "peak_kind": "max_memory_allocated" if trainer.ctx.device.type == "cuda" else "process_max_rss",
+                                          "load_average": load_average()[0]}
                 write_record(args.json, record)  # after each model: a run stopped later keeps what it measured
             del trainer
         for name in args.models.split(","):
@@ -161,6 +169,9 @@ def main() -> None:
             print(f"POI / baseline speed : {results['poi'] / results['baseline']:6.2f}")
         if "poi" in results and "baseline" in results:
             record["poi_over_baseline"] = round(results["poi"] / results["baseline"], 3)
+        record["load_average_after"] = load_after = load_average()
+        print(f"load average (1/5/15 min): at the start {'/'.join(f'{v:.2f}' for v in load_before)}, "
+              f"at the end {'/'.join(f'{v:.2f}' for v in load_after)}")
         write_record(args.json, record)
 
 
