@@ -5,6 +5,7 @@ or, with --astronaut N or when no folder is found, N copies of skimage's astrona
 Timings follow a warm-up call; each mode runs --repeats times and the best run counts.
 Batched mode groups images by canvas size (see poi_cli.data.faces.FaceDetector), so a
 folder of differently sized photos gains less than one of equally sized images.
+The load average is printed in the header (before the timed runs) and at the end.
 
     python benchmarks/detect_throughput.py
     python benchmarks/detect_throughput.py --astronaut 16
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from loadavg import load  # benchmarks/loadavg.py
 from poi_cli.data.faces import FaceDetector, ImageLoadError, canvas_shape, load_image, shrink
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[1].parent / "shared" / "photos"
@@ -77,6 +79,7 @@ def main() -> None:
     pictures = [image for _, image in images]
     detector = FaceDetector(device=args.device, max_side=args.max_side)
     detector.detect(pictures[:1])  # warm-up (allocations, cuDNN autotuning)
+    load_before = load()
 
     def one_by_one() -> None:
         for picture in pictures:
@@ -86,11 +89,12 @@ def main() -> None:
     found = detector.detect(pictures)
     canvases = {canvas_shape(*shrink(p, detector.max_side)[0].size[::-1]) for p in pictures}
     print(f"{source}; device {args.device}; torch threads {torch.get_num_threads()}; max_side {args.max_side}; "
-          f"{len(canvases)} canvas size(s); best of {args.repeats}")
+          f"{len(canvases)} canvas size(s); best of {args.repeats}; {load_before} before the timed runs")
     print(f"faces found per image: {', '.join(f'{name}={len(f)}' for (name, _), f in zip(images, found))}")
     print(f"one call per image: {len(pictures) / single:7.2f} images/s ({single:.2f} s)")
     print(f"batched           : {len(pictures) / batched:7.2f} images/s ({batched:.2f} s)")
     print(f"batched / one-by-one throughput: {single / batched:.2f}x")
+    print(f"{load()} at the end")
 
 
 if __name__ == "__main__":

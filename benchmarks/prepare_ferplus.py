@@ -1,7 +1,8 @@
 """Wall time of `poi prepare ferplus` on the real FERPlus (resize path, no detection).
 
 Needs the official layout (FER2013Train/, FER2013Valid/ with label.csv); writes to a
-temporary folder (never the repo) and removes it afterwards unless --keep.
+temporary folder (never the repo) and removes it afterwards unless --keep. The load
+average is printed at the start, with each size's line (taken before it) and at the end.
 
     python benchmarks/prepare_ferplus.py ../shared/datasets/ferplus --size 224 112
 """
@@ -9,11 +10,13 @@ temporary folder (never the repo) and removes it afterwards unless --keep.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+from loadavg import load  # benchmarks/loadavg.py
 from poi_cli.core.schema import STATUS_OK
 from poi_cli.data.prepare import prepare
 from poi_cli.data.store import FACES_FILE
@@ -27,8 +30,10 @@ def main() -> None:
     parser.add_argument("--tmp", default=None, help="where to write (default: the system temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the prepared folders")
     args = parser.parse_args()
+    print(f"{os.cpu_count()} CPUs, {args.workers} loader threads; {load()} at the start", flush=True)
     for size in args.size:
         out = Path(tempfile.mkdtemp(prefix=f"poi_ferplus{size}_", dir=args.tmp)) / "prepared"
+        before = load()
         start = time.perf_counter()
         result = prepare("ferplus", args.raw_dir, out, size=size, workers=args.workers, show_progress=False)
         wall = time.perf_counter() - start
@@ -40,11 +45,12 @@ def main() -> None:
         assert again.already_done
         print(f"size {size}: {result.processed} images loaded, {ok} faces stored, wall {wall:.1f} s "
               f"({result.processed / wall:.0f} images/s incl. parsing), faces.npy {store_gb:.2f} GB, "
-              f"re-run (no-op) {rerun:.1f} s")
+              f"re-run (no-op) {rerun:.1f} s ({before} before)", flush=True)
         if args.keep:
             print(f"  kept {out}")
         else:
             shutil.rmtree(out.parent)
+    print(f"{load()} at the end")
 
 
 if __name__ == "__main__":
