@@ -25,8 +25,10 @@ must carry a JSON {"detail"}); nothing may be lost. Printed per server: the serv
 process's RSS before the load, its peak (VmRSS sampled every 50 ms) and after; p50 / p95
 latency and requests/s of the good requests; every (kind, status) count. With two
 servers, the ratio of their good requests/s (--rounds N: the servers take turns N times
-and the median rate counts, which evens out other jobs' load on a shared machine). Exit
-status 1 when any answer was wrong.
+and the median rate counts, which evens out other jobs' load on a shared machine). The
+load average is printed at the start, with each round, and per server just before and
+just after its load window (the after figure counts this benchmark's own server and
+clients too). Exit status 1 when any answer was wrong.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+from loadavg import load  # benchmarks/loadavg.py
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -136,6 +140,8 @@ class Trial:
     rss_after: float = 0.0
     good_start: float = 0.0
     good_seconds: float = 0.0  # the load window: requests/s counts the good answers that came back in it
+    load_before: str = ""  # the load average just before the load window, and just after it
+    load_after: str = ""
     log: str = ""
 
 
@@ -266,20 +272,22 @@ def run_trial(spec: str, args: argparse.Namespace, good: list[tuple[str, bytes]]
         for thread in threads:  # the stalled ones first: they must not keep the good ones out
             thread.start()
         time.sleep(0.5)
+        trial.load_before = load()
         good_start = time.perf_counter()
         stop_at = time.monotonic() + args.duration
-        load = [threading.Thread(target=good_client, args=(n,)) for n in range(args.clients)]
-        load += [threading.Thread(target=bad_client, args=(n,)) for n in range(2)]
-        load += [threading.Thread(target=bomb_client, args=(n,)) for n in range(args.bombs)]
-        for thread in load:
+        senders = [threading.Thread(target=good_client, args=(n,)) for n in range(args.clients)]
+        senders += [threading.Thread(target=bad_client, args=(n,)) for n in range(2)]
+        senders += [threading.Thread(target=bomb_client, args=(n,)) for n in range(args.bombs)]
+        for thread in senders:
             thread.start()
-        for thread in load:
+        for thread in senders:
             thread.join(timeout=args.duration + args.request_timeout + 5)
+        trial.load_after = load()
         trial.good_start = good_start
         trial.good_seconds = args.duration
         for thread in threads:
             thread.join(timeout=args.stall_timeout + 5)
-        if any(t.is_alive() for t in load + threads):
+        if any(t.is_alive() for t in senders + threads):
             record("harness", -1, 0.0, "a client thread did not finish in time")
         time.sleep(2.0)  # freed memory is handed back after the last large request
         sampler.stop.set()
@@ -311,6 +319,7 @@ def report(trial: Trial) -> list:
     good = sorted(seconds for kind, status, seconds, _ in trial.results if kind == "good" and status == 200)
     rate = good_rate(trial)
     print(f"server RSS: before {trial.rss_before:.0f} MiB, peak {trial.rss_peak:.0f} MiB, after {trial.rss_after:.0f} MiB")
+    print(f"{trial.load_before or 'load average -'} just before the load window, {trial.load_after or '-'} just after")
     if good:
         p95 = good[min(len(good) - 1, int(0.95 * len(good)))]
         print(f"good requests: {rate:.2f} requests/s (answered within the {trial.good_seconds:g} s load window; "
@@ -357,7 +366,7 @@ def main() -> None:
     wrong = []
     for round_number in range(args.rounds):  # servers alternate: a load change on the machine hits both
         if args.rounds > 1:
-            print(f"\n-- round {round_number + 1} of {args.rounds}")
+            print(f"\n-- round {round_number + 1} of {args.rounds} ({load()})")
         for spec in servers:
             trial = run_trial(spec, args, good, bomb, huge)
             wrong += report(trial)
