@@ -11,7 +11,8 @@ through both.
 2. SFEW 2.0 val crops with --no-detect (each image taken whole as one face): the same.
 3. FERPlus valid: the prepared store at the model's face size (made here with `poi prepare`
    if --ferplus-store is not given): accuracy of each runner against the store's labels,
-   and the largest probability difference over all faces.
+   and the largest probability difference over all faces; each runner's faces/s on them
+   (one after the other, on the same --threads) and their ratio, onnx / torch.
 Needs torch (the train extra): it runs both backends in one process.
 """
 
@@ -97,16 +98,18 @@ def main() -> None:
         faces = np.asarray(dataset.faces[data.store_rows])
         labels = np.asarray(data.labels)  # canonical class indices (core.manifests.CLASSES)
         to_store = np.array([CLASSES.index(c) for c in onnx_runner.classes])  # the model's classes, by name
-        results = {}
+        results, speeds = {}, {}
         for name, runner in (("onnx", onnx_runner), ("torch", torch_runner)):
             start = time.perf_counter()
             results[name] = runner.run(faces)
             seconds = time.perf_counter() - start
+            speeds[name] = len(faces) / seconds
             accuracy = float((to_store[results[name].probabilities.argmax(-1)] == labels).mean())
             print(f"3. FERPlus {split}, {len(faces)} faces, {name:5s}: accuracy {100 * accuracy:.2f} % "
                   f"({len(faces) / seconds:.0f} faces/s)")
         largest, differ = compare(results["onnx"], results["torch"])
         print(f"   largest difference {largest:.2e}, expression differs on {differ}; load average {os.getloadavg()[0]:.2f}")
+        print(f"   onnx / torch speed: {speeds['onnx'] / speeds['torch']:.2f}x (faces/s, same faces and threads, this run)")
 
 
 if __name__ == "__main__":
