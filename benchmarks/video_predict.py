@@ -2,13 +2,16 @@
 
     python benchmarks/video_predict.py                       # 60 s at 5 fps and every frame, 10 min at 1 fps
     python benchmarks/video_predict.py --cases 60:5 600:5    # seconds:fps pairs (fps 0 = every frame)
+    python benchmarks/video_predict.py --cases 2:1 --threads 1   # the smallest run
 
 The test video is made here: skimage's astronaut (public domain, NASA) moved and scaled
 across a 1280x720 grey frame, 25 fps, encoded with PyAV (H.264). Each case runs
-`python -m poi_cli predict VIDEO --fps F --csv ...` (the bundled model, CPU) in its own
-process and reports wall time, analysed frames per second, the ratio to real time and
-the process's peak RSS (os.wait4), with the load average and the machine. Prints one
-line per case.
+`python -m poi_cli predict VIDEO --fps F --threads N --csv ...` in its own process: the
+deploy path, the bundled .onnx model and the default detector (MTCNN), both on ONNX
+Runtime on the CPU, with poi's thread setting (--threads N: default $POI_THREADS, else
+min(cores, 4), passed to the child explicitly). It reports wall time, analysed frames per
+second, the ratio to real time and the process's peak RSS (os.wait4), with the load
+average and the machine. Prints one line per case.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from poi_cli.core.threads import THREADS_HELP, ThreadsError, resolve_threads  # noqa: E402
 from poi_cli.data.video import write_video  # noqa: E402
 
 WIDTH, HEIGHT, FPS = 1280, 720, 25
@@ -49,8 +53,8 @@ def frames(seconds: float):
         yield np.asarray(canvas)
 
 
-def run_case(video: Path, fps: float, out: Path) -> dict:
-    command = [sys.executable, "-m", "poi_cli", "predict", str(video), "--csv", str(out)]
+def run_case(video: Path, fps: float, out: Path, threads: int) -> dict:
+    command = [sys.executable, "-m", "poi_cli", "predict", str(video), "--csv", str(out), "--threads", str(threads)]
     command += ["--every", "1"] if fps == 0 else ["--fps", str(fps)]
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -70,9 +74,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=["60:5", "60:0", "600:1"],
                         help="seconds:fps of each run (fps 0: every frame)")
+    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
-          f"{os.environ.get('OMP_NUM_THREADS', 'default')}; load average {os.getloadavg()[0]:.2f}")
+    try:
+        threads = resolve_threads(args.threads)
+    except ThreadsError as error:
+        parser.error(str(error))
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; poi predict --threads "
+          f"{threads} (poi's setting; the bundled .onnx model and the MTCNN detector on ONNX Runtime); "
+          f"load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as folder:
         videos: dict[float, Path] = {}
         for case in args.cases:
@@ -83,12 +93,13 @@ def main() -> None:
                 print(f"made a {seconds:.0f} s {WIDTH}x{HEIGHT} {FPS} fps video ({videos[seconds].stat().st_size / 1e6:.1f} MB) "
                       f"in {time.perf_counter() - clock:.0f} s")
             load = os.getloadavg()[0]
-            result = run_case(videos[seconds], fps, Path(folder) / "rows.csv")
+            result = run_case(videos[seconds], fps, Path(folder) / "rows.csv", threads)
             rate = "every frame" if fps == 0 else f"{fps:g} fps"
             print(f"{seconds:.0f} s video at {rate}: {result['frames']} frames, {result['faces']} faces in "
                   f"{result['wall']:.1f} s = {result['frames'] / result['wall']:.1f} frames/s, "
                   f"{seconds / result['wall']:.2f}x real time; peak RSS {result['peak_rss_mb']:.0f} MB "
                   f"(load average before {load:.2f})", flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":
