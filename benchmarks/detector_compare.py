@@ -2,11 +2,13 @@
 
 Measured in one run, on the same threads (--threads, default 1 each):
 
-* photos: every image under ../shared/photos (both sub-folders). There is no ground
+* photos: every image under --photos (default ../shared/photos, both sub-folders; any
+  folder of images will do, searched recursively). There is no ground
   truth, so OnnxMTCNN is scored against the torch detector's faces (matched one to one
   at box IoU >= 0.8); "extra" are its faces that overlap none of torch's (IoU < 0.5).
 * composite: SFEW validation faces (a seeded sample) pasted into 800 x 600 backgrounds
-  (plain grey, a gradient, a noise texture and the public-domain photos), one face per
+  (plain grey, a gradient, a noise texture and the photos of --photos/public-domain, or
+  every photo under --photos where it has no public-domain/ folder), one face per
   size, at random places. Sizes are widths of the face's reference box: torch MTCNN's box
   on the SFEW image pasted alone, at its own size (about 143 px box), on grey, scaled with
   the paste (SFEW's aligned crops are tight: the box is not the crop). Recall against
@@ -122,15 +124,17 @@ def reference_faces(folder: Path, count: int, seed: int, detector: FaceDetector)
 
 
 def backgrounds(photos: Path, seed: int) -> list[tuple[str, Image.Image]]:
-    """Plain grey, a colour gradient, a blotchy noise texture, and each public-domain photo cropped to CANVAS."""
+    """Plain grey, a colour gradient, a blotchy noise texture, and each photo of photos/public-domain
+    (every photo under `photos` where there is no such folder) cropped to CANVAS."""
     width, height = CANVAS
     rng = np.random.default_rng(seed)
     ramp = np.linspace(0, 1, width)[None, :, None] * np.array([200, 120, 60]) + np.linspace(0, 1, height)[:, None, None] * 55
     noise = Image.fromarray(rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)).resize(CANVAS, Image.BICUBIC)
     result = [("grey", Image.new("RGB", CANVAS, GREY)),
               ("gradient", Image.fromarray(ramp.astype(np.uint8))), ("noise", noise)]
-    for path in sorted((photos / "public-domain").iterdir()):
-        result.append((path.name, ImageOps.fit(load_image(path), CANVAS, Image.BICUBIC)))
+    folder = photos / "public-domain" if (photos / "public-domain").is_dir() else photos
+    for name, image in folder_images(folder):
+        result.append((name, ImageOps.fit(image, CANVAS, Image.BICUBIC)))
     return result
 
 
@@ -200,9 +204,14 @@ def print_photos(names: list[str], photos: list[Image.Image], found: dict[str, l
     """The photos table (every detector against the first, torch's); adds each one's matched faces to `pairs`."""
     reference = next(iter(found))
     counts = [len(faces) for faces in found[reference]]
-    print(f"\nphotos: {len(photos)} images; {reference} (min_score {MIN_SCORE}) finds {sum(counts)} faces, "
-          f"{', '.join(f'{n} {c}' for n, c in zip(names, counts) if c > 1)}, none on "
-          f"{', '.join(n for n, c in zip(names, counts) if c == 0)}; no ground truth, so scored against it")
+    several = ", ".join(f"{n} {c}" for n, c in zip(names, counts) if c > 1)
+    none = ", ".join(n for n, c in zip(names, counts) if c == 0)
+    if none:
+        spread = f", none on {none}"
+    else:
+        spread = ", at least one on every image" if several else ", one on every image"
+    print(f"\nphotos: {len(photos)} images; {reference} (min_score {MIN_SCORE}) finds {sum(counts)} faces"
+          f"{f', {several}' if several else ''}{spread}; no ground truth, so scored against it")
     print(f"{'detector':<22} {'faces':>5} {'vs torch @0.8':>16} {'extra':>5} {'on torch-empty images':>22} {SPEED_HEADER}")
     for name, per_image in found.items():
         matched = extra = empty_hits = 0
@@ -283,7 +292,12 @@ def main() -> None:
         detectors[f"OnnxMTCNN min {size}"] = OnnxMTCNN(min_face_size=size, min_score=MIN_SCORE, threads=threads)
 
     start = time.perf_counter()
-    names, photos = zip(*folder_images(args.photos))
+    if not args.photos.is_dir():
+        raise SystemExit(f"--photos {args.photos}: not a folder")
+    images = folder_images(args.photos)
+    if not images:
+        raise SystemExit(f"--photos {args.photos}: no readable images (.jpg, .png, ...) in it or below it")
+    names, photos = zip(*images)
     scenes = composites(reference_faces(args.sfew, args.faces, args.seed, reference), args.sizes, args.photos,
                         args.seed, reference)
     sets = {"photos": list(photos), "composite": [scene.image for scene in scenes]}
