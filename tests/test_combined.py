@@ -231,3 +231,20 @@ def test_the_augmentation_switches_are_checked():
     for bad in ({"gray_mix": 1.5}, {"blur": -0.1}, {"jpeg": 2}, {"scale_jitter": 0.6}, {"rotate": 90}):
         with pytest.raises(ValueError, match=next(iter(bad)).replace("_", "-")):
             TrainConfig(data="x", **bad).validate()
+
+
+def test_evaluate_on_a_member_says_the_run_trained_and_selected_on_it(tmp_path):
+    """A run on a combined folder trained on each member's train split and chose best.pt on their
+    val splits: evaluated on a member, it said nothing of either (only its own folder counted)."""
+    from poi_cli.study.evaluate import evaluate
+
+    first = make_prepared(tmp_path / "alpha", num_classes=7, splits={"train": 2, "val": 1}, seed=1)
+    second = make_prepared(tmp_path / "beta", num_classes=7, splits={"train": 1, "val": 1}, seed=2)
+    run = train(tiny_config(combine([first, second], tmp_path / "both"), tmp_path / "runs", epochs=1, use_pin=False))
+    assert json.loads((run / "config.json").read_text())["resolved"]["val_split"] == "val"
+    on_val = evaluate(run, second, split="val", device="cpu", amp="off")["notes"]
+    assert any("the run selected best.pt on val of this folder" in n for n in on_val), on_val
+    on_train = evaluate(run, first, split="train", device="cpu", amp="off")["notes"]
+    assert any("the model trained on train of this folder" in n for n in on_train), on_train
+    other = make_prepared(tmp_path / "gamma", num_classes=7, splits={"train": 1, "val": 1}, seed=3)
+    assert not any("selected best.pt" in n for n in evaluate(run, other, split="val", device="cpu", amp="off")["notes"])

@@ -234,6 +234,16 @@ def member_summary(root: str | Path) -> tuple[list[str], list[dict]]:
     return dataset.classes, rows
 
 
+def member_paths(folder: str | Path) -> list[Path]:
+    """The member folders a combined folder's prepared.json names, resolved; [] for another
+    folder, or one that cannot be read (what evaluate asks: did a model train on this store?)."""
+    try:
+        meta = json.loads((Path(folder) / META_FILE).read_text())
+        return [Path(str(m["path"])).resolve() for m in meta.get("members") or []]
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError, KeyError, TypeError):
+        return []
+
+
 def _is_combined(folder: Path) -> bool:
     """Whether `folder`'s prepared.json names members (an unreadable one is left to PreparedDataset to report)."""
     try:

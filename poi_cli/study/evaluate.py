@@ -49,7 +49,7 @@ from poi_cli.core.metrics import answered_argmax, confusion_matrix, per_class_re
 from poi_cli.core.outputs import PredictionRecipe, regions_agreeing
 from poi_cli.core.schema import STATUS_OK
 from poi_cli.data.folds import RANDOM_PROTOCOL, RANDOM_SPLIT_NOTE, parse_fold_split
-from poi_cli.data.combined import member_of_rows
+from poi_cli.data.combined import member_of_rows, member_paths
 from poi_cli.data.duplicates import DIGEST_COLUMN, stored_digests, twins_elsewhere
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import Calibration, calibration_study, halves, reliability_bins, risk_coverage, score_metrics, softmax
@@ -390,10 +390,13 @@ def what_the_model_saw(mapped: MappedPredictions) -> list[str]:
     split, root = mapped.choice.split, mapped.dataset.root
     try:
         same_store = bool(data) and Path(data).resolve() == root.resolve()
+        # a combined folder's member (poi combine) is trained on and selected on as well: its
+        # train split went into training, its val split into the validation best.pt was chosen on
+        member = bool(data) and not same_store and root.resolve() in member_paths(data)
     except OSError:
-        same_store = False
+        same_store = member = False
     notes = []
-    if same_store and mapped.choice.ids is None:
+    if (same_store or member) and mapped.choice.ids is None:
         held_fold = parse_fold_split(mapped.info.resolved.get("test_split") or "")
         fold = parse_fold_split(split)
         if split == train_split:
