@@ -322,6 +322,17 @@ def training_data_name(config: Mapping[str, Any], resolved: Mapping[str, Any]) -
     return resolved.get("dataset") or (Path(config["data"]).name if config.get("data") else None)
 
 
+def trained_on_folder(config: Mapping[str, Any], folder: str | Path) -> bool:
+    """Whether the run of `config` (a TrainConfig dict: config.json's or a checkpoint's) trained on
+    the prepared folder `folder`, by the path training recorded, resolved (a copy elsewhere, or
+    another folder of the same name, is not it)."""
+    data = config.get("data")
+    try:
+        return bool(data) and Path(str(data)).resolve() == Path(folder).resolve()
+    except OSError:
+        return False
+
+
 def read_checkpoint_info(run_or_checkpoint: str | Path) -> CheckpointInfo:
     """The CheckpointInfo of a checkpoint file or run folder (its best.pt, else last.pt)."""
     return CheckpointInfo.of(load_checkpoint(resolve_checkpoint(run_or_checkpoint)))

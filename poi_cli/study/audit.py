@@ -31,7 +31,7 @@ from poi_cli.core.atomic import FolderOutputs, atomic_write_text, json_with_keys
 from poi_cli.core.metrics import roc_auc
 from poi_cli.data.noise import flip_labels, noise_targets
 from poi_cli.data.store import PreparedDataset, SplitData
-from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint, resolve_checkpoint
+from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint, resolve_checkpoint, trained_on_folder
 from poi_cli.model.predictions import SplitPredictions, predict_checkpoint_split
 
 SUSPICION_THRESHOLDS = (0.5, 0.7, 0.9)
@@ -84,8 +84,7 @@ def detection_metrics(scores: np.ndarray, flipped: np.ndarray) -> dict:
 
 def _trained_on(config: dict, dataset: PreparedDataset, split: str) -> bool:
     """Whether the run of `config` (a checkpoint's TrainConfig dict) trained on this split of this prepared folder."""
-    same_data = bool(config.get("data")) and Path(config["data"]).resolve() == dataset.root.resolve()
-    return same_data and split == config.get("train_split", "train")
+    return trained_on_folder(config, dataset.root) and split == config.get("train_split", "train")
 
 
 def _audited_labels(data: SplitData, config: dict, dataset: PreparedDataset, trained_on: bool,

@@ -32,7 +32,7 @@ from poi_cli.data.folds import parse_fold_split
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import Calibration, choose_recipe
 from poi_cli.model.checkpoint import (CALIBRATED_COPY, CheckpointInfo, checkpoint_inputs, load_checkpoint,
-                                     read_heldout_ids, resolve_checkpoint, save_checkpoint)
+                                     read_heldout_ids, resolve_checkpoint, save_checkpoint, trained_on_folder)
 from poi_cli.model.predictions import predict_checkpoint_split
 
 AUTO = "auto"
@@ -65,10 +65,7 @@ def run_heldout_ids(source: Path, dataset: PreparedDataset, info: CheckpointInfo
     """The images the checkpoint's run held out of its training split for validation (its run
     folder's heldout_ids.csv), when it trained on this store; None otherwise."""
     run = source.parent
-    trained_on = info.config.get("data")
-    if not (trained_on and (run / HELDOUT_FILE).is_file()):
-        return None
-    if Path(str(trained_on)).resolve() != Path(dataset.root).resolve():
+    if not ((run / HELDOUT_FILE).is_file() and trained_on_folder(info.config, dataset.root)):
         return None
     return read_heldout_ids(run)
 
@@ -91,8 +88,7 @@ def check_fit_split(split: str, dataset: PreparedDataset, info: CheckpointInfo) 
                              f"(the recipe and T_cal would be chosen on the images they are scored on); {instead}")
     # the store the run trained on, by its path as training recorded it (resolved): a copy elsewhere,
     # or another store of the same name, is the user's choice
-    trained_on = info.config.get("data")
-    same_store = bool(trained_on) and Path(str(trained_on)).resolve() == Path(dataset.root).resolve()
+    same_store = trained_on_folder(info.config, dataset.root)
     if same_store and split == (info.config.get("train_split") or "train"):
         validation = dataset.validation_split()
         instead = (f"fit on {validation} (the default)" if validation is not None else

@@ -54,7 +54,7 @@ from poi_cli.data.duplicates import DIGEST_COLUMN, stored_digests, twins_elsewhe
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import Calibration, calibration_study, halves, reliability_bins, risk_coverage, score_metrics, softmax
 from poi_cli.model.checkpoint import (CONFIG_FILE, HELDOUT_FILE, CheckpointInfo, load_checkpoint, read_heldout_ids,
-                                     resolve_checkpoint)
+                                     resolve_checkpoint, trained_on_folder)
 from poi_cli.model.predictions import SplitPredictions, predict_checkpoint_split
 
 STRATA = (0.3, 0.5, 0.7)
@@ -267,8 +267,7 @@ def _run_config(run: Path, dataset: PreparedDataset) -> dict:
         config = json.loads((run / CONFIG_FILE).read_text())
     except (OSError, ValueError):
         return {}
-    data = config.get("data")
-    return config if data and Path(data).resolve() == dataset.root.resolve() else {}
+    return config if trained_on_folder(config, dataset.root) else {}
 
 
 def predict_mapped(model_path: str | Path, prepared_dir: str | Path, split: Optional[str] = None, device: str = "auto",
@@ -388,13 +387,10 @@ def what_the_model_saw(mapped: MappedPredictions) -> list[str]:
     config = mapped.info.config or {}
     data, train_split = config.get("data"), config.get("train_split", "train")
     split, root = mapped.choice.split, mapped.dataset.root
-    try:
-        same_store = bool(data) and Path(data).resolve() == root.resolve()
-        # a combined folder's member (poi combine) is trained on and selected on as well: its
-        # train split went into training, its val split into the validation best.pt was chosen on
-        member = bool(data) and not same_store and root.resolve() in member_paths(data)
-    except OSError:
-        same_store = member = False
+    same_store = trained_on_folder(config, root)
+    # a combined folder's member (poi combine) is trained on and selected on as well: its
+    # train split went into training, its val split into the validation best.pt was chosen on
+    member = bool(data) and not same_store and root.resolve() in member_paths(data)
     notes = []
     if (same_store or member) and mapped.choice.ids is None:
         held_fold = parse_fold_split(mapped.info.resolved.get("test_split") or "")
