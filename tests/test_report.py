@@ -542,3 +542,15 @@ def test_runs_on_two_stores_of_one_name_or_of_two_protocols_are_never_averaged(c
     by_noise = pd.read_csv(tmp_path / "report" / "by_noise.csv", keep_default_na=False)
     assert sorted(by_noise["data"]) == sorted([there, third])
     assert "more than once" not in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_fold_run_is_scored_on_its_own_fold_by_any_name_of_it(tmp_path):
+    """report compared split names: --split fold01 of the run that holds out fold 1 was 'trained on'."""
+    from poi_cli.data.store import PreparedDataset
+    from poi_cli.study.report import trained_on
+
+    data = add_folds(make_prepared(tmp_path / "ck", splits={"train": 3}), folds=3)
+    config = {"data": str(data), "train_split": "train", "fold": "1", "resolved": {"test_split": "fold1"}}
+    dataset = PreparedDataset(data)
+    assert trained_on(config, dataset, "fold01") is None and trained_on(config, dataset, "fold1") is None
+    assert trained_on(config, dataset, "fold02").startswith("it trained on fold02 (it holds out fold1")

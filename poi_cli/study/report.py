@@ -421,7 +421,7 @@ def trained_on(config: dict, dataset: PreparedDataset, split: str) -> Optional[s
         return None
     train_split, own = config.get("train_split") or "train", held_out_fold(config)
     fold = parse_fold_split(split)
-    if split != train_split and (fold is None or split == own):
+    if split != train_split and (fold is None or fold == parse_fold_split(own or "")):  # fold03 is fold 3
         return None
     if fold is not None:
         manifest = dataset.manifest
