@@ -175,6 +175,8 @@ def test_a_fold_run_calibrates_on_its_held_out_images_never_on_a_fold_and_evalua
     result = calibrate(run, data, device="cpu", amp="off")  # the run's own held-out images, by default
     assert result.calibration.split == "train[held out by the run]" and result.calibration.n_images == len(held)
     assert Path(result.calibration.data) == data.resolve()
+    # the calibrated copy in the run folder is evaluated on the run's fold too (it asked for a --split)
+    assert evaluate(result.written, data, device="cpu", amp="off")["split"] == "fold1"
     for split, words in (("fold01", "is the fold this run is evaluated on"),
                          ("fold2", "images this model trained on (--fold 1 trains on every fold but 1)")):
         with pytest.raises(CalibrateError, match=re.escape(words)):

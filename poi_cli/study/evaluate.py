@@ -234,11 +234,13 @@ class MappedPredictions:
 
 def choose_split(model_path: str | Path, dataset: PreparedDataset, split: Optional[str] = None) -> SplitChoice:
     """The split to evaluate on: the one asked for; else, for a run folder trained on this store
-    with --fold K, fold K (the run's test set); else test; else valid / val; else the
+    with --fold K (or a checkpoint inside its run folder), fold K (the run's test set); else test; else valid / val; else the
     run's own held-out validation images. EvaluateError when none applies."""
     if split is not None:
         return SplitChoice(split)
     run = Path(model_path)
+    if run.is_file() and (run.parent / CONFIG_FILE).is_file():  # a checkpoint in its run folder (best.calibrated.pt)
+        run = run.parent
     config = _run_config(run, dataset)
     test_split = (config.get("resolved") or {}).get("test_split")
     if test_split:
