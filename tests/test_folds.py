@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -236,9 +237,14 @@ def test_evaluate_split_rule_test_then_validation_then_the_runs_held_out_images(
     result = CliRunner().invoke(app, ["evaluate", str(run), str(train_only), "--json", "--out", str(tmp_path / "ev")])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["n_images"] == 7
-    # a checkpoint file (no run folder) on a store without test or validation: a one-line error
+    # a checkpoint inside its run folder chooses as the run does; one outside any run folder, on a
+    # store without test or validation, is a one-line error
+    assert choose_split(run / "best.pt", PreparedDataset(train_only)) == choice
+    alone = tmp_path / "alone" / "model.pt"
+    alone.parent.mkdir()
+    shutil.copyfile(run / "best.pt", alone)
     with pytest.raises(EvaluateError, match="name one with --split"):
-        choose_split(run / "best.pt", PreparedDataset(train_only))
+        choose_split(alone, PreparedDataset(train_only))
 
 
 def test_an_interrupted_fold_all_says_to_run_the_same_command_again(tmp_path, monkeypatch):
