@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import torch
 
@@ -31,9 +31,13 @@ from poi_cli.core.atomic import atomic_write
 from poi_cli.core.layout import (BEST, CONFIG_FILE, HELDOUT_FILE, LAST, RESULTS_FILE, RUN_FILES,  # noqa: F401
                                 no_checkpoint_message, run_checkpoint)
 from poi_cli.core.outputs import PredictionRecipe
+from poi_cli.data.folds import FOLD_COLUMN, fold_split_name, parse_fold_split
 from poi_cli.data.preprocess import Preprocessing
 from poi_cli.model.calibration import Calibration
 from poi_cli.model.network import ModelConfig, POIModel, rename_legacy_keys
+
+if TYPE_CHECKING:
+    from poi_cli.data.store import PreparedDataset
 
 CHECKPOINT_FORMAT = 1
 
@@ -331,6 +335,34 @@ def trained_on_folder(config: Mapping[str, Any], folder: str | Path) -> bool:
         return bool(data) and Path(str(data)).resolve() == Path(folder).resolve()
     except OSError:
         return False
+
+
+def held_out_fold(config: Mapping[str, Any]) -> Optional[str]:
+    """The fold a `--fold K` run never trained on, kept for its evaluation ('fold3': config.json's
+    resolved.test_split, the split `poi evaluate` picks for it); None for any other run."""
+    test_split = (config.get("resolved") or {}).get("test_split")
+    if test_split:
+        return str(test_split)
+    fold = str(config.get("fold") or "")
+    return fold_split_name(int(fold)) if fold.isdigit() else None
+
+
+def training_overlap(config: Mapping[str, Any], dataset: "PreparedDataset", split: str) -> Optional[str]:
+    """How `split` of `dataset` overlaps what the run of `config` (config.json's dict, resolved
+    included) trained on: "train" (its training split of this folder), "fold" (a fold of that
+    split other than the one a --fold K run holds out; `fold03` is fold 3), or None. What
+    evaluate notes and report refuses to score."""
+    if not trained_on_folder(config, dataset.root):
+        return None
+    train_split = config.get("train_split") or "train"
+    if split == train_split:
+        return "train"
+    fold = parse_fold_split(split)
+    if fold is None or fold == parse_fold_split(held_out_fold(config) or ""):
+        return None
+    manifest = dataset.manifest
+    in_training = FOLD_COLUMN in manifest.columns and ((manifest[FOLD_COLUMN] == fold) & (manifest["split"] == train_split)).any()
+    return "fold" if in_training else None  # a fold outside the run's training split is not its data
 
 
 def read_checkpoint_info(run_or_checkpoint: str | Path) -> CheckpointInfo:

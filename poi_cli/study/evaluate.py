@@ -54,7 +54,7 @@ from poi_cli.data.duplicates import DIGEST_COLUMN, stored_digests, twins_elsewhe
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import Calibration, calibration_study, halves, reliability_bins, risk_coverage, score_metrics, softmax
 from poi_cli.model.checkpoint import (CONFIG_FILE, HELDOUT_FILE, CheckpointInfo, load_checkpoint, read_heldout_ids,
-                                     resolve_checkpoint, trained_on_folder)
+                                     resolve_checkpoint, held_out_fold, trained_on_folder, training_overlap)
 from poi_cli.model.predictions import SplitPredictions, predict_checkpoint_split
 
 STRATA = (0.3, 0.5, 0.7)
@@ -395,13 +395,15 @@ def what_the_model_saw(mapped: MappedPredictions) -> list[str]:
     member = bool(data) and not same_store and root.resolve() in member_paths(data)
     notes = []
     if (same_store or member) and mapped.choice.ids is None:
-        held_fold = parse_fold_split(mapped.info.resolved.get("test_split") or "")
-        fold = parse_fold_split(split)
-        if split == train_split:
+        run = {**config, "resolved": dict(mapped.info.resolved or {})}
+        # a member's own folder is not the run's: its training split is the same name, its folds are not the run's
+        overlap = training_overlap(run, mapped.dataset, split) if same_store else "train" if split == train_split else None
+        held_fold = parse_fold_split(held_out_fold(run) or "")
+        if overlap == "train":
             except_fold = f" (all of it but fold {held_fold}, its held-out fold)" if held_fold is not None else ""
             notes.append(f"the model trained on {split} of this folder{except_fold}: its accuracy on images it has seen "
                          "says nothing about faces it has not")
-        elif fold is not None and fold != held_fold:
+        elif overlap == "fold":
             trained = f"--fold {held_fold} trained on every fold but {held_fold}" if held_fold is not None \
                 else f"it trained on {train_split}, which the folds partition"
             notes.append(f"{split} is training data of this model ({trained}): its accuracy on images it has seen says "

@@ -55,9 +55,9 @@ import pandas as pd
 from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import FolderOutputs, atomic_write_text, save_figure
 from poi_cli.core.layout import META_FILE
-from poi_cli.data.folds import CV_CONFIG, CV_JSON, FOLD_COLUMN, fold_split_name, folds_summary, parse_fold_split
+from poi_cli.data.folds import CV_CONFIG, CV_JSON, folds_summary
 from poi_cli.study.clean import audit_summary_path, audited_model
-from poi_cli.model.checkpoint import CONFIG_FILE, RESULTS_FILE, training_data_name
+from poi_cli.model.checkpoint import CONFIG_FILE, RESULTS_FILE, held_out_fold, training_data_name, training_overlap
 
 if TYPE_CHECKING:  # evaluate imports torch: only when predicting
     from poi_cli.data.store import PreparedDataset
@@ -381,16 +381,6 @@ def variant_names(configs: Sequence[dict]) -> list[str]:
             for recipe, method in zip(recipes, methods)]
 
 
-def held_out_fold(config: dict) -> Optional[str]:
-    """The fold a `--fold K` run never trained on, kept for its evaluation ('fold3': config.json's
-    resolved.test_split, the split `poi evaluate` picks for it); None for any other run."""
-    test_split = (config.get("resolved") or {}).get("test_split")
-    if test_split:
-        return str(test_split)
-    fold = str(config.get("fold") or "")
-    return fold_split_name(int(fold)) if fold.isdigit() else None
-
-
 def _resolved_path(path: object) -> str:
     return str(Path(str(path)).resolve()) if path else ""
 
@@ -414,21 +404,15 @@ def data_labels(configs: Sequence[dict]) -> list[str]:
 
 
 def trained_on(config: dict, dataset: PreparedDataset, split: str) -> Optional[str]:
-    """Why a run's accuracy on `split` of `dataset` would be of images it trained on, or None: the
-    store it trained on (store_of) and its training split, or a fold of that split other than
-    the one a --fold K run holds out (every fold run of a --fold all trained on all the others)."""
-    if not store_of(config) or store_of(config) != _resolved_path(dataset.root):
+    """Why a run's accuracy on `split` of `dataset` would be of images it trained on, or None
+    (checkpoint.training_overlap: its training split, or a fold of it other than the one a --fold
+    K run holds out; every fold run of a --fold all trained on all the others)."""
+    overlap = training_overlap(config, dataset, split)
+    if overlap is None:
         return None
-    train_split, own = config.get("train_split") or "train", held_out_fold(config)
-    fold = parse_fold_split(split)
-    if split != train_split and (fold is None or fold == parse_fold_split(own or "")):  # fold03 is fold 3
-        return None
-    if fold is not None:
-        manifest = dataset.manifest
-        if FOLD_COLUMN not in manifest.columns or not ((manifest[FOLD_COLUMN] == fold) & (manifest["split"] == train_split)).any():
-            return None  # the fold lies outside the run's training split
+    own, train_split = held_out_fold(config), config.get("train_split") or "train"
     if own is None:
-        return f"it trained on {split}" + (f" (part of its training split {train_split})" if fold is not None else "")
+        return f"it trained on {split}" + (f" (part of its training split {train_split})" if overlap == "fold" else "")
     return (f"it trained on {split} (it holds out {own}, its own test fold); "
             "without --split each --fold run is scored on its own held-out fold")
 
