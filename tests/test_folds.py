@@ -161,7 +161,7 @@ def test_a_fold_run_holds_out_whole_subjects_and_a_resumed_run_keeps_its_own_hol
     assert "also trained on" in resumed.val_note
 
 
-def test_a_fold_run_calibrates_on_its_held_out_images_never_on_a_fold_and_evaluate_says_what_it_saw(tmp_path):
+def test_a_fold_run_calibrates_on_its_held_out_images_never_on_a_fold_and_evaluate_says_what_it_saw(tmp_path, capsys):
     """calibrate's fold-K guard compared names (fold03 passed for fold 3), fitted on training
     folds without a word, and without --split asked for a split a fold run cannot name;
     evaluate on a training fold said nothing."""
@@ -173,6 +173,9 @@ def test_a_fold_run_calibrates_on_its_held_out_images_never_on_a_fold_and_evalua
     run = train(TrainConfig(data=str(data), input_size=64, epochs=1, batch=8, lr=0.01, project=str(tmp_path / "runs"),
                             amp="off", use_pin=False, fold="1", val_fraction=0.25))
     held = pd.read_csv(run / "heldout_ids.csv", dtype={"id": str})["id"]
+    # its few held-out images make T_cal unreliable; calibrate would refit on the same ones
+    # (it said 'calibrate the run on a larger split', which a fold run does not have)
+    assert "hold out more with --val-fraction (now 0.25)" in " ".join(capsys.readouterr().out.split())
     result = calibrate(run, data, device="cpu", amp="off")  # the run's own held-out images, by default
     assert result.calibration.split == "train[held out by the run]" and result.calibration.n_images == len(held)
     assert Path(result.calibration.data) == data.resolve()

@@ -316,8 +316,13 @@ class Trainer:
         for line in idle_options(c):
             self.log(f"note: {line}")
         if self.val_data is not None and 0 < r["n_val"] < CALIBRATION_MIN_IMAGES:
+            # a run that holds its validation out of train (a --fold K run, CK+) has no larger split
+            # of its own to calibrate on: poi calibrate would fit on the same images by default
+            remedy = (f"hold out more with --val-fraction (now {c.val_fraction:g}), or `poi calibrate` the run on a "
+                      "larger split it has not trained on" if self.data.held_out
+                      else "`poi calibrate` the run on a larger split")
             self.log(f"note: the T_cal each epoch fits on its {r['n_val']} validation images is unreliable (fewer than "
-                     f"{CALIBRATION_MIN_IMAGES}): `poi calibrate` the run on a larger split")
+                     f"{CALIBRATION_MIN_IMAGES}): {remedy}")
 
     def train_epoch(self, epoch: int, loader: BatchLoader, augment: Optional[BatchAugment]) -> tuple[dict, float]:
         """One pass over the training split; returns the results row (without validation) and the seconds."""
