@@ -400,6 +400,20 @@ def test_the_packages_licence_metadata_covers_the_research_only_weights_it_ships
     assert "research only" in terms and "LICENSE-WEIGHTS" in terms and "MIT AND LicenseRef-poi-weights" in terms
 
 
+def test_the_docker_build_leaves_out_everything_git_ignores():
+    """`docker build` copied the prepared datasets (research-only, gigabytes: README's commands
+    write them under prepared/) and .venv-deploy into the image: .dockerignore named five entries."""
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert ".git" in ignored
+    for entry in (ROOT / ".gitignore").read_text().splitlines():
+        entry = entry.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        name = entry.strip("/")
+        assert name in ignored or f"**/{name}" in ignored, entry  # Docker's patterns start at the top; ** at any depth
+
+
 def test_a_trn_only_export_is_calibrated_by_the_runner_as_torch_does(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
