@@ -449,6 +449,142 @@ def test_affectnet_validation_csv_without_a_header_row(tmp_path: Path) -> None:
     assert pd.read_csv(tmp_path / "out" / "manifest.csv").set_index("id").loc["1/b.jpg", "label_name"] == "anger"
 
 
+class Unpickled:
+    """Unpickling it creates `marker` (open(marker, "w")): an object .npy read with pickles allowed would run it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+# AffectNet's newer release: the 68 landmarks of a 64x64 crop (eyes 20/44, nose 32, mouth 24/40) and the five they give
+AFFECTNET_68 = np.zeros((68, 2))
+AFFECTNET_68[36:42], AFFECTNET_68[42:48], AFFECTNET_68[30], AFFECTNET_68[48], AFFECTNET_68[54] = (
+    [20, 25], [44, 25], [32, 35], [24, 46], [40, 46])
+
+
+def make_affectnet_sets(root: Path) -> Path:
+    """train_set/ and val_set/ with images/<n>.jpg and annotations/<n>_exp.npy, <n>_lnd.npy: string and number
+    dtypes, an excluded code, an object (pickled) .npy, an image without its _exp.npy and an _exp.npy without its image."""
+    strings = np.array([f"{v:.3f}" for v in AFFECTNET_68.reshape(-1)])  # dtype '<U6', as many copies store them
+    train = {  # stem: (expression, landmarks); None: no file
+        "0": (np.array("1"), strings),  # happiness, string dtypes (0-d)
+        "1": (np.array([7]), AFFECTNET_68.reshape(-1).astype(np.float32)),  # contempt, numbers (1 element)
+        "2": (np.array("9"), strings),  # Uncertain: excluded
+        "3": ("object", strings),  # a pickled object array: this image's error, never unpickled
+        "4": (None, strings),  # no _exp.npy: missing
+        "5": (np.array(0.0), None),  # neutral without landmarks: resized whole
+        "10": (np.array("6"), "object"),  # anger, its _lnd.npy an object array: resized whole
+    }
+    val = {"0": (np.array("2"), strings), "1": (np.array(3, dtype=np.int64), AFFECTNET_68.reshape(-1))}
+    for set_name, rows in (("train_set", train), ("val_set", val)):
+        (root / set_name / "annotations").mkdir(parents=True)
+        for stem, pair in rows.items():
+            value = 20 * int(stem) + (10 if set_name == "val_set" else 0)  # no face repeated across the splits
+            save(root / set_name / "images" / f"{stem}.jpg", value=value, size=(64, 64), mode="RGB")
+            for kind, value in zip(("exp", "lnd"), pair):
+                if isinstance(value, str):
+                    marker = root.parent / f"unpickled_{set_name}_{stem}_{kind}"
+                    np.save(root / set_name / "annotations" / f"{stem}_{kind}.npy",
+                            np.array([Unpickled(marker)], dtype=object), allow_pickle=True)
+                elif value is not None:
+                    np.save(root / set_name / "annotations" / f"{stem}_{kind}.npy", value)
+    np.save(root / "train_set" / "annotations" / "6_exp.npy", np.array("3"))  # no 6.jpg: missing
+    return root
+
+
+def test_affectnet_newer_release_with_npy_annotations(tmp_path: Path) -> None:
+    # it was refused ("does not look like AffectNet: the image folder not found"): convert it to class folders
+    raw = make_affectnet_sets(tmp_path / "affectnet")
+    before = snapshot(raw)
+    result = prepare("affectnet", raw, tmp_path / "out", size=SIZE, show_progress=False)
+    assert snapshot(raw) == before
+    assert not list(tmp_path.glob("unpickled_*"))  # the object arrays were refused, not unpickled
+    assert result.counts == {"train": {"error": 1, "excluded": 1, "missing": 2, "ok": 4}, "val": {"ok": 2}}
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv").set_index("id")
+    labels = manifest["label_name"].fillna("").to_dict()
+    assert {k: labels[k] for k in manifest.index if manifest.loc[k, "status"] == "ok"} == {
+        "train_set/images/0.jpg": "happiness", "train_set/images/1.jpg": "contempt", "train_set/images/5.jpg": "neutral",
+        "train_set/images/10.jpg": "anger", "val_set/images/0.jpg": "sadness", "val_set/images/1.jpg": "surprise"}
+    assert manifest.loc["train_set/images/2.jpg", "status"] == "excluded"
+    assert "expression code 9" in manifest.loc["train_set/images/2.jpg", "reason"]
+    assert "train_set/annotations/3_exp.npy is unusable" in manifest.loc["train_set/images/3.jpg", "reason"]
+    assert "allow_pickle=False" in manifest.loc["train_set/images/3.jpg", "reason"]
+    assert "train_set/annotations/4_exp.npy is not on disk" in manifest.loc["train_set/images/4.jpg", "reason"]
+    assert manifest.loc["train_set/images/6.jpg", "status"] == "missing"
+    assert "no image 6.* is on disk" in manifest.loc["train_set/images/6.jpg", "reason"]
+    five = [20.0, 25.0, 44.0, 25.0, 32.0, 35.0, 24.0, 46.0, 40.0, 46.0]
+    columns = [f"lm_{axis}{k}" for k in range(5) for axis in "xy"]
+    for aligned in ("train_set/images/0.jpg", "train_set/images/1.jpg", "val_set/images/1.jpg"):  # strings and numbers
+        assert manifest.loc[aligned, columns].tolist() == pytest.approx(five), aligned
+    for whole in ("train_set/images/5.jpg", "train_set/images/10.jpg"):
+        assert manifest.loc[whole, columns].isna().all() and np.isnan(manifest.loc[whole, "det_score"])
+    assert any(note.startswith("1 images have no _lnd.npy file: already face crops") for note in result.notes)
+    assert any(note.startswith("1 images have an unusable _lnd.npy file (e.g. train_set/annotations/10_lnd.npy")
+               for note in result.notes)
+    assert PreparedDataset(tmp_path / "out").num_classes == 8
+    again = prepare("affectnet", raw, tmp_path / "out", size=SIZE, show_progress=False)
+    assert again.processed == 0 and again.counts == result.counts
+
+
+@pytest.mark.parametrize("bad", ["truncated", "garbage", "two codes", "a code of 11", "a float code", "an npz archive"])
+def test_affectnet_npy_an_unusable_expression_file_is_that_images_error(tmp_path: Path, bad: str) -> None:
+    raw = tmp_path / "affectnet"
+    (raw / "val_set" / "annotations").mkdir(parents=True)
+    for stem in ("0", "1"):
+        save(raw / "val_set" / "images" / f"{stem}.jpg", size=(64, 64), mode="RGB")
+    np.save(raw / "val_set" / "annotations" / "0_exp.npy", np.array("1"))
+    path = raw / "val_set" / "annotations" / "1_exp.npy"
+    if bad == "truncated":
+        np.save(path, np.array("4"))
+        path.write_bytes(path.read_bytes()[:60])
+    elif bad == "garbage":
+        path.write_bytes(b"not numpy at all")
+    elif bad == "an npz archive":
+        with open(path, "wb") as handle:
+            np.savez(handle, code=np.array(1))
+    else:
+        np.save(path, {"two codes": np.array(["1", "2"]), "a code of 11": np.array(11),
+                       "a float code": np.array(1.5)}[bad])
+    result = prepare("affectnet", raw, tmp_path / "out", size=SIZE, show_progress=False)
+    assert result.counts == {"val": {"error": 1, "ok": 1}}
+    assert any("split train: train_set/annotations/ is absent, skipped" == note for note in result.notes)
+    reason = pd.read_csv(tmp_path / "out" / "manifest.csv").set_index("id").loc["val_set/images/1.jpg", "reason"]
+    assert reason.startswith("val_set/annotations/1_exp.npy is unusable: ") and "\n" not in reason
+
+
+def test_affectnet_both_releases_read_the_csv_and_neither_names_both(tmp_path: Path) -> None:
+    raw = make_affectnet_sets(tmp_path / "affectnet")
+    (raw / "training.csv").write_text("subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,"
+                                      "expression,valence,arousal\n1/a.jpg,10,10,80,80,,1,0,0\n")
+    save(raw / "Manually_Annotated_Images" / "1" / "a.jpg", mode="RGB", size=(100, 100))
+    result = prepare("affectnet", raw, tmp_path / "out", size=SIZE, show_progress=False)
+    assert result.counts == {"train": {"ok": 1}}
+    assert any(note.startswith("both releases' layouts are here: training.csv/validation.csv were read, "
+                               "train_set/ and val_set/ not") for note in result.notes)
+    empty = tmp_path / "empty"
+    (empty / "train_set" / "images").mkdir(parents=True)  # no annotations/: not the newer release either
+    with pytest.raises(LayoutError, match=r"neither the original release \(training.csv or validation.csv.*nor the "
+                                          r"newer one \(train_set/ or val_set/, each with images/ and annotations/\)"):
+        prepare("affectnet", empty, tmp_path / "o", show_progress=False)
+
+
+def test_cli_prepares_the_newer_affectnet_release(tmp_path: Path) -> None:
+    raw = make_affectnet_sets(tmp_path / "affectnet")
+    result = CliRunner().invoke(app, ["prepare", "affectnet", str(raw), "--out", str(tmp_path / "out"), "--size",
+                                      str(SIZE), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "resized whole" in result.output
+    data = PreparedDataset(tmp_path / "out")
+    assert data.meta["layout"] == "train_set/val_set"
+    assert data.meta["counts"] == {"train": {"error": 1, "excluded": 1, "missing": 2, "ok": 4}, "val": {"ok": 2}}
+    ok = data.manifest[data.manifest["status"] == "ok"]
+    assert ok.groupby("split").size().to_dict() == {"train": 4, "val": 2}
+    assert data.faces.shape[0] == 6 and not list(tmp_path.glob("unpickled_*"))
+
+
 def test_ckplus_official_sequences_and_ck48(tmp_path: Path) -> None:
     raw = tmp_path / "ck"
     for sequence, code in (("S005/001", "3.0000000e+00"), ("S005/002", "2.0000000e+00"), ("S010/001", None)):
