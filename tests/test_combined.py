@@ -248,3 +248,30 @@ def test_evaluate_on_a_member_says_the_run_trained_and_selected_on_it(tmp_path):
     assert any("the model trained on train of this folder" in n for n in on_train), on_train
     other = make_prepared(tmp_path / "gamma", num_classes=7, splits={"train": 1, "val": 1}, seed=3)
     assert not any("selected best.pt" in n for n in evaluate(run, other, split="val", device="cpu", amp="off")["notes"])
+
+
+def test_evaluate_on_a_member_says_t_cal_was_fitted_on_the_combined_folder_that_holds_it(tmp_path):
+    """T_cal fitted on a combined folder's val (or, in a file written before calibration.data,
+    on a val of the combined run's) was measured on a member's val without a word: only a
+    calibration on the member folder itself counted (the bundled model on FERPlus valid)."""
+    import torch
+
+    from poi_cli.study.calibrate import calibrate
+    from poi_cli.study.evaluate import evaluate
+
+    first = make_prepared(tmp_path / "alpha", num_classes=7, splits={"train": 2, "val": 2}, seed=1)
+    second = make_prepared(tmp_path / "beta", num_classes=7, splits={"train": 1, "val": 2}, seed=2)
+    both = combine([first, second], tmp_path / "both")
+    run = train(tiny_config(both, tmp_path / "runs", epochs=1, use_pin=False))
+    calibrated = calibrate(run, both, device="cpu", amp="off", out=tmp_path / "calibrated.pt").written
+    fitted = "were fitted on val of the combined folder both, which holds this folder's"
+    assert any(fitted in n for n in evaluate(calibrated, second, split="val", device="cpu", amp="off")["notes"])
+
+    older = torch.load(calibrated, weights_only=True)  # as written before calibration.data was kept
+    older["calibration"].pop("data")
+    torch.save(older, tmp_path / "older.pt")
+    notes = evaluate(tmp_path / "older.pt", second, split="val", device="cpu", amp="off")["notes"]
+    assert any("were fitted on val of this folder or of the combined folder it trained on" in n for n in notes), notes
+    other = make_prepared(tmp_path / "gamma", num_classes=7, splits={"train": 1, "val": 2}, seed=3)
+    for model in (calibrated, tmp_path / "older.pt"):
+        assert not any("were fitted on" in n for n in evaluate(model, other, split="val", device="cpu", amp="off")["notes"])

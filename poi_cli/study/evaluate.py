@@ -412,10 +412,19 @@ def what_the_model_saw(mapped: MappedPredictions) -> list[str]:
             notes.append(f"the run selected best.pt on {split} of this folder (its validation split), so this accuracy is "
                          "optimistic: report a split it never chose on")
     stored = mapped.stored_calibration
-    if stored is not None and mapped.choice.ids is None and stored.fitted_on(split, root, trained_there=same_store):
-        notes.append(f"T_cal and the prediction recipe ({stored.recipe.describe()}) "
-                     f"were fitted on {split} of this folder: confidence, ECE and the recipe's gain are measured on "
-                     "the images they were fitted on")
+    if stored is not None and mapped.choice.ids is None:
+        where = None
+        if stored.fitted_on(split, root, trained_there=same_store):
+            where = "this folder"
+        elif stored.split == split and stored.data is not None and root.resolve() in member_paths(stored.data):
+            where = f"the combined folder {Path(stored.data).name}, which holds this folder's"
+        elif stored.fitted_on(split, root, trained_there=member):
+            # written before calibration.data: fitted on this member's split or the combined folder's, which holds it
+            where = "this folder or of the combined folder it trained on, which holds it"
+        if where:
+            notes.append(f"T_cal and the prediction recipe ({stored.recipe.describe()}) "
+                         f"were fitted on {split} of {where}: confidence, ECE and the recipe's gain are measured on "
+                         "the images they were fitted on")
     return notes
 
 
