@@ -61,6 +61,7 @@ class SplitPredictions:
     mirror_region_logits: Optional[np.ndarray] = None  # (n, 4, C)
     mirror_gate_weights: Optional[np.ndarray] = None  # (n, 4)
     temperature: float = 3.0  # the model's T (Eq. 6-7): the default of the PIN's probabilities
+    bf16: bool = False  # predicted under bf16 autocast (poi predict computes in float32)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -238,4 +239,4 @@ def _collect(model: torch.nn.Module, loader: BatchLoader, input_size: int, devic
     arrays = {name: _concatenate(chunks) for name, chunks in collected.items()}
     if arrays["trn_logits"] is None:  # no image in this share
         arrays.update(trn_logits=np.zeros((0, 0), np.float32), labels=np.zeros(0, np.int64), positions=np.zeros(0, np.int64))
-    return SplitPredictions(**arrays, temperature=3.0 if temperature is None else temperature)
+    return SplitPredictions(**arrays, temperature=3.0 if temperature is None else temperature, bf16=amp)
