@@ -249,6 +249,15 @@ def test_evaluate_on_a_member_says_the_run_trained_and_selected_on_it(tmp_path):
     other = make_prepared(tmp_path / "gamma", num_classes=7, splits={"train": 1, "val": 1}, seed=3)
     assert not any("selected best.pt" in n for n in evaluate(run, other, split="val", device="cpu", amp="off")["notes"])
 
+    # report: best_val_acc (the members' mean) and eval_acc (the split's faces pooled) differ by design, and say so
+    from poi_cli.study.report import COMBINED_VAL_NOTE, build_report
+
+    report = build_report([run, train(tiny_config(first, tmp_path / "runs", epochs=1, use_pin=False))],
+                          tmp_path / "report", data=tmp_path / "both", split="val", device="cpu")
+    notes = {r.path: r.notes for r in report.runs}
+    assert COMBINED_VAL_NOTE in notes[run] and not any(COMBINED_VAL_NOTE in n for p, n in notes.items() if p != run)
+    assert "mean of its datasets'" in (tmp_path / "report" / "report.md").read_text()
+
 
 def test_evaluate_on_a_member_says_t_cal_was_fitted_on_the_combined_folder_that_holds_it(tmp_path):
     """T_cal fitted on a combined folder's val (or, in a file written before calibration.data,

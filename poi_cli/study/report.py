@@ -54,7 +54,7 @@ import pandas as pd
 
 from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import FolderOutputs, atomic_write_text, save_figure
-from poi_cli.core.layout import META_FILE
+from poi_cli.core.layout import MEMBER_VAL_PREFIX, META_FILE
 from poi_cli.data.folds import CV_CONFIG, CV_JSON, folds_summary
 from poi_cli.study.clean import audit_summary_path, audited_model
 from poi_cli.model.checkpoint import CONFIG_FILE, RESULTS_FILE, held_out_fold, training_data_name, training_overlap
@@ -233,6 +233,13 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "run"
 
 
+# a run on a combined folder selects on the mean of its datasets' validation accuracies, while
+# poi evaluate's accuracy pools the split's faces: two figures of one checkpoint on one split
+COMBINED_VAL_NOTE = (f"trained on a combined folder: its val accuracies (final_val_acc, best_val_acc) are the mean of "
+                     f"its datasets' ({MEMBER_VAL_PREFIX}NAME in results.csv), which best.pt is selected on; eval_acc "
+                     "pools the evaluated split's faces (poi evaluate's members block gives each dataset's)")
+
+
 def load_run(path: Path, name: str) -> Run:
     """Read a run folder; raises ReportError when its files cannot be parsed."""
     config: dict = {}
@@ -262,6 +269,8 @@ def load_run(path: Path, name: str) -> Run:
             raise ReportError(f"{path / RESULTS_FILE}: epoch {bad.iloc[0]!r} is not a whole number")
     if not len(results):
         notes.append("no finished epoch")
+    if any(str(column).startswith(MEMBER_VAL_PREFIX) for column in results.columns):
+        notes.append(COMBINED_VAL_NOTE)
     results = results.apply(pd.to_numeric, errors="coerce")
     results = results.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
     evaluation = None

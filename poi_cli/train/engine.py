@@ -37,6 +37,7 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from poi_cli.core.layout import MEMBER_VAL_PREFIX
 from poi_cli.core.locks import claim
 from poi_cli.core.metrics import answered_argmax
 from poi_cli.core.runtime import autocast, init_distributed, use_bf16
@@ -428,7 +429,7 @@ class Trainer:
         accuracy = round(float(correct.mean()), 6)
         per_member = {}
         if members is not None:
-            per_member = {f"val_acc_{name}": round(float(correct[members == k].mean()), 6)
+            per_member = {f"{MEMBER_VAL_PREFIX}{name}": round(float(correct[members == k].mean()), 6)
                           for k, name in enumerate(self.data.member_names) if np.any(members == k)}
             accuracy = round(float(np.mean(list(per_member.values()))), 6)
         calibration = (calibration_of(logits, labels, self.data.val_split, data=str(self.dataset.root.resolve()))
@@ -464,7 +465,8 @@ def _summary(row: dict, epochs: int, best: bool) -> str:
     if row.get("train_acc_clean") is not None:
         parts.append(f"(vs clean {row['train_acc_clean']:.4f})")
     if row.get("val_acc") is not None:
-        members = [f"{key[len('val_acc_'):]} {value:.4f}" for key, value in row.items() if key.startswith("val_acc_")]
+        members = [f"{key[len(MEMBER_VAL_PREFIX):]} {value:.4f}" for key, value in row.items()
+                   if key.startswith(MEMBER_VAL_PREFIX)]
         parts.append(f"val_acc {row['val_acc']:.4f}" + (f" ({', '.join(members)})" if members else "") + (" *best" if best else ""))
     parts += [f"lr {row['lr']:.3g}", f"{row['epoch_time_s']:.1f} s", f"{row['images_per_s']:,.0f} img/s"]
     return "  ".join(parts)

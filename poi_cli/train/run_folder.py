@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from poi_cli.core.atomic import next_run_dir, remove_stale_temps, write_csv, write_json
-from poi_cli.core.layout import META_FILE
+from poi_cli.core.layout import MEMBER_VAL_PREFIX, META_FILE
 from poi_cli.core.runtime import DistContext
 from poi_cli.model.checkpoint import BEST, CONFIG_FILE, HELDOUT_FILE, LAST, RESULTS_FILE, load_checkpoint, save_checkpoint
 from poi_cli.train.config import TrainConfig, TrainError
@@ -33,7 +33,6 @@ RESULT_COLUMNS = [
     "train_acc", "train_acc_clean", *NOISE_COLUMNS, "val_acc", "calibration_t", "epoch_time_s", "images_per_s",
 ]
 
-MEMBER_VAL_PREFIX = "val_acc_"  # a combined folder's per-member validation accuracy (val_acc_NAME)
 
 
 def result_columns(history: list[dict]) -> list[str]:
