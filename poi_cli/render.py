@@ -297,6 +297,8 @@ def predict_table(records: Sequence["FaceRecord"], checkpoint: Any, classes: Seq
     paths are shown relative to the folder they share, which the caption names. The title
     names the model: the bundled one by its file name (its path, inside site-packages once
     installed, wrapped mid-word in an 80-column terminal), any other by shown_path."""
+    from poi_cli.deploy.records import shown_percent  # numpy: not at import (test_render)
+
     folder, names = shared_folder([r.image for r in records])
     model = f"bundled model {Path(checkpoint).name}" if bundled else shown_path(checkpoint)
     table = Table(title=escape(f"{model} ({len(classes)} classes)"),
@@ -307,7 +309,7 @@ def predict_table(records: Sequence["FaceRecord"], checkpoint: Any, classes: Seq
     for r, name in zip(records, names):
         ok = r.is_face
         cells = [escape(name), "" if r.face is None else str(r.face), r.expression or "-",
-                 f"{r.confidence:.1%}" if ok else "-", regions_agreement(r) if ok else "-"]
+                 shown_percent(r.confidence) if ok else "-", regions_agreement(r) if ok else "-"]
         if show_au:
             cells.append(active_aus(r.aus))
         cells.append(r.status if ok else escape(f"{r.status}: {r.reason}"))

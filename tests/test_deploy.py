@@ -216,6 +216,15 @@ def test_face_record_json_and_row_forms():
     assert "aus" not in FaceRecord.empty("a.jpg", "error", "broken").to_dict()  # no --show-au: no AU keys
 
 
+def test_a_probability_is_never_shown_rounded_to_a_certainty_the_model_does_not_claim():
+    """0.999989 printed as 100.0% in the table and 100% in --save-vis pictures."""
+    from poi_cli.deploy.records import shown_percent
+
+    assert [shown_percent(p) for p in (0.999989, 0.99949, 1.0, 0.961, 0.00001, 0.0)] == [
+        ">99.9%", "99.9%", "100.0%", "96.1%", "<0.1%", "0.0%"]
+    assert [shown_percent(p, decimals=0) for p in (0.996, 0.994, 1.0, 0.004)] == [">99%", "99%", "100%", "<1%"]
+
+
 def test_a_face_answered_with_non_finite_probabilities_is_an_error_not_the_first_class():
     """A broken model's NaN answers: argmax would say the first class with a NaN confidence (and
     --json would print bare NaN, which is not JSON); the face is an error record instead."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Optional
 from PIL import Image, ImageDraw, ImageFont
 
 from poi_cli.core.manifests import AU_GROUPS, REGIONS
+from poi_cli.deploy.records import shown_percent
 
 if TYPE_CHECKING:
     from poi_cli.deploy.pipeline import ImagePrediction
@@ -35,7 +36,7 @@ def _label(record: FaceRecord) -> str:
     probability = record.probabilities[record.expression]
     track = record.video.track if record.video is not None else None
     name = f"T{track}" if track is not None else record.face  # a video's faces: track ids
-    text = f"{name}: {record.expression} {probability:.0%}"
+    text = f"{name}: {record.expression} {shown_percent(probability, decimals=0)}"
     return text + (f"  regions {record.regions_agree}/4" if record.regions_agree is not None else "")
 
 

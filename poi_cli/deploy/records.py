@@ -186,6 +186,18 @@ class FaceRecord:
         return {column: row.get(column) for column in columns}
 
 
+def shown_percent(probability: float, decimals: int = 1) -> str:
+    """A probability as the table and the pictures show it: `96.1%`, but never rounded to a
+    certainty the model does not claim (0.99999 is `>99.9%`, not `100.0%`; 0.00001 `<0.1%`)."""
+    text = f"{probability:.{decimals}%}"
+    step = 10.0 ** -decimals
+    if probability < 1 and float(text[:-1]) >= 100:
+        return f">{100 - step:.{decimals}f}%"
+    if probability > 0 and float(text[:-1]) <= 0:
+        return f"<{step:.{decimals}f}%"
+    return text
+
+
 def shown_name(name: str) -> str:
     """A file name as JSON and CSV give it: valid UTF-8 always. A name whose bytes are not
     UTF-8 (Python holds them as lone surrogates, '\\udcff') shows them as backslash escapes
