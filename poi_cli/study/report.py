@@ -855,8 +855,9 @@ def build_report(
     calibration = calibration_table(summary)
     if not calibration.empty:
         sections.append("## Calibration (ECE, AURC; lower is better)\n\nMeasured on one seeded half of the evaluated images, "
-                        "T_cal fitted on the other half. confidence = the TRN's softmax after temperature scaling, "
-                        "max_softmax = before it, consistency = the UEM's w; ece_floor_confidence = the ECE a "
+                        "T_cal fitted on the other half. confidence = the largest of the run's reported probabilities "
+                        "after temperature scaling (its prediction recipe's: the TRN's softmax unless `poi calibrate` "
+                        "chose the PIN's fusion or the mirror), max_softmax = before it, consistency = the UEM's w; ece_floor_confidence = the ECE a "
                         "perfectly calibrated confidence would measure on as many images (ECE is biased upward "
                         "on a finite sample).\n\n" + _markdown(calibration))
     if not strata_frame.empty:
