@@ -282,3 +282,11 @@ def test_probabilities_are_calibrated_by_the_checkpoints_temperature(files, dete
     assert calibrated["expression"] == raw["expression"] and calibrated["consistency"] == raw["consistency"]
     assert (calibrated["regions_agree"], calibrated["pin_expression"]) == (raw["regions_agree"], raw["pin_expression"])
     assert calibrated["confidence"] < raw["confidence"]  # T_cal > 1 softens an over-confident model
+    assert not any("clipped" in note for note in predictor.notes)
+
+    # a T_cal clipped at its range's edge: evaluate said "confidence means little", predict nothing
+    checkpoint["calibration"] = Calibration(temperature=20.0, split="valid", n_images=500, nll_before=24.2,
+                                            nll_after=5.64).to_dict()
+    save_checkpoint(tmp_path / "clipped.pt", checkpoint)
+    clipped = Predictor(open_runner(tmp_path / "clipped.pt"), detector=detector)
+    assert any("T_cal 20 is clipped at the edge" in note and "confidence means little" in note for note in clipped.notes)

@@ -21,6 +21,15 @@ import numpy as np
 
 FUSION_TRN, FUSION_TRN_PIN = "trn", "trn+pin"
 FUSIONS = (FUSION_TRN, FUSION_TRN_PIN)
+T_RANGE = (0.05, 20.0)  # a fitted T_cal is clipped to this; one at its edge says the logits are broken
+
+
+def clipped_temperature_caveat(temperature: float) -> Optional[str]:
+    """Why a T_cal at the edge of T_RANGE means little (calibrate, evaluate and predict say it), or None."""
+    if T_RANGE[0] < temperature < T_RANGE[1]:
+        return None
+    return (f"T_cal {temperature:g} is clipped at the edge of its range {T_RANGE[0]:g}..{T_RANGE[1]:g}: the "
+            "model's outputs do not calibrate (a broken or degenerate model), confidence means little")
 
 
 @dataclass(frozen=True)

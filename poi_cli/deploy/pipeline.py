@@ -32,7 +32,7 @@ from PIL import Image
 
 from poi_cli.core.atomic import real_path
 from poi_cli.core.errors import one_line
-from poi_cli.core.outputs import ModelOutputs
+from poi_cli.core.outputs import ModelOutputs, clipped_temperature_caveat
 from poi_cli.core.schema import DETECTOR_MTCNN, DETECTOR_NONE, STATUS_ERROR, STATUS_NO_FACE
 from poi_cli.core.threads import DEFAULT_WORKERS
 from poi_cli.data.faces import (BLANK_REASON, DETECTORS, Face, ImageLoadError, decode_image, is_blank, load_image,
@@ -306,6 +306,8 @@ class FacePipeline:
         if not self.runner.calibrated:
             self.notes.append("uncalibrated model (T_cal = 1): confidence is the raw softmax; "
                               "`poi calibrate` fits T_cal on a validation split")
+        elif clipped_temperature_caveat(self.calibration_temperature) is not None:  # as evaluate says it
+            self.notes.append(f"the model's calibration: {clipped_temperature_caveat(self.calibration_temperature)}")
         self.batch_size, self.images_per_batch = batch_size, images_per_batch
         self.min_face_score = min_face_score
         self.detect = detect

@@ -25,12 +25,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from poi_cli.core.outputs import PredictionRecipe
+from poi_cli.core.outputs import T_RANGE, PredictionRecipe, clipped_temperature_caveat
 
 ECE_BINS = 15  # equal-width bins over [0, 1], the field's usual choice
 ECE_FLOOR_DRAWS = 200  # simulated outcomes behind ece_sampling_floor (its Monte Carlo error: about 0.0002 at 1,600 images)
 COVERAGES = (0.5, 0.8, 0.9)
-T_RANGE = (0.05, 20.0)  # a fitted temperature outside this says the logits are broken
 # Below this many images a fitted T_cal is said to be unreliable (Calibration.caveat): FERPlus
 # valid's 3,191 fit it to +-0.01, a few dozen can put it anywhere in T_RANGE.
 CALIBRATION_MIN_IMAGES = 100
@@ -59,9 +58,9 @@ class Calibration:
         if self.nll_before < 1e-6 and self.nll_after < 1e-6:
             return (f"every one of the {self.n_images} images is answered right with certainty, which leaves T_cal "
                     "undetermined: fit it on a split with the model's mistakes")
-        if self.temperature <= T_RANGE[0] or self.temperature >= T_RANGE[1]:
-            return (f"T_cal {self.temperature:g} is clipped at the edge of its range {T_RANGE[0]:g}..{T_RANGE[1]:g}: the "
-                    "model's outputs do not calibrate (a broken or degenerate model), confidence means little")
+        clipped = clipped_temperature_caveat(self.temperature)
+        if clipped:
+            return clipped
         if self.n_images < CALIBRATION_MIN_IMAGES:
             return (f"T_cal fitted on {self.n_images} images, fewer than {CALIBRATION_MIN_IMAGES}: confidence may be far "
                     "from a calibrated probability (fit it on a larger split)")
