@@ -8,9 +8,14 @@ VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 # torch and torchvision must come as a pair from the registry: the CPU-only torch
 # wheel some machines carry breaks torchvision's compiled ops. The CUDA builds run on CPU.
-TORCH_SPEC="${TORCH_SPEC:-torch==2.15.0 torchvision==0.29.2}"
-
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+if [ -z "${TORCH_SPEC:-}" ]; then
+    if "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info >= (3, 11))'; then
+        TORCH_SPEC="torch==2.14.1 torchvision==0.29.2"  # torch 2.15.0 has no wheel for Python 3.10
+    else
+        TORCH_SPEC="torch==2.15.0 torchvision==0.29.2"
+    fi
+fi
 PIP="$VENV/bin/python -m pip"
 $PIP install --quiet --upgrade pip
 $PIP install --quiet $TORCH_SPEC

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,40 @@ def test_predict_runs_without_torch():
     assert records[0]["expression"] == "happiness" and records[0]["detector"] == "mtcnn"
     assert records[0]["aus"]["AU12"]["left_mouth"] > 0.5  # a smile: lip corner puller
     assert "Traceback" not in done.stderr
+
+
+def test_serve_answers_an_upload_without_torch():
+    """The deploy tests never posted an image: on Python 3.10 every upload was a 500
+    (asyncio.timeout is 3.11+), and a deploy install on 3.10 passed them all."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:  # a free loopback port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-c", NO_TORCH, "serve", "--port", str(port), "--threads", "1"], cwd=ROOT,
+                              env={"PATH": "/usr/bin:/bin", "POI_THREADS": "1", "PYTHONPATH": str(ROOT)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(300):  # the model loads in a second or two
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()
+                time.sleep(0.1)
+        boundary = "poi-test-boundary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"astronaut.jpg\"\r\n"
+                "Content-Type: image/jpeg\r\n\r\n").encode() + ASTRONAUT.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=body, method="POST",
+                                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.status == 200
+            answer = json.loads(response.read())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert [(r["image"], r["status"], r["expression"]) for r in answer] == [("astronaut.jpg", "ok", "happiness")]
 
 
 def test_predict_in_a_terminal_draws_its_progress_bar():

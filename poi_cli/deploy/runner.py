@@ -77,8 +77,11 @@ class OnnxRunner:
                  name: Optional[str] = None) -> None:
         try:
             import onnxruntime
-        except ImportError:
+        except ModuleNotFoundError:
             raise ModelFileError(f"the deploy runtime needs onnxruntime, which is not installed: {INSTALL_HINT}") from None
+        except ImportError as error:  # installed but broken: e.g. onnxruntime 1.18.0 under numpy 2
+            raise ModelFileError(f"onnxruntime is installed but cannot be imported ({one_line(error)}): reinstall it "
+                                 "(pip install --force-reinstall onnxruntime) or a numpy it supports") from None
         from poi_cli.core.threads import onnx_session_options
 
         self.path = Path(name or "<in memory>") if isinstance(model, bytes) else Path(model)
