@@ -195,6 +195,10 @@ def train_folds(config: TrainConfig, console: Optional[Console] = None,
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise TrainError("--fold all runs one process: train each fold with --fold K under torchrun")
     config = replace(config)
+    # checked as --fold all, before cv_config.json is written: each fold's run is validated as
+    # --fold K, where --rounds was allowed (and silently not run), and a refused option left a
+    # cv_config.json that then refused the corrected command
+    config.validate()
     config.resolve_paths()  # cv_config.json compares absolute paths, whatever the working directory
     dataset = PreparedDataset(config.data)
     if not dataset.folds:

@@ -119,6 +119,25 @@ def test_cross_fit_folds_keep_each_subject_whole(tmp_path):
     assert json.loads((tmp_path / "audit" / "crossfit" / "crossfit.json").read_text())["by_subject"] is True
 
 
+def test_the_audit_of_a_fold_run_leaves_out_its_test_fold_in_sample_and_cross_fitted(tmp_path):
+    """A --fold K run's audit scored fold K (its test set) as "the model's own training set",
+    and --clean-cross-fit trained its fold models on fold K's labels: the test fold's labels
+    reached the cleaned labels of round 2."""
+    from conftest import add_folds
+
+    data = add_folds(make_prepared(tmp_path / "data", splits={"train": 4, "valid": 1}), folds=3)
+    run = train(tiny_config(data, tmp_path / "runs", epochs=1, batch=14, fold="1"))
+    test_ids = set(PreparedDataset(data).split("fold1").ids)
+    in_sample = audit(run, data, device="cpu", amp="off")
+    assert test_ids and not test_ids & set(in_sample.table["id"])
+    assert len(in_sample.table) == 28 - len(test_ids) and "without fold1" in in_sample.summary["labels"]
+    cross_fitted = cross_fit_audit(run, data, 2, tmp_path / "audit", device="cpu")
+    assert not test_ids & set(cross_fitted.table["id"])
+    for fold in (0, 1):  # the fold models never trained on the test fold's labels
+        labels = pd.read_csv(tmp_path / "audit" / "crossfit" / f"fold{fold}_labels.csv", dtype={"id": str})
+        assert (labels.set_index("id").loc[sorted(test_ids), "label"] == -1).all()
+
+
 def test_cross_fit_audit_of_a_run_that_left_images_out(tmp_path):
     """A run trained on a label file with dropped images (poi clean --drop): the fold label
     files still cover the split, and only the run's own images are audited."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +267,21 @@ def test_an_interrupted_fold_all_says_to_run_the_same_command_again(tmp_path, mo
     assert "--resume" not in result.output
     result = CliRunner().invoke(app, [*options, "--name", "one", "--fold", "1"])
     assert result.exit_code == 130 and "continue with --resume RUN_DIR" in result.output
+
+
+def test_fold_all_refuses_its_excluded_options_before_it_writes_anything(tmp_path):
+    """--fold all --rounds 2 trained each fold once (the folds were validated as --fold K, where
+    --rounds is allowed) and recorded rounds 2, which --resume of a fold then ran; an option
+    refused in the first fold left cv_config.json behind, which refused the corrected command."""
+    data = add_folds(make_prepared(tmp_path / "ck", splits={"train": 2}), folds=2)
+    config = TrainConfig(data=str(data), input_size=64, epochs=1, batch=8, amp="off", use_pin=False,
+                         project=str(tmp_path / "runs"), name="cv", fold="all")
+    for options, message in (({"rounds": 2, "use_pin": True}, "--fold all and --rounds exclude each other"),
+                             ({"rounds_teacher": True}, "--rounds-teacher needs --rounds 2"),
+                             ({"epochs": 0}, "--epochs must be at least 1")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            train_folds(replace(config, **options))
+        assert not (tmp_path / "runs").exists()
 
 
 def test_fold_all_trains_every_fold_writes_cv_and_resumes(tmp_path):

@@ -29,9 +29,10 @@ import pandas as pd
 from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import FolderOutputs, atomic_write_text, json_with_keys, save_image, write_json
 from poi_cli.core.metrics import roc_auc
+from poi_cli.data.folds import fold_split_name, parse_fold_split
 from poi_cli.data.noise import flip_labels, noise_targets
 from poi_cli.data.store import PreparedDataset, SplitData
-from poi_cli.model.checkpoint import CheckpointInfo, load_checkpoint, resolve_checkpoint, trained_on_folder
+from poi_cli.model.checkpoint import CheckpointInfo, held_out_fold, load_checkpoint, resolve_checkpoint, trained_on_folder
 from poi_cli.model.predictions import SplitPredictions, predict_checkpoint_split
 
 SUSPICION_THRESHOLDS = (0.5, 0.7, 0.9)
@@ -167,8 +168,20 @@ def objective_inference(predictions: SplitPredictions, checkpoint_path: str | Pa
 def audited_labels(dataset: PreparedDataset, split: str, config: dict, trained_on: bool,
                    labels_file: Optional[str | Path] = None) -> tuple[SplitData, str]:
     """The split with the labels to audit, and where they come from: a label file, else the
-    (noisy) labels the run itself trained on (config: its config.json), else the manifest's."""
-    return _audited_labels(dataset.split(split, labels_file), config, dataset, trained_on, labels_file)
+    (noisy) labels the run itself trained on (config: its config.json), else the manifest's.
+    A --fold K run's training split leaves out fold K, its test set: an audit (and the
+    cross-fit's models, and the cleaning) of its images would carry their labels into the
+    next round's training labels."""
+    data, source = _audited_labels(dataset.split(split, labels_file), config, dataset, trained_on, labels_file)
+    held = held_out_fold(config) if trained_on and split == config.get("train_split", "train") else None
+    number = parse_fold_split(held or "")
+    fold = None if number is None else fold_split_name(number)
+    if fold is not None and fold in dataset.fold_splits():
+        keep = ~np.isin(data.ids, dataset.split(fold).ids)
+        data = SplitData(data.store_rows[keep], data.labels[keep], data.ids[keep],
+                         None if data.clean_labels is None else data.clean_labels[keep])
+        source += f", without {fold} (the run's held-out test fold)"
+    return data, source
 
 
 def audit_of(dataset: PreparedDataset, data: SplitData, objective: np.ndarray, trn: np.ndarray, w: np.ndarray, *,
