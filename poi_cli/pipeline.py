@@ -97,6 +97,23 @@ def check_rounds(config: TrainConfig) -> None:
         raise TrainError("--rounds needs the PIN's objective inference to audit the labels: it cannot be combined with --no-oim")
     if config.rounds > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise TrainError("--rounds runs one process: train each round under torchrun, with poi audit and poi clean between")
+    if config.rounds > 1 and config.clean_threshold is None and (problem := auto_clean_problem(config)):
+        # said before round 1 trains, not after it (clean_round's --auto would fail there)
+        raise TrainError(f"--rounds cleans between rounds with the fraction `poi clean --auto` chooses on validation "
+                         f"labels, but {problem}: give --clean-threshold T (relabel the images of suspicion T or more)")
+
+
+def auto_clean_problem(config: TrainConfig) -> Optional[str]:
+    """Why clean_round's --auto (study.clean.validation_data) will have no validation labels to
+    choose on for this run, or None: the store's valid/val split, else the run's held-out images."""
+    dataset = PreparedDataset(config.data)
+    name = dataset.validation_split()
+    if name is not None:
+        return f"it would estimate the noise on {name}, the split it cleans (circular)" if name == config.train_split else None
+    if (config.val_split or "").lower() == "none" or config.val_fraction == 0:
+        holds = "--val-split none" if (config.val_split or "").lower() == "none" else "--val-fraction 0"
+        return f"{config.data} has no valid/val split and the run holds no images out ({holds})"
+    return None
 
 
 def round_folder(first: Path, number: int) -> Path:

@@ -377,6 +377,17 @@ def test_train_rounds_retrains_on_the_labels_its_own_audit_cleaned(tmp_path, mon
     no_oim = runner.invoke(app, ["train", str(prepared), "--no-oim", "--rounds", "2", "--project", str(project),
                                  "--name", "no_oim"])  # refused before round 1 (it trained round 1, then failed)
     assert no_oim.exit_code == 1 and "objective inference" in no_oim.output and not (project / "no_oim").exists()
+    # --auto (the default cleaning) needs validation labels: refused before round 1 where there
+    # are none (it trained round 1, then stopped naming poi clean's --auto), and where the
+    # validation split is the one cleaned
+    no_val = make_prepared(tmp_path / "noval", splits={"train": 2})
+    for data, options, problem in ((no_val, ["--val-split", "none"], "holds no images out (--val-split none)"),
+                                   (no_val, ["--val-fraction", "0"], "holds no images out (--val-fraction 0)"),
+                                   (prepared, ["--train-split", "valid"], "the split it cleans (circular)")):
+        refused = runner.invoke(app, ["train", str(data), "--rounds", "2", *options, "--project", str(project),
+                                      "--name", "auto"])
+        assert refused.exit_code == 1 and problem in refused.output and "--clean-threshold" in refused.output, refused.output
+        assert not (project / "auto").exists()
 
 
 def test_resume_of_a_rounds_run_goes_on_with_the_rounds_left_and_names_follow_the_first(tmp_path):
