@@ -118,7 +118,10 @@ def noise_summary(path: Path, summary: dict, rate: float, seed: int) -> list[Ite
     for name, row in summary["per_class"].items():
         table.add_row(name, str(row["images"]), str(row["flipped"]), str(row["noisy_labels"]))
     never = ([Line(f"flips only among the classes the dataset labels: never to {', '.join(summary['never_labelled'])}",
-                   soft_wrap=True)] if summary.get("never_labelled") else [])
+                   soft_wrap=True)] if summary.get("never_labelled") and not summary.get("never_labelled_by") else [])
+    if summary.get("never_labelled_by"):  # a combined folder: each face among its own dataset's classes
+        holes = "; ".join(f"{name}'s never to {', '.join(classes)}" for name, classes in summary["never_labelled_by"].items())
+        never = [Line(f"flips each face only among the classes its own dataset labels: {holes}", soft_wrap=True)]
     return [table, *never,
             Line(f"wrote {path} and {path.with_suffix('.json').name}; train with --labels {quote(str(path))}", soft_wrap=True)]
 

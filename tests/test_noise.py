@@ -139,6 +139,45 @@ def test_train_noise_and_the_audit_that_rebuilds_it_flip_among_the_labelled_clas
     assert (audited.labels == labels).all() and (audited.clean_labels == clean).all()
 
 
+def test_a_combined_folder_flips_each_face_among_its_own_datasets_classes(tmp_path: Path) -> None:
+    """A combined folder labels every class of its union, but each face flips only among those its
+    own member labels: a CK+48 face never to neutral though FERPlus labels it (--rate 1.0 turned
+    CK+ faces into neutral), a 7-class member's never to contempt; `poi train --noise` and the
+    audit that rebuilds it flip the same way."""
+    from poi_cli.data.combined import combine
+    from poi_cli.study.audit import audited_labels
+    from poi_cli.train.config import TrainConfig
+    from poi_cli.train.data import training_labels
+
+    ck = make_store(tmp_path / "ck", images=300, labelled=[0, 1, 2, 3, 4, 5, 7], dataset="ckplus", layout="ck+48")
+    fer = make_store(tmp_path / "fer", images=300, dataset="ferplus")
+    both = combine([ck, fer], tmp_path / "both")
+    path, summary = write_noisy_labels(both, 1.0, seed=0)
+    table = pd.read_csv(path)
+    from_ck = table["id"].str.startswith("ck/")
+    assert (table["label"] != table["clean_label"]).all() and summary["realised_rate"] == 1.0
+    assert (table.loc[from_ck, "label"] != 6).all()  # CK+48 labels no neutral face
+    assert set(table.loc[from_ck, "label"]) == {0, 1, 2, 3, 4, 5, 7}
+    assert set(table.loc[~from_ck, "label"]) == set(range(8))  # FERPlus faces may become neutral
+    assert summary["never_labelled_by"] == {"ck": ["neutral"]} and "never_labelled" not in summary
+    assert summary["per_class"]["neutral"]["noisy_labels"] == int((table["label"] == 6).sum())
+    result = CliRunner().invoke(app, ["noise", str(both), "--rate", "1.0", "--seed", "1"])
+    assert result.exit_code == 0 and "ck's never to neutral" in result.output
+
+    dataset = PreparedDataset(both)
+    config = TrainConfig(data=str(both), noise=1.0, noise_seed=0)
+    labels, clean, realised = training_labels(dataset, dataset.split("train"), config)
+    assert (labels == table["label"].to_numpy()).all() and realised == 1.0
+    audited, _ = audited_labels(dataset, "train", config.to_dict(), True)
+    assert (audited.labels == labels).all() and (audited.clean_labels == clean).all()
+
+    seven = make_store(tmp_path / "seven", images=300, num_classes=7)  # a 7-class member beside an 8-class one
+    mixed = pd.read_csv(write_noisy_labels(combine([seven, fer], tmp_path / "mixed"), 1.0, seed=0)[0])
+    from_seven = mixed["id"].str.startswith("seven/")
+    assert (mixed.loc[from_seven, "label"] != 7).all() and set(mixed.loc[~from_seven, "label"]) == set(range(8))
+    assert (mixed["label"] != mixed["clean_label"]).all()
+
+
 def test_noise_never_writes_over_a_label_file_with_other_labels(tmp_path: Path) -> None:
     """The same command again rewrites the same bytes; a file at --out (or the default path)
     that holds other labels (hand-edited, another seed's) is refused and kept."""

@@ -6,6 +6,8 @@ classes the dataset labels, once: a class of the label space its layout never la
 target, since a real annotator of that dataset could not have chosen it. The same (labels,
 classes, rate, seed) always gives the same result; where the dataset labels every class (FERPlus,
 RAF-DB) the flips are those poi drew before this rule, so the shipped noise files still reproduce.
+On a combined folder each face flips among the classes its own member dataset labels (a CK+48
+face of a CK+48 + FERPlus folder never becomes neutral; a 7-class member's never contempt).
 """
 
 from __future__ import annotations
@@ -30,14 +32,23 @@ class NoiseError(PoiError):
 
 
 def flip_labels(labels: np.ndarray, num_classes: int, rate: float, seed: int = 0,
-                classes: Sequence[int] | None = None) -> np.ndarray:
+                classes: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
     """Return a noisy copy of `labels` (int64); the input is not modified.
 
     classes: the class indices a label may be flipped to (those the dataset labels,
-    noise_targets; default all num_classes). Every label must be one of them."""
+    noise_targets; default all num_classes), or a (len(labels), num_classes) bool array of each
+    label's own (a combined folder's faces, split_noise_targets). Every label must be one of them."""
     if not 0.0 <= rate <= 1.0:
         raise NoiseError(f"noise rate must lie in [0, 1], got {rate}")
     labels = np.asarray(labels, dtype=np.int64)
+    if classes is not None and np.ndim(classes) == 2:
+        allowed = np.asarray(classes, dtype=bool)
+        if allowed.shape != (len(labels), num_classes):
+            raise NoiseError(f"per-label classes must be a ({len(labels)}, {num_classes}) mask, got {allowed.shape}")
+        if not len(labels) or (allowed == allowed[0]).all():  # one set for all: the draws of a list of classes
+            classes = np.flatnonzero(allowed[0]) if len(labels) else None
+        else:
+            return _flip_per_label(labels, allowed, rate, seed)
     targets = np.arange(num_classes) if classes is None else np.unique(np.asarray(classes, dtype=np.int64))
     if targets.size and (targets.min() < 0 or targets.max() >= num_classes):
         raise NoiseError(f"classes must lie in 0..{num_classes - 1}")
@@ -57,16 +68,66 @@ def flip_labels(labels: np.ndarray, num_classes: int, rate: float, seed: int = 0
     return np.where(flip, targets[(position + offsets) % targets.size], labels)
 
 
+def _flip_per_label(labels: np.ndarray, allowed: np.ndarray, rate: float, seed: int) -> np.ndarray:
+    """flip_labels with each label's own targets (row i of `allowed`): the same rule, an offset in
+    1..K_i-1 added modulo K_i to the label's position among its K_i targets."""
+    rows = np.arange(len(labels))
+    if labels.size and (labels.min() < 0 or labels.max() >= allowed.shape[1] or not allowed[rows, labels].all()):
+        raise NoiseError("labels must be among their own classes")
+    sizes = allowed.sum(1)
+    if rate > 0 and (sizes < 2).any():
+        raise NoiseError(f"a label's classes number {int(sizes.min())}: noise needs at least two to flip among")
+    rng = np.random.Generator(np.random.PCG64(seed))
+    flip = rng.random(labels.shape) < rate
+    offsets = rng.integers(1, np.maximum(sizes, 2))  # a row of one class (rate 0 only) draws and keeps its label
+    position = allowed.cumsum(1)[rows, labels] - 1
+    order = np.argsort(~allowed, axis=1, kind="stable")  # each row's targets first, in class order
+    flipped = order[rows, (position + offsets) % np.maximum(sizes, 1)]
+    return np.where(flip & (sizes >= 2), flipped, labels)
+
+
 def noise_targets(dataset: "PreparedDataset") -> list[int]:
     """The class indices a label of `dataset` may be flipped to: those its dataset labels
     (PreparedDataset.labelled_classes) that label one of its usable faces at least. A folder of
     happy/ and sad/ has 7 classes (the canonical ones) but flips only between its 2 (it gave
     faces labels of classes it has no image of, and --noise 1.0 spread them over all 7); on the
     public datasets every labelled class has faces, so their noise files are unchanged. One
-    rule for `poi noise` files, `poi train --noise` and the audit that rebuilds its labels."""
+    rule for `poi noise` files, `poi train --noise` and the audit that rebuilds its labels (on a
+    combined folder, each member's own: split_noise_targets)."""
     manifest = dataset.manifest
     present = set(manifest.loc[(manifest["status"] == STATUS_OK) & (manifest["label"] >= 0), "label"].astype(int))
     return [index for index in (dataset.classes.index(name) for name in dataset.labelled_classes) if index in present]
+
+
+def split_noise_targets(dataset: "PreparedDataset", store_rows: np.ndarray) -> list[int] | np.ndarray:
+    """What flip_labels' `classes` is for the faces at `store_rows` of `dataset`: noise_targets
+    on a prepared folder; on a combined folder a (rows, classes) bool mask, each face's row the
+    noise_targets of its own member dataset (in the folder's class order), so that a CK+48 face
+    never flips to neutral because FERPlus labels it, nor a 7-class member's to contempt."""
+    if not dataset.members:
+        return noise_targets(dataset)
+    from poi_cli.data.combined import member_of_rows
+
+    return member_noise_targets(dataset)[member_of_rows(dataset.members, np.asarray(store_rows, dtype=np.int64))]
+
+
+def member_noise_targets(dataset: "PreparedDataset") -> np.ndarray:
+    """(members, classes) bool: row k the noise_targets of a combined folder's member k, in the
+    folder's class order (its classes are matched by name)."""
+    from poi_cli.data.store import PreparedDataset
+
+    per_member = np.zeros((len(dataset.members), dataset.num_classes), dtype=bool)
+    for k, member in enumerate(dataset.members):
+        own = PreparedDataset(member.path)
+        per_member[k, [dataset.classes.index(own.classes[c]) for c in noise_targets(own)]] = True
+    return per_member
+
+
+def flip_split_labels(dataset: "PreparedDataset", store_rows: np.ndarray, labels: np.ndarray, rate: float,
+                      seed: int = 0) -> np.ndarray:
+    """flip_labels of the faces at `store_rows` of `dataset` among the classes each one's dataset
+    labels (split_noise_targets): `poi noise`, `poi train --noise` and the audit that rebuilds it."""
+    return flip_labels(labels, dataset.num_classes, rate, seed, classes=split_noise_targets(dataset, store_rows))
 
 
 # ------------------------------------------------------------------ `poi noise` label files
@@ -94,8 +155,9 @@ def write_noisy_labels(
 ) -> tuple[Path, dict[str, Any]]:
     """Flip the labels of a prepared split and write a label file for `poi train --labels`.
 
-    Labels flip only among the classes the dataset labels (noise_targets): on CK+48, never
-    to neutral. Writes OUT (default PREPARED_DIR/labels/<split>_noise<pct>_seed<seed>.csv; columns
+    Labels flip only among the classes the dataset labels (split_noise_targets): on CK+48, never
+    to neutral; on a combined folder, among those each face's own member labels. Writes OUT
+    (default PREPARED_DIR/labels/<split>_noise<pct>_seed<seed>.csv; columns
     id,label,label_name,clean_label, manifest order) and a summary beside it (.json:
     realised rate and per-class flip counts). The prepared manifest is not touched.
     Nothing in either file depends on time or paths, so the same seed gives
@@ -112,8 +174,7 @@ def write_noisy_labels(
     data = PreparedDataset(prepared_dir)
     split_data = data.split(split)
     names = data.classes
-    targets = noise_targets(data)
-    all_noisy = flip_labels(split_data.labels, data.num_classes, rate, seed, classes=targets)
+    all_noisy = flip_split_labels(data, split_data.store_rows, split_data.labels, rate, seed)
     kept = subset_mask(len(all_noisy), subset, subset_seed) if subset is not None else np.ones(len(all_noisy), bool)
     noisy, clean = all_noisy[kept], split_data.labels[kept]
     flipped = noisy != clean
@@ -128,9 +189,18 @@ def write_noisy_labels(
             for c, name in enumerate(names)
         },
     }
-    never = [name for c, name in enumerate(names) if c not in targets]
+    if data.members:  # each member's own classes: the union's that no member labels, and each member's holes
+        per_member = member_noise_targets(data)
+        never = [name for c, name in enumerate(names) if not per_member[:, c].any()]
+        holes = {m.name: [name for c, name in enumerate(names) if not per_member[k, c]]
+                 for k, m in enumerate(data.members) if not per_member[k].all()}
+    else:
+        targets = noise_targets(data)
+        never, holes = [name for c, name in enumerate(names) if c not in targets], {}
     if never:  # only then: the summary of a dataset that labels every class stays as it was (shipped files)
         summary["never_labelled"] = never
+    if holes:
+        summary["never_labelled_by"] = holes
     path = Path(out) if out is not None else data.root / "labels" / f"{noise_file_stem(split, rate, seed, subset)}.csv"
     for written in label_file_outputs(path):  # never over the dataset's own files, however named
         refuse_input_as_output(written, [data.root / name for name in (META_FILE, MANIFEST_FILE, FACES_FILE)], "--out")

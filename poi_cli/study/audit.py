@@ -30,7 +30,7 @@ from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import FolderOutputs, atomic_write_text, json_with_keys, save_image, write_json
 from poi_cli.core.metrics import roc_auc
 from poi_cli.data.folds import fold_split_name, parse_fold_split
-from poi_cli.data.noise import flip_labels, noise_targets
+from poi_cli.data.noise import flip_split_labels
 from poi_cli.data.store import PreparedDataset, SplitData
 from poi_cli.model.checkpoint import CheckpointInfo, held_out_fold, load_checkpoint, resolve_checkpoint, trained_on_folder
 from poi_cli.model.predictions import SplitPredictions, predict_checkpoint_split
@@ -97,7 +97,7 @@ def _audited_labels(data: SplitData, config: dict, dataset: PreparedDataset, tra
         return dataset.split(config.get("train_split", "train"), config["labels"]), f"the labels the run trained on ({config['labels']})"
     if trained_on and config.get("noise"):
         seed = config.get("noise_seed", 0)
-        noisy = flip_labels(data.labels, dataset.num_classes, config["noise"], seed, classes=noise_targets(dataset))
+        noisy = flip_split_labels(dataset, data.store_rows, data.labels, config["noise"], seed)
         return SplitData(data.store_rows, noisy, data.ids, data.labels), f"the labels the run trained on (--noise {config['noise']} --noise-seed {seed})"
     return data, "the prepared manifest's labels"
 

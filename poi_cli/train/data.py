@@ -161,10 +161,10 @@ def training_labels(dataset: PreparedDataset, train: SplitData, config: TrainCon
     """(labels trained on, clean labels or None, realised noise rate or None) of the training split."""
     labels, clean = train.labels, train.clean_labels
     if config.noise > 0:
-        from poi_cli.data.noise import flip_labels, noise_targets
+        from poi_cli.data.noise import flip_split_labels
 
         clean = labels
-        labels = flip_labels(labels, dataset.num_classes, config.noise, config.noise_seed, classes=noise_targets(dataset))
+        labels = flip_split_labels(dataset, train.store_rows, labels, config.noise, config.noise_seed)
     realised = None
     if clean is not None and len(labels):  # --noise, or a --labels file whose clean labels are known
         realised = float((labels != clean).mean())
