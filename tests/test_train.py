@@ -18,6 +18,7 @@ from poi_cli.data.loader import BatchLoader
 from poi_cli.data.preprocess import normalize, to_model_input
 from poi_cli.train.augment import BatchAugment
 from poi_cli.core.atomic import next_run_dir
+from poi_cli.core.layout import HELDOUT_FILE
 from poi_cli.model.checkpoint import load_checkpoint, load_model
 from poi_cli.cli import app
 from poi_cli.train.config import TrainConfig, TrainError, field_default
@@ -646,6 +647,29 @@ def test_a_class_of_one_image_is_never_held_out_of_training():
         mask = hold_out(labels, fraction, seed=0)
         assert not mask[4], fraction  # class 1's only image: it went to validation at --val-fraction 0.5
         assert mask[labels == 0].sum() >= 1 and (~mask[labels == 0]).sum() >= 1 and mask[labels == 2].sum() == 1
+
+
+def test_a_hold_out_of_no_image_is_no_validation(tmp_path):
+    """--train-split valid on a valid split of one image per class: --val-fraction 0.1 holds out
+    nothing (a class's last image stays in training), and the run scored the empty hold-out,
+    val_acc 0.0 every epoch, best.pt epoch 1; now it runs as --val-split none does, and says why."""
+    data = make_prepared(tmp_path / "data", splits={"train": 2, "valid": 1})  # valid: 7 images, one per class
+    picked = select_data(tiny_config(data, tmp_path / "runs", train_split="valid"))
+    assert picked.val is None and picked.val_split is None and not picked.held_out and len(picked.labels) == 7
+    assert picked.val_note.startswith("no validation (valid is the split it trains on, and its 7 images are too few")
+    assert picked.val_note.endswith("best.pt is the last epoch")
+    run = train(tiny_config(data, tmp_path / "runs", train_split="valid", epochs=3, use_pin=False))
+    results = pd.read_csv(run / "results.csv")
+    assert results["val_acc"].isna().all() and results["calibration_t"].isna().all()
+    resolved = json.loads((run / "config.json").read_text())["resolved"]
+    assert resolved["val_split"] is None and resolved["n_val"] == 0 and not (run / HELDOUT_FILE).exists()
+    assert load_checkpoint(run / "best.pt")["epoch"] == 3
+    # a store of subjects, each the last of its class: no whole subject can be held out either
+    manifest = pd.read_csv(data / "manifest.csv")
+    manifest["subject"] = manifest["label_name"]
+    manifest.to_csv(data / "manifest.csv", index=False)
+    picked = select_data(tiny_config(data, tmp_path / "runs", train_split="valid"))
+    assert picked.val is None and "a subject only whole" in picked.val_note
 
 
 def test_training_on_val_holds_out_of_it_and_says_why(tmp_path):

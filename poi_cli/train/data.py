@@ -102,18 +102,27 @@ def select_data(config: TrainConfig) -> TrainingData:
         held = (heldout_of_run(config, train) if config.resume else None)
         if held is None:
             held = hold_out(labels, config.val_fraction, config.seed, groups=subjects)
-        held_out = True
-        val = SplitData(train.store_rows[held], labels[held], train.ids[held])
-        keep = ~held
-        train = SplitData(train.store_rows[keep], train.labels[keep], train.ids[keep])
-        labels, clean = labels[keep], None if clean is None else clean[keep]
-        name = f"{config.train_split}[held out {config.val_fraction:g}]"
         other = dataset.validation_split()  # valid/val, when training on it (--train-split val)
         why = (f"{other} is the split it trains on" if other is not None and other == config.train_split
                else "the store has no valid/val split")
-        whole = "" if subjects is None else subject_note(subjects, held)
-        note = (f"validation: {held.sum()} images held out of {config.train_split} "
-                f"(--val-fraction {config.val_fraction:g}, seed {config.seed}{whole}; {why})")
+        if not held.any():
+            # Every class's images are its last training ones (one image each, or one subject):
+            # nothing to validate on. Scoring the empty hold-out gave val_acc 0 every epoch and
+            # best.pt at epoch 1; this is --val-split none's run, said so.
+            rule = "a class's last training image is never held out" + (", a subject only whole" if subjects is not None else "")
+            val, name, note = None, None, (
+                f"no validation ({why}, and its {len(labels)} images are too few to hold any out at --val-fraction "
+                f"{config.val_fraction:g}: {rule}): best.pt is the last epoch")
+        else:
+            held_out = True
+            val = SplitData(train.store_rows[held], labels[held], train.ids[held])
+            keep = ~held
+            train = SplitData(train.store_rows[keep], train.labels[keep], train.ids[keep])
+            labels, clean = labels[keep], None if clean is None else clean[keep]
+            name = f"{config.train_split}[held out {config.val_fraction:g}]"
+            whole = "" if subjects is None else subject_note(subjects, held)
+            note = (f"validation: {held.sum()} images held out of {config.train_split} "
+                    f"(--val-fraction {config.val_fraction:g}, seed {config.seed}{whole}; {why})")
     else:
         val, name, note = None, None, "no validation (--val-fraction 0): best.pt is the last epoch"
     if test_split is not None:
