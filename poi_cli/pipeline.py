@@ -86,8 +86,25 @@ def train_rounds(config: TrainConfig, console: Optional[Console] = None,
     if config.resume:
         return resume_rounds(config, console, announce)
     check_rounds(config)
+    for line in idle_round_options(config):
+        announce(f"note: {line}")
     first = train(config, console)
     return [first, *later_rounds(first, first, 2, config, console, announce)]
+
+
+def idle_round_options(config: TrainConfig) -> list[str]:
+    """Options of the cleaning between rounds given to a run of one round or whose round 1 is
+    taught otherwise (said, not refused, as engine.idle_options says its own)."""
+    notes = []
+    given = [name for name, value in (("--clean-threshold", config.clean_threshold is not None),
+                                      ("--clean-cross-fit", bool(config.clean_cross_fit))) if value]
+    if config.rounds == 1 and given:
+        notes.append(f"{' and '.join(given)} choose how --rounds cleans the labels between rounds: with one round "
+                     "nothing is cleaned")
+    if config.rounds_teacher and config.teacher:
+        notes.append(f"--teacher {config.teacher} teaches round 1; --rounds-teacher makes each round the teacher of "
+                     "the next in its place")
+    return notes
 
 
 def check_rounds(config: TrainConfig) -> None:
@@ -216,6 +233,8 @@ def train_folds(config: TrainConfig, console: Optional[Console] = None,
     # --fold K, where --rounds was allowed (and silently not run), and a refused option left a
     # cv_config.json that then refused the corrected command
     config.validate()
+    for line in idle_round_options(config):
+        announce(f"note: {line}")
     config.resolve_paths()  # cv_config.json compares absolute paths, whatever the working directory
     dataset = PreparedDataset(config.data)
     if not dataset.folds:

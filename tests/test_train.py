@@ -635,8 +635,26 @@ def test_options_that_cannot_take_effect_within_the_epochs_are_said():
     assert idle_options(TrainConfig(epochs=1, warmup_epochs=2, lr=0.1))[0].startswith(
         "--warmup-epochs 2 is longer than the 1 epochs: the run never reaches --lr 0.1")
     assert "the PIN never teaches the TRN" in idle_options(TrainConfig(epochs=3, distill_warmup=3))[0]
-    assert idle_options(TrainConfig(epochs=3, distill_warmup=3, use_pin=False)) == []
     assert idle_options(TrainConfig(epochs=10, warmup_epochs=1, distill_warmup=2)) == []
+    # options of parts the run does not have (they were taken without a word)
+    assert idle_options(TrainConfig(epochs=3, distill_warmup=3, use_pin=False)) == [
+        "--distill-warmup 3 delays the PIN's teaching (Eq. 11): a --baseline has no PIN"]
+    assert idle_options(TrainConfig(teacher_weight=3.0)) == [
+        "--teacher-weight 3 weighs a --teacher's term: without --teacher it does nothing"]
+    assert idle_options(TrainConfig(teacher="run", teacher_weight=3.0)) == []
+    assert "one process has none to synchronise" in idle_options(TrainConfig(sync_bn=True))[0]
+    assert idle_options(TrainConfig(sync_bn=True), world_size=2) == []
+
+
+def test_options_of_the_cleaning_between_rounds_given_to_one_round_are_said():
+    from poi_cli.pipeline import idle_round_options
+
+    assert idle_round_options(TrainConfig(clean_threshold=0.5, clean_cross_fit=3)) == [
+        "--clean-threshold and --clean-cross-fit choose how --rounds cleans the labels between rounds: with one round "
+        "nothing is cleaned"]
+    assert idle_round_options(TrainConfig(rounds=2, clean_threshold=0.5, clean_cross_fit=3)) == []
+    assert "--rounds-teacher makes each round the teacher of the next in its place" in idle_round_options(
+        TrainConfig(rounds=2, rounds_teacher=True, teacher="run"))[0]
 
 
 def test_a_class_of_one_image_is_never_held_out_of_training():

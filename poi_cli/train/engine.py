@@ -314,7 +314,7 @@ class Trainer:
             self.log(f"teacher: {c.teacher} (its objective inference teaches the TRN, weight T^2 x {c.teacher_weight})")
         if self.start_epoch:
             self.log(f"resuming at epoch {self.start_epoch + 1}/{c.epochs}")
-        for line in idle_options(c):
+        for line in idle_options(c, self.ctx.world_size):
             self.log(f"note: {line}")
         if self.val_data is not None and 0 < r["n_val"] < CALIBRATION_MIN_IMAGES:
             # a run that holds its validation out of train (a --fold K run, CK+) has no larger split
@@ -472,7 +472,7 @@ def _summary(row: dict, epochs: int, best: bool) -> str:
     return "  ".join(parts)
 
 
-def idle_options(config: TrainConfig) -> list[str]:
+def idle_options(config: TrainConfig, world_size: int = 1) -> list[str]:
     """Options that cannot take effect within the run's epochs (said, not refused: a run may be
     the first part of a longer recipe)."""
     notes = []
@@ -482,6 +482,12 @@ def idle_options(config: TrainConfig) -> list[str]:
     if config.use_pin and config.distill_warmup >= config.epochs:
         notes.append(f"--distill-warmup {config.distill_warmup} covers all {config.epochs} epochs: the PIN never "
                      "teaches the TRN (Eq. 11 stays out of the loss)")
+    if not config.use_pin and config.distill_warmup:
+        notes.append(f"--distill-warmup {config.distill_warmup} delays the PIN's teaching (Eq. 11): a --baseline has no PIN")
+    if config.teacher is None and config.teacher_weight != LossConfig.teacher_weight:
+        notes.append(f"--teacher-weight {config.teacher_weight:g} weighs a --teacher's term: without --teacher it does nothing")
+    if config.sync_bn and world_size == 1:
+        notes.append("--sync-bn synchronises batch norm across torchrun's processes: one process has none to synchronise")
     return notes
 
 
