@@ -419,6 +419,9 @@ def train(**options: Any) -> None:
             show(render.Line(f"note: --resume continues {config.resume} with its own options; ignored: "
                              f"{', '.join(ignored)} (a new run takes them; --fine-tune starts one from this run)", soft_wrap=True),
                  to=err_console)
+        # and ignored they are: neither checked (--soft-labels --noise was refused after this note)
+        # nor acted on (--fold all went to the cross-validation, which refuses --resume)
+        config = _train_config.TrainConfig(resume=config.resume, device=config.device)
     from poi_cli.pipeline import train_folds, train_rounds
     from poi_cli.train.engine import TrainingInterrupted
 

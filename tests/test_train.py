@@ -629,6 +629,26 @@ def test_resume_names_the_options_it_ignores(tmp_path, monkeypatch):
     assert "ignored" not in same.stderr
 
 
+def test_resume_ignores_the_options_it_says_it_ignores_and_names_what_it_cannot_resume(tmp_path):
+    """--resume RUN --soft-labels --noise 0.3 said both were ignored, then refused their
+    combination; --resume RUN --fold all said --fold all was ignored, then refused it; a --fold all
+    folder was 'not a poi run folder' and a checkpoint file 'no such run folder'."""
+    data = make_prepared(tmp_path / "data", splits={"train": 1, "valid": 1})
+    run = train(tiny_config(data, tmp_path / "runs", epochs=1))
+    runner = CliRunner()
+    for options in (["--soft-labels", "--noise", "0.3"], ["--fold", "all"]):
+        done = runner.invoke(app, ["train", "--resume", str(run), *options, "--threads", "1"])
+        assert done.exit_code == 1 and "ignored:" in done.stderr, done.output
+        assert "already finished its 1 epochs" in done.output, done.output  # what --resume itself says of this run
+    cv = tmp_path / "runs" / "cv"
+    cv.mkdir()
+    (cv / "cv_config.json").write_text("{}")
+    for target, words in ((cv, "is a --fold all cross-validation: the same command that started it"),
+                          (run / "best.pt", "--resume takes a run folder, not a file")):
+        done = runner.invoke(app, ["train", "--resume", str(target), "--threads", "1"])
+        assert done.exit_code == 1 and words in done.output, done.output
+
+
 def test_options_that_cannot_take_effect_within_the_epochs_are_said():
     from poi_cli.train.engine import idle_options
 

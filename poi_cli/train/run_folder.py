@@ -24,6 +24,7 @@ import torch.distributed as dist
 from poi_cli.core.atomic import next_run_dir, remove_stale_temps, write_csv, write_json
 from poi_cli.core.layout import MEMBER_VAL_PREFIX, META_FILE
 from poi_cli.core.runtime import DistContext
+from poi_cli.data.folds import CV_CONFIG
 from poi_cli.model.checkpoint import BEST, CONFIG_FILE, HELDOUT_FILE, LAST, RESULTS_FILE, load_checkpoint, save_checkpoint
 from poi_cli.train.config import TrainConfig, TrainError
 from poi_cli.train.meters import LOSS_TERMS, NOISE_COLUMNS, loss_column
@@ -152,8 +153,13 @@ def check_project(project: Path) -> None:
 def resume_config(config: TrainConfig) -> tuple[TrainConfig, Optional[dict]]:
     """The saved config of the run folder `config.resume` (with this --device), and its last.pt if any."""
     run_dir = Path(config.resume)
+    if run_dir.is_file():
+        raise TrainError(f"--resume takes a run folder, not a file: {run_dir} (--fine-tune {run_dir} starts a new run from it)")
     if not run_dir.is_dir():
         raise TrainError(f"--resume: no such run folder: {run_dir}")
+    if (run_dir / CV_CONFIG).is_file():
+        raise TrainError(f"--resume: {run_dir} is a --fold all cross-validation: the same command that started it, run "
+                         "again (without --resume), resumes it; or --resume one fold's folder in it")
     checkpoint = None
     if (run_dir / LAST).is_file():
         checkpoint = load_checkpoint(run_dir / LAST)
