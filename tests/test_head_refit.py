@@ -180,6 +180,23 @@ def test_refit_head_command_prints_the_heads_and_refuses_bad_input_in_one_line(t
         assert len(bad.output.strip().splitlines()) == 1, bad.output
 
 
+def test_refit_head_refuses_a_fold_runs_store_whose_training_split_holds_its_test_fold(tmp_path):
+    """On a --fold K run's store refit-head asked for --split, then refused every split there was;
+    given a validation split, it would have re-fitted on the whole training split, fold K (the
+    run's test set) included. A store without valid/val now says so without asking for a --split."""
+    from conftest import add_folds, make_prepared, tiny_config
+    from poi_cli.train.engine import train
+
+    data = add_folds(make_prepared(tmp_path / "ck", splits={"train": 2}), folds=2)
+    run = train(tiny_config(data, tmp_path / "runs", epochs=1, fold="1", use_pin=False))
+    with pytest.raises(RefitError, match="is of a --fold 1 run: refit-head re-fits on the whole training split"):
+        refit_head(run, data, out=tmp_path / "x.pt", device="cpu", amp="off")
+    whole = train(tiny_config(data, tmp_path / "runs", epochs=1, use_pin=False, name="whole"))
+    with pytest.raises(RefitError, match=r"has no valid/val split to choose the head on \(its splits: train\)"):
+        refit_head(whole, data, out=tmp_path / "x.pt", device="cpu", amp="off")
+    assert not (tmp_path / "x.pt").exists()
+
+
 def test_refit_head_scores_the_face_and_its_mirror_when_the_recipe_flips(tiny_runs, tmp_path):
     from poi_cli.study.calibrate import calibrate
 

@@ -45,12 +45,13 @@ from poi_cli.core.metrics import answered_argmax, confusion_matrix, per_class_re
 from poi_cli.core.progress import progress_bar
 from poi_cli.core.runtime import autocast, select_device, use_bf16
 from poi_cli.data.combined import member_of_rows
+from poi_cli.data.folds import parse_fold_split
 from poi_cli.data.loader import BatchLoader
 from poi_cli.data.preprocess import to_model_input
 from poi_cli.data.store import PreparedDataset
 from poi_cli.model.calibration import softmax
-from poi_cli.model.checkpoint import (REFIT_COPY, CheckpointInfo, checkpoint_inputs, load_checkpoint, model_of, resolve_checkpoint,
-                                     save_checkpoint)
+from poi_cli.model.checkpoint import (REFIT_COPY, CheckpointInfo, checkpoint_inputs, held_out_fold, load_checkpoint, model_of,
+                                     resolve_checkpoint, save_checkpoint, trained_on_folder)
 from poi_cli.model.network import POIModel
 from poi_cli.model.reporting import mirrored
 
@@ -222,9 +223,14 @@ def refit_head(run_or_checkpoint: str | Path, prepared_dir: str | Path, out: Opt
     if list(info.classes) != list(dataset.classes):
         raise RefitError(f"{source} predicts {len(info.classes)} classes ({', '.join(info.classes)}), {dataset.root} has "
                          f"{', '.join(dataset.classes)}: re-fit on data with the model's own classes, in its order")
+    held = parse_fold_split(held_out_fold(info.config) or "") if trained_on_folder(info.config, dataset.root) else None
+    if held is not None:  # the training split read here holds its test fold
+        raise RefitError(f"{source} is of a --fold {held} run: refit-head re-fits on the whole training split of "
+                         f"{dataset.root}, fold {held} (its test set) included; re-fit a model trained on all of it")
     split = split or dataset.validation_split()
     if split is None:
-        raise RefitError(f"{dataset.root} has no valid/val split to choose the head on: name one with --split")
+        raise RefitError(f"{dataset.root} has no valid/val split to choose the head on (its splits: "
+                         f"{', '.join(dataset.splits())}), and neither train nor test may be chosen on")
     if split in ("train", "test") or split not in dataset.splits():
         raise RefitError(f"--split {split!r} is not a validation split of {dataset.root} (splits: {', '.join(dataset.splits())}; "
                          "never train, and never test: a head chosen on it would make its figures optimistic)")
