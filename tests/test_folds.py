@@ -193,6 +193,22 @@ def test_a_fold_run_calibrates_on_its_held_out_images_never_on_a_fold_and_evalua
     assert on_own_fold["split"] == "fold1" and not any("training data" in n or "trained on" in n for n in on_own_fold["notes"])
 
 
+def test_evaluate_notes_a_test_fold_the_fine_tune_start_or_the_teacher_trained_on(tmp_path):
+    """--fold 1 --fine-tune RUN (or --teacher RUN), RUN trained on all of train: fold 1 was scored
+    without a word, though the starting model (the teacher) had trained on it."""
+    from poi_cli.study.evaluate import evaluate
+
+    data = add_folds(make_prepared(tmp_path / "ck", splits={"train": 2}), folds=2)
+    whole = train(tiny_config(data, tmp_path / "runs", epochs=1, name="whole"))
+    for option, how in (("fine_tune", "started from"), ("teacher", "was taught by")):
+        run = train(tiny_config(data, tmp_path / "runs", epochs=1, fold="1", name=option, **{option: str(whole)}))
+        notes = evaluate(run, data, device="cpu", amp="off")["notes"]
+        assert any(f"the model {how} {whole}" in n and "which trained on fold1 of this folder" in n for n in notes), notes
+    own = train(tiny_config(data, tmp_path / "runs", epochs=1, fold="0", name="own_start"))
+    started_within = train(tiny_config(data, tmp_path / "runs", epochs=1, fold="0", name="within", fine_tune=str(own)))
+    assert not any("started from" in n for n in evaluate(started_within, data, device="cpu", amp="off")["notes"])
+
+
 def test_evaluate_notes_the_split_a_run_was_selected_and_calibrated_on(tmp_path):
     """SFEW has train and val only: a run selected on val, or calibrated on it, was scored on val
     without a word (the held-out-images case already said 'optimistic')."""

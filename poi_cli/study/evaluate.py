@@ -261,6 +261,31 @@ def choose_split(model_path: str | Path, dataset: PreparedDataset, split: Option
                         f"(splits: {', '.join(available)}){folds}")
 
 
+def _source_config(source: str) -> dict:
+    """The training config (resolved included) of a run folder or checkpoint a model started from
+    or was taught by (--fine-tune, --teacher); {} where it cannot be read."""
+    path = Path(source)
+    try:
+        if path.is_dir():
+            return json.loads((path / CONFIG_FILE).read_text())
+        info = CheckpointInfo.of(load_checkpoint(path))
+        return {**(info.config or {}), "resolved": dict(info.resolved or {})}
+    except (OSError, ValueError, TypeError, PoiError):
+        return {}
+
+
+def inherited_overlap(config: dict, dataset: PreparedDataset, split: str) -> list[str]:
+    """Notes for a scored split that the model's --fine-tune start or --teacher trained on (a
+    --fold K run fine-tuned from a run on all of CK+ train had seen its test fold)."""
+    notes = []
+    for option, how in (("fine_tune", "started from"), ("teacher", "was taught by")):
+        source = config.get(option)
+        if source and training_overlap(_source_config(str(source)), dataset, split):
+            notes.append(f"the model {how} {source} (--{option.replace('_', '-')}), which trained on {split} of this "
+                         "folder: its accuracy here is optimistic")
+    return notes
+
+
 def _run_config(run: Path, dataset: PreparedDataset) -> dict:
     """config.json of a run folder trained on this very store; {} otherwise."""
     if not (run.is_dir() and (run / CONFIG_FILE).is_file()):
@@ -412,6 +437,8 @@ def what_the_model_saw(mapped: MappedPredictions) -> list[str]:
         elif split == mapped.info.resolved.get("val_split"):
             notes.append(f"the run selected best.pt on {split} of this folder (its validation split), so this accuracy is "
                          "optimistic: report a split it never chose on")
+    if mapped.choice.ids is None:
+        notes += inherited_overlap(config, mapped.dataset, split)
     stored = mapped.stored_calibration
     if stored is not None and mapped.choice.ids is None:
         where = None
