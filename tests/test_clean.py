@@ -261,6 +261,26 @@ def test_auto_fraction_on_a_dataset_with_an_unlabelled_class_flips_and_estimates
     assert 6 not in flipped and chosen["valid_noise_before"] == pytest.approx((flipped != valid_clean).mean())
 
 
+def test_auto_fraction_on_a_combined_folder_flips_each_valid_face_among_its_own_datasets_classes():
+    """A combined folder's valid faces were flipped among the union's classes (a CK+48 face to
+    neutral). With each face's own classes (split_noise_targets' mask), C is their mean count:
+    half the faces of 7 classes, half of 8, C = 7.5: rho = 0.15 / (0.6 - 0.4 / 6.5)."""
+    rng = np.random.default_rng(0)
+    mask = np.ones((500, 8), dtype=bool)
+    mask[:250, 6] = False  # the first member (CK+48) never labels neutral
+    valid_clean = np.where(np.arange(500) < 250, rng.choice([0, 1, 2, 3, 4, 5, 7], 500), rng.integers(0, 8, 500))
+    objective = np.full((500, 8), 0.01)
+    right = np.arange(500) % 5 < 3  # a = 0.6 on valid
+    objective[np.arange(500), np.where(right, valid_clean, (valid_clean + 1) % 8)] = 0.93
+    train_suggested = rng.integers(0, 7, 1000)
+    train_given = np.where(np.arange(1000) < 450, train_suggested, 99)  # g = 0.45
+    chosen = choose_fraction(train_given, train_suggested, objective, np.ones(500), valid_clean, classes=mask)
+    assert chosen["estimated_noise_rate"] == pytest.approx(0.15 / (0.6 - 0.4 / 6.5))
+    flipped = flip_labels(valid_clean, 8, chosen["estimated_noise_rate"], 0, classes=mask)
+    assert 6 not in flipped[:250] and (flipped[250:] == 6).any()
+    assert chosen["valid_noise_before"] == pytest.approx((flipped != valid_clean).mean())
+
+
 def _scripted_objective(model, dataset, data, device, amp="auto", batch=256):
     """objective_of for named fake models: "right" predicts the label, "wrong" the next class,
     "half" the next class on every other image."""

@@ -29,7 +29,7 @@ import pandas as pd
 
 from poi_cli.core.atomic import atomic_write_text, interrupted_command, write_new_or_same
 from poi_cli.core.errors import PoiError
-from poi_cli.data.noise import flip_labels, noise_targets
+from poi_cli.data.noise import flip_labels, split_noise_targets
 from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, SplitData, label_file_outputs, label_names
 from poi_cli.model.checkpoint import (BEST, CONFIG_FILE, HELDOUT_FILE, LAST, load_checkpoint, read_heldout_ids,
                                       resolve_checkpoint)
@@ -105,7 +105,7 @@ def select_suspects(suspicion: np.ndarray, threshold: Optional[float], fraction:
     return chosen
 
 
-def estimate_noise_rate(agreement: float, accuracy: float, num_classes: int) -> float:
+def estimate_noise_rate(agreement: float, accuracy: float, num_classes: float) -> float:
     """The share of wrong labels implied by how often the suggestion agrees with them.
 
     Under symmetric noise at rate rho, a suggestion that is right with probability a (its
@@ -136,7 +136,7 @@ def noise_after_selection(suspicion: np.ndarray, suggested: np.ndarray, given: n
 
 def choose_fraction(train_given: np.ndarray, train_suggested: np.ndarray, valid_objective: np.ndarray,
                     valid_w: np.ndarray, valid_clean: np.ndarray, seed: int = AUTO_SEED,
-                    classes: Optional[Sequence[int]] = None) -> dict:
+                    classes: Optional[Sequence[int] | np.ndarray] = None) -> dict:
     """The fraction of the training images to relabel, chosen on the (clean) validation split.
 
     The noise rate rho of the training labels is estimated from the audit (estimate_noise_rate);
@@ -144,15 +144,18 @@ def choose_fraction(train_given: np.ndarray, train_suggested: np.ndarray, valid_
     scores the training images (suspicion = w (1 - p*_y)), and the fraction of most suspect
     images whose relabelling leaves the fewest wrong labels there is returned, with the figures.
     classes: the classes the dataset labels (noise_targets; default all): symmetric noise is
-    among them, so they are the C of the estimate and the classes the flips go to."""
+    among them, so they are the C of the estimate and the classes the flips go to; on a combined
+    folder each validation face's own (split_noise_targets' mask: C is their mean count)."""
     from poi_cli.study.audit import suspicion_score
 
     num_classes = valid_objective.shape[1]
-    targets = list(range(num_classes)) if classes is None else list(classes)
+    targets = (list(range(num_classes)) if classes is None else np.asarray(classes, dtype=bool)
+               if np.ndim(classes) == 2 else list(classes))
     suggested = valid_objective.argmax(1)
     accuracy = float((suggested == valid_clean).mean())
     agreement = float((train_suggested == train_given).mean())
-    rho = estimate_noise_rate(agreement, accuracy, len(targets))
+    count = float(targets.sum(1).mean()) if isinstance(targets, np.ndarray) else len(targets)
+    rho = estimate_noise_rate(agreement, accuracy, count)
     noisy = flip_labels(valid_clean, num_classes, rho, seed, classes=targets)
     curve = noise_after_selection(suspicion_score(valid_objective, valid_w, noisy), suggested, noisy, valid_clean)
     best = int(np.argmin(curve))  # the first minimum: the fewest changes among equals
@@ -218,7 +221,7 @@ def auto_fraction(model_path: str | Path, prepared_dir: str | Path, audit_table:
     models = list(fold_models or [model_path])
     objective, w = validation_scores(models, dataset, data, device, amp, batch)
     chosen = choose_fraction(audit_table["given_label"].to_numpy(np.int64), audit_table["suggested_label"].to_numpy(np.int64),
-                             objective, w, data.labels, classes=noise_targets(dataset))
+                             objective, w, data.labels, classes=split_noise_targets(dataset, data.store_rows))
     # out of fold (fold models) the suggestion never saw the label it is compared with
     fitted = len(models) == 1 and fitted_training_labels(chosen["suggestion_agreement_train"],
                                                           chosen["suggestion_accuracy_valid"])
