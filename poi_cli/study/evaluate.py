@@ -437,7 +437,7 @@ def what_the_model_saw(mapped: MappedPredictions) -> list[str]:
         elif split == mapped.info.resolved.get("val_split"):
             notes.append(f"the run selected best.pt on {split} of this folder (its validation split), so this accuracy is "
                          "optimistic: report a split it never chose on")
-    if mapped.choice.ids is None:
+    if mapped.choice.ids is None and not notes:  # where the model itself saw the split, that is said already
         notes += inherited_overlap(config, mapped.dataset, split)
     stored = mapped.stored_calibration
     if stored is not None and mapped.choice.ids is None:

@@ -473,8 +473,8 @@ def _summary(row: dict, epochs: int, best: bool) -> str:
 
 
 def idle_options(config: TrainConfig, world_size: int = 1) -> list[str]:
-    """Options that cannot take effect within the run's epochs (said, not refused: a run may be
-    the first part of a longer recipe)."""
+    """Options that cannot take effect within the run's epochs, or in a run without the part they
+    set (said, not refused: a run may be the first part of a longer recipe)."""
     notes = []
     if config.warmup_epochs > config.epochs:
         notes.append(f"--warmup-epochs {config.warmup_epochs:g} is longer than the {config.epochs} epochs: the run "

@@ -35,7 +35,6 @@ RESULT_COLUMNS = [
 ]
 
 
-
 def result_columns(history: list[dict]) -> list[str]:
     """RESULT_COLUMNS, then the per-member validation columns the rows carry (combined folders)."""
     extra = sorted({key for row in history for key in row if key.startswith(MEMBER_VAL_PREFIX)})
