@@ -255,15 +255,17 @@ def numbers_of(value) -> list[float]:
     return [float(value)] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
 
 
-def hide_module(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
-    """Make `import module` fail as if it were not installed (for the one-line error tests)."""
+def hide_module(monkeypatch: pytest.MonkeyPatch, module: str, broken: bool = False) -> None:
+    """Make `import module` fail as if it were not installed (ModuleNotFoundError, as Python
+    raises), or, broken=True, installed but failing to import (ImportError: e.g. onnxruntime
+    1.18.0 under numpy 2), for the one-line error tests."""
     import builtins
 
     real_import = builtins.__import__
 
     def without(name, *args, **kwargs):
         if name == module:
-            raise ImportError(f"no {module}", name=module)
+            raise (ImportError if broken else ModuleNotFoundError)(f"no {module}", name=module)
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", without)

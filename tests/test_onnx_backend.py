@@ -87,5 +87,8 @@ def test_onnx_backend_without_onnxruntime_is_a_one_line_error(photos, monkeypatc
     result = runner.invoke(app, ["predict", str(photos[0]), "--backend", "onnx"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "onnxruntime" in result.stderr and "pip install poi-fer" in result.stderr
+    hide_module(monkeypatch, "onnxruntime", broken=True)  # installed, but its import fails: not "not installed"
+    result = runner.invoke(app, ["predict", str(photos[0]), "--backend", "onnx"])
+    assert result.exit_code == 1 and "onnxruntime is installed but cannot be imported (no onnxruntime)" in result.stderr
     result = runner.invoke(app, ["predict", str(photos[0]), "--backend", "tensorflow"])
     assert result.exit_code == 1 and "--backend must be one of auto, onnx, torch" in result.stderr
