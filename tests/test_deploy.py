@@ -843,3 +843,24 @@ def test_the_tables_title_names_the_bundled_model_by_its_file_and_the_readmes_de
     shown = readme.split(f"$ {command}\n")[1].split("```")[0]
     done = poi_without_torch(*command.split()[2:], env={"COLUMNS": "100"})
     assert done.returncode == 0 and done.stdout == shown, done.stdout
+
+
+@pytest.mark.parametrize("side", [48, 96, 5000])
+def test_a_face_label_is_drawn_whole_inside_the_picture(side):
+    """--save-vis on an aligned 96-px face (or a 48-px FERPlus one) drew the label about 200 px
+    wide from the box's left edge and cut it at the picture's; a face at the right edge of a
+    large photo likewise. The picture is now at least MIN_SIDE on its longer side and the label
+    moved left to end inside it."""
+    from PIL import Image, ImageDraw
+
+    from poi_cli.deploy.drawing import MAX_SIDE, MIN_SIDE, _font, _label, draw_faces
+    from poi_cli.deploy.records import FaceRecord
+
+    record = FaceRecord(image="face.png", face=0, status="ok", box=[side * 0.4, side * 0.4, side, side],
+                        expression="happiness", probabilities={"happiness": 0.97, "sadness": 0.03},
+                        confidence=0.97, consistency=1.0, regions_agree=4)
+    picture = draw_faces(Image.new("RGB", (side, side), (128, 128, 128)), [record])
+    assert max(picture.size) == min(max(side, MIN_SIDE), MAX_SIDE)
+    black = np.flatnonzero((np.asarray(picture) == 0).all(axis=2).any(axis=0))  # columns of the label's box
+    text_width = ImageDraw.Draw(picture).textbbox((0, 0), _label(record), font=_font(max(12, picture.width // 60)))[2]
+    assert black.max() <= picture.width - 3 and black.max() - black.min() + 1 >= text_width

@@ -283,7 +283,9 @@ def test_save_vis_writes_an_annotated_video_and_a_timeline(files, tmp_path):
     assert len(annotated) == FRAMES // 2
     # the annotated frame differs from the input where the boxes are drawn
     original = {f.index: f for f in VideoReader(files["clip"])}
-    assert np.abs(np.asarray(annotated[-1].image, float) - np.asarray(original[18].image, float)).max() > 100
+    last = annotated[-1].image
+    assert last.size == (384, 288)  # the 160x120 clip brought up to drawing.MIN_SIDE, so that labels fit
+    assert np.abs(np.asarray(last, float) - np.asarray(original[18].image.resize(last.size), float)).max() > 100
     assert Image.open(vis / "clip_timeline.png").height > 200
     assert json.loads((vis / "clip_summary.json").read_text())["tracks"][1]["track"] == 1
 

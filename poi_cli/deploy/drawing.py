@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from poi_cli.deploy.records import FaceRecord
 
 MAX_SIDE = 1024  # the photo is shown at most this large
+# and at least this large: a label in a legible font is about 200 px wide, so on an aligned
+# 96-px face (or a 48-px FERPlus one) it was cut at the picture's edge
+MIN_SIDE = 384
 REGION_WIDTH, ROW, BAR = 210, 13, 90  # panel geometry in pixels
 BOX_COLOUR, TEXT_COLOUR, BAR_COLOUR, BACKGROUND = (40, 220, 90), (255, 255, 255), (70, 140, 230), (24, 24, 24)
 
@@ -40,29 +43,34 @@ def _label(record: FaceRecord) -> str:
     return text + (f"  regions {record.regions_agree}/4" if record.regions_agree is not None else "")
 
 
-def _text_box(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font) -> None:
+def _text_box(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, picture_width: int) -> None:
+    """The text on a black box, moved left as far as needed to end inside the picture."""
+    width = draw.textbbox((0, 0), text, font=font)[2]
+    xy = (max(2.0, min(xy[0], picture_width - width - 5)), xy[1])  # its box ends 2 px in
     left, top, right, bottom = draw.textbbox(xy, text, font=font)
     draw.rectangle((left - 2, top - 2, right + 2, bottom + 2), fill=(0, 0, 0))
     draw.text(xy, text, fill=TEXT_COLOUR, font=font)
 
 
 def draw_faces(image: Image.Image, records: list[FaceRecord]) -> Image.Image:
-    """A copy of the image (at most MAX_SIDE) with boxes, landmarks and labels."""
-    scale = min(1.0, MAX_SIDE / max(image.size))
-    canvas = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale))) if scale < 1 else image.convert("RGB").copy()
+    """A copy of the image (its longer side brought within MIN_SIDE..MAX_SIDE) with boxes,
+    landmarks and labels."""
+    longer = max(image.size)
+    scale = MAX_SIDE / longer if longer > MAX_SIDE else MIN_SIDE / longer if longer < MIN_SIDE else 1.0
+    canvas = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale))) if scale != 1 else image.convert("RGB").copy()
     draw = ImageDraw.Draw(canvas)
     font = _font(max(12, canvas.width // 60))
     line = max(2, canvas.width // 300)
     for record in records:
         if not record.is_face:
-            _text_box(draw, (5, 5), record.status.replace("_", " "), font)
+            _text_box(draw, (5, 5), record.status.replace("_", " "), font, canvas.width)
             continue
         x1, y1, x2, y2 = (v * scale for v in record.box)
         draw.rectangle((x1, y1, x2, y2), outline=BOX_COLOUR, width=line)
         for x, y in record.landmarks or ():  # none for --no-detect
             draw.ellipse((x * scale - line, y * scale - line, x * scale + line, y * scale + line), fill=BOX_COLOUR)
         height = draw.textbbox((0, 0), "Ag", font=font)[3]
-        _text_box(draw, (x1, max(0, y1 - height - 6)), _label(record), font)
+        _text_box(draw, (x1, max(0, y1 - height - 6)), _label(record), font, canvas.width)
     return canvas
 
 
