@@ -47,6 +47,7 @@ from poi_cli.study.evaluate import evaluate, write_reports
 from poi_cli.model.checkpoint import CONFIG_FILE, LAST, load_checkpoint, read_checkpoint_info, resolve_checkpoint
 from poi_cli.model.predictions import predict_checkpoint_split
 from poi_cli.train.config import ROUNDS_FINE_TUNE_LR_FACTOR, TrainConfig, TrainError
+from poi_cli.train.data import select_data
 from poi_cli.train.engine import TrainingInterrupted, train
 from poi_cli.train.run_folder import read_run_config, repair_finished
 
@@ -130,6 +131,8 @@ def auto_clean_problem(config: TrainConfig) -> Optional[str]:
     if (config.val_split or "").lower() == "none" or config.val_fraction == 0:
         holds = "--val-split none" if (config.val_split or "").lower() == "none" else "--val-fraction 0"
         return f"{config.data} has no valid/val split and the run holds no images out ({holds})"
+    if (picked := select_data(config)).val is None:  # a hold-out too small to hold any image out (its note says why)
+        return f"{config.data} has no valid/val split and the run holds no images out: {picked.val_note}"
     return None
 
 

@@ -401,8 +401,13 @@ def test_train_rounds_retrains_on_the_labels_its_own_audit_cleaned(tmp_path, mon
     # are none (it trained round 1, then stopped naming poi clean's --auto), and where the
     # validation split is the one cleaned
     no_val = make_prepared(tmp_path / "noval", splits={"train": 2})
+    # one image per class: the hold-out holds none out (a class's last image stays in training);
+    # round 1 trained, then --auto failed on the missing heldout_ids.csv
+    one_each = make_prepared(tmp_path / "one_each", splits={"train": 1})
     for data, options, problem in ((no_val, ["--val-split", "none"], "holds no images out (--val-split none)"),
                                    (no_val, ["--val-fraction", "0"], "holds no images out (--val-fraction 0)"),
+                                   (one_each, [], "holds no images out: no validation (the store has no valid/val split, "
+                                                  "and its 7 images are too few"),
                                    (prepared, ["--train-split", "valid"], "the split it cleans (circular)")):
         refused = runner.invoke(app, ["train", str(data), "--rounds", "2", *options, "--project", str(project),
                                       "--name", "auto"])
