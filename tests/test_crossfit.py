@@ -138,6 +138,23 @@ def test_the_audit_of_a_fold_run_leaves_out_its_test_fold_in_sample_and_cross_fi
         assert (labels.set_index("id").loc[sorted(test_ids), "label"] == -1).all()
 
 
+def test_the_audit_of_a_fold_run_with_noise_audits_the_labels_it_trained_on(tmp_path):
+    """--fold K --noise: the run flips the labels of its training split without fold K, the
+    audit flipped the whole split and then left fold K out: the flips fall in the order of the
+    images, so 11 of the 19 labels it audited (and cleaned for round 2) were not the run's."""
+    from conftest import add_folds
+    from poi_cli.train.data import select_data
+
+    data = add_folds(make_prepared(tmp_path / "data", splits={"train": 4, "valid": 1}), folds=3)
+    config = tiny_config(data, tmp_path / "runs", epochs=1, batch=14, fold="1", noise=0.5)
+    picked = select_data(config)
+    trained = pd.Series(picked.labels, index=picked.train.ids)
+    assert (picked.labels != picked.clean_labels).any()
+    table = audit(train(config), data, device="cpu", amp="off").table.set_index("id")
+    assert sorted(table.index) == sorted(trained.index)
+    assert (table.loc[trained.index, "given_label"] == trained).all()
+
+
 def test_cross_fit_audit_of_a_run_that_left_images_out(tmp_path):
     """A run trained on a label file with dropped images (poi clean --drop): the fold label
     files still cover the split, and only the run's own images are audited."""

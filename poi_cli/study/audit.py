@@ -172,11 +172,15 @@ def audited_labels(dataset: PreparedDataset, split: str, config: dict, trained_o
     A --fold K run's training split leaves out fold K, its test set: an audit (and the
     cross-fit's models, and the cleaning) of its images would carry their labels into the
     next round's training labels."""
-    data, source = _audited_labels(dataset.split(split, labels_file), config, dataset, trained_on, labels_file)
     held = held_out_fold(config) if trained_on and split == config.get("train_split", "train") else None
     number = parse_fold_split(held or "")
     fold = None if number is None else fold_split_name(number)
-    if fold is not None and fold in dataset.fold_splits():
+    excluded = number if fold is not None and fold in dataset.fold_splits() else None
+    # without the test fold before --noise flips them, as train.data.select_data does: the flips
+    # are drawn in the order of the images, so flipping the whole split gave other labels
+    data, source = _audited_labels(dataset.split(split, labels_file, exclude_fold=excluded), config, dataset,
+                                   trained_on, labels_file)
+    if excluded is not None:  # (a run's label file is read whole by _audited_labels)
         keep = ~np.isin(data.ids, dataset.split(fold).ids)
         data = SplitData(data.store_rows[keep], data.labels[keep], data.ids[keep],
                          None if data.clean_labels is None else data.clean_labels[keep])
