@@ -39,9 +39,10 @@ import pandas as pd
 
 from poi_cli.core.atomic import write_csv, write_json
 from poi_cli.core.atomic import atomic_write_text
+from poi_cli.core.layout import HELD_OUT_COLUMN
 from poi_cli.data.folds import CV_CONFIG, CV_CSV, CV_JSON, fold_split_name, folds_summary, stratified_folds, subject_folds
 from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, label_names
-from poi_cli.study.audit import AuditError, AuditResult, audit_of, audited_labels, objective_inference
+from poi_cli.study.audit import AuditError, AuditResult, audit_of, audited_labels, held_out_by_run, objective_inference
 from poi_cli.study.clean import FITTED_ADVICE, clean, clean_audit, write_clean
 from poi_cli.study.evaluate import evaluate, write_reports
 from poi_cli.model.checkpoint import CONFIG_FILE, LAST, load_checkpoint, read_checkpoint_info, resolve_checkpoint
@@ -205,7 +206,9 @@ def later_rounds(first: Path, previous: Path, start: int, config: TrainConfig, c
                      f"round {number} trains on the same labels, {how}{why}")
         else:
             announce(f"round {number}: labels cleaned by {runs[-1].name} -> {labels}")
-        following = replace(config, labels=str(labels), noise=0.0, resume=None,
+        # heldout_from: on a store without valid/val, the round validates on the images round 1 held
+        # out (their labels as given: the cleaning leaves them), not on a new draw by the cleaned labels
+        following = replace(config, labels=str(labels), noise=0.0, resume=None, heldout_from=str(runs[-1]),
                             teacher=str(runs[-1]) if config.rounds_teacher else config.teacher)
         if config.rounds_fine_tune:
             following = fine_tuned_round(following, runs[-1])
@@ -384,7 +387,7 @@ def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, o
     result = audit_of(dataset, data, objective, trn, w, label_source=label_source,
                       mode=f"out of fold: {folds} models with {run_dir.name}'s recipe, each scoring the images it never trained on",
                       checkpoint=f"{run_dir} (cross-fitted, {folds} folds under {out})", split=config.train_split,
-                      extra_columns={"fold": fold_of})
+                      extra_columns={"fold": fold_of, HELD_OUT_COLUMN: held_out_by_run(Path(run_dir), data, True)})
     # poi clean --auto scores valid with the models that made the suggestions (the fold models)
     result.summary["model"] = str(Path(run_dir).resolve())
     result.summary["fold_models"] = [str((out / fold_split_name(fold)).resolve()) for fold in range(folds)]

@@ -415,6 +415,32 @@ def test_train_rounds_retrains_on_the_labels_its_own_audit_cleaned(tmp_path, mon
         assert not (project / "auto").exists()
 
 
+def test_later_rounds_validate_on_round_1s_hold_out_with_its_labels_as_given(tmp_path):
+    """A store without valid/val (RAF-DB's layout): round 2 drew a new hold-out by the cleaned
+    labels, so it selected best.pt on images round 1, its teacher, trained on; and the cleaning
+    relabelled round 1's held-out images, so their labels were partly round 1's suggestions."""
+    prepared = make_prepared(tmp_path / "data", splits={"train": 6})  # 42 images, no valid split
+    project = tmp_path / "runs"
+    result = runner.invoke(app, ["train", str(prepared), "--noise", "0.5", "--rounds", "2", "--clean-threshold", "1e-9",
+                                 "--val-fraction", "0.3", "--size", "64", "--epochs", "1", "--batch", "7", "--amp", "off",
+                                 "--project", str(project)])
+    assert result.exit_code == 0, result.output
+    held = pd.read_csv(project / "exp" / "heldout_ids.csv", dtype={"id": str})["id"]
+    assert len(held) >= 7
+    assert pd.read_csv(project / "exp_round2" / "heldout_ids.csv", dtype={"id": str})["id"].tolist() == held.tolist()
+    cleaned = pd.read_csv(project / "exp" / "clean" / "labels.csv", dtype={"id": str}).set_index("id")
+    assert (cleaned["action"].fillna("") != "").sum() > 0  # threshold ~0: every other suggestion taken
+    assert (cleaned.loc[held, "action"].fillna("") == "").all()
+    assert (cleaned.loc[held, "label"] == cleaned.loc[held, "given_label"]).all()
+    summary = json.loads((project / "exp" / "clean" / "labels.json").read_text())
+    assert summary["n_held_out_kept"] == len(held)
+    # the audit marks them (poi audit of the run, as the rounds' cleaning read it)
+    audited = runner.invoke(app, ["audit", str(project / "exp"), str(prepared), "--out", str(tmp_path / "audit")])
+    assert audited.exit_code == 0, audited.output
+    table = pd.read_csv(tmp_path / "audit" / "audit.csv", dtype={"id": str}).set_index("id")
+    assert sorted(table.index[table["held_out"]]) == sorted(held)
+
+
 def test_resume_of_a_rounds_run_goes_on_with_the_rounds_left_and_names_follow_the_first(tmp_path):
     import shutil
 

@@ -26,6 +26,9 @@ LAST, BEST = "last.pt", "best.pt"
 CONFIG_FILE, RESULTS_FILE = "config.json", "results.csv"
 HELD_OUT_SUFFIX = "[held out by the run]"  # after the training split's name: the images of HELDOUT_FILE (evaluate, calibrate)
 HELDOUT_FILE = "heldout_ids.csv"  # ids of the training images held out for validation, when the store had no val split
+# The audit table's column of those images: audited like the rest, but never relabelled or
+# dropped by poi clean, so that a later --rounds round validates on them as round 1 did
+HELD_OUT_COLUMN = "held_out"
 # results.csv of a run on a combined folder: each member's validation accuracy (val_acc_NAME);
 # its val_acc, which best.pt is selected on, is their mean
 MEMBER_VAL_PREFIX = "val_acc_"

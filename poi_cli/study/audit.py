@@ -28,11 +28,13 @@ import numpy as np
 import pandas as pd
 from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import FolderOutputs, atomic_write_text, json_with_keys, save_image, write_json
+from poi_cli.core.layout import CONFIG_FILE, HELD_OUT_COLUMN, HELDOUT_FILE
 from poi_cli.core.metrics import roc_auc
 from poi_cli.data.folds import fold_split_name, parse_fold_split
 from poi_cli.data.noise import flip_split_labels
 from poi_cli.data.store import PreparedDataset, SplitData
-from poi_cli.model.checkpoint import CheckpointInfo, held_out_fold, load_checkpoint, resolve_checkpoint, trained_on_folder
+from poi_cli.model.checkpoint import (CheckpointInfo, held_out_fold, load_checkpoint, read_heldout_ids, resolve_checkpoint,
+                                     trained_on_folder)
 from poi_cli.model.predictions import SplitPredictions, predict_checkpoint_split
 
 SUSPICION_THRESHOLDS = (0.5, 0.7, 0.9)
@@ -142,11 +144,20 @@ def audit(
         baseline_probs = predict_own_classes(baseline_checkpoint, dataset, data, device, batch, amp,
                                              name=f"--baseline {baseline}").trn_probs
     mode = "the model's own training set" if trained_on else "a held-out split (the model never trained on it)"
+    run_dir = Path(checkpoint_path).parent  # a checkpoint in its run folder: the images it held out are marked
     return audit_of(dataset, data, objective_inference(predictions, checkpoint_path), predictions.trn_probs,
                     predictions.consistency, label_source=label_source, mode=mode,
                     # absolute: poi clean --auto reloads it from wherever it runs
                     checkpoint=str(Path(checkpoint_path).resolve()),
-                    split=split, baseline_probs=baseline_probs)
+                    split=split, baseline_probs=baseline_probs,
+                    extra_columns={HELD_OUT_COLUMN: held_out_by_run(run_dir, data, trained_on)})
+
+
+def held_out_by_run(run_dir: Path, data: SplitData, trained_on: bool) -> np.ndarray:
+    """(n,) bool: the images of `data` that the run in run_dir held out of its training split."""
+    if not (trained_on and (run_dir / CONFIG_FILE).is_file() and (run_dir / HELDOUT_FILE).is_file()):
+        return np.zeros(len(data.ids), dtype=bool)
+    return np.isin(data.ids, read_heldout_ids(run_dir))
 
 
 def require_objective_inference(checkpoint: Mapping[str, Any], checkpoint_path: str | Path) -> None:

@@ -29,6 +29,7 @@ import pandas as pd
 
 from poi_cli.core.atomic import atomic_write_text, interrupted_command, write_new_or_same
 from poi_cli.core.errors import PoiError
+from poi_cli.core.layout import HELD_OUT_COLUMN
 from poi_cli.data.noise import flip_labels, split_noise_targets
 from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, SplitData, label_file_outputs, label_names
 from poi_cli.model.checkpoint import (BEST, CONFIG_FILE, HELDOUT_FILE, LAST, load_checkpoint, read_heldout_ids,
@@ -256,6 +257,11 @@ def clean_labels(audit_table: pd.DataFrame, classes: list[str], mode: str = "rel
     if given.min() < 0 or max(given.max(), suggested.max()) >= len(classes):
         raise CleanError(f"the audit's labels lie outside 0..{len(classes) - 1} of the prepared data's classes")
     selected = select_suspects(suspicion, threshold, fraction)
+    # the images the run held out for validation keep their labels (study.audit.HELD_OUT_COLUMN):
+    # a later round validates on them as round 1 did, not on labels its teacher suggested
+    held_out = (audit_table[HELD_OUT_COLUMN].to_numpy(bool) if HELD_OUT_COLUMN in audit_table
+                else np.zeros(len(given), dtype=bool))
+    selected &= ~held_out
     if mode == "relabel":
         changed = selected & (suggested != given)  # a suggestion equal to the label changes nothing
         new = np.where(changed, suggested, given)
@@ -272,7 +278,10 @@ def clean_labels(audit_table: pd.DataFrame, classes: list[str], mode: str = "rel
     labels["given_label"] = given
     labels["action"] = np.where(changed, mode, "")
     labels["suspicion"] = suspicion
-    return CleanResult(labels, _summary(given, new, clean, selected, changed, mode, threshold, fraction))
+    summary = _summary(given, new, clean, selected, changed, mode, threshold, fraction)
+    if held_out.any():
+        summary["n_held_out_kept"] = int(held_out.sum())
+    return CleanResult(labels, summary)
 
 
 def _summary(given: np.ndarray, new: np.ndarray, clean: Optional[np.ndarray], selected: np.ndarray,

@@ -89,7 +89,7 @@ SWITCHES = ("use_pin", "prior_supervision", "use_oim", "use_uem")
 # these, of its data and run sections (the labels count as cleaned by `poi clean` or not).
 # tests/test_report.py checks them against TrainConfig's sections (inference never imports train).
 NOT_RECIPE = frozenset({
-    "data", "train_split", "val_split", "val_fraction", "labels", "noise", "noise_seed", "rounds", "clean_threshold",
+    "data", "train_split", "val_split", "val_fraction", "heldout_from", "labels", "noise", "noise_seed", "rounds", "clean_threshold",
     "rounds_teacher", "rounds_fine_tune", "clean_cross_fit", "fold", "seed", "device", "amp", "channels_last", "compile", "sync_bn",
     "eval_batch", "project", "name", "exist_ok", "resume", "resolved",
 })

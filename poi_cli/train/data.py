@@ -99,7 +99,11 @@ def select_data(config: TrainConfig) -> TrainingData:
         subjects = dataset.subjects(train)
         if subjects is not None and len(set(subjects[subjects != ""])) < 2:
             subjects = None  # one subject: only its images can be held out
-        held = (heldout_of_run(config, train) if config.resume else None)
+        held = heldout_of_run(config.resume, train) if config.resume else None
+        inherited = held is None and config.heldout_from is not None
+        if inherited:
+            held = heldout_of_run(config.heldout_from, train)  # a later round: round 1's hold-out
+            inherited = held is not None
         if held is None:
             held = hold_out(labels, config.val_fraction, config.seed, groups=subjects)
         other = dataset.validation_split()  # valid/val, when training on it (--train-split val)
@@ -121,8 +125,9 @@ def select_data(config: TrainConfig) -> TrainingData:
             labels, clean = labels[keep], None if clean is None else clean[keep]
             name = f"{config.train_split}[held out {config.val_fraction:g}]"
             whole = "" if subjects is None else subject_note(subjects, held)
-            note = (f"validation: {held.sum()} images held out of {config.train_split} "
-                    f"(--val-fraction {config.val_fraction:g}, seed {config.seed}{whole}; {why})")
+            drawn = (f"those {Path(config.heldout_from).name} held out" if inherited
+                     else f"--val-fraction {config.val_fraction:g}, seed {config.seed}")
+            note = f"validation: {held.sum()} images held out of {config.train_split} ({drawn}{whole}; {why})"
     else:
         val, name, note = None, None, "no validation (--val-fraction 0): best.pt is the last epoch"
     if test_split is not None:
@@ -202,13 +207,15 @@ def subject_note(subjects: np.ndarray, held: np.ndarray) -> str:
     return f", whole subjects: {len(validated)} of {len(validated | trained)}, none of them trained on"
 
 
-def heldout_of_run(config: TrainConfig, train: SplitData) -> Optional[np.ndarray]:
-    """A resumed run validates on the images it held out when it started (its heldout_ids.csv),
-    whatever hold_out would draw today; None when the run folder has no such file."""
-    path = Path(config.resume) / HELDOUT_FILE
-    if not path.is_file():
+def heldout_of_run(run_dir: str | Path, train: SplitData) -> Optional[np.ndarray]:
+    """The images of `train` that the run in run_dir held out (its heldout_ids.csv), whatever
+    hold_out would draw today: a resumed run validates on those it held out when it started, a
+    later --rounds round on round 1's (hold_out draws by the labels, which the cleaning changed,
+    so a new draw validated on images the round before, its teacher, trained on); None when the
+    run folder has no such file."""
+    if not (Path(run_dir) / HELDOUT_FILE).is_file():
         return None
-    return np.isin(train.ids, read_heldout_ids(config.resume))
+    return np.isin(train.ids, read_heldout_ids(run_dir))
 
 
 def hold_out(labels: np.ndarray, fraction: float, seed: int, groups: Optional[np.ndarray] = None) -> np.ndarray:
