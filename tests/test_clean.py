@@ -69,6 +69,24 @@ def test_fraction_selects_the_most_suspect_and_drop_removes_exactly_them(tmp_pat
     assert result.summary["dropped_clean"] == 0 and result.summary["n_kept"] == 21
 
 
+def test_held_out_images_are_never_selected_and_a_fraction_is_of_the_trained_images(tmp_path):
+    """The images a run held out for validation (audit column held_out) keep their labels; a
+    --fraction counts the trained images only: 7 of the 28 are held out, among them 2 of the 7
+    flipped, so --fraction 0.25 of the other 21 is ceil(5.25) = 6: the 5 flipped ones left and
+    the most suspect clean one (selecting 7 of all 28, then skipping the held-out, gave 5)."""
+    prepared = make_prepared(tmp_path / "data", splits=SPLITS)
+    table, _ = _fixture_audit(prepared)
+    flipped = table["given_label"] != table["clean_label"]
+    held = np.zeros(len(table), dtype=bool)
+    held[np.flatnonzero(flipped)[:2]] = True
+    held[np.flatnonzero(~flipped)[:5]] = True
+    table["held_out"] = held
+    result = clean_labels(table, list(PreparedDataset(prepared).classes), "drop", fraction=0.25)
+    dropped = (result.labels["label"] == -1).to_numpy()
+    assert dropped.sum() == 6 and not (dropped & held).any() and (dropped >= (flipped.to_numpy() & ~held)).all()
+    assert result.summary["n_held_out_kept"] == 7
+
+
 def test_label_file_round_trips_through_training_and_the_prepared_folder_is_untouched(tmp_path):
     prepared = make_prepared(tmp_path / "data", splits=SPLITS)
     table, flipped = _fixture_audit(prepared)

@@ -216,6 +216,8 @@ def auto_fraction(model_path: str | Path, prepared_dir: str | Path, audit_table:
     estimated on (the estimate would be circular: 0 by construction)."""
     dataset = PreparedDataset(prepared_dir)
     data, name = validation_data(model_path, dataset)
+    if HELD_OUT_COLUMN in audit_table:  # the training images only: the held-out ones are the validation here
+        audit_table = audit_table[~audit_table[HELD_OUT_COLUMN].to_numpy(bool)]
     if cleaned_split is not None and name == cleaned_split:
         raise CleanError(f"--auto estimates the noise rate on {name}, the split being cleaned: that is circular; "
                          "clean the training split, or choose --threshold or --fraction yourself")
@@ -256,12 +258,13 @@ def clean_labels(audit_table: pd.DataFrame, classes: list[str], mode: str = "rel
     suspicion = audit_table["suspicion"].to_numpy(np.float64)
     if given.min() < 0 or max(given.max(), suggested.max()) >= len(classes):
         raise CleanError(f"the audit's labels lie outside 0..{len(classes) - 1} of the prepared data's classes")
-    selected = select_suspects(suspicion, threshold, fraction)
-    # the images the run held out for validation keep their labels (study.audit.HELD_OUT_COLUMN):
-    # a later round validates on them as round 1 did, not on labels its teacher suggested
+    # the images the run held out for validation keep their labels (core.layout.HELD_OUT_COLUMN):
+    # a later round validates on them as round 1 did, not on labels its teacher suggested; a
+    # --fraction is of the images the run trained on
     held_out = (audit_table[HELD_OUT_COLUMN].to_numpy(bool) if HELD_OUT_COLUMN in audit_table
                 else np.zeros(len(given), dtype=bool))
-    selected &= ~held_out
+    selected = np.zeros(len(given), dtype=bool)
+    selected[~held_out] = select_suspects(suspicion[~held_out], threshold, fraction)
     if mode == "relabel":
         changed = selected & (suggested != given)  # a suggestion equal to the label changes nothing
         new = np.where(changed, suggested, given)
