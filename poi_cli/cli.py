@@ -799,3 +799,7 @@ def refit_head(
                            l2s=parse_grid(l2, "--l2"), select=select, split=split, device=device, batch=batch, amp=amp,
                            announce=lambda line: show(render.Line(line, soft_wrap=True)))
     show(*render.refit_summary(result))
+
+
+if __name__ == "__main__":  # `python -m poi_cli.cli` as `python -m poi_cli` (it printed nothing and exited 0)
+    run(prog_name="poi")

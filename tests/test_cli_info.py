@@ -145,3 +145,15 @@ def test_amp_is_checked_where_no_model_runs_too(tmp_path):
                                              "--threshold", "0.5"]):
         result = runner.invoke(app, [*argv, "--amp", "foo"])
         assert result.exit_code == 1 and result.stderr == "error: --amp must be one of auto, bf16, off, got 'foo'\n"
+
+
+@pytest.mark.parametrize("module", ["poi_cli", "poi_cli.cli"])
+def test_python_m_runs_the_cli(module):
+    """`python -m poi_cli.cli --help` printed nothing and exited 0 (no __main__ guard)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and __version__ in done.stdout, done.stderr
