@@ -39,7 +39,7 @@ import pandas as pd
 
 from poi_cli.core.atomic import write_csv, write_json
 from poi_cli.core.atomic import atomic_write_text
-from poi_cli.core.layout import HELD_OUT_COLUMN
+from poi_cli.core.layout import HELD_OUT_COLUMN, HELDOUT_FILE
 from poi_cli.data.folds import CV_CONFIG, CV_CSV, CV_JSON, fold_split_name, folds_summary, stratified_folds, subject_folds
 from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, label_names
 from poi_cli.study.audit import AuditError, AuditResult, audit_of, audited_labels, held_out_by_run, objective_inference
@@ -110,6 +110,7 @@ def idle_round_options(config: TrainConfig) -> list[str]:
 
 
 def check_rounds(config: TrainConfig) -> None:
+    config.validate()  # the options' own messages first (auto_clean_problem reads the data as they say)
     if config.rounds > 1 and not config.use_pin:
         raise TrainError("--rounds needs the PIN to audit the labels: it cannot be combined with --baseline")
     if config.rounds > 1 and not config.use_oim:  # the audit reads p~*, which --no-oim leaves out (before round 1, not after)
@@ -206,9 +207,10 @@ def later_rounds(first: Path, previous: Path, start: int, config: TrainConfig, c
                      f"round {number} trains on the same labels, {how}{why}")
         else:
             announce(f"round {number}: labels cleaned by {runs[-1].name} -> {labels}")
-        # heldout_from: on a store without valid/val, the round validates on the images round 1 held
-        # out (their labels as given: the cleaning leaves them), not on a new draw by the cleaned labels
-        following = replace(config, labels=str(labels), noise=0.0, resume=None, heldout_from=str(runs[-1]),
+        # on a store without valid/val the round validates on the images round 1 held out (their
+        # labels as given: the cleaning leaves them), not on a new draw by the cleaned labels
+        following = replace(config, labels=str(labels), noise=0.0, resume=None,
+                            heldout_from=str(runs[-1]) if (runs[-1] / HELDOUT_FILE).is_file() else config.heldout_from,
                             teacher=str(runs[-1]) if config.rounds_teacher else config.teacher)
         if config.rounds_fine_tune:
             following = fine_tuned_round(following, runs[-1])
@@ -378,8 +380,11 @@ def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, o
             atomic_write_text(labels_file, table.to_csv(index=False))
         fold_dir = out / fold_split_name(fold)
         # one training of the run's recipe: no rounds of its own (their options go with them)
+        # on a store without valid/val each fold model validates on the run's held-out images and
+        # never trains on them: --auto scores them as the validation of every fold model's suggestions
+        heldout = str(run_dir) if (Path(run_dir) / HELDOUT_FILE).is_file() else config.heldout_from
         train_or_resume(fold_dir, replace(config, labels=str(labels_file), noise=0.0, rounds=1, rounds_teacher=False,
-                                          rounds_fine_tune=None, fold=None, device=device), console)
+                                          rounds_fine_tune=None, fold=None, device=device, heldout_from=heldout), console)
         predictions = predict_checkpoint_split(load_checkpoint(resolve_checkpoint(fold_dir)), dataset.faces,
                                                data.store_rows[held], data.labels[held], device, batch, config.amp)
         objective[held] = objective_inference(predictions, fold_dir)

@@ -85,6 +85,10 @@ def test_held_out_images_are_never_selected_and_a_fraction_is_of_the_trained_ima
     dropped = (result.labels["label"] == -1).to_numpy()
     assert dropped.sum() == 6 and not (dropped & held).any() and (dropped >= (flipped.to_numpy() & ~held)).all()
     assert result.summary["n_held_out_kept"] == 7
+    # an empty cell (an old audit CSV joined to a new one) is not held out (NaN read as True)
+    table["held_out"] = pd.Series(held).where(held)  # 1.0 or NaN
+    again = clean_labels(table, list(PreparedDataset(prepared).classes), "drop", fraction=0.25)
+    assert again.labels["label"].tolist() == result.labels["label"].tolist()
 
 
 def test_label_file_round_trips_through_training_and_the_prepared_folder_is_untouched(tmp_path):
@@ -457,6 +461,30 @@ def test_later_rounds_validate_on_round_1s_hold_out_with_its_labels_as_given(tmp
     assert audited.exit_code == 0, audited.output
     table = pd.read_csv(tmp_path / "audit" / "audit.csv", dtype={"id": str}).set_index("id")
     assert sorted(table.index[table["held_out"]]) == sorted(held)
+    # by hand (what --rounds does under torchrun): poi clean names --heldout-from in the next command
+    cleaned = runner.invoke(app, ["clean", str(tmp_path / "audit" / "audit.csv"), str(prepared), "--threshold", "0.01",
+                                  "--out", str(tmp_path / "manual.csv")])
+    assert cleaned.exit_code == 0, cleaned.output
+    text = " ".join(cleaned.output.split())
+    assert f"{len(held)} images the run held out for validation keep their labels" in text
+    assert f"--heldout-from {(project / 'exp').resolve()}" in text
+    manual = runner.invoke(app, ["train", str(prepared), "--labels", str(tmp_path / "manual.csv"), "--heldout-from",
+                                 str(project / "exp"), "--size", "64", "--epochs", "1", "--batch", "7", "--amp", "off",
+                                 "--project", str(project), "--name", "manual"])
+    assert manual.exit_code == 0, manual.output
+    assert pd.read_csv(project / "manual" / "heldout_ids.csv", dtype={"id": str})["id"].tolist() == held.tolist()
+    # a folder without a hold-out is one line; on a store with valid/val the option is said to be unused
+    missing = runner.invoke(app, ["train", str(prepared), "--heldout-from", str(tmp_path / "audit"), "--size", "64",
+                                  "--epochs", "1", "--project", str(project), "--name", "missing"])
+    assert missing.exit_code == 1 and "--heldout-from" in missing.output and "no heldout_ids.csv there" in missing.output
+    with_valid = make_prepared(tmp_path / "with_valid", splits=SPLITS)
+    unused = runner.invoke(app, ["train", str(with_valid), "--heldout-from", str(project / "exp"), "--size", "64",
+                                 "--epochs", "1", "--batch", "7", "--amp", "off", "--baseline",
+                                 "--project", str(project), "--name", "unused"])
+    assert unused.exit_code == 0 and "--heldout-from is not used" in " ".join(unused.output.split()), unused.output
+    # an impossible option is named as such, before the check that reads the data with it
+    bad = runner.invoke(app, ["train", str(prepared), "--rounds", "2", "--val-fraction", "-0.2", "--project", str(project)])
+    assert bad.exit_code == 1 and "--val-fraction must lie in [0, 1)" in bad.output, bad.output
 
 
 def test_resume_of_a_rounds_run_goes_on_with_the_rounds_left_and_names_follow_the_first(tmp_path):

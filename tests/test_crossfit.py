@@ -155,6 +155,23 @@ def test_the_audit_of_a_fold_run_with_noise_audits_the_labels_it_trained_on(tmp_
     assert (table.loc[trained.index, "given_label"] == trained).all()
 
 
+def test_cross_fit_models_of_a_run_that_held_images_out_never_train_on_them(tmp_path):
+    """A store without valid/val: the fold models drew hold-outs of their own and trained on
+    part of the run's held-out images, which --auto then scored as validation (in sample for
+    the fold model that had trained on them). Each fold model now validates on the run's
+    held-out images and trains on none of them."""
+    data = make_prepared(tmp_path / "data", splits={"train": 6})
+    run = train(tiny_config(data, tmp_path / "runs", epochs=1, batch=14, val_fraction=0.3))
+    held = set(pd.read_csv(run / "heldout_ids.csv", dtype={"id": str})["id"])
+    result = cross_fit_audit(run, data, 2, tmp_path / "audit", device="cpu")
+    assert set(result.table.loc[result.table["held_out"], "id"]) == held
+    for fold in (0, 1):
+        labels = pd.read_csv(tmp_path / "audit" / "crossfit" / f"fold{fold}_labels.csv", dtype={"id": str})
+        fold_held = set(pd.read_csv(tmp_path / "audit" / "crossfit" / f"fold{fold}" / "heldout_ids.csv", dtype={"id": str})["id"])
+        trained = set(labels.loc[labels["label"] >= 0, "id"]) - fold_held
+        assert fold_held <= held and not trained & held
+
+
 def test_cross_fit_audit_of_a_run_that_left_images_out(tmp_path):
     """A run trained on a label file with dropped images (poi clean --drop): the fold label
     files still cover the split, and only the run's own images are audited."""

@@ -217,7 +217,7 @@ def auto_fraction(model_path: str | Path, prepared_dir: str | Path, audit_table:
     dataset = PreparedDataset(prepared_dir)
     data, name = validation_data(model_path, dataset)
     if HELD_OUT_COLUMN in audit_table:  # the training images only: the held-out ones are the validation here
-        audit_table = audit_table[~audit_table[HELD_OUT_COLUMN].to_numpy(bool)]
+        audit_table = audit_table[~audit_table[HELD_OUT_COLUMN].fillna(False).to_numpy(bool)]
     if cleaned_split is not None and name == cleaned_split:
         raise CleanError(f"--auto estimates the noise rate on {name}, the split being cleaned: that is circular; "
                          "clean the training split, or choose --threshold or --fraction yourself")
@@ -261,7 +261,7 @@ def clean_labels(audit_table: pd.DataFrame, classes: list[str], mode: str = "rel
     # the images the run held out for validation keep their labels (core.layout.HELD_OUT_COLUMN):
     # a later round validates on them as round 1 did, not on labels its teacher suggested; a
     # --fraction is of the images the run trained on
-    held_out = (audit_table[HELD_OUT_COLUMN].to_numpy(bool) if HELD_OUT_COLUMN in audit_table
+    held_out = (audit_table[HELD_OUT_COLUMN].fillna(False).to_numpy(bool) if HELD_OUT_COLUMN in audit_table
                 else np.zeros(len(given), dtype=bool))
     selected = np.zeros(len(given), dtype=bool)
     selected[~held_out] = select_suspects(suspicion[~held_out], threshold, fraction)
@@ -339,8 +339,21 @@ def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relab
         from poi_cli.study.audit import audit
 
         table = audit(source, prepared_dir, labels_file=labels_file, split=split, device=device, batch=batch, amp=amp).table
-    return clean_audit(table, dataset, split, model_path, str(source), mode, threshold, fraction, auto, device, fold_models,
-                       amp, batch)
+    result = clean_audit(table, dataset, split, model_path, str(source), mode, threshold, fraction, auto, device,
+                         fold_models, amp, batch)
+    if result.summary.get("n_held_out_kept"):  # the run whose hold-out they are: the next round's --heldout-from
+        result.summary["held_out_run"] = str(_audited_run(source, is_audit))
+    return result
+
+
+def _audited_run(source: Path, is_audit: bool) -> Path:
+    """The run folder an audit (an audit.csv, by its summary) or a run folder or checkpoint is of."""
+    if is_audit:
+        try:
+            source = Path(audited_model(json.loads(audit_summary_path(source).read_text())))
+        except (OSError, ValueError, KeyError):
+            return source.parent
+    return (source if source.is_dir() else source.parent).resolve()
 
 
 def clean_audit(table: pd.DataFrame, dataset: PreparedDataset, split: str, model_path: str | Path, audit_name: str,

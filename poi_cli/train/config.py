@@ -131,8 +131,9 @@ class TrainConfig:
     val_split: Optional[str] = option(None, DATA, "Split for model selection (default valid, else val; 'none' for none; never test).")
     val_fraction: float = option(0.1, DATA, "Without a valid/val split: hold out this stratified fraction of train.")
     heldout_from: Optional[str] = option(None, DATA, "Without a valid/val split: validate on the images this run folder "
-                                                     "held out (its heldout_ids.csv), not on a new --val-fraction draw: "
-                                                     "each later --rounds round keeps round 1's.", cli=False, path=True)
+                                                     "held out (its heldout_ids.csv), not a new --val-fraction draw: a "
+                                                     "round after `poi clean` of that run (--rounds does it itself).",
+                                         path=True)
     labels: Optional[str] = option(None, DATA, "Label file for the training split (from `poi noise`; not with --noise or --soft-labels).", path=True)
     noise: float = option(0.0, DATA, "Flip this fraction of the training labels on the fly, in [0, 1] (recorded; not with --labels or --soft-labels).")
     noise_seed: int = option(0, DATA, "Seed of --noise.")

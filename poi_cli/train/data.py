@@ -82,7 +82,7 @@ def select_data(config: TrainConfig) -> TrainingData:
     train = dataset.split(config.train_split, labels_file=config.labels, exclude_fold=config.fold_index)
     test_split = None if config.fold_index is None else fold_split_name(config.fold_index)
     labels, clean, realised = training_labels(dataset, train, config)
-    held_out = False
+    held_out, inherited, from_train = False, False, False  # from_train: validation held out of train (or nothing)
     if config.val_split is not None and (fold := parse_fold_split(config.val_split)) is not None:
         # a fold's images are part of the split the folds partition: trained on, or (--fold K) the test fold
         what = (f"the fold this run is evaluated on (--fold {config.fold_index})" if fold == config.fold_index
@@ -96,14 +96,16 @@ def select_data(config: TrainConfig) -> TrainingData:
     elif config.val_fraction > 0:
         # No validation split in the store (RAF-DB: train/test only): hold out part of
         # train, with the labels training sees, rather than ever select on test.
+        from_train = True
         subjects = dataset.subjects(train)
         if subjects is not None and len(set(subjects[subjects != ""])) < 2:
             subjects = None  # one subject: only its images can be held out
         held = heldout_of_run(config.resume, train) if config.resume else None
-        inherited = held is None and config.heldout_from is not None
-        if inherited:
-            held = heldout_of_run(config.heldout_from, train)  # a later round: round 1's hold-out
-            inherited = held is not None
+        if held is None and config.heldout_from is not None:  # a later round: round 1's hold-out
+            held, inherited = heldout_of_run(config.heldout_from, train), True
+            if held is None:
+                raise TrainError(f"--heldout-from {config.heldout_from}: no {HELDOUT_FILE} there (a run writes it when "
+                                 "it holds images out of its training split for validation)")
         if held is None:
             held = hold_out(labels, config.val_fraction, config.seed, groups=subjects)
         other = dataset.validation_split()  # valid/val, when training on it (--train-split val)
@@ -130,6 +132,9 @@ def select_data(config: TrainConfig) -> TrainingData:
             note = f"validation: {held.sum()} images held out of {config.train_split} ({drawn}{whole}; {why})"
     else:
         val, name, note = None, None, "no validation (--val-fraction 0): best.pt is the last epoch"
+    if config.heldout_from is not None and not from_train:
+        note += (f"; --heldout-from is not used (it names a hold-out of {config.train_split}, and the run "
+                 f"{'validates on ' + name if name else 'has no validation'})")
     if test_split is not None:
         note += f"; {test_split} ({len(dataset.split(test_split).ids)} images) is kept for evaluation"
     if len(labels) == 0:
