@@ -721,7 +721,7 @@ def clean(
     out: str = typer.Option(..., "--out", help="The label file to write (.csv; its summary goes beside it as .json)."),
     relabel: bool = typer.Option(True, "--relabel/--drop", help="Relabel the suspects to the PIN's suggested label, or leave them out of training."),
     threshold: Optional[float] = typer.Option(None, help="Select images with suspicion >= this, in (0, 1] (suspicion lies in [0, 1]). One of --threshold, --fraction and --auto."),
-    fraction: Optional[float] = typer.Option(None, help="Select this fraction of the images, in [0, 1], most suspect first. One of --threshold, --fraction and --auto."),
+    fraction: Optional[float] = typer.Option(None, help="Select this fraction of the images (of those the run trained on, not its held-out ones), in [0, 1], most suspect first. One of --threshold, --fraction and --auto."),
     auto: bool = typer.Option(False, "--auto", help="Relabel the fraction chosen on the validation split: its labels "
                                                     "flipped at the noise rate the audit implies, the fraction that leaves "
                                                     "the fewest wrong (docs/audit.md in the source repository; not with --drop)."),

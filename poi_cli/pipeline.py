@@ -364,14 +364,21 @@ def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, o
     names = dataset.classes
     objective = np.zeros((len(data.labels), len(names)))
     trn, w = np.zeros_like(objective), np.zeros(len(data.labels))
+    # On a store without valid/val, the images the run held out for validation keep their labels
+    # in every fold's file and each fold model validates on all of them (--heldout-from), training
+    # on none: --auto scores them as the validation of every fold model's suggestions
+    run_held = held_out_by_run(Path(run_dir), data, True)
+    heldout = str(run_dir) if run_held.any() else config.heldout_from
     for fold in range(folds):
         held = fold_of == fold
+        labelled = ~held | run_held
         labels_file = out / f"fold{fold}_labels.csv"
         if not labels_file.is_file():
             # Every image of the split has a row (a label file must cover the split): the
-            # fold's images and those the run itself left out (label -1 in its file) get -1.
+            # fold's images (but the run's held-out ones) and those the run itself left out
+            # (label -1 in its file) get -1.
             table = pd.DataFrame({"id": all_ids, "label": DROPPED_LABEL})
-            table.loc[position[data.ids[~held]], "label"] = data.labels[~held]
+            table.loc[position[data.ids[labelled]], "label"] = data.labels[labelled]
             table["label_name"] = label_names(table["label"], names)
             if data.clean_labels is not None:
                 table.loc[position[data.ids], "clean_label"] = data.clean_labels
@@ -380,9 +387,6 @@ def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, o
             atomic_write_text(labels_file, table.to_csv(index=False))
         fold_dir = out / fold_split_name(fold)
         # one training of the run's recipe: no rounds of its own (their options go with them)
-        # on a store without valid/val each fold model validates on the run's held-out images and
-        # never trains on them: --auto scores them as the validation of every fold model's suggestions
-        heldout = str(run_dir) if (Path(run_dir) / HELDOUT_FILE).is_file() else config.heldout_from
         train_or_resume(fold_dir, replace(config, labels=str(labels_file), noise=0.0, rounds=1, rounds_teacher=False,
                                           rounds_fine_tune=None, fold=None, device=device, heldout_from=heldout), console)
         predictions = predict_checkpoint_split(load_checkpoint(resolve_checkpoint(fold_dir)), dataset.faces,
@@ -392,7 +396,7 @@ def cross_fit_audit(run_dir: str | Path, prepared_dir: str | Path, folds: int, o
     result = audit_of(dataset, data, objective, trn, w, label_source=label_source,
                       mode=f"out of fold: {folds} models with {run_dir.name}'s recipe, each scoring the images it never trained on",
                       checkpoint=f"{run_dir} (cross-fitted, {folds} folds under {out})", split=config.train_split,
-                      extra_columns={"fold": fold_of, HELD_OUT_COLUMN: held_out_by_run(Path(run_dir), data, True)})
+                      extra_columns={"fold": fold_of, HELD_OUT_COLUMN: run_held})
     # poi clean --auto scores valid with the models that made the suggestions (the fold models)
     result.summary["model"] = str(Path(run_dir).resolve())
     result.summary["fold_models"] = [str((out / fold_split_name(fold)).resolve()) for fold in range(folds)]

@@ -504,8 +504,10 @@ def clean_summary(summary: dict, relabel: bool, files: Sequence[Any], prepared_d
         after = "-" if s["noise_rate_after"] is None else f"{s['noise_rate_after']:.2%}"
         lines.append(Line(f"{line}; label noise {s['noise_rate_before']:.2%} -> {after}"))
     if s.get("n_held_out_kept"):
-        lines.append(Line(f"{s['n_held_out_kept']} images the run held out for validation keep their labels "
-                          "(--heldout-from validates the next round on them again)", soft_wrap=True))
+        again = ("" if s.get("held_out_run") else ": give the next `poi train` --heldout-from with the audited run's "
+                 "folder to validate on them again")
+        lines.append(Line(f"{s['n_held_out_kept']} images the run held out for validation keep their labels{again}",
+                          soft_wrap=True))
     split = s.get("split", "train")  # the label file covers the split the audit did: train on that one
     on = "" if split == "train" else f" --train-split {quote(split)}"
     if s.get("held_out_run"):

@@ -482,6 +482,25 @@ def test_later_rounds_validate_on_round_1s_hold_out_with_its_labels_as_given(tmp
                                  "--epochs", "1", "--batch", "7", "--amp", "off", "--baseline",
                                  "--project", str(project), "--name", "unused"])
     assert unused.exit_code == 0 and "--heldout-from is not used" in " ".join(unused.output.split()), unused.output
+    # held-out ids of another store are one line; some of them a note
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "heldout_ids.csv").write_text("id\nelsewhere/0.png\nelsewhere/1.png\n")
+    none_here = runner.invoke(app, ["train", str(prepared), "--heldout-from", str(foreign), "--size", "64", "--epochs", "1",
+                                    "--project", str(project), "--name", "foreign"])
+    assert none_here.exit_code == 1 and "none of the 2 images it held out is in train of" in " ".join(none_here.output.split())
+    (foreign / "heldout_ids.csv").write_text("id\nelsewhere/0.png\n" + "\n".join(held) + "\n")
+    some = runner.invoke(app, ["train", str(prepared), "--heldout-from", str(foreign), "--size", "64", "--epochs", "1",
+                               "--batch", "7", "--amp", "off", "--baseline", "--project", str(project), "--name", "some"])
+    assert some.exit_code == 0, some.output
+    assert f"1 of the {len(held) + 1} images foreign held out are not in this run's train split" in " ".join(some.output.split())
+    # an audit CSV away from its summary: the run is not known, and the line says to name it
+    (tmp_path / "lone").mkdir()
+    (tmp_path / "lone" / "audit.csv").write_bytes((tmp_path / "audit" / "audit.csv").read_bytes())
+    lone = runner.invoke(app, ["clean", str(tmp_path / "lone" / "audit.csv"), str(prepared), "--threshold", "0.01",
+                               "--out", str(tmp_path / "lone.csv")])
+    text = " ".join(lone.output.split())
+    assert lone.exit_code == 0 and "--heldout-from with the audited run's folder" in text and "--heldout-from /" not in text
     # an impossible option is named as such, before the check that reads the data with it
     bad = runner.invoke(app, ["train", str(prepared), "--rounds", "2", "--val-fraction", "-0.2", "--project", str(project)])
     assert bad.exit_code == 1 and "--val-fraction must lie in [0, 1)" in bad.output, bad.output

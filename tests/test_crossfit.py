@@ -169,7 +169,7 @@ def test_cross_fit_models_of_a_run_that_held_images_out_never_train_on_them(tmp_
         labels = pd.read_csv(tmp_path / "audit" / "crossfit" / f"fold{fold}_labels.csv", dtype={"id": str})
         fold_held = set(pd.read_csv(tmp_path / "audit" / "crossfit" / f"fold{fold}" / "heldout_ids.csv", dtype={"id": str})["id"])
         trained = set(labels.loc[labels["label"] >= 0, "id"]) - fold_held
-        assert fold_held <= held and not trained & held
+        assert fold_held == held and not trained & held  # every fold model validates on all of them
 
 
 def test_cross_fit_audit_of_a_run_that_left_images_out(tmp_path):

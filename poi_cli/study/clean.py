@@ -341,19 +341,21 @@ def clean(audit_or_run: str | Path, prepared_dir: str | Path, mode: str = "relab
         table = audit(source, prepared_dir, labels_file=labels_file, split=split, device=device, batch=batch, amp=amp).table
     result = clean_audit(table, dataset, split, model_path, str(source), mode, threshold, fraction, auto, device,
                          fold_models, amp, batch)
-    if result.summary.get("n_held_out_kept"):  # the run whose hold-out they are: the next round's --heldout-from
-        result.summary["held_out_run"] = str(_audited_run(source, is_audit))
+    if result.summary.get("n_held_out_kept") and (run := _audited_run(source, is_audit)) is not None:
+        result.summary["held_out_run"] = str(run)  # whose hold-out they are: the next round's --heldout-from
     return result
 
 
-def _audited_run(source: Path, is_audit: bool) -> Path:
-    """The run folder an audit (an audit.csv, by its summary) or a run folder or checkpoint is of."""
+def _audited_run(source: Path, is_audit: bool) -> Optional[Path]:
+    """The run folder with the held-out images an audit (an audit.csv, by its summary) or a run
+    folder or checkpoint is of; None where it cannot be found (an audit.csv without its summary)."""
     if is_audit:
         try:
             source = Path(audited_model(json.loads(audit_summary_path(source).read_text())))
         except (OSError, ValueError, KeyError):
-            return source.parent
-    return (source if source.is_dir() else source.parent).resolve()
+            return None
+    run = (source if source.is_dir() else source.parent).resolve()
+    return run if (run / HELDOUT_FILE).is_file() else None
 
 
 def clean_audit(table: pd.DataFrame, dataset: PreparedDataset, split: str, model_path: str | Path, audit_name: str,

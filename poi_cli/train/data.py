@@ -83,6 +83,7 @@ def select_data(config: TrainConfig) -> TrainingData:
     test_split = None if config.fold_index is None else fold_split_name(config.fold_index)
     labels, clean, realised = training_labels(dataset, train, config)
     held_out, inherited, from_train = False, False, False  # from_train: validation held out of train (or nothing)
+    missing_note = ""
     if config.val_split is not None and (fold := parse_fold_split(config.val_split)) is not None:
         # a fold's images are part of the split the folds partition: trained on, or (--fold K) the test fold
         what = (f"the fold this run is evaluated on (--fold {config.fold_index})" if fold == config.fold_index
@@ -106,6 +107,16 @@ def select_data(config: TrainConfig) -> TrainingData:
             if held is None:
                 raise TrainError(f"--heldout-from {config.heldout_from}: no {HELDOUT_FILE} there (a run writes it when "
                                  "it holds images out of its training split for validation)")
+            listed = len(read_heldout_ids(config.heldout_from))
+            if not held.any():
+                within = f"{config.train_split} of {dataset.root}" + (
+                    f" without fold {config.fold_index}" if config.fold_index is not None else "")
+                raise TrainError(f"--heldout-from {config.heldout_from}: none of the {listed} images it held out is in "
+                                 f"{within} (a run of another store or split?)")
+            if held.sum() < listed:
+                missing_note = (f"; {listed - int(held.sum())} of the {listed} images {Path(config.heldout_from).name} "
+                                f"held out are not in this run's {config.train_split} split (another fold, or left out "
+                                "by its labels) and are not validated on")
         if held is None:
             held = hold_out(labels, config.val_fraction, config.seed, groups=subjects)
         other = dataset.validation_split()  # valid/val, when training on it (--train-split val)
@@ -129,7 +140,7 @@ def select_data(config: TrainConfig) -> TrainingData:
             whole = "" if subjects is None else subject_note(subjects, held)
             drawn = (f"those {Path(config.heldout_from).name} held out" if inherited
                      else f"--val-fraction {config.val_fraction:g}, seed {config.seed}")
-            note = f"validation: {held.sum()} images held out of {config.train_split} ({drawn}{whole}; {why})"
+            note = f"validation: {held.sum()} images held out of {config.train_split} ({drawn}{whole}; {why}){missing_note}"
     else:
         val, name, note = None, None, "no validation (--val-fraction 0): best.pt is the last epoch"
     if config.heldout_from is not None and not from_train:
