@@ -845,22 +845,26 @@ def test_the_tables_title_names_the_bundled_model_by_its_file_and_the_readmes_de
     assert done.returncode == 0 and done.stdout == shown, done.stdout
 
 
-@pytest.mark.parametrize("side", [48, 96, 5000])
-def test_a_face_label_is_drawn_whole_inside_the_picture(side):
+@pytest.mark.parametrize("size", [(48, 48), (96, 96), (5000, 5000), (150, 400), (200, 2000)])
+def test_a_face_label_is_drawn_whole_inside_the_picture(size):
     """--save-vis on an aligned 96-px face (or a 48-px FERPlus one) drew the label about 200 px
     wide from the box's left edge and cut it at the picture's; a face at the right edge of a
     large photo likewise. The picture is now at least MIN_SIDE on its longer side and the label
-    moved left to end inside it."""
+    moved left to end inside it; a tall narrow one (a portrait crop) at least MIN_WIDTH wide."""
     from PIL import Image, ImageDraw
 
-    from poi_cli.deploy.drawing import MAX_SIDE, MIN_SIDE, _font, _label, draw_faces
+    from poi_cli.deploy.drawing import MAX_SIDE, MIN_SIDE, MIN_WIDTH, _font, _label, draw_faces
     from poi_cli.deploy.records import FaceRecord
 
-    record = FaceRecord(image="face.png", face=0, status="ok", box=[side * 0.4, side * 0.4, side, side],
+    width, height = size
+    record = FaceRecord(image="face.png", face=0, status="ok", box=[width * 0.4, height * 0.4, width, height],
                         expression="happiness", probabilities={"happiness": 0.97, "sadness": 0.03},
                         confidence=0.97, consistency=1.0, regions_agree=4)
-    picture = draw_faces(Image.new("RGB", (side, side), (128, 128, 128)), [record])
-    assert max(picture.size) == min(max(side, MIN_SIDE), MAX_SIDE)
+    picture = draw_faces(Image.new("RGB", size, (128, 128, 128)), [record])
+    if width == height:
+        assert max(picture.size) == min(max(width, MIN_SIDE), MAX_SIDE)
+    else:
+        assert picture.width == MIN_WIDTH and max(picture.size) >= MIN_SIDE
     black = np.flatnonzero((np.asarray(picture) == 0).all(axis=2).any(axis=0))  # columns of the label's box
     text_width = ImageDraw.Draw(picture).textbbox((0, 0), _label(record), font=_font(max(12, picture.width // 60)))[2]
     assert black.max() <= picture.width - 3 and black.max() - black.min() + 1 >= text_width

@@ -24,6 +24,9 @@ MAX_SIDE = 1024  # the photo is shown at most this large
 # and at least this large: a label in a legible font is about 200 px wide, so on an aligned
 # 96-px face (or a 48-px FERPlus one) it was cut at the picture's edge
 MIN_SIDE = 384
+# and at least this wide (a tall portrait crop, 150 x 400, cut it too), unless that would make
+# the longer side over MAX_STRETCHED_SIDE (a strip of a few pixels is not enlarged without end)
+MIN_WIDTH, MAX_STRETCHED_SIDE = 256, 4096
 REGION_WIDTH, ROW, BAR = 210, 13, 90  # panel geometry in pixels
 BOX_COLOUR, TEXT_COLOUR, BAR_COLOUR, BACKGROUND = (40, 220, 90), (255, 255, 255), (70, 140, 230), (24, 24, 24)
 
@@ -53,10 +56,11 @@ def _text_box(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, fon
 
 
 def draw_faces(image: Image.Image, records: list[FaceRecord]) -> Image.Image:
-    """A copy of the image (its longer side brought within MIN_SIDE..MAX_SIDE) with boxes,
-    landmarks and labels."""
+    """A copy of the image (its longer side brought within MIN_SIDE..MAX_SIDE, its width to
+    MIN_WIDTH at least) with boxes, landmarks and labels."""
     longer = max(image.size)
     scale = MAX_SIDE / longer if longer > MAX_SIDE else MIN_SIDE / longer if longer < MIN_SIDE else 1.0
+    scale = max(scale, min(MIN_WIDTH / image.width, MAX_STRETCHED_SIDE / longer))
     canvas = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale))) if scale != 1 else image.convert("RGB").copy()
     draw = ImageDraw.Draw(canvas)
     font = _font(max(12, canvas.width // 60))
