@@ -494,7 +494,9 @@ def clean_summary(summary: dict, relabel: bool, files: Sequence[Any], prepared_d
                               f"{auto['valid_split']}: {FITTED_ADVICE}", soft_wrap=True))
         if auto.get("valid_caveat"):
             lines.append(Line(f"warning: {auto['valid_caveat']}", soft_wrap=True))
-    lines.append(Line(f"{s['n_selected']} of {s['n_images']} images selected, {s['n_changed']} {action}"
+    kept = s.get("n_held_out_kept") or 0  # never selected: the base of a --fraction is the rest
+    base = f"the {s['n_images'] - kept} images the run trained on" if kept else f"{s['n_images']} images"
+    lines.append(Line(f"{s['n_selected']} of {base} selected, {s['n_changed']} {action}"
                       + (f"; {s['n_not_audited']} images of the split not audited stay out of training (label -1)"
                          if s.get("n_not_audited") else "")))
     if "changed_wrong_before" in s:

@@ -467,6 +467,7 @@ def test_later_rounds_validate_on_round_1s_hold_out_with_its_labels_as_given(tmp
     assert cleaned.exit_code == 0, cleaned.output
     text = " ".join(cleaned.output.split())
     assert f"{len(held)} images the run held out for validation keep their labels" in text
+    assert f"of the {42 - len(held)} images the run trained on selected" in text
     assert f"--heldout-from {(project / 'exp').resolve()}" in text
     manual = runner.invoke(app, ["train", str(prepared), "--labels", str(tmp_path / "manual.csv"), "--heldout-from",
                                  str(project / "exp"), "--size", "64", "--epochs", "1", "--batch", "7", "--amp", "off",
