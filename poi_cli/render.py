@@ -514,6 +514,9 @@ def clean_summary(summary: dict, relabel: bool, files: Sequence[Any], prepared_d
     on = "" if split == "train" else f" --train-split {quote(split)}"
     if s.get("held_out_run"):
         on += f" --heldout-from {quote(s['held_out_run'])}"
+    if split == "test":  # a look at the test labels, never a training set (poi train refuses --train-split test)
+        lines.append(Line(f"{_wrote(files)}; test is the split models are measured on: never train on it", soft_wrap=True))
+        return lines
     lines.append(Line(f"{_wrote(files)}; train with `poi train {quote(str(prepared_dir))} --labels {quote(str(files[0]))}{on}`",
                       soft_wrap=True))
     return lines

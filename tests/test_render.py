@@ -98,6 +98,9 @@ def test_clean_and_calibrate_lines():
                      "wrote l.csv, l.json; train with `poi train prep --labels l.csv`"]
     spaced = render.clean_summary(summary, True, ["my labels.csv", "my labels.json"], "prep dir")[-1].text
     assert spaced.endswith("train with `poi train 'prep dir' --labels 'my labels.csv'`")  # pasted, it works
+    # a cleaned test split is never offered as a training set (it suggested --train-split test)
+    on_test = render.clean_summary({**summary, "split": "test"}, True, ["t.csv", "t.json"], "prep")[-1].text
+    assert "never train on it" in on_test and "poi train" not in on_test
     of_valid = render.clean_summary({**summary, "split": "valid"}, True, ["l.csv", "l.json"], "prep")[-1].text
     assert of_valid.endswith("`poi train prep --labels l.csv --train-split valid`")  # the split the file covers
     from poi_cli.core.outputs import PredictionRecipe

@@ -716,3 +716,11 @@ def test_training_on_val_holds_out_of_it_and_says_why(tmp_path):
     picked = select_data(tiny_config(data, tmp_path / "runs", train_split="val", val_fraction=0.3))
     assert picked.held_out and "val is the split it trains on" in picked.val_note
     assert "no valid/val split" not in picked.val_note
+
+
+def test_the_test_split_is_never_trained_on(tmp_path):
+    """--train-split test trained on the split the run's figures are measured on, without a word
+    (poi clean of a test audit even suggested it)."""
+    data = make_prepared(tmp_path / "data", splits={"train": 2, "test": 1})
+    with pytest.raises(ValueError, match="--train-split test: models are never trained on the test split"):
+        tiny_config(data, tmp_path / "runs", train_split="test").validate()

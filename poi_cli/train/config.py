@@ -127,7 +127,7 @@ class TrainConfig:
     rotate: float = option(0.0, AUGMENTATION, "Max random rotation in degrees.")
 
     # data
-    train_split: str = option("train", DATA, "Split to train on.")
+    train_split: str = option("train", DATA, "Split to train on (never test).")
     val_split: Optional[str] = option(None, DATA, "Split for model selection (default valid, else val; 'none' for none; never test).")
     val_fraction: float = option(0.1, DATA, "Without a valid/val split: hold out this stratified fraction of train.")
     heldout_from: Optional[str] = option(None, DATA, "Without a valid/val split: validate on the images this run folder "
@@ -213,6 +213,9 @@ class TrainConfig:
             (0.0 <= self.rotate <= 45.0, f"--rotate must lie in [0, 45] degrees, got {self.rotate}"),
             (0.0 <= self.val_fraction < 1.0, f"--val-fraction must lie in [0, 1), got {self.val_fraction}"),
             (self.val_split != "test", "--val-split test: models are never selected on the test split (use valid/val or --val-fraction)"),
+            (self.train_split != "test", "--train-split test: models are never trained on the test split, which their "
+                                         "figures are measured on (train on train; valid/val, e.g. --train-split valid, "
+                                         "where the store has one)"),
             (self.val_split != self.train_split,
              f"--val-split {self.val_split} is the split it trains on (--train-split): best.pt and T_cal would be chosen "
              "on the training images; use another split or --val-fraction"),
