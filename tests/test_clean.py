@@ -474,6 +474,15 @@ def test_later_rounds_validate_on_round_1s_hold_out_with_its_labels_as_given(tmp
                                  "--project", str(project), "--name", "manual"])
     assert manual.exit_code == 0, manual.output
     assert pd.read_csv(project / "manual" / "heldout_ids.csv", dtype={"id": str})["id"].tolist() == held.tolist()
+    # without --heldout-from, a teacher that trained on part of the new hold-out is said
+    taught = runner.invoke(app, ["train", str(prepared), "--labels", str(tmp_path / "manual.csv"), "--teacher",
+                                 str(project / "exp"), "--size", "64", "--epochs", "1", "--batch", "7", "--amp", "off",
+                                 "--project", str(project), "--name", "taught"])
+    assert taught.exit_code == 0, taught.output
+    drawn = set(pd.read_csv(project / "taught" / "heldout_ids.csv", dtype={"id": str})["id"])
+    seen = len(drawn - set(held))
+    assert seen > 0 and (f"{seen} of these {len(drawn)} images are ones exp (--teacher) trained on: --heldout-from "
+                         in " ".join(taught.output.split()))
     # a folder without a hold-out is one line; on a store with valid/val the option is said to be unused
     missing = runner.invoke(app, ["train", str(prepared), "--heldout-from", str(tmp_path / "audit"), "--size", "64",
                                   "--epochs", "1", "--project", str(project), "--name", "missing"])

@@ -8,6 +8,7 @@ for, else valid, else val, else a stratified, seeded hold-out of the training sp
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 from poi_cli.data.combined import member_of_rows, sampling_positions
 from poi_cli.data.folds import fold_split_name, parse_fold_split
 from poi_cli.data.store import PreparedDataset, SplitData
-from poi_cli.core.layout import HELDOUT_FILE
+from poi_cli.core.layout import CONFIG_FILE, HELDOUT_FILE
 from poi_cli.model.checkpoint import read_heldout_ids
 from poi_cli.train.config import TrainConfig, TrainError
 
@@ -83,7 +84,7 @@ def select_data(config: TrainConfig) -> TrainingData:
     test_split = None if config.fold_index is None else fold_split_name(config.fold_index)
     labels, clean, realised = training_labels(dataset, train, config)
     held_out, inherited, from_train = False, False, False  # from_train: validation held out of train (or nothing)
-    missing_note = ""
+    held_note = ""
     if config.val_split is not None and (fold := parse_fold_split(config.val_split)) is not None:
         # a fold's images are part of the split the folds partition: trained on, or (--fold K) the test fold
         what = (f"the fold this run is evaluated on (--fold {config.fold_index})" if fold == config.fold_index
@@ -114,11 +115,12 @@ def select_data(config: TrainConfig) -> TrainingData:
                 raise TrainError(f"--heldout-from {config.heldout_from}: none of the {listed} images it held out is in "
                                  f"{within} (a run of another store or split?)")
             if held.sum() < listed:
-                missing_note = (f"; {listed - int(held.sum())} of the {listed} images {Path(config.heldout_from).name} "
+                held_note = (f"; {listed - int(held.sum())} of the {listed} images {Path(config.heldout_from).name} "
                                 f"held out are not in this run's {config.train_split} split (another fold, or left out "
                                 "by its labels) and are not validated on")
         if held is None:
             held = hold_out(labels, config.val_fraction, config.seed, groups=subjects)
+            held_note = taught_on_validation(config, train.ids[held])
         other = dataset.validation_split()  # valid/val, when training on it (--train-split val)
         why = (f"{other} is the split it trains on" if other is not None and other == config.train_split
                else "the store has no valid/val split")
@@ -140,7 +142,7 @@ def select_data(config: TrainConfig) -> TrainingData:
             whole = "" if subjects is None else subject_note(subjects, held)
             drawn = (f"those {Path(config.heldout_from).name} held out" if inherited
                      else f"--val-fraction {config.val_fraction:g}, seed {config.seed}")
-            note = f"validation: {held.sum()} images held out of {config.train_split} ({drawn}{whole}; {why}){missing_note}"
+            note = f"validation: {held.sum()} images held out of {config.train_split} ({drawn}{whole}; {why}){held_note}"
     else:
         val, name, note = None, None, "no validation (--val-fraction 0): best.pt is the last epoch"
     if config.heldout_from is not None and not from_train:
@@ -232,6 +234,28 @@ def heldout_of_run(run_dir: str | Path, train: SplitData) -> Optional[np.ndarray
     if not (Path(run_dir) / HELDOUT_FILE).is_file():
         return None
     return np.isin(train.ids, read_heldout_ids(run_dir))
+
+
+def taught_on_validation(config: TrainConfig, held_ids: np.ndarray) -> str:
+    """A note for a fresh hold-out that a --teacher's or --fine-tune start's run trained on in
+    part (a round trained by hand after `poi clean` without --heldout-from): the best epoch and
+    T_cal would be chosen on images the model was taught or started on; '' otherwise."""
+    for option, source in (("--teacher", config.teacher), ("--fine-tune", config.fine_tune)):
+        run = Path(source) if source else None
+        run = run if run is None or run.is_dir() else run.parent
+        if run is None or not (run / HELDOUT_FILE).is_file() or not (run / CONFIG_FILE).is_file():
+            continue
+        try:
+            trained = json.loads((run / CONFIG_FILE).read_text())
+            same = (Path(trained["data"]).resolve() == Path(config.data).resolve()
+                    and trained.get("train_split", "train") == config.train_split)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        seen = int((~np.isin(held_ids, read_heldout_ids(run))).sum()) if same else 0
+        if seen:
+            return (f"; {seen} of these {len(held_ids)} images are ones {run.name} ({option}) trained on: "
+                    f"--heldout-from {run} validates on the images it held out")
+    return ""
 
 
 def hold_out(labels: np.ndarray, fraction: float, seed: int, groups: Optional[np.ndarray] = None) -> np.ndarray:
