@@ -756,7 +756,7 @@ def clean(
 def calibrate(
     model: str = typer.Argument(..., metavar="RUN_DIR_OR_CKPT", help="A run folder (its best.pt) or a checkpoint."),
     prepared_dir: str = typer.Argument(..., metavar="PREPARED_DIR", help="A prepared folder with the model's classes."),
-    split: Optional[str] = typer.Option(None, help="Split to fit on (default valid, else val). Never test, nor fold K for a run trained with --fold K: fitting on the images a model is scored on makes those figures optimistic. A store whose only labelled split is test: calibrate on the validation split of the store the model trained on (T_cal carries over; `poi evaluate` measures calibration on test honestly)."),
+    split: Optional[str] = typer.Option(None, help="Split to fit on (default valid, else val; on a store with neither, the images the model's run held out of its training split). Never test, nor fold K for a run trained with --fold K: fitting on the images a model is scored on makes those figures optimistic. A store whose only labelled split is test: calibrate on the validation split of the store the model trained on (T_cal carries over; `poi evaluate` measures calibration on test honestly)."),
     out: Optional[str] = typer.Option(None, help="Where to write the calibrated copy (default <checkpoint>.calibrated.pt beside it; not with --in-place)."),
     in_place: bool = typer.Option(False, "--in-place", help="Rewrite the checkpoint itself (atomically) instead of a copy."),
     fusion: str = typer.Option("auto", help="Reported probabilities: trn (the TRN alone), trn+pin (the mean of the TRN's and the PIN's p~* at T = 1) or auto (the one with the lowest NLL after temperature scaling on the split; ties to the cheaper)."),

@@ -312,3 +312,25 @@ def test_a_calibration_says_when_it_cannot_be_trusted():
     lines = [line.text for line in render.calibrate_summary(SimpleNamespace(
         calibration=few, previous=None, written="x.pt", candidates=[few]))]
     assert lines[-2] == f"warning: {few.caveat}" and lines[-1] == "wrote x.pt"
+
+
+def test_calibrate_on_a_train_test_store_points_at_the_runs_held_out_images(tmp_path):
+    """RAF-DB's layout (train and test only): --split test and --split train advised fitting on
+    'the validation split of the store the model trained on' (this store, which has none) or
+    naming held-out images with --split (no name gives them); leaving --split out does."""
+    from typer.testing import CliRunner
+
+    from conftest import make_prepared, tiny_config
+    from poi_cli.cli import app
+    from poi_cli.train.engine import train
+
+    data = make_prepared(tmp_path / "raf", splits={"train": 3, "test": 1})
+    run = train(tiny_config(data, tmp_path / "runs", epochs=1, val_fraction=0.3, use_pin=False))
+    runner = CliRunner()
+    for split in ("test", "train"):
+        result = runner.invoke(app, ["calibrate", str(run), str(data), "--split", split, "--out", str(tmp_path / "c.pt")])
+        assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+        assert "leave --split out: it fits on the images the run held out" in " ".join(result.output.split())
+    result = runner.invoke(app, ["calibrate", str(run), str(data), "--out", str(tmp_path / "c.pt"), "--device", "cpu",
+                                 "--fusion", "trn", "--flip", "off"])
+    assert result.exit_code == 0 and "held out by the run" in result.output, result.output

@@ -58,7 +58,9 @@ def default_split(dataset: PreparedDataset) -> str:
     name = dataset.validation_split()
     if name is not None:
         return name
-    raise CalibrateError(f"{dataset.root} has no valid/val split: name the held-out split to fit on with --split")
+    raise CalibrateError(f"{dataset.root} has no valid/val split, and the model's run held no images out of it: fit on "
+                         "the validation split of a store of the same classes, or name a split the model never trained on "
+                         "with --split (never test)")
 
 
 def run_heldout_ids(source: Path, dataset: PreparedDataset, info: CheckpointInfo) -> Optional[list[str]]:
@@ -70,7 +72,7 @@ def run_heldout_ids(source: Path, dataset: PreparedDataset, info: CheckpointInfo
     return read_heldout_ids(run)
 
 
-def check_fit_split(split: str, dataset: PreparedDataset, info: CheckpointInfo) -> None:
+def check_fit_split(split: str, dataset: PreparedDataset, info: CheckpointInfo, held_out_images: bool = False) -> None:
     """CalibrateError (one line, saying why) for the split the model trained on (of the store it
     trained on), and for a split the model is evaluated on: the store's
     test split, or, for a run trained with --fold K (cross-validation), fold K, its held-out
@@ -78,10 +80,18 @@ def check_fit_split(split: str, dataset: PreparedDataset, info: CheckpointInfo) 
     images they are then scored on make those figures (accuracy, ECE, strata) optimistic.
     Refused even where test is the store's only labelled split: T_cal belongs to the model,
     so the validation split of the store it trained on serves, and `poi evaluate` already
-    measures calibration on test honestly (T fitted on one half, scored on the other)."""
+    measures calibration on test honestly (T fitted on one half, scored on the other).
+    held_out_images: the checkpoint's run held images out of this store's training split, which
+    calibrate fits on when no --split is given (what the messages then advise)."""
+    validation = dataset.validation_split()
+    if held_out_images and validation is None:
+        instead = "leave --split out: it fits on the images the run held out of its training split for validation"
+    elif validation is not None:
+        instead = f"fit on {validation} (the default)"
+    else:
+        instead = None
     if split == "test":
-        validation = dataset.validation_split()
-        instead = (f"fit on {validation} (the default)" if validation is not None else
+        instead = (instead if instead is not None else
                    f"{dataset.root} has no valid/val split: fit on the validation split of the store the model trained on "
                    "(T_cal carries over), or name other held-out images with --split")
         raise CalibrateError(f"--split test: calibrating on the test split makes the test figures optimistic "
@@ -90,8 +100,7 @@ def check_fit_split(split: str, dataset: PreparedDataset, info: CheckpointInfo) 
     # or another store of the same name, is the user's choice
     same_store = trained_on_folder(info.config, dataset.root)
     if same_store and split == (info.config.get("train_split") or "train"):
-        validation = dataset.validation_split()
-        instead = (f"fit on {validation} (the default)" if validation is not None else
+        instead = (instead if instead is not None else
                    "name held-out images with --split, or the validation split of another store")
         raise CalibrateError(f"--split {split}: the images this model trained on (it fits them better than new faces, "
                              f"so a T_cal fitted there makes `confidence` overconfident); {instead}")
@@ -160,12 +169,13 @@ def _calibrate(source: Path, target: Path, dataset: PreparedDataset, split: Opti
                device: str, batch: int, fusion: str, flip: str, amp: str) -> CalibrateResult:
     checkpoint = load_checkpoint(source)
     info = CheckpointInfo.of(checkpoint)
-    held_ids = run_heldout_ids(source, dataset, info) if split is None and dataset.validation_split() is None else None
-    if held_ids is not None:  # a run that held part of its training split out for validation (CK+ --fold K)
+    run_held = run_heldout_ids(source, dataset, info) if dataset.validation_split() is None else None
+    held_ids = run_held if split is None else None
+    if held_ids is not None:  # a run that held part of its training split out for validation (CK+ --fold K, RAF-DB)
         split = info.config.get("train_split") or "train"
     else:
         split = split or default_split(dataset)
-        check_fit_split(split, dataset, info)
+        check_fit_split(split, dataset, info, run_held is not None)
     if list(info.classes) != list(dataset.classes):
         raise CalibrateError(f"{source} predicts {len(info.classes)} classes, {dataset.root} has {len(dataset.classes)}: "
                              "calibrate on data with the model's own classes")
