@@ -461,6 +461,8 @@ def test_later_rounds_validate_on_round_1s_hold_out_with_its_labels_as_given(tmp
     assert audited.exit_code == 0, audited.output
     table = pd.read_csv(tmp_path / "audit" / "audit.csv", dtype={"id": str}).set_index("id")
     assert sorted(table.index[table["held_out"]]) == sorted(held)
+    mode = json.loads((tmp_path / "audit" / "audit_summary.json").read_text())["mode"]
+    assert mode == f"the model's own training set, but {len(held)} images it held out for validation (held_out)"
     # by hand (what --rounds does under torchrun): poi clean names --heldout-from in the next command
     cleaned = runner.invoke(app, ["clean", str(tmp_path / "audit" / "audit.csv"), str(prepared), "--threshold", "0.01",
                                   "--out", str(tmp_path / "manual.csv")])

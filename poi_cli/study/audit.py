@@ -143,14 +143,17 @@ def audit(
         baseline_checkpoint = load_checkpoint(resolve_checkpoint(baseline))
         baseline_probs = predict_own_classes(baseline_checkpoint, dataset, data, device, batch, amp,
                                              name=f"--baseline {baseline}").trn_probs
-    mode = "the model's own training set" if trained_on else "a held-out split (the model never trained on it)"
     run_dir = Path(checkpoint_path).parent  # a checkpoint in its run folder: the images it held out are marked
+    held = held_out_by_run(run_dir, data, trained_on)
+    mode = "the model's own training set" if trained_on else "a held-out split (the model never trained on it)"
+    if held.any():
+        mode += f", but {int(held.sum())} images it held out for validation ({HELD_OUT_COLUMN})"
     return audit_of(dataset, data, objective_inference(predictions, checkpoint_path), predictions.trn_probs,
                     predictions.consistency, label_source=label_source, mode=mode,
                     # absolute: poi clean --auto reloads it from wherever it runs
                     checkpoint=str(Path(checkpoint_path).resolve()),
                     split=split, baseline_probs=baseline_probs,
-                    extra_columns={HELD_OUT_COLUMN: held_out_by_run(run_dir, data, trained_on)})
+                    extra_columns={HELD_OUT_COLUMN: held})
 
 
 def held_out_by_run(run_dir: Path, data: SplitData, trained_on: bool) -> np.ndarray:

@@ -138,6 +138,8 @@ def select_data(config: TrainConfig) -> TrainingData:
             keep = ~held
             train = SplitData(train.store_rows[keep], train.labels[keep], train.ids[keep])
             labels, clean = labels[keep], None if clean is None else clean[keep]
+            if clean is not None and len(labels):  # the noise of the labels trained on, not of the held-out ones too
+                realised = float((labels != clean).mean())
             name = f"{config.train_split}[held out {config.val_fraction:g}]"
             whole = "" if subjects is None else subject_note(subjects, held)
             drawn = (f"those {Path(config.heldout_from).name} held out" if inherited
