@@ -116,8 +116,8 @@ def select_data(config: TrainConfig) -> TrainingData:
                                  f"{within} (a run of another store or split?)")
             if held.sum() < listed:
                 held_note = (f"; {listed - int(held.sum())} of the {listed} images {Path(config.heldout_from).name} "
-                                f"held out are not in this run's {config.train_split} split (another fold, or left out "
-                                "by its labels) and are not validated on")
+                             f"held out are not in this run's {config.train_split} split (another fold, or left out "
+                             "by its labels) and are not validated on")
         if held is None:
             held = hold_out(labels, config.val_fraction, config.seed, groups=subjects)
             held_note = taught_on_validation(config, train.ids[held])
