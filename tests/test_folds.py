@@ -176,7 +176,9 @@ def test_a_fold_run_calibrates_on_its_held_out_images_never_on_a_fold_and_evalua
     held = pd.read_csv(run / "heldout_ids.csv", dtype={"id": str})["id"]
     # its few held-out images make T_cal unreliable; calibrate would refit on the same ones
     # (it said 'calibrate the run on a larger split', which a fold run does not have)
-    assert "hold out more with --val-fraction (now 0.25)" in " ".join(capsys.readouterr().out.split())
+    said = " ".join(capsys.readouterr().out.split())
+    assert "hold out more with --val-fraction (now 0.25); `poi calibrate` of the run fits on the same" in said
+    assert "larger split it has not trained on" not in said  # none: the store's other split is fold 1, its test
     result = calibrate(run, data, device="cpu", amp="off")  # the run's own held-out images, by default
     assert result.calibration.split == "train[held out by the run]" and result.calibration.n_images == len(held)
     assert Path(result.calibration.data) == data.resolve()

@@ -514,8 +514,9 @@ def test_report_data_does_not_score_a_fold_run_on_a_fold_it_trained_on(cross_val
     notes = {run.path.name: run.notes for run in report.runs}
     assert report.runs[1].evaluation["split"] == "fold1" and not any("not scored" in n for n in notes["fold1"])
     for name, own in (("fold0", "fold0"), ("fold2", "fold2")):
-        assert notes[name] == [(f"not scored on --split fold1: it trained on fold1 (it holds out {own}, its own test "
-                                "fold); without --split each --fold run is scored on its own held-out fold")]
+        assert notes[name][-1] == (f"not scored on --split fold1: it trained on fold1 (it holds out {own}, its own test "
+                                   "fold); without --split each --fold run is scored on its own held-out fold")
+        assert notes[name][0].startswith("its val accuracies are on") and len(notes[name]) == 2  # held out of train
     assert {p.name for p in report.files if p.name.startswith("confusion_")} == {"confusion_cv_fold1.png"}
     text = (tmp_path / "fold1" / "report.md").read_text()
     assert text.count("not scored on --split fold1") == 2
@@ -554,3 +555,19 @@ def test_a_fold_run_is_scored_on_its_own_fold_by_any_name_of_it(tmp_path):
     dataset = PreparedDataset(data)
     assert trained_on(config, dataset, "fold01") is None and trained_on(config, dataset, "fold1") is None
     assert trained_on(config, dataset, "fold02").startswith("it trained on fold02 (it holds out fold1")
+
+
+def test_a_run_validated_on_its_own_hold_out_says_so(tmp_path):
+    """RAF-DB (train and test only): best_val_acc was on each run's own hold-out of train, with
+    its (noisy) training labels, and report.md said nothing; runs of other hold-outs or labels
+    are not compared on the same images there."""
+    root = tmp_path / "runs"
+    run = make_run(root / "raf20", {1: 0.3, 2: 0.4}, noise=0.2, planned=2)
+    config = json.loads((run / "config.json").read_text())
+    config["resolved"].update(val_split="train[held out 0.1]", n_val=31)
+    (run / "config.json").write_text(json.dumps(config))
+    make_run(root / "ferplus", {1: 0.5}, planned=1)  # validated on a store's valid split: no note
+    report = build_report([root], tmp_path / "report")
+    text = " ".join((tmp_path / "report" / "report.md").read_text().split())
+    assert "raf20: its val accuracies are on 31 images it held out of train, with the labels it trained on" in text
+    assert "ferplus: its val accuracies" not in text and report.summary is not None

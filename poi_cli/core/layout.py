@@ -24,7 +24,8 @@ STORE_FILES = (META_FILE, MANIFEST_FILE, FACES_FILE, PREPARE_PROGRESS_FILE, PREP
 # a run folder
 LAST, BEST = "last.pt", "best.pt"
 CONFIG_FILE, RESULTS_FILE = "config.json", "results.csv"
-HELD_OUT_SUFFIX = "[held out by the run]"  # after the training split's name: the images of HELDOUT_FILE (evaluate, calibrate)
+HELD_OUT_MARK = "[held out"  # in the name of validation held out of a training split: train[held out 0.1]
+HELD_OUT_SUFFIX = f"{HELD_OUT_MARK} by the run]"  # after the training split's name: the images of HELDOUT_FILE (evaluate, calibrate)
 HELDOUT_FILE = "heldout_ids.csv"  # ids of the training images held out for validation, when the store had no val split
 # The audit table's column of those images: audited like the rest, but never relabelled or
 # dropped by poi clean, so that a later --rounds round validates on them as round 1 did

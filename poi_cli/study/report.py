@@ -54,7 +54,7 @@ import pandas as pd
 
 from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import FolderOutputs, atomic_write_text, save_figure
-from poi_cli.core.layout import MEMBER_VAL_PREFIX, META_FILE
+from poi_cli.core.layout import HELD_OUT_MARK, MEMBER_VAL_PREFIX, META_FILE
 from poi_cli.data.folds import CV_CONFIG, CV_JSON, folds_summary
 from poi_cli.study.clean import audit_summary_path, audited_model
 from poi_cli.model.checkpoint import CONFIG_FILE, RESULTS_FILE, held_out_fold, training_data_name, training_overlap
@@ -240,6 +240,13 @@ COMBINED_VAL_NOTE = (f"trained on a combined folder: its val accuracies (final_v
                      "pools the evaluated split's faces (poi evaluate's members block gives each dataset's)")
 
 
+# a run on a store without valid/val validates on images it held out of its training split
+# ("train[held out 0.1]", core.layout.HELD_OUT_MARK), with the labels it trained on
+HELD_OUT_VAL_NOTE = ("its val accuracies are on {n} images it held out of {split}, with the labels it trained on (noisy "
+                     "under --noise or a noise file): runs with other hold-outs or labels are not compared on the same "
+                     "images; eval_acc on a split none of them trained on is")
+
+
 def load_run(path: Path, name: str) -> Run:
     """Read a run folder; raises ReportError when its files cannot be parsed."""
     config: dict = {}
@@ -271,6 +278,9 @@ def load_run(path: Path, name: str) -> Run:
         notes.append("no finished epoch")
     if any(str(column).startswith(MEMBER_VAL_PREFIX) for column in results.columns):
         notes.append(COMBINED_VAL_NOTE)
+    resolved = config.get("resolved") if isinstance(config.get("resolved"), dict) else {}
+    if HELD_OUT_MARK in str(resolved.get("val_split") or ""):  # a store without valid/val (RAF-DB, CK+ folds)
+        notes.append(HELD_OUT_VAL_NOTE.format(n=resolved.get("n_val", "its"), split=config.get("train_split") or "train"))
     results = results.apply(pd.to_numeric, errors="coerce")
     results = results.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
     evaluation = None

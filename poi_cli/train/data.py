@@ -19,7 +19,7 @@ import numpy as np
 from poi_cli.data.combined import member_of_rows, sampling_positions
 from poi_cli.data.folds import fold_split_name, parse_fold_split
 from poi_cli.data.store import PreparedDataset, SplitData
-from poi_cli.core.layout import CONFIG_FILE, HELDOUT_FILE
+from poi_cli.core.layout import CONFIG_FILE, HELD_OUT_MARK, HELDOUT_FILE
 from poi_cli.model.checkpoint import read_heldout_ids
 from poi_cli.train.config import TrainConfig, TrainError
 
@@ -140,7 +140,7 @@ def select_data(config: TrainConfig) -> TrainingData:
             labels, clean = labels[keep], None if clean is None else clean[keep]
             if clean is not None and len(labels):  # the noise of the labels trained on, not of the held-out ones too
                 realised = float((labels != clean).mean())
-            name = f"{config.train_split}[held out {config.val_fraction:g}]"
+            name = f"{config.train_split}{HELD_OUT_MARK} {config.val_fraction:g}]"
             whole = "" if subjects is None else subject_note(subjects, held)
             drawn = (f"those {Path(config.heldout_from).name} held out" if inherited
                      else f"--val-fraction {config.val_fraction:g}, seed {config.seed}")

@@ -317,10 +317,11 @@ class Trainer:
         for line in idle_options(c, self.ctx.world_size):
             self.log(f"note: {line}")
         if self.val_data is not None and 0 < r["n_val"] < CALIBRATION_MIN_IMAGES:
-            # a run that holds its validation out of train (a --fold K run, CK+) has no larger split
-            # of its own to calibrate on: poi calibrate would fit on the same images by default
-            remedy = (f"hold out more with --val-fraction (now {c.val_fraction:g}), or `poi calibrate` the run on a "
-                      "larger split it has not trained on" if self.data.held_out
+            # a run that holds its validation out of train (a --fold K run on CK+, RAF-DB) has no
+            # larger split of its own to calibrate on: poi calibrate fits on the same images, and its
+            # store's only other split is the test split, which calibrate refuses
+            remedy = (f"hold out more with --val-fraction (now {c.val_fraction:g}); `poi calibrate` of the run fits on "
+                      "the same held-out images" if self.data.held_out
                       else "`poi calibrate` the run on a larger split")
             self.log(f"note: the T_cal each epoch fits on its {r['n_val']} validation images is unreliable (fewer than "
                      f"{CALIBRATION_MIN_IMAGES}): {remedy}")
