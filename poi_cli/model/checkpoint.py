@@ -37,6 +37,8 @@ from poi_cli.model.calibration import Calibration
 from poi_cli.model.network import ModelConfig, POIModel, rename_legacy_keys
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from poi_cli.data.store import PreparedDataset
 
 CHECKPOINT_FORMAT = 1
@@ -227,6 +229,17 @@ def read_heldout_ids(run_dir: str | Path) -> list[str]:
     import pandas as pd
 
     return pd.read_csv(Path(run_dir) / HELDOUT_FILE, dtype={"id": str})["id"].tolist()
+
+
+def held_out_mask(run_dir: str | Path, ids: Sequence[str]) -> Optional[np.ndarray]:
+    """(len(ids),) bool: which of `ids` the run in run_dir held out of its training split for
+    validation (its HELDOUT_FILE); None when the run folder has no such file. What a resumed run
+    and a later --rounds round validate on, what the audit marks and cleaning leaves."""
+    import numpy as np  # noqa: F811 (the module imports it for type checking only)
+
+    if not (Path(run_dir) / HELDOUT_FILE).is_file():
+        return None
+    return np.isin(np.asarray(ids), read_heldout_ids(run_dir))
 
 
 def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:

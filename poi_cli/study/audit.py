@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 from poi_cli.core.errors import PoiError
 from poi_cli.core.atomic import FolderOutputs, atomic_write_text, json_with_keys, save_image, write_json
-from poi_cli.core.layout import CONFIG_FILE, HELD_OUT_COLUMN, HELDOUT_FILE
+from poi_cli.core.layout import CONFIG_FILE, HELD_OUT_COLUMN
 from poi_cli.core.metrics import roc_auc
 from poi_cli.data.folds import fold_split_name, parse_fold_split
 from poi_cli.data.noise import flip_split_labels
 from poi_cli.data.store import PreparedDataset, SplitData
-from poi_cli.model.checkpoint import (CheckpointInfo, held_out_fold, load_checkpoint, read_heldout_ids, resolve_checkpoint,
+from poi_cli.model.checkpoint import (CheckpointInfo, held_out_fold, held_out_mask, load_checkpoint, resolve_checkpoint,
                                      trained_on_folder)
 from poi_cli.model.predictions import SplitPredictions, predict_checkpoint_split
 
@@ -158,9 +158,8 @@ def audit(
 
 def held_out_by_run(run_dir: Path, data: SplitData, trained_on: bool) -> np.ndarray:
     """(n,) bool: the images of `data` that the run in run_dir held out of its training split."""
-    if not (trained_on and (run_dir / CONFIG_FILE).is_file() and (run_dir / HELDOUT_FILE).is_file()):
-        return np.zeros(len(data.ids), dtype=bool)
-    return np.isin(data.ids, read_heldout_ids(run_dir))
+    held = held_out_mask(run_dir, data.ids) if trained_on and (run_dir / CONFIG_FILE).is_file() else None
+    return np.zeros(len(data.ids), dtype=bool) if held is None else held
 
 
 def require_objective_inference(checkpoint: Mapping[str, Any], checkpoint_path: str | Path) -> None:

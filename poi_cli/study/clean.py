@@ -94,6 +94,14 @@ def check_selection(threshold: Optional[float], fraction: Optional[float]) -> No
         raise CleanError(f"--fraction must lie in [0, 1], got {fraction}")
 
 
+def held_out_rows(audit_table: pd.DataFrame) -> np.ndarray:
+    """(rows,) bool: the audit's images the run held out for validation (HELD_OUT_COLUMN; an
+    older audit without the column, or an empty cell, holds none)."""
+    if HELD_OUT_COLUMN not in audit_table:
+        return np.zeros(len(audit_table), dtype=bool)
+    return audit_table[HELD_OUT_COLUMN].fillna(False).to_numpy(bool)
+
+
 def select_suspects(suspicion: np.ndarray, threshold: Optional[float], fraction: Optional[float]) -> np.ndarray:
     """Boolean mask: suspicion >= threshold, or the ceil(fraction * n) most suspect (ties by order)."""
     if (threshold is None) == (fraction is None):
@@ -216,8 +224,7 @@ def auto_fraction(model_path: str | Path, prepared_dir: str | Path, audit_table:
     estimated on (the estimate would be circular: 0 by construction)."""
     dataset = PreparedDataset(prepared_dir)
     data, name = validation_data(model_path, dataset)
-    if HELD_OUT_COLUMN in audit_table:  # the training images only: the held-out ones are the validation here
-        audit_table = audit_table[~audit_table[HELD_OUT_COLUMN].fillna(False).to_numpy(bool)]
+    audit_table = audit_table[~held_out_rows(audit_table)]  # the training images: the held-out ones are the validation
     if cleaned_split is not None and name == cleaned_split:
         raise CleanError(f"--auto estimates the noise rate on {name}, the split being cleaned: that is circular; "
                          "clean the training split, or choose --threshold or --fraction yourself")
@@ -261,8 +268,7 @@ def clean_labels(audit_table: pd.DataFrame, classes: list[str], mode: str = "rel
     # the images the run held out for validation keep their labels (core.layout.HELD_OUT_COLUMN):
     # a later round validates on them as round 1 did, not on labels its teacher suggested; a
     # --fraction is of the images the run trained on
-    held_out = (audit_table[HELD_OUT_COLUMN].fillna(False).to_numpy(bool) if HELD_OUT_COLUMN in audit_table
-                else np.zeros(len(given), dtype=bool))
+    held_out = held_out_rows(audit_table)
     selected = np.zeros(len(given), dtype=bool)
     selected[~held_out] = select_suspects(suspicion[~held_out], threshold, fraction)
     if mode == "relabel":

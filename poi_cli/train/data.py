@@ -20,7 +20,7 @@ from poi_cli.data.combined import member_of_rows, sampling_positions
 from poi_cli.data.folds import fold_split_name, parse_fold_split
 from poi_cli.data.store import PreparedDataset, SplitData
 from poi_cli.core.layout import CONFIG_FILE, HELD_OUT_MARK, HELDOUT_FILE
-from poi_cli.model.checkpoint import read_heldout_ids
+from poi_cli.model.checkpoint import held_out_mask, read_heldout_ids, trained_on_folder
 from poi_cli.train.config import TrainConfig, TrainError
 
 
@@ -102,9 +102,12 @@ def select_data(config: TrainConfig) -> TrainingData:
         subjects = dataset.subjects(train)
         if subjects is not None and len(set(subjects[subjects != ""])) < 2:
             subjects = None  # one subject: only its images can be held out
-        held = heldout_of_run(config.resume, train) if config.resume else None
-        if held is None and config.heldout_from is not None:  # a later round: round 1's hold-out
-            held, inherited = heldout_of_run(config.heldout_from, train), True
+        # whatever hold_out would draw today: a resumed run validates on the images it held out when
+        # it started, a later --rounds round on round 1's (hold_out draws by the labels, which the
+        # cleaning changed: a new draw validated on images the round before, its teacher, trained on)
+        held = held_out_mask(config.resume, train.ids) if config.resume else None
+        if held is None and config.heldout_from is not None:
+            held, inherited = held_out_mask(config.heldout_from, train.ids), True
             if held is None:
                 raise TrainError(f"--heldout-from {config.heldout_from}: no {HELDOUT_FILE} there (a run writes it when "
                                  "it holds images out of its training split for validation)")
@@ -227,17 +230,6 @@ def subject_note(subjects: np.ndarray, held: np.ndarray) -> str:
     return f", whole subjects: {len(validated)} of {len(validated | trained)}, none of them trained on"
 
 
-def heldout_of_run(run_dir: str | Path, train: SplitData) -> Optional[np.ndarray]:
-    """The images of `train` that the run in run_dir held out (its heldout_ids.csv), whatever
-    hold_out would draw today: a resumed run validates on those it held out when it started, a
-    later --rounds round on round 1's (hold_out draws by the labels, which the cleaning changed,
-    so a new draw validated on images the round before, its teacher, trained on); None when the
-    run folder has no such file."""
-    if not (Path(run_dir) / HELDOUT_FILE).is_file():
-        return None
-    return np.isin(train.ids, read_heldout_ids(run_dir))
-
-
 def taught_on_validation(config: TrainConfig, held_ids: np.ndarray) -> str:
     """A note for a fresh hold-out that a --teacher's or --fine-tune start's run trained on in
     part (a round trained by hand after `poi clean` without --heldout-from): the best epoch and
@@ -245,16 +237,15 @@ def taught_on_validation(config: TrainConfig, held_ids: np.ndarray) -> str:
     for option, source in (("--teacher", config.teacher), ("--fine-tune", config.fine_tune)):
         run = Path(source) if source else None
         run = run if run is None or run.is_dir() else run.parent
-        if run is None or not (run / HELDOUT_FILE).is_file() or not (run / CONFIG_FILE).is_file():
+        if run is None or not (run / CONFIG_FILE).is_file() or (held := held_out_mask(run, held_ids)) is None:
             continue
         try:
             trained = json.loads((run / CONFIG_FILE).read_text())
-            same = (Path(trained["data"]).resolve() == Path(config.data).resolve()
-                    and trained.get("train_split", "train") == config.train_split)
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError):
             continue
-        seen = int((~np.isin(held_ids, read_heldout_ids(run))).sum()) if same else 0
-        if seen:
+        same = (isinstance(trained, dict) and trained_on_folder(trained, config.data)
+                and trained.get("train_split", "train") == config.train_split)
+        if same and (seen := int((~held).sum())):
             return (f"; {seen} of these {len(held_ids)} images are ones {run.name} ({option}) trained on: "
                     f"--heldout-from {run} validates on the images it held out")
     return ""
