@@ -342,7 +342,7 @@ def test_rafdb_aligned_and_original_layouts(tmp_path: Path) -> None:
         (original / "Annotation" / "manual").mkdir(parents=True, exist_ok=True)
         (original / "Annotation" / "manual" / f"{name}_manu_attri.txt").write_text(landmarks)
     # test_0001 has no landmark file (Annotation/manual.zip not unzipped for it): a whole photo, so its
-    # face is detected (it was resized whole, though the note said "detected"); --no-detect resizes it
+    # face is detected; --no-detect resizes it whole (its note said "detected" as well)
     result = prepare("raf-db", original, tmp_path / "out_o", size=SIZE, show_progress=False,
                      detector=InterruptingDetector())
     assert result.meta["layout"] == "original" and not result.meta["detect"]
@@ -350,8 +350,11 @@ def test_rafdb_aligned_and_original_layouts(tmp_path: Path) -> None:
     assert manifest.loc["train_00001.jpg", ["lm_x0", "lm_y4"]].tolist() == [40.0, 70.0]
     assert np.isnan(manifest.loc["train_00001.jpg", "det_score"])
     assert manifest.loc["test_0001.jpg", "det_score"] == pytest.approx(0.99) and manifest.loc["test_0001.jpg", "status"] == "ok"
-    assert any("no landmark file" in note and "detected" in note for note in result.notes)
+    assert any("no landmark file" in note for note in result.notes)
+    assert "1 photos without landmarks: their faces are detected (the largest in each photo) and aligned" in result.notes
     result = prepare("raf-db", original, tmp_path / "out_n", size=SIZE, detect=False, show_progress=False)
+    assert "1 photos without landmarks: each is resized whole, not aligned (--no-detect)" in result.notes
+    assert not any("detected" in note for note in result.notes)
     manifest = pd.read_csv(tmp_path / "out_n" / "manifest.csv").set_index("id")
     assert np.isnan(manifest.loc["test_0001.jpg", "det_score"]) and np.isnan(manifest.loc["test_0001.jpg", "lm_x0"])
     assert result.meta["settings"]["unaligned_photos"] == "resized whole (--no-detect)"
@@ -427,7 +430,8 @@ def test_affectnet_rows_without_landmarks_use_the_face_box_else_detection(tmp_pa
     result = prepare("affectnet", raw, tmp_path / "out", size=SIZE, show_progress=False, detector=InterruptingDetector())
     assert result.counts == {"train": {"ok": 2}}
     assert any("1 rows have no usable facial_landmarks: their face box" in note for note in result.notes)
-    assert any("neither usable facial_landmarks nor a face box: their faces are detected" in note for note in result.notes)
+    assert any("neither usable facial_landmarks nor a face box" in note for note in result.notes)
+    assert "1 photos without landmarks: their faces are detected (the largest in each photo) and aligned" in result.notes
     data = PreparedDataset(tmp_path / "out")
     manifest = data.manifest.set_index("id")
     boxed = data.faces[manifest.loc["1/boxed.jpg", "store_index"]]

@@ -136,7 +136,12 @@ def prepare(
     detect_unaligned = detect is not False
     detect = parsed.detect if detect is None else detect
     settings = _settings(parsed, items, size, detect)
-    if not detect_unaligned and any(item.detect for item in items):  # absent otherwise: older stores keep their settings
+    unaligned = sum(1 for item in items if item.detect and item.status == PENDING)
+    if unaligned:  # the parser's note says why these photos have no landmarks; this one, what is done with them
+        parsed.notes.append(f"{unaligned} photos without landmarks: " + (
+            "their faces are detected (the largest in each photo) and aligned" if detect_unaligned
+            else "each is resized whole, not aligned (--no-detect)"))
+    if not detect_unaligned and unaligned:  # absent otherwise: older stores keep their settings
         settings["unaligned_photos"] = "resized whole (--no-detect)"
     if protocol:  # absent otherwise: stores of other datasets keep their settings (a re-run stays a no-op)
         settings["protocol"] = protocol

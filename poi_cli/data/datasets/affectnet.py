@@ -122,8 +122,7 @@ def parse_csv(raw_dir: Path, facts: dict) -> ParsedDataset:
         notes.append(f"{unaligned['box']} rows have no usable facial_landmarks: their face box (face_x, face_y, "
                      "face_width, face_height) is cropped and resized, not aligned")
     if unaligned["detected"]:
-        notes.append(f"{unaligned['detected']} rows have neither usable facial_landmarks nor a face box: their faces "
-                     "are detected (the largest in the photo)")
+        notes.append(f"{unaligned['detected']} rows have neither usable facial_landmarks nor a face box")
     return ParsedDataset("affectnet", "manually annotated", items, facts["num_classes"], facts["grayscale"],
                          facts["detect"], notes, expected_counts(facts))
 

@@ -72,6 +72,6 @@ def parse(raw_dir: Path) -> ParsedDataset:
         without = sum(1 for item in items if item.status != MISSING and item.landmarks is None)
         if without:
             notes.append(f"{without} original images have no landmark file in {layout['landmarks']}/ "
-                         f"(is Annotation/manual.zip unzipped?): their faces are detected")
+                         "(is Annotation/manual.zip unzipped?)")
     return ParsedDataset("raf-db", layout_name, items, facts["num_classes"], facts["grayscale"], layout["detect"],
                          notes, expected_counts(facts))
