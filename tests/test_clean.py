@@ -476,6 +476,13 @@ def test_later_rounds_validate_on_round_1s_hold_out_with_its_labels_as_given(tmp
                                  "--project", str(project), "--name", "manual"])
     assert manual.exit_code == 0, manual.output
     assert pd.read_csv(project / "manual" / "heldout_ids.csv", dtype={"id": str})["id"].tolist() == held.tolist()
+    # the validation split is named by the run that drew it (not by this run's --val-fraction 0.1,
+    # which drew nothing), and the few-images note does not advise --val-fraction here
+    resolved = json.loads((project / "manual" / "config.json").read_text())["resolved"]
+    assert resolved["val_split"] == "train[held out by exp]"
+    said = " ".join(manual.output.split())
+    assert "they are those exp held out (--heldout-from), so hold out more there" in said
+    assert "hold out more with --val-fraction (now" not in said
     # without --heldout-from, a teacher that trained on part of the new hold-out is said
     taught = runner.invoke(app, ["train", str(prepared), "--labels", str(tmp_path / "manual.csv"), "--teacher",
                                  str(project / "exp"), "--size", "64", "--epochs", "1", "--batch", "7", "--amp", "off",

@@ -106,8 +106,9 @@ def select_data(config: TrainConfig) -> TrainingData:
         # it started, a later --rounds round on round 1's (hold_out draws by the labels, which the
         # cleaning changed: a new draw validated on images the round before, its teacher, trained on)
         held = held_out_mask(config.resume, train.ids) if config.resume else None
+        inherited = config.heldout_from is not None  # a resumed run's are those it inherited as well
         if held is None and config.heldout_from is not None:
-            held, inherited = held_out_mask(config.heldout_from, train.ids), True
+            held = held_out_mask(config.heldout_from, train.ids)
             if held is None:
                 raise TrainError(f"--heldout-from {config.heldout_from}: no {HELDOUT_FILE} there (a run writes it when "
                                  "it holds images out of its training split for validation)")
@@ -143,7 +144,9 @@ def select_data(config: TrainConfig) -> TrainingData:
             labels, clean = labels[keep], None if clean is None else clean[keep]
             if clean is not None and len(labels):  # the noise of the labels trained on, not of the held-out ones too
                 realised = float((labels != clean).mean())
-            name = f"{config.train_split}{HELD_OUT_MARK} {config.val_fraction:g}]"
+            # what drew them: --val-fraction's share, or the run --heldout-from names (its fraction is not this one)
+            name = (f"{config.train_split}{HELD_OUT_MARK} by {Path(config.heldout_from).name}]" if inherited
+                    else f"{config.train_split}{HELD_OUT_MARK} {config.val_fraction:g}]")
             whole = "" if subjects is None else subject_note(subjects, held)
             drawn = (f"those {Path(config.heldout_from).name} held out" if inherited
                      else f"--val-fraction {config.val_fraction:g}, seed {config.seed}")

@@ -320,9 +320,14 @@ class Trainer:
             # a run that holds its validation out of train (a --fold K run on CK+, RAF-DB) has no
             # larger split of its own to calibrate on: poi calibrate fits on the same images, and its
             # store's only other split is the test split, which calibrate refuses
-            remedy = (f"hold out more with --val-fraction (now {c.val_fraction:g}); `poi calibrate` of the run fits on "
-                      "the same held-out images" if self.data.held_out
-                      else "`poi calibrate` the run on a larger split")
+            same = "`poi calibrate` of the run fits on the same held-out images"
+            if not self.data.held_out:
+                remedy = "`poi calibrate` the run on a larger split"
+            elif c.heldout_from is not None:  # --val-fraction draws nothing here: the hold-out is the named run's
+                remedy = (f"they are those {Path(c.heldout_from).name} held out (--heldout-from), so hold out more there, "
+                          f"with --val-fraction, and train the rounds again; {same}")
+            else:
+                remedy = f"hold out more with --val-fraction (now {c.val_fraction:g}); {same}"
             self.log(f"note: the T_cal each epoch fits on its {r['n_val']} validation images is unreliable (fewer than "
                      f"{CALIBRATION_MIN_IMAGES}): {remedy}")
 
