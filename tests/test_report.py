@@ -171,6 +171,11 @@ def test_run_on_cleaned_labels_reports_the_noise_it_started_from(runs, tmp_path)
     row = report.summary.set_index("run").loc["poi20_clean"]
     assert row["noise"] == pytest.approx(0.2) and row["noise_realised"] == pytest.approx(0.12)
     assert row["variant"] == "labels=cleaned (relabel)"
+    # where most runs are cleaned, the one that is not says so (it read 'labels=none')
+    make_run(runs / "poi20_clean_b", {1: 0.4, 4: 0.62}, labels=str(clean / "labels.csv"), realised=0.12)
+    variants = build_report([runs], tmp_path / "report_most").summary.set_index("run")["variant"]
+    assert variants["poi20"] == "labels=not cleaned" and variants["poi20_clean_b"] == ""
+    shutil.rmtree(runs / "poi20_clean_b")
     # `poi train --rounds` and `poi clean RUN` name the audited run itself, not an audit.csv: the same
     # row (its noise showed "-", and the round left by_noise.csv, the table --rounds is for)
     by_audit = (clean / "labels.json").read_text()

@@ -381,7 +381,8 @@ def recipe_of(config: dict) -> dict[str, str]:
             value = Path(value).name
         recipe[key] = "" if value is None else str(value)
     cleaning = cleaning_of(config["labels"]) if config.get("labels") else None
-    recipe["labels"] = f"cleaned ({cleaning[0]})" if cleaning else ""
+    # said either way: among cleaned runs, one that is not read 'labels=none', as if it had no labels
+    recipe["labels"] = f"cleaned ({cleaning[0]})" if cleaning else "not cleaned"
     return recipe
 
 
