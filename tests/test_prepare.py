@@ -415,6 +415,48 @@ def test_affectnet_csv_with_landmarks_and_excluded_codes(tmp_path: Path) -> None
     assert PreparedDataset(tmp_path / "out").num_classes == 8
 
 
+class TwoFaceDetector:
+    """Fake detector: a large face on the left half and a small one on the right of each image."""
+
+    def detect(self, images: list[Image.Image]) -> list[list[Face]]:
+        found = []
+        for image in images:
+            w, h = image.size
+            left, right = fake_face(image, 0), fake_face(image, 0)
+            left.box = np.array([0, 0, 0.5 * w, h], np.float32)
+            right.box = np.array([0.6 * w, 0.2 * h, 0.9 * w, 0.6 * h], np.float32)
+            right.landmarks = right.landmarks * 0.3 + np.array([0.6 * w, 0.2 * h], np.float32)
+            found.append([left, right])
+        return found
+
+
+def test_detect_keeps_the_face_the_dataset_marks(tmp_path: Path) -> None:
+    """Under --detect, an AffectNet photo of two faces kept the largest, which need not be the one
+    its csv box (or landmarks) labels; now the face at the box is kept, and a box where no face
+    was detected is said."""
+    raw = tmp_path / "affectnet"
+    header = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal\n"
+    (raw / "Manually_Annotated_file_lists").mkdir(parents=True)
+    (raw / "Manually_Annotated_file_lists" / "training.csv").write_text(
+        header + "1/right.jpg,100,20,40,40,,1,0,0\n1/astray.jpg,140,140,10,10,,1,0,0\n1/plain.jpg,,,,,,1,0,0\n"
+        + "1/landmarked.jpg,,,,," + ";".join(f"{100 + k % 30}.0;{40 + k % 40}.0" for k in range(68)) + ",1,0,0\n")
+    for name in ("right", "astray", "plain", "landmarked"):
+        (raw / "Manually_Annotated_Images" / "1").mkdir(parents=True, exist_ok=True)
+        pixels = np.random.default_rng(0).integers(0, 255, (160, 160, 3), dtype=np.uint8)  # not blank
+        Image.fromarray(pixels).save(raw / "Manually_Annotated_Images" / "1" / f"{name}.jpg")
+    result = prepare("affectnet", raw, tmp_path / "out", size=SIZE, detect=True, show_progress=False,
+                     detector=TwoFaceDetector())
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv").set_index("id")
+    assert manifest.loc["1/right.jpg", "box_x1"] == pytest.approx(96)  # the small right face, at the csv's box
+    assert manifest.loc["1/right.jpg", "reason"] == "2 faces, kept the one the dataset marks"
+    assert manifest.loc["1/astray.jpg", "box_x1"] == pytest.approx(0)
+    assert manifest.loc["1/astray.jpg", "reason"] == "2 faces, none where the dataset marks its face: kept the largest"
+    assert manifest.loc["1/plain.jpg", "reason"] == "2 faces, kept the largest"  # nothing marked: the largest, as before
+    assert manifest.loc["1/landmarked.jpg", "box_x1"] == pytest.approx(96)  # at its 68 landmarks
+    assert "2 images had several faces: the one the dataset's landmarks or face box mark was kept" in result.notes
+    assert any(note.startswith("1 images: no face was detected where the dataset's") for note in result.notes)
+
+
 def test_affectnet_rows_without_landmarks_use_the_face_box_else_detection(tmp_path: Path) -> None:
     # they were stored as the whole photo resized, with no reason and no note
     raw = tmp_path / "affectnet"

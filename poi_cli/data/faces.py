@@ -367,6 +367,17 @@ def largest_face(faces: list[Face]) -> Face | None:
     return max(faces, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
 
 
+def face_at(faces: list[Face], point: np.ndarray) -> Face | None:
+    """The face whose box holds `point` (x, y), the nearest box centre where several do; None
+    where none does. A dataset's own face box or landmarks say which face of a photo is the
+    labelled one; detection under --detect keeps that face, not the largest."""
+    x, y = float(point[0]), float(point[1])
+    holding = [f for f in faces if f.box[0] <= x <= f.box[2] and f.box[1] <= y <= f.box[3]]
+    if not holding:
+        return None
+    return min(holding, key=lambda f: (float(f.box[0] + f.box[2]) / 2 - x) ** 2 + (float(f.box[1] + f.box[3]) / 2 - y) ** 2)
+
+
 # --------------------------------------------------------------------------- alignment
 
 # The ArcFace/insightface 5-point template for a 112x112 crop: left eye, right eye, nose

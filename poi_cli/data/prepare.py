@@ -36,7 +36,7 @@ from poi_cli.core.atomic import atomic_write_text
 from poi_cli.data.datasets import PENDING, Item, LayoutError, ParsedDataset, parse_dataset
 from poi_cli.data.datasets.common import dataset_manifest
 from poi_cli.data.duplicates import DIGEST_COLUMN, duplicate_notes, face_digest
-from poi_cli.data.faces import (BLANK_REASON, DETECTORS, ImageLoadError, align_face, is_blank, is_grayscale, largest_face,
+from poi_cli.data.faces import (BLANK_REASON, DETECTORS, ImageLoadError, align_face, face_at, is_blank, is_grayscale, largest_face,
                                 load_image, make_detector, resize_face)
 from poi_cli.core.manifests import class_names
 from poi_cli.core.progress import progress_bar
@@ -76,6 +76,7 @@ class _Loaded:
     """What a loader thread hands back for one image."""
 
     image: Any = None  # PIL image, kept only when it still has to go through detection
+    shipped_at: np.ndarray | None = None  # (x, y): the centre of the face the dataset's box or landmarks mark
     face: np.ndarray | None = None
     gray: bool | None = None
     status: str = STATUS_OK
@@ -347,7 +348,7 @@ class _Worker:
                 return _Loaded(status=STATUS_NO_FACE, reason=BLANK_REASON)
             gray = is_grayscale(image) if self.want_gray else None
             if self.detect or (item.detect and self.detect_unaligned):
-                return _Loaded(image=image, gray=gray)
+                return _Loaded(image=image, gray=gray, shipped_at=_shipped_centre(item))
             if item.landmarks is not None:
                 return _Loaded(face=align_face(image, item.landmarks, self.size), gray=gray)
             if item.box is not None:  # a shipped face box without landmarks: cropped, not aligned
@@ -367,7 +368,9 @@ class _Worker:
             if isinstance(faces, Exception):
                 results.append({"status": STATUS_ERROR, "reason": f"detection failed: {_one_line(faces)}"})
                 continue
-            face = largest_face(faces)
+            # under --detect the dataset's own box or landmarks (where it ships them) say which face is labelled
+            at = face_at(faces, entry.shipped_at) if entry.shipped_at is not None else None
+            face = at or largest_face(faces)
             if face is None:
                 results.append({"status": STATUS_NO_FACE, "reason": "no face detected", "n": 0})
                 continue
@@ -376,7 +379,11 @@ class _Worker:
             except Exception as error:
                 results.append({"status": STATUS_ERROR, "reason": f"alignment failed: {_one_line(error)}", "n": len(faces)})
                 continue
-            reason = f"{len(faces)} faces, kept the largest" if len(faces) > 1 else ""
+            if entry.shipped_at is None or at is not None:
+                reason = "" if len(faces) == 1 else f"{len(faces)} faces, kept the " + ("one the dataset marks" if at else "largest")
+            else:
+                reason = (f"{len(faces)} faces, none where the dataset marks its face: kept the largest" if len(faces) > 1
+                          else "the face detected is not where the dataset marks its face")
             results.append({"status": STATUS_OK, "reason": reason, "n": len(faces), "score": float(face.score),
                             "box": np.asarray(face.box, float).round(2).tolist(),
                             "lm": np.asarray(face.landmarks, float).reshape(-1).round(2).tolist(), "face": pixels})
@@ -387,6 +394,16 @@ class _Worker:
             return self.detector.detect([image])[0]
         except Exception as error:
             return error
+
+
+def _shipped_centre(item: Item) -> np.ndarray | None:
+    """The centre of the face the dataset marks in the photo (its landmarks', else its box's), if any."""
+    if item.landmarks is not None:
+        return np.asarray(item.landmarks, float).reshape(-1, 2).mean(axis=0)
+    if item.box is not None:
+        x0, y0, x1, y1 = (float(v) for v in item.box)
+        return np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+    return None
 
 
 def _one_line(error: BaseException) -> str:
@@ -515,9 +532,17 @@ def _count_notes(manifest: pd.DataFrame, parsed: ParsedDataset) -> list[str]:
         labelled = int((manifest["split"].isin(split.split("+")) & (manifest["status"] != STATUS_EXCLUDED)).sum())
         if labelled and labelled != expected:
             notes.append(f"split {split}: {labelled} labelled images, the official release has {expected}")
-    several = int(manifest["reason"].fillna("").str.contains("kept the largest").sum())
+    reasons = manifest["reason"].fillna("")
+    several = int(reasons.str.contains("kept the largest").sum())
     if several:
         notes.append(f"{several} images had several faces: the largest was kept (see reason)")
+    marked = int(reasons.str.contains("kept the one the dataset marks").sum())
+    if marked:
+        notes.append(f"{marked} images had several faces: the one the dataset's landmarks or face box mark was kept")
+    astray = int(reasons.str.contains("where the dataset marks its face").sum())
+    if astray:
+        notes.append(f"{astray} images: no face was detected where the dataset's landmarks or face box mark it "
+                     "(see reason): the face stored may not be the labelled one")
     blank = int((manifest["reason"].fillna("") == BLANK_REASON).sum())
     if blank:
         notes.append(f"{blank} images are not stored ({BLANK_REASON}): status no_face")
