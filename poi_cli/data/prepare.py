@@ -71,6 +71,12 @@ class PrepareResult:
         return self.processed / self.seconds if self.seconds > 0 else 0.0
 
 
+# A detected image's manifest reason, of which the notes count each
+KEPT_LARGEST = "kept the largest"
+KEPT_MARKED = "kept the one the dataset marks"  # its shipped landmarks or face box say which face is labelled
+AWAY_FROM_MARK = "where the dataset marks its face"
+
+
 @dataclass
 class _Loaded:
     """What a loader thread hands back for one image."""
@@ -380,10 +386,10 @@ class _Worker:
                 results.append({"status": STATUS_ERROR, "reason": f"alignment failed: {_one_line(error)}", "n": len(faces)})
                 continue
             if entry.shipped_at is None or at is not None:
-                reason = "" if len(faces) == 1 else f"{len(faces)} faces, kept the " + ("one the dataset marks" if at else "largest")
+                reason = "" if len(faces) == 1 else f"{len(faces)} faces, " + (KEPT_MARKED if at else KEPT_LARGEST)
             else:
-                reason = (f"{len(faces)} faces, none where the dataset marks its face: kept the largest" if len(faces) > 1
-                          else "the face detected is not where the dataset marks its face")
+                reason = (f"{len(faces)} faces, none {AWAY_FROM_MARK}: {KEPT_LARGEST}" if len(faces) > 1
+                          else f"the face detected is not {AWAY_FROM_MARK}")
             results.append({"status": STATUS_OK, "reason": reason, "n": len(faces), "score": float(face.score),
                             "box": np.asarray(face.box, float).round(2).tolist(),
                             "lm": np.asarray(face.landmarks, float).reshape(-1).round(2).tolist(), "face": pixels})
@@ -533,13 +539,13 @@ def _count_notes(manifest: pd.DataFrame, parsed: ParsedDataset) -> list[str]:
         if labelled and labelled != expected:
             notes.append(f"split {split}: {labelled} labelled images, the official release has {expected}")
     reasons = manifest["reason"].fillna("")
-    several = int(reasons.str.contains("kept the largest").sum())
+    several = int(reasons.str.contains(KEPT_LARGEST).sum())
     if several:
         notes.append(f"{several} images had several faces: the largest was kept (see reason)")
-    marked = int(reasons.str.contains("kept the one the dataset marks").sum())
+    marked = int(reasons.str.contains(KEPT_MARKED).sum())
     if marked:
         notes.append(f"{marked} images had several faces: the one the dataset's landmarks or face box mark was kept")
-    astray = int(reasons.str.contains("where the dataset marks its face").sum())
+    astray = int(reasons.str.contains(AWAY_FROM_MARK).sum())
     if astray:
         notes.append(f"{astray} images: no face was detected where the dataset's landmarks or face box mark it "
                      "(see reason): the face stored may not be the labelled one")
