@@ -75,3 +75,77 @@ def test_overlapped_pipeline_streams_and_stops_early(folder):
     stream.close()  # the pool is shut down, the images not started are cancelled
     again = [p.source for p in predictor.iter_predictions(sorted(folder.iterdir())[:2])]
     assert [Path(s).name for s in again] == ["a_astronaut.png", "b_corrupt.jpg"]
+
+
+class GatedDetector:
+    """Finds one face in every image (the whole picture), but waits before detecting image `gate_at`
+    until the consumer has seen the images before it (or `patience` seconds pass)."""
+
+    name = "gated"
+
+    def __init__(self, gate_at: int, patience: float = 10.0) -> None:
+        import threading
+
+        self.seen, self.gate_at, self.patience = threading.Event(), gate_at, patience
+        self.waited_out = False
+
+    def detect(self, images):
+        from poi_cli.data.faces import Face
+
+        found = []
+        for image in images:
+            if image.width == 200 + self.gate_at:  # image k is 200 + k px wide
+                self.waited_out = not self.seen.wait(self.patience)
+            box = np.array([0, 0, image.width, image.height], np.float32)
+            landmarks = np.array([[0.35, 0.4], [0.65, 0.4], [0.5, 0.55], [0.38, 0.75], [0.62, 0.75]], np.float32) * [
+                image.width, image.height]
+            found.append([Face(box=box, landmarks=landmarks.astype(np.float32), score=0.99)])
+        return found
+
+
+def test_faces_stream_out_while_the_next_image_is_still_being_detected():
+    """A batch with faces waited for batch_size faces however slow the next image's detection
+    (only a batch of faceless images went to the model early): rows reached the CSV in bursts
+    of 32, a Ctrl-C kept none of them, and 32 decoded photos were held meanwhile."""
+    images = [Image.fromarray(np.random.default_rng(k).integers(0, 255, (150, 200 + k, 3), dtype=np.uint8))
+              for k in range(4)]
+    detector = GatedDetector(gate_at=2, patience=10.0)
+    predictor = Predictor(open_runner(bundled_model()), detector=detector, workers=1, batch_size=32)
+    stream = predictor.iter_predictions(images)
+    first, second = next(stream), next(stream)  # before image 2's detection can finish
+    detector.seen.set()
+    rest = list(stream)
+    assert not detector.waited_out
+    assert [len(p.records) for p in (first, second, *rest)] == [1, 1, 1, 1]
+    assert all(r.status == "ok" for p in (first, second, *rest) for r in p.records)
+
+
+def test_pictures_are_let_go_unless_kept_and_a_batch_holds_few_megapixels(folder, monkeypatch):
+    """keep_images=False (predict_records, the CLI without --save-vis, serve): no decoded picture
+    is held once its faces are cut out, with the same records; kept pictures are capped per batch."""
+    import poi_cli.deploy.overlap as overlap
+
+    predictor = Predictor(open_runner(bundled_model()), workers=2)
+    kept = list(predictor.iter_predictions([folder]))
+    let_go = list(predictor.iter_predictions([folder], keep_images=False))
+    assert all(p.image is None for p in let_go)
+    assert [p.image is None for p in kept] == [False, True, False, False, True, False]  # b, e cannot be read
+    assert [[r.to_dict() for r in p.records] for p in kept] == [[r.to_dict() for r in p.records] for p in let_go]
+    sequential = Predictor(open_runner(bundled_model()), workers=0)
+    assert all(p.image is None for p in sequential.iter_predictions([folder], keep_images=False))
+    # kept pictures: a batch goes to the model once it holds MAX_HELD_PIXELS
+    sizes = []
+    finish = predictor.finish
+    monkeypatch.setattr(predictor, "finish", lambda batch, show_au: sizes.append(len(batch)) or finish(batch, show_au))
+    monkeypatch.setattr(overlap, "MAX_HELD_PIXELS", 1)
+    monkeypatch.setattr(overlap.ThreadPoolExecutor, "submit", lambda self, fn, *a: _done(fn(*a)))
+    list(predictor.iter_predictions([folder]))
+    assert sizes == [1, 2, 1, 2]  # each picture is its batch; an unreadable one holds none and waits for the next
+
+
+def _done(value):
+    from concurrent.futures import Future
+
+    future = Future()
+    future.set_result(value)
+    return future

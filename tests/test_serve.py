@@ -255,6 +255,25 @@ def test_a_large_image_is_decoded_in_the_low_priority_lane(server, files, monkey
                      ("astronaut.png", "poi-serve-decode", base)]
 
 
+def test_the_large_lane_is_below_a_server_started_under_nice():
+    """The lane set its nice to LARGE_LANE_NICE itself: under `nice -n 10 poi serve` it was no
+    lower than the threads serving small requests."""
+    seen = []
+
+    def lane() -> None:
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me, os.getpriority(os.PRIO_PROCESS, me) + 3)  # as if started niced
+        before = os.getpriority(os.PRIO_PROCESS, me)
+        serve_module._lower_priority()
+        seen.append((before, os.getpriority(os.PRIO_PROCESS, me)))
+
+    thread = threading.Thread(target=lane)
+    thread.start()
+    thread.join()
+    before, after = seen[0]
+    assert after == min(19, before + serve_module.LARGE_LANE_NICE) and after > before
+
+
 def test_stalled_clients_get_408_and_hold_no_slot(server, files):
     """More stalled clients than in-flight slots (headers and half a body, then nothing):
     a good request is served meanwhile, each stalled one gets a 408 after body_timeout_s,
@@ -404,7 +423,7 @@ def test_no_detect_query_takes_each_image_whole_like_the_cli(server, files, monk
 def test_batcher_keeps_no_image_after_its_batch():
     """Decoded images are freed as soon as their batch is done (the old loop kept the last
     batch alive until the next request came)."""
-    predictor = SimpleNamespace(detect=True, iter_predictions=lambda images, show_au: [
+    predictor = SimpleNamespace(detect=True, iter_predictions=lambda images, show_au, keep_images=True: [
         SimpleNamespace(records=[FaceRecord.empty(f"{i.size[0]}x{i.size[1]}", "no_face", "none")]) for i in images])
     batcher = MicroBatcher(predictor, ServeLimits(batch_wait_s=0.01))
     try:

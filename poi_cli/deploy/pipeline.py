@@ -241,7 +241,7 @@ class ImagePrediction:
     """The records of one input image (one per face, or one no_face / error record)."""
 
     source: str
-    image: Optional[Image.Image]  # None when it could not be read
+    image: Optional[Image.Image]  # None when it could not be read, or was not kept (keep_images=False)
     records: list[FaceRecord] = field(default_factory=list)
 
 
@@ -250,10 +250,11 @@ class PreparedImage:
     """One image loaded, its faces detected and aligned, waiting for the model."""
 
     source: str
-    image: Optional[Image.Image]  # None when it could not be read (reason says why)
-    reason: Optional[str]
+    image: Optional[Image.Image]  # None when it could not be read (reason says why), or is not kept
+    reason: Optional[str]  # why it could not be read (None: it was)
     faces: list[Face]
     crops: list[np.ndarray]  # the aligned uint8 faces, in faces' order
+    blank: bool = False  # every pixel the same colour: no face looked for
 
 
 class FacePipeline:
@@ -373,39 +374,47 @@ class FacePipeline:
         with self._timings_lock:
             self.timings[stage] += seconds
 
-    def prepare_image(self, item: InputItem, detector: Any = None) -> PreparedImage:
-        """Load, detect and align one image (what each worker of the overlapped pipeline does)."""
+    def prepare_image(self, item: InputItem, detector: Any = None, keep_image: bool = True) -> PreparedImage:
+        """Load, detect and align one image (what each worker of the overlapped pipeline does).
+        keep_image=False lets the decoded picture go once its faces are cut out: images waiting
+        for the model then hold their faces only (a 24-megapixel photo is 72 MB decoded)."""
         clock = time.perf_counter()
         image, reason = self.load(item)
         self._add_time("load", time.perf_counter() - clock)
         faces: list[Face] = []
+        blank = image is not None and is_blank(image)
         if image is not None:
             clock = time.perf_counter()
-            faces = self._find_faces([image], detector)[0]
+            faces = self._find_faces([image], [blank], detector)[0]
             self._add_time("detection", time.perf_counter() - clock)
         clock = time.perf_counter()
         crops = [self._align(image, face) for face in faces]
         self._add_time("alignment", time.perf_counter() - clock)
-        return PreparedImage(item.source, image, reason, faces, crops)
+        return PreparedImage(item.source, image if keep_image else None, reason, faces, crops, blank)
 
-    def predict_chunk(self, items: list[InputItem], show_au: bool,
-                       detector: Any = None) -> list[ImagePrediction]:
-        """The sequential path: load a chunk, detect it in one batched MTCNN pass, align, run the model."""
+    def predict_chunk(self, items: list[InputItem], show_au: bool, detector: Any = None,
+                      keep_images: bool = True) -> list[ImagePrediction]:
+        """The sequential path: load a chunk, detect it in one batched MTCNN pass, align, run the model
+        (keep_images: as prepare_image's keep_image)."""
         clock = time.perf_counter()
         loaded = [self.load(item) for item in items]
         self._add_time("load", time.perf_counter() - clock)
         readable = [i for i, (image, _) in enumerate(loaded) if image is not None]
+        blank = {i: is_blank(loaded[i][0]) for i in readable}
 
         clock = time.perf_counter()
-        faces_of = dict(zip(readable, self._find_faces([loaded[i][0] for i in readable], detector)))
+        faces_of = dict(zip(readable, self._find_faces([loaded[i][0] for i in readable], [blank[i] for i in readable],
+                                                        detector)))
         self._add_time("detection", time.perf_counter() - clock)
 
         clock = time.perf_counter()
         prepared = []
         for i, (item, (image, reason)) in enumerate(zip(items, loaded)):
             faces = faces_of.get(i, [])
-            prepared.append(PreparedImage(item.source, image, reason, faces, [self._align(image, f) for f in faces]))
+            prepared.append(PreparedImage(item.source, image if keep_images else None, reason, faces,
+                                          [self._align(image, f) for f in faces], blank.get(i, False)))
         self._add_time("alignment", time.perf_counter() - clock)
+        del loaded
         return self.finish(prepared, show_au)
 
     def finish(self, prepared: Sequence[PreparedImage], show_au: bool) -> list[ImagePrediction]:
@@ -417,10 +426,10 @@ class FacePipeline:
         results, row = [], 0
         for p in prepared:
             result = ImagePrediction(p.source, p.image)
-            if p.image is None:
+            if p.reason is not None:
                 result.records.append(FaceRecord.empty(p.source, STATUS_ERROR, p.reason, show_au))
             elif not p.faces:
-                reason = BLANK_REASON if is_blank(p.image) else "no face detected"
+                reason = BLANK_REASON if p.blank else "no face detected"
                 result.records.append(FaceRecord.empty(p.source, STATUS_NO_FACE, reason, show_au,
                                                        detector=self.detector_name if self.detect else DETECTOR_NONE))
             for k, face in enumerate(p.faces):
@@ -435,10 +444,10 @@ class FacePipeline:
             results.append(result)
         return results
 
-    def _find_faces(self, images: Sequence[Image.Image], detector: Any = None) -> list[list[Face]]:
+    def _find_faces(self, images: Sequence[Image.Image], blank: Sequence[bool], detector: Any = None) -> list[list[Face]]:
         """The faces of each image, in one batched detector pass (--no-detect: the whole image is the
-        face). A blank image has none and is never shown to the detector (finish() gives the reason)."""
-        looked = [k for k, image in enumerate(images) if not is_blank(image)]
+        face). A blank image (is_blank) has none and is never shown to the detector (finish() gives the reason)."""
+        looked = [k for k in range(len(images)) if not blank[k]]
         if not self.detect:
             found = [[whole_image_face(images[k])] for k in looked]
         else:

@@ -161,18 +161,21 @@ class Predictor(FacePipeline):
         among them, as PredictionsCsv has them). Needs pandas (PredictError before the work)."""
         self._need_pandas()
         items = list(iter_input_items(as_inputs(inputs)))
-        records = [r for p in self.iter_predictions(items, show_au, progress) for r in p.records]
+        records = [r for p in self.iter_predictions(items, show_au, progress, keep_images=False) for r in p.records]
         return self._frame(records, show_au, video=any(item.is_video for item in items))
 
     def predict_records(self, inputs: ImageInput | Sequence[ImageInput], show_au: bool = False,
                         progress: bool = False) -> list[dict]:
         """The nested records (the JSON form of `poi predict --json`)."""
-        return [r.to_dict() for p in self.iter_predictions(inputs, show_au, progress) for r in p.records]
+        return [r.to_dict() for p in self.iter_predictions(inputs, show_au, progress, keep_images=False) for r in p.records]
 
     def iter_predictions(self, inputs: ImageInput | Iterable[ImageInput], show_au: bool = False,
-                         progress: bool = False, video: "Optional[VideoOptions]" = None) -> Iterator[ImagePrediction]:
+                         progress: bool = False, video: "Optional[VideoOptions]" = None,
+                         keep_images: bool = True) -> Iterator[ImagePrediction]:
         """ImagePredictions in input order, a chunk of images at a time (memory stays bounded:
         a generator of inputs is read as the chunks are taken, so an endless one streams).
+        keep_images=False: each prediction's `.image` is None (the decoded picture is let go once
+        its faces are cut out, so large photos waiting for the model hold their faces only).
 
         A video file gives one video.FramePrediction per sampled frame (video: how to
         sample, track and smooth it; VideoOptions() by default)."""
@@ -190,7 +193,7 @@ class Predictor(FacePipeline):
                     for item in run:
                         yield from iter_video_file(self, item.path, video or VideoOptions(), show_au, bar)
                     continue
-                for prediction in self._predict_images(run, show_au):
+                for prediction in self._predict_images(run, show_au, keep_images):
                     yield prediction
                     bar.advance(task, 1)
 
@@ -217,15 +220,15 @@ class Predictor(FacePipeline):
 
     # -- driving the stages
 
-    def _predict_images(self, items: Iterable[InputItem], show_au: bool) -> Iterator[ImagePrediction]:
+    def _predict_images(self, items: Iterable[InputItem], show_au: bool, keep_images: bool) -> Iterator[ImagePrediction]:
         """Images (no videos) in input order: overlapped when workers > 0 (its window reads
         ahead), else in chunks of images_per_batch."""
         if self.workers > 0:
-            yield from iter_overlapped(self, items, show_au, self.workers)
+            yield from iter_overlapped(self, items, show_au, self.workers, keep_images)
             return
         items = iter(items)
         while chunk := list(islice(items, self.images_per_batch)):
-            yield from self.predict_chunk(chunk, show_au)
+            yield from self.predict_chunk(chunk, show_au, keep_images=keep_images)
 
     @staticmethod
     def _need_pandas() -> None:
@@ -335,7 +338,9 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
             note(f"--save-vis {save_vis}: no pictures, the folder cannot be made ({one_line(error)})")
     finished = False
     try:
-        for prediction in predictor.iter_predictions(items, show_au, progress=progress, video=video):
+        # the pictures are drawn on (--save-vis) or let go once their faces are cut out
+        for prediction in predictor.iter_predictions(items, show_au, progress=progress, video=video,
+                                                     keep_images=writer is not None):
             run.statuses.setdefault(prediction.source, set()).update(r.status for r in prediction.records)
             if prediction.source in video_sources:
                 run.videos.add(prediction.source)

@@ -213,7 +213,7 @@ class MicroBatcher:
         self.predictor.detect = detect
         pending, current = list(zip(group, counts)), []
         try:
-            predictions = self.predictor.iter_predictions(images, show_au)
+            predictions = self.predictor.iter_predictions(images, show_au, keep_images=False)
             del images  # the iterator holds them, and lets each go when it is done
             for prediction in predictions:
                 current.append([json_record(r) for r in prediction.records])
@@ -436,7 +436,8 @@ def _lower_priority() -> None:
     """This thread yields the CPU to the others (Linux threads have their own nice value):
     decoding a few huge images must not starve the small requests."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LARGE_LANE_NICE)
+        me = threading.get_native_id()  # LARGE_LANE_NICE above its own: a server started under `nice` too
+        os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + LARGE_LANE_NICE))
     except (AttributeError, OSError):
         pass
 
