@@ -737,7 +737,7 @@ def test_an_image_files_bytes_an_open_file_and_a_path_object_are_one_input_each(
             assert len(got) == 1 and got[0]["probabilities"] == expected[0]["probabilities"], type(value)
     mixed = library_predictor.predict_records([data, b"", b"not an image", {"a": 1}, str(ASTRONAUT)])
     assert [r["status"] for r in mixed] == ["ok", "error", "error", "error", "ok"]
-    assert "empty bytes" in mixed[1]["reason"] and "unrecognised format" in mixed[2]["reason"]
+    assert "empty bytes" in mixed[1]["reason"] and "not an image in a format poi reads" in mixed[2]["reason"]
     assert "not an image input" in mixed[3]["reason"] and "dict" in mixed[3]["reason"]
     with pytest.raises(TypeError, match="got dict"):
         library_predictor.predict_records({"a": 1})

@@ -132,6 +132,25 @@ def test_too_small_and_too_large_are_refused_before_decoding(tmp_path):
         assert "too large" in load_error(path)
 
 
+def test_formats_that_decode_inside_open_are_refused_unread(tmp_path, monkeypatch):
+    """An ICO holding a PNG is decoded whole inside PIL's Image.open, before the size check (a
+    2.6 MB icon of 13000 x 13000 took 650 MB, and a server's decode outside its budgets);
+    poi opens the photo formats only (faces.IMAGE_FORMATS)."""
+    inner = tmp_path / "inner.png"
+    png_header_only(inner, 13000, 13000)
+    png = inner.read_bytes()
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)  # 0 x 0: "256 px or more"
+    (tmp_path / "icon.ico").write_bytes(struct.pack("<HHH", 0, 1, 1) + entry + png)
+    decoded = []
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self, *a: decoded.append(self.format) or None)
+    assert load_error(tmp_path / "icon.ico") == faces.UNKNOWN_FORMAT
+    assert decoded == []
+    noise_image((40, 40)).save(tmp_path / "small.ico")
+    assert load_error(tmp_path / "small.ico") == faces.UNKNOWN_FORMAT
+
+
 def test_cmyk_jpeg_becomes_rgb(tmp_path):
     path = tmp_path / "cmyk.jpg"
     Image.new("CMYK", (32, 32), (0, 255, 255, 0)).save(path, "JPEG", quality=95)  # pure red in CMYK

@@ -35,6 +35,12 @@ MIN_SIDE = 16
 MAX_PIXELS = 100_000_000
 _OPEN_LOCK = threading.Lock()
 EXIF_ORIENTATION = 0x0112  # the EXIF tag of how a photo is turned
+# The formats poi opens (Pillow's names; JPEG covers MPO, the camera JPEGs of several pictures).
+# Pillow's others are left out: some decode whole inside Image.open, so that neither the size
+# check nor a server's budgets come first (an ICO holding a 13000 x 13000 PNG: 650 MB), some
+# run outside programs (EPS: Ghostscript), and none is a photo format.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "TIFF", "GIF", "PPM", "TGA")
+UNKNOWN_FORMAT = "not an image in a format poi reads (JPEG, PNG, WebP, BMP, TIFF, GIF, PPM/PGM, TGA)"
 
 
 # ----------------------------------------------------------------------------- loading
@@ -75,16 +81,22 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageLoadError(f"cannot read it ({one_line(error)})") from None
 
 
+def open_image(handle: BinaryIO) -> Image.Image:
+    """Image.open of one of IMAGE_FORMATS: the header parsed, nothing decoded (PIL's own errors:
+    UnidentifiedImageError for another format, DecompressionBombError over twice its limit)."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        # Our MAX_PIXELS check replaces PIL's bomb warning. catch_warnings swaps a
+        # process-wide filter list, so our loader threads take turns here (opening
+        # only parses the header: it is quick).
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(handle, formats=IMAGE_FORMATS)
+
+
 def decode_image(handle: BinaryIO) -> Image.Image:
     """An image file's bytes (an open binary file: from disk, or io.BytesIO of bytes in memory)
     as load_image reads them: its checks, conversions and ImageLoadError reasons."""
     try:
-        with _OPEN_LOCK, warnings.catch_warnings():
-            # Our MAX_PIXELS check replaces PIL's bomb warning. catch_warnings swaps a
-            # process-wide filter list, so our loader threads take turns here (opening
-            # only parses the header: it is quick).
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(handle)
+        image = open_image(handle)
         width, height = image.size  # header only: nothing decoded yet
         if width * height > MAX_PIXELS:
             raise ImageLoadError(_too_large(width, height))
@@ -97,7 +109,7 @@ def decode_image(handle: BinaryIO) -> Image.Image:
     except Image.DecompressionBombError as error:
         raise ImageLoadError(_too_large_from_message(str(error))) from None
     except UnidentifiedImageError:
-        raise ImageLoadError("not an image (unrecognised format)") from None
+        raise ImageLoadError(UNKNOWN_FORMAT) from None
     except PermissionError:
         raise ImageLoadError("permission denied") from None
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, zlib errors...

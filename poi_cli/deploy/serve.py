@@ -60,7 +60,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Optional
@@ -286,11 +285,8 @@ def probe_upload(upload: Upload) -> None:
         return
     upload.file.seek(0)
     try:
-        # The loader's lock: catch_warnings swaps a process-wide filter list (see faces.load_image).
-        with faces._OPEN_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(upload.file) as header:
-                upload.size = header.size
+        with faces.open_image(upload.file) as header:  # the loader's formats: none decodes here
+            upload.size = header.size
         upload.pixels = upload.size[0] * upload.size[1]
     except Image.DecompressionBombError as error:  # PIL refuses > 2 x its own limit inside open
         match = _PIXELS_IN_MESSAGE.search(str(error))
@@ -329,9 +325,7 @@ def _decode_shrunk(file: BinaryIO, decode_side: int) -> tuple[Image.Image, tuple
     filter (Image.reduce), and a resize only when that cannot land in the range."""
     try:
         file.seek(0)
-        with faces._OPEN_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(file)
+        image = faces.open_image(file)
         width, height = image.size
         if min(width, height) < faces.MIN_SIDE:
             raise ImageLoadError(f"image too small: {width}x{height} (minimum {faces.MIN_SIDE} px per side)")
@@ -362,7 +356,7 @@ def _decode_shrunk(file: BinaryIO, decode_side: int) -> tuple[Image.Image, tuple
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError("not an image (unrecognised format)") from None
+        raise ImageLoadError(faces.UNKNOWN_FORMAT) from None
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, zlib errors...
         raise ImageLoadError(f"cannot decode image ({one_line(error)})") from None
 
