@@ -10,6 +10,7 @@ The server runs the deploy runtime (the bundled .onnx model): no torch here.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -22,6 +23,7 @@ import time
 import weakref
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -81,15 +83,15 @@ def files(tmp_path_factory) -> dict[str, Path]:
     return {"root": root}
 
 
-@pytest.fixture(scope="module")
-def server(files):
+@contextlib.contextmanager
+def running_server(limits: ServeLimits):
     """A uvicorn server in a thread on a free 127.0.0.1 port; its base URL and app."""
-    app = create_app(Predictor(None, detector=DETECTOR, images_per_batch=LIMITS.batch_images, threads=1), LIMITS)
+    app = create_app(Predictor(None, detector=DETECTOR, images_per_batch=limits.batch_images, threads=1), limits)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(app, LIMITS, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, limits, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     for _ in range(200):
@@ -97,10 +99,18 @@ def server(files):
             break
         time.sleep(0.05)
     assert server.started
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(files):
+    with running_server(LIMITS) as running:
+        yield running
 
 
 def post(url: str, *paths: Path, params: dict | None = None) -> requests.Response:
@@ -307,6 +317,41 @@ def test_stalled_clients_get_408_and_hold_no_slot(server, files):
     assert silent.recv(4096) == b""  # closed without a request
     silent.close()
     assert requests.get(f"{url}/health", timeout=10).json()["in_flight"] == 0
+
+
+def test_one_client_stalling_bodies_fills_its_own_share_not_everyones(files):
+    """Stalled partial bodies from one address took the whole body budget, and every other
+    client got a 503 for as long as they stalled; now one address holds at most
+    max_client_buffered_bytes (its address as uvicorn reads it: X-Forwarded-For from a proxy
+    on 127.0.0.1, how this test plays two clients)."""
+    limits = replace(LIMITS, max_buffered_bytes=4_000_000, max_client_buffered_bytes=2_000_000)
+    with running_server(limits) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        stalled = []
+        for _ in range(3):  # 3 x 0.9 MB from 10.0.0.1: the third is over its 2 MB
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.1\r\n"
+                         b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1400000\r\n\r\n"
+                         + b"x" * 900_000)
+            stalled.append(sock)
+            time.sleep(0.3)
+        answer = stalled[-1].recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503") and b"this client's request bodies over 1.90735 MiB" in answer, answer
+        image = files["root"] / "astronaut.png"
+        other = requests.post(f"{url}/predict", files=[("files", (image.name, image.read_bytes()))],
+                              headers={"X-Forwarded-For": "10.0.0.2"}, timeout=60)
+        assert other.status_code == 200, other.text  # another client is served while they stall
+        for sock in stalled:
+            sock.close()
+    with pytest.raises(ServeError, match="--max-client-mb must lie between --max-upload-mb"):
+        ServeLimits(max_request_bytes=30 * serve_module.MiB, max_client_buffered_bytes=20 * serve_module.MiB)
+
+
+def test_too_many_files_names_the_limit(server, files):
+    url, _ = server
+    image = files["root"] / "gradient.png"
+    answer = requests.post(f"{url}/predict", files=[("files", (image.name, image.read_bytes()))] * 40, timeout=60)
+    assert answer.status_code == 400 and answer.json()["detail"] == f"more than {LIMITS.max_files} files in one request"
 
 
 @pytest.mark.parametrize("after_response", [

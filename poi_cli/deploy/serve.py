@@ -12,8 +12,9 @@ poi_cli/backends.py, is only read through getattr).
 A request goes through these steps; each refusal is a JSON {"detail": "one line"}:
 1. its body is read, within ServeLimits.body_timeout_s (408 after), at most
    max_request_bytes (413), while all bodies held by the server stay under
-   max_buffered_bytes (503). Only then does the request count as in flight
-   (max_in_flight, 429): a client that stalls holds no slot.
+   max_buffered_bytes and those of one client address under max_client_buffered_bytes
+   (503: a client that stalls many bodies fills its own share, not everyone's). Only then
+   does the request count as in flight (max_in_flight, 429): a client that stalls holds no slot.
 2. each upload's header is read (nothing decoded yet): an image over max_pixels, or a
    request whose images add up to more than max_request_pixels, is a 413. The request
    then reserves the pixels its images hold once decoded (and shrunk) until it is
@@ -90,6 +91,7 @@ class ServeLimits:
     max_request_pixels: int = 160_000_000  # all images of one request together (413)
     max_pixels_in_flight: int = 200_000_000  # decoded (shrunk) pixels held by all requests together (503)
     max_buffered_bytes: int = 256 * MiB  # request bodies being received, parsed or decoded, all together (503)
+    max_client_buffered_bytes: int = 64 * MiB  # ... of the requests from one client address (503)
     max_in_flight: int = 64  # requests whose body has arrived: decoded, waiting or predicted (429)
     body_timeout_s: float = 30.0  # a body must arrive within this many seconds of its headers (408)
     header_timeout_s: float = 10.0  # a new connection must send a request's headers within this (closed)
@@ -109,6 +111,10 @@ class ServeLimits:
         if self.max_request_bytes > self.max_buffered_bytes:  # such a body would be answered 503 for ever
             raise ServeError(f"--max-upload-mb is at most {self.max_buffered_bytes / MiB:g} (the request bodies the server "
                              f"holds at once), got {self.max_request_bytes / MiB:g}")
+        if not self.max_request_bytes <= self.max_client_buffered_bytes <= self.max_buffered_bytes:
+            raise ServeError(f"--max-client-mb must lie between --max-upload-mb ({self.max_request_bytes / MiB:g}) and "
+                             f"{self.max_buffered_bytes / MiB:g} (the request bodies the server holds at once), "
+                             f"got {self.max_client_buffered_bytes / MiB:g}")
         if self.body_timeout_s < 1:  # shorter: no request could arrive in time
             raise ServeError(f"--body-timeout must be at least 1 s, got {self.body_timeout_s:g}")
         if self.header_timeout_s < 1:  # the library's own limit (no CLI option)
@@ -537,6 +543,7 @@ class _Holds:
     """What one request holds of the server's budgets (all given back when it ends)."""
 
     body_bytes: int = 0
+    client: str = ""  # its client's address, whose share of the body budget it takes
     pixels: int = 0
     counted: bool = False  # in state["in_flight"]
     decoded: int = 0  # full-size pixels it decoded (large: trim memory afterwards)
@@ -558,6 +565,7 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits()) -> Any
     batcher = MicroBatcher(predictor, limits)
     card = model_card(predictor)
     state = {"in_flight": 0, "served": 0, "pixels_in_flight": 0, "buffered_bytes": 0, "decoded_since_trim": 0}
+    client_bytes: dict[str, int] = {}  # bodies held per client address (only those holding some)
     # Uploads are decoded in DECODE_THREADS threads; a request holding a large image (over
     # large_image_pixels(limits)) in one thread of its own, at a lower priority, one image at
     # a time server-wide: a burst of them holds one full-size image at once and takes one
@@ -634,6 +642,10 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits()) -> Any
             return reject(500, f"prediction failed: {type(error).__name__}: {one_line(error)}")
         finally:
             state["buffered_bytes"] -= holds.body_bytes
+            if holds.body_bytes:
+                client_bytes[holds.client] -= holds.body_bytes
+                if not client_bytes[holds.client]:
+                    del client_bytes[holds.client]
             state["pixels_in_flight"] -= holds.pixels
             if holds.counted:
                 state["in_flight"] -= 1
@@ -652,13 +664,20 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits()) -> Any
         if declared and declared.isdigit() and int(declared) > limits.max_request_bytes:
             raise RequestError(413, f"request body of {int(declared)} bytes; the limit is {limits.max_request_bytes}")
         chunks = []
+        # behind a proxy, the address uvicorn takes from its X-Forwarded-For (see docs/serve.md)
+        holds.client = request.client.host if request.client else ""
 
         async def receive() -> None:
             async for chunk in request.stream():  # counted too: a chunked body has no Content-Length
                 holds.body_bytes += len(chunk)
                 state["buffered_bytes"] += len(chunk)
+                client_bytes[holds.client] = client_bytes.get(holds.client, 0) + len(chunk)
                 if holds.body_bytes > limits.max_request_bytes:
                     raise RequestError(413, f"request body over {limits.max_request_bytes} bytes")
+                if client_bytes[holds.client] > limits.max_client_buffered_bytes:
+                    raise RequestError(503, f"server busy: this client's request bodies over "
+                                            f"{limits.max_client_buffered_bytes / MiB:g} MiB are held at once; retry "
+                                            "later", {"Retry-After": "1"})
                 if state["buffered_bytes"] > limits.max_buffered_bytes:
                     raise RequestError(503, f"server busy: request bodies over {limits.max_buffered_bytes // MiB} MiB "
                                             "are held at once; retry later", {"Retry-After": "1"})
@@ -685,6 +704,8 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits()) -> Any
         try:
             form = await request.form(max_files=limits.max_files + 1, max_fields=limits.max_files + 16)
         except Exception as error:
+            if "too many files" in str(error).lower():  # Starlette's own words name the + 1 above as the limit
+                raise RequestError(400, f"more than {limits.max_files} files in one request") from None
             raise RequestError(400, f"not a multipart form with `files`: {one_line(error)}") from None
         finally:
             request._body = b""  # the parts are in the form's spooled files now
