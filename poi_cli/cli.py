@@ -514,8 +514,13 @@ def predict(
             fail(f"{option} needs a name")
     # Expanded once: every file read, after glob and folder expansion (no output may land on
     # one of them), is also what is predicted.
-    items = expand_inputs(inputs)
+    repeated: list[Path] = []
+    items = expand_inputs(inputs, on_repeat=repeated.append)
     input_files = [item.path for item in items if item.path is not None]
+    if repeated:  # each file is predicted once: say so, or its other names seem to vanish from the rows
+        show(*render.note_lines([f"{len(repeated)} input{'s name a file' if len(repeated) > 1 else ' names a file'} "
+                                 f"already given (e.g. {repeated[0]}: a link, or the same file twice): each file is "
+                                 "predicted once, under its first name"], soft_wrap=True), to=err_console)
     model_file = model or os.environ.get("POI_MODEL")  # read too: never written over
     with ExitStack() as held:
         with user_errors():

@@ -496,6 +496,22 @@ def test_a_folders_broken_links_loops_and_fifos_get_an_error_record_each(tmp_pat
     assert statuses["loop.png"] == ("error", "symlink loop (the link leads back to itself)")
 
 
+def test_a_file_given_twice_is_predicted_once_and_said(tmp_path):
+    """A link to a photo of the folder, and the photo named again: one row, and a note (the
+    other names had no row and no word)."""
+    import shutil
+
+    folder = tmp_path / "album"
+    folder.mkdir()
+    shutil.copyfile(ASTRONAUT, folder / "a.jpg")
+    (folder / "b.jpg").symlink_to(folder / "a.jpg")
+    done = poi_without_torch("predict", str(folder), str(folder / "a.jpg"), "--json")
+    assert done.returncode == 0, done.stderr
+    assert [Path(r["image"]).name for r in json.loads(done.stdout)] == ["a.jpg"]
+    said = " ".join(done.stderr.split())
+    assert f"2 inputs name a file already given (e.g. {folder / 'b.jpg'}: a link, or the same file twice)" in said
+
+
 def test_save_vis_that_cannot_be_written_stops_the_pictures_not_the_predictions(tmp_path, monkeypatch):
     import csv
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -94,13 +94,14 @@ def _array_problem(array: np.ndarray) -> Optional[str]:
             f"this one is {array.dtype} of shape {tuple(array.shape)}")
 
 
-def expand_inputs(inputs: Iterable[ImageInput]) -> list[InputItem]:
+def expand_inputs(inputs: Iterable[ImageInput], on_repeat: Optional[Callable[[Path], None]] = None) -> list[InputItem]:
     """Files (whatever their suffix), folders (recursively, image and video suffixes) and globs, in order.
 
     An input that matches nothing becomes an item with an error, so a batch reports it
-    and goes on. A file reached twice is predicted once. (iter_input_items, all at once.)
+    and goes on. A file reached twice is predicted once (on_repeat is called with each
+    name of it after the first). (iter_input_items, all at once.)
     """
-    return list(iter_input_items(inputs))
+    return list(iter_input_items(inputs, on_repeat))
 
 
 def is_single_input(value: Any) -> bool:
@@ -153,7 +154,7 @@ def decode_encoded(value: Any) -> tuple[Optional[Image.Image], Optional[str]]:
         return None, str(error)
 
 
-def iter_input_items(inputs: Iterable[ImageInput]) -> Iterator[InputItem]:
+def iter_input_items(inputs: Iterable[ImageInput], on_repeat: Optional[Callable[[Path], None]] = None) -> Iterator[InputItem]:
     """expand_inputs one input at a time (a generator of inputs is read as the items are taken)."""
     seen: set[Path] = set()
 
@@ -162,6 +163,8 @@ def iter_input_items(inputs: Iterable[ImageInput]) -> Iterator[InputItem]:
         if key not in seen:
             seen.add(key)
             yield InputItem(str(path), path=path)
+        elif on_repeat is not None:
+            on_repeat(path)
 
     def folder_items(folder: Path) -> tuple[list[InputItem], int]:
         """The folder's files (those not reached before) and its unreadable folders; how many it holds."""
