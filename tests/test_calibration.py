@@ -49,6 +49,17 @@ def test_ece_known_value():
     assert cal.expected_calibration_error(confidence, correct) == pytest.approx(expected, rel=1e-9)
 
 
+def test_ece_bins_are_closed_on_the_right():
+    # bin b is (b / 15, (b + 1) / 15]: 0.8 = 12 / 15 closes bin 11, 0.85 is in bin 12, so each is
+    # alone: (|1 - 0.8| + |0 - 0.85|) / 2 = 0.525 ([b / 15, ...) bins would pool them: 0.325)
+    assert cal.expected_calibration_error(np.array([0.8, 0.85]), np.array([1, 0])) == pytest.approx(0.525)
+    # the floor uses the same bins: E|Bernoulli(c) - c| = 2 c (1 - c) per image, alone in its bin
+    floor = (2 * 0.8 * 0.2 + 2 * 0.85 * 0.15) / 2
+    assert cal.ece_sampling_floor(np.array([0.8, 0.85]), draws=20000) == pytest.approx(floor, abs=0.005)
+    row = cal.reliability_bins(np.array([0.8]), np.array([1]))[11]
+    assert (row["low"], row["high"], row["n"]) == (pytest.approx(11 / 15), pytest.approx(0.8), 1)
+
+
 def test_aurc_and_coverage_known_values():
     score = np.array([0.9, 0.8, 0.7, 0.6])
     correct = np.array([1, 0, 1, 0])
@@ -56,6 +67,8 @@ def test_aurc_and_coverage_known_values():
     assert cal.aurc(score, correct) == pytest.approx((0 + 1 / 2 + 1 / 3 + 1 / 2) / 4)
     assert cal.accuracy_at_coverage(score, correct, 0.5) == pytest.approx(0.5)
     assert cal.accuracy_at_coverage(score, correct, 0.25) == pytest.approx(1.0)
+    # ceil: half of three images is the top two (0.9 right, 0.8 wrong), not the top one
+    assert cal.accuracy_at_coverage(np.array([0.9, 0.8, 0.7]), np.array([1, 0, 1]), 0.5) == pytest.approx(0.5)
     # a perfect ranking has the smallest area: the right answers first
     assert cal.aurc(np.array([0.9, 0.6, 0.8, 0.7]), correct) < cal.aurc(score, correct)
 
@@ -80,9 +93,21 @@ def test_calibration_study_fits_on_one_half_and_measures_on_the_other():
     assert scores["consistency"]["nll"] is None  # w has no class probabilities
     # a random score ranks worse than the model's own probability
     assert scores["consistency"]["aurc"] > scores["confidence"]["aurc"]
+    # T is fitted on the fitting half alone: its logits 2x too sharp, the measured half's as they are
+    sharpened = logits.copy()
+    sharpened[fit] *= 2.0
+    study = cal.calibration_study(sharpened, labels, seed=0)
+    assert study["temperature_half"] == pytest.approx(cal.fit_temperature(sharpened[fit], labels[fit]))
+    assert study["temperature_half"] == pytest.approx(2.0, rel=0.1)
 
 
 def test_calibration_record_round_trips():
+    # NLL before is at T = 1, after at the fitted T: [[2, 0], [0, 2]] with labels [0, 0]
+    # -> before (ln(1 + e^-2) + ln(1 + e^2)) / 2 = 1.12693
+    record = cal.calibration_of(np.array([[2.0, 0.0], [0.0, 2.0]]), np.array([0, 0]), "valid")
+    assert record.nll_before == pytest.approx((math.log1p(math.exp(-2)) + math.log1p(math.exp(2))) / 2)
+    assert record.nll_after < record.nll_before - 0.4
+
     record = cal.Calibration(temperature=1.7, split="valid", n_images=10, nll_before=1.2, nll_after=1.0)
     assert cal.Calibration.from_dict(record.to_dict()) == record
     assert cal.Calibration.from_dict(None) is None
@@ -211,6 +236,11 @@ def test_choose_recipe_takes_the_lowest_nll_after_scaling_and_ties_go_to_the_che
     # equal NLL (within RECIPE_TIE_NLL): the cheaper recipe
     chosen, _ = cal.choose_recipe({flipped: sharp, cheap: sharp + 1e-6}, labels, "valid")
     assert chosen.recipe == cheap
+    # ranked after scaling, not before: [5, -5] is wrong once in four (NLL 2.5 at T = 1, 0.562 once
+    # scaled) against uniform logits' ln 2 at any T
+    four = np.array([0, 0, 0, 1])
+    chosen, _ = cal.choose_recipe({cheap: np.zeros((4, 2)), fused: np.tile([5.0, -5.0], (4, 1))}, four, "valid")
+    assert chosen.recipe == fused and chosen.nll_before > math.log(2) > chosen.nll_after
 
 
 def test_poi_calibrate_chooses_a_recipe_and_stores_it_with_t_cal(tmp_path, prepared, tiny_checkpoint):

@@ -82,6 +82,14 @@ def test_eq5_region_cross_entropy_known_value_without_temperature():
     assert losses.loss_ce_au(REGION_LOGITS, LABEL).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_eq5_scores_each_images_regions_against_its_own_label():
+    # two images: image 0's four regions at softmax [3/4, 1/4] with label 0, image 1's at
+    # [1/4, 3/4] with label 1; each term is -ln 3/4 (the batch-of-one tests cannot tell
+    # labels repeated per region from labels repeated per batch: (-ln 3/4 - ln 1/4) / 2)
+    logits = torch.stack([torch.tensor([LN3, 0.0]).repeat(4, 1), torch.tensor([0.0, LN3]).repeat(4, 1)])
+    assert losses.loss_ce_au(logits, torch.tensor([0, 1])).item() == pytest.approx(-math.log(0.75), rel=1e-6)
+
+
 def test_eq6_7_intermediate_prediction_known_value():
     assert torch.allclose(tempered_log_probs(REGION_LOGITS, T).exp()[0], torch.tensor(TEMPERED), atol=1e-6)
     log_p_star = intermediate_log_probs(REGION_LOGITS, GATE, T)
@@ -94,6 +102,15 @@ def test_eq8_region_kl_known_value_and_direction():
     assert abs(expected - reversed_direction) > 1e-3  # the example tells the two apart
     log_p_star = intermediate_log_probs(REGION_LOGITS, GATE, T)
     assert losses.loss_kl_au(log_p_star, REGION_LOGITS, T).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_eq8_gradient_reaches_each_region_through_its_own_p_tilde_n():
+    # No stop-gradient (POI_SPEC: deep mutual learning): d/dt_n of mean_n KL(p~* || softmax(t_n / T))
+    # is (p~_n - p~*) / (4 T); region 0: ([1/4, 3/4] - [3/8, 5/8]) / 12 = [-0.0104, 0.0104]
+    regions = REGION_LOGITS.clone().requires_grad_()
+    losses.loss_kl_au(intermediate_log_probs(regions.detach(), GATE, T), regions, T).backward()
+    expected = (torch.tensor(TEMPERED) - torch.tensor(P_STAR)) / (4 * T)
+    assert torch.allclose(regions.grad[0], expected, atol=1e-6)
 
 
 def test_eq8_region_kl_is_zero_when_regions_agree():
@@ -264,8 +281,38 @@ def test_distillation_sends_no_gradient_to_the_pin():
     assert _grad_norm(model.trn) > 0
 
 
+@pytest.mark.parametrize("path", ["p_tilde_n", "p_star"])
+def test_eq8_teaches_the_region_classifiers_along_both_of_its_sides(path):
+    """POI_SPEC: no stop-gradient in L_KL_au: the region classifiers learn through their own
+    p~_n and through p~* (Eq. 7 mixes their outputs), the gate through p~*."""
+    model, output, _ = _forward(ModelConfig(input_size=64))
+    p_star, regions = output.intermediate_log_probs, output.region_logits
+    if path == "p_tilde_n":
+        losses.loss_kl_au(p_star.detach(), regions, output.temperature).backward()
+    else:
+        losses.loss_kl_au(p_star, regions.detach(), output.temperature).backward()
+        assert _grad_norm(model.pin.oim) > 0
+    assert _grad_norm(model.pin.region_classifiers) > 0
+
+
+def test_eq6_7_the_oim_gate_is_the_softmax_of_its_fc():
+    from poi_cli.model.network import ObjectiveInference
+
+    oim = ObjectiveInference(in_features=8, temperature=T)
+    with torch.no_grad():
+        oim.fc.weight.zero_()
+        oim.fc.bias.copy_(torch.tensor([0.0, LN2, LN3, math.log(4.0)]))
+    gate, log_p_star = oim([torch.zeros(1, 2)] * 4, REGION_LOGITS)
+    assert torch.allclose(gate[0], torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=1e-6)
+    # 0.3 [1/4, 3/4] + 0.7 [3/4, 1/4] = [0.6, 0.4]
+    assert torch.allclose(log_p_star.exp()[0], torch.tensor([0.6, 0.4]), atol=1e-6)
+
+
 def test_total_loss_is_the_weighted_sum_of_eq_12():
     _, output, labels = _forward(ModelConfig(input_size=64))
+    # at initialisation the regions agree (w ~ 1, beta ~ 0) and Eq. 11 weighs ~1e-6, below the
+    # tolerance: set w so that it counts (beta = 1 - w)
+    output.consistency = torch.full_like(output.consistency, 0.5)
     config = losses.LossConfig(lambda_au=0.3, lambda_ce_au=0.7, lambda_ce_tar=2.0)
     total, t = losses.total_loss(output, labels, config)
     expected = 0.3 * t["au"] + 0.7 * t["ce_au"] + 2.0 * t["ce_tar"] + 9.0 * (t["kl_au"] + t["kl_tar"])
@@ -274,6 +321,7 @@ def test_total_loss_is_the_weighted_sum_of_eq_12():
     warm, w = losses.total_loss(output, labels, config, distill=0.0)
     assert w["kl_tar"].item() == pytest.approx(t["kl_tar"].item()) and t["kl_tar"].item() > 0
     assert warm.item() == pytest.approx((expected - 9.0 * t["kl_tar"]).item(), rel=1e-5)
+    assert 9.0 * t["kl_tar"].item() > 1e-3 * total.item()  # the warm-up's difference is far above the tolerance
 
 
 def test_ablation_switches_remove_their_terms():

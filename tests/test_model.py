@@ -35,9 +35,9 @@ def test_output_shapes_for_every_backbone_and_size(arch, size, channels):
     assert output.consistency.shape == (batch,)
 
 
-@pytest.mark.parametrize("size,expected", [(224, 9), (64, 3), (128, 5), (448, 18), (96, 4)])
+@pytest.mark.parametrize("size,expected", [(224, 9), (64, 3), (128, 5), (448, 18), (96, 4), (112, 5)])
 def test_subregion_size_follows_the_spec(size, expected):
-    # L_sub = 9 at L = 14 (Table XI), round(9 L / 14) half up elsewhere.
+    # L_sub = 9 at L = 14 (Table XI), round(9 L / 14) half up elsewhere (112: L = 7, 4.5 -> 5, not Python's round, 4).
     assert ModelConfig(input_size=size).subregion_size == expected
 
 

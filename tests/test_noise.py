@@ -97,6 +97,11 @@ def test_a_store_that_labels_every_class_gets_the_old_flips(tmp_path: Path) -> N
 
 def test_flips_stay_among_the_classes_the_dataset_labels(tmp_path: Path) -> None:
     """CK+48: 8 classes, contempt at index 7, but no neutral (6) face: no label may become neutral."""
+    # uniform over the other labelled classes (CK+: no neutral, 6): each of 0..5 gets 1/6 of
+    # contempt's flips, none goes to 6
+    flipped = flip_labels(np.full(60000, 7), 8, 1.0, classes=[0, 1, 2, 3, 4, 5, 7])
+    shares = np.bincount(flipped, minlength=8) / len(flipped)
+    assert np.allclose(shares[:6], 1 / 6, atol=0.01) and shares[6] == 0 and shares[7] == 0
     store = make_store(tmp_path / "store", labelled=[0, 1, 2, 3, 4, 5, 7], dataset="ckplus", layout="ck+48")
     path, summary = write_noisy_labels(store, 0.5, seed=0)
     table = pd.read_csv(path)

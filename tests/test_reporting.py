@@ -58,6 +58,17 @@ def test_fusion_is_the_mean_of_trn_and_pin_and_t_cal_comes_after_it():
     assert torch.allclose(alone.probabilities[0], torch.tensor([0.75, 0.25]), atol=1e-6)
 
 
+def test_region_distributions_are_at_the_uems_temperature():
+    """region_probabilities are softmax(t_n / T_uem) (a model trained with --uem-scale paper has
+    T_uem = 3); at T_uem = 1 the test above cannot tell them from softmax(t_n)."""
+    model = FixedOutputs()
+    model.config.uem_temperature = 3.0
+    out = Reporting(model, PredictionRecipe())(torch.zeros(1, 3, 4, 4))
+    # t_n = log [0.3, 0.7]: softmax(t_n / 3) = [0.3^(1/3), 0.7^(1/3)], normalised
+    expected = torch.tensor([0.3 ** (1 / 3), 0.7 ** (1 / 3)]) / (0.3 ** (1 / 3) + 0.7 ** (1 / 3))
+    assert torch.allclose(out.region_probabilities[0], expected.expand(4, 2), atol=1e-6)
+
+
 def test_flip_averages_the_image_and_its_mirror_and_a_mirrored_face_reads_the_same():
     model = tiny_model().eval()
     images = torch.randn(3, 3, 64, 64)
