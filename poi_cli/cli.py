@@ -597,7 +597,7 @@ def serve(
     max_files: int = typer.Option(16, "--max-files", help="Images per request (400 above)."),
     max_request_pixels: float = typer.Option(160.0, "--max-request-megapixels", help="All images of one request together, in megapixels (413 above)."),
     max_in_flight: int = typer.Option(64, "--max-in-flight", help="Requests whose body has arrived, served at once (429 above)."),
-    max_client_mb: float = typer.Option(64.0, "--max-client-mb", help="Request bodies one client address may have the server hold at once, in MiB (503 above; at most 256, the server's total). Behind a proxy that does not pass on the client's address, every client is the proxy: raise it to 256."),
+    max_client_mb: Optional[float] = typer.Option(None, "--max-client-mb", help="Request bodies one client address may have the server hold at once, in MiB (503 above; default 64, or --max-upload-mb where larger; at most 256, the server's total). Behind a proxy that does not pass on the client's address, every client is the proxy: raise it to 256."),
     body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a request's body may take to arrive after its headers (408 after; at least 1)."),
     backend: str = backend_option(),
     threads: Optional[int] = threads_option(),
@@ -610,11 +610,11 @@ def serve(
 
     for flag, value in (("--max-upload-mb", max_upload_mb), ("--max-megapixels", max_pixels), ("--max-files", max_files),
                         ("--max-request-megapixels", max_request_pixels), ("--max-in-flight", max_in_flight),
-                        ("--body-timeout", body_timeout), ("--max-client-mb", max_client_mb)):
+                        ("--body-timeout", body_timeout), *((("--max-client-mb", max_client_mb),) if max_client_mb is not None else ())):
         if not 0 < value < math.inf:  # named as the user typed it, before ServeLimits converts it (nan fails too)
             fail(f"{flag} must be a positive number, got {value:g}")
-    converted = {"--max-upload-mb": (max_upload_mb, MiB, "byte"), "--max-client-mb": (max_client_mb, MiB, "byte"),
-                 "--max-megapixels": (max_pixels, 1e6, "pixel"),
+    converted = {"--max-upload-mb": (max_upload_mb, MiB, "byte"), "--max-megapixels": (max_pixels, 1e6, "pixel"),
+                 **({"--max-client-mb": (max_client_mb, MiB, "byte")} if max_client_mb is not None else {}),
                  "--max-request-megapixels": (max_request_pixels, 1e6, "pixel")}
     whole = {flag: int(value * unit) for flag, (value, unit, _) in converted.items()}
     for flag, (value, _, unit_name) in converted.items():
@@ -624,7 +624,7 @@ def serve(
         limits = ServeLimits(max_request_bytes=whole["--max-upload-mb"], max_files=max_files,
                              max_pixels=whole["--max-megapixels"], max_request_pixels=whole["--max-request-megapixels"],
                              max_in_flight=max_in_flight, body_timeout_s=body_timeout,
-                             max_client_buffered_bytes=whole["--max-client-mb"])
+                             max_client_buffered_bytes=whole.get("--max-client-mb"))
         runner = open_runner(model, backend=backend, device=device, threads=threads)
         predictor = Predictor(runner, detector=detector, min_face_score=min_score, images_per_batch=limits.batch_images,
                               threads=threads)

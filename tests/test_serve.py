@@ -345,6 +345,9 @@ def test_one_client_stalling_bodies_fills_its_own_share_not_everyones(files):
             sock.close()
     with pytest.raises(ServeError, match="--max-client-mb must lie between --max-upload-mb"):
         ServeLimits(max_request_bytes=30 * serve_module.MiB, max_client_buffered_bytes=20 * serve_module.MiB)
+    # by default 64 MiB, or one body where --max-upload-mb is larger (a valid --max-upload-mb 100 stays valid)
+    assert ServeLimits().max_client_buffered_bytes == 64 * serve_module.MiB
+    assert ServeLimits(max_request_bytes=100 * serve_module.MiB).max_client_buffered_bytes == 100 * serve_module.MiB
 
 
 def test_too_many_files_names_the_limit(server, files):

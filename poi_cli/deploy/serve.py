@@ -81,6 +81,9 @@ class ServeError(PoiError):
     """The server cannot start (bad limits, bad port, missing packages); one-line message."""
 
 
+CLIENT_BUFFERED_BYTES = 64 * MiB  # the request bodies one client address may have held by default: a quarter
+
+
 @dataclass(frozen=True)
 class ServeLimits:
     """What one request may carry, and what the server holds at once (docs/serve.md)."""
@@ -91,7 +94,8 @@ class ServeLimits:
     max_request_pixels: int = 160_000_000  # all images of one request together (413)
     max_pixels_in_flight: int = 200_000_000  # decoded (shrunk) pixels held by all requests together (503)
     max_buffered_bytes: int = 256 * MiB  # request bodies being received, parsed or decoded, all together (503)
-    max_client_buffered_bytes: int = 64 * MiB  # ... of the requests from one client address (503)
+    # ... of the requests from one client address (503); None: CLIENT_BUFFERED_BYTES, or max_request_bytes if larger
+    max_client_buffered_bytes: Optional[int] = None
     max_in_flight: int = 64  # requests whose body has arrived: decoded, waiting or predicted (429)
     body_timeout_s: float = 30.0  # a body must arrive within this many seconds of its headers (408)
     header_timeout_s: float = 10.0  # a new connection must send a request's headers within this (closed)
@@ -102,6 +106,8 @@ class ServeLimits:
     batch_wait_s: float = 0.005  # how long the worker waits for more requests to join a batch
 
     def __post_init__(self) -> None:
+        if self.max_client_buffered_bytes is None:  # frozen: set once, here
+            object.__setattr__(self, "max_client_buffered_bytes", max(CLIENT_BUFFERED_BYTES, self.max_request_bytes))
         for name, value in asdict(self).items():
             if not 0 < value < math.inf:  # nan fails too
                 raise ServeError(f"serve limit {name} must be positive and finite, got {value}")
