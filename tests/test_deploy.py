@@ -274,6 +274,29 @@ def test_a_face_answered_with_non_finite_probabilities_is_an_error_not_the_first
     json.dumps(record.to_dict(), allow_nan=False)  # valid JSON: no bare NaN
 
 
+def test_a_face_records_aus_and_regions_are_image_left_and_image_right():
+    """The model's AU outputs are (B, 2, M) with [image-left, image-right] regions and its region
+    distributions (B, 4, C) in crop order left_eye, right_eye, left_mouth, right_mouth
+    (data_manifests/regions.json): the record names each value by its own region."""
+    from poi_cli.core.manifests import EYE_AUS, MOUTH_AUS
+    from poi_cli.data.faces import Face
+    from poi_cli.deploy.records import FaceRecord
+
+    classes = ("happiness", "neutral")
+    face = Face(box=np.array([0.0, 0.0, 10.0, 10.0]), landmarks=None, score=None)
+    eye = np.array([[0.11] * len(EYE_AUS), [0.91] * len(EYE_AUS)])  # image-left 0.11, image-right 0.91
+    mouth = np.array([[0.22] * len(MOUTH_AUS), [0.82] * len(MOUTH_AUS)])
+    eye[0, EYE_AUS.index("AU06")], mouth[1, MOUTH_AUS.index("AU12")] = 0.6, 0.7
+    regions = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])
+    record = FaceRecord.of_face("a.jpg", 0, face, classes, np.array([0.8, 0.2]), 0.9, eye_aus=eye, mouth_aus=mouth,
+                                region_probs=regions, show_au=True)
+    assert record.aus["AU06"] == {"left_eye": 0.6, "right_eye": 0.91}
+    assert record.aus["AU12"] == {"left_mouth": 0.22, "right_mouth": 0.7}
+    assert record.aus["AU01"] == {"left_eye": 0.11, "right_eye": 0.91}
+    assert {name: values["happiness"] for name, values in record.regions.items()} == {
+        "left_eye": 0.9, "right_eye": 0.8, "left_mouth": 0.7, "right_mouth": 0.6}
+
+
 def test_a_face_record_counts_the_regions_that_agree_and_names_the_pins_expression(tmp_path):
     import csv
 

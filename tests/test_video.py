@@ -473,3 +473,22 @@ def test_tracker_keeps_an_id_through_a_short_loss_and_smoothing_follows_its_time
     smoother = TrackSmoother(1.0)
     assert np.allclose(smoother.update(0, 0.0, [1.0, 0.0]), [1.0, 0.0])
     assert np.allclose(smoother.update(0, 1.0, [0.0, 1.0]), [math.exp(-1), 1 - math.exp(-1)])
+    # the time constant divides the gap: 2 s, after 1 s the new frame weighs 1 - exp(-1/2)
+    slow = TrackSmoother(2.0)
+    slow.update(0, 0.0, [1.0, 0.0])
+    assert np.allclose(slow.update(0, 1.0, [0.0, 1.0]), [math.exp(-0.5), 1 - math.exp(-0.5)])
+
+
+def test_tracker_edges_and_one_box_per_track_one_track_per_box():
+    tracker = IoUTracker(max_gap=0.5)
+    assert tracker.update([[0, 0, 10, 10]], 0.0) == [0]
+    assert tracker.update([[0, 0, 10, 3]], 0.25) == [0]  # IoU exactly 0.3 (30 / 100): at least min_iou joins
+    assert tracker.update([[0, 0, 10, 3]], 0.75) == [0]  # lost for exactly max_gap: still the same face
+    # two boxes on one track: the better one takes it, the other is a new face
+    tracker = IoUTracker()
+    tracker.update([[0, 0, 10, 10]], 0.0)
+    assert tracker.update([[0, 0, 10, 10], [1, 0, 11, 10]], 0.1) == [0, 1]
+    # one box over two tracks: it joins the one it overlaps most (IoU 0.82 against 0.43), once
+    tracker = IoUTracker()
+    assert tracker.update([[0, 0, 10, 10], [5, 0, 15, 10]], 0.0) == [0, 1]
+    assert tracker.update([[1, 0, 11, 10]], 0.1) == [0]
