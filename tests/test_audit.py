@@ -117,6 +117,42 @@ def test_suspicion_and_metrics_by_hand():
     assert metrics["recall_at_top_20pct"] == 0.5  # top 1 of 5 holds one of the two flipped
 
 
+def test_audit_table_and_summary_by_hand(tmp_path):
+    """audit_of on four images of two classes, p*, q and w given: two labels flipped (0 and 3)."""
+    from poi_cli.data.store import SplitData
+    from poi_cli.study.audit import audit_of
+
+    dataset = PreparedDataset(make_prepared(tmp_path / "data", num_classes=2, splits={"train": 2}))
+    split = dataset.split("train")
+    assert split.labels.tolist() == [0, 0, 1, 1]
+    data = SplitData(split.store_rows, np.array([1, 0, 1, 0]), split.ids, clean_labels=split.labels)
+    objective = np.array([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8], [0.3, 0.7]])
+    w = np.array([1.0, 1.0, 1.0, 0.5])
+    # suspicion w (1 - p*_given): 0.9, 0.5, 0.2, 0.35 -> the order 0, 1, 3, 2
+    result = audit_of(dataset, data, objective, objective, w, label_source="test", mode="test", checkpoint="x",
+                      split="train")
+    table = result.table
+    assert table["id"].tolist() == [split.ids[k] for k in (0, 1, 3, 2)]
+    assert table["pin_prob_given"].tolist() == pytest.approx([0.1, 0.5, 0.3, 0.8])  # p* of the given label
+    assert result.store_rows.tolist() == split.store_rows[[0, 1, 3, 2]].tolist()  # faces follow the table's rows
+    summary = result.summary
+    assert summary["suspects"] == {"0.5": 2, "0.7": 1, "0.9": 1}  # at least the threshold (0.5 is a suspect)
+    names = dataset.classes
+    assert {name: counts["0.5"] for name, counts in summary["suspects_per_class"].items()} == {names[0]: 1, names[1]: 1}
+    assert summary["realised_noise_rate"] == 0.5
+    assert summary["suggested_recovers_clean_label"] == 1.0  # both flipped images: p*'s argmax is the clean label
+
+
+def test_detection_recall_at_a_top_fraction_rounds_its_count():
+    from poi_cli.study.audit import detection_metrics
+
+    # 5 images: the top 30 % is round(1.5) = 2 images (not int: 1), the top 10 % at least 1
+    metrics = detection_metrics(np.array([0.9, 0.8, 0.7, 0.6, 0.5]), np.array([0, 1, 1, 0, 0]))
+    assert metrics["recall_at_top_30pct"] == 0.5 and metrics["recall_at_top_10pct"] == 0.0
+    metrics = detection_metrics(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 0, 1]))
+    assert metrics["recall_at_top_10pct"] == 0.5  # round(0.4) = 0, but never fewer than one image
+
+
 @pytest.mark.parametrize("command", ["audit", "clean"])
 def test_a_model_without_objective_inference_is_refused_before_predicting(command, tiny_runs, tmp_path, monkeypatch) -> None:
     """A baseline run has no PIN, so no p* to audit with: refused from its checkpoint, before the

@@ -615,3 +615,30 @@ def test_auto_finds_the_held_out_images_through_a_checkpoint_of_the_run(tmp_path
     for model in (run, run / "best.pt"):  # the run folder, or its checkpoint as an audit names it
         data, reason = validation_data(model, store)
         assert list(data.ids) == list(held) and reason == "6 images of train the run held out"
+
+
+def test_clean_labels_summary_by_hand():
+    """Five audited images, threshold 0.5: a suspicion of exactly 0.5 is selected, a suggestion
+    equal to the given label changes nothing, and the counts of the summary by hand."""
+    table = pd.DataFrame({"id": list("abcde"), "given_label": [0, 1, 1, 2, 0], "suggested_label": [1, 1, 0, 2, 2],
+                          "suspicion": [0.9, 0.5, 0.5, 0.2, 0.6], "clean_label": [1, 1, 1, 2, 0]})
+    result = clean_labels(table, ["a", "b", "c"], threshold=0.5)
+    assert result.labels["label"].tolist() == [1, 1, 0, 2, 2]
+    assert result.labels["action"].tolist() == ["relabel", "", "relabel", "", "relabel"]
+    summary = result.summary
+    assert (summary["n_selected"], summary["n_changed"]) == (4, 3)  # b selected, its suggestion is its label
+    assert summary["changed_wrong_before"] == 1 and summary["changed_right_before"] == 2  # a; c and e were right
+    assert summary["changed_right_after"] == 1
+    assert summary["noise_rate_before"] == pytest.approx(0.2) and summary["noise_rate_after"] == pytest.approx(0.4)
+
+
+def test_auto_estimate_from_few_validation_images_is_said_rough_below_its_minimum():
+    from types import SimpleNamespace
+
+    from poi_cli.study.clean import AUTO_MIN_VALID, valid_caveat
+
+    data = SimpleNamespace(classes=["a", "b"])
+    enough = np.arange(AUTO_MIN_VALID) % 2
+    assert valid_caveat(enough, np.array([0, 1]), data, "valid") is None
+    assert "fewer than" in valid_caveat(enough[:-1], np.array([0, 1]), data, "valid")
+

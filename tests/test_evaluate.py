@@ -73,6 +73,7 @@ def test_evaluate_known_answer_cli_json_and_files(tmp_path):
     assert report["accuracy"] == pytest.approx(4 / 28)  # always happiness (class 3, 4 images)
     assert report["per_class"]["happiness"] == {"n": 4, "recall": 1.0}
     assert report["per_class"]["neutral"] == {"n": 7, "recall": 0.0}
+    assert report["mean_class_recall"] == pytest.approx(1 / 7)  # the mean of the 7 recalls (their median is 0)
     confusion = np.array(report["confusion_matrix"])
     assert confusion[:, 3].tolist() == [1, 2, 3, 4, 5, 6, 7] and confusion.sum() == 28
     assert report["pin_intermediate_accuracy"] == pytest.approx(2 / 28)  # gate trusts region 2 -> fear
@@ -148,7 +149,11 @@ def test_a_class_the_dataset_never_labels_is_no_answer(tmp_path):
     manifest = manifest[manifest["label_name"] != "neutral"]
     manifest.to_csv(data / MANIFEST_FILE, index=False)
     checkpoint = constant_model(tmp_path / "model.pt", num_classes=8, trn_order=(6, 3))  # neutral, then happiness
-    assert evaluate(checkpoint, data, device="cpu")["accuracy"] == 0.0  # a synthetic dataset: neutral is an answer
+    synthetic = evaluate(checkpoint, data, device="cpu")
+    assert synthetic["accuracy"] == 0.0  # a synthetic dataset: neutral is an answer
+    # a class without images has no recall, and does not count as 0 in the mean
+    assert synthetic["per_class"]["neutral"] == {"n": 0, "recall": None}
+    assert synthetic["mean_class_recall"] == 0.0 and synthetic["per_class"]["happiness"]["recall"] == 0.0
     meta = json.loads((data / "prepared.json").read_text())
     (data / "prepared.json").write_text(json.dumps({**meta, "dataset": "ckplus", "layout": "ck+48"}))
     report = evaluate(checkpoint, data, device="cpu")
@@ -299,6 +304,20 @@ def test_accuracy_by_regions_agree_and_by_the_pins_expression(tmp_path):
     assert report["flagged"]["gap"] is None and "pin_expression differs" in report["flagged"]["rule"]
     lines = "\n".join(line.text for line in render.evaluate_summary(report, []) if isinstance(line, render.Line))
     assert "0/4 14.29% (28)" in lines and "4/4 - (0)" in lines and "differs: 14.29% (28)" in lines
+
+
+def test_agreement_blocks_by_hand():
+    from poi_cli.study.evaluate import agreement_blocks
+
+    # five faces: regions_agree 4, 4, 3, 4, 2; the PIN's expression differs on face 3
+    blocks = agreement_blocks(np.array([4, 4, 3, 4, 2]), np.array([0, 1, 0, 0, 0]), np.array([0, 1, 0, 1, 0]),
+                              np.array([True, True, False, True, False]))
+    levels = {row["regions_agree"]: (row["n"], row["accuracy"]) for row in blocks["regions_agree"]}
+    assert levels == {0: (0, None), 1: (0, None), 2: (1, 0.0), 3: (1, 0.0), 4: (3, 1.0)}
+    assert blocks["pin_agreement"] == {"same": {"n": 4, "accuracy": 0.5}, "differs": {"n": 1, "accuracy": 1.0}}
+    flagged = blocks["flagged"]  # regions below 4 (faces 2, 4) or the PIN differing (face 3)
+    assert flagged["flagged"] == {"n": 3, "accuracy": pytest.approx(1 / 3)} and flagged["rest"] == {"n": 2, "accuracy": 1.0}
+    assert flagged["gap"] == pytest.approx(2 / 3)  # the rest is that much more accurate
 
 
 def test_evaluate_reports_the_stored_recipe(tmp_path):

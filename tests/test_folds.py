@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from conftest import add_folds, make_prepared, stripe_image, tiny_config
 from poi_cli.cli import app
 from poi_cli.core.manifests import CLASSES
-from poi_cli.data.folds import random_test_mask, subject_folds
+from poi_cli.data.folds import folds_summary, random_test_mask, subject_folds
 from poi_cli.data.prepare import PrepareError, prepare
 from poi_cli.data.store import PreparedDataset
 from poi_cli.study.evaluate import EvaluateError, choose_split
@@ -55,6 +55,31 @@ def test_subject_folds_are_disjoint_cover_everything_and_follow_the_seed():
     assert not np.array_equal(folds, subject_folds(subjects, 5, seed=4))
     with pytest.raises(ValueError, match="fewer than folds"):
         subject_folds(["a", "a", "b"], 3, seed=0)
+
+
+def test_subject_folds_place_the_largest_subjects_first():
+    # one subject of 4 images, four of 1: largest first gives folds of 4 and 4 (smallest first: 6 and 2)
+    subjects = ["big"] * 4 + ["a", "b", "c", "d"]
+    for seed in range(5):
+        assert sorted(np.bincount(subject_folds(subjects, 2, seed), minlength=2)) == [4, 4]
+
+
+def test_fraction_counts_round_half_up_and_the_folds_summary_by_hand():
+    from poi_cli.train.data import hold_out
+
+    # 0.3 of a class of 5 is 1.5 images: 2 (not 1)
+    assert random_test_mask(np.zeros(5, int), 0.3, seed=0).sum() == 2
+    assert hold_out(np.zeros(5, int), 0.3, seed=0).sum() == 2
+    # whole subjects: stop once the target (0.25 of 8 = 2 images) is reached
+    groups = np.array([f"s{i}" for i in range(8)])
+    assert hold_out(np.repeat([0, 1], 4), 0.25, seed=0, groups=groups).sum() == 2
+    rows = [{"fold": 0, "n_test": 1, "accuracy": 1.0, "mean_class_recall": 0.1},
+            {"fold": 1, "n_test": 3, "accuracy": 0.5, "mean_class_recall": 0.2},
+            {"fold": 2, "n_test": 4, "accuracy": 0.5, "mean_class_recall": 0.9}]
+    summary = folds_summary(rows, "cv")
+    assert summary["accuracy_pooled"] == pytest.approx((1.0 + 1.5 + 2.0) / 8)  # weighted by each fold's images
+    assert summary["accuracy_mean"] == pytest.approx(2 / 3)
+    assert summary["mean_class_recall_mean"] == pytest.approx(0.4)
 
 
 def test_random_test_mask_takes_the_fraction_of_each_class():

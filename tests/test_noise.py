@@ -259,6 +259,14 @@ def test_subset_keeps_a_seeded_choice_with_the_full_files_flips(tmp_path: Path) 
     assert table.loc[kept, "label"].tolist() == full.loc[kept, "label"].tolist()  # the full file's flips
     assert table["clean_label"].tolist() == full["clean_label"].tolist()
     assert summary["flipped"] == int((table.loc[kept, "label"] != table.loc[kept, "clean_label"]).sum())
+    # the rate and the per-class counts are of the subset's images, by their clean class
+    subset = table.loc[kept]
+    assert summary["realised_rate"] == round(float((subset["label"] != subset["clean_label"]).mean()), 6)
+    names = PreparedDataset(store).classes
+    for c, name in enumerate(names):
+        of_class = subset[subset["clean_label"] == c]
+        assert summary["per_class"][name] == {"images": len(of_class), "flipped": int((of_class["label"] != c).sum()),
+                                              "noisy_labels": int((subset["label"] == c).sum())}
     clean_subset = pd.read_csv(write_noisy_labels(store, 0.0, seed=0, subset=500)[0])
     assert ((clean_subset["label"] >= 0) == kept).all()  # the same images at 0 % (subset seed 0)
     other = pd.read_csv(write_noisy_labels(store, 0.3, seed=0, subset=500, subset_seed=1, out=tmp_path / "o.csv")[0])

@@ -132,6 +132,23 @@ def test_runs_of_other_recipes_are_not_averaged_with_the_seeds(runs, tmp_path):
     assert teacher["runs"] == 2 and teacher["seeds"] == "0 1" and teacher["final_mean_acc"] == pytest.approx(0.68)
     by_noise = pd.read_csv(tmp_path / "report" / "by_noise.csv").set_index("method")
     assert by_noise.loc["POI (temperature=1.0)", "noise 20%"] == pytest.approx(0.40)
+    assert by_noise.loc["POI", "noise 20%"] == pytest.approx((0.55 + 0.60) / 2)  # the mean of the seeds' best
+
+
+def test_noise_of_a_label_file_and_of_a_clean_run(runs, tmp_path):
+    """A run on a `poi noise` file reports the file's requested and realised rates (in that order);
+    a run without noise 0 and 0, whatever its config holds."""
+    labels = tmp_path / "noisy.csv"
+    labels.write_text("id,label\n")
+    labels.with_suffix(".json").write_text(json.dumps({"rate": 0.3, "realised_rate": 0.29}))
+    make_run(runs / "poi_file", {1: 0.4, 4: 0.5}, labels=str(labels))
+    clean = make_run(runs / "poi_clean", {1: 0.4, 4: 0.5})
+    config = json.loads((clean / "config.json").read_text())
+    config["resolved"]["noise_realised_rate"] = None  # what a run without noise records
+    (clean / "config.json").write_text(json.dumps(config))
+    rows = build_report([runs], tmp_path / "report").summary.set_index("run")
+    assert (rows.loc["poi_file", "noise"], rows.loc["poi_file", "noise_realised"]) == pytest.approx((0.3, 0.29))
+    assert (rows.loc["poi_clean", "noise"], rows.loc["poi_clean", "noise_realised"]) == (0.0, 0.0)
 
 
 def test_runs_on_different_prepared_folders_are_never_averaged(runs, tmp_path):
