@@ -153,7 +153,9 @@ def test_a_class_the_dataset_never_labels_is_no_answer(tmp_path):
     assert synthetic["accuracy"] == 0.0  # a synthetic dataset: neutral is an answer
     # a class without images has no recall, and does not count as 0 in the mean
     assert synthetic["per_class"]["neutral"] == {"n": 0, "recall": None}
-    assert synthetic["mean_class_recall"] == 0.0 and synthetic["per_class"]["happiness"]["recall"] == 0.0
+    happy = evaluate(constant_model(tmp_path / "happy.pt", num_classes=8, trn_order=(3,)), data, device="cpu")
+    assert happy["per_class"]["happiness"]["recall"] == 1.0
+    assert happy["mean_class_recall"] == pytest.approx(1 / 7)  # over the 7 classes with images (not 1/8)
     meta = json.loads((data / "prepared.json").read_text())
     (data / "prepared.json").write_text(json.dumps({**meta, "dataset": "ckplus", "layout": "ck+48"}))
     report = evaluate(checkpoint, data, device="cpu")
