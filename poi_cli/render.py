@@ -327,8 +327,11 @@ def regions_agreement(record: "FaceRecord") -> str:
 
 def active_aus(aus: Optional[dict]) -> str:
     """`AU06(L,R) AU12(L,R)`: the AUs with probability >= 0.5 in some region, and the regions' initials."""
-    active = [f"{au}({','.join(reg.split('_')[0][0].upper() for reg, p in regions.items() if p >= 0.5)})"
-              for au, regions in (aus or {}).items() if any(p is not None and p >= 0.5 for p in regions.values())]
+    def on(p: Optional[float]) -> bool:  # a region without a value (None) is not active
+        return p is not None and p >= 0.5
+
+    active = [f"{au}({','.join(reg.split('_')[0][0].upper() for reg, p in regions.items() if on(p))})"
+              for au, regions in (aus or {}).items() if any(on(p) for p in regions.values())]
     return " ".join(active) or "-"
 
 

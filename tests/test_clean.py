@@ -333,6 +333,10 @@ def test_auto_scores_valid_with_the_fold_models_of_a_cross_fitted_audit(tmp_path
     assert folds["valid_scored_by"] == 2 and [c[0] for c in calls] == ["right", "wrong"]
     assert sum(c[1] for c in calls) == len(valid.labels) == 42 and calls[0][1] == 21  # each image once, halves
     assert folds["suggestion_accuracy_valid"] == pytest.approx(0.5)  # half the images scored by the wrong model
+    # the rows a run held out for validation are no training labels: they do not move the agreement
+    held = pd.concat([table.assign(held_out=False),
+                      pd.DataFrame({"given_label": [4, 5], "suggested_label": [5, 6], "held_out": [True, True]})])
+    assert auto_fraction("right", prepared, held)["suggestion_agreement_train"] == 1.0
 
 
 def test_auto_warns_when_an_in_sample_audit_comes_from_a_model_that_fitted_its_labels(tmp_path, monkeypatch):
@@ -340,6 +344,7 @@ def test_auto_warns_when_an_in_sample_audit_comes_from_a_model_that_fitted_its_l
     on valid; its in-sample audit sees no noise (rho 0: seen at 99.8 % agreement, 41 % valid)."""
     assert fitted_training_labels(0.998, 0.414) and fitted_training_labels(0.80, 0.69)
     assert not fitted_training_labels(0.74, 0.69) and not fitted_training_labels(0.78, 0.69)  # margin 0.10
+    assert not fitted_training_labels(0.2, 0.1)  # exactly the margin (0.2 - 0.1 == 0.1 in floats): more is needed
     prepared = make_prepared(tmp_path / "data", splits={"train": 4, "valid": 6})
     monkeypatch.setattr(clean_module, "objective_of", _scripted_objective)
     table, _ = _fixture_audit(prepared)  # the suggestion agrees with 75 % of the given labels

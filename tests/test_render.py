@@ -57,6 +57,7 @@ def test_predict_table_marks_active_aus_by_region_and_failed_images():
     assert render.active_aus(None) == "-"
     # an AU counts from 0.5 on (>=), in each region that carries it: L(eft), R(ight)
     assert render.active_aus({"AU06": {"left_eye": 0.5, "right_eye": 0.49}, "AU26": {"left_mouth": 0.2}}) == "AU06(L)"
+    assert render.active_aus({"AU06": {"left_eye": 0.9, "right_eye": None}}) == "AU06(L)"  # it raised a TypeError
     assert render.predict_summary(3, {"ok": 1, "no_face": 0, "error": 2}, "p.csv", None).text == (
         "3 images: 1 face predicted, 0 images without a face, 2 errors; wrote p.csv")
 
