@@ -343,6 +343,13 @@ def test_one_client_stalling_bodies_fills_its_own_share_not_everyones(files):
         assert other.status_code == 200, other.text  # another client is served while they stall
         for sock in stalled:
             sock.close()
+        # a request's body is given back to its client's share when it is answered: one after
+        # another, bodies adding up to more than the share are all served (it stayed charged: 503s)
+        body = image.read_bytes()
+        for _ in range(2 * limits.max_client_buffered_bytes // len(body) + 1):
+            answer = requests.post(f"{url}/predict", files=[("files", (image.name, body))],
+                                   headers={"X-Forwarded-For": "10.0.0.3"}, timeout=60)
+            assert answer.status_code == 200, answer.text
     with pytest.raises(ServeError, match="--max-client-mb must lie between --max-upload-mb"):
         ServeLimits(max_request_bytes=30 * serve_module.MiB, max_client_buffered_bytes=20 * serve_module.MiB)
     # by default 64 MiB, or one body where --max-upload-mb is larger (a valid --max-upload-mb 100 stays valid)

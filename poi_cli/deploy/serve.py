@@ -647,11 +647,7 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits()) -> Any
         except Exception as error:  # never a bare 500 page: a JSON reason, and the server goes on
             return reject(500, f"prediction failed: {type(error).__name__}: {one_line(error)}")
         finally:
-            state["buffered_bytes"] -= holds.body_bytes
-            if holds.body_bytes:
-                client_bytes[holds.client] -= holds.body_bytes
-                if not client_bytes[holds.client]:
-                    del client_bytes[holds.client]
+            release_body(holds)
             state["pixels_in_flight"] -= holds.pixels
             if holds.counted:
                 state["in_flight"] -= 1
@@ -664,6 +660,15 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits()) -> Any
             if idle or state["decoded_since_trim"] >= TRIM_AFTER_PIXELS:
                 state["decoded_since_trim"] = 0
                 asyncio.get_running_loop().run_in_executor(None, release_memory)
+
+    def release_body(holds: _Holds) -> None:
+        """Give back the body a request holds, to the server's budget and to its client's (once)."""
+        state["buffered_bytes"] -= holds.body_bytes
+        if holds.body_bytes:
+            client_bytes[holds.client] -= holds.body_bytes
+            if not client_bytes[holds.client]:
+                del client_bytes[holds.client]
+        holds.body_bytes = 0
 
     async def _read_body(request: Request, holds: _Holds) -> bytes:
         declared = request.headers.get("content-length")
@@ -763,8 +768,7 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits()) -> Any
                                                              uploads, large)
         finally:
             await form.close()  # the spooled files: every upload is decoded (or refused) by now
-            state["buffered_bytes"] -= holds.body_bytes  # the body is now decoded pixels (or nothing)
-            holds.body_bytes = 0
+            release_body(holds)  # the body is now decoded pixels (or nothing)
         good = [u for u in uploads if u.image is not None]
         if not good:
             reasons = "; ".join(f"{u.name}: {u.error}" for u in uploads)
