@@ -151,6 +151,17 @@ def test_formats_that_decode_inside_open_are_refused_unread(tmp_path, monkeypatc
     assert load_error(tmp_path / "small.ico") == faces.UNKNOWN_FORMAT
 
 
+
+@pytest.mark.parametrize("fmt,feature", [("AVIF", "avif"), ("JPEG2000", "jpg_2000"), ("WEBP", "webp")])
+def test_photo_formats_of_phones_and_cameras_are_read(tmp_path, fmt, feature):
+    from PIL import features
+
+    if not features.check(feature):
+        pytest.skip(f"this Pillow has no {fmt}")
+    noise_image((40, 32)).save(tmp_path / f"photo.{fmt.lower()}", fmt)
+    assert load_unchanged(tmp_path / f"photo.{fmt.lower()}").size == (40, 32)
+
+
 def test_cmyk_jpeg_becomes_rgb(tmp_path):
     path = tmp_path / "cmyk.jpg"
     Image.new("CMYK", (32, 32), (0, 255, 255, 0)).save(path, "JPEG", quality=95)  # pure red in CMYK

@@ -35,12 +35,14 @@ MIN_SIDE = 16
 MAX_PIXELS = 100_000_000
 _OPEN_LOCK = threading.Lock()
 EXIF_ORIENTATION = 0x0112  # the EXIF tag of how a photo is turned
-# The formats poi opens (Pillow's names; JPEG covers MPO, the camera JPEGs of several pictures).
+# The formats poi opens (Pillow's names; JPEG covers MPO, the camera JPEGs of several pictures;
+# AVIF where the installed Pillow reads it, 11.3 on). Opening any of them parses a header only.
 # Pillow's others are left out: some decode whole inside Image.open, so that neither the size
 # check nor a server's budgets come first (an ICO holding a 13000 x 13000 PNG: 650 MB), some
 # run outside programs (EPS: Ghostscript), and none is a photo format.
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "TIFF", "GIF", "PPM", "TGA")
-UNKNOWN_FORMAT = "not an image in a format poi reads (JPEG, PNG, WebP, BMP, TIFF, GIF, PPM/PGM, TGA)"
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "JPEG2000", "BMP", "DIB", "TIFF", "GIF", "PPM", "TGA")
+UNKNOWN_FORMAT = ("not an image in a format poi reads (JPEG, PNG, WebP, AVIF, JPEG 2000, BMP, TIFF, GIF, PPM/PGM, "
+                  "TGA)")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -89,7 +91,8 @@ def open_image(handle: BinaryIO) -> Image.Image:
         # process-wide filter list, so our loader threads take turns here (opening
         # only parses the header: it is quick).
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return Image.open(handle, formats=IMAGE_FORMATS)
+        Image.init()  # a name Pillow has no plugin for (AVIF before 11.3) is a KeyError in Image.open
+        return Image.open(handle, formats=[name for name in IMAGE_FORMATS if name in Image.OPEN])
 
 
 def decode_image(handle: BinaryIO) -> Image.Image:
