@@ -504,7 +504,7 @@ def predict(
     from poi_cli.backends import open_runner
     from poi_cli.deploy.pipeline import expand_inputs
     from poi_cli.deploy.predict import Predictor
-    from poi_cli.deploy.records import is_predictions_csv
+    from poi_cli.deploy.records import is_predictions_csv, shown_name
     from poi_cli.deploy.video import VideoOptions, csv_summary_path, is_video_summary
 
     if as_json and csv_file:
@@ -518,9 +518,10 @@ def predict(
     items = expand_inputs(inputs, on_repeat=repeated.append)
     input_files = [item.path for item in items if item.path is not None]
     if repeated:  # each file is predicted once: say so, or its other names seem to vanish from the rows
-        show(*render.note_lines([f"{len(repeated)} input{'s name a file' if len(repeated) > 1 else ' names a file'} "
-                                 f"already given (e.g. {repeated[0]}: a link, or the same file twice): each file is "
-                                 "predicted once, under its first name"], soft_wrap=True), to=err_console)
+        show(*render.note_lines([f"{len(repeated)} name{'s' if len(repeated) > 1 else ''} (given twice, or found in a "
+                                 f"folder) reach a file already read (e.g. {shown_name(str(repeated[0]))}: a link, or "
+                                 "the same file again): each file is predicted once, under its first name"],
+                                soft_wrap=True), to=err_console)
     model_file = model or os.environ.get("POI_MODEL")  # read too: never written over
     with ExitStack() as held:
         with user_errors():

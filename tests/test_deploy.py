@@ -532,7 +532,7 @@ def test_a_file_given_twice_is_predicted_once_and_said(tmp_path):
     assert done.returncode == 0, done.stderr
     assert [Path(r["image"]).name for r in json.loads(done.stdout)] == ["a.jpg"]
     said = " ".join(done.stderr.split())
-    assert f"2 inputs name a file already given (e.g. {folder / 'b.jpg'}: a link, or the same file twice)" in said
+    assert f"2 names (given twice, or found in a folder) reach a file already read (e.g. {folder / 'b.jpg'}: a link" in said
 
 
 def test_save_vis_that_cannot_be_written_stops_the_pictures_not_the_predictions(tmp_path, monkeypatch):

@@ -364,7 +364,7 @@ class _Worker:
             return _Loaded(status=STATUS_ERROR, reason=_one_line(error))
 
     def detect_batch(self, loaded: list[_Loaded]) -> list[dict[str, Any]]:
-        """Detect the faces of loaded images in one batch; align the largest of each."""
+        """Detect the faces of loaded images in one batch; align the one the dataset marks, else the largest, of each."""
         try:
             found = self.detector.detect([entry.image for entry in loaded])
         except Exception:

@@ -629,7 +629,8 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits()) -> Any
     statuses = {400: "no usable image, or no files", 408: "the body did not arrive in time",
                 413: "too large (bytes, pixels of an image, or pixels of the request)",
                 422: "a bad query value", 429: "too many requests in flight",
-                503: "the server's memory budget (decoded pixels or bodies) is full; retry after Retry-After seconds"}
+                503: "the server's memory budget (decoded pixels or bodies, or this client's bodies) is full; retry after "
+                     "Retry-After seconds"}
 
     @app.post("/predict", openapi_extra=upload_schema,
               responses={status: {"description": text, "content": reason_schema} for status, text in statuses.items()})

@@ -145,10 +145,10 @@ def select_data(config: TrainConfig) -> TrainingData:
             if clean is not None and len(labels):  # the noise of the labels trained on, not of the held-out ones too
                 realised = float((labels != clean).mean())
             # what drew them: --val-fraction's share, or the run --heldout-from names (its fraction is not this one)
-            name = (f"{config.train_split}{HELD_OUT_MARK} by {Path(config.heldout_from).name}]" if inherited
+            name = (f"{config.train_split}{HELD_OUT_MARK} by {Path(config.heldout_from).resolve().name}]" if inherited
                     else f"{config.train_split}{HELD_OUT_MARK} {config.val_fraction:g}]")
             whole = "" if subjects is None else subject_note(subjects, held)
-            drawn = (f"those {Path(config.heldout_from).name} held out" if inherited
+            drawn = (f"those {Path(config.heldout_from).resolve().name} held out" if inherited
                      else f"--val-fraction {config.val_fraction:g}, seed {config.seed}")
             note = f"validation: {held.sum()} images held out of {config.train_split} ({drawn}{whole}; {why}){held_note}"
     else:

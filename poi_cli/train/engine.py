@@ -324,8 +324,8 @@ class Trainer:
             if not self.data.held_out:
                 remedy = "`poi calibrate` the run on a larger split"
             elif c.heldout_from is not None:  # --val-fraction draws nothing here: the hold-out is the named run's
-                remedy = (f"they are those {Path(c.heldout_from).name} held out (--heldout-from), so hold out more there, "
-                          f"with --val-fraction, and train the rounds again; {same}")
+                remedy = (f"they are those {Path(c.heldout_from).resolve().name} held out (--heldout-from), so hold out more "
+                          f"there, with --val-fraction, and train again from that run; {same}")
             else:
                 remedy = f"hold out more with --val-fraction (now {c.val_fraction:g}); {same}"
             self.log(f"note: the T_cal each epoch fits on its {r['n_val']} validation images is unreliable (fewer than "
