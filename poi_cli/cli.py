@@ -519,7 +519,7 @@ def predict(
     input_files = [item.path for item in items if item.path is not None]
     if repeated:  # each file is predicted once: say so, or its other names seem to vanish from the rows
         show(*render.note_lines([f"{len(repeated)} name{'s' if len(repeated) > 1 else ''} (given twice, or found in a "
-                                 f"folder) reach a file already read (e.g. {shown_name(str(repeated[0]))}: a link, or "
+                                 f"folder) reach{'' if len(repeated) > 1 else 'es'} a file already read (e.g. {shown_name(str(repeated[0]))}: a link, or "
                                  "the same file again): each file is predicted once, under its first name"],
                                 soft_wrap=True), to=err_console)
     model_file = model or os.environ.get("POI_MODEL")  # read too: never written over
