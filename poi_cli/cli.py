@@ -518,10 +518,10 @@ def predict(
     items = expand_inputs(inputs, on_repeat=repeated.append)
     input_files = [item.path for item in items if item.path is not None]
     if repeated:  # each file is predicted once: say so, or its other names seem to vanish from the rows
-        show(*render.note_lines([f"{len(repeated)} name{'s' if len(repeated) > 1 else ''} (given twice, or found in a "
-                                 f"folder) reach{'' if len(repeated) > 1 else 'es'} a file already read (e.g. {shown_name(str(repeated[0]))}: a link, or "
-                                 "the same file again): each file is predicted once, under its first name"],
-                                soft_wrap=True), to=err_console)
+        names = f"{len(repeated)} name{'s' if len(repeated) > 1 else ''} (given twice, or found in a folder)"
+        show(*render.note_lines([f"{names} reach{'' if len(repeated) > 1 else 'es'} a file already read (e.g. "
+                                 f"{shown_name(str(repeated[0]))}: a link, or the same file again): each file is "
+                                 "predicted once, under its first name"], soft_wrap=True), to=err_console)
     model_file = model or os.environ.get("POI_MODEL")  # read too: never written over
     with ExitStack() as held:
         with user_errors():
