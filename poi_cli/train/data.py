@@ -83,7 +83,7 @@ def select_data(config: TrainConfig) -> TrainingData:
     train = dataset.split(config.train_split, labels_file=config.labels, exclude_fold=config.fold_index)
     test_split = None if config.fold_index is None else fold_split_name(config.fold_index)
     labels, clean, realised = training_labels(dataset, train, config)
-    held_out, inherited, from_train = False, False, False  # from_train: validation held out of train (or nothing)
+    held_out, from_train = False, False  # from_train: validation held out of train (or nothing)
     held_note = ""
     if config.val_split is not None and (fold := parse_fold_split(config.val_split)) is not None:
         # a fold's images are part of the split the folds partition: trained on, or (--fold K) the test fold
@@ -106,7 +106,8 @@ def select_data(config: TrainConfig) -> TrainingData:
         # it started, a later --rounds round on round 1's (hold_out draws by the labels, which the
         # cleaning changed: a new draw validated on images the round before, its teacher, trained on)
         held = held_out_mask(config.resume, train.ids) if config.resume else None
-        inherited = config.heldout_from is not None  # a resumed run's are those it inherited as well
+        # the run whose hold-out this is (--heldout-from; a resumed run's are those it inherited as well)
+        inherited_from = Path(config.heldout_from).resolve().name if config.heldout_from is not None else None
         if held is None and config.heldout_from is not None:
             held = held_out_mask(config.heldout_from, train.ids)
             if held is None:
@@ -145,10 +146,10 @@ def select_data(config: TrainConfig) -> TrainingData:
             if clean is not None and len(labels):  # the noise of the labels trained on, not of the held-out ones too
                 realised = float((labels != clean).mean())
             # what drew them: --val-fraction's share, or the run --heldout-from names (its fraction is not this one)
-            name = (f"{config.train_split}{HELD_OUT_MARK} by {Path(config.heldout_from).resolve().name}]" if inherited
+            name = (f"{config.train_split}{HELD_OUT_MARK} by {inherited_from}]" if inherited_from
                     else f"{config.train_split}{HELD_OUT_MARK} {config.val_fraction:g}]")
             whole = "" if subjects is None else subject_note(subjects, held)
-            drawn = (f"those {Path(config.heldout_from).resolve().name} held out" if inherited
+            drawn = (f"those {inherited_from} held out" if inherited_from
                      else f"--val-fraction {config.val_fraction:g}, seed {config.seed}")
             note = f"validation: {held.sum()} images held out of {config.train_split} ({drawn}{whole}; {why}){held_note}"
     else:
