@@ -350,7 +350,7 @@ def test_rafdb_aligned_and_original_layouts(tmp_path: Path) -> None:
     assert manifest.loc["train_00001.jpg", ["lm_x0", "lm_y4"]].tolist() == [40.0, 70.0]
     assert np.isnan(manifest.loc["train_00001.jpg", "det_score"])
     assert manifest.loc["test_0001.jpg", "det_score"] == pytest.approx(0.99) and manifest.loc["test_0001.jpg", "status"] == "ok"
-    assert any("no landmark file" in note for note in result.notes)
+    assert any(note.startswith("1 original images in test have no landmark file") for note in result.notes)
     assert "1 photos without landmarks: their faces are detected (the largest in each photo) and aligned" in result.notes
     result = prepare("raf-db", original, tmp_path / "out_n", size=SIZE, detect=False, show_progress=False)
     assert "1 photos without landmarks: each is resized whole, not aligned (--no-detect)" in result.notes
@@ -358,6 +358,19 @@ def test_rafdb_aligned_and_original_layouts(tmp_path: Path) -> None:
     manifest = pd.read_csv(tmp_path / "out_n" / "manifest.csv").set_index("id")
     assert np.isnan(manifest.loc["test_0001.jpg", "det_score"]) and np.isnan(manifest.loc["test_0001.jpg", "lm_x0"])
     assert result.meta["settings"]["unaligned_photos"] == "resized whole (--no-detect)"
+    # the parser counts every split, prepare keeps those --splits names: the note says whose the photo is
+    # (it read "1 original images have no landmark file" for a store without it)
+    result = prepare("raf-db", original, tmp_path / "out_t", size=SIZE, splits=["train"], show_progress=False)
+    assert result.counts == {"train": {"ok": 2}}
+    assert any(note.startswith("1 original images in test have no landmark file") for note in result.notes)
+    assert not any("photos without landmarks" in note for note in result.notes)
+
+
+def test_a_parser_note_counts_each_split() -> None:
+    from poi_cli.data.datasets.common import counted
+
+    assert counted(["val", "train", "train"], "rows") == "3 rows (train 2, val 1)"
+    assert counted(["test"], "original images") == "1 original images in test"
 
 
 def test_rafdb_as_users_unzip_it(tmp_path: Path) -> None:
@@ -471,7 +484,7 @@ def test_affectnet_rows_without_landmarks_use_the_face_box_else_detection(tmp_pa
         Image.fromarray(photo).save(raw / "Manually_Annotated_Images" / name)
     result = prepare("affectnet", raw, tmp_path / "out", size=SIZE, show_progress=False, detector=InterruptingDetector())
     assert result.counts == {"train": {"ok": 2}}
-    assert any("1 rows have no usable facial_landmarks: their face box" in note for note in result.notes)
+    assert any("1 rows in train have no usable facial_landmarks: their face box" in note for note in result.notes)
     assert any("neither usable facial_landmarks nor a face box" in note for note in result.notes)
     assert "1 photos without landmarks: their faces are detected (the largest in each photo) and aligned" in result.notes
     data = PreparedDataset(tmp_path / "out")
@@ -567,8 +580,8 @@ def test_affectnet_newer_release_with_npy_annotations(tmp_path: Path) -> None:
         assert manifest.loc[aligned, columns].tolist() == pytest.approx(five), aligned
     for whole in ("train_set/images/5.jpg", "train_set/images/10.jpg"):
         assert manifest.loc[whole, columns].isna().all() and np.isnan(manifest.loc[whole, "det_score"])
-    assert any(note.startswith("1 images have no _lnd.npy file: already face crops") for note in result.notes)
-    assert any(note.startswith("1 images have an unusable _lnd.npy file (e.g. train_set/annotations/10_lnd.npy")
+    assert any(note.startswith("1 images in train have no _lnd.npy file: already face crops") for note in result.notes)
+    assert any(note.startswith("1 images in train have an unusable _lnd.npy file (e.g. train_set/annotations/10_lnd.npy")
                for note in result.notes)
     assert PreparedDataset(tmp_path / "out").num_classes == 8
     again = prepare("affectnet", raw, tmp_path / "out", size=SIZE, show_progress=False)

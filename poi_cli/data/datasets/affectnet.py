@@ -13,8 +13,8 @@ import numpy as np
 
 from poi_cli.core.schema import STATUS_ERROR
 from poi_cli.data.datasets.common import (
-    EXCLUDED, IMAGE_SUFFIXES, MISSING, Item, LayoutError, ParsedDataset, class_lookup, dataset_manifest, expected_counts,
-    five_from_68, list_images, missing_reason, relative,
+    EXCLUDED, IMAGE_SUFFIXES, MISSING, Item, LayoutError, ParsedDataset, class_lookup, counted, dataset_manifest,
+    expected_counts, five_from_68, list_images, missing_reason, relative,
 )
 
 REQUIRED_COLUMNS = ("subDirectory_filePath", "expression", "facial_landmarks")
@@ -81,7 +81,7 @@ def parse_csv(raw_dir: Path, facts: dict) -> ParsedDataset:
     groups = facts["landmarks_68_to_5"]
     items: list[Item] = []
     notes: list[str] = []
-    unaligned = {"box": 0, "detected": 0}
+    unaligned: dict[str, list[str]] = {"box": [], "detected": []}  # the splits of such rows
     for split, file_name in facts["label_files"].items():
         candidates = [f"{d}/{file_name}" if d != "." else file_name for d in facts["label_dirs"]]
         found = [raw_dir / c for c in candidates if (raw_dir / c).is_file()]
@@ -114,15 +114,15 @@ def parse_csv(raw_dir: Path, facts: dict) -> ParsedDataset:
                     if item.landmarks is None:  # the csv's face box, else the face found in the photo
                         item.box = parse_box(row)
                         item.detect = item.box is None
-                        unaligned["box" if item.box else "detected"] += 1
+                        unaligned["box" if item.box else "detected"].append(split)
                 items.append(item)
     if not items:
         raise LayoutError(f"{raw_dir} does not look like AffectNet: neither training.csv nor validation.csv was found")
     if unaligned["box"]:
-        notes.append(f"{unaligned['box']} rows have no usable facial_landmarks: their face box (face_x, face_y, "
-                     "face_width, face_height) is cropped and resized, not aligned")
+        notes.append(f"{counted(unaligned['box'], 'rows')} have no usable facial_landmarks: their face box "
+                     "(face_x, face_y, face_width, face_height) is cropped and resized, not aligned")
     if unaligned["detected"]:
-        notes.append(f"{unaligned['detected']} rows have neither usable facial_landmarks nor a face box")
+        notes.append(f"{counted(unaligned['detected'], 'rows')} have neither usable facial_landmarks nor a face box")
     return ParsedDataset("affectnet", "manually annotated", items, facts["num_classes"], facts["grayscale"],
                          facts["detect"], notes, expected_counts(facts))
 
@@ -207,7 +207,7 @@ def parse_npy(raw_dir: Path, facts: dict) -> ParsedDataset:
     groups = facts["landmarks_68_to_5"]
     items: list[Item] = []
     notes: list[str] = []
-    unaligned: dict[str, int] = {"absent": 0, "unusable": 0}
+    unaligned: dict[str, list[str]] = {"absent": [], "unusable": []}  # the splits of such images
     example = ""
     for split, set_name in npy["splits"].items():
         annotations = raw_dir / set_name / npy["annotations"]
@@ -257,22 +257,22 @@ def parse_npy(raw_dir: Path, facts: dict) -> ParsedDataset:
             item.label = lookup[code]
             lnd = annotations / f"{stem}{npy['landmarks']}"
             if lnd.name not in names:
-                unaligned["absent"] += 1
+                unaligned["absent"].append(split)
             else:
                 try:
                     item.landmarks = read_landmarks(lnd, groups)
                 except (OSError, ValueError) as error:
-                    unaligned["unusable"] += 1
+                    unaligned["unusable"].append(split)
                     example = example or f"{relative(lnd, raw_dir)}: {error}"
             items.append(item)
     if not items:
         raise LayoutError(f"{raw_dir} does not look like AffectNet: its {npy['annotations']}/ folders hold no "
                           f"*{npy['expression']} file and its {npy['images']}/ folders no image")
     if unaligned["absent"]:
-        notes.append(f"{unaligned['absent']} images have no {npy['landmarks']} file: already face crops, they are "
-                     "resized whole, not aligned")
+        notes.append(f"{counted(unaligned['absent'], 'images')} have no {npy['landmarks']} file: already face crops, "
+                     "they are resized whole, not aligned")
     if unaligned["unusable"]:
-        notes.append(f"{unaligned['unusable']} images have an unusable {npy['landmarks']} file (e.g. {example}): "
-                     "already face crops, they are resized whole, not aligned")
+        notes.append(f"{counted(unaligned['unusable'], 'images')} have an unusable {npy['landmarks']} file "
+                     f"(e.g. {example}): already face crops, they are resized whole, not aligned")
     return ParsedDataset("affectnet", "train_set/val_set", items, facts["num_classes"], facts["grayscale"],
                          facts["detect"], notes, expected_counts(facts))

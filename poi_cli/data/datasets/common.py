@@ -9,6 +9,8 @@ sizes) come from data_manifests/datasets/<name>.json, read by dataset_manifest()
 from __future__ import annotations
 
 import os
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,16 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
         p for p in candidates
         if not p.is_dir() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
     )
+
+
+def counted(splits: Iterable[str], what: str) -> str:
+    """'3 rows in train' or '12 rows (train 10, val 2)': the count a parser's note gives, one per
+    split it found them in, since `poi prepare --splits` may keep only some of the splits."""
+    counts = Counter(splits)
+    total = sum(counts.values())
+    if len(counts) == 1:
+        return f"{total} {what} in {next(iter(counts))}"
+    return f"{total} {what} (" + ", ".join(f"{split} {n}" for split, n in sorted(counts.items())) + ")"
 
 
 def relative(path: Path, raw_dir: Path) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from poi_cli.data.datasets.common import (
-    MISSING, Item, LayoutError, ParsedDataset, class_lookup, dataset_manifest, expected_counts, missing_reason,
+    MISSING, Item, LayoutError, ParsedDataset, class_lookup, counted, dataset_manifest, expected_counts, missing_reason,
 )
 
 
@@ -69,9 +69,9 @@ def parse(raw_dir: Path) -> ParsedDataset:
         items.append(item)
     notes = []
     if layout_name == "original" and landmark_dir is not None:
-        without = sum(1 for item in items if item.status != MISSING and item.landmarks is None)
+        without = [item.split for item in items if item.status != MISSING and item.landmarks is None]
         if without:
-            notes.append(f"{without} original images have no landmark file in {layout['landmarks']}/ "
+            notes.append(f"{counted(without, 'original images')} have no landmark file in {layout['landmarks']}/ "
                          "(is Annotation/manual.zip unzipped?)")
     return ParsedDataset("raf-db", layout_name, items, facts["num_classes"], facts["grayscale"], layout["detect"],
                          notes, expected_counts(facts))
