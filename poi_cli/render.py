@@ -19,8 +19,9 @@ from pathlib import Path
 from shlex import quote
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
-from rich.console import RenderableType
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from poi_cli.core.schema import STATUS_OK
@@ -51,6 +52,54 @@ class Line:
 
 
 Item = Union[RenderableType, Line]  # what a command prints: tables and lines, in order
+
+
+class FittedTable(Table):
+    """A table that breaks lines between words where the console's width allows it.
+
+    rich narrows the widest columns first and folds their cells mid-word: in an 80-column
+    terminal `poi predict` printed `astronaut.j` / `pg` while the AUs column could have
+    wrapped between its AUs. Here each column first gets its longest word (its header's as
+    well where the width allows), then the spare width goes to the columns that need the least
+    more to fit on one line. Where even the longest words do not fit, the longest are folded.
+    """
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        self._fit_columns(console, options)
+        yield from super().__rich_console__(console, options)
+
+    def _fit_columns(self, console: Console, options: ConsoleOptions) -> None:
+        columns = self.columns
+        for column in columns:
+            column.width = None  # rendered before at another width
+        pad = self.padding[1] + self.padding[3]
+        room = options.max_width - pad * len(columns) - self._border_width()
+        headers = [Measurement.get(console, options, column.header) for column in columns]
+        cells = [[Measurement.get(console, options, cell) for cell in column.cells] for column in columns]
+        widest = [max([header.maximum] + [m.maximum for m in measures]) for header, measures in zip(headers, cells)]
+        if sum(widest) <= room:
+            return  # it fits as it is
+        cell_words = [max([1] + [m.minimum for m in measures]) for measures in cells]
+        with_headers = [max(words, header.minimum) for words, header in zip(cell_words, headers)]
+        widths = next((list(w) for w in (with_headers, cell_words) if sum(w) <= room), list(cell_words))
+        while sum(widths) > room:  # too narrow even for the words: only the longest are folded
+            widest_word = max(widths)
+            if widest_word == 1:
+                return
+            widths[widths.index(widest_word)] -= 1
+        spare = room - sum(widths)
+        for index in sorted(range(len(columns)), key=lambda i: widest[i] - widths[i]):
+            more = min(spare, widest[index] - widths[index])
+            widths[index] += more
+            spare -= more
+        for column, width in zip(columns, widths):
+            column.width = width
+
+    def _border_width(self) -> int:
+        """The columns' separators and, with show_edge, the two outer edges."""
+        if self.box is None:
+            return 0
+        return len(self.columns) - 1 + (2 if self.show_edge else 0)
 
 
 def note_lines(notes: Sequence[str], soft_wrap: bool = False) -> list[Line]:
@@ -304,7 +353,7 @@ def predict_table(records: Sequence["FaceRecord"], checkpoint: Any, classes: Seq
 
     folder, names = shared_folder([r.image for r in records])
     model = f"bundled model {Path(checkpoint).name}" if bundled else shown_path(checkpoint)
-    table = Table(title=escape(f"{model} ({len(classes)} classes)"),
+    table = FittedTable(title=escape(f"{model} ({len(classes)} classes)"),
                   caption=None if folder is None else escape(f"images in {folder}"))
     for column in ("image", "face", "expression", "confidence", "regions", *(("AUs > 0.5",) if show_au else ()), "status"):
         table.add_column(column, justify="right" if column in ("face", "confidence", "regions") else "left",
@@ -370,7 +419,7 @@ def video_summaries(summaries: Sequence[dict]) -> list[Item]:
             head += "; no face in any analysed frame"
         items.append(Line(head, soft_wrap=True))
         if video["tracks"]:
-            table = Table(title=f"tracks ({video['expressions_from']} expressions)")
+            table = FittedTable(title=f"tracks ({video['expressions_from']} expressions)")
             for column in ("track", "frames", "seconds", "dominant", "share of time"):
                 table.add_column(column, justify="right" if column in ("track", "frames") else "left", overflow="fold")
             for track in video["tracks"]:

@@ -62,6 +62,33 @@ def test_predict_table_marks_active_aus_by_region_and_failed_images():
         "3 images: 1 face predicted, 0 images without a face, 2 errors; wrote p.csv")
 
 
+def test_a_narrow_terminal_breaks_the_predict_table_between_words():
+    from poi_cli.deploy.records import FaceRecord
+
+    aus = {au: {"left_eye": 0.9, "right_eye": 0.8} for au in ("AU06", "AU12", "AU26")}
+    records = [FaceRecord(image=name, face=0, expression="happiness", confidence=0.998, consistency=1.0, status="ok",
+                          aus=aus, with_au=True, regions_agree=4)
+               for name in ("astronaut.jpg", "IMG_20230101_120000.jpg")]
+    table = render.predict_table(records, "m.onnx", ["a"] * 8, show_au=True)
+
+    def cells(out: str) -> list[str]:
+        return [cell.strip() for line in out.splitlines() for cell in line.split("│")[1:-1] if cell.strip()]
+
+    # 80 columns: rich folded `astronaut.j` / `pg` while the AUs column could wrap between AUs
+    out = text_of(table, width=80)
+    assert {"astronaut.jpg", "IMG_20230101_120000.jpg", "happiness", "99.8%", "4/4", "AU06(L,R)", "AU26(L,R)"} <= set(
+        cells(out))
+    # 64: the longest word (the long name) alone is folded; the other cells stay whole
+    out = text_of(table, width=64)
+    assert {"astronaut.jpg", "happiness", "99.8%", "AU12(L,R)"} <= set(cells(out))
+    assert "IMG_20230101_120000.jpg" not in out
+    for width in (40, 64, 80):
+        assert max(len(line) for line in text_of(table, width=width).splitlines()) <= width
+    # the widths are chosen again for each console: wide, every row is one line
+    assert len(text_of(table, width=200).splitlines()) == len(text_of(render.predict_table(
+        records, "m.onnx", ["a"] * 8, show_au=False), width=200).splitlines())
+
+
 def test_predict_table_names_the_shared_folder_once(tmp_path, monkeypatch):
     from poi_cli.deploy.records import FaceRecord
 
