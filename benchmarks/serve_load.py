@@ -16,6 +16,9 @@ the server is started in a subprocess (`python -m poi_cli serve --host 127.0.0.1
   megapixel limit per image) in one ~80 KB request (413: over the per-request pixel
   budget), 4 of them (200 with no_face records, or 503 when the server-wide pixel budget
   is full) and a PNG whose header says 30000 x 30000 (413);
+* --chunked clients send chunked bodies (no Content-Length to refuse up front) that run
+  past the upload limit, each from its own address (X-Forwarded-For, which the server
+  trusts from loopback): 413 once the limit is crossed, or 503 when a body budget is full;
 * --stalled clients send headers and half a body, then nothing (408 after the server's
   body timeout, 30 s), and --stalled-headers clients send half a request line (the server
   closes the connection after its header timeout, 10 s).
@@ -58,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 EXPECTED: dict[str, set] = {
     "good": {200}, "corrupt": {400}, "empty": {400}, "oversize": {413},
     "bomb16": {413}, "bomb4": {200, 503}, "huge": {413},
-    "stalled": {408}, "stalled_headers": {"closed"},
+    "stalled": {408}, "stalled_headers": {"closed"}, "chunked": {413, 503},
 }
 UPLOAD_LIMIT = 20 * 1024 * 1024  # poi serve's default --max-upload-mb
 BOMB_SIDE = 6300  # 39.7 megapixels: under the default --max-megapixels 40
@@ -263,6 +266,16 @@ def run_trial(spec: str, args: argparse.Namespace, good: list[tuple[str, bytes]]
         body_head = ("POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
                      "Content-Length: 100000\r\n\r\n").encode()
 
+        def chunked_client(number: int) -> None:
+            while time.monotonic() < stop_at:
+                start = time.perf_counter()
+                try:
+                    status, note = chunked_request(port, UPLOAD_LIMIT // 65536 + 64, args.request_timeout,
+                                                   f"10.9.0.{number + 1}")
+                except Exception as error:  # a lost request
+                    status, note = -2, f"{type(error).__name__}: {str(error)[:120]}"
+                record("chunked", status, time.perf_counter() - start, note)
+
         def stalled_client(kind: str) -> None:
             payload = body_head + b"--x\r\n" + b"y" * 50000 if kind == "stalled" else b"POST /predict HT"
             send_raw(kind, payload, args.stall_timeout)
@@ -278,6 +291,7 @@ def run_trial(spec: str, args: argparse.Namespace, good: list[tuple[str, bytes]]
         senders = [threading.Thread(target=good_client, args=(n,)) for n in range(args.clients)]
         senders += [threading.Thread(target=bad_client, args=(n,)) for n in range(2)]
         senders += [threading.Thread(target=bomb_client, args=(n,)) for n in range(args.bombs)]
+        senders += [threading.Thread(target=chunked_client, args=(n,)) for n in range(args.chunked)]
         for thread in senders:
             thread.start()
         for thread in senders:
@@ -305,6 +319,39 @@ def run_trial(spec: str, args: argparse.Namespace, good: list[tuple[str, bytes]]
         trial.log = Path(log.name).read_text(errors="replace")
         os.unlink(log.name)
     return trial
+
+
+def chunked_request(port: int, chunks: int, timeout: float, address: str) -> tuple[object, str]:
+    """A chunked body of `chunks` 64 KiB chunks, sent until the server answers (it may stop
+    reading mid-way), then its answer as raw_request reads it. `address`: the client's, as a
+    proxy on loopback names it (X-Forwarded-For), so that each has its own --max-client-mb share."""
+    piece = b"y" * 65536
+    head = ("POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+            f"X-Forwarded-For: {address}\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(head)
+            for _ in range(chunks):
+                sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            sock.sendall(b"0\r\n\r\n")
+        except OSError:  # the server answered and closed while the body was still coming
+            pass
+        answer = b""
+        try:
+            while b"\r\n\r\n" not in answer or (b"}" not in answer and b"content-length: 0" not in answer.lower()):
+                data = sock.recv(65536)
+                if not data:
+                    break
+                answer += data
+        except OSError:
+            pass
+    if not answer:
+        return "closed", ""
+    try:
+        status = int(answer.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        return -3, f"unparsable answer {answer[:80]!r}"
+    return status, ("" if b'"detail"' in answer else "no JSON detail")
 
 
 def good_rate(trial: Trial) -> float:
@@ -345,6 +392,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=25.0, help="seconds of load per server")
     parser.add_argument("--clients", type=int, default=32, help="good clients")
     parser.add_argument("--bombs", type=int, default=3, help="pixel-bomb clients")
+    parser.add_argument("--chunked", type=int, default=0, help="clients sending chunked bodies over the upload limit")
     parser.add_argument("--stalled", type=int, default=64, help="clients that stall in their body")
     parser.add_argument("--stalled-headers", type=int, default=8, help="clients that stall in their request line")
     parser.add_argument("--threads", type=int, default=1, help="the server's --threads")
@@ -359,7 +407,8 @@ def main() -> None:
     good = photos(Path(args.photos))
     bomb, huge = bomb_png(BOMB_SIDE), huge_header_png(30000, 30000)
     print(f"{len(good)} photos ({', '.join(name for name, _ in good)}); pixel bomb {BOMB_SIDE}x{BOMB_SIDE} PNG "
-          f"of {len(bomb)} bytes; {args.clients} good clients, 2 bad, {args.bombs} bomb, {args.stalled} stalled in "
+          f"of {len(bomb)} bytes; {args.clients} good clients, 2 bad, {args.bombs} bomb, {args.chunked} chunked "
+          f"over the upload limit, {args.stalled} stalled in "
           f"the body, {args.stalled_headers} in the headers; {args.duration:g} s per server; load average "
           f"{os.getloadavg()[0]:.2f}")
     rates: dict[str, list[float]] = {spec: [] for spec in servers}

@@ -357,6 +357,31 @@ def test_one_client_stalling_bodies_fills_its_own_share_not_everyones(files):
     assert ServeLimits(max_request_bytes=100 * serve_module.MiB).max_client_buffered_bytes == 100 * serve_module.MiB
 
 
+def test_a_refused_body_is_let_go_when_it_is_answered(server):
+    """The chunks of a body refused mid-way stayed referenced by its exception's frames, a cycle
+    only the garbage collector breaks: a flood of refused uploads (8 x 30 MB) kept 300 MB
+    resident after every answer. With the collector off, nothing of the body outlives its 413."""
+    import gc
+    import tracemalloc
+
+    url, _ = server
+    piece = b"x" * 16_384
+    pieces = 3 * LIMITS.max_request_bytes // len(piece)  # chunked: no Content-Length to refuse it up front
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        answer = requests.post(f"{url}/predict", data=(piece for _ in range(pieces)), timeout=60,
+                               headers={"Content-Type": "multipart/form-data; boundary=b"})
+        assert answer.status_code == 413, answer.text
+        time.sleep(0.2)  # the server's finally blocks after the answer
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert held < LIMITS.max_request_bytes // 2, held  # the refused part alone is 1.5 MB
+
+
 def test_too_many_files_names_the_limit(server, files):
     url, _ = server
     image = files["root"] / "gradient.png"

@@ -697,10 +697,14 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits()) -> Any
 
         try:  # wait_for, not asyncio.timeout (Python 3.11+: on 3.10 every upload was a 500)
             await asyncio.wait_for(receive(), limits.body_timeout_s)
+            return b"".join(chunks)
         except (TimeoutError, asyncio.TimeoutError):  # one class from 3.11; two before
             raise RequestError(408, f"the request body did not arrive within {limits.body_timeout_s:g} s "
                                     f"({holds.body_bytes} bytes received)", {"Connection": "close"}) from None
-        return b"".join(chunks)
+        finally:
+            # a refused body is let go now: the frames of its exception, a reference cycle that
+            # only the garbage collector breaks, kept it (a flood of 8 x 30 MB: 300 MB resident)
+            chunks.clear()
 
     async def _uploads(request: Request, holds: _Holds) -> tuple[Any, list[Upload]]:
         body = await _read_body(request, holds)
