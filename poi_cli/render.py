@@ -64,6 +64,10 @@ class FittedTable(Table):
     more to fit on one line. Where even the longest words do not fit, the longest are folded.
     """
 
+    def add_column(self, *args: Any, overflow: str = "fold", **kwargs: Any) -> None:
+        """Folded, not cut with an ellipsis: a cell names a file or a run the user copies."""
+        super().add_column(*args, overflow=overflow, **kwargs)
+
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         self._fit_columns(console, options)
         yield from super().__rich_console__(console, options)
@@ -116,7 +120,7 @@ def _wrote(files: Sequence[Any]) -> str:
 
 def info_table(result: dict, arch: str, classes: int, size: int) -> Table:
     """Parameters and GFLOPs of the deployed TRN and the full training model (`model_info`)."""
-    table = Table(title=f"POI {arch}, {classes} classes, {size}x{size} input (L_sub = {result['subregion_size']})")
+    table = FittedTable(title=f"POI {arch}, {classes} classes, {size}x{size} input (L_sub = {result['subregion_size']})")
     table.add_column("model")
     table.add_column("parameters (M)", justify="right")
     table.add_column("GFLOPs (MACs)", justify="right")
@@ -135,7 +139,7 @@ def prepare_summary(dataset: str, result: "PrepareResult") -> list[Item]:
         items.append(Line(f"{result.out_dir} is already prepared with these settings: nothing to do.", highlight=True))
     statuses = sorted({s for counts in result.counts.values() for s in counts}, key=lambda s: (s != STATUS_OK, s))
     items.append(Line(f"{dataset} -> {result.out_dir}", soft_wrap=True))
-    table = Table()
+    table = FittedTable()
     table.add_column("split")
     for status in statuses:
         table.add_column(status, justify="right")
@@ -158,7 +162,7 @@ def noise_summary(path: Path, summary: dict, rate: float, seed: int) -> list[Ite
     """Flips per class of `write_noisy_labels`, and where the label file went."""
     kept = (f" (a subset of {summary['split_images']}, subset seed {summary['subset_seed']}; the rest labelled -1)"
             if "subset" in summary else "")
-    table = Table(title=f"{summary['split']}: {summary['flipped']} of {summary['images']} labels flipped{kept} "
+    table = FittedTable(title=f"{summary['split']}: {summary['flipped']} of {summary['images']} labels flipped{kept} "
                         f"(realised rate {summary['realised_rate']:.4f}, asked {rate:g}, seed {seed})")
     table.add_column("class")
     table.add_column("images", justify="right")
@@ -177,7 +181,7 @@ def noise_summary(path: Path, summary: dict, rate: float, seed: int) -> list[Ite
 
 def combine_summary(root: Path, classes: list[str], members: list[dict]) -> list[Item]:
     """`poi combine`: each member's weight and faces per split, the union of the classes."""
-    table = Table(title=escape(f"{root}: {len(members)} datasets, {len(classes)} classes matched by name"))
+    table = FittedTable(title=escape(f"{root}: {len(members)} datasets, {len(classes)} classes matched by name"))
     table.add_column("dataset")
     table.add_column("weight", justify="right")
     table.add_column("classes", justify="right")
@@ -209,7 +213,7 @@ def train_done(run_dir: Any, summary: Optional["RunSummary"] = None) -> Line:
 
 def folds_summary(summary: dict) -> list[Item]:
     """`poi train --fold all`: accuracy per fold on its held-out images, then mean and spread."""
-    table = Table(title=escape(f"{summary['folds']}-fold cross-validation: {summary['folder']}"))
+    table = FittedTable(title=escape(f"{summary['folds']}-fold cross-validation: {summary['folder']}"))
     for name, justify in (("fold", "right"), ("train images", "right"), ("test images", "right"), ("accuracy", "right"),
                           ("mean class recall", "right")):
         table.add_column(name, justify=justify)
@@ -227,7 +231,7 @@ def folds_summary(summary: dict) -> list[Item]:
 
 def evaluate_summary(result: dict, files: Sequence[Any]) -> list[Item]:
     """Notes, recall per class, then accuracy, PIN, consistency, strata and calibration lines."""
-    table = Table(title=escape(f"{result['checkpoint']} on {result['split']} ({result['n_images']} images)"))
+    table = FittedTable(title=escape(f"{result['checkpoint']} on {result['split']} ({result['n_images']} images)"))
     table.add_column("class")
     table.add_column("images", justify="right")
     table.add_column("recall", justify="right")
@@ -469,7 +473,7 @@ def _cross_validation_line(row: Any) -> Line:
 
 def report_summary(result: "Report") -> list[Item]:
     """The runs table (final / best / evaluated accuracy in %) and where the report went."""
-    table = Table(title=f"{len(result.runs)} runs (accuracy %)")
+    table = FittedTable(title=f"{len(result.runs)} runs (accuracy %)")
     for column in ("run", "method", "noise", "epochs", "final val", "best val (epoch)", "best.pt evaluated"):
         table.add_column(column, justify="left" if column in ("run", "method") else "right")
     for _, row in result.summary.iterrows():
@@ -498,7 +502,7 @@ def audit_summary(summary: dict, files: Sequence[Any], thresholds: Sequence[floa
     items: list[Item] = [
         Line(f"audited {summary['n_images']} images of split {summary['split']}: {summary['mode']}; {summary['labels']}"),
     ]
-    table = Table(title="suspect labels (suspicion = w * (1 - p*\\[given label]))")
+    table = FittedTable(title="suspect labels (suspicion = w * (1 - p*\\[given label]))")
     table.add_column("class")
     for threshold in thresholds:
         table.add_column(f">= {threshold}", justify="right")
@@ -509,7 +513,7 @@ def audit_summary(summary: dict, files: Sequence[Any], thresholds: Sequence[floa
     if summary["detection"] is None:
         items.append(Line(f"note: {summary['detection_note']}"))
     else:
-        detection = Table(title=f"finding the {summary['flipped']} flipped labels ({summary['realised_noise_rate']:.2%})")
+        detection = FittedTable(title=f"finding the {summary['flipped']} flipped labels ({summary['realised_noise_rate']:.2%})")
         for column in ("score", "ROC AUC", "precision @ noise count", "recall @ top 10%", "@ 20%", "@ 30%"):
             detection.add_column(column, justify="left" if column == "score" else "right")
         for name, m in summary["detection"].items():
@@ -580,7 +584,7 @@ def clean_summary(summary: dict, relabel: bool, files: Sequence[Any], prepared_d
 def refit_summary(result: "RefitResult") -> list[Table | Line]:
     """Each head tried (and the model's own) on the validation split, per member, the chosen one
     marked; the file written and the next step."""
-    table = Table(title=f"heads on {result.val_images} {result.split} images ({'face and mirror' if result.views == 2 else 'face'}); "
+    table = FittedTable(title=f"heads on {result.val_images} {result.split} images ({'face and mirror' if result.views == 2 else 'face'}); "
                         f"chosen by {result.select}", title_justify="left")
     table.add_column("class\npower")
     table.add_column("l2")

@@ -89,6 +89,16 @@ def test_a_narrow_terminal_breaks_the_predict_table_between_words():
         records, "m.onnx", ["a"] * 8, show_au=False), width=200).splitlines())
 
 
+def test_a_report_table_keeps_run_names_whole_in_80_columns():
+    # rich cut the run column with an ellipsis (`ferplus_po…`): the name a user copies to --resume
+    table = render.FittedTable(title="runs")
+    for column in ("run", "method", "noise", "epochs", "final val", "best val (epoch)", "best.pt evaluated"):
+        table.add_column(column)
+    table.add_row("ferplus_poi_n30_seed1", "poi", "30.00", "26/26", "84.12", "84.50 (22)", "84.31 (valid, 3191 images)")
+    out = text_of(table, width=80)
+    assert "ferplus_poi_n30_seed1" in out and "…" not in out
+
+
 def test_predict_table_names_the_shared_folder_once(tmp_path, monkeypatch):
     from poi_cli.deploy.records import FaceRecord
 
