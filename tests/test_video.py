@@ -113,6 +113,51 @@ def test_every_and_fps_select_the_right_frames(files, sampling, expected):
     assert reader.stopped is None
 
 
+def write_variable_rate_video(path: Path, times_ms: list[int]) -> Path:
+    """An H.264 mp4 whose frames are shown at `times_ms` (write_video's are evenly spaced)."""
+    import av
+    from fractions import Fraction
+
+    frames = clip_frames()
+    container = av.open(str(path), mode="w")
+    stream = container.add_stream("libx264", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+    stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+    for n, ms in enumerate(times_ms):
+        frame = av.VideoFrame.from_ndarray(frames[n % len(frames)], format="rgb24")
+        frame.pts, frame.time_base = ms, Fraction(1, 1000)
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+@pytest.mark.parametrize("sampling", [VideoSampling(fps=10), VideoSampling()])
+def test_a_variable_rate_videos_fast_part_is_sampled_at_the_rate_asked_for(tmp_path, sampling):
+    # six frames a second apart, then 25 per second for 0.8 s: 4.4 frames per second on average;
+    # the fast part was sampled every 1/4.4 s, not every 0.1 s, whether 10 fps was asked or the default
+    slow, fast = [1000 * k for k in range(6)], [5040 + 40 * k for k in range(20)]
+    video = write_variable_rate_video(tmp_path / "vfr.mp4", slow + fast)
+    reader = VideoReader(video, sampling)
+    assert reader.info.fps < 5
+    times = [f.timestamp for f in reader]
+    assert times[:6] == pytest.approx([0, 1, 2, 3, 4, 5])  # every slow frame
+    # then per 0.1 s tick from 5.1 on, the first frame at or after it, a frame counting from a quarter
+    # tick (0.025 s) early (time-base rounding; half an average frame, 0.11 s, would be more than a tick)
+    assert times[6:] == pytest.approx([5.08, 5.2, 5.28, 5.4, 5.48, 5.6, 5.68, 5.8])
+    assert reader.stopped is None
+
+
+def test_a_video_cut_before_end_says_it_ends_early(files):
+    # with --end the check of the file's length was skipped: a cut file read as complete
+    reader = VideoReader(files["cut"], VideoSampling(end=1.8))
+    assert 0 < len(list(reader)) < 18 and "ends early" in reader.stopped
+    whole = VideoReader(files["clip"], VideoSampling(end=5.0))  # an --end past a whole file's end
+    assert len(list(whole)) == FRAMES and whole.stopped is None
+
+
 @pytest.mark.parametrize("option", ["--start", "--end", "--fps"])
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_a_sampling_option_that_is_no_number_is_one_line(option, value, files):

@@ -84,6 +84,14 @@ class VideoSampling:
             return video_fps / self.every if video_fps else None
         return min(video_fps, self.max_fps) if video_fps else self.max_fps
 
+    def step(self) -> Optional[float]:
+        """Seconds between sampling ticks (None: every N-th frame). Not capped at the video's
+        average rate: a variable-rate video's fast parts are sampled at the rate asked for (a
+        slower part gives every frame, as a slower video does)."""
+        if self.every is not None:
+            return None
+        return 1.0 / (self.fps if self.fps is not None else self.max_fps)
+
     def describe(self, video_fps: Optional[float]) -> str:
         """`every frame (25 fps)`, `5 fps`, `every 3rd frame (8.3 fps)`: for the terminal."""
         if self.every is not None:
@@ -193,11 +201,13 @@ class VideoReader:
     def __iter__(self) -> Iterator[VideoFrame]:
         sampling, fps = self.sampling, self.info.fps
         start = sampling.start or 0.0
-        rate = sampling.rate(fps)
-        step = 1.0 / rate if (sampling.every is None and rate) else None
-        # Half a frame of slack: timestamps are rounded to the container's time base.
+        step = sampling.step()
+        # Half a frame of slack: timestamps are rounded to the container's time base (at most a
+        # quarter tick: a variable-rate video's average frame can be longer than a tick)
         slack = 0.5 / fps if fps else 1e-6
-        next_tick, first_kept, kept = start, None, 0
+        if step is not None:
+            slack = min(slack, step / 4)
+        next_tick, first_kept, kept, reached_end = start, None, 0, False
         origin: Optional[float] = None
         frames = self._container.decode(self._stream)
         try:
@@ -224,6 +234,7 @@ class VideoReader:
                 if timestamp < start - slack:
                     continue
                 if sampling.end is not None and timestamp >= sampling.end - END_SLACK:
+                    reached_end = True
                     break
                 if step is not None:  # --fps or the default rate
                     if timestamp < next_tick - slack:
@@ -238,7 +249,7 @@ class VideoReader:
                 yield VideoFrame(index, timestamp, upright_frame(frame.to_image(), frame.rotation))
         finally:
             self.close()
-        if self.stopped is None and sampling.end is None:
+        if self.stopped is None and not reached_end:  # with --end too: a file cut before it
             self._check_complete()
         if self.stopped is None and kept == 0 and self.decoded:
             length = f"{self.last_timestamp + (1.0 / fps if fps else 0.0):.2f} s" if self.last_timestamp is not None else "shorter"
