@@ -529,6 +529,8 @@ def predict(
                 blocking = next((p for p in (Path(save_vis), *Path(save_vis).parents) if p.exists() and not p.is_dir()), None)
                 if blocking is not None:
                     fail(f"--save-vis {save_vis}: {blocking} is a file, not a folder: give a folder for the pictures")
+            if save_vis:  # one writer per pictures folder: two runs' face_poi.png would replace each other
+                held.enter_context(claim(save_vis, "--save-vis", inside=True))
             if csv_file:
                 if Path(csv_file).is_dir():
                     fail(f"--csv {csv_file} is a folder: give the CSV file's name")

@@ -595,7 +595,7 @@ def test_a_csv_onto_a_named_pipe_is_written_into_not_replaced(tmp_path):
     done = poi_without_torch("predict", str(ASTRONAUT), str(clip), "--csv", str(pipe))
     reader.join(timeout=30)
     assert done.returncode == 0, done.stderr
-    # no rows.summary.json beside the pipe (as none goes to /dev/stdout.summary.json)
+    # no rows.csv.summary.json beside the pipe (as none goes to /dev/stdout.summary.json)
     assert stat.S_ISFIFO(os.stat(pipe).st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["clips", "rows.csv"]
     assert received and received[0].startswith("image,") and ",happiness," in received[0]
     # onto stdout, the rows are all stdout holds: the summary line goes to stderr

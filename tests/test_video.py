@@ -254,7 +254,7 @@ def test_truncated_video_keeps_the_frames_before_the_cut(files, tmp_path):
     assert len(errors) == 1 and "stopped after frame" in errors["reason"].iloc[0]
     assert sorted(frame.loc[frame["status"] != "error", "frame"].unique()) == full
     assert "warning:" in result.stdout and "truncated" in result.stdout
-    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    summary = json.loads(Path(f"{out}.summary.json").read_text())
     assert summary[0]["frames"] == len(full) and summary[0]["stopped"]
 
 
@@ -398,7 +398,7 @@ def test_a_full_disk_under_the_annotated_video_stops_the_pictures_not_the_predic
     assert "--save-vis stopped" in result.stderr and "No space left on device" in result.stderr
     if fails_in == "a frame":  # it named the temp file (.clip_poi.mp4.PID.random.tmp)
         assert "clip_poi.mp4: No space left" in result.stderr and ".tmp" not in result.stderr
-    assert len(pd.read_csv(out).drop_duplicates("frame")) == FRAMES // 2 and (tmp_path / "rows.summary.json").is_file()
+    assert len(pd.read_csv(out).drop_duplicates("frame")) == FRAMES // 2 and (tmp_path / "rows.csv.summary.json").is_file()
     assert not [p.name for p in vis.iterdir() if p.suffix == ".tmp" or p.name.endswith(".mp4")]
 
 
@@ -423,18 +423,78 @@ def test_a_video_run_keeps_the_users_files_beside_its_outputs_and_replaces_its_o
         "clip_poi.mp4", "clip_summary.json", "clip_summary2.json", "clip_timeline.png", "clip_timeline2.png"]
 
     table = tmp_path / "faces.csv"
-    (tmp_path / "faces.summary.json").write_text('{"mine": 1}\n')
+    (tmp_path / "faces.csv.summary.json").write_text('{"mine": 1}\n')
     refused = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), "--fps", "5",
                                   "--csv", str(table)])
     lines = refused.stderr.strip().splitlines()
-    assert refused.exit_code == 1 and len(lines) == 1 and "faces.summary.json" in lines[0] and not table.exists()
-    assert (tmp_path / "faces.summary.json").read_text() == '{"mine": 1}\n'
-    (tmp_path / "faces.summary.json").unlink()
+    assert refused.exit_code == 1 and len(lines) == 1 and "faces.csv.summary.json" in lines[0] and not table.exists()
+    assert (tmp_path / "faces.csv.summary.json").read_text() == '{"mine": 1}\n'
+    (tmp_path / "faces.csv.summary.json").unlink()
     for _ in range(2):  # written, then replaced by the same command
         done = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), "--fps", "5",
                                    "--csv", str(table)])
         assert done.exit_code == 0, done.stderr
-    assert json.loads((tmp_path / "faces.summary.json").read_text())[0]["video"] == str(files["clip"])
+    assert json.loads((tmp_path / "faces.csv.summary.json").read_text())[0]["video"] == str(files["clip"])
+
+
+def test_each_csv_has_its_own_video_summary_and_a_csv_written_anew_takes_its_summary_along(files, tmp_path):
+    # rows.csv and rows.tsv shared rows.summary.json: the second run's replaced the first's
+    def predict(*inputs: Path, csv: Path) -> None:
+        done = runner.invoke(app, ["predict", *map(str, inputs), "--model", str(files["ck"]), "--fps", "5",
+                                   "--csv", str(csv)])
+        assert done.exit_code == 0, done.stderr
+
+    predict(files["clip"], csv=tmp_path / "rows.csv")
+    predict(files["empty"], csv=tmp_path / "rows.tsv")
+    assert json.loads((tmp_path / "rows.csv.summary.json").read_text())[0]["video"] == str(files["clip"])
+    assert json.loads((tmp_path / "rows.tsv.summary.json").read_text())[0]["video"] == str(files["empty"])
+    # photos only into rows.csv: its rows are new, the summary of the clip's rows would be stale
+    photo = tmp_path / "head.png"
+    head(80).save(photo)
+    predict(photo, csv=tmp_path / "rows.csv")
+    assert not (tmp_path / "rows.csv.summary.json").exists() and (tmp_path / "rows.tsv.summary.json").exists()
+
+
+def test_an_interrupted_video_run_writes_the_summaries_of_the_rows_it_kept(files, predictor, tmp_path, monkeypatch):
+    """Ctrl-C wrote no summary: a finished video's was lost, and an earlier run's stayed beside
+    the new rows (and in --save-vis, beside the new, shorter annotated video)."""
+    from poi_cli.deploy.pipeline import expand_inputs
+    from poi_cli.deploy.predict import INTERRUPTED, predict_files
+
+    original = predictor.iter_predictions
+
+    def stopped_in_the_second_video(*args, **kwargs):
+        for prediction in original(*args, **kwargs):
+            if prediction.source == str(files["clip"]) and prediction.frame == 8:
+                raise KeyboardInterrupt
+            yield prediction
+
+    monkeypatch.setattr(predictor, "iter_predictions", stopped_in_the_second_video)
+    out, vis = tmp_path / "rows.csv", tmp_path / "vis"
+    run = predict_files(predictor, expand_inputs([str(files["empty"]), str(files["clip"])]), csv_file=out,
+                        save_vis=vis, progress=False, video=VideoOptions(VideoSampling(fps=5)))
+    assert run.interrupted
+    beside = {s["video"]: s for s in json.loads(Path(f"{out}.summary.json").read_text())}
+    assert beside[str(files["empty"])]["frames"] == 3 and beside[str(files["empty"])]["stopped"] is None
+    assert beside[str(files["clip"])]["frames"] == 4 and beside[str(files["clip"])]["stopped"] == INTERRUPTED
+    assert json.loads((vis / "clip_summary.json").read_text())["stopped"] == INTERRUPTED
+    assert len(pd.read_csv(out).drop_duplicates(["image", "frame"])) == 3 + 4  # the rows the summaries describe
+
+
+def test_two_runs_into_one_save_vis_folder_are_one_at_a_time(files, tmp_path):
+    # both wrote face_poi.png and one silently replaced the other's
+    from poi_cli.core.locks import claim
+
+    vis = tmp_path / "vis"
+    with claim(vis, "--save-vis", inside=True):  # another run holds it
+        busy = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), "--save-vis", str(vis)])
+    lines = busy.stderr.strip().splitlines()
+    assert busy.exit_code == 1 and len(lines) == 1 and "is being written by" in lines[0]
+    assert sorted(p.name for p in vis.iterdir()) == []
+    done = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), "--fps", "5",
+                               "--save-vis", str(vis)])
+    assert done.exit_code == 0 and "clip_poi.mp4" in [p.name for p in vis.iterdir()]
+    assert not any(p.name.endswith(".lock") for p in vis.iterdir())
 
 
 def test_no_detect_predicts_a_face_crop_that_mtcnn_misses(files, predictor, tmp_path):

@@ -32,12 +32,18 @@ class LockError(PoiError):
     """Another process is writing the same output; one-line message."""
 
 
-def lock_path(path: str | Path) -> Path:
+INSIDE_LOCK = ".poi-writer.lock"
+
+
+def lock_path(path: str | Path, inside: bool = False) -> Path:
     """The lock file of an output: a hidden `.<name>.lock` beside it. A folder is locked where it
     really is (two names of one folder: one lock); a file beside the name it is written under,
     since atomic_write replaces that name (a symlink there, dangling or not, is replaced, never
-    followed: no folder is made at its target)."""
+    followed: no folder is made at its target). inside: a folder's lock is INSIDE_LOCK in it
+    (for a folder such as `--save-vis .`, whose parent need not be writable)."""
     path = Path(path)
+    if inside:
+        return path.resolve() / INSIDE_LOCK
     path = path.resolve() if path.is_dir() else path.parent.resolve() / path.name
     return path.parent / f".{path.name}.lock"
 
@@ -51,13 +57,14 @@ def _owner(lock: Path) -> str:
 
 
 @contextmanager
-def claim(path: str | Path, what: str = "output") -> Iterator[Path]:
-    """Hold the write claim on `path` (a file or a folder) for the `with` block.
+def claim(path: str | Path, what: str = "output", inside: bool = False) -> Iterator[Path]:
+    """Hold the write claim on `path` (a file or a folder; inside: see lock_path) for the
+    `with` block.
 
     Raises LockError when a live process holds it. The lock is removed at exit, also on
     an exception or Ctrl-C.
     """
-    lock = lock_path(path)
+    lock = lock_path(path, inside)
     lock.parent.mkdir(parents=True, exist_ok=True)
     handle = _hold(lock, path, what)
     try:

@@ -252,6 +252,7 @@ class Predictor(FacePipeline):
 # the images' (the terminal table, which shows no video frame), or none (--csv: the rows are in
 # the file; a long video's records would otherwise grow by about 7 KB a face with --show-au)
 KEEP_ALL, KEEP_IMAGES, KEEP_NONE = "all", "images", "none"
+INTERRUPTED = "interrupted (Ctrl-C)"  # the `stopped` of the video being read when the run was stopped
 
 
 @dataclass
@@ -375,6 +376,13 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
                 note(text)
         vis_name = writer.summary_path
     run.summaries = summaries.summaries()
-    if not run.interrupted:  # beside a CSV file; none beside a stream (/dev/stdout.summary.json)
-        write_video_summaries(run.summaries, None if csv_file and is_stream(csv_file) else csv_file, vis_name)
+    if run.interrupted:  # the summaries of the rows kept: the video read when Ctrl-C came says so
+        last = next(reversed(run.statuses), None)
+        for summary in run.summaries:
+            if summary["video"] == last and summary["stopped"] is None:
+                summary["stopped"] = INTERRUPTED
+    # beside a CSV file this run wrote (one it left as it was keeps its summary); none beside a
+    # stream (/dev/stdout.summary.json)
+    rewritten = table is not None and table.opened and not is_stream(csv_file)
+    write_video_summaries(run.summaries, csv_file if rewritten else None, vis_name)
     return run

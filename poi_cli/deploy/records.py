@@ -305,6 +305,7 @@ class PredictionsCsv:
         self.path, self.classes = Path(path), tuple(classes)
         self.columns = flat_columns(classes, show_au, video, smoothed)
         self._file: Optional[Any] = None
+        self.opened = False  # the file was (re)written by this run
 
     def append(self, records: Sequence[FaceRecord]) -> None:
         import csv
@@ -319,6 +320,7 @@ class PredictionsCsv:
                     self.path.unlink()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "w", newline="", encoding="utf-8")
+            self.opened = True
             writer.writeheader()
         for record in records:
             row = record.to_row(self.classes)

@@ -234,8 +234,9 @@ class VideoSummaries:
 
 
 def csv_summary_path(csv_file: str | Path) -> Path:
-    """The videos' summaries beside `--csv FILE`: FILE with the suffix .summary.json."""
-    return Path(csv_file).with_suffix(".summary.json")
+    """The videos' summaries beside `--csv FILE`: FILE.summary.json (rows.csv.summary.json), one
+    name per CSV (rows.csv and rows.tsv shared rows.summary.json: one run's replaced the other's)."""
+    return Path(f"{csv_file}.summary.json")
 
 
 def is_video_summary(path: str | Path) -> bool:
@@ -253,10 +254,15 @@ def write_video_summaries(summaries: Sequence[dict], csv_file: Optional[str | Pa
                           vis_name: Optional[Callable[[str], Path]] = None) -> list[Path]:
     """The summaries as JSON: beside the CSV (csv_summary_path, all videos) and in the
     --save-vis folder (`vis_name(video)`: VisWriter's <video stem>_summary.json, numbered
-    as its pictures are); atomically. Nothing without videos."""
+    as its pictures are); atomically. Without videos nothing, and the summary poi wrote beside
+    an earlier CSV of that name is removed with the rows it described."""
     from poi_cli.core.atomic import write_json
 
     written: list[Path] = []
+    if csv_file and not summaries:  # the CSV was written anew: a summary of the videos it held is stale
+        stale = csv_summary_path(csv_file)
+        if stale.is_file() and is_video_summary(stale):
+            stale.unlink()
     if not summaries:
         return written
     if csv_file:
