@@ -515,7 +515,13 @@ def predict(
     # Expanded once: every file read, after glob and folder expansion (no output may land on
     # one of them), is also what is predicted.
     repeated: list[Path] = []
-    items = expand_inputs(inputs, on_repeat=repeated.append)
+    skipped: list[Path] = []
+    items = expand_inputs(inputs, on_repeat=repeated.append, skip=_own_pictures_in(save_vis, skipped))
+    if skipped:  # `poi predict photos --save-vis photos/vis` again: its pictures are no new photos
+        files = f"{len(skipped)} file{'s' if len(skipped) > 1 else ''} that poi wrote"
+        show(*render.note_lines([f"{files} in --save-vis {save_vis} (e.g. {shown_name(str(skipped[0]))}) "
+                                 f"{'are' if len(skipped) > 1 else 'is'} not read as input"], soft_wrap=True),
+             to=err_console)
     input_files = [item.path for item in items if item.path is not None]
     if repeated:  # each file is predicted once: say so, or its other names seem to vanish from the rows
         names = f"{len(repeated)} name{'s' if len(repeated) > 1 else ''} (given twice, or found in a folder)"
@@ -547,6 +553,25 @@ def predict(
             predictor = Predictor(runner, detector=detector, batch_size=batch, min_face_score=min_score,
                                   detect=not no_detect, workers=workers, threads=threads)
         _predict_and_write(predictor, items, input_files, show_au, as_json, csv_file, save_vis, video)
+
+
+def _own_pictures_in(save_vis: Optional[str], skipped: list[Path]) -> Optional[Callable[[Path], bool]]:
+    """expand_inputs' skip for `poi predict`: the pictures, videos and summaries poi wrote in the
+    --save-vis folder (an input folder holding it would predict them), each added to `skipped`."""
+    if not save_vis:
+        return None
+    from poi_cli.core.atomic import real_path
+    from poi_cli.deploy.visualize import is_own_output
+
+    folder = real_path(save_vis)
+
+    def skip(path: Path) -> bool:
+        if folder in real_path(path).parents and is_own_output(path):
+            skipped.append(path)
+            return True
+        return False
+
+    return skip
 
 
 def _predict_and_write(predictor: Any, items: list[Any], input_files: list[Path], show_au: bool, as_json: bool,

@@ -228,6 +228,28 @@ def test_save_vis_numbers_around_a_users_file_and_replaces_its_own(files, tmp_pa
     assert Image.open(vis / "astronaut_poi2.png").info.get("Software") == "poi"
 
 
+@pytest.mark.parametrize("inside", ["vis", "."])
+def test_a_save_vis_folder_inside_the_input_folder_is_not_read_as_input(files, tmp_path, inside):
+    """`poi predict album --save-vis album/vis`, twice: the second run predicted its own
+    astronaut_poi.png and wrote astronaut_poi_poi.png; so did `--save-vis album` itself."""
+    album = tmp_path / "album"
+    album.mkdir()
+    shutil.copyfile(files["small"], album / "astronaut.png")
+    vis = album / inside
+    argv = ["predict", str(album), "--model", str(files["ck7"]), "--save-vis", str(vis), "--json"]
+    first = runner.invoke(app, argv)
+    assert first.exit_code == 0, first.stderr
+    again = runner.invoke(app, argv)
+    assert again.exit_code == 0, again.stderr
+    assert [r["image"] for r in json.loads(again.stdout)] == [str(album / "astronaut.png")]
+    assert "1 file that poi wrote in --save-vis" in " ".join(again.stderr.split())
+    assert sorted(p.name for p in vis.glob("*_poi*.png")) == ["astronaut_poi.png"]
+    # named itself, a picture poi wrote is read as any other file
+    named = runner.invoke(app, ["predict", str(vis / "astronaut_poi.png"), "--model", str(files["ck7"]),
+                                "--save-vis", str(vis), "--json"])
+    assert [r["image"] for r in json.loads(named.stdout)] == [str(vis / "astronaut_poi.png")]
+
+
 def test_cli_batch_where_everything_failed_exits_non_zero(files, tmp_path):
     result = runner.invoke(app, ["predict", str(files["corrupt"]), str(tmp_path / "missing.jpg"), "--model", str(files["ck7"]), "--json"])
     assert result.exit_code == 1

@@ -94,14 +94,16 @@ def _array_problem(array: np.ndarray) -> Optional[str]:
             f"this one is {array.dtype} of shape {tuple(array.shape)}")
 
 
-def expand_inputs(inputs: Iterable[ImageInput], on_repeat: Optional[Callable[[Path], None]] = None) -> list[InputItem]:
+def expand_inputs(inputs: Iterable[ImageInput], on_repeat: Optional[Callable[[Path], None]] = None,
+                  skip: Optional[Callable[[Path], bool]] = None) -> list[InputItem]:
     """Files (whatever their suffix), folders (recursively, image and video suffixes) and globs, in order.
 
     An input that matches nothing becomes an item with an error, so a batch reports it
     and goes on. A file reached twice is predicted once (on_repeat is called with each
-    name of it after the first). (iter_input_items, all at once.)
+    name of it after the first). skip: files a folder holds that are left out (a file named
+    itself is not). (iter_input_items, all at once.)
     """
-    return list(iter_input_items(inputs, on_repeat))
+    return list(iter_input_items(inputs, on_repeat, skip))
 
 
 def is_single_input(value: Any) -> bool:
@@ -154,7 +156,8 @@ def decode_encoded(value: Any) -> tuple[Optional[Image.Image], Optional[str]]:
         return None, str(error)
 
 
-def iter_input_items(inputs: Iterable[ImageInput], on_repeat: Optional[Callable[[Path], None]] = None) -> Iterator[InputItem]:
+def iter_input_items(inputs: Iterable[ImageInput], on_repeat: Optional[Callable[[Path], None]] = None,
+                     skip: Optional[Callable[[Path], bool]] = None) -> Iterator[InputItem]:
     """expand_inputs one input at a time (a generator of inputs is read as the items are taken)."""
     seen: set[Path] = set()
 
@@ -169,6 +172,8 @@ def iter_input_items(inputs: Iterable[ImageInput], on_repeat: Optional[Callable[
     def folder_items(folder: Path) -> tuple[list[InputItem], int]:
         """The folder's files (those not reached before) and its unreadable folders; how many it holds."""
         files, unreadable = _folder_images(folder)
+        if skip is not None:
+            files = [file for file in files if not skip(file)]
         return [*unreadable, *(item for file in files for item in file_item(file))], len(files) + len(unreadable)
 
     for number, value in enumerate(inputs):

@@ -19,6 +19,13 @@ from poi_cli.deploy.video_vis import VideoVisWriter, is_poi_video
 OWN_OUTPUT = {".png": is_poi_png, ".mp4": is_poi_video, ".json": is_video_summary}
 
 
+def is_own_output(path: str | Path) -> bool:
+    """`path` is a picture, annotated video or summary `poi predict --save-vis` wrote (OWN_OUTPUT)."""
+    path = Path(path)
+    own = OWN_OUTPUT.get(path.suffix.lower())
+    return own is not None and path.is_file() and not path.is_symlink() and own(path)
+
+
 class VisWriter:
     """Writes DIR/<image stem>_poi.png, numbering repeats; never over an input file, nor over
     a file there that poi did not write.
@@ -72,10 +79,7 @@ class VisWriter:
 
     def not_own(self, path: Path) -> bool:
         """Something is at `path` that a re-run must not replace: not poi's own earlier output."""
-        if not os.path.lexists(path):
-            return False
-        own = OWN_OUTPUT.get(path.suffix.lower())
-        return path.is_symlink() or not path.is_file() or own is None or not own(path)
+        return os.path.lexists(path) and not is_own_output(path)
 
     def summary_path(self, source: str) -> Path:
         """Where a video's summary goes: <stem>_summary.json, numbered as its pictures are."""
