@@ -250,6 +250,21 @@ def test_a_save_vis_folder_inside_the_input_folder_is_not_read_as_input(files, t
     assert [r["image"] for r in json.loads(named.stdout)] == [str(vis / "astronaut_poi.png")]
 
 
+def test_a_photo_whose_picture_name_is_too_long_loses_its_picture_alone(files, tmp_path):
+    # a 250-character name: its astronaut_poi.png name is over the 255 bytes a file name may have;
+    # the error stopped the pictures of every photo after it
+    album = tmp_path / "album"
+    album.mkdir()
+    shutil.copyfile(files["small"], album / ("a" * 250 + ".png"))
+    shutil.copyfile(files["small"], album / "b.png")
+    vis = tmp_path / "vis"
+    result = runner.invoke(app, ["predict", str(album), "--model", str(files["ck7"]), "--save-vis", str(vis), "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert [r["status"] for r in json.loads(result.stdout)] == ["ok", "ok"]
+    assert sorted(p.name for p in vis.iterdir()) == ["b_poi.png"]
+    assert "--save-vis: no picture of" in result.stderr and "--save-vis stopped" not in result.stderr
+
+
 def test_cli_batch_where_everything_failed_exits_non_zero(files, tmp_path):
     result = runner.invoke(app, ["predict", str(files["corrupt"]), str(tmp_path / "missing.jpg"), "--model", str(files["ck7"]), "--json"])
     assert result.exit_code == 1

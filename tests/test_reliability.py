@@ -133,6 +133,14 @@ def test_second_writer_of_a_csv_is_refused_while_the_first_holds_it(photos, tmp_
     assert not lock_path(csv).exists()  # removed at exit
 
 
+def test_a_csv_name_that_fits_but_whose_lock_name_does_not_is_one_line_naming_it(photos, tmp_path):
+    # 252 characters: the CSV may be written, `.NAME.lock` (258) may not; the error named the lock
+    csv = tmp_path / ("r" * 248 + ".csv")
+    result = runner.invoke(app, ["predict", str(photos["good"]), "--model", str(photos["model"]), "--csv", str(csv)])
+    line = one_error_line(result)
+    assert f"--csv {csv}: the name is too long for poi's lock file" in line and "258 bytes" in line
+
+
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     target = tmp_path / "out.csv"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

@@ -13,6 +13,7 @@ message instead.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -66,7 +67,14 @@ def claim(path: str | Path, what: str = "output", inside: bool = False) -> Itera
     """
     lock = lock_path(path, inside)
     lock.parent.mkdir(parents=True, exist_ok=True)
-    handle = _hold(lock, path, what)
+    try:
+        handle = _hold(lock, path, what)
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG:
+            raise
+        # the output's own name fits, `.NAME.lock` does not: the error named a file the user never gave
+        raise LockError(f"{what} {path}: the name is too long for poi's lock file beside it ({lock.name}: "
+                        f"{len(os.fsencode(lock.name))} bytes); give a shorter name") from None
     try:
         try:  # who holds it, for the message a second writer gets; the flock is the claim itself
             os.write(handle, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())

@@ -36,6 +36,7 @@ Video files (data.video.VIDEO_SUFFIXES) go frame by frame through the same pipel
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from itertools import groupby, islice
@@ -52,9 +53,10 @@ from poi_cli.deploy.overlap import iter_overlapped
 from poi_cli.deploy.pipeline import (FacePipeline, ImageInput, ImagePrediction, InputItem, PipelineError, as_inputs,
                                      check_pipeline_options, iter_input_items)
 from poi_cli.deploy.records import (FaceRecord, PredictionsCsv, RecordsError, import_pandas, records_to_frame,
-                                    status_counts)
+                                    shown_name, status_counts)
 from poi_cli.deploy.runner import ModelFileError, ModelRunner, OnnxRunner, written_by_torch_save
-from poi_cli.deploy.video import VideoOptions, VideoSummaries, iter_video, iter_video_file, write_video_summaries
+from poi_cli.deploy.video import (FramePrediction, VideoOptions, VideoSummaries, iter_video, iter_video_file,
+                                  write_video_summaries)
 from poi_cli.deploy.visualize import VisWriter
 
 if TYPE_CHECKING:
@@ -357,7 +359,11 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
                 try:
                     writer.write(prediction)
                 except OSError as error:  # a full disk, a read-only folder: the predictions go on
-                    writer = _stop_pictures(writer, error, run, note)
+                    if error.errno == errno.ENAMETOOLONG and not isinstance(prediction, FramePrediction):
+                        # this photo's name alone: the next photos' pictures still come
+                        note(f"--save-vis: no picture of {shown_name(prediction.source)}: {one_line(error)}")
+                    else:
+                        writer = _stop_pictures(writer, error, run, note)
         finished = True
     except KeyboardInterrupt:
         run.interrupted = True
