@@ -40,6 +40,7 @@ import pandas as pd
 from poi_cli.core.atomic import write_csv, write_json
 from poi_cli.core.atomic import atomic_write_text
 from poi_cli.core.layout import HELD_OUT_COLUMN, HELDOUT_FILE
+from poi_cli.core.locks import claim
 from poi_cli.data.folds import CV_CONFIG, CV_CSV, CV_JSON, fold_split_name, folds_summary, stratified_folds, subject_folds
 from poi_cli.data.store import DROPPED_LABEL, PreparedDataset, label_names
 from poi_cli.study.audit import AuditError, AuditResult, audit_of, audited_labels, held_out_by_run, objective_inference
@@ -158,7 +159,8 @@ def resume_rounds(config: TrainConfig, console: Optional[Console], announce: Cal
         number, first = int(named.group(2)), run_dir.with_name(named.group(1))
     finished = epochs > 0 and _finished_run(run_dir)
     if finished and number < rounds:  # a kill in its last epoch's writes: its files in line with last.pt
-        repair_finished(run_dir, load_checkpoint(run_dir / LAST))
+        with claim(run_dir, "run folder"):  # a recipe auditing it between rounds holds it (later_rounds)
+            repair_finished(run_dir, load_checkpoint(run_dir / LAST))
         last = round_folder(first, rounds)
         if _finished_run(last):  # as --resume of the last round answers (not an audit run again for nothing)
             raise TrainError(f"--resume: {run_dir} and the rounds after it already finished (the last: {last})")
@@ -189,7 +191,10 @@ def later_rounds(first: Path, previous: Path, start: int, config: TrainConfig, c
     runs = [previous]
     for number in range(start, config.rounds + 1):
         try:
-            labels, summary = cleaned_labels(runs[-1], config, config.device)
+            # the round just trained stays claimed while it is audited: a --resume of it meanwhile
+            # is refused at once (it rewrote the round's files and stopped only at the next round's)
+            with claim(runs[-1], "run folder"):
+                labels, summary = cleaned_labels(runs[-1], config, config.device)
         except KeyboardInterrupt:  # in the audit or cleaning: --resume of the finished round goes on from here
             raise TrainingInterrupted(runs[-1]) from None
         if summary["n_changed"] == 0:

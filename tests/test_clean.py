@@ -530,16 +530,38 @@ def test_later_rounds_validate_on_round_1s_hold_out_with_its_labels_as_given(tmp
     assert bad.exit_code == 1 and "--val-fraction must lie in [0, 1)" in bad.output, bad.output
 
 
-def test_resume_of_a_rounds_run_goes_on_with_the_rounds_left_and_names_follow_the_first(tmp_path):
+def test_resume_of_a_rounds_run_goes_on_with_the_rounds_left_and_names_follow_the_first(tmp_path, monkeypatch):
     import shutil
 
+    from poi_cli import pipeline
+    from poi_cli.core.locks import LockError, claim
+
+    audited_while_claimed = []
+    original = pipeline.cleaned_labels
+
+    def cleaned_labels(run_dir, *args, **kwargs):  # the round being audited is claimed by the recipe
+        with pytest.raises(LockError):
+            with claim(run_dir, "run folder"):
+                pass
+        audited_while_claimed.append(Path(run_dir).name)
+        return original(run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "cleaned_labels", cleaned_labels)
     prepared = make_prepared(tmp_path / "data", splits=SPLITS)
     project = tmp_path / "runs"
     command = ["train", str(prepared), "--noise", "0.3", "--rounds", "2", "--clean-threshold", "0.05", "--size", "64",
                "--epochs", "1", "--batch", "7", "--amp", "off", "--project", str(project), "--name", "r"]
     assert runner.invoke(app, command).exit_code == 0
+    assert audited_while_claimed == ["r"]
     first_round2 = (project / "r_round2" / "results.csv").read_text()
     shutil.rmtree(project / "r_round2")  # killed before round 2 began: round 1 is finished, its labels cleaned
+    # while the recipe that trained round 1 audits it, a --resume of round 1 is refused at once (it
+    # rewrote round 1's files and went on to its own audit, to stop only at round 2's folder)
+    before = {p.name: p.read_bytes() for p in (project / "r").iterdir() if p.is_file()}
+    with claim(project / "r", "run folder"):
+        busy = runner.invoke(app, ["train", "--resume", str(project / "r")])
+    assert busy.exit_code == 1 and "run folder" in busy.output and "is being written by" in busy.output
+    assert {p.name: p.read_bytes() for p in (project / "r").iterdir() if p.is_file()} == before
     resumed = runner.invoke(app, ["train", "--resume", str(project / "r")])
     assert resumed.exit_code == 0, resumed.output
     assert "going on with round 2 of 2" in resumed.output
