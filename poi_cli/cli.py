@@ -536,7 +536,10 @@ def predict(
                 if blocking is not None:
                     fail(f"--save-vis {save_vis}: {blocking} is a file, not a folder: give a folder for the pictures")
             if save_vis:  # one writer per pictures folder: two runs' face_poi.png would replace each other
-                held.enter_context(claim(save_vis, "--save-vis", inside=True))
+                try:
+                    held.enter_context(claim(save_vis, "--save-vis", inside=True))
+                except OSError:  # the folder cannot be made: predict_files says so and predicts without pictures
+                    pass
             if csv_file:
                 if Path(csv_file).is_dir():
                     fail(f"--csv {csv_file} is a folder: give the CSV file's name")

@@ -265,6 +265,16 @@ def test_a_photo_whose_picture_name_is_too_long_loses_its_picture_alone(files, t
     assert "--save-vis: no picture of" in result.stderr and "--save-vis stopped" not in result.stderr
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no folder can be made")
+def test_a_save_vis_folder_that_cannot_be_made_predicts_without_pictures(files):
+    # the --save-vis claim made its folder first: its error stopped the run instead of the note
+    result = runner.invoke(app, ["predict", str(files["small"]), "--model", str(files["ck7"]),
+                                 "--save-vis", "/proc/poi-pictures", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert "--save-vis /proc/poi-pictures: no pictures, the folder cannot be made" in " ".join(result.stderr.split())
+    assert [r["status"] for r in json.loads(result.stdout)] == ["ok"]
+
+
 def test_cli_batch_where_everything_failed_exits_non_zero(files, tmp_path):
     result = runner.invoke(app, ["predict", str(files["corrupt"]), str(tmp_path / "missing.jpg"), "--model", str(files["ck7"]), "--json"])
     assert result.exit_code == 1
