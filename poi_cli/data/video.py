@@ -22,6 +22,8 @@ detector is the expensive part).
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -41,6 +43,7 @@ class VideoError(PoiError):
 
 # A frame belongs to [start, end) unless it lies past end by more than time-base rounding.
 END_SLACK = 1e-3
+SLACK_FRAMES = 9  # the frame intervals whose median is a frame's length for the sampling slack
 
 
 def is_video_path(path: str | Path) -> bool:
@@ -202,11 +205,11 @@ class VideoReader:
         sampling, fps = self.sampling, self.info.fps
         start = sampling.start or 0.0
         step = sampling.step()
-        # Half a frame of slack: timestamps are rounded to the container's time base (at most a
-        # quarter tick: a variable-rate video's average frame can be longer than a tick)
-        slack = 0.5 / fps if fps else 1e-6
-        if step is not None:
-            slack = min(slack, step / 4)
+        # A frame counts for a tick from half a frame before it (timestamps are rounded to the
+        # container's time base, and a camera's jitter them): half the median of the last
+        # frames' intervals, not of the average frame (a variable-rate video's average frame
+        # can be longer than a tick), and at most half a tick.
+        intervals: deque[float] = deque(maxlen=SLACK_FRAMES)
         next_tick, first_kept, kept, reached_end = start, None, 0, False
         origin: Optional[float] = None
         frames = self._container.decode(self._stream)
@@ -230,7 +233,13 @@ class VideoReader:
                 if self.last_timestamp is not None and timestamp <= self.last_timestamp:
                     # Presentation times out of order (AVI with B-frames stores none): count frames.
                     timestamp = round(self.last_timestamp + (1.0 / fps if fps else 1.0), 6)
+                if self.last_timestamp is not None:
+                    intervals.append(timestamp - self.last_timestamp)
                 self.last_timestamp = timestamp
+                frame_length = statistics.median(intervals) if intervals else (1.0 / fps if fps else 0.0)
+                slack = max(0.5 * frame_length, 1e-6)
+                if step is not None:
+                    slack = min(slack, step / 2)
                 if timestamp < start - slack:
                     continue
                 if sampling.end is not None and timestamp >= sampling.end - END_SLACK:
