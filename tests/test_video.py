@@ -489,6 +489,20 @@ def test_an_interrupted_video_run_writes_the_summaries_of_the_rows_it_kept(files
     assert json.loads((vis / "clip_summary.json").read_text())["stopped"] == INTERRUPTED
     assert len(pd.read_csv(out).drop_duplicates(["image", "frame"])) == 3 + 4  # the rows the summaries describe
 
+    # stopped before the second video's first frame: the first was read to its end (it was said
+    # to be interrupted, being the last input with rows)
+    def stopped_at_the_second_videos_start(*args, **kwargs):
+        for prediction in original(*args, **kwargs):
+            if prediction.source == str(files["clip"]):
+                raise KeyboardInterrupt
+            yield prediction
+
+    monkeypatch.setattr(predictor, "iter_predictions", stopped_at_the_second_videos_start)
+    run = predict_files(predictor, expand_inputs([str(files["empty"]), str(files["clip"])]), csv_file=out,
+                        progress=False, video=VideoOptions(VideoSampling(fps=5)))
+    (only,) = json.loads(Path(f"{out}.summary.json").read_text())
+    assert run.interrupted and only["video"] == str(files["empty"]) and only["stopped"] is None
+
 
 def test_two_runs_into_one_save_vis_folder_are_one_at_a_time(files, tmp_path):
     # both wrote face_poi.png and one silently replaced the other's

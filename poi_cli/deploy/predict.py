@@ -329,6 +329,7 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
     run = PredictRun()
     summaries = VideoSummaries()
     video_sources = {item.source for item in items if item.is_video}
+    ended: set[str] = set()  # the videos read to their end (or to where they broke)
     table = None if not csv_file else PredictionsCsv(
         csv_file, predictor.classes, show_au, video=bool(video_sources),
         smoothed=bool(video_sources) and video is not None and video.smooth is not None)
@@ -347,6 +348,8 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
             run.statuses.setdefault(prediction.source, set()).update(r.status for r in prediction.records)
             if prediction.source in video_sources:
                 run.videos.add(prediction.source)
+                if isinstance(prediction, FramePrediction) and prediction.last:
+                    ended.add(prediction.source)
             status_counts(prediction.records, into=run.counts)
             for record in prediction.records:
                 run.first = run.first or record
@@ -383,9 +386,8 @@ def predict_files(predictor: Predictor, items: Sequence[InputItem], show_au: boo
         vis_name = writer.summary_path
     run.summaries = summaries.summaries()
     if run.interrupted:  # the summaries of the rows kept: the video read when Ctrl-C came says so
-        last = next(reversed(run.statuses), None)
         for summary in run.summaries:
-            if summary["video"] == last and summary["stopped"] is None:
+            if summary["video"] not in ended and summary["stopped"] is None:
                 summary["stopped"] = INTERRUPTED
     # beside a CSV file this run wrote (one it left as it was keeps its summary); none beside a
     # stream (/dev/stdout.summary.json)

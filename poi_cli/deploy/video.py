@@ -71,6 +71,7 @@ class FramePrediction(ImagePrediction):
     frame: Optional[int] = None
     timestamp: Optional[float] = None
     fps: Optional[float] = None  # the sampling rate, for an annotated video
+    last: bool = False  # a video file's last prediction: it was read to its end (or to where it broke)
 
 
 @dataclass
@@ -120,16 +121,25 @@ def iter_video_file(pipeline: FacePipeline, path: Path, options: VideoOptions, s
         reader = VideoReader(path, options.sampling)
     except VideoError as error:
         reason = str(error).removeprefix(f"{path}: ")  # a FramePrediction (frame None), as iter_video promises
-        yield FramePrediction(source, None, [FaceRecord.empty(source, STATUS_ERROR, reason, show_au)])
+        yield FramePrediction(source, None, [FaceRecord.empty(source, STATUS_ERROR, reason, show_au)], last=True)
         return
     task = None
     if bar is not None:
         task = bar.add_task(path.name, total=reader.expected_frames(), unit="frames")
     rate = options.sampling.rate(reader.info.fps)
-    yield from _predict_frames(pipeline, source, iter(reader), options, show_au, (bar, task), rate)
+    held = None  # one prediction behind, so that the last one goes out marked `last`
+    for prediction in _predict_frames(pipeline, source, iter(reader), options, show_au, (bar, task), rate):
+        if held is not None:
+            yield held
+        held = prediction
     if reader.stopped:
+        if held is not None:
+            yield held
         record = FaceRecord.empty(source, STATUS_ERROR, reader.stopped, show_au)
-        yield FramePrediction(source, None, [record.on_frame(VideoPosition(reader.decoded, None))], frame=reader.decoded)
+        held = FramePrediction(source, None, [record.on_frame(VideoPosition(reader.decoded, None))], frame=reader.decoded)
+    if held is not None:
+        held.last = True
+        yield held
     if bar is not None:
         bar.remove_task(task)
 
