@@ -535,11 +535,6 @@ def predict(
                 blocking = next((p for p in (Path(save_vis), *Path(save_vis).parents) if p.exists() and not p.is_dir()), None)
                 if blocking is not None:
                     fail(f"--save-vis {save_vis}: {blocking} is a file, not a folder: give a folder for the pictures")
-            if save_vis:  # one writer per pictures folder: two runs' face_poi.png would replace each other
-                try:
-                    held.enter_context(claim(save_vis, "--save-vis", inside=True))
-                except OSError:  # the folder cannot be made: predict_files says so and predicts without pictures
-                    pass
             if csv_file:
                 if Path(csv_file).is_dir():
                     fail(f"--csv {csv_file} is a folder: give the CSV file's name")
@@ -555,6 +550,14 @@ def predict(
             runner = open_runner(model, backend=backend, device=device, threads=threads, batch_size=batch)
             predictor = Predictor(runner, detector=detector, batch_size=batch, min_face_score=min_score,
                                   detect=not no_detect, workers=workers, threads=threads)
+            # one writer per pictures folder (two runs' face_poi.png replaced each other), claimed
+            # once nothing can refuse the run (a refused run left the folder made for the lock); a
+            # dangling link is not followed (the note of a folder that cannot be made says so)
+            if save_vis and not (os.path.islink(save_vis) and not os.path.exists(save_vis)):
+                try:
+                    held.enter_context(claim(save_vis, "--save-vis", inside=True))
+                except OSError:  # the folder cannot be made: predict_files says so and predicts without pictures
+                    pass
         _predict_and_write(predictor, items, input_files, show_au, as_json, csv_file, save_vis, video)
 
 

@@ -518,6 +518,16 @@ def test_two_runs_into_one_save_vis_folder_are_one_at_a_time(files, tmp_path):
                                "--save-vis", str(vis)])
     assert done.exit_code == 0 and "clip_poi.mp4" in [p.name for p in vis.iterdir()]
     assert not any(p.name.endswith(".lock") for p in vis.iterdir())
+    # claimed once nothing refuses the run: a refused run made the folder for its lock and left it
+    refused = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(tmp_path / "no.onnx"),
+                                  "--save-vis", str(tmp_path / "new")])
+    assert refused.exit_code == 1 and not (tmp_path / "new").exists()
+    # a dangling link is not followed (the claim made its target, folders included)
+    (tmp_path / "dangling").symlink_to(tmp_path / "target" / "deep")
+    linked = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), "--fps", "5",
+                                 "--save-vis", str(tmp_path / "dangling")])
+    assert linked.exit_code == 0 and "no pictures, the folder cannot be made" in " ".join(linked.stderr.split())
+    assert not (tmp_path / "target").exists()
 
 
 def test_no_detect_predicts_a_face_crop_that_mtcnn_misses(files, predictor, tmp_path):
