@@ -539,7 +539,8 @@ def predict(
                 if Path(csv_file).is_dir():
                     fail(f"--csv {csv_file} is a folder: give the CSV file's name")
                 refuse_input_as_output(csv_file, [*input_files, *([model_file] if model_file else [])], "--csv")
-                output_file(csv_file, "--csv", replaces=("a CSV `poi predict` wrote", is_predictions_csv))
+                # written in place, row by row (PredictionsCsv): no temp file
+                output_file(csv_file, "--csv", replaces=("a CSV `poi predict` wrote", is_predictions_csv), atomic=False)
                 if not is_stream(csv_file):  # /dev/stdout, a pipe: no lock file beside it
                     held.enter_context(claim(csv_file, "--csv"))  # one writer per CSV
                     if any(item.is_video for item in items):  # the videos' summaries go beside the CSV

@@ -464,6 +464,16 @@ def test_each_csv_has_its_own_video_summary_and_a_csv_written_anew_takes_its_sum
     assert not (tmp_path / "rows.csv.summary.json").exists() and (tmp_path / "rows.tsv.summary.json").exists()
 
 
+def test_a_csv_whose_summarys_temp_name_is_too_long_is_refused_before_the_work(files, tmp_path):
+    # 230 bytes: rows and summary names fit (243), the summary's temp file (.NAME.PID.random.tmp)
+    # did not, and the run failed after predicting every frame
+    csv = tmp_path / ("r" * 226 + ".csv")
+    result = runner.invoke(app, ["predict", str(files["clip"]), "--model", str(files["ck"]), "--csv", str(csv)])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and not csv.exists()
+    assert "the name is too long for the temporary file poi writes first" in lines[0] and ".summary.json" in lines[0]
+
+
 def test_an_interrupted_video_run_writes_the_summaries_of_the_rows_it_kept(files, predictor, tmp_path, monkeypatch):
     """Ctrl-C wrote no summary: a finished video's was lost, and an earlier run's stayed beside
     the new rows (and in --save-vis, beside the new, shorter annotated video)."""

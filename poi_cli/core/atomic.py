@@ -285,14 +285,15 @@ def refuse_poi_file(output: str | Path, option: str) -> None:
 
 
 def output_file(path: str | Path, option: str, rewrites_itself: bool = False,
-                replaces: Optional[tuple[str, Callable[[Path], bool]]] = None) -> Path:
+                replaces: Optional[tuple[str, Callable[[Path], bool]]] = None, atomic: bool = True) -> Path:
     """Check, before any work, that a file can be written at `path` and create its folder:
     PoiError (one line) for an empty name, a folder in its place, a file where its folder
     should be, or a prepared or run folder's own file (refuse_poi_file; unless
     rewrites_itself: the command rewrites the file it read, `poi calibrate --in-place`).
     `replaces` (what the command writes, and a test of an existing file): an existing file
     that fails it is refused, so that an output named by mistake never replaces the user's
-    image, label file or checkpoint; one of the command's own kind (a re-run) is replaced."""
+    image, label file or checkpoint; one of the command's own kind (a re-run) is replaced.
+    atomic: the file is written through a temp file (temp_beside), whose longer name must fit too."""
     from poi_cli.core.errors import PoiError
 
     if not str(path).strip():
@@ -314,7 +315,20 @@ def output_file(path: str | Path, option: str, rewrites_itself: bool = False,
             raise PoiError(f"{option} {path} exists and is not {replaces[0]}: a command replaces only its own "
                            "earlier output; choose another name (or remove the file)")
     output_folder(path.parent, option, of=path)
+    if atomic:  # a name that fits while its temp file's does not failed only once the work was done
+        temp, limit = f".{path.name}.{os.getpid()}.{'x' * 8}.tmp", name_limit(path.parent)
+        if len(os.fsencode(temp)) > limit:
+            raise PoiError(f"{option} {path}: the name is too long for the temporary file poi writes first "
+                           f"({len(os.fsencode(temp))} bytes, at most {limit}); give a shorter name")
     return path
+
+
+def name_limit(folder: Path) -> int:
+    """The longest file name `folder`'s file system takes, in bytes (255 where it does not say)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # Windows has no pathconf
+        return 255
 
 
 def output_folder(path: str | Path, option: str, of: str | Path | None = None) -> Path:
