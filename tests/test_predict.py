@@ -244,6 +244,10 @@ def test_a_save_vis_folder_inside_the_input_folder_is_not_read_as_input(files, t
     assert [r["image"] for r in json.loads(again.stdout)] == [str(album / "astronaut.png")]
     assert "1 file that poi wrote in --save-vis" in " ".join(again.stderr.split())
     assert sorted(p.name for p in vis.glob("*_poi*.png")) == ["astronaut_poi.png"]
+    # a pattern poi expands leaves them out too
+    pattern = runner.invoke(app, ["predict", f"{album}/**/*.png", "--model", str(files["ck7"]), "--save-vis", str(vis),
+                                  "--json"])
+    assert [r["image"] for r in json.loads(pattern.stdout)] == [str(album / "astronaut.png")], pattern.stderr
     # named itself, a picture poi wrote is read as any other file
     named = runner.invoke(app, ["predict", str(vis / "astronaut_poi.png"), "--model", str(files["ck7"]),
                                 "--save-vis", str(vis), "--json"])

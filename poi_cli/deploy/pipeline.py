@@ -100,8 +100,8 @@ def expand_inputs(inputs: Iterable[ImageInput], on_repeat: Optional[Callable[[Pa
 
     An input that matches nothing becomes an item with an error, so a batch reports it
     and goes on. A file reached twice is predicted once (on_repeat is called with each
-    name of it after the first). skip: files a folder holds that are left out (a file named
-    itself is not). (iter_input_items, all at once.)
+    name of it after the first). skip: files a folder or a pattern holds that are left out (a
+    file named itself is not). (iter_input_items, all at once.)
     """
     return list(iter_input_items(inputs, on_repeat, skip))
 
@@ -209,7 +209,7 @@ def iter_input_items(inputs: Iterable[ImageInput], on_repeat: Optional[Callable[
                         items, held = folder_items(match)
                         found.extend(items)
                         matched += held
-                    else:
+                    elif skip is None or not skip(match):
                         found.extend(file_item(match))
                         matched += 1
                 if not matched:
