@@ -558,10 +558,13 @@ def test_resume_of_a_rounds_run_goes_on_with_the_rounds_left_and_names_follow_th
     # while the recipe that trained round 1 audits it, a --resume of round 1 is refused at once (it
     # rewrote round 1's files and went on to its own audit, to stop only at round 2's folder)
     before = {p.name: p.read_bytes() for p in (project / "r").iterdir() if p.is_file()}
+    repaired = []
+    monkeypatch.setattr(pipeline, "repair_finished", lambda *args: repaired.append(args))
     with claim(project / "r", "run folder"):
         busy = runner.invoke(app, ["train", "--resume", str(project / "r")])
     assert busy.exit_code == 1 and "run folder" in busy.output and "is being written by" in busy.output
-    assert {p.name: p.read_bytes() for p in (project / "r").iterdir() if p.is_file()} == before
+    assert {p.name: p.read_bytes() for p in (project / "r").iterdir() if p.is_file()} == before and not repaired
+    monkeypatch.undo()
     resumed = runner.invoke(app, ["train", "--resume", str(project / "r")])
     assert resumed.exit_code == 0, resumed.output
     assert "going on with round 2 of 2" in resumed.output
