@@ -703,7 +703,7 @@ def create_app(predictor: Predictor, limits: ServeLimits = ServeLimits()) -> Any
                                     f"({holds.body_bytes} bytes received)", {"Connection": "close"}) from None
         finally:
             # a refused body is let go now: the frames of its exception, a reference cycle that
-            # only the garbage collector breaks, kept it (a flood of 8 x 30 MB: 300 MB resident)
+            # only the garbage collector breaks, kept it (8 clients past the limit: 1424 MiB resident)
             chunks.clear()
 
     async def _uploads(request: Request, holds: _Holds) -> tuple[Any, list[Upload]]:
