@@ -359,8 +359,8 @@ def test_one_client_stalling_bodies_fills_its_own_share_not_everyones(files):
 
 def test_a_refused_body_is_let_go_when_it_is_answered(server):
     """The chunks of a body refused mid-way stayed referenced by its exception's frames, a cycle
-    only the garbage collector breaks: a flood of refused uploads (8 x 30 MB) kept 300 MB
-    resident after every answer. With the collector off, nothing of the body outlives its 413."""
+    only the garbage collector breaks: eight clients sending chunked bodies past the limit left
+    the server at 1424 MiB (docs/serve.md). With the collector off, nothing of the body outlives its 413."""
     import gc
     import tracemalloc
 
