@@ -153,12 +153,21 @@ def raw_request(port: int, payload: bytes, timeout: float) -> tuple[object, str]
     or "closed" when the server closes the connection without one."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(payload)
-        answer = b""
+        return read_answer(sock)
+
+
+def read_answer(sock: socket.socket) -> tuple[object, str]:
+    """The status of the answer on `sock` and a note when it carries no JSON detail; "closed"
+    when the server closes the connection without one."""
+    answer = b""
+    try:
         while b"\r\n\r\n" not in answer or (b"}" not in answer and b"content-length: 0" not in answer.lower()):
             data = sock.recv(65536)
             if not data:
                 break
             answer += data
+    except ConnectionResetError:  # closed after its answer, while a body was still coming
+        pass
     if not answer:
         return "closed", ""
     try:
@@ -336,22 +345,7 @@ def chunked_request(port: int, chunks: int, timeout: float, address: str) -> tup
             sock.sendall(b"0\r\n\r\n")
         except OSError:  # the server answered and closed while the body was still coming
             pass
-        answer = b""
-        try:
-            while b"\r\n\r\n" not in answer or (b"}" not in answer and b"content-length: 0" not in answer.lower()):
-                data = sock.recv(65536)
-                if not data:
-                    break
-                answer += data
-        except OSError:
-            pass
-    if not answer:
-        return "closed", ""
-    try:
-        status = int(answer.split(b" ", 2)[1])
-    except (IndexError, ValueError):
-        return -3, f"unparsable answer {answer[:80]!r}"
-    return status, ("" if b'"detail"' in answer else "no JSON detail")
+        return read_answer(sock)
 
 
 def good_rate(trial: Trial) -> float:
