@@ -163,7 +163,7 @@ def noise_summary(path: Path, summary: dict, rate: float, seed: int) -> list[Ite
     kept = (f" (a subset of {summary['split_images']}, subset seed {summary['subset_seed']}; the rest labelled -1)"
             if "subset" in summary else "")
     table = FittedTable(title=f"{summary['split']}: {summary['flipped']} of {summary['images']} labels flipped{kept} "
-                        f"(realised rate {summary['realised_rate']:.4f}, asked {rate:g}, seed {seed})")
+                              f"(realised rate {summary['realised_rate']:.4f}, asked {rate:g}, seed {seed})")
     table.add_column("class")
     table.add_column("images", justify="right")
     table.add_column("flipped", justify="right")
@@ -358,7 +358,7 @@ def predict_table(records: Sequence["FaceRecord"], checkpoint: Any, classes: Seq
     folder, names = shared_folder([r.image for r in records])
     model = f"bundled model {Path(checkpoint).name}" if bundled else shown_path(checkpoint)
     table = FittedTable(title=escape(f"{model} ({len(classes)} classes)"),
-                  caption=None if folder is None else escape(f"images in {folder}"))
+                        caption=None if folder is None else escape(f"images in {folder}"))
     for column in ("image", "face", "expression", "confidence", "regions", *(("AUs > 0.5",) if show_au else ()), "status"):
         table.add_column(column, justify="right" if column in ("face", "confidence", "regions") else "left",
                          overflow="fold")
@@ -585,7 +585,7 @@ def refit_summary(result: "RefitResult") -> list[Table | Line]:
     """Each head tried (and the model's own) on the validation split, per member, the chosen one
     marked; the file written and the next step."""
     table = FittedTable(title=f"heads on {result.val_images} {result.split} images ({'face and mirror' if result.views == 2 else 'face'}); "
-                        f"chosen by {result.select}", title_justify="left")
+                              f"chosen by {result.select}", title_justify="left")
     table.add_column("class\npower")
     table.add_column("l2")
     for what in ("accuracy", "mean recall"):
