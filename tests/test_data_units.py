@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +22,9 @@ from poi_cli.data.faces import Face, ImageLoadError, face_at, is_blank, largest_
 from poi_cli.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, model_input_array
 
 from conftest import add_folds, make_prepared
+from test_faces import png_header_only
 
 deploy = pytest.mark.deploy
-
-
-def png_header_only(path: Path, width: int, height: int) -> None:
-    """A PNG whose IHDR claims width x height (8-bit RGB) with no pixel data."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b""))
 
 
 def noise(width: int, height: int, seed: int = 0) -> Image.Image:
