@@ -293,8 +293,16 @@ def _out_dir_state(out: Path, settings: dict[str, Any]) -> str:
 def _difference(old: dict | None, new: dict[str, Any]) -> str:
     if not isinstance(old, dict):
         return "unreadable settings"
-    changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v and k != "items_sha1"]
+    # Some settings are written only when not at their default (detector, protocol...): a key
+    # either side lacks is that default, and is named as such.
+    keys = list(new) + [k for k in old if k not in new]
+    changed = [f"{k} {_setting(old, k)} -> {_setting(new, k)}" for k in keys
+               if old.get(k) != new.get(k) and k != "items_sha1"]
     return ", ".join(changed) or "the input images or labels changed"
+
+
+def _setting(settings: dict[str, Any], key: str) -> str:
+    return repr(settings[key]) if key in settings else "the default"
 
 
 def _mend_journal(path: Path) -> None:
