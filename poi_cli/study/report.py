@@ -273,7 +273,7 @@ def load_run(path: Path, name: str) -> Run:
         epochs = pd.to_numeric(results["epoch"], errors="coerce")
         bad = results["epoch"][results["epoch"].notna() & ~(np.isfinite(epochs) & (epochs == epochs.round()))]
         if len(bad):  # not a run's results either (before: read as a run without epochs)
-            raise ReportError(f"{path / RESULTS_FILE}: epoch {bad.iloc[0]!r} is not a whole number")
+            raise ReportError(f"{path / RESULTS_FILE}: epoch {str(bad.iloc[0])!r} is not a whole number")
     if not len(results):
         notes.append("no finished epoch")
     if any(str(column).startswith(MEMBER_VAL_PREFIX) for column in results.columns):
@@ -503,7 +503,8 @@ def by_noise_table(seeds: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     named = seeds.assign(method=[m + (f" ({v})" if v else "") for m, v in zip(seeds["method"], seeds["variant"])])
     table = named.pivot(index=["data", "method"], columns="noise", values="best_mean_acc")
-    table.columns = [f"noise {rate:.0%}" for rate in table.columns]
+    # 0.125 is "noise 12.5%": whole percents (.0%) gave it and 0.12 one column name
+    table.columns = [f"noise {round(rate * 100, 6):g}%" for rate in table.columns]
     return table.reset_index()
 
 
