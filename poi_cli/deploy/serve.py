@@ -353,16 +353,18 @@ def _decode_shrunk(file: BinaryIO, decode_side: int) -> tuple[Image.Image, tuple
         factor = min(factor, shorter // faces.MIN_SIDE)
         if factor >= 2:
             image = _reduce(image, factor)
+        turned = False  # by exif_transpose: orientations 5-8 swap the sides
         if orientation != 1:
             try:
                 image = ImageOps.exif_transpose(image)
+                turned = orientation in (5, 6, 7, 8)
             except Exception:
                 pass  # a broken EXIF block: keep the pixels as stored (the loader does the same)
         image = to_rgb(image)
         if max(image.size) > decode_side:
             image = image.resize(shrunk_size(image.size, decode_side), Image.BILINEAR)
-        # The original's size the way the kept image stands (turned by exif_transpose or not):
-        turned = (image.width > image.height) != (width > height)
+        # The original's size the way the kept image stands (turned by exif_transpose or not;
+        # comparing the sides' order took a 1000 x 999 photo kept as 250 x 250 for turned)
         original = (height, width) if turned else (width, height)
         return image, (original[0] / image.width, original[1] / image.height)
     except ImageLoadError:
