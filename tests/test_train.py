@@ -136,7 +136,7 @@ def test_fine_tune_keeps_the_gate_of_a_checkpoint_that_names_it_the_old_way(tmp_
     checkpoint["model"] = {k.replace("pin.oim.", "pin.gate."): v for k, v in checkpoint["model"].items()}
     torch.save(checkpoint, path)  # as the first bundled model was written: the OIM's FC under "gate.fc"
     torch.manual_seed(1)  # another initialisation than the source's
-    model = POIModel(ModelConfig(num_classes=7, input_size=64))
+    model = POIModel(ModelConfig(arch=source.config.arch, num_classes=7, input_size=64))
     note = load_fine_tune(model, str(path), list(checkpoint["classes"]))
     assert "keep their initialisation" not in note
     assert torch.equal(model.pin.oim.fc.weight, source.pin.oim.fc.weight)
@@ -145,13 +145,14 @@ def test_fine_tune_keeps_the_gate_of_a_checkpoint_that_names_it_the_old_way(tmp_
 
 def test_fine_tune_at_another_size_says_so(tmp_path):
     """docs said a --size other than the source's was an error; it is the same network, so a note."""
-    from conftest import tiny_model, write_checkpoint
+    from conftest import TINY_ARCH, tiny_model, write_checkpoint
     from poi_cli.core.manifests import class_names
 
     path = write_checkpoint(tmp_path / "src.pt", tiny_model())
     source_size = torch.load(path, weights_only=True)["model_config"]["input_size"]
     other = 96 if source_size != 96 else 64
-    note = load_fine_tune(POIModel(ModelConfig(num_classes=7, input_size=other)), str(path), list(class_names(7)))
+    model = POIModel(ModelConfig(arch=TINY_ARCH, num_classes=7, input_size=other))
+    note = load_fine_tune(model, str(path), list(class_names(7)))
     assert f"it was trained at {source_size} px, this run at {other} px (--size {source_size} keeps its scale)" in note
 
 
