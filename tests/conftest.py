@@ -156,9 +156,10 @@ def tiny_checkpoint_copy(tiny_checkpoint: Path, tmp_path: Path) -> Path:
 
 
 def tiny_config(data: Path, project: Path, **overrides: Any) -> TrainConfig:
-    """A run that trains on a tiny store in seconds: ResNet-10 at 64 px, 2 epochs of batch 7, lr 0.01, no bf16, seed 0."""
-    values = dict(data=str(data), arch=TINY_ARCH, input_size=TINY_SIZE, epochs=2, batch=7, lr=0.01, project=str(project), amp="off",
-                  seed=0)
+    """A run that trains on a tiny store in seconds: ResNet-10 at 64 px, 2 epochs of batch 7, lr 0.01, no bf16,
+    seed 0."""
+    values = dict(data=str(data), arch=TINY_ARCH, input_size=TINY_SIZE, epochs=2, batch=7, lr=0.01,
+                  project=str(project), amp="off", seed=0)
     values.update(overrides)
     return TrainConfig(**values)
 

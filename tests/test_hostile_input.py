@@ -1,6 +1,7 @@
 """Bad input, every case a row: each command exits 1 with one line and no traceback, and
-no input file changes (its bytes, or a checkpoint's inode, size and time, before and after). Fixtures are built here: a copy of the
-session's tiny prepared folder and its one-epoch POI run (conftest.tiny_runs).
+no input file changes (its bytes, or a checkpoint's inode, size and time, before and after).
+Fixtures are built here: a copy of the session's tiny prepared folder and its one-epoch POI
+run (conftest.tiny_runs).
 
 Cases so far: outputs that would write over an input (a prepared folder's files, the
 label file read), label files that are wrong (a label outside the classes, negative or
