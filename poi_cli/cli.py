@@ -541,19 +541,21 @@ def predict(
                 refuse_input_as_output(csv_file, [*input_files, *([model_file] if model_file else [])], "--csv")
                 # written in place, row by row (PredictionsCsv): no temp file
                 output_file(csv_file, "--csv", replaces=("a CSV `poi predict` wrote", is_predictions_csv), atomic=False)
-                if not is_stream(csv_file):  # /dev/stdout, a pipe: no lock file beside it
-                    held.enter_context(claim(csv_file, "--csv"))  # one writer per CSV
-                    if any(item.is_video for item in items):  # the videos' summaries go beside the CSV
-                        summary = csv_summary_path(csv_file)
-                        refuse_input_as_output(summary, [*input_files, *([model_file] if model_file else [])], "--csv")
-                        output_file(summary, "--csv", replaces=("a video summary `poi predict` wrote", is_video_summary))
+                if not is_stream(csv_file) and any(item.is_video for item in items):  # summaries beside the CSV
+                    summary = csv_summary_path(csv_file)
+                    refuse_input_as_output(summary, [*input_files, *([model_file] if model_file else [])], "--csv")
+                    output_file(summary, "--csv", replaces=("a video summary `poi predict` wrote", is_video_summary))
             video = VideoOptions(VideoSampling(every=every, fps=fps, start=start, end=end), smooth=smooth)
             runner = open_runner(model, backend=backend, device=device, threads=threads, batch_size=batch)
             predictor = Predictor(runner, detector=detector, batch_size=batch, min_face_score=min_score,
                                   detect=not no_detect, workers=workers, threads=threads)
-            # one writer per pictures folder (two runs' face_poi.png replaced each other), claimed
-            # once nothing can refuse the run (a refused run left the folder made for the lock); a
-            # dangling link is not followed (the note of a folder that cannot be made says so)
+            # one writer per CSV and per pictures folder (two runs' face_poi.png replaced each other),
+            # claimed once nothing can refuse the run (a refused run left the folders made for the
+            # lock: `--csv new/sub/rows.csv` with a missing model left new/sub); /dev/stdout or a pipe
+            # has no lock file beside it; a dangling link is not followed (the note of a folder that
+            # cannot be made says so)
+            if csv_file and not is_stream(csv_file):
+                held.enter_context(claim(csv_file, "--csv"))
             if save_vis and not (os.path.islink(save_vis) and not os.path.exists(save_vis)):
                 try:
                     held.enter_context(claim(save_vis, "--save-vis", inside=True))

@@ -318,6 +318,31 @@ def test_output_folder_names_the_file_in_the_way(tmp_path):
 
 
 @deploy
+def test_output_file_checks_new_folders_and_the_writer_makes_them(tmp_path):
+    # guards: a command refused after output_file's check (a missing model, a bad label file) left the
+    # folders of `--out new/sub/x.csv` behind, empty; the check makes nothing, the write makes them
+    target = tmp_path / "new" / "sub" / "x.csv"
+    assert output_file(target, "--out") == target and _names(tmp_path) == []
+    atomic_write_text(target, "x\n")
+    assert target.read_text() == "x\n"
+
+
+@deploy
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
+def test_output_file_under_a_folder_nobody_may_write_is_refused_before_the_work(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(PoiError, match=f"cannot create the folder {locked}/sub \\({locked} is not writable\\)"):
+            output_file(locked / "sub" / "x.csv", "--out")
+        with pytest.raises(PoiError, match=f"the folder {locked} is not writable"):
+            output_file(locked / "x.csv", "--out")
+    finally:
+        locked.chmod(0o755)
+
+
+@deploy
 def test_json_with_keys_needs_every_key_and_interrupted_command_an_object(tmp_path):
     # guards all (not any) of the keys, and a JSON that is no object
     (tmp_path / "a.json").write_text('{"command": "poi audit", "rows": 3}')
@@ -453,6 +478,22 @@ def test_a_claim_is_let_go_on_an_exception_and_an_unreadable_note_names_no_one(t
     assert not lock.exists()
     lock.write_text("[1, 2]")  # valid JSON, no object: "another process"
     assert locks._owner(lock) == "another process"
+
+
+@deploy
+def test_a_claim_removes_the_folders_it_made_for_its_lock_unless_an_output_is_in_them(tmp_path):
+    # guards: `--csv new/sub/rows.csv` claimed (its lock made new/sub), then refused: new/sub stayed
+    with pytest.raises(RuntimeError):
+        with claim(tmp_path / "new" / "sub" / "rows.csv"):
+            raise RuntimeError("refused")
+    assert _names(tmp_path) == []
+    with claim(tmp_path / "new" / "sub" / "rows.csv"):
+        (tmp_path / "new" / "sub" / "rows.csv").write_text("x")
+    assert _names(tmp_path / "new" / "sub") == ["rows.csv"]
+    (tmp_path / "mine").mkdir()
+    with claim(tmp_path / "mine" / "rows.csv"):
+        pass
+    assert _names(tmp_path / "mine") == []  # a folder that was there stays
 
 
 @deploy

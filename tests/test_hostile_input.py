@@ -286,6 +286,17 @@ CASES = {
     "combine a folder that is not prepared": (a_file("notes"), ["combine", "DATA", "RUN", "--out", "TMP/made/combined"],
                                               "prepared.json"),
     "report on runs that are not there": (None, ["report", "TMP/none", "--out", "TMP/made/report"], "no run folders to report"),
+    # refused after its output file was checked: the folders it would go in were never made (they were)
+    "predict --csv into new folders with a missing model": (None, [
+        "predict", "TMP/missing.jpg", "--model", "TMP/missing.onnx", "--csv", "TMP/made/sub/rows.csv"],
+        "no such model file or run folder"),
+    "calibrate --out into new folders on a split that is not there": (None, [
+        "calibrate", "RUN", "DATA", "--split", "nosuch", "--out", "TMP/made/sub/c.pt"], "nosuch"),
+    "refit-head --out into new folders choosing on test": (None, [
+        "refit-head", "RUN", "DATA", "--split", "test", "--out", "TMP/made/sub/r.pt"], "never test"),
+    "clean --out into new folders with a bad label file": (edit_labels(set_row("label", -3)), [
+        "clean", "RUN", "DATA", "--labels", "LABELS", "--fraction", "0.1", "--out", "TMP/made/sub/clean.csv"],
+        "label -3 is not a class index"),
     # outputs another poi process is writing: the second command stops in one line
     "evaluate --out a folder another poi writes": (being_written("eval"), EVALUATE, "--out"),
     "noise --out a file another poi writes": (being_written("n.csv"), ["noise", "DATA", "--rate", "0.2", "--out", "TMP/n.csv"],

@@ -318,6 +318,17 @@ def test_wrong_layouts_name_what_is_missing(tmp_path: Path) -> None:
         prepare("ferplus", raw, tmp_path / "o7", splits=["test"], show_progress=False)
 
 
+def test_prepare_of_some_splits_notes_only_those_splits(tmp_path: Path) -> None:
+    """`--splits val` of a FERPlus tree without FER2013Test/: the note that test is absent is no
+    news to it (it was printed and kept in prepared.json); the notes of val stay."""
+    raw = make_ferplus(tmp_path / "ferplus")
+    result = prepare("ferplus", raw, tmp_path / "out", size=SIZE, splits=["val"], show_progress=False)
+    assert set(result.counts) == {"val"}
+    assert not any(note.startswith(("split test:", "split train:")) for note in result.notes), result.notes
+    assert any(note.startswith("split val: ") for note in result.notes), result.notes
+    assert PreparedDataset(tmp_path / "out").meta["notes"] == result.notes
+
+
 def test_rafdb_aligned_and_original_layouts(tmp_path: Path) -> None:
     labels = "train_00001.jpg 1\ntrain_00002.jpg 7\ntest_0001.jpg 4\n"
     aligned = tmp_path / "aligned"

@@ -18,7 +18,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 
 def is_stream(path: str | Path) -> bool:
@@ -83,6 +83,7 @@ def temp_beside(path: Path) -> tuple[int, str]:
     those that killed processes left there (remove_stale_temps): atomic_write's, and those of a
     writer that replaces `path` itself at the end (an annotated video)."""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # output_file checks a new folder; the writer makes it
         remove_stale_temps(path)
         return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as error:  # named by the file asked for, never by the temp file
@@ -286,8 +287,8 @@ def refuse_poi_file(output: str | Path, option: str) -> None:
 
 def output_file(path: str | Path, option: str, rewrites_itself: bool = False,
                 replaces: Optional[tuple[str, Callable[[Path], bool]]] = None, atomic: bool = True) -> Path:
-    """Check, before any work, that a file can be written at `path` and create its folder:
-    PoiError (one line) for an empty name, a folder in its place, a file where its folder
+    """Check, before any work, that a file can be written at `path` (its folder is made by the
+    writer, so that a command refused after this check leaves no new empty folder): PoiError (one line) for an empty name, a folder in its place, a file where its folder
     should be, or a prepared or run folder's own file (refuse_poi_file; unless
     rewrites_itself: the command rewrites the file it read, `poi calibrate --in-place`).
     `replaces` (what the command writes, and a test of an existing file): an existing file
@@ -314,9 +315,9 @@ def output_file(path: str | Path, option: str, rewrites_itself: bool = False,
         if replaces is not None and path.is_file() and path.stat().st_size > 0 and not replaces[1](path):
             raise PoiError(f"{option} {path} exists and is not {replaces[0]}: a command replaces only its own "
                            "earlier output; choose another name (or remove the file)")
-    output_folder(path.parent, option, of=path)
+    output_folder(path.parent, option, of=path, make=False)
     if atomic:  # a name that fits while its temp file's does not failed only once the work was done
-        temp, limit = f".{path.name}.{os.getpid()}.{'x' * 8}.tmp", name_limit(path.parent)
+        temp, limit = f".{path.name}.{os.getpid()}.{'x' * 8}.tmp", name_limit(_nearest_folder(path.parent))
         if len(os.fsencode(temp)) > limit:
             raise PoiError(f"{option} {path}: the name is too long for the temporary file poi writes first "
                            f"({len(os.fsencode(temp))} bytes, at most {limit}); give a shorter name")
@@ -331,9 +332,15 @@ def name_limit(folder: Path) -> int:
         return 255
 
 
-def output_folder(path: str | Path, option: str, of: str | Path | None = None) -> Path:
-    """Check, before any work, that `path` is or can become a folder, and create it:
-    PoiError (one line) for an empty name or a file in the way (`of`: the file the folder is for)."""
+def _nearest_folder(path: Path) -> Path:
+    """`path` or the nearest of its parents that is a folder."""
+    return next((part for part in (path, *path.parents) if part.is_dir()), Path("."))
+
+
+def output_folder(path: str | Path, option: str, of: str | Path | None = None, make: bool = True) -> Path:
+    """Check, before any work, that `path` is or can become a folder, and create it (make=False:
+    only the check; the writer makes it): PoiError (one line) for an empty name, a file in the
+    way (`of`: the file the folder is for) or a folder that cannot be written."""
     from poi_cli.core.errors import PoiError
 
     if not str(path).strip():
@@ -343,6 +350,13 @@ def output_folder(path: str | Path, option: str, of: str | Path | None = None) -
     for part in (path, *path.parents):
         if part.exists() and not part.is_dir():
             raise PoiError(f"{what}: {part} is a file, not a folder")
+    if not make:
+        nearest = _nearest_folder(path)
+        if nearest == path and not os.access(path, os.W_OK):
+            raise PoiError(f"{what}: the folder {path} is not writable")
+        if not os.access(nearest, os.W_OK | os.X_OK):
+            raise PoiError(f"{what}: cannot create the folder {path} ({nearest} is not writable)")
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -423,7 +437,7 @@ def command_output_folder(out: Optional[str | Path], option: str,
     the files the command writes there, checked in a folder the user named (check_output_folder),
     and INCOMPLETE_FILE in the folder while the work runs: left behind by a run that was stopped
     after it wrote something (a killed run's files stay its own; readers see it was stopped)."""
-    from poi_cli.core.locks import claim
+    from poi_cli.core.locks import claim, remove_empty_folders
 
     if out is None and default_project is None:
         raise ValueError(f"{option} needs a folder name")
@@ -456,20 +470,11 @@ def command_output_folder(out: Optional[str | Path], option: str,
                 # tidied while the claim is still held: no other command can be at work in the folder
                 if outputs is not None and not _wrote_since(folder, outputs, incomplete):
                     incomplete.unlink(missing_ok=True)  # stopped before it wrote anything: the folder is as it was
-                _remove_empty([folder] if folder in made else [])
+                remove_empty_folders([folder] if folder in made else [])
                 raise
     except BaseException:
-        _remove_empty([p for p in made if p != folder])  # the folders above it, made for it (empty once its lock went)
+        remove_empty_folders([p for p in made if p != folder])  # the folders above it, made for it (empty once its lock went)
         raise
-
-
-def _remove_empty(folders: Sequence[Path]) -> None:
-    """rmdir each of `folders` (deepest first) while it is empty; stop at the first that is not."""
-    for path in folders:
-        try:
-            path.rmdir()
-        except OSError:
-            break
 
 
 def _wrote_since(folder: Path, outputs: FolderOutputs, incomplete: Path) -> bool:

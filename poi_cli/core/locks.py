@@ -19,7 +19,7 @@ import os
 import socket
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from poi_cli.core.errors import PoiError
 
@@ -66,10 +66,12 @@ def claim(path: str | Path, what: str = "output", inside: bool = False) -> Itera
     an exception or Ctrl-C.
     """
     lock = lock_path(path, inside)
+    made = [part for part in (lock.parent, *lock.parent.parents) if not part.exists()]  # deepest first
     lock.parent.mkdir(parents=True, exist_ok=True)
     try:
         handle = _hold(lock, path, what)
     except OSError as error:
+        remove_empty_folders(made)
         if error.errno != errno.ENAMETOOLONG:
             raise
         # the output's own name fits, `.NAME.lock` does not: the error named a file the user never gave
@@ -84,6 +86,18 @@ def claim(path: str | Path, what: str = "output", inside: bool = False) -> Itera
     finally:
         lock.unlink(missing_ok=True)  # still held: no other process holds this file
         os.close(handle)  # lets go of the flock
+        # the folders made for the lock alone: a command refused after its claim leaves none
+        # behind (`--csv new/sub/rows.csv` and a missing model); its outputs keep them
+        remove_empty_folders(made)
+
+
+def remove_empty_folders(folders: Sequence[Path]) -> None:
+    """rmdir each of `folders` (deepest first) while it is empty; stop at the first that is not."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def _hold(lock: Path, path: str | Path, what: str) -> int:

@@ -201,12 +201,17 @@ def _prepare_into(out: Path, raw: Path, parsed: ParsedDataset, items: list[Item]
 
 
 def _select_splits(parsed: ParsedDataset, splits: list[str] | None) -> list[Item]:
+    """The items of `splits` (all without), and only the parser's notes about those splits: the
+    notes of one split start `split NAME: ` (`split test: FER2013Test/ is absent, skipped` is no
+    news to `--splits train`)."""
     if not splits:
         return parsed.items
     available = sorted({item.split for item in parsed.items})
     unknown = [s for s in splits if s not in available]
     if unknown:
         raise PrepareError(f"split(s) {', '.join(unknown)} not found in RAW_DIR (available: {', '.join(available)})")
+    parsed.notes[:] = [note for note in parsed.notes
+                       if not note.startswith("split ") or note.split(":", 1)[0].removeprefix("split ") in splits]
     return [item for item in parsed.items if item.split in splits]
 
 
