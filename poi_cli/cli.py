@@ -175,11 +175,12 @@ def check_amp(amp: str) -> None:
         check(amp)
 
 
-def device_option(default: str = "auto", onnx: bool = False) -> Any:
+def device_option(default: str = "auto", onnx: bool = False, when: str = "") -> Any:
     """--device of every command that runs a model (one definition; core.runtime.select_device's
-    choices); onnx: the command also runs .onnx models (predict, serve), which run on the CPU."""
-    return typer.Option(default, "--device", help="auto, cpu, cuda or mps (auto: CUDA, else MPS, else the CPU"
-                        + ("; an .onnx model runs on the CPU)." if onnx else ")."))
+    choices); onnx: the command also runs .onnx models (predict, serve), which run on the CPU;
+    when: the command runs one only then (`with --data`)."""
+    return typer.Option(default, "--device", help=f"{when.capitalize() + ': ' if when else ''}auto, cpu, cuda or mps "
+                        "(auto: CUDA, else MPS, else the CPU" + ("; an .onnx model runs on the CPU)." if onnx else ")."))
 
 
 def detector_option() -> Any:
@@ -708,7 +709,7 @@ def report(
     out: Optional[str] = typer.Option(None, "--out", help="Folder for report.md, CSVs and PNGs (default runs/report/exp, numbered)."),
     data: Optional[str] = typer.Option(None, "--data", help="A prepared folder: predict it with each run's best.pt for confusion matrices, consistency histograms, strata and calibration figures."),
     split: Optional[str] = typer.Option(None, help="Split of --data to predict (fold3: fold 3's held-out images; default: the one `poi evaluate` picks per run: a --fold K run's own held-out fold, else test, else valid/val). A run is not scored on a split it trained on (a note says so)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or mps (with --data)."),
+    device: str = device_option(when="with --data"),
     batch: int = batch_option(),
     amp: str = amp_option(),
     threads: Optional[int] = threads_option(),
@@ -772,7 +773,7 @@ def clean(
                                                     "the fewest wrong (docs/audit.md in the source repository; not with --drop)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="With a run: the label file to audit (default: the labels it trained on)."),
     split: Optional[str] = typer.Option(None, help="The split the audit covers (default: an audit.csv's own, from its summary; else train)."),
-    device: str = typer.Option("auto", help="With a run: auto, cpu, cuda or mps."),
+    device: str = device_option(when="with a run"),
     batch: int = batch_option(),
     amp: str = amp_option(),
     threads: Optional[int] = threads_option(),
