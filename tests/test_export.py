@@ -206,3 +206,19 @@ def test_an_fp16_export_that_fails_its_check_says_why_and_what_to_do_and_writes_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no staged file left
     failed = export_model(checkpoint, "onnx", full=True, out=tmp_path / "new.onnx", tolerance=1e-12, fp16_weights=True)
     assert not failed.passed and not failed.path.exists()
+    # into folders that were not there: none is left behind (the staged file's folder was)
+    failed = export_model(checkpoint, "onnx", full=True, out=tmp_path / "new" / "sub" / "m.onnx", tolerance=1e-12,
+                          fp16_weights=True)
+    assert not failed.passed and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_an_export_into_a_file_another_poi_writes_stops_in_one_line(checkpoint, tmp_path):
+    # two exports into one name both reported success, the later one's file in place of the other's
+    from poi_cli.core.locks import claim
+
+    out = tmp_path / "m.pt"
+    with claim(out, "--out"):
+        result = runner.invoke(app, ["export", str(checkpoint), "--format", "weights", "--out", str(out),
+                                     "--threads", "1"])
+    assert result.exit_code == 1 and "is being written by pid" in result.stderr, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

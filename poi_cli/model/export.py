@@ -59,6 +59,7 @@ import torch.nn as nn
 
 from poi_cli.core.errors import TRAIN_EXTRA_HINT, PoiError
 from poi_cli.core.atomic import atomic_write, output_file, refuse_input_as_output, temp_beside
+from poi_cli.core.locks import claim
 from poi_cli.core.manifests import ALL_AUS, REGIONS
 from poi_cli.core.outputs import PredictionRecipe
 from poi_cli.model.checkpoint import (CheckpointError, CheckpointInfo, build_checkpoint, checkpoint_inputs, checkpoint_marked, load_model,
@@ -399,45 +400,49 @@ def export_model(
     example = torch.randn(TRACE_BATCH, 3, size, size, generator=generator)
     check = torch.randn(CHECK_BATCH, 3, size, size, generator=generator)
     meta = _metadata(info, output_names, full)
-    # Written beside `path` under a temp name and checked there: only a file that passed takes
-    # `path` (an earlier export there stays when the new one fails; a model that differs from
-    # PyTorch is never left where poi predict would take it)
-    handle, staged_name = temp_beside(path)
-    os.close(handle)
-    staged = Path(staged_name)
-    try:
-        if format == "onnx":
-            _write_onnx(module, example, staged, output_names, meta, opset, fp16_weights)
-            exported = _run_onnx(staged, check)
-        elif format == "weights":
-            packed = packed_checkpoint(checkpoint_dict, checkpoint_path)
-            atomic_write(staged, lambda f: torch.save(packed, f))
-            reloaded, reloaded_dict = load_model(staged, "cpu")  # through weights_only=True, as a user loads it
-            # the packed file's own T_cal and recipe
+    # one writer per export file (two exports into one name would both report success, the
+    # later one's file in place of the other's); a folder made for it and left empty by a failed
+    # check goes with the claim
+    with claim(path, "--out"):
+        # Written beside `path` under a temp name and checked there: only a file that passed takes
+        # `path` (an earlier export there stays when the new one fails; a model that differs from
+        # PyTorch is never left where poi predict would take it)
+        handle, staged_name = temp_beside(path)
+        os.close(handle)
+        staged = Path(staged_name)
+        try:
+            if format == "onnx":
+                _write_onnx(module, example, staged, output_names, meta, opset, fp16_weights)
+                exported = _run_onnx(staged, check)
+            elif format == "weights":
+                packed = packed_checkpoint(checkpoint_dict, checkpoint_path)
+                atomic_write(staged, lambda f: torch.save(packed, f))
+                reloaded, reloaded_dict = load_model(staged, "cpu")  # through weights_only=True, as a user loads it
+                # the packed file's own T_cal and recipe
+                with torch.no_grad():
+                    exported = export_module(reloaded, CheckpointInfo.of(reloaded_dict), full)[0](check)
+                exported = list(exported) if isinstance(exported, tuple) else [exported]
+            else:
+                _write_torchscript(module, example, staged, meta)
+                exported = _run_torchscript(staged, check)
+            module.eval()
             with torch.no_grad():
-                exported = export_module(reloaded, CheckpointInfo.of(reloaded_dict), full)[0](check)
-            exported = list(exported) if isinstance(exported, tuple) else [exported]
-        else:
-            _write_torchscript(module, example, staged, meta)
-            exported = _run_torchscript(staged, check)
-        module.eval()
-        with torch.no_grad():
-            reference = module(check)
-        reference = list(reference) if isinstance(reference, tuple) else [reference]
-        shapes = [tuple(t.shape) for t in exported], [tuple(t.shape) for t in reference]
-        if shapes[0] != shapes[1]:
-            raise ExportError(f"{path}: the exported outputs have shapes {shapes[0]}, PyTorch gives {shapes[1]}")
-        diffs = {name: float(((a.float() - b.float()).abs() / b.float().abs().clamp(min=1.0)).max())
-                 for name, a, b in zip(output_names, exported, reference)}
-        result = ExportResult(path=path, format=format, full=full, input_shape=tuple(check.shape),
-                              output_names=output_names, max_diff=max(diffs.values()), per_output_diff=diffs,
-                              tolerance=DEFAULT_TOLERANCE[format] if tolerance is None else tolerance)
-        if result.passed:
-            os.replace(staged, path)
-        return result
-    except OSError as error:  # a full disk: named by --out, never by the staged file
-        if error.filename in (str(staged), staged_name):
-            raise OSError(error.errno, error.strerror, str(path)) from None
-        raise
-    finally:
-        staged.unlink(missing_ok=True)
+                reference = module(check)
+            reference = list(reference) if isinstance(reference, tuple) else [reference]
+            shapes = [tuple(t.shape) for t in exported], [tuple(t.shape) for t in reference]
+            if shapes[0] != shapes[1]:
+                raise ExportError(f"{path}: the exported outputs have shapes {shapes[0]}, PyTorch gives {shapes[1]}")
+            diffs = {name: float(((a.float() - b.float()).abs() / b.float().abs().clamp(min=1.0)).max())
+                     for name, a, b in zip(output_names, exported, reference)}
+            result = ExportResult(path=path, format=format, full=full, input_shape=tuple(check.shape),
+                                  output_names=output_names, max_diff=max(diffs.values()), per_output_diff=diffs,
+                                  tolerance=DEFAULT_TOLERANCE[format] if tolerance is None else tolerance)
+            if result.passed:
+                os.replace(staged, path)
+            return result
+        except OSError as error:  # a full disk: named by --out, never by the staged file
+            if error.filename in (str(staged), staged_name):
+                raise OSError(error.errno, error.strerror, str(path)) from None
+            raise
+        finally:
+            staged.unlink(missing_ok=True)
