@@ -22,8 +22,7 @@ from poi_cli.model.network import POIModel
 # Wrappers a checkpoint may nest its weights in, and key prefixes to strip.
 _CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 _PREFIXES = ("module.", "backbone.", "base.", "encoder.")
-# Heads of the source network that are not part of our backbone.
-_HEAD_PREFIXES = ("fc.", "feature.", "classifier.", "head.")
+# What is taken; everything else (the source's heads: fc., feature., classifier., ...) is dropped.
 _BACKBONE_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
 
 
@@ -36,7 +35,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     from poi_cli.model.checkpoint import safe_torch_load
 
     loaded = safe_torch_load(path, "pretrained weights file", PretrainedError)
+    opened: set[int] = set()  # a container that holds itself (pickle keeps it) was unwrapped forever
     while isinstance(loaded, dict) and not _looks_like_state_dict(loaded):
+        if id(loaded) in opened:
+            raise PretrainedError(f"{path} holds no state dict (its containers hold each other)")
+        opened.add(id(loaded))
         inner = next((loaded[k] for k in _CONTAINER_KEYS if isinstance(loaded.get(k), dict)), None)
         if inner is None:
             raise PretrainedError(f"{path} holds no state dict (top-level keys: {', '.join(map(str, list(loaded)[:8]))})")
