@@ -82,6 +82,7 @@ def parse_csv(raw_dir: Path, facts: dict) -> ParsedDataset:
     items: list[Item] = []
     notes: list[str] = []
     unaligned: dict[str, list[str]] = {"box": [], "detected": []}  # the splits of such rows
+    seen: set[str] = set()  # over both files: an image in both would be trained and validated on
     for split, file_name in facts["label_files"].items():
         candidates = [f"{d}/{file_name}" if d != "." else file_name for d in facts["label_dirs"]]
         found = [raw_dir / c for c in candidates if (raw_dir / c).is_file()]
@@ -100,6 +101,12 @@ def parse_csv(raw_dir: Path, facts: dict) -> ParsedDataset:
             for row in reader:
                 name = row["subDirectory_filePath"].strip()
                 code = row["expression"].strip()
+                if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+                    # a file of the image folder: `../x.jpg` or `/data/x.jpg` would read a photo from elsewhere
+                    raise LayoutError(f"{found[0]}: line {reader.line_num} names {name!r}, not a file of {image_dir.name}/")
+                if name in seen:
+                    raise LayoutError(f"{found[0]}: line {reader.line_num} lists {name} again (each image once)")
+                seen.add(name)
                 if code not in lookup:
                     raise LayoutError(f"{found[0]}: unknown expression code {code!r} for {name}")
                 path = image_dir / name

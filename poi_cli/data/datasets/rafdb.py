@@ -48,6 +48,7 @@ def parse(raw_dir: Path) -> ParsedDataset:
     lookup = class_lookup(facts["class_map"])
     prefixes = {info["prefix"]: split for split, info in facts["splits"].items()}
     items: list[Item] = []
+    seen: set[str] = set()
     for line_number, line in enumerate(label_file.read_text(encoding="utf-8-sig").splitlines(), start=1):
         fields = line.split()
         if not fields:
@@ -55,6 +56,9 @@ def parse(raw_dir: Path) -> ParsedDataset:
         if len(fields) != 2 or fields[1] not in lookup:
             raise LayoutError(f"{label_file}: line {line_number} is not '<image> <label 1..7>': {line.strip()!r}")
         name = fields[0]
+        if name in seen:  # two rows of one id, perhaps with two labels: one face stored twice
+            raise LayoutError(f"{label_file}: line {line_number} lists {name} again (each image once)")
+        seen.add(name)
         split = next((s for prefix, s in prefixes.items() if name.startswith(prefix)), None)
         if split is None:
             raise LayoutError(f"{label_file}: line {line_number}: image name {name!r} starts with neither train_ nor test_")
