@@ -438,7 +438,10 @@ def train(**options: Any) -> None:
             return
         try:
             run_dir = train_rounds(config, console=console, announce=announce)[-1]
-        except TrainingInterrupted as stop:  # the folder is known: name it in the command that continues
+        except KeyboardInterrupt as error:  # the folder is known: name it in the command that continues
+            stop = TrainingInterrupted.within(error)  # also after a second Ctrl-C during the first one's cleanup
+            if stop is None:
+                raise
             fail(f"interrupted: finished epochs are saved in {stop.run_dir}; continue with "
                  f"`poi train --resume {shlex.quote(str(stop.run_dir))}`", 130)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all

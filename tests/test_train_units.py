@@ -329,3 +329,39 @@ def test_sampling_positions_follow_the_seed():
     member = np.zeros(100, np.int64)
     first, second = sampling_positions(member, [1.5], seed=0), sampling_positions(member, [1.5], seed=1)
     assert len(first) == len(second) == 150 and not np.array_equal(first, second)
+
+
+# ----------------------------------------------------------------------- Ctrl-C
+
+
+def _interrupted_twice(run_dir):
+    """What a second Ctrl-C during the first one's cleanup raises: a KeyboardInterrupt whose
+    __context__ is the TrainingInterrupted that was unwinding."""
+    try:
+        raise engine.TrainingInterrupted(run_dir)
+    finally:
+        raise KeyboardInterrupt  # the second signal, raised where it lands
+
+
+def test_training_interrupted_within_finds_the_first_ctrl_c_behind_a_second(tmp_path):
+    # guards the chain walk: the second KeyboardInterrupt hid the folder the first one named
+    with pytest.raises(KeyboardInterrupt) as caught:
+        _interrupted_twice(tmp_path / "run")
+    assert not isinstance(caught.value, engine.TrainingInterrupted)
+    assert engine.TrainingInterrupted.within(caught.value).run_dir == tmp_path / "run"
+    assert engine.TrainingInterrupted.within(KeyboardInterrupt()) is None
+
+
+def test_a_second_ctrl_c_still_names_the_run_folder_in_the_command_that_continues(tmp_path, monkeypatch):
+    # guards: a second Ctrl-C while the first unwound printed "continue with --resume RUN_DIR", no folder
+    from typer.testing import CliRunner
+
+    from poi_cli import pipeline
+    from poi_cli.cli import app
+
+    run = tmp_path / "runs" / "exp"
+    monkeypatch.setattr(pipeline, "train_rounds", lambda *args, **kwargs: _interrupted_twice(run))
+    data = make_prepared(tmp_path / "data", splits=TINY_SPLITS)
+    result = CliRunner().invoke(app, ["train", str(data), "--threads", "1"])
+    assert result.exit_code == 130 and result.stderr.strip().splitlines()[-1] == (
+        f"error: interrupted: finished epochs are saved in {run}; continue with `poi train --resume {run}`")

@@ -94,6 +94,19 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(str(run_dir))
         self.run_dir = run_dir
 
+    @staticmethod
+    def within(error: BaseException) -> Optional["TrainingInterrupted"]:
+        """The TrainingInterrupted `error` is, or was raised while unwinding (a second Ctrl-C
+        that came while the first one's cleanup ran has the first as its __context__); else None."""
+        seen: set[int] = set()
+        current: Optional[BaseException] = error
+        while current is not None and id(current) not in seen:
+            if isinstance(current, TrainingInterrupted):
+                return current
+            seen.add(id(current))
+            current = current.__context__
+        return None
+
 
 class Callback:
     """Hooks into the training loop; subclass and override what you need (every process calls them)."""
