@@ -4,6 +4,7 @@ onnxruntime is installed, the `export` extra)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,14 @@ def test_an_export_into_a_file_another_poi_writes_stops_in_one_line(checkpoint, 
                                      "--threads", "1"])
     assert result.exit_code == 1 and "is being written by pid" in result.stderr, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_an_export_into_a_named_pipe_is_refused_and_the_pipe_stays(checkpoint, tmp_path):
+    # the checked export replaced its name: a pipe (or, for root, /dev/null itself) became a 16-MB file
+    import stat
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    result = runner.invoke(app, ["export", str(checkpoint), "--format", "weights", "--out", str(pipe), "--threads", "1"])
+    assert result.exit_code == 1 and f"--out {pipe} is a device or a pipe" in result.stderr, result.output
+    assert stat.S_ISFIFO(pipe.stat().st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]

@@ -58,7 +58,7 @@ import torch
 import torch.nn as nn
 
 from poi_cli.core.errors import TRAIN_EXTRA_HINT, PoiError
-from poi_cli.core.atomic import atomic_write, output_file, refuse_input_as_output, temp_beside
+from poi_cli.core.atomic import atomic_write, is_stream, output_file, refuse_input_as_output, temp_beside
 from poi_cli.core.locks import claim
 from poi_cli.core.manifests import ALL_AUS, REGIONS
 from poi_cli.core.outputs import PredictionRecipe
@@ -390,6 +390,9 @@ def export_model(
     path = Path(out) if out else default_output_path(checkpoint_path, format, full)
     if path.resolve() == checkpoint_path.resolve():
         raise ExportError(f"--out {path} would overwrite the checkpoint itself")
+    if is_stream(path):  # the export replaces its name once checked: /dev/null itself would become the file
+        raise ExportError(f"--out {path} is a device or a pipe: an export is a file, loaded back and checked before it "
+                          "takes its name; give a file name")
     # a link to it, or a link in its place; nor what training wrote beside it (a new export may replace an old one)
     refuse_input_as_output(path, checkpoint_inputs(checkpoint_path), "--out")
     output_file(path, "--out", replaces=("a file `poi export` wrote", is_poi_export))  # before the tracing
