@@ -220,9 +220,29 @@ def later_rounds(first: Path, previous: Path, start: int, config: TrainConfig, c
         if config.rounds_fine_tune:
             following = fine_tuned_round(following, runs[-1])
         run_dir = round_folder(first, number)
+        check_round_folder(run_dir, number, following, runs[-1])
         train_or_resume(run_dir, following, console)
         runs.append(run_dir)
     return runs[1:]
+
+
+def check_round_folder(run_dir: Path, number: int, config: TrainConfig, previous: Path) -> None:
+    """A run already in round `number`'s folder must be that round (killed or finished): trained
+    on the labels the round before cleaned. Another run there (one named NAME_round2, or a round
+    of an earlier recipe whose first round was removed) was taken for the round: kept as it was
+    when finished, or resumed with its own labels."""
+    if not any((run_dir / name).exists() for name in (CONFIG_FILE, LAST)):
+        return  # no run there: the round trains into it
+    try:
+        labels = read_run_config(run_dir).get("labels")
+        what = "trained on " + (labels or "the prepared folder's labels")
+    except TrainError:
+        labels, what = None, "no readable config.json"
+    if labels is not None and Path(labels).resolve() == Path(config.labels).resolve():
+        return
+    raise TrainError(f"{run_dir} is where round {number} trains, but holds another run ({what}; round {number} "
+                     f"trains on {config.labels}): move it away, then `poi train --resume {previous}` goes on "
+                     f"with round {number}")
 
 
 def fine_tuned_round(config: TrainConfig, previous: Path) -> TrainConfig:
