@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
+from poi_cli.core.errors import exception_chain
+
 
 def is_stream(path: str | Path) -> bool:
     """Whether `path` (symlinks followed) is a FIFO or a character device: /dev/null,
@@ -104,24 +106,13 @@ def refuse_write_protected(path: Path) -> None:
 
 def _os_error_in_chain(error: BaseException) -> Optional[OSError]:
     """The OSError (a full disk, a write error) that `error` was raised while handling, if any."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, OSError) and error.errno is not None:
-            return error
-        seen.add(id(error))
-        error = error.__context__ or error.__cause__
-    return None
+    return next((e for e in exception_chain(error, causes=True) if isinstance(e, OSError) and e.errno is not None),
+                None)
 
 
 def _raised_by_interrupt(error: BaseException) -> bool:
     """Whether `error` was raised while a KeyboardInterrupt was being handled (its context chain)."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
-            return True
-        seen.add(id(error))
-        error = error.__context__
-    return False
+    return any(isinstance(e, KeyboardInterrupt) for e in exception_chain(error))
 
 
 def remove_stale_temps(path: Path) -> None:

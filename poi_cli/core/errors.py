@@ -9,6 +9,7 @@ out, as the messages and `poi --help` name it.
 from __future__ import annotations
 
 import importlib.util
+from typing import Iterator
 
 # What a user runs to get what the deploy runtime (`pip install poi-fer`) leaves out: one
 # line each, named by every error that a missing extra causes.
@@ -43,3 +44,15 @@ def one_line(error: BaseException) -> str:
         return f"{error.filename}: {error.strerror}"  # not "[Errno 21] Is a directory: 'x'"
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+def exception_chain(error: BaseException, causes: bool = False) -> Iterator[BaseException]:
+    """`error`, then each exception it was raised while handling (__context__; causes: else its
+    __cause__), each once: a second Ctrl-C during the first one's cleanup has the first as its
+    context, a wrapped full disk its OSError."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        yield current
+        seen.add(id(current))
+        current = current.__context__ or (current.__cause__ if causes else None)

@@ -37,6 +37,7 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from poi_cli.core.errors import exception_chain
 from poi_cli.core.layout import MEMBER_VAL_PREFIX
 from poi_cli.core.locks import claim
 from poi_cli.core.metrics import answered_argmax
@@ -98,14 +99,7 @@ class TrainingInterrupted(KeyboardInterrupt):
     def within(error: BaseException) -> Optional["TrainingInterrupted"]:
         """The TrainingInterrupted `error` is, or was raised while unwinding (a second Ctrl-C
         that came while the first one's cleanup ran has the first as its __context__); else None."""
-        seen: set[int] = set()
-        current: Optional[BaseException] = error
-        while current is not None and id(current) not in seen:
-            if isinstance(current, TrainingInterrupted):
-                return current
-            seen.add(id(current))
-            current = current.__context__
-        return None
+        return next((e for e in exception_chain(error) if isinstance(e, TrainingInterrupted)), None)
 
 
 class Callback:
