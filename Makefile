@@ -23,8 +23,8 @@ demo: deploy-env
 
 test: test-full test-deploy test-deploy-oldest
 
-# two pytest-xdist workers (the 2-core CI machine: 4:31 for 1088 tests at 7c85fed on 2026-12-05, nothing else
-# running, `pytest -q -n 2`; 7:44 in a CI dry run with a niced helper beside it; about twice that in one process);
+# two pytest-xdist workers (the 2-core CI machine: 4:47 for 1289 tests in the CI dry run of 2026-12-05 at 054c5a9,
+# nearly nothing else running; 7:44 for 1088 with a niced helper beside it; about twice that in one process);
 # PYTEST_WORKERS=0 runs the suite in one process
 PYTEST_WORKERS ?= 2
 test-full: setup
