@@ -256,7 +256,7 @@ def prepare(
     detector: str = detector_option(),
     device: str = typer.Option("cpu", help="Torch device of --detector mtcnn-torch."),
     batch_size: int = typer.Option(32, "--batch", "--batch-size", help="Images per detection batch (--batch, as in every other command)."),
-    splits: Optional[str] = typer.Option(None, help="Comma-separated splits to prepare (default: all found)."),
+    splits: Optional[str] = typer.Option(None, help="Comma-separated splits to prepare (default: all found; valid or validation name val, training train)."),
     folds: Optional[int] = typer.Option(None, help="Subject-independent folds of train, a fold column for `poi train --fold` (default: 10 for CK+, none elsewhere; 0 for none)."),
     fold_seed: int = typer.Option(0, help="Seed of --folds and --test-fraction."),
     test_fraction: float = typer.Option(0.0, help="Move a random, class-stratified share of train to split test instead of folds (0.2: the POI paper's CK+ 8:2, image-level)."),

@@ -327,6 +327,9 @@ def test_prepare_of_some_splits_notes_only_those_splits(tmp_path: Path) -> None:
     assert not any(note.startswith(("split test:", "split train:")) for note in result.notes), result.notes
     assert any(note.startswith("split val: ") for note in result.notes), result.notes
     assert PreparedDataset(tmp_path / "out").meta["notes"] == result.notes
+    # `valid` (and `validation`) name FERPlus's val split, as a folder dataset's split folders may
+    again = prepare("ferplus", raw, tmp_path / "out_valid", size=SIZE, splits=["valid"], show_progress=False)
+    assert set(again.counts) == {"val"}
 
 
 def test_rafdb_aligned_and_original_layouts(tmp_path: Path) -> None:

@@ -206,6 +206,9 @@ def _select_splits(parsed: ParsedDataset, splits: list[str] | None) -> list[Item
     news to `--splits train`)."""
     if not splits:
         return parsed.items
+    # the names a folder dataset's split folders may have (`valid` for FERPlus's val, as its docs say it)
+    aliases = dataset_manifest("folder")["split_names"]
+    splits = [aliases.get(name.lower(), name) for name in splits]
     available = sorted({item.split for item in parsed.items})
     unknown = [s for s in splits if s not in available]
     if unknown:
