@@ -301,6 +301,10 @@ CASES = {
     "evaluate --out a folder another poi writes": (being_written("eval"), EVALUATE, "--out"),
     "noise --out a file another poi writes": (being_written("n.csv"), ["noise", "DATA", "--rate", "0.2", "--out", "TMP/n.csv"],
                                               "is being written by pid"),
+    "refit-head --out a file another poi writes": (being_written("r.pt"), ["refit-head", "RUN", "DATA", "--out",
+                                                                         "TMP/r.pt"], "is being written by pid"),
+    "export --out a file another poi writes": (being_written("e.onnx"), ["export", "RUN", "--out", "TMP/e.onnx"],
+                                               "is being written by pid"),
     # outputs that cannot be written: said before the work, in the user's words
     "evaluate --out a file": (a_file("taken"), ["evaluate", "RUN", "DATA", "--out", "TMP/taken"], "is a file, not a folder"),
     "evaluate --out under a file": (a_file("taken"), ["evaluate", "RUN", "DATA", "--out", "TMP/taken/sub"],

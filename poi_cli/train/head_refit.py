@@ -41,6 +41,7 @@ from rich.console import Console
 
 from poi_cli.core.atomic import output_file, refuse_input_as_output
 from poi_cli.core.errors import PoiError
+from poi_cli.core.locks import claim
 from poi_cli.core.metrics import answered_argmax, confusion_matrix, per_class_recall
 from poi_cli.core.progress import progress_bar
 from poi_cli.core.runtime import autocast, select_device, use_bf16
@@ -218,6 +219,16 @@ def refit_head(run_or_checkpoint: str | Path, prepared_dir: str | Path, out: Opt
     # stores are what is read), the checkpoint and its run's files
     refuse_input_as_output(target, [prepared_dir, *(m.path for m in dataset.members), *checkpoint_inputs(source)], "--out")
     output_file(target, "--out", replaces=REFIT_COPY)
+    # one writer per re-fitted file (two re-fits into one name both reported success, the later
+    # one's file in place of the other's), as calibrate's and export's
+    with claim(target, "--out"):
+        return _refit_into(source, target, dataset, class_powers, l2s, select, split, device, batch, amp, announce)
+
+
+def _refit_into(source: Path, target: Path, dataset: PreparedDataset, class_powers: Sequence[float],
+                l2s: Sequence[float], select: str, split: Optional[str], device: str, batch: int, amp: str,
+                announce: Optional[Callable[[str], None]]) -> RefitResult:
+    """refit_head's work once its arguments are checked and its output claimed."""
     checkpoint = load_checkpoint(source)
     info = CheckpointInfo.of(checkpoint)
     if list(info.classes) != list(dataset.classes):
