@@ -279,8 +279,9 @@ def refuse_poi_file(output: str | Path, option: str) -> None:
 def output_file(path: str | Path, option: str, rewrites_itself: bool = False,
                 replaces: Optional[tuple[str, Callable[[Path], bool]]] = None, atomic: bool = True) -> Path:
     """Check, before any work, that a file can be written at `path` (its folder is made by the
-    writer, so that a command refused after this check leaves no new empty folder): PoiError (one line) for an empty name, a folder in its place, a file where its folder
-    should be, or a prepared or run folder's own file (refuse_poi_file; unless
+    writer, so that a command refused after this check leaves no new empty folder): PoiError
+    (one line) for an empty name, a folder in its place, a file where its folder should be, a
+    folder that cannot be written, or a prepared or run folder's own file (refuse_poi_file; unless
     rewrites_itself: the command rewrites the file it read, `poi calibrate --in-place`).
     `replaces` (what the command writes, and a test of an existing file): an existing file
     that fails it is refused, so that an output named by mistake never replaces the user's
